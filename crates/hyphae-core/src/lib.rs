@@ -1,0 +1,37 @@
+//! hyphae-core: the sans-IO heart of hyphae.
+//!
+//! Everything in this crate is a plain state machine or codec: bytes, events and the current time go in;
+//! bytes, events and the next deadline come out. Nothing here reads a clock, draws from an ambient RNG,
+//! spawns, locks, sleeps or performs I/O. The tokio driver (crate `hyphae`) and the simulator run the same
+//! machines. See `shared/DESIGN.md`.
+
+pub mod conn;
+pub mod identify;
+pub mod identity;
+pub mod mss;
+pub mod multiaddr;
+pub mod noise;
+pub mod pb;
+pub mod ping;
+pub mod rng;
+pub mod time;
+pub mod varint;
+pub mod yamux;
+
+pub use identity::{Keypair, KeyType, PeerId, PublicKey};
+pub use multiaddr::{Multiaddr, Protocol};
+pub use time::{Duration, Instant};
+
+/// Errors produced by decoders of peer-supplied bytes. Never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("truncated input")]
+    Truncated,
+    #[error("length {len} exceeds limit {limit}")]
+    TooLarge { len: usize, limit: usize },
+    #[error("invalid: {0}")]
+    Invalid(&'static str),
+    #[error("trailing data")]
+    TrailingData,
+}

@@ -1,0 +1,103 @@
+//! A minimal protobuf (proto2/proto3 wire format) reader and writer. libp2p's messages here are small
+//! and few (keys, noise payload, identify); a hand-written codec keeps protoc out of the build and lets
+//! every decoder validate into our own types.
+
+use crate::{varint, DecodeError};
+
+pub fn put_varint(out: &mut Vec<u8>, field: u32, v: u64) {
+    varint::encode(u64::from(field) << 3, out);
+    varint::encode(v, out);
+}
+
+pub fn put_bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+    varint::encode((u64::from(field) << 3) | 2, out);
+    varint::encode(b.len() as u64, out);
+    out.extend_from_slice(b);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed64(u64),
+    Fixed32(u32),
+}
+
+/// Iterates the fields of a message. Unknown fields are returned too (callers skip them).
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+}
+
+impl<'a> Iterator for Reader<'a> {
+    type Item = Result<(u32, Value<'a>), DecodeError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let r = (|| {
+            let (key, n) = varint::decode_exact(self.buf)?;
+            self.buf = &self.buf[n..];
+            let field = u32::try_from(key >> 3).map_err(|_| DecodeError::Invalid("field number"))?;
+            if field == 0 {
+                return Err(DecodeError::Invalid("field number 0"));
+            }
+            let v = match key & 7 {
+                0 => {
+                    let (v, n) = varint::decode_exact(self.buf)?;
+                    self.buf = &self.buf[n..];
+                    Value::Varint(v)
+                }
+                1 => {
+                    let b: [u8; 8] = self.buf.get(..8).ok_or(DecodeError::Truncated)?.try_into().map_err(|_| DecodeError::Truncated)?;
+                    self.buf = &self.buf[8..];
+                    Value::Fixed64(u64::from_le_bytes(b))
+                }
+                2 => {
+                    let (len, n) = varint::decode_exact(self.buf)?;
+                    let rest = &self.buf[n..];
+                    let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
+                    if rest.len() < len {
+                        return Err(DecodeError::Truncated);
+                    }
+                    self.buf = &rest[len..];
+                    Value::Bytes(&rest[..len])
+                }
+                5 => {
+                    let b: [u8; 4] = self.buf.get(..4).ok_or(DecodeError::Truncated)?.try_into().map_err(|_| DecodeError::Truncated)?;
+                    self.buf = &self.buf[4..];
+                    Value::Fixed32(u32::from_le_bytes(b))
+                }
+                _ => return Err(DecodeError::Invalid("wire type")),
+            };
+            Ok((field, v))
+        })();
+        if r.is_err() {
+            self.buf = &[];
+        }
+        Some(r)
+    }
+}
+
+impl<'a> Value<'a> {
+    pub fn bytes(self) -> Result<&'a [u8], DecodeError> {
+        match self {
+            Value::Bytes(b) => Ok(b),
+            _ => Err(DecodeError::Invalid("expected length-delimited field")),
+        }
+    }
+    pub fn string(self) -> Result<&'a str, DecodeError> {
+        core::str::from_utf8(self.bytes()?).map_err(|_| DecodeError::Invalid("string is not utf-8"))
+    }
+    pub fn varint(self) -> Result<u64, DecodeError> {
+        match self {
+            Value::Varint(v) => Ok(v),
+            _ => Err(DecodeError::Invalid("expected varint field")),
+        }
+    }
+}

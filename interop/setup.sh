@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the interop peers into interop/.peers (idempotent, cached).
+#  - go-libp2p v0.32.1: the static p2pd binary shipped in the hivemind 1.1.12 wheel (only p2pd + proto are unzipped)
+#  - python venv with p2pclient 0.3.0 (drives p2pd)
+#  - js-libp2p 3 node modules (interop/js)
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PEERS="$HERE/.peers"
+mkdir -p "$PEERS"
+
+# --- go-libp2p (p2pd) ---
+if [ ! -x "$PEERS/p2pd" ]; then
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps hivemind==1.1.12 -d "$tmp"
+  whl="$(ls "$tmp"/hivemind-*.whl)"
+  python3 - "$whl" "$PEERS" <<'PY'
+import sys, zipfile, os
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    for name, dst in (("hivemind/hivemind_cli/p2pd", "p2pd"), ("hivemind/proto/p2pd.proto", "p2pd.proto")):
+        with z.open(name) as src, open(os.path.join(out, dst + ".tmp"), "wb") as f:
+            f.write(src.read())
+        os.replace(os.path.join(out, dst + ".tmp"), os.path.join(out, dst))
+PY
+  chmod +x "$PEERS/p2pd"
+  rm -rf "$tmp"
+fi
+
+# --- python venv with p2pclient ---
+if [ ! -x "$PEERS/venv/bin/python" ] || ! "$PEERS/venv/bin/python" -c "import p2pclient" 2>/dev/null; then
+  python3 -m venv "$PEERS/venv"
+  "$PEERS/venv/bin/pip" install --quiet "p2pclient==0.3.0" "protobuf>=4" 
+fi
+
+# --- js-libp2p ---
+if [ ! -d "$HERE/js/node_modules/libp2p" ]; then
+  (cd "$HERE/js" && npm install --no-audit --no-fund --silent)
+fi
+echo "interop peers ready in $PEERS"
