@@ -1,1 +1,398 @@
-//! todo
+//! Noise security (libp2p/specs noise/README.md): `Noise_XX_25519_ChaChaPoly_SHA256`.
+//!
+//! Every handshake message and transport message is framed with a 2-byte big-endian length. The second
+//! and third handshake messages carry the libp2p payload: the identity key, its signature over
+//! `noise-libp2p-static-key:` + the Noise static key, and extensions (the stream muxers for early muxer
+//! negotiation, libp2p/specs connections/inlined-muxer-negotiation.md).
+//!
+//! `snow` does the cryptography; randomness comes from a seeded RNG passed in (no ambient RNG).
+
+use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::{pb, DecodeError};
+use rand_core::{CryptoRng, RngCore, SeedableRng};
+use std::cell::Cell;
+
+pub const PROTOCOL_ID: &str = "/noise";
+const PARAMS: &str = "Noise_XX_25519_ChaChaPoly_SHA256";
+/// spec(noise): "the maximum size of a Noise message is 65535 bytes"
+pub const MAX_FRAME_LEN: usize = 65535;
+const TAG_LEN: usize = 16;
+pub const MAX_PLAINTEXT_LEN: usize = MAX_FRAME_LEN - TAG_LEN;
+const STATIC_KEY_DOMAIN: &[u8] = b"noise-libp2p-static-key:";
+/// Caps on the handshake payload's extension list (a peer could otherwise send thousands of names).
+const MAX_MUXERS: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoiseError {
+    #[error("noise: {0}")]
+    Snow(String),
+    #[error("noise: bad handshake payload: {0}")]
+    Payload(#[from] DecodeError),
+    #[error("noise: identity signature over the static key is invalid")]
+    BadSignature,
+    #[error("noise: remote is {actual}, expected {expected}")]
+    PeerIdMismatch { expected: PeerId, actual: PeerId },
+    #[error("noise: decryption failed")]
+    Decrypt,
+}
+
+fn snow_err(e: snow::Error) -> NoiseError {
+    NoiseError::Snow(e.to_string())
+}
+
+/// The libp2p handshake payload (`NoiseHandshakePayload`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payload {
+    pub identity_key: Vec<u8>,
+    pub identity_sig: Vec<u8>,
+    pub muxers: Vec<String>,
+}
+
+impl Payload {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        pb::put_bytes(&mut out, 1, &self.identity_key);
+        pb::put_bytes(&mut out, 2, &self.identity_sig);
+        if !self.muxers.is_empty() {
+            let mut ext = Vec::new();
+            for m in &self.muxers {
+                pb::put_bytes(&mut ext, 2, m.as_bytes());
+            }
+            pb::put_bytes(&mut out, 4, &ext);
+        }
+        out
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Payload, DecodeError> {
+        let mut p = Payload::default();
+        for f in pb::Reader::new(buf) {
+            match f? {
+                (1, v) => p.identity_key = v.bytes()?.to_vec(),
+                (2, v) => p.identity_sig = v.bytes()?.to_vec(),
+                (4, v) => {
+                    for e in pb::Reader::new(v.bytes()?) {
+                        if let (2, m) = e? {
+                            if p.muxers.len() >= MAX_MUXERS {
+                                return Err(DecodeError::Invalid("too many stream muxers in noise extensions"));
+                            }
+                            p.muxers.push(m.string()?.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// snow needs a `Random`; ours is a ChaCha20 stream derived from a seed the caller passes in.
+struct SeededRandom(rand_chacha::ChaCha20Rng);
+impl RngCore for SeededRandom {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, d: &mut [u8]) {
+        self.0.fill_bytes(d)
+    }
+    fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.try_fill_bytes(d)
+    }
+}
+impl CryptoRng for SeededRandom {}
+impl snow::types::Random for SeededRandom {}
+
+struct Resolver {
+    seed: [u8; 32],
+    stream: Cell<u64>,
+}
+impl snow::resolvers::CryptoResolver for Resolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        let mut r = rand_chacha::ChaCha20Rng::from_seed(self.seed);
+        r.set_stream(self.stream.get());
+        self.stream.set(self.stream.get() + 1);
+        Some(Box::new(SeededRandom(r)))
+    }
+    fn resolve_dh(&self, c: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        snow::resolvers::DefaultResolver.resolve_dh(c)
+    }
+    fn resolve_hash(&self, c: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
+        snow::resolvers::DefaultResolver.resolve_hash(c)
+    }
+    fn resolve_cipher(&self, c: &snow::params::CipherChoice) -> Option<Box<dyn snow::types::Cipher>> {
+        snow::resolvers::DefaultResolver.resolve_cipher(c)
+    }
+}
+
+/// What the handshake learned about the remote.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub peer_id: PeerId,
+    pub public_key: PublicKey,
+    /// The muxer agreed through the payload extensions, if both sides offered some in common.
+    pub muxer: Option<String>,
+}
+
+pub struct Handshake {
+    state: snow::HandshakeState,
+    initiator: bool,
+    /// Number of handshake messages read or written so far (0..=3).
+    step: u8,
+    local_payload: Vec<u8>,
+    local_muxers: Vec<String>,
+    expected: Option<PeerId>,
+    remote: Option<Remote>,
+    out: Vec<u8>,
+}
+
+impl Handshake {
+    /// Starts a handshake. `muxers`: our stream muxers in order of preference (empty: no early negotiation).
+    pub fn new(identity: &Keypair, initiator: bool, expected: Option<PeerId>, muxers: Vec<String>, seed: [u8; 32]) -> Result<Self, NoiseError> {
+        let params: snow::params::NoiseParams = PARAMS.parse().expect("invariant: noise params string is valid");
+        let resolver = Box::new(Resolver { seed, stream: Cell::new(0) });
+        let builder = snow::Builder::with_resolver(params.clone(), resolver);
+        let static_kp = builder.generate_keypair().map_err(snow_err)?;
+        let builder = snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(1) }))
+            .local_private_key(&static_kp.private);
+        let state = if initiator { builder.build_initiator() } else { builder.build_responder() }.map_err(snow_err)?;
+        let mut signed = STATIC_KEY_DOMAIN.to_vec();
+        signed.extend_from_slice(&static_kp.public);
+        let payload = Payload { identity_key: identity.public().encode_protobuf(), identity_sig: identity.sign(&signed), muxers: muxers.clone() };
+        let mut hs = Handshake {
+            state,
+            initiator,
+            step: 0,
+            local_payload: payload.encode(),
+            local_muxers: muxers,
+            expected,
+            remote: None,
+            out: Vec::new(),
+        };
+        if initiator {
+            hs.write_message(&[])?; // -> e
+        }
+        Ok(hs)
+    }
+
+    fn write_message(&mut self, payload: &[u8]) -> Result<(), NoiseError> {
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let n = self.state.write_message(payload, &mut buf).map_err(snow_err)?;
+        self.out.extend_from_slice(&(n as u16).to_be_bytes());
+        self.out.extend_from_slice(&buf[..n]);
+        self.step += 1;
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.out.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.out))
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.step >= 3
+    }
+
+    fn verify_payload(&mut self, payload: &[u8]) -> Result<(), NoiseError> {
+        let p = Payload::decode(payload)?;
+        let key = PublicKey::decode_protobuf(&p.identity_key)?;
+        let remote_static = self.state.get_remote_static().ok_or(NoiseError::Snow("no remote static key".into()))?;
+        let mut signed = STATIC_KEY_DOMAIN.to_vec();
+        signed.extend_from_slice(remote_static);
+        if !key.verify(&signed, &p.identity_sig) {
+            return Err(NoiseError::BadSignature);
+        }
+        let peer_id = key.to_peer_id();
+        if let Some(exp) = &self.expected {
+            if *exp != peer_id {
+                return Err(NoiseError::PeerIdMismatch { expected: exp.clone(), actual: peer_id });
+            }
+        }
+        // spec(inlined-muxer-negotiation): "picking the first item from the initiator's list that both parties support"
+        let (ini, resp) = if self.initiator { (&self.local_muxers, &p.muxers) } else { (&p.muxers, &self.local_muxers) };
+        let muxer = ini.iter().find(|m| resp.contains(m)).cloned();
+        self.remote = Some(Remote { peer_id, public_key: key, muxer });
+        Ok(())
+    }
+
+    /// Consumes handshake frames from the front of `buf`. Returns true once the handshake is complete;
+    /// bytes after the last handshake frame stay in `buf` (they are transport frames).
+    pub fn handle_input(&mut self, buf: &mut Vec<u8>) -> Result<bool, NoiseError> {
+        let mut consumed = 0;
+        let r = loop {
+            if self.is_done() {
+                break Ok(true);
+            }
+            let rest = &buf[consumed..];
+            if rest.len() < 2 {
+                break Ok(false);
+            }
+            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            if rest.len() < 2 + len {
+                break Ok(false);
+            }
+            let msg = rest[2..2 + len].to_vec();
+            consumed += 2 + len;
+            let mut payload = vec![0u8; MAX_FRAME_LEN];
+            let n = match self.state.read_message(&msg, &mut payload) {
+                Ok(n) => n,
+                Err(e) => break Err(snow_err(e)),
+            };
+            self.step += 1;
+            let res = match (self.initiator, self.step) {
+                // responder got `-> e`: answer `<- e, ee, s, es` + payload
+                (false, 1) => {
+                    let p = self.local_payload.clone();
+                    self.write_message(&p)
+                }
+                // initiator got `<- e, ee, s, es` + payload: verify, then `-> s, se` + payload
+                (true, 2) => self.verify_payload(&payload[..n]).and_then(|()| {
+                    let p = self.local_payload.clone();
+                    self.write_message(&p)
+                }),
+                // responder got `-> s, se` + payload
+                (false, 3) => self.verify_payload(&payload[..n]),
+                _ => Err(NoiseError::Snow("unexpected handshake message".into())),
+            };
+            if let Err(e) = res {
+                break Err(e);
+            }
+        };
+        buf.drain(..consumed);
+        r
+    }
+
+    /// After `is_done()`: the transport state and what we learned about the remote.
+    pub fn into_transport(self) -> Result<(Transport, Remote), NoiseError> {
+        let remote = self.remote.ok_or(NoiseError::Snow("handshake incomplete".into()))?;
+        let state = self.state.into_transport_mode().map_err(snow_err)?;
+        Ok((Transport { state, scratch: vec![0u8; MAX_FRAME_LEN] }, remote))
+    }
+}
+
+/// An established Noise session: frames plaintext, unframes ciphertext.
+pub struct Transport {
+    state: snow::TransportState,
+    scratch: Vec<u8>,
+}
+
+impl Transport {
+    /// Encrypts `plain` into frames appended to `out`.
+    pub fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) {
+        for chunk in plain.chunks(MAX_PLAINTEXT_LEN) {
+            let start = out.len();
+            out.resize(start + 2 + chunk.len() + TAG_LEN, 0);
+            let n = self.state.write_message(chunk, &mut out[start + 2..]).expect("invariant: chunk fits a noise frame and nonce is not exhausted");
+            out[start..start + 2].copy_from_slice(&(n as u16).to_be_bytes());
+            out.truncate(start + 2 + n);
+        }
+    }
+
+    /// Decrypts complete frames from the front of `buf`, appending plaintext to `out`.
+    pub fn decrypt(&mut self, buf: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), NoiseError> {
+        let mut consumed = 0;
+        let r = loop {
+            let rest = &buf[consumed..];
+            if rest.len() < 2 {
+                break Ok(());
+            }
+            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            if rest.len() < 2 + len {
+                break Ok(());
+            }
+            match self.state.read_message(&rest[2..2 + len], &mut self.scratch) {
+                Ok(n) => out.extend_from_slice(&self.scratch[..n]),
+                Err(_) => break Err(NoiseError::Decrypt),
+            }
+            consumed += 2 + len;
+        };
+        buf.drain(..consumed);
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(ik: &Keypair, rk: &Keypair, expect: Option<PeerId>, im: &[&str], rm: &[&str]) -> Result<((Transport, Remote), (Transport, Remote)), NoiseError> {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let mut i = Handshake::new(ik, true, expect, s(im), [1; 32])?;
+        let mut r = Handshake::new(rk, false, None, s(rm), [2; 32])?;
+        let (mut to_r, mut to_i) = (Vec::new(), Vec::new());
+        for _ in 0..4 {
+            if let Some(b) = i.poll_transmit() {
+                to_r.extend(b);
+            }
+            r.handle_input(&mut to_r)?;
+            if let Some(b) = r.poll_transmit() {
+                to_i.extend(b);
+            }
+            i.handle_input(&mut to_i)?;
+        }
+        assert!(i.is_done() && r.is_done());
+        Ok((i.into_transport()?, r.into_transport()?))
+    }
+
+    #[test]
+    fn noise_handshake_authenticates_both_sides_and_negotiates_muxer() {
+        let mut rng = crate::rng::from_seed([3; 32]);
+        let a = Keypair::generate_ed25519(&mut rng);
+        let b = Keypair::generate(crate::KeyType::Secp256k1, &mut rng);
+        let ((mut ta, ra), (mut tb, rb)) = pair(&a, &b, Some(b.peer_id()), &["/yamux/1.0.0", "/mplex/6.7.0"], &["/mplex/6.7.0", "/yamux/1.0.0"]).unwrap();
+        assert_eq!(ra.peer_id, b.peer_id());
+        assert_eq!(rb.peer_id, a.peer_id());
+        assert_eq!(ra.muxer.as_deref(), Some("/yamux/1.0.0"));
+        assert_eq!(rb.muxer.as_deref(), Some("/yamux/1.0.0"));
+        let big = vec![7u8; 200_000];
+        let mut wire = Vec::new();
+        ta.encrypt(&big, &mut wire);
+        let mut plain = Vec::new();
+        tb.decrypt(&mut wire, &mut plain).unwrap();
+        assert_eq!(plain, big);
+        assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn noise_wrong_expected_peer_fails() {
+        let mut rng = crate::rng::from_seed([4; 32]);
+        let a = Keypair::generate_ed25519(&mut rng);
+        let b = Keypair::generate_ed25519(&mut rng);
+        let c = Keypair::generate_ed25519(&mut rng);
+        assert!(matches!(pair(&a, &b, Some(c.peer_id()), &[], &[]), Err(NoiseError::PeerIdMismatch { .. })));
+    }
+
+    #[test]
+    fn noise_no_common_muxer_means_none() {
+        let mut rng = crate::rng::from_seed([5; 32]);
+        let a = Keypair::generate_ed25519(&mut rng);
+        let b = Keypair::generate_ed25519(&mut rng);
+        let ((_, ra), _) = pair(&a, &b, None, &["/yamux/1.0.0"], &[]).unwrap();
+        assert_eq!(ra.muxer, None);
+    }
+
+    #[test]
+    fn noise_tampered_frame_is_an_error() {
+        let mut rng = crate::rng::from_seed([6; 32]);
+        let a = Keypair::generate_ed25519(&mut rng);
+        let b = Keypair::generate_ed25519(&mut rng);
+        let ((mut ta, _), (mut tb, _)) = pair(&a, &b, None, &[], &[]).unwrap();
+        let mut wire = Vec::new();
+        ta.encrypt(b"hello", &mut wire);
+        wire[3] ^= 1;
+        assert_eq!(tb.decrypt(&mut wire, &mut Vec::new()), Err(NoiseError::Decrypt));
+    }
+
+    #[test]
+    fn payload_roundtrip() {
+        let p = Payload { identity_key: vec![1, 2], identity_sig: vec![3], muxers: vec!["/yamux/1.0.0".into()] };
+        assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
+    }
+}
