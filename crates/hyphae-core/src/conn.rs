@@ -1,1 +1,673 @@
-//! todo
+//! One connection as a sans-IO machine: the upgrade pipeline and the streams on top.
+//!
+//! ```text
+//! raw bytes ─ mss(/noise) ─ noise XX ─ [mss(/yamux/1.0.0) unless agreed in the noise payload] ─ yamux
+//!                                                                  └ per stream: mss(protocol) ─ app bytes
+//! ```
+//! The driver feeds socket bytes with `handle_input`, writes what `poll_transmit` returns, handles the
+//! events of `poll_event`, and calls `handle_timeout` at `poll_timeout`. Streams are handed out only after
+//! their protocol is negotiated. Nothing a peer sends can panic this machine: a violation closes the stream
+//! or the connection with a logged reason.
+
+use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::mss::Negotiator;
+use crate::noise::{self, Handshake};
+use crate::time::{Duration, Instant};
+use crate::yamux::{self, Yamux};
+use std::collections::{BTreeMap, VecDeque};
+
+pub use crate::yamux::{ReadResult, StreamError, StreamId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Dialer,
+    Listener,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub yamux: yamux::Limits,
+    /// Streams still negotiating their protocol at once (beyond: reset). Default 128.
+    pub max_negotiating_streams: usize,
+    /// Raw bytes buffered before the handshake completes (beyond: close). Default 256 KiB.
+    pub max_handshake_buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { yamux: yamux::Limits::default(), max_negotiating_streams: 128, max_handshake_buffer: 256 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub keypair: Keypair,
+    /// Protocols served on inbound streams.
+    pub protocols: Vec<String>,
+    pub limits: Limits,
+    /// The whole upgrade must finish within this. Default 15 s.
+    pub handshake_timeout: Duration,
+    /// Offer the muxer inside the Noise handshake (saves a round trip). Default true.
+    pub early_muxer_negotiation: bool,
+}
+
+impl Config {
+    pub fn new(keypair: Keypair) -> Self {
+        Config { keypair, protocols: Vec::new(), limits: Limits::default(), handshake_timeout: Duration::from_secs(15), early_muxer_negotiation: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Established { peer: PeerId, public_key: PublicKey, muxer: String, early_muxer: bool },
+    /// A remote-opened stream whose protocol we negotiated.
+    InboundStream { id: StreamId, protocol: String },
+    /// A stream we opened is ready for this protocol.
+    OutboundReady { id: StreamId, protocol: String },
+    OutboundFailed { id: StreamId, reason: String },
+    Readable(StreamId),
+    Writable(StreamId),
+    /// The remote reset a negotiated stream.
+    Reset(StreamId),
+    Closed { reason: String },
+}
+
+enum Stage {
+    SecurityNeg(Negotiator),
+    Noise(Box<Handshake>),
+    MuxerNeg(Negotiator),
+    Open,
+    Closed,
+}
+
+struct StreamEntry {
+    /// Present while the stream's protocol is being negotiated: the negotiator and bytes read so far.
+    neg: Option<(Negotiator, Vec<u8>)>,
+    /// Bytes that arrived after negotiation, served before the muxer's buffer.
+    prebuf: Vec<u8>,
+    outbound: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub streams_negotiation_failed: u64,
+}
+
+pub struct Connection {
+    role: Role,
+    config: Config,
+    expected: Option<PeerId>,
+    seed: [u8; 32],
+    stage: Stage,
+    secure: Option<noise::Transport>,
+    remote: Option<noise::Remote>,
+    yamux: Option<Yamux>,
+    raw_in: Vec<u8>,
+    plain_in: Vec<u8>,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    deadline: Option<Instant>,
+    streams: BTreeMap<StreamId, StreamEntry>,
+    stats: Stats,
+}
+
+const MUXERS: [&str; 1] = [yamux::PROTOCOL_ID];
+
+impl Connection {
+    /// A new connection. `expected`: the peer a dialer means to reach (from `/p2p/`); the handshake fails
+    /// if the remote proves another identity. `seed` feeds the Noise RNG.
+    pub fn new(role: Role, config: Config, expected: Option<PeerId>, now: Instant, seed: [u8; 32]) -> Self {
+        let neg = match role {
+            Role::Dialer => Negotiator::dialer([noise::PROTOCOL_ID]),
+            Role::Listener => Negotiator::listener([noise::PROTOCOL_ID]),
+        };
+        let deadline = Some(now + config.handshake_timeout);
+        let mut c = Connection {
+            role,
+            config,
+            expected,
+            seed,
+            stage: Stage::SecurityNeg(neg),
+            secure: None,
+            remote: None,
+            yamux: None,
+            raw_in: Vec::new(),
+            plain_in: Vec::new(),
+            out: Vec::new(),
+            events: VecDeque::new(),
+            deadline,
+            streams: BTreeMap::new(),
+            stats: Stats::default(),
+        };
+        if let Stage::SecurityNeg(n) = &mut c.stage {
+            if let Some(b) = n.poll_transmit() {
+                c.out.extend(b);
+            }
+        }
+        c
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub fn remote_peer(&self) -> Option<&PeerId> {
+        self.remote.as_ref().map(|r| &r.peer_id)
+    }
+    pub fn is_open(&self) -> bool {
+        matches!(self.stage, Stage::Open)
+    }
+    pub fn is_closed(&self) -> bool {
+        matches!(self.stage, Stage::Closed)
+    }
+    pub fn num_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Protocols served on inbound streams from now on.
+    pub fn set_protocols(&mut self, protocols: Vec<String>) {
+        self.config.protocols = protocols;
+    }
+
+    fn fail(&mut self, reason: String) {
+        if matches!(self.stage, Stage::Closed) {
+            return;
+        }
+        tracing::debug!(%reason, peer = ?self.remote_peer(), "closing connection");
+        if let Some(y) = &mut self.yamux {
+            y.go_away(yamux::GOAWAY_PROTOCOL_ERROR);
+        }
+        self.flush_muxer();
+        self.finish_close(reason);
+    }
+
+    fn finish_close(&mut self, reason: String) {
+        self.stage = Stage::Closed;
+        self.deadline = None;
+        for (id, e) in std::mem::take(&mut self.streams) {
+            if e.neg.is_some() && e.outbound {
+                self.events.push_back(Event::OutboundFailed { id, reason: "connection closed".into() });
+            } else if e.neg.is_none() {
+                self.events.push_back(Event::Reset(id));
+            }
+        }
+        self.raw_in.clear();
+        self.plain_in.clear();
+        self.events.push_back(Event::Closed { reason });
+    }
+
+    /// Closes gracefully: GoAway, then `Closed`. The driver flushes `poll_transmit` and closes the socket.
+    pub fn close(&mut self) {
+        if matches!(self.stage, Stage::Closed) {
+            return;
+        }
+        if let Some(y) = &mut self.yamux {
+            y.go_away(yamux::GOAWAY_NORMAL);
+        }
+        self.flush_muxer();
+        self.finish_close("closed locally".into());
+    }
+
+    /// The socket reached EOF or failed.
+    pub fn handle_eof(&mut self) {
+        if !matches!(self.stage, Stage::Closed) {
+            self.finish_close("closed by remote".into());
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(d) = self.deadline {
+            if now >= d && !self.is_open() {
+                self.fail("handshake timed out".into());
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub fn handle_input(&mut self, _now: Instant, data: &[u8]) {
+        if matches!(self.stage, Stage::Closed) {
+            return;
+        }
+        self.stats.bytes_in += data.len() as u64;
+        self.raw_in.extend_from_slice(data);
+        self.advance();
+        if !self.is_open() && !self.is_closed() && self.raw_in.len() > self.config.limits.max_handshake_buffer {
+            self.fail("handshake buffer limit exceeded".into());
+        }
+    }
+
+    fn advance(&mut self) {
+        loop {
+            match &mut self.stage {
+                Stage::SecurityNeg(neg) => {
+                    let r = neg.handle_input(&mut self.raw_in);
+                    if let Some(b) = neg.poll_transmit() {
+                        self.out.extend(b);
+                    }
+                    match r {
+                        Ok(Some(_)) => {
+                            let muxers = if self.config.early_muxer_negotiation { MUXERS.iter().map(|s| s.to_string()).collect() } else { vec![] };
+                            match Handshake::new(&self.config.keypair, self.role == Role::Dialer, self.expected.clone(), muxers, self.seed) {
+                                Ok(mut hs) => {
+                                    if let Some(b) = hs.poll_transmit() {
+                                        self.out.extend(b);
+                                    }
+                                    self.stage = Stage::Noise(Box::new(hs));
+                                }
+                                Err(e) => return self.fail(e.to_string()),
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(e) => return self.fail(format!("security negotiation: {e}")),
+                    }
+                }
+                Stage::Noise(hs) => {
+                    let r = hs.handle_input(&mut self.raw_in);
+                    if let Some(b) = hs.poll_transmit() {
+                        self.out.extend(b);
+                    }
+                    match r {
+                        Ok(true) => {
+                            let Stage::Noise(hs) = std::mem::replace(&mut self.stage, Stage::Closed) else { unreachable!("invariant: stage is noise") };
+                            match hs.into_transport() {
+                                Ok((t, remote)) => {
+                                    self.secure = Some(t);
+                                    let early = remote.muxer.is_some();
+                                    self.remote = Some(remote);
+                                    if early {
+                                        self.open(true);
+                                    } else {
+                                        let mut neg = match self.role {
+                                            Role::Dialer => Negotiator::dialer(MUXERS),
+                                            Role::Listener => Negotiator::listener(MUXERS),
+                                        };
+                                        let b = neg.poll_transmit();
+                                        self.stage = Stage::MuxerNeg(neg);
+                                        if let Some(b) = b {
+                                            self.encrypt(&b);
+                                        }
+                                    }
+                                }
+                                Err(e) => return self.fail(e.to_string()),
+                            }
+                        }
+                        Ok(false) => return,
+                        Err(e) => return self.fail(e.to_string()),
+                    }
+                }
+                Stage::MuxerNeg(_) => {
+                    if let Err(e) = self.decrypt() {
+                        return self.fail(e);
+                    }
+                    let Stage::MuxerNeg(neg) = &mut self.stage else { return };
+                    let r = neg.handle_input(&mut self.plain_in);
+                    let b = neg.poll_transmit();
+                    if let Some(b) = b {
+                        self.encrypt(&b);
+                    }
+                    match r {
+                        Ok(Some(_)) => self.open(false),
+                        Ok(None) => return,
+                        Err(e) => return self.fail(format!("muxer negotiation: {e}")),
+                    }
+                }
+                Stage::Open => {
+                    if let Err(e) = self.decrypt() {
+                        return self.fail(e);
+                    }
+                    let y = self.yamux.as_mut().expect("invariant: open connection has a muxer");
+                    if let Err(e) = y.handle_input(&mut self.plain_in) {
+                        return self.fail(e.to_string());
+                    }
+                    self.drain_muxer_events();
+                    return;
+                }
+                Stage::Closed => return,
+            }
+        }
+    }
+
+    fn open(&mut self, early: bool) {
+        self.stage = Stage::Open;
+        self.deadline = None;
+        self.yamux = Some(Yamux::new(self.role == Role::Dialer, self.config.limits.yamux.clone()));
+        let r = self.remote.as_ref().expect("invariant: remote known after noise");
+        self.events.push_back(Event::Established {
+            peer: r.peer_id.clone(),
+            public_key: r.public_key.clone(),
+            muxer: yamux::PROTOCOL_ID.into(),
+            early_muxer: early,
+        });
+    }
+
+    fn decrypt(&mut self) -> Result<(), String> {
+        let t = self.secure.as_mut().expect("invariant: secure channel after noise");
+        t.decrypt(&mut self.raw_in, &mut self.plain_in).map_err(|e| e.to_string())
+    }
+
+    fn encrypt(&mut self, plain: &[u8]) {
+        let t = self.secure.as_mut().expect("invariant: secure channel after noise");
+        t.encrypt(plain, &mut self.out);
+    }
+
+    fn flush_muxer(&mut self) {
+        let Some(y) = &mut self.yamux else { return };
+        if let Some(b) = y.poll_transmit() {
+            self.encrypt(&b);
+        }
+    }
+
+    /// Bytes for the socket. The driver calls this when its socket can take more: writes through
+    /// yamux are encrypted here, in as few frames as possible.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.flush_muxer();
+        self.drain_muxer_events();
+        if self.out.is_empty() {
+            None
+        } else {
+            self.stats.bytes_out += self.out.len() as u64;
+            Some(std::mem::take(&mut self.out))
+        }
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn drain_muxer_events(&mut self) {
+        loop {
+            let Some(y) = &mut self.yamux else { return };
+            let Some(ev) = y.poll_event() else { return };
+            match ev {
+                yamux::Event::InboundStream(id) => {
+                    let negotiating = self.streams.values().filter(|e| e.neg.is_some()).count();
+                    if negotiating >= self.config.limits.max_negotiating_streams {
+                        tracing::debug!(stream = %id, "too many streams negotiating; reset");
+                        y.reset(id);
+                        continue;
+                    }
+                    let mut neg = Negotiator::listener(self.config.protocols.iter().cloned());
+                    if let Some(b) = neg.poll_transmit() {
+                        let _ = y.write(id, &b);
+                    }
+                    self.streams.insert(id, StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false });
+                }
+                yamux::Event::Readable(id) => match self.streams.get(&id) {
+                    Some(e) if e.neg.is_some() => self.negotiate(id),
+                    Some(_) => self.events.push_back(Event::Readable(id)),
+                    None => {}
+                },
+                yamux::Event::Writable(id) => {
+                    if matches!(self.streams.get(&id), Some(e) if e.neg.is_none()) {
+                        self.events.push_back(Event::Writable(id));
+                    }
+                }
+                yamux::Event::Reset(id) => match self.streams.remove(&id) {
+                    Some(e) if e.neg.is_some() => {
+                        if e.outbound {
+                            self.events.push_back(Event::OutboundFailed { id, reason: "stream reset during negotiation".into() });
+                        }
+                        y.release(id);
+                    }
+                    Some(e) => {
+                        self.streams.insert(id, e);
+                        self.events.push_back(Event::Reset(id));
+                    }
+                    None => {}
+                },
+                yamux::Event::Pong(_) => {}
+                yamux::Event::GoAway(code) => {
+                    tracing::debug!(code, "remote sent go away");
+                }
+            }
+        }
+    }
+
+    fn negotiate(&mut self, id: StreamId) {
+        let y = self.yamux.as_mut().expect("invariant: streams exist only on open connections");
+        let Some(entry) = self.streams.get_mut(&id) else { return };
+        let Some((neg, buf)) = &mut entry.neg else { return };
+        let mut eof = false;
+        let mut tmp = [0u8; 1024];
+        loop {
+            match y.read(id, &mut tmp) {
+                ReadResult::Data(n) => buf.extend_from_slice(&tmp[..n]),
+                ReadResult::Eof => {
+                    eof = true;
+                    break;
+                }
+                ReadResult::Pending | ReadResult::Reset => break,
+            }
+            if buf.len() > 64 * 1024 {
+                break;
+            }
+        }
+        let r = neg.handle_input(buf);
+        if let Some(b) = neg.poll_transmit() {
+            let _ = y.write(id, &b);
+        }
+        match r {
+            Ok(Some(protocol)) => {
+                let (_, rest) = entry.neg.take().expect("invariant: negotiating");
+                entry.prebuf = rest;
+                let ev = if entry.outbound { Event::OutboundReady { id, protocol } } else { Event::InboundStream { id, protocol } };
+                self.events.push_back(ev);
+                if !entry.prebuf.is_empty() || eof {
+                    self.events.push_back(Event::Readable(id));
+                }
+            }
+            Ok(None) if !eof => {}
+            Ok(None) | Err(_) => {
+                let reason = match r {
+                    Err(e) => e.to_string(),
+                    _ => "stream closed during negotiation".into(),
+                };
+                tracing::debug!(stream = %id, %reason, "stream negotiation failed");
+                self.stats.streams_negotiation_failed += 1;
+                let outbound = entry.outbound;
+                self.streams.remove(&id);
+                y.reset(id);
+                if outbound {
+                    self.events.push_back(Event::OutboundFailed { id, reason });
+                }
+            }
+        }
+    }
+
+    /// Opens a stream and negotiates the first of `protocols` the remote supports. Completes with
+    /// `OutboundReady` or `OutboundFailed`.
+    pub fn open_stream(&mut self, protocols: Vec<String>) -> Result<StreamId, StreamError> {
+        if protocols.is_empty() {
+            return Err(StreamError::Unknown);
+        }
+        let Some(y) = &mut self.yamux else { return Err(StreamError::GoingAway) };
+        if !matches!(self.stage, Stage::Open) {
+            return Err(StreamError::GoingAway);
+        }
+        let id = y.open_stream()?;
+        let mut neg = Negotiator::dialer(protocols);
+        if let Some(b) = neg.poll_transmit() {
+            let _ = y.write(id, &b);
+        }
+        self.streams.insert(id, StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true });
+        Ok(id)
+    }
+
+    pub fn stream_read(&mut self, id: StreamId, buf: &mut [u8]) -> ReadResult {
+        let Some(e) = self.streams.get_mut(&id) else { return ReadResult::Reset };
+        if e.neg.is_some() {
+            return ReadResult::Pending;
+        }
+        if !e.prebuf.is_empty() {
+            let n = e.prebuf.len().min(buf.len());
+            buf[..n].copy_from_slice(&e.prebuf[..n]);
+            e.prebuf.drain(..n);
+            return ReadResult::Data(n);
+        }
+        match &mut self.yamux {
+            Some(y) => y.read(id, buf),
+            None => ReadResult::Reset,
+        }
+    }
+
+    pub fn stream_write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        match self.streams.get(&id) {
+            None => return Err(StreamError::Reset),
+            Some(e) if e.neg.is_some() => return Ok(0),
+            _ => {}
+        }
+        match &mut self.yamux {
+            Some(y) => y.write(id, data),
+            None => Err(StreamError::Reset),
+        }
+    }
+
+    /// Half-closes our side of the stream.
+    pub fn stream_close(&mut self, id: StreamId) {
+        if let Some(y) = &mut self.yamux {
+            y.close(id);
+        }
+    }
+
+    pub fn stream_reset(&mut self, id: StreamId) {
+        self.streams.remove(&id);
+        if let Some(y) = &mut self.yamux {
+            y.reset(id);
+        }
+    }
+
+    /// The application dropped its handle.
+    pub fn stream_release(&mut self, id: StreamId) {
+        self.streams.remove(&id);
+        if let Some(y) = &mut self.yamux {
+            y.release(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) struct Pair {
+        pub a: Connection,
+        pub b: Connection,
+        pub now: Instant,
+        pub ev_a: Vec<Event>,
+        pub ev_b: Vec<Event>,
+    }
+
+    impl Pair {
+        fn new(early: bool) -> Pair {
+            let mut rng = crate::rng::from_seed([9; 32]);
+            let ka = Keypair::generate_ed25519(&mut rng);
+            let kb = Keypair::generate_ed25519(&mut rng);
+            let mut ca = Config::new(ka);
+            ca.early_muxer_negotiation = early;
+            let mut cb = Config::new(kb.clone());
+            cb.protocols = vec!["/echo/1".into()];
+            let now = Instant(0);
+            Pair {
+                a: Connection::new(Role::Dialer, ca, Some(kb.peer_id()), now, [1; 32]),
+                b: Connection::new(Role::Listener, cb, None, now, [2; 32]),
+                now,
+                ev_a: vec![],
+                ev_b: vec![],
+            }
+        }
+
+        fn pump(&mut self) {
+            for _ in 0..20 {
+                let mut moved = false;
+                if let Some(x) = self.a.poll_transmit() {
+                    self.b.handle_input(self.now, &x);
+                    moved = true;
+                }
+                if let Some(x) = self.b.poll_transmit() {
+                    self.a.handle_input(self.now, &x);
+                    moved = true;
+                }
+                self.ev_a.extend(std::iter::from_fn(|| self.a.poll_event()));
+                self.ev_b.extend(std::iter::from_fn(|| self.b.poll_event()));
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn upgrade_and_echo(early: bool) {
+        let mut p = Pair::new(early);
+        p.pump();
+        assert!(p.a.is_open() && p.b.is_open());
+        assert!(matches!(&p.ev_a[0], Event::Established { early_muxer, .. } if *early_muxer == early));
+        let id = p.a.open_stream(vec!["/nope".into(), "/echo/1".into()]).unwrap();
+        p.a.stream_write(id, b"early?").unwrap(); // refused until negotiated
+        p.pump();
+        assert!(p.ev_a.contains(&Event::OutboundReady { id, protocol: "/echo/1".into() }));
+        assert!(p.ev_b.contains(&Event::InboundStream { id, protocol: "/echo/1".into() }));
+        assert_eq!(p.a.stream_write(id, b"ping").unwrap(), 4);
+        p.a.stream_close(id);
+        p.pump();
+        let mut buf = [0u8; 16];
+        assert_eq!(p.b.stream_read(id, &mut buf), ReadResult::Data(4));
+        assert_eq!(&buf[..4], b"ping");
+        assert_eq!(p.b.stream_read(id, &mut buf), ReadResult::Eof);
+    }
+
+    #[test]
+    fn conn_upgrade_with_early_muxer_then_stream() {
+        upgrade_and_echo(true);
+    }
+
+    #[test]
+    fn conn_upgrade_with_mss_muxer_then_stream() {
+        upgrade_and_echo(false);
+    }
+
+    #[test]
+    fn conn_unsupported_protocol_fails_stream_not_connection() {
+        let mut p = Pair::new(true);
+        p.pump();
+        let id = p.a.open_stream(vec!["/nope".into()]).unwrap();
+        p.pump();
+        assert!(p.ev_a.iter().any(|e| matches!(e, Event::OutboundFailed { id: i, .. } if *i == id)));
+        assert!(p.a.is_open() && p.b.is_open());
+    }
+
+    #[test]
+    fn conn_garbage_closes_with_reason_and_timeout_fires() {
+        let mut rng = crate::rng::from_seed([1; 32]);
+        let k = Keypair::generate_ed25519(&mut rng);
+        let mut c = Connection::new(Role::Listener, Config::new(k.clone()), None, Instant(0), [0; 32]);
+        c.handle_input(Instant(1), b"\x05GET /\r\n");
+        let evs: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(matches!(&evs[..], [Event::Closed { .. }]));
+        let mut c = Connection::new(Role::Listener, Config::new(k), None, Instant(0), [0; 32]);
+        c.handle_timeout(Instant(1));
+        assert!(!c.is_closed());
+        c.handle_timeout(Instant(0) + Duration::from_secs(15));
+        assert!(matches!(c.poll_event(), Some(Event::Closed { reason }) if reason.contains("timed out")));
+    }
+
+    #[test]
+    fn conn_wrong_peer_id_fails_handshake() {
+        let mut p = Pair::new(true);
+        let mut rng = crate::rng::from_seed([77; 32]);
+        let other = Keypair::generate_ed25519(&mut rng).peer_id();
+        p.a = Connection::new(Role::Dialer, Config::new(Keypair::generate_ed25519(&mut rng)), Some(other), Instant(0), [3; 32]);
+        p.pump();
+        assert!(p.a.is_closed());
+        assert!(p.ev_a.iter().any(|e| matches!(e, Event::Closed { reason } if reason.contains("expected"))));
+    }
+}
