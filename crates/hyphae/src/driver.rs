@@ -1,0 +1,354 @@
+//! The tokio driver of one connection: a reader task feeds socket bytes into the sans-IO
+//! [`Connection`], a writer task drains its output and fires its timer. Stream handles share the
+//! connection's state (a short-held mutex) and wakers, so the byte path needs no channel hop per chunk.
+
+use crate::host::{Direction, Inner};
+use hyphae_core::conn::{Connection, Event, ReadResult, Role, StreamId};
+use hyphae_core::{Instant, Multiaddr, PeerId, PublicKey};
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+
+/// Socket read size per syscall.
+const READ_CHUNK: usize = 256 * 1024;
+
+pub(crate) struct ConnShared {
+    pub id: u64,
+    pub direction: Direction,
+    pub local_addr: Multiaddr,
+    pub remote_addr: Multiaddr,
+    epoch: std::time::Instant,
+    state: Mutex<ConnState>,
+    /// Wakes the writer task: output is pending or the timer changed.
+    notify: Notify,
+}
+
+pub(crate) struct ConnState {
+    pub conn: Connection,
+    read_wakers: BTreeMap<StreamId, Waker>,
+    write_wakers: BTreeMap<StreamId, Waker>,
+    pending_open: BTreeMap<StreamId, oneshot::Sender<Result<String, String>>>,
+    established: Option<oneshot::Sender<Result<PeerId, String>>>,
+    pub peer: Option<PeerId>,
+    pub closed: Option<String>,
+}
+
+/// What the host must do after the connection machine produced events (done outside the lock).
+pub(crate) enum Action {
+    Established(PeerId, PublicKey),
+    Inbound(StreamId, String),
+    Closed(String),
+}
+
+impl ConnShared {
+    pub fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ConnState> {
+        // A panic while holding this lock is a bug; keep serving the other streams rather than cascade.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn wake_writer(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Opens a stream; resolves once its protocol is negotiated.
+    pub fn open_stream(&self, protocols: Vec<String>) -> Result<(StreamId, oneshot::Receiver<Result<String, String>>), String> {
+        let mut st = self.lock();
+        if let Some(r) = &st.closed {
+            return Err(format!("connection closed: {r}"));
+        }
+        let id = st.conn.open_stream(protocols).map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        st.pending_open.insert(id, tx);
+        drop(st);
+        self.wake_writer();
+        Ok((id, rx))
+    }
+
+    pub fn close(&self) {
+        self.lock().conn.close();
+        self.wake_writer();
+    }
+}
+
+impl ConnState {
+    fn dispatch(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Established { peer, public_key, muxer, early_muxer } => {
+                    tracing::debug!(%peer, %muxer, early_muxer, "connection established");
+                    self.peer = Some(peer.clone());
+                    if let Some(tx) = self.established.take() {
+                        let _ = tx.send(Ok(peer.clone()));
+                    }
+                    actions.push(Action::Established(peer, public_key));
+                }
+                Event::InboundStream { id, protocol } => actions.push(Action::Inbound(id, protocol)),
+                Event::OutboundReady { id, protocol } => {
+                    if let Some(tx) = self.pending_open.remove(&id) {
+                        if tx.send(Ok(protocol)).is_err() {
+                            self.conn.stream_reset(id);
+                        }
+                    }
+                }
+                Event::OutboundFailed { id, reason } => {
+                    if let Some(tx) = self.pending_open.remove(&id) {
+                        let _ = tx.send(Err(reason));
+                    }
+                }
+                Event::Readable(id) => {
+                    if let Some(w) = self.read_wakers.remove(&id) {
+                        w.wake();
+                    }
+                }
+                Event::Writable(id) => {
+                    if let Some(w) = self.write_wakers.remove(&id) {
+                        w.wake();
+                    }
+                }
+                Event::Reset(id) => {
+                    if let Some(w) = self.read_wakers.remove(&id) {
+                        w.wake();
+                    }
+                    if let Some(w) = self.write_wakers.remove(&id) {
+                        w.wake();
+                    }
+                }
+                Event::Closed { reason } => {
+                    self.closed = Some(reason.clone());
+                    if let Some(tx) = self.established.take() {
+                        let _ = tx.send(Err(reason.clone()));
+                    }
+                    for (_, tx) in std::mem::take(&mut self.pending_open) {
+                        let _ = tx.send(Err(format!("connection closed: {reason}")));
+                    }
+                    for (_, w) in std::mem::take(&mut self.read_wakers).into_iter().chain(std::mem::take(&mut self.write_wakers)) {
+                        w.wake();
+                    }
+                    actions.push(Action::Closed(reason));
+                }
+            }
+        }
+        actions
+    }
+}
+
+/// Starts the tasks of a new TCP connection. `established` learns the outcome of the upgrade.
+pub(crate) fn spawn_connection(
+    inner: Arc<Inner>,
+    socket: TcpStream,
+    direction: Direction,
+    expected: Option<PeerId>,
+    established: Option<oneshot::Sender<Result<PeerId, String>>>,
+) {
+    let _ = socket.set_nodelay(true);
+    let local_addr = socket.local_addr().map(Multiaddr::from_tcp).unwrap_or_default();
+    let remote_addr = socket.peer_addr().map(Multiaddr::from_tcp).unwrap_or_default();
+    let role = match direction {
+        Direction::Outbound => Role::Dialer,
+        Direction::Inbound => Role::Listener,
+    };
+    let epoch = inner.epoch;
+    let now = Instant::from_nanos(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    let conn = Connection::new(role, inner.conn_config(), expected, now, inner.child_seed());
+    let shared = Arc::new(ConnShared {
+        id: inner.next_conn_id(),
+        direction,
+        local_addr,
+        remote_addr,
+        epoch,
+        state: Mutex::new(ConnState {
+            conn,
+            read_wakers: BTreeMap::new(),
+            write_wakers: BTreeMap::new(),
+            pending_open: BTreeMap::new(),
+            established,
+            peer: None,
+            closed: None,
+        }),
+        notify: Notify::new(),
+    });
+    inner.conn_started(&shared);
+    let (rd, wr) = socket.into_split();
+    let reader = tokio::spawn(read_loop(inner.clone(), shared.clone(), rd));
+    tokio::spawn(write_loop(inner, shared, wr, reader));
+}
+
+async fn read_loop(inner: Arc<Inner>, shared: Arc<ConnShared>, mut rd: tokio::net::tcp::OwnedReadHalf) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let r = rd.read(&mut buf).await;
+        let (actions, done) = {
+            let mut st = shared.lock();
+            let done = match r {
+                Ok(0) | Err(_) => {
+                    st.conn.handle_eof();
+                    true
+                }
+                Ok(n) => {
+                    let now = shared.now();
+                    st.conn.handle_input(now, &buf[..n]);
+                    false
+                }
+            };
+            (st.dispatch(), done)
+        };
+        shared.wake_writer();
+        inner.handle_actions(&shared, actions);
+        if done {
+            return;
+        }
+    }
+}
+
+async fn write_loop(inner: Arc<Inner>, shared: Arc<ConnShared>, mut wr: tokio::net::tcp::OwnedWriteHalf, reader: tokio::task::JoinHandle<()>) {
+    loop {
+        let (out, deadline, closed, actions) = {
+            let mut st = shared.lock();
+            let now = shared.now();
+            if st.conn.poll_timeout().is_some_and(|d| d <= now) {
+                st.conn.handle_timeout(now);
+            }
+            let out = st.conn.poll_transmit();
+            let actions = st.dispatch();
+            (out, st.conn.poll_timeout(), st.closed.is_some(), actions)
+        };
+        inner.handle_actions(&shared, actions);
+        if let Some(out) = out {
+            if let Err(e) = wr.write_all(&out).await {
+                tracing::debug!(error = %e, "socket write failed");
+                let actions = {
+                    let mut st = shared.lock();
+                    st.conn.handle_eof();
+                    st.dispatch()
+                };
+                inner.handle_actions(&shared, actions);
+                break;
+            }
+            continue;
+        }
+        if closed {
+            break;
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until((shared.epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shared.notify.notified() => {}
+            _ = sleep => {}
+        }
+    }
+    let _ = wr.shutdown().await;
+    reader.abort();
+    inner.conn_finished(&shared);
+}
+
+/// A negotiated stream: tokio `AsyncRead` + `AsyncWrite`. `shutdown` half-closes (FIN); dropping the
+/// handle closes our side and discards what the remote still sends.
+pub struct Stream {
+    pub(crate) id: StreamId,
+    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) protocol: String,
+    pub(crate) peer: PeerId,
+}
+
+impl Stream {
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+    pub fn remote_peer(&self) -> &PeerId {
+        &self.peer
+    }
+    pub fn remote_addr(&self) -> &Multiaddr {
+        &self.shared.remote_addr
+    }
+    /// Abortive close (RST).
+    pub fn reset(self) {
+        self.shared.lock().conn.stream_reset(self.id);
+        self.shared.wake_writer();
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stream({} {} on conn {} to {})", self.id, self.protocol, self.shared.id, self.peer)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        let want = buf.remaining().min(READ_CHUNK);
+        match st.conn.stream_read(self.id, buf.initialize_unfilled_to(want)) {
+            ReadResult::Data(n) => {
+                buf.advance(n);
+                drop(st);
+                self.shared.wake_writer();
+                Poll::Ready(Ok(()))
+            }
+            ReadResult::Eof => Poll::Ready(Ok(())),
+            ReadResult::Reset => Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset"))),
+            ReadResult::Pending => {
+                if let Some(r) = &st.closed {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("connection closed: {r}"))));
+                }
+                st.read_wakers.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let mut st = self.shared.lock();
+        match st.conn.stream_write(self.id, data) {
+            Ok(0) if !data.is_empty() => {
+                st.write_wakers.insert(self.id, cx.waker().clone());
+                drop(st);
+                // The writer may be idle with output pending; make sure it drains so we get Writable.
+                self.shared.wake_writer();
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(st);
+                self.shared.wake_writer();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.lock().conn.stream_close(self.id);
+        self.shared.wake_writer();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.conn.stream_release(self.id);
+        st.read_wakers.remove(&self.id);
+        st.write_wakers.remove(&self.id);
+        drop(st);
+        self.shared.wake_writer();
+    }
+}

@@ -1,0 +1,755 @@
+//! The Host: Go's `host.Host` shape over hyphae's machines. Listen, connect, open a stream to a peer for a
+//! protocol, serve a protocol. Identify and ping are built in.
+
+use crate::driver::{self, Action, ConnShared};
+pub use crate::driver::Stream;
+use hyphae_core::conn::{self, StreamId};
+use hyphae_core::identify::{self, Info};
+use hyphae_core::multiaddr::MultiaddrError;
+use hyphae_core::{ping, rng, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
+use rand_core::RngCore;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, oneshot};
+
+pub const AGENT_VERSION: &str = concat!("hyphae/", env!("CARGO_PKG_VERSION"));
+pub const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    Io(std::io::Error),
+    Multiaddr(MultiaddrError),
+    UnsupportedAddress(Multiaddr),
+    Handshake(String),
+    NoConnection(PeerId),
+    Negotiation(String),
+    Timeout(&'static str),
+    Limit(&'static str),
+    Protocol(String),
+}
+
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "i/o: {e}"),
+            Error::Multiaddr(e) => write!(f, "multiaddr: {e}"),
+            Error::UnsupportedAddress(a) => write!(f, "unsupported address {a} (tcp over ip4/ip6/dns4/dns6/dns)"),
+            Error::Handshake(e) => write!(f, "connection upgrade failed: {e}"),
+            Error::NoConnection(p) => write!(f, "no connection to {p} and no known address"),
+            Error::Negotiation(e) => write!(f, "protocol negotiation failed: {e}"),
+            Error::Timeout(what) => write!(f, "timed out: {what}"),
+            Error::Limit(what) => write!(f, "limit reached: {what}"),
+            Error::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+impl std::error::Error for Error {}
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+impl From<MultiaddrError> for Error {
+    fn from(e: MultiaddrError) -> Self {
+        Error::Multiaddr(e)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub keypair: Keypair,
+    pub limits: conn::Limits,
+    /// Connections open or opening at once, both directions. Default 1024.
+    pub max_connections: usize,
+    /// Established connections per peer. Default 8.
+    pub max_connections_per_peer: usize,
+    /// Peers remembered in the peerstore (oldest unconnected evicted first). Default 10 000.
+    pub max_peerstore_entries: usize,
+    pub dial_timeout: Duration,
+    pub stream_timeout: Duration,
+    pub agent_version: String,
+    /// Root seed of the host's RNG; `None` draws one from the OS.
+    pub seed: Option<[u8; 32]>,
+}
+
+impl HostConfig {
+    pub fn new(keypair: Keypair) -> Self {
+        HostConfig {
+            keypair,
+            limits: conn::Limits::default(),
+            max_connections: 1024,
+            max_connections_per_peer: 8,
+            max_peerstore_entries: 10_000,
+            dial_timeout: Duration::from_secs(15),
+            stream_timeout: Duration::from_secs(15),
+            agent_version: AGENT_VERSION.to_string(),
+            seed: None,
+        }
+    }
+    /// A fresh Ed25519 identity.
+    pub fn ephemeral() -> Self {
+        Self::new(Keypair::generate_ed25519(&mut rand_core::OsRng))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone)]
+pub enum HostEvent {
+    Connected { peer: PeerId, addr: Multiaddr, direction: Direction },
+    Disconnected { peer: PeerId, reason: String },
+    Identified { peer: PeerId, info: Box<Info> },
+    InboundPing { peer: PeerId },
+}
+
+/// What the host knows of a peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerInfo {
+    pub addrs: Vec<Multiaddr>,
+    pub protocols: Vec<String>,
+    pub agent_version: Option<String>,
+    pub protocol_version: Option<String>,
+    pub public_key: Option<PublicKey>,
+    /// Our address as this peer saw it.
+    pub observed_addr: Option<Multiaddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub peer: PeerId,
+    pub local_addr: Multiaddr,
+    pub remote_addr: Multiaddr,
+    pub direction: Direction,
+    pub streams: usize,
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Handler = Arc<dyn Fn(Stream) -> BoxFut + Send + Sync>;
+
+const MAX_ADDRS_PER_PEER: usize = 32;
+
+pub(crate) struct Inner {
+    keypair: Keypair,
+    peer_id: PeerId,
+    config: HostConfig,
+    pub(crate) epoch: std::time::Instant,
+    rng: Mutex<rng::Rng>,
+    handlers: Mutex<BTreeMap<String, Handler>>,
+    conns: Mutex<BTreeMap<u64, Arc<ConnShared>>>,
+    by_peer: Mutex<BTreeMap<PeerId, Vec<u64>>>,
+    peerstore: Mutex<BTreeMap<PeerId, PeerInfo>>,
+    listen_addrs: Mutex<Vec<Multiaddr>>,
+    listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    next_conn: AtomicU64,
+    live_conns: AtomicUsize,
+    events: broadcast::Sender<HostEvent>,
+    me: Weak<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn child_seed(&self) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        lock(&self.rng).fill_bytes(&mut s);
+        s
+    }
+
+    fn protocols(&self) -> Vec<String> {
+        lock(&self.handlers).keys().cloned().collect()
+    }
+
+    pub(crate) fn conn_config(&self) -> conn::Config {
+        let mut c = conn::Config::new(self.keypair.clone());
+        c.protocols = self.protocols();
+        c.limits = self.config.limits.clone();
+        c.handshake_timeout = self.config.dial_timeout;
+        c
+    }
+
+    pub(crate) fn conn_started(&self, shared: &Arc<ConnShared>) {
+        lock(&self.conns).insert(shared.id, shared.clone());
+    }
+
+    pub(crate) fn conn_finished(&self, shared: &Arc<ConnShared>) {
+        lock(&self.conns).remove(&shared.id);
+        self.live_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Established(peer, key) => self.on_established(shared, peer, key),
+                Action::Inbound(id, protocol) => self.on_inbound(shared, id, protocol),
+                Action::Closed(reason) => self.on_closed(shared, reason),
+            }
+        }
+    }
+
+    fn on_established(&self, shared: &Arc<ConnShared>, peer: PeerId, key: PublicKey) {
+        {
+            let mut bp = lock(&self.by_peer);
+            let list = bp.entry(peer.clone()).or_default();
+            if list.len() >= self.config.max_connections_per_peer {
+                drop(bp);
+                tracing::debug!(%peer, "too many connections to peer; closing the new one");
+                shared.close();
+                return;
+            }
+            list.push(shared.id);
+        }
+        {
+            let mut ps = lock(&self.peerstore);
+            if !ps.contains_key(&peer) && ps.len() >= self.config.max_peerstore_entries {
+                let bp = lock(&self.by_peer);
+                if let Some(victim) = ps.keys().find(|p| !bp.contains_key(*p)).cloned() {
+                    ps.remove(&victim);
+                }
+            }
+            let e = ps.entry(peer.clone()).or_default();
+            e.public_key = Some(key);
+            if shared.direction == Direction::Outbound && !e.addrs.contains(&shared.remote_addr) && e.addrs.len() < MAX_ADDRS_PER_PEER {
+                e.addrs.push(shared.remote_addr.clone());
+            }
+        }
+        tracing::info!(%peer, addr = %shared.remote_addr, direction = ?shared.direction, "connected");
+        let _ = self.events.send(HostEvent::Connected { peer: peer.clone(), addr: shared.remote_addr.clone(), direction: shared.direction });
+        // Identify every new peer, as go-libp2p and js-libp2p do.
+        if let Some(me) = self.me.upgrade() {
+            let host = Host { inner: me };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = host.identify_on(&shared, &peer).await {
+                    tracing::debug!(%peer, error = %e, "identify failed");
+                }
+            });
+        }
+    }
+
+    fn on_inbound(&self, shared: &Arc<ConnShared>, id: StreamId, protocol: String) {
+        let handler = lock(&self.handlers).get(&protocol).cloned();
+        let peer = shared.lock().peer.clone();
+        match (handler, peer) {
+            (Some(h), Some(peer)) => {
+                let s = Stream { id, shared: shared.clone(), protocol, peer };
+                tokio::spawn(h(s));
+            }
+            _ => {
+                shared.lock().conn.stream_reset(id);
+                shared.wake_writer();
+            }
+        }
+    }
+
+    fn on_closed(&self, shared: &Arc<ConnShared>, reason: String) {
+        let peer = shared.lock().peer.clone();
+        let Some(peer) = peer else {
+            tracing::debug!(addr = %shared.remote_addr, %reason, "connection failed before upgrade");
+            return;
+        };
+        let last = {
+            let mut bp = lock(&self.by_peer);
+            match bp.get_mut(&peer) {
+                Some(list) => {
+                    list.retain(|c| *c != shared.id);
+                    if list.is_empty() {
+                        bp.remove(&peer);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        tracing::info!(%peer, %reason, "connection closed");
+        if last {
+            let _ = self.events.send(HostEvent::Disconnected { peer, reason });
+        }
+    }
+
+    fn local_info(&self, observed: Option<Multiaddr>) -> Info {
+        Info {
+            protocol_version: Some(PROTOCOL_VERSION.into()),
+            agent_version: Some(self.config.agent_version.clone()),
+            public_key: Some(self.keypair.public()),
+            listen_addrs: lock(&self.listen_addrs).clone(),
+            observed_addr: observed,
+            protocols: self.protocols(),
+            signed_peer_record: None,
+        }
+    }
+
+    fn store_identify(&self, peer: &PeerId, info: &Info) {
+        let mut ps = lock(&self.peerstore);
+        let e = ps.entry(peer.clone()).or_default();
+        e.protocols = info.protocols.clone();
+        e.agent_version = info.agent_version.clone();
+        e.protocol_version = info.protocol_version.clone();
+        e.observed_addr = info.observed_addr.clone();
+        if let Some(k) = &info.public_key {
+            e.public_key = Some(k.clone());
+        }
+        for a in &info.listen_addrs {
+            let a = a.without_peer_id();
+            if !e.addrs.contains(&a) && e.addrs.len() < MAX_ADDRS_PER_PEER {
+                e.addrs.push(a);
+            }
+        }
+    }
+}
+
+/// A libp2p host. Cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+impl Host {
+    pub async fn new(config: HostConfig) -> Result<Host, Error> {
+        let seed = config.seed.unwrap_or_else(|| {
+            let mut s = [0u8; 32];
+            rand_core::OsRng.fill_bytes(&mut s);
+            s
+        });
+        let (events, _) = broadcast::channel(1024);
+        let keypair = config.keypair.clone();
+        let inner = Arc::new_cyclic(|me| Inner {
+            peer_id: keypair.peer_id(),
+            keypair,
+            config,
+            epoch: std::time::Instant::now(),
+            rng: Mutex::new(rng::from_seed(seed)),
+            handlers: Mutex::new(BTreeMap::new()),
+            conns: Mutex::new(BTreeMap::new()),
+            by_peer: Mutex::new(BTreeMap::new()),
+            peerstore: Mutex::new(BTreeMap::new()),
+            listen_addrs: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Vec::new()),
+            next_conn: AtomicU64::new(1),
+            live_conns: AtomicUsize::new(0),
+            events,
+            me: me.clone(),
+        });
+        let host = Host { inner };
+        host.install_builtin_handlers();
+        Ok(host)
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id.clone()
+    }
+    pub fn keypair(&self) -> &Keypair {
+        &self.inner.keypair
+    }
+
+    /// Host events (connections, identify results). A slow receiver misses events beyond 1024 queued.
+    pub fn events(&self) -> broadcast::Receiver<HostEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The addresses we listen on (unspecified addresses expanded to the interfaces' addresses).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.inner.listen_addrs).clone()
+    }
+
+    /// Serves `protocol` on inbound streams with `handler`.
+    pub fn set_stream_handler<F, Fut>(&self, protocol: &str, handler: F)
+    where
+        F: Fn(Stream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let h: Handler = Arc::new(move |s| Box::pin(handler(s)));
+        lock(&self.inner.handlers).insert(protocol.to_string(), h);
+        self.protocols_changed();
+    }
+
+    pub fn remove_stream_handler(&self, protocol: &str) {
+        lock(&self.inner.handlers).remove(protocol);
+        self.protocols_changed();
+    }
+
+    fn protocols_changed(&self) {
+        let protos = self.inner.protocols();
+        let conns: Vec<_> = lock(&self.inner.conns).values().cloned().collect();
+        for c in &conns {
+            c.lock().conn.set_protocols(protos.clone());
+        }
+        // Tell connected peers (identify push), as go-libp2p does.
+        for peer in self.peers() {
+            let host = self.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = host.new_stream(&peer, &[identify::PUSH_PROTOCOL_ID]).await {
+                    let info = host.inner.local_info(None);
+                    let _ = s.write_all(&info.encode()).await;
+                    let _ = s.shutdown().await;
+                }
+            });
+        }
+    }
+
+    fn install_builtin_handlers(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        self.set_stream_handler(identify::PROTOCOL_ID, move |mut s: Stream| {
+            let weak = weak.clone();
+            async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let info = inner.local_info(Some(s.remote_addr().clone()));
+                let _ = s.write_all(&info.encode()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let weak = Arc::downgrade(&self.inner);
+        self.set_stream_handler(identify::PUSH_PROTOCOL_ID, move |mut s: Stream| {
+            let weak = weak.clone();
+            async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let mut buf = Vec::new();
+                if (&mut s).take(Info::max_total_len() as u64).read_to_end(&mut buf).await.is_err() {
+                    return;
+                }
+                match Info::decode_all(&buf) {
+                    Ok(info) => {
+                        let peer = s.remote_peer().clone();
+                        inner.store_identify(&peer, &info);
+                        let _ = inner.events.send(HostEvent::Identified { peer, info: Box::new(info) });
+                    }
+                    Err(e) => tracing::debug!(peer = %s.remote_peer(), error = %e, "bad identify push"),
+                }
+            }
+        });
+        let weak = Arc::downgrade(&self.inner);
+        self.set_stream_handler(ping::PROTOCOL_ID, move |mut s: Stream| {
+            let weak = weak.clone();
+            async move {
+                if let Some(inner) = weak.upgrade() {
+                    let _ = inner.events.send(HostEvent::InboundPing { peer: s.remote_peer().clone() });
+                }
+                let mut echo = ping::Echo::default();
+                let mut buf = [0u8; 256];
+                let mut out = Vec::new();
+                loop {
+                    // spec(ping): the listener echoes; go closes idle ping streams after 60 s.
+                    let n = match tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => break,
+                    };
+                    out.clear();
+                    echo.handle_input(&buf[..n], &mut out);
+                    if !out.is_empty() && s.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown().await;
+            }
+        });
+    }
+
+    /// Listens on a TCP multiaddr (`/ip4|ip6/<ip>/tcp/<port>`, port 0 = any). Returns the addresses now
+    /// listened on, each ending in `/p2p/<our id>`.
+    pub async fn listen(&self, addr: Multiaddr) -> Result<Vec<Multiaddr>, Error> {
+        let (sa, tcp) = addr.socket_addr().ok_or_else(|| Error::UnsupportedAddress(addr.clone()))?;
+        if !tcp || addr.len() != 2 {
+            return Err(Error::UnsupportedAddress(addr));
+        }
+        let listener = TcpListener::bind(sa).await?;
+        let local = listener.local_addr()?;
+        let mut addrs = Vec::new();
+        if local.ip().is_unspecified() {
+            let v4 = local.is_ipv4();
+            let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+                .map(|l| l.into_iter().map(|i| i.ip()).filter(|ip| ip.is_ipv4() == v4).collect())
+                .unwrap_or_default();
+            if ips.is_empty() {
+                ips.push(if v4 { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from(std::net::Ipv6Addr::LOCALHOST) });
+            }
+            ips.sort();
+            ips.dedup();
+            for ip in ips {
+                addrs.push(Multiaddr::from_tcp(SocketAddr::new(ip, local.port())));
+            }
+        } else {
+            addrs.push(Multiaddr::from_tcp(local));
+        }
+        lock(&self.inner.listen_addrs).extend(addrs.iter().cloned());
+        let weak = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(async move {
+            loop {
+                let (sock, from) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.live_conns.load(Ordering::Relaxed) >= inner.config.max_connections {
+                    tracing::debug!(%from, "connection limit reached; refusing inbound connection");
+                    continue;
+                }
+                inner.live_conns.fetch_add(1, Ordering::Relaxed);
+                driver::spawn_connection(inner, sock, Direction::Inbound, None, None);
+            }
+        });
+        lock(&self.inner.listeners).push(task);
+        tracing::info!(addrs = ?addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "listening");
+        Ok(addrs.into_iter().map(|a| a.with_peer_id(&self.inner.peer_id)).collect())
+    }
+
+    /// Connects to the peer at `addr` (TCP; `/p2p/<id>` is verified if present) and returns its ID.
+    /// Reuses an existing connection when `addr` names a peer we are connected to.
+    pub async fn connect(&self, addr: &Multiaddr) -> Result<PeerId, Error> {
+        let expected = addr.peer_id();
+        if let Some(p) = &expected {
+            if self.is_connected(p) {
+                return Ok(p.clone());
+            }
+        }
+        self.dial(addr).await
+    }
+
+    /// Always opens a new connection.
+    pub async fn dial(&self, addr: &Multiaddr) -> Result<PeerId, Error> {
+        let expected = addr.peer_id();
+        let sa = resolve_tcp(addr).await?;
+        if self.inner.live_conns.fetch_add(1, Ordering::Relaxed) >= self.inner.config.max_connections {
+            self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::Limit("max_connections"));
+        }
+        let sock = match tokio::time::timeout(self.inner.config.dial_timeout, TcpStream::connect(sa)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
+                return Err(Error::Io(e));
+            }
+            Err(_) => {
+                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
+                return Err(Error::Timeout("tcp connect"));
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        driver::spawn_connection(self.inner.clone(), sock, Direction::Outbound, expected, Some(tx));
+        match rx.await {
+            Ok(Ok(peer)) => Ok(peer),
+            Ok(Err(e)) => Err(Error::Handshake(e)),
+            Err(_) => Err(Error::Handshake("connection task ended".into())),
+        }
+    }
+
+    fn conn_to(&self, peer: &PeerId) -> Option<Arc<ConnShared>> {
+        let ids = lock(&self.inner.by_peer).get(peer).cloned()?;
+        let conns = lock(&self.inner.conns);
+        ids.iter().rev().filter_map(|id| conns.get(id)).find(|c| c.lock().closed.is_none()).cloned()
+    }
+
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.conn_to(peer).is_some()
+    }
+
+    /// Opens a stream to `peer` for the first of `protocols` it supports, dialing a known address if
+    /// there is no connection yet.
+    pub async fn new_stream(&self, peer: &PeerId, protocols: &[&str]) -> Result<Stream, Error> {
+        let shared = match self.conn_to(peer) {
+            Some(c) => c,
+            None => {
+                let addrs = self.peer_info(peer).map(|i| i.addrs).unwrap_or_default();
+                let mut last = Error::NoConnection(peer.clone());
+                let mut ok = false;
+                for a in addrs {
+                    match self.dial(&a.with_peer_id(peer)).await {
+                        Ok(_) => {
+                            ok = true;
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                if !ok {
+                    return Err(last);
+                }
+                self.conn_to(peer).ok_or_else(|| Error::NoConnection(peer.clone()))?
+            }
+        };
+        self.open_on(&shared, peer, protocols).await
+    }
+
+    async fn open_on(&self, shared: &Arc<ConnShared>, peer: &PeerId, protocols: &[&str]) -> Result<Stream, Error> {
+        let (id, rx) = shared.open_stream(protocols.iter().map(|s| s.to_string()).collect()).map_err(Error::Negotiation)?;
+        match tokio::time::timeout(self.inner.config.stream_timeout, rx).await {
+            Ok(Ok(Ok(protocol))) => Ok(Stream { id, shared: shared.clone(), protocol, peer: peer.clone() }),
+            Ok(Ok(Err(e))) => Err(Error::Negotiation(e)),
+            Ok(Err(_)) => Err(Error::Negotiation("connection ended".into())),
+            Err(_) => {
+                shared.lock().conn.stream_reset(id);
+                shared.wake_writer();
+                Err(Error::Timeout("stream negotiation"))
+            }
+        }
+    }
+
+    async fn identify_on(&self, shared: &Arc<ConnShared>, peer: &PeerId) -> Result<Info, Error> {
+        let mut s = self.open_on(shared, peer, &[identify::PROTOCOL_ID]).await?;
+        let mut buf = Vec::new();
+        let mut limited = (&mut s).take(Info::max_total_len() as u64);
+        let read = limited.read_to_end(&mut buf);
+        tokio::time::timeout(self.inner.config.stream_timeout, read).await.map_err(|_| Error::Timeout("identify"))??;
+        let info = Info::decode_all(&buf).map_err(|e| Error::Protocol(format!("identify: {e}")))?;
+        if let Some(k) = &info.public_key {
+            if !peer.matches(k) {
+                return Err(Error::Protocol("identify: public key does not match the peer id".into()));
+            }
+        }
+        self.inner.store_identify(peer, &info);
+        tracing::info!(%peer, agent = ?info.agent_version, protocols = info.protocols.len(), "identified");
+        let _ = self.inner.events.send(HostEvent::Identified { peer: peer.clone(), info: Box::new(info.clone()) });
+        Ok(info)
+    }
+
+    /// Runs identify against a connected peer now and returns what it said.
+    pub async fn identify(&self, peer: &PeerId) -> Result<Info, Error> {
+        let shared = self.conn_to(peer).ok_or_else(|| Error::NoConnection(peer.clone()))?;
+        self.identify_on(&shared, peer).await
+    }
+
+    /// One ping on a new stream.
+    pub async fn ping(&self, peer: &PeerId) -> Result<Duration, Error> {
+        let mut s = self.new_stream(peer, &[ping::PROTOCOL_ID]).await?;
+        let rtt = self.ping_on(&mut s).await;
+        let _ = s.shutdown().await;
+        rtt
+    }
+
+    /// One ping on an open ping stream (pings may repeat on one stream).
+    pub async fn ping_on(&self, s: &mut Stream) -> Result<Duration, Error> {
+        let mut payload = [0u8; ping::PING_SIZE];
+        lock(&self.inner.rng).fill_bytes(&mut payload);
+        let mut pinger = ping::Pinger::new();
+        let now = || hyphae_core::Instant::from_nanos(self.inner.epoch.elapsed().as_nanos() as u64);
+        let bytes = pinger.start(now(), payload);
+        let fut = async {
+            s.write_all(&bytes).await?;
+            let mut buf = [0u8; ping::PING_SIZE];
+            let mut got = 0;
+            loop {
+                let n = s.read(&mut buf[got..]).await?;
+                if n == 0 {
+                    return Err(Error::Protocol("ping stream closed".into()));
+                }
+                let r = pinger.handle_input(now(), &buf[got..got + n]).map_err(|e| Error::Protocol(e.to_string()))?;
+                got += n;
+                if let Some(rtt) = r {
+                    return Ok(rtt);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| Error::Timeout("ping"))?
+    }
+
+    pub fn peers(&self) -> Vec<PeerId> {
+        lock(&self.inner.by_peer).keys().cloned().collect()
+    }
+
+    pub fn peer_info(&self, peer: &PeerId) -> Option<PeerInfo> {
+        lock(&self.inner.peerstore).get(peer).cloned()
+    }
+
+    /// Teaches the peerstore addresses of a peer (used by `new_stream` to dial).
+    pub fn add_addrs(&self, peer: &PeerId, addrs: &[Multiaddr]) {
+        let mut ps = lock(&self.inner.peerstore);
+        let e = ps.entry(peer.clone()).or_default();
+        for a in addrs {
+            let a = a.without_peer_id();
+            if !e.addrs.contains(&a) && e.addrs.len() < MAX_ADDRS_PER_PEER {
+                e.addrs.push(a);
+            }
+        }
+    }
+
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let conns: Vec<_> = lock(&self.inner.conns).values().cloned().collect();
+        conns
+            .iter()
+            .filter_map(|c| {
+                let st = c.lock();
+                let peer = st.peer.clone()?;
+                if st.closed.is_some() {
+                    return None;
+                }
+                Some(ConnectionInfo { id: c.id, peer, local_addr: c.local_addr.clone(), remote_addr: c.remote_addr.clone(), direction: c.direction, streams: st.conn.num_streams() })
+            })
+            .collect()
+    }
+
+    /// Closes every connection to `peer`.
+    pub fn disconnect(&self, peer: &PeerId) {
+        let ids = lock(&self.inner.by_peer).get(peer).cloned().unwrap_or_default();
+        let conns: Vec<_> = {
+            let c = lock(&self.inner.conns);
+            ids.iter().filter_map(|i| c.get(i).cloned()).collect()
+        };
+        for c in conns {
+            c.close();
+        }
+    }
+
+    /// Stops listening and closes all connections (GoAway first).
+    pub async fn close(&self) {
+        for t in lock(&self.inner.listeners).drain(..) {
+            t.abort();
+        }
+        let conns: Vec<_> = lock(&self.inner.conns).values().cloned().collect();
+        for c in &conns {
+            c.close();
+        }
+        for _ in 0..100 {
+            if lock(&self.inner.conns).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn resolve_tcp(addr: &Multiaddr) -> Result<SocketAddr, Error> {
+    let ps = addr.without_peer_id();
+    let ps = ps.protocols();
+    let port = match ps {
+        [_, Protocol::Tcp(p)] => *p,
+        _ => return Err(Error::UnsupportedAddress(addr.clone())),
+    };
+    match &ps[0] {
+        Protocol::Ip4(ip) => Ok(SocketAddr::new((*ip).into(), port)),
+        Protocol::Ip6(ip) => Ok(SocketAddr::new((*ip).into(), port)),
+        Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name) => {
+            let want_v4 = matches!(ps[0], Protocol::Dns4(_));
+            let want_v6 = matches!(ps[0], Protocol::Dns6(_));
+            let found = tokio::net::lookup_host((name.as_str(), port)).await?;
+            found
+                .into_iter()
+                .find(|a| (!want_v4 || a.is_ipv4()) && (!want_v6 || a.is_ipv6()))
+                .ok_or_else(|| Error::Io(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{name}: no address"))))
+        }
+        _ => Err(Error::UnsupportedAddress(addr.clone())),
+    }
+}
