@@ -26,6 +26,15 @@ pub(crate) struct ConnShared {
     state: Mutex<ConnState>,
     /// Wakes the writer task: output is pending or the timer changed.
     notify: Notify,
+    /// Outcome of the identify exchange run once per connection.
+    pub identify: tokio::sync::watch::Sender<IdentifyState>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum IdentifyState {
+    Pending,
+    Done(Arc<hyphae_core::identify::Info>),
+    Failed(String),
 }
 
 pub(crate) struct ConnState {
@@ -176,6 +185,7 @@ pub(crate) fn spawn_connection(
             closed: None,
         }),
         notify: Notify::new(),
+        identify: tokio::sync::watch::channel(IdentifyState::Pending).0,
     });
     inner.conn_started(&shared);
     let (rd, wr) = socket.into_split();

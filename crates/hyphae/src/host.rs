@@ -1,7 +1,7 @@
 //! The Host: Go's `host.Host` shape over hyphae's machines. Listen, connect, open a stream to a peer for a
 //! protocol, serve a protocol. Identify and ping are built in.
 
-use crate::driver::{self, Action, ConnShared};
+use crate::driver::{self, Action, ConnShared, IdentifyState};
 pub use crate::driver::Stream;
 use hyphae_core::conn::{self, StreamId};
 use hyphae_core::identify::{self, Info};
@@ -239,9 +239,14 @@ impl Inner {
             let host = Host { inner: me };
             let shared = shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = host.identify_on(&shared, &peer).await {
-                    tracing::debug!(%peer, error = %e, "identify failed");
-                }
+                let st = match host.identify_on(&shared, &peer).await {
+                    Ok(info) => IdentifyState::Done(Arc::new(info)),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "identify failed");
+                        IdentifyState::Failed(e.to_string())
+                    }
+                };
+                shared.identify.send_replace(st);
             });
         }
     }
@@ -626,10 +631,23 @@ impl Host {
         Ok(info)
     }
 
-    /// Runs identify against a connected peer now and returns what it said.
+    /// What a connected peer said in the identify exchange that runs on every new connection (waits for
+    /// it if still running). Peers limit concurrent identify streams (js-libp2p allows one), so this
+    /// reuses that exchange instead of opening another.
     pub async fn identify(&self, peer: &PeerId) -> Result<Info, Error> {
         let shared = self.conn_to(peer).ok_or_else(|| Error::NoConnection(peer.clone()))?;
-        self.identify_on(&shared, peer).await
+        let mut rx = shared.identify.subscribe();
+        let wait = rx.wait_for(|s| !matches!(s, IdentifyState::Pending));
+        let st = tokio::time::timeout(self.inner.config.stream_timeout, wait)
+            .await
+            .map_err(|_| Error::Timeout("identify"))?
+            .map_err(|_| Error::Protocol("connection ended".into()))?
+            .clone();
+        match st {
+            IdentifyState::Done(info) => Ok((*info).clone()),
+            IdentifyState::Failed(e) => Err(Error::Protocol(format!("identify: {e}"))),
+            IdentifyState::Pending => Err(Error::Timeout("identify")),
+        }
     }
 
     /// One ping on a new stream.

@@ -1,0 +1,275 @@
+//! Shared helpers for the interop tests: locating the peers installed by `interop/setup.sh`, running
+//! them as child processes, and a minimal client of the go-libp2p-daemon control protocol.
+#![allow(dead_code)]
+
+use hyphae::core::{pb, varint};
+use hyphae::{Multiaddr, PeerId};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, ChildStdout, Command};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// A peer binary or script that `interop/setup.sh` installs. A missing peer fails the test with the fix,
+/// unless HYPHAE_SKIP_INTEROP=1 (then the test returns early, saying so).
+pub fn peer_path(rel: &str) -> Option<PathBuf> {
+    let p = repo_root().join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("HYPHAE_SKIP_INTEROP").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {} missing and HYPHAE_SKIP_INTEROP=1", p.display());
+        return None;
+    }
+    panic!("{} is missing: run ./test.sh (or bash interop/setup.sh) to install the interop peers", p.display());
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+}
+
+pub async fn read_line(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>, what: &str) -> String {
+    match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+        Ok(Ok(Some(l))) => l,
+        other => panic!("{what}: no line from child ({other:?})"),
+    }
+}
+
+pub fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    // Tiny extractor for flat string fields of the peers' one-line JSON (keeps serde out of the tests).
+    let pat = format!("\"{key}\":\"");
+    let start = line.find(&pat)? + pat.len();
+    let end = line[start..].find('"')? + start;
+    Some(&line[start..end])
+}
+
+pub fn json_array_len(line: &str, key: &str) -> usize {
+    let pat = format!("\"{key}\":[");
+    let Some(start) = line.find(&pat).map(|s| s + pat.len()) else { return 0 };
+    let end = line[start..].find(']').map(|e| e + start).unwrap_or(start);
+    let body = line[start..end].trim();
+    if body.is_empty() {
+        0
+    } else {
+        body.split(',').count()
+    }
+}
+
+pub fn json_numbers(line: &str, key: &str) -> Vec<f64> {
+    let pat = format!("\"{key}\":[");
+    let Some(start) = line.find(&pat).map(|s| s + pat.len()) else { return vec![] };
+    let end = line[start..].find(']').map(|e| e + start).unwrap_or(start);
+    line[start..end].split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+// ---------- go-libp2p daemon ----------
+
+pub struct P2pd {
+    pub child: Child,
+    pub sock: PathBuf,
+    pub peer_id: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let mut b = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        let p = std::env::temp_dir().join(format!("hyphae-{tag}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl P2pd {
+    /// Starts p2pd on loopback TCP (never with -b: that would reach off this machine).
+    pub async fn start(extra: &[&str]) -> Option<P2pd> {
+        let bin = peer_path("interop/.peers/p2pd")?;
+        let dir = TempDir::new("p2pd");
+        let sock = dir.0.join("p2pd.sock");
+        let mut child = Command::new(bin)
+            .arg("-listen")
+            .arg(format!("/unix{}", sock.display()))
+            .arg("-hostAddrs")
+            .arg("/ip4/127.0.0.1/tcp/0")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn p2pd");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut peer_id = None;
+        let mut addrs = Vec::new();
+        while addrs.is_empty() {
+            let l = read_line(&mut lines, "p2pd").await;
+            if let Some(id) = l.strip_prefix("Peer ID: ") {
+                peer_id = Some(id.trim().parse().expect("p2pd peer id"));
+            } else if l.starts_with("/ip4/") {
+                addrs.push(l.trim().parse().expect("p2pd addr"));
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Some(P2pd { child, sock, peer_id: peer_id.expect("p2pd printed its peer id"), addrs, _dir: dir })
+    }
+
+    async fn request(&self, req: Vec<u8>) -> (UnixStream, Vec<u8>) {
+        let mut s = UnixStream::connect(&self.sock).await.expect("connect p2pd control socket");
+        let mut framed = Vec::new();
+        varint::encode_frame(&req, &mut framed);
+        s.write_all(&framed).await.unwrap();
+        let resp = read_delimited(&mut s).await;
+        (s, resp)
+    }
+
+    /// CONNECT: go dials `peer` at `addrs`. Err(message) on failure.
+    pub async fn connect(&self, peer: &PeerId, addrs: &[Multiaddr]) -> Result<(), String> {
+        let mut c = Vec::new();
+        pb::put_bytes(&mut c, 1, peer.as_bytes());
+        for a in addrs {
+            pb::put_bytes(&mut c, 2, &a.to_bytes());
+        }
+        let mut r = Vec::new();
+        pb::put_varint(&mut r, 1, 1);
+        pb::put_bytes(&mut r, 2, &c);
+        let (_s, resp) = self.request(r).await;
+        check_ok(&resp)
+    }
+
+    /// STREAM_OPEN: go opens a stream to `peer`; the returned socket carries its bytes.
+    pub async fn stream_open(&self, peer: &PeerId, protos: &[&str]) -> Result<(UnixStream, String), String> {
+        let mut c = Vec::new();
+        pb::put_bytes(&mut c, 1, peer.as_bytes());
+        for p in protos {
+            pb::put_bytes(&mut c, 2, p.as_bytes());
+        }
+        let mut r = Vec::new();
+        pb::put_varint(&mut r, 1, 2);
+        pb::put_bytes(&mut r, 3, &c);
+        let (s, resp) = self.request(r).await;
+        check_ok(&resp)?;
+        let mut proto = String::new();
+        for f in pb::Reader::new(&resp) {
+            if let Ok((3, v)) = f {
+                for g in pb::Reader::new(v.bytes().unwrap()) {
+                    if let Ok((3, p)) = g {
+                        proto = p.string().unwrap().to_string();
+                    }
+                }
+            }
+        }
+        Ok((s, proto))
+    }
+
+    /// LIST_PEERS: the peers go is connected to.
+    pub async fn list_peers(&self) -> Vec<PeerId> {
+        let mut r = Vec::new();
+        pb::put_varint(&mut r, 1, 5);
+        let (_s, resp) = self.request(r).await;
+        let mut out = Vec::new();
+        for f in pb::Reader::new(&resp) {
+            if let Ok((6, v)) = f {
+                for g in pb::Reader::new(v.bytes().unwrap()) {
+                    if let Ok((1, id)) = g {
+                        out.push(PeerId::from_bytes(id.bytes().unwrap()).unwrap());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+async fn read_delimited(s: &mut UnixStream) -> Vec<u8> {
+    let mut len_buf = Vec::new();
+    loop {
+        let b = s.read_u8().await.expect("p2pd response");
+        len_buf.push(b);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let (len, _) = varint::decode_exact(&len_buf).unwrap();
+    assert!(len < 1 << 20, "p2pd response too large");
+    let mut body = vec![0u8; len as usize];
+    s.read_exact(&mut body).await.unwrap();
+    body
+}
+
+fn check_ok(resp: &[u8]) -> Result<(), String> {
+    let mut ty = None;
+    let mut msg = String::new();
+    for f in pb::Reader::new(resp) {
+        match f {
+            Ok((1, v)) => ty = v.varint().ok(),
+            Ok((2, v)) => {
+                for g in pb::Reader::new(v.bytes().unwrap()) {
+                    if let Ok((1, m)) = g {
+                        msg = m.string().unwrap_or("").to_string();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if ty == Some(0) {
+        Ok(())
+    } else {
+        Err(format!("p2pd error: {msg}"))
+    }
+}
+
+// ---------- js-libp2p and rust-libp2p peers ----------
+
+pub struct ScriptPeer {
+    pub child: Child,
+    pub lines: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+/// `node --import polyfill.mjs peer.mjs ARGS...` in interop/js.
+pub fn js_peer(args: &[&str]) -> Option<ScriptPeer> {
+    peer_path("interop/js/node_modules/libp2p")?;
+    let dir = repo_root().join("interop/js");
+    let mut child = Command::new("node")
+        .current_dir(&dir)
+        .arg("--import")
+        .arg("./polyfill.mjs")
+        .arg("peer.mjs")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    Some(ScriptPeer { child, lines })
+}
+
+pub fn rust_peer(args: &[&str]) -> Option<ScriptPeer> {
+    let bin = peer_path("interop/rust-peer/target/debug/rust-peer")?;
+    let mut child = Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true).spawn().expect("spawn rust-peer");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    Some(ScriptPeer { child, lines })
+}
+
+/// Reads lines until one contains `needle`.
+pub async fn wait_line(p: &mut ScriptPeer, needle: &str, what: &str) -> String {
+    loop {
+        let l = read_line(&mut p.lines, what).await;
+        if l.contains(needle) {
+            return l;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Interop against real peers of other languages: go-libp2p (p2pd), js-libp2p and rust-libp2p, both
+//! directions, over TCP + Noise + Yamux, with ping and identify. Peers come from `interop/setup.sh`.
+
+mod common;
+use common::*;
+use hyphae::core::{identify, ping};
+use hyphae::{Host, HostConfig, HostEvent, KeyType, Keypair, Multiaddr, PeerId};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn host_with(ty: KeyType) -> Host {
+    Host::new(HostConfig::new(Keypair::generate(ty, &mut rand_core::OsRng))).await.unwrap()
+}
+
+async fn listening_host() -> (Host, Multiaddr) {
+    let h = host_with(KeyType::Ed25519).await;
+    let addrs = h.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+    (h, addrs[0].clone())
+}
+
+/// Connect, ping 3 times, check identify; returns the agent version.
+async fn dial_ping_identify(h: &Host, addr: &Multiaddr, want_peer: &PeerId) -> String {
+    let peer = tokio::time::timeout(Duration::from_secs(20), h.connect(addr)).await.expect("connect timeout").expect("connect");
+    assert_eq!(&peer, want_peer);
+    let mut s = h.new_stream(&peer, &[ping::PROTOCOL_ID]).await.expect("ping stream");
+    for _ in 0..3 {
+        let rtt = h.ping_on(&mut s).await.expect("ping");
+        assert!(rtt > Duration::ZERO && rtt < Duration::from_secs(2), "rtt {rtt:?}");
+    }
+    let info = h.identify(&peer).await.expect("identify");
+    assert!(info.protocols.iter().any(|p| p == ping::PROTOCOL_ID), "protocols {:?}", info.protocols);
+    assert!(info.protocols.iter().any(|p| p == identify::PROTOCOL_ID), "protocols {:?}", info.protocols);
+    assert_eq!(info.public_key.as_ref().map(|k| k.to_peer_id()).as_ref(), Some(want_peer));
+    // The peer reports the address it saw us at: our loopback source address.
+    let observed = info.observed_addr.expect("observed addr");
+    assert!(observed.to_string().starts_with("/ip4/127.0.0.1/tcp/"), "observed {observed}");
+    info.agent_version.unwrap_or_default()
+}
+
+// ---------------- go-libp2p ----------------
+
+#[tokio::test]
+async fn go_hyphae_dials_go_ping_identify() {
+    init_tracing();
+    let Some(go) = P2pd::start(&[]).await else { return };
+    let h = host_with(KeyType::Ed25519).await;
+    let addr = go.addrs[0].with_peer_id(&go.peer_id);
+    let agent = dial_ping_identify(&h, &addr, &go.peer_id).await;
+    assert_eq!(agent, "p2pd/0.1");
+    assert!(go.list_peers().await.contains(&h.peer_id()), "go lists hyphae as connected");
+}
+
+#[tokio::test]
+async fn go_go_dials_hyphae_ping_identify() {
+    init_tracing();
+    let Some(go) = P2pd::start(&[]).await else { return };
+    let (h, addr) = listening_host().await;
+    let mut events = h.events();
+    go.connect(&h.peer_id(), &[addr.without_peer_id()]).await.expect("go connects to hyphae");
+    // hyphae sees an inbound connection and identifies go.
+    let info = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(HostEvent::Identified { peer, info }) = events.recv().await {
+                if peer == go.peer_id {
+                    return info;
+                }
+            }
+        }
+    })
+    .await
+    .expect("identified go");
+    assert_eq!(info.agent_version.as_deref(), Some("p2pd/0.1"));
+    assert_eq!(h.connections()[0].direction, hyphae::Direction::Inbound);
+    // go opens a ping stream to hyphae through its own stack; we drive the bytes over the control socket.
+    let (mut s, proto) = go.stream_open(&h.peer_id(), &[ping::PROTOCOL_ID]).await.expect("go opens ping stream");
+    assert_eq!(proto, ping::PROTOCOL_ID);
+    for i in 0..3u8 {
+        let payload = [i; 32];
+        let t = std::time::Instant::now();
+        s.write_all(&payload).await.unwrap();
+        let mut echo = [0u8; 32];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.expect("echo timeout").unwrap();
+        assert_eq!(echo, payload);
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+    // go fetches hyphae's identify through its stack; the bytes must decode and name our key.
+    let (mut s, _) = go.stream_open(&h.peer_id(), &[identify::PROTOCOL_ID]).await.expect("go opens identify stream");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let ours = identify::Info::decode_all(&buf).expect("our identify decodes");
+    assert_eq!(ours.public_key.map(|k| k.to_peer_id()), Some(h.peer_id()));
+    assert!(ours.protocols.iter().any(|p| p == ping::PROTOCOL_ID));
+}
+
+async fn key_type_to_go(ty: KeyType) {
+    init_tracing();
+    let Some(go) = P2pd::start(&[]).await else { return };
+    let h = host_with(ty).await;
+    let addr = go.addrs[0].with_peer_id(&go.peer_id);
+    dial_ping_identify(&h, &addr, &go.peer_id).await;
+    // go derived the same peer ID from our key.
+    assert!(go.list_peers().await.contains(&h.peer_id()), "{ty:?}: go knows us as {}", h.peer_id());
+}
+
+#[tokio::test]
+async fn go_key_ed25519_connects() {
+    key_type_to_go(KeyType::Ed25519).await;
+}
+#[tokio::test]
+async fn go_key_secp256k1_connects() {
+    key_type_to_go(KeyType::Secp256k1).await;
+}
+#[tokio::test]
+async fn go_key_ecdsa_connects() {
+    key_type_to_go(KeyType::Ecdsa).await;
+}
+#[tokio::test]
+async fn go_key_rsa_connects() {
+    key_type_to_go(KeyType::Rsa).await;
+}
+
+#[tokio::test]
+async fn go_wrong_peer_id_is_refused() {
+    init_tracing();
+    let Some(go) = P2pd::start(&[]).await else { return };
+    let h = host_with(KeyType::Ed25519).await;
+    let other = Keypair::generate_ed25519(&mut rand_core::OsRng).peer_id();
+    let err = h.connect(&go.addrs[0].with_peer_id(&other)).await.expect_err("must fail");
+    assert!(err.to_string().contains("expected"), "{err}");
+}
+
+// ---------------- js-libp2p ----------------
+
+#[tokio::test]
+async fn js_hyphae_dials_js_ping_identify() {
+    init_tracing();
+    let Some(mut js) = js_peer(&["listen"]) else { return };
+    let first = wait_line(&mut js, "peerId", "js listen").await;
+    let peer: PeerId = json_field(&first, "peerId").unwrap().parse().unwrap();
+    let addr: Multiaddr = {
+        let start = first.find("\"addrs\":[\"").unwrap() + 10;
+        first[start..first[start..].find('"').unwrap() + start].parse().unwrap()
+    };
+    let h = host_with(KeyType::Ed25519).await;
+    let agent = dial_ping_identify(&h, &addr, &peer).await;
+    assert!(agent.starts_with("js-libp2p/"), "agent {agent}");
+    // js identified us too.
+    let l = wait_line(&mut js, "\"event\":\"identify\"", "js identify event").await;
+    assert_eq!(json_field(&l, "agent"), Some("hyphae/0.1.0"));
+    assert_eq!(json_field(&l, "peer"), Some(h.peer_id().to_string().as_str()));
+}
+
+#[tokio::test]
+async fn js_js_dials_hyphae_ping_identify() {
+    init_tracing();
+    let (h, addr) = listening_host().await;
+    let Some(mut js) = js_peer(&["dial", &addr.to_string(), "3"]) else { return };
+    let l = wait_line(&mut js, "rtts", "js dial result").await;
+    assert_eq!(json_field(&l, "peerId"), Some(h.peer_id().to_string().as_str()), "{l}");
+    assert_eq!(json_numbers(&l, "rtts").len(), 3, "{l}");
+    assert_eq!(json_field(&l, "agent"), Some("hyphae/0.1.0"));
+    assert!(l.contains(ping::PROTOCOL_ID) && l.contains(identify::PROTOCOL_ID), "{l}");
+    assert!(js.child.wait().await.unwrap().success());
+}
+
+// ---------------- rust-libp2p ----------------
+
+#[tokio::test]
+async fn rust_hyphae_dials_rust_ping_identify() {
+    init_tracing();
+    let Some(mut rp) = rust_peer(&["listen"]) else { return };
+    let first = wait_line(&mut rp, "peerId", "rust listen").await;
+    let peer: PeerId = json_field(&first, "peerId").unwrap().parse().unwrap();
+    let addr: Multiaddr = {
+        let start = first.find("\"addrs\":[\"").unwrap() + 10;
+        first[start..first[start..].find('"').unwrap() + start].parse().unwrap()
+    };
+    let h = host_with(KeyType::Ed25519).await;
+    let agent = dial_ping_identify(&h, &addr, &peer).await;
+    assert_eq!(agent, "rust-libp2p-interop/0.57");
+    // rust-libp2p pings and identifies us on its own.
+    let l = wait_line(&mut rp, "\"event\":\"identify\"", "rust identify event").await;
+    assert_eq!(json_field(&l, "agent"), Some("hyphae/0.1.0"));
+    let l = wait_line(&mut rp, "\"event\":\"ping\"", "rust ping event").await;
+    assert_eq!(json_field(&l, "peer"), Some(h.peer_id().to_string().as_str()));
+}
+
+#[tokio::test]
+async fn rust_rust_dials_hyphae_ping_identify() {
+    init_tracing();
+    let (h, addr) = listening_host().await;
+    let Some(mut rp) = rust_peer(&["dial", &addr.to_string(), "3"]) else { return };
+    let l = wait_line(&mut rp, "rtts", "rust dial result").await;
+    assert_eq!(json_field(&l, "peerId"), Some(h.peer_id().to_string().as_str()), "{l}");
+    assert_eq!(json_numbers(&l, "rtts").len(), 3, "{l}");
+    assert_eq!(json_field(&l, "agent"), Some("hyphae/0.1.0"));
+    assert!(rp.child.wait().await.unwrap().success());
+}

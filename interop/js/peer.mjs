@@ -1,0 +1,45 @@
+// A js-libp2p peer for hyphae's interop tests.
+//   node --import ./polyfill.mjs peer.mjs listen            -> prints {"peerId","addrs"} then one JSON line per identify
+//   node --import ./polyfill.mjs peer.mjs dial ADDR [COUNT] -> pings ADDR COUNT times, prints {"rtts","agent","protocols"}
+import { createLibp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
+import { multiaddr } from '@multiformats/multiaddr'
+
+const [mode, target, countArg] = process.argv.slice(2)
+const node = await createLibp2p({
+  addresses: { listen: mode === 'listen' ? ['/ip4/127.0.0.1/tcp/0'] : [] },
+  transports: [tcp()],
+  connectionEncrypters: [noise()],
+  streamMuxers: [yamux()],
+  services: { identify: identify(), ping: ping() }
+})
+
+const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')
+
+if (mode === 'listen') {
+  node.addEventListener('peer:identify', (e) => out({ event: 'identify', peer: e.detail.peerId.toString(), agent: e.detail.agentVersion, protocols: e.detail.protocols }))
+  out({ peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(String) })
+  process.on('SIGTERM', async () => { await node.stop(); process.exit(0) })
+} else if (mode === 'dial') {
+  const ma = multiaddr(target)
+  const identified = new Promise((resolve) => node.addEventListener('peer:identify', (e) => resolve(e.detail)))
+  const rtts = []
+  try {
+    const n = Number(countArg ?? 3)
+    for (let i = 0; i < n; i++) rtts.push(await node.services.ping.ping(ma))
+    const info = await Promise.race([identified, new Promise((_, rej) => setTimeout(() => rej(new Error('identify timeout')), 10000))])
+    out({ peerId: info.peerId.toString(), rtts, agent: info.agentVersion, protocols: info.protocols })
+    await node.stop()
+    process.exit(0)
+  } catch (err) {
+    out({ error: String(err?.stack ?? err) })
+    process.exit(1)
+  }
+} else {
+  console.error('usage: peer.mjs listen | dial ADDR [COUNT]')
+  process.exit(2)
+}

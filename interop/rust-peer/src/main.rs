@@ -1,0 +1,89 @@
+//! A rust-libp2p peer for hyphae's interop tests.
+//!   rust-peer listen            -> prints {"peerId","addrs"}, then a JSON line per identify/ping event
+//!   rust-peer dial ADDR [COUNT] -> dials, waits for COUNT pings and identify, prints {"rtts","agent","protocols"}
+use futures::StreamExt;
+use libp2p::{identify, noise, ping, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp, yamux, Multiaddr};
+use std::time::Duration;
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    ping: ping::Behaviour,
+    identify: identify::Behaviour,
+}
+
+fn json_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().cloned().unwrap_or_default();
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key| Behaviour {
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(200))),
+            identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version("rust-libp2p-interop/0.57".into())),
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let me = *swarm.local_peer_id();
+    let count: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(3);
+    match mode.as_str() {
+        "listen" => {
+            swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        }
+        "dial" => {
+            let addr: Multiaddr = args.get(1).ok_or("dial needs ADDR")?.parse()?;
+            swarm.dial(addr)?;
+        }
+        _ => return Err("usage: rust-peer listen | dial ADDR [COUNT]".into()),
+    }
+    let mut rtts: Vec<f64> = Vec::new();
+    let mut ident: Option<identify::Info> = None;
+    let deadline = tokio::time::sleep(Duration::from_secs(if mode == "dial" { 20 } else { 3600 }));
+    tokio::pin!(deadline);
+    loop {
+        let ev = tokio::select! {
+            ev = swarm.select_next_some() => ev,
+            _ = &mut deadline => { println!("{{\"error\":\"timeout\"}}"); std::process::exit(1); }
+        };
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                println!("{{\"peerId\":{},\"addrs\":[{}]}}", json_str(&me.to_string()), json_str(&format!("{address}/p2p/{me}")));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                if mode == "listen" {
+                    println!("{{\"event\":\"ping\",\"peer\":{},\"rtt_ms\":{}}}", json_str(&peer.to_string()), rtt.as_secs_f64() * 1e3);
+                } else {
+                    rtts.push(rtt.as_secs_f64() * 1e3);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { result: Err(e), .. })) => {
+                eprintln!("ping error: {e}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                let protos: Vec<String> = info.protocols.iter().map(|p| json_str(p.as_ref())).collect();
+                if mode == "listen" {
+                    println!("{{\"event\":\"identify\",\"peer\":{},\"agent\":{},\"protocols\":[{}]}}", json_str(&peer_id.to_string()), json_str(&info.agent_version), protos.join(","));
+                } else {
+                    ident = Some(info);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                println!("{{\"error\":{}}}", json_str(&error.to_string()));
+                std::process::exit(1);
+            }
+            _ => {}
+        }
+        if mode == "dial" && rtts.len() >= count {
+            if let Some(info) = &ident {
+                let protos: Vec<String> = info.protocols.iter().map(|p| json_str(p.as_ref())).collect();
+                let r: Vec<String> = rtts.iter().map(|x| format!("{x:.3}")).collect();
+                println!("{{\"peerId\":{},\"rtts\":[{}],\"agent\":{},\"protocols\":[{}]}}", json_str(&info.public_key.to_peer_id().to_string()), r.join(","), json_str(&info.agent_version), protos.join(","));
+                return Ok(());
+            }
+        }
+    }
+}
