@@ -3,6 +3,7 @@
 #  - go-libp2p v0.32.1: the static p2pd binary shipped in the hivemind 1.1.12 wheel (only p2pd + proto are unzipped)
 #  - python venv with p2pclient 0.3.0 (drives p2pd)
 #  - js-libp2p 3 node modules (interop/js)
+#  - the rust-libp2p 0.57 peer (interop/rust-peer, built with cargo)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PEERS="$HERE/.peers"
@@ -35,5 +36,9 @@ fi
 # --- js-libp2p ---
 if [ ! -d "$HERE/js/node_modules/libp2p" ]; then
   (cd "$HERE/js" && npm install --no-audit --no-fund --silent)
+fi
+# --- rust-libp2p 0.57 peer (its own cargo workspace, built once) ---
+if [ ! -x "$HERE/rust-peer/target/debug/rust-peer" ] || [ "$HERE/rust-peer/src/main.rs" -nt "$HERE/rust-peer/target/debug/rust-peer" ]; then
+  cargo build --quiet --manifest-path "$HERE/rust-peer/Cargo.toml"
 fi
 echo "interop peers ready in $PEERS"

@@ -44,6 +44,8 @@ pub(crate) struct ConnState {
     pending_open: BTreeMap<StreamId, oneshot::Sender<Result<String, String>>>,
     established: Option<oneshot::Sender<Result<PeerId, String>>>,
     pub peer: Option<PeerId>,
+    /// The muxer was agreed inside the security handshake (one round trip saved).
+    pub early_muxer: bool,
     pub closed: Option<String>,
 }
 
@@ -96,6 +98,7 @@ impl ConnState {
                 Event::Established { peer, public_key, muxer, early_muxer } => {
                     tracing::debug!(%peer, %muxer, early_muxer, "connection established");
                     self.peer = Some(peer.clone());
+                    self.early_muxer = early_muxer;
                     if let Some(tx) = self.established.take() {
                         let _ = tx.send(Ok(peer.clone()));
                     }
@@ -182,6 +185,7 @@ pub(crate) fn spawn_connection(
             pending_open: BTreeMap::new(),
             established,
             peer: None,
+            early_muxer: false,
             closed: None,
         }),
         notify: Notify::new(),

@@ -135,6 +135,8 @@ pub struct ConnectionInfo {
     pub remote_addr: Multiaddr,
     pub direction: Direction,
     pub streams: usize,
+    /// Whether the muxer was negotiated inside the Noise handshake (early muxer negotiation).
+    pub early_muxer: bool,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -714,7 +716,7 @@ impl Host {
                 if st.closed.is_some() {
                     return None;
                 }
-                Some(ConnectionInfo { id: c.id, peer, local_addr: c.local_addr.clone(), remote_addr: c.remote_addr.clone(), direction: c.direction, streams: st.conn.num_streams() })
+                Some(ConnectionInfo { id: c.id, peer, local_addr: c.local_addr.clone(), remote_addr: c.remote_addr.clone(), direction: c.direction, streams: st.conn.num_streams(), early_muxer: st.early_muxer })
             })
             .collect()
     }

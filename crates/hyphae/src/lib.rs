@@ -20,6 +20,11 @@
 //! # Ok(()) }
 //! ```
 
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod driver;
 mod host;
 pub mod keyfile;

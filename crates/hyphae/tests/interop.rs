@@ -48,6 +48,8 @@ async fn go_hyphae_dials_go_ping_identify() {
     let agent = dial_ping_identify(&h, &addr, &go.peer_id).await;
     assert_eq!(agent, "p2pd/0.1");
     assert!(go.list_peers().await.contains(&h.peer_id()), "go lists hyphae as connected");
+    // go-libp2p supports muxer negotiation inside the Noise handshake: no extra multistream round trip.
+    assert!(h.connections()[0].early_muxer, "early muxer negotiation with go");
 }
 
 #[tokio::test]

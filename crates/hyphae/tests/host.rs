@@ -1,0 +1,145 @@
+//! Host API behaviour between two hyphae hosts on loopback.
+
+use hyphae::{Error, Host, HostConfig, HostEvent, Stream};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ECHO: &str = "/test/echo/1.0.0";
+
+async fn echo_server() -> (Host, hyphae::Multiaddr) {
+    let h = Host::new(HostConfig::ephemeral()).await.unwrap();
+    h.set_stream_handler(ECHO, |s: Stream| async move {
+        let (mut r, mut w) = tokio::io::split(s);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    });
+    let a = h.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+    (h, a[0].clone())
+}
+
+async fn echo_roundtrip(client: &Host, peer: &hyphae::PeerId, len: usize, seed: u8) {
+    let s = client.new_stream(peer, &[ECHO]).await.unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let (mut r, mut w) = tokio::io::split(s);
+    let d2 = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&d2).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::with_capacity(len);
+    tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got)).await.expect("echo timeout").unwrap();
+    writer.await.unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echoed bytes differ");
+}
+
+#[tokio::test]
+async fn host_echo_16mib_exercises_flow_control() {
+    let (_server, addr) = echo_server().await;
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    echo_roundtrip(&client, &peer, 16 << 20, 1).await;
+}
+
+#[tokio::test]
+async fn host_many_concurrent_streams() {
+    let (_server, addr) = echo_server().await;
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let c = client.clone();
+        let p = peer.clone();
+        tasks.push(tokio::spawn(async move { echo_roundtrip(&c, &p, 100_000, i).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(client.connections().len(), 1, "all streams share one connection");
+}
+
+#[tokio::test]
+async fn host_unknown_protocol_fails_stream_keeps_connection() {
+    let (_server, addr) = echo_server().await;
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    let err = client.new_stream(&peer, &["/nope/1"]).await.unwrap_err();
+    assert!(matches!(err, Error::Negotiation(_)), "{err}");
+    // Falls back to the second proposal.
+    let s = client.new_stream(&peer, &["/nope/1", ECHO]).await.unwrap();
+    assert_eq!(s.protocol(), ECHO);
+    assert!(client.is_connected(&peer));
+}
+
+#[tokio::test]
+async fn host_removed_handler_is_no_longer_negotiated() {
+    let (server, addr) = echo_server().await;
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    server.remove_stream_handler(ECHO);
+    assert!(client.new_stream(&peer, &[ECHO]).await.is_err());
+    // Identify push told the client: its peerstore no longer lists the protocol.
+    for _ in 0..100 {
+        let protos = client.peer_info(&peer).map(|i| i.protocols).unwrap_or_default();
+        if !protos.iter().any(|p| p == ECHO) && !protos.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("identify push did not update the peerstore");
+}
+
+#[tokio::test]
+async fn host_close_is_seen_and_new_stream_redials_from_peerstore() {
+    let (server, addr) = echo_server().await;
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let mut ev = server.events();
+    let peer = client.connect(&addr).await.unwrap();
+    client.disconnect(&peer);
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(HostEvent::Disconnected { peer: p, .. }) = ev.recv().await {
+                return p;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, client.peer_id());
+    for _ in 0..100 {
+        if !client.is_connected(&peer) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // No connection, but the peerstore has its address: new_stream dials.
+    echo_roundtrip(&client, &peer, 1000, 7).await;
+}
+
+#[tokio::test]
+async fn host_dial_limit_is_enforced() {
+    let (_server, addr) = echo_server().await;
+    let mut cfg = HostConfig::ephemeral();
+    cfg.max_connections = 0;
+    let client = Host::new(cfg).await.unwrap();
+    assert!(matches!(client.dial(&addr).await, Err(Error::Limit(_))));
+}
+
+#[tokio::test]
+async fn host_garbage_peer_is_dropped_without_harm() {
+    let (server, addr) = echo_server().await;
+    let (sa, _) = addr.socket_addr().unwrap();
+    // A wrong multistream header, and a length prefix far beyond the message limit.
+    for garbage in [&b"\x13/multistream/9.9.9\n"[..], &[0xff, 0xff, 0xff, 0x7f][..]] {
+        let mut s = tokio::net::TcpStream::connect(sa).await.unwrap();
+        s.write_all(garbage).await.unwrap();
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("server closes the connection");
+        let _ = r; // EOF or reset: either way the server hung up
+    }
+    // The server still works.
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    assert_eq!(peer, server.peer_id());
+    assert!(client.ping(&peer).await.unwrap() < Duration::from_secs(1));
+}

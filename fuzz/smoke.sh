@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Short fuzzing run of every target (CI smoke). FUZZ_SECONDS per target (default 10).
+# Uses cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP=1 enables the sanitizer flags it needs).
+set -euo pipefail
+cd "$(dirname "$0")"
+SECS="${FUZZ_SECONDS:-10}"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked --quiet
+fi
+export RUSTC_BOOTSTRAP=1
+targets=$(cargo fuzz list)
+for t in $targets; do
+  mkdir -p "corpus/$t"
+  echo "fuzz smoke: $t (${SECS}s)"
+  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$SECS" -max_len=4096 2>&1 | tail -n 2
+done
+echo "fuzz smoke: all targets ran without a crash"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs the interop peers (idempotent), runs every test, then a fuzz smoke run.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash interop/setup.sh
+cargo test --workspace --all-targets
+cargo test --workspace --doc
+if [ "${HYPHAE_SKIP_FUZZ:-0}" != "1" ]; then
+  bash fuzz/smoke.sh
+fi
