@@ -1,0 +1,66 @@
+//! The `hyphae` binary: node prints its addresses, ping exits 0 after N pings and non-zero with a clear
+//! message on failure, id prints the key's peer ID, Ctrl-C (SIGINT) stops the node cleanly.
+
+mod common;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
+
+#[tokio::test]
+async fn cli_node_ping_id_and_sigint() {
+    let dir = common::TempDir::new("cli");
+    let key = dir.0.join("node.key");
+    let mut node = Command::new(BIN)
+        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--key"])
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/12D3KooW"), "{addr}");
+
+    let id = Command::new(BIN).args(["id", "--key"]).arg(&key).output().await.unwrap();
+    assert!(id.status.success());
+    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), addr.rsplit('/').next().unwrap());
+
+    let out = Command::new(BIN).args(["ping", &addr, "--count", "2"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("agent: hyphae/0.1.0"), "{stdout}");
+    assert!(stdout.contains("/ipfs/ping/1.0.0"), "{stdout}");
+    assert!(stdout.contains("ping 1: rtt") && stdout.contains("ping 2: rtt"), "{stdout}");
+
+    // A wrong peer ID at the right address: non-zero exit and a clear message.
+    let wrong = format!("{}/p2p/12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf", addr.rsplit_once("/p2p/").unwrap().0);
+    let out = Command::new(BIN).args(["ping", &wrong, "--count", "1"]).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: connecting to") && err.contains("expected"), "{err}");
+
+    // Nothing listening: non-zero, clear message.
+    let out = Command::new(BIN).args(["ping", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf"]).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: connecting to"));
+
+    // Ctrl-C: exits 0.
+    let pid = node.id().unwrap();
+    let _ = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status();
+    let status = tokio::time::timeout(Duration::from_secs(10), node.wait()).await.expect("node stops on SIGINT").unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn cli_bad_arguments_exit_2_with_usage() {
+    let out = Command::new(BIN).args(["node", "--listen", "/foo/1"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown protocol name"));
+    let out = Command::new(BIN).args(["ping", "/ip4/127.0.0.1/tcp/1"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no /p2p/"));
+}
