@@ -10,6 +10,7 @@ pub mod identify;
 pub mod identity;
 pub mod mss;
 pub mod multiaddr;
+pub mod node;
 pub mod noise;
 pub mod pb;
 pub mod ping;
