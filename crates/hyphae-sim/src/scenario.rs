@@ -1,0 +1,350 @@
+//! The scenario language: one statement per line, `#` starts a comment. Documented in the README; the
+//! examples live in `scenarios/`.
+//!
+//! ```text
+//! seed 42                                   # default seed (HYPHAE_SEED and --seed override it)
+//! nodes GROUP COUNT [ping=10s]              # a group of nodes; ping: interval of pings to every peer
+//! link latency=20ms [jitter=2ms] [bandwidth=100mbit]      # the default link class (one-way latency)
+//! region NAME SELECTOR                      # nodes in a region (SELECTOR: N, A..B, a group, all)
+//! between REGION REGION latency=80ms [jitter=..] [bandwidth=..]  # link class between two regions
+//! phase NAME                                # metrics from time 0 go to this phase
+//! at TIME ACTION                            # a timeline action (below)
+//! run TIME                                  # virtual duration
+//! assert PHASE.METRIC OP NUMBER             # OP: < <= > >= == ; checked after the run
+//! ```
+//! Actions: `connect random K [SELECTOR]`, `connect SELECTOR -> SELECTOR`, `ping SELECTOR`,
+//! `partition SELECTOR | SELECTOR` (two-way), `partition SELECTOR -> SELECTOR` (one-way), `heal`,
+//! `crash SELECTOR`, `restart SELECTOR`, `churn N every TIME until TIME`, `link latency=.. ...`
+//! (degrade or change the default class from then on), `phase NAME`.
+//! TIME: `500ms`, `10s`, `5m`, `1h`. Bandwidth: `kbit`, `mbit`, `gbit` per second.
+
+use hyphae_core::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkClass {
+    /// One-way latency.
+    pub latency: Duration,
+    /// Uniform extra delay in [0, jitter) per message (ordered streams never reorder).
+    pub jitter: Duration,
+    /// Bits per second; 0 = unlimited.
+    pub bandwidth_bps: u64,
+}
+
+impl Default for LinkClass {
+    fn default() -> Self {
+        LinkClass { latency: Duration::from_millis(10), jitter: Duration::ZERO, bandwidth_bps: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    All,
+    One(usize),
+    Range(usize, usize),
+    Group(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    ConnectRandom { k: usize, who: Selector },
+    Connect { from: Selector, to: Selector },
+    Ping(Selector),
+    Partition { a: Selector, b: Selector, one_way: bool },
+    Heal,
+    Crash(Selector),
+    Restart(Selector),
+    Churn { n: usize, every: Duration, until: Duration },
+    Link(LinkClass),
+    Phase(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub name: String,
+    pub count: usize,
+    pub ping: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assertion {
+    pub phase: String,
+    pub metric: String,
+    pub op: String,
+    pub value: f64,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    pub seed: u64,
+    pub groups: Vec<Group>,
+    pub link: LinkClass,
+    pub regions: Vec<(String, Selector)>,
+    pub between: Vec<(String, String, LinkClass)>,
+    pub first_phase: String,
+    pub timeline: Vec<(Duration, Action)>,
+    pub duration: Duration,
+    pub asserts: Vec<Assertion>,
+}
+
+impl Scenario {
+    pub fn total_nodes(&self) -> usize {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i)).ok_or(format!("{s:?}: duration needs a unit (ms, s, m, h)"))?;
+    let v: f64 = num.parse().map_err(|_| format!("{s:?}: bad number"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("{s:?}: bad duration"));
+    }
+    let secs = match unit {
+        "us" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_bandwidth(s: &str) -> Result<u64, String> {
+    let lower = s.to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = lower.strip_suffix("gbit") {
+        (n, 1e9)
+    } else if let Some(n) = lower.strip_suffix("mbit") {
+        (n, 1e6)
+    } else if let Some(n) = lower.strip_suffix("kbit") {
+        (n, 1e3)
+    } else if let Some(n) = lower.strip_suffix("bit") {
+        (n, 1.0)
+    } else {
+        return Err(format!("{s:?}: bandwidth needs a unit (kbit, mbit, gbit)"));
+    };
+    let v: f64 = num.parse().map_err(|_| format!("{s:?}: bad number"))?;
+    Ok((v * mult) as u64)
+}
+
+fn parse_selector(s: &str) -> Result<Selector, String> {
+    if s == "all" {
+        return Ok(Selector::All);
+    }
+    if let Some((a, b)) = s.split_once("..") {
+        let a: usize = a.parse().map_err(|_| format!("{s:?}: bad range"))?;
+        let b: usize = b.parse().map_err(|_| format!("{s:?}: bad range"))?;
+        if b < a {
+            return Err(format!("{s:?}: empty range"));
+        }
+        return Ok(Selector::Range(a, b));
+    }
+    if let Ok(n) = s.parse() {
+        return Ok(Selector::One(n));
+    }
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Ok(Selector::Group(s.to_string()));
+    }
+    Err(format!("{s:?}: not a node selector (N, A..B, a group name, all)"))
+}
+
+fn parse_link(words: &[&str], base: &LinkClass) -> Result<LinkClass, String> {
+    let mut l = base.clone();
+    for w in words {
+        let (k, v) = w.split_once('=').ok_or(format!("{w:?}: expected key=value"))?;
+        match k {
+            "latency" => l.latency = parse_duration(v)?,
+            "jitter" => l.jitter = parse_duration(v)?,
+            "bandwidth" => l.bandwidth_bps = parse_bandwidth(v)?,
+            _ => return Err(format!("unknown link setting {k:?} (latency, jitter, bandwidth)")),
+        }
+    }
+    Ok(l)
+}
+
+fn parse_action(w: &[&str], link: &LinkClass) -> Result<Action, String> {
+    let arrow = |w: &[&str], sep: &str| -> Result<(Selector, Selector), String> {
+        let i = w.iter().position(|x| *x == sep).ok_or(format!("expected `A {sep} B`"))?;
+        if i != 1 || w.len() != 3 {
+            return Err(format!("expected `A {sep} B`"));
+        }
+        Ok((parse_selector(w[0])?, parse_selector(w[2])?))
+    };
+    Ok(match w {
+        ["connect", "random", k, rest @ ..] => Action::ConnectRandom {
+            k: k.parse().map_err(|_| format!("{k:?}: not a number"))?,
+            who: match rest {
+                [] => Selector::All,
+                [s] => parse_selector(s)?,
+                _ => return Err("connect random K [SELECTOR]".into()),
+            },
+        },
+        ["connect", rest @ ..] => {
+            let (from, to) = arrow(rest, "->")?;
+            Action::Connect { from, to }
+        }
+        ["ping", s] => Action::Ping(parse_selector(s)?),
+        ["partition", rest @ ..] => {
+            if rest.contains(&"->") {
+                let (a, b) = arrow(rest, "->")?;
+                Action::Partition { a, b, one_way: true }
+            } else {
+                let (a, b) = arrow(rest, "|")?;
+                Action::Partition { a, b, one_way: false }
+            }
+        }
+        ["heal"] => Action::Heal,
+        ["crash", s] => Action::Crash(parse_selector(s)?),
+        ["restart", s] => Action::Restart(parse_selector(s)?),
+        ["churn", n, "every", e, "until", u] => Action::Churn {
+            n: n.parse().map_err(|_| format!("{n:?}: not a number"))?,
+            every: parse_duration(e)?,
+            until: parse_duration(u)?,
+        },
+        ["link", rest @ ..] => Action::Link(parse_link(rest, link)?),
+        ["phase", name] => Action::Phase(name.to_string()),
+        _ => return Err(format!("unknown action {:?}", w.join(" "))),
+    })
+}
+
+pub fn parse(text: &str) -> Result<Scenario, String> {
+    let mut sc = Scenario {
+        seed: 1,
+        groups: vec![],
+        link: LinkClass::default(),
+        regions: vec![],
+        between: vec![],
+        first_phase: "main".into(),
+        timeline: vec![],
+        duration: Duration::from_secs(60),
+        asserts: vec![],
+    };
+    let mut ran = false;
+    for (i, raw) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let err = |e: String| format!("line {lineno}: {e}\n  {raw}");
+        match w.as_slice() {
+            ["seed", s] => sc.seed = s.parse().map_err(|_| err(format!("{s:?}: not a number")))?,
+            ["nodes", name, count, rest @ ..] => {
+                let count: usize = count.parse().map_err(|_| err(format!("{count:?}: not a number")))?;
+                let mut ping = None;
+                for r in rest {
+                    match r.split_once('=') {
+                        Some(("ping", v)) => ping = Some(parse_duration(v).map_err(err)?),
+                        _ => return Err(err(format!("unknown node setting {r:?} (ping=DURATION)"))),
+                    }
+                }
+                if sc.groups.iter().any(|g| g.name == *name) {
+                    return Err(err(format!("group {name:?} defined twice")));
+                }
+                sc.groups.push(Group { name: name.to_string(), count, ping });
+            }
+            ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,
+            ["region", name, sel] => sc.regions.push((name.to_string(), parse_selector(sel).map_err(err)?)),
+            ["between", a, b, rest @ ..] => {
+                for r in [a, b] {
+                    if !sc.regions.iter().any(|(n, _)| n == r) {
+                        return Err(err(format!("unknown region {r:?}")));
+                    }
+                }
+                sc.between.push((a.to_string(), b.to_string(), parse_link(rest, &sc.link).map_err(err)?));
+            }
+            ["phase", name] => sc.first_phase = name.to_string(),
+            ["at", t, rest @ ..] => {
+                let t = parse_duration(t).map_err(err)?;
+                let a = parse_action(rest, &sc.link).map_err(err)?;
+                sc.timeline.push((t, a));
+            }
+            ["run", t] => {
+                sc.duration = parse_duration(t).map_err(err)?;
+                ran = true;
+            }
+            ["assert", what, op, v] => {
+                let (phase, metric) = what.split_once('.').ok_or_else(|| err("assert PHASE.METRIC OP NUMBER".into()))?;
+                if !["<", "<=", ">", ">=", "=="].contains(op) {
+                    return Err(err(format!("{op:?}: OP is one of < <= > >= ==")));
+                }
+                if !crate::metrics::Phase::METRICS.contains(&metric) {
+                    return Err(err(format!("unknown metric {metric:?}; one of {}", crate::metrics::Phase::METRICS.join(", "))));
+                }
+                let value = v.parse().map_err(|_| err(format!("{v:?}: not a number")))?;
+                sc.asserts.push(Assertion { phase: phase.into(), metric: metric.into(), op: op.to_string(), value, line: lineno });
+            }
+            _ => return Err(err(format!("unknown statement {:?}", w[0]))),
+        }
+    }
+    if sc.groups.is_empty() {
+        return Err("no `nodes` statement".into());
+    }
+    if !ran {
+        return Err("no `run DURATION` statement".into());
+    }
+    let known: Vec<&str> = sc.groups.iter().map(|g| g.name.as_str()).collect();
+    let n = sc.total_nodes();
+    let check = |s: &Selector| -> Result<(), String> {
+        match s {
+            Selector::Group(g) if !known.contains(&g.as_str()) => Err(format!("unknown group {g:?}")),
+            Selector::One(i) if *i >= n => Err(format!("node {i} out of range (0..{})", n - 1)),
+            Selector::Range(_, b) if *b >= n => Err(format!("range end {b} out of range (0..{})", n - 1)),
+            _ => Ok(()),
+        }
+    };
+    for (_, s) in &sc.regions {
+        check(s)?;
+    }
+    for (_, a) in &sc.timeline {
+        match a {
+            Action::ConnectRandom { who, .. } | Action::Ping(who) | Action::Crash(who) | Action::Restart(who) => check(who)?,
+            Action::Connect { from, to } => {
+                check(from)?;
+                check(to)?
+            }
+            Action::Partition { a, b, .. } => {
+                check(a)?;
+                check(b)?
+            }
+            _ => {}
+        }
+    }
+    sc.timeline.sort_by_key(|(t, _)| *t);
+    Ok(sc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_parses_every_statement() {
+        let s = parse(
+            "seed 7\nnodes a 10 ping=10s\nnodes b 5\nlink latency=20ms jitter=1ms bandwidth=10mbit\nregion eu 0..4\nregion us b\n\
+             between eu us latency=80ms\nphase warm\nat 0s connect random 3\nat 1s connect 0 -> b\nat 2s partition 0..4 | b\n\
+             at 3s partition a -> 14\nat 4s heal\nat 5s crash 3\nat 6s restart 3\nat 7s churn 2 every 1s until 9s\n\
+             at 8s link latency=100ms\nat 9s phase late\nat 9s ping all\nrun 1m\nassert late.ping_success_rate >= 0.9\n",
+        )
+        .unwrap();
+        assert_eq!(s.seed, 7);
+        assert_eq!(s.total_nodes(), 15);
+        assert_eq!(s.link.bandwidth_bps, 10_000_000);
+        assert_eq!(s.timeline.len(), 11);
+        assert_eq!(s.duration, Duration::from_secs(60));
+        assert_eq!(s.between[0].2.latency, Duration::from_millis(80));
+        assert_eq!(s.between[0].2.jitter, Duration::from_millis(1), "between inherits the default link");
+    }
+
+    #[test]
+    fn scenario_errors_name_the_line() {
+        let e = parse("nodes a 3\nat 1s explode\nrun 1s").unwrap_err();
+        assert!(e.starts_with("line 2: unknown action"), "{e}");
+        let e = parse("nodes a 3\nat 1s crash 9\nrun 1s").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = parse("nodes a 3\nrun 1s\nassert x.bogus > 1").unwrap_err();
+        assert!(e.contains("unknown metric"), "{e}");
+        assert!(parse("nodes a 3").unwrap_err().contains("run"));
+    }
+}

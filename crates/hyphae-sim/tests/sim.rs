@@ -1,0 +1,151 @@
+//! Simulator tests (fast, deterministic). A failing run prints its seed; HYPHAE_SEED overrides it.
+
+use hyphae_sim::{check_asserts, check_determinism, parse, Sim};
+
+fn seed(default: u64) -> u64 {
+    std::env::var("HYPHAE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn run(text: &str, default_seed: u64) -> (hyphae_sim::Scenario, hyphae_sim::Report) {
+    let sc = parse(text).unwrap();
+    let s = seed(default_seed);
+    let r = Sim::new(sc.clone(), s).run();
+    let fails = check_asserts(&sc, &r);
+    assert!(fails.is_empty(), "seed {s} (HYPHAE_SEED={s} to replay):\n{}\n{}\nscenario:\n{text}", fails.join("\n"), hyphae_sim::report::table(&r));
+    (sc, r)
+}
+
+const HUNDRED: &str = "
+nodes all 100 ping=10s
+link latency=20ms jitter=4ms bandwidth=50mbit
+at 0s connect random 8
+run 65s
+assert main.pings_failed == 0
+assert main.dial_failures == 0
+";
+
+#[test]
+fn sim_100_nodes_connect_ping_identify() {
+    let (_, r) = run(HUNDRED, 1);
+    let t = &r.total.counters;
+    // Each node dials 8 distinct peers; a pair may dial each other both ways: 800 dials, up to 800 conns.
+    assert_eq!(t.dials, 800);
+    assert_eq!(t.connections, 2 * 800, "both ends report every connection");
+    assert_eq!(t.identifies, 2 * 800, "both ends identify each other");
+    // Both ends ping every 10 s from the handshake on: 7 rounds in 65 s.
+    assert_eq!(t.pings_ok, 2 * 800 * 7, "{}", hyphae_sim::report::table(&r));
+    // RTT = 2 × latency + jitter + serialization: 40 ms ≤ rtt < 49 ms (histogram resolution ~9%).
+    let p50 = r.total.rtt.quantile(0.5) as f64 / 1e6;
+    assert!(r.total.rtt.min_ns >= 40_000_000, "min {}", r.total.rtt.min_ns);
+    assert!((40.0..50.0).contains(&p50), "p50 {p50}");
+    assert_eq!(r.connected_fraction, 1.0);
+}
+
+#[test]
+fn sim_same_seed_same_trace() {
+    let sc = parse("nodes all 30 ping=5s\nlink latency=10ms jitter=3ms\nat 0s connect random 4\nat 7s crash 3\nat 9s restart 3\nrun 20s").unwrap();
+    let s = seed(7);
+    let h1 = check_determinism(&sc, s).unwrap_or_else(|(i, a, b)| panic!("seed {s}: runs diverge at event {i}: {a:016x} vs {b:016x}"));
+    let h2 = Sim::new(sc.clone(), s).run().trace_hash;
+    assert_eq!(h1, h2);
+    // A different seed is a different run.
+    assert_ne!(Sim::new(sc, s + 1).run().trace_hash, h1);
+}
+
+#[test]
+fn sim_partition_fails_pings_and_heal_restores_them() {
+    run(
+        "
+nodes all 20 ping=5s
+link latency=10ms
+at 0s connect random 4
+at 20s phase partitioned
+at 20s partition 0..9 | 10..19
+at 50s heal
+at 50s phase healed
+run 90s
+assert main.pings_failed == 0
+assert main.pings_ok > 0
+assert partitioned.pings_failed > 0
+assert healed.pings_ok > 0
+assert healed.ping_success_rate >= 0.95
+",
+        3,
+    );
+}
+
+#[test]
+fn sim_one_way_partition_also_breaks_round_trips() {
+    run(
+        "
+nodes all 10 ping=5s
+at 0s connect 0 -> 1..9
+at 10s phase cut
+at 10s partition 0 -> 1..9
+at 30s heal
+at 30s phase healed
+run 60s
+assert cut.pings_failed > 0
+assert healed.pings_ok > 0
+",
+        4,
+    );
+}
+
+#[test]
+fn sim_crashed_node_restarts_with_its_key_and_is_reachable() {
+    let (_, r) = run(
+        "
+nodes all 10 ping=5s
+at 0s connect 0 -> 1..9
+at 10s phase crashed
+at 10s crash 0
+at 20s restart 0
+at 20s phase restarted
+at 30s connect 1..9 -> 0
+run 45s
+assert crashed.disconnections >= 9
+assert restarted.dial_failures == 0
+assert restarted.connections >= 18
+assert restarted.pings_ok > 0
+assert restarted.pings_failed == 0
+",
+        5,
+    );
+    assert_eq!(r.total.counters.crashes, 1);
+    assert_eq!(r.total.counters.restarts, 1);
+}
+
+#[test]
+fn sim_dial_to_crashed_node_is_refused() {
+    run(
+        "
+nodes all 3
+at 0s crash 2
+at 1s connect 0 -> 2
+run 5s
+assert main.dial_failures == 1
+assert main.connections == 0
+",
+        6,
+    );
+}
+
+#[test]
+fn sim_regions_shape_latency() {
+    let (_, r) = run(
+        "
+nodes all 20 ping=5s
+link latency=5ms
+region eu 0..9
+region us 10..19
+between eu us latency=50ms
+at 0s connect random 5
+run 30s
+assert main.rtt_p99_ms >= 90
+assert main.pings_failed == 0
+",
+        8,
+    );
+    assert!(r.total.rtt.min_ns < 11_000_000, "intra-region pings exist");
+}
