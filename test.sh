@@ -3,8 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash interop/setup.sh
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+cargo test --workspace
 if [ "${HYPHAE_SKIP_FUZZ:-0}" != "1" ]; then
   bash fuzz/smoke.sh
 fi

@@ -110,7 +110,8 @@ enum Task {
 #[derive(Default)]
 struct PingState {
     stream: Option<StreamId>,
-    opening: bool,
+    /// The ping stream being negotiated, if any.
+    opening: Option<StreamId>,
     pinger: ping::Pinger,
     /// When the next ping is due.
     next_at: Option<Instant>,
@@ -269,11 +270,12 @@ impl Node {
             }
             if e.ping.deadline.is_some_and(|t| t <= now) {
                 e.ping.deadline = None;
-                if let Some(s) = e.ping.stream.take() {
+                // Drop the stream in use or still being opened: a late answer on it must not be taken
+                // for the answer to the next ping.
+                for s in [e.ping.stream.take(), e.ping.opening.take()].into_iter().flatten() {
                     e.tasks.remove(&s);
                     m.stream_reset(s);
                 }
-                e.ping.opening = false;
                 e.ping.pinger = ping::Pinger::new();
                 self.stats.pings_failed += 1;
                 if let Some(p) = e.peer.clone() {
@@ -291,13 +293,12 @@ impl Node {
                         let b = e.ping.pinger.start(now, payload);
                         let _ = m.stream_write(s, &b);
                     }
-                    None if !e.ping.opening => match m.open_stream(vec![ping::PROTOCOL_ID.into()]) {
-                        Ok(s) => {
-                            e.ping.opening = true;
+                    None if e.ping.opening.is_none() => {
+                        if let Ok(s) = m.open_stream(vec![ping::PROTOCOL_ID.into()]) {
+                            e.ping.opening = Some(s);
                             e.tasks.insert(s, Task::PingOut);
                         }
-                        Err(_) => {}
-                    },
+                    }
                     None => {}
                 }
             }
@@ -380,8 +381,8 @@ impl Node {
                 _ => m.stream_reset(s),
             },
             conn::Event::OutboundReady { id: s, .. } => {
-                if matches!(e.tasks.get(&s), Some(Task::PingOut)) {
-                    e.ping.opening = false;
+                if matches!(e.tasks.get(&s), Some(Task::PingOut)) && e.ping.opening == Some(s) {
+                    e.ping.opening = None;
                     e.ping.stream = Some(s);
                     let mut payload = [0u8; ping::PING_SIZE];
                     self.rng.fill_bytes(&mut payload);
@@ -392,7 +393,10 @@ impl Node {
             }
             conn::Event::OutboundFailed { id: s, reason } => {
                 if let Some(Task::PingOut) = e.tasks.remove(&s) {
-                    e.ping.opening = false;
+                    if e.ping.opening != Some(s) {
+                        return;
+                    }
+                    e.ping.opening = None;
                     e.ping.deadline = None;
                     e.ping.next_at = ping_interval.map(|i| now + i);
                     self.stats.pings_failed += 1;
@@ -449,6 +453,11 @@ impl Node {
                     acc.extend_from_slice(&buf[..n]);
                 }
                 Some(Task::PingIn(echo)) => echo.handle_input(&buf[..n], &mut echo_out),
+                Some(Task::PingOut) if e.ping.stream != Some(s) => {
+                    // A stale ping stream (its ping timed out): its answers are not ours to count.
+                    done = true;
+                    break;
+                }
                 Some(Task::PingOut) => match e.ping.pinger.handle_input(now, &buf[..n]) {
                     Ok(Some(rtt)) => {
                         e.ping.deadline = None;
@@ -488,7 +497,9 @@ impl Node {
                 }
                 Some(Task::PingOut) => {
                     m.stream_reset(s);
-                    e.ping.stream = None;
+                    if e.ping.stream == Some(s) {
+                        e.ping.stream = None;
+                    }
                 }
                 Some(Task::PingIn(_)) => {
                     m.stream_close(s);

@@ -68,13 +68,14 @@ pub fn write_outputs(r: &Report, dir: &Path) -> std::io::Result<()> {
     let _ = writeln!(csv, "total,connected_fraction,{}", r.connected_fraction);
     std::fs::write(dir.join("metrics.csv"), csv)?;
 
-    let mut rtt = String::from("bucket_start_s,count,p50_ms,p90_ms,p99_ms,max_ms\n");
+    let mut rtt = String::from("bucket_start_s,pings_ok,pings_failed,p50_ms,p90_ms,p99_ms,max_ms\n");
     for (i, h) in r.rtt_over_time.iter().enumerate() {
         let _ = writeln!(
             rtt,
-            "{:.3},{},{:.3},{:.3},{:.3},{:.3}",
+            "{:.3},{},{},{:.3},{:.3},{:.3},{:.3}",
             (i as u64 * r.bucket_ns) as f64 / 1e9,
             h.count,
+            r.fails_over_time.get(i).copied().unwrap_or(0),
             h.quantile(0.5) as f64 / 1e6,
             h.quantile(0.9) as f64 / 1e6,
             h.quantile(0.99) as f64 / 1e6,
@@ -102,7 +103,7 @@ pub fn write_outputs(r: &Report, dir: &Path) -> std::io::Result<()> {
 
 /// Ping RTT over virtual time: p50, p90, p99 and max per time bucket.
 pub fn svg(r: &Report) -> String {
-    let (w, h, ml, mr, mt, mb) = (900.0, 420.0, 70.0, 20.0, 40.0, 50.0);
+    let (w, h, ml, mr, mt, mb) = (900.0, 440.0, 70.0, 20.0, 60.0, 50.0);
     let pw = w - ml - mr;
     let ph = h - mt - mb;
     let n = r.rtt_over_time.len().max(1);
@@ -142,12 +143,15 @@ pub fn svg(r: &Report) -> String {
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
         }
         let lx = ml + 10.0 + 70.0 * li as f64;
-        let _ = writeln!(s, r#"<rect x="{lx}" y="{}" width="12" height="4" fill="{color}"/><text x="{}" y="{}">{name}</text>"#, mt + 6.0, lx + 16.0, mt + 11.0);
+        let _ = writeln!(s, r#"<rect x="{lx}" y="{}" width="12" height="4" fill="{color}"/><text x="{}" y="{}">{name}</text>"#, mt - 20.0, lx + 16.0, mt - 15.0);
     }
-    // Buckets with no successful ping (e.g. during a partition) are marked.
-    for (i, hh) in r.rtt_over_time.iter().enumerate() {
-        if hh.count == 0 {
-            let _ = writeln!(s, r##"<rect x="{:.1}" y="{mt}" width="{:.1}" height="{ph}" fill="#f4cccc" opacity="0.5"/>"##, ml + pw * i as f64 / n as f64, pw / n as f64);
+    let lx = ml + 10.0 + 70.0 * series.len() as f64;
+    let _ = writeln!(s, r##"<rect x="{lx}" y="{}" width="12" height="10" fill="#f4cccc"/><text x="{}" y="{}">time with failed pings (count on top)</text>"##, mt - 23.0, lx + 16.0, mt - 15.0);
+    // Buckets where pings failed (e.g. during a partition) are shaded, with the number of failures.
+    for (i, f) in r.fails_over_time.iter().enumerate() {
+        if *f > 0 {
+            let x0 = ml + pw * i as f64 / n as f64;
+            let _ = writeln!(s, r##"<rect x="{x0:.1}" y="{mt}" width="{:.1}" height="{ph}" fill="#f4cccc" opacity="0.6"/><text x="{:.1}" y="{}" text-anchor="middle" font-size="9" fill="#a33">{f}</text>"##, pw / n as f64, x0 + pw / n as f64 / 2.0, mt + 10.0);
         }
     }
     s.push_str("</svg>\n");

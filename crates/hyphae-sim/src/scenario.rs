@@ -5,7 +5,7 @@
 //! seed 42                                   # default seed (HYPHAE_SEED and --seed override it)
 //! nodes GROUP COUNT [ping=10s]              # a group of nodes; ping: interval of pings to every peer
 //! link latency=20ms [jitter=2ms] [bandwidth=100mbit]      # the default link class (one-way latency)
-//! region NAME SELECTOR                      # nodes in a region (SELECTOR: N, A..B, a group, all)
+//! region NAME SELECTOR                      # nodes in a region (SELECTOR: N, A..B, a group or region, all)
 //! between REGION REGION latency=80ms [jitter=..] [bandwidth=..]  # link class between two regions
 //! phase NAME                                # metrics from time 0 go to this phase
 //! at TIME ACTION                            # a timeline action (below)
@@ -284,11 +284,12 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     if !ran {
         return Err("no `run DURATION` statement".into());
     }
-    let known: Vec<&str> = sc.groups.iter().map(|g| g.name.as_str()).collect();
+    // A name selects a group or a region.
+    let known: Vec<&str> = sc.groups.iter().map(|g| g.name.as_str()).chain(sc.regions.iter().map(|(n, _)| n.as_str())).collect();
     let n = sc.total_nodes();
     let check = |s: &Selector| -> Result<(), String> {
         match s {
-            Selector::Group(g) if !known.contains(&g.as_str()) => Err(format!("unknown group {g:?}")),
+            Selector::Group(g) if !known.contains(&g.as_str()) => Err(format!("unknown group or region {g:?}")),
             Selector::One(i) if *i >= n => Err(format!("node {i} out of range (0..{})", n - 1)),
             Selector::Range(_, b) if *b >= n => Err(format!("range end {b} out of range (0..{})", n - 1)),
             _ => Ok(()),

@@ -16,7 +16,8 @@ use std::net::Ipv4Addr;
 
 /// A dial to an unreachable (partitioned) node fails after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time buckets for the latency-over-time plot.
+/// At most this many time buckets in the latency-over-time plot (fewer when pings are sparse, so that
+/// every bucket spans at least one ping interval).
 pub const TIME_BUCKETS: usize = 60;
 
 #[derive(Debug)]
@@ -90,6 +91,8 @@ pub struct Report {
     pub total: Phase,
     /// RTT histogram per time bucket (for the plot).
     pub rtt_over_time: Vec<Histogram>,
+    /// Failed pings per time bucket.
+    pub fails_over_time: Vec<u64>,
     pub bucket_ns: u64,
     pub connected_fraction: f64,
 }
@@ -124,6 +127,7 @@ pub struct Sim {
     partitions: Vec<(Vec<bool>, Vec<bool>, bool)>,
     phases: Vec<Phase>,
     rtt_over_time: Vec<Histogram>,
+    fails_over_time: Vec<u64>,
     bucket_ns: u64,
     events: u64,
     hash: u64,
@@ -195,7 +199,10 @@ impl Sim {
             }
             groups.insert(g.name.clone(), (start, nodes.len()));
         }
-        let bucket_ns = (sc.duration.as_nanos() as u64 / TIME_BUCKETS as u64).max(1);
+        let interval = sc.groups.iter().filter_map(|g| g.ping).max().unwrap_or(Duration::from_secs(1)).as_nanos() as u64;
+        let dur = sc.duration.as_nanos() as u64;
+        let buckets = ((dur / interval.max(1)) as usize).clamp(1, TIME_BUCKETS);
+        let bucket_ns = (dur / buckets as u64).max(1);
         let mut sim = Sim {
             now: Instant::ZERO,
             seq: 0,
@@ -209,7 +216,8 @@ impl Sim {
             region_links: BTreeMap::new(),
             partitions: vec![],
             phases: vec![Phase { name: sc.first_phase.clone(), ..Default::default() }],
-            rtt_over_time: vec![Histogram::default(); TIME_BUCKETS],
+            rtt_over_time: vec![Histogram::default(); buckets],
+            fails_over_time: vec![0; buckets],
             bucket_ns,
             events: 0,
             hash: 0xcbf29ce484222325,
@@ -253,7 +261,14 @@ impl Sim {
             Selector::All => (0..self.nodes.len()).collect(),
             Selector::One(i) => vec![*i],
             Selector::Range(a, b) => (*a..=*b).collect(),
-            Selector::Group(g) => self.groups.get(g).map(|(a, b)| (*a..*b).collect()).unwrap_or_default(),
+            Selector::Group(g) => match self.groups.get(g) {
+                Some((a, b)) => (*a..*b).collect(),
+                None => match self.sc.regions.iter().find(|(n, _)| n == g) {
+                    // Regions are defined by selectors over groups or ranges; resolve one level.
+                    Some((_, sel)) if !matches!(sel, Selector::Group(x) if x == g) => self.select(&sel.clone()),
+                    _ => vec![],
+                },
+            },
         }
     }
 
@@ -321,10 +336,14 @@ impl Sim {
                 let ns = rtt.as_nanos() as u64;
                 self.phase().pings_ok += 1;
                 self.phases.last_mut().expect("invariant: a phase").rtt.record(ns);
-                let b = ((now.as_nanos() / self.bucket_ns) as usize).min(TIME_BUCKETS - 1);
+                let b = ((now.as_nanos() / self.bucket_ns) as usize).min(self.rtt_over_time.len() - 1);
                 self.rtt_over_time[b].record(ns);
             }
-            Event::PingFailed { .. } => self.phase().pings_failed += 1,
+            Event::PingFailed { .. } => {
+                self.phase().pings_failed += 1;
+                let b = ((now.as_nanos() / self.bucket_ns) as usize).min(self.fails_over_time.len() - 1);
+                self.fails_over_time[b] += 1;
+            }
             Event::Identified { .. } => self.phase().identifies += 1,
         }
     }
@@ -711,6 +730,7 @@ impl Sim {
             phases,
             total: total_phase,
             rtt_over_time: std::mem::take(&mut self.rtt_over_time),
+            fails_over_time: std::mem::take(&mut self.fails_over_time),
             bucket_ns: self.bucket_ns,
             connected_fraction: if alive.is_empty() { 0.0 } else { connected as f64 / alive.len() as f64 },
         }

@@ -88,7 +88,10 @@ async fn run(bytes: u64) -> (Duration, Duration, Duration) {
 }
 
 fn main() {
-    let bytes: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1 << 30);
+    // `cargo bench` passes --bench; under `cargo test` this runs as a 1 MiB smoke test.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let default = if bench { 1 << 30 } else { 1 << 20 };
+    let bytes: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(default);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (setup, up, down) = rt.block_on(run(bytes));
     let gbps = |d: Duration| bytes as f64 * 8.0 / d.as_secs_f64() / 1e9;

@@ -14,9 +14,16 @@ usage:
       Dials MULTIADDR (ending in /p2p/<id>), prints the remote's identify info and N ping RTTs.
   hyphae id [--key FILE]
       Prints the peer ID of the key (the default key if none given).
+  hyphae sim FILE [--seed N] [--out DIR] [--check]
+      Runs a simulation scenario (see scenarios/ and the README) on virtual time and prints a summary
+      table; --out writes metrics.csv, metrics.json, rtt_over_time.csv and rtt_over_time.svg; --check
+      runs it twice and compares the trace hash of every event. HYPHAE_SEED also sets the seed.
 logging: RUST_LOG=debug for more detail (default info, on stderr).";
 
 struct Args {
+    seed: Option<u64>,
+    out: Option<PathBuf>,
+    check: bool,
     listen: Vec<Multiaddr>,
     key: Option<PathBuf>,
     key_type: KeyType,
@@ -25,7 +32,7 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args { listen: vec![], key: None, key_type: KeyType::Ed25519, count: 5, positional: vec![] };
+    let mut a = Args { seed: None, out: None, check: false, listen: vec![], key: None, key_type: KeyType::Ed25519, count: 5, positional: vec![] };
     let mut it = args.iter();
     while let Some(x) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -40,6 +47,12 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 let v = val("--count")?;
                 a.count = v.parse().map_err(|_| format!("--count {v}: not a number"))?
             }
+            "--seed" => {
+                let v = val("--seed")?;
+                a.seed = Some(v.parse().map_err(|_| format!("--seed {v}: not a number"))?)
+            }
+            "--out" => a.out = Some(PathBuf::from(val("--out")?)),
+            "--check" => a.check = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown flag {s}")),
             s => a.positional.push(s.to_string()),
@@ -71,6 +84,15 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    if cmd == "sim" {
+        return match sim(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -184,4 +206,53 @@ async fn ping(args: Args) -> Result<(), String> {
     drop(s);
     host.close().await;
     Ok(())
+}
+
+fn sim(args: Args) -> Result<(), String> {
+    let [file] = &args.positional[..] else { return Err("sim needs exactly one scenario FILE".into()) };
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    let sc = hyphae_sim::parse(&text).map_err(|e| format!("{file}: {e}"))?;
+    let seed = args.seed.or_else(|| std::env::var("HYPHAE_SEED").ok().and_then(|s| s.parse().ok())).unwrap_or(sc.seed);
+    println!("scenario {file}: {} nodes, {:?} virtual, seed {seed}", sc.total_nodes(), sc.duration);
+    if args.check {
+        return match hyphae_sim::check_determinism(&sc, seed) {
+            Ok(h) => {
+                println!("determinism check passed: two runs, identical trace hash {h:016x}");
+                Ok(())
+            }
+            Err((i, a, b)) => Err(format!("runs diverge at event {i} ({a:016x} vs {b:016x}); seed {seed}")),
+        };
+    }
+    let mut s = hyphae_sim::Sim::new(sc.clone(), seed);
+    let started = std::time::Instant::now();
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    s.progress = Some(Box::new(move |done, total| {
+        let pct = done as f64 * 100.0 / total.max(1) as f64;
+        let el = started.elapsed().as_secs_f64();
+        if interactive {
+            eprint!("\r  {pct:5.1}%  virtual {:.0}s  wall {el:.1}s  ", done as f64 / 1e9);
+        } else if (pct as u64) % 10 == 0 && el > 5.0 {
+            eprintln!("  {pct:5.1}%  virtual {:.0}s  wall {el:.1}s", done as f64 / 1e9);
+        }
+    }));
+    let r = s.run();
+    let wall = started.elapsed();
+    if interactive {
+        eprintln!();
+    }
+    print!("{}", hyphae_sim::report::table(&r));
+    println!("wall time {:.2}s, {:.1}x real time, {} events ({:.0} events/s)", wall.as_secs_f64(), r.virtual_time.as_secs_f64() / wall.as_secs_f64().max(1e-9), r.events, r.events as f64 / wall.as_secs_f64().max(1e-9));
+    if let Some(dir) = &args.out {
+        hyphae_sim::report::write_outputs(&r, dir).map_err(|e| format!("writing {}: {e}", dir.display()))?;
+        println!("wrote {}/{{metrics.csv,metrics.json,rtt_over_time.csv,rtt_over_time.svg}}", dir.display());
+    }
+    let fails = hyphae_sim::check_asserts(&sc, &r);
+    if fails.is_empty() {
+        if !sc.asserts.is_empty() {
+            println!("all {} assertions hold", sc.asserts.len());
+        }
+        Ok(())
+    } else {
+        Err(format!("{} assertion(s) failed (seed {seed}; replay with --seed {seed}):\n  {}", fails.len(), fails.join("\n  ")))
+    }
 }
