@@ -12,6 +12,11 @@ targets=$(cargo fuzz list)
 for t in $targets; do
   mkdir -p "corpus/$t"
   echo "fuzz smoke: $t (${SECS}s)"
-  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$SECS" -max_len=4096 2>&1 | tail -n 2
+  if ! cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$SECS" -max_len=4096 > "corpus/$t.log" 2>&1; then
+    grep -v '^#' "corpus/$t.log" | tail -n 40
+    echo "fuzz smoke: $t FAILED; reproduce with: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $t artifacts/$t/<crash file>"
+    exit 1
+  fi
+  tail -n 1 "corpus/$t.log"
 done
 echo "fuzz smoke: all targets ran without a crash"

@@ -508,7 +508,13 @@ impl FromStr for Multiaddr {
             };
             v.push(p);
         }
-        Ok(Multiaddr(v))
+        let m = Multiaddr(v);
+        // The same bound as binary decoding, so every parsed address also decodes from its bytes.
+        let len = m.to_bytes().len();
+        if len > MAX_MULTIADDR_LEN {
+            return Err(DecodeError::TooLarge { len, limit: MAX_MULTIADDR_LEN }.into());
+        }
+        Ok(m)
     }
 }
 
