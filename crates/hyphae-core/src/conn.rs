@@ -49,11 +49,13 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Offer the muxer inside the Noise handshake (saves a round trip). Default true.
     pub early_muxer_negotiation: bool,
+    /// The node's Noise static key; `None` makes one per connection.
+    pub noise_static: Option<std::sync::Arc<noise::StaticKey>>,
 }
 
 impl Config {
     pub fn new(keypair: Keypair) -> Self {
-        Config { keypair, protocols: Vec::new(), limits: Limits::default(), handshake_timeout: Duration::from_secs(15), early_muxer_negotiation: true }
+        Config { keypair, protocols: Vec::new(), limits: Limits::default(), handshake_timeout: Duration::from_secs(15), early_muxer_negotiation: true, noise_static: None }
     }
 }
 
@@ -255,7 +257,12 @@ impl Connection {
                     match r {
                         Ok(Some(_)) => {
                             let muxers = if self.config.early_muxer_negotiation { MUXERS.iter().map(|s| s.to_string()).collect() } else { vec![] };
-                            match Handshake::new(&self.config.keypair, self.role == Role::Dialer, self.expected.clone(), muxers, self.seed) {
+                            let initiator = self.role == Role::Dialer;
+                            let hs = match &self.config.noise_static {
+                                Some(k) => Handshake::with_static_key(k, initiator, self.expected.clone(), muxers, self.seed),
+                                None => Handshake::new(&self.config.keypair, initiator, self.expected.clone(), muxers, self.seed),
+                            };
+                            match hs {
                                 Ok(mut hs) => {
                                     if let Some(b) = hs.poll_transmit() {
                                         self.out.extend(b);

@@ -131,6 +131,7 @@ struct Entry {
 
 pub struct Node {
     config: Config,
+    noise_static: std::sync::Arc<crate::noise::StaticKey>,
     peer_id: PeerId,
     rng: rng::Rng,
     conns: BTreeMap<ConnId, Entry>,
@@ -143,8 +144,11 @@ const PROTOCOLS: [&str; 3] = [identify::PROTOCOL_ID, identify::PUSH_PROTOCOL_ID,
 
 impl Node {
     pub fn new(config: Config, _now: Instant) -> Self {
-        let rng = rng::from_seed(config.seed);
-        Node { peer_id: config.keypair.peer_id(), config, rng, conns: BTreeMap::new(), next_conn: 1 << 32, out: VecDeque::new(), stats: Stats::default() }
+        let mut rng = rng::from_seed(config.seed);
+        let mut s = [0u8; 32];
+        rng.fill_bytes(&mut s);
+        let noise_static = std::sync::Arc::new(crate::noise::StaticKey::generate(&config.keypair, s).expect("invariant: x25519 key generation cannot fail"));
+        Node { peer_id: config.keypair.peer_id(), noise_static, config, rng, conns: BTreeMap::new(), next_conn: 1 << 32, out: VecDeque::new(), stats: Stats::default() }
     }
 
     pub fn peer_id(&self) -> &PeerId {
@@ -171,6 +175,7 @@ impl Node {
         c.protocols = PROTOCOLS.iter().map(|s| s.to_string()).collect();
         c.limits = self.config.conn_limits.clone();
         c.handshake_timeout = self.config.handshake_timeout;
+        c.noise_static = Some(self.noise_static.clone());
         c
     }
 

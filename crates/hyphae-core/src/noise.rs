@@ -137,6 +137,32 @@ pub struct Remote {
     pub muxer: Option<String>,
 }
 
+/// A node's Noise static key with the identity signature over it. Made once per node and shared by its
+/// connections, as rust-libp2p's `noise::Config` does: it saves a key generation and a signature per
+/// connection (forward secrecy comes from the ephemeral keys).
+#[derive(Clone)]
+pub struct StaticKey {
+    private: Vec<u8>,
+    payload_identity: Vec<u8>,
+    payload_sig: Vec<u8>,
+}
+
+impl std::fmt::Debug for StaticKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("noise::StaticKey(..)")
+    }
+}
+
+impl StaticKey {
+    pub fn generate(identity: &Keypair, seed: [u8; 32]) -> Result<StaticKey, NoiseError> {
+        let params: snow::params::NoiseParams = PARAMS.parse().expect("invariant: noise params string is valid");
+        let kp = snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(0) })).generate_keypair().map_err(snow_err)?;
+        let mut signed = STATIC_KEY_DOMAIN.to_vec();
+        signed.extend_from_slice(&kp.public);
+        Ok(StaticKey { private: kp.private, payload_identity: identity.public().encode_protobuf(), payload_sig: identity.sign(&signed) })
+    }
+}
+
 pub struct Handshake {
     state: snow::HandshakeState,
     initiator: bool,
@@ -152,16 +178,16 @@ pub struct Handshake {
 impl Handshake {
     /// Starts a handshake. `muxers`: our stream muxers in order of preference (empty: no early negotiation).
     pub fn new(identity: &Keypair, initiator: bool, expected: Option<PeerId>, muxers: Vec<String>, seed: [u8; 32]) -> Result<Self, NoiseError> {
+        let key = StaticKey::generate(identity, seed)?;
+        Self::with_static_key(&key, initiator, expected, muxers, seed)
+    }
+
+    /// Starts a handshake with a node-wide static key (see [`StaticKey`]).
+    pub fn with_static_key(key: &StaticKey, initiator: bool, expected: Option<PeerId>, muxers: Vec<String>, seed: [u8; 32]) -> Result<Self, NoiseError> {
         let params: snow::params::NoiseParams = PARAMS.parse().expect("invariant: noise params string is valid");
-        let resolver = Box::new(Resolver { seed, stream: Cell::new(0) });
-        let builder = snow::Builder::with_resolver(params.clone(), resolver);
-        let static_kp = builder.generate_keypair().map_err(snow_err)?;
-        let builder = snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(1) }))
-            .local_private_key(&static_kp.private);
+        let builder = snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(1) })).local_private_key(&key.private);
         let state = if initiator { builder.build_initiator() } else { builder.build_responder() }.map_err(snow_err)?;
-        let mut signed = STATIC_KEY_DOMAIN.to_vec();
-        signed.extend_from_slice(&static_kp.public);
-        let payload = Payload { identity_key: identity.public().encode_protobuf(), identity_sig: identity.sign(&signed), muxers: muxers.clone() };
+        let payload = Payload { identity_key: key.payload_identity.clone(), identity_sig: key.payload_sig.clone(), muxers: muxers.clone() };
         let mut hs = Handshake {
             state,
             initiator,

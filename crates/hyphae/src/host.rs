@@ -146,6 +146,7 @@ const MAX_ADDRS_PER_PEER: usize = 32;
 
 pub(crate) struct Inner {
     keypair: Keypair,
+    noise_static: Arc<hyphae_core::noise::StaticKey>,
     peer_id: PeerId,
     config: HostConfig,
     pub(crate) epoch: std::time::Instant,
@@ -186,6 +187,7 @@ impl Inner {
         c.protocols = self.protocols();
         c.limits = self.config.limits.clone();
         c.handshake_timeout = self.config.dial_timeout;
+        c.noise_static = Some(self.noise_static.clone());
         c
     }
 
@@ -341,12 +343,17 @@ impl Host {
         });
         let (events, _) = broadcast::channel(1024);
         let keypair = config.keypair.clone();
+        let mut root = rng::from_seed(seed);
+        let mut ns = [0u8; 32];
+        root.fill_bytes(&mut ns);
+        let noise_static = Arc::new(hyphae_core::noise::StaticKey::generate(&keypair, ns).map_err(|e| Error::Handshake(e.to_string()))?);
         let inner = Arc::new_cyclic(|me| Inner {
+            noise_static,
             peer_id: keypair.peer_id(),
             keypair,
             config,
             epoch: std::time::Instant::now(),
-            rng: Mutex::new(rng::from_seed(seed)),
+            rng: Mutex::new(root),
             handlers: Mutex::new(BTreeMap::new()),
             conns: Mutex::new(BTreeMap::new()),
             by_peer: Mutex::new(BTreeMap::new()),
