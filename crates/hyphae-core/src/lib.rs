@@ -13,6 +13,7 @@ pub mod multiaddr;
 pub mod node;
 pub mod noise;
 pub mod pb;
+pub mod perf;
 pub mod ping;
 pub mod rng;
 pub mod time;

@@ -133,6 +133,8 @@ pub struct Sim {
     hash: u64,
     /// Per-event running hashes, kept when checking determinism.
     pub trace: Option<Vec<u64>>,
+    /// Protocol events of every node, kept when `record_events` is on: (time, node, event).
+    log: Option<Vec<(Instant, usize, Event)>>,
     /// Progress callback: (virtual ns done, total ns).
     pub progress: Option<Box<dyn FnMut(u64, u64)>>,
 }
@@ -222,6 +224,7 @@ impl Sim {
             events: 0,
             hash: 0xcbf29ce484222325,
             trace: None,
+            log: None,
             progress: None,
             nodes,
             sc,
@@ -326,8 +329,11 @@ impl Sim {
         }
     }
 
-    fn on_event(&mut self, _i: usize, e: Event) {
+    fn on_event(&mut self, i: usize, e: Event) {
         let now = self.now;
+        if let Some(log) = &mut self.log {
+            log.push((now, i, e.clone()));
+        }
         match e {
             Event::Connected { .. } => self.phase().connections += 1,
             Event::Disconnected { .. } => self.phase().disconnections += 1,
@@ -620,13 +626,47 @@ impl Sim {
     }
 
     fn run_inner(&mut self) -> Report {
-        let end = Instant::ZERO + self.sc.duration;
-        let total = end.as_nanos();
-        let mut next_progress = 0u64;
-        while let Some(Reverse(s)) = self.heap.pop() {
-            if s.at > end {
+        self.run_until(self.sc.duration);
+        self.finish()
+    }
+
+    /// Keeps every node's protocol events from now on (query them with [`Sim::events`]).
+    pub fn record_events(&mut self) {
+        self.log.get_or_insert_with(Vec::new);
+    }
+
+    /// The recorded protocol events: (virtual time, node index, event).
+    pub fn events(&self) -> &[(Instant, usize, Event)] {
+        self.log.as_deref().unwrap_or(&[])
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Node `i`'s counters (None while it is crashed).
+    pub fn node_stats(&self, i: usize) -> Option<&node::Stats> {
+        self.nodes[i].node.as_ref().map(|n| n.stats())
+    }
+
+    /// The peer ID of node `i` (kept across restarts).
+    pub fn peer_id(&self, i: usize) -> &PeerId {
+        &self.nodes[i].peer
+    }
+
+    /// Processes every event up to virtual time `t` (capped at the scenario's duration). Can be called
+    /// repeatedly with growing `t`; tests use it to look at the nodes mid-run.
+    pub fn run_until(&mut self, t: Duration) {
+        let end = Instant::ZERO + t.min(self.sc.duration);
+        let total = (Instant::ZERO + self.sc.duration).as_nanos();
+        let mut next_progress = self.now.as_nanos();
+        loop {
+            let Some(Reverse(top)) = self.heap.peek() else { break };
+            if top.at > end {
                 break;
             }
+            let Some(Reverse(s)) = self.heap.pop() else { break };
             self.now = s.at;
             if let Some(p) = &mut self.progress {
                 if self.now.as_nanos() >= next_progress {
@@ -697,7 +737,11 @@ impl Sim {
                 }
             }
         }
-        self.now = end;
+        self.now = self.now.max(end);
+    }
+
+    fn finish(&mut self) -> Report {
+        let end = Instant::ZERO + self.sc.duration;
         if let Some(p) = self.phases.last_mut() {
             p.end_ns = end.as_nanos();
         }

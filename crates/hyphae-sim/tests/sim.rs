@@ -11,7 +11,7 @@ fn run(text: &str, default_seed: u64) -> (hyphae_sim::Scenario, hyphae_sim::Repo
     let s = seed(default_seed);
     let r = Sim::new(sc.clone(), s).run();
     let fails = check_asserts(&sc, &r);
-    assert!(fails.is_empty(), "seed {s} (HYPHAE_SEED={s} to replay):\n{}\n{}\nscenario:\n{text}", fails.join("\n"), hyphae_sim::report::table(&r));
+    assert!(fails.is_empty(), "seed {s} (HYPHAE_SEED={s} to replay):\n{}\n{}\nexpanded scenario:\n{sc:#?}", fails.join("\n"), hyphae_sim::report::table(&r));
     (sc, r)
 }
 
@@ -148,4 +148,23 @@ assert main.pings_failed == 0
         8,
     );
     assert!(r.total.rtt.min_ns < 11_000_000, "intra-region pings exist");
+}
+
+#[test]
+fn sim_trace_and_counters_are_queryable_mid_run() {
+    use hyphae_core::node::Event;
+    let sc = parse("nodes all 5 ping=2s\nlink latency=5ms\nat 0s connect 0 -> 1..4\nrun 30s").unwrap();
+    let mut s = Sim::new(sc, seed(9));
+    s.record_events();
+    s.run_until(std::time::Duration::from_secs(5));
+    let p1 = s.peer_id(1).clone();
+    // Node 0 has pinged node 1 at 0 s (after the handshake), 2 s and 4 s; each RTT is exactly 10 ms.
+    let pings: Vec<_> = s.events().iter().filter(|(_, n, e)| *n == 0 && matches!(e, Event::PingOk { peer, .. } if *peer == p1)).collect();
+    assert_eq!(pings.len(), 3, "{pings:?}");
+    assert!(pings.iter().all(|(_, _, e)| matches!(e, Event::PingOk { rtt, .. } if *rtt == std::time::Duration::from_millis(10))));
+    assert_eq!(s.node_stats(0).unwrap().connections_established, 4);
+    assert_eq!(s.node_stats(1).unwrap().identifies, 1);
+    s.run_until(std::time::Duration::from_secs(10));
+    // The next ping is due an interval after the previous answer: ~0.03, 2.04, 4.05, 6.06, 8.07 s.
+    assert_eq!(s.node_stats(0).unwrap().pings_ok, 4 * 5);
 }

@@ -6,7 +6,7 @@ pub use crate::driver::Stream;
 use hyphae_core::conn::{self, StreamId};
 use hyphae_core::identify::{self, Info};
 use hyphae_core::multiaddr::MultiaddrError;
-use hyphae_core::{ping, rng, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
+use hyphae_core::{perf, ping, rng, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
 use rand_core::RngCore;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -113,6 +113,15 @@ pub enum HostEvent {
     Disconnected { peer: PeerId, reason: String },
     Identified { peer: PeerId, info: Box<Info> },
     InboundPing { peer: PeerId },
+}
+
+/// The outcome of [`Host::perf`].
+#[derive(Debug, Clone, Copy)]
+pub struct PerfResult {
+    /// From opening the stream to the last byte received.
+    pub elapsed: Duration,
+    pub uploaded: u64,
+    pub downloaded: u64,
 }
 
 /// What the host knows of a peer.
@@ -691,6 +700,76 @@ impl Host {
             }
         };
         tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| Error::Timeout("ping"))?
+    }
+
+    /// Serves `/perf/1.0.0` (libp2p/specs perf/perf.md).
+    pub fn enable_perf_server(&self) {
+        self.set_stream_handler(perf::PROTOCOL_ID, |mut s: Stream| async move {
+            let mut server = perf::Server::default();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => server.handle_input(&buf[..n]),
+                    Err(_) => return,
+                }
+            }
+            let Ok(perf::ServerState::Send(mut left)) = server.handle_eof() else {
+                s.reset();
+                return;
+            };
+            while left > 0 {
+                let k = left.min(perf::BLOCK.len() as u64) as usize;
+                if s.write_all(&perf::BLOCK[..k]).await.is_err() {
+                    return;
+                }
+                left -= k as u64;
+            }
+            let _ = s.shutdown().await;
+        });
+    }
+
+    /// Runs one perf exchange: uploads `upload` bytes, downloads `download`. `progress` is called about
+    /// once a second with (elapsed, uploaded, downloaded) since the last call.
+    pub async fn perf(&self, peer: &PeerId, upload: u64, download: u64, mut progress: impl FnMut(Duration, u64, u64)) -> Result<PerfResult, Error> {
+        let t0 = std::time::Instant::now();
+        let mut s = self.new_stream(peer, &[perf::PROTOCOL_ID]).await?;
+        s.write_all(&download.to_be_bytes()).await?;
+        let mut last = std::time::Instant::now();
+        let (mut up_since, mut down_since) = (0u64, 0u64);
+        let mut left = upload;
+        while left > 0 {
+            let k = left.min(perf::BLOCK.len() as u64) as usize;
+            s.write_all(&perf::BLOCK[..k]).await?;
+            left -= k as u64;
+            up_since += k as u64;
+            if last.elapsed() >= Duration::from_secs(1) {
+                progress(last.elapsed(), up_since, 0);
+                last = std::time::Instant::now();
+                up_since = 0;
+            }
+        }
+        s.shutdown().await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+            down_since += n as u64;
+            if last.elapsed() >= Duration::from_secs(1) {
+                progress(last.elapsed(), up_since, down_since);
+                last = std::time::Instant::now();
+                up_since = 0;
+                down_since = 0;
+            }
+        }
+        if got != download {
+            return Err(Error::Protocol(format!("perf: received {got} bytes, asked for {download}")));
+        }
+        Ok(PerfResult { elapsed: t0.elapsed(), uploaded: upload, downloaded: got })
     }
 
     pub fn peers(&self) -> Vec<PeerId> {

@@ -29,5 +29,5 @@ mod driver;
 mod host;
 pub mod keyfile;
 
-pub use host::{ConnectionInfo, Direction, Error, Host, HostConfig, HostEvent, PeerInfo, Stream};
+pub use host::{ConnectionInfo, Direction, Error, Host, HostConfig, HostEvent, PeerInfo, PerfResult, Stream};
 pub use hyphae_core::{self as core, identify::Info as IdentifyInfo, KeyType, Keypair, Multiaddr, PeerId, Protocol, PublicKey};

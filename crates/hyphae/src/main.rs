@@ -14,6 +14,11 @@ usage:
       Dials MULTIADDR (ending in /p2p/<id>), prints the remote's identify info and N ping RTTs.
   hyphae id [--key FILE]
       Prints the peer ID of the key (the default key if none given).
+  hyphae perf --server [--listen MULTIADDR]... [--key FILE]
+      Serves /perf/1.0.0; prints its listen addresses with /p2p/<id>.
+  hyphae perf MULTIADDR --upload BYTES --download BYTES
+      Runs the perf protocol against MULTIADDR; prints JSON lines, the last one
+      {\"type\":\"final\",\"timeSeconds\":..,\"uploadBytes\":..,\"downloadBytes\":..} like rust-libp2p's perf.
   hyphae sim FILE [--seed N] [--out DIR] [--check]
       Runs a simulation scenario (see scenarios/ and the README) on virtual time and prints a summary
       table; --out writes metrics.csv, metrics.json, rtt_over_time.csv and rtt_over_time.svg; --check
@@ -21,6 +26,9 @@ usage:
 logging: RUST_LOG=debug for more detail (default info, on stderr).";
 
 struct Args {
+    server: bool,
+    upload: u64,
+    download: u64,
     seed: Option<u64>,
     out: Option<PathBuf>,
     check: bool,
@@ -32,7 +40,7 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args { seed: None, out: None, check: false, listen: vec![], key: None, key_type: KeyType::Ed25519, count: 5, positional: vec![] };
+    let mut a = Args { server: false, upload: 0, download: 0, seed: None, out: None, check: false, listen: vec![], key: None, key_type: KeyType::Ed25519, count: 5, positional: vec![] };
     let mut it = args.iter();
     while let Some(x) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -53,6 +61,15 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--out" => a.out = Some(PathBuf::from(val("--out")?)),
             "--check" => a.check = true,
+            "--server" => a.server = true,
+            "--upload" | "--upload-bytes" => {
+                let v = val("--upload")?;
+                a.upload = v.parse().map_err(|_| format!("--upload {v}: not a number of bytes"))?
+            }
+            "--download" | "--download-bytes" => {
+                let v = val("--download")?;
+                a.download = v.parse().map_err(|_| format!("--download {v}: not a number of bytes"))?
+            }
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown flag {s}")),
             s => a.positional.push(s.to_string()),
@@ -104,6 +121,7 @@ fn main() -> ExitCode {
         match cmd.as_str() {
             "node" => node(args).await,
             "ping" => ping(args).await,
+            "perf" => perf(args).await,
             "id" => {
                 let k = load_key(&args, true)?;
                 println!("{}", k.peer_id());
@@ -137,6 +155,37 @@ fn load_key(args: &Args, persistent: bool) -> Result<Keypair, String> {
 async fn node(args: Args) -> Result<(), String> {
     let key = load_key(&args, true)?;
     let host = Host::new(HostConfig::new(key)).await.map_err(|e| e.to_string())?;
+    serve(host, args).await
+}
+
+async fn perf(args: Args) -> Result<(), String> {
+    if args.server {
+        let key = load_key(&args, false)?;
+        let host = Host::new(HostConfig::new(key)).await.map_err(|e| e.to_string())?;
+        host.enable_perf_server();
+        return serve(host, args).await;
+    }
+    let [target] = &args.positional[..] else { return Err("perf needs --server or exactly one MULTIADDR".into()) };
+    let addr: Multiaddr = target.parse().map_err(|e| format!("{target}: {e}"))?;
+    let key = load_key(&args, false)?;
+    let host = Host::new(HostConfig::new(key)).await.map_err(|e| e.to_string())?;
+    let t0 = std::time::Instant::now();
+    let peer = host.connect(&addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let r = host
+        .perf(&peer, args.upload, args.download, |d, up, down| {
+            println!("{{\"type\":\"intermediate\",\"timeSeconds\":{:.6},\"uploadBytes\":{up},\"downloadBytes\":{down}}}", d.as_secs_f64());
+        })
+        .await
+        .map_err(|e| format!("perf: {e}"))?;
+    let _ = r;
+    // Like rust-libp2p's perf, the final time includes connection establishment.
+    println!("{{\"type\":\"final\",\"timeSeconds\":{:.9},\"uploadBytes\":{},\"downloadBytes\":{}}}", t0.elapsed().as_secs_f64(), args.upload, args.download);
+    host.close().await;
+    Ok(())
+}
+
+/// Listens (defaults for `node`: port 4001 on all interfaces), prints the addresses, runs until Ctrl-C.
+async fn serve(host: Host, args: Args) -> Result<(), String> {
     let mut events = host.events();
     let mut addrs = Vec::new();
     if args.listen.is_empty() {

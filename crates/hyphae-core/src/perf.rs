@@ -1,0 +1,74 @@
+//! The perf protocol (`/perf/1.0.0`, libp2p/specs perf/perf.md).
+//!
+//! Client: send the number of bytes it wants back (big-endian u64), upload any amount, close its write
+//! side, read until EOF. Server: read the u64, read until EOF, then send that many bytes and close.
+//! spec(perf): "This MUST NOT be run concurrently with step 2."
+
+pub const PROTOCOL_ID: &str = "/perf/1.0.0";
+/// Bytes the server sends come from this fixed block (the spec allows any predetermined bytes).
+pub const BLOCK: [u8; 64 * 1024] = [0u8; 64 * 1024];
+
+/// The server side of one perf stream, as a machine over stream bytes.
+#[derive(Debug, Default)]
+pub struct Server {
+    header: Vec<u8>,
+    requested: Option<u64>,
+    uploaded: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Keep reading.
+    Reading,
+    /// The upload ended: send this many bytes, then close.
+    Send(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PerfError {
+    #[error("perf stream ended before the 8-byte size header")]
+    NoHeader,
+}
+
+impl Server {
+    /// Feeds uploaded bytes.
+    pub fn handle_input(&mut self, mut data: &[u8]) {
+        if self.requested.is_none() {
+            let need = 8 - self.header.len();
+            let k = need.min(data.len());
+            self.header.extend_from_slice(&data[..k]);
+            data = &data[k..];
+            if self.header.len() == 8 {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.header);
+                self.requested = Some(u64::from_be_bytes(b));
+            }
+        }
+        self.uploaded += data.len() as u64;
+    }
+
+    /// The client closed its write side.
+    pub fn handle_eof(&mut self) -> Result<ServerState, PerfError> {
+        self.requested.map(ServerState::Send).ok_or(PerfError::NoHeader)
+    }
+
+    pub fn uploaded(&self) -> u64 {
+        self.uploaded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_server_reads_split_header_then_counts() {
+        let mut s = Server::default();
+        s.handle_input(&[0, 0, 0]);
+        s.handle_input(&[0, 0, 0, 1, 0, 9, 9, 9]);
+        assert_eq!(s.uploaded(), 3);
+        assert_eq!(s.handle_eof(), Ok(ServerState::Send(256)));
+        assert_eq!(Server::default().handle_eof(), Err(PerfError::NoHeader));
+    }
+}
