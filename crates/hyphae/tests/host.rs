@@ -143,3 +143,16 @@ async fn host_garbage_peer_is_dropped_without_harm() {
     assert_eq!(peer, server.peer_id());
     assert!(client.ping(&peer).await.unwrap() < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn host_perf_protocol_moves_requested_bytes() {
+    let server = Host::new(HostConfig::ephemeral()).await.unwrap();
+    server.enable_perf_server();
+    let addr = server.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap().remove(0);
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    let r = client.perf(&peer, 3_000_000, 5_000_001, |_, _, _| {}).await.unwrap();
+    assert_eq!((r.uploaded, r.downloaded), (3_000_000, 5_000_001));
+    let r = client.perf(&peer, 0, 0, |_, _, _| {}).await.unwrap();
+    assert_eq!((r.uploaded, r.downloaded), (0, 0));
+}
