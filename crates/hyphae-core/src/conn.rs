@@ -12,6 +12,7 @@
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::mss::Negotiator;
 use crate::noise::{self, Handshake};
+use crate::tls;
 use crate::time::{Duration, Instant};
 use crate::yamux::{self, Yamux};
 use std::collections::{BTreeMap, VecDeque};
@@ -51,17 +52,30 @@ pub struct Config {
     pub early_muxer_negotiation: bool,
     /// The node's Noise static key; `None` makes one per connection.
     pub noise_static: Option<std::sync::Arc<noise::StaticKey>>,
+    /// Security protocols in order of preference: `/noise`, `/tls/1.0.0`. Default both, Noise first.
+    pub security: Vec<String>,
+    /// The node's TLS certificate; `None` makes one per connection.
+    pub tls_cert: Option<std::sync::Arc<tls::Certificate>>,
+    /// Wall-clock time (unix seconds) when the connection starts: TLS certificate validity is checked
+    /// against it. The driver passes it in; the core never reads a clock.
+    pub unix_time: i64,
 }
 
 impl Config {
     pub fn new(keypair: Keypair) -> Self {
-        Config { keypair, protocols: Vec::new(), limits: Limits::default(), handshake_timeout: Duration::from_secs(15), early_muxer_negotiation: true, noise_static: None }
+        Config { keypair, protocols: Vec::new(), limits: Limits::default(), handshake_timeout: Duration::from_secs(15),
+            early_muxer_negotiation: true,
+            noise_static: None,
+            security: vec![noise::PROTOCOL_ID.into(), tls::PROTOCOL_ID.into()],
+            tls_cert: None,
+            unix_time: 0,
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Established { peer: PeerId, public_key: PublicKey, muxer: String, early_muxer: bool },
+    Established { peer: PeerId, public_key: PublicKey, security: String, muxer: String, early_muxer: bool },
     /// A remote-opened stream whose protocol we negotiated.
     InboundStream { id: StreamId, protocol: String },
     /// A stream we opened is ready for this protocol.
@@ -77,6 +91,7 @@ pub enum Event {
 enum Stage {
     SecurityNeg(Negotiator),
     Noise(Box<Handshake>),
+    Tls(Box<tls::Session>),
     MuxerNeg(Negotiator),
     Open,
     Closed,
@@ -97,13 +112,20 @@ pub struct Stats {
     pub streams_negotiation_failed: u64,
 }
 
+/// The established security session.
+enum Secure {
+    Noise(noise::Transport),
+    Tls(Box<tls::Session>),
+}
+
 pub struct Connection {
     role: Role,
+    security: String,
     config: Config,
     expected: Option<PeerId>,
     seed: [u8; 32],
     stage: Stage,
-    secure: Option<noise::Transport>,
+    secure: Option<Secure>,
     remote: Option<noise::Remote>,
     yamux: Option<Yamux>,
     raw_in: Vec<u8>,
@@ -122,12 +144,13 @@ impl Connection {
     /// if the remote proves another identity. `seed` feeds the Noise RNG.
     pub fn new(role: Role, config: Config, expected: Option<PeerId>, now: Instant, seed: [u8; 32]) -> Self {
         let neg = match role {
-            Role::Dialer => Negotiator::dialer([noise::PROTOCOL_ID]),
-            Role::Listener => Negotiator::listener([noise::PROTOCOL_ID]),
+            Role::Dialer => Negotiator::dialer(config.security.iter().cloned()),
+            Role::Listener => Negotiator::listener(config.security.iter().cloned()),
         };
         let deadline = Some(now + config.handshake_timeout);
         let mut c = Connection {
             role,
+            security: String::new(),
             config,
             expected,
             seed,
@@ -255,7 +278,23 @@ impl Connection {
                         self.out.extend(b);
                     }
                     match r {
-                        Ok(Some(_)) => {
+                        Ok(Some(p)) if p == tls::PROTOCOL_ID => {
+                            self.security = p;
+                            let muxers: Vec<String> = if self.config.early_muxer_negotiation { MUXERS.iter().map(|s| s.to_string()).collect() } else { vec![] };
+                            let cert = match &self.config.tls_cert {
+                                Some(c) => c.clone(),
+                                None => std::sync::Arc::new(tls::Certificate::generate(&self.config.keypair, self.config.unix_time, &mut crate::rng::from_seed(self.seed))),
+                            };
+                            match tls::Session::new(&cert, self.role == Role::Dialer, self.expected.clone(), &muxers, self.config.unix_time) {
+                                Ok(mut sess) => {
+                                    sess.poll_transmit(&mut self.out);
+                                    self.stage = Stage::Tls(Box::new(sess));
+                                }
+                                Err(e) => return self.fail(e.to_string()),
+                            }
+                        }
+                        Ok(Some(p)) => {
+                            self.security = p;
                             let muxers = if self.config.early_muxer_negotiation { MUXERS.iter().map(|s| s.to_string()).collect() } else { vec![] };
                             let initiator = self.role == Role::Dialer;
                             let hs = match &self.config.noise_static {
@@ -286,22 +325,8 @@ impl Connection {
                             let Stage::Noise(hs) = std::mem::replace(&mut self.stage, Stage::Closed) else { unreachable!("invariant: stage is noise") };
                             match hs.into_transport() {
                                 Ok((t, remote)) => {
-                                    self.secure = Some(t);
-                                    let early = remote.muxer.is_some();
-                                    self.remote = Some(remote);
-                                    if early {
-                                        self.open(true);
-                                    } else {
-                                        let mut neg = match self.role {
-                                            Role::Dialer => Negotiator::dialer(MUXERS),
-                                            Role::Listener => Negotiator::listener(MUXERS),
-                                        };
-                                        let b = neg.poll_transmit();
-                                        self.stage = Stage::MuxerNeg(neg);
-                                        if let Some(b) = b {
-                                            self.encrypt(&b);
-                                        }
-                                    }
+                                    self.secure = Some(Secure::Noise(t));
+                                    self.secured(remote);
                                 }
                                 Err(e) => return self.fail(e.to_string()),
                             }
@@ -309,6 +334,23 @@ impl Connection {
                         Ok(false) => return,
                         Err(e) => return self.fail(e.to_string()),
                     }
+                }
+                Stage::Tls(sess) => {
+                    let r = sess.handle_input(&mut self.raw_in, &mut self.plain_in);
+                    sess.poll_transmit(&mut self.out);
+                    if let Err(e) = r {
+                        return self.fail(e.to_string());
+                    }
+                    if sess.is_handshaking() {
+                        return;
+                    }
+                    let remote = match sess.remote() {
+                        Ok(r) => r,
+                        Err(e) => return self.fail(e.to_string()),
+                    };
+                    let Stage::Tls(sess) = std::mem::replace(&mut self.stage, Stage::Closed) else { unreachable!("invariant: stage is tls") };
+                    self.secure = Some(Secure::Tls(sess));
+                    self.secured(noise::Remote { peer_id: remote.peer_id, public_key: remote.public_key, muxer: remote.muxer });
                 }
                 Stage::MuxerNeg(_) => {
                     if let Err(e) = self.decrypt() {
@@ -342,6 +384,25 @@ impl Connection {
         }
     }
 
+    /// The security handshake is done: open the muxer, or negotiate it if the handshake did not.
+    fn secured(&mut self, remote: noise::Remote) {
+        let early = remote.muxer.is_some();
+        self.remote = Some(remote);
+        if early {
+            self.open(true);
+        } else {
+            let mut neg = match self.role {
+                Role::Dialer => Negotiator::dialer(MUXERS),
+                Role::Listener => Negotiator::listener(MUXERS),
+            };
+            let b = neg.poll_transmit();
+            self.stage = Stage::MuxerNeg(neg);
+            if let Some(b) = b {
+                self.encrypt(&b);
+            }
+        }
+    }
+
     fn open(&mut self, early: bool) {
         self.stage = Stage::Open;
         self.deadline = None;
@@ -350,19 +411,28 @@ impl Connection {
         self.events.push_back(Event::Established {
             peer: r.peer_id.clone(),
             public_key: r.public_key.clone(),
+            security: self.security.clone(),
             muxer: yamux::PROTOCOL_ID.into(),
             early_muxer: early,
         });
     }
 
     fn decrypt(&mut self) -> Result<(), String> {
-        let t = self.secure.as_mut().expect("invariant: secure channel after noise");
-        t.decrypt(&mut self.raw_in, &mut self.plain_in).map_err(|e| e.to_string())
+        match self.secure.as_mut().expect("invariant: secure channel after the handshake") {
+            Secure::Noise(t) => t.decrypt(&mut self.raw_in, &mut self.plain_in).map_err(|e| e.to_string()),
+            Secure::Tls(s) => {
+                let r = s.handle_input(&mut self.raw_in, &mut self.plain_in).map_err(|e| e.to_string());
+                s.poll_transmit(&mut self.out);
+                r
+            }
+        }
     }
 
     fn encrypt(&mut self, plain: &[u8]) {
-        let t = self.secure.as_mut().expect("invariant: secure channel after noise");
-        t.encrypt(plain, &mut self.out);
+        match self.secure.as_mut().expect("invariant: secure channel after the handshake") {
+            Secure::Noise(t) => t.encrypt(plain, &mut self.out),
+            Secure::Tls(s) => s.encrypt(plain, &mut self.out),
+        }
     }
 
     fn flush_muxer(&mut self) {
@@ -576,13 +646,20 @@ mod tests {
 
     impl Pair {
         fn new(early: bool) -> Pair {
+            Self::with_security(early, noise::PROTOCOL_ID)
+        }
+
+        fn with_security(early: bool, security: &str) -> Pair {
             let mut rng = crate::rng::from_seed([9; 32]);
             let ka = Keypair::generate_ed25519(&mut rng);
             let kb = Keypair::generate_ed25519(&mut rng);
             let mut ca = Config::new(ka);
             ca.early_muxer_negotiation = early;
+            ca.security = vec![security.to_string()];
+            ca.unix_time = 1_800_000_000;
             let mut cb = Config::new(kb.clone());
             cb.protocols = vec!["/echo/1".into()];
+            cb.unix_time = 1_800_000_000;
             let now = Instant(0);
             Pair {
                 a: Connection::new(Role::Dialer, ca, Some(kb.peer_id()), now, [1; 32]),
@@ -614,7 +691,11 @@ mod tests {
     }
 
     fn upgrade_and_echo(early: bool) {
-        let mut p = Pair::new(early);
+        upgrade_and_echo_with(early, noise::PROTOCOL_ID);
+    }
+
+    fn upgrade_and_echo_with(early: bool, security: &str) {
+        let mut p = Pair::with_security(early, security);
         p.pump();
         assert!(p.a.is_open() && p.b.is_open());
         assert!(matches!(&p.ev_a[0], Event::Established { early_muxer, .. } if *early_muxer == early));
@@ -640,6 +721,16 @@ mod tests {
     #[test]
     fn conn_upgrade_with_mss_muxer_then_stream() {
         upgrade_and_echo(false);
+    }
+
+    #[test]
+    fn conn_tls_with_alpn_muxer_then_stream() {
+        upgrade_and_echo_with(true, tls::PROTOCOL_ID);
+    }
+
+    #[test]
+    fn conn_tls_with_mss_muxer_then_stream() {
+        upgrade_and_echo_with(false, tls::PROTOCOL_ID);
     }
 
     #[test]

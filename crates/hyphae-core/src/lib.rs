@@ -17,6 +17,7 @@ pub mod perf;
 pub mod ping;
 pub mod rng;
 pub mod time;
+pub mod tls;
 pub mod varint;
 pub mod yamux;
 

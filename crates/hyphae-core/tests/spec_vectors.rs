@@ -19,3 +19,18 @@ fn spec_rsa_private_key_yields_public_key() {
     assert!(pk.to_peer_id().to_base58().starts_with("Qm"));
     assert_eq!(kp.encode_protobuf(), hex("rsa_private_key"));
 }
+
+/// libp2p/specs tls/tls.md "Test vectors": three valid certificates (Ed25519, ECDSA, secp256k1 host keys)
+/// and one whose host-key signature does not match.
+#[test]
+fn spec_tls_certificates() {
+    let dir = format!("{}/tests/fixtures/tls", env!("CARGO_MANIFEST_DIR"));
+    let now = 1_800_000_000;
+    for n in 1..=3 {
+        let cert = hex(&format!("tls/cert{n}"));
+        let peer = std::fs::read_to_string(format!("{dir}/cert{n}.peer")).unwrap();
+        let pc = hyphae_core::tls::verify_certificate(&cert, now).unwrap_or_else(|e| panic!("cert {n}: {e}"));
+        assert_eq!(pc.peer_id.to_string(), peer.trim(), "cert {n}");
+    }
+    assert!(hyphae_core::tls::verify_certificate(&hex("tls/cert4"), now).is_err());
+}

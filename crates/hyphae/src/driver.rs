@@ -46,6 +46,8 @@ pub(crate) struct ConnState {
     pub peer: Option<PeerId>,
     /// The muxer was agreed inside the security handshake (one round trip saved).
     pub early_muxer: bool,
+    pub security: String,
+    pub muxer: String,
     pub closed: Option<String>,
 }
 
@@ -95,10 +97,12 @@ impl ConnState {
         let mut actions = Vec::new();
         while let Some(ev) = self.conn.poll_event() {
             match ev {
-                Event::Established { peer, public_key, muxer, early_muxer } => {
-                    tracing::debug!(%peer, %muxer, early_muxer, "connection established");
+                Event::Established { peer, public_key, security, muxer, early_muxer } => {
+                    tracing::debug!(%peer, %security, %muxer, early_muxer, "connection established");
                     self.peer = Some(peer.clone());
                     self.early_muxer = early_muxer;
+                    self.security = security;
+                    self.muxer = muxer;
                     if let Some(tx) = self.established.take() {
                         let _ = tx.send(Ok(peer.clone()));
                     }
@@ -186,6 +190,8 @@ pub(crate) fn spawn_connection(
             established,
             peer: None,
             early_muxer: false,
+            security: String::new(),
+            muxer: String::new(),
             closed: None,
         }),
         notify: Notify::new(),

@@ -77,6 +77,8 @@ pub struct HostConfig {
     pub dial_timeout: Duration,
     pub stream_timeout: Duration,
     pub agent_version: String,
+    /// Security protocols, in order of preference (`/noise`, `/tls/1.0.0`). Default both, Noise first.
+    pub security: Vec<String>,
     /// Root seed of the host's RNG; `None` draws one from the OS.
     pub seed: Option<[u8; 32]>,
 }
@@ -92,6 +94,7 @@ impl HostConfig {
             dial_timeout: Duration::from_secs(15),
             stream_timeout: Duration::from_secs(15),
             agent_version: AGENT_VERSION.to_string(),
+            security: vec![hyphae_core::noise::PROTOCOL_ID.into(), hyphae_core::tls::PROTOCOL_ID.into()],
             seed: None,
         }
     }
@@ -144,8 +147,11 @@ pub struct ConnectionInfo {
     pub remote_addr: Multiaddr,
     pub direction: Direction,
     pub streams: usize,
-    /// Whether the muxer was negotiated inside the Noise handshake (early muxer negotiation).
+    /// Whether the muxer was negotiated inside the security handshake (Noise extensions or TLS ALPN).
     pub early_muxer: bool,
+    /// `/noise` or `/tls/1.0.0`.
+    pub security: String,
+    pub muxer: String,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -156,6 +162,7 @@ const MAX_ADDRS_PER_PEER: usize = 32;
 pub(crate) struct Inner {
     keypair: Keypair,
     noise_static: Arc<hyphae_core::noise::StaticKey>,
+    tls_cert: Arc<hyphae_core::tls::Certificate>,
     peer_id: PeerId,
     config: HostConfig,
     pub(crate) epoch: std::time::Instant,
@@ -197,6 +204,9 @@ impl Inner {
         c.limits = self.config.limits.clone();
         c.handshake_timeout = self.config.dial_timeout;
         c.noise_static = Some(self.noise_static.clone());
+        c.tls_cert = Some(self.tls_cert.clone());
+        c.security = self.config.security.clone();
+        c.unix_time = unix_now();
         c
     }
 
@@ -356,8 +366,10 @@ impl Host {
         let mut ns = [0u8; 32];
         root.fill_bytes(&mut ns);
         let noise_static = Arc::new(hyphae_core::noise::StaticKey::generate(&keypair, ns).map_err(|e| Error::Handshake(e.to_string()))?);
+        let tls_cert = Arc::new(hyphae_core::tls::Certificate::generate(&keypair, unix_now(), &mut root));
         let inner = Arc::new_cyclic(|me| Inner {
             noise_static,
+            tls_cert,
             peer_id: keypair.peer_id(),
             keypair,
             config,
@@ -802,7 +814,11 @@ impl Host {
                 if st.closed.is_some() {
                     return None;
                 }
-                Some(ConnectionInfo { id: c.id, peer, local_addr: c.local_addr.clone(), remote_addr: c.remote_addr.clone(), direction: c.direction, streams: st.conn.num_streams(), early_muxer: st.early_muxer })
+                Some(ConnectionInfo { id: c.id, peer, local_addr: c.local_addr.clone(), remote_addr: c.remote_addr.clone(), direction: c.direction, streams: st.conn.num_streams(),
+                    early_muxer: st.early_muxer,
+                    security: st.security.clone(),
+                    muxer: st.muxer.clone(),
+                })
             })
             .collect()
     }
@@ -835,6 +851,11 @@ impl Host {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// Wall-clock seconds: the driver's job (TLS certificates need it), never the core's.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 async fn resolve_tcp(addr: &Multiaddr) -> Result<SocketAddr, Error> {
