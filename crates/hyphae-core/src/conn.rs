@@ -14,6 +14,7 @@ use crate::mss::Negotiator;
 use crate::noise::{self, Handshake};
 use crate::tls;
 use crate::time::{Duration, Instant};
+use crate::mplex::{self, Mplex};
 use crate::yamux::{self, Yamux};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -28,6 +29,7 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub yamux: yamux::Limits,
+    pub mplex: mplex::Limits,
     /// Streams still negotiating their protocol at once (beyond: reset). Default 128.
     pub max_negotiating_streams: usize,
     /// Raw bytes buffered before the handshake completes (beyond: close). Default 256 KiB.
@@ -36,7 +38,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { yamux: yamux::Limits::default(), max_negotiating_streams: 128, max_handshake_buffer: 256 * 1024 }
+        Limits { yamux: yamux::Limits::default(), mplex: mplex::Limits::default(), max_negotiating_streams: 128, max_handshake_buffer: 256 * 1024 }
     }
 }
 
@@ -52,6 +54,8 @@ pub struct Config {
     pub early_muxer_negotiation: bool,
     /// The node's Noise static key; `None` makes one per connection.
     pub noise_static: Option<std::sync::Arc<noise::StaticKey>>,
+    /// Stream muxers in order of preference: `/yamux/1.0.0`, `/mplex/6.7.0`. Default both, Yamux first.
+    pub muxers: Vec<String>,
     /// Security protocols in order of preference: `/noise`, `/tls/1.0.0`. Default both, Noise first.
     pub security: Vec<String>,
     /// The node's TLS certificate; `None` makes one per connection.
@@ -67,6 +71,7 @@ impl Config {
             early_muxer_negotiation: true,
             noise_static: None,
             security: vec![noise::PROTOCOL_ID.into(), tls::PROTOCOL_ID.into()],
+            muxers: vec![yamux::PROTOCOL_ID.into(), mplex::PROTOCOL_ID.into()],
             tls_cert: None,
             unix_time: 0,
         }
@@ -112,6 +117,74 @@ pub struct Stats {
     pub streams_negotiation_failed: u64,
 }
 
+/// The stream muxer in use. Both expose the same stream API.
+enum Muxer {
+    Yamux(Yamux),
+    Mplex(Mplex),
+}
+
+impl Muxer {
+    fn open_stream(&mut self) -> Result<StreamId, StreamError> {
+        match self {
+            Muxer::Yamux(m) => m.open_stream(),
+            Muxer::Mplex(m) => m.open_stream(),
+        }
+    }
+    fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        match self {
+            Muxer::Yamux(m) => m.write(id, data),
+            Muxer::Mplex(m) => m.write(id, data),
+        }
+    }
+    fn read(&mut self, id: StreamId, buf: &mut [u8]) -> ReadResult {
+        match self {
+            Muxer::Yamux(m) => m.read(id, buf),
+            Muxer::Mplex(m) => m.read(id, buf),
+        }
+    }
+    fn close(&mut self, id: StreamId) {
+        match self {
+            Muxer::Yamux(m) => m.close(id),
+            Muxer::Mplex(m) => m.close(id),
+        }
+    }
+    fn reset(&mut self, id: StreamId) {
+        match self {
+            Muxer::Yamux(m) => m.reset(id),
+            Muxer::Mplex(m) => m.reset(id),
+        }
+    }
+    fn release(&mut self, id: StreamId) {
+        match self {
+            Muxer::Yamux(m) => m.release(id),
+            Muxer::Mplex(m) => m.release(id),
+        }
+    }
+    fn go_away(&mut self, code: u32) {
+        if let Muxer::Yamux(m) = self {
+            m.go_away(code)
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Muxer::Yamux(m) => m.poll_transmit(),
+            Muxer::Mplex(m) => m.poll_transmit(),
+        }
+    }
+    fn poll_event(&mut self) -> Option<yamux::Event> {
+        match self {
+            Muxer::Yamux(m) => m.poll_event(),
+            Muxer::Mplex(m) => m.poll_event(),
+        }
+    }
+    fn handle_input(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            Muxer::Yamux(m) => m.handle_input(buf).map_err(|e| e.to_string()),
+            Muxer::Mplex(m) => m.handle_input(buf).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// The established security session.
 enum Secure {
     Noise(noise::Transport),
@@ -127,7 +200,7 @@ pub struct Connection {
     stage: Stage,
     secure: Option<Secure>,
     remote: Option<noise::Remote>,
-    yamux: Option<Yamux>,
+    muxer: Option<Muxer>,
     raw_in: Vec<u8>,
     plain_in: Vec<u8>,
     out: Vec<u8>,
@@ -137,7 +210,6 @@ pub struct Connection {
     stats: Stats,
 }
 
-const MUXERS: [&str; 1] = [yamux::PROTOCOL_ID];
 
 impl Connection {
     /// A new connection. `expected`: the peer a dialer means to reach (from `/p2p/`); the handshake fails
@@ -157,7 +229,7 @@ impl Connection {
             stage: Stage::SecurityNeg(neg),
             secure: None,
             remote: None,
-            yamux: None,
+            muxer: None,
             raw_in: Vec::new(),
             plain_in: Vec::new(),
             out: Vec::new(),
@@ -203,7 +275,7 @@ impl Connection {
             return;
         }
         tracing::debug!(%reason, peer = ?self.remote_peer(), "closing connection");
-        if let Some(y) = &mut self.yamux {
+        if let Some(y) = &mut self.muxer {
             y.go_away(yamux::GOAWAY_PROTOCOL_ERROR);
         }
         self.flush_muxer();
@@ -230,7 +302,7 @@ impl Connection {
         if matches!(self.stage, Stage::Closed) {
             return;
         }
-        if let Some(y) = &mut self.yamux {
+        if let Some(y) = &mut self.muxer {
             y.go_away(yamux::GOAWAY_NORMAL);
         }
         self.flush_muxer();
@@ -280,7 +352,7 @@ impl Connection {
                     match r {
                         Ok(Some(p)) if p == tls::PROTOCOL_ID => {
                             self.security = p;
-                            let muxers: Vec<String> = if self.config.early_muxer_negotiation { MUXERS.iter().map(|s| s.to_string()).collect() } else { vec![] };
+                            let muxers: Vec<String> = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };
                             let cert = match &self.config.tls_cert {
                                 Some(c) => c.clone(),
                                 None => std::sync::Arc::new(tls::Certificate::generate(&self.config.keypair, self.config.unix_time, &mut crate::rng::from_seed(self.seed))),
@@ -295,7 +367,7 @@ impl Connection {
                         }
                         Ok(Some(p)) => {
                             self.security = p;
-                            let muxers = if self.config.early_muxer_negotiation { MUXERS.iter().map(|s| s.to_string()).collect() } else { vec![] };
+                            let muxers = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };
                             let initiator = self.role == Role::Dialer;
                             let hs = match &self.config.noise_static {
                                 Some(k) => Handshake::with_static_key(k, initiator, self.expected.clone(), muxers, self.seed),
@@ -363,7 +435,7 @@ impl Connection {
                         self.encrypt(&b);
                     }
                     match r {
-                        Ok(Some(_)) => self.open(false),
+                        Ok(Some(m)) => self.open(&m, false),
                         Ok(None) => return,
                         Err(e) => return self.fail(format!("muxer negotiation: {e}")),
                     }
@@ -372,9 +444,9 @@ impl Connection {
                     if let Err(e) = self.decrypt() {
                         return self.fail(e);
                     }
-                    let y = self.yamux.as_mut().expect("invariant: open connection has a muxer");
+                    let y = self.muxer.as_mut().expect("invariant: open connection has a muxer");
                     if let Err(e) = y.handle_input(&mut self.plain_in) {
-                        return self.fail(e.to_string());
+                        return self.fail(e);
                     }
                     self.drain_muxer_events();
                     return;
@@ -386,14 +458,14 @@ impl Connection {
 
     /// The security handshake is done: open the muxer, or negotiate it if the handshake did not.
     fn secured(&mut self, remote: noise::Remote) {
-        let early = remote.muxer.is_some();
+        let early = remote.muxer.clone().filter(|m| self.config.muxers.contains(m));
         self.remote = Some(remote);
-        if early {
-            self.open(true);
+        if let Some(m) = early {
+            self.open(&m, true);
         } else {
             let mut neg = match self.role {
-                Role::Dialer => Negotiator::dialer(MUXERS),
-                Role::Listener => Negotiator::listener(MUXERS),
+                Role::Dialer => Negotiator::dialer(self.config.muxers.iter().cloned()),
+                Role::Listener => Negotiator::listener(self.config.muxers.iter().cloned()),
             };
             let b = neg.poll_transmit();
             self.stage = Stage::MuxerNeg(neg);
@@ -403,16 +475,20 @@ impl Connection {
         }
     }
 
-    fn open(&mut self, early: bool) {
+    fn open(&mut self, muxer: &str, early: bool) {
         self.stage = Stage::Open;
         self.deadline = None;
-        self.yamux = Some(Yamux::new(self.role == Role::Dialer, self.config.limits.yamux.clone()));
+        self.muxer = Some(if muxer == mplex::PROTOCOL_ID {
+            Muxer::Mplex(Mplex::new(self.config.limits.mplex.clone()))
+        } else {
+            Muxer::Yamux(Yamux::new(self.role == Role::Dialer, self.config.limits.yamux.clone()))
+        });
         let r = self.remote.as_ref().expect("invariant: remote known after noise");
         self.events.push_back(Event::Established {
             peer: r.peer_id.clone(),
             public_key: r.public_key.clone(),
             security: self.security.clone(),
-            muxer: yamux::PROTOCOL_ID.into(),
+            muxer: muxer.to_string(),
             early_muxer: early,
         });
     }
@@ -436,7 +512,7 @@ impl Connection {
     }
 
     fn flush_muxer(&mut self) {
-        let Some(y) = &mut self.yamux else { return };
+        let Some(y) = &mut self.muxer else { return };
         if let Some(b) = y.poll_transmit() {
             self.encrypt(&b);
         }
@@ -463,7 +539,7 @@ impl Connection {
 
     fn drain_muxer_events(&mut self) {
         loop {
-            let Some(y) = &mut self.yamux else { return };
+            let Some(y) = &mut self.muxer else { return };
             let Some(ev) = y.poll_event() else { return };
             match ev {
                 yamux::Event::InboundStream(id) => {
@@ -511,7 +587,7 @@ impl Connection {
     }
 
     fn negotiate(&mut self, id: StreamId) {
-        let y = self.yamux.as_mut().expect("invariant: streams exist only on open connections");
+        let y = self.muxer.as_mut().expect("invariant: streams exist only on open connections");
         let Some(entry) = self.streams.get_mut(&id) else { return };
         let Some((neg, buf)) = &mut entry.neg else { return };
         let mut eof = false;
@@ -567,7 +643,7 @@ impl Connection {
         if protocols.is_empty() {
             return Err(StreamError::Unknown);
         }
-        let Some(y) = &mut self.yamux else { return Err(StreamError::GoingAway) };
+        let Some(y) = &mut self.muxer else { return Err(StreamError::GoingAway) };
         if !matches!(self.stage, Stage::Open) {
             return Err(StreamError::GoingAway);
         }
@@ -591,7 +667,7 @@ impl Connection {
             e.prebuf.drain(..n);
             return ReadResult::Data(n);
         }
-        match &mut self.yamux {
+        match &mut self.muxer {
             Some(y) => y.read(id, buf),
             None => ReadResult::Reset,
         }
@@ -603,7 +679,7 @@ impl Connection {
             Some(e) if e.neg.is_some() => return Ok(0),
             _ => {}
         }
-        match &mut self.yamux {
+        match &mut self.muxer {
             Some(y) => y.write(id, data),
             None => Err(StreamError::Reset),
         }
@@ -611,14 +687,14 @@ impl Connection {
 
     /// Half-closes our side of the stream.
     pub fn stream_close(&mut self, id: StreamId) {
-        if let Some(y) = &mut self.yamux {
+        if let Some(y) = &mut self.muxer {
             y.close(id);
         }
     }
 
     pub fn stream_reset(&mut self, id: StreamId) {
         self.streams.remove(&id);
-        if let Some(y) = &mut self.yamux {
+        if let Some(y) = &mut self.muxer {
             y.reset(id);
         }
     }
@@ -626,7 +702,7 @@ impl Connection {
     /// The application dropped its handle.
     pub fn stream_release(&mut self, id: StreamId) {
         self.streams.remove(&id);
-        if let Some(y) = &mut self.yamux {
+        if let Some(y) = &mut self.muxer {
             y.release(id);
         }
     }
@@ -650,12 +726,17 @@ mod tests {
         }
 
         fn with_security(early: bool, security: &str) -> Pair {
+            Self::with(early, security, yamux::PROTOCOL_ID)
+        }
+
+        fn with(early: bool, security: &str, muxer: &str) -> Pair {
             let mut rng = crate::rng::from_seed([9; 32]);
             let ka = Keypair::generate_ed25519(&mut rng);
             let kb = Keypair::generate_ed25519(&mut rng);
             let mut ca = Config::new(ka);
             ca.early_muxer_negotiation = early;
             ca.security = vec![security.to_string()];
+            ca.muxers = vec![muxer.to_string()];
             ca.unix_time = 1_800_000_000;
             let mut cb = Config::new(kb.clone());
             cb.protocols = vec!["/echo/1".into()];
@@ -695,22 +776,27 @@ mod tests {
     }
 
     fn upgrade_and_echo_with(early: bool, security: &str) {
-        let mut p = Pair::with_security(early, security);
+        upgrade_and_echo_full(early, security, yamux::PROTOCOL_ID);
+    }
+
+    fn upgrade_and_echo_full(early: bool, security: &str, muxer: &str) {
+        let mut p = Pair::with(early, security, muxer);
         p.pump();
         assert!(p.a.is_open() && p.b.is_open());
-        assert!(matches!(&p.ev_a[0], Event::Established { early_muxer, .. } if *early_muxer == early));
+        assert!(matches!(&p.ev_a[0], Event::Established { early_muxer, muxer: m, .. } if *early_muxer == early && m == muxer), "{:?}", p.ev_a[0]);
         let id = p.a.open_stream(vec!["/nope".into(), "/echo/1".into()]).unwrap();
         p.a.stream_write(id, b"early?").unwrap(); // refused until negotiated
         p.pump();
         assert!(p.ev_a.contains(&Event::OutboundReady { id, protocol: "/echo/1".into() }));
-        assert!(p.ev_b.contains(&Event::InboundStream { id, protocol: "/echo/1".into() }));
+        // The listener's handle for the stream (equal to ours with yamux, not with mplex).
+        let their = p.ev_b.iter().find_map(|e| if let Event::InboundStream { id, protocol } = e { (protocol == "/echo/1").then_some(*id) } else { None }).expect("inbound stream");
         assert_eq!(p.a.stream_write(id, b"ping").unwrap(), 4);
         p.a.stream_close(id);
         p.pump();
         let mut buf = [0u8; 16];
-        assert_eq!(p.b.stream_read(id, &mut buf), ReadResult::Data(4));
+        assert_eq!(p.b.stream_read(their, &mut buf), ReadResult::Data(4));
         assert_eq!(&buf[..4], b"ping");
-        assert_eq!(p.b.stream_read(id, &mut buf), ReadResult::Eof);
+        assert_eq!(p.b.stream_read(their, &mut buf), ReadResult::Eof);
     }
 
     #[test]
@@ -721,6 +807,13 @@ mod tests {
     #[test]
     fn conn_upgrade_with_mss_muxer_then_stream() {
         upgrade_and_echo(false);
+    }
+
+    #[test]
+    fn conn_mplex_over_noise_and_tls() {
+        upgrade_and_echo_full(true, noise::PROTOCOL_ID, mplex::PROTOCOL_ID);
+        upgrade_and_echo_full(false, noise::PROTOCOL_ID, mplex::PROTOCOL_ID);
+        upgrade_and_echo_full(false, tls::PROTOCOL_ID, mplex::PROTOCOL_ID);
     }
 
     #[test]

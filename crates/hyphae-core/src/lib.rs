@@ -9,6 +9,7 @@ pub mod conn;
 pub mod identify;
 pub mod identity;
 pub mod mss;
+pub mod mplex;
 pub mod multiaddr;
 pub mod node;
 pub mod noise;
