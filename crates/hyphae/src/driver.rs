@@ -53,7 +53,9 @@ pub(crate) struct ConnState {
 
 /// What the host must do after the connection machine produced events (done outside the lock).
 pub(crate) enum Action {
-    Established(PeerId, PublicKey),
+    /// The upgrade finished; the sender (a dialer waiting in `connect`) is answered by the host once
+    /// the connection is registered, so `connect` never returns before `new_stream` can find it.
+    Established(PeerId, PublicKey, Option<oneshot::Sender<Result<PeerId, String>>>),
     Inbound(StreamId, String),
     Closed(String),
 }
@@ -103,10 +105,7 @@ impl ConnState {
                     self.early_muxer = early_muxer;
                     self.security = security;
                     self.muxer = muxer;
-                    if let Some(tx) = self.established.take() {
-                        let _ = tx.send(Ok(peer.clone()));
-                    }
-                    actions.push(Action::Established(peer, public_key));
+                    actions.push(Action::Established(peer, public_key, self.established.take()));
                 }
                 Event::InboundStream { id, protocol } => actions.push(Action::Inbound(id, protocol)),
                 Event::OutboundReady { id, protocol } => {

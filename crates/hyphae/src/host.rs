@@ -79,6 +79,8 @@ pub struct HostConfig {
     pub agent_version: String,
     /// Security protocols, in order of preference (`/noise`, `/tls/1.0.0`). Default both, Noise first.
     pub security: Vec<String>,
+    /// Stream muxers, in order of preference (`/yamux/1.0.0`, `/mplex/6.7.0`). Default both, Yamux first.
+    pub muxers: Vec<String>,
     /// Root seed of the host's RNG; `None` draws one from the OS.
     pub seed: Option<[u8; 32]>,
 }
@@ -95,6 +97,7 @@ impl HostConfig {
             stream_timeout: Duration::from_secs(15),
             agent_version: AGENT_VERSION.to_string(),
             security: vec![hyphae_core::noise::PROTOCOL_ID.into(), hyphae_core::tls::PROTOCOL_ID.into()],
+            muxers: vec![hyphae_core::yamux::PROTOCOL_ID.into(), hyphae_core::mplex::PROTOCOL_ID.into()],
             seed: None,
         }
     }
@@ -112,7 +115,7 @@ pub enum Direction {
 
 #[derive(Debug, Clone)]
 pub enum HostEvent {
-    Connected { peer: PeerId, addr: Multiaddr, direction: Direction },
+    Connected { peer: PeerId, addr: Multiaddr, direction: Direction, security: String, muxer: String },
     Disconnected { peer: PeerId, reason: String },
     Identified { peer: PeerId, info: Box<Info> },
     InboundPing { peer: PeerId },
@@ -206,6 +209,7 @@ impl Inner {
         c.noise_static = Some(self.noise_static.clone());
         c.tls_cert = Some(self.tls_cert.clone());
         c.security = self.config.security.clone();
+        c.muxers = self.config.muxers.clone();
         c.unix_time = unix_now();
         c
     }
@@ -222,7 +226,12 @@ impl Inner {
     pub(crate) fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Established(peer, key) => self.on_established(shared, peer, key),
+                Action::Established(peer, key, waiter) => {
+                    self.on_established(shared, peer.clone(), key);
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(Ok(peer));
+                    }
+                }
                 Action::Inbound(id, protocol) => self.on_inbound(shared, id, protocol),
                 Action::Closed(reason) => self.on_closed(shared, reason),
             }
@@ -256,7 +265,11 @@ impl Inner {
             }
         }
         tracing::info!(%peer, addr = %shared.remote_addr, direction = ?shared.direction, "connected");
-        let _ = self.events.send(HostEvent::Connected { peer: peer.clone(), addr: shared.remote_addr.clone(), direction: shared.direction });
+        let (security, muxer) = {
+            let st = shared.lock();
+            (st.security.clone(), st.muxer.clone())
+        };
+        let _ = self.events.send(HostEvent::Connected { peer: peer.clone(), addr: shared.remote_addr.clone(), direction: shared.direction, security, muxer });
         // Identify every new peer, as go-libp2p and js-libp2p do.
         if let Some(me) = self.me.upgrade() {
             let host = Host { inner: me };

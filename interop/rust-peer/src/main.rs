@@ -1,6 +1,7 @@
 //! A rust-libp2p peer for hyphae's interop tests.
-//!   rust-peer listen            -> prints {"peerId","addrs"}, then a JSON line per identify/ping event
-//!   rust-peer dial ADDR [COUNT] -> dials, waits for COUNT pings and identify, prints {"rtts","agent","protocols"}
+//!   rust-peer listen [noise|tls]            -> prints {"peerId","addrs"}, then a JSON line per identify/ping event
+//!   rust-peer dial ADDR [COUNT] [noise|tls] -> dials, waits for COUNT pings and identify,
+//!                                              prints {"peerId","connectMs","rtts","agent","protocols"}
 use futures::StreamExt;
 use libp2p::{identify, noise, ping, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp, yamux, Multiaddr};
 use std::time::Duration;
@@ -19,15 +20,26 @@ fn json_str(s: &str) -> String {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().cloned().unwrap_or_default();
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|key| Behaviour {
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(200))),
-            identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version("rust-libp2p-interop/0.57".into())),
-        })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let security = if mode == "dial" { args.get(3) } else { args.get(1) }.cloned().unwrap_or_else(|| "noise".into());
+    let behaviour = |key: &libp2p::identity::Keypair| Behaviour {
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(200))),
+        identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version("rust-libp2p-interop/0.57".into())),
+    };
+    let mut swarm = if security == "tls" {
+        libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), libp2p::tls::Config::new, yamux::Config::default)?
+            .with_behaviour(behaviour)?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    } else {
+        libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+            .with_behaviour(behaviour)?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    };
     let me = *swarm.local_peer_id();
     let count: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(3);
     match mode.as_str() {
@@ -41,6 +53,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("usage: rust-peer listen | dial ADDR [COUNT]".into()),
     }
     let mut rtts: Vec<f64> = Vec::new();
+    let t0 = std::time::Instant::now();
+    let mut connect_ms = 0.0;
     let mut ident: Option<identify::Info> = None;
     let deadline = tokio::time::sleep(Duration::from_secs(if mode == "dial" { 20 } else { 3600 }));
     tokio::pin!(deadline);
@@ -57,6 +71,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if mode == "listen" {
                     println!("{{\"event\":\"ping\",\"peer\":{},\"rtt_ms\":{}}}", json_str(&peer.to_string()), rtt.as_secs_f64() * 1e3);
                 } else {
+                    if rtts.is_empty() {
+                        connect_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    }
                     rtts.push(rtt.as_secs_f64() * 1e3);
                 }
             }
@@ -81,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Some(info) = &ident {
                 let protos: Vec<String> = info.protocols.iter().map(|p| json_str(p.as_ref())).collect();
                 let r: Vec<String> = rtts.iter().map(|x| format!("{x:.3}")).collect();
-                println!("{{\"peerId\":{},\"rtts\":[{}],\"agent\":{},\"protocols\":[{}]}}", json_str(&info.public_key.to_peer_id().to_string()), r.join(","), json_str(&info.agent_version), protos.join(","));
+                println!("{{\"peerId\":{},\"connectMs\":{connect_ms:.3},\"rtts\":[{}],\"agent\":{},\"protocols\":[{}]}}", json_str(&info.public_key.to_peer_id().to_string()), r.join(","), json_str(&info.agent_version), protos.join(","));
                 return Ok(());
             }
         }
