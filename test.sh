@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash interop/setup.sh
 cargo test --workspace
+echo
+echo "== interop matrix (target/interop-matrix.md) =="
+cat target/interop-matrix.md 2>/dev/null || true
 if [ "${HYPHAE_SKIP_FUZZ:-0}" != "1" ]; then
   bash fuzz/smoke.sh
 fi

@@ -23,9 +23,13 @@ usage:
       Runs a simulation scenario (see scenarios/ and the README) on virtual time and prints a summary
       table; --out writes metrics.csv, metrics.json, rtt_over_time.csv and rtt_over_time.svg; --check
       runs it twice and compares the trace hash of every event. HYPHAE_SEED also sets the seed.
+common flags: --security noise,tls (order of preference; default both, noise first)
+              --muxer yamux,mplex (default both, yamux first)
 logging: RUST_LOG=debug for more detail (default info, on stderr).";
 
 struct Args {
+    security: Vec<String>,
+    muxers: Vec<String>,
     server: bool,
     upload: u64,
     download: u64,
@@ -40,7 +44,7 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args { server: false, upload: 0, download: 0, seed: None, out: None, check: false, listen: vec![], key: None, key_type: KeyType::Ed25519, count: 5, positional: vec![] };
+    let mut a = Args { security: vec![], muxers: vec![], server: false, upload: 0, download: 0, seed: None, out: None, check: false, listen: vec![], key: None, key_type: KeyType::Ed25519, count: 5, positional: vec![] };
     let mut it = args.iter();
     while let Some(x) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -61,6 +65,24 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--out" => a.out = Some(PathBuf::from(val("--out")?)),
             "--check" => a.check = true,
+            "--security" => {
+                for x in val("--security")?.split(',') {
+                    a.security.push(match x {
+                        "noise" => hyphae::core::noise::PROTOCOL_ID.into(),
+                        "tls" => hyphae::core::tls::PROTOCOL_ID.into(),
+                        _ => return Err(format!("--security {x}: noise or tls")),
+                    });
+                }
+            }
+            "--muxer" => {
+                for x in val("--muxer")?.split(',') {
+                    a.muxers.push(match x {
+                        "yamux" => hyphae::core::yamux::PROTOCOL_ID.into(),
+                        "mplex" => hyphae::core::mplex::PROTOCOL_ID.into(),
+                        _ => return Err(format!("--muxer {x}: yamux or mplex")),
+                    });
+                }
+            }
             "--server" => a.server = true,
             "--upload" | "--upload-bytes" => {
                 let v = val("--upload")?;
@@ -143,6 +165,17 @@ fn main() -> ExitCode {
     }
 }
 
+fn host_config(args: &Args, key: Keypair) -> HostConfig {
+    let mut c = HostConfig::new(key);
+    if !args.security.is_empty() {
+        c.security = args.security.clone();
+    }
+    if !args.muxers.is_empty() {
+        c.muxers = args.muxers.clone();
+    }
+    c
+}
+
 /// The key: `--key FILE` (created if missing), else the default key file (`persistent`), else ephemeral.
 fn load_key(args: &Args, persistent: bool) -> Result<Keypair, String> {
     match (&args.key, persistent) {
@@ -154,21 +187,21 @@ fn load_key(args: &Args, persistent: bool) -> Result<Keypair, String> {
 
 async fn node(args: Args) -> Result<(), String> {
     let key = load_key(&args, true)?;
-    let host = Host::new(HostConfig::new(key)).await.map_err(|e| e.to_string())?;
+    let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
     serve(host, args).await
 }
 
 async fn perf(args: Args) -> Result<(), String> {
     if args.server {
         let key = load_key(&args, false)?;
-        let host = Host::new(HostConfig::new(key)).await.map_err(|e| e.to_string())?;
+        let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
         host.enable_perf_server();
         return serve(host, args).await;
     }
     let [target] = &args.positional[..] else { return Err("perf needs --server or exactly one MULTIADDR".into()) };
     let addr: Multiaddr = target.parse().map_err(|e| format!("{target}: {e}"))?;
     let key = load_key(&args, false)?;
-    let host = Host::new(HostConfig::new(key)).await.map_err(|e| e.to_string())?;
+    let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
     let t0 = std::time::Instant::now();
     let peer = host.connect(&addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
     let r = host
@@ -236,7 +269,7 @@ async fn ping(args: Args) -> Result<(), String> {
         return Err(format!("{addr} has no /p2p/<peer id>"));
     }
     let key = load_key(&args, false)?;
-    let host = Host::new(HostConfig::new(key)).await.map_err(|e| e.to_string())?;
+    let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
     let t0 = std::time::Instant::now();
     let peer = host.connect(&addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
     println!("connected to {peer} in {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
