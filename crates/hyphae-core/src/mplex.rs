@@ -145,18 +145,7 @@ impl Mplex {
         if s.recv.is_empty() {
             return if s.remote_closed { ReadResult::Eof } else { ReadResult::Pending };
         }
-        let mut n = 0;
-        while n < buf.len() {
-            let (a, _) = s.recv.as_slices();
-            if a.is_empty() {
-                break;
-            }
-            let k = a.len().min(buf.len() - n);
-            buf[n..n + k].copy_from_slice(&a[..k]);
-            s.recv.drain(..k);
-            n += k;
-        }
-        ReadResult::Data(n)
+        ReadResult::Data(crate::yamux::drain_into(&mut s.recv, buf))
     }
 
     pub fn close(&mut self, h: StreamId) {

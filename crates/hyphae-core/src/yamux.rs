@@ -151,6 +151,17 @@ fn put_header(out: &mut Vec<u8>, ty: u8, flags: u16, id: u32, len: u32) {
     out.extend_from_slice(&len.to_be_bytes());
 }
 
+/// Moves up to `buf.len()` bytes from the front of a stream's receive queue into `buf`.
+pub(crate) fn drain_into(q: &mut VecDeque<u8>, buf: &mut [u8]) -> usize {
+    let (a, b) = q.as_slices();
+    let ka = a.len().min(buf.len());
+    buf[..ka].copy_from_slice(&a[..ka]);
+    let kb = b.len().min(buf.len() - ka);
+    buf[ka..ka + kb].copy_from_slice(&b[..kb]);
+    q.drain(..ka + kb);
+    ka + kb
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub streams_opened: u64,
@@ -271,17 +282,7 @@ impl Yamux {
         if s.recv.is_empty() {
             return if s.remote_fin { ReadResult::Eof } else { ReadResult::Pending };
         }
-        let mut n = 0;
-        while n < buf.len() {
-            let (a, _) = s.recv.as_slices();
-            if a.is_empty() {
-                break;
-            }
-            let k = a.len().min(buf.len() - n);
-            buf[n..n + k].copy_from_slice(&a[..k]);
-            s.recv.drain(..k);
-            n += k;
-        }
+        let n = drain_into(&mut s.recv, buf);
         s.consumed += n as u32;
         let window = self.limits.stream_window.max(INITIAL_WINDOW);
         if s.consumed >= window / 2 && !s.remote_fin {

@@ -5,24 +5,8 @@ use crate::sim::Report;
 use std::fmt::Write as _;
 use std::path::Path;
 
-const ROWS: [&str; 16] = [
-    "dials",
-    "dial_failures",
-    "connections",
-    "disconnections",
-    "pings_ok",
-    "pings_failed",
-    "ping_success_rate",
-    "rtt_p50_ms",
-    "rtt_p90_ms",
-    "rtt_p99_ms",
-    "rtt_max_ms",
-    "identifies",
-    "messages",
-    "bytes",
-    "crashes",
-    "restarts",
-];
+/// Per-phase rows: every phase metric (the last two, connected_fraction and events, are run-wide).
+const ROWS: &[&str] = Phase::METRICS.split_at(Phase::METRICS.len() - 2).0;
 
 fn fmt_v(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
@@ -42,7 +26,7 @@ pub fn table(r: &Report) -> String {
         let _ = write!(s, " {:>14}", format!("{} ({:.0}s)", p.name, (p.end_ns - p.start_ns) as f64 / 1e9));
     }
     s.push('\n');
-    for m in ROWS {
+    for m in ROWS.iter().copied() {
         let _ = write!(s, "{m:<18}");
         for p in &cols {
             let _ = write!(s, " {:>14}", fmt_v(p.metric(m).unwrap_or(0.0)));
@@ -61,7 +45,7 @@ pub fn write_outputs(r: &Report, dir: &Path) -> std::io::Result<()> {
     let mut cols: Vec<&Phase> = r.phases.iter().collect();
     cols.push(&r.total);
     for p in &cols {
-        for m in ROWS {
+        for m in ROWS.iter().copied() {
             let _ = writeln!(csv, "{},{m},{}", p.name, p.metric(m).unwrap_or(0.0));
         }
     }
@@ -89,7 +73,7 @@ pub fn write_outputs(r: &Report, dir: &Path) -> std::io::Result<()> {
     j.push_str("  \"phases\": [\n");
     for (k, p) in cols.iter().enumerate() {
         let _ = write!(j, "    {{\"name\": \"{}\", \"start_s\": {}, \"end_s\": {}", p.name, p.start_ns as f64 / 1e9, p.end_ns as f64 / 1e9);
-        for m in ROWS {
+        for m in ROWS.iter().copied() {
             let _ = write!(j, ", \"{m}\": {}", p.metric(m).unwrap_or(0.0));
         }
         j.push('}');

@@ -137,12 +137,7 @@ async fn go_wrong_peer_id_is_refused() {
 async fn js_hyphae_dials_js_ping_identify() {
     init_tracing();
     let Some(mut js) = js_peer(&["listen"]) else { return };
-    let first = wait_line(&mut js, "peerId", "js listen").await;
-    let peer: PeerId = json_field(&first, "peerId").unwrap().parse().unwrap();
-    let addr: Multiaddr = {
-        let start = first.find("\"addrs\":[\"").unwrap() + 10;
-        first[start..first[start..].find('"').unwrap() + start].parse().unwrap()
-    };
+    let (peer, addr) = listen_line(&wait_line(&mut js, "peerId", "js listen").await).expect("js listen line");
     let h = host_with(KeyType::Ed25519).await;
     let agent = dial_ping_identify(&h, &addr, &peer).await;
     assert!(agent.starts_with("js-libp2p/"), "agent {agent}");
@@ -171,12 +166,7 @@ async fn js_js_dials_hyphae_ping_identify() {
 async fn rust_hyphae_dials_rust_ping_identify() {
     init_tracing();
     let Some(mut rp) = rust_peer(&["listen"]) else { return };
-    let first = wait_line(&mut rp, "peerId", "rust listen").await;
-    let peer: PeerId = json_field(&first, "peerId").unwrap().parse().unwrap();
-    let addr: Multiaddr = {
-        let start = first.find("\"addrs\":[\"").unwrap() + 10;
-        first[start..first[start..].find('"').unwrap() + start].parse().unwrap()
-    };
+    let (peer, addr) = listen_line(&wait_line(&mut rp, "peerId", "rust listen").await).expect("rust listen line");
     let h = host_with(KeyType::Ed25519).await;
     let agent = dial_ping_identify(&h, &addr, &peer).await;
     assert_eq!(agent, "rust-libp2p-interop/0.57");

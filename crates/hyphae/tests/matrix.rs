@@ -144,9 +144,7 @@ async fn run_row(peer: &str, security: &str, muxer: &str, direction: &str) -> Re
         ("js" | "rust", "hyphae dials") => {
             let mut p = if peer == "js" { js_peer(&["listen", security, muxer]) } else { rust_peer(&["listen", security]) }.ok_or("peer missing")?;
             let first = wait_line(&mut p, "peerId", "peer listen").await;
-            let id: PeerId = json_field(&first, "peerId").ok_or("no peer id")?.parse().map_err(|e| format!("{e}"))?;
-            let start = first.find("\"addrs\":[\"").ok_or("no addrs")? + 10;
-            let addr: Multiaddr = first[start..first[start..].find('"').ok_or("bad addrs")? + start].parse().map_err(|e| format!("{e}"))?;
+            let (id, addr) = listen_line(&first).ok_or(format!("bad listen line {first}"))?;
             let h = host(security, muxer).await;
             hyphae_dials(&h, &addr, &id, security, muxer).await
         }

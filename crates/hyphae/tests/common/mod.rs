@@ -273,3 +273,11 @@ pub async fn wait_line(p: &mut ScriptPeer, needle: &str, what: &str) -> String {
         }
     }
 }
+
+/// The first line a peer prints when listening: `{"peerId":..,"addrs":["<multiaddr>",..]}`.
+pub fn listen_line(line: &str) -> Option<(PeerId, Multiaddr)> {
+    let id: PeerId = json_field(line, "peerId")?.parse().ok()?;
+    let start = line.find("\"addrs\":[\"")? + 10;
+    let addr = line[start..line[start..].find('"')? + start].parse().ok()?;
+    Some((id, addr))
+}
