@@ -135,7 +135,7 @@ impl Negotiator {
                     }
                 }
                 Role::Listener { supported, rejected } => {
-                    if supported.iter().any(|s| *s == msg) {
+                    if supported.contains(&msg) {
                         encode_message(&msg, &mut self.out);
                         self.done = true;
                         break Ok(Some(msg));

@@ -6,7 +6,7 @@
 
 pub const PROTOCOL_ID: &str = "/perf/1.0.0";
 /// Bytes the server sends come from this fixed block (the spec allows any predetermined bytes).
-pub const BLOCK: [u8; 64 * 1024] = [0u8; 64 * 1024];
+pub static BLOCK: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
 /// The server side of one perf stream, as a machine over stream bytes.
 #[derive(Debug, Default)]

@@ -309,8 +309,7 @@ impl Sim {
     }
 
     fn drain(&mut self, i: usize) {
-        loop {
-            let Some(out) = self.nodes[i].node.as_mut().and_then(|n| n.poll_output()) else { break };
+        while let Some(out) = self.nodes[i].node.as_mut().and_then(|n| n.poll_output()) {
             match out {
                 Output::Transmit { conn, data } => self.transmit(i, conn, data),
                 Output::Dial { conn, addr } => self.dial(i, conn, addr),
@@ -661,8 +660,7 @@ impl Sim {
         let end = Instant::ZERO + t.min(self.sc.duration);
         let total = (Instant::ZERO + self.sc.duration).as_nanos();
         let mut next_progress = self.now.as_nanos();
-        loop {
-            let Some(Reverse(top)) = self.heap.peek() else { break };
+        while let Some(Reverse(top)) = self.heap.peek() {
             if top.at > end {
                 break;
             }

@@ -313,7 +313,7 @@ fn sim(args: Args) -> Result<(), String> {
         let el = started.elapsed().as_secs_f64();
         if interactive {
             eprint!("\r  {pct:5.1}%  virtual {:.0}s  wall {el:.1}s  ", done as f64 / 1e9);
-        } else if (pct as u64) % 10 == 0 && el > 5.0 {
+        } else if (pct as u64).is_multiple_of(10) && el > 5.0 {
             eprintln!("  {pct:5.1}%  virtual {:.0}s  wall {el:.1}s", done as f64 / 1e9);
         }
     }));
