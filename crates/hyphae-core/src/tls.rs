@@ -164,8 +164,6 @@ mod der {
 pub struct PeerCertificate {
     pub peer_id: PeerId,
     pub public_key: PublicKey,
-    /// The certificate's own key (SubjectPublicKeyInfo DER), which signs the TLS handshake.
-    spki: Vec<u8>,
 }
 
 enum CertKey {
@@ -219,6 +217,52 @@ pub fn verify_certificate(cert: &[u8], now_unix: i64) -> Result<PeerCertificate,
 /// Everything but the validity period: structure, self-signature, the libp2p extension and its signature.
 /// Returns the result with (not before, not after).
 fn parse_certificate(cert: &[u8]) -> Result<(PeerCertificate, i64, i64), TlsError> {
+    let p = parse_fields(cert)?;
+    let bad = |m: &'static str| TlsError::Certificate(m);
+    let key = cert_key(p.spki)?;
+    // spec(tls): "abort ... if the certificate's self-signature is not valid"
+    if !verify_with(&key, p.sig_oid, p.tbs, p.sig) {
+        return Err(bad("self-signature does not verify"));
+    }
+    let (public_key, host_sig) = signed_key(&p)?;
+    let mut msg = SIGNED_KEY_PREFIX.to_vec();
+    msg.extend_from_slice(p.spki);
+    if !public_key.verify(&msg, host_sig) {
+        return Err(bad("host key signature does not verify"));
+    }
+    Ok((PeerCertificate { peer_id: public_key.to_peer_id(), public_key }, p.not_before, p.not_after))
+}
+
+/// The host key a certificate names, without checking signatures: only for a certificate that
+/// `verify_certificate` accepted already (in the handshake).
+fn certificate_identity(cert: &[u8]) -> Result<PeerCertificate, TlsError> {
+    let p = parse_fields(cert)?;
+    let (public_key, _) = signed_key(&p)?;
+    Ok(PeerCertificate { peer_id: public_key.to_peer_id(), public_key })
+}
+
+fn signed_key<'a>(p: &Fields<'a>) -> Result<(PublicKey, &'a [u8]), TlsError> {
+    let bad = |m: &'static str| TlsError::Certificate(m);
+    let ext = p.ext.ok_or(bad("no libp2p public key extension"))?;
+    let (sk, _, _) = der::expect(ext, der::SEQ).ok_or(bad("SignedKey"))?;
+    let (pk, _, sr) = der::expect(sk, der::OCTET).ok_or(bad("SignedKey public key"))?;
+    let (host_sig, _, _) = der::expect(sr, der::OCTET).ok_or(bad("SignedKey signature"))?;
+    let public_key = PublicKey::decode_protobuf(pk).map_err(|_| bad("host public key"))?;
+    Ok((public_key, host_sig))
+}
+
+/// The fields of a certificate that matter here, located by a structural parse (no cryptography).
+struct Fields<'a> {
+    tbs: &'a [u8],
+    sig_oid: &'a [u8],
+    sig: &'a [u8],
+    spki: &'a [u8],
+    not_before: i64,
+    not_after: i64,
+    ext: Option<&'a [u8]>,
+}
+
+fn parse_fields(cert: &[u8]) -> Result<Fields<'_>, TlsError> {
     let bad = |m: &'static str| TlsError::Certificate(m);
     if cert.len() > MAX_CERT_LEN {
         return Err(bad("too large"));
@@ -281,22 +325,7 @@ fn parse_certificate(cert: &[u8]) -> Result<(PeerCertificate, i64, i64), TlsErro
             _ => return Err(bad("unexpected tbs field")),
         }
     }
-    let key = cert_key(spki)?;
-    // spec(tls): "abort ... if the certificate's self-signature is not valid"
-    if !verify_with(&key, sig_oid, tbs_all, sig) {
-        return Err(bad("self-signature does not verify"));
-    }
-    let ext = ext_value.ok_or(bad("no libp2p public key extension"))?;
-    let (sk, _, _) = der::expect(ext, der::SEQ).ok_or(bad("SignedKey"))?;
-    let (pk, _, sr) = der::expect(sk, der::OCTET).ok_or(bad("SignedKey public key"))?;
-    let (host_sig, _, _) = der::expect(sr, der::OCTET).ok_or(bad("SignedKey signature"))?;
-    let public_key = PublicKey::decode_protobuf(pk).map_err(|_| bad("host public key"))?;
-    let mut msg = SIGNED_KEY_PREFIX.to_vec();
-    msg.extend_from_slice(spki);
-    if !public_key.verify(&msg, host_sig) {
-        return Err(bad("host key signature does not verify"));
-    }
-    Ok((PeerCertificate { peer_id: public_key.to_peer_id(), public_key, spki: spki.to_vec() }, not_before, not_after))
+    Ok(Fields { tbs: tbs_all, sig_oid, sig, spki, not_before, not_after, ext: ext_value })
 }
 
 /// A certificate and its private key (PKCS#8 DER).
@@ -377,9 +406,9 @@ fn check_chain(end: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], n
 
 fn check_tls13_sig(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
     let bad = || rustls::Error::General("tls 1.3 handshake signature does not verify".into());
-    // check_chain verified the certificate against the connection's time already; here only its key matters.
-    let (parsed, _, _) = parse_certificate(cert).map_err(|_| bad())?;
-    let key = cert_key(&parsed.spki).map_err(|_| bad())?;
+    // check_chain verified the certificate already; here only its key matters.
+    let fields = parse_fields(cert).map_err(|_| bad())?;
+    let key = cert_key(fields.spki).map_err(|_| bad())?;
     let ok = match dss.scheme {
         SignatureScheme::ECDSA_NISTP256_SHA256 => verify_with(&key, OID_ECDSA_SHA256, message, dss.signature()),
         SignatureScheme::ED25519 => verify_with(&key, OID_ED25519, message, dss.signature()),
@@ -436,7 +465,6 @@ fn rustls_err(e: rustls::Error) -> TlsError {
 pub struct Session {
     conn: rustls::Connection,
     expected: Option<PeerId>,
-    now_unix: i64,
 }
 
 /// What the handshake established.
@@ -481,7 +509,7 @@ impl Session {
             cfg.send_tls13_tickets = 0;
             rustls::ServerConnection::new(Arc::new(cfg)).map_err(rustls_err)?.into()
         };
-        Ok(Session { conn, expected, now_unix })
+        Ok(Session { conn, expected })
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -557,7 +585,8 @@ impl Session {
     pub fn remote(&self) -> Result<Remote, TlsError> {
         let certs = self.conn.peer_certificates().ok_or(TlsError::Certificate("no peer certificate"))?;
         let c = certs.first().ok_or(TlsError::Certificate("no peer certificate"))?;
-        let pc = verify_certificate(c, self.now_unix)?;
+        // The handshake's verifier accepted this certificate; read who it names.
+        let pc = certificate_identity(c)?;
         if let Some(exp) = &self.expected {
             if *exp != pc.peer_id {
                 return Err(TlsError::PeerIdMismatch { expected: exp.clone(), actual: pc.peer_id });
