@@ -96,28 +96,33 @@ async fn go_go_dials_hyphae_ping_identify() {
 
 async fn key_type_to_go(ty: KeyType) {
     init_tracing();
-    let Some(go) = P2pd::start(&[]).await else { return };
-    let h = host_with(ty).await;
-    let addr = go.addrs[0].with_peer_id(&go.peer_id);
-    dial_ping_identify(&h, &addr, &go.peer_id).await;
-    // go derived the same peer ID from our key.
-    assert!(go.list_peers().await.contains(&h.peer_id()), "{ty:?}: go knows us as {}", h.peer_id());
+    for (security, go_flag) in [("/noise", "-tls=false"), ("/tls/1.0.0", "-noise=false")] {
+        let Some(go) = P2pd::start(&[go_flag]).await else { return };
+        let mut cfg = HostConfig::new(Keypair::generate(ty, &mut rand_core::OsRng));
+        cfg.security = vec![security.into()];
+        let h = Host::new(cfg).await.unwrap();
+        let addr = go.addrs[0].with_peer_id(&go.peer_id);
+        dial_ping_identify(&h, &addr, &go.peer_id).await;
+        assert_eq!(h.connections()[0].security, security);
+        // go derived the same peer ID from our key (from the Noise payload or the TLS certificate extension).
+        assert!(go.list_peers().await.contains(&h.peer_id()), "{ty:?} over {security}: go knows us as {}", h.peer_id());
+    }
 }
 
 #[tokio::test]
-async fn go_key_ed25519_connects() {
+async fn go_key_ed25519_connects_noise_and_tls() {
     key_type_to_go(KeyType::Ed25519).await;
 }
 #[tokio::test]
-async fn go_key_secp256k1_connects() {
+async fn go_key_secp256k1_connects_noise_and_tls() {
     key_type_to_go(KeyType::Secp256k1).await;
 }
 #[tokio::test]
-async fn go_key_ecdsa_connects() {
+async fn go_key_ecdsa_connects_noise_and_tls() {
     key_type_to_go(KeyType::Ecdsa).await;
 }
 #[tokio::test]
-async fn go_key_rsa_connects() {
+async fn go_key_rsa_connects_noise_and_tls() {
     key_type_to_go(KeyType::Rsa).await;
 }
 
