@@ -520,7 +520,7 @@ impl Host {
         if !tcp || addr.len() != 2 {
             return Err(Error::UnsupportedAddress(addr));
         }
-        let listener = TcpListener::bind(sa).await?;
+        let listener = bind_tcp(sa)?;
         let local = listener.local_addr()?;
         let mut addrs = Vec::new();
         if local.ip().is_unspecified() {
@@ -864,6 +864,21 @@ impl Host {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A listening socket. IPv6 sockets are v6-only, so `/ip4/0.0.0.0/tcp/P` and `/ip6/::/tcp/P` can both be
+/// bound (Linux otherwise lets the IPv6 socket claim the IPv4 port too).
+fn bind_tcp(sa: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if sa.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if sa.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&sa.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 /// Wall-clock seconds: the driver's job (TLS certificates need it), never the core's.
