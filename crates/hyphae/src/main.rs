@@ -302,7 +302,10 @@ fn sim(args: Args) -> Result<(), String> {
                 println!("determinism check passed: two runs, identical trace hash {h:016x}");
                 Ok(())
             }
-            Err((i, a, b)) => Err(format!("runs diverge at event {i} ({a:016x} vs {b:016x}); seed {seed}")),
+            Err((i, a, b)) => {
+                eprintln!("expanded scenario:\n{sc:#?}");
+                Err(format!("runs diverge at event {i} ({a:016x} vs {b:016x}); seed {seed}"))
+            }
         };
     }
     let mut s = hyphae_sim::Sim::new(sc.clone(), seed);
@@ -335,6 +338,7 @@ fn sim(args: Args) -> Result<(), String> {
         }
         Ok(())
     } else {
+        eprintln!("expanded scenario:\n{sc:#?}");
         Err(format!("{} assertion(s) failed (seed {seed}; replay with --seed {seed}):\n  {}", fails.len(), fails.join("\n  ")))
     }
 }

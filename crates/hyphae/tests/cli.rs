@@ -64,3 +64,30 @@ async fn cli_bad_arguments_exit_2_with_usage() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no /p2p/"));
 }
+
+#[tokio::test]
+async fn cli_sim_writes_reports_and_fails_with_seed() {
+    let dir = common::TempDir::new("sim");
+    let ok = dir.0.join("ok.hyp");
+    std::fs::write(&ok, "nodes all 6 ping=2s\nlink latency=5ms\nat 0s connect random 2\nrun 10s\nassert main.pings_failed == 0\n").unwrap();
+    let out_dir = dir.0.join("out");
+    let out = Command::new(BIN).arg("sim").arg(&ok).arg("--out").arg(&out_dir).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("pings_ok") && stdout.contains("all 1 assertions hold"), "{stdout}");
+    for f in ["metrics.csv", "metrics.json", "rtt_over_time.csv", "rtt_over_time.svg"] {
+        assert!(out_dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
+    }
+    assert!(std::fs::read_to_string(out_dir.join("rtt_over_time.svg")).unwrap().starts_with("<svg"));
+
+    let bad = dir.0.join("bad.hyp");
+    std::fs::write(&bad, "nodes all 3 ping=1s\nat 0s connect random 1\nrun 3s\nassert main.pings_ok < 1\n").unwrap();
+    let out = Command::new(BIN).arg("sim").arg(&bad).args(["--seed", "77"]).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("seed 77") && err.contains("expanded scenario"), "{err}");
+
+    let out = Command::new(BIN).arg("sim").arg(&ok).arg("--check").output().await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("determinism check passed"));
+}
