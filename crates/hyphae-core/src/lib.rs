@@ -14,6 +14,7 @@ pub mod multiaddr;
 pub mod node;
 pub mod noise;
 pub mod pb;
+pub mod quic;
 pub mod perf;
 pub mod ping;
 pub mod rng;

@@ -461,6 +461,46 @@ fn rustls_err(e: rustls::Error) -> TlsError {
     TlsError::Rustls(e.to_string())
 }
 
+/// A rustls client config for libp2p: TLS 1.3 only, our certificate, the libp2p verifier, no SNI.
+/// Shared by TLS over TCP and QUIC.
+pub fn client_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = vec![CertificateDer::from(cert.cert_der.clone())];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.clone()));
+    let mut cfg = rustls::ClientConfig::builder_with_details(provider, Arc::new(FixedTime(now_unix)))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(rustls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Verifier))
+        .with_client_auth_cert(chain, key)
+        .map_err(rustls_err)?;
+    cfg.alpn_protocols = alpn;
+    // spec(tls): "clients ... MUST NOT send any value in the Server Name Indication"
+    cfg.enable_sni = false;
+    Ok(cfg)
+}
+
+/// A rustls server config for libp2p: TLS 1.3 only, client certificates required and verified.
+pub fn server_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = vec![CertificateDer::from(cert.cert_der.clone())];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.clone()));
+    let mut cfg = rustls::ServerConfig::builder_with_details(provider, Arc::new(FixedTime(now_unix)))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(rustls_err)?
+        .with_client_cert_verifier(Arc::new(Verifier))
+        .with_single_cert(chain, key)
+        .map_err(rustls_err)?;
+    cfg.alpn_protocols = alpn;
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
+}
+
+/// The peer a verified certificate names (the handshake's verifier accepted it already).
+pub fn peer_of_verified(cert: &[u8]) -> Result<PeerCertificate, TlsError> {
+    certificate_identity(cert)
+}
+
 /// One TLS session: the handshake, then the record layer.
 pub struct Session {
     conn: rustls::Connection,
@@ -478,36 +518,15 @@ pub struct Remote {
 
 impl Session {
     pub fn new(cert: &Certificate, initiator: bool, expected: Option<PeerId>, muxers: &[String], now_unix: i64) -> Result<Session, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let time = Arc::new(FixedTime(now_unix));
-        let chain = vec![CertificateDer::from(cert.cert_der.clone())];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.clone()));
         let mut alpn: Vec<Vec<u8>> = muxers.iter().map(|m| m.as_bytes().to_vec()).collect();
         // spec(tls): ""libp2p" is used as the application protocol for ALPN"
         alpn.push(b"libp2p".to_vec());
         let conn: rustls::Connection = if initiator {
-            let mut cfg = rustls::ClientConfig::builder_with_details(provider, time)
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(rustls_err)?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Verifier))
-                .with_client_auth_cert(chain, key)
-                .map_err(rustls_err)?;
-            cfg.alpn_protocols = alpn;
-            // spec(tls): "clients ... MUST NOT send any value in the Server Name Indication"
-            cfg.enable_sni = false;
+            let cfg = client_config(cert, alpn, now_unix)?;
             let name = ServerName::try_from("libp2p.invalid").expect("invariant: valid dns name");
             rustls::ClientConnection::new(Arc::new(cfg), name).map_err(rustls_err)?.into()
         } else {
-            let mut cfg = rustls::ServerConfig::builder_with_details(provider, time)
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(rustls_err)?
-                .with_client_cert_verifier(Arc::new(Verifier))
-                .with_single_cert(chain, key)
-                .map_err(rustls_err)?;
-            cfg.alpn_protocols = alpn;
-            cfg.send_tls13_tickets = 0;
-            rustls::ServerConnection::new(Arc::new(cfg)).map_err(rustls_err)?.into()
+            rustls::ServerConnection::new(Arc::new(server_config(cert, alpn, now_unix)?)).map_err(rustls_err)?.into()
         };
         Ok(Session { conn, expected })
     }

@@ -1,0 +1,596 @@
+//! QUIC-v1 (`/quic-v1`, libp2p/specs quic/README.md) on quinn-proto, sans-IO.
+//!
+//! One [`Endpoint`] per UDP socket: it listens and dials on the same socket (what hole punching needs),
+//! owns its connections, and exposes the same stream API as [`crate::conn::Connection`]: streams are
+//! QUIC bidirectional streams whose protocol is negotiated with multistream-select (QUIC needs no muxer).
+//! The TLS handshake is libp2p's (`tls` module: self-signed certificate with the libp2p extension, ALPN
+//! `libp2p`), so the peer ID comes out of the certificate.
+//!
+//! Time: quinn-proto wants `std::time::Instant`; the caller passes a base instant (its epoch) once, and
+//! every `now` is our [`Instant`] offset from it — the core still never reads a clock.
+
+use crate::conn::{ReadResult, StreamError, StreamId};
+use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::mss::Negotiator;
+use crate::time::Instant;
+use crate::tls;
+use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, VarInt};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub const ALPN: &[u8] = b"libp2p";
+/// Largest UDP datagram we accept or build buffers for.
+pub const MAX_DATAGRAM: usize = 1500;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub keypair: Keypair,
+    pub cert: Arc<tls::Certificate>,
+    /// Protocols served on inbound streams.
+    pub protocols: Vec<String>,
+    /// Wall-clock unix seconds (certificate validity).
+    pub unix_time: i64,
+    pub seed: [u8; 32],
+    /// The std instant our `Instant(0)` stands for.
+    pub base: std::time::Instant,
+    /// Bidirectional streams the remote may open at once. Default 256.
+    pub max_streams: u32,
+    /// Connections at once. Default 1024.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QuicConnId(pub usize);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Established { conn: QuicConnId, peer: PeerId, public_key: PublicKey, remote: SocketAddr, outbound: bool },
+    InboundStream { conn: QuicConnId, id: StreamId, protocol: String },
+    OutboundReady { conn: QuicConnId, id: StreamId, protocol: String },
+    OutboundFailed { conn: QuicConnId, id: StreamId, reason: String },
+    Readable { conn: QuicConnId, id: StreamId },
+    Writable { conn: QuicConnId, id: StreamId },
+    Reset { conn: QuicConnId, id: StreamId },
+    Closed { conn: QuicConnId, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuicError {
+    #[error("quic: {0}")]
+    Config(String),
+    #[error("quic: cannot dial: {0}")]
+    Connect(String),
+    #[error("quic: unknown connection")]
+    UnknownConnection,
+    #[error("quic: connection limit reached")]
+    ConnectionLimit,
+}
+
+struct StreamEntry {
+    neg: Option<(Negotiator, Vec<u8>)>,
+    prebuf: Vec<u8>,
+    outbound: bool,
+    remote_fin: bool,
+}
+
+struct QConn {
+    conn: quinn_proto::Connection,
+    expected: Option<PeerId>,
+    remote: SocketAddr,
+    outbound: bool,
+    established: bool,
+    streams: BTreeMap<u64, StreamEntry>,
+}
+
+pub struct Endpoint {
+    config: Config,
+    ep: quinn_proto::Endpoint,
+    server: Arc<quinn_proto::ServerConfig>,
+    client: quinn_proto::ClientConfig,
+    conns: BTreeMap<ConnectionHandle, QConn>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<Event>,
+}
+
+fn sid(id: quinn_proto::StreamId) -> Option<StreamId> {
+    u32::try_from(u64::from(id)).ok().map(StreamId)
+}
+
+fn qsid(id: StreamId) -> quinn_proto::StreamId {
+    quinn_proto::StreamId::from(VarInt::from_u32(id.0))
+}
+
+impl Endpoint {
+    pub fn new(config: Config) -> Result<Endpoint, QuicError> {
+        let cfg_err = |e: String| QuicError::Config(e);
+        let client_tls = tls::client_config(&config.cert, vec![ALPN.to_vec()], config.unix_time).map_err(|e| cfg_err(e.to_string()))?;
+        let server_tls = tls::server_config(&config.cert, vec![ALPN.to_vec()], config.unix_time).map_err(|e| cfg_err(e.to_string()))?;
+        let qc = quinn_proto::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls)).map_err(|e| cfg_err(e.to_string()))?;
+        let qs = quinn_proto::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).map_err(|e| cfg_err(e.to_string()))?;
+        let mut transport = quinn_proto::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams));
+        transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+        // go-libp2p and rust-libp2p keep QUIC connections alive with pings; an idle timeout bounds dead ones.
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
+        transport.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
+        let transport = Arc::new(transport);
+        let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(qs));
+        server.transport_config(transport.clone());
+        let mut client = quinn_proto::ClientConfig::new(Arc::new(qc));
+        client.transport_config(transport);
+        let mut epc = quinn_proto::EndpointConfig::default();
+        epc.rng_seed(Some(config.seed));
+        let server = Arc::new(server);
+        let ep = quinn_proto::Endpoint::new(Arc::new(epc), Some(server.clone()), true, Some(config.seed));
+        Ok(Endpoint { config, ep, server, client, conns: BTreeMap::new(), transmits: VecDeque::new(), events: VecDeque::new() })
+    }
+
+    fn std_now(&self, now: Instant) -> std::time::Instant {
+        self.config.base + std::time::Duration::from_nanos(now.as_nanos())
+    }
+
+    pub fn set_protocols(&mut self, protocols: Vec<String>) {
+        self.config.protocols = protocols;
+    }
+
+    pub fn num_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Dials `addr`; `expected` is verified against the certificate. Outcome: `Established` or `Closed`.
+    pub fn dial(&mut self, now: Instant, addr: SocketAddr, expected: Option<PeerId>) -> Result<QuicConnId, QuicError> {
+        if self.conns.len() >= self.config.max_connections {
+            return Err(QuicError::ConnectionLimit);
+        }
+        let t = self.std_now(now);
+        // SNI is disabled in the rustls config; quinn still wants a syntactically valid name.
+        let (h, conn) = self.ep.connect(t, self.client.clone(), addr, "libp2p.invalid").map_err(|e| QuicError::Connect(e.to_string()))?;
+        self.conns.insert(h, QConn { conn, expected, remote: addr, outbound: true, established: false, streams: BTreeMap::new() });
+        self.drive(now, h);
+        Ok(QuicConnId(h.0))
+    }
+
+    /// A datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let t = self.std_now(now);
+        let mut buf = Vec::new();
+        let ev = self.ep.handle(t, from, None, None, bytes::BytesMut::from(data), &mut buf);
+        match ev {
+            Some(DatagramEvent::ConnectionEvent(h, ce)) => {
+                if let Some(c) = self.conns.get_mut(&h) {
+                    c.conn.handle_event(ce);
+                    self.drive(now, h);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if self.conns.len() >= self.config.max_connections {
+                    let tr = self.ep.refuse(incoming, &mut buf);
+                    self.transmits.push_back((tr.destination, buf[..tr.size].to_vec()));
+                    return;
+                }
+                let mut buf = Vec::new();
+                match self.ep.accept(incoming, t, &mut buf, Some(self.server.clone())) {
+                    Ok((h, conn)) => {
+                        self.conns.insert(h, QConn { conn, expected: None, remote: from, outbound: false, established: false, streams: BTreeMap::new() });
+                        self.drive(now, h);
+                    }
+                    Err(e) => {
+                        if let Some(tr) = e.response {
+                            self.transmits.push_back((tr.destination, buf[..tr.size].to_vec()));
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(tr)) => self.transmits.push_back((tr.destination, buf[..tr.size].to_vec())),
+            None => {}
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let t = self.std_now(now);
+        let hs: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        for h in hs {
+            let Some(c) = self.conns.get_mut(&h) else { continue };
+            if c.conn.poll_timeout().is_some_and(|d| d <= t) {
+                c.conn.handle_timeout(t);
+            }
+            self.drive(now, h);
+        }
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let base = self.config.base;
+        self.conns.values_mut().filter_map(|c| c.conn.poll_timeout()).min().map(|t| Instant::from_nanos(u64::try_from(t.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)))
+    }
+
+    /// A datagram to send: (destination, bytes).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Runs one connection after any input: endpoint events both ways, datagrams out, application events.
+    fn drive(&mut self, now: Instant, h: ConnectionHandle) {
+        let t = self.std_now(now);
+        loop {
+            let Some(c) = self.conns.get_mut(&h) else { return };
+            let mut progressed = false;
+            while let Some(ev) = c.conn.poll_endpoint_events() {
+                progressed = true;
+                if let Some(ce) = self.ep.handle_event(h, ev) {
+                    c.conn.handle_event(ce);
+                }
+            }
+            loop {
+                let Some(ev) = self.conns.get_mut(&h).and_then(|c| c.conn.poll()) else { break };
+                progressed = true;
+                self.on_app_event(now, h, ev);
+                if !self.conns.contains_key(&h) {
+                    return;
+                }
+            }
+            let c = self.conns.get_mut(&h).expect("invariant: checked above");
+            let mut buf = Vec::with_capacity(MAX_DATAGRAM);
+            while let Some(tr) = c.conn.poll_transmit(t, 1, &mut buf) {
+                progressed = true;
+                self.transmits.push_back((tr.destination, buf[..tr.size].to_vec()));
+                buf.clear();
+            }
+            if c.conn.is_drained() {
+                self.conns.remove(&h);
+                return;
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn on_app_event(&mut self, now: Instant, h: ConnectionHandle, ev: quinn_proto::Event) {
+        let cid = QuicConnId(h.0);
+        match ev {
+            quinn_proto::Event::Connected => {
+                let c = self.conns.get_mut(&h).expect("invariant: event of a live connection");
+                let certs = c.conn.crypto_session().peer_identity().and_then(|a| a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok());
+                let pc = certs.as_ref().and_then(|v| v.first()).map(|cert| tls::peer_of_verified(cert));
+                let pc = match pc {
+                    Some(Ok(pc)) => pc,
+                    _ => {
+                        c.conn.close(self.config.base, VarInt::from_u32(1), bytes::Bytes::from_static(b"no valid certificate"));
+                        return;
+                    }
+                };
+                if let Some(exp) = &c.expected {
+                    if *exp != pc.peer_id {
+                        let t = self.config.base + std::time::Duration::from_nanos(now.as_nanos());
+                        c.conn.close(t, VarInt::from_u32(1), bytes::Bytes::from_static(b"unexpected peer id"));
+                        self.events.push_back(Event::Closed { conn: cid, reason: format!("remote is {}, expected {exp}", pc.peer_id) });
+                        return;
+                    }
+                }
+                c.established = true;
+                self.events.push_back(Event::Established { conn: cid, peer: pc.peer_id, public_key: pc.public_key, remote: c.remote, outbound: c.outbound });
+            }
+            quinn_proto::Event::ConnectionLost { reason } => {
+                let c = self.conns.get_mut(&h).expect("invariant: event of a live connection");
+                for (id, e) in std::mem::take(&mut c.streams) {
+                    let Some(id) = u32::try_from(id).ok().map(StreamId) else { continue };
+                    if e.neg.is_some() && e.outbound {
+                        self.events.push_back(Event::OutboundFailed { conn: cid, id, reason: "connection lost".into() });
+                    } else if e.neg.is_none() {
+                        self.events.push_back(Event::Reset { conn: cid, id });
+                    }
+                }
+                self.events.push_back(Event::Closed { conn: cid, reason: reason.to_string() });
+            }
+            quinn_proto::Event::Stream(se) => self.on_stream_event(cid, h, se),
+            _ => {}
+        }
+    }
+
+    fn on_stream_event(&mut self, cid: QuicConnId, h: ConnectionHandle, se: quinn_proto::StreamEvent) {
+        match se {
+            quinn_proto::StreamEvent::Opened { dir: Dir::Bi } => loop {
+                let protocols = self.config.protocols.clone();
+                let c = self.conns.get_mut(&h).expect("invariant: live connection");
+                let Some(id) = c.conn.streams().accept(Dir::Bi) else { break };
+                let mut neg = Negotiator::listener(protocols);
+                if let Some(b) = neg.poll_transmit() {
+                    let _ = c.conn.send_stream(id).write(&b);
+                }
+                c.streams.insert(u64::from(id), StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, remote_fin: false });
+                self.negotiate(cid, h, id);
+            },
+            quinn_proto::StreamEvent::Opened { dir: Dir::Uni } => {
+                // libp2p uses bidirectional streams only; refuse unidirectional ones.
+                let c = self.conns.get_mut(&h).expect("invariant: live connection");
+                while let Some(id) = c.conn.streams().accept(Dir::Uni) {
+                    let _ = c.conn.recv_stream(id).stop(VarInt::from_u32(0));
+                }
+            }
+            quinn_proto::StreamEvent::Readable { id } => {
+                let negotiating = self.conns.get(&h).and_then(|c| c.streams.get(&u64::from(id))).map(|e| e.neg.is_some());
+                match negotiating {
+                    Some(true) => self.negotiate(cid, h, id),
+                    Some(false) => {
+                        if let Some(s) = sid(id) {
+                            self.events.push_back(Event::Readable { conn: cid, id: s });
+                        }
+                    }
+                    None => {}
+                }
+            }
+            quinn_proto::StreamEvent::Writable { id } => {
+                if let Some(s) = sid(id) {
+                    self.events.push_back(Event::Writable { conn: cid, id: s });
+                }
+            }
+            quinn_proto::StreamEvent::Stopped { id, .. } => {
+                if let Some(s) = sid(id) {
+                    self.events.push_back(Event::Reset { conn: cid, id: s });
+                }
+            }
+            quinn_proto::StreamEvent::Finished { .. } | quinn_proto::StreamEvent::Available { .. } => {}
+        }
+    }
+
+    fn negotiate(&mut self, cid: QuicConnId, h: ConnectionHandle, id: quinn_proto::StreamId) {
+        let Some(c) = self.conns.get_mut(&h) else { return };
+        let Some(entry) = c.streams.get_mut(&u64::from(id)) else { return };
+        let Some((neg, buf)) = &mut entry.neg else { return };
+        let mut eof = false;
+        if let Ok(mut chunks) = c.conn.recv_stream(id).read(true) {
+            loop {
+                match chunks.next(4096) {
+                    Ok(Some(ch)) => {
+                        buf.extend_from_slice(&ch.bytes);
+                        if buf.len() > 64 * 1024 {
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        eof = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = chunks.finalize();
+        }
+        let r = neg.handle_input(buf);
+        if let Some(b) = neg.poll_transmit() {
+            let _ = c.conn.send_stream(id).write(&b);
+        }
+        let Some(s) = sid(id) else { return };
+        match r {
+            Ok(Some(protocol)) => {
+                let (_, rest) = entry.neg.take().expect("invariant: negotiating");
+                entry.prebuf = rest;
+                entry.remote_fin = eof;
+                let ev = if entry.outbound { Event::OutboundReady { conn: cid, id: s, protocol } } else { Event::InboundStream { conn: cid, id: s, protocol } };
+                self.events.push_back(ev);
+                if !entry.prebuf.is_empty() || eof {
+                    self.events.push_back(Event::Readable { conn: cid, id: s });
+                }
+            }
+            Ok(None) if !eof => {}
+            Ok(None) | Err(_) => {
+                let reason = match r {
+                    Err(e) => e.to_string(),
+                    _ => "stream closed during negotiation".into(),
+                };
+                let outbound = entry.outbound;
+                c.streams.remove(&u64::from(id));
+                let _ = c.conn.send_stream(id).reset(VarInt::from_u32(0));
+                let _ = c.conn.recv_stream(id).stop(VarInt::from_u32(0));
+                if outbound {
+                    self.events.push_back(Event::OutboundFailed { conn: cid, id: s, reason });
+                }
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, conn: QuicConnId) -> Option<&mut QConn> {
+        self.conns.get_mut(&ConnectionHandle(conn.0))
+    }
+
+    pub fn open_stream(&mut self, now: Instant, conn: QuicConnId, protocols: Vec<String>) -> Result<StreamId, StreamError> {
+        let c = self.conn_mut(conn).ok_or(StreamError::Unknown)?;
+        if !c.established {
+            return Err(StreamError::GoingAway);
+        }
+        let id = c.conn.streams().open(Dir::Bi).ok_or(StreamError::TooManyStreams)?;
+        let s = sid(id).ok_or(StreamError::TooManyStreams)?;
+        let mut neg = Negotiator::dialer(protocols);
+        if let Some(b) = neg.poll_transmit() {
+            let _ = c.conn.send_stream(id).write(&b);
+        }
+        c.streams.insert(u64::from(id), StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true, remote_fin: false });
+        self.drive(now, ConnectionHandle(conn.0));
+        Ok(s)
+    }
+
+    pub fn stream_read(&mut self, now: Instant, conn: QuicConnId, id: StreamId, buf: &mut [u8]) -> ReadResult {
+        let Some(c) = self.conn_mut(conn) else { return ReadResult::Reset };
+        let Some(e) = c.streams.get_mut(&u64::from(id.0)) else { return ReadResult::Reset };
+        if e.neg.is_some() {
+            return ReadResult::Pending;
+        }
+        if !e.prebuf.is_empty() {
+            let n = e.prebuf.len().min(buf.len());
+            buf[..n].copy_from_slice(&e.prebuf[..n]);
+            e.prebuf.drain(..n);
+            return ReadResult::Data(n);
+        }
+        if e.remote_fin {
+            return ReadResult::Eof;
+        }
+        let r = {
+            let mut rs = c.conn.recv_stream(qsid(id));
+            let read = rs.read(true);
+            match read {
+                Err(_) => ReadResult::Reset,
+                Ok(mut chunks) => {
+                    let r = match chunks.next(buf.len()) {
+                        Ok(Some(ch)) => {
+                            buf[..ch.bytes.len()].copy_from_slice(&ch.bytes);
+                            ReadResult::Data(ch.bytes.len())
+                        }
+                        Ok(None) => ReadResult::Eof,
+                        Err(quinn_proto::ReadError::Blocked) => ReadResult::Pending,
+                        Err(quinn_proto::ReadError::Reset(_)) => ReadResult::Reset,
+                    };
+                    let _ = chunks.finalize();
+                    r
+                }
+            }
+        };
+        if r == ReadResult::Eof {
+            e.remote_fin = true;
+        }
+        self.drive(now, ConnectionHandle(conn.0));
+        r
+    }
+
+    pub fn stream_write(&mut self, now: Instant, conn: QuicConnId, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let c = self.conn_mut(conn).ok_or(StreamError::Reset)?;
+        match c.streams.get(&u64::from(id.0)) {
+            None => return Err(StreamError::Reset),
+            Some(e) if e.neg.is_some() => return Ok(0),
+            _ => {}
+        }
+        let r = match c.conn.send_stream(qsid(id)).write(data) {
+            Ok(n) => Ok(n),
+            Err(quinn_proto::WriteError::Blocked) => Ok(0),
+            Err(quinn_proto::WriteError::Stopped(_)) => Err(StreamError::Reset),
+            Err(_) => Err(StreamError::Closed),
+        };
+        self.drive(now, ConnectionHandle(conn.0));
+        r
+    }
+
+    pub fn stream_close(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
+        if let Some(c) = self.conn_mut(conn) {
+            let _ = c.conn.send_stream(qsid(id)).finish();
+        }
+        self.drive(now, ConnectionHandle(conn.0));
+    }
+
+    pub fn stream_reset(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.streams.remove(&u64::from(id.0));
+            let _ = c.conn.send_stream(qsid(id)).reset(VarInt::from_u32(0));
+            let _ = c.conn.recv_stream(qsid(id)).stop(VarInt::from_u32(0));
+        }
+        self.drive(now, ConnectionHandle(conn.0));
+    }
+
+    /// The application dropped its handle: finish our side, stop reading theirs.
+    pub fn stream_release(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
+        if let Some(c) = self.conn_mut(conn) {
+            if c.streams.remove(&u64::from(id.0)).is_some() {
+                let _ = c.conn.send_stream(qsid(id)).finish();
+                let _ = c.conn.recv_stream(qsid(id)).stop(VarInt::from_u32(0));
+            }
+        }
+        self.drive(now, ConnectionHandle(conn.0));
+    }
+
+    pub fn close(&mut self, now: Instant, conn: QuicConnId) {
+        let t = self.std_now(now);
+        if let Some(c) = self.conn_mut(conn) {
+            c.conn.close(t, VarInt::from_u32(0), bytes::Bytes::new());
+        }
+        self.drive(now, ConnectionHandle(conn.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(seed: u8, protocols: &[&str], base: std::time::Instant) -> (Endpoint, PeerId) {
+        let mut rng = crate::rng::from_seed([seed; 32]);
+        let k = Keypair::generate_ed25519(&mut rng);
+        let cert = Arc::new(tls::Certificate::generate(&k, 1_800_000_000, &mut rng));
+        let id = k.peer_id();
+        let cfg = Config { keypair: k, cert, protocols: protocols.iter().map(|s| s.to_string()).collect(), unix_time: 1_800_000_000, seed: [seed; 32], base, max_streams: 256, max_connections: 16 };
+        (Endpoint::new(cfg).unwrap(), id)
+    }
+
+    #[test]
+    fn quic_pair_handshake_verifies_peers_and_negotiates_a_stream() {
+        let base = std::time::Instant::now();
+        let a_addr: SocketAddr = "10.0.0.1:4001".parse().unwrap();
+        let b_addr: SocketAddr = "10.0.0.2:4001".parse().unwrap();
+        let (mut a, a_id) = endpoint(1, &[], base);
+        let (mut b, b_id) = endpoint(2, &["/echo/1"], base);
+        let mut now = Instant(0);
+        let conn = a.dial(now, b_addr, Some(b_id.clone())).unwrap();
+        let (mut ev_a, mut ev_b) = (Vec::new(), Vec::new());
+        let pump = |a: &mut Endpoint, b: &mut Endpoint, now: &mut Instant, ev_a: &mut Vec<Event>, ev_b: &mut Vec<Event>| {
+            for _ in 0..50 {
+                *now = *now + std::time::Duration::from_millis(1);
+                while let Some((to, d)) = a.poll_transmit() {
+                    assert_eq!(to, b_addr);
+                    b.handle_datagram(*now, a_addr, &d);
+                }
+                while let Some((to, d)) = b.poll_transmit() {
+                    assert_eq!(to, a_addr);
+                    a.handle_datagram(*now, b_addr, &d);
+                }
+                a.handle_timeout(*now);
+                b.handle_timeout(*now);
+                ev_a.extend(std::iter::from_fn(|| a.poll_event()));
+                ev_b.extend(std::iter::from_fn(|| b.poll_event()));
+            }
+        };
+        pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
+        assert!(ev_a.iter().any(|e| matches!(e, Event::Established { peer, outbound: true, .. } if *peer == b_id)), "{ev_a:?}");
+        assert!(ev_b.iter().any(|e| matches!(e, Event::Established { peer, outbound: false, .. } if *peer == a_id)), "{ev_b:?}");
+        let s = a.open_stream(now, conn, vec!["/nope".into(), "/echo/1".into()]).unwrap();
+        pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
+        assert!(ev_a.contains(&Event::OutboundReady { conn, id: s, protocol: "/echo/1".into() }), "{ev_a:?}");
+        let (bconn, bs) = ev_b.iter().find_map(|e| if let Event::InboundStream { conn, id, .. } = e { Some((*conn, *id)) } else { None }).expect("inbound stream");
+        assert_eq!(a.stream_write(now, conn, s, b"hello quic").unwrap(), 10);
+        a.stream_close(now, conn, s);
+        pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
+        let mut buf = [0u8; 64];
+        assert_eq!(b.stream_read(now, bconn, bs, &mut buf), ReadResult::Data(10));
+        assert_eq!(&buf[..10], b"hello quic");
+        assert_eq!(b.stream_read(now, bconn, bs, &mut buf), ReadResult::Eof);
+    }
+
+    #[test]
+    fn quic_wrong_expected_peer_is_refused() {
+        let base = std::time::Instant::now();
+        let (mut a, _) = endpoint(3, &[], base);
+        let (mut b, _) = endpoint(4, &[], base);
+        let other = Keypair::generate_ed25519(&mut crate::rng::from_seed([9; 32])).peer_id();
+        let b_addr: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let a_addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        a.dial(Instant(0), b_addr, Some(other)).unwrap();
+        let mut evs = Vec::new();
+        let mut now = Instant(0);
+        for _ in 0..50 {
+            now = now + std::time::Duration::from_millis(1);
+            while let Some((_, d)) = a.poll_transmit() {
+                b.handle_datagram(now, a_addr, &d);
+            }
+            while let Some((_, d)) = b.poll_transmit() {
+                a.handle_datagram(now, b_addr, &d);
+            }
+            evs.extend(std::iter::from_fn(|| a.poll_event()));
+        }
+        assert!(evs.iter().any(|e| matches!(e, Event::Closed { reason, .. } if reason.contains("expected"))), "{evs:?}");
+        assert!(!evs.iter().any(|e| matches!(e, Event::Established { .. })));
+    }
+}
