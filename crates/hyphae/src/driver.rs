@@ -28,6 +28,8 @@ pub(crate) struct ConnShared {
     notify: Notify,
     /// Outcome of the identify exchange run once per connection.
     pub identify: tokio::sync::watch::Sender<IdentifyState>,
+    /// For QUIC connections: the socket's endpoint and this connection's id there.
+    pub quic: Option<(Arc<crate::quic_driver::QuicShared>, hyphae_core::quic::QuicConnId)>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,7 +40,8 @@ pub(crate) enum IdentifyState {
 }
 
 pub(crate) struct ConnState {
-    pub conn: Connection,
+    /// The TCP connection machine; `None` for QUIC connections, whose machine is the socket's endpoint.
+    pub conn: Option<Connection>,
     read_wakers: BTreeMap<StreamId, Waker>,
     write_wakers: BTreeMap<StreamId, Waker>,
     pending_open: BTreeMap<StreamId, oneshot::Sender<Result<String, String>>>,
@@ -52,6 +55,7 @@ pub(crate) struct ConnState {
 }
 
 /// What the host must do after the connection machine produced events (done outside the lock).
+#[derive(Debug)]
 pub(crate) enum Action {
     /// The upgrade finished; the sender (a dialer waiting in `connect`) is answered by the host once
     /// the connection is registered, so `connect` never returns before `new_stream` can find it.
@@ -61,6 +65,59 @@ pub(crate) enum Action {
 }
 
 impl ConnShared {
+    /// Bookkeeping for a QUIC connection (its machine lives in the endpoint).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new_quic(
+        id: u64,
+        direction: Direction,
+        local_addr: Multiaddr,
+        remote_addr: Multiaddr,
+        epoch: std::time::Instant,
+        peer: PeerId,
+        ep: Arc<crate::quic_driver::QuicShared>,
+        cid: hyphae_core::quic::QuicConnId,
+    ) -> ConnShared {
+        ConnShared {
+            id,
+            direction,
+            local_addr,
+            remote_addr,
+            epoch,
+            state: Mutex::new(ConnState {
+                conn: None,
+                read_wakers: BTreeMap::new(),
+                write_wakers: BTreeMap::new(),
+                pending_open: BTreeMap::new(),
+                established: None,
+                peer: Some(peer),
+                early_muxer: false,
+                security: hyphae_core::tls::PROTOCOL_ID.into(),
+                muxer: "quic-v1".into(),
+                closed: None,
+            }),
+            notify: Notify::new(),
+            identify: tokio::sync::watch::channel(IdentifyState::Pending).0,
+            quic: Some((ep, cid)),
+        }
+    }
+
+    pub fn reset_stream(&self, id: StreamId) {
+        match &self.quic {
+            Some((ep, cid)) => ep.stream_reset(*cid, id),
+            None => {
+                self.lock().tcp().stream_reset(id);
+                self.wake_writer();
+            }
+        }
+    }
+
+    pub fn set_protocols(&self, protocols: Vec<String>) {
+        match &self.quic {
+            Some((ep, _)) => ep.set_protocols(protocols),
+            None => self.lock().tcp().set_protocols(protocols),
+        }
+    }
+
     pub fn now(&self) -> Instant {
         Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
@@ -76,11 +133,17 @@ impl ConnShared {
 
     /// Opens a stream; resolves once its protocol is negotiated.
     pub fn open_stream(&self, protocols: Vec<String>) -> Result<(StreamId, oneshot::Receiver<Result<String, String>>), String> {
+        if let Some((ep, cid)) = &self.quic {
+            if let Some(r) = &self.lock().closed {
+                return Err(format!("connection closed: {r}"));
+            }
+            return ep.open_stream(*cid, protocols);
+        }
         let mut st = self.lock();
         if let Some(r) = &st.closed {
             return Err(format!("connection closed: {r}"));
         }
-        let id = st.conn.open_stream(protocols).map_err(|e| e.to_string())?;
+        let id = st.tcp().open_stream(protocols).map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         st.pending_open.insert(id, tx);
         drop(st);
@@ -89,15 +152,25 @@ impl ConnShared {
     }
 
     pub fn close(&self) {
-        self.lock().conn.close();
-        self.wake_writer();
+        match &self.quic {
+            Some((ep, cid)) => ep.close(*cid),
+            None => {
+                self.lock().tcp().close();
+                self.wake_writer();
+            }
+        }
     }
 }
 
 impl ConnState {
+    /// The TCP machine (the reader/writer tasks and TCP streams only run for TCP connections).
+    pub fn tcp(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("invariant: tcp connection state")
+    }
+
     fn dispatch(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
-        while let Some(ev) = self.conn.poll_event() {
+        while let Some(ev) = self.conn.as_mut().and_then(|c| c.poll_event()) {
             match ev {
                 Event::Established { peer, public_key, security, muxer, early_muxer } => {
                     tracing::debug!(%peer, %security, %muxer, early_muxer, "connection established");
@@ -111,7 +184,7 @@ impl ConnState {
                 Event::OutboundReady { id, protocol } => {
                     if let Some(tx) = self.pending_open.remove(&id) {
                         if tx.send(Ok(protocol)).is_err() {
-                            self.conn.stream_reset(id);
+                            self.tcp().stream_reset(id);
                         }
                     }
                 }
@@ -182,7 +255,7 @@ pub(crate) fn spawn_connection(
         remote_addr,
         epoch,
         state: Mutex::new(ConnState {
-            conn,
+            conn: Some(conn),
             read_wakers: BTreeMap::new(),
             write_wakers: BTreeMap::new(),
             pending_open: BTreeMap::new(),
@@ -195,6 +268,7 @@ pub(crate) fn spawn_connection(
         }),
         notify: Notify::new(),
         identify: tokio::sync::watch::channel(IdentifyState::Pending).0,
+        quic: None,
     });
     inner.conn_started(&shared);
     let (rd, wr) = socket.into_split();
@@ -210,12 +284,12 @@ async fn read_loop(inner: Arc<Inner>, shared: Arc<ConnShared>, mut rd: tokio::ne
             let mut st = shared.lock();
             let done = match r {
                 Ok(0) | Err(_) => {
-                    st.conn.handle_eof();
+                    st.tcp().handle_eof();
                     true
                 }
                 Ok(n) => {
                     let now = shared.now();
-                    st.conn.handle_input(now, &buf[..n]);
+                    st.tcp().handle_input(now, &buf[..n]);
                     false
                 }
             };
@@ -234,12 +308,12 @@ async fn write_loop(inner: Arc<Inner>, shared: Arc<ConnShared>, mut wr: tokio::n
         let (out, deadline, closed, actions) = {
             let mut st = shared.lock();
             let now = shared.now();
-            if st.conn.poll_timeout().is_some_and(|d| d <= now) {
-                st.conn.handle_timeout(now);
+            if st.tcp().poll_timeout().is_some_and(|d| d <= now) {
+                st.tcp().handle_timeout(now);
             }
-            let out = st.conn.poll_transmit();
+            let out = st.tcp().poll_transmit();
             let actions = st.dispatch();
-            (out, st.conn.poll_timeout(), st.closed.is_some(), actions)
+            (out, st.tcp().poll_timeout(), st.closed.is_some(), actions)
         };
         inner.handle_actions(&shared, actions);
         if let Some(out) = out {
@@ -247,7 +321,7 @@ async fn write_loop(inner: Arc<Inner>, shared: Arc<ConnShared>, mut wr: tokio::n
                 tracing::debug!(error = %e, "socket write failed");
                 let actions = {
                     let mut st = shared.lock();
-                    st.conn.handle_eof();
+                    st.tcp().handle_eof();
                     st.dispatch()
                 };
                 inner.handle_actions(&shared, actions);
@@ -295,8 +369,7 @@ impl Stream {
     }
     /// Abortive close (RST).
     pub fn reset(self) {
-        self.shared.lock().conn.stream_reset(self.id);
-        self.shared.wake_writer();
+        self.shared.reset_stream(self.id);
     }
 }
 
@@ -308,9 +381,12 @@ impl std::fmt::Debug for Stream {
 
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some((ep, cid)) = &self.shared.quic {
+            return ep.poll_read(*cid, self.id, cx, buf);
+        }
         let mut st = self.shared.lock();
         let want = buf.remaining().min(READ_CHUNK);
-        match st.conn.stream_read(self.id, buf.initialize_unfilled_to(want)) {
+        match st.tcp().stream_read(self.id, buf.initialize_unfilled_to(want)) {
             ReadResult::Data(n) => {
                 buf.advance(n);
                 drop(st);
@@ -332,8 +408,11 @@ impl AsyncRead for Stream {
 
 impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some((ep, cid)) = &self.shared.quic {
+            return ep.poll_write(*cid, self.id, cx, data);
+        }
         let mut st = self.shared.lock();
-        match st.conn.stream_write(self.id, data) {
+        match st.tcp().stream_write(self.id, data) {
             Ok(0) if !data.is_empty() => {
                 st.write_wakers.insert(self.id, cx.waker().clone());
                 drop(st);
@@ -355,7 +434,11 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.shared.lock().conn.stream_close(self.id);
+        if let Some((ep, cid)) = &self.shared.quic {
+            ep.stream_close(*cid, self.id);
+            return Poll::Ready(Ok(()));
+        }
+        self.shared.lock().tcp().stream_close(self.id);
         self.shared.wake_writer();
         Poll::Ready(Ok(()))
     }
@@ -363,8 +446,12 @@ impl AsyncWrite for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        if let Some((ep, cid)) = &self.shared.quic {
+            ep.stream_release(*cid, self.id);
+            return;
+        }
         let mut st = self.shared.lock();
-        st.conn.stream_release(self.id);
+        st.tcp().stream_release(self.id);
         st.read_wakers.remove(&self.id);
         st.write_wakers.remove(&self.id);
         drop(st);

@@ -178,6 +178,8 @@ pub(crate) struct Inner {
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next_conn: AtomicU64,
     live_conns: AtomicUsize,
+    /// The QUIC endpoint (one UDP socket, used to listen and to dial), made on first use.
+    quic: tokio::sync::Mutex<Option<Arc<crate::quic_driver::QuicShared>>>,
     events: broadcast::Sender<HostEvent>,
     me: Weak<Inner>,
 }
@@ -212,6 +214,32 @@ impl Inner {
         c.muxers = self.config.muxers.clone();
         c.unix_time = unix_now();
         c
+    }
+
+    /// Counts an inbound connection against `max_connections`; false when full.
+    pub(crate) fn try_reserve_connection(&self) -> bool {
+        if self.live_conns.fetch_add(1, Ordering::Relaxed) >= self.config.max_connections {
+            self.live_conns.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn conn_registered(&self, shared: &Arc<ConnShared>) {
+        self.conn_started(shared);
+    }
+
+    fn quic_config(&self) -> hyphae_core::quic::Config {
+        hyphae_core::quic::Config {
+            keypair: self.keypair.clone(),
+            cert: self.tls_cert.clone(),
+            protocols: self.protocols(),
+            unix_time: unix_now(),
+            seed: self.child_seed(),
+            base: self.epoch,
+            max_streams: 256,
+            max_connections: self.config.max_connections,
+        }
     }
 
     pub(crate) fn conn_started(&self, shared: &Arc<ConnShared>) {
@@ -296,8 +324,7 @@ impl Inner {
                 tokio::spawn(h(s));
             }
             _ => {
-                shared.lock().conn.stream_reset(id);
-                shared.wake_writer();
+                shared.reset_stream(id);
             }
         }
     }
@@ -324,6 +351,10 @@ impl Inner {
             }
         };
         tracing::info!(%peer, %reason, "connection closed");
+        if shared.quic.is_some() {
+            // QUIC connections have no writer task to do this when they end.
+            self.conn_finished(shared);
+        }
         if last {
             let _ = self.events.send(HostEvent::Disconnected { peer, reason });
         }
@@ -396,6 +427,7 @@ impl Host {
             listeners: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             live_conns: AtomicUsize::new(0),
+            quic: tokio::sync::Mutex::new(None),
             events,
             me: me.clone(),
         });
@@ -441,7 +473,14 @@ impl Host {
         let protos = self.inner.protocols();
         let conns: Vec<_> = lock(&self.inner.conns).values().cloned().collect();
         for c in &conns {
-            c.lock().conn.set_protocols(protos.clone());
+            if c.quic.is_none() {
+                c.set_protocols(protos.clone());
+            }
+        }
+        if let Ok(q) = self.inner.quic.try_lock() {
+            if let Some(q) = q.as_ref() {
+                q.set_protocols(protos.clone());
+            }
         }
         // Tell connected peers (identify push), as go-libp2p does.
         for peer in self.peers() {
@@ -516,6 +555,9 @@ impl Host {
     /// Listens on a TCP multiaddr (`/ip4|ip6/<ip>/tcp/<port>`, port 0 = any). Returns the addresses now
     /// listened on, each ending in `/p2p/<our id>`.
     pub async fn listen(&self, addr: Multiaddr) -> Result<Vec<Multiaddr>, Error> {
+        if let Some(sa) = quic_socket_addr(&addr) {
+            return self.listen_quic(sa).await;
+        }
         let (sa, tcp) = addr.socket_addr().ok_or_else(|| Error::UnsupportedAddress(addr.clone()))?;
         if !tcp || addr.len() != 2 {
             return Err(Error::UnsupportedAddress(addr));
@@ -524,16 +566,7 @@ impl Host {
         let local = listener.local_addr()?;
         let mut addrs = Vec::new();
         if local.ip().is_unspecified() {
-            let v4 = local.is_ipv4();
-            let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
-                .map(|l| l.into_iter().map(|i| i.ip()).filter(|ip| ip.is_ipv4() == v4).collect())
-                .unwrap_or_default();
-            if ips.is_empty() {
-                ips.push(if v4 { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from(std::net::Ipv6Addr::LOCALHOST) });
-            }
-            ips.sort();
-            ips.dedup();
-            for ip in ips {
+            for ip in interface_ips(local.is_ipv4()) {
                 addrs.push(Multiaddr::from_tcp(SocketAddr::new(ip, local.port())));
             }
         } else {
@@ -565,6 +598,58 @@ impl Host {
         Ok(addrs.into_iter().map(|a| a.with_peer_id(&self.inner.peer_id)).collect())
     }
 
+    async fn listen_quic(&self, sa: SocketAddr) -> Result<Vec<Multiaddr>, Error> {
+        let mut q = self.inner.quic.lock().await;
+        if q.is_some() {
+            return Err(Error::Limit("one QUIC socket per host (listen on QUIC before dialing over it)"));
+        }
+        let ep = crate::quic_driver::QuicShared::start(&self.inner, sa, self.inner.quic_config()).await?;
+        let local = ep.local;
+        *q = Some(ep);
+        drop(q);
+        let ips: Vec<IpAddr> = if local.ip().is_unspecified() { interface_ips(local.is_ipv4()) } else { vec![local.ip()] };
+        let addrs: Vec<Multiaddr> = ips.into_iter().map(|ip| quic_multiaddr(SocketAddr::new(ip, local.port()))).collect();
+        lock(&self.inner.listen_addrs).extend(addrs.iter().cloned());
+        tracing::info!(addrs = ?addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "listening");
+        Ok(addrs.into_iter().map(|a| a.with_peer_id(&self.inner.peer_id)).collect())
+    }
+
+    async fn dial_quic(&self, addr: &Multiaddr, sa: SocketAddr) -> Result<PeerId, Error> {
+        let ep = {
+            let mut q = self.inner.quic.lock().await;
+            match q.as_ref() {
+                Some(ep) => ep.clone(),
+                None => {
+                    let any: SocketAddr = if sa.is_ipv4() { "0.0.0.0:0".parse().expect("invariant: literal") } else { "[::]:0".parse().expect("invariant: literal") };
+                    let ep = crate::quic_driver::QuicShared::start(&self.inner, any, self.inner.quic_config()).await?;
+                    *q = Some(ep.clone());
+                    ep
+                }
+            }
+        };
+        if !self.inner.try_reserve_connection() {
+            return Err(Error::Limit("max_connections"));
+        }
+        let rx = match ep.dial(sa, addr.peer_id()) {
+            Ok(rx) => rx,
+            Err(e) => {
+                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
+                return Err(Error::Handshake(e));
+            }
+        };
+        match tokio::time::timeout(self.inner.config.dial_timeout, rx).await {
+            Ok(Ok(Ok(peer))) => Ok(peer),
+            Ok(Ok(Err(e))) => {
+                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::Handshake(e))
+            }
+            _ => {
+                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::Timeout("quic handshake"))
+            }
+        }
+    }
+
     /// Connects to the peer at `addr` (TCP; `/p2p/<id>` is verified if present) and returns its ID.
     /// Reuses an existing connection when `addr` names a peer we are connected to.
     pub async fn connect(&self, addr: &Multiaddr) -> Result<PeerId, Error> {
@@ -579,6 +664,9 @@ impl Host {
 
     /// Always opens a new connection.
     pub async fn dial(&self, addr: &Multiaddr) -> Result<PeerId, Error> {
+        if let Some(sa) = quic_socket_addr(addr) {
+            return self.dial_quic(addr, sa).await;
+        }
         let expected = addr.peer_id();
         let sa = resolve_tcp(addr).await?;
         if self.inner.live_conns.fetch_add(1, Ordering::Relaxed) >= self.inner.config.max_connections {
@@ -649,8 +737,7 @@ impl Host {
             Ok(Ok(Err(e))) => Err(Error::Negotiation(e)),
             Ok(Err(_)) => Err(Error::Negotiation("connection ended".into())),
             Err(_) => {
-                shared.lock().conn.stream_reset(id);
-                shared.wake_writer();
+                shared.reset_stream(id);
                 Err(Error::Timeout("stream negotiation"))
             }
         }
@@ -827,7 +914,7 @@ impl Host {
                 if st.closed.is_some() {
                     return None;
                 }
-                Some(ConnectionInfo { id: c.id, peer, local_addr: c.local_addr.clone(), remote_addr: c.remote_addr.clone(), direction: c.direction, streams: st.conn.num_streams(),
+                Some(ConnectionInfo { id: c.id, peer, local_addr: c.local_addr.clone(), remote_addr: c.remote_addr.clone(), direction: c.direction, streams: st.conn.as_ref().map(|c| c.num_streams()).unwrap_or(0),
                     early_muxer: st.early_muxer,
                     security: st.security.clone(),
                     muxer: st.muxer.clone(),
@@ -864,6 +951,32 @@ impl Host {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The machine's addresses of one family (loopback if none), for expanding unspecified listen addresses.
+fn interface_ips(v4: bool) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).filter(|ip| ip.is_ipv4() == v4).collect()).unwrap_or_default();
+    if ips.is_empty() {
+        ips.push(if v4 { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from(std::net::Ipv6Addr::LOCALHOST) });
+    }
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// `/ip4|ip6/<ip>/udp/<port>/quic-v1[/p2p/<id>]` → the socket address.
+fn quic_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
+    let a = addr.without_peer_id();
+    match a.protocols() {
+        [_, Protocol::Udp(_), Protocol::QuicV1] => a.socket_addr().map(|(sa, _)| sa),
+        _ => None,
+    }
+}
+
+fn quic_multiaddr(sa: SocketAddr) -> Multiaddr {
+    let mut m = Multiaddr::from_tcp(sa);
+    m.pop();
+    m.with(Protocol::Udp(sa.port())).with(Protocol::QuicV1)
 }
 
 /// A listening socket. IPv6 sockets are v6-only, so `/ip4/0.0.0.0/tcp/P` and `/ip6/::/tcp/P` can both be

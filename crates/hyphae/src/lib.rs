@@ -26,6 +26,7 @@
 pub struct ReadmeDoctests;
 
 mod driver;
+mod quic_driver;
 mod host;
 pub mod keyfile;
 

@@ -1,0 +1,309 @@
+//! The tokio driver of a QUIC endpoint: one UDP socket, one sans-IO [`quic::Endpoint`] behind a mutex,
+//! a receive task and a send/timer task. Connections get the same `ConnShared` bookkeeping as TCP ones;
+//! their stream I/O goes through the endpoint (wakers kept here).
+
+use crate::driver::{Action, ConnShared};
+use crate::host::{Direction, Inner};
+use hyphae_core::conn::{ReadResult, StreamId};
+use hyphae_core::quic::{self, QuicConnId};
+use hyphae_core::{Instant, Multiaddr, PeerId, Protocol};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::sync::{oneshot, Notify};
+
+type Key = (QuicConnId, StreamId);
+
+pub(crate) struct QuicState {
+    pub ep: quic::Endpoint,
+    read_wakers: BTreeMap<Key, Waker>,
+    write_wakers: BTreeMap<Key, Waker>,
+    pending_open: BTreeMap<Key, oneshot::Sender<Result<String, String>>>,
+    dialing: BTreeMap<QuicConnId, oneshot::Sender<Result<PeerId, String>>>,
+    conns: BTreeMap<QuicConnId, Arc<ConnShared>>,
+}
+
+pub(crate) struct QuicShared {
+    state: Mutex<QuicState>,
+    notify: Notify,
+    pub socket: Arc<UdpSocket>,
+    pub local: SocketAddr,
+    epoch: std::time::Instant,
+    inner: Weak<Inner>,
+}
+
+fn to_multiaddr(sa: SocketAddr) -> Multiaddr {
+    let mut m = Multiaddr::from_tcp(sa);
+    m.pop();
+    m.with(Protocol::Udp(sa.port())).with(Protocol::QuicV1)
+}
+
+impl QuicShared {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QuicState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Binds `sa` and starts the endpoint's tasks.
+    pub(crate) async fn start(inner: &Arc<Inner>, sa: SocketAddr, cfg: quic::Config) -> io::Result<Arc<QuicShared>> {
+        let socket = Arc::new(UdpSocket::bind(sa).await?);
+        let local = socket.local_addr()?;
+        let ep = quic::Endpoint::new(cfg).map_err(|e| io::Error::other(e.to_string()))?;
+        let shared = Arc::new(QuicShared {
+            state: Mutex::new(QuicState { ep, read_wakers: BTreeMap::new(), write_wakers: BTreeMap::new(), pending_open: BTreeMap::new(), dialing: BTreeMap::new(), conns: BTreeMap::new() }),
+            notify: Notify::new(),
+            socket,
+            local,
+            epoch: inner.epoch,
+            inner: Arc::downgrade(inner),
+        });
+        tokio::spawn(recv_loop(shared.clone()));
+        tokio::spawn(send_loop(shared.clone()));
+        Ok(shared)
+    }
+
+    pub(crate) fn dial(&self, addr: SocketAddr, expected: Option<PeerId>) -> Result<oneshot::Receiver<Result<PeerId, String>>, String> {
+        let now = self.now();
+        let mut st = self.lock();
+        let cid = st.ep.dial(now, addr, expected).map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        st.dialing.insert(cid, tx);
+        drop(st);
+        self.notify.notify_one();
+        Ok(rx)
+    }
+
+    pub(crate) fn set_protocols(&self, protocols: Vec<String>) {
+        self.lock().ep.set_protocols(protocols);
+    }
+
+    pub(crate) fn open_stream(&self, cid: QuicConnId, protocols: Vec<String>) -> Result<(StreamId, oneshot::Receiver<Result<String, String>>), String> {
+        let now = self.now();
+        let mut st = self.lock();
+        let id = st.ep.open_stream(now, cid, protocols).map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        st.pending_open.insert((cid, id), tx);
+        drop(st);
+        self.notify.notify_one();
+        Ok((id, rx))
+    }
+
+    pub(crate) fn poll_read(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let now = self.now();
+        let mut st = self.lock();
+        let want = buf.remaining().min(256 * 1024);
+        let r = st.ep.stream_read(now, cid, id, buf.initialize_unfilled_to(want));
+        match r {
+            ReadResult::Data(n) => {
+                buf.advance(n);
+                drop(st);
+                self.notify.notify_one();
+                Poll::Ready(Ok(()))
+            }
+            ReadResult::Eof => Poll::Ready(Ok(())),
+            ReadResult::Reset => Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset"))),
+            ReadResult::Pending => {
+                st.read_wakers.insert((cid, id), cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    pub(crate) fn poll_write(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let now = self.now();
+        let mut st = self.lock();
+        match st.ep.stream_write(now, cid, id, data) {
+            Ok(0) if !data.is_empty() => {
+                st.write_wakers.insert((cid, id), cx.waker().clone());
+                drop(st);
+                self.notify.notify_one();
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(st);
+                self.notify.notify_one();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
+        }
+    }
+
+    pub(crate) fn stream_close(&self, cid: QuicConnId, id: StreamId) {
+        let now = self.now();
+        self.lock().ep.stream_close(now, cid, id);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn stream_reset(&self, cid: QuicConnId, id: StreamId) {
+        let now = self.now();
+        self.lock().ep.stream_reset(now, cid, id);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn stream_release(&self, cid: QuicConnId, id: StreamId) {
+        let now = self.now();
+        let mut st = self.lock();
+        st.ep.stream_release(now, cid, id);
+        st.read_wakers.remove(&(cid, id));
+        st.write_wakers.remove(&(cid, id));
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn close(&self, cid: QuicConnId) {
+        let now = self.now();
+        self.lock().ep.close(now, cid);
+        self.notify.notify_one();
+    }
+
+    /// Turns endpoint events into waker calls and host actions (run outside the lock).
+    fn dispatch(self: &Arc<Self>, st: &mut QuicState, inner: &Arc<Inner>) -> Vec<(Arc<ConnShared>, Vec<Action>)> {
+        let mut out = Vec::new();
+        while let Some(ev) = st.ep.poll_event() {
+            match ev {
+                quic::Event::Established { conn, peer, public_key, remote, outbound } => {
+                    let direction = if outbound { Direction::Outbound } else { Direction::Inbound };
+                    if !outbound && !inner.try_reserve_connection() {
+                        st.ep.close(self.now(), conn);
+                        continue;
+                    }
+                    let shared = Arc::new(ConnShared::new_quic(inner.next_conn_id(), direction, to_multiaddr(self.local), to_multiaddr(remote), self.epoch, peer.clone(), self.clone(), conn));
+                    inner.conn_registered(&shared);
+                    st.conns.insert(conn, shared.clone());
+                    let waiter = st.dialing.remove(&conn);
+                    out.push((shared, vec![Action::Established(peer, public_key, waiter)]));
+                }
+                quic::Event::InboundStream { conn, id, protocol } => {
+                    if let Some(s) = st.conns.get(&conn) {
+                        out.push((s.clone(), vec![Action::Inbound(id, protocol)]));
+                    }
+                }
+                quic::Event::OutboundReady { conn, id, protocol } => {
+                    if let Some(tx) = st.pending_open.remove(&(conn, id)) {
+                        let _ = tx.send(Ok(protocol));
+                    }
+                }
+                quic::Event::OutboundFailed { conn, id, reason } => {
+                    if let Some(tx) = st.pending_open.remove(&(conn, id)) {
+                        let _ = tx.send(Err(reason));
+                    }
+                }
+                quic::Event::Readable { conn, id } => {
+                    if let Some(w) = st.read_wakers.remove(&(conn, id)) {
+                        w.wake();
+                    }
+                }
+                quic::Event::Writable { conn, id } => {
+                    if let Some(w) = st.write_wakers.remove(&(conn, id)) {
+                        w.wake();
+                    }
+                }
+                quic::Event::Reset { conn, id } => {
+                    for m in [&mut st.read_wakers, &mut st.write_wakers] {
+                        if let Some(w) = m.remove(&(conn, id)) {
+                            w.wake();
+                        }
+                    }
+                }
+                quic::Event::Closed { conn, reason } => {
+                    if let Some(tx) = st.dialing.remove(&conn) {
+                        let _ = tx.send(Err(reason.clone()));
+                    }
+                    let keys: Vec<Key> = st.pending_open.keys().filter(|k| k.0 == conn).copied().collect();
+                    for k in keys {
+                        if let Some(tx) = st.pending_open.remove(&k) {
+                            let _ = tx.send(Err(format!("connection closed: {reason}")));
+                        }
+                    }
+                    for m in [&mut st.read_wakers, &mut st.write_wakers] {
+                        let keys: Vec<Key> = m.keys().filter(|k| k.0 == conn).copied().collect();
+                        for k in keys {
+                            if let Some(w) = m.remove(&k) {
+                                w.wake();
+                            }
+                        }
+                    }
+                    if let Some(s) = st.conns.remove(&conn) {
+                        s.lock().closed = Some(reason.clone());
+                        out.push((s, vec![Action::Closed(reason)]));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+async fn recv_loop(shared: Arc<QuicShared>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (n, from) = match shared.socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "udp receive failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(inner) = shared.inner.upgrade() else { return };
+        let actions = {
+            let now = shared.now();
+            let mut st = shared.lock();
+            st.ep.handle_datagram(now, from, &buf[..n]);
+            shared.dispatch(&mut st, &inner)
+        };
+        shared.notify.notify_one();
+        for (c, a) in actions {
+            inner.handle_actions(&c, a);
+        }
+    }
+}
+
+async fn send_loop(shared: Arc<QuicShared>) {
+    loop {
+        let Some(inner) = shared.inner.upgrade() else { return };
+        let (datagrams, deadline, actions) = {
+            let now = shared.now();
+            let mut st = shared.lock();
+            if st.ep.poll_timeout().is_some_and(|t| t <= now) {
+                st.ep.handle_timeout(now);
+            }
+            let mut d = Vec::new();
+            while let Some(x) = st.ep.poll_transmit() {
+                d.push(x);
+            }
+            let a = shared.dispatch(&mut st, &inner);
+            (d, st.ep.poll_timeout(), a)
+        };
+        for (c, a) in actions {
+            inner.handle_actions(&c, a);
+        }
+        drop(inner);
+        let sent = !datagrams.is_empty();
+        for (to, data) in datagrams {
+            if let Err(e) = shared.socket.send_to(&data, to).await {
+                tracing::debug!(error = %e, %to, "udp send failed");
+            }
+        }
+        if sent {
+            continue;
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until((shared.epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shared.notify.notified() => {}
+            _ = sleep => {}
+        }
+    }
+}
