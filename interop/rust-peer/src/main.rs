@@ -1,5 +1,5 @@
 //! A rust-libp2p peer for hyphae's interop tests.
-//!   rust-peer listen [noise|tls]            -> prints {"peerId","addrs"}, then a JSON line per identify/ping event
+//!   rust-peer listen [noise|tls] [tcp|quic] -> prints {"peerId","addrs"}, then a JSON line per identify/ping event
 //!   rust-peer dial ADDR [COUNT] [noise|tls] -> dials, waits for COUNT pings and identify,
 //!                                              prints {"peerId","connectMs","rtts","agent","protocols"}
 use futures::StreamExt;
@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), libp2p::tls::Config::new, yamux::Config::default)?
+            .with_quic()
             .with_behaviour(behaviour)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build()
@@ -36,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+            .with_quic()
             .with_behaviour(behaviour)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build()
@@ -44,7 +46,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(3);
     match mode.as_str() {
         "listen" => {
-            swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+            // listen [noise|tls] [tcp|quic]
+            if args.get(2).map(String::as_str) == Some("quic") {
+                swarm.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)?;
+            } else {
+                swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+            }
         }
         "dial" => {
             let addr: Multiaddr = args.get(1).ok_or("dial needs ADDR")?.parse()?;

@@ -96,6 +96,11 @@ impl Drop for TempDir {
 impl P2pd {
     /// Starts p2pd on loopback TCP (never with -b: that would reach off this machine).
     pub async fn start(extra: &[&str]) -> Option<P2pd> {
+        Self::start_on("/ip4/127.0.0.1/tcp/0", extra).await
+    }
+
+    /// Starts p2pd listening on `host_addrs` (comma-separated multiaddrs).
+    pub async fn start_on(host_addrs: &str, extra: &[&str]) -> Option<P2pd> {
         let bin = peer_path("interop/.peers/p2pd")?;
         let dir = TempDir::new("p2pd");
         let sock = dir.0.join("p2pd.sock");
@@ -103,7 +108,7 @@ impl P2pd {
             .arg("-listen")
             .arg(format!("/unix{}", sock.display()))
             .arg("-hostAddrs")
-            .arg("/ip4/127.0.0.1/tcp/0")
+            .arg(host_addrs)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
