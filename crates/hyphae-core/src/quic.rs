@@ -38,6 +38,17 @@ pub struct Config {
     pub max_streams: u32,
     /// Connections at once. Default 1024.
     pub max_connections: usize,
+    /// Datagrams per transmit (UDP GSO segments the driver can send in one call; 1 without GSO).
+    pub max_datagrams: usize,
+}
+
+/// Datagrams for one destination: `data` holds one datagram, or several of `segment_size` bytes each
+/// (the last may be shorter) when the driver sends with GSO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+    pub segment_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,7 +101,7 @@ pub struct Endpoint {
     server: Arc<quinn_proto::ServerConfig>,
     client: quinn_proto::ClientConfig,
     conns: BTreeMap<ConnectionHandle, QConn>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
 
@@ -112,6 +123,10 @@ impl Endpoint {
         let mut transport = quinn_proto::TransportConfig::default();
         transport.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams));
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+        // Flow-control windows as rust-libp2p sets them (quinn's defaults assume 100 Mbit/s × 100 ms).
+        transport.stream_receive_window(VarInt::from_u32(10_000_000));
+        transport.receive_window(VarInt::from_u32(15_000_000));
+        transport.send_window(15_000_000);
         // go-libp2p and rust-libp2p keep QUIC connections alive with pings; an idle timeout bounds dead ones.
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
         transport.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
@@ -167,7 +182,7 @@ impl Endpoint {
             Some(DatagramEvent::NewConnection(incoming)) => {
                 if self.conns.len() >= self.config.max_connections {
                     let tr = self.ep.refuse(incoming, &mut buf);
-                    self.transmits.push_back((tr.destination, buf[..tr.size].to_vec()));
+                    self.transmits.push_back(Transmit { to: tr.destination, data: buf[..tr.size].to_vec(), segment_size: None });
                     return;
                 }
                 let mut buf = Vec::new();
@@ -178,12 +193,12 @@ impl Endpoint {
                     }
                     Err(e) => {
                         if let Some(tr) = e.response {
-                            self.transmits.push_back((tr.destination, buf[..tr.size].to_vec()));
+                            self.transmits.push_back(Transmit { to: tr.destination, data: buf[..tr.size].to_vec(), segment_size: None });
                         }
                     }
                 }
             }
-            Some(DatagramEvent::Response(tr)) => self.transmits.push_back((tr.destination, buf[..tr.size].to_vec())),
+            Some(DatagramEvent::Response(tr)) => self.transmits.push_back(Transmit { to: tr.destination, data: buf[..tr.size].to_vec(), segment_size: None }),
             None => {}
         }
     }
@@ -206,9 +221,9 @@ impl Endpoint {
         self.conns.values_mut().filter_map(|c| c.conn.poll_timeout()).min().map(|t| Instant::from_nanos(u64::try_from(t.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)))
     }
 
-    /// A datagram to send: (destination, bytes).
+    /// Datagrams to send.
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
@@ -238,10 +253,11 @@ impl Endpoint {
                 }
             }
             let c = self.conns.get_mut(&h).expect("invariant: checked above");
-            let mut buf = Vec::with_capacity(MAX_DATAGRAM);
-            while let Some(tr) = c.conn.poll_transmit(t, 1, &mut buf) {
+            let max = self.config.max_datagrams.max(1);
+            let mut buf = Vec::with_capacity(MAX_DATAGRAM * max);
+            while let Some(tr) = c.conn.poll_transmit(t, max, &mut buf) {
                 progressed = true;
-                self.transmits.push_back((tr.destination, buf[..tr.size].to_vec()));
+                self.transmits.push_back(Transmit { to: tr.destination, data: buf[..tr.size].to_vec(), segment_size: tr.segment_size });
                 buf.clear();
             }
             if c.conn.is_drained() {
@@ -522,7 +538,7 @@ mod tests {
         let k = Keypair::generate_ed25519(&mut rng);
         let cert = Arc::new(tls::Certificate::generate(&k, 1_800_000_000, &mut rng));
         let id = k.peer_id();
-        let cfg = Config { keypair: k, cert, protocols: protocols.iter().map(|s| s.to_string()).collect(), unix_time: 1_800_000_000, seed: [seed; 32], base, max_streams: 256, max_connections: 16 };
+        let cfg = Config { keypair: k, cert, protocols: protocols.iter().map(|s| s.to_string()).collect(), unix_time: 1_800_000_000, seed: [seed; 32], base, max_streams: 256, max_connections: 16, max_datagrams: 4 };
         (Endpoint::new(cfg).unwrap(), id)
     }
 
@@ -539,13 +555,17 @@ mod tests {
         let pump = |a: &mut Endpoint, b: &mut Endpoint, now: &mut Instant, ev_a: &mut Vec<Event>, ev_b: &mut Vec<Event>| {
             for _ in 0..50 {
                 *now = *now + std::time::Duration::from_millis(1);
-                while let Some((to, d)) = a.poll_transmit() {
-                    assert_eq!(to, b_addr);
-                    b.handle_datagram(*now, a_addr, &d);
+                while let Some(t) = a.poll_transmit() {
+                    assert_eq!(t.to, b_addr);
+                    for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                        b.handle_datagram(*now, a_addr, d);
+                    }
                 }
-                while let Some((to, d)) = b.poll_transmit() {
-                    assert_eq!(to, a_addr);
-                    a.handle_datagram(*now, b_addr, &d);
+                while let Some(t) = b.poll_transmit() {
+                    assert_eq!(t.to, a_addr);
+                    for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                        a.handle_datagram(*now, b_addr, d);
+                    }
                 }
                 a.handle_timeout(*now);
                 b.handle_timeout(*now);
@@ -582,11 +602,15 @@ mod tests {
         let mut now = Instant(0);
         for _ in 0..50 {
             now = now + std::time::Duration::from_millis(1);
-            while let Some((_, d)) = a.poll_transmit() {
-                b.handle_datagram(now, a_addr, &d);
+            while let Some(t) = a.poll_transmit() {
+                for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                    b.handle_datagram(now, a_addr, d);
+                }
             }
-            while let Some((_, d)) = b.poll_transmit() {
-                a.handle_datagram(now, b_addr, &d);
+            while let Some(t) = b.poll_transmit() {
+                for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                    a.handle_datagram(now, b_addr, d);
+                }
             }
             evs.extend(std::iter::from_fn(|| a.poll_event()));
         }

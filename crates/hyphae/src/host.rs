@@ -239,6 +239,7 @@ impl Inner {
             base: self.epoch,
             max_streams: 256,
             max_connections: self.config.max_connections,
+            max_datagrams: 1,
         }
     }
 

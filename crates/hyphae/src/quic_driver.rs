@@ -31,6 +31,8 @@ pub(crate) struct QuicShared {
     state: Mutex<QuicState>,
     notify: Notify,
     pub socket: Arc<UdpSocket>,
+    /// quinn-udp's socket state: GSO on send, GRO on receive, where the kernel has them.
+    udp: quinn_udp::UdpSocketState,
     pub local: SocketAddr,
     epoch: std::time::Instant,
     inner: Weak<Inner>,
@@ -52,14 +54,18 @@ impl QuicShared {
     }
 
     /// Binds `sa` and starts the endpoint's tasks.
-    pub(crate) async fn start(inner: &Arc<Inner>, sa: SocketAddr, cfg: quic::Config) -> io::Result<Arc<QuicShared>> {
+    pub(crate) async fn start(inner: &Arc<Inner>, sa: SocketAddr, mut cfg: quic::Config) -> io::Result<Arc<QuicShared>> {
         let socket = Arc::new(UdpSocket::bind(sa).await?);
         let local = socket.local_addr()?;
+        let udp = quinn_udp::UdpSocketState::new((&*socket).into())?;
+        cfg.max_datagrams = udp.max_gso_segments().clamp(1, 32);
+        tracing::debug!(gso = udp.max_gso_segments(), gro = udp.gro_segments(), "quic socket offloads");
         let ep = quic::Endpoint::new(cfg).map_err(|e| io::Error::other(e.to_string()))?;
         let shared = Arc::new(QuicShared {
             state: Mutex::new(QuicState { ep, read_wakers: BTreeMap::new(), write_wakers: BTreeMap::new(), pending_open: BTreeMap::new(), dialing: BTreeMap::new(), conns: BTreeMap::new() }),
             notify: Notify::new(),
             socket,
+            udp,
             local,
             epoch: inner.epoch,
             inner: Arc::downgrade(inner),
@@ -242,21 +248,30 @@ impl QuicShared {
 }
 
 async fn recv_loop(shared: Arc<QuicShared>) {
-    let mut buf = vec![0u8; 64 * 1024];
+    // With GRO one receive returns several datagrams of `stride` bytes back to back.
+    let mut buf = vec![0u8; 64 * 1024 * shared.udp.gro_segments().clamp(1, 64)];
     loop {
-        let (n, from) = match shared.socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let mut meta = [quinn_udp::RecvMeta::default()];
+        let r = shared
+            .socket
+            .async_io(tokio::io::Interest::READABLE, || {
+                let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+                shared.udp.recv((&*shared.socket).into(), &mut bufs, &mut meta)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "udp receive failed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        }
         let Some(inner) = shared.inner.upgrade() else { return };
+        let m = &meta[0];
         let actions = {
             let now = shared.now();
             let mut st = shared.lock();
-            st.ep.handle_datagram(now, from, &buf[..n]);
+            for d in buf[..m.len].chunks(m.stride.max(1)) {
+                st.ep.handle_datagram(now, m.addr, d);
+            }
             shared.dispatch(&mut st, &inner)
         };
         shared.notify.notify_one();
@@ -287,9 +302,11 @@ async fn send_loop(shared: Arc<QuicShared>) {
         }
         drop(inner);
         let sent = !datagrams.is_empty();
-        for (to, data) in datagrams {
-            if let Err(e) = shared.socket.send_to(&data, to).await {
-                tracing::debug!(error = %e, %to, "udp send failed");
+        for t in datagrams {
+            let tr = quinn_udp::Transmit { destination: t.to, ecn: None, contents: &t.data, segment_size: t.segment_size, src_ip: None };
+            let r = shared.socket.async_io(tokio::io::Interest::WRITABLE, || shared.udp.try_send((&*shared.socket).into(), &tr)).await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, to = %t.to, "udp send failed");
             }
         }
         if sent {
