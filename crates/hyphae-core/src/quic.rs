@@ -296,11 +296,12 @@ impl Endpoint {
                 self.events.push_back(Event::Established { conn: cid, peer: pc.peer_id, public_key: pc.public_key, remote: c.remote, outbound: c.outbound });
             }
             quinn_proto::Event::ConnectionLost { reason } => {
+                tracing::debug!(conn = cid.0, %reason, "quic connection lost");
                 let c = self.conns.get_mut(&h).expect("invariant: event of a live connection");
                 for (id, e) in std::mem::take(&mut c.streams) {
                     let Some(id) = u32::try_from(id).ok().map(StreamId) else { continue };
                     if e.neg.is_some() && e.outbound {
-                        self.events.push_back(Event::OutboundFailed { conn: cid, id, reason: "connection lost".into() });
+                        self.events.push_back(Event::OutboundFailed { conn: cid, id, reason: format!("connection lost: {reason}") });
                     } else if e.neg.is_none() {
                         self.events.push_back(Event::Reset { conn: cid, id });
                     }

@@ -209,14 +209,27 @@ async fn interop_matrix() {
                         if let Some(why) = unsupported(peer, transport, muxer) {
                             row.result = why.to_string();
                         } else {
-                            match tokio::time::timeout(Duration::from_secs(45), run_row(peer, transport, security, muxer, direction)).await {
-                                Ok(Ok((c, r))) => {
-                                    row.result = "ok".into();
-                                    row.connect_ms = Some(c);
-                                    row.rtt_ms = Some(r);
+                            // One visible retry: a second failure fails the matrix; a pass after a failure is
+                            // reported with the first error so flakes stay on record.
+                            let mut first_error: Option<String> = None;
+                            for _attempt in 0..2 {
+                                let r = match tokio::time::timeout(Duration::from_secs(45), run_row(peer, transport, security, muxer, direction)).await {
+                                    Ok(r) => r,
+                                    Err(_) => Err("timed out".to_string()),
+                                };
+                                match r {
+                                    Ok((c, rt)) => {
+                                        row.result = match &first_error {
+                                            None => "ok".into(),
+                                            Some(e) => format!("ok (retried after: {})", e.chars().take(80).collect::<String>()),
+                                        };
+                                        row.connect_ms = Some(c);
+                                        row.rtt_ms = Some(rt);
+                                        break;
+                                    }
+                                    Err(e) if first_error.is_none() => first_error = Some(e),
+                                    Err(e) => row.result = format!("FAIL: {}", e.chars().take(120).collect::<String>()),
                                 }
-                                Ok(Err(e)) => row.result = format!("FAIL: {}", e.chars().take(120).collect::<String>()),
-                                Err(_) => row.result = "FAIL: timed out".into(),
                             }
                         }
                         rows.push(row);
@@ -230,7 +243,7 @@ async fn interop_matrix() {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
         t.push_str(&format!("| {} | {} | {} | {} | {} | {} | {} | {} |\n", r.peer, r.transport, r.security, r.muxer, r.direction, r.result, f(r.connect_ms), f(r.rtt_ms)));
     }
-    let ok = rows.iter().filter(|r| r.result == "ok").count();
+    let ok = rows.iter().filter(|r| r.result.starts_with("ok")).count();
     let failed: Vec<&Row> = rows.iter().filter(|r| r.result.starts_with("FAIL")).collect();
     t.push_str("\nQUIC rows: security and stream multiplexing are QUIC's own (TLS 1.3, native streams).\n");
     t.push_str("js-libp2p reports ping RTTs in whole milliseconds. \"handshake + 1 RTT\": from the dial until the first ping answer (including stream negotiation); for \"peer dials\" the peer measures it (go: through the daemon's control socket).\n");
