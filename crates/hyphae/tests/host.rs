@@ -156,3 +156,23 @@ async fn host_perf_protocol_moves_requested_bytes() {
     let r = client.perf(&peer, 0, 0, |_, _, _| {}).await.unwrap();
     assert_eq!((r.uploaded, r.downloaded), (0, 0));
 }
+
+#[tokio::test]
+async fn host_quic_echo_and_ping_through_the_same_api() {
+    let server = Host::new(HostConfig::ephemeral()).await.unwrap();
+    server.set_stream_handler(ECHO, |s: Stream| async move {
+        let (mut r, mut w) = tokio::io::split(s);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    });
+    let addr = server.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap().remove(0);
+    assert!(addr.to_string().contains("/quic-v1/p2p/"), "{addr}");
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    assert_eq!(peer, server.peer_id());
+    let c = &client.connections()[0];
+    assert_eq!((c.security.as_str(), c.muxer.as_str()), ("/tls/1.0.0", "quic-v1"));
+    echo_roundtrip(&client, &peer, 4 << 20, 3).await;
+    assert!(client.ping(&peer).await.unwrap() < Duration::from_secs(1));
+    assert_eq!(client.identify(&peer).await.unwrap().agent_version.as_deref(), Some("hyphae/0.1.0"));
+}
