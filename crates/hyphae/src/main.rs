@@ -7,8 +7,8 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage:
   hyphae node [--listen MULTIADDR]... [--key FILE] [--key-type ed25519|secp256k1|ecdsa|rsa]
-      Runs a node. Without --listen it listens on /ip4/0.0.0.0/tcp/4001 and /ip6/::/tcp/4001 (port 0
-      if taken); without --key it keeps its key in $XDG_DATA_HOME/hyphae/identity.key. Prints each
+      Runs a node. Without --listen it listens on /ip4/0.0.0.0/tcp/4001, /ip6/::/tcp/4001 and
+      /ip4/0.0.0.0/udp/4001/quic-v1 (port 0 if taken); without --key it keeps its key in $XDG_DATA_HOME/hyphae/identity.key. Prints each
       listen address with /p2p/<id> on stdout, then logs connections and pings. Ctrl-C stops it.
   hyphae ping MULTIADDR [--count N] [--key FILE] [--key-type T]
       Dials MULTIADDR (ending in /p2p/<id>), prints the remote's identify info and N ping RTTs.
@@ -222,7 +222,11 @@ async fn serve(host: Host, args: Args) -> Result<(), String> {
     let mut events = host.events();
     let mut addrs = Vec::new();
     if args.listen.is_empty() {
-        for (fixed, any) in [("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/0"), ("/ip6/::/tcp/4001", "/ip6/::/tcp/0")] {
+        for (fixed, any) in [
+            ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/tcp/0"),
+            ("/ip6/::/tcp/4001", "/ip6/::/tcp/0"),
+            ("/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/udp/0/quic-v1"),
+        ] {
             let r = match host.listen(fixed.parse().expect("invariant: literal multiaddr")).await {
                 Ok(a) => Ok(a),
                 Err(_) => host.listen(any.parse().expect("invariant: literal multiaddr")).await,
