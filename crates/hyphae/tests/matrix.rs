@@ -82,7 +82,6 @@ fn unsupported(peer: &str, transport: &str, muxer: &str) -> Option<&'static str>
     match (peer, transport, muxer) {
         ("js", "quic-v1", _) => Some("unsupported (js-libp2p has no QUIC on Node)"),
         ("go", _, "mplex") => Some("unsupported (p2pd refuses mplex)"),
-        ("rust", _, "mplex") => Some("unsupported (rust-libp2p 0.57 has no mplex)"),
         _ => None,
     }
 }
@@ -162,7 +161,7 @@ async fn run_row(peer: &str, transport: &str, security: &str, muxer: &str, direc
         }
         ("js" | "rust", "hyphae dials") => {
             let tr = if transport == "quic-v1" { "quic" } else { "tcp" };
-            let mut p = if peer == "js" { js_peer(&["listen", security, muxer]) } else { rust_peer(&["listen", security, tr]) }.ok_or("peer missing")?;
+            let mut p = if peer == "js" { js_peer(&["listen", security, muxer]) } else { rust_peer(&["listen", security, tr, muxer]) }.ok_or("peer missing")?;
             let first = wait_line(&mut p, "peerId", "peer listen").await;
             let (id, addr) = listen_line(&first).ok_or(format!("bad listen line {first}"))?;
             let h = host(security, muxer).await;
@@ -173,7 +172,7 @@ async fn run_row(peer: &str, transport: &str, security: &str, muxer: &str, direc
             let addr = h.listen(listen_addr(transport)).await.map_err(|e| e.to_string())?.remove(0);
             let a = addr.to_string();
             let mut ev = h.events();
-            let mut p = if peer == "js" { js_peer(&["dial", &a, "4", security, muxer]) } else { rust_peer(&["dial", &a, "4", security]) }.ok_or("peer missing")?;
+            let mut p = if peer == "js" { js_peer(&["dial", &a, "4", security, muxer]) } else { rust_peer(&["dial", &a, "4", security, muxer]) }.ok_or("peer missing")?;
             let l = wait_line(&mut p, "\"peerId\"", "peer dial result").await;
             if l.contains("\"error\"") {
                 return Err(l);

@@ -1,6 +1,6 @@
 //! A rust-libp2p peer for hyphae's interop tests.
-//!   rust-peer listen [noise|tls] [tcp|quic] -> prints {"peerId","addrs"}, then a JSON line per identify/ping event
-//!   rust-peer dial ADDR [COUNT] [noise|tls] -> dials, waits for COUNT pings and identify,
+//!   rust-peer listen [noise|tls] [tcp|quic] [yamux|mplex] -> prints {"peerId","addrs"}, then a JSON line per identify/ping event
+//!   rust-peer dial ADDR [COUNT] [noise|tls] [yamux|mplex] -> dials, waits for COUNT pings and identify,
 //!                                              prints {"peerId","connectMs","rtts","agent","protocols"}
 use futures::StreamExt;
 use libp2p::{identify, noise, ping, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp, yamux, Multiaddr};
@@ -25,22 +25,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(200))),
         identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version("rust-libp2p-interop/0.57".into())),
     };
-    let mut swarm = if security == "tls" {
-        libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), libp2p::tls::Config::new, yamux::Config::default)?
-            .with_quic()
-            .with_behaviour(behaviour)?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build()
-    } else {
-        libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-            .with_quic()
-            .with_behaviour(behaviour)?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build()
+    // listen [noise|tls] [tcp|quic] [yamux|mplex]; dial ADDR COUNT [noise|tls] [yamux|mplex]
+    let muxer = if mode == "dial" { args.get(4) } else { args.get(3) }.cloned().unwrap_or_else(|| "yamux".into());
+    macro_rules! build {
+        ($sec:expr, $mux:expr) => {
+            libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(tcp::Config::default().nodelay(true), $sec, $mux)?
+                .with_quic()
+                .with_behaviour(behaviour)?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build()
+        };
+    }
+    let mut swarm = match (security.as_str(), muxer.as_str()) {
+        ("tls", "mplex") => build!(libp2p::tls::Config::new, libp2p_mplex::Config::default),
+        ("tls", _) => build!(libp2p::tls::Config::new, yamux::Config::default),
+        (_, "mplex") => build!(noise::Config::new, libp2p_mplex::Config::default),
+        _ => build!(noise::Config::new, yamux::Config::default),
     };
     let me = *swarm.local_peer_id();
     let count: usize = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(3);
