@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let from = "10.0.0.1:1".parse().unwrap();
     for (i, d) in data.split(|b| *b == 0xff).enumerate() {
         ep.handle_datagram(Instant(i as u64 * 1_000_000), from, d);
+        ep.flush(Instant(i as u64 * 1_000_000));
         while ep.poll_transmit().is_some() {}
         while ep.poll_event().is_some() {}
         assert!(ep.num_connections() <= 4);

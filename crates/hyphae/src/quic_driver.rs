@@ -248,30 +248,36 @@ impl QuicShared {
 }
 
 async fn recv_loop(shared: Arc<QuicShared>) {
-    // With GRO one receive returns several datagrams of `stride` bytes back to back.
-    let mut buf = vec![0u8; 64 * 1024 * shared.udp.gro_segments().clamp(1, 64)];
+    // quinn-udp receives up to BATCH datagrams per syscall (recvmmsg); with GRO each one may hold several
+    // datagrams of `stride` bytes back to back.
+    const BATCH: usize = 32;
+    let slot = 64 * 1024;
+    let mut storage = vec![0u8; slot * BATCH];
     loop {
-        let mut meta = [quinn_udp::RecvMeta::default()];
-        let r = shared
-            .socket
-            .async_io(tokio::io::Interest::READABLE, || {
-                let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
-                shared.udp.recv((&*shared.socket).into(), &mut bufs, &mut meta)
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "udp receive failed");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        }
+        let mut meta = [quinn_udp::RecvMeta::default(); BATCH];
+        let r = {
+            let mut bufs: Vec<std::io::IoSliceMut<'_>> = storage.chunks_mut(slot).map(std::io::IoSliceMut::new).collect();
+            shared.socket.async_io(tokio::io::Interest::READABLE, || shared.udp.recv((&*shared.socket).into(), &mut bufs, &mut meta)).await
+        };
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "udp receive failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let Some(inner) = shared.inner.upgrade() else { return };
-        let m = &meta[0];
         let actions = {
             let now = shared.now();
             let mut st = shared.lock();
-            for d in buf[..m.len].chunks(m.stride.max(1)) {
-                st.ep.handle_datagram(now, m.addr, d);
+            for (i, m) in meta.iter().take(n).enumerate() {
+                let buf = &storage[i * slot..i * slot + m.len];
+                for d in buf.chunks(m.stride.max(1)) {
+                    st.ep.handle_datagram(now, m.addr, d);
+                }
             }
+            st.ep.flush(now);
             shared.dispatch(&mut st, &inner)
         };
         shared.notify.notify_one();
@@ -290,6 +296,7 @@ async fn send_loop(shared: Arc<QuicShared>) {
             if st.ep.poll_timeout().is_some_and(|t| t <= now) {
                 st.ep.handle_timeout(now);
             }
+            st.ep.flush(now);
             let mut d = Vec::new();
             while let Some(x) = st.ep.poll_transmit() {
                 d.push(x);
