@@ -10,11 +10,11 @@
 //! or the connection with a logged reason.
 
 use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::mplex::{self, Mplex};
 use crate::mss::Negotiator;
 use crate::noise::{self, Handshake};
-use crate::tls;
 use crate::time::{Duration, Instant};
-use crate::mplex::{self, Mplex};
+use crate::tls;
 use crate::yamux::{self, Yamux};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -38,7 +38,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { yamux: yamux::Limits::default(), mplex: mplex::Limits::default(), max_negotiating_streams: 128, max_handshake_buffer: 256 * 1024 }
+        Limits {
+            yamux: yamux::Limits::default(),
+            mplex: mplex::Limits::default(),
+            max_negotiating_streams: 128,
+            max_handshake_buffer: 256 * 1024,
+        }
     }
 }
 
@@ -67,7 +72,11 @@ pub struct Config {
 
 impl Config {
     pub fn new(keypair: Keypair) -> Self {
-        Config { keypair, protocols: Vec::new(), limits: Limits::default(), handshake_timeout: Duration::from_secs(15),
+        Config {
+            keypair,
+            protocols: Vec::new(),
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(15),
             early_muxer_negotiation: true,
             noise_static: None,
             security: vec![noise::PROTOCOL_ID.into(), tls::PROTOCOL_ID.into()],
@@ -80,17 +89,34 @@ impl Config {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Established { peer: PeerId, public_key: PublicKey, security: String, muxer: String, early_muxer: bool },
+    Established {
+        peer: PeerId,
+        public_key: PublicKey,
+        security: String,
+        muxer: String,
+        early_muxer: bool,
+    },
     /// A remote-opened stream whose protocol we negotiated.
-    InboundStream { id: StreamId, protocol: String },
+    InboundStream {
+        id: StreamId,
+        protocol: String,
+    },
     /// A stream we opened is ready for this protocol.
-    OutboundReady { id: StreamId, protocol: String },
-    OutboundFailed { id: StreamId, reason: String },
+    OutboundReady {
+        id: StreamId,
+        protocol: String,
+    },
+    OutboundFailed {
+        id: StreamId,
+        reason: String,
+    },
     Readable(StreamId),
     Writable(StreamId),
     /// The remote reset a negotiated stream.
     Reset(StreamId),
-    Closed { reason: String },
+    Closed {
+        reason: String,
+    },
 }
 
 enum Stage {
@@ -209,7 +235,6 @@ pub struct Connection {
     streams: BTreeMap<StreamId, StreamEntry>,
     stats: Stats,
 }
-
 
 impl Connection {
     /// A new connection. `expected`: the peer a dialer means to reach (from `/p2p/`); the handshake fails
@@ -355,9 +380,14 @@ impl Connection {
                             let muxers: Vec<String> = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };
                             let cert = match &self.config.tls_cert {
                                 Some(c) => c.clone(),
-                                None => std::sync::Arc::new(tls::Certificate::generate(&self.config.keypair, self.config.unix_time, &mut crate::rng::from_seed(self.seed))),
+                                None => std::sync::Arc::new(tls::Certificate::generate(
+                                    &self.config.keypair,
+                                    self.config.unix_time,
+                                    &mut crate::rng::from_seed(self.seed),
+                                )),
                             };
-                            match tls::Session::new(&cert, self.role == Role::Dialer, self.expected.clone(), &muxers, self.config.unix_time) {
+                            match tls::Session::new(&cert, self.role == Role::Dialer, self.expected.clone(), &muxers, self.config.unix_time)
+                            {
                                 Ok(mut sess) => {
                                     sess.poll_transmit(&mut self.out);
                                     self.stage = Stage::Tls(Box::new(sess));
@@ -394,7 +424,9 @@ impl Connection {
                     }
                     match r {
                         Ok(true) => {
-                            let Stage::Noise(hs) = std::mem::replace(&mut self.stage, Stage::Closed) else { unreachable!("invariant: stage is noise") };
+                            let Stage::Noise(hs) = std::mem::replace(&mut self.stage, Stage::Closed) else {
+                                unreachable!("invariant: stage is noise")
+                            };
                             match hs.into_transport() {
                                 Ok((t, remote)) => {
                                     self.secure = Some(Secure::Noise(t));
@@ -420,7 +452,9 @@ impl Connection {
                         Ok(r) => r,
                         Err(e) => return self.fail(e.to_string()),
                     };
-                    let Stage::Tls(sess) = std::mem::replace(&mut self.stage, Stage::Closed) else { unreachable!("invariant: stage is tls") };
+                    let Stage::Tls(sess) = std::mem::replace(&mut self.stage, Stage::Closed) else {
+                        unreachable!("invariant: stage is tls")
+                    };
                     self.secure = Some(Secure::Tls(sess));
                     self.secured(noise::Remote { peer_id: remote.peer_id, public_key: remote.public_key, muxer: remote.muxer });
                 }
@@ -783,13 +817,21 @@ mod tests {
         let mut p = Pair::with(early, security, muxer);
         p.pump();
         assert!(p.a.is_open() && p.b.is_open());
-        assert!(matches!(&p.ev_a[0], Event::Established { early_muxer, muxer: m, .. } if *early_muxer == early && m == muxer), "{:?}", p.ev_a[0]);
+        assert!(
+            matches!(&p.ev_a[0], Event::Established { early_muxer, muxer: m, .. } if *early_muxer == early && m == muxer),
+            "{:?}",
+            p.ev_a[0]
+        );
         let id = p.a.open_stream(vec!["/nope".into(), "/echo/1".into()]).unwrap();
         p.a.stream_write(id, b"early?").unwrap(); // refused until negotiated
         p.pump();
         assert!(p.ev_a.contains(&Event::OutboundReady { id, protocol: "/echo/1".into() }));
         // The listener's handle for the stream (equal to ours with yamux, not with mplex).
-        let their = p.ev_b.iter().find_map(|e| if let Event::InboundStream { id, protocol } = e { (protocol == "/echo/1").then_some(*id) } else { None }).expect("inbound stream");
+        let their = p
+            .ev_b
+            .iter()
+            .find_map(|e| if let Event::InboundStream { id, protocol } = e { (protocol == "/echo/1").then_some(*id) } else { None })
+            .expect("inbound stream");
         assert_eq!(p.a.stream_write(id, b"ping").unwrap(), 4);
         p.a.stream_close(id);
         p.pump();

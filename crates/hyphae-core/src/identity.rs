@@ -115,12 +115,12 @@ impl PublicKey {
                 let b: [u8; 32] = data.try_into().map_err(|_| DecodeError::Invalid("ed25519 key length"))?;
                 PublicKey::Ed25519(ed25519_dalek::VerifyingKey::from_bytes(&b).map_err(|_| DecodeError::Invalid("ed25519 key"))?)
             }
-            KeyType::Secp256k1 => PublicKey::Secp256k1(
-                k256::ecdsa::VerifyingKey::from_sec1_bytes(data).map_err(|_| DecodeError::Invalid("secp256k1 key"))?,
-            ),
-            KeyType::Ecdsa => PublicKey::Ecdsa(
-                p256::ecdsa::VerifyingKey::from_public_key_der(data).map_err(|_| DecodeError::Invalid("ecdsa key"))?,
-            ),
+            KeyType::Secp256k1 => {
+                PublicKey::Secp256k1(k256::ecdsa::VerifyingKey::from_sec1_bytes(data).map_err(|_| DecodeError::Invalid("secp256k1 key"))?)
+            }
+            KeyType::Ecdsa => {
+                PublicKey::Ecdsa(p256::ecdsa::VerifyingKey::from_public_key_der(data).map_err(|_| DecodeError::Invalid("ecdsa key"))?)
+            }
             KeyType::Rsa => {
                 use rsa::traits::PublicKeyParts;
                 let k = rsa::RsaPublicKey::from_public_key_der(data).map_err(|_| DecodeError::Invalid("rsa key"))?;
@@ -259,7 +259,9 @@ impl Keypair {
                 // SEC1 ECPrivateKey with the named-curve parameters, as Go's x509.MarshalECPrivateKey writes it.
                 let mut v = vec![0x30, 0x77, 0x02, 0x01, 0x01, 0x04, 0x20];
                 v.extend_from_slice(&k.to_bytes());
-                v.extend_from_slice(&[0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0xa1, 0x44, 0x03, 0x42, 0x00]);
+                v.extend_from_slice(&[
+                    0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0xa1, 0x44, 0x03, 0x42, 0x00,
+                ]);
                 v.extend_from_slice(k.verifying_key().to_encoded_point(false).as_bytes());
                 v
             }
@@ -292,7 +294,9 @@ impl Keypair {
                 }
                 Keypair::Ed25519(k)
             }
-            KeyType::Secp256k1 => Keypair::Secp256k1(k256::ecdsa::SigningKey::from_slice(data).map_err(|_| DecodeError::Invalid("secp256k1 private key"))?),
+            KeyType::Secp256k1 => {
+                Keypair::Secp256k1(k256::ecdsa::SigningKey::from_slice(data).map_err(|_| DecodeError::Invalid("secp256k1 private key"))?)
+            }
             KeyType::Ecdsa => {
                 let sk = p256::SecretKey::from_sec1_der(data).map_err(|_| DecodeError::Invalid("ecdsa private key"))?;
                 Keypair::Ecdsa(p256::ecdsa::SigningKey::from(sk))

@@ -8,22 +8,22 @@
 pub mod conn;
 pub mod identify;
 pub mod identity;
-pub mod mss;
 pub mod mplex;
+pub mod mss;
 pub mod multiaddr;
 pub mod node;
 pub mod noise;
 pub mod pb;
-pub mod quic;
 pub mod perf;
 pub mod ping;
+pub mod quic;
 pub mod rng;
 pub mod time;
 pub mod tls;
 pub mod varint;
 pub mod yamux;
 
-pub use identity::{Keypair, KeyType, PeerId, PublicKey};
+pub use identity::{KeyType, Keypair, PeerId, PublicKey};
 pub use multiaddr::{Multiaddr, Protocol};
 pub use time::{Duration, Instant};
 

@@ -5,8 +5,8 @@
 
 use crate::identity::PeerId;
 use crate::{varint, DecodeError};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// Largest binary multiaddr we decode (identify caps each address; this bounds any single one).
@@ -158,9 +158,13 @@ impl Protocol {
             Protocol::Ip4(a) => out.extend_from_slice(&a.octets()),
             Protocol::Ip6(a) => out.extend_from_slice(&a.octets()),
             Protocol::Tcp(p) | Protocol::Udp(p) => out.extend_from_slice(&p.to_be_bytes()),
-            Protocol::Ip6zone(s) | Protocol::Dns(s) | Protocol::Dns4(s) | Protocol::Dns6(s) | Protocol::Dnsaddr(s) | Protocol::Sni(s) | Protocol::Unix(s) => {
-                varint::encode_frame(s.as_bytes(), out)
-            }
+            Protocol::Ip6zone(s)
+            | Protocol::Dns(s)
+            | Protocol::Dns4(s)
+            | Protocol::Dns6(s)
+            | Protocol::Dnsaddr(s)
+            | Protocol::Sni(s)
+            | Protocol::Unix(s) => varint::encode_frame(s.as_bytes(), out),
             Protocol::P2p(id) => varint::encode_frame(id.as_bytes(), out),
             Protocol::Certhash(h) => varint::encode_frame(h, out),
             Protocol::Onion3(k, p) => {
@@ -254,7 +258,9 @@ impl fmt::Display for Protocol {
             Protocol::Ip6(a) => write!(f, "/{a}"),
             Protocol::Tcp(p) | Protocol::Udp(p) => write!(f, "/{p}"),
             Protocol::Memory(p) => write!(f, "/{p}"),
-            Protocol::Ip6zone(s) | Protocol::Dns(s) | Protocol::Dns4(s) | Protocol::Dns6(s) | Protocol::Dnsaddr(s) | Protocol::Sni(s) => write!(f, "/{s}"),
+            Protocol::Ip6zone(s) | Protocol::Dns(s) | Protocol::Dns4(s) | Protocol::Dns6(s) | Protocol::Dnsaddr(s) | Protocol::Sni(s) => {
+                write!(f, "/{s}")
+            }
             // go-multiaddr form: the path follows, with its own leading slash.
             Protocol::Unix(s) => {
                 if s.starts_with('/') {
@@ -348,7 +354,7 @@ impl Multiaddr {
     }
 
     /// The socket address of an `/ip4|ip6/../tcp|udp/..` prefix.
-    pub fn socket_addr(&self) -> Option<(std::net::SocketAddr, bool /* tcp */)> {
+    pub fn socket_addr(&self) -> Option<(core::net::SocketAddr, bool /* tcp */)> {
         let ip: IpAddr = match self.0.first()? {
             Protocol::Ip4(a) => (*a).into(),
             Protocol::Ip6(a) => (*a).into(),
@@ -362,7 +368,7 @@ impl Multiaddr {
     }
 
     /// `/ip4|ip6/<ip>/tcp/<port>` for a socket address.
-    pub fn from_tcp(sa: std::net::SocketAddr) -> Multiaddr {
+    pub fn from_tcp(sa: core::net::SocketAddr) -> Multiaddr {
         let ip = match sa.ip() {
             IpAddr::V4(a) => Protocol::Ip4(a),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {

@@ -56,19 +56,37 @@ impl Config {
 pub enum Input<'a> {
     /// A transport connection is up: one the node asked for with `Output::Dial` (role Dialer), or an
     /// accepted one under a fresh id chosen by the driver (role Listener).
-    Connected { conn: ConnId, role: Role, remote_addr: Multiaddr },
-    Data { conn: ConnId, data: &'a [u8] },
+    Connected {
+        conn: ConnId,
+        role: Role,
+        remote_addr: Multiaddr,
+    },
+    Data {
+        conn: ConnId,
+        data: &'a [u8],
+    },
     /// The transport connection ended, or a dial failed.
-    Disconnected { conn: ConnId, reason: &'a str },
+    Disconnected {
+        conn: ConnId,
+        reason: &'a str,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Transmit { conn: ConnId, data: Vec<u8> },
+    Transmit {
+        conn: ConnId,
+        data: Vec<u8>,
+    },
     /// Open a transport connection; answer with `Input::Connected` or `Input::Disconnected`.
-    Dial { conn: ConnId, addr: Multiaddr },
+    Dial {
+        conn: ConnId,
+        addr: Multiaddr,
+    },
     /// Close the transport connection after sending what was transmitted before.
-    Close { conn: ConnId },
+    Close {
+        conn: ConnId,
+    },
     Event(Event),
 }
 
@@ -147,8 +165,19 @@ impl Node {
         let mut rng = rng::from_seed(config.seed);
         let mut s = [0u8; 32];
         rng.fill_bytes(&mut s);
-        let noise_static = std::sync::Arc::new(crate::noise::StaticKey::generate(&config.keypair, s).expect("invariant: x25519 key generation cannot fail"));
-        Node { peer_id: config.keypair.peer_id(), noise_static, config, rng, conns: BTreeMap::new(), next_conn: 1 << 32, out: VecDeque::new(), stats: Stats::default() }
+        let noise_static = std::sync::Arc::new(
+            crate::noise::StaticKey::generate(&config.keypair, s).expect("invariant: x25519 key generation cannot fail"),
+        );
+        Node {
+            peer_id: config.keypair.peer_id(),
+            noise_static,
+            config,
+            rng,
+            conns: BTreeMap::new(),
+            next_conn: 1 << 32,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+        }
     }
 
     pub fn peer_id(&self) -> &PeerId {
@@ -161,7 +190,8 @@ impl Node {
         self.conns.len()
     }
     pub fn connected_peers(&self) -> Vec<PeerId> {
-        let mut v: Vec<PeerId> = self.conns.values().filter(|e| e.machine.as_ref().is_some_and(|m| m.is_open())).filter_map(|e| e.peer.clone()).collect();
+        let mut v: Vec<PeerId> =
+            self.conns.values().filter(|e| e.machine.as_ref().is_some_and(|m| m.is_open())).filter_map(|e| e.peer.clone()).collect();
         v.sort();
         v.dedup();
         v
@@ -188,7 +218,15 @@ impl Node {
         self.next_conn += 1;
         self.conns.insert(
             id,
-            Entry { machine: None, role: Role::Dialer, expected: addr.peer_id(), addr: addr.clone(), peer: None, tasks: BTreeMap::new(), ping: PingState::default() },
+            Entry {
+                machine: None,
+                role: Role::Dialer,
+                expected: addr.peer_id(),
+                addr: addr.clone(),
+                peer: None,
+                tasks: BTreeMap::new(),
+                ping: PingState::default(),
+            },
         );
         self.out.push_back(Output::Dial { conn: id, addr });
         Ok(id)
@@ -196,7 +234,11 @@ impl Node {
 
     /// Pings `peer` now on one of its connections.
     pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<(), ApiError> {
-        let id = self.conns.iter().find(|(_, e)| e.peer.as_ref() == Some(peer) && e.machine.as_ref().is_some_and(|m| m.is_open())).map(|(id, _)| *id);
+        let id = self
+            .conns
+            .iter()
+            .find(|(_, e)| e.peer.as_ref() == Some(peer) && e.machine.as_ref().is_some_and(|m| m.is_open()))
+            .map(|(id, _)| *id);
         let id = id.ok_or_else(|| ApiError::NotConnected(peer.clone()))?;
         self.conns.get_mut(&id).expect("invariant: found above").ping.next_at = Some(now);
         self.handle_timeout(now);
@@ -494,7 +536,12 @@ impl Node {
                         Ok(info) => {
                             self.stats.identifies += 1;
                             if let Some(p) = e.peer.clone() {
-                                self.out.push_back(Output::Event(Event::Identified { peer: p, agent_version: info.agent_version, protocols: info.protocols, listen_addrs: info.listen_addrs }));
+                                self.out.push_back(Output::Event(Event::Identified {
+                                    peer: p,
+                                    agent_version: info.agent_version,
+                                    protocols: info.protocols,
+                                    listen_addrs: info.listen_addrs,
+                                }));
                             }
                         }
                         Err(err) => tracing::debug!(error = %err, "bad identify message"),
@@ -549,7 +596,13 @@ mod tests {
                 c.ping_interval = ping;
                 Node::new(c, Instant(0))
             };
-            Pair { n: [mk(&mut r, 1), mk(&mut r, 2)], now: Instant(0), inflight: vec![], events: [vec![], vec![]], latency: Duration::from_millis(10) }
+            Pair {
+                n: [mk(&mut r, 1), mk(&mut r, 2)],
+                now: Instant(0),
+                inflight: vec![],
+                events: [vec![], vec![]],
+                latency: Duration::from_millis(10),
+            }
         }
 
         fn drain(&mut self, i: usize) {
@@ -559,7 +612,8 @@ mod tests {
                     Output::Dial { conn, .. } => {
                         // Same ConnId on both sides keeps the test simple.
                         self.n[i].handle_input(self.now, Input::Connected { conn, role: Role::Dialer, remote_addr: Multiaddr::empty() });
-                        self.n[1 - i].handle_input(self.now, Input::Connected { conn, role: Role::Listener, remote_addr: Multiaddr::empty() });
+                        self.n[1 - i]
+                            .handle_input(self.now, Input::Connected { conn, role: Role::Listener, remote_addr: Multiaddr::empty() });
                         self.drain(1 - i);
                     }
                     Output::Close { .. } => {}
@@ -599,7 +653,8 @@ mod tests {
         p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
         p.run_until(Instant(0) + Duration::from_secs(35));
         assert!(p.n[0].is_connected(&b));
-        let rtts: Vec<Duration> = p.events[0].iter().filter_map(|e| if let Event::PingOk { rtt, .. } = e { Some(*rtt) } else { None }).collect();
+        let rtts: Vec<Duration> =
+            p.events[0].iter().filter_map(|e| if let Event::PingOk { rtt, .. } = e { Some(*rtt) } else { None }).collect();
         // Pings at 0 (after the handshake), 10, 20, 30 s; each RTT is exactly two one-way latencies.
         assert_eq!(rtts.len(), 4, "{:?}", p.events[0]);
         assert!(rtts.iter().all(|r| *r == Duration::from_millis(20)), "{rtts:?}");

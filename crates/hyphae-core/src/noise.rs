@@ -156,7 +156,8 @@ impl std::fmt::Debug for StaticKey {
 impl StaticKey {
     pub fn generate(identity: &Keypair, seed: [u8; 32]) -> Result<StaticKey, NoiseError> {
         let params: snow::params::NoiseParams = PARAMS.parse().expect("invariant: noise params string is valid");
-        let kp = snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(0) })).generate_keypair().map_err(snow_err)?;
+        let kp =
+            snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(0) })).generate_keypair().map_err(snow_err)?;
         let mut signed = STATIC_KEY_DOMAIN.to_vec();
         signed.extend_from_slice(&kp.public);
         Ok(StaticKey { private: kp.private, payload_identity: identity.public().encode_protobuf(), payload_sig: identity.sign(&signed) })
@@ -177,15 +178,28 @@ pub struct Handshake {
 
 impl Handshake {
     /// Starts a handshake. `muxers`: our stream muxers in order of preference (empty: no early negotiation).
-    pub fn new(identity: &Keypair, initiator: bool, expected: Option<PeerId>, muxers: Vec<String>, seed: [u8; 32]) -> Result<Self, NoiseError> {
+    pub fn new(
+        identity: &Keypair,
+        initiator: bool,
+        expected: Option<PeerId>,
+        muxers: Vec<String>,
+        seed: [u8; 32],
+    ) -> Result<Self, NoiseError> {
         let key = StaticKey::generate(identity, seed)?;
         Self::with_static_key(&key, initiator, expected, muxers, seed)
     }
 
     /// Starts a handshake with a node-wide static key (see [`StaticKey`]).
-    pub fn with_static_key(key: &StaticKey, initiator: bool, expected: Option<PeerId>, muxers: Vec<String>, seed: [u8; 32]) -> Result<Self, NoiseError> {
+    pub fn with_static_key(
+        key: &StaticKey,
+        initiator: bool,
+        expected: Option<PeerId>,
+        muxers: Vec<String>,
+        seed: [u8; 32],
+    ) -> Result<Self, NoiseError> {
         let params: snow::params::NoiseParams = PARAMS.parse().expect("invariant: noise params string is valid");
-        let builder = snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(1) })).local_private_key(&key.private);
+        let builder =
+            snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(1) })).local_private_key(&key.private);
         let state = if initiator { builder.build_initiator() } else { builder.build_responder() }.map_err(snow_err)?;
         let payload = Payload { identity_key: key.payload_identity.clone(), identity_sig: key.payload_sig.clone(), muxers: muxers.clone() };
         let mut hs = Handshake {
@@ -314,7 +328,10 @@ impl Transport {
         for chunk in plain.chunks(MAX_PLAINTEXT_LEN) {
             let start = out.len();
             out.resize(start + 2 + chunk.len() + TAG_LEN, 0);
-            let n = self.state.write_message(chunk, &mut out[start + 2..]).expect("invariant: chunk fits a noise frame and nonce is not exhausted");
+            let n = self
+                .state
+                .write_message(chunk, &mut out[start + 2..])
+                .expect("invariant: chunk fits a noise frame and nonce is not exhausted");
             out[start..start + 2].copy_from_slice(&(n as u16).to_be_bytes());
             out.truncate(start + 2 + n);
         }
@@ -354,7 +371,13 @@ impl Transport {
 mod tests {
     use super::*;
 
-    fn pair(ik: &Keypair, rk: &Keypair, expect: Option<PeerId>, im: &[&str], rm: &[&str]) -> Result<((Transport, Remote), (Transport, Remote)), NoiseError> {
+    fn pair(
+        ik: &Keypair,
+        rk: &Keypair,
+        expect: Option<PeerId>,
+        im: &[&str],
+        rm: &[&str],
+    ) -> Result<((Transport, Remote), (Transport, Remote)), NoiseError> {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let mut i = Handshake::new(ik, true, expect, s(im), [1; 32])?;
         let mut r = Handshake::new(rk, false, None, s(rm), [2; 32])?;
@@ -378,7 +401,8 @@ mod tests {
         let mut rng = crate::rng::from_seed([3; 32]);
         let a = Keypair::generate_ed25519(&mut rng);
         let b = Keypair::generate(crate::KeyType::Secp256k1, &mut rng);
-        let ((mut ta, ra), (mut tb, rb)) = pair(&a, &b, Some(b.peer_id()), &["/yamux/1.0.0", "/mplex/6.7.0"], &["/mplex/6.7.0", "/yamux/1.0.0"]).unwrap();
+        let ((mut ta, ra), (mut tb, rb)) =
+            pair(&a, &b, Some(b.peer_id()), &["/yamux/1.0.0", "/mplex/6.7.0"], &["/mplex/6.7.0", "/yamux/1.0.0"]).unwrap();
         assert_eq!(ra.peer_id, b.peer_id());
         assert_eq!(rb.peer_id, a.peer_id());
         assert_eq!(ra.muxer.as_deref(), Some("/yamux/1.0.0"));

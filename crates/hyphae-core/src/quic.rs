@@ -14,9 +14,9 @@ use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::mss::Negotiator;
 use crate::time::Instant;
 use crate::tls;
+use core::net::SocketAddr;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, VarInt};
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub const ALPN: &[u8] = b"libp2p";
@@ -189,7 +189,10 @@ impl Endpoint {
                 let mut buf = Vec::new();
                 match self.ep.accept(incoming, t, &mut buf, Some(self.server.clone())) {
                     Ok((h, conn)) => {
-                        self.conns.insert(h, QConn { conn, expected: None, remote: from, outbound: false, established: false, streams: BTreeMap::new() });
+                        self.conns.insert(
+                            h,
+                            QConn { conn, expected: None, remote: from, outbound: false, established: false, streams: BTreeMap::new() },
+                        );
                         self.drive(now, h);
                     }
                     Err(e) => {
@@ -199,7 +202,9 @@ impl Endpoint {
                     }
                 }
             }
-            Some(DatagramEvent::Response(tr)) => self.transmits.push_back(Transmit { to: tr.destination, data: buf[..tr.size].to_vec(), segment_size: None }),
+            Some(DatagramEvent::Response(tr)) => {
+                self.transmits.push_back(Transmit { to: tr.destination, data: buf[..tr.size].to_vec(), segment_size: None })
+            }
             None => {}
         }
     }
@@ -227,7 +232,11 @@ impl Endpoint {
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let base = self.config.base;
-        self.conns.values_mut().filter_map(|c| c.conn.poll_timeout()).min().map(|t| Instant::from_nanos(u64::try_from(t.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)))
+        self.conns
+            .values_mut()
+            .filter_map(|c| c.conn.poll_timeout())
+            .min()
+            .map(|t| Instant::from_nanos(u64::try_from(t.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)))
     }
 
     /// Datagrams to send.
@@ -284,7 +293,11 @@ impl Endpoint {
         match ev {
             quinn_proto::Event::Connected => {
                 let c = self.conns.get_mut(&h).expect("invariant: event of a live connection");
-                let certs = c.conn.crypto_session().peer_identity().and_then(|a| a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok());
+                let certs = c
+                    .conn
+                    .crypto_session()
+                    .peer_identity()
+                    .and_then(|a| a.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok());
                 let pc = certs.as_ref().and_then(|v| v.first()).map(|cert| tls::peer_of_verified(cert));
                 let pc = match pc {
                     Some(Ok(pc)) => pc,
@@ -302,7 +315,13 @@ impl Endpoint {
                     }
                 }
                 c.established = true;
-                self.events.push_back(Event::Established { conn: cid, peer: pc.peer_id, public_key: pc.public_key, remote: c.remote, outbound: c.outbound });
+                self.events.push_back(Event::Established {
+                    conn: cid,
+                    peer: pc.peer_id,
+                    public_key: pc.public_key,
+                    remote: c.remote,
+                    outbound: c.outbound,
+                });
             }
             quinn_proto::Event::ConnectionLost { reason } => {
                 tracing::debug!(conn = cid.0, %reason, "quic connection lost");
@@ -332,7 +351,10 @@ impl Endpoint {
                 if let Some(b) = neg.poll_transmit() {
                     let _ = c.conn.send_stream(id).write(&b);
                 }
-                c.streams.insert(u64::from(id), StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, remote_fin: false });
+                c.streams.insert(
+                    u64::from(id),
+                    StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, remote_fin: false },
+                );
                 self.negotiate(cid, h, id);
             },
             quinn_proto::StreamEvent::Opened { dir: Dir::Uni } => {
@@ -401,7 +423,11 @@ impl Endpoint {
                 let (_, rest) = entry.neg.take().expect("invariant: negotiating");
                 entry.prebuf = rest;
                 entry.remote_fin = eof;
-                let ev = if entry.outbound { Event::OutboundReady { conn: cid, id: s, protocol } } else { Event::InboundStream { conn: cid, id: s, protocol } };
+                let ev = if entry.outbound {
+                    Event::OutboundReady { conn: cid, id: s, protocol }
+                } else {
+                    Event::InboundStream { conn: cid, id: s, protocol }
+                };
                 self.events.push_back(ev);
                 if !entry.prebuf.is_empty() || eof {
                     self.events.push_back(Event::Readable { conn: cid, id: s });
@@ -439,7 +465,8 @@ impl Endpoint {
         if let Some(b) = neg.poll_transmit() {
             let _ = c.conn.send_stream(id).write(&b);
         }
-        c.streams.insert(u64::from(id), StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true, remote_fin: false });
+        c.streams
+            .insert(u64::from(id), StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true, remote_fin: false });
         self.drive(now, ConnectionHandle(conn.0));
         Ok(s)
     }
@@ -550,7 +577,17 @@ mod tests {
         let k = Keypair::generate_ed25519(&mut rng);
         let cert = Arc::new(tls::Certificate::generate(&k, 1_800_000_000, &mut rng));
         let id = k.peer_id();
-        let cfg = Config { keypair: k, cert, protocols: protocols.iter().map(|s| s.to_string()).collect(), unix_time: 1_800_000_000, seed: [seed; 32], base, max_streams: 256, max_connections: 16, max_datagrams: 4 };
+        let cfg = Config {
+            keypair: k,
+            cert,
+            protocols: protocols.iter().map(|s| s.to_string()).collect(),
+            unix_time: 1_800_000_000,
+            seed: [seed; 32],
+            base,
+            max_streams: 256,
+            max_connections: 16,
+            max_datagrams: 4,
+        };
         (Endpoint::new(cfg).unwrap(), id)
     }
 
@@ -591,7 +628,10 @@ mod tests {
         let s = a.open_stream(now, conn, vec!["/nope".into(), "/echo/1".into()]).unwrap();
         pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
         assert!(ev_a.contains(&Event::OutboundReady { conn, id: s, protocol: "/echo/1".into() }), "{ev_a:?}");
-        let (bconn, bs) = ev_b.iter().find_map(|e| if let Event::InboundStream { conn, id, .. } = e { Some((*conn, *id)) } else { None }).expect("inbound stream");
+        let (bconn, bs) = ev_b
+            .iter()
+            .find_map(|e| if let Event::InboundStream { conn, id, .. } = e { Some((*conn, *id)) } else { None })
+            .expect("inbound stream");
         assert_eq!(a.stream_write(now, conn, s, b"hello quic").unwrap(), 10);
         a.stream_close(now, conn, s);
         pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);

@@ -195,8 +195,12 @@ fn cert_key(spki: &[u8]) -> Result<CertKey, TlsError> {
 fn verify_with(key: &CertKey, sig_alg_oid: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     use p256::ecdsa::signature::Verifier;
     match key {
-        CertKey::P256(k) if sig_alg_oid == OID_ECDSA_SHA256 => p256::ecdsa::Signature::from_der(sig).is_ok_and(|s| k.verify(msg, &s).is_ok()),
-        CertKey::Ed25519(k) if sig_alg_oid == OID_ED25519 => ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| k.verify_strict(msg, &s).is_ok()),
+        CertKey::P256(k) if sig_alg_oid == OID_ECDSA_SHA256 => {
+            p256::ecdsa::Signature::from_der(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
+        }
+        CertKey::Ed25519(k) if sig_alg_oid == OID_ED25519 => {
+            ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| k.verify_strict(msg, &s).is_ok())
+        }
         _ => false,
     }
 }
@@ -350,7 +354,8 @@ impl Certificate {
         let spki = sk.verifying_key().to_public_key_der().expect("invariant: p256 key encodes as SPKI").as_bytes().to_vec();
         let mut msg = SIGNED_KEY_PREFIX.to_vec();
         msg.extend_from_slice(&spki);
-        let signed_key = der::seq(&[&der::tlv(der::OCTET, &identity.public().encode_protobuf()), &der::tlv(der::OCTET, &identity.sign(&msg))]);
+        let signed_key =
+            der::seq(&[&der::tlv(der::OCTET, &identity.public().encode_protobuf()), &der::tlv(der::OCTET, &identity.sign(&msg))]);
         let ext = der::seq(&[&der::tlv(der::OID, OID_LIBP2P_EXT), &der::tlv(der::OCTET, &signed_key)]);
         let mut serial = [0u8; 8];
         rng.fill_bytes(&mut serial);
@@ -404,7 +409,11 @@ fn check_chain(end: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], n
     verify_certificate(end, now.as_secs() as i64).map(|_| ()).map_err(|e| rustls::Error::General(e.to_string()))
 }
 
-fn check_tls13_sig(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+fn check_tls13_sig(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
     let bad = || rustls::Error::General("tls 1.3 handshake signature does not verify".into());
     // check_chain verified the certificate already; here only its key matters.
     let fields = parse_fields(cert).map_err(|_| bad())?;
@@ -422,13 +431,30 @@ fn check_tls13_sig(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySig
 }
 
 impl rustls::client::danger::ServerCertVerifier for Verifier {
-    fn verify_server_cert(&self, end: &CertificateDer<'_>, inter: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], now: UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        end: &CertificateDer<'_>,
+        inter: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         check_chain(end, inter, now).map(|()| rustls::client::danger::ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::General("tls 1.2 is not allowed".into()))
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         check_tls13_sig(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -440,13 +466,28 @@ impl rustls::server::danger::ClientCertVerifier for Verifier {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
         &[]
     }
-    fn verify_client_cert(&self, end: &CertificateDer<'_>, inter: &[CertificateDer<'_>], now: UnixTime) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end: &CertificateDer<'_>,
+        inter: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         check_chain(end, inter, now).map(|()| rustls::server::danger::ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::General("tls 1.2 is not allowed".into()))
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         check_tls13_sig(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -517,7 +558,13 @@ pub struct Remote {
 }
 
 impl Session {
-    pub fn new(cert: &Certificate, initiator: bool, expected: Option<PeerId>, muxers: &[String], now_unix: i64) -> Result<Session, TlsError> {
+    pub fn new(
+        cert: &Certificate,
+        initiator: bool,
+        expected: Option<PeerId>,
+        muxers: &[String],
+        now_unix: i64,
+    ) -> Result<Session, TlsError> {
         let mut alpn: Vec<Vec<u8>> = muxers.iter().map(|m| m.as_bytes().to_vec()).collect();
         // spec(tls): ""libp2p" is used as the application protocol for ALPN"
         alpn.push(b"libp2p".to_vec());

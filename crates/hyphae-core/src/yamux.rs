@@ -214,7 +214,13 @@ impl Yamux {
     }
 
     fn new_stream(&self, outbound: bool) -> Stream {
-        Stream { recv_window: self.limits.stream_window.max(INITIAL_WINDOW), send_window: INITIAL_WINDOW, outbound, acked: false, ..Default::default() }
+        Stream {
+            recv_window: self.limits.stream_window.max(INITIAL_WINDOW),
+            send_window: INITIAL_WINDOW,
+            outbound,
+            acked: false,
+            ..Default::default()
+        }
     }
 
     pub fn open_stream(&mut self) -> Result<StreamId, StreamError> {

@@ -1,6 +1,6 @@
 //! RSA test vectors of libp2p/specs peer-ids/peer-ids.md (a 4096-bit key), kept as fixture files.
 
-use hyphae_core::{Keypair, KeyType, PublicKey};
+use hyphae_core::{KeyType, Keypair, PublicKey};
 
 fn hex(name: &str) -> Vec<u8> {
     let s = std::fs::read_to_string(format!("{}/tests/fixtures/{name}.hex", env!("CARGO_MANIFEST_DIR"))).unwrap();

@@ -91,18 +91,39 @@ pub fn svg(r: &Report) -> String {
     let pw = w - ml - mr;
     let ph = h - mt - mb;
     let n = r.rtt_over_time.len().max(1);
-    let series: [(&str, &str, f64); 4] = [("p50", "#1f77b4", 0.5), ("p90", "#2ca02c", 0.9), ("p99", "#ff7f0e", 0.99), ("max", "#d62728", 1.0)];
+    let series: [(&str, &str, f64); 4] =
+        [("p50", "#1f77b4", 0.5), ("p90", "#2ca02c", 0.9), ("p99", "#ff7f0e", 0.99), ("max", "#d62728", 1.0)];
     let ymax = r.rtt_over_time.iter().map(|h| h.max_ns as f64 / 1e6).fold(0.0, f64::max).max(1e-3) * 1.1;
     let x = |i: usize| ml + pw * (i as f64 + 0.5) / n as f64;
     let y = |v: f64| mt + ph - ph * v / ymax;
     let mut s = String::new();
     let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Ping RTT over virtual time — {} nodes, seed {}</text>"#, w / 2.0, r.nodes, r.seed);
-    let _ = writeln!(s, r#"<line x1="{ml}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{ml}" y1="{mt}" x2="{ml}" y2="{}" stroke="black"/>"#, mt + ph, ml + pw, mt + ph, mt + ph);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Ping RTT over virtual time — {} nodes, seed {}</text>"#,
+        w / 2.0,
+        r.nodes,
+        r.seed
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{ml}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{ml}" y1="{mt}" x2="{ml}" y2="{}" stroke="black"/>"#,
+        mt + ph,
+        ml + pw,
+        mt + ph,
+        mt + ph
+    );
     for k in 0..=5 {
         let v = ymax * k as f64 / 5.0;
-        let _ = writeln!(s, r##"<line x1="{ml}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{v:.1}</text>"##, y(v), ml + pw, ml - 6.0, y(v) + 4.0);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{ml}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{v:.1}</text>"##,
+            y(v),
+            ml + pw,
+            ml - 6.0,
+            y(v) + 4.0
+        );
     }
     let secs = r.virtual_time.as_secs_f64();
     for k in 0..=6 {
@@ -127,15 +148,33 @@ pub fn svg(r: &Report) -> String {
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
         }
         let lx = ml + 10.0 + 70.0 * li as f64;
-        let _ = writeln!(s, r#"<rect x="{lx}" y="{}" width="12" height="4" fill="{color}"/><text x="{}" y="{}">{name}</text>"#, mt - 20.0, lx + 16.0, mt - 15.0);
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="{}" width="12" height="4" fill="{color}"/><text x="{}" y="{}">{name}</text>"#,
+            mt - 20.0,
+            lx + 16.0,
+            mt - 15.0
+        );
     }
     let lx = ml + 10.0 + 70.0 * series.len() as f64;
-    let _ = writeln!(s, r##"<rect x="{lx}" y="{}" width="12" height="10" fill="#f4cccc"/><text x="{}" y="{}">time with failed pings (count on top)</text>"##, mt - 23.0, lx + 16.0, mt - 15.0);
+    let _ = writeln!(
+        s,
+        r##"<rect x="{lx}" y="{}" width="12" height="10" fill="#f4cccc"/><text x="{}" y="{}">time with failed pings (count on top)</text>"##,
+        mt - 23.0,
+        lx + 16.0,
+        mt - 15.0
+    );
     // Buckets where pings failed (e.g. during a partition) are shaded, with the number of failures.
     for (i, f) in r.fails_over_time.iter().enumerate() {
         if *f > 0 {
             let x0 = ml + pw * i as f64 / n as f64;
-            let _ = writeln!(s, r##"<rect x="{x0:.1}" y="{mt}" width="{:.1}" height="{ph}" fill="#f4cccc" opacity="0.6"/><text x="{:.1}" y="{}" text-anchor="middle" font-size="9" fill="#a33">{f}</text>"##, pw / n as f64, x0 + pw / n as f64 / 2.0, mt + 10.0);
+            let _ = writeln!(
+                s,
+                r##"<rect x="{x0:.1}" y="{mt}" width="{:.1}" height="{ph}" fill="#f4cccc" opacity="0.6"/><text x="{:.1}" y="{}" text-anchor="middle" font-size="9" fill="#a33">{f}</text>"##,
+                pw / n as f64,
+                x0 + pw / n as f64 / 2.0,
+                mt + 10.0
+            );
         }
     }
     s.push_str("</svg>\n");

@@ -94,7 +94,8 @@ impl Scenario {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i)).ok_or(format!("{s:?}: duration needs a unit (ms, s, m, h)"))?;
+    let (num, unit) =
+        s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i)).ok_or(format!("{s:?}: duration needs a unit (ms, s, m, h)"))?;
     let v: f64 = num.parse().map_err(|_| format!("{s:?}: bad number"))?;
     if !(v.is_finite() && v >= 0.0) {
         return Err(format!("{s:?}: bad duration"));

@@ -418,7 +418,11 @@ impl Sim {
         if !l.up[side] {
             return;
         }
-        let ser = if l.class.bandwidth_bps == 0 { 0 } else { (data.len() as u128 * 8 * 1_000_000_000 / u128::from(l.class.bandwidth_bps)) as u64 };
+        let ser = if l.class.bandwidth_bps == 0 {
+            0
+        } else {
+            (data.len() as u128 * 8 * 1_000_000_000 / u128::from(l.class.bandwidth_bps)) as u64
+        };
         let start = l.free_at[side].max(now);
         l.free_at[side] = start + Duration::from_nanos(ser);
         let jitter = if l.class.jitter.is_zero() { 0 } else { jitter_draw % (l.class.jitter.as_nanos() as u64) };
@@ -455,7 +459,10 @@ impl Sim {
                 let side = if l.ends[0].0 == i { 0 } else { 1 };
                 let (peer, pconn, pgen) = l.ends[1 - side];
                 if l.up[1 - side] {
-                    self.push(self.now + l.class.latency, Ev::Disconnected { node: peer, gen: pgen, conn: pconn, reason: "connection reset" });
+                    self.push(
+                        self.now + l.class.latency,
+                        Ev::Disconnected { node: peer, gen: pgen, conn: pconn, reason: "connection reset" },
+                    );
                 }
             }
         }

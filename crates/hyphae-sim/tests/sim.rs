@@ -11,7 +11,12 @@ fn run(text: &str, default_seed: u64) -> (hyphae_sim::Scenario, hyphae_sim::Repo
     let s = seed(default_seed);
     let r = Sim::new(sc.clone(), s).run();
     let fails = check_asserts(&sc, &r);
-    assert!(fails.is_empty(), "seed {s} (HYPHAE_SEED={s} to replay):\n{}\n{}\nexpanded scenario:\n{sc:#?}", fails.join("\n"), hyphae_sim::report::table(&r));
+    assert!(
+        fails.is_empty(),
+        "seed {s} (HYPHAE_SEED={s} to replay):\n{}\n{}\nexpanded scenario:\n{sc:#?}",
+        fails.join("\n"),
+        hyphae_sim::report::table(&r)
+    );
     (sc, r)
 }
 
@@ -43,7 +48,8 @@ fn sim_100_nodes_connect_ping_identify() {
 
 #[test]
 fn sim_same_seed_same_trace() {
-    let sc = parse("nodes all 30 ping=5s\nlink latency=10ms jitter=3ms\nat 0s connect random 4\nat 7s crash 3\nat 9s restart 3\nrun 20s").unwrap();
+    let sc = parse("nodes all 30 ping=5s\nlink latency=10ms jitter=3ms\nat 0s connect random 4\nat 7s crash 3\nat 9s restart 3\nrun 20s")
+        .unwrap();
     let s = seed(7);
     let h1 = check_determinism(&sc, s).unwrap_or_else(|(i, a, b)| panic!("seed {s}: runs diverge at event {i}: {a:016x} vs {b:016x}"));
     let h2 = Sim::new(sc.clone(), s).run().trace_hash;

@@ -303,7 +303,12 @@ async fn read_loop(inner: Arc<Inner>, shared: Arc<ConnShared>, mut rd: tokio::ne
     }
 }
 
-async fn write_loop(inner: Arc<Inner>, shared: Arc<ConnShared>, mut wr: tokio::net::tcp::OwnedWriteHalf, reader: tokio::task::JoinHandle<()>) {
+async fn write_loop(
+    inner: Arc<Inner>,
+    shared: Arc<ConnShared>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    reader: tokio::task::JoinHandle<()>,
+) {
     loop {
         let (out, deadline, closed, actions) = {
             let mut st = shared.lock();

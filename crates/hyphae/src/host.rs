@@ -1,8 +1,8 @@
 //! The Host: Go's `host.Host` shape over hyphae's machines. Listen, connect, open a stream to a peer for a
 //! protocol, serve a protocol. Identify and ping are built in.
 
-use crate::driver::{self, Action, ConnShared, IdentifyState};
 pub use crate::driver::Stream;
+use crate::driver::{self, Action, ConnShared, IdentifyState};
 use hyphae_core::conn::{self, StreamId};
 use hyphae_core::identify::{self, Info};
 use hyphae_core::multiaddr::MultiaddrError;
@@ -35,7 +35,6 @@ pub enum Error {
     Limit(&'static str),
     Protocol(String),
 }
-
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -298,7 +297,13 @@ impl Inner {
             let st = shared.lock();
             (st.security.clone(), st.muxer.clone())
         };
-        let _ = self.events.send(HostEvent::Connected { peer: peer.clone(), addr: shared.remote_addr.clone(), direction: shared.direction, security, muxer });
+        let _ = self.events.send(HostEvent::Connected {
+            peer: peer.clone(),
+            addr: shared.remote_addr.clone(),
+            direction: shared.direction,
+            security,
+            muxer,
+        });
         // Identify every new peer, as go-libp2p and js-libp2p do.
         if let Some(me) = self.me.upgrade() {
             let host = Host { inner: me };
@@ -621,7 +626,11 @@ impl Host {
             match q.as_ref() {
                 Some(ep) => ep.clone(),
                 None => {
-                    let any: SocketAddr = if sa.is_ipv4() { "0.0.0.0:0".parse().expect("invariant: literal") } else { "[::]:0".parse().expect("invariant: literal") };
+                    let any: SocketAddr = if sa.is_ipv4() {
+                        "0.0.0.0:0".parse().expect("invariant: literal")
+                    } else {
+                        "[::]:0".parse().expect("invariant: literal")
+                    };
                     let ep = crate::quic_driver::QuicShared::start(&self.inner, any, self.inner.quic_config()).await?;
                     *q = Some(ep.clone());
                     ep
@@ -844,7 +853,13 @@ impl Host {
 
     /// Runs one perf exchange: uploads `upload` bytes, downloads `download`. `progress` is called about
     /// once a second with (elapsed, uploaded, downloaded) since the last call.
-    pub async fn perf(&self, peer: &PeerId, upload: u64, download: u64, mut progress: impl FnMut(Duration, u64, u64)) -> Result<PerfResult, Error> {
+    pub async fn perf(
+        &self,
+        peer: &PeerId,
+        upload: u64,
+        download: u64,
+        mut progress: impl FnMut(Duration, u64, u64),
+    ) -> Result<PerfResult, Error> {
         let t0 = std::time::Instant::now();
         let mut s = self.new_stream(peer, &[perf::PROTOCOL_ID]).await?;
         s.write_all(&download.to_be_bytes()).await?;
@@ -915,7 +930,13 @@ impl Host {
                 if st.closed.is_some() {
                     return None;
                 }
-                Some(ConnectionInfo { id: c.id, peer, local_addr: c.local_addr.clone(), remote_addr: c.remote_addr.clone(), direction: c.direction, streams: st.conn.as_ref().map(|c| c.num_streams()).unwrap_or(0),
+                Some(ConnectionInfo {
+                    id: c.id,
+                    peer,
+                    local_addr: c.local_addr.clone(),
+                    remote_addr: c.remote_addr.clone(),
+                    direction: c.direction,
+                    streams: st.conn.as_ref().map(|c| c.num_streams()).unwrap_or(0),
                     early_muxer: st.early_muxer,
                     security: st.security.clone(),
                     muxer: st.muxer.clone(),
@@ -956,7 +977,8 @@ impl Host {
 
 /// The machine's addresses of one family (loopback if none), for expanding unspecified listen addresses.
 fn interface_ips(v4: bool) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).filter(|ip| ip.is_ipv4() == v4).collect()).unwrap_or_default();
+    let mut ips: Vec<IpAddr> =
+        if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).filter(|ip| ip.is_ipv4() == v4).collect()).unwrap_or_default();
     if ips.is_empty() {
         ips.push(if v4 { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from(std::net::Ipv6Addr::LOCALHOST) });
     }

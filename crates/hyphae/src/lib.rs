@@ -26,9 +26,9 @@
 pub struct ReadmeDoctests;
 
 mod driver;
-mod quic_driver;
 mod host;
 pub mod keyfile;
+mod quic_driver;
 
 pub use host::{ConnectionInfo, Direction, Error, Host, HostConfig, HostEvent, PeerInfo, PerfResult, Stream};
 pub use hyphae_core::{self as core, identify::Info as IdentifyInfo, KeyType, Keypair, Multiaddr, PeerId, Protocol, PublicKey};

@@ -44,7 +44,21 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args { security: vec![], muxers: vec![], server: false, upload: 0, download: 0, seed: None, out: None, check: false, listen: vec![], key: None, key_type: KeyType::Ed25519, count: 5, positional: vec![] };
+    let mut a = Args {
+        security: vec![],
+        muxers: vec![],
+        server: false,
+        upload: 0,
+        download: 0,
+        seed: None,
+        out: None,
+        check: false,
+        listen: vec![],
+        key: None,
+        key_type: KeyType::Ed25519,
+        count: 5,
+        positional: vec![],
+    };
     let mut it = args.iter();
     while let Some(x) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -212,7 +226,12 @@ async fn perf(args: Args) -> Result<(), String> {
         .map_err(|e| format!("perf: {e}"))?;
     let _ = r;
     // Like rust-libp2p's perf, the final time includes connection establishment.
-    println!("{{\"type\":\"final\",\"timeSeconds\":{:.9},\"uploadBytes\":{},\"downloadBytes\":{}}}", t0.elapsed().as_secs_f64(), args.upload, args.download);
+    println!(
+        "{{\"type\":\"final\",\"timeSeconds\":{:.9},\"uploadBytes\":{},\"downloadBytes\":{}}}",
+        t0.elapsed().as_secs_f64(),
+        args.upload,
+        args.download
+    );
     host.close().await;
     Ok(())
 }
@@ -330,7 +349,13 @@ fn sim(args: Args) -> Result<(), String> {
         eprintln!();
     }
     print!("{}", hyphae_sim::report::table(&r));
-    println!("wall time {:.2}s, {:.1}x real time, {} events ({:.0} events/s)", wall.as_secs_f64(), r.virtual_time.as_secs_f64() / wall.as_secs_f64().max(1e-9), r.events, r.events as f64 / wall.as_secs_f64().max(1e-9));
+    println!(
+        "wall time {:.2}s, {:.1}x real time, {} events ({:.0} events/s)",
+        wall.as_secs_f64(),
+        r.virtual_time.as_secs_f64() / wall.as_secs_f64().max(1e-9),
+        r.events,
+        r.events as f64 / wall.as_secs_f64().max(1e-9)
+    );
     if let Some(dir) = &args.out {
         hyphae_sim::report::write_outputs(&r, dir).map_err(|e| format!("writing {}: {e}", dir.display()))?;
         println!("wrote {}/{{metrics.csv,metrics.json,rtt_over_time.csv,rtt_over_time.svg}}", dir.display());

@@ -62,7 +62,14 @@ impl QuicShared {
         tracing::debug!(gso = udp.max_gso_segments(), gro = udp.gro_segments(), "quic socket offloads");
         let ep = quic::Endpoint::new(cfg).map_err(|e| io::Error::other(e.to_string()))?;
         let shared = Arc::new(QuicShared {
-            state: Mutex::new(QuicState { ep, read_wakers: BTreeMap::new(), write_wakers: BTreeMap::new(), pending_open: BTreeMap::new(), dialing: BTreeMap::new(), conns: BTreeMap::new() }),
+            state: Mutex::new(QuicState {
+                ep,
+                read_wakers: BTreeMap::new(),
+                write_wakers: BTreeMap::new(),
+                pending_open: BTreeMap::new(),
+                dialing: BTreeMap::new(),
+                conns: BTreeMap::new(),
+            }),
             notify: Notify::new(),
             socket,
             udp,
@@ -90,7 +97,11 @@ impl QuicShared {
         self.lock().ep.set_protocols(protocols);
     }
 
-    pub(crate) fn open_stream(&self, cid: QuicConnId, protocols: Vec<String>) -> Result<(StreamId, oneshot::Receiver<Result<String, String>>), String> {
+    pub(crate) fn open_stream(
+        &self,
+        cid: QuicConnId,
+        protocols: Vec<String>,
+    ) -> Result<(StreamId, oneshot::Receiver<Result<String, String>>), String> {
         let now = self.now();
         let mut st = self.lock();
         let id = st.ep.open_stream(now, cid, protocols).map_err(|e| e.to_string())?;
@@ -180,7 +191,16 @@ impl QuicShared {
                         st.ep.close(self.now(), conn);
                         continue;
                     }
-                    let shared = Arc::new(ConnShared::new_quic(inner.next_conn_id(), direction, to_multiaddr(self.local), to_multiaddr(remote), self.epoch, peer.clone(), self.clone(), conn));
+                    let shared = Arc::new(ConnShared::new_quic(
+                        inner.next_conn_id(),
+                        direction,
+                        to_multiaddr(self.local),
+                        to_multiaddr(remote),
+                        self.epoch,
+                        peer.clone(),
+                        self.clone(),
+                        conn,
+                    ));
                     inner.conn_registered(&shared);
                     st.conns.insert(conn, shared.clone());
                     let waiter = st.dialing.remove(&conn);

@@ -44,7 +44,11 @@ async fn cli_node_ping_id_and_sigint() {
     assert!(err.contains("error: connecting to") && err.contains("expected"), "{err}");
 
     // Nothing listening: non-zero, clear message.
-    let out = Command::new(BIN).args(["ping", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf"]).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["ping", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf"])
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: connecting to"));
 

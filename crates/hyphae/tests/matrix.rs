@@ -104,7 +104,11 @@ async fn hyphae_dials(h: &Host, addr: &Multiaddr, want: &PeerId, security: &str,
 }
 
 /// Waits for the peer's inbound connection and checks its security and muxer.
-async fn check_inbound(ev: &mut tokio::sync::broadcast::Receiver<hyphae::HostEvent>, security: &str, muxer: &str) -> Result<PeerId, String> {
+async fn check_inbound(
+    ev: &mut tokio::sync::broadcast::Receiver<hyphae::HostEvent>,
+    security: &str,
+    muxer: &str,
+) -> Result<PeerId, String> {
     let (s, m) = proto_ids(security, muxer);
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -161,7 +165,8 @@ async fn run_row(peer: &str, transport: &str, security: &str, muxer: &str, direc
         }
         ("js" | "rust", "hyphae dials") => {
             let tr = if transport == "quic-v1" { "quic" } else { "tcp" };
-            let mut p = if peer == "js" { js_peer(&["listen", security, muxer]) } else { rust_peer(&["listen", security, tr, muxer]) }.ok_or("peer missing")?;
+            let mut p = if peer == "js" { js_peer(&["listen", security, muxer]) } else { rust_peer(&["listen", security, tr, muxer]) }
+                .ok_or("peer missing")?;
             let first = wait_line(&mut p, "peerId", "peer listen").await;
             let (id, addr) = listen_line(&first).ok_or(format!("bad listen line {first}"))?;
             let h = host(security, muxer).await;
@@ -172,12 +177,19 @@ async fn run_row(peer: &str, transport: &str, security: &str, muxer: &str, direc
             let addr = h.listen(listen_addr(transport)).await.map_err(|e| e.to_string())?.remove(0);
             let a = addr.to_string();
             let mut ev = h.events();
-            let mut p = if peer == "js" { js_peer(&["dial", &a, "4", security, muxer]) } else { rust_peer(&["dial", &a, "4", security, muxer]) }.ok_or("peer missing")?;
+            let mut p =
+                if peer == "js" { js_peer(&["dial", &a, "4", security, muxer]) } else { rust_peer(&["dial", &a, "4", security, muxer]) }
+                    .ok_or("peer missing")?;
             let l = wait_line(&mut p, "\"peerId\"", "peer dial result").await;
             if l.contains("\"error\"") {
                 return Err(l);
             }
-            let connect = l.split("\"connectMs\":").nth(1).and_then(|x| x.split([',', '}']).next()).and_then(|x| x.parse::<f64>().ok()).ok_or(format!("no connectMs in {l}"))?;
+            let connect = l
+                .split("\"connectMs\":")
+                .nth(1)
+                .and_then(|x| x.split([',', '}']).next())
+                .and_then(|x| x.parse::<f64>().ok())
+                .ok_or(format!("no connectMs in {l}"))?;
             let rtts = json_numbers(&l, "rtts");
             if rtts.len() != 4 {
                 return Err(format!("expected 4 rtts: {l}"));
@@ -204,7 +216,8 @@ async fn interop_matrix() {
             for (security, muxer) in combos(transport) {
                 {
                     for direction in DIRECTIONS {
-                        let mut row = Row { peer, transport, security, muxer, direction, result: String::new(), connect_ms: None, rtt_ms: None };
+                        let mut row =
+                            Row { peer, transport, security, muxer, direction, result: String::new(), connect_ms: None, rtt_ms: None };
                         if let Some(why) = unsupported(peer, transport, muxer) {
                             row.result = why.to_string();
                         } else {
@@ -212,7 +225,12 @@ async fn interop_matrix() {
                             // reported with the first error so flakes stay on record.
                             let mut first_error: Option<String> = None;
                             for _attempt in 0..2 {
-                                let r = match tokio::time::timeout(Duration::from_secs(45), run_row(peer, transport, security, muxer, direction)).await {
+                                let r = match tokio::time::timeout(
+                                    Duration::from_secs(45),
+                                    run_row(peer, transport, security, muxer, direction),
+                                )
+                                .await
+                                {
                                     Ok(r) => r,
                                     Err(_) => Err("timed out".to_string()),
                                 };
@@ -240,7 +258,17 @@ async fn interop_matrix() {
     let mut t = String::from("| peer | transport | security | muxer | direction | result | handshake + 1 RTT (ms) | ping RTT (ms) |\n|---|---|---|---|---|---|---|---|\n");
     for r in &rows {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
-        t.push_str(&format!("| {} | {} | {} | {} | {} | {} | {} | {} |\n", r.peer, r.transport, r.security, r.muxer, r.direction, r.result, f(r.connect_ms), f(r.rtt_ms)));
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.peer,
+            r.transport,
+            r.security,
+            r.muxer,
+            r.direction,
+            r.result,
+            f(r.connect_ms),
+            f(r.rtt_ms)
+        ));
     }
     let ok = rows.iter().filter(|r| r.result.starts_with("ok")).count();
     let failed: Vec<&Row> = rows.iter().filter(|r| r.result.starts_with("FAIL")).collect();

@@ -264,7 +264,8 @@ pub fn js_peer(args: &[&str]) -> Option<ScriptPeer> {
 
 pub fn rust_peer(args: &[&str]) -> Option<ScriptPeer> {
     let bin = peer_path("interop/rust-peer/target/debug/rust-peer")?;
-    let mut child = Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true).spawn().expect("spawn rust-peer");
+    let mut child =
+        Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true).spawn().expect("spawn rust-peer");
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     Some(ScriptPeer { child, lines })
 }
