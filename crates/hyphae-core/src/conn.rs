@@ -136,6 +136,18 @@ struct StreamEntry {
     outbound: bool,
 }
 
+/// Serves bytes that arrived right after a stream's protocol negotiation (they were read together with
+/// it) before anything from the muxer or QUIC stream. Shared by the TCP and QUIC machines.
+pub(crate) fn read_leftover(prebuf: &mut Vec<u8>, buf: &mut [u8]) -> Option<ReadResult> {
+    if prebuf.is_empty() {
+        return None;
+    }
+    let n = prebuf.len().min(buf.len());
+    buf[..n].copy_from_slice(&prebuf[..n]);
+    prebuf.drain(..n);
+    Some(ReadResult::Data(n))
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub bytes_in: u64,
@@ -695,11 +707,8 @@ impl Connection {
         if e.neg.is_some() {
             return ReadResult::Pending;
         }
-        if !e.prebuf.is_empty() {
-            let n = e.prebuf.len().min(buf.len());
-            buf[..n].copy_from_slice(&e.prebuf[..n]);
-            e.prebuf.drain(..n);
-            return ReadResult::Data(n);
+        if let Some(r) = crate::conn::read_leftover(&mut e.prebuf, buf) {
+            return r;
         }
         match &mut self.muxer {
             Some(y) => y.read(id, buf),

@@ -477,11 +477,8 @@ impl Endpoint {
         if e.neg.is_some() {
             return ReadResult::Pending;
         }
-        if !e.prebuf.is_empty() {
-            let n = e.prebuf.len().min(buf.len());
-            buf[..n].copy_from_slice(&e.prebuf[..n]);
-            e.prebuf.drain(..n);
-            return ReadResult::Data(n);
+        if let Some(r) = crate::conn::read_leftover(&mut e.prebuf, buf) {
+            return r;
         }
         if e.remote_fin {
             return ReadResult::Eof;

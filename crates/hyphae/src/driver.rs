@@ -337,20 +337,25 @@ async fn write_loop(
         if closed {
             break;
         }
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until((shared.epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shared.notify.notified() => {}
-            _ = sleep => {}
-        }
+        crate::driver::wait_for_wake_or_deadline(&shared.notify, shared.epoch, deadline).await;
     }
     let _ = wr.shutdown().await;
     reader.abort();
     inner.conn_finished(&shared);
+}
+
+/// Sleeps until `notify` fires or the machine's `deadline` (an `Instant` since `epoch`) passes.
+pub(crate) async fn wait_for_wake_or_deadline(notify: &Notify, epoch: std::time::Instant, deadline: Option<Instant>) {
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until((epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = notify.notified() => {}
+        _ = sleep => {}
+    }
 }
 
 /// A negotiated stream: tokio `AsyncRead` + `AsyncWrite`. `shutdown` half-closes (FIN); dropping the

@@ -339,15 +339,6 @@ async fn send_loop(shared: Arc<QuicShared>) {
         if sent {
             continue;
         }
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until((shared.epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shared.notify.notified() => {}
-            _ = sleep => {}
-        }
+        crate::driver::wait_for_wake_or_deadline(&shared.notify, shared.epoch, deadline).await;
     }
 }
