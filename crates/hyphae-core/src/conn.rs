@@ -570,12 +570,9 @@ impl Connection {
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.flush_muxer();
         self.drain_muxer_events();
-        if self.out.is_empty() {
-            None
-        } else {
-            self.stats.bytes_out += self.out.len() as u64;
-            Some(std::mem::take(&mut self.out))
-        }
+        let out = crate::take_output(&mut self.out)?;
+        self.stats.bytes_out += out.len() as u64;
+        Some(out)
     }
 
     #[must_use]

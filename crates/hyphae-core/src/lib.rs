@@ -27,6 +27,15 @@ pub use identity::{KeyType, Keypair, PeerId, PublicKey};
 pub use multiaddr::{Multiaddr, Protocol};
 pub use time::{Duration, Instant};
 
+/// Hands out a machine's pending output buffer, or `None` when there is nothing to send.
+pub(crate) fn take_output(out: &mut Vec<u8>) -> Option<Vec<u8>> {
+    if out.is_empty() {
+        None
+    } else {
+        Some(std::mem::take(out))
+    }
+}
+
 /// Errors produced by decoders of peer-supplied bytes. Never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

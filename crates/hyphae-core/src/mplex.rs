@@ -189,10 +189,7 @@ impl Mplex {
 
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        if self.out.is_empty() {
-            return None;
-        }
-        let out = std::mem::take(&mut self.out);
+        let out = crate::take_output(&mut self.out)?;
         for (h, s) in self.streams.iter_mut() {
             if s.write_blocked {
                 s.write_blocked = false;

@@ -84,11 +84,7 @@ impl Negotiator {
     /// Bytes to send. Drain after every `handle_input`.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        if self.out.is_empty() {
-            None
-        } else {
-            Some(std::mem::take(&mut self.out))
-        }
+        crate::take_output(&mut self.out)
     }
 
     /// Consumes messages from the front of `buf`. `Ok(Some(protocol))` once negotiated (further bytes in

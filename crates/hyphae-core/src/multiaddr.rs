@@ -367,6 +367,13 @@ impl Multiaddr {
         }
     }
 
+    /// `/ip4|ip6/<ip>/udp/<port>/quic-v1` for a socket address.
+    pub fn from_quic(sa: core::net::SocketAddr) -> Multiaddr {
+        let mut m = Multiaddr::from_tcp(sa);
+        m.0[1] = Protocol::Udp(sa.port());
+        m.with(Protocol::QuicV1)
+    }
+
     /// `/ip4|ip6/<ip>/tcp/<port>` for a socket address.
     pub fn from_tcp(sa: core::net::SocketAddr) -> Multiaddr {
         let ip = match sa.ip() {

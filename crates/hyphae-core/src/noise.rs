@@ -229,11 +229,7 @@ impl Handshake {
 
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        if self.out.is_empty() {
-            None
-        } else {
-            Some(std::mem::take(&mut self.out))
-        }
+        crate::take_output(&mut self.out)
     }
 
     pub fn is_done(&self) -> bool {

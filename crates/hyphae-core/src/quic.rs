@@ -506,6 +506,8 @@ impl Endpoint {
         if r == ReadResult::Eof {
             e.remote_fin = true;
         }
+        // Drive now rather than on the driver's next flush: the flow-control credit this read frees must reach
+        // the sender at once (measured: waiting for the flush costs ~20% of QUIC download throughput).
         self.drive(now, ConnectionHandle(conn.0));
         r
     }

@@ -346,6 +346,11 @@ impl std::fmt::Debug for Certificate {
 }
 
 impl Certificate {
+    /// The certificate chain and key as rustls takes them.
+    fn rustls_parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (vec![CertificateDer::from(self.cert_der.clone())], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone())))
+    }
+
     /// A self-signed libp2p certificate for `identity`, valid from an hour before `now_unix` for 100 years
     /// (as go-libp2p makes them).
     pub fn generate(identity: &Keypair, now_unix: i64, rng: &mut impl CryptoRngCore) -> Certificate {
@@ -506,8 +511,7 @@ fn rustls_err(e: rustls::Error) -> TlsError {
 /// Shared by TLS over TCP and QUIC.
 pub fn client_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = vec![CertificateDer::from(cert.cert_der.clone())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.clone()));
+    let (chain, key) = cert.rustls_parts();
     let mut cfg = rustls::ClientConfig::builder_with_details(provider, Arc::new(FixedTime(now_unix)))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err)?
@@ -524,8 +528,7 @@ pub fn client_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> R
 /// A rustls server config for libp2p: TLS 1.3 only, client certificates required and verified.
 pub fn server_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = vec![CertificateDer::from(cert.cert_der.clone())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.clone()));
+    let (chain, key) = cert.rustls_parts();
     let mut cfg = rustls::ServerConfig::builder_with_details(provider, Arc::new(FixedTime(now_unix)))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err)?

@@ -362,10 +362,7 @@ impl Yamux {
 
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        if self.out.is_empty() {
-            return None;
-        }
-        let out = std::mem::take(&mut self.out);
+        let out = crate::take_output(&mut self.out)?;
         for (id, s) in self.streams.iter_mut() {
             if s.write_blocked && s.send_window > 0 {
                 s.write_blocked = false;

@@ -517,10 +517,7 @@ impl Host {
             let weak = weak.clone();
             async move {
                 let Some(inner) = weak.upgrade() else { return };
-                let mut buf = Vec::new();
-                if (&mut s).take(Info::max_total_len() as u64).read_to_end(&mut buf).await.is_err() {
-                    return;
-                }
+                let Ok(buf) = read_identify(&mut s).await else { return };
                 match Info::decode_all(&buf) {
                     Ok(info) => {
                         let peer = s.remote_peer().clone();
@@ -614,7 +611,7 @@ impl Host {
         *q = Some(ep);
         drop(q);
         let ips: Vec<IpAddr> = if local.ip().is_unspecified() { interface_ips(local.is_ipv4()) } else { vec![local.ip()] };
-        let addrs: Vec<Multiaddr> = ips.into_iter().map(|ip| quic_multiaddr(SocketAddr::new(ip, local.port()))).collect();
+        let addrs: Vec<Multiaddr> = ips.into_iter().map(|ip| Multiaddr::from_quic(SocketAddr::new(ip, local.port()))).collect();
         lock(&self.inner.listen_addrs).extend(addrs.iter().cloned());
         tracing::info!(addrs = ?addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "listening");
         Ok(addrs.into_iter().map(|a| a.with_peer_id(&self.inner.peer_id)).collect())
@@ -755,10 +752,9 @@ impl Host {
 
     async fn identify_on(&self, shared: &Arc<ConnShared>, peer: &PeerId) -> Result<Info, Error> {
         let mut s = self.open_on(shared, peer, &[identify::PROTOCOL_ID]).await?;
-        let mut buf = Vec::new();
-        let mut limited = (&mut s).take(Info::max_total_len() as u64);
-        let read = limited.read_to_end(&mut buf);
-        tokio::time::timeout(self.inner.config.stream_timeout, read).await.map_err(|_| Error::Timeout("identify"))??;
+        let buf = tokio::time::timeout(self.inner.config.stream_timeout, read_identify(&mut s))
+            .await
+            .map_err(|_| Error::Timeout("identify"))??;
         let info = Info::decode_all(&buf).map_err(|e| Error::Protocol(format!("identify: {e}")))?;
         if let Some(k) = &info.public_key {
             if !peer.matches(k) {
@@ -996,12 +992,6 @@ fn quic_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
     }
 }
 
-fn quic_multiaddr(sa: SocketAddr) -> Multiaddr {
-    let mut m = Multiaddr::from_tcp(sa);
-    m.pop();
-    m.with(Protocol::Udp(sa.port())).with(Protocol::QuicV1)
-}
-
 /// A listening socket. IPv6 sockets are v6-only, so `/ip4/0.0.0.0/tcp/P` and `/ip6/::/tcp/P` can both be
 /// bound (Linux otherwise lets the IPv6 socket claim the IPv4 port too).
 fn bind_tcp(sa: SocketAddr) -> std::io::Result<TcpListener> {
@@ -1015,6 +1005,13 @@ fn bind_tcp(sa: SocketAddr) -> std::io::Result<TcpListener> {
     s.bind(&sa.into())?;
     s.listen(1024)?;
     TcpListener::from_std(s.into())
+}
+
+/// Reads what an identify responder (or pusher) wrote, up to the most an identify exchange may hold.
+async fn read_identify(s: &mut Stream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    s.take(Info::max_total_len() as u64).read_to_end(&mut buf).await?;
+    Ok(buf)
 }
 
 /// Wall-clock seconds: the driver's job (TLS certificates need it), never the core's.

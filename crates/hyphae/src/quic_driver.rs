@@ -6,7 +6,7 @@ use crate::driver::{Action, ConnShared};
 use crate::host::{Direction, Inner};
 use hyphae_core::conn::{ReadResult, StreamId};
 use hyphae_core::quic::{self, QuicConnId};
-use hyphae_core::{Instant, Multiaddr, PeerId, Protocol};
+use hyphae_core::{Instant, Multiaddr, PeerId};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -36,12 +36,6 @@ pub(crate) struct QuicShared {
     pub local: SocketAddr,
     epoch: std::time::Instant,
     inner: Weak<Inner>,
-}
-
-fn to_multiaddr(sa: SocketAddr) -> Multiaddr {
-    let mut m = Multiaddr::from_tcp(sa);
-    m.pop();
-    m.with(Protocol::Udp(sa.port())).with(Protocol::QuicV1)
 }
 
 impl QuicShared {
@@ -194,8 +188,8 @@ impl QuicShared {
                     let shared = Arc::new(ConnShared::new_quic(
                         inner.next_conn_id(),
                         direction,
-                        to_multiaddr(self.local),
-                        to_multiaddr(remote),
+                        Multiaddr::from_quic(self.local),
+                        Multiaddr::from_quic(remote),
                         self.epoch,
                         peer.clone(),
                         self.clone(),
