@@ -1,11 +1,14 @@
-//! The node-level machine: many [`Connection`]s plus the node's own protocols (identify, ping), all
-//! sans-IO. The simulator drives it directly; its inputs are transport-level facts (a connection is up,
-//! bytes arrived, it went away) and time; its outputs are bytes to send, dials to make, connections to
-//! close, and events.
+//! The node-level machine: the node's own protocols (identify, identify push, ping) over any number of
+//! connections, sans-IO. Both drivers run it: the tokio [`Host`](../../hyphae) keeps each connection
+//! machine in its connection task and hands it in by reference (`&mut dyn Streams`) when a connection
+//! event concerns the node; the simulator runs it inside a [`ByteNode`], which owns the connection
+//! machines itself and speaks plain bytes. This is the Endpoint/Connection split of quinn: per-connection
+//! machines keep the byte path, the node machine gets their events.
 //!
-//! Drain `poll_output` after every `handle_*` call and re-arm the timer from `poll_timeout`.
+//! Drain `poll_event` after every call and re-arm the timer from `poll_timeout`; when it fires, call
+//! `handle_timeout` for each connection in `due(now)`.
 
-use crate::conn::{self, Connection, ReadResult, Role, StreamId};
+use crate::conn::{self, Connection, ReadResult, Role, StreamError, StreamId};
 use crate::identify::{self, Info};
 use crate::identity::{Keypair, PeerId};
 use crate::multiaddr::Multiaddr;
@@ -17,21 +20,63 @@ use std::collections::{BTreeMap, VecDeque};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
+/// The protocols the node machine serves itself.
+pub const PROTOCOLS: [&str; 3] = [identify::PROTOCOL_ID, identify::PUSH_PROTOCOL_ID, ping::PROTOCOL_ID];
+
+/// The stream surface of one secured, muxed connection: all [`Node`] needs of it. Implemented by the
+/// TCP [`Connection`] and by one connection of a QUIC endpoint (`quic::ConnStreams`).
+pub trait Streams {
+    fn open_stream(&mut self, now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError>;
+    fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult;
+    fn stream_write(&mut self, now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError>;
+    /// Half-close: we send no more.
+    fn stream_close(&mut self, now: Instant, s: StreamId);
+    fn stream_reset(&mut self, now: Instant, s: StreamId);
+    /// We are done with the stream (the handle is dropped).
+    fn stream_release(&mut self, now: Instant, s: StreamId);
+}
+
+impl Streams for Connection {
+    fn open_stream(&mut self, _now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError> {
+        Connection::open_stream(self, protocols)
+    }
+    fn stream_read(&mut self, _now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
+        Connection::stream_read(self, s, buf)
+    }
+    fn stream_write(&mut self, _now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        Connection::stream_write(self, s, data)
+    }
+    fn stream_close(&mut self, _now: Instant, s: StreamId) {
+        Connection::stream_close(self, s)
+    }
+    fn stream_reset(&mut self, _now: Instant, s: StreamId) {
+        Connection::stream_reset(self, s)
+    }
+    fn stream_release(&mut self, _now: Instant, s: StreamId) {
+        Connection::stream_release(self, s)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub keypair: Keypair,
     /// Root of every random choice this node makes (connection seeds, ping payloads).
     pub seed: [u8; 32],
-    pub conn_limits: conn::Limits,
-    pub handshake_timeout: Duration,
     pub agent_version: String,
     pub listen_addrs: Vec<Multiaddr>,
+    /// Protocols served besides [`PROTOCOLS`] (the host's stream handlers), announced in identify.
+    pub protocols: Vec<String>,
     /// Ping every connection at this interval; `None`: only on command.
     pub ping_interval: Option<Duration>,
     /// A ping without an answer after this long fails. Default 10 s.
     pub ping_timeout: Duration,
     pub identify_on_connect: bool,
-    /// Connections at once, including dials in progress. Default 1024.
+    /// An identify exchange not finished after this long fails. Default 15 s.
+    pub identify_timeout: Duration,
+    /// Used by [`ByteNode`] for the connections it creates.
+    pub conn_limits: conn::Limits,
+    pub handshake_timeout: Duration,
+    /// [`ByteNode`]: connections at once, including dials in progress. Default 1024.
     pub max_connections: usize,
 }
 
@@ -40,16 +85,511 @@ impl Config {
         Config {
             keypair,
             seed,
-            conn_limits: conn::Limits::default(),
-            handshake_timeout: Duration::from_secs(15),
             agent_version: concat!("hyphae/", env!("CARGO_PKG_VERSION")).into(),
             listen_addrs: Vec::new(),
+            protocols: Vec::new(),
             ping_interval: None,
             ping_timeout: Duration::from_secs(10),
             identify_on_connect: true,
+            identify_timeout: Duration::from_secs(15),
+            conn_limits: conn::Limits::default(),
+            handshake_timeout: Duration::from_secs(15),
             max_connections: 1024,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Connected {
+        peer: PeerId,
+        conn: ConnId,
+        role: Role,
+    },
+    Disconnected {
+        peer: PeerId,
+        conn: ConnId,
+        reason: String,
+    },
+    DialFailed {
+        addr: Multiaddr,
+        reason: String,
+    },
+    PingOk {
+        peer: PeerId,
+        conn: ConnId,
+        rtt: Duration,
+    },
+    PingFailed {
+        peer: PeerId,
+        conn: ConnId,
+        reason: String,
+    },
+    /// The identify exchange on `conn` finished (or a push arrived: `push`).
+    Identified {
+        peer: PeerId,
+        conn: ConnId,
+        info: Box<Info>,
+        push: bool,
+    },
+    IdentifyFailed {
+        peer: PeerId,
+        conn: ConnId,
+        reason: String,
+    },
+    /// The peer opened a ping stream.
+    InboundPing {
+        peer: PeerId,
+        conn: ConnId,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("connection limit reached")]
+    ConnectionLimit,
+    #[error("not connected to {0}")]
+    NotConnected(PeerId),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub connections_established: u64,
+    pub dials_failed: u64,
+    pub pings_ok: u64,
+    pub pings_failed: u64,
+    pub identifies: u64,
+    pub identifies_failed: u64,
+}
+
+enum Task {
+    IdentifyOut(Vec<u8>),
+    IdentifyPushIn(Vec<u8>),
+    PingIn(ping::Echo),
+    PingOut,
+    /// An identify push we send once the stream is agreed.
+    PushOut,
+}
+
+#[derive(Default)]
+struct PingState {
+    stream: Option<StreamId>,
+    /// The ping stream being negotiated, if any.
+    opening: Option<StreamId>,
+    pinger: ping::Pinger,
+    /// When the next ping is due.
+    next_at: Option<Instant>,
+    /// When the ping in flight fails.
+    deadline: Option<Instant>,
+}
+
+struct Entry {
+    addr: Multiaddr,
+    peer: PeerId,
+    tasks: BTreeMap<StreamId, Task>,
+    ping: PingState,
+    /// The outbound identify stream and when it fails.
+    identify: Option<(StreamId, Instant)>,
+    /// Our protocols or addresses changed: push identify on this connection at the next chance.
+    push_pending: bool,
+}
+
+impl Entry {
+    fn next_deadline(&self) -> Option<Instant> {
+        let push = if self.push_pending { Some(Instant(0)) } else { None };
+        [self.ping.next_at, self.ping.deadline, self.identify.map(|(_, t)| t), push].into_iter().flatten().min()
+    }
+}
+
+/// The node-level machine. It never owns a connection: every call that may touch one takes it as
+/// `m: &mut dyn Streams`.
+pub struct Node {
+    config: Config,
+    peer_id: PeerId,
+    rng: rng::Rng,
+    conns: BTreeMap<ConnId, Entry>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Node {
+    pub fn new(config: Config, _now: Instant) -> Self {
+        Node {
+            peer_id: config.keypair.peer_id(),
+            rng: rng::from_seed(config.seed),
+            config,
+            conns: BTreeMap::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn peer_id(&self) -> &PeerId {
+        &self.peer_id
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// A fresh 32-byte seed from the node's RNG (for a new connection machine).
+    pub fn child_seed(&mut self) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        self.rng.fill_bytes(&mut s);
+        s
+    }
+
+    /// Every protocol this node serves: its own and the configured ones, sorted.
+    pub fn protocols(&self) -> Vec<String> {
+        all_protocols(&self.config)
+    }
+
+    /// The handler set changed: remember it and tell every connected peer (identify push, as go does).
+    pub fn set_protocols(&mut self, protocols: Vec<String>) {
+        if protocols != self.config.protocols {
+            self.config.protocols = protocols;
+            self.conns.values_mut().for_each(|e| e.push_pending = true);
+        }
+    }
+
+    pub fn set_listen_addrs(&mut self, addrs: Vec<Multiaddr>) {
+        if addrs != self.config.listen_addrs {
+            self.config.listen_addrs = addrs;
+            self.conns.values_mut().for_each(|e| e.push_pending = true);
+        }
+    }
+
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self.conns.values().map(|e| e.peer.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.conns.values().any(|e| &e.peer == peer)
+    }
+    /// The peer's connections, oldest first.
+    pub fn connections_to(&self, peer: &PeerId) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, e)| &e.peer == peer).map(|(id, _)| *id).collect()
+    }
+
+    /// Pings `peer` on one of its connections at the next `handle_timeout` (it is `due` now).
+    pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<ConnId, ApiError> {
+        let (id, e) = self.conns.iter_mut().find(|(_, e)| &e.peer == peer).ok_or_else(|| ApiError::NotConnected(peer.clone()))?;
+        e.ping.next_at = Some(now);
+        Ok(*id)
+    }
+
+    /// A dial failed before a connection existed (counted and reported like every other outcome).
+    pub fn on_dial_failed(&mut self, addr: Multiaddr, reason: String) {
+        self.stats.dials_failed += 1;
+        self.events.push_back(Event::DialFailed { addr, reason });
+    }
+
+    /// The connection `id` finished its upgrade: identify the peer and start pinging (as configured).
+    pub fn on_established(&mut self, now: Instant, id: ConnId, peer: PeerId, role: Role, addr: Multiaddr, m: &mut dyn Streams) {
+        let mut e =
+            Entry { addr, peer: peer.clone(), tasks: BTreeMap::new(), ping: PingState::default(), identify: None, push_pending: false };
+        self.stats.connections_established += 1;
+        if self.config.identify_on_connect {
+            if let Ok(s) = m.open_stream(now, vec![identify::PROTOCOL_ID.into()]) {
+                e.tasks.insert(s, Task::IdentifyOut(Vec::new()));
+                e.identify = Some((s, now + self.config.identify_timeout));
+            }
+        }
+        e.ping.next_at = self.config.ping_interval.map(|_| now);
+        self.conns.insert(id, e);
+        self.events.push_back(Event::Connected { peer, conn: id, role });
+    }
+
+    /// The connection ended (after `on_established`).
+    pub fn on_closed(&mut self, id: ConnId, reason: &str) {
+        if let Some(e) = self.conns.remove(&id) {
+            self.events.push_back(Event::Disconnected { peer: e.peer, conn: id, reason: reason.to_string() });
+        }
+    }
+
+    /// A stream event of connection `id`. Returns whether the node took it (a stream of its own, or an
+    /// inbound stream for one of [`PROTOCOLS`]); the driver handles the rest. `Established` and `Closed`
+    /// go to `on_established` / `on_closed` instead.
+    pub fn on_event(&mut self, now: Instant, id: ConnId, ev: &conn::Event, m: &mut dyn Streams) -> bool {
+        let Some(e) = self.conns.get_mut(&id) else { return false };
+        match ev {
+            conn::Event::Established { .. } | conn::Event::Closed { .. } => false,
+            conn::Event::InboundStream { id: s, protocol } => {
+                let s = *s;
+                match protocol.as_str() {
+                    identify::PROTOCOL_ID => {
+                        let info = local_info(&self.config, Some(e.addr.clone()));
+                        let _ = m.stream_write(now, s, &info.encode());
+                        m.stream_close(now, s);
+                        m.stream_release(now, s);
+                    }
+                    identify::PUSH_PROTOCOL_ID => {
+                        e.tasks.insert(s, Task::IdentifyPushIn(Vec::new()));
+                        self.read_stream(now, id, s, m);
+                    }
+                    ping::PROTOCOL_ID => {
+                        e.tasks.insert(s, Task::PingIn(ping::Echo::default()));
+                        self.events.push_back(Event::InboundPing { peer: e.peer.clone(), conn: id });
+                        self.read_stream(now, id, s, m);
+                    }
+                    _ => return false,
+                }
+                true
+            }
+            conn::Event::OutboundReady { id: s, .. } => {
+                let s = *s;
+                if !e.tasks.contains_key(&s) {
+                    return false;
+                }
+                if matches!(e.tasks.get(&s), Some(Task::PushOut)) {
+                    e.tasks.remove(&s);
+                    let _ = m.stream_write(now, s, &local_info(&self.config, None).encode());
+                    m.stream_close(now, s);
+                    m.stream_release(now, s);
+                    return true;
+                }
+                if matches!(e.tasks.get(&s), Some(Task::PingOut)) && e.ping.opening == Some(s) {
+                    e.ping.opening = None;
+                    e.ping.stream = Some(s);
+                    let mut payload = [0u8; ping::PING_SIZE];
+                    self.rng.fill_bytes(&mut payload);
+                    let b = e.ping.pinger.start(now, payload);
+                    let _ = m.stream_write(now, s, &b);
+                }
+                self.read_stream(now, id, s, m);
+                true
+            }
+            conn::Event::OutboundFailed { id: s, reason } => {
+                match e.tasks.remove(s) {
+                    None => return false,
+                    Some(Task::PingOut) if e.ping.opening == Some(*s) => {
+                        e.ping.opening = None;
+                        e.ping.deadline = None;
+                        e.ping.next_at = self.config.ping_interval.map(|i| now + i);
+                        self.stats.pings_failed += 1;
+                        self.events.push_back(Event::PingFailed { peer: e.peer.clone(), conn: id, reason: reason.clone() });
+                    }
+                    Some(Task::IdentifyOut(_)) => {
+                        e.identify = None;
+                        self.stats.identifies_failed += 1;
+                        self.events.push_back(Event::IdentifyFailed { peer: e.peer.clone(), conn: id, reason: reason.clone() });
+                    }
+                    Some(_) => {}
+                }
+                true
+            }
+            conn::Event::Readable(s) => {
+                if !e.tasks.contains_key(s) {
+                    return false;
+                }
+                self.read_stream(now, id, *s, m);
+                true
+            }
+            conn::Event::Writable(s) => e.tasks.contains_key(s),
+            conn::Event::Reset(s) => {
+                let Some(task) = e.tasks.remove(s) else { return false };
+                m.stream_release(now, *s);
+                if e.ping.stream == Some(*s) {
+                    e.ping.stream = None;
+                }
+                if let Task::IdentifyOut(_) = task {
+                    e.identify = None;
+                    self.stats.identifies_failed += 1;
+                    self.events.push_back(Event::IdentifyFailed { peer: e.peer.clone(), conn: id, reason: "stream reset".into() });
+                }
+                true
+            }
+        }
+    }
+
+    /// The earliest moment some connection needs `handle_timeout`.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns.values().filter_map(Entry::next_deadline).min()
+    }
+
+    /// The connections that need `handle_timeout` at `now`.
+    pub fn due(&self, now: Instant) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, e)| e.next_deadline().is_some_and(|t| t <= now)).map(|(id, _)| *id).collect()
+    }
+
+    /// Timers of connection `id`: pings due or overdue, identify timeouts, pending identify pushes.
+    pub fn handle_timeout(&mut self, now: Instant, id: ConnId, m: &mut dyn Streams) {
+        let Some(e) = self.conns.get_mut(&id) else { return };
+        if let Some((s, t)) = e.identify {
+            if t <= now {
+                e.identify = None;
+                e.tasks.remove(&s);
+                m.stream_reset(now, s);
+                self.stats.identifies_failed += 1;
+                self.events.push_back(Event::IdentifyFailed { peer: e.peer.clone(), conn: id, reason: "timeout".into() });
+            }
+        }
+        if e.push_pending {
+            e.push_pending = false;
+            if let Ok(s) = m.open_stream(now, vec![identify::PUSH_PROTOCOL_ID.into()]) {
+                e.tasks.insert(s, Task::PushOut);
+            }
+        }
+        if e.ping.deadline.is_some_and(|t| t <= now) {
+            e.ping.deadline = None;
+            // Drop the stream in use or still being opened: a late answer on it must not be taken for the
+            // answer to the next ping.
+            for s in [e.ping.stream.take(), e.ping.opening.take()].into_iter().flatten() {
+                e.tasks.remove(&s);
+                m.stream_reset(now, s);
+            }
+            e.ping.pinger = ping::Pinger::new();
+            self.stats.pings_failed += 1;
+            self.events.push_back(Event::PingFailed { peer: e.peer.clone(), conn: id, reason: "timeout".into() });
+            e.ping.next_at = self.config.ping_interval.map(|i| now + i);
+        }
+        if e.ping.next_at.is_some_and(|t| t <= now) && e.ping.deadline.is_none() {
+            e.ping.next_at = None;
+            e.ping.deadline = Some(now + self.config.ping_timeout);
+            match e.ping.stream {
+                Some(s) => {
+                    let mut payload = [0u8; ping::PING_SIZE];
+                    self.rng.fill_bytes(&mut payload);
+                    let b = e.ping.pinger.start(now, payload);
+                    let _ = m.stream_write(now, s, &b);
+                }
+                None if e.ping.opening.is_none() => {
+                    if let Ok(s) = m.open_stream(now, vec![ping::PROTOCOL_ID.into()]) {
+                        e.ping.opening = Some(s);
+                        e.tasks.insert(s, Task::PingOut);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn read_stream(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams) {
+        let Some(e) = self.conns.get_mut(&id) else { return };
+        let mut buf = [0u8; 2048];
+        let mut done = false;
+        let mut echo_out = Vec::new();
+        loop {
+            let n = match m.stream_read(now, s, &mut buf) {
+                ReadResult::Data(n) => n,
+                ReadResult::Pending => break,
+                ReadResult::Eof | ReadResult::Reset => {
+                    done = true;
+                    break;
+                }
+            };
+            match e.tasks.get_mut(&s) {
+                Some(Task::IdentifyOut(acc)) | Some(Task::IdentifyPushIn(acc)) => {
+                    if acc.len() + n > Info::max_total_len() {
+                        done = true;
+                        acc.clear();
+                        break;
+                    }
+                    acc.extend_from_slice(&buf[..n]);
+                }
+                Some(Task::PingIn(echo)) => echo.handle_input(&buf[..n], &mut echo_out),
+                Some(Task::PingOut) if e.ping.stream != Some(s) => {
+                    // A stale ping stream (its ping timed out): its answers are not ours to count.
+                    done = true;
+                    break;
+                }
+                Some(Task::PingOut) => match e.ping.pinger.handle_input(now, &buf[..n]) {
+                    Ok(Some(rtt)) => {
+                        e.ping.deadline = None;
+                        e.ping.next_at = self.config.ping_interval.map(|i| now + i);
+                        self.stats.pings_ok += 1;
+                        self.events.push_back(Event::PingOk { peer: e.peer.clone(), conn: id, rtt });
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::debug!(error = %err, "bad ping answer");
+                        done = true;
+                        break;
+                    }
+                },
+                Some(Task::PushOut) | None => {}
+            }
+            if !echo_out.is_empty() {
+                let _ = m.stream_write(now, s, &echo_out);
+                echo_out.clear();
+            }
+        }
+        if !done {
+            return;
+        }
+        match e.tasks.remove(&s) {
+            Some(task @ (Task::IdentifyOut(_) | Task::IdentifyPushIn(_))) => {
+                m.stream_release(now, s);
+                let (acc, push) = match task {
+                    Task::IdentifyOut(acc) => {
+                        e.identify = None;
+                        (acc, false)
+                    }
+                    Task::IdentifyPushIn(acc) => (acc, true),
+                    _ => unreachable!("invariant: matched above"),
+                };
+                let peer = e.peer.clone();
+                let outcome = Info::decode_all(&acc).map_err(|err| err.to_string()).and_then(|info| match &info.public_key {
+                    Some(k) if !peer.matches(k) => Err("public key does not match the peer id".to_string()),
+                    _ => Ok(info),
+                });
+                match outcome {
+                    Ok(info) => {
+                        self.stats.identifies += 1;
+                        self.events.push_back(Event::Identified { peer, conn: id, info: Box::new(info), push });
+                    }
+                    Err(reason) => {
+                        tracing::debug!(%peer, %reason, "bad identify message");
+                        if !push {
+                            self.stats.identifies_failed += 1;
+                            self.events.push_back(Event::IdentifyFailed { peer, conn: id, reason });
+                        }
+                    }
+                }
+            }
+            Some(Task::PingOut) => {
+                m.stream_reset(now, s);
+                if e.ping.stream == Some(s) {
+                    e.ping.stream = None;
+                }
+            }
+            Some(Task::PingIn(_)) => {
+                m.stream_close(now, s);
+                m.stream_release(now, s);
+            }
+            Some(Task::PushOut) | None => m.stream_release(now, s),
+        }
+    }
+}
+
+/// What we tell peers in identify.
+fn local_info(config: &Config, observed: Option<Multiaddr>) -> Info {
+    Info {
+        protocol_version: Some("ipfs/0.1.0".into()),
+        agent_version: Some(config.agent_version.clone()),
+        public_key: Some(config.keypair.public()),
+        listen_addrs: config.listen_addrs.clone(),
+        observed_addr: observed,
+        protocols: all_protocols(config),
+        signed_peer_record: None,
+    }
+}
+
+fn all_protocols(config: &Config) -> Vec<String> {
+    let mut v: Vec<String> = PROTOCOLS.iter().map(|s| s.to_string()).chain(config.protocols.iter().cloned()).collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 #[derive(Debug)]
@@ -90,166 +630,101 @@ pub enum Output {
     Event(Event),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Connected { peer: PeerId, conn: ConnId, role: Role },
-    Disconnected { peer: PeerId, conn: ConnId, reason: String },
-    DialFailed { addr: Multiaddr, reason: String },
-    PingOk { peer: PeerId, rtt: Duration },
-    PingFailed { peer: PeerId, reason: String },
-    Identified { peer: PeerId, agent_version: Option<String>, protocols: Vec<String>, listen_addrs: Vec<Multiaddr> },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ApiError {
-    #[error("connection limit reached")]
-    ConnectionLimit,
-    #[error("not connected to {0}")]
-    NotConnected(PeerId),
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    pub connections_established: u64,
-    pub dials_failed: u64,
-    pub pings_ok: u64,
-    pub pings_failed: u64,
-    pub identifies: u64,
-}
-
-enum Task {
-    IdentifyOut(Vec<u8>),
-    IdentifyPushIn(Vec<u8>),
-    PingIn(ping::Echo),
-    PingOut,
-}
-
-#[derive(Default)]
-struct PingState {
-    stream: Option<StreamId>,
-    /// The ping stream being negotiated, if any.
-    opening: Option<StreamId>,
-    pinger: ping::Pinger,
-    /// When the next ping is due.
-    next_at: Option<Instant>,
-    /// When the ping in flight fails.
-    deadline: Option<Instant>,
-}
-
-struct Entry {
+struct ByteConn {
+    /// `None` while our dial is in progress.
     machine: Option<Connection>,
     role: Role,
     expected: Option<PeerId>,
     addr: Multiaddr,
     peer: Option<PeerId>,
-    tasks: BTreeMap<StreamId, Task>,
-    ping: PingState,
 }
 
-pub struct Node {
-    config: Config,
+/// A [`Node`] together with its TCP-like connection machines behind one bytes-in/bytes-out API: what a
+/// single-threaded driver (the simulator, tests) runs. The node machine is the very one the tokio Host
+/// runs; only the ownership of the connections differs.
+pub struct ByteNode {
+    node: Node,
     noise_static: std::sync::Arc<crate::noise::StaticKey>,
-    peer_id: PeerId,
-    rng: rng::Rng,
-    conns: BTreeMap<ConnId, Entry>,
+    conns: BTreeMap<ConnId, ByteConn>,
     next_conn: u64,
     out: VecDeque<Output>,
-    stats: Stats,
 }
 
-const PROTOCOLS: [&str; 3] = [identify::PROTOCOL_ID, identify::PUSH_PROTOCOL_ID, ping::PROTOCOL_ID];
-
-impl Node {
-    pub fn new(config: Config, _now: Instant) -> Self {
-        let mut rng = rng::from_seed(config.seed);
-        let mut s = [0u8; 32];
-        rng.fill_bytes(&mut s);
+impl ByteNode {
+    pub fn new(config: Config, now: Instant) -> Self {
+        let mut node = Node::new(config, now);
+        let seed = node.child_seed();
         let noise_static = std::sync::Arc::new(
-            crate::noise::StaticKey::generate(&config.keypair, s).expect("invariant: x25519 key generation cannot fail"),
+            crate::noise::StaticKey::generate(&node.config.keypair, seed).expect("invariant: x25519 key generation cannot fail"),
         );
-        Node {
-            peer_id: config.keypair.peer_id(),
-            noise_static,
-            config,
-            rng,
-            conns: BTreeMap::new(),
-            next_conn: 1 << 32,
-            out: VecDeque::new(),
-            stats: Stats::default(),
-        }
+        ByteNode { node, noise_static, conns: BTreeMap::new(), next_conn: 1 << 32, out: VecDeque::new() }
     }
 
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
     pub fn peer_id(&self) -> &PeerId {
-        &self.peer_id
+        self.node.peer_id()
     }
     pub fn stats(&self) -> &Stats {
-        &self.stats
+        self.node.stats()
     }
     pub fn num_connections(&self) -> usize {
         self.conns.len()
     }
     pub fn connected_peers(&self) -> Vec<PeerId> {
-        let mut v: Vec<PeerId> =
-            self.conns.values().filter(|e| e.machine.as_ref().is_some_and(|m| m.is_open())).filter_map(|e| e.peer.clone()).collect();
-        v.sort();
-        v.dedup();
-        v
+        self.node.connected_peers()
     }
     pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.conns.values().any(|e| e.peer.as_ref() == Some(peer) && e.machine.as_ref().is_some_and(|m| m.is_open()))
+        self.node.is_connected(peer)
     }
 
     fn conn_config(&self) -> conn::Config {
-        let mut c = conn::Config::new(self.config.keypair.clone());
-        c.protocols = PROTOCOLS.iter().map(|s| s.to_string()).collect();
-        c.limits = self.config.conn_limits.clone();
-        c.handshake_timeout = self.config.handshake_timeout;
+        let cfg = &self.node.config;
+        let mut c = conn::Config::new(cfg.keypair.clone());
+        c.protocols = self.node.protocols();
+        c.limits = cfg.conn_limits.clone();
+        c.handshake_timeout = cfg.handshake_timeout;
         c.noise_static = Some(self.noise_static.clone());
         c
     }
 
+    /// Serves (and announces) `protocols` besides the node's own; connected peers get an identify push.
+    pub fn set_protocols(&mut self, now: Instant, protocols: Vec<String>) {
+        self.node.set_protocols(protocols);
+        let all = self.node.protocols();
+        for c in self.conns.values_mut() {
+            if let Some(m) = c.machine.as_mut() {
+                m.set_protocols(all.clone());
+            }
+        }
+        self.handle_timeout(now);
+    }
+
     /// Dials `addr` (its `/p2p/<id>` is verified). Outcome: `Event::Connected` or `Event::DialFailed`.
     pub fn dial(&mut self, _now: Instant, addr: Multiaddr) -> Result<ConnId, ApiError> {
-        if self.conns.len() >= self.config.max_connections {
+        if self.conns.len() >= self.node.config.max_connections {
             return Err(ApiError::ConnectionLimit);
         }
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
-        self.conns.insert(
-            id,
-            Entry {
-                machine: None,
-                role: Role::Dialer,
-                expected: addr.peer_id(),
-                addr: addr.clone(),
-                peer: None,
-                tasks: BTreeMap::new(),
-                ping: PingState::default(),
-            },
-        );
+        self.conns.insert(id, ByteConn { machine: None, role: Role::Dialer, expected: addr.peer_id(), addr: addr.clone(), peer: None });
         self.out.push_back(Output::Dial { conn: id, addr });
         Ok(id)
     }
 
     /// Pings `peer` now on one of its connections.
     pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<(), ApiError> {
-        let id = self
-            .conns
-            .iter()
-            .find(|(_, e)| e.peer.as_ref() == Some(peer) && e.machine.as_ref().is_some_and(|m| m.is_open()))
-            .map(|(id, _)| *id);
-        let id = id.ok_or_else(|| ApiError::NotConnected(peer.clone()))?;
-        self.conns.get_mut(&id).expect("invariant: found above").ping.next_at = Some(now);
+        self.node.ping(now, peer)?;
         self.handle_timeout(now);
         Ok(())
     }
 
     /// Closes every connection to `peer`.
     pub fn disconnect(&mut self, now: Instant, peer: &PeerId) {
-        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, e)| e.peer.as_ref() == Some(peer)).map(|(id, _)| *id).collect();
+        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.peer.as_ref() == Some(peer)).map(|(id, _)| *id).collect();
         for id in ids {
-            if let Some(m) = self.conns.get_mut(&id).and_then(|e| e.machine.as_mut()) {
+            if let Some(m) = self.conns.get_mut(&id).and_then(|c| c.machine.as_mut()) {
                 m.close();
             }
             self.pump(now, id);
@@ -259,48 +734,42 @@ impl Node {
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::Connected { conn, role, remote_addr } => {
-                if role == Role::Listener && (self.conns.len() >= self.config.max_connections || self.conns.contains_key(&conn)) {
+                if role == Role::Listener && (self.conns.len() >= self.node.config.max_connections || self.conns.contains_key(&conn)) {
                     self.out.push_back(Output::Close { conn });
                     return;
                 }
-                let seed = {
-                    let mut s = [0u8; 32];
-                    self.rng.fill_bytes(&mut s);
-                    s
-                };
+                let seed = self.node.child_seed();
                 let cfg = self.conn_config();
-                let entry = self.conns.entry(conn).or_insert_with(|| Entry {
+                let c = self.conns.entry(conn).or_insert_with(|| ByteConn {
                     machine: None,
                     role,
                     expected: None,
-                    addr: remote_addr.clone(),
+                    addr: remote_addr,
                     peer: None,
-                    tasks: BTreeMap::new(),
-                    ping: PingState::default(),
                 });
-                if entry.machine.is_some() {
+                if c.machine.is_some() {
                     return;
                 }
-                entry.machine = Some(Connection::new(role, cfg, entry.expected.clone(), now, seed));
+                c.machine = Some(Connection::new(role, cfg, c.expected.clone(), now, seed));
                 self.pump(now, conn);
             }
             Input::Data { conn, data } => {
-                if let Some(m) = self.conns.get_mut(&conn).and_then(|e| e.machine.as_mut()) {
+                if let Some(m) = self.conns.get_mut(&conn).and_then(|c| c.machine.as_mut()) {
                     m.handle_input(now, data);
                     self.pump(now, conn);
                 }
             }
             Input::Disconnected { conn, reason } => {
-                let Some(e) = self.conns.get_mut(&conn) else { return };
-                match &mut e.machine {
+                let Some(c) = self.conns.get_mut(&conn) else { return };
+                match &mut c.machine {
                     Some(m) => {
                         m.handle_eof();
                         self.pump(now, conn);
                     }
                     None => {
-                        let e = self.conns.remove(&conn).expect("invariant: present");
-                        self.stats.dials_failed += 1;
-                        self.out.push_back(Output::Event(Event::DialFailed { addr: e.addr, reason: reason.to_string() }));
+                        let c = self.conns.remove(&conn).expect("invariant: present");
+                        self.node.on_dial_failed(c.addr, reason.to_string());
+                        self.take_events();
                     }
                 }
             }
@@ -308,46 +777,22 @@ impl Node {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.machine.as_ref().and_then(|m| m.poll_timeout()).is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
-            let Some(e) = self.conns.get_mut(&id) else { continue };
-            let Some(m) = e.machine.as_mut() else { continue };
-            if m.poll_timeout().is_some_and(|t| t <= now) {
+            if let Some(m) = self.conns.get_mut(&id).and_then(|c| c.machine.as_mut()) {
                 m.handle_timeout(now);
             }
-            if e.ping.deadline.is_some_and(|t| t <= now) {
-                e.ping.deadline = None;
-                // Drop the stream in use or still being opened: a late answer on it must not be taken
-                // for the answer to the next ping.
-                for s in [e.ping.stream.take(), e.ping.opening.take()].into_iter().flatten() {
-                    e.tasks.remove(&s);
-                    m.stream_reset(s);
-                }
-                e.ping.pinger = ping::Pinger::new();
-                self.stats.pings_failed += 1;
-                if let Some(p) = e.peer.clone() {
-                    self.out.push_back(Output::Event(Event::PingFailed { peer: p, reason: "timeout".into() }));
-                }
-                e.ping.next_at = self.config.ping_interval.map(|i| now + i);
-            }
-            if e.ping.next_at.is_some_and(|t| t <= now) && e.ping.deadline.is_none() && m.is_open() {
-                e.ping.next_at = None;
-                e.ping.deadline = Some(now + self.config.ping_timeout);
-                match e.ping.stream {
-                    Some(s) => {
-                        let mut payload = [0u8; ping::PING_SIZE];
-                        self.rng.fill_bytes(&mut payload);
-                        let b = e.ping.pinger.start(now, payload);
-                        let _ = m.stream_write(s, &b);
-                    }
-                    None if e.ping.opening.is_none() => {
-                        if let Ok(s) = m.open_stream(vec![ping::PROTOCOL_ID.into()]) {
-                            e.ping.opening = Some(s);
-                            e.tasks.insert(s, Task::PingOut);
-                        }
-                    }
-                    None => {}
-                }
+            self.pump(now, id);
+        }
+        for id in self.node.due(now) {
+            match self.conns.get_mut(&id).and_then(|c| c.machine.as_mut()) {
+                Some(m) => self.node.handle_timeout(now, id, m),
+                None => self.node.on_closed(id, "connection gone"),
             }
             self.pump(now, id);
         }
@@ -355,11 +800,8 @@ impl Node {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
-            .values()
-            .flat_map(|e| [e.machine.as_ref().and_then(|m| m.poll_timeout()), e.ping.next_at, e.ping.deadline])
-            .flatten()
-            .min()
+        let conns = self.conns.values().filter_map(|c| c.machine.as_ref().and_then(|m| m.poll_timeout())).min();
+        [conns, self.node.poll_timeout()].into_iter().flatten().min()
     }
 
     #[must_use]
@@ -367,16 +809,44 @@ impl Node {
         self.out.pop_front()
     }
 
-    /// Drains one connection's machine: events first (they may write), then its bytes.
+    fn take_events(&mut self) {
+        while let Some(e) = self.node.poll_event() {
+            self.out.push_back(Output::Event(e));
+        }
+    }
+
+    /// Drains one connection's machine: its events go to the node machine (which may write), then its
+    /// bytes go out.
     fn pump(&mut self, now: Instant, id: ConnId) {
         loop {
-            let Some(e) = self.conns.get_mut(&id) else { return };
-            let Some(m) = e.machine.as_mut() else { return };
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            let Some(m) = c.machine.as_mut() else { return };
             let Some(ev) = m.poll_event() else { break };
-            self.on_conn_event(now, id, ev);
+            match ev {
+                conn::Event::Established { peer, .. } => {
+                    c.peer = Some(peer.clone());
+                    self.node.on_established(now, id, peer, c.role, c.addr.clone(), m);
+                }
+                conn::Event::Closed { reason } => {
+                    if c.peer.is_some() {
+                        self.node.on_closed(id, &reason);
+                    } else if c.role == Role::Dialer {
+                        self.node.on_dial_failed(c.addr.clone(), reason);
+                    }
+                }
+                ev => {
+                    if !self.node.on_event(now, id, &ev, m) {
+                        // Nobody serves it here: refuse.
+                        if let conn::Event::InboundStream { id: s, .. } = ev {
+                            m.stream_reset(s);
+                        }
+                    }
+                }
+            }
         }
-        let Some(e) = self.conns.get_mut(&id) else { return };
-        let Some(m) = e.machine.as_mut() else { return };
+        self.take_events();
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(m) = c.machine.as_mut() else { return };
         if let Some(data) = m.poll_transmit() {
             self.out.push_back(Output::Transmit { conn: id, data });
         }
@@ -385,203 +855,14 @@ impl Node {
             self.out.push_back(Output::Close { conn: id });
         }
     }
-
-    fn on_conn_event(&mut self, now: Instant, id: ConnId, ev: conn::Event) {
-        let info = if matches!(ev, conn::Event::InboundStream { ref protocol, .. } if protocol == identify::PROTOCOL_ID) {
-            Some(self.local_info(self.conns.get(&id).map(|e| e.addr.clone())))
-        } else {
-            None
-        };
-        let ping_interval = self.config.ping_interval;
-        let identify_on_connect = self.config.identify_on_connect;
-        let e = self.conns.get_mut(&id).expect("invariant: event of a live connection");
-        let m = e.machine.as_mut().expect("invariant: event of a live machine");
-        match ev {
-            conn::Event::Established { peer, .. } => {
-                e.peer = Some(peer.clone());
-                self.stats.connections_established += 1;
-                if identify_on_connect {
-                    if let Ok(s) = m.open_stream(vec![identify::PROTOCOL_ID.into()]) {
-                        e.tasks.insert(s, Task::IdentifyOut(Vec::new()));
-                    }
-                }
-                e.ping.next_at = ping_interval.map(|_| now);
-                let role = e.role;
-                self.out.push_back(Output::Event(Event::Connected { peer, conn: id, role }));
-            }
-            conn::Event::InboundStream { id: s, protocol } => match protocol.as_str() {
-                identify::PROTOCOL_ID => {
-                    if let Some(info) = info {
-                        let _ = m.stream_write(s, &info.encode());
-                    }
-                    m.stream_close(s);
-                    m.stream_release(s);
-                }
-                identify::PUSH_PROTOCOL_ID => {
-                    e.tasks.insert(s, Task::IdentifyPushIn(Vec::new()));
-                    self.read_stream(now, id, s);
-                }
-                ping::PROTOCOL_ID => {
-                    e.tasks.insert(s, Task::PingIn(ping::Echo::default()));
-                    self.read_stream(now, id, s);
-                }
-                _ => m.stream_reset(s),
-            },
-            conn::Event::OutboundReady { id: s, .. } => {
-                if matches!(e.tasks.get(&s), Some(Task::PingOut)) && e.ping.opening == Some(s) {
-                    e.ping.opening = None;
-                    e.ping.stream = Some(s);
-                    let mut payload = [0u8; ping::PING_SIZE];
-                    self.rng.fill_bytes(&mut payload);
-                    let b = e.ping.pinger.start(now, payload);
-                    let _ = m.stream_write(s, &b);
-                }
-                self.read_stream(now, id, s);
-            }
-            conn::Event::OutboundFailed { id: s, reason } => {
-                if let Some(Task::PingOut) = e.tasks.remove(&s) {
-                    if e.ping.opening != Some(s) {
-                        return;
-                    }
-                    e.ping.opening = None;
-                    e.ping.deadline = None;
-                    e.ping.next_at = ping_interval.map(|i| now + i);
-                    self.stats.pings_failed += 1;
-                    if let Some(p) = e.peer.clone() {
-                        self.out.push_back(Output::Event(Event::PingFailed { peer: p, reason }));
-                    }
-                }
-            }
-            conn::Event::Readable(s) => self.read_stream(now, id, s),
-            conn::Event::Writable(_) => {}
-            conn::Event::Reset(s) => {
-                e.tasks.remove(&s);
-                m.stream_release(s);
-                if e.ping.stream == Some(s) {
-                    e.ping.stream = None;
-                }
-            }
-            conn::Event::Closed { reason } => {
-                if let Some(peer) = e.peer.clone() {
-                    self.out.push_back(Output::Event(Event::Disconnected { peer, conn: id, reason }));
-                } else {
-                    self.stats.dials_failed += u64::from(e.role == Role::Dialer);
-                    if e.role == Role::Dialer {
-                        let addr = e.addr.clone();
-                        self.out.push_back(Output::Event(Event::DialFailed { addr, reason }));
-                    }
-                }
-            }
-        }
-    }
-
-    fn read_stream(&mut self, now: Instant, id: ConnId, s: StreamId) {
-        let Some(e) = self.conns.get_mut(&id) else { return };
-        let Some(m) = e.machine.as_mut() else { return };
-        let mut buf = [0u8; 2048];
-        let mut done = false;
-        let mut echo_out = Vec::new();
-        loop {
-            let n = match m.stream_read(s, &mut buf) {
-                ReadResult::Data(n) => n,
-                ReadResult::Pending => break,
-                ReadResult::Eof | ReadResult::Reset => {
-                    done = true;
-                    break;
-                }
-            };
-            match e.tasks.get_mut(&s) {
-                Some(Task::IdentifyOut(acc)) | Some(Task::IdentifyPushIn(acc)) => {
-                    if acc.len() + n > Info::max_total_len() {
-                        done = true;
-                        acc.clear();
-                        break;
-                    }
-                    acc.extend_from_slice(&buf[..n]);
-                }
-                Some(Task::PingIn(echo)) => echo.handle_input(&buf[..n], &mut echo_out),
-                Some(Task::PingOut) if e.ping.stream != Some(s) => {
-                    // A stale ping stream (its ping timed out): its answers are not ours to count.
-                    done = true;
-                    break;
-                }
-                Some(Task::PingOut) => match e.ping.pinger.handle_input(now, &buf[..n]) {
-                    Ok(Some(rtt)) => {
-                        e.ping.deadline = None;
-                        e.ping.next_at = self.config.ping_interval.map(|i| now + i);
-                        self.stats.pings_ok += 1;
-                        if let Some(p) = e.peer.clone() {
-                            self.out.push_back(Output::Event(Event::PingOk { peer: p, rtt }));
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        tracing::debug!(error = %err, "bad ping answer");
-                        done = true;
-                        break;
-                    }
-                },
-                None => {}
-            }
-            if !echo_out.is_empty() {
-                let _ = m.stream_write(s, &echo_out);
-                echo_out.clear();
-            }
-        }
-        if done {
-            match e.tasks.remove(&s) {
-                Some(Task::IdentifyOut(acc)) | Some(Task::IdentifyPushIn(acc)) => {
-                    m.stream_release(s);
-                    match Info::decode_all(&acc) {
-                        Ok(info) => {
-                            self.stats.identifies += 1;
-                            if let Some(p) = e.peer.clone() {
-                                self.out.push_back(Output::Event(Event::Identified {
-                                    peer: p,
-                                    agent_version: info.agent_version,
-                                    protocols: info.protocols,
-                                    listen_addrs: info.listen_addrs,
-                                }));
-                            }
-                        }
-                        Err(err) => tracing::debug!(error = %err, "bad identify message"),
-                    }
-                }
-                Some(Task::PingOut) => {
-                    m.stream_reset(s);
-                    if e.ping.stream == Some(s) {
-                        e.ping.stream = None;
-                    }
-                }
-                Some(Task::PingIn(_)) => {
-                    m.stream_close(s);
-                    m.stream_release(s);
-                }
-                None => m.stream_release(s),
-            }
-        }
-    }
-
-    fn local_info(&self, observed: Option<Multiaddr>) -> Info {
-        Info {
-            protocol_version: Some("ipfs/0.1.0".into()),
-            agent_version: Some(self.config.agent_version.clone()),
-            public_key: Some(self.config.keypair.public()),
-            listen_addrs: self.config.listen_addrs.clone(),
-            observed_addr: observed,
-            protocols: PROTOCOLS.iter().map(|s| s.to_string()).collect(),
-            signed_peer_record: None,
-        }
-    }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Two nodes over an in-memory link with a fixed one-way latency, driven by explicit time.
     struct Pair {
-        n: [Node; 2],
+        n: [ByteNode; 2],
         now: Instant,
         inflight: Vec<(Instant, usize, ConnId, Vec<u8>)>,
         events: [Vec<Event>; 2],
@@ -594,7 +875,7 @@ mod tests {
             let mk = |r: &mut rng::Rng, s: u8| {
                 let mut c = Config::new(Keypair::generate_ed25519(r), [s; 32]);
                 c.ping_interval = ping;
-                Node::new(c, Instant(0))
+                ByteNode::new(c, Instant(0))
             };
             Pair {
                 n: [mk(&mut r, 1), mk(&mut r, 2)],
@@ -658,8 +939,27 @@ mod tests {
         // Pings at 0 (after the handshake), 10, 20, 30 s; each RTT is exactly two one-way latencies.
         assert_eq!(rtts.len(), 4, "{:?}", p.events[0]);
         assert!(rtts.iter().all(|r| *r == Duration::from_millis(20)), "{rtts:?}");
-        assert!(p.events[0].iter().any(|e| matches!(e, Event::Identified { agent_version: Some(a), .. } if a.starts_with("hyphae/"))));
+        assert!(p.events[0].iter().any(|e| matches!(e, Event::Identified { info, push: false, .. } if info.agent_version.as_deref().is_some_and(|a| a.starts_with("hyphae/")))));
         assert!(p.events[1].iter().any(|e| matches!(e, Event::Identified { .. })));
         assert_eq!(p.n[1].stats().pings_ok, 4, "both sides ping");
+    }
+
+    #[test]
+    fn node_new_protocol_reaches_peer_by_identify_push() {
+        let mut p = Pair::new(None);
+        let b = p.n[1].peer_id().clone();
+        p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+        p.run_until(Instant(0) + Duration::from_secs(1));
+        let now = p.now;
+        p.n[1].set_protocols(now, vec!["/x/1.0.0".into()]);
+        p.run_until(now + Duration::from_secs(1));
+        let pushed: Vec<&Info> = p.events[0]
+            .iter()
+            .filter_map(|e| if let Event::Identified { info, push: true, .. } = e { Some(&**info) } else { None })
+            .collect();
+        assert_eq!(pushed.len(), 1, "{:?}", p.events[0]);
+        assert!(pushed[0].protocols.iter().any(|x| x == "/x/1.0.0"), "{:?}", pushed[0].protocols);
+        assert!(pushed[0].protocols.iter().any(|x| x == ping::PROTOCOL_ID));
+        assert_eq!(p.n[1].stats().identifies_failed, 0);
     }
 }

@@ -89,6 +89,7 @@ pub struct Counters {
     pub pings_ok: u64,
     pub pings_failed: u64,
     pub identifies: u64,
+    pub identify_failures: u64,
     pub messages: u64,
     pub bytes: u64,
     pub crashes: u64,
@@ -124,6 +125,7 @@ impl Phase {
                 }
             }
             "identifies" => c.identifies as f64,
+            "identify_failures" => c.identify_failures as f64,
             "messages" => c.messages as f64,
             "bytes" => c.bytes as f64,
             "crashes" => c.crashes as f64,
@@ -136,7 +138,7 @@ impl Phase {
         })
     }
 
-    pub const METRICS: [&'static str; 18] = [
+    pub const METRICS: [&'static str; 19] = [
         "dials",
         "dial_failures",
         "connections",
@@ -145,6 +147,7 @@ impl Phase {
         "pings_failed",
         "ping_success_rate",
         "identifies",
+        "identify_failures",
         "messages",
         "bytes",
         "crashes",

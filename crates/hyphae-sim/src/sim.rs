@@ -6,7 +6,7 @@
 use crate::metrics::{Counters, Histogram, Phase};
 use crate::scenario::{Action, LinkClass, Scenario, Selector};
 use hyphae_core::conn::Role;
-use hyphae_core::node::{self, ConnId, Event, Input, Node, Output};
+use hyphae_core::node::{self, ByteNode, ConnId, Event, Input, Output};
 use hyphae_core::rng::{self, RngCore};
 use hyphae_core::time::{Duration, Instant};
 use hyphae_core::{Keypair, Multiaddr, PeerId, Protocol};
@@ -53,7 +53,7 @@ impl Ord for Scheduled {
 }
 
 struct SimNode {
-    node: Option<Node>,
+    node: Option<ByteNode>,
     gen: u32,
     key: Keypair,
     peer: PeerId,
@@ -280,7 +280,7 @@ impl Sim {
         let mut cfg = node::Config::new(n.key.clone(), seed32(self.seed, b"node", ((i as u64) << 20) | u64::from(n.gen)));
         cfg.ping_interval = n.ping;
         cfg.listen_addrs = vec![node_addr(i)];
-        n.node = Some(Node::new(cfg, self.now));
+        n.node = Some(ByteNode::new(cfg, self.now));
         n.timer_at = None;
         self.drain(i);
     }
@@ -350,6 +350,8 @@ impl Sim {
                 self.fails_over_time[b] += 1;
             }
             Event::Identified { .. } => self.phase().identifies += 1,
+            Event::IdentifyFailed { .. } => self.phase().identify_failures += 1,
+            Event::InboundPing { .. } => {}
         }
     }
 
@@ -786,7 +788,7 @@ impl Sim {
     }
 
     /// Node `i`'s machine, for tests that look inside.
-    pub fn node(&self, i: usize) -> Option<&Node> {
+    pub fn node(&self, i: usize) -> Option<&ByteNode> {
         self.nodes[i].node.as_ref()
     }
 }
