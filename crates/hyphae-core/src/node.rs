@@ -20,6 +20,9 @@ use std::collections::{BTreeMap, VecDeque};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
+/// What we send as identify's `protocolVersion` (as go-libp2p does).
+pub const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
+
 /// The protocols the node machine serves itself.
 pub const PROTOCOLS: [&str; 3] = [identify::PROTOCOL_ID, identify::PUSH_PROTOCOL_ID, ping::PROTOCOL_ID];
 
@@ -575,7 +578,7 @@ impl Node {
 /// What we tell peers in identify.
 fn local_info(config: &Config, observed: Option<Multiaddr>) -> Info {
     Info {
-        protocol_version: Some("ipfs/0.1.0".into()),
+        protocol_version: Some(PROTOCOL_VERSION.into()),
         agent_version: Some(config.agent_version.clone()),
         public_key: Some(config.keypair.public()),
         listen_addrs: config.listen_addrs.clone(),

@@ -567,6 +567,33 @@ impl Endpoint {
     }
 }
 
+/// One connection of an [`Endpoint`] seen as [`crate::node::Streams`], for the node machine.
+pub struct ConnStreams<'a> {
+    pub ep: &'a mut Endpoint,
+    pub conn: QuicConnId,
+}
+
+impl crate::node::Streams for ConnStreams<'_> {
+    fn open_stream(&mut self, now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError> {
+        self.ep.open_stream(now, self.conn, protocols)
+    }
+    fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
+        self.ep.stream_read(now, self.conn, s, buf)
+    }
+    fn stream_write(&mut self, now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        self.ep.stream_write(now, self.conn, s, data)
+    }
+    fn stream_close(&mut self, now: Instant, s: StreamId) {
+        self.ep.stream_close(now, self.conn, s)
+    }
+    fn stream_reset(&mut self, now: Instant, s: StreamId) {
+        self.ep.stream_reset(now, self.conn, s)
+    }
+    fn stream_release(&mut self, now: Instant, s: StreamId) {
+        self.ep.stream_release(now, self.conn, s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,9 @@
 
 use crate::host::{Direction, Inner};
 use hyphae_core::conn::{Connection, Event, ReadResult, Role, StreamId};
+use hyphae_core::node;
 use hyphae_core::{Instant, Multiaddr, PeerId, PublicKey};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +46,9 @@ pub(crate) struct ConnState {
     read_wakers: BTreeMap<StreamId, Waker>,
     write_wakers: BTreeMap<StreamId, Waker>,
     pending_open: BTreeMap<StreamId, oneshot::Sender<Result<String, String>>>,
+    /// Streams the application holds (opened by it, or inbound for its handlers). Events of the other
+    /// streams go to the node machine, so the application's byte path never takes the node's lock.
+    user_streams: BTreeSet<StreamId>,
     established: Option<oneshot::Sender<Result<PeerId, String>>>,
     pub peer: Option<PeerId>,
     /// The muxer was agreed inside the security handshake (one round trip saved).
@@ -62,6 +66,8 @@ pub(crate) enum Action {
     Established(PeerId, PublicKey, Option<oneshot::Sender<Result<PeerId, String>>>),
     Inbound(StreamId, String),
     Closed(String),
+    /// What the node machine reported (identify results, pings).
+    Node(Vec<node::Event>),
 }
 
 impl ConnShared {
@@ -88,6 +94,7 @@ impl ConnShared {
                 read_wakers: BTreeMap::new(),
                 write_wakers: BTreeMap::new(),
                 pending_open: BTreeMap::new(),
+                user_streams: BTreeSet::new(),
                 established: None,
                 peer: Some(peer),
                 early_muxer: false,
@@ -105,7 +112,10 @@ impl ConnShared {
         match &self.quic {
             Some((ep, cid)) => ep.stream_reset(*cid, id),
             None => {
-                self.lock().tcp().stream_reset(id);
+                let mut st = self.lock();
+                st.user_streams.remove(&id);
+                st.tcp().stream_reset(id);
+                drop(st);
                 self.wake_writer();
             }
         }
@@ -146,6 +156,7 @@ impl ConnShared {
         let id = st.tcp().open_stream(protocols).map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         st.pending_open.insert(id, tx);
+        st.user_streams.insert(id);
         drop(st);
         self.wake_writer();
         Ok((id, rx))
@@ -167,64 +178,104 @@ impl ConnState {
     pub fn tcp(&mut self) -> &mut Connection {
         self.conn.as_mut().expect("invariant: tcp connection state")
     }
+}
 
-    fn dispatch(&mut self) -> Vec<Action> {
+impl ConnShared {
+    /// Turns the TCP machine's events into waker calls, node-machine calls and host actions (the actions
+    /// run outside the lock). Lock order: this connection's state, then the node machine.
+    fn dispatch(&self, st: &mut ConnState, inner: &Inner) -> Vec<Action> {
         let mut actions = Vec::new();
-        while let Some(ev) = self.conn.as_mut().and_then(|c| c.poll_event()) {
+        let now = self.now();
+        let cid = node::ConnId(self.id);
+        let mut node_touched = false;
+        while let Some(ev) = st.conn.as_mut().and_then(|c| c.poll_event()) {
+            let theirs = match &ev {
+                Event::InboundStream { protocol, .. } => node::PROTOCOLS.contains(&protocol.as_str()),
+                Event::OutboundReady { id, .. }
+                | Event::OutboundFailed { id, .. }
+                | Event::Readable(id)
+                | Event::Writable(id)
+                | Event::Reset(id) => !st.user_streams.contains(id),
+                Event::Established { .. } | Event::Closed { .. } => false,
+            };
+            if theirs {
+                node_touched = true;
+                if inner.node().on_event(now, cid, &ev, st.tcp()) {
+                    continue;
+                }
+            }
             match ev {
                 Event::Established { peer, public_key, security, muxer, early_muxer } => {
                     tracing::debug!(%peer, %security, %muxer, early_muxer, "connection established");
-                    self.peer = Some(peer.clone());
-                    self.early_muxer = early_muxer;
-                    self.security = security;
-                    self.muxer = muxer;
-                    actions.push(Action::Established(peer, public_key, self.established.take()));
+                    st.peer = Some(peer.clone());
+                    st.early_muxer = early_muxer;
+                    st.security = security;
+                    st.muxer = muxer;
+                    let role = match self.direction {
+                        Direction::Outbound => Role::Dialer,
+                        Direction::Inbound => Role::Listener,
+                    };
+                    inner.node().on_established(now, cid, peer.clone(), role, self.remote_addr.clone(), st.tcp());
+                    node_touched = true;
+                    actions.push(Action::Established(peer, public_key, st.established.take()));
                 }
-                Event::InboundStream { id, protocol } => actions.push(Action::Inbound(id, protocol)),
+                Event::InboundStream { id, protocol } => {
+                    st.user_streams.insert(id);
+                    actions.push(Action::Inbound(id, protocol));
+                }
                 Event::OutboundReady { id, protocol } => {
-                    if let Some(tx) = self.pending_open.remove(&id) {
+                    if let Some(tx) = st.pending_open.remove(&id) {
                         if tx.send(Ok(protocol)).is_err() {
-                            self.tcp().stream_reset(id);
+                            st.user_streams.remove(&id);
+                            st.tcp().stream_reset(id);
                         }
                     }
                 }
                 Event::OutboundFailed { id, reason } => {
-                    if let Some(tx) = self.pending_open.remove(&id) {
+                    st.user_streams.remove(&id);
+                    if let Some(tx) = st.pending_open.remove(&id) {
                         let _ = tx.send(Err(reason));
                     }
                 }
                 Event::Readable(id) => {
-                    if let Some(w) = self.read_wakers.remove(&id) {
+                    if let Some(w) = st.read_wakers.remove(&id) {
                         w.wake();
                     }
                 }
                 Event::Writable(id) => {
-                    if let Some(w) = self.write_wakers.remove(&id) {
+                    if let Some(w) = st.write_wakers.remove(&id) {
                         w.wake();
                     }
                 }
                 Event::Reset(id) => {
-                    if let Some(w) = self.read_wakers.remove(&id) {
+                    if let Some(w) = st.read_wakers.remove(&id) {
                         w.wake();
                     }
-                    if let Some(w) = self.write_wakers.remove(&id) {
+                    if let Some(w) = st.write_wakers.remove(&id) {
                         w.wake();
                     }
                 }
                 Event::Closed { reason } => {
-                    self.closed = Some(reason.clone());
-                    if let Some(tx) = self.established.take() {
+                    st.closed = Some(reason.clone());
+                    if let Some(tx) = st.established.take() {
                         let _ = tx.send(Err(reason.clone()));
                     }
-                    for (_, tx) in std::mem::take(&mut self.pending_open) {
+                    for (_, tx) in std::mem::take(&mut st.pending_open) {
                         let _ = tx.send(Err(format!("connection closed: {reason}")));
                     }
-                    for (_, w) in std::mem::take(&mut self.read_wakers).into_iter().chain(std::mem::take(&mut self.write_wakers)) {
+                    for (_, w) in std::mem::take(&mut st.read_wakers).into_iter().chain(std::mem::take(&mut st.write_wakers)) {
                         w.wake();
+                    }
+                    if st.peer.is_some() {
+                        inner.node().on_closed(cid, &reason);
+                        node_touched = true;
                     }
                     actions.push(Action::Closed(reason));
                 }
             }
+        }
+        if node_touched {
+            actions.push(Action::Node(inner.take_node_events()));
         }
         actions
     }
@@ -259,6 +310,7 @@ pub(crate) fn spawn_connection(
             read_wakers: BTreeMap::new(),
             write_wakers: BTreeMap::new(),
             pending_open: BTreeMap::new(),
+            user_streams: BTreeSet::new(),
             established,
             peer: None,
             early_muxer: false,
@@ -293,7 +345,7 @@ async fn read_loop(inner: Arc<Inner>, shared: Arc<ConnShared>, mut rd: tokio::ne
                     false
                 }
             };
-            (st.dispatch(), done)
+            (shared.dispatch(&mut st, &inner), done)
         };
         shared.wake_writer();
         inner.handle_actions(&shared, actions);
@@ -317,7 +369,7 @@ async fn write_loop(
                 st.tcp().handle_timeout(now);
             }
             let out = st.tcp().poll_transmit();
-            let actions = st.dispatch();
+            let actions = shared.dispatch(&mut st, &inner);
             (out, st.tcp().poll_timeout(), st.closed.is_some(), actions)
         };
         inner.handle_actions(&shared, actions);
@@ -327,7 +379,7 @@ async fn write_loop(
                 let actions = {
                     let mut st = shared.lock();
                     st.tcp().handle_eof();
-                    st.dispatch()
+                    shared.dispatch(&mut st, &inner)
                 };
                 inner.handle_actions(&shared, actions);
                 break;
@@ -462,6 +514,7 @@ impl Drop for Stream {
         }
         let mut st = self.shared.lock();
         st.tcp().stream_release(self.id);
+        st.user_streams.remove(&self.id);
         st.read_wakers.remove(&self.id);
         st.write_wakers.remove(&self.id);
         drop(st);

@@ -4,8 +4,9 @@
 pub use crate::driver::Stream;
 use crate::driver::{self, Action, ConnShared, IdentifyState};
 use hyphae_core::conn::{self, StreamId};
-use hyphae_core::identify::{self, Info};
+use hyphae_core::identify::Info;
 use hyphae_core::multiaddr::MultiaddrError;
+use hyphae_core::node::{self, Node};
 use hyphae_core::{perf, ping, rng, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
 use rand_core::RngCore;
 use std::collections::BTreeMap;
@@ -20,7 +21,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, oneshot};
 
 pub const AGENT_VERSION: &str = concat!("hyphae/", env!("CARGO_PKG_VERSION"));
-pub const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 
 #[derive(Debug)]
 #[non_exhaustive]
@@ -82,6 +82,8 @@ pub struct HostConfig {
     pub muxers: Vec<String>,
     /// Root seed of the host's RNG; `None` draws one from the OS.
     pub seed: Option<[u8; 32]>,
+    /// Ping every connection at this interval (results as `HostEvent::Ping`). Default `None`, as go-libp2p.
+    pub ping_interval: Option<Duration>,
 }
 
 impl HostConfig {
@@ -98,6 +100,7 @@ impl HostConfig {
             security: vec![hyphae_core::noise::PROTOCOL_ID.into(), hyphae_core::tls::PROTOCOL_ID.into()],
             muxers: vec![hyphae_core::yamux::PROTOCOL_ID.into(), hyphae_core::mplex::PROTOCOL_ID.into()],
             seed: None,
+            ping_interval: None,
         }
     }
     /// A fresh Ed25519 identity.
@@ -114,10 +117,29 @@ pub enum Direction {
 
 #[derive(Debug, Clone)]
 pub enum HostEvent {
-    Connected { peer: PeerId, addr: Multiaddr, direction: Direction, security: String, muxer: String },
-    Disconnected { peer: PeerId, reason: String },
-    Identified { peer: PeerId, info: Box<Info> },
-    InboundPing { peer: PeerId },
+    Connected {
+        peer: PeerId,
+        addr: Multiaddr,
+        direction: Direction,
+        security: String,
+        muxer: String,
+    },
+    Disconnected {
+        peer: PeerId,
+        reason: String,
+    },
+    Identified {
+        peer: PeerId,
+        info: Box<Info>,
+    },
+    InboundPing {
+        peer: PeerId,
+    },
+    /// The outcome of a periodic ping (`HostConfig::ping_interval`).
+    Ping {
+        peer: PeerId,
+        rtt: Result<Duration, String>,
+    },
 }
 
 /// The outcome of [`Host::perf`].
@@ -169,6 +191,11 @@ pub(crate) struct Inner {
     config: HostConfig,
     pub(crate) epoch: std::time::Instant,
     rng: Mutex<rng::Rng>,
+    /// The node-level machine (identify, identify push, ping), the one the simulator runs too. Lock order:
+    /// a connection's (or the QUIC endpoint's) state first, then this; never the other way round.
+    node: Mutex<Node>,
+    /// Wakes the node timer task: the node machine's deadline may have changed.
+    node_notify: Arc<tokio::sync::Notify>,
     handlers: Mutex<BTreeMap<String, Handler>>,
     conns: Mutex<BTreeMap<u64, Arc<ConnShared>>>,
     by_peer: Mutex<BTreeMap<PeerId, Vec<u64>>>,
@@ -180,7 +207,6 @@ pub(crate) struct Inner {
     /// The QUIC endpoint (one UDP socket, used to listen and to dial), made on first use.
     quic: tokio::sync::Mutex<Option<Arc<crate::quic_driver::QuicShared>>>,
     events: broadcast::Sender<HostEvent>,
-    me: Weak<Inner>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -198,8 +224,85 @@ impl Inner {
         s
     }
 
+    pub(crate) fn node(&self) -> MutexGuard<'_, Node> {
+        lock(&self.node)
+    }
+
+    /// What the node machine reported since the last call; its timer is re-armed.
+    pub(crate) fn take_node_events(&self) -> Vec<node::Event> {
+        let mut n = self.node();
+        let mut v = Vec::new();
+        while let Some(e) = n.poll_event() {
+            v.push(e);
+        }
+        drop(n);
+        self.node_notify.notify_one();
+        v
+    }
+
+    fn now(&self) -> hyphae_core::Instant {
+        hyphae_core::Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Every protocol we serve: the node machine's own and the application's handlers.
     fn protocols(&self) -> Vec<String> {
-        lock(&self.handlers).keys().cloned().collect()
+        self.node().protocols()
+    }
+
+    /// Runs the node machine's timers for connection `id` (its machine borrowed under its own lock).
+    fn node_timeout(&self, now: hyphae_core::Instant, id: node::ConnId) {
+        let shared = lock(&self.conns).get(&id.0).cloned();
+        let Some(shared) = shared else {
+            self.node().on_closed(id, "connection gone");
+            return;
+        };
+        match &shared.quic {
+            Some((ep, qc)) => ep.with_streams(*qc, |m| self.node().handle_timeout(now, id, m)),
+            None => {
+                let mut st = shared.lock();
+                if let Some(m) = st.conn.as_mut() {
+                    self.node().handle_timeout(now, id, m);
+                }
+                drop(st);
+                shared.wake_writer();
+            }
+        }
+        let events = self.take_node_events();
+        self.handle_node_events(events);
+    }
+
+    fn handle_node_events(&self, events: Vec<node::Event>) {
+        for e in events {
+            match e {
+                node::Event::Identified { peer, conn, info, push } => {
+                    self.store_identify(&peer, &info);
+                    tracing::info!(%peer, agent = ?info.agent_version, protocols = info.protocols.len(), push, "identified");
+                    if !push {
+                        if let Some(c) = lock(&self.conns).get(&conn.0) {
+                            c.identify.send_replace(IdentifyState::Done(Arc::new((*info).clone())));
+                        }
+                    }
+                    let _ = self.events.send(HostEvent::Identified { peer, info });
+                }
+                node::Event::IdentifyFailed { peer, conn, reason } => {
+                    tracing::debug!(%peer, %reason, "identify failed");
+                    if let Some(c) = lock(&self.conns).get(&conn.0) {
+                        c.identify.send_replace(IdentifyState::Failed(reason));
+                    }
+                }
+                node::Event::InboundPing { peer, .. } => {
+                    let _ = self.events.send(HostEvent::InboundPing { peer });
+                }
+                node::Event::PingOk { peer, rtt, .. } => {
+                    let _ = self.events.send(HostEvent::Ping { peer, rtt: Ok(rtt) });
+                }
+                node::Event::PingFailed { peer, reason, .. } => {
+                    let _ = self.events.send(HostEvent::Ping { peer, rtt: Err(reason) });
+                }
+                // The host tracks connections itself (per-peer limits, peerstore, its own events).
+                node::Event::Connected { .. } | node::Event::Disconnected { .. } | node::Event::DialFailed { .. } => {}
+            }
+        }
     }
 
     pub(crate) fn conn_config(&self) -> conn::Config {
@@ -262,6 +365,7 @@ impl Inner {
                 }
                 Action::Inbound(id, protocol) => self.on_inbound(shared, id, protocol),
                 Action::Closed(reason) => self.on_closed(shared, reason),
+                Action::Node(events) => self.handle_node_events(events),
             }
         }
     }
@@ -304,21 +408,7 @@ impl Inner {
             security,
             muxer,
         });
-        // Identify every new peer, as go-libp2p and js-libp2p do.
-        if let Some(me) = self.me.upgrade() {
-            let host = Host { inner: me };
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let st = match host.identify_on(&shared, &peer).await {
-                    Ok(info) => IdentifyState::Done(Arc::new(info)),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "identify failed");
-                        IdentifyState::Failed(e.to_string())
-                    }
-                };
-                shared.identify.send_replace(st);
-            });
-        }
+        // The node machine identifies every new peer (as go-libp2p and js-libp2p do).
     }
 
     fn on_inbound(&self, shared: &Arc<ConnShared>, id: StreamId, protocol: String) {
@@ -366,18 +456,6 @@ impl Inner {
         }
     }
 
-    fn local_info(&self, observed: Option<Multiaddr>) -> Info {
-        Info {
-            protocol_version: Some(PROTOCOL_VERSION.into()),
-            agent_version: Some(self.config.agent_version.clone()),
-            public_key: Some(self.keypair.public()),
-            listen_addrs: lock(&self.listen_addrs).clone(),
-            observed_addr: observed,
-            protocols: self.protocols(),
-            signed_peer_record: None,
-        }
-    }
-
     fn store_identify(&self, peer: &PeerId, info: &Info) {
         let mut ps = lock(&self.peerstore);
         let e = ps.entry(peer.clone()).or_default();
@@ -417,7 +495,15 @@ impl Host {
         root.fill_bytes(&mut ns);
         let noise_static = Arc::new(hyphae_core::noise::StaticKey::generate(&keypair, ns).map_err(|e| Error::Handshake(e.to_string()))?);
         let tls_cert = Arc::new(hyphae_core::tls::Certificate::generate(&keypair, unix_now(), &mut root));
-        let inner = Arc::new_cyclic(|me| Inner {
+        let mut node_seed = [0u8; 32];
+        root.fill_bytes(&mut node_seed);
+        let mut nc = node::Config::new(keypair.clone(), node_seed);
+        nc.agent_version = config.agent_version.clone();
+        nc.identify_timeout = config.stream_timeout;
+        nc.ping_interval = config.ping_interval;
+        let node = Node::new(nc, hyphae_core::Instant::ZERO);
+        let node_notify = Arc::new(tokio::sync::Notify::new());
+        let inner = Arc::new(Inner {
             noise_static,
             tls_cert,
             peer_id: keypair.peer_id(),
@@ -425,6 +511,8 @@ impl Host {
             config,
             epoch: std::time::Instant::now(),
             rng: Mutex::new(root),
+            node: Mutex::new(node),
+            node_notify: node_notify.clone(),
             handlers: Mutex::new(BTreeMap::new()),
             conns: Mutex::new(BTreeMap::new()),
             by_peer: Mutex::new(BTreeMap::new()),
@@ -435,11 +523,10 @@ impl Host {
             live_conns: AtomicUsize::new(0),
             quic: tokio::sync::Mutex::new(None),
             events,
-            me: me.clone(),
         });
-        let host = Host { inner };
-        host.install_builtin_handlers();
-        Ok(host)
+        let timer = tokio::spawn(node_timer(Arc::downgrade(&inner), node_notify));
+        lock(&inner.listeners).push(timer);
+        Ok(Host { inner })
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -476,6 +563,10 @@ impl Host {
     }
 
     fn protocols_changed(&self) {
+        let user: Vec<String> = lock(&self.inner.handlers).keys().cloned().collect();
+        // The node machine announces them and pushes identify to connected peers, as go-libp2p does.
+        self.inner.node().set_protocols(user);
+        self.inner.node_notify.notify_one();
         let protos = self.inner.protocols();
         let conns: Vec<_> = lock(&self.inner.conns).values().cloned().collect();
         for c in &conns {
@@ -488,71 +579,12 @@ impl Host {
                 q.set_protocols(protos.clone());
             }
         }
-        // Tell connected peers (identify push), as go-libp2p does.
-        for peer in self.peers() {
-            let host = self.clone();
-            tokio::spawn(async move {
-                if let Ok(mut s) = host.new_stream(&peer, &[identify::PUSH_PROTOCOL_ID]).await {
-                    let info = host.inner.local_info(None);
-                    let _ = s.write_all(&info.encode()).await;
-                    let _ = s.shutdown().await;
-                }
-            });
-        }
     }
 
-    fn install_builtin_handlers(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        self.set_stream_handler(identify::PROTOCOL_ID, move |mut s: Stream| {
-            let weak = weak.clone();
-            async move {
-                let Some(inner) = weak.upgrade() else { return };
-                let info = inner.local_info(Some(s.remote_addr().clone()));
-                let _ = s.write_all(&info.encode()).await;
-                let _ = s.shutdown().await;
-            }
-        });
-        let weak = Arc::downgrade(&self.inner);
-        self.set_stream_handler(identify::PUSH_PROTOCOL_ID, move |mut s: Stream| {
-            let weak = weak.clone();
-            async move {
-                let Some(inner) = weak.upgrade() else { return };
-                let Ok(buf) = read_identify(&mut s).await else { return };
-                match Info::decode_all(&buf) {
-                    Ok(info) => {
-                        let peer = s.remote_peer().clone();
-                        inner.store_identify(&peer, &info);
-                        let _ = inner.events.send(HostEvent::Identified { peer, info: Box::new(info) });
-                    }
-                    Err(e) => tracing::debug!(peer = %s.remote_peer(), error = %e, "bad identify push"),
-                }
-            }
-        });
-        let weak = Arc::downgrade(&self.inner);
-        self.set_stream_handler(ping::PROTOCOL_ID, move |mut s: Stream| {
-            let weak = weak.clone();
-            async move {
-                if let Some(inner) = weak.upgrade() {
-                    let _ = inner.events.send(HostEvent::InboundPing { peer: s.remote_peer().clone() });
-                }
-                let mut echo = ping::Echo::default();
-                let mut buf = [0u8; 256];
-                let mut out = Vec::new();
-                loop {
-                    // spec(ping): the listener echoes; go closes idle ping streams after 60 s.
-                    let n = match tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => n,
-                        _ => break,
-                    };
-                    out.clear();
-                    echo.handle_input(&buf[..n], &mut out);
-                    if !out.is_empty() && s.write_all(&out).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown().await;
-            }
-        });
+    fn listen_addrs_changed(&self) {
+        let addrs = lock(&self.inner.listen_addrs).clone();
+        self.inner.node().set_listen_addrs(addrs);
+        self.inner.node_notify.notify_one();
     }
 
     /// Listens on a TCP multiaddr (`/ip4|ip6/<ip>/tcp/<port>`, port 0 = any). Returns the addresses now
@@ -576,6 +608,7 @@ impl Host {
             addrs.push(Multiaddr::from_tcp(local));
         }
         lock(&self.inner.listen_addrs).extend(addrs.iter().cloned());
+        self.listen_addrs_changed();
         let weak = Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
             loop {
@@ -613,6 +646,7 @@ impl Host {
         let ips: Vec<IpAddr> = if local.ip().is_unspecified() { interface_ips(local.is_ipv4()) } else { vec![local.ip()] };
         let addrs: Vec<Multiaddr> = ips.into_iter().map(|ip| Multiaddr::from_quic(SocketAddr::new(ip, local.port()))).collect();
         lock(&self.inner.listen_addrs).extend(addrs.iter().cloned());
+        self.listen_addrs_changed();
         tracing::info!(addrs = ?addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "listening");
         Ok(addrs.into_iter().map(|a| a.with_peer_id(&self.inner.peer_id)).collect())
     }
@@ -748,23 +782,6 @@ impl Host {
                 Err(Error::Timeout("stream negotiation"))
             }
         }
-    }
-
-    async fn identify_on(&self, shared: &Arc<ConnShared>, peer: &PeerId) -> Result<Info, Error> {
-        let mut s = self.open_on(shared, peer, &[identify::PROTOCOL_ID]).await?;
-        let buf = tokio::time::timeout(self.inner.config.stream_timeout, read_identify(&mut s))
-            .await
-            .map_err(|_| Error::Timeout("identify"))??;
-        let info = Info::decode_all(&buf).map_err(|e| Error::Protocol(format!("identify: {e}")))?;
-        if let Some(k) = &info.public_key {
-            if !peer.matches(k) {
-                return Err(Error::Protocol("identify: public key does not match the peer id".into()));
-            }
-        }
-        self.inner.store_identify(peer, &info);
-        tracing::info!(%peer, agent = ?info.agent_version, protocols = info.protocols.len(), "identified");
-        let _ = self.inner.events.send(HostEvent::Identified { peer: peer.clone(), info: Box::new(info.clone()) });
-        Ok(info)
     }
 
     /// What a connected peer said in the identify exchange that runs on every new connection (waits for
@@ -1007,13 +1024,6 @@ fn bind_tcp(sa: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Reads what an identify responder (or pusher) wrote, up to the most an identify exchange may hold.
-async fn read_identify(s: &mut Stream) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    s.take(Info::max_total_len() as u64).read_to_end(&mut buf).await?;
-    Ok(buf)
-}
-
 /// Wall-clock seconds: the driver's job (TLS certificates need it), never the core's.
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -1039,5 +1049,24 @@ async fn resolve_tcp(addr: &Multiaddr) -> Result<SocketAddr, Error> {
                 .ok_or_else(|| Error::Io(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{name}: no address"))))
         }
         _ => Err(Error::UnsupportedAddress(addr.clone())),
+    }
+}
+
+/// Fires the node machine's timers (pings, identify timeouts and pushes). Holds the host only weakly, so it
+/// ends with it.
+async fn node_timer(inner: Weak<Inner>, notify: Arc<tokio::sync::Notify>) {
+    loop {
+        let (deadline, epoch) = {
+            let Some(inner) = inner.upgrade() else { return };
+            let d = inner.node().poll_timeout();
+            (d, inner.epoch)
+        };
+        driver::wait_for_wake_or_deadline(&notify, epoch, deadline).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = inner.now();
+        let due = inner.node().due(now);
+        for id in due {
+            inner.node_timeout(now, id);
+        }
     }
 }

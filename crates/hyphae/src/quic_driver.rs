@@ -4,10 +4,12 @@
 
 use crate::driver::{Action, ConnShared};
 use crate::host::{Direction, Inner};
+use hyphae_core::conn;
 use hyphae_core::conn::{ReadResult, StreamId};
+use hyphae_core::node;
 use hyphae_core::quic::{self, QuicConnId};
 use hyphae_core::{Instant, Multiaddr, PeerId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -23,6 +25,8 @@ pub(crate) struct QuicState {
     read_wakers: BTreeMap<Key, Waker>,
     write_wakers: BTreeMap<Key, Waker>,
     pending_open: BTreeMap<Key, oneshot::Sender<Result<String, String>>>,
+    /// Streams the application holds; events of the others go to the node machine.
+    user_streams: BTreeSet<Key>,
     dialing: BTreeMap<QuicConnId, oneshot::Sender<Result<PeerId, String>>>,
     conns: BTreeMap<QuicConnId, Arc<ConnShared>>,
 }
@@ -61,6 +65,7 @@ impl QuicShared {
                 read_wakers: BTreeMap::new(),
                 write_wakers: BTreeMap::new(),
                 pending_open: BTreeMap::new(),
+                user_streams: BTreeSet::new(),
                 dialing: BTreeMap::new(),
                 conns: BTreeMap::new(),
             }),
@@ -101,6 +106,7 @@ impl QuicShared {
         let id = st.ep.open_stream(now, cid, protocols).map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         st.pending_open.insert((cid, id), tx);
+        st.user_streams.insert((cid, id));
         drop(st);
         self.notify.notify_one();
         Ok((id, rx))
@@ -154,7 +160,10 @@ impl QuicShared {
 
     pub(crate) fn stream_reset(&self, cid: QuicConnId, id: StreamId) {
         let now = self.now();
-        self.lock().ep.stream_reset(now, cid, id);
+        let mut st = self.lock();
+        st.user_streams.remove(&(cid, id));
+        st.ep.stream_reset(now, cid, id);
+        drop(st);
         self.notify.notify_one();
     }
 
@@ -162,8 +171,17 @@ impl QuicShared {
         let now = self.now();
         let mut st = self.lock();
         st.ep.stream_release(now, cid, id);
+        st.user_streams.remove(&(cid, id));
         st.read_wakers.remove(&(cid, id));
         st.write_wakers.remove(&(cid, id));
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Runs `f` on one connection's streams under the endpoint's lock (for the node machine's timers).
+    pub(crate) fn with_streams(&self, cid: QuicConnId, f: impl FnOnce(&mut dyn node::Streams)) {
+        let mut st = self.lock();
+        f(&mut quic::ConnStreams { ep: &mut st.ep, conn: cid });
         drop(st);
         self.notify.notify_one();
     }
@@ -177,7 +195,33 @@ impl QuicShared {
     /// Turns endpoint events into waker calls and host actions (run outside the lock).
     fn dispatch(self: &Arc<Self>, st: &mut QuicState, inner: &Arc<Inner>) -> Vec<(Arc<ConnShared>, Vec<Action>)> {
         let mut out = Vec::new();
+        let now = self.now();
+        let mut node_touched = None;
         while let Some(ev) = st.ep.poll_event() {
+            // Stream events the node machine may own (see `ConnState::user_streams`).
+            let for_node = match &ev {
+                quic::Event::InboundStream { conn, id, protocol } if node::PROTOCOLS.contains(&protocol.as_str()) => {
+                    Some((*conn, conn::Event::InboundStream { id: *id, protocol: protocol.clone() }))
+                }
+                quic::Event::OutboundReady { conn, id, protocol } if !st.user_streams.contains(&(*conn, *id)) => {
+                    Some((*conn, conn::Event::OutboundReady { id: *id, protocol: protocol.clone() }))
+                }
+                quic::Event::OutboundFailed { conn, id, reason } if !st.user_streams.contains(&(*conn, *id)) => {
+                    Some((*conn, conn::Event::OutboundFailed { id: *id, reason: reason.clone() }))
+                }
+                quic::Event::Readable { conn, id } if !st.user_streams.contains(&(*conn, *id)) => Some((*conn, conn::Event::Readable(*id))),
+                quic::Event::Writable { conn, id } if !st.user_streams.contains(&(*conn, *id)) => Some((*conn, conn::Event::Writable(*id))),
+                quic::Event::Reset { conn, id } if !st.user_streams.contains(&(*conn, *id)) => Some((*conn, conn::Event::Reset(*id))),
+                _ => None,
+            };
+            if let Some((qc, cev)) = for_node {
+                if let Some(sh) = st.conns.get(&qc).cloned() {
+                    node_touched = Some(sh.clone());
+                    if inner.node().on_event(now, node::ConnId(sh.id), &cev, &mut quic::ConnStreams { ep: &mut st.ep, conn: qc }) {
+                        continue;
+                    }
+                }
+            }
             match ev {
                 quic::Event::Established { conn, peer, public_key, remote, outbound } => {
                     let direction = if outbound { Direction::Outbound } else { Direction::Inbound };
@@ -197,12 +241,23 @@ impl QuicShared {
                     ));
                     inner.conn_registered(&shared);
                     st.conns.insert(conn, shared.clone());
+                    let role = if outbound { hyphae_core::conn::Role::Dialer } else { hyphae_core::conn::Role::Listener };
+                    inner.node().on_established(
+                        now,
+                        node::ConnId(shared.id),
+                        peer.clone(),
+                        role,
+                        shared.remote_addr.clone(),
+                        &mut quic::ConnStreams { ep: &mut st.ep, conn },
+                    );
+                    node_touched = Some(shared.clone());
                     let waiter = st.dialing.remove(&conn);
                     out.push((shared, vec![Action::Established(peer, public_key, waiter)]));
                 }
                 quic::Event::InboundStream { conn, id, protocol } => {
                     if let Some(s) = st.conns.get(&conn) {
                         out.push((s.clone(), vec![Action::Inbound(id, protocol)]));
+                        st.user_streams.insert((conn, id));
                     }
                 }
                 quic::Event::OutboundReady { conn, id, protocol } => {
@@ -211,6 +266,7 @@ impl QuicShared {
                     }
                 }
                 quic::Event::OutboundFailed { conn, id, reason } => {
+                    st.user_streams.remove(&(conn, id));
                     if let Some(tx) = st.pending_open.remove(&(conn, id)) {
                         let _ = tx.send(Err(reason));
                     }
@@ -250,12 +306,18 @@ impl QuicShared {
                             }
                         }
                     }
+                    st.user_streams.retain(|k| k.0 != conn);
                     if let Some(s) = st.conns.remove(&conn) {
                         s.lock().closed = Some(reason.clone());
+                        inner.node().on_closed(node::ConnId(s.id), &reason);
+                        node_touched = Some(s.clone());
                         out.push((s, vec![Action::Closed(reason)]));
                     }
                 }
             }
+        }
+        if let Some(s) = node_touched {
+            out.push((s, vec![Action::Node(inner.take_node_events())]));
         }
         out
     }

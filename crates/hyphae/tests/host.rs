@@ -176,3 +176,37 @@ async fn host_quic_echo_and_ping_through_the_same_api() {
     assert!(client.ping(&peer).await.unwrap() < Duration::from_secs(1));
     assert_eq!(client.identify(&peer).await.unwrap().agent_version.as_deref(), Some("hyphae/0.1.0"));
 }
+
+/// Periodic pings come from the node machine (the one the simulator runs), over TCP and over QUIC.
+#[tokio::test]
+async fn host_periodic_ping_from_node_machine_over_tcp_and_quic() {
+    for listen in ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"] {
+        let server = Host::new(HostConfig::ephemeral()).await.unwrap();
+        let addr = server.listen(listen.parse().unwrap()).await.unwrap()[0].clone();
+        let mut cfg = HostConfig::ephemeral();
+        cfg.ping_interval = Some(Duration::from_millis(100));
+        let client = Host::new(cfg).await.unwrap();
+        let mut ev = client.events();
+        let mut server_ev = server.events();
+        let peer = client.connect(&addr).await.unwrap();
+        let mut rtts = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rtts.len() < 3 {
+            match tokio::time::timeout_at(deadline, ev.recv()).await.expect("pings in time").unwrap() {
+                HostEvent::Ping { peer: p, rtt } => {
+                    assert_eq!(p, peer);
+                    rtts.push(rtt.expect("ping ok"));
+                }
+                _ => continue,
+            }
+        }
+        assert!(rtts.iter().all(|r| *r < Duration::from_secs(1)), "{listen}: {rtts:?}");
+        // One ping stream, reused: the server saw it opened once.
+        let mut inbound = 0;
+        while let Ok(e) = server_ev.try_recv() {
+            inbound += usize::from(matches!(e, HostEvent::InboundPing { .. }));
+        }
+        assert_eq!(inbound, 1, "{listen}: pings share one stream");
+        assert_eq!(client.identify(&peer).await.unwrap().agent_version.as_deref(), Some("hyphae/0.1.0"));
+    }
+}
