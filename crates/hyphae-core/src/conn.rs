@@ -398,8 +398,22 @@ impl Connection {
                                     &mut crate::rng::from_seed(self.seed),
                                 )),
                             };
-                            match tls::Session::new(&cert, self.role == Role::Dialer, self.expected.clone(), &muxers, self.config.unix_time)
-                            {
+                            let tls_seed = {
+                                use rand_core::RngCore;
+                                let mut r = crate::rng::from_seed(self.seed);
+                                r.set_stream(0x746c73); // "tls": apart from the streams the noise handshake uses
+                                let mut s = [0u8; 32];
+                                r.fill_bytes(&mut s);
+                                s
+                            };
+                            match tls::Session::new(
+                                &cert,
+                                self.role == Role::Dialer,
+                                self.expected.clone(),
+                                &muxers,
+                                self.config.unix_time,
+                                tls_seed,
+                            ) {
                                 Ok(mut sess) => {
                                     sess.poll_transmit(&mut self.out);
                                     self.stage = Stage::Tls(Box::new(sess));

@@ -368,6 +368,15 @@ impl Multiaddr {
     }
 
     /// `/ip4|ip6/<ip>/udp/<port>/quic-v1` for a socket address.
+    /// `/ip4|ip6/<ip>/udp/<port>/quic-v1[/p2p/<id>]` → the socket address; anything else → `None`.
+    pub fn quic_socket_addr(&self) -> Option<core::net::SocketAddr> {
+        let a = self.without_peer_id();
+        match a.protocols() {
+            [_, Protocol::Udp(_), Protocol::QuicV1] => a.socket_addr().map(|(sa, _)| sa),
+            _ => None,
+        }
+    }
+
     pub fn from_quic(sa: core::net::SocketAddr) -> Multiaddr {
         let mut m = Multiaddr::from_tcp(sa);
         m.0[1] = Protocol::Udp(sa.port());

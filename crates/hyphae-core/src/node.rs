@@ -81,6 +81,11 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// [`ByteNode`]: connections at once, including dials in progress. Default 1024.
     pub max_connections: usize,
+    /// [`ByteNode`]: run a QUIC endpoint too (`/udp/../quic-v1` dials, `Input::Datagram`). The value is the
+    /// std instant our `Instant(0)` stands for (quinn-proto wants std instants; the driver picks it).
+    pub quic_base: Option<std::time::Instant>,
+    /// Wall-clock unix seconds, for TLS certificate validity (the driver's clock, or a fixed one).
+    pub unix_time: i64,
 }
 
 impl Config {
@@ -98,6 +103,8 @@ impl Config {
             conn_limits: conn::Limits::default(),
             handshake_timeout: Duration::from_secs(15),
             max_connections: 1024,
+            quic_base: None,
+            unix_time: 1_700_000_000,
         }
     }
 }
@@ -613,6 +620,11 @@ pub enum Input<'a> {
         conn: ConnId,
         reason: &'a str,
     },
+    /// A UDP datagram for the QUIC endpoint.
+    Datagram {
+        from: core::net::SocketAddr,
+        data: &'a [u8],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -630,7 +642,20 @@ pub enum Output {
     Close {
         conn: ConnId,
     },
+    /// A UDP datagram from the QUIC endpoint.
+    SendDatagram {
+        to: core::net::SocketAddr,
+        data: Vec<u8>,
+    },
     Event(Event),
+}
+
+/// The QUIC side of a [`ByteNode`]: one endpoint (one UDP socket) and the ids of its connections.
+struct QuicSide {
+    ep: crate::quic::Endpoint,
+    /// Endpoint connection → node connection id, and the dial address while dialing.
+    ids: BTreeMap<crate::quic::QuicConnId, (ConnId, Option<Multiaddr>, bool /* established */)>,
+    rev: BTreeMap<ConnId, crate::quic::QuicConnId>,
 }
 
 struct ByteConn {
@@ -649,6 +674,7 @@ pub struct ByteNode {
     node: Node,
     noise_static: std::sync::Arc<crate::noise::StaticKey>,
     conns: BTreeMap<ConnId, ByteConn>,
+    quic: Option<QuicSide>,
     next_conn: u64,
     out: VecDeque<Output>,
 }
@@ -660,7 +686,27 @@ impl ByteNode {
         let noise_static = std::sync::Arc::new(
             crate::noise::StaticKey::generate(&node.config.keypair, seed).expect("invariant: x25519 key generation cannot fail"),
         );
-        ByteNode { node, noise_static, conns: BTreeMap::new(), next_conn: 1 << 32, out: VecDeque::new() }
+        let quic = node.config.quic_base.map(|base| {
+            let mut r = rng::from_seed(node.child_seed());
+            let cfg = &node.config;
+            let cert = std::sync::Arc::new(crate::tls::Certificate::generate(&cfg.keypair, cfg.unix_time, &mut r));
+            let mut seed = [0u8; 32];
+            r.fill_bytes(&mut seed);
+            let qc = crate::quic::Config {
+                keypair: cfg.keypair.clone(),
+                cert,
+                protocols: node.protocols(),
+                unix_time: cfg.unix_time,
+                seed,
+                base,
+                max_streams: 256,
+                max_connections: cfg.max_connections,
+                max_datagrams: 1,
+            };
+            let ep = crate::quic::Endpoint::new(qc).expect("invariant: our own TLS configuration is valid");
+            QuicSide { ep, ids: BTreeMap::new(), rev: BTreeMap::new() }
+        });
+        ByteNode { node, noise_static, conns: BTreeMap::new(), quic, next_conn: 1 << 32, out: VecDeque::new() }
     }
 
     pub fn node(&self) -> &Node {
@@ -673,7 +719,7 @@ impl ByteNode {
         self.node.stats()
     }
     pub fn num_connections(&self) -> usize {
-        self.conns.len()
+        self.conns.len() + self.quic.as_ref().map_or(0, |q| q.ids.len())
     }
     pub fn connected_peers(&self) -> Vec<PeerId> {
         self.node.connected_peers()
@@ -701,16 +747,35 @@ impl ByteNode {
                 m.set_protocols(all.clone());
             }
         }
+        if let Some(q) = self.quic.as_mut() {
+            q.ep.set_protocols(all);
+        }
         self.handle_timeout(now);
     }
 
     /// Dials `addr` (its `/p2p/<id>` is verified). Outcome: `Event::Connected` or `Event::DialFailed`.
-    pub fn dial(&mut self, _now: Instant, addr: Multiaddr) -> Result<ConnId, ApiError> {
-        if self.conns.len() >= self.node.config.max_connections {
+    pub fn dial(&mut self, now: Instant, addr: Multiaddr) -> Result<ConnId, ApiError> {
+        if self.num_connections() >= self.node.config.max_connections {
             return Err(ApiError::ConnectionLimit);
         }
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
+        if let Some(sa) = addr.quic_socket_addr() {
+            let Some(q) = self.quic.as_mut() else {
+                self.node.on_dial_failed(addr, "no QUIC endpoint".into());
+                self.take_events();
+                return Ok(id);
+            };
+            match q.ep.dial(now, sa, addr.peer_id()) {
+                Ok(qc) => {
+                    q.ids.insert(qc, (id, Some(addr), false));
+                    q.rev.insert(id, qc);
+                }
+                Err(e) => self.node.on_dial_failed(addr, e.to_string()),
+            }
+            self.pump_quic(now);
+            return Ok(id);
+        }
         self.conns.insert(id, ByteConn { machine: None, role: Role::Dialer, expected: addr.peer_id(), addr: addr.clone(), peer: None });
         self.out.push_back(Output::Dial { conn: id, addr });
         Ok(id)
@@ -731,6 +796,14 @@ impl ByteNode {
                 m.close();
             }
             self.pump(now, id);
+        }
+        if let Some(q) = self.quic.as_mut() {
+            for id in self.node.connections_to(peer) {
+                if let Some(qc) = q.rev.get(&id) {
+                    q.ep.close(now, *qc);
+                }
+            }
+            self.pump_quic(now);
         }
     }
 
@@ -776,6 +849,12 @@ impl ByteNode {
                     }
                 }
             }
+            Input::Datagram { from, data } => {
+                if let Some(q) = self.quic.as_mut() {
+                    q.ep.handle_datagram(now, from, data);
+                    self.pump_quic(now);
+                }
+            }
         }
     }
 
@@ -792,19 +871,88 @@ impl ByteNode {
             }
             self.pump(now, id);
         }
+        if let Some(q) = self.quic.as_mut() {
+            if q.ep.poll_timeout().is_some_and(|t| t <= now) {
+                q.ep.handle_timeout(now);
+            }
+        }
         for id in self.node.due(now) {
-            match self.conns.get_mut(&id).and_then(|c| c.machine.as_mut()) {
-                Some(m) => self.node.handle_timeout(now, id, m),
-                None => self.node.on_closed(id, "connection gone"),
+            let quic = self.quic.as_mut().and_then(|q| q.rev.get(&id).copied().map(|qc| (q, qc)));
+            match (quic, self.conns.get_mut(&id).and_then(|c| c.machine.as_mut())) {
+                (Some((q, qc)), _) => self.node.handle_timeout(now, id, &mut crate::quic::ConnStreams { ep: &mut q.ep, conn: qc }),
+                (None, Some(m)) => self.node.handle_timeout(now, id, m),
+                (None, None) => self.node.on_closed(id, "connection gone"),
             }
             self.pump(now, id);
         }
+        self.pump_quic(now);
     }
 
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(|c| c.machine.as_ref().and_then(|m| m.poll_timeout())).min();
-        [conns, self.node.poll_timeout()].into_iter().flatten().min()
+        let quic = self.quic.as_mut().and_then(|q| q.ep.poll_timeout());
+        [conns, quic, self.node.poll_timeout()].into_iter().flatten().min()
+    }
+
+    /// Runs the QUIC endpoint after any input: its events go to the node machine (which may write on its
+    /// streams, so the endpoint runs again), then its datagrams go out.
+    fn pump_quic(&mut self, now: Instant) {
+        use crate::quic::{ConnStreams, Event as Q};
+        let Some(q) = self.quic.as_mut() else { return };
+        loop {
+            q.ep.flush(now);
+            let Some(ev) = q.ep.poll_event() else { break };
+            let (qc, cev) = match ev {
+                Q::Established { conn, peer, remote, outbound, .. } => {
+                    let id = match q.ids.get_mut(&conn) {
+                        Some(e) => {
+                            e.2 = true;
+                            e.0
+                        }
+                        None => {
+                            let id = ConnId(self.next_conn);
+                            self.next_conn += 1;
+                            q.ids.insert(conn, (id, None, true));
+                            q.rev.insert(id, conn);
+                            id
+                        }
+                    };
+                    let role = if outbound { Role::Dialer } else { Role::Listener };
+                    let addr = Multiaddr::from_quic(remote);
+                    self.node.on_established(now, id, peer, role, addr, &mut ConnStreams { ep: &mut q.ep, conn });
+                    continue;
+                }
+                Q::Closed { conn, reason } => {
+                    if let Some((id, dial, established)) = q.ids.remove(&conn) {
+                        q.rev.remove(&id);
+                        match (established, dial) {
+                            (true, _) => self.node.on_closed(id, &reason),
+                            (false, Some(addr)) => self.node.on_dial_failed(addr, reason),
+                            (false, None) => {}
+                        }
+                    }
+                    continue;
+                }
+                Q::InboundStream { conn, id, protocol } => (conn, conn::Event::InboundStream { id, protocol }),
+                Q::OutboundReady { conn, id, protocol } => (conn, conn::Event::OutboundReady { id, protocol }),
+                Q::OutboundFailed { conn, id, reason } => (conn, conn::Event::OutboundFailed { id, reason }),
+                Q::Readable { conn, id } => (conn, conn::Event::Readable(id)),
+                Q::Writable { conn, id } => (conn, conn::Event::Writable(id)),
+                Q::Reset { conn, id } => (conn, conn::Event::Reset(id)),
+            };
+            let Some(&(id, _, _)) = q.ids.get(&qc) else { continue };
+            let mut m = ConnStreams { ep: &mut q.ep, conn: qc };
+            if !self.node.on_event(now, id, &cev, &mut m) {
+                if let conn::Event::InboundStream { id: s, .. } = cev {
+                    crate::node::Streams::stream_reset(&mut m, now, s);
+                }
+            }
+        }
+        while let Some(t) = q.ep.poll_transmit() {
+            self.out.push_back(Output::SendDatagram { to: t.to, data: t.data });
+        }
+        self.take_events();
     }
 
     #[must_use]
@@ -867,17 +1015,28 @@ mod tests {
     struct Pair {
         n: [ByteNode; 2],
         now: Instant,
-        inflight: Vec<(Instant, usize, ConnId, Vec<u8>)>,
+        /// (arrival, to, conn — `None` for a datagram, data)
+        inflight: Vec<(Instant, usize, Option<ConnId>, Vec<u8>)>,
         events: [Vec<Event>; 2],
         latency: Duration,
     }
 
     impl Pair {
         fn new(ping: Option<Duration>) -> Pair {
+            Self::with_quic(ping, false)
+        }
+
+        fn addr(i: usize) -> core::net::SocketAddr {
+            core::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 4001))
+        }
+
+        fn with_quic(ping: Option<Duration>, quic: bool) -> Pair {
             let mut r = rng::from_seed([5; 32]);
+            let base = std::time::Instant::now();
             let mk = |r: &mut rng::Rng, s: u8| {
                 let mut c = Config::new(Keypair::generate_ed25519(r), [s; 32]);
                 c.ping_interval = ping;
+                c.quic_base = quic.then_some(base);
                 ByteNode::new(c, Instant(0))
             };
             Pair {
@@ -892,7 +1051,11 @@ mod tests {
         fn drain(&mut self, i: usize) {
             while let Some(o) = self.n[i].poll_output() {
                 match o {
-                    Output::Transmit { conn, data } => self.inflight.push((self.now + self.latency, 1 - i, conn, data)),
+                    Output::Transmit { conn, data } => self.inflight.push((self.now + self.latency, 1 - i, Some(conn), data)),
+                    Output::SendDatagram { to, data } => {
+                        assert_eq!(to, Self::addr(1 - i));
+                        self.inflight.push((self.now + self.latency, 1 - i, None, data));
+                    }
                     Output::Dial { conn, .. } => {
                         // Same ConnId on both sides keeps the test simple.
                         self.n[i].handle_input(self.now, Input::Connected { conn, role: Role::Dialer, remote_addr: Multiaddr::empty() });
@@ -921,7 +1084,10 @@ mod tests {
                 if next_msg == Some(t) {
                     let pos = self.inflight.iter().position(|m| m.0 == t).unwrap();
                     let (_, to, conn, data) = self.inflight.remove(pos);
-                    self.n[to].handle_input(self.now, Input::Data { conn, data: &data });
+                    match conn {
+                        Some(conn) => self.n[to].handle_input(self.now, Input::Data { conn, data: &data }),
+                        None => self.n[to].handle_input(self.now, Input::Datagram { from: Self::addr(1 - to), data: &data }),
+                    }
                 } else {
                     self.n[0].handle_timeout(self.now);
                     self.n[1].handle_timeout(self.now);
@@ -945,6 +1111,23 @@ mod tests {
         assert!(p.events[0].iter().any(|e| matches!(e, Event::Identified { info, push: false, .. } if info.agent_version.as_deref().is_some_and(|a| a.starts_with("hyphae/")))));
         assert!(p.events[1].iter().any(|e| matches!(e, Event::Identified { .. })));
         assert_eq!(p.n[1].stats().pings_ok, 4, "both sides ping");
+    }
+
+    #[test]
+    fn node_runs_over_quic_with_the_same_protocol_code() {
+        let mut p = Pair::with_quic(Some(Duration::from_secs(10)), true);
+        let b = p.n[1].peer_id().clone();
+        let addr = Multiaddr::from_quic(Pair::addr(1)).with(crate::Protocol::P2p(b.clone()));
+        p.n[0].dial(Instant(0), addr).unwrap();
+        p.run_until(Instant(0) + Duration::from_secs(25));
+        assert!(p.n[0].is_connected(&b));
+        let rtts: Vec<Duration> =
+            p.events[0].iter().filter_map(|e| if let Event::PingOk { rtt, .. } = e { Some(*rtt) } else { None }).collect();
+        assert_eq!(rtts.len(), 3, "{:?}", p.events[0]);
+        assert!(rtts.iter().all(|r| *r == Duration::from_millis(20)), "{rtts:?}");
+        assert_eq!(p.n[0].stats().identifies, 1);
+        assert_eq!(p.n[1].stats().identifies, 1);
+        assert_eq!(p.n[0].num_connections(), 1);
     }
 
     #[test]

@@ -103,6 +103,25 @@ pub struct Endpoint {
     conns: BTreeMap<ConnectionHandle, QConn>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Lent to rustls while quinn-proto runs the handshakes (`tls::RngScope`).
+    tls_rng: Option<crate::rng::Rng>,
+}
+
+/// 8-byte connection IDs from a seeded RNG (quinn's generators use its thread RNG).
+struct SeededCids(crate::rng::Rng);
+
+impl quinn_proto::ConnectionIdGenerator for SeededCids {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        let mut b = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut self.0, &mut b);
+        quinn_proto::ConnectionId::new(&b)
+    }
+    fn cid_len(&self) -> usize {
+        8
+    }
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 fn sid(id: quinn_proto::StreamId) -> Option<StreamId> {
@@ -131,15 +150,55 @@ impl Endpoint {
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
         transport.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
         let transport = Arc::new(transport);
-        let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(qs));
+        // Keys for retry/address-validation tokens and stateless resets come from our seed, not from quinn's
+        // thread RNG (a replayed run must send the same bytes).
+        let mut r = crate::rng::from_seed(config.seed);
+        r.set_stream(0x71756963); // "quic"
+        let mut keys = [0u8; 96];
+        rand_core::RngCore::fill_bytes(&mut r, &mut keys);
+        let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&keys[..64]);
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &keys[64..]);
+        let mut server = quinn_proto::ServerConfig::new(Arc::new(qs), Arc::new(token_key));
         server.transport_config(transport.clone());
         let mut client = quinn_proto::ClientConfig::new(Arc::new(qc));
+        // quinn draws connection IDs from its thread RNG by default; they enter the TLS transcript (transport
+        // parameters), so take them from the seed too.
+        let cid_seed = {
+            let mut x = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut r, &mut x);
+            x
+        };
+        let dcids = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        client.initial_dst_cid_provider(Arc::new(move || {
+            let mut g = crate::rng::from_seed(cid_seed);
+            g.set_stream(dcids.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let mut b = [0u8; 16];
+            rand_core::RngCore::fill_bytes(&mut g, &mut b);
+            quinn_proto::ConnectionId::new(&b)
+        }));
         client.transport_config(transport);
-        let mut epc = quinn_proto::EndpointConfig::default();
+        let mut epc = quinn_proto::EndpointConfig::new(Arc::new(reset_key));
+        let mut gen_seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut r, &mut gen_seed);
+        let gens = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        epc.cid_generator(move || {
+            let mut g = crate::rng::from_seed(gen_seed);
+            g.set_stream(gens.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            Box::new(SeededCids(g))
+        });
         epc.rng_seed(Some(config.seed));
         let server = Arc::new(server);
         let ep = quinn_proto::Endpoint::new(Arc::new(epc), Some(server.clone()), true, Some(config.seed));
-        Ok(Endpoint { config, ep, server, client, conns: BTreeMap::new(), transmits: VecDeque::new(), events: VecDeque::new() })
+        Ok(Endpoint {
+            config,
+            ep,
+            server,
+            client,
+            conns: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            tls_rng: Some(crate::rng::child(&mut r)),
+        })
     }
 
     fn std_now(&self, now: Instant) -> std::time::Instant {
@@ -156,6 +215,13 @@ impl Endpoint {
 
     /// Dials `addr`; `expected` is verified against the certificate. Outcome: `Established` or `Closed`.
     pub fn dial(&mut self, now: Instant, addr: SocketAddr, expected: Option<PeerId>) -> Result<QuicConnId, QuicError> {
+        let scope = tls::RngScope::enter(&mut self.tls_rng);
+        let r = self.dial_inner(now, addr, expected);
+        scope.exit(&mut self.tls_rng);
+        r
+    }
+
+    fn dial_inner(&mut self, now: Instant, addr: SocketAddr, expected: Option<PeerId>) -> Result<QuicConnId, QuicError> {
         if self.conns.len() >= self.config.max_connections {
             return Err(QuicError::ConnectionLimit);
         }
@@ -169,6 +235,12 @@ impl Endpoint {
 
     /// A datagram from `from`. Call [`Endpoint::flush`] after a batch of them.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let scope = tls::RngScope::enter(&mut self.tls_rng);
+        self.handle_datagram_inner(now, from, data);
+        scope.exit(&mut self.tls_rng);
+    }
+
+    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let t = self.std_now(now);
         let mut buf = Vec::new();
         let ev = self.ep.handle(t, from, None, None, bytes::BytesMut::from(data), &mut buf);
@@ -252,6 +324,12 @@ impl Endpoint {
 
     /// Runs one connection after any input: endpoint events both ways, datagrams out, application events.
     fn drive(&mut self, now: Instant, h: ConnectionHandle) {
+        let scope = tls::RngScope::enter(&mut self.tls_rng);
+        self.drive_inner(now, h);
+        scope.exit(&mut self.tls_rng);
+    }
+
+    fn drive_inner(&mut self, now: Instant, h: ConnectionHandle) {
         let t = self.std_now(now);
         loop {
             let Some(c) = self.conns.get_mut(&h) else { return };
@@ -382,8 +460,11 @@ impl Endpoint {
                 }
             }
             quinn_proto::StreamEvent::Stopped { id, .. } => {
+                // STOP_SENDING: the peer reads no more, so our writes fail from now on; what it sent us is
+                // still ours to read (a responder that answered and released the stream sends this, and
+                // on a reordering path it may arrive before its answer). Wake the writer, don't reset.
                 if let Some(s) = sid(id) {
-                    self.events.push_back(Event::Reset { conn: cid, id: s });
+                    self.events.push_back(Event::Writable { conn: cid, id: s });
                 }
             }
             quinn_proto::StreamEvent::Finished { .. } | quinn_proto::StreamEvent::Available { .. } => {}

@@ -9,8 +9,9 @@
 //! Certificates are built and parsed by the small DER codec below (the only certificates we accept are
 //! libp2p's: one self-signed certificate, ECDSA P-256/SHA-256 or Ed25519), so webpki is not involved.
 //! Time comes in from the caller (`unix_time`), never from the system clock. Randomness inside rustls
-//! (handshake nonces, key shares) comes from ring's system RNG: a known exception to the seeded-RNG rule
-//! until rustls gets a seeded provider here.
+//! (handshake nonces, X25519 key shares) comes from the machine's seeded RNG through our crypto provider
+//! ([`RngScope`]), and certificate-key signatures are deterministic (RFC 6979), so a TLS or QUIC
+//! handshake replays byte for byte from a seed, as Noise does.
 
 use crate::identity::{Keypair, PeerId, PublicKey};
 use rand_core::CryptoRngCore;
@@ -503,6 +504,166 @@ impl rustls::server::danger::ClientCertVerifier for Verifier {
     }
 }
 
+// ---- Seeded randomness for rustls ----
+//
+// rustls takes its RNG and key-exchange groups as `&'static` trait objects, so a per-machine RNG cannot be
+// handed in directly. Instead the machine lends its RNG to this thread for the duration of each call into
+// rustls (`RngScope`); the provider draws from it. Outside a scope (never the case in our machines, but
+// cheap insurance) it falls back to ring's system RNG.
+
+thread_local! {
+    static LENT_RNG: std::cell::RefCell<Option<crate::rng::Rng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Lends a machine's RNG to rustls while the machine calls into it. `enter` moves the RNG in, `exit` moves
+/// it back; nested scopes of the same machine (its RNG already lent) are no-ops.
+pub(crate) struct RngScope {
+    active: bool,
+    prev: Option<crate::rng::Rng>,
+}
+
+impl RngScope {
+    pub(crate) fn enter(rng: &mut Option<crate::rng::Rng>) -> RngScope {
+        match rng.take() {
+            Some(r) => RngScope { active: true, prev: LENT_RNG.with(|c| c.replace(Some(r))) },
+            None => RngScope { active: false, prev: None },
+        }
+    }
+
+    pub(crate) fn exit(mut self, rng: &mut Option<crate::rng::Rng>) {
+        if self.active {
+            self.active = false;
+            *rng = LENT_RNG.with(|c| c.replace(self.prev.take()));
+        }
+    }
+}
+
+impl Drop for RngScope {
+    fn drop(&mut self) {
+        // Only on an unwinding path: never leave this machine's RNG for another one on this thread.
+        if self.active {
+            LENT_RNG.with(|c| c.replace(self.prev.take()));
+        }
+    }
+}
+
+fn fill_random(buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+    use rand_core::RngCore;
+    let lent = LENT_RNG.with(|c| match c.borrow_mut().as_mut() {
+        Some(r) => {
+            r.fill_bytes(buf);
+            true
+        }
+        None => false,
+    });
+    if lent {
+        Ok(())
+    } else {
+        rustls::crypto::ring::default_provider().secure_random.fill(buf)
+    }
+}
+
+#[derive(Debug)]
+struct LentRandom;
+
+impl rustls::crypto::SecureRandom for LentRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        fill_random(buf)
+    }
+}
+
+/// X25519 with the secret drawn from the lent RNG (ring's own X25519 always uses the system RNG).
+#[derive(Debug)]
+struct X25519;
+
+impl rustls::crypto::SupportedKxGroup for X25519 {
+    fn start(&self) -> Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+        let mut sk = [0u8; 32];
+        fill_random(&mut sk).map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
+        let pk = curve25519_dalek::MontgomeryPoint::mul_base_clamped(sk).to_bytes();
+        Ok(Box::new(X25519Share { sk, pk }))
+    }
+    fn name(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::X25519
+    }
+}
+
+struct X25519Share {
+    sk: [u8; 32],
+    pk: [u8; 32],
+}
+
+impl rustls::crypto::ActiveKeyExchange for X25519Share {
+    fn complete(self: Box<Self>, peer_pub_key: &[u8]) -> Result<rustls::crypto::SharedSecret, rustls::Error> {
+        let bad = || rustls::Error::from(rustls::PeerMisbehaved::InvalidKeyShare);
+        let p: [u8; 32] = peer_pub_key.try_into().map_err(|_| bad())?;
+        let shared = curve25519_dalek::MontgomeryPoint(p).mul_clamped(self.sk).to_bytes();
+        // RFC 7748 §6.1: an all-zero result means a low-order point; refuse it.
+        if shared == [0u8; 32] {
+            return Err(bad());
+        }
+        Ok(rustls::crypto::SharedSecret::from(&shared[..]))
+    }
+    fn pub_key(&self) -> &[u8] {
+        &self.pk
+    }
+    fn group(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::X25519
+    }
+}
+
+/// Loads our certificate keys (P-256) as deterministic RFC 6979 signers; anything else goes to ring.
+#[derive(Debug)]
+struct Keys;
+
+impl rustls::crypto::KeyProvider for Keys {
+    fn load_private_key(&self, der: PrivateKeyDer<'static>) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        use p256::pkcs8::DecodePrivateKey;
+        if let PrivateKeyDer::Pkcs8(k) = &der {
+            if let Ok(sk) = p256::ecdsa::SigningKey::from_pkcs8_der(k.secret_pkcs8_der()) {
+                return Ok(Arc::new(P256Key(sk)));
+            }
+        }
+        rustls::crypto::ring::default_provider().key_provider.load_private_key(der)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct P256Key(p256::ecdsa::SigningKey);
+
+impl rustls::sign::SigningKey for P256Key {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered.contains(&SignatureScheme::ECDSA_NISTP256_SHA256).then(|| Box::new(self.clone()) as Box<dyn rustls::sign::Signer>)
+    }
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ECDSA
+    }
+}
+
+impl rustls::sign::Signer for P256Key {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        use p256::ecdsa::signature::Signer;
+        let sig: p256::ecdsa::Signature = self.0.sign(message);
+        Ok(sig.to_der().as_bytes().to_vec())
+    }
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::ECDSA_NISTP256_SHA256
+    }
+}
+
+/// ring's ciphers and verifiers with our RNG, X25519 and signer. Built once.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static P: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let mut p = rustls::crypto::ring::default_provider();
+        p.secure_random = &LentRandom;
+        p.kx_groups = vec![&X25519];
+        p.key_provider = &Keys;
+        Arc::new(p)
+    })
+    .clone()
+}
+
 fn rustls_err(e: rustls::Error) -> TlsError {
     TlsError::Rustls(e.to_string())
 }
@@ -510,7 +671,7 @@ fn rustls_err(e: rustls::Error) -> TlsError {
 /// A rustls client config for libp2p: TLS 1.3 only, our certificate, the libp2p verifier, no SNI.
 /// Shared by TLS over TCP and QUIC.
 pub fn client_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let (chain, key) = cert.rustls_parts();
     let mut cfg = rustls::ClientConfig::builder_with_details(provider, Arc::new(FixedTime(now_unix)))
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -527,7 +688,7 @@ pub fn client_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> R
 
 /// A rustls server config for libp2p: TLS 1.3 only, client certificates required and verified.
 pub fn server_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let (chain, key) = cert.rustls_parts();
     let mut cfg = rustls::ServerConfig::builder_with_details(provider, Arc::new(FixedTime(now_unix)))
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -549,6 +710,8 @@ pub fn peer_of_verified(cert: &[u8]) -> Result<PeerCertificate, TlsError> {
 pub struct Session {
     conn: rustls::Connection,
     expected: Option<PeerId>,
+    /// Lent to rustls during each call (see [`RngScope`]).
+    rng: Option<crate::rng::Rng>,
 }
 
 /// What the handshake established.
@@ -567,18 +730,24 @@ impl Session {
         expected: Option<PeerId>,
         muxers: &[String],
         now_unix: i64,
+        seed: [u8; 32],
     ) -> Result<Session, TlsError> {
         let mut alpn: Vec<Vec<u8>> = muxers.iter().map(|m| m.as_bytes().to_vec()).collect();
         // spec(tls): ""libp2p" is used as the application protocol for ALPN"
         alpn.push(b"libp2p".to_vec());
-        let conn: rustls::Connection = if initiator {
-            let cfg = client_config(cert, alpn, now_unix)?;
-            let name = ServerName::try_from("libp2p.invalid").expect("invariant: valid dns name");
-            rustls::ClientConnection::new(Arc::new(cfg), name).map_err(rustls_err)?.into()
+        let mut rng = Some(crate::rng::from_seed(seed));
+        let scope = RngScope::enter(&mut rng);
+        let conn: Result<rustls::Connection, TlsError> = if initiator {
+            client_config(cert, alpn, now_unix).and_then(|cfg| {
+                let name = ServerName::try_from("libp2p.invalid").expect("invariant: valid dns name");
+                rustls::ClientConnection::new(Arc::new(cfg), name).map(Into::into).map_err(rustls_err)
+            })
         } else {
-            rustls::ServerConnection::new(Arc::new(server_config(cert, alpn, now_unix)?)).map_err(rustls_err)?.into()
+            server_config(cert, alpn, now_unix)
+                .and_then(|cfg| rustls::ServerConnection::new(Arc::new(cfg)).map(Into::into).map_err(rustls_err))
         };
-        Ok(Session { conn, expected })
+        scope.exit(&mut rng);
+        Ok(Session { conn: conn?, expected, rng })
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -587,6 +756,13 @@ impl Session {
 
     /// Consumes TLS records from the front of `buf`; appends decrypted application data to `plain`.
     pub fn handle_input(&mut self, buf: &mut Vec<u8>, plain: &mut Vec<u8>) -> Result<(), TlsError> {
+        let scope = RngScope::enter(&mut self.rng);
+        let r = self.read_records(buf, plain);
+        scope.exit(&mut self.rng);
+        r
+    }
+
+    fn read_records(&mut self, buf: &mut Vec<u8>, plain: &mut Vec<u8>) -> Result<(), TlsError> {
         let mut consumed = 0;
         let r = loop {
             if consumed == buf.len() {
@@ -705,8 +881,8 @@ mod tests {
         let ca = Certificate::generate(&a, now, &mut rng);
         let cb = Certificate::generate(&b, now, &mut rng);
         let m = vec!["/yamux/1.0.0".to_string()];
-        let mut c = Session::new(&ca, true, Some(b.peer_id()), &m, now).unwrap();
-        let mut s = Session::new(&cb, false, None, &m, now).unwrap();
+        let mut c = Session::new(&ca, true, Some(b.peer_id()), &m, now, [1; 32]).unwrap();
+        let mut s = Session::new(&cb, false, None, &m, now, [2; 32]).unwrap();
         let (mut to_s, mut to_c, mut pc, mut ps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..6 {
             c.poll_transmit(&mut to_s);

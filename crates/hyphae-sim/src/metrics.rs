@@ -91,6 +91,9 @@ pub struct Counters {
     pub identifies: u64,
     pub identify_failures: u64,
     pub messages: u64,
+    /// UDP datagrams sent, and those lost (random loss, partitions, dead receivers).
+    pub datagrams: u64,
+    pub datagrams_lost: u64,
     pub bytes: u64,
     pub crashes: u64,
     pub restarts: u64,
@@ -127,6 +130,8 @@ impl Phase {
             "identifies" => c.identifies as f64,
             "identify_failures" => c.identify_failures as f64,
             "messages" => c.messages as f64,
+            "datagrams" => c.datagrams as f64,
+            "datagrams_lost" => c.datagrams_lost as f64,
             "bytes" => c.bytes as f64,
             "crashes" => c.crashes as f64,
             "restarts" => c.restarts as f64,
@@ -138,7 +143,7 @@ impl Phase {
         })
     }
 
-    pub const METRICS: [&'static str; 19] = [
+    pub const METRICS: [&'static str; 21] = [
         "dials",
         "dial_failures",
         "connections",
@@ -149,6 +154,8 @@ impl Phase {
         "identifies",
         "identify_failures",
         "messages",
+        "datagrams",
+        "datagrams_lost",
         "bytes",
         "crashes",
         "restarts",

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! seed 42                                   # default seed (HYPHAE_SEED and --seed override it)
-//! nodes GROUP COUNT [ping=10s]              # a group of nodes; ping: interval of pings to every peer
-//! link latency=20ms [jitter=2ms] [bandwidth=100mbit]      # the default link class (one-way latency)
+//! nodes GROUP COUNT [ping=10s] [transport=tcp|quic]  # a group of nodes; ping: interval of pings to every
+//!                                           # peer; transport: how this group dials (default tcp)
+//! link latency=20ms [jitter=2ms] [bandwidth=100mbit] [loss=1%] [reorder=5%]  # the default link class
+//!                                           # (one-way latency); loss and reorder apply to datagrams
 //! region NAME SELECTOR                      # nodes in a region (SELECTOR: N, A..B, a group or region, all)
 //! between REGION REGION latency=80ms [jitter=..] [bandwidth=..]  # link class between two regions
 //! phase NAME                                # metrics from time 0 go to this phase
@@ -28,11 +30,15 @@ pub struct LinkClass {
     pub jitter: Duration,
     /// Bits per second; 0 = unlimited.
     pub bandwidth_bps: u64,
+    /// Fraction of datagrams dropped (UDP/QUIC only: TCP-like links are reliable).
+    pub loss: f64,
+    /// Fraction of datagrams held back by one extra latency, so that later ones overtake them.
+    pub reorder: f64,
 }
 
 impl Default for LinkClass {
     fn default() -> Self {
-        LinkClass { latency: Duration::from_millis(10), jitter: Duration::ZERO, bandwidth_bps: 0 }
+        LinkClass { latency: Duration::from_millis(10), jitter: Duration::ZERO, bandwidth_bps: 0, loss: 0.0, reorder: 0.0 }
     }
 }
 
@@ -63,6 +69,8 @@ pub struct Group {
     pub name: String,
     pub count: usize,
     pub ping: Option<Duration>,
+    /// The group dials over QUIC (every node of a scenario that has such a group also listens on QUIC).
+    pub quic: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +157,19 @@ fn parse_selector(s: &str) -> Result<Selector, String> {
     Err(format!("{s:?}: not a node selector (N, A..B, a group name, all)"))
 }
 
+/// `5%` or `0.05`, within 0..=1.
+fn parse_fraction(v: &str) -> Result<f64, String> {
+    let f = match v.strip_suffix('%') {
+        Some(p) => p.parse::<f64>().map(|x| x / 100.0),
+        None => v.parse::<f64>(),
+    }
+    .map_err(|_| format!("{v:?}: not a fraction (5% or 0.05)"))?;
+    if !(0.0..=1.0).contains(&f) {
+        return Err(format!("{v:?}: must be between 0% and 100%"));
+    }
+    Ok(f)
+}
+
 fn parse_link(words: &[&str], base: &LinkClass) -> Result<LinkClass, String> {
     let mut l = base.clone();
     for w in words {
@@ -157,7 +178,9 @@ fn parse_link(words: &[&str], base: &LinkClass) -> Result<LinkClass, String> {
             "latency" => l.latency = parse_duration(v)?,
             "jitter" => l.jitter = parse_duration(v)?,
             "bandwidth" => l.bandwidth_bps = parse_bandwidth(v)?,
-            _ => return Err(format!("unknown link setting {k:?} (latency, jitter, bandwidth)")),
+            "loss" => l.loss = parse_fraction(v)?,
+            "reorder" => l.reorder = parse_fraction(v)?,
+            _ => return Err(format!("unknown link setting {k:?} (latency, jitter, bandwidth, loss, reorder)")),
         }
     }
     Ok(l)
@@ -234,16 +257,19 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             ["nodes", name, count, rest @ ..] => {
                 let count: usize = count.parse().map_err(|_| err(format!("{count:?}: not a number")))?;
                 let mut ping = None;
+                let mut quic = false;
                 for r in rest {
                     match r.split_once('=') {
                         Some(("ping", v)) => ping = Some(parse_duration(v).map_err(err)?),
-                        _ => return Err(err(format!("unknown node setting {r:?} (ping=DURATION)"))),
+                        Some(("transport", "tcp")) => quic = false,
+                        Some(("transport", "quic")) => quic = true,
+                        _ => return Err(err(format!("unknown node setting {r:?} (ping=DURATION, transport=tcp|quic)"))),
                     }
                 }
                 if sc.groups.iter().any(|g| g.name == *name) {
                     return Err(err(format!("group {name:?} defined twice")));
                 }
-                sc.groups.push(Group { name: name.to_string(), count, ping });
+                sc.groups.push(Group { name: name.to_string(), count, ping, quic });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,
             ["region", name, sel] => sc.regions.push((name.to_string(), parse_selector(sel).map_err(err)?)),

@@ -1,7 +1,8 @@
 //! The discrete-event engine: a virtual clock, an event queue ordered by (time, sequence), nodes that are
-//! the real sans-IO [`Node`] machines (real Noise, Yamux, identify, ping), TCP-like links (reliable,
-//! ordered, latency + jitter + bandwidth with serialization delay and queueing), partitions, crashes and
-//! restarts. One seed drives everything.
+//! the real sans-IO node machines ([`ByteNode`]: the `Node` the tokio Host runs, with its TCP connection
+//! machines and QUIC endpoint; real Noise/TLS, Yamux, QUIC, identify, ping), TCP-like links (reliable,
+//! ordered, latency + jitter + bandwidth with serialization delay and queueing), datagram paths (loss,
+//! reordering), partitions, crashes and restarts. One seed drives everything.
 
 use crate::metrics::{Counters, Histogram, Phase};
 use crate::scenario::{Action, LinkClass, Scenario, Selector};
@@ -12,7 +13,7 @@ use hyphae_core::time::{Duration, Instant};
 use hyphae_core::{Keypair, Multiaddr, PeerId, Protocol};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// A dial to an unreachable (partitioned) node fails after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,12 +23,38 @@ pub const TIME_BUCKETS: usize = 60;
 
 #[derive(Debug)]
 enum Ev {
-    Timer { node: usize, gen: u32 },
-    Connected { link: u64, side: usize },
-    Deliver { link: u64, side: usize, data: Vec<u8> },
-    Disconnected { node: usize, gen: u32, conn: ConnId, reason: &'static str },
+    Timer {
+        node: usize,
+        gen: u32,
+    },
+    Connected {
+        link: u64,
+        side: usize,
+    },
+    Deliver {
+        link: u64,
+        side: usize,
+        data: Vec<u8>,
+    },
+    /// A UDP datagram arriving at `node` (generation `gen`) from `from`.
+    Datagram {
+        node: usize,
+        gen: u32,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    Disconnected {
+        node: usize,
+        gen: u32,
+        conn: ConnId,
+        reason: &'static str,
+    },
     Action(usize),
-    Churn { n: usize, every: Duration, until: Instant },
+    Churn {
+        n: usize,
+        every: Duration,
+        until: Instant,
+    },
 }
 
 struct Scheduled {
@@ -58,6 +85,8 @@ struct SimNode {
     key: Keypair,
     peer: PeerId,
     ping: Option<Duration>,
+    /// Dials over QUIC.
+    quic: bool,
     region: usize,
     timer_at: Option<Instant>,
     conns: BTreeMap<ConnId, u64>,
@@ -131,6 +160,10 @@ pub struct Sim {
     bucket_ns: u64,
     events: u64,
     hash: u64,
+    /// Every node runs a QUIC endpoint (some group dials over QUIC); quinn-proto's time base.
+    quic_base: Option<std::time::Instant>,
+    /// When each (sender, receiver) UDP path's serializer is free again.
+    udp_free_at: BTreeMap<(usize, usize), Instant>,
     /// Per-event running hashes, kept when checking determinism.
     pub trace: Option<Vec<u64>>,
     /// Protocol events of every node, kept when `record_events` is on: (time, node, event).
@@ -163,8 +196,26 @@ fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
 
 /// The simulated address of node `i`: `/ip4/10.a.b.c/tcp/4001` (never used on a real network).
 pub fn node_addr(i: usize) -> Multiaddr {
-    let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
-    Multiaddr::empty().with(Protocol::Ip4(ip)).with(Protocol::Tcp(4001))
+    Multiaddr::from_tcp(node_socket(i))
+}
+
+/// Node `i`'s QUIC address: `/ip4/10.a.b.c/udp/4001/quic-v1`.
+pub fn node_quic_addr(i: usize) -> Multiaddr {
+    Multiaddr::from_quic(node_socket(i))
+}
+
+fn node_socket(i: usize) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8), 4001))
+}
+
+fn socket_node(sa: SocketAddr) -> Option<usize> {
+    match sa.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let o = ip.octets();
+            (o[0] == 10).then(|| (usize::from(o[1]) << 16) | (usize::from(o[2]) << 8) | usize::from(o[3]))
+        }
+        _ => None,
+    }
 }
 
 fn addr_node(a: &Multiaddr) -> Option<usize> {
@@ -192,6 +243,7 @@ impl Sim {
                     peer: key.peer_id(),
                     key,
                     ping: g.ping,
+                    quic: g.quic,
                     region: usize::MAX,
                     timer_at: None,
                     conns: BTreeMap::new(),
@@ -223,6 +275,8 @@ impl Sim {
             bucket_ns,
             events: 0,
             hash: 0xcbf29ce484222325,
+            quic_base: sc.groups.iter().any(|g| g.quic).then(std::time::Instant::now),
+            udp_free_at: BTreeMap::new(),
             trace: None,
             log: None,
             progress: None,
@@ -280,6 +334,10 @@ impl Sim {
         let mut cfg = node::Config::new(n.key.clone(), seed32(self.seed, b"node", ((i as u64) << 20) | u64::from(n.gen)));
         cfg.ping_interval = n.ping;
         cfg.listen_addrs = vec![node_addr(i)];
+        if let Some(base) = self.quic_base {
+            cfg.quic_base = Some(base);
+            cfg.listen_addrs.push(node_quic_addr(i));
+        }
         n.node = Some(ByteNode::new(cfg, self.now));
         n.timer_at = None;
         self.drain(i);
@@ -314,10 +372,11 @@ impl Sim {
                 Output::Transmit { conn, data } => self.transmit(i, conn, data),
                 Output::Dial { conn, addr } => self.dial(i, conn, addr),
                 Output::Close { conn } => self.close(i, conn),
+                Output::SendDatagram { to, data } => self.send_datagram(i, to, data),
                 Output::Event(e) => self.on_event(i, e),
             }
         }
-        let t = self.nodes[i].node.as_ref().and_then(|n| n.poll_timeout());
+        let t = self.nodes[i].node.as_mut().and_then(|n| n.poll_timeout());
         if let Some(t) = t {
             let t = t.max(self.now);
             if self.nodes[i].timer_at.is_none_or(|cur| t < cur) {
@@ -433,6 +492,35 @@ impl Sim {
         self.push(at, Ev::Deliver { link, side: 1 - side, data });
     }
 
+    /// UDP: no connection, no ordering, no retransmission. A partition or a crashed receiver drops the
+    /// datagram; `loss` drops it at random; `reorder` holds it back one extra latency.
+    fn send_datagram(&mut self, from: usize, to: SocketAddr, data: Vec<u8>) {
+        let (loss_draw, reorder_draw, jitter_draw) = (self.rng.next_u64(), self.rng.next_u64(), self.rng.next_u64());
+        self.phase().datagrams += 1;
+        let Some(dest) = socket_node(to).filter(|d| *d < self.nodes.len()) else {
+            self.phase().datagrams_lost += 1;
+            return;
+        };
+        let class = self.class_between(from, dest);
+        let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
+        if self.blocked(from, dest) || unit(loss_draw) < class.loss {
+            self.phase().datagrams_lost += 1;
+            return;
+        }
+        let ser =
+            if class.bandwidth_bps == 0 { 0 } else { (data.len() as u128 * 8 * 1_000_000_000 / u128::from(class.bandwidth_bps)) as u64 };
+        let free = self.udp_free_at.entry((from, dest)).or_insert(self.now);
+        let start = (*free).max(self.now);
+        *free = start + Duration::from_nanos(ser);
+        let jitter = if class.jitter.is_zero() { 0 } else { jitter_draw % (class.jitter.as_nanos() as u64) };
+        let mut at = *free + class.latency + Duration::from_nanos(jitter);
+        if unit(reorder_draw) < class.reorder {
+            at = at + class.latency;
+        }
+        let gen = self.nodes[dest].gen;
+        self.push(at, Ev::Datagram { node: dest, gen, from: node_socket(from), data });
+    }
+
     fn close(&mut self, i: usize, conn: ConnId) {
         let Some((link, side)) = self.side_of(i, conn) else { return };
         self.nodes[i].conns.remove(&conn);
@@ -503,10 +591,15 @@ impl Sim {
     fn connect(&mut self, i: usize, j: usize) {
         let peer = self.nodes[j].peer.clone();
         let now = self.now;
-        let addr = node_addr(j).with(Protocol::P2p(peer.clone()));
+        let addr = if self.nodes[i].quic { node_quic_addr(j) } else { node_addr(j) }.with(Protocol::P2p(peer.clone()));
+        let quic = self.nodes[i].quic;
         if let Some(n) = self.nodes[i].node.as_mut() {
             if !n.is_connected(&peer) {
                 let _ = n.dial(now, addr);
+                if quic {
+                    // TCP dials are counted when the node asks for the transport connection.
+                    self.phase().dials += 1;
+                }
             }
         }
         self.drain(i);
@@ -718,6 +811,18 @@ impl Sim {
                     c.bytes += data.len() as u64;
                     self.input(node, Input::Data { conn, data: &data });
                 }
+                Ev::Datagram { node, gen, from, data } => {
+                    if self.nodes[node].gen != gen || self.nodes[node].node.is_none() {
+                        self.phase().datagrams_lost += 1;
+                        continue;
+                    }
+                    // QUIC's TLS, connection IDs and tokens all draw from the node's seed: the bytes replay too.
+                    self.note(6, node, socket_node(from).unwrap_or(usize::MAX) as u64, &data);
+                    let c = self.phase();
+                    c.messages += 1;
+                    c.bytes += data.len() as u64;
+                    self.input(node, Input::Datagram { from, data: &data });
+                }
                 Ev::Disconnected { node, gen, conn, reason } => {
                     if self.nodes[node].gen != gen {
                         continue;
@@ -764,6 +869,9 @@ impl Sim {
             t.pings_ok += c.pings_ok;
             t.pings_failed += c.pings_failed;
             t.identifies += c.identifies;
+            t.identify_failures += c.identify_failures;
+            t.datagrams += c.datagrams;
+            t.datagrams_lost += c.datagrams_lost;
             t.messages += c.messages;
             t.bytes += c.bytes;
             t.crashes += c.crashes;

@@ -174,3 +174,38 @@ fn sim_trace_and_counters_are_queryable_mid_run() {
     // The next ping is due an interval after the previous answer: ~0.03, 2.04, 4.05, 6.06, 8.07 s.
     assert_eq!(s.node_stats(0).unwrap().pings_ok, 4 * 5);
 }
+
+const QUIC_LOSSY: &str = "
+nodes all 30 ping=5s transport=quic
+link latency=20ms jitter=4ms loss=3% reorder=10%
+at 0s connect random 4
+at 30s phase partitioned
+at 30s partition 0..14 | 15..29
+at 50s heal
+at 50s phase healed
+run 90s
+assert main.datagrams_lost > 0
+assert main.pings_failed == 0
+assert main.identify_failures == 0
+assert partitioned.pings_failed > 0
+assert healed.pings_ok > 0
+";
+
+/// QUIC connections (quinn-proto under the same node machine) over datagram links that lose 3% and
+/// reorder 10%: the handshakes, identify and pings all get through; a partition breaks pings and healing
+/// (within QUIC's idle timeout) restores them on the same connections. The run replays byte for byte.
+#[test]
+fn sim_quic_over_lossy_reordering_datagrams() {
+    let (sc, r) = run(QUIC_LOSSY, 3);
+    let m = &r.phases[0].counters;
+    assert_eq!(m.dials, 120, "30 nodes × 4 QUIC dials");
+    assert_eq!(m.connections, 2 * 120, "both ends report every connection");
+    assert_eq!(m.identifies, 2 * 120, "both ends identify each other over lossy QUIC");
+    let lost = m.datagrams_lost as f64 / m.datagrams as f64;
+    assert!((0.02..0.04).contains(&lost), "about 3% of datagrams lost: {lost}");
+    let healed = r.phases.iter().find(|p| p.name == "healed").unwrap();
+    assert_eq!(healed.counters.disconnections, 0, "connections survive a 20 s partition (idle timeout 30 s)");
+    assert!(healed.metric("ping_success_rate").unwrap() > 0.9, "{}", hyphae_sim::report::table(&r));
+    let s = seed(3);
+    check_determinism(&sc, s).unwrap_or_else(|(i, a, b)| panic!("seed {s}: runs diverge at event {i}: {a:016x} vs {b:016x}"));
+}

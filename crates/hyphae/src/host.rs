@@ -590,7 +590,7 @@ impl Host {
     /// Listens on a TCP multiaddr (`/ip4|ip6/<ip>/tcp/<port>`, port 0 = any). Returns the addresses now
     /// listened on, each ending in `/p2p/<our id>`.
     pub async fn listen(&self, addr: Multiaddr) -> Result<Vec<Multiaddr>, Error> {
-        if let Some(sa) = quic_socket_addr(&addr) {
+        if let Some(sa) = addr.quic_socket_addr() {
             return self.listen_quic(sa).await;
         }
         let (sa, tcp) = addr.socket_addr().ok_or_else(|| Error::UnsupportedAddress(addr.clone()))?;
@@ -705,7 +705,7 @@ impl Host {
 
     /// Always opens a new connection.
     pub async fn dial(&self, addr: &Multiaddr) -> Result<PeerId, Error> {
-        if let Some(sa) = quic_socket_addr(addr) {
+        if let Some(sa) = addr.quic_socket_addr() {
             return self.dial_quic(addr, sa).await;
         }
         let expected = addr.peer_id();
@@ -998,15 +998,6 @@ fn interface_ips(v4: bool) -> Vec<IpAddr> {
     ips.sort();
     ips.dedup();
     ips
-}
-
-/// `/ip4|ip6/<ip>/udp/<port>/quic-v1[/p2p/<id>]` → the socket address.
-fn quic_socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
-    let a = addr.without_peer_id();
-    match a.protocols() {
-        [_, Protocol::Udp(_), Protocol::QuicV1] => a.socket_addr().map(|(sa, _)| sa),
-        _ => None,
-    }
 }
 
 /// A listening socket. IPv6 sockets are v6-only, so `/ip4/0.0.0.0/tcp/P` and `/ip6/::/tcp/P` can both be
