@@ -99,6 +99,25 @@ pub struct Counters {
     pub restarts: u64,
 }
 
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.dials += o.dials;
+        self.dial_failures += o.dial_failures;
+        self.connections += o.connections;
+        self.disconnections += o.disconnections;
+        self.pings_ok += o.pings_ok;
+        self.pings_failed += o.pings_failed;
+        self.identifies += o.identifies;
+        self.identify_failures += o.identify_failures;
+        self.messages += o.messages;
+        self.datagrams += o.datagrams;
+        self.datagrams_lost += o.datagrams_lost;
+        self.bytes += o.bytes;
+        self.crashes += o.crashes;
+        self.restarts += o.restarts;
+    }
+}
+
 /// One phase of a scenario (metrics between two `phase` marks).
 #[derive(Debug, Clone, Default)]
 pub struct Phase {

@@ -2,7 +2,8 @@
 //! the real sans-IO node machines ([`ByteNode`]: the `Node` the tokio Host runs, with its TCP connection
 //! machines and QUIC endpoint; real Noise/TLS, Yamux, QUIC, identify, ping), TCP-like links (reliable,
 //! ordered, latency + jitter + bandwidth with serialization delay and queueing), datagram paths (loss,
-//! reordering), partitions, crashes and restarts. One seed drives everything.
+//! reordering), partitions, crashes and restarts. One seed drives everything; windows of one lookahead
+//! run the nodes on several threads with the same result as one.
 
 use crate::metrics::{Counters, Histogram, Phase};
 use crate::scenario::{Action, LinkClass, Scenario, Selector};
@@ -21,62 +22,103 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// every bucket spans at least one ping interval).
 pub const TIME_BUCKETS: usize = 60;
 
+/// Events for one node. Every one carries the target node's generation: a crash makes the ones in flight
+/// to its previous life vanish.
 #[derive(Debug)]
-enum Ev {
-    Timer {
-        node: usize,
-        gen: u32,
-    },
+enum NodeEv {
+    Timer,
+    /// A TCP connection is up at this end: the listener (side 1) when the SYN arrives, the dialer (side 0)
+    /// after the SYN-ACK.
     Connected {
         link: u64,
         side: usize,
+        peer: usize,
+        peer_gen: u32,
+        class: LinkClass,
     },
     Deliver {
         link: u64,
-        side: usize,
         data: Vec<u8>,
     },
-    /// A UDP datagram arriving at `node` (generation `gen`) from `from`.
-    Datagram {
-        node: usize,
-        gen: u32,
-        from: SocketAddr,
-        data: Vec<u8>,
+    /// The remote end closed or reset the connection, or refused it.
+    Reset {
+        link: u64,
+        reason: &'static str,
     },
-    Disconnected {
-        node: usize,
-        gen: u32,
+    /// Our own dial failed before a connection existed.
+    DialFailed {
         conn: ConnId,
         reason: &'static str,
     },
-    Action(usize),
-    Churn {
-        n: usize,
-        every: Duration,
-        until: Instant,
+    Datagram {
+        from: SocketAddr,
+        data: Vec<u8>,
     },
 }
 
-struct Scheduled {
-    at: Instant,
-    seq: u64,
-    ev: Ev,
+/// Events of the whole simulation, run between windows on one thread.
+#[derive(Debug)]
+enum GlobalEv {
+    Action(usize),
+    Churn { n: usize, every: Duration, until: Instant },
 }
-impl PartialEq for Scheduled {
+
+/// Event order: time, then connection set-up before anything else at the same instant (a dialer learns
+/// its connection is up before the listener's first bytes, which can arrive at the same moment), then who
+/// created it, then that creator's counter. Nothing depends on the order threads run in, so a run gives
+/// the same result with any number of threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    at: Instant,
+    late: bool,
+    src: u32,
+    n: u64,
+}
+
+/// Creator id of events made by the global phase (actions, crashes, heals).
+const GLOBAL_SRC: u32 = u32::MAX;
+
+struct Scheduled<E> {
+    key: Key,
+    ev: E,
+}
+impl<E> PartialEq for Scheduled<E> {
     fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
+        self.key == o.key
     }
 }
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
+impl<E> Eq for Scheduled<E> {}
+impl<E> PartialOrd for Scheduled<E> {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
     }
 }
-impl Ord for Scheduled {
+impl<E> Ord for Scheduled<E> {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
+        self.key.cmp(&o.key)
     }
+}
+
+/// A node event in flight.
+struct Msg {
+    node: usize,
+    gen: u32,
+    ev: NodeEv,
+}
+
+/// One end of a TCP-like connection, owned by the node at that end (so a node's window of work touches
+/// only its own state).
+struct End {
+    link: u64,
+    peer: usize,
+    peer_gen: u32,
+    class: LinkClass,
+    /// When this end's serializer is free again.
+    free_at: Instant,
+    /// Last delivery time from this end: keeps the byte stream ordered under jitter.
+    last_at: Instant,
+    /// Bytes held by a partition (TCP keeps retransmitting; they arrive after heal).
+    held: Vec<Vec<u8>>,
 }
 
 struct SimNode {
@@ -87,25 +129,315 @@ struct SimNode {
     ping: Option<Duration>,
     /// Dials over QUIC.
     quic: bool,
-    region: usize,
     timer_at: Option<Instant>,
-    conns: BTreeMap<ConnId, u64>,
+    conns: BTreeMap<ConnId, End>,
+    by_link: BTreeMap<u64, ConnId>,
     next_conn: u64,
+    next_link: u64,
     /// How many random peers it dials when (re)started by churn.
     degree: usize,
+    /// Draws for what this node sends (jitter, loss, reordering).
+    rng: rng::Rng,
+    /// When each UDP path from this node (by receiver) is free again.
+    udp_free_at: BTreeMap<usize, Instant>,
+    /// Counter for the events this node creates (their order key).
+    made: u64,
 }
 
-struct Link {
-    /// (node, conn id at that node, node generation) for side 0 (dialer) and side 1 (listener).
-    ends: [(usize, ConnId, u32); 2],
-    class: LinkClass,
-    /// When the sender's serializer is free again, per direction (index: sending side).
-    free_at: [Instant; 2],
-    /// Last delivery time per direction: keeps the byte stream ordered under jitter.
-    last_at: [Instant; 2],
-    up: [bool; 2],
-    /// Bytes held by a partition, per sending side (TCP keeps retransmitting; they arrive after heal).
-    held: [Vec<Vec<u8>>; 2],
+/// What the nodes of one window may read: nothing in it changes until the window ends.
+struct Ctx<'a> {
+    /// Per node: its generation if alive.
+    alive: &'a [Option<u32>],
+    regions: &'a [usize],
+    region_links: &'a BTreeMap<(usize, usize), LinkClass>,
+    link_class: &'a LinkClass,
+    partitions: &'a [(Vec<bool>, Vec<bool>, bool)],
+    /// The window's end: events before it for the same node are run within the window.
+    end: Instant,
+}
+
+impl Ctx<'_> {
+    fn class_between(&self, a: usize, b: usize) -> LinkClass {
+        let (ra, rb) = (self.regions[a], self.regions[b]);
+        if ra != usize::MAX && rb != usize::MAX && ra != rb {
+            if let Some(c) = self.region_links.get(&(ra.min(rb), ra.max(rb))) {
+                return c.clone();
+            }
+        }
+        self.link_class.clone()
+    }
+
+    fn blocked(&self, from: usize, to: usize) -> bool {
+        self.partitions.iter().any(|(a, b, one_way)| (a[from] && b[to]) || (!one_way && b[from] && a[to]))
+    }
+}
+
+/// What a node's work produced besides its own state: events for others, metrics, trace records.
+#[derive(Default)]
+struct Out {
+    msgs: Vec<Scheduled<Msg>>,
+    counters: Counters,
+    /// (time, rtt) of every successful ping; times of failed ones.
+    rtts: Vec<(u64, u64)>,
+    fails: Vec<u64>,
+    /// (time, node, event hash) of every delivered event, in each node's processing order.
+    trace: Vec<(Instant, usize, u64)>,
+    log: Option<Vec<(Instant, usize, Event)>>,
+}
+
+/// One node's share of a window: its state, and its events (kept in order in a small local heap, because
+/// its own timers may fire within the window).
+struct NodeWork<'a> {
+    i: usize,
+    n: &'a mut SimNode,
+    local: BinaryHeap<Reverse<Scheduled<NodeEv>>>,
+    now: Instant,
+}
+
+impl NodeWork<'_> {
+    /// Schedules an event for node `to`: kept here if it is ours and due within the window.
+    fn send(&mut self, ctx: &Ctx<'_>, out: &mut Out, at: Instant, to: usize, gen: u32, ev: NodeEv) {
+        self.n.made += 1;
+        let key = Key { at, late: !matches!(ev, NodeEv::Connected { .. }), src: self.i as u32, n: self.n.made };
+        if to == self.i && gen == self.n.gen && at < ctx.end {
+            self.local.push(Reverse(Scheduled { key, ev }));
+        } else {
+            out.msgs.push(Scheduled { key, ev: Msg { node: to, gen, ev } });
+        }
+    }
+
+    fn note(&self, out: &mut Out, kind: u8, conn: u64, data: &[u8]) {
+        let mut h = fnv(0xcbf29ce484222325, &self.now.as_nanos().to_le_bytes());
+        h = fnv(h, &[kind]);
+        h = fnv(h, &(self.i as u64).to_le_bytes());
+        h = fnv(h, &conn.to_le_bytes());
+        h = fnv(h, data);
+        out.trace.push((self.now, self.i, h));
+    }
+
+    /// Runs the node's events in order until none is left before the window's end.
+    fn run(&mut self, ctx: &Ctx<'_>, out: &mut Out) {
+        while let Some(Reverse(s)) = self.local.pop() {
+            self.now = s.key.at;
+            self.handle(ctx, out, s.key.at, s.ev);
+        }
+    }
+
+    fn handle(&mut self, ctx: &Ctx<'_>, out: &mut Out, at: Instant, ev: NodeEv) {
+        match ev {
+            NodeEv::Timer => {
+                if self.n.timer_at != Some(at) {
+                    return;
+                }
+                self.n.timer_at = None;
+                self.note(out, 0, 0, &[]);
+                if let Some(n) = self.n.node.as_mut() {
+                    n.handle_timeout(at);
+                }
+                self.drain(ctx, out);
+            }
+            NodeEv::Connected { link, side: 1, peer, peer_gen, class } => {
+                if self.n.node.is_none() {
+                    let at = self.now + class.latency;
+                    self.send(ctx, out, at, peer, peer_gen, NodeEv::Reset { link, reason: "connection refused" });
+                    return;
+                }
+                let conn = ConnId(self.n.next_conn);
+                self.n.next_conn += 1;
+                let now = self.now;
+                self.n.conns.insert(conn, End { link, peer, peer_gen, class, free_at: now, last_at: now, held: vec![] });
+                self.n.by_link.insert(link, conn);
+                self.note(out, 1, conn.0, &[]);
+                self.input(ctx, out, Input::Connected { conn, role: Role::Listener, remote_addr: node_addr(peer) });
+            }
+            NodeEv::Connected { link, .. } => {
+                let Some(&conn) = self.n.by_link.get(&link) else { return };
+                let peer = self.n.conns[&conn].peer;
+                self.note(out, 1, conn.0, &[]);
+                self.input(ctx, out, Input::Connected { conn, role: Role::Dialer, remote_addr: node_addr(peer) });
+            }
+            NodeEv::Deliver { link, data } => {
+                let Some(&conn) = self.n.by_link.get(&link) else { return };
+                self.note(out, 2, conn.0, &data);
+                out.counters.messages += 1;
+                out.counters.bytes += data.len() as u64;
+                self.input(ctx, out, Input::Data { conn, data: &data });
+            }
+            NodeEv::Reset { link, reason } => {
+                let Some(conn) = self.n.by_link.remove(&link) else { return };
+                self.n.conns.remove(&conn);
+                self.note(out, 3, conn.0, reason.as_bytes());
+                self.input(ctx, out, Input::Disconnected { conn, reason });
+            }
+            NodeEv::DialFailed { conn, reason } => {
+                self.note(out, 3, conn.0, reason.as_bytes());
+                self.input(ctx, out, Input::Disconnected { conn, reason });
+            }
+            NodeEv::Datagram { from, data } => {
+                if self.n.node.is_none() {
+                    out.counters.datagrams_lost += 1;
+                    return;
+                }
+                // QUIC's TLS, connection IDs and tokens all draw from the node's seed: the bytes replay too.
+                self.note(out, 6, socket_node(from).unwrap_or(usize::MAX) as u64, &data);
+                out.counters.messages += 1;
+                out.counters.bytes += data.len() as u64;
+                self.input(ctx, out, Input::Datagram { from, data: &data });
+            }
+        }
+    }
+
+    /// Feeds one input to the node and handles everything it outputs.
+    fn input(&mut self, ctx: &Ctx<'_>, out: &mut Out, input: Input<'_>) {
+        let now = self.now;
+        if let Some(n) = self.n.node.as_mut() {
+            n.handle_input(now, input);
+        }
+        self.drain(ctx, out);
+    }
+
+    fn drain(&mut self, ctx: &Ctx<'_>, out: &mut Out) {
+        while let Some(o) = self.n.node.as_mut().and_then(|n| n.poll_output()) {
+            match o {
+                Output::Transmit { conn, data } => self.transmit(ctx, out, conn, data),
+                Output::Dial { conn, addr } => self.dial(ctx, out, conn, addr),
+                Output::Close { conn } => self.close(ctx, out, conn),
+                Output::SendDatagram { to, data } => self.send_datagram(ctx, out, to, data),
+                Output::Event(e) => self.on_event(out, e),
+            }
+        }
+        let t = self.n.node.as_mut().and_then(|n| n.poll_timeout());
+        if let Some(t) = t {
+            let t = t.max(self.now);
+            if self.n.timer_at.is_none_or(|cur| t < cur) {
+                self.n.timer_at = Some(t);
+                let (i, gen) = (self.i, self.n.gen);
+                self.send(ctx, out, t, i, gen, NodeEv::Timer);
+            }
+        }
+    }
+
+    fn on_event(&mut self, out: &mut Out, e: Event) {
+        let now = self.now;
+        let c = &mut out.counters;
+        match &e {
+            Event::Connected { .. } => c.connections += 1,
+            Event::Disconnected { .. } => c.disconnections += 1,
+            Event::DialFailed { .. } => c.dial_failures += 1,
+            Event::PingOk { rtt, .. } => {
+                c.pings_ok += 1;
+                out.rtts.push((now.as_nanos(), rtt.as_nanos() as u64));
+            }
+            Event::PingFailed { .. } => {
+                c.pings_failed += 1;
+                out.fails.push(now.as_nanos());
+            }
+            Event::Identified { .. } => c.identifies += 1,
+            Event::IdentifyFailed { .. } => c.identify_failures += 1,
+            Event::InboundPing { .. } => {}
+        }
+        if let Some(log) = &mut out.log {
+            log.push((now, self.i, e));
+        }
+    }
+
+    fn dial(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId, addr: Multiaddr) {
+        out.counters.dials += 1;
+        let (now, me, gen) = (self.now, self.i, self.n.gen);
+        let target = addr_node(&addr).filter(|t| *t < ctx.alive.len() && *t != me);
+        let Some(to) = target else {
+            self.send(ctx, out, now, me, gen, NodeEv::DialFailed { conn, reason: "no route to host" });
+            return;
+        };
+        let class = ctx.class_between(me, to);
+        if ctx.blocked(me, to) || ctx.blocked(to, me) {
+            self.send(ctx, out, now + CONNECT_TIMEOUT, me, gen, NodeEv::DialFailed { conn, reason: "connect timed out" });
+            return;
+        }
+        let Some(to_gen) = ctx.alive[to] else {
+            self.send(ctx, out, now + class.latency * 2, me, gen, NodeEv::DialFailed { conn, reason: "connection refused" });
+            return;
+        };
+        let link = ((me as u64) << 32) | self.n.next_link;
+        self.n.next_link += 1;
+        let lat = class.latency;
+        self.n.conns.insert(conn, End { link, peer: to, peer_gen: to_gen, class: class.clone(), free_at: now, last_at: now, held: vec![] });
+        self.n.by_link.insert(link, conn);
+        // TCP: the listener accepts after the SYN arrives, the dialer learns after the SYN-ACK.
+        self.send(ctx, out, now + lat, to, to_gen, NodeEv::Connected { link, side: 1, peer: me, peer_gen: gen, class: class.clone() });
+        self.send(ctx, out, now + lat * 2, me, gen, NodeEv::Connected { link, side: 0, peer: to, peer_gen: to_gen, class });
+    }
+
+    fn transmit(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId, data: Vec<u8>) {
+        let Some(e) = self.n.conns.get_mut(&conn) else { return };
+        if ctx.blocked(self.i, e.peer) {
+            e.held.push(data);
+            return;
+        }
+        self.send_on(ctx, out, conn, data);
+    }
+
+    fn send_on(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId, data: Vec<u8>) {
+        let jitter_draw = self.n.rng.next_u64();
+        let now = self.now;
+        let Some(e) = self.n.conns.get_mut(&conn) else { return };
+        let ser = serialization(&e.class, data.len());
+        let start = e.free_at.max(now);
+        e.free_at = start + Duration::from_nanos(ser);
+        let jitter = if e.class.jitter.is_zero() { 0 } else { jitter_draw % (e.class.jitter.as_nanos() as u64) };
+        let at = (e.free_at + e.class.latency + Duration::from_nanos(jitter)).max(e.last_at);
+        e.last_at = at;
+        let (peer, peer_gen, link) = (e.peer, e.peer_gen, e.link);
+        self.send(ctx, out, at, peer, peer_gen, NodeEv::Deliver { link, data });
+    }
+
+    fn close(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId) {
+        let Some(e) = self.n.conns.remove(&conn) else { return };
+        self.n.by_link.remove(&e.link);
+        // FIN after the bytes already on the wire.
+        let at = (self.now + e.class.latency).max(e.last_at);
+        self.send(ctx, out, at, e.peer, e.peer_gen, NodeEv::Reset { link: e.link, reason: "closed by remote" });
+    }
+
+    /// UDP: no connection, no ordering, no retransmission. A partition or a crashed receiver drops the
+    /// datagram; `loss` drops it at random; `reorder` holds it back one extra latency.
+    fn send_datagram(&mut self, ctx: &Ctx<'_>, out: &mut Out, to: SocketAddr, data: Vec<u8>) {
+        let (loss_draw, reorder_draw, jitter_draw) = (self.n.rng.next_u64(), self.n.rng.next_u64(), self.n.rng.next_u64());
+        out.counters.datagrams += 1;
+        let Some(dest) = socket_node(to).filter(|d| *d < ctx.alive.len()) else {
+            out.counters.datagrams_lost += 1;
+            return;
+        };
+        let class = ctx.class_between(self.i, dest);
+        let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
+        let Some(dest_gen) = ctx.alive[dest] else {
+            out.counters.datagrams_lost += 1;
+            return;
+        };
+        if ctx.blocked(self.i, dest) || unit(loss_draw) < class.loss {
+            out.counters.datagrams_lost += 1;
+            return;
+        }
+        let now = self.now;
+        let free = self.n.udp_free_at.entry(dest).or_insert(now);
+        let start = (*free).max(now);
+        *free = start + Duration::from_nanos(serialization(&class, data.len()));
+        let jitter = if class.jitter.is_zero() { 0 } else { jitter_draw % (class.jitter.as_nanos() as u64) };
+        let mut at = *free + class.latency + Duration::from_nanos(jitter);
+        if unit(reorder_draw) < class.reorder {
+            at = at + class.latency;
+        }
+        let from = node_socket(self.i);
+        self.send(ctx, out, at, dest, dest_gen, NodeEv::Datagram { from, data });
+    }
+}
+
+fn serialization(class: &LinkClass, len: usize) -> u64 {
+    if class.bandwidth_bps == 0 {
+        0
+    } else {
+        (len as u128 * 8 * 1_000_000_000 / u128::from(class.bandwidth_bps)) as u64
+    }
 }
 
 /// What a run reports.
@@ -138,38 +470,6 @@ impl Report {
         }
         self.phases.iter().find(|p| p.name == phase)?.metric(name)
     }
-}
-
-pub struct Sim {
-    sc: Scenario,
-    now: Instant,
-    seq: u64,
-    heap: BinaryHeap<Reverse<Scheduled>>,
-    nodes: Vec<SimNode>,
-    groups: BTreeMap<String, (usize, usize)>,
-    links: BTreeMap<u64, Link>,
-    next_link: u64,
-    rng: rng::Rng,
-    seed: u64,
-    link_class: LinkClass,
-    region_links: BTreeMap<(usize, usize), LinkClass>,
-    partitions: Vec<(Vec<bool>, Vec<bool>, bool)>,
-    phases: Vec<Phase>,
-    rtt_over_time: Vec<Histogram>,
-    fails_over_time: Vec<u64>,
-    bucket_ns: u64,
-    events: u64,
-    hash: u64,
-    /// Every node runs a QUIC endpoint (some group dials over QUIC); quinn-proto's time base.
-    quic_base: Option<std::time::Instant>,
-    /// When each (sender, receiver) UDP path's serializer is free again.
-    udp_free_at: BTreeMap<(usize, usize), Instant>,
-    /// Per-event running hashes, kept when checking determinism.
-    pub trace: Option<Vec<u64>>,
-    /// Protocol events of every node, kept when `record_events` is on: (time, node, event).
-    log: Option<Vec<(Instant, usize, Event)>>,
-    /// Progress callback: (virtual ns done, total ns).
-    pub progress: Option<Box<dyn FnMut(u64, u64)>>,
 }
 
 fn seed32(seed: u64, tag: &[u8], i: u64) -> [u8; 32] {
@@ -228,6 +528,50 @@ fn addr_node(a: &Multiaddr) -> Option<usize> {
     }
 }
 
+pub struct Sim {
+    sc: Scenario,
+    now: Instant,
+    /// Node events, and the global ones (actions, churn) that run between windows.
+    heap: BinaryHeap<Reverse<Scheduled<Msg>>>,
+    global: BinaryHeap<Reverse<Scheduled<GlobalEv>>>,
+    global_made: u64,
+    nodes: Vec<SimNode>,
+    /// Read-only during a window: per-node liveness, regions and peer ids.
+    alive: Vec<Option<u32>>,
+    regions: Vec<usize>,
+    peers: Vec<PeerId>,
+    groups: BTreeMap<String, (usize, usize)>,
+    rng: rng::Rng,
+    seed: u64,
+    link_class: LinkClass,
+    region_links: BTreeMap<(usize, usize), LinkClass>,
+    partitions: Vec<(Vec<bool>, Vec<bool>, bool)>,
+    /// The smallest one-way latency any link has had: no node's output reaches another node sooner, so a
+    /// window this long can run every node in parallel (conservative parallel simulation).
+    lookahead: Duration,
+    phases: Vec<Phase>,
+    rtt_over_time: Vec<Histogram>,
+    fails_over_time: Vec<u64>,
+    bucket_ns: u64,
+    events: u64,
+    hash: u64,
+    /// Every node runs a QUIC endpoint (some group dials over QUIC); quinn-proto's time base.
+    quic_base: Option<std::time::Instant>,
+    /// Worker threads for windows (results do not depend on it).
+    threads: usize,
+    /// Windows with fewer node events run on the calling thread (a thread hand-off costs more).
+    parallel_min: usize,
+    /// Per-event running hashes, kept when checking determinism.
+    pub trace: Option<Vec<u64>>,
+    /// Protocol events of every node, kept when `record_events` is on: (time, node, event).
+    log: Option<Vec<(Instant, usize, Event)>>,
+    /// Progress callback: (virtual ns done, total ns).
+    pub progress: Option<Box<dyn FnMut(u64, u64)>>,
+}
+
+/// Default for [`Sim::set_parallel_min_events`].
+const PARALLEL_MIN_EVENTS: usize = 256;
+
 impl Sim {
     pub fn new(sc: Scenario, seed: u64) -> Sim {
         let mut groups = BTreeMap::new();
@@ -244,11 +588,15 @@ impl Sim {
                     key,
                     ping: g.ping,
                     quic: g.quic,
-                    region: usize::MAX,
                     timer_at: None,
                     conns: BTreeMap::new(),
+                    by_link: BTreeMap::new(),
                     next_conn: 1,
+                    next_link: 1,
                     degree: 0,
+                    rng: rng::from_seed(seed32(seed, b"link", i)),
+                    udp_free_at: BTreeMap::new(),
+                    made: 0,
                 });
             }
             groups.insert(g.name.clone(), (start, nodes.len()));
@@ -257,15 +605,24 @@ impl Sim {
         let dur = sc.duration.as_nanos() as u64;
         let buckets = ((dur / interval.max(1)) as usize).clamp(1, TIME_BUCKETS);
         let bucket_ns = (dur / buckets as u64).max(1);
+        let threads = std::env::var("HYPHAE_SIM_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(8))
+            .max(1);
+        let n = nodes.len();
         let mut sim = Sim {
             now: Instant::ZERO,
-            seq: 0,
             heap: BinaryHeap::new(),
+            global: BinaryHeap::new(),
+            global_made: 0,
+            alive: vec![None; n],
+            regions: vec![usize::MAX; n],
+            peers: nodes.iter().map(|x| x.peer.clone()).collect(),
             groups,
-            links: BTreeMap::new(),
-            next_link: 1,
             rng: rng::from_seed(seed32(seed, b"sim", 0)),
             seed,
+            lookahead: sc.link.latency,
             link_class: sc.link.clone(),
             region_links: BTreeMap::new(),
             partitions: vec![],
@@ -276,7 +633,8 @@ impl Sim {
             events: 0,
             hash: 0xcbf29ce484222325,
             quic_base: sc.groups.iter().any(|g| g.quic).then(std::time::Instant::now),
-            udp_free_at: BTreeMap::new(),
+            threads,
+            parallel_min: PARALLEL_MIN_EVENTS,
             trace: None,
             log: None,
             progress: None,
@@ -286,27 +644,40 @@ impl Sim {
         let regions: Vec<(String, Selector)> = sim.sc.regions.clone();
         for (ri, (_, sel)) in regions.iter().enumerate() {
             for i in sim.select(sel) {
-                sim.nodes[i].region = ri;
+                sim.regions[i] = ri;
             }
         }
         for (a, b, class) in sim.sc.between.clone() {
             let ia = regions.iter().position(|(n, _)| *n == a).expect("invariant: validated by the parser");
             let ib = regions.iter().position(|(n, _)| *n == b).expect("invariant: validated by the parser");
+            sim.lookahead = sim.lookahead.min(class.latency);
             sim.region_links.insert((ia.min(ib), ia.max(ib)), class);
         }
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
         }
-        for (k, _) in sim.sc.timeline.clone().iter().enumerate() {
+        for k in 0..sim.sc.timeline.len() {
             let at = Instant::ZERO + sim.sc.timeline[k].0;
-            sim.push(at, Ev::Action(k));
+            sim.push_global(at, GlobalEv::Action(k));
         }
         sim
     }
 
-    fn push(&mut self, at: Instant, ev: Ev) {
-        self.seq += 1;
-        self.heap.push(Reverse(Scheduled { at, seq: self.seq, ev }));
+    /// Worker threads for the parallel windows (default: the machine's cores, at most 8, or
+    /// `HYPHAE_SIM_THREADS`). The results are the same for any number.
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.max(1);
+    }
+
+    /// Windows with fewer node events than this run on the calling thread (default 256: below that a
+    /// thread hand-off costs more than it saves). Tests set 1 to exercise the threads on small runs.
+    pub fn set_parallel_min_events(&mut self, n: usize) {
+        self.parallel_min = n.max(1);
+    }
+
+    fn push_global(&mut self, at: Instant, ev: GlobalEv) {
+        self.global_made += 1;
+        self.global.push(Reverse(Scheduled { key: Key { at, late: true, src: GLOBAL_SRC, n: self.global_made }, ev }));
     }
 
     fn phase(&mut self) -> &mut Counters {
@@ -329,6 +700,24 @@ impl Sim {
         }
     }
 
+    /// Runs `f` on node `i` in the global phase (between windows), then files what it produced.
+    fn with_node(&mut self, i: usize, f: impl FnOnce(&Ctx<'_>, &mut NodeWork<'_>, &mut Out)) {
+        let mut out = Out { log: self.log.as_ref().map(|_| Vec::new()), ..Default::default() };
+        {
+            let ctx = Ctx {
+                alive: &self.alive,
+                regions: &self.regions,
+                region_links: &self.region_links,
+                link_class: &self.link_class,
+                partitions: &self.partitions,
+                end: self.now,
+            };
+            let mut w = NodeWork { i, n: &mut self.nodes[i], local: BinaryHeap::new(), now: self.now };
+            f(&ctx, &mut w, &mut out);
+        }
+        self.file(vec![out]);
+    }
+
     fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let mut cfg = node::Config::new(n.key.clone(), seed32(self.seed, b"node", ((i as u64) << 20) | u64::from(n.gen)));
@@ -340,200 +729,8 @@ impl Sim {
         }
         n.node = Some(ByteNode::new(cfg, self.now));
         n.timer_at = None;
-        self.drain(i);
-    }
-
-    fn class_between(&self, a: usize, b: usize) -> LinkClass {
-        let (ra, rb) = (self.nodes[a].region, self.nodes[b].region);
-        if ra != usize::MAX && rb != usize::MAX && ra != rb {
-            if let Some(c) = self.region_links.get(&(ra.min(rb), ra.max(rb))) {
-                return c.clone();
-            }
-        }
-        self.link_class.clone()
-    }
-
-    fn blocked(&self, from: usize, to: usize) -> bool {
-        self.partitions.iter().any(|(a, b, one_way)| (a[from] && b[to]) || (!one_way && b[from] && a[to]))
-    }
-
-    /// Feeds one input to node `i` and handles everything it outputs.
-    fn input(&mut self, i: usize, input: Input<'_>) {
-        let now = self.now;
-        if let Some(n) = self.nodes[i].node.as_mut() {
-            n.handle_input(now, input);
-        }
-        self.drain(i);
-    }
-
-    fn drain(&mut self, i: usize) {
-        while let Some(out) = self.nodes[i].node.as_mut().and_then(|n| n.poll_output()) {
-            match out {
-                Output::Transmit { conn, data } => self.transmit(i, conn, data),
-                Output::Dial { conn, addr } => self.dial(i, conn, addr),
-                Output::Close { conn } => self.close(i, conn),
-                Output::SendDatagram { to, data } => self.send_datagram(i, to, data),
-                Output::Event(e) => self.on_event(i, e),
-            }
-        }
-        let t = self.nodes[i].node.as_mut().and_then(|n| n.poll_timeout());
-        if let Some(t) = t {
-            let t = t.max(self.now);
-            if self.nodes[i].timer_at.is_none_or(|cur| t < cur) {
-                self.nodes[i].timer_at = Some(t);
-                let gen = self.nodes[i].gen;
-                self.push(t, Ev::Timer { node: i, gen });
-            }
-        }
-    }
-
-    fn on_event(&mut self, i: usize, e: Event) {
-        let now = self.now;
-        if let Some(log) = &mut self.log {
-            log.push((now, i, e.clone()));
-        }
-        match e {
-            Event::Connected { .. } => self.phase().connections += 1,
-            Event::Disconnected { .. } => self.phase().disconnections += 1,
-            Event::DialFailed { .. } => self.phase().dial_failures += 1,
-            Event::PingOk { rtt, .. } => {
-                let ns = rtt.as_nanos() as u64;
-                self.phase().pings_ok += 1;
-                self.phases.last_mut().expect("invariant: a phase").rtt.record(ns);
-                let b = ((now.as_nanos() / self.bucket_ns) as usize).min(self.rtt_over_time.len() - 1);
-                self.rtt_over_time[b].record(ns);
-            }
-            Event::PingFailed { .. } => {
-                self.phase().pings_failed += 1;
-                let b = ((now.as_nanos() / self.bucket_ns) as usize).min(self.fails_over_time.len() - 1);
-                self.fails_over_time[b] += 1;
-            }
-            Event::Identified { .. } => self.phase().identifies += 1,
-            Event::IdentifyFailed { .. } => self.phase().identify_failures += 1,
-            Event::InboundPing { .. } => {}
-        }
-    }
-
-    fn dial(&mut self, from: usize, conn: ConnId, addr: Multiaddr) {
-        self.phase().dials += 1;
-        let gen = self.nodes[from].gen;
-        let target = addr_node(&addr).filter(|t| *t < self.nodes.len() && *t != from);
-        let Some(to) = target else {
-            self.push(self.now, Ev::Disconnected { node: from, gen, conn, reason: "no route to host" });
-            return;
-        };
-        let class = self.class_between(from, to);
-        if self.blocked(from, to) || self.blocked(to, from) {
-            self.push(self.now + CONNECT_TIMEOUT, Ev::Disconnected { node: from, gen, conn, reason: "connect timed out" });
-            return;
-        }
-        if self.nodes[to].node.is_none() {
-            self.push(self.now + class.latency * 2, Ev::Disconnected { node: from, gen, conn, reason: "connection refused" });
-            return;
-        }
-        let tn = &mut self.nodes[to];
-        let their = ConnId(tn.next_conn);
-        tn.next_conn += 1;
-        let link = self.next_link;
-        self.next_link += 1;
-        let lat = class.latency;
-        self.links.insert(
-            link,
-            Link {
-                ends: [(from, conn, gen), (to, their, tn.gen)],
-                class,
-                free_at: [self.now; 2],
-                last_at: [self.now; 2],
-                up: [true; 2],
-                held: [vec![], vec![]],
-            },
-        );
-        self.nodes[from].conns.insert(conn, link);
-        self.nodes[to].conns.insert(their, link);
-        // TCP: the listener accepts after the SYN arrives, the dialer learns after the SYN-ACK.
-        self.push(self.now + lat, Ev::Connected { link, side: 1 });
-        self.push(self.now + lat * 2, Ev::Connected { link, side: 0 });
-    }
-
-    fn side_of(&self, i: usize, conn: ConnId) -> Option<(u64, usize)> {
-        let link = *self.nodes[i].conns.get(&conn)?;
-        let l = self.links.get(&link)?;
-        let side = if l.ends[0].0 == i && l.ends[0].1 == conn { 0 } else { 1 };
-        Some((link, side))
-    }
-
-    fn transmit(&mut self, i: usize, conn: ConnId, data: Vec<u8>) {
-        let Some((link, side)) = self.side_of(i, conn) else { return };
-        let to = self.links[&link].ends[1 - side].0;
-        if self.blocked(i, to) {
-            self.links.get_mut(&link).expect("invariant: link exists").held[side].push(data);
-            return;
-        }
-        self.send_on(link, side, data);
-    }
-
-    fn send_on(&mut self, link: u64, side: usize, data: Vec<u8>) {
-        let jitter_draw = self.rng.next_u64();
-        let now = self.now;
-        let l = self.links.get_mut(&link).expect("invariant: link exists");
-        if !l.up[side] {
-            return;
-        }
-        let ser = if l.class.bandwidth_bps == 0 {
-            0
-        } else {
-            (data.len() as u128 * 8 * 1_000_000_000 / u128::from(l.class.bandwidth_bps)) as u64
-        };
-        let start = l.free_at[side].max(now);
-        l.free_at[side] = start + Duration::from_nanos(ser);
-        let jitter = if l.class.jitter.is_zero() { 0 } else { jitter_draw % (l.class.jitter.as_nanos() as u64) };
-        let at = (l.free_at[side] + l.class.latency + Duration::from_nanos(jitter)).max(l.last_at[side]);
-        l.last_at[side] = at;
-        self.push(at, Ev::Deliver { link, side: 1 - side, data });
-    }
-
-    /// UDP: no connection, no ordering, no retransmission. A partition or a crashed receiver drops the
-    /// datagram; `loss` drops it at random; `reorder` holds it back one extra latency.
-    fn send_datagram(&mut self, from: usize, to: SocketAddr, data: Vec<u8>) {
-        let (loss_draw, reorder_draw, jitter_draw) = (self.rng.next_u64(), self.rng.next_u64(), self.rng.next_u64());
-        self.phase().datagrams += 1;
-        let Some(dest) = socket_node(to).filter(|d| *d < self.nodes.len()) else {
-            self.phase().datagrams_lost += 1;
-            return;
-        };
-        let class = self.class_between(from, dest);
-        let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
-        if self.blocked(from, dest) || unit(loss_draw) < class.loss {
-            self.phase().datagrams_lost += 1;
-            return;
-        }
-        let ser =
-            if class.bandwidth_bps == 0 { 0 } else { (data.len() as u128 * 8 * 1_000_000_000 / u128::from(class.bandwidth_bps)) as u64 };
-        let free = self.udp_free_at.entry((from, dest)).or_insert(self.now);
-        let start = (*free).max(self.now);
-        *free = start + Duration::from_nanos(ser);
-        let jitter = if class.jitter.is_zero() { 0 } else { jitter_draw % (class.jitter.as_nanos() as u64) };
-        let mut at = *free + class.latency + Duration::from_nanos(jitter);
-        if unit(reorder_draw) < class.reorder {
-            at = at + class.latency;
-        }
-        let gen = self.nodes[dest].gen;
-        self.push(at, Ev::Datagram { node: dest, gen, from: node_socket(from), data });
-    }
-
-    fn close(&mut self, i: usize, conn: ConnId) {
-        let Some((link, side)) = self.side_of(i, conn) else { return };
-        self.nodes[i].conns.remove(&conn);
-        let l = self.links.get_mut(&link).expect("invariant: link exists");
-        l.up[side] = false;
-        let (peer, pconn, pgen) = l.ends[1 - side];
-        // FIN after the bytes already on the wire.
-        let at = (self.now + l.class.latency).max(l.last_at[side]);
-        let both_down = !l.up[1 - side];
-        if both_down {
-            self.links.remove(&link);
-        }
-        self.push(at, Ev::Disconnected { node: peer, gen: pgen, conn: pconn, reason: "closed by remote" });
+        self.alive[i] = Some(n.gen);
+        self.with_node(i, |ctx, w, out| w.drain(ctx, out));
     }
 
     fn crash(&mut self, i: usize) {
@@ -541,20 +738,21 @@ impl Sim {
             return;
         }
         self.phase().crashes += 1;
-        self.nodes[i].node = None;
-        self.nodes[i].gen += 1;
-        let conns: Vec<(ConnId, u64)> = std::mem::take(&mut self.nodes[i].conns).into_iter().collect();
-        for (_, link) in conns {
-            if let Some(l) = self.links.remove(&link) {
-                let side = if l.ends[0].0 == i { 0 } else { 1 };
-                let (peer, pconn, pgen) = l.ends[1 - side];
-                if l.up[1 - side] {
-                    self.push(
-                        self.now + l.class.latency,
-                        Ev::Disconnected { node: peer, gen: pgen, conn: pconn, reason: "connection reset" },
-                    );
-                }
-            }
+        let n = &mut self.nodes[i];
+        n.node = None;
+        n.gen += 1;
+        n.timer_at = None;
+        n.by_link.clear();
+        let ends: Vec<End> = std::mem::take(&mut n.conns).into_values().collect();
+        self.alive[i] = None;
+        for e in ends {
+            let at = self.now + e.class.latency;
+            self.global_made += 1;
+            let key = Key { at, late: true, src: GLOBAL_SRC, n: self.global_made };
+            self.heap.push(Reverse(Scheduled {
+                key,
+                ev: Msg { node: e.peer, gen: e.peer_gen, ev: NodeEv::Reset { link: e.link, reason: "connection reset" } },
+            }));
         }
     }
 
@@ -589,20 +787,22 @@ impl Sim {
     }
 
     fn connect(&mut self, i: usize, j: usize) {
-        let peer = self.nodes[j].peer.clone();
-        let now = self.now;
+        let peer = self.peers[j].clone();
         let addr = if self.nodes[i].quic { node_quic_addr(j) } else { node_addr(j) }.with(Protocol::P2p(peer.clone()));
-        let quic = self.nodes[i].quic;
-        if let Some(n) = self.nodes[i].node.as_mut() {
-            if !n.is_connected(&peer) {
-                let _ = n.dial(now, addr);
-                if quic {
-                    // TCP dials are counted when the node asks for the transport connection.
-                    self.phase().dials += 1;
+        self.with_node(i, |ctx, w, out| {
+            let now = w.now;
+            let quic = w.n.quic;
+            if let Some(n) = w.n.node.as_mut() {
+                if !n.is_connected(&peer) {
+                    let _ = n.dial(now, addr);
+                    if quic {
+                        // TCP dials are counted when the node asks for the transport connection.
+                        out.counters.dials += 1;
+                    }
                 }
             }
-        }
-        self.drain(i);
+            w.drain(ctx, out);
+        });
     }
 
     fn action(&mut self, k: usize) {
@@ -623,14 +823,16 @@ impl Sim {
                 }
             }
             Action::Ping(who) => {
-                let now = self.now;
                 for i in self.select(&who) {
-                    if let Some(n) = self.nodes[i].node.as_mut() {
-                        for p in n.connected_peers() {
-                            let _ = n.ping(now, &p);
+                    self.with_node(i, |ctx, w, out| {
+                        let now = w.now;
+                        if let Some(n) = w.n.node.as_mut() {
+                            for p in n.connected_peers() {
+                                let _ = n.ping(now, &p);
+                            }
                         }
-                    }
-                    self.drain(i);
+                        w.drain(ctx, out);
+                    });
                 }
             }
             Action::Partition { a, b, one_way } => {
@@ -647,20 +849,23 @@ impl Sim {
             }
             Action::Heal => {
                 self.partitions.clear();
-                let held: Vec<(u64, usize, Vec<Vec<u8>>)> = self
-                    .links
-                    .iter_mut()
-                    .flat_map(|(id, l)| {
-                        let h0 = std::mem::take(&mut l.held[0]);
-                        let h1 = std::mem::take(&mut l.held[1]);
-                        [(*id, 0, h0), (*id, 1, h1)]
-                    })
-                    .filter(|(_, _, h)| !h.is_empty())
-                    .collect();
-                for (link, side, msgs) in held {
-                    for m in msgs {
-                        self.send_on(link, side, m);
+                for i in 0..self.nodes.len() {
+                    let held: Vec<(ConnId, Vec<Vec<u8>>)> = self.nodes[i]
+                        .conns
+                        .iter_mut()
+                        .filter(|(_, e)| !e.held.is_empty())
+                        .map(|(c, e)| (*c, std::mem::take(&mut e.held)))
+                        .collect();
+                    if held.is_empty() {
+                        continue;
                     }
+                    self.with_node(i, |ctx, w, out| {
+                        for (conn, msgs) in held {
+                            for m in msgs {
+                                w.send_on(ctx, out, conn, m);
+                            }
+                        }
+                    });
                 }
             }
             Action::Crash(who) => {
@@ -673,8 +878,11 @@ impl Sim {
                     self.restart(i);
                 }
             }
-            Action::Churn { n, every, until } => self.push(self.now, Ev::Churn { n, every, until: Instant::ZERO + until }),
-            Action::Link(class) => self.link_class = class,
+            Action::Churn { n, every, until } => self.push_global(self.now, GlobalEv::Churn { n, every, until: Instant::ZERO + until }),
+            Action::Link(class) => {
+                self.lookahead = self.lookahead.min(class.latency);
+                self.link_class = class;
+            }
             Action::Phase(name) => {
                 let now = self.now.as_nanos();
                 if let Some(p) = self.phases.last_mut() {
@@ -697,21 +905,142 @@ impl Sim {
             self.crash(i);
         }
         if self.now + every <= until {
-            self.push(self.now + every, Ev::Churn { n, every, until });
+            self.push_global(self.now + every, GlobalEv::Churn { n, every, until });
         }
     }
 
-    fn note(&mut self, kind: u8, node: usize, conn: u64, data: &[u8]) {
-        self.events += 1;
-        let mut h = fnv(self.hash, &self.now.as_nanos().to_le_bytes());
+    /// A global event's record in the trace.
+    fn note_global(&mut self, kind: u8, what: u64) {
+        let mut h = fnv(0xcbf29ce484222325, &self.now.as_nanos().to_le_bytes());
         h = fnv(h, &[kind]);
-        h = fnv(h, &(node as u64).to_le_bytes());
-        h = fnv(h, &conn.to_le_bytes());
-        h = fnv(h, data);
-        self.hash = h;
+        h = fnv(h, &what.to_le_bytes());
+        self.fold_trace(h);
+    }
+
+    fn fold_trace(&mut self, h: u64) {
+        self.events += 1;
+        self.hash = fnv(self.hash, &h.to_le_bytes());
         if let Some(t) = &mut self.trace {
-            t.push(h);
+            t.push(self.hash);
         }
+    }
+
+    /// Files what a window (or a global step) produced: events into the queue, metrics into the current
+    /// phase, trace records in (time, node) order into the running hash.
+    fn file(&mut self, outs: Vec<Out>) {
+        let mut trace: Vec<(Instant, usize, u64)> = Vec::new();
+        let mut log: Vec<(Instant, usize, Event)> = Vec::new();
+        for o in outs {
+            for m in o.msgs {
+                self.heap.push(Reverse(m));
+            }
+            let bucket_ns = self.bucket_ns;
+            let nb = self.rtt_over_time.len();
+            {
+                let p = self.phases.last_mut().expect("invariant: a phase");
+                p.counters.add(&o.counters);
+                for (_, rtt) in &o.rtts {
+                    p.rtt.record(*rtt);
+                }
+            }
+            for (at, rtt) in o.rtts {
+                self.rtt_over_time[((at / bucket_ns) as usize).min(nb - 1)].record(rtt);
+            }
+            for at in o.fails {
+                self.fails_over_time[((at / bucket_ns) as usize).min(nb - 1)] += 1;
+            }
+            trace.extend(o.trace);
+            if let Some(l) = o.log {
+                log.extend(l);
+            }
+        }
+        // Stable: each node's records keep their processing order.
+        trace.sort_by_key(|(at, node, _)| (*at, *node));
+        for (_, _, h) in trace {
+            self.fold_trace(h);
+        }
+        if let Some(l) = &mut self.log {
+            log.sort_by_key(|(at, node, _)| (*at, *node));
+            l.extend(log);
+        }
+    }
+
+    /// Runs every node event before `end`: each node's share on its own, the nodes split across threads.
+    fn window(&mut self, end: Instant) {
+        let mut per_node: BTreeMap<usize, Vec<Scheduled<NodeEv>>> = BTreeMap::new();
+        let mut count = 0usize;
+        let mut lost = 0u64;
+        while self.heap.peek().is_some_and(|Reverse(s)| s.key.at < end) {
+            let Some(Reverse(s)) = self.heap.pop() else { break };
+            let Msg { node, gen, ev } = s.ev;
+            if self.nodes[node].gen != gen {
+                lost += u64::from(matches!(ev, NodeEv::Datagram { .. }));
+                continue;
+            }
+            per_node.entry(node).or_default().push(Scheduled { key: s.key, ev });
+            count += 1;
+        }
+        self.phase().datagrams_lost += lost;
+        if per_node.is_empty() {
+            return;
+        }
+        let ctx = Ctx {
+            alive: &self.alive,
+            regions: &self.regions,
+            region_links: &self.region_links,
+            link_class: &self.link_class,
+            partitions: &self.partitions,
+            end,
+        };
+        let logging = self.log.is_some();
+        let threads = if count < self.parallel_min { 1 } else { self.threads.min(per_node.len()) };
+        let run_chunk = |nodes: &mut [SimNode], offset: usize, work: Vec<(usize, Vec<Scheduled<NodeEv>>)>| -> Out {
+            let mut out = Out { log: logging.then(Vec::new), ..Default::default() };
+            for (i, evs) in work {
+                let mut w = NodeWork { i, n: &mut nodes[i - offset], local: evs.into_iter().map(Reverse).collect(), now: Instant::ZERO };
+                w.run(&ctx, &mut out);
+            }
+            out
+        };
+        let outs: Vec<Out> = if threads <= 1 {
+            vec![run_chunk(&mut self.nodes, 0, per_node.into_iter().collect())]
+        } else {
+            // Contiguous node ranges, one per thread, cut so each gets about the same number of events.
+            let mut chunks: Vec<Vec<(usize, Vec<Scheduled<NodeEv>>)>> = vec![Vec::new()];
+            let per = count.div_ceil(threads);
+            let mut in_chunk = 0;
+            for (i, evs) in per_node {
+                if in_chunk >= per && chunks.len() < threads {
+                    chunks.push(Vec::new());
+                    in_chunk = 0;
+                }
+                in_chunk += evs.len();
+                chunks.last_mut().expect("invariant: one chunk at least").push((i, evs));
+            }
+            let mut rest: &mut [SimNode] = &mut self.nodes;
+            let mut offset = 0;
+            let mut parts = Vec::new();
+            let nchunks = chunks.len();
+            for (k, chunk) in chunks.into_iter().enumerate() {
+                // This chunk owns nodes [offset, next chunk's first node).
+                let upto = if k + 1 < nchunks { chunk.last().map_or(offset, |(i, _)| i + 1) } else { offset + rest.len() };
+                let (mine, tail) = rest.split_at_mut(upto - offset);
+                parts.push((mine, offset, chunk));
+                rest = tail;
+                offset = upto;
+            }
+            let run_chunk = &run_chunk;
+            let mut parts = parts.into_iter();
+            let (first_nodes, first_off, first_work) = parts.next().expect("invariant: one chunk at least");
+            std::thread::scope(|s| {
+                let handles: Vec<_> = parts.map(|(nodes, off, work)| s.spawn(move || run_chunk(nodes, off, work))).collect();
+                // The calling thread takes the first share itself.
+                let mut outs = vec![run_chunk(first_nodes, first_off, first_work)];
+                outs.extend(handles.into_iter().map(|h| h.join().expect("invariant: a node's work does not panic")));
+                outs
+            })
+        };
+        self.file(outs);
     }
 
     /// Runs the scenario to its end and reports.
@@ -736,7 +1065,7 @@ impl Sim {
         self.log.get_or_insert_with(Vec::new);
     }
 
-    /// The recorded protocol events: (virtual time, node index, event).
+    /// The recorded protocol events: (virtual time, node index, event), in (time, node) order.
     pub fn events(&self) -> &[(Instant, usize, Event)] {
         self.log.as_deref().unwrap_or(&[])
     }
@@ -758,96 +1087,54 @@ impl Sim {
 
     /// Processes every event up to virtual time `t` (capped at the scenario's duration). Can be called
     /// repeatedly with growing `t`; tests use it to look at the nodes mid-run.
+    ///
+    /// The engine alternates global steps (timeline actions, churn; one thread) with windows: all node
+    /// events from the earliest pending one up to one lookahead (the smallest link latency) later, or to
+    /// the next global event. Within a window no node's output can reach another node, so the nodes run
+    /// independently, split across threads; what they send is queued for later windows.
     pub fn run_until(&mut self, t: Duration) {
         let end = Instant::ZERO + t.min(self.sc.duration);
         let total = (Instant::ZERO + self.sc.duration).as_nanos();
         let mut next_progress = self.now.as_nanos();
-        while let Some(Reverse(top)) = self.heap.peek() {
-            if top.at > end {
+        loop {
+            let tn = self.heap.peek().map(|Reverse(s)| s.key.at);
+            let tg = self.global.peek().map(|Reverse(s)| s.key.at);
+            let next = match (tn, tg) {
+                (None, None) => break,
+                (Some(a), None) | (None, Some(a)) => a,
+                (Some(a), Some(b)) => a.min(b),
+            };
+            if next > end {
                 break;
             }
-            let Some(Reverse(s)) = self.heap.pop() else { break };
-            self.now = s.at;
+            self.now = self.now.max(next);
             if let Some(p) = &mut self.progress {
                 if self.now.as_nanos() >= next_progress {
                     p(self.now.as_nanos(), total);
                     next_progress = self.now.as_nanos() + total / 100;
                 }
             }
-            match s.ev {
-                Ev::Timer { node, gen } => {
-                    let n = &mut self.nodes[node];
-                    if n.gen != gen || n.timer_at != Some(s.at) {
-                        continue;
+            if tg.is_some_and(|g| tn.is_none_or(|n| g <= n)) {
+                let Some(Reverse(s)) = self.global.pop() else { break };
+                match s.ev {
+                    GlobalEv::Action(k) => {
+                        self.note_global(4, k as u64);
+                        self.action(k);
                     }
-                    n.timer_at = None;
-                    self.note(0, node, 0, &[]);
-                    let now = self.now;
-                    if let Some(n) = self.nodes[node].node.as_mut() {
-                        n.handle_timeout(now);
+                    GlobalEv::Churn { n, every, until } => {
+                        self.note_global(5, n as u64);
+                        self.churn(n, every, until);
                     }
-                    self.drain(node);
                 }
-                Ev::Connected { link, side } => {
-                    let Some(l) = self.links.get(&link) else { continue };
-                    let (node, conn, gen) = l.ends[side];
-                    if self.nodes[node].gen != gen {
-                        continue;
-                    }
-                    let remote = node_addr(l.ends[1 - side].0);
-                    self.note(1, node, conn.0, &[]);
-                    let role = if side == 0 { Role::Dialer } else { Role::Listener };
-                    self.input(node, Input::Connected { conn, role, remote_addr: remote });
-                }
-                Ev::Deliver { link, side, data } => {
-                    let Some(l) = self.links.get(&link) else { continue };
-                    let (node, conn, gen) = l.ends[side];
-                    if self.nodes[node].gen != gen || !l.up[side] {
-                        continue;
-                    }
-                    self.note(2, node, conn.0, &data);
-                    let c = self.phase();
-                    c.messages += 1;
-                    c.bytes += data.len() as u64;
-                    self.input(node, Input::Data { conn, data: &data });
-                }
-                Ev::Datagram { node, gen, from, data } => {
-                    if self.nodes[node].gen != gen || self.nodes[node].node.is_none() {
-                        self.phase().datagrams_lost += 1;
-                        continue;
-                    }
-                    // QUIC's TLS, connection IDs and tokens all draw from the node's seed: the bytes replay too.
-                    self.note(6, node, socket_node(from).unwrap_or(usize::MAX) as u64, &data);
-                    let c = self.phase();
-                    c.messages += 1;
-                    c.bytes += data.len() as u64;
-                    self.input(node, Input::Datagram { from, data: &data });
-                }
-                Ev::Disconnected { node, gen, conn, reason } => {
-                    if self.nodes[node].gen != gen {
-                        continue;
-                    }
-                    self.note(3, node, conn.0, reason.as_bytes());
-                    if let Some(link) = self.nodes[node].conns.remove(&conn) {
-                        if let Some(l) = self.links.get_mut(&link) {
-                            let side = if l.ends[0].0 == node && l.ends[0].1 == conn { 0 } else { 1 };
-                            l.up[side] = false;
-                            if !l.up[1 - side] {
-                                self.links.remove(&link);
-                            }
-                        }
-                    }
-                    self.input(node, Input::Disconnected { conn, reason });
-                }
-                Ev::Action(k) => {
-                    self.note(4, k, 0, &[]);
-                    self.action(k);
-                }
-                Ev::Churn { n, every, until } => {
-                    self.note(5, n, 0, &[]);
-                    self.churn(n, every, until);
-                }
+                continue;
             }
+            let lookahead = self.lookahead.max(Duration::from_nanos(1));
+            let mut wend = next + lookahead;
+            if let Some(g) = tg {
+                wend = wend.min(g);
+            }
+            wend = wend.min(end + Duration::from_nanos(1));
+            self.window(wend);
         }
         self.now = self.now.max(end);
     }
@@ -860,22 +1147,7 @@ impl Sim {
         let mut total_phase = Phase { name: "total".into(), start_ns: 0, end_ns: end.as_nanos(), ..Default::default() };
         let phases = std::mem::take(&mut self.phases);
         for p in &phases {
-            let c = &p.counters;
-            let t = &mut total_phase.counters;
-            t.dials += c.dials;
-            t.dial_failures += c.dial_failures;
-            t.connections += c.connections;
-            t.disconnections += c.disconnections;
-            t.pings_ok += c.pings_ok;
-            t.pings_failed += c.pings_failed;
-            t.identifies += c.identifies;
-            t.identify_failures += c.identify_failures;
-            t.datagrams += c.datagrams;
-            t.datagrams_lost += c.datagrams_lost;
-            t.messages += c.messages;
-            t.bytes += c.bytes;
-            t.crashes += c.crashes;
-            t.restarts += c.restarts;
+            total_phase.counters.add(&p.counters);
             total_phase.rtt.merge(&p.rtt);
         }
         let alive: Vec<&SimNode> = self.nodes.iter().filter(|n| n.node.is_some()).collect();

@@ -209,3 +209,22 @@ fn sim_quic_over_lossy_reordering_datagrams() {
     let s = seed(3);
     check_determinism(&sc, s).unwrap_or_else(|(i, a, b)| panic!("seed {s}: runs diverge at event {i}: {a:016x} vs {b:016x}"));
 }
+
+/// Windows run nodes on several threads; the outcome must not depend on how many (or on scheduling).
+#[test]
+fn sim_threads_do_not_change_the_outcome() {
+    let text =
+        "nodes all 120 ping=5s\nlink latency=20ms jitter=5ms\nat 0s connect random 4\nat 20s crash 0..9\nat 30s restart 0..9\nrun 45s\n";
+    let sc = parse(text).unwrap();
+    let s = seed(12);
+    let mut hashes = Vec::new();
+    for threads in [1, 2, 3] {
+        let mut sim = Sim::new(sc.clone(), s);
+        sim.set_threads(threads);
+        sim.set_parallel_min_events(1);
+        let (r, trace) = sim.run_traced();
+        assert!(r.total.counters.pings_ok > 1000, "{}", hyphae_sim::report::table(&r));
+        hashes.push((r.trace_hash, trace.len(), r.total.counters.pings_ok));
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "seed {s}: {hashes:?}");
+}
