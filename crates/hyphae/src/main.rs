@@ -19,10 +19,11 @@ usage:
   hyphae perf MULTIADDR --upload BYTES --download BYTES
       Runs the perf protocol against MULTIADDR; prints JSON lines, the last one
       {\"type\":\"final\",\"timeSeconds\":..,\"uploadBytes\":..,\"downloadBytes\":..} like rust-libp2p's perf.
-  hyphae sim FILE [--seed N] [--out DIR] [--check]
+  hyphae sim FILE [--seed N] [--out DIR] [--check] [--threads N]
       Runs a simulation scenario (see scenarios/ and the README) on virtual time and prints a summary
       table; --out writes metrics.csv, metrics.json, rtt_over_time.csv and rtt_over_time.svg; --check
       runs it twice and compares the trace hash of every event. HYPHAE_SEED also sets the seed.
+      --threads (or HYPHAE_SIM_THREADS; default: the cores, at most 8) never changes the outcome.
 common flags: --security noise,tls (order of preference; default both, noise first)
               --muxer yamux,mplex (default both, yamux first)
 logging: RUST_LOG=debug for more detail (default info, on stderr).";
@@ -36,6 +37,7 @@ struct Args {
     seed: Option<u64>,
     out: Option<PathBuf>,
     check: bool,
+    threads: Option<usize>,
     listen: Vec<Multiaddr>,
     key: Option<PathBuf>,
     key_type: KeyType,
@@ -53,6 +55,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         seed: None,
         out: None,
         check: false,
+        threads: None,
         listen: vec![],
         key: None,
         key_type: KeyType::Ed25519,
@@ -79,6 +82,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--out" => a.out = Some(PathBuf::from(val("--out")?)),
             "--check" => a.check = true,
+            "--threads" => {
+                let v = val("--threads")?;
+                a.threads = Some(v.parse().map_err(|_| format!("--threads {v}: not a number"))?)
+            }
             "--security" => {
                 for x in val("--security")?.split(',') {
                     a.security.push(match x {
@@ -332,6 +339,9 @@ fn sim(args: Args) -> Result<(), String> {
         };
     }
     let mut s = hyphae_sim::Sim::new(sc.clone(), seed);
+    if let Some(t) = args.threads {
+        s.set_threads(t);
+    }
     let started = std::time::Instant::now();
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
     s.progress = Some(Box::new(move |done, total| {
