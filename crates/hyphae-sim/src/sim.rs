@@ -144,31 +144,37 @@ struct SimNode {
     made: u64,
 }
 
+/// The world as nodes see it: per-node liveness and regions, link classes, partitions. Changed only by
+/// the global phase, read by every node during a window.
+struct World {
+    /// Per node: its generation if alive.
+    alive: Vec<Option<u32>>,
+    regions: Vec<usize>,
+    region_links: BTreeMap<(usize, usize), LinkClass>,
+    link_class: LinkClass,
+    partitions: Vec<(Vec<bool>, Vec<bool>, bool)>,
+}
+
 /// What the nodes of one window may read: nothing in it changes until the window ends.
 struct Ctx<'a> {
-    /// Per node: its generation if alive.
-    alive: &'a [Option<u32>],
-    regions: &'a [usize],
-    region_links: &'a BTreeMap<(usize, usize), LinkClass>,
-    link_class: &'a LinkClass,
-    partitions: &'a [(Vec<bool>, Vec<bool>, bool)],
+    w: &'a World,
     /// The window's end: events before it for the same node are run within the window.
     end: Instant,
 }
 
 impl Ctx<'_> {
     fn class_between(&self, a: usize, b: usize) -> LinkClass {
-        let (ra, rb) = (self.regions[a], self.regions[b]);
+        let (ra, rb) = (self.w.regions[a], self.w.regions[b]);
         if ra != usize::MAX && rb != usize::MAX && ra != rb {
-            if let Some(c) = self.region_links.get(&(ra.min(rb), ra.max(rb))) {
+            if let Some(c) = self.w.region_links.get(&(ra.min(rb), ra.max(rb))) {
                 return c.clone();
             }
         }
-        self.link_class.clone()
+        self.w.link_class.clone()
     }
 
     fn blocked(&self, from: usize, to: usize) -> bool {
-        self.partitions.iter().any(|(a, b, one_way)| (a[from] && b[to]) || (!one_way && b[from] && a[to]))
+        self.w.partitions.iter().any(|(a, b, one_way)| (a[from] && b[to]) || (!one_way && b[from] && a[to]))
     }
 }
 
@@ -344,7 +350,7 @@ impl NodeWork<'_> {
     fn dial(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId, addr: Multiaddr) {
         out.counters.dials += 1;
         let (now, me, gen) = (self.now, self.i, self.n.gen);
-        let target = addr_node(&addr).filter(|t| *t < ctx.alive.len() && *t != me);
+        let target = addr_node(&addr).filter(|t| *t < ctx.w.alive.len() && *t != me);
         let Some(to) = target else {
             self.send(ctx, out, now, me, gen, NodeEv::DialFailed { conn, reason: "no route to host" });
             return;
@@ -354,7 +360,7 @@ impl NodeWork<'_> {
             self.send(ctx, out, now + CONNECT_TIMEOUT, me, gen, NodeEv::DialFailed { conn, reason: "connect timed out" });
             return;
         }
-        let Some(to_gen) = ctx.alive[to] else {
+        let Some(to_gen) = ctx.w.alive[to] else {
             self.send(ctx, out, now + class.latency * 2, me, gen, NodeEv::DialFailed { conn, reason: "connection refused" });
             return;
         };
@@ -404,13 +410,13 @@ impl NodeWork<'_> {
     fn send_datagram(&mut self, ctx: &Ctx<'_>, out: &mut Out, to: SocketAddr, data: Vec<u8>) {
         let (loss_draw, reorder_draw, jitter_draw) = (self.n.rng.next_u64(), self.n.rng.next_u64(), self.n.rng.next_u64());
         out.counters.datagrams += 1;
-        let Some(dest) = socket_node(to).filter(|d| *d < ctx.alive.len()) else {
+        let Some(dest) = socket_node(to).filter(|d| *d < ctx.w.alive.len()) else {
             out.counters.datagrams_lost += 1;
             return;
         };
         let class = ctx.class_between(self.i, dest);
         let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
-        let Some(dest_gen) = ctx.alive[dest] else {
+        let Some(dest_gen) = ctx.w.alive[dest] else {
             out.counters.datagrams_lost += 1;
             return;
         };
@@ -536,16 +542,12 @@ pub struct Sim {
     global: BinaryHeap<Reverse<Scheduled<GlobalEv>>>,
     global_made: u64,
     nodes: Vec<SimNode>,
-    /// Read-only during a window: per-node liveness, regions and peer ids.
-    alive: Vec<Option<u32>>,
-    regions: Vec<usize>,
+    /// Read-only during a window.
+    world: World,
     peers: Vec<PeerId>,
     groups: BTreeMap<String, (usize, usize)>,
     rng: rng::Rng,
     seed: u64,
-    link_class: LinkClass,
-    region_links: BTreeMap<(usize, usize), LinkClass>,
-    partitions: Vec<(Vec<bool>, Vec<bool>, bool)>,
     /// The smallest one-way latency any link has had: no node's output reaches another node sooner, so a
     /// window this long can run every node in parallel (conservative parallel simulation).
     lookahead: Duration,
@@ -616,16 +618,18 @@ impl Sim {
             heap: BinaryHeap::new(),
             global: BinaryHeap::new(),
             global_made: 0,
-            alive: vec![None; n],
-            regions: vec![usize::MAX; n],
+            world: World {
+                alive: vec![None; n],
+                regions: vec![usize::MAX; n],
+                region_links: BTreeMap::new(),
+                link_class: sc.link.clone(),
+                partitions: vec![],
+            },
             peers: nodes.iter().map(|x| x.peer.clone()).collect(),
             groups,
             rng: rng::from_seed(seed32(seed, b"sim", 0)),
             seed,
             lookahead: sc.link.latency,
-            link_class: sc.link.clone(),
-            region_links: BTreeMap::new(),
-            partitions: vec![],
             phases: vec![Phase { name: sc.first_phase.clone(), ..Default::default() }],
             rtt_over_time: vec![Histogram::default(); buckets],
             fails_over_time: vec![0; buckets],
@@ -644,14 +648,14 @@ impl Sim {
         let regions: Vec<(String, Selector)> = sim.sc.regions.clone();
         for (ri, (_, sel)) in regions.iter().enumerate() {
             for i in sim.select(sel) {
-                sim.regions[i] = ri;
+                sim.world.regions[i] = ri;
             }
         }
         for (a, b, class) in sim.sc.between.clone() {
             let ia = regions.iter().position(|(n, _)| *n == a).expect("invariant: validated by the parser");
             let ib = regions.iter().position(|(n, _)| *n == b).expect("invariant: validated by the parser");
             sim.lookahead = sim.lookahead.min(class.latency);
-            sim.region_links.insert((ia.min(ib), ia.max(ib)), class);
+            sim.world.region_links.insert((ia.min(ib), ia.max(ib)), class);
         }
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
@@ -704,14 +708,7 @@ impl Sim {
     fn with_node(&mut self, i: usize, f: impl FnOnce(&Ctx<'_>, &mut NodeWork<'_>, &mut Out)) {
         let mut out = Out { log: self.log.as_ref().map(|_| Vec::new()), ..Default::default() };
         {
-            let ctx = Ctx {
-                alive: &self.alive,
-                regions: &self.regions,
-                region_links: &self.region_links,
-                link_class: &self.link_class,
-                partitions: &self.partitions,
-                end: self.now,
-            };
+            let ctx = Ctx { w: &self.world, end: self.now };
             let mut w = NodeWork { i, n: &mut self.nodes[i], local: BinaryHeap::new(), now: self.now };
             f(&ctx, &mut w, &mut out);
         }
@@ -729,7 +726,7 @@ impl Sim {
         }
         n.node = Some(ByteNode::new(cfg, self.now));
         n.timer_at = None;
-        self.alive[i] = Some(n.gen);
+        self.world.alive[i] = Some(n.gen);
         self.with_node(i, |ctx, w, out| w.drain(ctx, out));
     }
 
@@ -744,7 +741,7 @@ impl Sim {
         n.timer_at = None;
         n.by_link.clear();
         let ends: Vec<End> = std::mem::take(&mut n.conns).into_values().collect();
-        self.alive[i] = None;
+        self.world.alive[i] = None;
         for e in ends {
             let at = self.now + e.class.latency;
             self.global_made += 1;
@@ -845,10 +842,10 @@ impl Sim {
                 for i in self.select(&b) {
                     sb[i] = true;
                 }
-                self.partitions.push((sa, sb, one_way));
+                self.world.partitions.push((sa, sb, one_way));
             }
             Action::Heal => {
-                self.partitions.clear();
+                self.world.partitions.clear();
                 for i in 0..self.nodes.len() {
                     let held: Vec<(ConnId, Vec<Vec<u8>>)> = self.nodes[i]
                         .conns
@@ -881,7 +878,7 @@ impl Sim {
             Action::Churn { n, every, until } => self.push_global(self.now, GlobalEv::Churn { n, every, until: Instant::ZERO + until }),
             Action::Link(class) => {
                 self.lookahead = self.lookahead.min(class.latency);
-                self.link_class = class;
+                self.world.link_class = class;
             }
             Action::Phase(name) => {
                 let now = self.now.as_nanos();
@@ -984,14 +981,7 @@ impl Sim {
         if per_node.is_empty() {
             return;
         }
-        let ctx = Ctx {
-            alive: &self.alive,
-            regions: &self.regions,
-            region_links: &self.region_links,
-            link_class: &self.link_class,
-            partitions: &self.partitions,
-            end,
-        };
+        let ctx = Ctx { w: &self.world, end };
         let logging = self.log.is_some();
         let threads = if count < self.parallel_min { 1 } else { self.threads.min(per_node.len()) };
         let run_chunk = |nodes: &mut [SimNode], offset: usize, work: Vec<(usize, Vec<Scheduled<NodeEv>>)>| -> Out {
