@@ -683,6 +683,9 @@ pub fn client_config(cert: &Certificate, alpn: Vec<Vec<u8>>, now_unix: i64) -> R
     cfg.alpn_protocols = alpn;
     // spec(tls): "clients ... MUST NOT send any value in the Server Name Indication"
     cfg.enable_sni = false;
+    // Every libp2p server has the same placeholder name, so a cached session would be offered to other
+    // peers; and a resumed session skips the certificate that names the peer. go-libp2p disables tickets too.
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 
