@@ -9,7 +9,7 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { tls } from '@libp2p/tls'
 import { mplex } from '@libp2p/mplex'
-import { identify } from '@libp2p/identify'
+import { identify, identifyPush } from '@libp2p/identify'
 import { ping } from '@libp2p/ping'
 import { multiaddr } from '@multiformats/multiaddr'
 
@@ -23,7 +23,7 @@ const node = await createLibp2p({
   transports: [tcp()],
   connectionEncrypters: [security === 'tls' ? tls() : noise()],
   streamMuxers: [muxer === 'mplex' ? mplex() : yamux()],
-  services: { identify: identify(), ping: ping() }
+  services: { identify: identify(), identifyPush: identifyPush(), ping: ping() }
 })
 
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')

@@ -150,6 +150,11 @@ async fn js_hyphae_dials_js_ping_identify() {
     let l = wait_line(&mut js, "\"event\":\"identify\"", "js identify event").await;
     assert_eq!(json_field(&l, "agent"), Some("hyphae/0.1.0"));
     assert_eq!(json_field(&l, "peer"), Some(h.peer_id().to_string().as_str()));
+    // A new handler reaches js by identify push (sent by the node machine to every connected peer).
+    assert!(!l.contains("/hyphae/push-test/1.0.0"));
+    h.set_stream_handler("/hyphae/push-test/1.0.0", |_s| async {});
+    let l = wait_line(&mut js, "/hyphae/push-test/1.0.0", "js sees the pushed protocol").await;
+    assert!(l.contains("\"event\":\"identify\""), "{l}");
 }
 
 #[tokio::test]
