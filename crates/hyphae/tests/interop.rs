@@ -136,6 +136,34 @@ async fn go_wrong_peer_id_is_refused() {
     assert!(err.to_string().contains("expected"), "{err}");
 }
 
+/// go pushes identify when its protocols change; the node machine takes the push and the peerstore and
+/// the event stream show the new protocol.
+#[tokio::test]
+async fn go_identify_push_updates_hyphae() {
+    init_tracing();
+    let Some(go) = P2pd::start(&[]).await else { return };
+    let h = host_with(KeyType::Ed25519).await;
+    let mut ev = h.events();
+    h.connect(&go.addrs[0].with_peer_id(&go.peer_id)).await.unwrap();
+    let first = h.identify(&go.peer_id).await.unwrap();
+    assert!(!first.protocols.iter().any(|p| p == "/go/push-test/1.0.0"));
+    go.stream_handler("/tmp/hyphae-never-dialed.sock", &["/go/push-test/1.0.0"]).await.unwrap();
+    let pushed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Ok(hyphae::HostEvent::Identified { peer, info }) = ev.recv().await {
+                if peer == go.peer_id && info.protocols.iter().any(|p| p == "/go/push-test/1.0.0") {
+                    return info;
+                }
+            }
+        }
+    })
+    .await
+    .expect("go's identify push arrives");
+    assert_eq!(pushed.agent_version.as_deref(), Some("p2pd/0.1"));
+    let known = h.peer_info(&go.peer_id).unwrap().protocols;
+    assert!(known.iter().any(|p| p == "/go/push-test/1.0.0"), "{known:?}");
+}
+
 // ---------------- js-libp2p ----------------
 
 #[tokio::test]

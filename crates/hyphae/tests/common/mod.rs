@@ -178,6 +178,23 @@ impl P2pd {
         Ok((s, proto))
     }
 
+    /// STREAM_HANDLER: go serves `protos`, handing inbound streams to the unix socket `callback` (it need
+    /// not exist until a stream comes). `balanced` is sent because hivemind's p2pd.proto requires it.
+    pub async fn stream_handler(&self, callback: &str, protos: &[&str]) -> Result<(), String> {
+        let mut c = Vec::new();
+        let addr: Multiaddr = format!("/unix{callback}").parse().map_err(|e| format!("{e}"))?;
+        pb::put_bytes(&mut c, 1, &addr.to_bytes());
+        for p in protos {
+            pb::put_bytes(&mut c, 2, p.as_bytes());
+        }
+        pb::put_varint(&mut c, 3, 0);
+        let mut r = Vec::new();
+        pb::put_varint(&mut r, 1, 3);
+        pb::put_bytes(&mut r, 4, &c);
+        let (_s, resp) = self.request(r).await;
+        check_ok(&resp)
+    }
+
     /// LIST_PEERS: the peers go is connected to.
     pub async fn list_peers(&self) -> Vec<PeerId> {
         let mut r = Vec::new();
