@@ -1,6 +1,7 @@
 //! hyphae-sim: a deterministic discrete-event network simulator that runs hyphae's own sans-IO protocol
-//! machines (the same `Node`/`Connection` code the tokio driver runs, with real cryptography) at
-//! thousands of nodes on one thread, on virtual time, from one seed.
+//! machines (the same `node::Node`, `conn::Connection` and `quic::Endpoint` code the tokio driver runs,
+//! with real cryptography) at thousands of nodes, on virtual time, from one seed, on as many threads as
+//! there are cores without changing a result.
 
 pub mod metrics;
 pub mod report;
