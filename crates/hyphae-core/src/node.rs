@@ -20,6 +20,9 @@ use std::collections::{BTreeMap, VecDeque};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
+/// An inbound ping stream without a ping for this long is closed (go-libp2p's ping service does the same).
+pub const PING_IDLE: Duration = Duration::from_secs(60);
+
 /// What we send as identify's `protocolVersion` (as go-libp2p does).
 pub const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 
@@ -176,7 +179,8 @@ pub struct Stats {
 enum Task {
     IdentifyOut(Vec<u8>),
     IdentifyPushIn(Vec<u8>),
-    PingIn(ping::Echo),
+    /// An inbound ping stream and when it last carried a ping.
+    PingIn(ping::Echo, Instant),
     PingOut,
     /// An identify push we send once the stream is agreed.
     PushOut,
@@ -203,12 +207,14 @@ struct Entry {
     identify: Option<(StreamId, Instant)>,
     /// Our protocols or addresses changed: push identify on this connection at the next chance.
     push_pending: bool,
+    /// When to close inbound ping streams idle for [`PING_IDLE`] (set while there are any).
+    ping_in_sweep: Option<Instant>,
 }
 
 impl Entry {
     fn next_deadline(&self) -> Option<Instant> {
         let push = if self.push_pending { Some(Instant(0)) } else { None };
-        [self.ping.next_at, self.ping.deadline, self.identify.map(|(_, t)| t), push].into_iter().flatten().min()
+        [self.ping.next_at, self.ping.deadline, self.identify.map(|(_, t)| t), push, self.ping_in_sweep].into_iter().flatten().min()
     }
 }
 
@@ -300,8 +306,15 @@ impl Node {
 
     /// The connection `id` finished its upgrade: identify the peer and start pinging (as configured).
     pub fn on_established(&mut self, now: Instant, id: ConnId, peer: PeerId, role: Role, addr: Multiaddr, m: &mut dyn Streams) {
-        let mut e =
-            Entry { addr, peer: peer.clone(), tasks: BTreeMap::new(), ping: PingState::default(), identify: None, push_pending: false };
+        let mut e = Entry {
+            addr,
+            peer: peer.clone(),
+            tasks: BTreeMap::new(),
+            ping: PingState::default(),
+            identify: None,
+            push_pending: false,
+            ping_in_sweep: None,
+        };
         self.stats.connections_established += 1;
         if self.config.identify_on_connect {
             if let Ok(s) = m.open_stream(now, vec![identify::PROTOCOL_ID.into()]) {
@@ -342,7 +355,8 @@ impl Node {
                         self.read_stream(now, id, s, m);
                     }
                     ping::PROTOCOL_ID => {
-                        e.tasks.insert(s, Task::PingIn(ping::Echo::default()));
+                        e.tasks.insert(s, Task::PingIn(ping::Echo::default(), now));
+                        e.ping_in_sweep.get_or_insert(now + PING_IDLE);
                         self.events.push_back(Event::InboundPing { peer: e.peer.clone(), conn: id });
                         self.read_stream(now, id, s, m);
                     }
@@ -439,6 +453,17 @@ impl Node {
                 self.events.push_back(Event::IdentifyFailed { peer: e.peer.clone(), conn: id, reason: "timeout".into() });
             }
         }
+        if e.ping_in_sweep.is_some_and(|t| t <= now) {
+            let idle: Vec<StreamId> =
+                e.tasks.iter().filter(|(_, t)| matches!(t, Task::PingIn(_, last) if *last + PING_IDLE <= now)).map(|(s, _)| *s).collect();
+            for s in idle {
+                e.tasks.remove(&s);
+                m.stream_close(now, s);
+                m.stream_release(now, s);
+            }
+            e.ping_in_sweep =
+                e.tasks.values().filter_map(|t| if let Task::PingIn(_, last) = t { Some(*last + PING_IDLE) } else { None }).min();
+        }
         if e.push_pending {
             e.push_pending = false;
             if let Ok(s) = m.open_stream(now, vec![identify::PUSH_PROTOCOL_ID.into()]) {
@@ -507,7 +532,10 @@ impl Node {
                     }
                     acc.extend_from_slice(&buf[..n]);
                 }
-                Some(Task::PingIn(echo)) => echo.handle_input(&buf[..n], &mut echo_out),
+                Some(Task::PingIn(echo, last)) => {
+                    *last = now;
+                    echo.handle_input(&buf[..n], &mut echo_out)
+                }
                 Some(Task::PingOut) if e.ping.stream != Some(s) => {
                     // A stale ping stream (its ping timed out): its answers are not ours to count.
                     done = true;
@@ -573,7 +601,7 @@ impl Node {
                     e.ping.stream = None;
                 }
             }
-            Some(Task::PingIn(_)) => {
+            Some(Task::PingIn(..)) => {
                 m.stream_close(now, s);
                 m.stream_release(now, s);
             }
@@ -1128,6 +1156,28 @@ mod tests {
         assert_eq!(p.n[0].stats().identifies, 1);
         assert_eq!(p.n[1].stats().identifies, 1);
         assert_eq!(p.n[0].num_connections(), 1);
+    }
+
+    #[test]
+    fn node_idle_inbound_ping_stream_is_closed_and_the_next_ping_opens_another() {
+        let mut p = Pair::new(None);
+        let b = p.n[1].peer_id().clone();
+        p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+        p.run_until(Instant(0) + Duration::from_secs(1));
+        let now = p.now;
+        p.n[0].ping(now, &b).unwrap();
+        p.run_until(now + Duration::from_secs(30));
+        let now = p.now;
+        p.n[0].ping(now, &b).unwrap();
+        // 30 s later the stream is still in use; 60 s after this ping the listener closes it as idle.
+        p.run_until(now + PING_IDLE + Duration::from_secs(5));
+        let now = p.now;
+        p.n[0].ping(now, &b).unwrap();
+        p.run_until(now + Duration::from_secs(1));
+        let inbound = p.events[1].iter().filter(|e| matches!(e, Event::InboundPing { .. })).count();
+        assert_eq!(p.n[0].stats().pings_ok, 3, "{:?}", p.events[0]);
+        assert_eq!(p.n[0].stats().pings_failed, 0);
+        assert_eq!(inbound, 2, "one stream for the first two pings, a new one after the idle close");
     }
 
     #[test]
