@@ -971,7 +971,18 @@ impl Sim {
             let Some(Reverse(s)) = self.heap.pop() else { break };
             let Msg { node, gen, ev } = s.ev;
             if self.nodes[node].gen != gen {
-                lost += u64::from(matches!(ev, NodeEv::Datagram { .. }));
+                match ev {
+                    NodeEv::Datagram { .. } => lost += 1,
+                    // A SYN to a host that crashed (or restarted) since the dial: refused, as a restarted
+                    // host's RST would say (the dialer must not wait for a handshake timeout).
+                    NodeEv::Connected { link, side: 1, peer, peer_gen, class } => {
+                        self.global_made += 1;
+                        let key = Key { at: s.key.at + class.latency, late: true, src: GLOBAL_SRC, n: self.global_made };
+                        let ev = NodeEv::Reset { link, reason: "connection refused" };
+                        self.heap.push(Reverse(Scheduled { key, ev: Msg { node: peer, gen: peer_gen, ev } }));
+                    }
+                    _ => {}
+                }
                 continue;
             }
             per_node.entry(node).or_default().push(Scheduled { key: s.key, ev });

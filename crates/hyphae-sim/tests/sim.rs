@@ -228,3 +228,18 @@ fn sim_threads_do_not_change_the_outcome() {
     }
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "seed {s}: {hashes:?}");
 }
+
+/// A dial whose SYN reaches a host that crashed after the dial is refused at once (no handshake timeout).
+#[test]
+fn sim_syn_to_a_host_that_crashed_meanwhile_is_refused() {
+    let text = "nodes all 2\nlink latency=1s\nat 0s connect 1 -> 0\nat 500ms crash 0\nrun 4s\nassert main.dial_failures == 1\nassert main.connections == 0\n";
+    let sc = parse(text).unwrap();
+    let mut s = Sim::new(sc.clone(), seed(13));
+    s.record_events();
+    s.run_until(std::time::Duration::from_secs(4));
+    let failed: Vec<_> =
+        s.events().iter().filter(|(_, n, e)| *n == 1 && matches!(e, hyphae_core::node::Event::DialFailed { .. })).collect();
+    assert_eq!(failed.len(), 1, "{:?}", s.events());
+    // SYN at 1 s, refusal back at 2 s (with the SYN-ACK the dialer had been promised).
+    assert_eq!(failed[0].0.as_nanos(), 2_000_000_000, "{failed:?}");
+}
