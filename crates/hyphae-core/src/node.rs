@@ -23,6 +23,13 @@ pub struct ConnId(pub u64);
 /// An inbound ping stream without a ping for this long is closed (go-libp2p's ping service does the same).
 pub const PING_IDLE: Duration = Duration::from_secs(60);
 
+/// Idle ping streams are swept on a coarse grid of times, so all connections of a node sweep together
+/// (one timer firing, not one per connection; a stream closes 60–90 s after its last ping).
+fn sweep_after(t: Instant) -> Instant {
+    let grid = PING_IDLE.as_nanos() as u64 / 2;
+    Instant((t.0 / grid + 1).saturating_mul(grid))
+}
+
 /// What we send as identify's `protocolVersion` (as go-libp2p does).
 pub const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 
@@ -213,8 +220,15 @@ struct Entry {
 
 impl Entry {
     fn next_deadline(&self) -> Option<Instant> {
-        let push = if self.push_pending { Some(Instant(0)) } else { None };
-        [self.ping.next_at, self.ping.deadline, self.identify.map(|(_, t)| t), push, self.ping_in_sweep].into_iter().flatten().min()
+        // Called for every connection whenever a driver re-arms its timer: keep it branch-light.
+        if self.push_pending {
+            return Some(Instant(0));
+        }
+        let mut m = u64::MAX;
+        for t in [self.ping.next_at, self.ping.deadline, self.identify.map(|(_, t)| t), self.ping_in_sweep].into_iter().flatten() {
+            m = m.min(t.0);
+        }
+        (m != u64::MAX).then_some(Instant(m))
     }
 }
 
@@ -356,7 +370,7 @@ impl Node {
                     }
                     ping::PROTOCOL_ID => {
                         e.tasks.insert(s, Task::PingIn(ping::Echo::default(), now));
-                        e.ping_in_sweep.get_or_insert(now + PING_IDLE);
+                        e.ping_in_sweep.get_or_insert(sweep_after(now + PING_IDLE));
                         self.events.push_back(Event::InboundPing { peer: e.peer.clone(), conn: id });
                         self.read_stream(now, id, s, m);
                     }
@@ -461,8 +475,11 @@ impl Node {
                 m.stream_close(now, s);
                 m.stream_release(now, s);
             }
-            e.ping_in_sweep =
-                e.tasks.values().filter_map(|t| if let Task::PingIn(_, last) = t { Some(*last + PING_IDLE) } else { None }).min();
+            e.ping_in_sweep = e
+                .tasks
+                .values()
+                .filter_map(|t| if let Task::PingIn(_, last) = t { Some(sweep_after(*last + PING_IDLE)) } else { None })
+                .min();
         }
         if e.push_pending {
             e.push_pending = false;
@@ -1169,8 +1186,8 @@ mod tests {
         p.run_until(now + Duration::from_secs(30));
         let now = p.now;
         p.n[0].ping(now, &b).unwrap();
-        // 30 s later the stream is still in use; 60 s after this ping the listener closes it as idle.
-        p.run_until(now + PING_IDLE + Duration::from_secs(5));
+        // 30 s later the stream is still in use; 60–90 s after this ping the listener closes it as idle.
+        p.run_until(now + PING_IDLE + PING_IDLE / 2 + Duration::from_secs(5));
         let now = p.now;
         p.n[0].ping(now, &b).unwrap();
         p.run_until(now + Duration::from_secs(1));
