@@ -119,6 +119,17 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The stream this event is about (`None` for `Established` and `Closed`).
+    pub fn stream(&self) -> Option<StreamId> {
+        match self {
+            Event::InboundStream { id, .. } | Event::OutboundReady { id, .. } | Event::OutboundFailed { id, .. } => Some(*id),
+            Event::Readable(id) | Event::Writable(id) | Event::Reset(id) => Some(*id),
+            Event::Established { .. } | Event::Closed { .. } => None,
+        }
+    }
+}
+
 enum Stage {
     SecurityNeg(Negotiator),
     Noise(Box<Handshake>),

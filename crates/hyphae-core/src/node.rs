@@ -36,6 +36,16 @@ pub const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 /// The protocols the node machine serves itself.
 pub const PROTOCOLS: [&str; 3] = [identify::PROTOCOL_ID, identify::PUSH_PROTOCOL_ID, ping::PROTOCOL_ID];
 
+/// Whether the node machine may take a connection event: an inbound stream for one of [`PROTOCOLS`], or
+/// any event of a stream the application does not hold (`app_holds`). Drivers hand only these to
+/// [`Node::on_event`], so the application's stream events never wait for the node machine.
+pub fn may_take(ev: &conn::Event, app_holds: impl Fn(StreamId) -> bool) -> bool {
+    match ev {
+        conn::Event::InboundStream { protocol, .. } => PROTOCOLS.contains(&protocol.as_str()),
+        ev => ev.stream().is_some_and(|s| !app_holds(s)),
+    }
+}
+
 /// The stream surface of one secured, muxed connection: all [`Node`] needs of it. Implemented by the
 /// TCP [`Connection`] and by one connection of a QUIC endpoint (`quic::ConnStreams`).
 pub trait Streams {
@@ -979,12 +989,7 @@ impl ByteNode {
                     }
                     continue;
                 }
-                Q::InboundStream { conn, id, protocol } => (conn, conn::Event::InboundStream { id, protocol }),
-                Q::OutboundReady { conn, id, protocol } => (conn, conn::Event::OutboundReady { id, protocol }),
-                Q::OutboundFailed { conn, id, reason } => (conn, conn::Event::OutboundFailed { id, reason }),
-                Q::Readable { conn, id } => (conn, conn::Event::Readable(id)),
-                Q::Writable { conn, id } => (conn, conn::Event::Writable(id)),
-                Q::Reset { conn, id } => (conn, conn::Event::Reset(id)),
+                ev => ev.stream_event().expect("invariant: every other event is a stream event"),
             };
             let Some(&(id, _, _)) = q.ids.get(&qc) else { continue };
             let mut m = ConnStreams { ep: &mut q.ep, conn: qc };

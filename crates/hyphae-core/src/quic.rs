@@ -66,6 +66,23 @@ pub enum Event {
     Closed { conn: QuicConnId, reason: String },
 }
 
+impl Event {
+    /// A stream event as the TCP connection machine words it, with its connection (`None` for
+    /// `Established` and `Closed`): what the node machine takes from either transport.
+    pub fn stream_event(&self) -> Option<(QuicConnId, crate::conn::Event)> {
+        use crate::conn::Event as C;
+        Some(match self {
+            Event::InboundStream { conn, id, protocol } => (*conn, C::InboundStream { id: *id, protocol: protocol.clone() }),
+            Event::OutboundReady { conn, id, protocol } => (*conn, C::OutboundReady { id: *id, protocol: protocol.clone() }),
+            Event::OutboundFailed { conn, id, reason } => (*conn, C::OutboundFailed { id: *id, reason: reason.clone() }),
+            Event::Readable { conn, id } => (*conn, C::Readable(*id)),
+            Event::Writable { conn, id } => (*conn, C::Writable(*id)),
+            Event::Reset { conn, id } => (*conn, C::Reset(*id)),
+            Event::Established { .. } | Event::Closed { .. } => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum QuicError {

@@ -189,16 +189,7 @@ impl ConnShared {
         let cid = node::ConnId(self.id);
         let mut node_touched = false;
         while let Some(ev) = st.conn.as_mut().and_then(|c| c.poll_event()) {
-            let theirs = match &ev {
-                Event::InboundStream { protocol, .. } => node::PROTOCOLS.contains(&protocol.as_str()),
-                Event::OutboundReady { id, .. }
-                | Event::OutboundFailed { id, .. }
-                | Event::Readable(id)
-                | Event::Writable(id)
-                | Event::Reset(id) => !st.user_streams.contains(id),
-                Event::Established { .. } | Event::Closed { .. } => false,
-            };
-            if theirs {
+            if node::may_take(&ev, |s| st.user_streams.contains(&s)) {
                 node_touched = true;
                 if inner.node().on_event(now, cid, &ev, st.tcp()) {
                     continue;

@@ -4,7 +4,6 @@
 
 use crate::driver::{Action, ConnShared};
 use crate::host::{Direction, Inner};
-use hyphae_core::conn;
 use hyphae_core::conn::{ReadResult, StreamId};
 use hyphae_core::node;
 use hyphae_core::quic::{self, QuicConnId};
@@ -199,21 +198,7 @@ impl QuicShared {
         let mut node_touched = None;
         while let Some(ev) = st.ep.poll_event() {
             // Stream events the node machine may own (see `ConnState::user_streams`).
-            let for_node = match &ev {
-                quic::Event::InboundStream { conn, id, protocol } if node::PROTOCOLS.contains(&protocol.as_str()) => {
-                    Some((*conn, conn::Event::InboundStream { id: *id, protocol: protocol.clone() }))
-                }
-                quic::Event::OutboundReady { conn, id, protocol } if !st.user_streams.contains(&(*conn, *id)) => {
-                    Some((*conn, conn::Event::OutboundReady { id: *id, protocol: protocol.clone() }))
-                }
-                quic::Event::OutboundFailed { conn, id, reason } if !st.user_streams.contains(&(*conn, *id)) => {
-                    Some((*conn, conn::Event::OutboundFailed { id: *id, reason: reason.clone() }))
-                }
-                quic::Event::Readable { conn, id } if !st.user_streams.contains(&(*conn, *id)) => Some((*conn, conn::Event::Readable(*id))),
-                quic::Event::Writable { conn, id } if !st.user_streams.contains(&(*conn, *id)) => Some((*conn, conn::Event::Writable(*id))),
-                quic::Event::Reset { conn, id } if !st.user_streams.contains(&(*conn, *id)) => Some((*conn, conn::Event::Reset(*id))),
-                _ => None,
-            };
+            let for_node = ev.stream_event().filter(|(qc, cev)| node::may_take(cev, |s| st.user_streams.contains(&(*qc, s))));
             if let Some((qc, cev)) = for_node {
                 if let Some(sh) = st.conns.get(&qc).cloned() {
                     node_touched = Some(sh.clone());
