@@ -215,6 +215,16 @@ struct PingState {
     deadline: Option<Instant>,
 }
 
+impl PingState {
+    /// Starts a ping with a fresh random payload on the ping stream `s`.
+    fn send(&mut self, now: Instant, s: StreamId, rng: &mut rng::Rng, m: &mut dyn Streams) {
+        let mut payload = [0u8; ping::PING_SIZE];
+        rng.fill_bytes(&mut payload);
+        let b = self.pinger.start(now, payload);
+        let _ = m.stream_write(now, s, &b);
+    }
+}
+
 struct Entry {
     addr: Multiaddr,
     peer: PeerId,
@@ -403,10 +413,7 @@ impl Node {
                 if matches!(e.tasks.get(&s), Some(Task::PingOut)) && e.ping.opening == Some(s) {
                     e.ping.opening = None;
                     e.ping.stream = Some(s);
-                    let mut payload = [0u8; ping::PING_SIZE];
-                    self.rng.fill_bytes(&mut payload);
-                    let b = e.ping.pinger.start(now, payload);
-                    let _ = m.stream_write(now, s, &b);
+                    e.ping.send(now, s, &mut self.rng, m);
                 }
                 self.read_stream(now, id, s, m);
                 true
@@ -515,10 +522,7 @@ impl Node {
             e.ping.deadline = Some(now + self.config.ping_timeout);
             match e.ping.stream {
                 Some(s) => {
-                    let mut payload = [0u8; ping::PING_SIZE];
-                    self.rng.fill_bytes(&mut payload);
-                    let b = e.ping.pinger.start(now, payload);
-                    let _ = m.stream_write(now, s, &b);
+                    e.ping.send(now, s, &mut self.rng, m);
                 }
                 None if e.ping.opening.is_none() => {
                     if let Ok(s) = m.open_stream(now, vec![ping::PROTOCOL_ID.into()]) {
@@ -592,47 +596,47 @@ impl Node {
         if !done {
             return;
         }
-        match e.tasks.remove(&s) {
-            Some(task @ (Task::IdentifyOut(_) | Task::IdentifyPushIn(_))) => {
-                m.stream_release(now, s);
-                let (acc, push) = match task {
-                    Task::IdentifyOut(acc) => {
-                        e.identify = None;
-                        (acc, false)
-                    }
-                    Task::IdentifyPushIn(acc) => (acc, true),
-                    _ => unreachable!("invariant: matched above"),
-                };
-                let peer = e.peer.clone();
-                let outcome = Info::decode_all(&acc).map_err(|err| err.to_string()).and_then(|info| match &info.public_key {
-                    Some(k) if !peer.matches(k) => Err("public key does not match the peer id".to_string()),
-                    _ => Ok(info),
-                });
-                match outcome {
-                    Ok(info) => {
-                        self.stats.identifies += 1;
-                        self.events.push_back(Event::Identified { peer, conn: id, info: Box::new(info), push });
-                    }
-                    Err(reason) => {
-                        tracing::debug!(%peer, %reason, "bad identify message");
-                        if !push {
-                            self.stats.identifies_failed += 1;
-                            self.events.push_back(Event::IdentifyFailed { peer, conn: id, reason });
-                        }
-                    }
-                }
+        let (acc, push) = match e.tasks.remove(&s) {
+            Some(Task::IdentifyOut(acc)) => {
+                e.identify = None;
+                (acc, false)
             }
+            Some(Task::IdentifyPushIn(acc)) => (acc, true),
             Some(Task::PingOut) => {
                 m.stream_reset(now, s);
                 if e.ping.stream == Some(s) {
                     e.ping.stream = None;
                 }
+                return;
             }
             Some(Task::PingIn(..)) => {
                 m.stream_close(now, s);
                 m.stream_release(now, s);
+                return;
             }
-            Some(Task::PushOut) | None => m.stream_release(now, s),
+            Some(Task::PushOut) | None => {
+                m.stream_release(now, s);
+                return;
+            }
+        };
+        m.stream_release(now, s);
+        let peer = e.peer.clone();
+        let outcome = Info::decode_all(&acc).map_err(|err| err.to_string()).and_then(|info| match &info.public_key {
+            Some(k) if !peer.matches(k) => Err("public key does not match the peer id".to_string()),
+            _ => Ok(info),
+        });
+        match outcome {
+            Ok(info) => {
+                self.stats.identifies += 1;
+                self.events.push_back(Event::Identified { peer, conn: id, info: Box::new(info), push });
+            }
+            Err(reason) => {
+                tracing::debug!(%peer, %reason, "bad identify message");
+                if !push {
+                    self.stats.identifies_failed += 1;
+                    self.events.push_back(Event::IdentifyFailed { peer, conn: id, reason });
+                }
+            }
         }
     }
 }
