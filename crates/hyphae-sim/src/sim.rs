@@ -388,11 +388,7 @@ impl NodeWork<'_> {
         let jitter_draw = self.n.rng.next_u64();
         let now = self.now;
         let Some(e) = self.n.conns.get_mut(&conn) else { return };
-        let ser = serialization(&e.class, data.len());
-        let start = e.free_at.max(now);
-        e.free_at = start + Duration::from_nanos(ser);
-        let jitter = if e.class.jitter.is_zero() { 0 } else { jitter_draw % (e.class.jitter.as_nanos() as u64) };
-        let at = (e.free_at + e.class.latency + Duration::from_nanos(jitter)).max(e.last_at);
+        let at = arrival(&e.class, &mut e.free_at, now, data.len(), jitter_draw).max(e.last_at);
         e.last_at = at;
         let (peer, peer_gen, link) = (e.peer, e.peer_gen, e.link);
         self.send(ctx, out, at, peer, peer_gen, NodeEv::Deliver { link, data });
@@ -427,10 +423,7 @@ impl NodeWork<'_> {
         }
         let now = self.now;
         let free = self.n.udp_free_at.entry(dest).or_insert(now);
-        let start = (*free).max(now);
-        *free = start + Duration::from_nanos(serialization(&class, data.len()));
-        let jitter = if class.jitter.is_zero() { 0 } else { jitter_draw % (class.jitter.as_nanos() as u64) };
-        let mut at = *free + class.latency + Duration::from_nanos(jitter);
+        let mut at = arrival(&class, free, now, data.len(), jitter_draw);
         if unit(reorder_draw) < class.reorder {
             at = at + class.latency;
         }
@@ -439,12 +432,14 @@ impl NodeWork<'_> {
     }
 }
 
-fn serialization(class: &LinkClass, len: usize) -> u64 {
-    if class.bandwidth_bps == 0 {
-        0
-    } else {
-        (len as u128 * 8 * 1_000_000_000 / u128::from(class.bandwidth_bps)) as u64
-    }
+/// When `len` bytes sent at `now` arrive: they wait for the sender's serializer (free again at
+/// `*free_at`, which moves on by their serialization time), then cross the link's latency plus a jitter
+/// drawn from `jitter_draw`. Shared by TCP-like links and datagram paths.
+fn arrival(class: &LinkClass, free_at: &mut Instant, now: Instant, len: usize, jitter_draw: u64) -> Instant {
+    let ser = if class.bandwidth_bps == 0 { 0 } else { (len as u128 * 8 * 1_000_000_000 / u128::from(class.bandwidth_bps)) as u64 };
+    *free_at = (*free_at).max(now) + Duration::from_nanos(ser);
+    let jitter = if class.jitter.is_zero() { 0 } else { jitter_draw % (class.jitter.as_nanos() as u64) };
+    *free_at + class.latency + Duration::from_nanos(jitter)
 }
 
 /// What a run reports.
@@ -533,13 +528,7 @@ fn socket_node(sa: SocketAddr) -> Option<usize> {
 }
 
 fn addr_node(a: &Multiaddr) -> Option<usize> {
-    match a.protocols().first()? {
-        Protocol::Ip4(ip) => {
-            let o = ip.octets();
-            (o[0] == 10).then(|| (usize::from(o[1]) << 16) | (usize::from(o[2]) << 8) | usize::from(o[3]))
-        }
-        _ => None,
-    }
+    a.socket_addr().and_then(|(sa, _)| socket_node(sa))
 }
 
 pub struct Sim {
@@ -687,9 +676,21 @@ impl Sim {
         self.parallel_min = n.max(1);
     }
 
-    fn push_global(&mut self, at: Instant, ev: GlobalEv) {
+    /// The order key of an event the global phase makes.
+    fn global_key(&mut self, at: Instant) -> Key {
         self.global_made += 1;
-        self.global.push(Reverse(Scheduled { key: Key { at, late: true, src: GLOBAL_SRC, n: self.global_made }, ev }));
+        Key { at, late: true, src: GLOBAL_SRC, n: self.global_made }
+    }
+
+    fn push_global(&mut self, at: Instant, ev: GlobalEv) {
+        let key = self.global_key(at);
+        self.global.push(Reverse(Scheduled { key, ev }));
+    }
+
+    /// A reset of `link` for node `node` (generation `gen`), made by the global phase.
+    fn push_reset(&mut self, at: Instant, node: usize, gen: u32, link: u64, reason: &'static str) {
+        let key = self.global_key(at);
+        self.heap.push(Reverse(Scheduled { key, ev: Msg { node, gen, ev: NodeEv::Reset { link, reason } } }));
     }
 
     fn phase(&mut self) -> &mut Counters {
@@ -751,13 +752,7 @@ impl Sim {
         let ends: Vec<End> = std::mem::take(&mut n.conns).into_values().collect();
         self.world.alive[i] = None;
         for e in ends {
-            let at = self.now + e.class.latency;
-            self.global_made += 1;
-            let key = Key { at, late: true, src: GLOBAL_SRC, n: self.global_made };
-            self.heap.push(Reverse(Scheduled {
-                key,
-                ev: Msg { node: e.peer, gen: e.peer_gen, ev: NodeEv::Reset { link: e.link, reason: "connection reset" } },
-            }));
+            self.push_reset(self.now + e.class.latency, e.peer, e.peer_gen, e.link, "connection reset");
         }
     }
 
@@ -984,10 +979,7 @@ impl Sim {
                     // A SYN to a host that crashed (or restarted) since the dial: refused, as a restarted
                     // host's RST would say (the dialer must not wait for a handshake timeout).
                     NodeEv::Connected { link, side: 1, peer, peer_gen, class } => {
-                        self.global_made += 1;
-                        let key = Key { at: s.key.at + class.latency, late: true, src: GLOBAL_SRC, n: self.global_made };
-                        let ev = NodeEv::Reset { link, reason: "connection refused" };
-                        self.heap.push(Reverse(Scheduled { key, ev: Msg { node: peer, gen: peer_gen, ev } }));
+                        self.push_reset(s.key.at + class.latency, peer, peer_gen, link, "connection refused");
                     }
                     _ => {}
                 }
