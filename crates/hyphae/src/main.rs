@@ -72,20 +72,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--key" => a.key = Some(PathBuf::from(val("--key")?)),
             "--key-type" => a.key_type = val("--key-type")?.parse()?,
-            "--count" | "-c" => {
-                let v = val("--count")?;
-                a.count = v.parse().map_err(|_| format!("--count {v}: not a number"))?
-            }
-            "--seed" => {
-                let v = val("--seed")?;
-                a.seed = Some(v.parse().map_err(|_| format!("--seed {v}: not a number"))?)
-            }
+            "--count" | "-c" => a.count = number("--count", &val("--count")?, "a number")?,
+            "--seed" => a.seed = Some(number("--seed", &val("--seed")?, "a number")?),
             "--out" => a.out = Some(PathBuf::from(val("--out")?)),
             "--check" => a.check = true,
-            "--threads" => {
-                let v = val("--threads")?;
-                a.threads = Some(v.parse().map_err(|_| format!("--threads {v}: not a number"))?)
-            }
+            "--threads" => a.threads = Some(number("--threads", &val("--threads")?, "a number")?),
             "--security" => {
                 for x in val("--security")?.split(',') {
                     a.security.push(match x {
@@ -105,20 +96,19 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 }
             }
             "--server" => a.server = true,
-            "--upload" | "--upload-bytes" => {
-                let v = val("--upload")?;
-                a.upload = v.parse().map_err(|_| format!("--upload {v}: not a number of bytes"))?
-            }
-            "--download" | "--download-bytes" => {
-                let v = val("--download")?;
-                a.download = v.parse().map_err(|_| format!("--download {v}: not a number of bytes"))?
-            }
+            "--upload" | "--upload-bytes" => a.upload = number("--upload", &val("--upload")?, "a number of bytes")?,
+            "--download" | "--download-bytes" => a.download = number("--download", &val("--download")?, "a number of bytes")?,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown flag {s}")),
             s => a.positional.push(s.to_string()),
         }
     }
     Ok(a)
+}
+
+/// A flag's numeric value, or the message the CLI prints for it.
+fn number<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{flag} {v}: not {what}"))
 }
 
 fn init_logging() {
