@@ -129,7 +129,7 @@ impl ConnShared {
     }
 
     pub fn now(&self) -> Instant {
-        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        since(self.epoch)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, ConnState> {
@@ -288,7 +288,7 @@ pub(crate) fn spawn_connection(
         Direction::Inbound => Role::Listener,
     };
     let epoch = inner.epoch;
-    let now = Instant::from_nanos(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    let now = since(epoch);
     let conn = Connection::new(role, inner.conn_config(), expected, now, inner.child_seed());
     let shared = Arc::new(ConnShared {
         id: inner.next_conn_id(),
@@ -385,6 +385,12 @@ async fn write_loop(
     let _ = wr.shutdown().await;
     reader.abort();
     inner.conn_finished(&shared);
+}
+
+/// The machines' time: the wall clock's monotonic time since the host's `epoch` (the driver reads the
+/// clock; the sans-IO core only ever gets this value).
+pub(crate) fn since(epoch: std::time::Instant) -> Instant {
+    Instant::from_nanos(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Sleeps until `notify` fires or the machine's `deadline` (an `Instant` since `epoch`) passes.

@@ -241,7 +241,7 @@ impl Inner {
     }
 
     fn now(&self) -> hyphae_core::Instant {
-        hyphae_core::Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        driver::since(self.epoch)
     }
 
     /// Every protocol we serve: the node machine's own and the application's handlers.
@@ -816,7 +816,7 @@ impl Host {
         let mut payload = [0u8; ping::PING_SIZE];
         lock(&self.inner.rng).fill_bytes(&mut payload);
         let mut pinger = ping::Pinger::new();
-        let now = || hyphae_core::Instant::from_nanos(self.inner.epoch.elapsed().as_nanos() as u64);
+        let now = || self.inner.now();
         let bytes = pinger.start(now(), payload);
         let fut = async {
             s.write_all(&bytes).await?;

@@ -43,7 +43,7 @@ pub(crate) struct QuicShared {
 
 impl QuicShared {
     fn now(&self) -> Instant {
-        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        crate::driver::since(self.epoch)
     }
 
     fn lock(&self) -> MutexGuard<'_, QuicState> {
