@@ -440,6 +440,31 @@ fn check_tls13_sig(
     }
 }
 
+/// The signature checks rustls asks of both verifier traits, written once.
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("tls 1.2 is not allowed".into()))
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            check_tls13_sig(m, c, d)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            schemes()
+        }
+    };
+}
+
 impl rustls::client::danger::ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
@@ -451,25 +476,7 @@ impl rustls::client::danger::ServerCertVerifier for Verifier {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         check_chain(end, inter, now).map(|()| rustls::client::danger::ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("tls 1.2 is not allowed".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        check_tls13_sig(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
-    }
+    signature_checks!();
 }
 
 impl rustls::server::danger::ClientCertVerifier for Verifier {
@@ -484,25 +491,7 @@ impl rustls::server::danger::ClientCertVerifier for Verifier {
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         check_chain(end, inter, now).map(|()| rustls::server::danger::ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("tls 1.2 is not allowed".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        check_tls13_sig(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
-    }
+    signature_checks!();
     fn client_auth_mandatory(&self) -> bool {
         true
     }

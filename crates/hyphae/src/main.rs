@@ -77,24 +77,16 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--out" => a.out = Some(PathBuf::from(val("--out")?)),
             "--check" => a.check = true,
             "--threads" => a.threads = Some(number("--threads", &val("--threads")?, "a number")?),
-            "--security" => {
-                for x in val("--security")?.split(',') {
-                    a.security.push(match x {
-                        "noise" => hyphae::core::noise::PROTOCOL_ID.into(),
-                        "tls" => hyphae::core::tls::PROTOCOL_ID.into(),
-                        _ => return Err(format!("--security {x}: noise or tls")),
-                    });
-                }
-            }
-            "--muxer" => {
-                for x in val("--muxer")?.split(',') {
-                    a.muxers.push(match x {
-                        "yamux" => hyphae::core::yamux::PROTOCOL_ID.into(),
-                        "mplex" => hyphae::core::mplex::PROTOCOL_ID.into(),
-                        _ => return Err(format!("--muxer {x}: yamux or mplex")),
-                    });
-                }
-            }
+            "--security" => a.security.extend(protocol_list(
+                "--security",
+                &val("--security")?,
+                &[("noise", hyphae::core::noise::PROTOCOL_ID), ("tls", hyphae::core::tls::PROTOCOL_ID)],
+            )?),
+            "--muxer" => a.muxers.extend(protocol_list(
+                "--muxer",
+                &val("--muxer")?,
+                &[("yamux", hyphae::core::yamux::PROTOCOL_ID), ("mplex", hyphae::core::mplex::PROTOCOL_ID)],
+            )?),
             "--server" => a.server = true,
             "--upload" | "--upload-bytes" => a.upload = number("--upload", &val("--upload")?, "a number of bytes")?,
             "--download" | "--download-bytes" => a.download = number("--download", &val("--download")?, "a number of bytes")?,
@@ -104,6 +96,18 @@ fn parse(args: &[String]) -> Result<Args, String> {
         }
     }
     Ok(a)
+}
+
+/// A comma-separated list of short names (`noise,tls`) as protocol ids, in the order given.
+fn protocol_list(flag: &str, v: &str, known: &[(&str, &str)]) -> Result<Vec<String>, String> {
+    v.split(',')
+        .map(|x| {
+            known.iter().find(|(name, _)| *name == x).map(|(_, id)| id.to_string()).ok_or_else(|| {
+                let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+                format!("{flag} {x}: {}", names.join(" or "))
+            })
+        })
+        .collect()
 }
 
 /// A flag's numeric value, or the message the CLI prints for it.
