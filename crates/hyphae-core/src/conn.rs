@@ -9,7 +9,7 @@
 //! their protocol is negotiated. Nothing a peer sends can panic this machine: a violation closes the stream
 //! or the connection with a logged reason.
 
-use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::identity::{Keypair, PeerId};
 use crate::mplex::{self, Mplex};
 use crate::mss::Negotiator;
 use crate::noise::{self, Handshake};
@@ -18,13 +18,10 @@ use crate::tls;
 use crate::yamux::{self, Yamux};
 use std::collections::{BTreeMap, VecDeque};
 
-pub use crate::yamux::{ReadResult, StreamError, StreamId};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Dialer,
-    Listener,
-}
+use crate::stream::read_leftover;
+pub use crate::stream::{
+    CloseReason, ConnEvent as Event, OpenError, ReadResult, Role, StreamError, StreamId, Streams, Violation, ViolationKind,
+};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -87,49 +84,6 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Established {
-        peer: PeerId,
-        public_key: PublicKey,
-        security: String,
-        muxer: String,
-        early_muxer: bool,
-    },
-    /// A remote-opened stream whose protocol we negotiated.
-    InboundStream {
-        id: StreamId,
-        protocol: String,
-    },
-    /// A stream we opened is ready for this protocol.
-    OutboundReady {
-        id: StreamId,
-        protocol: String,
-    },
-    OutboundFailed {
-        id: StreamId,
-        reason: String,
-    },
-    Readable(StreamId),
-    Writable(StreamId),
-    /// The remote reset a negotiated stream.
-    Reset(StreamId),
-    Closed {
-        reason: String,
-    },
-}
-
-impl Event {
-    /// The stream this event is about (`None` for `Established` and `Closed`).
-    pub fn stream(&self) -> Option<StreamId> {
-        match self {
-            Event::InboundStream { id, .. } | Event::OutboundReady { id, .. } | Event::OutboundFailed { id, .. } => Some(*id),
-            Event::Readable(id) | Event::Writable(id) | Event::Reset(id) => Some(*id),
-            Event::Established { .. } | Event::Closed { .. } => None,
-        }
-    }
-}
-
 enum Stage {
     SecurityNeg(Negotiator),
     Noise(Box<Handshake>),
@@ -145,18 +99,6 @@ struct StreamEntry {
     /// Bytes that arrived after negotiation, served before the muxer's buffer.
     prebuf: Vec<u8>,
     outbound: bool,
-}
-
-/// Serves bytes that arrived right after a stream's protocol negotiation (they were read together with
-/// it) before anything from the muxer or QUIC stream. Shared by the TCP and QUIC machines.
-pub(crate) fn read_leftover(prebuf: &mut Vec<u8>, buf: &mut [u8]) -> Option<ReadResult> {
-    if prebuf.is_empty() {
-        return None;
-    }
-    let n = prebuf.len().min(buf.len());
-    buf[..n].copy_from_slice(&prebuf[..n]);
-    prebuf.drain(..n);
-    Some(ReadResult::Data(n))
 }
 
 #[derive(Debug, Default, Clone)]
@@ -226,10 +168,10 @@ impl Muxer {
             Muxer::Mplex(m) => m.poll_event(),
         }
     }
-    fn handle_input(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+    fn handle_input(&mut self, buf: &mut Vec<u8>) -> Result<(), (&'static str, String)> {
         match self {
-            Muxer::Yamux(m) => m.handle_input(buf).map_err(|e| e.to_string()),
-            Muxer::Mplex(m) => m.handle_input(buf).map_err(|e| e.to_string()),
+            Muxer::Yamux(m) => m.handle_input(buf).map_err(|e| (yamux::PROTOCOL_ID, e.to_string())),
+            Muxer::Mplex(m) => m.handle_input(buf).map_err(|e| (mplex::PROTOCOL_ID, e.to_string())),
         }
     }
 }
@@ -318,7 +260,7 @@ impl Connection {
         self.config.protocols = protocols;
     }
 
-    fn fail(&mut self, reason: String) {
+    fn fail(&mut self, reason: CloseReason) {
         if matches!(self.stage, Stage::Closed) {
             return;
         }
@@ -330,12 +272,12 @@ impl Connection {
         self.finish_close(reason);
     }
 
-    fn finish_close(&mut self, reason: String) {
+    fn finish_close(&mut self, reason: CloseReason) {
         self.stage = Stage::Closed;
         self.deadline = None;
         for (id, e) in std::mem::take(&mut self.streams) {
             if e.neg.is_some() && e.outbound {
-                self.events.push_back(Event::OutboundFailed { id, reason: "connection closed".into() });
+                self.events.push_back(Event::OutboundFailed { id, reason: OpenError::ConnectionClosed });
             } else if e.neg.is_none() {
                 self.events.push_back(Event::Reset(id));
             }
@@ -354,20 +296,20 @@ impl Connection {
             y.go_away(yamux::GOAWAY_NORMAL);
         }
         self.flush_muxer();
-        self.finish_close("closed locally".into());
+        self.finish_close(CloseReason::Local);
     }
 
     /// The socket reached EOF or failed.
     pub fn handle_eof(&mut self) {
         if !matches!(self.stage, Stage::Closed) {
-            self.finish_close("closed by remote".into());
+            self.finish_close(CloseReason::Remote);
         }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(d) = self.deadline {
             if now >= d && !self.is_open() {
-                self.fail("handshake timed out".into());
+                self.fail(CloseReason::HandshakeTimeout);
             }
         }
     }
@@ -385,7 +327,7 @@ impl Connection {
         self.raw_in.extend_from_slice(data);
         self.advance();
         if !self.is_open() && !self.is_closed() && self.raw_in.len() > self.config.limits.max_handshake_buffer {
-            self.fail("handshake buffer limit exceeded".into());
+            self.fail(CloseReason::Limit("handshake buffer"));
         }
     }
 
@@ -429,7 +371,7 @@ impl Connection {
                                     sess.poll_transmit(&mut self.out);
                                     self.stage = Stage::Tls(Box::new(sess));
                                 }
-                                Err(e) => return self.fail(e.to_string()),
+                                Err(e) => return self.fail(e.into()),
                             }
                         }
                         Ok(Some(p)) => {
@@ -447,11 +389,11 @@ impl Connection {
                                     }
                                     self.stage = Stage::Noise(Box::new(hs));
                                 }
-                                Err(e) => return self.fail(e.to_string()),
+                                Err(e) => return self.fail(e.into()),
                             }
                         }
                         Ok(None) => return,
-                        Err(e) => return self.fail(format!("security negotiation: {e}")),
+                        Err(e) => return self.fail(handshake("security negotiation", e)),
                     }
                 }
                 Stage::Noise(hs) => {
@@ -469,25 +411,25 @@ impl Connection {
                                     self.secure = Some(Secure::Noise(t));
                                     self.secured(remote);
                                 }
-                                Err(e) => return self.fail(e.to_string()),
+                                Err(e) => return self.fail(e.into()),
                             }
                         }
                         Ok(false) => return,
-                        Err(e) => return self.fail(e.to_string()),
+                        Err(e) => return self.fail(e.into()),
                     }
                 }
                 Stage::Tls(sess) => {
                     let r = sess.handle_input(&mut self.raw_in, &mut self.plain_in);
                     sess.poll_transmit(&mut self.out);
                     if let Err(e) = r {
-                        return self.fail(e.to_string());
+                        return self.fail(e.into());
                     }
                     if sess.is_handshaking() {
                         return;
                     }
                     let remote = match sess.remote() {
                         Ok(r) => r,
-                        Err(e) => return self.fail(e.to_string()),
+                        Err(e) => return self.fail(e.into()),
                     };
                     let Stage::Tls(sess) = std::mem::replace(&mut self.stage, Stage::Closed) else {
                         unreachable!("invariant: stage is tls")
@@ -508,7 +450,7 @@ impl Connection {
                     match r {
                         Ok(Some(m)) => self.open(&m, false),
                         Ok(None) => return,
-                        Err(e) => return self.fail(format!("muxer negotiation: {e}")),
+                        Err(e) => return self.fail(handshake("muxer negotiation", e)),
                     }
                 }
                 Stage::Open => {
@@ -516,8 +458,9 @@ impl Connection {
                         return self.fail(e);
                     }
                     let y = self.muxer.as_mut().expect("invariant: open connection has a muxer");
-                    if let Err(e) = y.handle_input(&mut self.plain_in) {
-                        return self.fail(e);
+                    if let Err((protocol, detail)) = y.handle_input(&mut self.plain_in) {
+                        let peer = self.remote_peer().cloned();
+                        return self.fail(CloseReason::Violation(Violation { peer, protocol, kind: ViolationKind::Protocol(detail) }));
                     }
                     self.drain_muxer_events();
                     return;
@@ -564,15 +507,17 @@ impl Connection {
         });
     }
 
-    fn decrypt(&mut self) -> Result<(), String> {
-        match self.secure.as_mut().expect("invariant: secure channel after the handshake") {
-            Secure::Noise(t) => t.decrypt(&mut self.raw_in, &mut self.plain_in).map_err(|e| e.to_string()),
+    fn decrypt(&mut self) -> Result<(), CloseReason> {
+        let peer = self.remote_peer().cloned();
+        let (protocol, r) = match self.secure.as_mut().expect("invariant: secure channel after the handshake") {
+            Secure::Noise(t) => (noise::PROTOCOL_ID, t.decrypt(&mut self.raw_in, &mut self.plain_in).map_err(|e| e.to_string())),
             Secure::Tls(s) => {
                 let r = s.handle_input(&mut self.raw_in, &mut self.plain_in).map_err(|e| e.to_string());
                 s.poll_transmit(&mut self.out);
-                r
+                (tls::PROTOCOL_ID, r)
             }
-        }
+        };
+        r.map_err(|detail| CloseReason::Violation(Violation { peer, protocol, kind: ViolationKind::Protocol(detail) }))
     }
 
     fn encrypt(&mut self, plain: &[u8]) {
@@ -636,7 +581,7 @@ impl Connection {
                 yamux::Event::Reset(id) => match self.streams.remove(&id) {
                     Some(e) if e.neg.is_some() => {
                         if e.outbound {
-                            self.events.push_back(Event::OutboundFailed { id, reason: "stream reset during negotiation".into() });
+                            self.events.push_back(Event::OutboundFailed { id, reason: OpenError::Reset });
                         }
                         y.release(id);
                     }
@@ -690,8 +635,8 @@ impl Connection {
             Ok(None) if !eof => {}
             Ok(None) | Err(_) => {
                 let reason = match r {
-                    Err(e) => e.to_string(),
-                    _ => "stream closed during negotiation".into(),
+                    Err(e) => crate::mss::open_error(e),
+                    _ => OpenError::Eof,
                 };
                 tracing::debug!(stream = %id, %reason, "stream negotiation failed");
                 self.stats.streams_negotiation_failed += 1;
@@ -770,6 +715,53 @@ impl Connection {
         if let Some(y) = &mut self.muxer {
             y.release(id);
         }
+    }
+}
+
+/// A handshake stage failed with `e`.
+fn handshake(stage: &'static str, e: impl std::fmt::Display) -> CloseReason {
+    CloseReason::Handshake { stage, detail: e.to_string() }
+}
+
+impl From<noise::NoiseError> for CloseReason {
+    fn from(e: noise::NoiseError) -> Self {
+        match e {
+            noise::NoiseError::PeerIdMismatch { expected, actual } => CloseReason::PeerIdMismatch { expected, actual },
+            e => handshake(noise::PROTOCOL_ID, e),
+        }
+    }
+}
+
+impl From<tls::TlsError> for CloseReason {
+    fn from(e: tls::TlsError) -> Self {
+        match e {
+            tls::TlsError::PeerIdMismatch { expected, actual } => CloseReason::PeerIdMismatch { expected, actual },
+            e => handshake(tls::PROTOCOL_ID, e),
+        }
+    }
+}
+
+impl Streams for Connection {
+    fn open_stream(&mut self, _now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError> {
+        Connection::open_stream(self, protocols)
+    }
+    fn stream_read(&mut self, _now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
+        Connection::stream_read(self, s, buf)
+    }
+    fn stream_write(&mut self, _now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        Connection::stream_write(self, s, data)
+    }
+    fn stream_close(&mut self, _now: Instant, s: StreamId) {
+        Connection::stream_close(self, s)
+    }
+    fn stream_reset(&mut self, _now: Instant, s: StreamId) {
+        Connection::stream_reset(self, s)
+    }
+    fn stream_release(&mut self, _now: Instant, s: StreamId) {
+        Connection::stream_release(self, s)
+    }
+    fn close(&mut self, _now: Instant) {
+        Connection::close(self)
     }
 }
 
@@ -921,7 +913,7 @@ mod tests {
         c.handle_timeout(Instant(1));
         assert!(!c.is_closed());
         c.handle_timeout(Instant(0) + Duration::from_secs(15));
-        assert!(matches!(c.poll_event(), Some(Event::Closed { reason }) if reason.contains("timed out")));
+        assert!(matches!(c.poll_event(), Some(Event::Closed { reason: CloseReason::HandshakeTimeout })));
     }
 
     #[test]
@@ -932,6 +924,6 @@ mod tests {
         p.a = Connection::new(Role::Dialer, Config::new(Keypair::generate_ed25519(&mut rng)), Some(other), Instant(0), [3; 32]);
         p.pump();
         assert!(p.a.is_closed());
-        assert!(p.ev_a.iter().any(|e| matches!(e, Event::Closed { reason } if reason.contains("expected"))));
+        assert!(p.ev_a.iter().any(|e| matches!(e, Event::Closed { reason: CloseReason::PeerIdMismatch { .. } })));
     }
 }

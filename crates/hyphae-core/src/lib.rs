@@ -18,6 +18,8 @@ pub mod perf;
 pub mod ping;
 pub mod quic;
 pub mod rng;
+pub mod service;
+pub mod stream;
 pub mod time;
 pub mod tls;
 pub mod varint;

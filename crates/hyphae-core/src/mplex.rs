@@ -8,8 +8,9 @@
 //! Both sides allocate stream ids independently; a stream is named by (id, who opened it). Our handles
 //! are `StreamId(id << 1 | opened_by_remote)`.
 
+use crate::stream::{ReadResult, StreamError, StreamId};
 use crate::varint;
-use crate::yamux::{Event, ReadResult, StreamError, StreamId};
+use crate::yamux::Event;
 use std::collections::{BTreeMap, VecDeque};
 
 pub const PROTOCOL_ID: &str = "/mplex/6.7.0";

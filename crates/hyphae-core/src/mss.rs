@@ -31,14 +31,17 @@ pub enum MssError {
     TooManyProposals,
 }
 
-enum Role {
+/// Which side of the negotiation, with its state.
+enum Side {
     Dialer { proposals: Vec<String>, idx: usize },
     Listener { supported: Vec<String>, rejected: usize },
 }
 
 pub struct Negotiator {
-    role: Role,
+    role: Side,
     header_received: bool,
+    /// A failed negotiation stays failed (rustls's sticky error): driving it again returns the same error.
+    failed: Option<MssError>,
     done: bool,
     out: Vec<u8>,
 }
@@ -67,16 +70,17 @@ impl Negotiator {
         if let Some(p) = proposals.first() {
             encode_message(p, &mut out);
         }
-        Negotiator { role: Role::Dialer { proposals, idx: 0 }, header_received: false, done: false, out }
+        Negotiator { role: Side::Dialer { proposals, idx: 0 }, header_received: false, done: false, failed: None, out }
     }
 
     pub fn listener<S: Into<String>>(supported: impl IntoIterator<Item = S>) -> Self {
         let mut out = Vec::new();
         encode_message(PROTOCOL_ID, &mut out);
         Negotiator {
-            role: Role::Listener { supported: supported.into_iter().map(Into::into).collect(), rejected: 0 },
+            role: Side::Listener { supported: supported.into_iter().map(Into::into).collect(), rejected: 0 },
             header_received: false,
             done: false,
+            failed: None,
             out,
         }
     }
@@ -90,7 +94,18 @@ impl Negotiator {
     /// Consumes messages from the front of `buf`. `Ok(Some(protocol))` once negotiated (further bytes in
     /// `buf` are the protocol's), `Ok(None)` while more input is needed.
     pub fn handle_input(&mut self, buf: &mut Vec<u8>) -> Result<Option<String>, MssError> {
-        if let Role::Dialer { proposals, .. } = &self.role {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.advance(buf);
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn advance(&mut self, buf: &mut Vec<u8>) -> Result<Option<String>, MssError> {
+        if let Side::Dialer { proposals, .. } = &self.role {
             if proposals.is_empty() {
                 return Err(MssError::NoCommonProtocol(vec![]));
             }
@@ -116,7 +131,7 @@ impl Negotiator {
                 continue;
             }
             match &mut self.role {
-                Role::Dialer { proposals, idx } => {
+                Side::Dialer { proposals, idx } => {
                     if msg == proposals[*idx] {
                         self.done = true;
                         break Ok(Some(msg));
@@ -130,7 +145,7 @@ impl Negotiator {
                         break Err(MssError::UnexpectedResponse(msg));
                     }
                 }
-                Role::Listener { supported, rejected } => {
+                Side::Listener { supported, rejected } => {
                     if supported.contains(&msg) {
                         encode_message(&msg, &mut self.out);
                         self.done = true;
@@ -149,9 +164,31 @@ impl Negotiator {
     }
 }
 
+/// What a failed negotiation of a stream we opened means for its opener.
+pub(crate) fn open_error(e: MssError) -> crate::stream::OpenError {
+    match e {
+        MssError::NoCommonProtocol(_) => crate::stream::OpenError::Unsupported,
+        e => crate::stream::OpenError::Negotiation(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mss_driven_after_failure_stays_failed() {
+        let mut d = Negotiator::dialer(["/a"]);
+        let _ = d.poll_transmit();
+        let mut na = Vec::new();
+        encode_message(PROTOCOL_ID, &mut na);
+        encode_message("na", &mut na);
+        assert_eq!(d.handle_input(&mut na), Err(MssError::NoCommonProtocol(vec!["/a".into()])));
+        // A late message after the failure (it used to index past the proposals and panic).
+        let mut late = Vec::new();
+        encode_message("na", &mut late);
+        assert_eq!(d.handle_input(&mut late), Err(MssError::NoCommonProtocol(vec!["/a".into()])));
+    }
 
     fn run(mut d: Negotiator, mut l: Negotiator) -> (Result<Option<String>, MssError>, Result<Option<String>, MssError>) {
         let (mut to_l, mut to_d) = (Vec::new(), Vec::new());

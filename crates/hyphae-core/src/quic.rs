@@ -9,9 +9,9 @@
 //! Time: quinn-proto wants `std::time::Instant`; the caller passes a base instant (its epoch) once, and
 //! every `now` is our [`Instant`] offset from it — the core still never reads a clock.
 
-use crate::conn::{ReadResult, StreamError, StreamId};
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::mss::Negotiator;
+use crate::stream::{self, CloseReason, OpenError, ReadResult, StreamError, StreamId};
 use crate::time::Instant;
 use crate::tls;
 use core::net::SocketAddr;
@@ -35,6 +35,7 @@ pub struct Config {
     /// The std instant our `Instant(0)` stands for.
     pub base: std::time::Instant,
     /// Bidirectional streams the remote may open at once. Default 256.
+    /// Streams the peer may open at once ([`DEFAULT_MAX_STREAMS`]).
     pub max_streams: u32,
     /// Connections at once. Default 1024.
     pub max_connections: usize,
@@ -51,6 +52,9 @@ pub struct Transmit {
     pub segment_size: Option<usize>,
 }
 
+/// Default for `Config::max_streams`.
+pub const DEFAULT_MAX_STREAMS: u32 = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct QuicConnId(pub usize);
 
@@ -59,18 +63,18 @@ pub enum Event {
     Established { conn: QuicConnId, peer: PeerId, public_key: PublicKey, remote: SocketAddr, outbound: bool },
     InboundStream { conn: QuicConnId, id: StreamId, protocol: String },
     OutboundReady { conn: QuicConnId, id: StreamId, protocol: String },
-    OutboundFailed { conn: QuicConnId, id: StreamId, reason: String },
+    OutboundFailed { conn: QuicConnId, id: StreamId, reason: OpenError },
     Readable { conn: QuicConnId, id: StreamId },
     Writable { conn: QuicConnId, id: StreamId },
     Reset { conn: QuicConnId, id: StreamId },
-    Closed { conn: QuicConnId, reason: String },
+    Closed { conn: QuicConnId, reason: CloseReason },
 }
 
 impl Event {
     /// A stream event as the TCP connection machine words it, with its connection (`None` for
     /// `Established` and `Closed`): what the node machine takes from either transport.
-    pub fn stream_event(&self) -> Option<(QuicConnId, crate::conn::Event)> {
-        use crate::conn::Event as C;
+    pub fn stream_event(&self) -> Option<(QuicConnId, stream::ConnEvent)> {
+        use stream::ConnEvent as C;
         Some(match self {
             Event::InboundStream { conn, id, protocol } => (*conn, C::InboundStream { id: *id, protocol: protocol.clone() }),
             Event::OutboundReady { conn, id, protocol } => (*conn, C::OutboundReady { id: *id, protocol: protocol.clone() }),
@@ -109,6 +113,8 @@ struct QConn {
     remote: SocketAddr,
     outbound: bool,
     established: bool,
+    /// We refused the peer and already reported `Closed`.
+    refused: bool,
     streams: BTreeMap<u64, StreamEntry>,
 }
 
@@ -222,6 +228,17 @@ impl Endpoint {
         self.config.base + std::time::Duration::from_nanos(now.as_nanos())
     }
 
+    /// Refuses a connection whose handshake finished but whose peer we do not accept: closes it at `now`
+    /// (quinn times its draining period from that instant) and reports why.
+    fn refuse(&mut self, now: Instant, h: ConnectionHandle, reason: CloseReason) {
+        let t = self.std_now(now);
+        let Some(c) = self.conns.get_mut(&h) else { return };
+        tracing::debug!(conn = h.0, %reason, "quic connection refused");
+        c.refused = true;
+        c.conn.close(t, VarInt::from_u32(1), bytes::Bytes::from(reason.to_string().into_bytes()));
+        self.events.push_back(Event::Closed { conn: QuicConnId(h.0), reason });
+    }
+
     pub fn set_protocols(&mut self, protocols: Vec<String>) {
         self.config.protocols = protocols;
     }
@@ -245,7 +262,10 @@ impl Endpoint {
         let t = self.std_now(now);
         // SNI is disabled in the rustls config; quinn still wants a syntactically valid name.
         let (h, conn) = self.ep.connect(t, self.client.clone(), addr, "libp2p.invalid").map_err(|e| QuicError::Connect(e.to_string()))?;
-        self.conns.insert(h, QConn { conn, expected, remote: addr, outbound: true, established: false, streams: BTreeMap::new() });
+        self.conns.insert(
+            h,
+            QConn { conn, expected, remote: addr, outbound: true, established: false, refused: false, streams: BTreeMap::new() },
+        );
         self.drive(now, h);
         Ok(QuicConnId(h.0))
     }
@@ -280,7 +300,15 @@ impl Endpoint {
                     Ok((h, conn)) => {
                         self.conns.insert(
                             h,
-                            QConn { conn, expected: None, remote: from, outbound: false, established: false, streams: BTreeMap::new() },
+                            QConn {
+                                conn,
+                                expected: None,
+                                remote: from,
+                                outbound: false,
+                                established: false,
+                                refused: false,
+                                streams: BTreeMap::new(),
+                            },
                         );
                         self.drive(now, h);
                     }
@@ -397,16 +425,13 @@ impl Endpoint {
                 let pc = match pc {
                     Some(Ok(pc)) => pc,
                     _ => {
-                        c.conn.close(self.config.base, VarInt::from_u32(1), bytes::Bytes::from_static(b"no valid certificate"));
-                        return;
+                        let detail = "no valid certificate".to_string();
+                        return self.refuse(now, h, CloseReason::Handshake { stage: tls::PROTOCOL_ID, detail });
                     }
                 };
-                if let Some(exp) = &c.expected {
-                    if *exp != pc.peer_id {
-                        let t = self.config.base + std::time::Duration::from_nanos(now.as_nanos());
-                        c.conn.close(t, VarInt::from_u32(1), bytes::Bytes::from_static(b"unexpected peer id"));
-                        self.events.push_back(Event::Closed { conn: cid, reason: format!("remote is {}, expected {exp}", pc.peer_id) });
-                        return;
+                if let Some(exp) = c.expected.clone() {
+                    if exp != pc.peer_id {
+                        return self.refuse(now, h, CloseReason::PeerIdMismatch { expected: exp, actual: pc.peer_id });
                     }
                 }
                 c.established = true;
@@ -424,12 +449,14 @@ impl Endpoint {
                 for (id, e) in std::mem::take(&mut c.streams) {
                     let Some(id) = u32::try_from(id).ok().map(StreamId) else { continue };
                     if e.neg.is_some() && e.outbound {
-                        self.events.push_back(Event::OutboundFailed { conn: cid, id, reason: format!("connection lost: {reason}") });
+                        self.events.push_back(Event::OutboundFailed { conn: cid, id, reason: OpenError::ConnectionClosed });
                     } else if e.neg.is_none() {
                         self.events.push_back(Event::Reset { conn: cid, id });
                     }
                 }
-                self.events.push_back(Event::Closed { conn: cid, reason: reason.to_string() });
+                if !c.refused {
+                    self.events.push_back(Event::Closed { conn: cid, reason: lost_reason(reason) });
+                }
             }
             quinn_proto::Event::Stream(se) => self.on_stream_event(cid, h, se),
             _ => {}
@@ -534,8 +561,8 @@ impl Endpoint {
             Ok(None) if !eof => {}
             Ok(None) | Err(_) => {
                 let reason = match r {
-                    Err(e) => e.to_string(),
-                    _ => "stream closed during negotiation".into(),
+                    Err(e) => crate::mss::open_error(e),
+                    _ => OpenError::Eof,
                 };
                 let outbound = entry.outbound;
                 c.streams.remove(&u64::from(id));
@@ -575,7 +602,7 @@ impl Endpoint {
         if e.neg.is_some() {
             return ReadResult::Pending;
         }
-        if let Some(r) = crate::conn::read_leftover(&mut e.prebuf, buf) {
+        if let Some(r) = stream::read_leftover(&mut e.prebuf, buf) {
             return r;
         }
         if e.remote_fin {
@@ -665,13 +692,25 @@ impl Endpoint {
     }
 }
 
-/// One connection of an [`Endpoint`] seen as [`crate::node::Streams`], for the node machine.
+/// Why a QUIC connection ended, as hyphae words it.
+fn lost_reason(r: quinn_proto::ConnectionError) -> CloseReason {
+    use quinn_proto::ConnectionError as E;
+    match r {
+        E::LocallyClosed => CloseReason::Local,
+        E::ApplicationClosed(_) | E::ConnectionClosed(_) => CloseReason::Remote,
+        E::TimedOut => CloseReason::Lost("idle timeout".into()),
+        E::TransportError(e) => CloseReason::Handshake { stage: "quic", detail: e.to_string() },
+        e => CloseReason::Lost(e.to_string()),
+    }
+}
+
+/// One connection of an [`Endpoint`] seen as [`stream::Streams`], for the node machine.
 pub struct ConnStreams<'a> {
     pub ep: &'a mut Endpoint,
     pub conn: QuicConnId,
 }
 
-impl crate::node::Streams for ConnStreams<'_> {
+impl stream::Streams for ConnStreams<'_> {
     fn open_stream(&mut self, now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError> {
         self.ep.open_stream(now, self.conn, protocols)
     }
@@ -689,6 +728,9 @@ impl crate::node::Streams for ConnStreams<'_> {
     }
     fn stream_release(&mut self, now: Instant, s: StreamId) {
         self.ep.stream_release(now, self.conn, s)
+    }
+    fn close(&mut self, now: Instant) {
+        self.ep.close(now, self.conn)
     }
 }
 
@@ -773,9 +815,12 @@ mod tests {
         let other = Keypair::generate_ed25519(&mut crate::rng::from_seed([9; 32])).peer_id();
         let b_addr: SocketAddr = "10.0.0.2:1".parse().unwrap();
         let a_addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
-        a.dial(Instant(0), b_addr, Some(other)).unwrap();
+        // Late on the clock: a refusal timed from the endpoint's base instead of `now` would have its
+        // draining period long over before it starts.
+        let mut now = Instant(0) + std::time::Duration::from_secs(100);
+        a.dial(now, b_addr, Some(other)).unwrap();
         let mut evs = Vec::new();
-        let mut now = Instant(0);
+        let mut refused_at = None;
         for _ in 0..50 {
             now = now + std::time::Duration::from_millis(1);
             while let Some(t) = a.poll_transmit() {
@@ -791,8 +836,14 @@ mod tests {
             }
             a.flush(now);
             evs.extend(std::iter::from_fn(|| a.poll_event()));
+            if refused_at.is_none() && !evs.is_empty() {
+                refused_at = Some(now);
+                let t = a.poll_timeout().expect("the refused connection drains");
+                assert!(t > now, "draining must be timed from now ({now:?}), not the epoch: {t:?}");
+            }
         }
-        assert!(evs.iter().any(|e| matches!(e, Event::Closed { reason, .. } if reason.contains("expected"))), "{evs:?}");
+        assert!(evs.iter().any(|e| matches!(e, Event::Closed { reason: CloseReason::PeerIdMismatch { .. }, .. })), "{evs:?}");
+        assert_eq!(evs.iter().filter(|e| matches!(e, Event::Closed { .. })).count(), 1, "reported once: {evs:?}");
         assert!(!evs.iter().any(|e| matches!(e, Event::Established { .. })));
     }
 }

@@ -5,6 +5,7 @@
 //! spec allows. Frame bodies are consumed incrementally, so a large data frame never has to be buffered
 //! whole before it is delivered. Every limit is explicit in [`Limits`].
 
+pub use crate::stream::{ReadResult, StreamError, StreamId};
 use std::collections::{BTreeMap, VecDeque};
 
 pub const PROTOCOL_ID: &str = "/yamux/1.0.0";
@@ -45,15 +46,6 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamId(pub u32);
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum YamuxError {
@@ -61,21 +53,6 @@ pub enum YamuxError {
     Protocol(&'static str),
     #[error("yamux session closed (go away {0})")]
     GoAway(u32),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StreamError {
-    #[error("stream reset")]
-    Reset,
-    #[error("stream closed for writing")]
-    Closed,
-    #[error("unknown stream")]
-    Unknown,
-    #[error("too many streams")]
-    TooManyStreams,
-    #[error("session is going away")]
-    GoingAway,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,14 +65,6 @@ pub enum Event {
     /// Answer to our ping with this opaque value.
     Pong(u32),
     GoAway(u32),
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadResult {
-    Data(usize),
-    Pending,
-    Eof,
-    Reset,
 }
 
 #[derive(Debug, Default)]

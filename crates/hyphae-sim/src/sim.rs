@@ -7,10 +7,12 @@
 
 use crate::metrics::{Counters, Histogram, Phase};
 use crate::scenario::{Action, LinkClass, Scenario, Selector};
+use hyphae_core::conn::CloseReason;
 use hyphae_core::conn::Role;
 use hyphae_core::node::{self, ByteNode, ConnId, Event, Input, Output};
 use hyphae_core::rng::{self, RngCore};
 use hyphae_core::time::{Duration, Instant};
+use hyphae_core::{identify, ping};
 use hyphae_core::{Keypair, Multiaddr, PeerId, Protocol};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -274,11 +276,11 @@ impl NodeWork<'_> {
                 let Some(conn) = self.n.by_link.remove(&link) else { return };
                 self.n.conns.remove(&conn);
                 self.note(out, 3, conn.0, reason.as_bytes());
-                self.input(ctx, out, Input::Disconnected { conn, reason });
+                self.input(ctx, out, Input::Disconnected { conn, reason: CloseReason::Lost(reason.into()) });
             }
             NodeEv::DialFailed { conn, reason } => {
                 self.note(out, 3, conn.0, reason.as_bytes());
-                self.input(ctx, out, Input::Disconnected { conn, reason });
+                self.input(ctx, out, Input::Disconnected { conn, reason: CloseReason::Lost(reason.into()) });
             }
             NodeEv::Datagram { from, data } => {
                 if self.n.node.is_none() {
@@ -331,17 +333,17 @@ impl NodeWork<'_> {
             Event::Connected { .. } => c.connections += 1,
             Event::Disconnected { .. } => c.disconnections += 1,
             Event::DialFailed { .. } => c.dial_failures += 1,
-            Event::PingOk { rtt, .. } => {
+            Event::Ping(ping::Event::Ok { rtt, .. }) => {
                 c.pings_ok += 1;
                 out.rtts.push((now.as_nanos(), rtt.as_nanos() as u64));
             }
-            Event::PingFailed { .. } => {
+            Event::Ping(ping::Event::Failed { .. }) => {
                 c.pings_failed += 1;
                 out.fails.push(now.as_nanos());
             }
-            Event::Identified { .. } => c.identifies += 1,
-            Event::IdentifyFailed { .. } => c.identify_failures += 1,
-            Event::InboundPing { .. } => {}
+            Event::Identify(identify::Event::Received { .. }) => c.identifies += 1,
+            Event::Identify(identify::Event::Failed { .. }) => c.identify_failures += 1,
+            _ => {}
         }
         if let Some(log) = &mut out.log {
             log.push((now, self.i, e));
@@ -727,7 +729,7 @@ impl Sim {
     fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let mut cfg = node::Config::new(n.key.clone(), seed32(self.seed, b"node", ((i as u64) << 20) | u64::from(n.gen)));
-        cfg.ping_interval = n.ping;
+        cfg.ping.interval = n.ping;
         cfg.listen_addrs = vec![node_addr(i)];
         if let Some(base) = self.quic_base {
             cfg.quic_base = Some(base);
@@ -1077,7 +1079,7 @@ impl Sim {
     }
 
     /// Node `i`'s counters (None while it is crashed).
-    pub fn node_stats(&self, i: usize) -> Option<&node::Stats> {
+    pub fn node_stats(&self, i: usize) -> Option<node::Stats> {
         self.nodes[i].node.as_ref().map(|n| n.stats())
     }
 

@@ -165,9 +165,15 @@ fn sim_trace_and_counters_are_queryable_mid_run() {
     s.run_until(std::time::Duration::from_secs(5));
     let p1 = s.peer_id(1).clone();
     // Node 0 has pinged node 1 at 0 s (after the handshake), 2 s and 4 s; each RTT is exactly 10 ms.
-    let pings: Vec<_> = s.events().iter().filter(|(_, n, e)| *n == 0 && matches!(e, Event::PingOk { peer, .. } if *peer == p1)).collect();
+    let pings: Vec<_> = s
+        .events()
+        .iter()
+        .filter(|(_, n, e)| *n == 0 && matches!(e, Event::Ping(hyphae_core::ping::Event::Ok { peer, .. }) if *peer == p1))
+        .collect();
     assert_eq!(pings.len(), 3, "{pings:?}");
-    assert!(pings.iter().all(|(_, _, e)| matches!(e, Event::PingOk { rtt, .. } if *rtt == std::time::Duration::from_millis(10))));
+    assert!(pings.iter().all(
+        |(_, _, e)| matches!(e, Event::Ping(hyphae_core::ping::Event::Ok { rtt, .. }) if *rtt == std::time::Duration::from_millis(10))
+    ));
     assert_eq!(s.node_stats(0).unwrap().connections_established, 4);
     assert_eq!(s.node_stats(1).unwrap().identifies, 1);
     s.run_until(std::time::Duration::from_secs(10));

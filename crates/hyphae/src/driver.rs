@@ -3,10 +3,10 @@
 //! connection's state (a short-held mutex) and wakers, so the byte path needs no channel hop per chunk.
 
 use crate::host::{Direction, Inner};
-use hyphae_core::conn::{Connection, Event, ReadResult, Role, StreamId};
-use hyphae_core::node;
+use hyphae_core::conn::{CloseReason, Connection, Event, OpenError, ReadResult, Role, StreamId};
+use hyphae_core::node::{self, ConnId};
 use hyphae_core::{Instant, Multiaddr, PeerId, PublicKey};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +37,7 @@ pub(crate) struct ConnShared {
 pub(crate) enum IdentifyState {
     Pending,
     Done(Arc<hyphae_core::identify::Info>),
-    Failed(String),
+    Failed(hyphae_core::identify::Failure),
 }
 
 pub(crate) struct ConnState {
@@ -45,17 +45,14 @@ pub(crate) struct ConnState {
     pub conn: Option<Connection>,
     read_wakers: BTreeMap<StreamId, Waker>,
     write_wakers: BTreeMap<StreamId, Waker>,
-    pending_open: BTreeMap<StreamId, oneshot::Sender<Result<String, String>>>,
-    /// Streams the application holds (opened by it, or inbound for its handlers). Events of the other
-    /// streams go to the node machine, so the application's byte path never takes the node's lock.
-    user_streams: BTreeSet<StreamId>,
-    established: Option<oneshot::Sender<Result<PeerId, String>>>,
+    pending_open: BTreeMap<StreamId, oneshot::Sender<Result<String, OpenError>>>,
+    established: Option<oneshot::Sender<Result<PeerId, CloseReason>>>,
     pub peer: Option<PeerId>,
     /// The muxer was agreed inside the security handshake (one round trip saved).
     pub early_muxer: bool,
     pub security: String,
     pub muxer: String,
-    pub closed: Option<String>,
+    pub closed: Option<CloseReason>,
 }
 
 /// What the host must do after the connection machine produced events (done outside the lock).
@@ -63,9 +60,9 @@ pub(crate) struct ConnState {
 pub(crate) enum Action {
     /// The upgrade finished; the sender (a dialer waiting in `connect`) is answered by the host once
     /// the connection is registered, so `connect` never returns before `new_stream` can find it.
-    Established(PeerId, PublicKey, Option<oneshot::Sender<Result<PeerId, String>>>),
+    Established(PeerId, PublicKey, Option<oneshot::Sender<Result<PeerId, CloseReason>>>),
     Inbound(StreamId, String),
-    Closed(String),
+    Closed(CloseReason),
     /// What the node machine reported (identify results, pings).
     Node(Vec<node::Event>),
 }
@@ -94,7 +91,6 @@ impl ConnShared {
                 read_wakers: BTreeMap::new(),
                 write_wakers: BTreeMap::new(),
                 pending_open: BTreeMap::new(),
-                user_streams: BTreeSet::new(),
                 established: None,
                 peer: Some(peer),
                 early_muxer: false,
@@ -112,10 +108,7 @@ impl ConnShared {
         match &self.quic {
             Some((ep, cid)) => ep.stream_reset(*cid, id),
             None => {
-                let mut st = self.lock();
-                st.user_streams.remove(&id);
-                st.tcp().stream_reset(id);
-                drop(st);
+                self.lock().tcp().stream_reset(id);
                 self.wake_writer();
             }
         }
@@ -142,21 +135,20 @@ impl ConnShared {
     }
 
     /// Opens a stream; resolves once its protocol is negotiated.
-    pub fn open_stream(&self, protocols: Vec<String>) -> Result<(StreamId, oneshot::Receiver<Result<String, String>>), String> {
+    pub fn open_stream(&self, protocols: Vec<String>) -> Result<(StreamId, oneshot::Receiver<Result<String, OpenError>>), OpenError> {
         if let Some((ep, cid)) = &self.quic {
-            if let Some(r) = &self.lock().closed {
-                return Err(format!("connection closed: {r}"));
+            if self.lock().closed.is_some() {
+                return Err(OpenError::ConnectionClosed);
             }
             return ep.open_stream(*cid, protocols);
         }
         let mut st = self.lock();
-        if let Some(r) = &st.closed {
-            return Err(format!("connection closed: {r}"));
+        if st.closed.is_some() {
+            return Err(OpenError::ConnectionClosed);
         }
-        let id = st.tcp().open_stream(protocols).map_err(|e| e.to_string())?;
+        let id = st.tcp().open_stream(protocols).map_err(OpenError::Refused)?;
         let (tx, rx) = oneshot::channel();
         st.pending_open.insert(id, tx);
-        st.user_streams.insert(id);
         drop(st);
         self.wake_writer();
         Ok((id, rx))
@@ -181,104 +173,100 @@ impl ConnState {
 }
 
 impl ConnShared {
-    /// Turns the TCP machine's events into waker calls, node-machine calls and host actions (the actions
-    /// run outside the lock). Lock order: this connection's state, then the node machine.
+    /// Hands the TCP machine's events to the node machine (the router takes its own streams' events and
+    /// runs policy), then turns the application's into waker calls and host actions (run outside the
+    /// lock). Lock order: this connection's state, then the node machine.
     fn dispatch(&self, st: &mut ConnState, inner: &Inner) -> Vec<Action> {
         let mut actions = Vec::new();
         let now = self.now();
-        let cid = node::ConnId(self.id);
-        let mut node_touched = false;
+        let cid = ConnId(self.id);
+        let mut touched = false;
         while let Some(ev) = st.conn.as_mut().and_then(|c| c.poll_event()) {
-            if node::may_take(&ev, |s| st.user_streams.contains(&s)) {
-                node_touched = true;
-                if inner.node().on_event(now, cid, &ev, st.tcp()) {
-                    continue;
-                }
-            }
-            match ev {
-                Event::Established { peer, public_key, security, muxer, early_muxer } => {
-                    tracing::debug!(%peer, %security, %muxer, early_muxer, "connection established");
-                    st.peer = Some(peer.clone());
-                    st.early_muxer = early_muxer;
-                    st.security = security;
-                    st.muxer = muxer;
-                    let role = match self.direction {
-                        Direction::Outbound => Role::Dialer,
-                        Direction::Inbound => Role::Listener,
-                    };
-                    inner.node().on_established(now, cid, peer.clone(), role, self.remote_addr.clone(), st.tcp());
-                    node_touched = true;
-                    actions.push(Action::Established(peer, public_key, st.established.take()));
-                }
-                Event::InboundStream { id, protocol } => {
-                    st.user_streams.insert(id);
-                    actions.push(Action::Inbound(id, protocol));
-                }
-                Event::OutboundReady { id, protocol } => {
-                    if let Some(tx) = st.pending_open.remove(&id) {
-                        if tx.send(Ok(protocol)).is_err() {
-                            st.user_streams.remove(&id);
-                            st.tcp().stream_reset(id);
-                        }
-                    }
-                }
-                Event::OutboundFailed { id, reason } => {
-                    st.user_streams.remove(&id);
-                    if let Some(tx) = st.pending_open.remove(&id) {
-                        let _ = tx.send(Err(reason));
-                    }
-                }
-                Event::Readable(id) => {
-                    if let Some(w) = st.read_wakers.remove(&id) {
-                        w.wake();
-                    }
-                }
-                Event::Writable(id) => {
-                    if let Some(w) = st.write_wakers.remove(&id) {
-                        w.wake();
-                    }
-                }
-                Event::Reset(id) => {
-                    if let Some(w) = st.read_wakers.remove(&id) {
-                        w.wake();
-                    }
-                    if let Some(w) = st.write_wakers.remove(&id) {
-                        w.wake();
-                    }
-                }
-                Event::Closed { reason } => {
-                    st.closed = Some(reason.clone());
-                    if let Some(tx) = st.established.take() {
-                        let _ = tx.send(Err(reason.clone()));
-                    }
-                    for (_, tx) in std::mem::take(&mut st.pending_open) {
-                        let _ = tx.send(Err(format!("connection closed: {reason}")));
-                    }
-                    for (_, w) in std::mem::take(&mut st.read_wakers).into_iter().chain(std::mem::take(&mut st.write_wakers)) {
-                        w.wake();
-                    }
-                    if st.peer.is_some() {
-                        inner.node().on_closed(cid, &reason);
-                        node_touched = true;
-                    }
-                    actions.push(Action::Closed(reason));
-                }
-            }
+            touched = true;
+            let Some(ev) = inner.node().on_conn_event(now, cid, ev, st.tcp()) else { continue };
+            self.app_event(st, ev, &mut actions);
         }
-        if node_touched {
+        if touched {
             actions.push(Action::Node(inner.take_node_events()));
         }
         actions
     }
+
+    /// What the application sees of a connection event the node machine handed back (TCP and QUIC).
+    pub(crate) fn app_event(&self, st: &mut ConnState, ev: Event, actions: &mut Vec<Action>) {
+        match ev {
+            Event::Established { peer, public_key, security, muxer, early_muxer } => {
+                tracing::debug!(%peer, %security, %muxer, early_muxer, "connection established");
+                st.peer = Some(peer.clone());
+                st.early_muxer = early_muxer;
+                st.security = security;
+                st.muxer = muxer;
+                actions.push(Action::Established(peer, public_key, st.established.take()));
+            }
+            Event::InboundStream { id, protocol } => actions.push(Action::Inbound(id, protocol)),
+            Event::OutboundReady { id, protocol } => {
+                if let Some(tx) = st.pending_open.remove(&id) {
+                    if tx.send(Ok(protocol)).is_err() {
+                        self.reset_locked(st, id);
+                    }
+                }
+            }
+            Event::OutboundFailed { id, reason } => {
+                if let Some(tx) = st.pending_open.remove(&id) {
+                    let _ = tx.send(Err(reason));
+                }
+            }
+            Event::Readable(id) => {
+                if let Some(w) = st.read_wakers.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Writable(id) => {
+                if let Some(w) = st.write_wakers.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Reset(id) => {
+                if let Some(w) = st.read_wakers.remove(&id) {
+                    w.wake();
+                }
+                if let Some(w) = st.write_wakers.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Closed { reason } => {
+                st.closed = Some(reason.clone());
+                if let Some(tx) = st.established.take() {
+                    let _ = tx.send(Err(reason.clone()));
+                }
+                for (_, tx) in std::mem::take(&mut st.pending_open) {
+                    let _ = tx.send(Err(OpenError::ConnectionClosed));
+                }
+                for (_, w) in std::mem::take(&mut st.read_wakers).into_iter().chain(std::mem::take(&mut st.write_wakers)) {
+                    w.wake();
+                }
+                actions.push(Action::Closed(reason));
+            }
+        }
+    }
+
+    /// Resets a stream whose opener went away (TCP under the held lock; QUIC through its endpoint).
+    fn reset_locked(&self, st: &mut ConnState, id: StreamId) {
+        match &self.quic {
+            Some(_) => {}
+            None => st.tcp().stream_reset(id),
+        }
+    }
 }
 
 /// Starts the tasks of a new TCP connection. `established` learns the outcome of the upgrade.
+/// `id` was admitted by the node machine (`Node::admit` or `Node::dial`).
 pub(crate) fn spawn_connection(
     inner: Arc<Inner>,
+    id: ConnId,
     socket: TcpStream,
     direction: Direction,
-    expected: Option<PeerId>,
-    established: Option<oneshot::Sender<Result<PeerId, String>>>,
+    established: Option<oneshot::Sender<Result<PeerId, CloseReason>>>,
 ) {
     let _ = socket.set_nodelay(true);
     let local_addr = socket.local_addr().map(Multiaddr::from_tcp).unwrap_or_default();
@@ -289,9 +277,13 @@ pub(crate) fn spawn_connection(
     };
     let epoch = inner.epoch;
     let now = since(epoch);
-    let conn = Connection::new(role, inner.conn_config(), expected, now, inner.child_seed());
+    let (seed, expected) = {
+        let mut n = inner.node();
+        (n.child_seed(), n.expected_peer(id).cloned())
+    };
+    let conn = Connection::new(role, inner.conn_config(), expected, now, seed);
     let shared = Arc::new(ConnShared {
-        id: inner.next_conn_id(),
+        id: id.0,
         direction,
         local_addr,
         remote_addr,
@@ -301,7 +293,6 @@ pub(crate) fn spawn_connection(
             read_wakers: BTreeMap::new(),
             write_wakers: BTreeMap::new(),
             pending_open: BTreeMap::new(),
-            user_streams: BTreeSet::new(),
             established,
             peer: None,
             early_muxer: false,
@@ -511,7 +502,6 @@ impl Drop for Stream {
         }
         let mut st = self.shared.lock();
         st.tcp().stream_release(self.id);
-        st.user_streams.remove(&self.id);
         st.read_wakers.remove(&self.id);
         st.write_wakers.remove(&self.id);
         drop(st);

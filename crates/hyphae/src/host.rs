@@ -3,17 +3,16 @@
 
 pub use crate::driver::Stream;
 use crate::driver::{self, Action, ConnShared, IdentifyState};
-use hyphae_core::conn::{self, StreamId};
-use hyphae_core::identify::Info;
+use hyphae_core::conn::{self, CloseReason, OpenError, Role, StreamId};
+use hyphae_core::identify::{self, Info};
 use hyphae_core::multiaddr::MultiaddrError;
-use hyphae_core::node::{self, Node};
+use hyphae_core::node::{self, ConnId, Node};
 use hyphae_core::{perf, ping, rng, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
 use rand_core::RngCore;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,45 +21,37 @@ use tokio::sync::{broadcast, oneshot};
 
 pub const AGENT_VERSION: &str = concat!("hyphae/", env!("CARGO_PKG_VERSION"));
 
-#[derive(Debug)]
+/// What can go wrong in the Host API. Structured, so callers match on causes, not on messages.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    Io(std::io::Error),
-    Multiaddr(MultiaddrError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("multiaddr: {0}")]
+    Multiaddr(#[from] MultiaddrError),
+    #[error("unsupported address {0} (tcp over ip4/ip6/dns4/dns6/dns, or udp/quic-v1)")]
     UnsupportedAddress(Multiaddr),
-    Handshake(String),
+    /// The connection failed before or during its upgrade (security, muxer, peer id, limits).
+    #[error("connection upgrade failed: {0}")]
+    Handshake(CloseReason),
+    #[error("no connection to {0} and no known address")]
     NoConnection(PeerId),
-    Negotiation(String),
+    /// A stream could not be opened for any of the protocols asked for.
+    #[error("protocol negotiation failed: {0}")]
+    Negotiation(OpenError),
+    #[error("timed out: {0}")]
     Timeout(&'static str),
+    #[error("limit reached: {0}")]
     Limit(&'static str),
+    #[error("identify failed: {0}")]
+    Identify(identify::Failure),
+    #[error("ping failed: {0}")]
+    Ping(ping::Failure),
+    /// The connection closed while we waited on it.
+    #[error("connection closed: {0}")]
+    Closed(CloseReason),
+    #[error("protocol error: {0}")]
     Protocol(String),
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Io(e) => write!(f, "i/o: {e}"),
-            Error::Multiaddr(e) => write!(f, "multiaddr: {e}"),
-            Error::UnsupportedAddress(a) => write!(f, "unsupported address {a} (tcp over ip4/ip6/dns4/dns6/dns)"),
-            Error::Handshake(e) => write!(f, "connection upgrade failed: {e}"),
-            Error::NoConnection(p) => write!(f, "no connection to {p} and no known address"),
-            Error::Negotiation(e) => write!(f, "protocol negotiation failed: {e}"),
-            Error::Timeout(what) => write!(f, "timed out: {what}"),
-            Error::Limit(what) => write!(f, "limit reached: {what}"),
-            Error::Protocol(e) => write!(f, "protocol error: {e}"),
-        }
-    }
-}
-impl std::error::Error for Error {}
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::Io(e)
-    }
-}
-impl From<MultiaddrError> for Error {
-    fn from(e: MultiaddrError) -> Self {
-        Error::Multiaddr(e)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +64,8 @@ pub struct HostConfig {
     pub max_connections_per_peer: usize,
     /// Peers remembered in the peerstore (oldest unconnected evicted first). Default 10 000.
     pub max_peerstore_entries: usize,
+    /// A ping without an answer after this long fails. Default 10 s.
+    pub ping_timeout: Duration,
     pub dial_timeout: Duration,
     pub stream_timeout: Duration,
     pub agent_version: String,
@@ -94,6 +87,7 @@ impl HostConfig {
             max_connections: 1024,
             max_connections_per_peer: 8,
             max_peerstore_entries: 10_000,
+            ping_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(15),
             stream_timeout: Duration::from_secs(15),
             agent_version: AGENT_VERSION.to_string(),
@@ -124,9 +118,10 @@ pub enum HostEvent {
         security: String,
         muxer: String,
     },
+    /// The last connection to `peer` closed.
     Disconnected {
         peer: PeerId,
-        reason: String,
+        reason: CloseReason,
     },
     Identified {
         peer: PeerId,
@@ -138,7 +133,7 @@ pub enum HostEvent {
     /// The outcome of a periodic ping (`HostConfig::ping_interval`).
     Ping {
         peer: PeerId,
-        rtt: Result<Duration, String>,
+        rtt: Result<Duration, ping::Failure>,
     },
 }
 
@@ -151,17 +146,8 @@ pub struct PerfResult {
     pub downloaded: u64,
 }
 
-/// What the host knows of a peer.
-#[derive(Debug, Clone, Default)]
-pub struct PeerInfo {
-    pub addrs: Vec<Multiaddr>,
-    pub protocols: Vec<String>,
-    pub agent_version: Option<String>,
-    pub protocol_version: Option<String>,
-    pub public_key: Option<PublicKey>,
-    /// Our address as this peer saw it.
-    pub observed_addr: Option<Multiaddr>,
-}
+/// What the host knows of a peer (the node machine's peerstore record).
+pub use hyphae_core::node::PeerRecord as PeerInfo;
 
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
@@ -181,8 +167,6 @@ pub struct ConnectionInfo {
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Handler = Arc<dyn Fn(Stream) -> BoxFut + Send + Sync>;
 
-const MAX_ADDRS_PER_PEER: usize = 32;
-
 pub(crate) struct Inner {
     keypair: Keypair,
     noise_static: Arc<hyphae_core::noise::StaticKey>,
@@ -197,15 +181,16 @@ pub(crate) struct Inner {
     /// Wakes the node timer task: the node machine's deadline may have changed.
     node_notify: Arc<tokio::sync::Notify>,
     handlers: Mutex<BTreeMap<String, Handler>>,
+    /// The sockets' side of each connection (the node machine keeps the accounting, peers, peerstore).
     conns: Mutex<BTreeMap<u64, Arc<ConnShared>>>,
-    by_peer: Mutex<BTreeMap<PeerId, Vec<u64>>>,
-    peerstore: Mutex<BTreeMap<PeerId, PeerInfo>>,
+    /// Callers of `Host::ping` waiting for the node machine's answer, by connection.
+    ping_waiters: Mutex<BTreeMap<ConnId, Vec<oneshot::Sender<Result<Duration, ping::Failure>>>>>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    next_conn: AtomicU64,
-    live_conns: AtomicUsize,
-    /// The QUIC endpoint (one UDP socket, used to listen and to dial), made on first use.
-    quic: tokio::sync::Mutex<Option<Arc<crate::quic_driver::QuicShared>>>,
+    /// The QUIC endpoint (one UDP socket, used to listen and to dial), once made. Read without waiting;
+    /// `quic_start` serializes making it.
+    quic: Mutex<Option<Arc<crate::quic_driver::QuicShared>>>,
+    quic_start: tokio::sync::Mutex<()>,
     events: broadcast::Sender<HostEvent>,
 }
 
@@ -214,10 +199,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    pub(crate) fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
     pub(crate) fn child_seed(&self) -> [u8; 32] {
         let mut s = [0u8; 32];
         lock(&self.rng).fill_bytes(&mut s);
@@ -228,16 +209,17 @@ impl Inner {
         lock(&self.node)
     }
 
-    /// What the node machine reported since the last call; its timer is re-armed.
+    /// What the node machine reported since the last call; its timer is re-armed (the node's deadline
+    /// may have changed).
     pub(crate) fn take_node_events(&self) -> Vec<node::Event> {
-        let mut n = self.node();
-        let mut v = Vec::new();
-        while let Some(e) = n.poll_event() {
-            v.push(e);
-        }
-        drop(n);
+        let v = self.poll_node_events();
         self.node_notify.notify_one();
         v
+    }
+
+    fn poll_node_events(&self) -> Vec<node::Event> {
+        let mut n = self.node();
+        std::iter::from_fn(|| n.poll_event()).collect()
     }
 
     fn now(&self) -> hyphae_core::Instant {
@@ -249,33 +231,27 @@ impl Inner {
         self.node().protocols()
     }
 
-    /// Runs the node machine's timers for connection `id` (its machine borrowed under its own lock).
-    fn node_timeout(&self, now: hyphae_core::Instant, id: node::ConnId) {
+    /// Lends connection `id` to the node machine to apply what its services queued for it.
+    fn node_flush(&self, now: hyphae_core::Instant, id: ConnId) {
         let shared = lock(&self.conns).get(&id.0).cloned();
-        let Some(shared) = shared else {
-            self.node().on_closed(id, "connection gone");
-            return;
-        };
+        let Some(shared) = shared else { return };
         match &shared.quic {
-            Some((ep, qc)) => ep.with_streams(*qc, |m| self.node().handle_timeout(now, id, m)),
+            Some((ep, qc)) => ep.with_streams(*qc, |m| self.node().flush(now, id, m)),
             None => {
                 let mut st = shared.lock();
                 if let Some(m) = st.conn.as_mut() {
-                    self.node().handle_timeout(now, id, m);
+                    self.node().flush(now, id, m);
                 }
                 drop(st);
                 shared.wake_writer();
             }
         }
-        let events = self.take_node_events();
-        self.handle_node_events(events);
     }
 
-    fn handle_node_events(&self, events: Vec<node::Event>) {
+    pub(crate) fn handle_node_events(&self, events: Vec<node::Event>) {
         for e in events {
             match e {
-                node::Event::Identified { peer, conn, info, push } => {
-                    self.store_identify(&peer, &info);
+                node::Event::Identify(identify::Event::Received { peer, conn, info, push }) => {
                     tracing::info!(%peer, agent = ?info.agent_version, protocols = info.protocols.len(), push, "identified");
                     if !push {
                         if let Some(c) = lock(&self.conns).get(&conn.0) {
@@ -284,23 +260,37 @@ impl Inner {
                     }
                     let _ = self.events.send(HostEvent::Identified { peer, info });
                 }
-                node::Event::IdentifyFailed { peer, conn, reason } => {
-                    tracing::debug!(%peer, %reason, "identify failed");
+                node::Event::Identify(identify::Event::Failed { peer, conn, error }) => {
+                    tracing::debug!(%peer, %error, "identify failed");
                     if let Some(c) = lock(&self.conns).get(&conn.0) {
-                        c.identify.send_replace(IdentifyState::Failed(reason));
+                        c.identify.send_replace(IdentifyState::Failed(error));
                     }
                 }
-                node::Event::InboundPing { peer, .. } => {
+                node::Event::Ping(ping::Event::Inbound { peer, .. }) => {
                     let _ = self.events.send(HostEvent::InboundPing { peer });
                 }
-                node::Event::PingOk { peer, rtt, .. } => {
+                node::Event::Ping(ping::Event::Ok { peer, conn, rtt }) => {
+                    for tx in lock(&self.ping_waiters).remove(&conn).unwrap_or_default() {
+                        let _ = tx.send(Ok(rtt));
+                    }
                     let _ = self.events.send(HostEvent::Ping { peer, rtt: Ok(rtt) });
                 }
-                node::Event::PingFailed { peer, reason, .. } => {
-                    let _ = self.events.send(HostEvent::Ping { peer, rtt: Err(reason) });
+                node::Event::Ping(ping::Event::Failed { peer, conn, error }) => {
+                    for tx in lock(&self.ping_waiters).remove(&conn).unwrap_or_default() {
+                        let _ = tx.send(Err(error.clone()));
+                    }
+                    let _ = self.events.send(HostEvent::Ping { peer, rtt: Err(error) });
                 }
-                // The host tracks connections itself (per-peer limits, peerstore, its own events).
-                node::Event::Connected { .. } | node::Event::Disconnected { .. } | node::Event::DialFailed { .. } => {}
+                node::Event::Violation(v) => {
+                    tracing::debug!(peer = ?v.peer, protocol = v.protocol, kind = %v.kind, "peer broke a protocol")
+                }
+                node::Event::Disconnected { conn, .. } => {
+                    for tx in lock(&self.ping_waiters).remove(&conn).unwrap_or_default() {
+                        let _ = tx.send(Err(ping::Failure::Closed));
+                    }
+                }
+                // Connection events reach the Host from its connection tasks, with their socket details.
+                _ => {}
             }
         }
     }
@@ -318,19 +308,6 @@ impl Inner {
         c
     }
 
-    /// Counts an inbound connection against `max_connections`; false when full.
-    pub(crate) fn try_reserve_connection(&self) -> bool {
-        if self.live_conns.fetch_add(1, Ordering::Relaxed) >= self.config.max_connections {
-            self.live_conns.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    pub(crate) fn conn_registered(&self, shared: &Arc<ConnShared>) {
-        self.conn_started(shared);
-    }
-
     fn quic_config(&self) -> hyphae_core::quic::Config {
         hyphae_core::quic::Config {
             keypair: self.keypair.clone(),
@@ -339,10 +316,116 @@ impl Inner {
             unix_time: unix_now(),
             seed: self.child_seed(),
             base: self.epoch,
-            max_streams: 256,
+            max_streams: hyphae_core::quic::DEFAULT_MAX_STREAMS,
             max_connections: self.config.max_connections,
             max_datagrams: 1,
         }
+    }
+
+    /// Makes the QUIC endpoint (the caller holds `quic_start`), publishes it, then gives it the protocols
+    /// served now (handlers may have changed while it started).
+    async fn start_quic(self: &Arc<Self>, sa: SocketAddr) -> Result<Arc<crate::quic_driver::QuicShared>, Error> {
+        let ep = crate::quic_driver::QuicShared::start(self, sa, self.quic_config()).await?;
+        *lock(&self.quic) = Some(ep.clone());
+        ep.set_protocols(self.protocols());
+        Ok(ep)
+    }
+
+    /// The QUIC endpoint, made (on an ephemeral port of `sa`'s family) if there is none yet.
+    async fn quic_endpoint(self: &Arc<Self>, sa: SocketAddr) -> Result<Arc<crate::quic_driver::QuicShared>, Error> {
+        if let Some(ep) = lock(&self.quic).clone() {
+            return Ok(ep);
+        }
+        let _start = self.quic_start.lock().await;
+        if let Some(ep) = lock(&self.quic).clone() {
+            return Ok(ep);
+        }
+        let any: SocketAddr =
+            if sa.is_ipv4() { "0.0.0.0:0".parse().expect("invariant: literal") } else { "[::]:0".parse().expect("invariant: literal") };
+        self.start_quic(any).await
+    }
+
+    /// Runs a QUIC dial the node admitted as `id`; the outcome reaches the node machine either way.
+    async fn dial_quic(
+        self: &Arc<Self>,
+        ep: &crate::quic_driver::QuicShared,
+        id: ConnId,
+        addr: &Multiaddr,
+        sa: SocketAddr,
+    ) -> Result<PeerId, Error> {
+        let rx = match ep.dial(id, sa, addr.peer_id()) {
+            Ok(rx) => rx,
+            Err(reason) => {
+                self.node().on_dial_failed(self.now(), id, reason.clone());
+                self.drain_node();
+                return Err(Error::Handshake(reason));
+            }
+        };
+        match tokio::time::timeout(self.config.dial_timeout, rx).await {
+            Ok(Ok(Ok(peer))) => Ok(peer),
+            Ok(Ok(Err(e))) => Err(Error::Handshake(e)),
+            // The endpoint's handshake timeout ends the attempt and reports it to the node machine.
+            _ => Err(Error::Timeout("quic handshake")),
+        }
+    }
+
+    /// Connects a TCP dial the node admitted as `id`; the outcome reaches the node machine either way.
+    pub(crate) async fn dial_tcp(self: &Arc<Self>, id: ConnId, sa: SocketAddr) -> Result<PeerId, Error> {
+        let sock = match tokio::time::timeout(self.config.dial_timeout, TcpStream::connect(sa)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.node().on_dial_failed(self.now(), id, CloseReason::Lost(e.to_string()));
+                self.drain_node();
+                return Err(Error::Io(e));
+            }
+            Err(_) => {
+                self.node().on_dial_failed(self.now(), id, CloseReason::Lost("tcp connect timed out".into()));
+                self.drain_node();
+                return Err(Error::Timeout("tcp connect"));
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        driver::spawn_connection(self.clone(), id, sock, Direction::Outbound, Some(tx));
+        match rx.await {
+            Ok(Ok(peer)) => Ok(peer),
+            Ok(Err(e)) => Err(Error::Handshake(e)),
+            Err(_) => Err(Error::Handshake(CloseReason::Lost("connection task ended".into()))),
+        }
+    }
+
+    /// Handles what the node machine reported and starts the dials its services asked for.
+    pub(crate) fn drain_node(self: &Arc<Self>) {
+        self.drain_node_quiet();
+        self.node_notify.notify_one();
+    }
+
+    /// [`Inner::drain_node`] without waking the node timer (the timer task itself re-arms after it).
+    fn drain_node_quiet(self: &Arc<Self>) {
+        let dials: Vec<node::Dial> = {
+            let mut n = self.node();
+            std::iter::from_fn(|| n.poll_dial()).collect()
+        };
+        for d in dials {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let r: Result<(), Error> = match d.addr.quic_socket_addr() {
+                    Some(sa) => match inner.quic_endpoint(sa).await {
+                        Ok(ep) => return drop(inner.dial_quic(&ep, d.conn, &d.addr, sa).await),
+                        Err(e) => Err(e),
+                    },
+                    None => match resolve_tcp(&d.addr).await {
+                        Ok(sa) => return drop(inner.dial_tcp(d.conn, sa).await),
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = r {
+                    inner.node().on_dial_failed(inner.now(), d.conn, CloseReason::Lost(e.to_string()));
+                    inner.drain_node();
+                }
+            });
+        }
+        let events = self.poll_node_events();
+        self.handle_node_events(events);
     }
 
     pub(crate) fn conn_started(&self, shared: &Arc<ConnShared>) {
@@ -351,7 +434,6 @@ impl Inner {
 
     pub(crate) fn conn_finished(&self, shared: &Arc<ConnShared>) {
         lock(&self.conns).remove(&shared.id);
-        self.live_conns.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub(crate) fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>) {
@@ -370,32 +452,8 @@ impl Inner {
         }
     }
 
-    fn on_established(&self, shared: &Arc<ConnShared>, peer: PeerId, key: PublicKey) {
-        {
-            let mut bp = lock(&self.by_peer);
-            let list = bp.entry(peer.clone()).or_default();
-            if list.len() >= self.config.max_connections_per_peer {
-                drop(bp);
-                tracing::debug!(%peer, "too many connections to peer; closing the new one");
-                shared.close();
-                return;
-            }
-            list.push(shared.id);
-        }
-        {
-            let mut ps = lock(&self.peerstore);
-            if !ps.contains_key(&peer) && ps.len() >= self.config.max_peerstore_entries {
-                let bp = lock(&self.by_peer);
-                if let Some(victim) = ps.keys().find(|p| !bp.contains_key(*p)).cloned() {
-                    ps.remove(&victim);
-                }
-            }
-            let e = ps.entry(peer.clone()).or_default();
-            e.public_key = Some(key);
-            if shared.direction == Direction::Outbound && !e.addrs.contains(&shared.remote_addr) && e.addrs.len() < MAX_ADDRS_PER_PEER {
-                e.addrs.push(shared.remote_addr.clone());
-            }
-        }
+    /// The node machine accepted the connection (its per-peer cap, peerstore and accounting ran).
+    fn on_established(&self, shared: &Arc<ConnShared>, peer: PeerId, _key: PublicKey) {
         tracing::info!(%peer, addr = %shared.remote_addr, direction = ?shared.direction, "connected");
         let (security, muxer) = {
             let st = shared.lock();
@@ -425,52 +483,19 @@ impl Inner {
         }
     }
 
-    fn on_closed(&self, shared: &Arc<ConnShared>, reason: String) {
+    fn on_closed(&self, shared: &Arc<ConnShared>, reason: CloseReason) {
+        if shared.quic.is_some() {
+            // QUIC connections have no writer task to do this when they end.
+            self.conn_finished(shared);
+        }
         let peer = shared.lock().peer.clone();
         let Some(peer) = peer else {
             tracing::debug!(addr = %shared.remote_addr, %reason, "connection failed before upgrade");
             return;
         };
-        let last = {
-            let mut bp = lock(&self.by_peer);
-            match bp.get_mut(&peer) {
-                Some(list) => {
-                    list.retain(|c| *c != shared.id);
-                    if list.is_empty() {
-                        bp.remove(&peer);
-                        true
-                    } else {
-                        false
-                    }
-                }
-                None => false,
-            }
-        };
         tracing::info!(%peer, %reason, "connection closed");
-        if shared.quic.is_some() {
-            // QUIC connections have no writer task to do this when they end.
-            self.conn_finished(shared);
-        }
-        if last {
+        if !self.node().is_connected(&peer) {
             let _ = self.events.send(HostEvent::Disconnected { peer, reason });
-        }
-    }
-
-    fn store_identify(&self, peer: &PeerId, info: &Info) {
-        let mut ps = lock(&self.peerstore);
-        let e = ps.entry(peer.clone()).or_default();
-        e.protocols = info.protocols.clone();
-        e.agent_version = info.agent_version.clone();
-        e.protocol_version = info.protocol_version.clone();
-        e.observed_addr = info.observed_addr.clone();
-        if let Some(k) = &info.public_key {
-            e.public_key = Some(k.clone());
-        }
-        for a in &info.listen_addrs {
-            let a = a.without_peer_id();
-            if !e.addrs.contains(&a) && e.addrs.len() < MAX_ADDRS_PER_PEER {
-                e.addrs.push(a);
-            }
         }
     }
 }
@@ -493,14 +518,21 @@ impl Host {
         let mut root = rng::from_seed(seed);
         let mut ns = [0u8; 32];
         root.fill_bytes(&mut ns);
-        let noise_static = Arc::new(hyphae_core::noise::StaticKey::generate(&keypair, ns).map_err(|e| Error::Handshake(e.to_string()))?);
+        let noise_static = Arc::new(
+            hyphae_core::noise::StaticKey::generate(&keypair, ns)
+                .map_err(|e| Error::Handshake(CloseReason::Handshake { stage: "noise", detail: e.to_string() }))?,
+        );
         let tls_cert = Arc::new(hyphae_core::tls::Certificate::generate(&keypair, unix_now(), &mut root));
         let mut node_seed = [0u8; 32];
         root.fill_bytes(&mut node_seed);
         let mut nc = node::Config::new(keypair.clone(), node_seed);
         nc.agent_version = config.agent_version.clone();
-        nc.identify_timeout = config.stream_timeout;
-        nc.ping_interval = config.ping_interval;
+        nc.identify.timeout = config.stream_timeout;
+        nc.ping.interval = config.ping_interval;
+        nc.ping.timeout = config.ping_timeout;
+        nc.limits.max_connections = config.max_connections;
+        nc.limits.max_connections_per_peer = config.max_connections_per_peer;
+        nc.limits.peerstore.max_peers = config.max_peerstore_entries;
         let node = Node::new(nc, hyphae_core::Instant::ZERO);
         let node_notify = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(Inner {
@@ -515,13 +547,11 @@ impl Host {
             node_notify: node_notify.clone(),
             handlers: Mutex::new(BTreeMap::new()),
             conns: Mutex::new(BTreeMap::new()),
-            by_peer: Mutex::new(BTreeMap::new()),
-            peerstore: Mutex::new(BTreeMap::new()),
+            ping_waiters: Mutex::new(BTreeMap::new()),
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
-            next_conn: AtomicU64::new(1),
-            live_conns: AtomicUsize::new(0),
-            quic: tokio::sync::Mutex::new(None),
+            quic: Mutex::new(None),
+            quic_start: tokio::sync::Mutex::new(()),
             events,
         });
         let timer = tokio::spawn(node_timer(Arc::downgrade(&inner), node_notify));
@@ -565,7 +595,8 @@ impl Host {
     fn protocols_changed(&self) {
         let user: Vec<String> = lock(&self.inner.handlers).keys().cloned().collect();
         // The node machine announces them and pushes identify to connected peers, as go-libp2p does.
-        self.inner.node().set_protocols(user);
+        let now = self.inner.now();
+        self.inner.node().set_protocols(now, user);
         self.inner.node_notify.notify_one();
         let protos = self.inner.protocols();
         let conns: Vec<_> = lock(&self.inner.conns).values().cloned().collect();
@@ -574,16 +605,17 @@ impl Host {
                 c.set_protocols(protos.clone());
             }
         }
-        if let Ok(q) = self.inner.quic.try_lock() {
-            if let Some(q) = q.as_ref() {
-                q.set_protocols(protos.clone());
-            }
+        // Never skipped: the endpoint's slot is only held for a moment (making the endpoint holds
+        // `quic_start`, and it reads the protocols after it is published).
+        if let Some(q) = lock(&self.inner.quic).as_ref() {
+            q.set_protocols(protos);
         }
     }
 
     fn listen_addrs_changed(&self) {
         let addrs = lock(&self.inner.listen_addrs).clone();
-        self.inner.node().set_listen_addrs(addrs);
+        let now = self.inner.now();
+        self.inner.node().set_listen_addrs(now, addrs);
         self.inner.node_notify.notify_one();
     }
 
@@ -621,12 +653,15 @@ impl Host {
                     }
                 };
                 let Some(inner) = weak.upgrade() else { return };
-                if inner.live_conns.load(Ordering::Relaxed) >= inner.config.max_connections {
-                    tracing::debug!(%from, "connection limit reached; refusing inbound connection");
-                    continue;
+                let admitted = {
+                    let mut n = inner.node();
+                    let id = n.next_conn_id();
+                    n.admit(id, Role::Listener, Multiaddr::from_tcp(from), None).map(|()| id)
+                };
+                match admitted {
+                    Ok(id) => driver::spawn_connection(inner, id, sock, Direction::Inbound, None),
+                    Err(reason) => tracing::debug!(%from, %reason, "refusing inbound connection"),
                 }
-                inner.live_conns.fetch_add(1, Ordering::Relaxed);
-                driver::spawn_connection(inner, sock, Direction::Inbound, None, None);
             }
         });
         lock(&self.inner.listeners).push(task);
@@ -635,14 +670,13 @@ impl Host {
     }
 
     async fn listen_quic(&self, sa: SocketAddr) -> Result<Vec<Multiaddr>, Error> {
-        let mut q = self.inner.quic.lock().await;
-        if q.is_some() {
+        let start = self.inner.quic_start.lock().await;
+        if lock(&self.inner.quic).is_some() {
             return Err(Error::Limit("one QUIC socket per host (listen on QUIC before dialing over it)"));
         }
-        let ep = crate::quic_driver::QuicShared::start(&self.inner, sa, self.inner.quic_config()).await?;
+        let ep = self.inner.start_quic(sa).await?;
+        drop(start);
         let local = ep.local;
-        *q = Some(ep);
-        drop(q);
         let ips: Vec<IpAddr> = if local.ip().is_unspecified() { interface_ips(local.is_ipv4()) } else { vec![local.ip()] };
         let addrs: Vec<Multiaddr> = ips.into_iter().map(|ip| Multiaddr::from_quic(SocketAddr::new(ip, local.port()))).collect();
         lock(&self.inner.listen_addrs).extend(addrs.iter().cloned());
@@ -652,43 +686,9 @@ impl Host {
     }
 
     async fn dial_quic(&self, addr: &Multiaddr, sa: SocketAddr) -> Result<PeerId, Error> {
-        let ep = {
-            let mut q = self.inner.quic.lock().await;
-            match q.as_ref() {
-                Some(ep) => ep.clone(),
-                None => {
-                    let any: SocketAddr = if sa.is_ipv4() {
-                        "0.0.0.0:0".parse().expect("invariant: literal")
-                    } else {
-                        "[::]:0".parse().expect("invariant: literal")
-                    };
-                    let ep = crate::quic_driver::QuicShared::start(&self.inner, any, self.inner.quic_config()).await?;
-                    *q = Some(ep.clone());
-                    ep
-                }
-            }
-        };
-        if !self.inner.try_reserve_connection() {
-            return Err(Error::Limit("max_connections"));
-        }
-        let rx = match ep.dial(sa, addr.peer_id()) {
-            Ok(rx) => rx,
-            Err(e) => {
-                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
-                return Err(Error::Handshake(e));
-            }
-        };
-        match tokio::time::timeout(self.inner.config.dial_timeout, rx).await {
-            Ok(Ok(Ok(peer))) => Ok(peer),
-            Ok(Ok(Err(e))) => {
-                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
-                Err(Error::Handshake(e))
-            }
-            _ => {
-                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
-                Err(Error::Timeout("quic handshake"))
-            }
-        }
+        let ep = self.inner.quic_endpoint(sa).await?;
+        let id = self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"))?;
+        self.inner.dial_quic(&ep, id, addr, sa).await
     }
 
     /// Connects to the peer at `addr` (TCP; `/p2p/<id>` is verified if present) and returns its ID.
@@ -708,36 +708,15 @@ impl Host {
         if let Some(sa) = addr.quic_socket_addr() {
             return self.dial_quic(addr, sa).await;
         }
-        let expected = addr.peer_id();
         let sa = resolve_tcp(addr).await?;
-        if self.inner.live_conns.fetch_add(1, Ordering::Relaxed) >= self.inner.config.max_connections {
-            self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
-            return Err(Error::Limit("max_connections"));
-        }
-        let sock = match tokio::time::timeout(self.inner.config.dial_timeout, TcpStream::connect(sa)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
-                return Err(Error::Io(e));
-            }
-            Err(_) => {
-                self.inner.live_conns.fetch_sub(1, Ordering::Relaxed);
-                return Err(Error::Timeout("tcp connect"));
-            }
-        };
-        let (tx, rx) = oneshot::channel();
-        driver::spawn_connection(self.inner.clone(), sock, Direction::Outbound, expected, Some(tx));
-        match rx.await {
-            Ok(Ok(peer)) => Ok(peer),
-            Ok(Err(e)) => Err(Error::Handshake(e)),
-            Err(_) => Err(Error::Handshake("connection task ended".into())),
-        }
+        let id = self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"))?;
+        self.inner.dial_tcp(id, sa).await
     }
 
     fn conn_to(&self, peer: &PeerId) -> Option<Arc<ConnShared>> {
-        let ids = lock(&self.inner.by_peer).get(peer).cloned()?;
+        let ids = self.inner.node().connections_to(peer);
         let conns = lock(&self.inner.conns);
-        ids.iter().rev().filter_map(|id| conns.get(id)).find(|c| c.lock().closed.is_none()).cloned()
+        ids.iter().rev().filter_map(|id| conns.get(&id.0)).find(|c| c.lock().closed.is_none()).cloned()
     }
 
     pub fn is_connected(&self, peer: &PeerId) -> bool {
@@ -750,25 +729,24 @@ impl Host {
         let shared = match self.conn_to(peer) {
             Some(c) => c,
             None => {
-                let addrs = self.peer_info(peer).map(|i| i.addrs).unwrap_or_default();
-                let mut last = Error::NoConnection(peer.clone());
-                let mut ok = false;
-                for a in addrs {
-                    match self.dial(&a.with_peer_id(peer)).await {
-                        Ok(_) => {
-                            ok = true;
-                            break;
-                        }
-                        Err(e) => last = e,
-                    }
-                }
-                if !ok {
-                    return Err(last);
-                }
+                self.connect_known(peer).await?;
                 self.conn_to(peer).ok_or_else(|| Error::NoConnection(peer.clone()))?
             }
         };
         self.open_on(&shared, peer, protocols).await
+    }
+
+    /// Dials the peer's known addresses (peerstore) in turn until one connects.
+    async fn connect_known(&self, peer: &PeerId) -> Result<(), Error> {
+        let addrs = self.peer_info(peer).map(|i| i.addrs).unwrap_or_default();
+        let mut last = Error::NoConnection(peer.clone());
+        for a in addrs {
+            match self.dial(&a.with_peer_id(peer)).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     async fn open_on(&self, shared: &Arc<ConnShared>, peer: &PeerId, protocols: &[&str]) -> Result<Stream, Error> {
@@ -776,7 +754,7 @@ impl Host {
         match tokio::time::timeout(self.inner.config.stream_timeout, rx).await {
             Ok(Ok(Ok(protocol))) => Ok(Stream { id, shared: shared.clone(), protocol, peer: peer.clone() }),
             Ok(Ok(Err(e))) => Err(Error::Negotiation(e)),
-            Ok(Err(_)) => Err(Error::Negotiation("connection ended".into())),
+            Ok(Err(_)) => Err(Error::Negotiation(OpenError::ConnectionClosed)),
             Err(_) => {
                 shared.reset_stream(id);
                 Err(Error::Timeout("stream negotiation"))
@@ -794,21 +772,33 @@ impl Host {
         let st = tokio::time::timeout(self.inner.config.stream_timeout, wait)
             .await
             .map_err(|_| Error::Timeout("identify"))?
-            .map_err(|_| Error::Protocol("connection ended".into()))?
+            .map_err(|_| Error::Closed(CloseReason::Local))?
             .clone();
         match st {
             IdentifyState::Done(info) => Ok((*info).clone()),
-            IdentifyState::Failed(e) => Err(Error::Protocol(format!("identify: {e}"))),
+            IdentifyState::Failed(e) => Err(Error::Identify(e)),
             IdentifyState::Pending => Err(Error::Timeout("identify")),
         }
     }
 
-    /// One ping on a new stream.
+    /// One ping, by the node machine's ping service (on its reused ping stream; dials a known address
+    /// if not connected). Fails after `HostConfig::ping_timeout`.
     pub async fn ping(&self, peer: &PeerId) -> Result<Duration, Error> {
-        let mut s = self.new_stream(peer, &[ping::PROTOCOL_ID]).await?;
-        let rtt = self.ping_on(&mut s).await;
-        let _ = s.shutdown().await;
-        rtt
+        if self.conn_to(peer).is_none() {
+            self.connect_known(peer).await?;
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let now = self.inner.now();
+            let mut n = self.inner.node();
+            let conn = n.ping(now, peer).map_err(|_| Error::NoConnection(peer.clone()))?;
+            lock(&self.inner.ping_waiters).entry(conn).or_default().push(tx);
+        }
+        self.inner.node_notify.notify_one();
+        match rx.await {
+            Ok(r) => r.map_err(Error::Ping),
+            Err(_) => Err(Error::Ping(ping::Failure::Closed)),
+        }
     }
 
     /// One ping on an open ping stream (pings may repeat on one stream).
@@ -825,16 +815,16 @@ impl Host {
             loop {
                 let n = s.read(&mut buf[got..]).await?;
                 if n == 0 {
-                    return Err(Error::Protocol("ping stream closed".into()));
+                    return Err(Error::Ping(ping::Failure::Closed));
                 }
-                let r = pinger.handle_input(now(), &buf[got..got + n]).map_err(|e| Error::Protocol(e.to_string()))?;
+                let r = pinger.handle_input(now(), &buf[got..got + n]).map_err(|e| Error::Ping(ping::Failure::Answer(e)))?;
                 got += n;
                 if let Some(rtt) = r {
                     return Ok(rtt);
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| Error::Timeout("ping"))?
+        tokio::time::timeout(self.inner.config.ping_timeout, fut).await.map_err(|_| Error::Timeout("ping"))?
     }
 
     /// Serves `/perf/1.0.0` (libp2p/specs perf/perf.md).
@@ -913,24 +903,23 @@ impl Host {
         Ok(PerfResult { elapsed: t0.elapsed(), uploaded: upload, downloaded: got })
     }
 
+    /// Peers with at least one established connection.
     pub fn peers(&self) -> Vec<PeerId> {
-        lock(&self.inner.by_peer).keys().cloned().collect()
+        self.inner.node().connected_peers()
     }
 
     pub fn peer_info(&self, peer: &PeerId) -> Option<PeerInfo> {
-        lock(&self.inner.peerstore).get(peer).cloned()
+        self.inner.node().peerstore().get(peer).cloned()
     }
 
     /// Teaches the peerstore addresses of a peer (used by `new_stream` to dial).
     pub fn add_addrs(&self, peer: &PeerId, addrs: &[Multiaddr]) {
-        let mut ps = lock(&self.inner.peerstore);
-        let e = ps.entry(peer.clone()).or_default();
-        for a in addrs {
-            let a = a.without_peer_id();
-            if !e.addrs.contains(&a) && e.addrs.len() < MAX_ADDRS_PER_PEER {
-                e.addrs.push(a);
-            }
-        }
+        self.inner.node().add_addrs(peer, addrs);
+    }
+
+    /// The node machine's counters (connections, refusals, pings, identifies, dropped outputs).
+    pub fn stats(&self) -> node::Stats {
+        self.inner.node().stats()
     }
 
     pub fn connections(&self) -> Vec<ConnectionInfo> {
@@ -960,10 +949,10 @@ impl Host {
 
     /// Closes every connection to `peer`.
     pub fn disconnect(&self, peer: &PeerId) {
-        let ids = lock(&self.inner.by_peer).get(peer).cloned().unwrap_or_default();
+        let ids = self.inner.node().connections_to(peer);
         let conns: Vec<_> = {
             let c = lock(&self.inner.conns);
-            ids.iter().filter_map(|i| c.get(i).cloned()).collect()
+            ids.iter().filter_map(|i| c.get(&i.0).cloned()).collect()
         };
         for c in conns {
             c.close();
@@ -1043,8 +1032,9 @@ async fn resolve_tcp(addr: &Multiaddr) -> Result<SocketAddr, Error> {
     }
 }
 
-/// Fires the node machine's timers (pings, identify timeouts and pushes). Holds the host only weakly, so it
-/// ends with it.
+/// Fires the node machine's timers (pings, identify timeouts), lends it the connections its services queued
+/// stream operations for, and starts the dials they asked for. Holds the host only weakly, so it ends
+/// with it.
 async fn node_timer(inner: Weak<Inner>, notify: Arc<tokio::sync::Notify>) {
     loop {
         let (deadline, epoch) = {
@@ -1055,9 +1045,14 @@ async fn node_timer(inner: Weak<Inner>, notify: Arc<tokio::sync::Notify>) {
         driver::wait_for_wake_or_deadline(&notify, epoch, deadline).await;
         let Some(inner) = inner.upgrade() else { return };
         let now = inner.now();
-        let due = inner.node().due(now);
+        let due = {
+            let mut n = inner.node();
+            n.handle_timeout(now);
+            n.due()
+        };
         for id in due {
-            inner.node_timeout(now, id);
+            inner.node_flush(now, id);
         }
+        inner.drain_node_quiet();
     }
 }

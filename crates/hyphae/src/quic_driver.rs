@@ -4,11 +4,11 @@
 
 use crate::driver::{Action, ConnShared};
 use crate::host::{Direction, Inner};
-use hyphae_core::conn::{ReadResult, StreamId};
-use hyphae_core::node;
+use hyphae_core::conn::{CloseReason, Event as ConnEvent, OpenError, ReadResult, Role, StreamId};
+use hyphae_core::node::ConnId;
 use hyphae_core::quic::{self, QuicConnId};
 use hyphae_core::{Instant, Multiaddr, PeerId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -19,14 +19,18 @@ use tokio::sync::{oneshot, Notify};
 
 type Key = (QuicConnId, StreamId);
 
+/// Host actions per connection, and what the node machine reported (both run outside the lock).
+type Dispatched = (Vec<(Arc<ConnShared>, Vec<Action>)>, Vec<hyphae_core::node::Event>);
+
 pub(crate) struct QuicState {
     pub ep: quic::Endpoint,
     read_wakers: BTreeMap<Key, Waker>,
     write_wakers: BTreeMap<Key, Waker>,
-    pending_open: BTreeMap<Key, oneshot::Sender<Result<String, String>>>,
-    /// Streams the application holds; events of the others go to the node machine.
-    user_streams: BTreeSet<Key>,
-    dialing: BTreeMap<QuicConnId, oneshot::Sender<Result<PeerId, String>>>,
+    pending_open: BTreeMap<Key, oneshot::Sender<Result<String, OpenError>>>,
+    /// Our dials: the node's id for each, and who waits for the outcome.
+    dialing: BTreeMap<QuicConnId, (ConnId, oneshot::Sender<Result<PeerId, CloseReason>>)>,
+    /// Accepted connections still handshaking have no node id yet; every established one has.
+    ids: BTreeMap<QuicConnId, ConnId>,
     conns: BTreeMap<QuicConnId, Arc<ConnShared>>,
 }
 
@@ -64,8 +68,8 @@ impl QuicShared {
                 read_wakers: BTreeMap::new(),
                 write_wakers: BTreeMap::new(),
                 pending_open: BTreeMap::new(),
-                user_streams: BTreeSet::new(),
                 dialing: BTreeMap::new(),
+                ids: BTreeMap::new(),
                 conns: BTreeMap::new(),
             }),
             notify: Notify::new(),
@@ -80,12 +84,19 @@ impl QuicShared {
         Ok(shared)
     }
 
-    pub(crate) fn dial(&self, addr: SocketAddr, expected: Option<PeerId>) -> Result<oneshot::Receiver<Result<PeerId, String>>, String> {
+    /// Dials `addr` as the node's connection `id` (admitted by `Node::dial`).
+    pub(crate) fn dial(
+        &self,
+        id: ConnId,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+    ) -> Result<oneshot::Receiver<Result<PeerId, CloseReason>>, CloseReason> {
         let now = self.now();
         let mut st = self.lock();
-        let cid = st.ep.dial(now, addr, expected).map_err(|e| e.to_string())?;
+        let cid = st.ep.dial(now, addr, expected).map_err(|e| CloseReason::Lost(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        st.dialing.insert(cid, tx);
+        st.dialing.insert(cid, (id, tx));
+        st.ids.insert(cid, id);
         drop(st);
         self.notify.notify_one();
         Ok(rx)
@@ -99,13 +110,12 @@ impl QuicShared {
         &self,
         cid: QuicConnId,
         protocols: Vec<String>,
-    ) -> Result<(StreamId, oneshot::Receiver<Result<String, String>>), String> {
+    ) -> Result<(StreamId, oneshot::Receiver<Result<String, OpenError>>), OpenError> {
         let now = self.now();
         let mut st = self.lock();
-        let id = st.ep.open_stream(now, cid, protocols).map_err(|e| e.to_string())?;
+        let id = st.ep.open_stream(now, cid, protocols).map_err(OpenError::Refused)?;
         let (tx, rx) = oneshot::channel();
         st.pending_open.insert((cid, id), tx);
-        st.user_streams.insert((cid, id));
         drop(st);
         self.notify.notify_one();
         Ok((id, rx))
@@ -160,7 +170,6 @@ impl QuicShared {
     pub(crate) fn stream_reset(&self, cid: QuicConnId, id: StreamId) {
         let now = self.now();
         let mut st = self.lock();
-        st.user_streams.remove(&(cid, id));
         st.ep.stream_reset(now, cid, id);
         drop(st);
         self.notify.notify_one();
@@ -170,7 +179,6 @@ impl QuicShared {
         let now = self.now();
         let mut st = self.lock();
         st.ep.stream_release(now, cid, id);
-        st.user_streams.remove(&(cid, id));
         st.read_wakers.remove(&(cid, id));
         st.write_wakers.remove(&(cid, id));
         drop(st);
@@ -178,7 +186,7 @@ impl QuicShared {
     }
 
     /// Runs `f` on one connection's streams under the endpoint's lock (for the node machine's timers).
-    pub(crate) fn with_streams(&self, cid: QuicConnId, f: impl FnOnce(&mut dyn node::Streams)) {
+    pub(crate) fn with_streams(&self, cid: QuicConnId, f: impl FnOnce(&mut dyn hyphae_core::stream::Streams)) {
         let mut st = self.lock();
         f(&mut quic::ConnStreams { ep: &mut st.ep, conn: cid });
         drop(st);
@@ -191,31 +199,33 @@ impl QuicShared {
         self.notify.notify_one();
     }
 
-    /// Turns endpoint events into waker calls and host actions (run outside the lock).
-    fn dispatch(self: &Arc<Self>, st: &mut QuicState, inner: &Arc<Inner>) -> Vec<(Arc<ConnShared>, Vec<Action>)> {
+    /// Hands endpoint events to the node machine (which takes its own streams' events and runs policy),
+    /// then turns the application's into waker calls and host actions (run outside the lock).
+    fn dispatch(self: &Arc<Self>, st: &mut QuicState, inner: &Arc<Inner>) -> Dispatched {
         let mut out = Vec::new();
         let now = self.now();
-        let mut node_touched = None;
+        let mut touched = false;
         while let Some(ev) = st.ep.poll_event() {
-            // Stream events the node machine may own (see `ConnState::user_streams`).
-            let for_node = ev.stream_event().filter(|(qc, cev)| node::may_take(cev, |s| st.user_streams.contains(&(*qc, s))));
-            if let Some((qc, cev)) = for_node {
-                if let Some(sh) = st.conns.get(&qc).cloned() {
-                    node_touched = Some(sh.clone());
-                    if inner.node().on_event(now, node::ConnId(sh.id), &cev, &mut quic::ConnStreams { ep: &mut st.ep, conn: qc }) {
-                        continue;
-                    }
-                }
-            }
-            match ev {
+            touched = true;
+            let (qc, cev) = match ev {
                 quic::Event::Established { conn, peer, public_key, remote, outbound } => {
+                    let id = match st.ids.get(&conn) {
+                        Some(id) => *id,
+                        None => {
+                            let mut n = inner.node();
+                            let id = n.next_conn_id();
+                            if n.admit(id, Role::Listener, Multiaddr::from_quic(remote), None).is_err() {
+                                drop(n);
+                                st.ep.close(now, conn);
+                                continue;
+                            }
+                            st.ids.insert(conn, id);
+                            id
+                        }
+                    };
                     let direction = if outbound { Direction::Outbound } else { Direction::Inbound };
-                    if !outbound && !inner.try_reserve_connection() {
-                        st.ep.close(self.now(), conn);
-                        continue;
-                    }
                     let shared = Arc::new(ConnShared::new_quic(
-                        inner.next_conn_id(),
+                        id.0,
                         direction,
                         Multiaddr::from_quic(self.local),
                         Multiaddr::from_quic(remote),
@@ -224,87 +234,85 @@ impl QuicShared {
                         self.clone(),
                         conn,
                     ));
-                    inner.conn_registered(&shared);
-                    st.conns.insert(conn, shared.clone());
-                    let role = if outbound { hyphae_core::conn::Role::Dialer } else { hyphae_core::conn::Role::Listener };
-                    inner.node().on_established(
-                        now,
-                        node::ConnId(shared.id),
-                        peer.clone(),
-                        role,
-                        shared.remote_addr.clone(),
-                        &mut quic::ConnStreams { ep: &mut st.ep, conn },
-                    );
-                    node_touched = Some(shared.clone());
-                    let waiter = st.dialing.remove(&conn);
-                    out.push((shared, vec![Action::Established(peer, public_key, waiter)]));
+                    inner.conn_started(&shared);
+                    st.conns.insert(conn, shared);
+                    let security = hyphae_core::tls::PROTOCOL_ID.to_string();
+                    (conn, ConnEvent::Established { peer, public_key, security, muxer: "quic-v1".into(), early_muxer: false })
                 }
-                quic::Event::InboundStream { conn, id, protocol } => {
-                    if let Some(s) = st.conns.get(&conn) {
-                        out.push((s.clone(), vec![Action::Inbound(id, protocol)]));
-                        st.user_streams.insert((conn, id));
+                quic::Event::Closed { conn, reason } => (conn, ConnEvent::Closed { reason }),
+                ev => ev.stream_event().expect("invariant: every other event is a stream event"),
+            };
+            let Some(&id) = st.ids.get(&qc) else { continue };
+            let shared = st.conns.get(&qc).cloned();
+            let back = inner.node().on_conn_event(now, id, cev, &mut quic::ConnStreams { ep: &mut st.ep, conn: qc });
+            let Some(ev) = back else { continue };
+            match ev {
+                ConnEvent::Established { peer, public_key, .. } => {
+                    let waiter = st.dialing.remove(&qc).map(|(_, tx)| tx);
+                    if let Some(s) = shared {
+                        out.push((s, vec![Action::Established(peer, public_key, waiter)]));
                     }
                 }
-                quic::Event::OutboundReady { conn, id, protocol } => {
-                    if let Some(tx) = st.pending_open.remove(&(conn, id)) {
+                ConnEvent::InboundStream { id: s, protocol } => {
+                    if let Some(sh) = shared {
+                        out.push((sh, vec![Action::Inbound(s, protocol)]));
+                    }
+                }
+                ConnEvent::OutboundReady { id: s, protocol } => {
+                    if let Some(tx) = st.pending_open.remove(&(qc, s)) {
                         let _ = tx.send(Ok(protocol));
                     }
                 }
-                quic::Event::OutboundFailed { conn, id, reason } => {
-                    st.user_streams.remove(&(conn, id));
-                    if let Some(tx) = st.pending_open.remove(&(conn, id)) {
+                ConnEvent::OutboundFailed { id: s, reason } => {
+                    if let Some(tx) = st.pending_open.remove(&(qc, s)) {
                         let _ = tx.send(Err(reason));
                     }
                 }
-                quic::Event::Readable { conn, id } => {
-                    if let Some(w) = st.read_wakers.remove(&(conn, id)) {
+                ConnEvent::Readable(s) => {
+                    if let Some(w) = st.read_wakers.remove(&(qc, s)) {
                         w.wake();
                     }
                 }
-                quic::Event::Writable { conn, id } => {
-                    if let Some(w) = st.write_wakers.remove(&(conn, id)) {
+                ConnEvent::Writable(s) => {
+                    if let Some(w) = st.write_wakers.remove(&(qc, s)) {
                         w.wake();
                     }
                 }
-                quic::Event::Reset { conn, id } => {
+                ConnEvent::Reset(s) => {
                     for m in [&mut st.read_wakers, &mut st.write_wakers] {
-                        if let Some(w) = m.remove(&(conn, id)) {
+                        if let Some(w) = m.remove(&(qc, s)) {
                             w.wake();
                         }
                     }
                 }
-                quic::Event::Closed { conn, reason } => {
-                    if let Some(tx) = st.dialing.remove(&conn) {
+                ConnEvent::Closed { reason } => {
+                    st.ids.remove(&qc);
+                    if let Some((_, tx)) = st.dialing.remove(&qc) {
                         let _ = tx.send(Err(reason.clone()));
                     }
-                    let keys: Vec<Key> = st.pending_open.keys().filter(|k| k.0 == conn).copied().collect();
+                    let keys: Vec<Key> = st.pending_open.keys().filter(|k| k.0 == qc).copied().collect();
                     for k in keys {
                         if let Some(tx) = st.pending_open.remove(&k) {
-                            let _ = tx.send(Err(format!("connection closed: {reason}")));
+                            let _ = tx.send(Err(OpenError::ConnectionClosed));
                         }
                     }
                     for m in [&mut st.read_wakers, &mut st.write_wakers] {
-                        let keys: Vec<Key> = m.keys().filter(|k| k.0 == conn).copied().collect();
+                        let keys: Vec<Key> = m.keys().filter(|k| k.0 == qc).copied().collect();
                         for k in keys {
                             if let Some(w) = m.remove(&k) {
                                 w.wake();
                             }
                         }
                     }
-                    st.user_streams.retain(|k| k.0 != conn);
-                    if let Some(s) = st.conns.remove(&conn) {
+                    if let Some(s) = st.conns.remove(&qc) {
                         s.lock().closed = Some(reason.clone());
-                        inner.node().on_closed(node::ConnId(s.id), &reason);
-                        node_touched = Some(s.clone());
                         out.push((s, vec![Action::Closed(reason)]));
                     }
                 }
             }
         }
-        if let Some(s) = node_touched {
-            out.push((s, vec![Action::Node(inner.take_node_events())]));
-        }
-        out
+        let events = if touched { inner.take_node_events() } else { Vec::new() };
+        (out, events)
     }
 }
 
@@ -342,9 +350,11 @@ async fn recv_loop(shared: Arc<QuicShared>) {
             shared.dispatch(&mut st, &inner)
         };
         shared.notify.notify_one();
+        let (actions, events) = actions;
         for (c, a) in actions {
             inner.handle_actions(&c, a);
         }
+        inner.handle_node_events(events);
     }
 }
 
@@ -365,9 +375,11 @@ async fn send_loop(shared: Arc<QuicShared>) {
             let a = shared.dispatch(&mut st, &inner);
             (d, st.ep.poll_timeout(), a)
         };
+        let (actions, events) = actions;
         for (c, a) in actions {
             inner.handle_actions(&c, a);
         }
+        inner.handle_node_events(events);
         drop(inner);
         let sent = !datagrams.is_empty();
         for t in datagrams {

@@ -1,7 +1,47 @@
 //! Ping (`/ipfs/ping/1.0.0`, libp2p/specs ping/ping.md): the dialer sends 32 random bytes, the listener
 //! echoes them; repeated on one stream.
 
+use crate::identity::PeerId;
+use crate::stream::{ConnId, OpenError};
 use crate::time::{Duration, Instant};
+
+pub mod service;
+
+/// What the ping service reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Ok {
+        peer: PeerId,
+        conn: ConnId,
+        rtt: Duration,
+    },
+    Failed {
+        peer: PeerId,
+        conn: ConnId,
+        error: Failure,
+    },
+    /// The peer opened a ping stream to us.
+    Inbound {
+        peer: PeerId,
+        conn: ConnId,
+    },
+}
+
+/// Why a ping failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    #[error("timed out")]
+    Timeout,
+    #[error("could not open the stream: {0}")]
+    Open(OpenError),
+    #[error("stream reset")]
+    Reset,
+    #[error("stream closed")]
+    Closed,
+    #[error("{0}")]
+    Answer(PingError),
+}
 
 pub const PROTOCOL_ID: &str = "/ipfs/ping/1.0.0";
 /// spec(ping): "The dialing peer MUST send a 32 byte payload of random binary data"

@@ -4,8 +4,9 @@
 //! may split a large message in two (the signed peer record separately), so the reader merges up to
 //! [`MAX_MESSAGES`] messages until EOF.
 
-use crate::identity::PublicKey;
+use crate::identity::{PeerId, PublicKey};
 use crate::multiaddr::Multiaddr;
+use crate::stream::{ConnId, OpenError};
 use crate::{pb, varint, DecodeError};
 
 pub const PROTOCOL_ID: &str = "/ipfs/id/1.0.0";
@@ -15,6 +16,33 @@ pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
 pub const MAX_MESSAGES: usize = 10;
 pub const MAX_LISTEN_ADDRS: usize = 128;
 pub const MAX_PROTOCOLS: usize = 512;
+
+pub mod service;
+
+/// What the identify service reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The identify exchange on `conn` finished, or a push arrived (`push`).
+    Received { peer: PeerId, conn: ConnId, info: Box<Info>, push: bool },
+    /// Our identify request on `conn` failed.
+    Failed { peer: PeerId, conn: ConnId, error: Failure },
+}
+
+/// Why an identify exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    #[error("timed out")]
+    Timeout,
+    #[error("could not open the stream: {0}")]
+    Open(OpenError),
+    #[error("stream reset")]
+    Reset,
+    #[error("malformed: {0}")]
+    Malformed(DecodeError),
+    #[error("public key does not match the peer id")]
+    KeyMismatch,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Info {

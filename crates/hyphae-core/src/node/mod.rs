@@ -1,0 +1,756 @@
+//! The node machine: a router between connections and the services that run protocols over them
+//! (identify and ping built in; kad, gossipsub, autonat next), plus the node's policy (connection
+//! accounting, the per-peer cap, the peerstore, dials). Sans-IO: both drivers run it — the tokio Host
+//! lends it each connection machine by reference when a connection event arrives, the simulator runs it
+//! inside a [`ByteNode`], which owns the connection machines and speaks plain bytes.
+//!
+//! # Driving contract
+//!
+//! A driver owns sockets, timers and wakers; everything else happens here. It calls, in this order:
+//!
+//! 1. **Before a connection exists**: [`Node::admit`] for an accepted transport connection (refused:
+//!    drop the socket), or [`Node::dial`] for a dial the application asked for; [`Node::poll_dial`] yields
+//!    the dials services asked for (already admitted). A dial that fails before the connection machine
+//!    exists: [`Node::on_dial_failed`].
+//! 2. **Every event of a connection machine** goes to [`Node::on_conn_event`] with the machine lent as
+//!    `&mut dyn Streams`, in the order the machine produced them (`Established` and `Closed` included).
+//!    It returns the event back when it belongs to the application (a stream the application opened or
+//!    an inbound stream for an application protocol); `None` when the node took it.
+//! 3. **Timers**: sleep until [`Node::poll_timeout`]; then call [`Node::handle_timeout`], and for each
+//!    connection in [`Node::due`] lend it to [`Node::flush`] (services queued stream operations for it).
+//! 4. **After any call**, drain [`Node::poll_event`] and [`Node::poll_dial`], and re-arm the timer.
+//!
+//! Stream operations of services are applied when their connection is lent: at once inside
+//! `on_conn_event`, otherwise in `flush`. The outbox is bounded ([`Limits`]); overflows are counted in
+//! [`Stats`].
+
+mod bytes;
+pub mod peerstore;
+
+pub use crate::service::{ConnId, Dial, Event, LocalInfo, Service, ServiceId};
+pub use bytes::{ByteNode, Input, Output};
+pub use peerstore::{PeerRecord, Peerstore};
+
+use crate::conn;
+use crate::identify::{self, service::IdentifyService};
+use crate::identity::{Keypair, PeerId};
+use crate::multiaddr::Multiaddr;
+use crate::ping::{self, service::PingService};
+use crate::rng::{self, RngCore};
+use crate::service::{ConnectionEvent, Cx, Op, Outbox, OutboxLimits, StreamEvent};
+use crate::stream::{CloseReason, ConnEvent, OpenError, ReadResult, Role, StreamId, Streams};
+use crate::time::{Duration, Instant};
+use std::collections::BTreeMap;
+
+/// What we send as identify's `protocolVersion` (as go-libp2p does).
+pub const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
+
+/// Limits of the node machine. Every one is counted in [`Stats`] when hit.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections at once, including ones still handshaking and dials in progress. Default 1024.
+    pub max_connections: usize,
+    /// Established connections per peer (beyond: the new one is closed). Default 8.
+    pub max_connections_per_peer: usize,
+    /// Bytes services may have queued for one connection, not yet taken by its machine (beyond: the
+    /// write is dropped and its stream reset). Default 1 MiB.
+    pub max_queued_bytes_per_conn: usize,
+    /// Events not yet drained by the driver (beyond: the newest are dropped). Default 4096.
+    pub max_events: usize,
+    /// Dials services asked for that the driver has not taken yet (beyond: dropped). Default 256.
+    pub max_pending_dials: usize,
+    pub peerstore: peerstore::Limits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_connections_per_peer: 8,
+            max_queued_bytes_per_conn: 1024 * 1024,
+            max_events: 4096,
+            max_pending_dials: 256,
+            peerstore: peerstore::Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub keypair: Keypair,
+    /// Root of every random choice this node makes (connection seeds, ping payloads).
+    pub seed: [u8; 32],
+    pub agent_version: String,
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Protocols the application serves (the Host's stream handlers), announced in identify.
+    pub protocols: Vec<String>,
+    pub identify: identify::service::Config,
+    pub ping: ping::service::Config,
+    pub limits: Limits,
+    /// Used by [`ByteNode`] for the connections it creates.
+    pub conn_limits: conn::Limits,
+    pub handshake_timeout: Duration,
+    /// [`ByteNode`]: run a QUIC endpoint too (`/udp/../quic-v1` dials, `Input::Datagram`). The value is the
+    /// std instant our `Instant(0)` stands for (quinn-proto wants std instants; the driver picks it).
+    pub quic_base: Option<std::time::Instant>,
+    /// Wall-clock unix seconds, for TLS certificate validity (the driver's clock, or a fixed one).
+    pub unix_time: i64,
+}
+
+impl Config {
+    pub fn new(keypair: Keypair, seed: [u8; 32]) -> Self {
+        Config {
+            keypair,
+            seed,
+            agent_version: concat!("hyphae/", env!("CARGO_PKG_VERSION")).into(),
+            listen_addrs: Vec::new(),
+            protocols: Vec::new(),
+            identify: identify::service::Config::default(),
+            ping: ping::service::Config::default(),
+            limits: Limits::default(),
+            conn_limits: conn::Limits::default(),
+            handshake_timeout: Duration::from_secs(15),
+            quic_base: None,
+            unix_time: 1_700_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("connection limit reached")]
+    ConnectionLimit,
+    #[error("not connected to {0}")]
+    NotConnected(PeerId),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub connections_established: u64,
+    /// Connections refused or closed by a limit (`max_connections`, per peer).
+    pub connections_refused: u64,
+    pub connections_refused_per_peer: u64,
+    pub dials_failed: u64,
+    pub pings_ok: u64,
+    pub pings_failed: u64,
+    pub identifies: u64,
+    pub identifies_failed: u64,
+    pub violations: u64,
+    pub events_dropped: u64,
+    pub writes_dropped: u64,
+    pub dials_dropped: u64,
+}
+
+/// A connection the node knows: admitted (handshaking or dialing) or established.
+struct ConnEntry {
+    role: Role,
+    addr: Multiaddr,
+    expected: Option<PeerId>,
+    peer: Option<PeerId>,
+    /// Why we are closing it, when we are (reported instead of the machine's "closed locally").
+    closing: Option<CloseReason>,
+}
+
+/// A stream a service owns, with what it wrote that the connection has not taken yet.
+struct Owned {
+    service: ServiceId,
+    /// The service's token while the stream is being negotiated.
+    opening: Option<u64>,
+    buf: Vec<u8>,
+    /// Half-close once `buf` is empty.
+    close: bool,
+    closed: bool,
+    /// The service is done: release once `buf` is empty (and closed, if asked).
+    released: bool,
+    eof: bool,
+}
+
+/// The node-level machine. It never owns a connection: every call that may touch one takes it as
+/// `m: &mut dyn Streams`.
+pub struct Node {
+    config: Config,
+    local: LocalInfo,
+    rng: rng::Rng,
+    services: Vec<Box<dyn Service>>,
+    by_protocol: BTreeMap<String, ServiceId>,
+    conns: BTreeMap<ConnId, ConnEntry>,
+    owners: BTreeMap<(ConnId, StreamId), Owned>,
+    out: Outbox,
+    peerstore: Peerstore,
+    next_conn: u64,
+    stats: Stats,
+}
+
+impl Node {
+    pub fn new(config: Config, _now: Instant) -> Self {
+        let local = LocalInfo {
+            public_key: config.keypair.public(),
+            peer_id: config.keypair.peer_id(),
+            agent_version: config.agent_version.clone(),
+            protocol_version: PROTOCOL_VERSION.into(),
+            listen_addrs: config.listen_addrs.clone(),
+            protocols: Vec::new(),
+        };
+        let mut n = Node {
+            rng: rng::from_seed(config.seed),
+            local,
+            services: Vec::new(),
+            by_protocol: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            out: Outbox::default(),
+            peerstore: Peerstore::new(config.limits.peerstore.clone()),
+            next_conn: 1 << 32,
+            stats: Stats::default(),
+            config,
+        };
+        n.add_service(Instant(0), Box::new(IdentifyService::new(n.config.identify.clone())));
+        n.add_service(Instant(0), Box::new(PingService::new(n.config.ping.clone())));
+        n
+    }
+
+    /// Registers a service: its inbound protocols are routed to it and announced (connected peers get an
+    /// identify push). Returns its id.
+    pub fn add_service(&mut self, now: Instant, service: Box<dyn Service>) -> ServiceId {
+        let id = ServiceId(u16::try_from(self.services.len()).expect("invariant: fewer than 65536 services"));
+        for p in service.protocols() {
+            self.by_protocol.insert(p, id);
+        }
+        self.services.push(service);
+        if self.refresh_protocols() && !self.conns.is_empty() {
+            self.local_changed(now);
+        }
+        id
+    }
+
+    /// The service of type `T`, for typed commands (see also [`Node::with_service`]).
+    pub fn service_mut<T: Service>(&mut self) -> Option<&mut T> {
+        self.services.iter_mut().find_map(|s| s.as_any().downcast_mut::<T>())
+    }
+
+    /// Runs a command on the service of type `T` with a context (it may open streams, write, dial, emit).
+    /// Queued stream operations go out at the next `flush` of their connection (they are `due` now).
+    pub fn with_service<T: Service, R>(&mut self, now: Instant, f: impl FnOnce(&mut T, &mut Cx<'_>) -> R) -> Option<R> {
+        let i = self.services.iter_mut().position(|s| s.as_any().downcast_mut::<T>().is_some())?;
+        let mut r = None;
+        self.call(now, ServiceId(i as u16), |s, cx| {
+            let t = s.as_any().downcast_mut::<T>().expect("invariant: found above");
+            r = Some(f(t, cx));
+        });
+        r
+    }
+
+    pub fn peer_id(&self) -> &PeerId {
+        &self.local.peer_id
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn local(&self) -> &LocalInfo {
+        &self.local
+    }
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.events_dropped = self.out.dropped_events;
+        s.writes_dropped = self.out.dropped_writes;
+        s.dials_dropped = self.out.dropped_dials;
+        s
+    }
+    pub fn peerstore(&self) -> &Peerstore {
+        &self.peerstore
+    }
+    /// Teaches the peerstore addresses of a peer.
+    pub fn add_addrs(&mut self, peer: &PeerId, addrs: &[Multiaddr]) {
+        let conns = &self.conns;
+        self.peerstore.add_addrs(peer, addrs, &|p| conns.values().any(|e| e.peer.as_ref() == Some(p)));
+    }
+
+    /// A fresh 32-byte seed from the node's RNG (for a new connection machine).
+    pub fn child_seed(&mut self) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        self.rng.fill_bytes(&mut s);
+        s
+    }
+
+    /// Every protocol this node serves: its services' and the application's, sorted.
+    pub fn protocols(&self) -> Vec<String> {
+        self.local.protocols.clone()
+    }
+
+    fn refresh_protocols(&mut self) -> bool {
+        let mut v: Vec<String> = self.by_protocol.keys().cloned().chain(self.config.protocols.iter().cloned()).collect();
+        v.sort();
+        v.dedup();
+        let changed = v != self.local.protocols;
+        self.local.protocols = v;
+        changed
+    }
+
+    /// The application's protocols changed: remember them and tell every connected peer (identify
+    /// push, as go does). `now` times what the services do about it.
+    pub fn set_protocols(&mut self, now: Instant, protocols: Vec<String>) {
+        self.config.protocols = protocols;
+        if self.refresh_protocols() {
+            self.local_changed(now);
+        }
+    }
+
+    pub fn set_listen_addrs(&mut self, now: Instant, addrs: Vec<Multiaddr>) {
+        if addrs != self.local.listen_addrs {
+            self.config.listen_addrs = addrs.clone();
+            self.local.listen_addrs = addrs;
+            self.local_changed(now);
+        }
+    }
+
+    fn local_changed(&mut self, now: Instant) {
+        for i in 0..self.services.len() {
+            self.call(now, ServiceId(i as u16), |s, cx| s.on_local_changed(cx));
+        }
+    }
+
+    // ---------- connections: accounting, per-peer cap, dials ----------
+
+    /// A fresh connection id (drivers that make their own connections use these too).
+    pub fn next_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    /// Counts a new connection (accepted: `Listener`; our own dial: `Dialer`) against `max_connections`.
+    pub fn admit(&mut self, conn: ConnId, role: Role, addr: Multiaddr, expected: Option<PeerId>) -> Result<(), CloseReason> {
+        if self.conns.len() >= self.config.limits.max_connections || self.conns.contains_key(&conn) {
+            self.stats.connections_refused += 1;
+            tracing::debug!(%conn, %addr, "connection refused: limit");
+            return Err(CloseReason::Limit("max_connections"));
+        }
+        self.conns.insert(conn, ConnEntry { role, addr, expected, peer: None, closing: None });
+        Ok(())
+    }
+
+    /// A dial the application asked for: admitted under a fresh id, which the caller then dials.
+    pub fn dial(&mut self, addr: Multiaddr) -> Result<ConnId, ApiError> {
+        let id = self.next_conn_id();
+        let peer = addr.peer_id();
+        self.admit(id, Role::Dialer, addr, peer).map_err(|_| ApiError::ConnectionLimit)?;
+        Ok(id)
+    }
+
+    /// The next dial a service asked for (admitted; a refused one is reported as `DialFailed`).
+    #[must_use]
+    pub fn poll_dial(&mut self) -> Option<Dial> {
+        while let Some((addr, peer)) = self.out.dials.pop_front() {
+            let conn = self.next_conn_id();
+            match self.admit(conn, Role::Dialer, addr.clone(), peer.clone()) {
+                Ok(()) => return Some(Dial { conn, addr, peer }),
+                Err(reason) => self.dial_failed(Instant(0), conn, addr, peer, reason),
+            }
+        }
+        None
+    }
+
+    /// The expected peer of a dial in progress (what the address named).
+    pub fn expected_peer(&self, conn: ConnId) -> Option<&PeerId> {
+        self.conns.get(&conn).and_then(|e| e.expected.as_ref())
+    }
+
+    /// A dial failed before a connection machine existed.
+    pub fn on_dial_failed(&mut self, now: Instant, conn: ConnId, reason: CloseReason) {
+        if let Some(e) = self.conns.remove(&conn) {
+            self.dial_failed(now, conn, e.addr, e.expected, reason);
+        }
+    }
+
+    fn dial_failed(&mut self, now: Instant, conn: ConnId, addr: Multiaddr, peer: Option<PeerId>, reason: CloseReason) {
+        self.stats.dials_failed += 1;
+        for i in 0..self.services.len() {
+            let ev = ConnectionEvent::DialFailed { conn, peer: peer.as_ref(), addr: &addr, reason: &reason };
+            self.call(now, ServiceId(i as u16), |s, cx| s.on_connection(cx, ev));
+        }
+        self.push_event(Event::DialFailed { conn, addr, peer, reason });
+    }
+
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self.conns.values().filter_map(|e| e.peer.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.conns.values().any(|e| e.peer.as_ref() == Some(peer))
+    }
+    /// The peer's established connections, oldest first.
+    pub fn connections_to(&self, peer: &PeerId) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, e)| e.peer.as_ref() == Some(peer)).map(|(id, _)| *id).collect()
+    }
+    /// Connections admitted and not yet closed (handshaking ones included).
+    pub fn num_connections(&self) -> usize {
+        self.conns.len()
+    }
+    /// The peer of an established connection.
+    pub fn peer_of(&self, conn: ConnId) -> Option<&PeerId> {
+        self.conns.get(&conn).and_then(|e| e.peer.as_ref())
+    }
+
+    /// Pings `peer` on its oldest connection; the outcome comes as `Event::Ping`.
+    pub fn ping(&mut self, now: Instant, peer: &PeerId) -> Result<ConnId, ApiError> {
+        self.with_service::<PingService, _>(now, |p, cx| p.ping(cx.now, peer)).flatten().ok_or_else(|| ApiError::NotConnected(peer.clone()))
+    }
+
+    // ---------- events of connection machines ----------
+
+    /// One event of connection `id`'s machine (lent as `m`). Returns it when it is the application's.
+    pub fn on_conn_event(&mut self, now: Instant, id: ConnId, ev: ConnEvent, m: &mut dyn Streams) -> Option<ConnEvent> {
+        let back = self.route(now, id, ev, m);
+        if self.conns.contains_key(&id) {
+            self.flush(now, id, m);
+        }
+        back
+    }
+
+    fn route(&mut self, now: Instant, id: ConnId, ev: ConnEvent, m: &mut dyn Streams) -> Option<ConnEvent> {
+        match ev {
+            ConnEvent::Established { ref peer, ref public_key, .. } => {
+                let Some(e) = self.conns.get(&id) else {
+                    tracing::debug!(conn = %id, "established connection was never admitted; closing");
+                    m.close(now);
+                    return None;
+                };
+                let (role, addr) = (e.role, e.addr.clone());
+                let n = self.conns.values().filter(|e| e.peer.as_ref() == Some(peer)).count();
+                if n >= self.config.limits.max_connections_per_peer {
+                    tracing::debug!(%peer, conn = %id, "too many connections to peer; closing the new one");
+                    self.stats.connections_refused += 1;
+                    self.stats.connections_refused_per_peer += 1;
+                    self.conns.get_mut(&id).expect("invariant: present").closing = Some(CloseReason::Limit("connections per peer"));
+                    m.close(now);
+                    return None;
+                }
+                self.conns.get_mut(&id).expect("invariant: present").peer = Some(peer.clone());
+                self.stats.connections_established += 1;
+                let conns = &self.conns;
+                let connected = |p: &PeerId| conns.values().any(|e| e.peer.as_ref() == Some(p));
+                self.peerstore.set_public_key(peer, public_key.clone(), &connected);
+                if role == Role::Dialer {
+                    self.peerstore.add_addrs(peer, std::slice::from_ref(&addr), &connected);
+                }
+                self.push_event(Event::Connected { peer: peer.clone(), conn: id, role, addr: addr.clone() });
+                for i in 0..self.services.len() {
+                    let ev = ConnectionEvent::Established { conn: id, peer, role, addr: &addr };
+                    self.call(now, ServiceId(i as u16), |s, cx| s.on_connection(cx, ev));
+                }
+                Some(ev)
+            }
+            ConnEvent::Closed { reason } => {
+                let Some(e) = self.conns.remove(&id) else { return Some(ConnEvent::Closed { reason }) };
+                let reason = e.closing.unwrap_or(reason);
+                self.owners.retain(|(c, _), _| *c != id);
+                self.out.ops.remove(&id);
+                self.out.queued.remove(&id);
+                match e.peer {
+                    Some(peer) => {
+                        for i in 0..self.services.len() {
+                            let ev = ConnectionEvent::Closed { conn: id, peer: &peer, reason: &reason };
+                            self.call(now, ServiceId(i as u16), |s, cx| s.on_connection(cx, ev));
+                        }
+                        self.push_event(Event::Disconnected { peer, conn: id, reason: reason.clone() });
+                    }
+                    None if e.role == Role::Dialer => self.dial_failed(now, id, e.addr, e.expected, reason.clone()),
+                    None => {}
+                }
+                Some(ConnEvent::Closed { reason })
+            }
+            ConnEvent::InboundStream { id: s, ref protocol } => {
+                let Some(&sid) = self.by_protocol.get(protocol) else { return Some(ev) };
+                self.owners.insert((id, s), Owned::new(sid, None));
+                let p = protocol.clone();
+                self.call(now, sid, |svc, cx| svc.on_inbound(cx, id, s, &p));
+                self.read(now, id, s, m);
+                None
+            }
+            ConnEvent::OutboundReady { id: s, ref protocol } => {
+                let Some(o) = self.owners.get_mut(&(id, s)) else { return Some(ev) };
+                let (sid, token) = (o.service, o.opening.take());
+                if let Some(token) = token {
+                    let p = protocol.clone();
+                    self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Opened { protocol: &p, token }));
+                }
+                self.read(now, id, s, m);
+                None
+            }
+            ConnEvent::OutboundFailed { id: s, ref reason } => {
+                let Some(o) = self.owners.remove(&(id, s)) else { return Some(ev) };
+                if let Some(token) = o.opening {
+                    let r = reason.clone();
+                    self.call(now, o.service, |svc, cx| svc.on_open_failed(cx, id, token, &r));
+                }
+                None
+            }
+            ConnEvent::Readable(s) => {
+                if !self.owners.contains_key(&(id, s)) {
+                    return Some(ev);
+                }
+                self.read(now, id, s, m);
+                None
+            }
+            ConnEvent::Writable(s) => {
+                let Some(o) = self.owners.get(&(id, s)) else { return Some(ev) };
+                let had = !o.buf.is_empty();
+                self.write_out(now, id, s, m);
+                if let Some(o) = self.owners.get(&(id, s)) {
+                    if had && o.buf.is_empty() && !o.released {
+                        let sid = o.service;
+                        self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Drained));
+                    }
+                }
+                None
+            }
+            ConnEvent::Reset(s) => {
+                let Some(o) = self.owners.remove(&(id, s)) else { return Some(ev) };
+                self.unqueue(id, o.buf.len());
+                m.stream_release(now, s);
+                if !o.released {
+                    self.call(now, o.service, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Reset));
+                }
+                None
+            }
+        }
+    }
+
+    /// Hands what stream `s` has to its service (applying what the service queued after each chunk, so
+    /// a service that released the stream gets no more).
+    fn read(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let Some(o) = self.owners.get_mut(&(id, s)) else { return };
+            if o.opening.is_some() || o.eof {
+                return;
+            }
+            let (sid, released) = (o.service, o.released);
+            match m.stream_read(now, s, &mut buf) {
+                ReadResult::Data(_) if released => {}
+                ReadResult::Data(n) => self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Data(&buf[..n]))),
+                ReadResult::Pending => return,
+                ReadResult::Eof => {
+                    o.eof = true;
+                    if !released {
+                        self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Eof));
+                    }
+                }
+                ReadResult::Reset => {
+                    let o = self.owners.remove(&(id, s)).expect("invariant: present");
+                    self.unqueue(id, o.buf.len());
+                    m.stream_release(now, s);
+                    if !released {
+                        self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Reset));
+                    }
+                }
+            }
+            self.flush(now, id, m);
+        }
+    }
+
+    fn unqueue(&mut self, id: ConnId, n: usize) {
+        if let Some(q) = self.out.queued.get_mut(&id) {
+            *q = q.saturating_sub(n);
+        }
+    }
+
+    /// Moves what a service wrote on `s` into the connection; then the close and release it asked for.
+    fn write_out(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams) {
+        let Some(o) = self.owners.get_mut(&(id, s)) else { return };
+        let mut sent = 0;
+        let mut failed = false;
+        while sent < o.buf.len() {
+            match m.stream_write(now, s, &o.buf[sent..]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        o.buf.drain(..sent);
+        if failed {
+            sent += o.buf.len();
+            o.buf.clear();
+        }
+        if o.buf.is_empty() {
+            if o.close && !o.closed {
+                o.closed = true;
+                m.stream_close(now, s);
+            }
+            if o.released {
+                self.owners.remove(&(id, s));
+                m.stream_release(now, s);
+            }
+        }
+        self.unqueue(id, sent);
+    }
+
+    // ---------- timers and the outbox ----------
+
+    /// The soonest moment the node needs `handle_timeout` (a service's timer, or operations queued for a
+    /// connection: then now).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_timer().map(|(t, _)| t)
+    }
+
+    /// [`Node::poll_timeout`] with its reason: the service's name, or `"outbox"`.
+    pub fn next_timer(&self) -> Option<(Instant, &'static str)> {
+        if self.out.ops.values().any(|q| !q.is_empty()) {
+            return Some((Instant(0), "outbox"));
+        }
+        self.services.iter().filter_map(|s| s.poll_timeout().map(|t| (t, s.name()))).min_by_key(|(t, _)| *t)
+    }
+
+    /// Runs the services' timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.services.len() {
+            if self.services[i].poll_timeout().is_some_and(|t| t <= now) {
+                self.call(now, ServiceId(i as u16), |s, cx| s.on_timeout(cx));
+            }
+        }
+    }
+
+    /// Connections with stream operations waiting: lend each to [`Node::flush`].
+    pub fn due(&self) -> Vec<ConnId> {
+        self.out.ops.iter().filter(|(_, q)| !q.is_empty()).map(|(id, _)| *id).collect()
+    }
+
+    /// Applies the stream operations services queued for connection `id`, in order.
+    pub fn flush(&mut self, now: Instant, id: ConnId, m: &mut dyn Streams) {
+        loop {
+            let Some(op) = self.out.ops.get_mut(&id).and_then(|q| q.pop_front()) else { break };
+            match op {
+                Op::Open { service, protocol, token } => match m.open_stream(now, vec![protocol]) {
+                    Ok(s) => {
+                        self.owners.insert((id, s), Owned::new(service, Some(token)));
+                    }
+                    Err(e) => {
+                        let r = OpenError::Refused(e);
+                        self.call(now, service, |svc, cx| svc.on_open_failed(cx, id, token, &r));
+                    }
+                },
+                Op::CancelOpen { service, token } => {
+                    let s = self
+                        .owners
+                        .iter()
+                        .find(|((c, _), o)| *c == id && o.service == service && o.opening == Some(token))
+                        .map(|(k, _)| k.1);
+                    if let Some(s) = s {
+                        self.owners.remove(&(id, s));
+                        m.stream_reset(now, s);
+                        m.stream_release(now, s);
+                    }
+                }
+                Op::Write { stream, data } => match self.owners.get_mut(&(id, stream)) {
+                    Some(o) if !o.closed => {
+                        o.buf.extend_from_slice(&data);
+                        self.write_out(now, id, stream, m);
+                    }
+                    _ => self.unqueue(id, data.len()),
+                },
+                Op::Close { stream } => {
+                    if let Some(o) = self.owners.get_mut(&(id, stream)) {
+                        o.close = true;
+                        self.write_out(now, id, stream, m);
+                    }
+                }
+                Op::Release { stream } => {
+                    if let Some(o) = self.owners.get_mut(&(id, stream)) {
+                        o.released = true;
+                        self.write_out(now, id, stream, m);
+                    }
+                }
+                Op::Reset { stream } => {
+                    if let Some(o) = self.owners.remove(&(id, stream)) {
+                        self.unqueue(id, o.buf.len());
+                        m.stream_reset(now, stream);
+                        m.stream_release(now, stream);
+                    }
+                }
+                Op::CloseConnection { reason } => {
+                    if let Some(e) = self.conns.get_mut(&id) {
+                        e.closing.get_or_insert(reason);
+                        m.close(now);
+                    }
+                }
+            }
+        }
+        self.out.ops.remove(&id);
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.out.events.pop_front()
+    }
+
+    fn push_event(&mut self, ev: Event) {
+        if self.out.events.len() >= self.config.limits.max_events {
+            self.out.dropped_events += 1;
+            return;
+        }
+        self.out.events.push_back(ev);
+    }
+
+    /// Calls service `sid` with a context; then takes note of what it reported (identify results go to
+    /// the peerstore and to every service; counters).
+    fn call(&mut self, now: Instant, sid: ServiceId, f: impl FnOnce(&mut dyn Service, &mut Cx<'_>)) {
+        let mut f = Some(f);
+        self.call_dyn(now, sid, &mut |s, cx| (f.take().expect("invariant: called once"))(s, cx));
+    }
+
+    /// [`Node::call`] without generics: it recurses (identify results reach every service).
+    fn call_dyn(&mut self, now: Instant, sid: ServiceId, f: &mut dyn FnMut(&mut dyn Service, &mut Cx<'_>)) {
+        let start = self.out.events.len();
+        {
+            let Node { services, rng, local, conns, out, config, .. } = self;
+            let lookup = |c: ConnId| conns.get(&c).and_then(|e| e.peer.clone().map(|p| (p, e.addr.clone())));
+            let limits = OutboxLimits {
+                max_events: config.limits.max_events,
+                max_queued_bytes: config.limits.max_queued_bytes_per_conn,
+                max_dials: config.limits.max_pending_dials,
+            };
+            let mut cx = Cx { now, rng, local, conns: &lookup, out, limits, service: sid };
+            f(services[sid.0 as usize].as_mut(), &mut cx);
+        }
+        let mut identified = Vec::new();
+        for ev in self.out.events.range(start..) {
+            match ev {
+                Event::Identify(identify::Event::Received { peer, conn, info, .. }) => {
+                    self.stats.identifies += 1;
+                    identified.push((*conn, peer.clone(), info.clone()));
+                }
+                Event::Identify(identify::Event::Failed { .. }) => self.stats.identifies_failed += 1,
+                Event::Ping(ping::Event::Ok { .. }) => self.stats.pings_ok += 1,
+                Event::Ping(ping::Event::Failed { .. }) => self.stats.pings_failed += 1,
+                Event::Violation(_) => self.stats.violations += 1,
+                _ => {}
+            }
+        }
+        for (conn, peer, info) in identified {
+            let conns = &self.conns;
+            self.peerstore.apply_identify(&peer, &info, &|p| conns.values().any(|e| e.peer.as_ref() == Some(p)));
+            for i in 0..self.services.len() {
+                if i != sid.0 as usize {
+                    let ev = ConnectionEvent::Identified { conn, peer: &peer, info: &info };
+                    self.call_dyn(now, ServiceId(i as u16), &mut |s, cx| s.on_connection(cx, ev));
+                }
+            }
+        }
+    }
+}
+
+impl Owned {
+    fn new(service: ServiceId, opening: Option<u64>) -> Self {
+        Owned { service, opening, buf: Vec::new(), close: false, closed: false, released: false, eof: false }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! Node machine tests: two (or more) `ByteNode`s over in-memory links, driven by explicit time.
+
+use super::*;
+use crate::identify::Info;
+use crate::stream::Role;
+
+/// Two nodes over an in-memory link with a fixed one-way latency, driven by explicit time.
+struct Pair {
+    n: [ByteNode; 2],
+    now: Instant,
+    /// (arrival, to, conn — `None` for a datagram, data)
+    inflight: Vec<(Instant, usize, Option<ConnId>, Vec<u8>)>,
+    events: [Vec<Event>; 2],
+    latency: Duration,
+}
+
+impl Pair {
+    fn new(ping: Option<Duration>) -> Pair {
+        Self::with_quic(ping, false)
+    }
+
+    fn addr(i: usize) -> core::net::SocketAddr {
+        core::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 4001))
+    }
+
+    fn with_quic(ping: Option<Duration>, quic: bool) -> Pair {
+        let mut r = rng::from_seed([5; 32]);
+        let base = std::time::Instant::now();
+        let mk = |r: &mut rng::Rng, s: u8| {
+            let mut c = Config::new(Keypair::generate_ed25519(r), [s; 32]);
+            c.ping.interval = ping;
+            c.quic_base = quic.then_some(base);
+            ByteNode::new(c, Instant(0))
+        };
+        Pair {
+            n: [mk(&mut r, 1), mk(&mut r, 2)],
+            now: Instant(0),
+            inflight: vec![],
+            events: [vec![], vec![]],
+            latency: Duration::from_millis(10),
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        while let Some(o) = self.n[i].poll_output() {
+            match o {
+                Output::Transmit { conn, data } => self.inflight.push((self.now + self.latency, 1 - i, Some(conn), data)),
+                Output::SendDatagram { to, data } => {
+                    assert_eq!(to, Self::addr(1 - i));
+                    self.inflight.push((self.now + self.latency, 1 - i, None, data));
+                }
+                Output::Dial { conn, .. } => {
+                    // Same ConnId on both sides keeps the test simple.
+                    self.n[i].handle_input(self.now, Input::Connected { conn, role: Role::Dialer, remote_addr: Multiaddr::empty() });
+                    self.n[1 - i].handle_input(self.now, Input::Connected { conn, role: Role::Listener, remote_addr: Multiaddr::empty() });
+                    self.drain(1 - i);
+                }
+                Output::Close { .. } => {}
+                Output::Event(e) => self.events[i].push(e),
+            }
+        }
+    }
+
+    fn run_until(&mut self, end: Instant) {
+        loop {
+            self.drain(0);
+            self.drain(1);
+            let next_msg = self.inflight.iter().map(|m| m.0).min();
+            let next_timer = [self.n[0].poll_timeout(), self.n[1].poll_timeout()].into_iter().flatten().min();
+            let Some(t) = [next_msg, next_timer].into_iter().flatten().min() else { return };
+            if t > end {
+                self.now = end;
+                return;
+            }
+            self.now = self.now.max(t);
+            if next_msg == Some(t) {
+                let pos = self.inflight.iter().position(|m| m.0 == t).unwrap();
+                let (_, to, conn, data) = self.inflight.remove(pos);
+                match conn {
+                    Some(conn) => self.n[to].handle_input(self.now, Input::Data { conn, data: &data }),
+                    None => self.n[to].handle_input(self.now, Input::Datagram { from: Self::addr(1 - to), data: &data }),
+                }
+            } else {
+                self.n[0].handle_timeout(self.now);
+                self.n[1].handle_timeout(self.now);
+            }
+        }
+    }
+}
+
+#[test]
+fn node_connects_identifies_and_pings_on_virtual_time() {
+    let mut p = Pair::new(Some(Duration::from_secs(10)));
+    let b = p.n[1].peer_id().clone();
+    p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+    p.run_until(Instant(0) + Duration::from_secs(35));
+    assert!(p.n[0].is_connected(&b));
+    let rtts = rtts(&p.events[0]);
+    // Pings at 0 (after the handshake), 10, 20, 30 s; each RTT is exactly two one-way latencies.
+    assert_eq!(rtts.len(), 4, "{:?}", p.events[0]);
+    assert!(rtts.iter().all(|r| *r == Duration::from_millis(20)), "{rtts:?}");
+    assert!(p.events[0].iter().any(|e| matches!(e, Event::Identify(identify::Event::Received { info, push: false, .. }) if info.agent_version.as_deref().is_some_and(|a| a.starts_with("hyphae/")))));
+    assert!(p.events[1].iter().any(|e| matches!(e, Event::Identify(identify::Event::Received { .. }))));
+    assert_eq!(p.n[1].stats().pings_ok, 4, "both sides ping");
+}
+
+#[test]
+fn node_runs_over_quic_with_the_same_protocol_code() {
+    let mut p = Pair::with_quic(Some(Duration::from_secs(10)), true);
+    let b = p.n[1].peer_id().clone();
+    let addr = Multiaddr::from_quic(Pair::addr(1)).with(crate::Protocol::P2p(b.clone()));
+    p.n[0].dial(Instant(0), addr).unwrap();
+    p.run_until(Instant(0) + Duration::from_secs(25));
+    assert!(p.n[0].is_connected(&b));
+    let rtts = rtts(&p.events[0]);
+    assert_eq!(rtts.len(), 3, "{:?}", p.events[0]);
+    assert!(rtts.iter().all(|r| *r == Duration::from_millis(20)), "{rtts:?}");
+    assert_eq!(p.n[0].stats().identifies, 1);
+    assert_eq!(p.n[1].stats().identifies, 1);
+    assert_eq!(p.n[0].num_connections(), 1);
+}
+
+#[test]
+fn node_idle_inbound_ping_stream_is_closed_and_the_next_ping_opens_another() {
+    let mut p = Pair::new(None);
+    let b = p.n[1].peer_id().clone();
+    p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+    p.run_until(Instant(0) + Duration::from_secs(1));
+    let now = p.now;
+    p.n[0].ping(now, &b).unwrap();
+    p.run_until(now + Duration::from_secs(30));
+    let now = p.now;
+    p.n[0].ping(now, &b).unwrap();
+    // 30 s later the stream is still in use; 60–90 s after this ping the listener closes it as idle.
+    p.run_until(now + ping::service::IDLE + ping::service::IDLE / 2 + Duration::from_secs(5));
+    let now = p.now;
+    p.n[0].ping(now, &b).unwrap();
+    p.run_until(now + Duration::from_secs(1));
+    let inbound = p.events[1].iter().filter(|e| matches!(e, Event::Ping(ping::Event::Inbound { .. }))).count();
+    assert_eq!(p.n[0].stats().pings_ok, 3, "{:?}", p.events[0]);
+    assert_eq!(p.n[0].stats().pings_failed, 0);
+    assert_eq!(inbound, 2, "one stream for the first two pings, a new one after the idle close");
+}
+
+#[test]
+fn node_new_protocol_reaches_peer_by_identify_push() {
+    let mut p = Pair::new(None);
+    let b = p.n[1].peer_id().clone();
+    p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+    p.run_until(Instant(0) + Duration::from_secs(1));
+    let now = p.now;
+    p.n[1].set_protocols(now, vec!["/x/1.0.0".into()]);
+    p.run_until(now + Duration::from_secs(1));
+    let pushed: Vec<&Info> = p.events[0]
+        .iter()
+        .filter_map(|e| if let Event::Identify(identify::Event::Received { info, push: true, .. }) = e { Some(&**info) } else { None })
+        .collect();
+    assert_eq!(pushed.len(), 1, "{:?}", p.events[0]);
+    assert!(pushed[0].protocols.iter().any(|x| x == "/x/1.0.0"), "{:?}", pushed[0].protocols);
+    assert!(pushed[0].protocols.iter().any(|x| x == ping::PROTOCOL_ID));
+    assert_eq!(p.n[1].stats().identifies_failed, 0);
+}
+
+fn rtts(events: &[Event]) -> Vec<Duration> {
+    events.iter().filter_map(|e| if let Event::Ping(ping::Event::Ok { rtt, .. }) = e { Some(*rtt) } else { None }).collect()
+}
+
+/// A request/response service written outside the router: `/echo/1.0.0` answers a request with the same
+/// bytes; `request` sends one and the answer comes back as `Event::Custom`. Registered with
+/// `add_service` only — the shape kad and gossipsub use.
+mod echo {
+    use crate::service::{ConnId, ConnectionEvent, Cx, Event, Service, StreamEvent};
+    use crate::stream::{OpenError, StreamId};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    pub const PROTOCOL: &str = "/echo/1.0.0";
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum EchoEvent {
+        Answer { token: u64, data: Vec<u8> },
+        Failed { token: u64 },
+    }
+
+    #[derive(Default)]
+    pub struct Echo {
+        /// Requests waiting for their stream, by token.
+        pending: BTreeMap<u64, Vec<u8>>,
+        /// Our requests (stream → token, answer so far) and the peer's (stream → request so far).
+        out: BTreeMap<(ConnId, StreamId), (u64, Vec<u8>)>,
+        inb: BTreeMap<(ConnId, StreamId), Vec<u8>>,
+        pub connections: Vec<ConnId>,
+    }
+
+    impl Echo {
+        pub fn request(&mut self, cx: &mut Cx<'_>, conn: ConnId, token: u64, data: &[u8]) {
+            self.pending.insert(token, data.to_vec());
+            cx.open_stream(conn, PROTOCOL, token);
+        }
+    }
+
+    impl Service for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn protocols(&self) -> Vec<String> {
+            vec![PROTOCOL.into()]
+        }
+        fn on_connection(&mut self, _cx: &mut Cx<'_>, ev: ConnectionEvent<'_>) {
+            if let ConnectionEvent::Established { conn, .. } = ev {
+                self.connections.push(conn);
+            }
+        }
+        fn on_inbound(&mut self, _cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, _protocol: &str) {
+            self.inb.insert((conn, stream), Vec::new());
+        }
+        fn on_stream(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, ev: StreamEvent<'_>) {
+            match ev {
+                StreamEvent::Opened { token, .. } => {
+                    let req = self.pending.remove(&token).unwrap_or_default();
+                    cx.write(conn, stream, &req);
+                    cx.close_stream(conn, stream);
+                    self.out.insert((conn, stream), (token, Vec::new()));
+                }
+                StreamEvent::Data(d) => {
+                    if let Some(b) = self.inb.get_mut(&(conn, stream)) {
+                        b.extend_from_slice(d);
+                    } else if let Some((_, b)) = self.out.get_mut(&(conn, stream)) {
+                        b.extend_from_slice(d);
+                    }
+                }
+                StreamEvent::Eof => {
+                    if let Some(req) = self.inb.remove(&(conn, stream)) {
+                        cx.write(conn, stream, &req);
+                        cx.close_stream(conn, stream);
+                    } else if let Some((token, data)) = self.out.remove(&(conn, stream)) {
+                        cx.emit(Event::Custom { service: "echo", event: Arc::new(EchoEvent::Answer { token, data }) });
+                    }
+                    cx.release(conn, stream);
+                }
+                StreamEvent::Reset | StreamEvent::Drained => {}
+            }
+        }
+        fn on_open_failed(&mut self, cx: &mut Cx<'_>, _conn: ConnId, token: u64, _reason: &OpenError) {
+            self.pending.remove(&token);
+            cx.emit(Event::Custom { service: "echo", event: Arc::new(EchoEvent::Failed { token }) });
+        }
+        fn as_any(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+    }
+}
+
+#[test]
+fn node_new_service_added_by_registration_only_serves_and_requests() {
+    let mut p = Pair::new(None);
+    for n in &mut p.n {
+        n.add_service(Instant(0), Box::new(echo::Echo::default()));
+    }
+    let b = p.n[1].peer_id().clone();
+    p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+    p.run_until(Instant(0) + Duration::from_secs(1));
+    // The peer learnt the new protocol from identify, and the node's peerstore has the peer's.
+    assert!(p.n[1].node().peerstore().get(p.n[0].peer_id()).unwrap().protocols.iter().any(|x| x == echo::PROTOCOL));
+    assert!(p.n[0].node().peerstore().get(&b).unwrap().protocols.iter().any(|x| x == echo::PROTOCOL));
+    let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+    let now = p.now;
+    p.n[0].with_service::<echo::Echo, _>(now, |e, cx| {
+        let conn = e.connections[0];
+        e.request(cx, conn, 7, b"hello");
+        e.request(cx, conn, 8, &big);
+    });
+    p.run_until(now + Duration::from_secs(2));
+    let answers: Vec<&echo::EchoEvent> = p.events[0]
+        .iter()
+        .filter_map(|e| if let Event::Custom { service: "echo", event } = e { event.downcast_ref::<echo::EchoEvent>() } else { None })
+        .collect();
+    assert_eq!(answers.len(), 2, "{:?}", p.events[0]);
+    assert!(answers.contains(&&echo::EchoEvent::Answer { token: 7, data: b"hello".to_vec() }));
+    // 300 kB: more than one write can take; the router's per-stream buffer drains on Writable.
+    assert!(answers.contains(&&echo::EchoEvent::Answer { token: 8, data: big.clone() }));
+    assert_eq!(p.n[0].stats().writes_dropped, 0);
+}
+
+#[test]
+fn node_per_peer_connection_cap_closes_the_extra_connection_with_a_typed_reason() {
+    let mut p = Pair::new(None);
+    for n in &mut p.n {
+        let mut c = n.node().config().clone();
+        c.limits.max_connections_per_peer = 2;
+        *n = ByteNode::new(c, Instant(0));
+    }
+    let b = p.n[1].peer_id().clone();
+    for _ in 0..3 {
+        p.n[0].dial(p.now, Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+        p.run_until(p.now + Duration::from_millis(200));
+    }
+    assert_eq!(p.n[0].node().connections_to(&b).len(), 2);
+    assert_eq!(p.n[0].stats().connections_refused_per_peer, 1);
+    let failed: Vec<&CloseReason> =
+        p.events[0].iter().filter_map(|e| if let Event::DialFailed { reason, .. } = e { Some(reason) } else { None }).collect();
+    assert_eq!(failed, vec![&CloseReason::Limit("connections per peer")], "{:?}", p.events[0]);
+}

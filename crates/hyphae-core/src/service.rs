@@ -1,0 +1,280 @@
+//! The hook between the node machine (the router, `node`) and the protocols it runs (identify, ping, and
+//! kad, gossipsub, autonat next). One small trait, no associated types, no handler trees: a service is
+//! told about connections, its inbound streams, events on its streams, its own timer and local changes;
+//! it acts only through [`Cx`], whose outputs go to the node's bounded, counted outbox:
+//!
+//! - `open_stream` / `write` / `close_stream` / `reset_stream` / `release`: stream operations, applied in
+//!   order when the node has the connection lent (at once inside a connection event; otherwise the
+//!   driver lends it from `Node::due`). Writes are buffered per stream, so a service never sees a
+//!   partial write; the buffer is capped (`node::Limits::max_stream_out_buffer`, overflow resets the
+//!   stream and is counted).
+//! - `dial`: ask the driver for a connection (both drivers execute dials the node asks for).
+//! - `emit`: an event for the application.
+//!
+//! Timers are node-level: a service reports its soonest deadline in `poll_timeout` and gets
+//! `on_timeout` once it passed, whatever the connection. Stream ownership is kept by the router as a
+//! map `(ConnId, StreamId) → service`; a service never touches a connection directly.
+
+use crate::identify::{self, Info};
+use crate::identity::{PeerId, PublicKey};
+use crate::multiaddr::Multiaddr;
+use crate::ping;
+use crate::rng::Rng;
+pub use crate::stream::ConnId;
+use crate::stream::{CloseReason, OpenError, Role, StreamId, Violation};
+use crate::time::Instant;
+use std::any::Any;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// Index of a registered service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId(pub(crate) u16);
+
+/// What the node tells peers about itself (identify's answer), kept by the router.
+#[derive(Debug, Clone)]
+pub struct LocalInfo {
+    pub public_key: PublicKey,
+    pub peer_id: PeerId,
+    pub agent_version: String,
+    pub protocol_version: String,
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Every protocol served: the services' and the application's, sorted.
+    pub protocols: Vec<String>,
+}
+
+/// What the node machine reports to the application. Each protocol's events live in its own module.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    Connected {
+        peer: PeerId,
+        conn: ConnId,
+        role: Role,
+        addr: Multiaddr,
+    },
+    Disconnected {
+        peer: PeerId,
+        conn: ConnId,
+        reason: CloseReason,
+    },
+    /// A dial (the application's or a service's) failed before a connection existed.
+    DialFailed {
+        conn: ConnId,
+        addr: Multiaddr,
+        peer: Option<PeerId>,
+        reason: CloseReason,
+    },
+    Identify(identify::Event),
+    Ping(ping::Event),
+    /// A peer broke a protocol's rules (logged and counted too).
+    Violation(Violation),
+    /// An event of a service the node does not know by type (added with `Node::add_service`).
+    Custom {
+        service: &'static str,
+        event: Arc<dyn Any + Send + Sync>,
+    },
+}
+
+/// A connection's life, as services see it.
+#[derive(Debug, Clone, Copy)]
+pub enum ConnectionEvent<'a> {
+    Established {
+        conn: ConnId,
+        peer: &'a PeerId,
+        role: Role,
+        addr: &'a Multiaddr,
+    },
+    /// Identify finished (or a push arrived) on `conn`: the peer's protocols and addresses are known.
+    Identified {
+        conn: ConnId,
+        peer: &'a PeerId,
+        info: &'a Info,
+    },
+    Closed {
+        conn: ConnId,
+        peer: &'a PeerId,
+        reason: &'a CloseReason,
+    },
+    /// A dial (anyone's) failed.
+    DialFailed {
+        conn: ConnId,
+        peer: Option<&'a PeerId>,
+        addr: &'a Multiaddr,
+        reason: &'a CloseReason,
+    },
+}
+
+/// An event on a stream a service owns.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamEvent<'a> {
+    /// A stream the service asked for with `Cx::open_stream(.., token)` is negotiated.
+    Opened { protocol: &'a str, token: u64 },
+    /// Bytes from the peer, in order.
+    Data(&'a [u8]),
+    /// The peer finished sending.
+    Eof,
+    /// The peer reset the stream (the router forgets it after this).
+    Reset,
+    /// Everything the service wrote has left the stream's buffer.
+    Drained,
+}
+
+/// A protocol run by the node machine. See the module docs.
+pub trait Service: Send + 'static {
+    /// For logs, metrics and `Event::Custom`.
+    fn name(&self) -> &'static str;
+    /// Protocol ids whose inbound streams go to this service (announced in identify).
+    fn protocols(&self) -> Vec<String>;
+    fn on_connection(&mut self, _cx: &mut Cx<'_>, _ev: ConnectionEvent<'_>) {}
+    /// A peer opened a stream for one of [`Service::protocols`]; the service owns it from now on.
+    fn on_inbound(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, protocol: &str);
+    fn on_stream(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, ev: StreamEvent<'_>);
+    /// A stream asked for with `token` could not be opened.
+    fn on_open_failed(&mut self, _cx: &mut Cx<'_>, _conn: ConnId, _token: u64, _reason: &OpenError) {}
+    /// The soonest moment this service needs `on_timeout`.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn on_timeout(&mut self, _cx: &mut Cx<'_>) {}
+    /// Our addresses or protocols changed (identify pushes them).
+    fn on_local_changed(&mut self, _cx: &mut Cx<'_>) {}
+    /// For typed commands through `Node::service_mut`.
+    fn as_any(&mut self) -> &mut dyn Any;
+}
+
+/// A stream operation waiting for its connection.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Open { service: ServiceId, protocol: String, token: u64 },
+    CancelOpen { service: ServiceId, token: u64 },
+    Write { stream: StreamId, data: Vec<u8> },
+    Close { stream: StreamId },
+    Reset { stream: StreamId },
+    Release { stream: StreamId },
+    CloseConnection { reason: CloseReason },
+}
+
+/// A connection the node wants: the driver dials it and reports the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dial {
+    pub conn: ConnId,
+    pub addr: Multiaddr,
+    pub peer: Option<PeerId>,
+}
+
+/// Everything services and the router produce, until the driver drains it. Bounded and counted.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub ops: BTreeMap<ConnId, VecDeque<Op>>,
+    /// Bytes of `Op::Write` queued per connection.
+    pub queued: BTreeMap<ConnId, usize>,
+    pub events: VecDeque<Event>,
+    pub dials: VecDeque<(Multiaddr, Option<PeerId>)>,
+    pub dropped_events: u64,
+    pub dropped_writes: u64,
+    pub dropped_dials: u64,
+}
+
+/// Limits of the outbox (part of `node::Limits`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxLimits {
+    pub max_events: usize,
+    pub max_queued_bytes: usize,
+    pub max_dials: usize,
+}
+
+/// A service's view of the node during one call: the time, the node's RNG, what we announce, who is
+/// connected, and the outbox.
+pub struct Cx<'a> {
+    pub now: Instant,
+    pub rng: &'a mut Rng,
+    pub local: &'a LocalInfo,
+    pub(crate) conns: &'a dyn Fn(ConnId) -> Option<(PeerId, Multiaddr)>,
+    pub(crate) out: &'a mut Outbox,
+    pub(crate) limits: OutboxLimits,
+    pub(crate) service: ServiceId,
+}
+
+impl Cx<'_> {
+    /// The peer and remote address of an established connection.
+    pub fn connection(&self, conn: ConnId) -> Option<(PeerId, Multiaddr)> {
+        (self.conns)(conn)
+    }
+
+    fn op(&mut self, conn: ConnId, op: Op) {
+        self.out.ops.entry(conn).or_default().push_back(op);
+    }
+
+    /// Opens a stream for `protocol`; `on_stream(.., Opened { token })` or `on_open_failed(.., token)`
+    /// follows. `token` is the service's own tag (unique per connection while pending).
+    pub fn open_stream(&mut self, conn: ConnId, protocol: &str, token: u64) {
+        let service = self.service;
+        self.op(conn, Op::Open { service, protocol: protocol.to_string(), token });
+    }
+
+    /// Gives up a stream still being opened (no `on_open_failed` follows).
+    pub fn cancel_open(&mut self, conn: ConnId, token: u64) {
+        let service = self.service;
+        self.op(conn, Op::CancelOpen { service, token });
+    }
+
+    /// Queues `data` on a stream the service owns. Over the per-connection limit the write is dropped,
+    /// the stream reset, and the drop counted.
+    pub fn write(&mut self, conn: ConnId, stream: StreamId, data: &[u8]) {
+        let q = self.out.queued.entry(conn).or_default();
+        if *q + data.len() > self.limits.max_queued_bytes {
+            self.out.dropped_writes += 1;
+            tracing::debug!(%conn, %stream, len = data.len(), "outbox full: stream reset");
+            self.op(conn, Op::Reset { stream });
+            return;
+        }
+        *q += data.len();
+        self.op(conn, Op::Write { stream, data: data.to_vec() });
+    }
+
+    /// Half-closes the stream once what was written before has been sent.
+    pub fn close_stream(&mut self, conn: ConnId, stream: StreamId) {
+        self.op(conn, Op::Close { stream });
+    }
+
+    pub fn reset_stream(&mut self, conn: ConnId, stream: StreamId) {
+        self.op(conn, Op::Reset { stream });
+    }
+
+    /// The service is done with the stream: it gets no more events of it; queued writes and a queued
+    /// close still go out.
+    pub fn release(&mut self, conn: ConnId, stream: StreamId) {
+        self.op(conn, Op::Release { stream });
+    }
+
+    /// Closes the whole connection (a peer that broke the rules).
+    pub fn close_connection(&mut self, conn: ConnId, reason: CloseReason) {
+        self.op(conn, Op::CloseConnection { reason });
+    }
+
+    /// Asks the driver to dial `addr` (with `/p2p/<peer>` verified when `peer` is set).
+    pub fn dial(&mut self, addr: Multiaddr, peer: Option<PeerId>) {
+        if self.out.dials.len() >= self.limits.max_dials {
+            self.out.dropped_dials += 1;
+            return;
+        }
+        self.out.dials.push_back((addr, peer));
+    }
+
+    /// An event for the application. Beyond `max_events` undrained events the newest are dropped and
+    /// counted (drivers drain after every call, so this only bites a driver that stopped draining).
+    pub fn emit(&mut self, ev: Event) {
+        if self.out.events.len() >= self.limits.max_events {
+            self.out.dropped_events += 1;
+            return;
+        }
+        self.out.events.push_back(ev);
+    }
+
+    /// A peer broke the rules of this service's protocol: logged, counted, reported.
+    pub fn violation(&mut self, v: Violation) {
+        tracing::debug!(peer = ?v.peer, protocol = v.protocol, kind = %v.kind, "protocol violation");
+        self.emit(Event::Violation(v));
+    }
+}

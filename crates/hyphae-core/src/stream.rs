@@ -1,0 +1,216 @@
+//! The stream vocabulary every layer above shares: stream ids, read results, stream errors, the
+//! connection role, the events a secured and muxed connection reports, why a connection closed, and the
+//! [`Streams`] trait through which the node machine and its services touch a connection.
+//!
+//! This module is the bottom of the layering: it imports nothing but identities and time, so the muxers
+//! (`yamux`, `mplex`), the connection machines (`conn`, `quic`) and the node (`node`, its services) can all
+//! import it without importing each other. `tests/layers.rs` fails on any import cycle.
+
+use crate::identity::{PeerId, PublicKey};
+use crate::time::Instant;
+
+/// A connection of the node (TCP or QUIC), unique for the node's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A stream of one connection (the muxer's or QUIC's stream number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u32);
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Which side opened the connection (and so, which side proposes in multistream-select, initiates the
+/// security handshake and uses odd yamux stream ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Dialer,
+    Listener,
+}
+
+impl Role {
+    pub fn is_dialer(self) -> bool {
+        self == Role::Dialer
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    #[error("stream reset")]
+    Reset,
+    #[error("stream closed for writing")]
+    Closed,
+    #[error("unknown stream")]
+    Unknown,
+    #[error("too many streams")]
+    TooManyStreams,
+    #[error("session is going away")]
+    GoingAway,
+    #[error("connection closed")]
+    ConnectionClosed,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadResult {
+    Data(usize),
+    Pending,
+    Eof,
+    Reset,
+}
+
+/// Why a stream we opened never became ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The peer answered `na` to every protocol we proposed.
+    #[error("protocol not supported by the peer")]
+    Unsupported,
+    #[error("stream reset during negotiation")]
+    Reset,
+    #[error("stream closed during negotiation")]
+    Eof,
+    /// multistream-select broke (bad message, too many proposals).
+    #[error("negotiation failed: {0}")]
+    Negotiation(String),
+    #[error("connection closed")]
+    ConnectionClosed,
+    #[error("timed out")]
+    Timeout,
+    /// The connection would not open another stream.
+    #[error("could not open: {0}")]
+    Refused(StreamError),
+}
+
+/// What kind of rule a peer broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViolationKind {
+    /// A message that does not decode.
+    #[error("malformed message: {0}")]
+    Malformed(crate::DecodeError),
+    /// A message that decodes but is not allowed here (wrong state, wrong key, bad frame).
+    #[error("{0}")]
+    Protocol(String),
+    /// More than a documented limit allows.
+    #[error("{what} over the limit of {limit}")]
+    Limit { what: &'static str, limit: usize },
+}
+
+/// A peer misbehaved: which peer (when known), in which protocol, how. What scoring, metrics and the
+/// daemon's error codes match on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{protocol}: {kind}")]
+pub struct Violation {
+    pub peer: Option<PeerId>,
+    pub protocol: &'static str,
+    pub kind: ViolationKind,
+}
+
+/// Why a connection closed (or never opened).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// We closed it (API call, shutdown).
+    #[error("closed locally")]
+    Local,
+    /// The remote ended the transport (EOF, GoAway then EOF, QUIC close).
+    #[error("closed by remote")]
+    Remote,
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The security or muxer handshake failed (bad certificate, bad signature, no common protocol).
+    #[error("{stage}: {detail}")]
+    Handshake { stage: &'static str, detail: String },
+    /// The peer is not the one the address named.
+    #[error("remote is {actual}, expected {expected}")]
+    PeerIdMismatch { expected: PeerId, actual: PeerId },
+    #[error("{0}")]
+    Violation(Violation),
+    /// A local limit refused or ended it.
+    #[error("limit reached: {0}")]
+    Limit(&'static str),
+    /// The transport failed (I/O error, QUIC idle timeout, dial refused).
+    #[error("connection lost: {0}")]
+    Lost(String),
+}
+
+/// What a secured, muxed connection reports, TCP or QUIC alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    Established {
+        peer: PeerId,
+        public_key: PublicKey,
+        security: String,
+        muxer: String,
+        early_muxer: bool,
+    },
+    /// A remote-opened stream whose protocol we negotiated.
+    InboundStream {
+        id: StreamId,
+        protocol: String,
+    },
+    /// A stream we opened is ready for this protocol.
+    OutboundReady {
+        id: StreamId,
+        protocol: String,
+    },
+    OutboundFailed {
+        id: StreamId,
+        reason: OpenError,
+    },
+    Readable(StreamId),
+    Writable(StreamId),
+    /// The remote reset a negotiated stream.
+    Reset(StreamId),
+    Closed {
+        reason: CloseReason,
+    },
+}
+
+impl ConnEvent {
+    /// The stream this event is about (`None` for `Established` and `Closed`).
+    pub fn stream(&self) -> Option<StreamId> {
+        match self {
+            ConnEvent::InboundStream { id, .. } | ConnEvent::OutboundReady { id, .. } | ConnEvent::OutboundFailed { id, .. } => Some(*id),
+            ConnEvent::Readable(id) | ConnEvent::Writable(id) | ConnEvent::Reset(id) => Some(*id),
+            ConnEvent::Established { .. } | ConnEvent::Closed { .. } => None,
+        }
+    }
+}
+
+/// The stream surface of one secured, muxed connection: all the node machine needs of it. Implemented by
+/// the TCP `conn::Connection` and by one connection of a QUIC endpoint (`quic::ConnStreams`).
+pub trait Streams {
+    fn open_stream(&mut self, now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError>;
+    fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult;
+    fn stream_write(&mut self, now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError>;
+    /// Half-close: we send no more.
+    fn stream_close(&mut self, now: Instant, s: StreamId);
+    fn stream_reset(&mut self, now: Instant, s: StreamId);
+    /// We are done with the stream (the handle is dropped).
+    fn stream_release(&mut self, now: Instant, s: StreamId);
+    /// Close the whole connection (GoAway / CONNECTION_CLOSE).
+    fn close(&mut self, now: Instant);
+}
+
+/// Serves bytes that arrived right after a stream's protocol negotiation (they were read together with
+/// it) before anything from the muxer or QUIC stream. Shared by the TCP and QUIC machines.
+pub(crate) fn read_leftover(prebuf: &mut Vec<u8>, buf: &mut [u8]) -> Option<ReadResult> {
+    if prebuf.is_empty() {
+        return None;
+    }
+    let n = prebuf.len().min(buf.len());
+    buf[..n].copy_from_slice(&prebuf[..n]);
+    prebuf.drain(..n);
+    Some(ReadResult::Data(n))
+}
