@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The test command: installs the interop peers (idempotent), runs every test, then a fuzz smoke run.
+# The test command: installs the interop peers (idempotent), checks formatting and lints (warnings are
+# errors), runs every test, then a fuzz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash interop/setup.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 echo
 echo "== interop matrix (target/interop-matrix.md) =="

@@ -55,7 +55,13 @@ impl Streams for Fake<'_> {
 
 /// The events a real connection machine reports when it is established.
 fn established(peer: &hyphae_core::PeerId, key: &Keypair) -> Event {
-    Event::Established { peer: peer.clone(), public_key: key.public(), security: "/noise".into(), muxer: "/yamux/1.0.0".into(), early_muxer: true }
+    Event::Established {
+        peer: peer.clone(),
+        public_key: Box::new(key.public()),
+        security: "/noise".into(),
+        muxer: "/yamux/1.0.0".into(),
+        early_muxer: true,
+    }
 }
 
 fn keys() -> &'static (Keypair, Keypair) {

@@ -13,7 +13,17 @@ fuzz_target!(|data: &[u8]| {
         let cert = Arc::new(tls::Certificate::generate(&k, 1_800_000_000, &mut rng));
         (k, cert, std::time::Instant::now())
     });
-    let cfg = Config { keypair: k.clone(), cert: cert.clone(), protocols: vec!["/p".into()], unix_time: 1_800_000_000, seed: [2; 32], base: *base, max_streams: 8, max_connections: 4, max_datagrams: 1 };
+    let cfg = Config {
+        keypair: k.clone(),
+        cert: cert.clone(),
+        protocols: vec!["/p".into()],
+        unix_time: 1_800_000_000,
+        seed: [2; 32],
+        base: *base,
+        max_streams: 8,
+        max_connections: 4,
+        max_datagrams: 1,
+    };
     let mut ep = Endpoint::new(cfg).expect("config");
     let from = "10.0.0.1:1".parse().unwrap();
     for (i, d) in data.split(|b| *b == 0xff).enumerate() {

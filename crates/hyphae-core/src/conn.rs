@@ -156,6 +156,18 @@ impl Muxer {
             m.go_away(code)
         }
     }
+    fn pending_output_len(&self) -> usize {
+        match self {
+            Muxer::Yamux(m) => m.pending_output_len(),
+            Muxer::Mplex(m) => m.pending_output_len(),
+        }
+    }
+    fn is_output_full(&self) -> bool {
+        match self {
+            Muxer::Yamux(m) => m.is_output_full(),
+            Muxer::Mplex(m) => m.is_output_full(),
+        }
+    }
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         match self {
             Muxer::Yamux(m) => m.poll_transmit(),
@@ -500,7 +512,7 @@ impl Connection {
         let r = self.remote.as_ref().expect("invariant: remote known after noise");
         self.events.push_back(Event::Established {
             peer: r.peer_id.clone(),
-            public_key: r.public_key.clone(),
+            public_key: Box::new(r.public_key.clone()),
             security: self.security.clone(),
             muxer: muxer.to_string(),
             early_muxer: early,
@@ -531,6 +543,31 @@ impl Connection {
         let Some(y) = &mut self.muxer else { return };
         if let Some(b) = y.poll_transmit() {
             self.encrypt(&b);
+        }
+    }
+
+    /// Bytes produced but not yet taken by `poll_transmit` (the muxer's and the secure channel's). A
+    /// driver stops reading the socket while this is large: local work before new remote work.
+    pub fn pending_output(&self) -> usize {
+        self.out.len() + self.muxer.as_ref().map_or(0, Muxer::pending_output_len)
+    }
+
+    /// The muxer's outgoing buffer is full: nothing more can be sent until `poll_transmit` is drained
+    /// into the socket. A driver stops reading the socket meanwhile (local work before new remote work).
+    pub fn is_backed_up(&self) -> bool {
+        self.muxer.as_ref().is_some_and(Muxer::is_output_full)
+    }
+
+    /// Sends a yamux ping (keep-alive; the answer is not reported). Returns false when the muxer has no
+    /// ping (mplex) or the connection is not open.
+    pub fn ping(&mut self, opaque: u32) -> bool {
+        let open = self.is_open();
+        match &mut self.muxer {
+            Some(Muxer::Yamux(y)) if open => {
+                y.ping(opaque);
+                true
+            }
+            _ => false,
         }
     }
 

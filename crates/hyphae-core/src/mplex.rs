@@ -189,6 +189,17 @@ impl Mplex {
     }
 
     #[must_use]
+    /// Bytes waiting for `poll_transmit`.
+    pub fn pending_output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The outgoing buffer is at its limit (writes wait).
+    pub fn is_output_full(&self) -> bool {
+        // A frame header is two varints of at most 10 bytes each.
+        self.out.len() + 20 >= self.limits.max_out_buffer
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let out = crate::take_output(&mut self.out)?;
         for (h, s) in self.streams.iter_mut() {

@@ -457,13 +457,10 @@ impl Transport {
 mod tests {
     use super::*;
 
-    fn pair(
-        ik: &Keypair,
-        rk: &Keypair,
-        expect: Option<PeerId>,
-        im: &[&str],
-        rm: &[&str],
-    ) -> Result<((Transport, Remote), (Transport, Remote)), NoiseError> {
+    /// Both ends of a finished handshake.
+    type Ends = ((Transport, Remote), (Transport, Remote));
+
+    fn pair(ik: &Keypair, rk: &Keypair, expect: Option<PeerId>, im: &[&str], rm: &[&str]) -> Result<Ends, NoiseError> {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let mut i = Handshake::new(ik, true, expect, s(im), [1; 32])?;
         let mut r = Handshake::new(rk, false, None, s(rm), [2; 32])?;

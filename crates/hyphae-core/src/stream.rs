@@ -149,7 +149,8 @@ pub enum CloseReason {
 pub enum ConnEvent {
     Established {
         peer: PeerId,
-        public_key: PublicKey,
+        /// Boxed: keys are large (RSA) and this event is rare; every other event stays small.
+        public_key: Box<PublicKey>,
         security: String,
         muxer: String,
         early_muxer: bool,

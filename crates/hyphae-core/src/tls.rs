@@ -57,8 +57,11 @@ mod der {
     pub const UTC: u8 = 0x17;
     pub const GENERALIZED: u8 = 0x18;
 
-    /// Reads one TLV: (tag, value, whole TLV, rest).
-    pub fn read(b: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+    /// One TLV: (tag, value, whole TLV, rest).
+    pub type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    /// Reads one TLV.
+    pub fn read(b: &[u8]) -> Option<Tlv<'_>> {
         let tag = *b.first()?;
         let l0 = *b.get(1)?;
         let (len, hdr) = if l0 < 0x80 {

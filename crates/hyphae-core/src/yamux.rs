@@ -136,6 +136,9 @@ pub struct Stats {
     pub streams_opened: u64,
     pub streams_accepted: u64,
     pub streams_refused: u64,
+    /// Pongs and refusal RSTs not sent because the outgoing buffer was full (a peer that floods control
+    /// frames without reading what we send).
+    pub control_dropped: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -341,6 +344,16 @@ impl Yamux {
         Some(out)
     }
 
+    /// Bytes waiting for `poll_transmit`.
+    pub fn pending_output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The outgoing buffer cannot take another frame: writes wait and control replies are dropped.
+    pub fn is_output_full(&self) -> bool {
+        self.out.len() + HEADER_LEN > self.limits.max_out_buffer
+    }
+
     pub fn has_pending_output(&self) -> bool {
         !self.out.is_empty()
     }
@@ -412,7 +425,7 @@ impl Yamux {
                         return Err(YamuxError::Protocol("ping on a stream"));
                     }
                     if h.flags & F_SYN != 0 {
-                        put_header(&mut self.out, TY_PING, F_ACK, 0, h.len);
+                        self.control_reply(TY_PING, F_ACK, 0, h.len);
                     } else if h.flags & F_ACK != 0 {
                         self.events.push_back(Event::Pong(h.len));
                     }
@@ -424,6 +437,17 @@ impl Yamux {
                 _ => self.on_stream_frame(h)?,
             }
         }
+    }
+
+    /// A frame answering the peer's own control traffic (pong, refusal RST). It obeys
+    /// `Limits::max_out_buffer` like data does: beyond it the reply is dropped and counted, so a peer
+    /// that sends pings or stream opens without reading cannot grow our buffer.
+    fn control_reply(&mut self, ty: u8, flags: u16, id: u32, len: u32) {
+        if self.out.len() + HEADER_LEN > self.limits.max_out_buffer {
+            self.stats.control_dropped += 1;
+            return;
+        }
+        put_header(&mut self.out, ty, flags, id, len);
     }
 
     fn on_stream_frame(&mut self, h: Header) -> Result<(), YamuxError> {
@@ -440,7 +464,7 @@ impl Yamux {
             }
             if self.goaway_sent || self.streams.len() >= self.limits.max_streams {
                 // Refuse: RST, and swallow any body.
-                put_header(&mut self.out, TY_WINDOW_UPDATE, F_RST, h.id, 0);
+                self.control_reply(TY_WINDOW_UPDATE, F_RST, h.id, 0);
                 self.stats.streams_refused += 1;
                 if h.ty == TY_DATA && h.len > 0 {
                     if h.len > INITIAL_WINDOW {
@@ -538,6 +562,20 @@ mod tests {
 
     fn events(y: &mut Yamux) -> Vec<Event> {
         std::iter::from_fn(|| y.poll_event()).collect()
+    }
+
+    #[test]
+    fn yamux_ping_flood_without_reading_keeps_output_within_the_limit() {
+        let lim = Limits { max_out_buffer: 4096, ..Limits::default() };
+        let mut s = Yamux::new(false, lim);
+        let mut flood = Vec::new();
+        for i in 0..10_000u32 {
+            put_header(&mut flood, TY_PING, F_SYN, 0, i);
+        }
+        // Also stream opens beyond the stream limit, each answered by a refusal RST.
+        s.handle_input(&mut flood).unwrap();
+        assert!(s.out.len() <= 4096, "pongs grew the output to {} bytes", s.out.len());
+        assert_eq!(s.stats().control_dropped, 10_000 - 4096 / HEADER_LEN as u64);
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn imports(name: &str, text: &str, all: &BTreeSet<String>) -> BTreeSet<String> {
                 vec![rest[..end].to_string()]
             };
             for h in heads {
-                let mut path: Vec<&str> = base.iter().copied().collect();
+                let mut path: Vec<&str> = base.to_vec();
                 path.extend(h.split("::").filter(|x| !x.is_empty() && x.chars().all(ident)));
                 if let Some(m) = resolve(&path) {
                     if m != name && !name.starts_with(&format!("{m}::")) {

@@ -1,13 +1,13 @@
 //! The Host: Go's `host.Host` shape over hyphae's machines. Listen, connect, open a stream to a peer for a
 //! protocol, serve a protocol. Identify and ping are built in.
 
-pub use crate::driver::Stream;
-use crate::driver::{self, Action, ConnShared, IdentifyState};
+use crate::driver;
+use crate::handle::{self, Action, ConnShared, Direction, HostLink, IdentifyState, Stream};
 use hyphae_core::conn::{self, CloseReason, OpenError, Role, StreamId};
 use hyphae_core::identify::{self, Info};
 use hyphae_core::multiaddr::MultiaddrError;
 use hyphae_core::node::{self, ConnId, Node};
-use hyphae_core::{perf, ping, rng, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
+use hyphae_core::{perf, ping, rng, Keypair, Multiaddr, PeerId, Protocol};
 use rand_core::RngCore;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -103,12 +103,6 @@ impl HostConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
 #[derive(Debug, Clone)]
 pub enum HostEvent {
     Connected {
@@ -164,6 +158,8 @@ pub struct ConnectionInfo {
     pub muxer: String,
 }
 
+/// A `Host::ping` caller waiting for the node machine's answer.
+type PingWaiter = oneshot::Sender<Result<Duration, ping::Failure>>;
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Handler = Arc<dyn Fn(Stream) -> BoxFut + Send + Sync>;
 
@@ -184,7 +180,7 @@ pub(crate) struct Inner {
     /// The sockets' side of each connection (the node machine keeps the accounting, peers, peerstore).
     conns: Mutex<BTreeMap<u64, Arc<ConnShared>>>,
     /// Callers of `Host::ping` waiting for the node machine's answer, by connection.
-    ping_waiters: Mutex<BTreeMap<ConnId, Vec<oneshot::Sender<Result<Duration, ping::Failure>>>>>,
+    ping_waiters: Mutex<BTreeMap<ConnId, Vec<PingWaiter>>>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The QUIC endpoint (one UDP socket, used to listen and to dial), once made. Read without waiting;
@@ -223,7 +219,7 @@ impl Inner {
     }
 
     fn now(&self) -> hyphae_core::Instant {
-        driver::since(self.epoch)
+        handle::since(self.epoch)
     }
 
     /// Every protocol we serve: the node machine's own and the application's handlers.
@@ -236,7 +232,7 @@ impl Inner {
         let shared = lock(&self.conns).get(&id.0).cloned();
         let Some(shared) = shared else { return };
         match &shared.quic {
-            Some((ep, qc)) => ep.with_streams(*qc, |m| self.node().flush(now, id, m)),
+            Some((ep, qc)) => ep.with_streams(*qc, &mut |m| self.node().flush(now, id, m)),
             None => {
                 let mut st = shared.lock();
                 if let Some(m) = st.conn.as_mut() {
@@ -325,7 +321,8 @@ impl Inner {
     /// Makes the QUIC endpoint (the caller holds `quic_start`), publishes it, then gives it the protocols
     /// served now (handlers may have changed while it started).
     async fn start_quic(self: &Arc<Self>, sa: SocketAddr) -> Result<Arc<crate::quic_driver::QuicShared>, Error> {
-        let ep = crate::quic_driver::QuicShared::start(self, sa, self.quic_config()).await?;
+        let link: Arc<dyn HostLink> = self.clone();
+        let ep = crate::quic_driver::QuicShared::start(&link, sa, self.quic_config()).await?;
         *lock(&self.quic) = Some(ep.clone());
         ep.set_protocols(self.protocols());
         Ok(ep)
@@ -439,8 +436,8 @@ impl Inner {
     pub(crate) fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::Established(peer, key, waiter) => {
-                    self.on_established(shared, peer.clone(), key);
+                Action::Established(peer, waiter) => {
+                    self.on_established(shared, peer.clone());
                     if let Some(tx) = waiter {
                         let _ = tx.send(Ok(peer));
                     }
@@ -453,7 +450,7 @@ impl Inner {
     }
 
     /// The node machine accepted the connection (its per-peer cap, peerstore and accounting ran).
-    fn on_established(&self, shared: &Arc<ConnShared>, peer: PeerId, _key: PublicKey) {
+    fn on_established(&self, shared: &Arc<ConnShared>, peer: PeerId) {
         tracing::info!(%peer, addr = %shared.remote_addr, direction = ?shared.direction, "connected");
         let (security, muxer) = {
             let st = shared.lock();
@@ -497,6 +494,33 @@ impl Inner {
         if !self.node().is_connected(&peer) {
             let _ = self.events.send(HostEvent::Disconnected { peer, reason });
         }
+    }
+}
+
+impl HostLink for Inner {
+    fn node(&self) -> MutexGuard<'_, Node> {
+        Inner::node(self)
+    }
+    fn take_node_events(&self) -> Vec<node::Event> {
+        Inner::take_node_events(self)
+    }
+    fn handle_node_events(&self, events: Vec<node::Event>) {
+        Inner::handle_node_events(self, events)
+    }
+    fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>) {
+        Inner::handle_actions(self, shared, actions)
+    }
+    fn conn_config(&self) -> conn::Config {
+        Inner::conn_config(self)
+    }
+    fn conn_started(&self, shared: &Arc<ConnShared>) {
+        Inner::conn_started(self, shared)
+    }
+    fn conn_finished(&self, shared: &Arc<ConnShared>) {
+        Inner::conn_finished(self, shared)
+    }
+    fn epoch(&self) -> std::time::Instant {
+        self.epoch
     }
 }
 
@@ -1042,7 +1066,7 @@ async fn node_timer(inner: Weak<Inner>, notify: Arc<tokio::sync::Notify>) {
             let d = inner.node().poll_timeout();
             (d, inner.epoch)
         };
-        driver::wait_for_wake_or_deadline(&notify, epoch, deadline).await;
+        handle::wait_for_wake_or_deadline(&notify, epoch, deadline).await;
         let Some(inner) = inner.upgrade() else { return };
         let now = inner.now();
         let due = {
@@ -1054,5 +1078,30 @@ async fn node_timer(inner: Weak<Inner>, notify: Arc<tokio::sync::Notify>) {
             inner.node_flush(now, id);
         }
         inner.drain_node_quiet();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handler registered while another task holds the QUIC endpoint's start lock (a dial or listen in
+    /// progress) must still reach the endpoint: the old code skipped the update when the lock was busy.
+    #[tokio::test]
+    async fn host_handler_set_during_quic_start_reaches_the_endpoint() {
+        let server = Host::new(HostConfig::ephemeral()).await.unwrap();
+        let addr = server.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap()[0].clone();
+        let busy = server.inner.quic_start.lock().await;
+        server.set_stream_handler("/late/1.0.0", |mut s: Stream| async move {
+            let _ = s.write_all(b"ok").await;
+            let _ = s.shutdown().await;
+        });
+        drop(busy);
+        let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+        let peer = client.connect(&addr).await.unwrap();
+        let mut s = client.new_stream(&peer, &["/late/1.0.0"]).await.expect("the QUIC endpoint serves the new protocol");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ok");
     }
 }

@@ -26,9 +26,11 @@
 pub struct ReadmeDoctests;
 
 mod driver;
+mod handle;
 mod host;
 pub mod keyfile;
 mod quic_driver;
 
-pub use host::{ConnectionInfo, Direction, Error, Host, HostConfig, HostEvent, PeerInfo, PerfResult, Stream};
+pub use handle::{Direction, Stream};
+pub use host::{ConnectionInfo, Error, Host, HostConfig, HostEvent, PeerInfo, PerfResult};
 pub use hyphae_core::{self as core, identify::Info as IdentifyInfo, KeyType, Keypair, Multiaddr, PeerId, Protocol, PublicKey};

@@ -2,8 +2,7 @@
 //! a receive task and a send/timer task. Connections get the same `ConnShared` bookkeeping as TCP ones;
 //! their stream I/O goes through the endpoint (wakers kept here).
 
-use crate::driver::{Action, ConnShared};
-use crate::host::{Direction, Inner};
+use crate::handle::{Action, ConnShared, Direction, HostLink, QuicHandle};
 use hyphae_core::conn::{CloseReason, Event as ConnEvent, OpenError, ReadResult, Role, StreamId};
 use hyphae_core::node::ConnId;
 use hyphae_core::quic::{self, QuicConnId};
@@ -42,12 +41,12 @@ pub(crate) struct QuicShared {
     udp: quinn_udp::UdpSocketState,
     pub local: SocketAddr,
     epoch: std::time::Instant,
-    inner: Weak<Inner>,
+    inner: Weak<dyn HostLink>,
 }
 
 impl QuicShared {
     fn now(&self) -> Instant {
-        crate::driver::since(self.epoch)
+        crate::handle::since(self.epoch)
     }
 
     fn lock(&self) -> MutexGuard<'_, QuicState> {
@@ -55,7 +54,7 @@ impl QuicShared {
     }
 
     /// Binds `sa` and starts the endpoint's tasks.
-    pub(crate) async fn start(inner: &Arc<Inner>, sa: SocketAddr, mut cfg: quic::Config) -> io::Result<Arc<QuicShared>> {
+    pub(crate) async fn start(inner: &Arc<dyn HostLink>, sa: SocketAddr, mut cfg: quic::Config) -> io::Result<Arc<QuicShared>> {
         let socket = Arc::new(UdpSocket::bind(sa).await?);
         let local = socket.local_addr()?;
         let udp = quinn_udp::UdpSocketState::new((&*socket).into())?;
@@ -76,7 +75,7 @@ impl QuicShared {
             socket,
             udp,
             local,
-            epoch: inner.epoch,
+            epoch: inner.epoch(),
             inner: Arc::downgrade(inner),
         });
         tokio::spawn(recv_loop(shared.clone()));
@@ -185,14 +184,6 @@ impl QuicShared {
         self.notify.notify_one();
     }
 
-    /// Runs `f` on one connection's streams under the endpoint's lock (for the node machine's timers).
-    pub(crate) fn with_streams(&self, cid: QuicConnId, f: impl FnOnce(&mut dyn hyphae_core::stream::Streams)) {
-        let mut st = self.lock();
-        f(&mut quic::ConnStreams { ep: &mut st.ep, conn: cid });
-        drop(st);
-        self.notify.notify_one();
-    }
-
     pub(crate) fn close(&self, cid: QuicConnId) {
         let now = self.now();
         self.lock().ep.close(now, cid);
@@ -201,7 +192,7 @@ impl QuicShared {
 
     /// Hands endpoint events to the node machine (which takes its own streams' events and runs policy),
     /// then turns the application's into waker calls and host actions (run outside the lock).
-    fn dispatch(self: &Arc<Self>, st: &mut QuicState, inner: &Arc<Inner>) -> Dispatched {
+    fn dispatch(self: &Arc<Self>, st: &mut QuicState, inner: &Arc<dyn HostLink>) -> Dispatched {
         let mut out = Vec::new();
         let now = self.now();
         let mut touched = false;
@@ -231,13 +222,22 @@ impl QuicShared {
                         Multiaddr::from_quic(remote),
                         self.epoch,
                         peer.clone(),
-                        self.clone(),
+                        self.clone() as Arc<dyn QuicHandle>,
                         conn,
                     ));
                     inner.conn_started(&shared);
                     st.conns.insert(conn, shared);
                     let security = hyphae_core::tls::PROTOCOL_ID.to_string();
-                    (conn, ConnEvent::Established { peer, public_key, security, muxer: "quic-v1".into(), early_muxer: false })
+                    (
+                        conn,
+                        ConnEvent::Established {
+                            peer,
+                            public_key: Box::new(public_key),
+                            security,
+                            muxer: "quic-v1".into(),
+                            early_muxer: false,
+                        },
+                    )
                 }
                 quic::Event::Closed { conn, reason } => (conn, ConnEvent::Closed { reason }),
                 ev => ev.stream_event().expect("invariant: every other event is a stream event"),
@@ -247,10 +247,10 @@ impl QuicShared {
             let back = inner.node().on_conn_event(now, id, cev, &mut quic::ConnStreams { ep: &mut st.ep, conn: qc });
             let Some(ev) = back else { continue };
             match ev {
-                ConnEvent::Established { peer, public_key, .. } => {
+                ConnEvent::Established { peer, .. } => {
                     let waiter = st.dialing.remove(&qc).map(|(_, tx)| tx);
                     if let Some(s) = shared {
-                        out.push((s, vec![Action::Established(peer, public_key, waiter)]));
+                        out.push((s, vec![Action::Established(peer, waiter)]));
                     }
                 }
                 ConnEvent::InboundStream { id: s, protocol } => {
@@ -392,6 +392,43 @@ async fn send_loop(shared: Arc<QuicShared>) {
         if sent {
             continue;
         }
-        crate::driver::wait_for_wake_or_deadline(&shared.notify, shared.epoch, deadline).await;
+        crate::handle::wait_for_wake_or_deadline(&shared.notify, shared.epoch, deadline).await;
+    }
+}
+
+impl QuicHandle for QuicShared {
+    fn open_stream(
+        &self,
+        cid: QuicConnId,
+        protocols: Vec<String>,
+    ) -> Result<(StreamId, oneshot::Receiver<Result<String, OpenError>>), OpenError> {
+        QuicShared::open_stream(self, cid, protocols)
+    }
+    fn poll_read(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        QuicShared::poll_read(self, cid, id, cx, buf)
+    }
+    fn poll_write(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        QuicShared::poll_write(self, cid, id, cx, data)
+    }
+    fn stream_close(&self, cid: QuicConnId, id: StreamId) {
+        QuicShared::stream_close(self, cid, id)
+    }
+    fn stream_reset(&self, cid: QuicConnId, id: StreamId) {
+        QuicShared::stream_reset(self, cid, id)
+    }
+    fn stream_release(&self, cid: QuicConnId, id: StreamId) {
+        QuicShared::stream_release(self, cid, id)
+    }
+    fn close(&self, cid: QuicConnId) {
+        QuicShared::close(self, cid)
+    }
+    fn set_protocols(&self, protocols: Vec<String>) {
+        QuicShared::set_protocols(self, protocols)
+    }
+    fn with_streams(&self, cid: QuicConnId, f: &mut dyn FnMut(&mut dyn hyphae_core::stream::Streams)) {
+        let mut st = self.lock();
+        f(&mut quic::ConnStreams { ep: &mut st.ep, conn: cid });
+        drop(st);
+        self.notify.notify_one();
     }
 }

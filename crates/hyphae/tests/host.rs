@@ -210,3 +210,48 @@ async fn host_periodic_ping_from_node_machine_over_tcp_and_quic() {
         assert_eq!(client.identify(&peer).await.unwrap().agent_version.as_deref(), Some("hyphae/0.1.0"));
     }
 }
+
+/// A peer that floods yamux pings and never reads what we send: once our outgoing buffer is full the
+/// Host stops reading its socket, so TCP pushes back on the peer (its writes stall) instead of the Host
+/// parsing the flood forever. The peer is hyphae's own sans-IO connection machine over a raw socket.
+#[tokio::test]
+async fn host_stops_reading_a_peer_that_floods_without_reading() {
+    use hyphae::core::conn::{Config, Connection, Role};
+    let (_server, addr) = echo_server().await;
+    let expected = addr.peer_id();
+    let sa = addr.socket_addr().unwrap().0;
+    let mut sock = tokio::net::TcpStream::connect(sa).await.unwrap();
+    let key = hyphae::Keypair::generate_ed25519(&mut rand_core::OsRng);
+    let mut c = Connection::new(Role::Dialer, Config::new(key), expected, hyphae::core::Instant::ZERO, [3; 32]);
+    let mut buf = vec![0u8; 64 * 1024];
+    while !c.is_open() {
+        if let Some(b) = c.poll_transmit() {
+            sock.write_all(&b).await.unwrap();
+            continue;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await.expect("handshake").unwrap();
+        assert!(n > 0, "server closed during the handshake");
+        c.handle_input(hyphae::core::Instant::ZERO, &buf[..n]);
+        assert!(!c.is_closed(), "handshake failed");
+    }
+    // From here on the client never reads.
+    let mut written = 0usize;
+    let mut stalled = false;
+    while written < 2 << 30 {
+        for i in 0..4096 {
+            assert!(c.ping(i));
+        }
+        let b = c.poll_transmit().expect("pings to send");
+        match tokio::time::timeout(Duration::from_secs(2), sock.write_all(&b)).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => {
+                stalled = true;
+                break;
+            }
+        }
+        written += b.len();
+    }
+    assert!(stalled, "the host read {written} bytes of pings from a peer that never reads its pongs");
+    // Socket buffers on both sides plus one muxer buffer; measured 9.7 MB on loopback.
+    assert!(written < 64 << 20, "the host read {written} bytes before pushing back");
+}

@@ -341,7 +341,16 @@ impl ByteNode {
                         }
                     }
                     let security = crate::tls::PROTOCOL_ID.to_string();
-                    (conn, ConnEvent::Established { peer, public_key, security, muxer: "quic-v1".into(), early_muxer: false })
+                    (
+                        conn,
+                        ConnEvent::Established {
+                            peer,
+                            public_key: Box::new(public_key),
+                            security,
+                            muxer: "quic-v1".into(),
+                            early_muxer: false,
+                        },
+                    )
                 }
                 quic::Event::Closed { conn, reason } => (conn, ConnEvent::Closed { reason }),
                 ev => ev.stream_event().expect("invariant: every other event is a stream event"),

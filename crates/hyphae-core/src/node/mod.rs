@@ -432,7 +432,7 @@ impl Node {
                 self.stats.connections_established += 1;
                 let conns = &self.conns;
                 let connected = |p: &PeerId| conns.values().any(|e| e.peer.as_ref() == Some(p));
-                self.peerstore.set_public_key(peer, public_key.clone(), &connected);
+                self.peerstore.set_public_key(peer, (**public_key).clone(), &connected);
                 if role == Role::Dialer {
                     self.peerstore.add_addrs(peer, std::slice::from_ref(&addr), &connected);
                 }
@@ -624,8 +624,7 @@ impl Node {
 
     /// Applies the stream operations services queued for connection `id`, in order.
     pub fn flush(&mut self, now: Instant, id: ConnId, m: &mut dyn Streams) {
-        loop {
-            let Some(op) = self.out.ops.get_mut(&id).and_then(|q| q.pop_front()) else { break };
+        while let Some(op) = self.out.ops.get_mut(&id).and_then(|q| q.pop_front()) {
             match op {
                 Op::Open { service, protocol, token } => match m.open_stream(now, vec![protocol]) {
                     Ok(s) => {

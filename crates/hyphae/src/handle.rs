@@ -1,0 +1,451 @@
+//! The connection handle the Host, its stream handles and both drivers share: one type for TCP and QUIC
+//! connections (`ConnShared`), the application's `Stream`, and the two seams that keep the drivers below
+//! the Host: [`HostLink`] (what a driver needs of the host) and [`QuicHandle`] (what a QUIC connection's
+//! handle needs of its endpoint). Imports nothing of the crate: `driver` and `quic_driver` sit on it,
+//! `host` on them.
+
+use hyphae_core::conn::{self, CloseReason, Connection, Event, OpenError, ReadResult, StreamId, Streams};
+use hyphae_core::node::{self, Node};
+use hyphae_core::quic::QuicConnId;
+use hyphae_core::{Instant, Multiaddr, PeerId};
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{oneshot, Notify};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// What a driver needs of the host (implemented by the Host's `Inner`).
+pub(crate) trait HostLink: Send + Sync + 'static {
+    /// The node machine. Lock order: a connection's (or the QUIC endpoint's) state first, then this.
+    fn node(&self) -> MutexGuard<'_, Node>;
+    /// What the node machine reported since the last call; its timer is re-armed.
+    fn take_node_events(&self) -> Vec<node::Event>;
+    fn handle_node_events(&self, events: Vec<node::Event>);
+    /// Runs what a connection's events asked of the host (outside every lock).
+    fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>);
+    fn conn_config(&self) -> conn::Config;
+    fn conn_started(&self, shared: &Arc<ConnShared>);
+    fn conn_finished(&self, shared: &Arc<ConnShared>);
+    /// The instant the machines' `Instant(0)` stands for.
+    fn epoch(&self) -> std::time::Instant;
+}
+
+/// What a QUIC connection's handle needs of its endpoint (implemented by the QUIC driver).
+pub(crate) trait QuicHandle: Send + Sync + 'static {
+    fn open_stream(
+        &self,
+        cid: QuicConnId,
+        protocols: Vec<String>,
+    ) -> Result<(StreamId, oneshot::Receiver<Result<String, OpenError>>), OpenError>;
+    fn poll_read(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>>;
+    fn poll_write(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>>;
+    fn stream_close(&self, cid: QuicConnId, id: StreamId);
+    fn stream_reset(&self, cid: QuicConnId, id: StreamId);
+    fn stream_release(&self, cid: QuicConnId, id: StreamId);
+    fn close(&self, cid: QuicConnId);
+    fn set_protocols(&self, protocols: Vec<String>);
+    /// Runs `f` on one connection's streams under the endpoint's lock (for the node machine).
+    fn with_streams(&self, cid: QuicConnId, f: &mut dyn FnMut(&mut dyn Streams));
+}
+
+/// Socket read size per syscall.
+pub(crate) const READ_CHUNK: usize = 256 * 1024;
+
+pub(crate) struct ConnShared {
+    pub id: u64,
+    pub direction: Direction,
+    pub local_addr: Multiaddr,
+    pub remote_addr: Multiaddr,
+    pub(crate) epoch: std::time::Instant,
+    pub(crate) state: Mutex<ConnState>,
+    /// Wakes the writer task: output is pending or the timer changed.
+    pub(crate) notify: Notify,
+    /// The writer finished a socket write (a reader paused on backed-up output may go on).
+    pub(crate) drained: Notify,
+    /// Outcome of the identify exchange run once per connection.
+    pub identify: tokio::sync::watch::Sender<IdentifyState>,
+    /// For QUIC connections: the socket's endpoint and this connection's id there.
+    pub quic: Option<(Arc<dyn QuicHandle>, QuicConnId)>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum IdentifyState {
+    Pending,
+    Done(Arc<hyphae_core::identify::Info>),
+    Failed(hyphae_core::identify::Failure),
+}
+
+pub(crate) struct ConnState {
+    /// The TCP connection machine; `None` for QUIC connections, whose machine is the socket's endpoint.
+    pub conn: Option<Connection>,
+    read_wakers: BTreeMap<StreamId, Waker>,
+    write_wakers: BTreeMap<StreamId, Waker>,
+    pending_open: BTreeMap<StreamId, oneshot::Sender<Result<String, OpenError>>>,
+    established: Option<oneshot::Sender<Result<PeerId, CloseReason>>>,
+    pub peer: Option<PeerId>,
+    /// The muxer was agreed inside the security handshake (one round trip saved).
+    pub early_muxer: bool,
+    pub security: String,
+    pub muxer: String,
+    pub closed: Option<CloseReason>,
+}
+
+/// What the host must do after the connection machine produced events (done outside the lock).
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// The upgrade finished; the sender (a dialer waiting in `connect`) is answered by the host once
+    /// the connection is registered, so `connect` never returns before `new_stream` can find it.
+    Established(PeerId, Option<oneshot::Sender<Result<PeerId, CloseReason>>>),
+    Inbound(StreamId, String),
+    Closed(CloseReason),
+    /// What the node machine reported (identify results, pings).
+    Node(Vec<node::Event>),
+}
+
+impl ConnShared {
+    /// A TCP connection's handle, owning its machine.
+    pub(crate) fn new_tcp(
+        id: u64,
+        direction: Direction,
+        local_addr: Multiaddr,
+        remote_addr: Multiaddr,
+        epoch: std::time::Instant,
+        conn: Connection,
+        established: Option<oneshot::Sender<Result<PeerId, CloseReason>>>,
+    ) -> ConnShared {
+        ConnShared {
+            id,
+            direction,
+            local_addr,
+            remote_addr,
+            epoch,
+            state: Mutex::new(ConnState {
+                conn: Some(conn),
+                read_wakers: BTreeMap::new(),
+                write_wakers: BTreeMap::new(),
+                pending_open: BTreeMap::new(),
+                established,
+                peer: None,
+                early_muxer: false,
+                security: String::new(),
+                muxer: String::new(),
+                closed: None,
+            }),
+            notify: Notify::new(),
+            drained: Notify::new(),
+            identify: tokio::sync::watch::channel(IdentifyState::Pending).0,
+            quic: None,
+        }
+    }
+
+    /// Bookkeeping for a QUIC connection (its machine lives in the endpoint).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new_quic(
+        id: u64,
+        direction: Direction,
+        local_addr: Multiaddr,
+        remote_addr: Multiaddr,
+        epoch: std::time::Instant,
+        peer: PeerId,
+        ep: Arc<dyn QuicHandle>,
+        cid: QuicConnId,
+    ) -> ConnShared {
+        ConnShared {
+            id,
+            direction,
+            local_addr,
+            remote_addr,
+            epoch,
+            state: Mutex::new(ConnState {
+                conn: None,
+                read_wakers: BTreeMap::new(),
+                write_wakers: BTreeMap::new(),
+                pending_open: BTreeMap::new(),
+                established: None,
+                peer: Some(peer),
+                early_muxer: false,
+                security: hyphae_core::tls::PROTOCOL_ID.into(),
+                muxer: "quic-v1".into(),
+                closed: None,
+            }),
+            notify: Notify::new(),
+            drained: Notify::new(),
+            identify: tokio::sync::watch::channel(IdentifyState::Pending).0,
+            quic: Some((ep, cid)),
+        }
+    }
+
+    pub fn reset_stream(&self, id: StreamId) {
+        match &self.quic {
+            Some((ep, cid)) => ep.stream_reset(*cid, id),
+            None => {
+                self.lock().tcp().stream_reset(id);
+                self.wake_writer();
+            }
+        }
+    }
+
+    pub fn set_protocols(&self, protocols: Vec<String>) {
+        match &self.quic {
+            Some((ep, _)) => ep.set_protocols(protocols),
+            None => self.lock().tcp().set_protocols(protocols),
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        since(self.epoch)
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ConnState> {
+        // A panic while holding this lock is a bug; keep serving the other streams rather than cascade.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn wake_writer(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Opens a stream; resolves once its protocol is negotiated.
+    pub fn open_stream(&self, protocols: Vec<String>) -> Result<(StreamId, oneshot::Receiver<Result<String, OpenError>>), OpenError> {
+        if let Some((ep, cid)) = &self.quic {
+            if self.lock().closed.is_some() {
+                return Err(OpenError::ConnectionClosed);
+            }
+            return ep.open_stream(*cid, protocols);
+        }
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return Err(OpenError::ConnectionClosed);
+        }
+        let id = st.tcp().open_stream(protocols).map_err(OpenError::Refused)?;
+        let (tx, rx) = oneshot::channel();
+        st.pending_open.insert(id, tx);
+        drop(st);
+        self.wake_writer();
+        Ok((id, rx))
+    }
+
+    pub fn close(&self) {
+        match &self.quic {
+            Some((ep, cid)) => ep.close(*cid),
+            None => {
+                self.lock().tcp().close();
+                self.wake_writer();
+            }
+        }
+    }
+}
+
+impl ConnState {
+    /// The TCP machine (the reader/writer tasks and TCP streams only run for TCP connections).
+    pub fn tcp(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("invariant: tcp connection state")
+    }
+}
+
+impl ConnShared {
+    /// What the application sees of a connection event the node machine handed back (TCP and QUIC).
+    pub(crate) fn app_event(&self, st: &mut ConnState, ev: Event, actions: &mut Vec<Action>) {
+        match ev {
+            Event::Established { peer, security, muxer, early_muxer, .. } => {
+                tracing::debug!(%peer, %security, %muxer, early_muxer, "connection established");
+                st.peer = Some(peer.clone());
+                st.early_muxer = early_muxer;
+                st.security = security;
+                st.muxer = muxer;
+                actions.push(Action::Established(peer, st.established.take()));
+            }
+            Event::InboundStream { id, protocol } => actions.push(Action::Inbound(id, protocol)),
+            Event::OutboundReady { id, protocol } => {
+                if let Some(tx) = st.pending_open.remove(&id) {
+                    if tx.send(Ok(protocol)).is_err() {
+                        self.reset_locked(st, id);
+                    }
+                }
+            }
+            Event::OutboundFailed { id, reason } => {
+                if let Some(tx) = st.pending_open.remove(&id) {
+                    let _ = tx.send(Err(reason));
+                }
+            }
+            Event::Readable(id) => {
+                if let Some(w) = st.read_wakers.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Writable(id) => {
+                if let Some(w) = st.write_wakers.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Reset(id) => {
+                if let Some(w) = st.read_wakers.remove(&id) {
+                    w.wake();
+                }
+                if let Some(w) = st.write_wakers.remove(&id) {
+                    w.wake();
+                }
+            }
+            Event::Closed { reason } => {
+                st.closed = Some(reason.clone());
+                if let Some(tx) = st.established.take() {
+                    let _ = tx.send(Err(reason.clone()));
+                }
+                for (_, tx) in std::mem::take(&mut st.pending_open) {
+                    let _ = tx.send(Err(OpenError::ConnectionClosed));
+                }
+                for (_, w) in std::mem::take(&mut st.read_wakers).into_iter().chain(std::mem::take(&mut st.write_wakers)) {
+                    w.wake();
+                }
+                actions.push(Action::Closed(reason));
+            }
+        }
+    }
+
+    /// Resets a stream whose opener went away (TCP under the held lock; QUIC through its endpoint).
+    fn reset_locked(&self, st: &mut ConnState, id: StreamId) {
+        match &self.quic {
+            Some(_) => {}
+            None => st.tcp().stream_reset(id),
+        }
+    }
+}
+
+/// The machines' time: the wall clock's monotonic time since the host's `epoch` (the driver reads the
+/// clock; the sans-IO core only ever gets this value).
+pub(crate) fn since(epoch: std::time::Instant) -> Instant {
+    Instant::from_nanos(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Sleeps until `notify` fires or the machine's `deadline` (an `Instant` since `epoch`) passes.
+pub(crate) async fn wait_for_wake_or_deadline(notify: &Notify, epoch: std::time::Instant, deadline: Option<Instant>) {
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until((epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = notify.notified() => {}
+        _ = sleep => {}
+    }
+}
+
+/// A negotiated stream: tokio `AsyncRead` + `AsyncWrite`. `shutdown` half-closes (FIN); dropping the
+/// handle closes our side and discards what the remote still sends.
+pub struct Stream {
+    pub(crate) id: StreamId,
+    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) protocol: String,
+    pub(crate) peer: PeerId,
+}
+
+impl Stream {
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+    pub fn remote_peer(&self) -> &PeerId {
+        &self.peer
+    }
+    pub fn remote_addr(&self) -> &Multiaddr {
+        &self.shared.remote_addr
+    }
+    /// Abortive close (RST).
+    pub fn reset(self) {
+        self.shared.reset_stream(self.id);
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stream({} {} on conn {} to {})", self.id, self.protocol, self.shared.id, self.peer)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some((ep, cid)) = &self.shared.quic {
+            return ep.poll_read(*cid, self.id, cx, buf);
+        }
+        let mut st = self.shared.lock();
+        let want = buf.remaining().min(READ_CHUNK);
+        match st.tcp().stream_read(self.id, buf.initialize_unfilled_to(want)) {
+            ReadResult::Data(n) => {
+                buf.advance(n);
+                drop(st);
+                self.shared.wake_writer();
+                Poll::Ready(Ok(()))
+            }
+            ReadResult::Eof => Poll::Ready(Ok(())),
+            ReadResult::Reset => Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset"))),
+            ReadResult::Pending => {
+                if let Some(r) = &st.closed {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("connection closed: {r}"))));
+                }
+                st.read_wakers.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some((ep, cid)) = &self.shared.quic {
+            return ep.poll_write(*cid, self.id, cx, data);
+        }
+        let mut st = self.shared.lock();
+        match st.tcp().stream_write(self.id, data) {
+            Ok(0) if !data.is_empty() => {
+                st.write_wakers.insert(self.id, cx.waker().clone());
+                drop(st);
+                // The writer may be idle with output pending; make sure it drains so we get Writable.
+                self.shared.wake_writer();
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(st);
+                self.shared.wake_writer();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((ep, cid)) = &self.shared.quic {
+            ep.stream_close(*cid, self.id);
+            return Poll::Ready(Ok(()));
+        }
+        self.shared.lock().tcp().stream_close(self.id);
+        self.shared.wake_writer();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some((ep, cid)) = &self.shared.quic {
+            ep.stream_release(*cid, self.id);
+            return;
+        }
+        let mut st = self.shared.lock();
+        st.tcp().stream_release(self.id);
+        st.read_wakers.remove(&self.id);
+        st.write_wakers.remove(&self.id);
+        drop(st);
+        self.shared.wake_writer();
+    }
+}
