@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! seed 42                                   # default seed (HYPHAE_SEED and --seed override it)
-//! nodes GROUP COUNT [ping=10s] [transport=tcp|quic]  # a group of nodes; ping: interval of pings to every
+//! nodes GROUP COUNT [ping=10s] [transport=tcp|quic] [per_peer=8]  # a group of nodes; ping: interval of pings to every
 //!                                           # peer; transport: how this group dials (default tcp)
 //! link latency=20ms [jitter=2ms] [bandwidth=100mbit] [loss=1%] [reorder=5%]  # the default link class
 //!                                           # (one-way latency); loss and reorder apply to datagrams
@@ -14,7 +14,8 @@
 //! run TIME                                  # virtual duration
 //! assert PHASE.METRIC OP NUMBER             # OP: < <= > >= == ; checked after the run
 //! ```
-//! Actions: `connect random K [SELECTOR]`, `connect SELECTOR -> SELECTOR`, `ping SELECTOR`,
+//! Actions: `connect random K [SELECTOR]`, `connect SELECTOR -> SELECTOR`, `dial SELECTOR -> SELECTOR`
+//! (a new connection even when connected), `ping SELECTOR`,
 //! `partition SELECTOR | SELECTOR` (two-way), `partition SELECTOR -> SELECTOR` (one-way), `heal`,
 //! `crash SELECTOR`, `restart SELECTOR`, `churn N every TIME until TIME`, `link latency=.. ...`
 //! (degrade or change the default class from then on), `phase NAME`.
@@ -52,14 +53,31 @@ pub enum Selector {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    ConnectRandom { k: usize, who: Selector },
-    Connect { from: Selector, to: Selector },
+    ConnectRandom {
+        k: usize,
+        who: Selector,
+    },
+    /// `connect` reuses a connection to the peer if there is one; `dial` (`new: true`) always opens
+    /// another, as `Host::connect` and `Host::dial` do.
+    Connect {
+        from: Selector,
+        to: Selector,
+        new: bool,
+    },
     Ping(Selector),
-    Partition { a: Selector, b: Selector, one_way: bool },
+    Partition {
+        a: Selector,
+        b: Selector,
+        one_way: bool,
+    },
     Heal,
     Crash(Selector),
     Restart(Selector),
-    Churn { n: usize, every: Duration, until: Duration },
+    Churn {
+        n: usize,
+        every: Duration,
+        until: Duration,
+    },
     Link(LinkClass),
     Phase(String),
 }
@@ -71,6 +89,8 @@ pub struct Group {
     pub ping: Option<Duration>,
     /// The group dials over QUIC (every node of a scenario that has such a group also listens on QUIC).
     pub quic: bool,
+    /// The node machine's cap on established connections per peer (`node::Limits`); default 8.
+    pub per_peer: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +225,11 @@ fn parse_action(w: &[&str], link: &LinkClass) -> Result<Action, String> {
         },
         ["connect", rest @ ..] => {
             let (from, to) = arrow(rest, "->")?;
-            Action::Connect { from, to }
+            Action::Connect { from, to, new: false }
+        }
+        ["dial", rest @ ..] => {
+            let (from, to) = arrow(rest, "->")?;
+            Action::Connect { from, to, new: true }
         }
         ["ping", s] => Action::Ping(parse_selector(s)?),
         ["partition", rest @ ..] => {
@@ -258,18 +282,20 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let count: usize = count.parse().map_err(|_| err(format!("{count:?}: not a number")))?;
                 let mut ping = None;
                 let mut quic = false;
+                let mut per_peer = None;
                 for r in rest {
                     match r.split_once('=') {
                         Some(("ping", v)) => ping = Some(parse_duration(v).map_err(err)?),
                         Some(("transport", "tcp")) => quic = false,
                         Some(("transport", "quic")) => quic = true,
-                        _ => return Err(err(format!("unknown node setting {r:?} (ping=DURATION, transport=tcp|quic)"))),
+                        Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
+                        _ => return Err(err(format!("unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N)"))),
                     }
                 }
                 if sc.groups.iter().any(|g| g.name == *name) {
                     return Err(err(format!("group {name:?} defined twice")));
                 }
-                sc.groups.push(Group { name: name.to_string(), count, ping, quic });
+                sc.groups.push(Group { name: name.to_string(), count, ping, quic, per_peer });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,
             ["region", name, sel] => sc.regions.push((name.to_string(), parse_selector(sel).map_err(err)?)),
@@ -328,7 +354,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     for (_, a) in &sc.timeline {
         match a {
             Action::ConnectRandom { who, .. } | Action::Ping(who) | Action::Crash(who) | Action::Restart(who) => check(who)?,
-            Action::Connect { from, to } => {
+            Action::Connect { from, to, .. } => {
                 check(from)?;
                 check(to)?
             }

@@ -131,6 +131,7 @@ struct SimNode {
     ping: Option<Duration>,
     /// Dials over QUIC.
     quic: bool,
+    per_peer: Option<usize>,
     timer_at: Option<Instant>,
     conns: BTreeMap<ConnId, End>,
     by_link: BTreeMap<u64, ConnId>,
@@ -589,6 +590,7 @@ impl Sim {
                     key,
                     ping: g.ping,
                     quic: g.quic,
+                    per_peer: g.per_peer,
                     timer_at: None,
                     conns: BTreeMap::new(),
                     by_link: BTreeMap::new(),
@@ -730,6 +732,9 @@ impl Sim {
         let n = &mut self.nodes[i];
         let mut cfg = node::Config::new(n.key.clone(), seed32(self.seed, b"node", ((i as u64) << 20) | u64::from(n.gen)));
         cfg.ping.interval = n.ping;
+        if let Some(p) = n.per_peer {
+            cfg.limits.max_connections_per_peer = p;
+        }
         cfg.listen_addrs = vec![node_addr(i)];
         if let Some(base) = self.quic_base {
             cfg.quic_base = Some(base);
@@ -784,18 +789,19 @@ impl Sim {
             }
         }
         for j in chosen {
-            self.connect(i, j);
+            self.connect(i, j, false);
         }
     }
 
-    fn connect(&mut self, i: usize, j: usize) {
+    /// Dials `j` from `i`: only if not connected yet, unless `new`.
+    fn connect(&mut self, i: usize, j: usize, new: bool) {
         let peer = self.peers[j].clone();
         let addr = if self.nodes[i].quic { node_quic_addr(j) } else { node_addr(j) }.with(Protocol::P2p(peer.clone()));
         self.with_node(i, |ctx, w, out| {
             let now = w.now;
             let quic = w.n.quic;
             if let Some(n) = w.n.node.as_mut() {
-                if !n.is_connected(&peer) {
+                if new || !n.is_connected(&peer) {
                     let _ = n.dial(now, addr);
                     if quic {
                         // TCP dials are counted when the node asks for the transport connection.
@@ -815,11 +821,11 @@ impl Sim {
                     self.connect_random(i, k);
                 }
             }
-            Action::Connect { from, to } => {
+            Action::Connect { from, to, new } => {
                 for i in self.select(&from) {
                     for j in self.select(&to) {
                         if i != j {
-                            self.connect(i, j);
+                            self.connect(i, j, new);
                         }
                     }
                 }

@@ -249,3 +249,35 @@ fn sim_syn_to_a_host_that_crashed_meanwhile_is_refused() {
     // SYN at 1 s, refusal back at 2 s (with the SYN-ACK the dialer had been promised).
     assert_eq!(failed[0].0.as_nanos(), 2_000_000_000, "{failed:?}");
 }
+
+/// The node machine's policy runs in the simulator, as in the Host: a per-peer connection cap (here 2)
+/// refuses the third connection between the same two nodes with a typed reason, and the peerstore holds
+/// what identify told (listen address, protocols, agent) and outlives the connection.
+#[test]
+fn sim_per_peer_cap_and_peerstore_act_as_in_the_host() {
+    use hyphae_core::conn::CloseReason;
+    use hyphae_core::node::Event;
+    let sc = parse("nodes all 3 per_peer=2\nlink latency=5ms\nat 0s dial 0 -> 1\nat 1s dial 0 -> 1\nat 2s dial 0 -> 1\nat 3s connect 2 -> 0\nat 5s crash 2\nrun 10s").unwrap();
+    let mut s = Sim::new(sc, seed(4));
+    s.record_events();
+    s.run_until(std::time::Duration::from_secs(10));
+    let n0 = s.node(0).unwrap().node();
+    let (p1, p2) = (s.peer_id(1).clone(), s.peer_id(2).clone());
+    assert_eq!(n0.connections_to(&p1).len(), 2, "the cap holds");
+    assert_eq!(s.node_stats(0).unwrap().connections_refused_per_peer, 1);
+    let refused: Vec<_> = s
+        .events()
+        .iter()
+        .filter(|(_, n, e)| *n == 0 && matches!(e, Event::DialFailed { reason: CloseReason::Limit("connections per peer"), .. }))
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", s.events());
+    // Node 1's record in node 0's peerstore: the address dialed, what identify said.
+    let r1 = n0.peerstore().get(&p1).expect("peer 1 known");
+    assert!(r1.addrs.contains(&hyphae_sim::sim::node_addr(1)), "{:?}", r1.addrs);
+    assert!(r1.protocols.iter().any(|p| p == hyphae_core::ping::PROTOCOL_ID));
+    assert!(r1.agent_version.as_deref().is_some_and(|a| a.starts_with("hyphae/")));
+    // Node 2 dialed us and crashed: not connected any more, still known with its listen address.
+    assert!(!n0.is_connected(&p2));
+    let r2 = n0.peerstore().get(&p2).expect("peer 2 still known after its crash");
+    assert!(r2.addrs.contains(&hyphae_sim::sim::node_addr(2)), "identify's listen address: {:?}", r2.addrs);
+}
