@@ -5,7 +5,7 @@
 //! channel hop per chunk.
 
 use crate::handle::{since, Action, ConnShared, ConnState, Direction, HostLink, READ_CHUNK};
-use hyphae_core::conn::{CloseReason, Connection, Role};
+use hyphae_core::conn::{CloseReason, Connection, Event, Role};
 use hyphae_core::node::ConnId;
 use hyphae_core::{Multiaddr, PeerId};
 use std::sync::Arc;
@@ -20,13 +20,18 @@ fn dispatch(shared: &ConnShared, st: &mut ConnState, inner: &dyn HostLink) -> Ve
     let mut actions = Vec::new();
     let now = shared.now();
     let cid = ConnId(shared.id);
-    let mut touched = false;
+    // Only events the node machine took (its own streams, connection life) can make it report something
+    // or move its timer; the application's stream events are handed straight back, so the byte path
+    // neither drains the node nor wakes its timer task.
+    let mut node_took = false;
     while let Some(ev) = st.conn.as_mut().and_then(|c| c.poll_event()) {
-        touched = true;
-        let Some(ev) = inner.node().on_conn_event(now, cid, ev, st.tcp()) else { continue };
+        let lifecycle = matches!(ev, Event::Established { .. } | Event::Closed { .. });
+        let back = inner.node().on_conn_event(now, cid, ev, st.tcp());
+        node_took |= lifecycle || back.is_none();
+        let Some(ev) = back else { continue };
         shared.app_event(st, ev, &mut actions);
     }
-    if touched {
+    if node_took {
         actions.push(Action::Node(inner.take_node_events()));
     }
     actions
@@ -64,16 +69,14 @@ pub(crate) fn spawn_connection(
 
 async fn read_loop(inner: Arc<dyn HostLink>, shared: Arc<ConnShared>, mut rd: tokio::net::tcp::OwnedReadHalf) {
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut backed_up = false;
     loop {
         // Local work before new remote work: while the muxer's outgoing buffer is full (the socket is not
         // taking our bytes), nothing we read could be answered; stop reading and let TCP push back on
         // the peer instead of parsing its flood.
-        loop {
-            let backed_up = shared.lock().conn.as_ref().is_some_and(Connection::is_backed_up);
-            if !backed_up {
-                break;
-            }
+        while backed_up {
             shared.drained.notified().await;
+            backed_up = shared.lock().conn.as_ref().is_some_and(Connection::is_backed_up);
         }
         let r = rd.read(&mut buf).await;
         let (actions, done) = {
@@ -89,6 +92,7 @@ async fn read_loop(inner: Arc<dyn HostLink>, shared: Arc<ConnShared>, mut rd: to
                     false
                 }
             };
+            backed_up = st.tcp().is_backed_up();
             (dispatch(&shared, &mut st, &*inner), done)
         };
         shared.wake_writer();

@@ -195,9 +195,9 @@ impl QuicShared {
     fn dispatch(self: &Arc<Self>, st: &mut QuicState, inner: &Arc<dyn HostLink>) -> Dispatched {
         let mut out = Vec::new();
         let now = self.now();
-        let mut touched = false;
+        // As in the TCP driver: only what the node machine took can make it report something.
+        let mut node_took = false;
         while let Some(ev) = st.ep.poll_event() {
-            touched = true;
             let (qc, cev) = match ev {
                 quic::Event::Established { conn, peer, public_key, remote, outbound } => {
                     let id = match st.ids.get(&conn) {
@@ -244,7 +244,9 @@ impl QuicShared {
             };
             let Some(&id) = st.ids.get(&qc) else { continue };
             let shared = st.conns.get(&qc).cloned();
+            let lifecycle = matches!(cev, ConnEvent::Established { .. } | ConnEvent::Closed { .. });
             let back = inner.node().on_conn_event(now, id, cev, &mut quic::ConnStreams { ep: &mut st.ep, conn: qc });
+            node_took |= lifecycle || back.is_none();
             let Some(ev) = back else { continue };
             match ev {
                 ConnEvent::Established { peer, .. } => {
@@ -311,7 +313,7 @@ impl QuicShared {
                 }
             }
         }
-        let events = if touched { inner.take_node_events() } else { Vec::new() };
+        let events = if node_took { inner.take_node_events() } else { Vec::new() };
         (out, events)
     }
 }

@@ -404,7 +404,7 @@ impl Node {
     /// One event of connection `id`'s machine (lent as `m`). Returns it when it is the application's.
     pub fn on_conn_event(&mut self, now: Instant, id: ConnId, ev: ConnEvent, m: &mut dyn Streams) -> Option<ConnEvent> {
         let back = self.route(now, id, ev, m);
-        if self.conns.contains_key(&id) {
+        if self.out.ops.get(&id).is_some_and(|q| !q.is_empty()) && self.conns.contains_key(&id) {
             self.flush(now, id, m);
         }
         back
