@@ -1,12 +1,12 @@
 #![no_main]
 //! Yamux session fed arbitrary frames: never panic; the stream limit and per-stream buffers hold.
-use hyphae_core::yamux::{Limits, ReadResult, Yamux};
+use hyphae_core::yamux::{Limits, ReadResult, Role, Yamux};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits { max_streams: 8, stream_window: 256 * 1024, ..Limits::default() };
-    for client in [false, true] {
-        let mut y = Yamux::new(client, limits.clone());
+    for role in [Role::Listener, Role::Dialer] {
+        let mut y = Yamux::new(role, limits.clone());
         let mut buf = Vec::new();
         for piece in data.chunks(37) {
             buf.extend_from_slice(piece);

@@ -371,14 +371,7 @@ impl Connection {
                                 r.fill_bytes(&mut s);
                                 s
                             };
-                            match tls::Session::new(
-                                &cert,
-                                self.role == Role::Dialer,
-                                self.expected.clone(),
-                                &muxers,
-                                self.config.unix_time,
-                                tls_seed,
-                            ) {
+                            match tls::Session::new(&cert, self.role, self.expected.clone(), &muxers, self.config.unix_time, tls_seed) {
                                 Ok(mut sess) => {
                                     sess.poll_transmit(&mut self.out);
                                     self.stage = Stage::Tls(Box::new(sess));
@@ -389,10 +382,9 @@ impl Connection {
                         Ok(Some(p)) => {
                             self.security = p;
                             let muxers = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };
-                            let initiator = self.role == Role::Dialer;
                             let hs = match &self.config.noise_static {
-                                Some(k) => Handshake::with_static_key(k, initiator, self.expected.clone(), muxers, self.seed),
-                                None => Handshake::new(&self.config.keypair, initiator, self.expected.clone(), muxers, self.seed),
+                                Some(k) => Handshake::with_static_key(k, self.role, self.expected.clone(), muxers, self.seed),
+                                None => Handshake::new(&self.config.keypair, self.role, self.expected.clone(), muxers, self.seed),
                             };
                             match hs {
                                 Ok(mut hs) => {
@@ -507,7 +499,7 @@ impl Connection {
         self.muxer = Some(if muxer == mplex::PROTOCOL_ID {
             Muxer::Mplex(Mplex::new(self.config.limits.mplex.clone()))
         } else {
-            Muxer::Yamux(Yamux::new(self.role == Role::Dialer, self.config.limits.yamux.clone()))
+            Muxer::Yamux(Yamux::new(self.role, self.config.limits.yamux.clone()))
         });
         let r = self.remote.as_ref().expect("invariant: remote known after noise");
         self.events.push_back(Event::Established {

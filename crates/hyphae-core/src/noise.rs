@@ -8,6 +8,7 @@
 //! `snow` does the cryptography; randomness comes from a seeded RNG passed in (no ambient RNG).
 
 use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::stream::Role;
 use crate::{pb, DecodeError};
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 use std::cell::Cell;
@@ -256,7 +257,7 @@ impl StaticKey {
 
 pub struct Handshake {
     state: snow::HandshakeState,
-    initiator: bool,
+    role: Role,
     /// Number of handshake messages read or written so far (0..=3).
     step: u8,
     local_payload: Vec<u8>,
@@ -268,21 +269,15 @@ pub struct Handshake {
 
 impl Handshake {
     /// Starts a handshake. `muxers`: our stream muxers in order of preference (empty: no early negotiation).
-    pub fn new(
-        identity: &Keypair,
-        initiator: bool,
-        expected: Option<PeerId>,
-        muxers: Vec<String>,
-        seed: [u8; 32],
-    ) -> Result<Self, NoiseError> {
+    pub fn new(identity: &Keypair, role: Role, expected: Option<PeerId>, muxers: Vec<String>, seed: [u8; 32]) -> Result<Self, NoiseError> {
         let key = StaticKey::generate(identity, seed)?;
-        Self::with_static_key(&key, initiator, expected, muxers, seed)
+        Self::with_static_key(&key, role, expected, muxers, seed)
     }
 
     /// Starts a handshake with a node-wide static key (see [`StaticKey`]).
     pub fn with_static_key(
         key: &StaticKey,
-        initiator: bool,
+        role: Role,
         expected: Option<PeerId>,
         muxers: Vec<String>,
         seed: [u8; 32],
@@ -290,11 +285,11 @@ impl Handshake {
         let params: snow::params::NoiseParams = PARAMS.parse().expect("invariant: noise params string is valid");
         let builder =
             snow::Builder::with_resolver(params, Box::new(Resolver { seed, stream: Cell::new(1) })).local_private_key(&key.private);
-        let state = if initiator { builder.build_initiator() } else { builder.build_responder() }.map_err(snow_err)?;
+        let state = if role.is_dialer() { builder.build_initiator() } else { builder.build_responder() }.map_err(snow_err)?;
         let payload = Payload { identity_key: key.payload_identity.clone(), identity_sig: key.payload_sig.clone(), muxers: muxers.clone() };
         let mut hs = Handshake {
             state,
-            initiator,
+            role,
             step: 0,
             local_payload: payload.encode(),
             local_muxers: muxers,
@@ -302,7 +297,7 @@ impl Handshake {
             remote: None,
             out: Vec::new(),
         };
-        if initiator {
+        if role.is_dialer() {
             hs.write_message(&[])?; // -> e
         }
         Ok(hs)
@@ -342,7 +337,7 @@ impl Handshake {
             }
         }
         // spec(inlined-muxer-negotiation): "picking the first item from the initiator's list that both parties support"
-        let (ini, resp) = if self.initiator { (&self.local_muxers, &p.muxers) } else { (&p.muxers, &self.local_muxers) };
+        let (ini, resp) = if self.role.is_dialer() { (&self.local_muxers, &p.muxers) } else { (&p.muxers, &self.local_muxers) };
         let muxer = ini.iter().find(|m| resp.contains(m)).cloned();
         self.remote = Some(Remote { peer_id, public_key: key, muxer });
         Ok(())
@@ -372,7 +367,7 @@ impl Handshake {
                 Err(e) => break Err(snow_err(e)),
             };
             self.step += 1;
-            let res = match (self.initiator, self.step) {
+            let res = match (self.role.is_dialer(), self.step) {
                 // responder got `-> e`: answer `<- e, ee, s, es` + payload
                 (false, 1) => {
                     let p = self.local_payload.clone();
@@ -462,8 +457,8 @@ mod tests {
 
     fn pair(ik: &Keypair, rk: &Keypair, expect: Option<PeerId>, im: &[&str], rm: &[&str]) -> Result<Ends, NoiseError> {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let mut i = Handshake::new(ik, true, expect, s(im), [1; 32])?;
-        let mut r = Handshake::new(rk, false, None, s(rm), [2; 32])?;
+        let mut i = Handshake::new(ik, Role::Dialer, expect, s(im), [1; 32])?;
+        let mut r = Handshake::new(rk, Role::Listener, None, s(rm), [2; 32])?;
         let (mut to_r, mut to_i) = (Vec::new(), Vec::new());
         for _ in 0..4 {
             if let Some(b) = i.poll_transmit() {

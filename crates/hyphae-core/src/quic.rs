@@ -11,7 +11,7 @@
 
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::mss::Negotiator;
-use crate::stream::{self, CloseReason, OpenError, ReadResult, StreamError, StreamId};
+use crate::stream::{self, CloseReason, OpenError, ReadResult, Role, StreamError, StreamId};
 use crate::time::Instant;
 use crate::tls;
 use core::net::SocketAddr;
@@ -60,7 +60,7 @@ pub struct QuicConnId(pub usize);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Established { conn: QuicConnId, peer: PeerId, public_key: PublicKey, remote: SocketAddr, outbound: bool },
+    Established { conn: QuicConnId, peer: PeerId, public_key: PublicKey, remote: SocketAddr, role: Role },
     InboundStream { conn: QuicConnId, id: StreamId, protocol: String },
     OutboundReady { conn: QuicConnId, id: StreamId, protocol: String },
     OutboundFailed { conn: QuicConnId, id: StreamId, reason: OpenError },
@@ -440,7 +440,7 @@ impl Endpoint {
                     peer: pc.peer_id,
                     public_key: pc.public_key,
                     remote: c.remote,
-                    outbound: c.outbound,
+                    role: if c.outbound { Role::Dialer } else { Role::Listener },
                 });
             }
             quinn_proto::Event::ConnectionLost { reason } => {
@@ -789,8 +789,8 @@ mod tests {
             }
         };
         pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
-        assert!(ev_a.iter().any(|e| matches!(e, Event::Established { peer, outbound: true, .. } if *peer == b_id)), "{ev_a:?}");
-        assert!(ev_b.iter().any(|e| matches!(e, Event::Established { peer, outbound: false, .. } if *peer == a_id)), "{ev_b:?}");
+        assert!(ev_a.iter().any(|e| matches!(e, Event::Established { peer, role: Role::Dialer, .. } if *peer == b_id)), "{ev_a:?}");
+        assert!(ev_b.iter().any(|e| matches!(e, Event::Established { peer, role: Role::Listener, .. } if *peer == a_id)), "{ev_b:?}");
         let s = a.open_stream(now, conn, vec!["/nope".into(), "/echo/1".into()]).unwrap();
         pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
         assert!(ev_a.contains(&Event::OutboundReady { conn, id: s, protocol: "/echo/1".into() }), "{ev_a:?}");

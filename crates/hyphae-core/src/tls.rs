@@ -14,6 +14,7 @@
 //! handshake replays byte for byte from a seed, as Noise does.
 
 use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::stream::Role;
 use rand_core::CryptoRngCore;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -705,7 +706,7 @@ pub struct Remote {
 impl Session {
     pub fn new(
         cert: &Certificate,
-        initiator: bool,
+        role: Role,
         expected: Option<PeerId>,
         muxers: &[String],
         now_unix: i64,
@@ -716,7 +717,7 @@ impl Session {
         alpn.push(b"libp2p".to_vec());
         let mut rng = Some(crate::rng::from_seed(seed));
         let scope = RngScope::enter(&mut rng);
-        let conn: Result<rustls::Connection, TlsError> = if initiator {
+        let conn: Result<rustls::Connection, TlsError> = if role.is_dialer() {
             client_config(cert, alpn, now_unix).and_then(|cfg| {
                 let name = ServerName::try_from("libp2p.invalid").expect("invariant: valid dns name");
                 rustls::ClientConnection::new(Arc::new(cfg), name).map(Into::into).map_err(rustls_err)
@@ -860,8 +861,8 @@ mod tests {
         let ca = Certificate::generate(&a, now, &mut rng);
         let cb = Certificate::generate(&b, now, &mut rng);
         let m = vec!["/yamux/1.0.0".to_string()];
-        let mut c = Session::new(&ca, true, Some(b.peer_id()), &m, now, [1; 32]).unwrap();
-        let mut s = Session::new(&cb, false, None, &m, now, [2; 32]).unwrap();
+        let mut c = Session::new(&ca, Role::Dialer, Some(b.peer_id()), &m, now, [1; 32]).unwrap();
+        let mut s = Session::new(&cb, Role::Listener, None, &m, now, [2; 32]).unwrap();
         let (mut to_s, mut to_c, mut pc, mut ps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..6 {
             c.poll_transmit(&mut to_s);

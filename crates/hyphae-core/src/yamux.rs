@@ -5,7 +5,7 @@
 //! spec allows. Frame bodies are consumed incrementally, so a large data frame never has to be buffered
 //! whole before it is delivered. Every limit is explicit in [`Limits`].
 
-pub use crate::stream::{ReadResult, StreamError, StreamId};
+pub use crate::stream::{ReadResult, Role, StreamError, StreamId};
 use std::collections::{BTreeMap, VecDeque};
 
 pub const PROTOCOL_ID: &str = "/yamux/1.0.0";
@@ -144,7 +144,7 @@ pub struct Stats {
 }
 
 pub struct Yamux {
-    client: bool,
+    role: Role,
     limits: Limits,
     next_id: u32,
     streams: BTreeMap<u32, Stream>,
@@ -159,11 +159,12 @@ pub struct Yamux {
 }
 
 impl Yamux {
-    pub fn new(client: bool, limits: Limits) -> Self {
+    pub fn new(role: Role, limits: Limits) -> Self {
         Yamux {
-            client,
+            role,
             limits,
-            next_id: if client { 1 } else { 2 },
+            // spec(yamux): "The client side should use odd ID's, and the server even."
+            next_id: if role.is_dialer() { 1 } else { 2 },
             streams: BTreeMap::new(),
             out: Vec::new(),
             events: VecDeque::new(),
@@ -455,7 +456,7 @@ impl Yamux {
             return Err(YamuxError::Protocol("data or window update on stream 0"));
         }
         if h.flags & F_SYN != 0 {
-            let remote_parity = if self.client { 0 } else { 1 };
+            let remote_parity = if self.role.is_dialer() { 0 } else { 1 };
             if h.id % 2 != remote_parity {
                 return Err(YamuxError::Protocol("SYN with our own stream id parity"));
             }
@@ -567,7 +568,7 @@ mod tests {
     #[test]
     fn yamux_ping_flood_without_reading_keeps_output_within_the_limit() {
         let lim = Limits { max_out_buffer: 4096, ..Limits::default() };
-        let mut s = Yamux::new(false, lim);
+        let mut s = Yamux::new(Role::Listener, lim);
         let mut flood = Vec::new();
         for i in 0..10_000u32 {
             put_header(&mut flood, TY_PING, F_SYN, 0, i);
@@ -580,7 +581,7 @@ mod tests {
 
     #[test]
     fn yamux_open_write_read_close() {
-        let (mut c, mut s) = (Yamux::new(true, Limits::default()), Yamux::new(false, Limits::default()));
+        let (mut c, mut s) = (Yamux::new(Role::Dialer, Limits::default()), Yamux::new(Role::Listener, Limits::default()));
         let id = c.open_stream().unwrap();
         assert_eq!(id, StreamId(1));
         assert_eq!(c.write(id, b"hello").unwrap(), 5);
@@ -606,7 +607,7 @@ mod tests {
     #[test]
     fn yamux_flow_control_blocks_then_resumes() {
         let lim = Limits { stream_window: INITIAL_WINDOW, max_out_buffer: 16 << 20, ..Limits::default() };
-        let (mut c, mut s) = (Yamux::new(true, lim.clone()), Yamux::new(false, lim));
+        let (mut c, mut s) = (Yamux::new(Role::Dialer, lim.clone()), Yamux::new(Role::Listener, lim));
         let id = c.open_stream().unwrap();
         let data = vec![1u8; 600 * 1024];
         let n = c.write(id, &data).unwrap();
@@ -622,7 +623,7 @@ mod tests {
 
     #[test]
     fn yamux_window_violation_is_protocol_error() {
-        let mut s = Yamux::new(false, Limits { stream_window: INITIAL_WINDOW, ..Limits::default() });
+        let mut s = Yamux::new(Role::Listener, Limits { stream_window: INITIAL_WINDOW, ..Limits::default() });
         let mut f = Vec::new();
         put_header(&mut f, TY_DATA, F_SYN, 1, INITIAL_WINDOW + 1);
         assert!(s.handle_input(&mut f).is_err());
@@ -630,7 +631,7 @@ mod tests {
 
     #[test]
     fn yamux_ping_is_answered_and_pong_reported() {
-        let (mut c, mut s) = (Yamux::new(true, Limits::default()), Yamux::new(false, Limits::default()));
+        let (mut c, mut s) = (Yamux::new(Role::Dialer, Limits::default()), Yamux::new(Role::Listener, Limits::default()));
         c.ping(42);
         pump(&mut c, &mut s);
         assert_eq!(events(&mut c), vec![Event::Pong(42)]);
@@ -639,7 +640,7 @@ mod tests {
     #[test]
     fn yamux_stream_limit_refuses_with_rst() {
         let lim = Limits { max_streams: 1, ..Limits::default() };
-        let (mut c, mut s) = (Yamux::new(true, Limits::default()), Yamux::new(false, lim));
+        let (mut c, mut s) = (Yamux::new(Role::Dialer, Limits::default()), Yamux::new(Role::Listener, lim));
         let a = c.open_stream().unwrap();
         let b = c.open_stream().unwrap();
         pump(&mut c, &mut s);
@@ -650,15 +651,15 @@ mod tests {
 
     #[test]
     fn yamux_bad_version_and_type_rejected() {
-        let mut s = Yamux::new(false, Limits::default());
+        let mut s = Yamux::new(Role::Listener, Limits::default());
         assert!(s.handle_input(&mut vec![1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]).is_err());
-        let mut s = Yamux::new(false, Limits::default());
+        let mut s = Yamux::new(Role::Listener, Limits::default());
         assert!(s.handle_input(&mut vec![0, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]).is_err());
     }
 
     #[test]
     fn yamux_body_split_across_inputs() {
-        let (mut c, mut s) = (Yamux::new(true, Limits::default()), Yamux::new(false, Limits::default()));
+        let (mut c, mut s) = (Yamux::new(Role::Dialer, Limits::default()), Yamux::new(Role::Listener, Limits::default()));
         let id = c.open_stream().unwrap();
         c.write(id, &[9u8; 1000]).unwrap();
         let wire = c.poll_transmit().unwrap();

@@ -199,7 +199,7 @@ impl QuicShared {
         let mut node_took = false;
         while let Some(ev) = st.ep.poll_event() {
             let (qc, cev) = match ev {
-                quic::Event::Established { conn, peer, public_key, remote, outbound } => {
+                quic::Event::Established { conn, peer, public_key, remote, role } => {
                     let id = match st.ids.get(&conn) {
                         Some(id) => *id,
                         None => {
@@ -214,7 +214,7 @@ impl QuicShared {
                             id
                         }
                     };
-                    let direction = if outbound { Direction::Outbound } else { Direction::Inbound };
+                    let direction = if role.is_dialer() { Direction::Outbound } else { Direction::Inbound };
                     let shared = Arc::new(ConnShared::new_quic(
                         id.0,
                         direction,

@@ -89,7 +89,7 @@ async fn go_go_dials_hyphae_ping_identify() {
     let (mut s, _) = go.stream_open(&h.peer_id(), &[identify::PROTOCOL_ID]).await.expect("go opens identify stream");
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.unwrap().unwrap();
-    let ours = identify::Info::decode_all(&buf).expect("our identify decodes");
+    let ours = identify::Info::decode_all(&buf, &identify::Limits::default()).expect("our identify decodes");
     assert_eq!(ours.public_key.map(|k| k.to_peer_id()), Some(h.peer_id()));
     assert!(ours.protocols.iter().any(|p| p == ping::PROTOCOL_ID));
 }

@@ -7,17 +7,20 @@
 use crate::identity::{PeerId, PublicKey};
 use crate::multiaddr::Multiaddr;
 use crate::stream::{ConnId, OpenError};
-use crate::{pb, varint, DecodeError};
+use crate::DecodeError;
 
 pub const PROTOCOL_ID: &str = "/ipfs/id/1.0.0";
 pub const PUSH_PROTOCOL_ID: &str = "/ipfs/id/push/1.0.0";
-/// Largest single identify message (go-libp2p's limit for messages with a signed record).
+/// Defaults of [`Limits`]. Largest single identify message (go-libp2p's limit for messages with a signed
+/// record).
 pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
 pub const MAX_MESSAGES: usize = 10;
 pub const MAX_LISTEN_ADDRS: usize = 128;
 pub const MAX_PROTOCOLS: usize = 512;
 
 pub mod service;
+pub mod wire;
+pub use wire::Limits;
 
 /// What the identify service reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,96 +58,15 @@ pub struct Info {
     pub signed_peer_record: Option<Vec<u8>>,
 }
 
-impl Info {
-    /// The message with its varint length prefix.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut m = Vec::new();
-        if let Some(k) = &self.public_key {
-            pb::put_bytes(&mut m, 1, &k.encode_protobuf());
-        }
-        for a in &self.listen_addrs {
-            pb::put_bytes(&mut m, 2, &a.to_bytes());
-        }
-        for p in &self.protocols {
-            pb::put_bytes(&mut m, 3, p.as_bytes());
-        }
-        if let Some(o) = &self.observed_addr {
-            pb::put_bytes(&mut m, 4, &o.to_bytes());
-        }
-        if let Some(v) = &self.protocol_version {
-            pb::put_bytes(&mut m, 5, v.as_bytes());
-        }
-        if let Some(v) = &self.agent_version {
-            pb::put_bytes(&mut m, 6, v.as_bytes());
-        }
-        if let Some(r) = &self.signed_peer_record {
-            pb::put_bytes(&mut m, 8, r);
-        }
-        let mut out = Vec::with_capacity(m.len() + 3);
-        varint::encode_frame(&m, &mut out);
-        out
-    }
-
-    /// Merges one message body into `self`. Unparseable addresses (newer protocols) are skipped.
-    fn merge(&mut self, body: &[u8]) -> Result<(), DecodeError> {
-        for f in pb::Reader::new(body) {
-            match f? {
-                (1, v) => self.public_key = Some(PublicKey::decode_protobuf(v.bytes()?)?),
-                (2, v) => {
-                    if self.listen_addrs.len() >= MAX_LISTEN_ADDRS {
-                        return Err(DecodeError::Invalid("too many listen addresses"));
-                    }
-                    if let Ok(a) = Multiaddr::from_bytes(v.bytes()?) {
-                        self.listen_addrs.push(a);
-                    }
-                }
-                (3, v) => {
-                    if self.protocols.len() >= MAX_PROTOCOLS {
-                        return Err(DecodeError::Invalid("too many protocols"));
-                    }
-                    self.protocols.push(v.string()?.to_string());
-                }
-                (4, v) => self.observed_addr = Multiaddr::from_bytes(v.bytes()?).ok(),
-                (5, v) => self.protocol_version = Some(v.string()?.to_string()),
-                (6, v) => self.agent_version = Some(v.string()?.to_string()),
-                (8, v) => self.signed_peer_record = Some(v.bytes()?.to_vec()),
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Decodes everything a responder wrote (read until EOF): one or more length-prefixed messages.
-    pub fn decode_all(mut buf: &[u8]) -> Result<Info, DecodeError> {
-        let mut info = Info::default();
-        let mut n = 0;
-        while !buf.is_empty() {
-            n += 1;
-            if n > MAX_MESSAGES {
-                return Err(DecodeError::Invalid("too many identify messages"));
-            }
-            let (r, used) = varint::decode_frame(buf, MAX_MESSAGE_LEN)?.ok_or(DecodeError::Truncated)?;
-            info.merge(&buf[r])?;
-            buf = &buf[used..];
-        }
-        Ok(info)
-    }
-
-    /// The most bytes `decode_all` can need: a reader stops collecting past this.
-    pub const fn max_total_len() -> usize {
-        MAX_MESSAGES * (MAX_MESSAGE_LEN + 2)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{pb, varint};
 
-    #[test]
-    fn identify_roundtrip_and_merge() {
+    fn sample() -> Info {
         let mut rng = crate::rng::from_seed([1; 32]);
         let k = crate::Keypair::generate_ed25519(&mut rng);
-        let a = Info {
+        Info {
             protocol_version: Some("ipfs/0.1.0".into()),
             agent_version: Some("hyphae/0.1.0".into()),
             public_key: Some(k.public()),
@@ -152,21 +74,62 @@ mod tests {
             observed_addr: Some("/ip4/1.2.3.4/tcp/5".parse().unwrap()),
             protocols: vec!["/ipfs/ping/1.0.0".into()],
             signed_peer_record: None,
-        };
+        }
+    }
+
+    #[test]
+    fn identify_roundtrip_and_merge() {
+        let a = sample();
+        let l = Limits::default();
         let mut wire = a.encode();
-        assert_eq!(Info::decode_all(&wire).unwrap(), a);
+        assert_eq!(Info::decode_all(&wire, &l).unwrap(), a);
         let b = Info { signed_peer_record: Some(vec![1, 2, 3]), ..Default::default() };
         wire.extend(b.encode());
-        let m = Info::decode_all(&wire).unwrap();
+        let m = Info::decode_all(&wire, &l).unwrap();
         assert_eq!(m.signed_peer_record, Some(vec![1, 2, 3]));
         assert_eq!(m.agent_version.as_deref(), Some("hyphae/0.1.0"));
     }
 
+    /// The generated encoder writes the bytes the hand-written one did (fields by number), so peers
+    /// and the simulator's traces see no change.
     #[test]
-    fn identify_oversized_or_truncated_rejected() {
+    fn identify_generated_encoding_matches_the_field_order_of_the_spec_numbers() {
+        let a = sample();
+        let mut m = Vec::new();
+        pb::put_bytes(&mut m, 1, &a.public_key.as_ref().unwrap().encode_protobuf());
+        pb::put_bytes(&mut m, 2, &a.listen_addrs[0].to_bytes());
+        pb::put_bytes(&mut m, 3, a.protocols[0].as_bytes());
+        pb::put_bytes(&mut m, 4, &a.observed_addr.as_ref().unwrap().to_bytes());
+        pb::put_bytes(&mut m, 5, b"ipfs/0.1.0");
+        pb::put_bytes(&mut m, 6, b"hyphae/0.1.0");
+        let mut expected = Vec::new();
+        varint::encode_frame(&m, &mut expected);
+        assert_eq!(a.encode(), expected);
+    }
+
+    #[test]
+    fn identify_decode_needs_more_bytes_then_reports_what_it_used() {
+        let wire = sample().encode();
+        let l = Limits::default();
+        assert_eq!(wire::decode(&wire[..wire.len() - 1], &l), Ok(None));
+        let (info, used) = wire::decode(&wire, &l).unwrap().unwrap();
+        assert_eq!((info, used), (sample(), wire.len()));
+    }
+
+    #[test]
+    fn identify_oversized_or_truncated_or_too_many_rejected() {
+        let l = Limits::default();
         let mut big = Vec::new();
         varint::encode((MAX_MESSAGE_LEN + 1) as u64, &mut big);
-        assert!(matches!(Info::decode_all(&big), Err(DecodeError::TooLarge { .. })));
-        assert_eq!(Info::decode_all(&[5, 1]), Err(DecodeError::Truncated));
+        assert!(matches!(Info::decode_all(&big, &l), Err(DecodeError::TooLarge { .. })));
+        assert_eq!(Info::decode_all(&[5, 1], &l), Err(DecodeError::Truncated));
+        let tight = Limits { max_protocols: 2, ..Limits::default() };
+        let three = Info { protocols: vec!["/a".into(), "/b".into(), "/c".into()], ..Default::default() };
+        assert!(matches!(Info::decode_all(&three.encode(), &tight), Err(DecodeError::TooLarge { len: 3, limit: 2 })));
+        // Split over two messages, the limit holds for the sum.
+        let mut two = Info { protocols: vec!["/a".into(), "/b".into()], ..Default::default() }.encode();
+        two.extend(Info { protocols: vec!["/c".into()], ..Default::default() }.encode());
+        assert!(matches!(Info::decode_all(&two, &tight), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(Info::decode_all(&[2, 0xff, 0xff], &l), Err(DecodeError::Invalid(_))));
     }
 }

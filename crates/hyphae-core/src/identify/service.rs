@@ -2,7 +2,7 @@
 //! answer peers who ask, take their pushes, and push our own info to every connection when our protocols
 //! or addresses change (as go-libp2p does).
 
-use super::{Event, Failure, Info, MAX_MESSAGE_LEN, PROTOCOL_ID, PUSH_PROTOCOL_ID};
+use super::{Event, Failure, Info, Limits, PROTOCOL_ID, PUSH_PROTOCOL_ID};
 use crate::identity::PeerId;
 use crate::multiaddr::Multiaddr;
 use crate::service::{ConnId, ConnectionEvent, Cx, Event as NodeEvent, LocalInfo, Service, StreamEvent};
@@ -19,11 +19,12 @@ pub struct Config {
     pub on_connect: bool,
     /// An identify exchange not finished after this long fails. Default 15 s.
     pub timeout: Duration,
+    pub limits: Limits,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { on_connect: true, timeout: Duration::from_secs(15) }
+        Config { on_connect: true, timeout: Duration::from_secs(15), limits: Limits::default() }
     }
 }
 
@@ -66,7 +67,7 @@ impl IdentifyService {
             c.request = None;
         }
         let peer = c.peer.clone();
-        let outcome = Info::decode_all(&r.buf).map_err(Failure::Malformed).and_then(|info| match &info.public_key {
+        let outcome = Info::decode_all(&r.buf, &self.config.limits).map_err(Failure::Malformed).and_then(|info| match &info.public_key {
             Some(k) if !peer.matches(k) => Err(Failure::KeyMismatch),
             _ => Ok(info),
         });
@@ -159,18 +160,18 @@ impl Service for IdentifyService {
             }
             StreamEvent::Data(d) => {
                 let Some(r) = self.reading.get_mut(&(conn, stream)) else { return };
-                if r.buf.len() + d.len() > Info::max_total_len() {
-                    let push = r.push;
+                let limit = self.config.limits.max_total_len();
+                if r.buf.len() + d.len() > limit {
+                    let (push, r_len) = (r.push, r.buf.len());
                     self.reading.remove(&(conn, stream));
                     cx.reset_stream(conn, stream);
                     cx.release(conn, stream);
                     let peer = self.conns.get(&conn).map(|c| c.peer.clone());
                     let protocol = if push { PUSH_PROTOCOL_ID } else { PROTOCOL_ID };
-                    let limit = Info::max_total_len();
                     cx.violation(Violation { peer, protocol, kind: ViolationKind::Limit { what: "identify bytes", limit } });
                     if !push {
-                        let len = limit + 1;
-                        self.fail(cx, conn, Failure::Malformed(crate::DecodeError::TooLarge { len, limit: MAX_MESSAGE_LEN }));
+                        let len = r_len + d.len();
+                        self.fail(cx, conn, Failure::Malformed(crate::DecodeError::TooLarge { len, limit }));
                     }
                     return;
                 }
