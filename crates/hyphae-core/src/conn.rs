@@ -643,7 +643,7 @@ impl Connection {
                 }
                 ReadResult::Pending | ReadResult::Reset => break,
             }
-            if buf.len() > 64 * 1024 {
+            if buf.len() > crate::mss::MAX_BUFFERED {
                 break;
             }
         }

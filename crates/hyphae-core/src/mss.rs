@@ -13,6 +13,9 @@ use crate::{varint, DecodeError};
 pub const PROTOCOL_ID: &str = "/multistream/1.0.0";
 /// Longest message (protocol id + newline) we accept; go-multistream also caps messages at 1 KiB.
 pub const MAX_MESSAGE_LEN: usize = 1024;
+/// Bytes a connection buffers for one stream while its protocol is negotiated (TCP muxers and QUIC
+/// alike); beyond it the negotiation is judged on what arrived.
+pub const MAX_BUFFERED: usize = 64 * 1024;
 /// A listener gives up after this many rejected proposals, so a dialer cannot keep it busy forever.
 pub const MAX_PROPOSALS: usize = 32;
 

@@ -525,7 +525,7 @@ impl Endpoint {
                 match chunks.next(4096) {
                     Ok(Some(ch)) => {
                         buf.extend_from_slice(&ch.bytes);
-                        if buf.len() > 64 * 1024 {
+                        if buf.len() > crate::mss::MAX_BUFFERED {
                             break;
                         }
                     }

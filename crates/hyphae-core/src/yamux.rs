@@ -95,7 +95,8 @@ struct Header {
 }
 
 impl Header {
-    fn parse(b: &[u8]) -> Result<Header, YamuxError> {
+    /// Parses a header from exactly its 12 bytes (the length check is the caller's `first_chunk`).
+    fn parse(b: &[u8; HEADER_LEN]) -> Result<Header, YamuxError> {
         if b[0] != 0 {
             return Err(YamuxError::Protocol("unsupported version"));
         }
@@ -415,10 +416,8 @@ impl Yamux {
                 }
                 continue;
             }
-            if buf.len() - *pos < HEADER_LEN {
-                return Ok(());
-            }
-            let h = Header::parse(&buf[*pos..*pos + HEADER_LEN])?;
+            let Some(raw) = buf[*pos..].first_chunk::<HEADER_LEN>() else { return Ok(()) };
+            let h = Header::parse(raw)?;
             *pos += HEADER_LEN;
             match h.ty {
                 TY_PING => {

@@ -1,7 +1,7 @@
 //! The `hyphae` binary: node prints its addresses, ping exits 0 after N pings and non-zero with a clear
 //! message on failure, id prints the key's peer ID, Ctrl-C (SIGINT) stops the node cleanly.
 
-mod common;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -11,7 +11,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
 
 #[tokio::test]
 async fn cli_node_ping_id_and_sigint() {
-    let dir = common::TempDir::new("cli");
+    let dir = TempDir::new("cli");
     let key = dir.0.join("node.key");
     let mut node = Command::new(BIN)
         .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--key"])
@@ -71,7 +71,7 @@ async fn cli_bad_arguments_exit_2_with_usage() {
 
 #[tokio::test]
 async fn cli_sim_writes_reports_and_fails_with_seed() {
-    let dir = common::TempDir::new("sim");
+    let dir = TempDir::new("sim");
     let ok = dir.0.join("ok.hyp");
     std::fs::write(&ok, "nodes all 6 ping=2s\nlink latency=5ms\nat 0s connect random 2\nrun 10s\nassert main.pings_failed == 0\n").unwrap();
     let out_dir = dir.0.join("out");
@@ -94,4 +94,21 @@ async fn cli_sim_writes_reports_and_fails_with_seed() {
     let out = Command::new(BIN).arg("sim").arg(&ok).arg("--check").output().await.unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("determinism check passed"));
+}
+
+/// A fresh directory under the system's temp dir, removed on drop.
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let mut b = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        let p = std::env::temp_dir().join(format!("hyphae-{tag}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
