@@ -20,6 +20,8 @@ pub mod quic;
 pub mod rng;
 pub mod service;
 pub mod stream;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 pub mod tls;
 pub mod varint;

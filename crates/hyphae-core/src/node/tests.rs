@@ -2,154 +2,80 @@
 
 use super::*;
 use crate::identify::Info;
-use crate::stream::Role;
+use crate::testing::Net;
 
-/// Two nodes over an in-memory link with a fixed one-way latency, driven by explicit time.
-struct Pair {
-    n: [ByteNode; 2],
-    now: Instant,
-    /// (arrival, to, conn — `None` for a datagram, data)
-    inflight: Vec<(Instant, usize, Option<ConnId>, Vec<u8>)>,
-    events: [Vec<Event>; 2],
-    latency: Duration,
-}
-
-impl Pair {
-    fn new(ping: Option<Duration>) -> Pair {
-        Self::with_quic(ping, false)
-    }
-
-    fn addr(i: usize) -> core::net::SocketAddr {
-        core::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 4001))
-    }
-
-    fn with_quic(ping: Option<Duration>, quic: bool) -> Pair {
-        let mut r = rng::from_seed([5; 32]);
-        let base = std::time::Instant::now();
-        let mk = |r: &mut rng::Rng, s: u8| {
-            let mut c = Config::new(Keypair::generate_ed25519(r), [s; 32]);
-            c.ping.interval = ping;
-            c.quic_base = quic.then_some(base);
-            ByteNode::new(c, Instant(0))
-        };
-        Pair {
-            n: [mk(&mut r, 1), mk(&mut r, 2)],
-            now: Instant(0),
-            inflight: vec![],
-            events: [vec![], vec![]],
-            latency: Duration::from_millis(10),
-        }
-    }
-
-    fn drain(&mut self, i: usize) {
-        while let Some(o) = self.n[i].poll_output() {
-            match o {
-                Output::Transmit { conn, data } => self.inflight.push((self.now + self.latency, 1 - i, Some(conn), data)),
-                Output::SendDatagram { to, data } => {
-                    assert_eq!(to, Self::addr(1 - i));
-                    self.inflight.push((self.now + self.latency, 1 - i, None, data));
-                }
-                Output::Dial { conn, .. } => {
-                    // Same ConnId on both sides keeps the test simple.
-                    self.n[i].handle_input(self.now, Input::Connected { conn, role: Role::Dialer, remote_addr: Multiaddr::empty() });
-                    self.n[1 - i].handle_input(self.now, Input::Connected { conn, role: Role::Listener, remote_addr: Multiaddr::empty() });
-                    self.drain(1 - i);
-                }
-                Output::Close { .. } => {}
-                Output::Event(e) => self.events[i].push(e),
-            }
-        }
-    }
-
-    fn run_until(&mut self, end: Instant) {
-        loop {
-            self.drain(0);
-            self.drain(1);
-            let next_msg = self.inflight.iter().map(|m| m.0).min();
-            let next_timer = [self.n[0].poll_timeout(), self.n[1].poll_timeout()].into_iter().flatten().min();
-            let Some(t) = [next_msg, next_timer].into_iter().flatten().min() else { return };
-            if t > end {
-                self.now = end;
-                return;
-            }
-            self.now = self.now.max(t);
-            if next_msg == Some(t) {
-                let pos = self.inflight.iter().position(|m| m.0 == t).unwrap();
-                let (_, to, conn, data) = self.inflight.remove(pos);
-                match conn {
-                    Some(conn) => self.n[to].handle_input(self.now, Input::Data { conn, data: &data }),
-                    None => self.n[to].handle_input(self.now, Input::Datagram { from: Self::addr(1 - to), data: &data }),
-                }
-            } else {
-                self.n[0].handle_timeout(self.now);
-                self.n[1].handle_timeout(self.now);
-            }
-        }
-    }
+fn pair(ping: Option<Duration>, quic: bool) -> Net {
+    let base = Net::quic_base();
+    Net::new(2, |_, c| {
+        c.ping.interval = ping;
+        c.quic_base = quic.then_some(base);
+    })
 }
 
 #[test]
 fn node_connects_identifies_and_pings_on_virtual_time() {
-    let mut p = Pair::new(Some(Duration::from_secs(10)));
-    let b = p.n[1].peer_id().clone();
-    p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+    let mut p = pair(Some(Duration::from_secs(10)), false);
+    let b = p.nodes[1].peer_id().clone();
+    let a = p.addr(1);
+    p.dial(0, a);
     p.run_until(Instant(0) + Duration::from_secs(35));
-    assert!(p.n[0].is_connected(&b));
+    assert!(p.nodes[0].is_connected(&b));
     let rtts = rtts(&p.events[0]);
     // Pings at 0 (after the handshake), 10, 20, 30 s; each RTT is exactly two one-way latencies.
     assert_eq!(rtts.len(), 4, "{:?}", p.events[0]);
     assert!(rtts.iter().all(|r| *r == Duration::from_millis(20)), "{rtts:?}");
     assert!(p.events[0].iter().any(|e| matches!(e, Event::Identify(identify::Event::Received { info, push: false, .. }) if info.agent_version.as_deref().is_some_and(|a| a.starts_with("hyphae/")))));
     assert!(p.events[1].iter().any(|e| matches!(e, Event::Identify(identify::Event::Received { .. }))));
-    assert_eq!(p.n[1].stats().pings_ok, 4, "both sides ping");
+    assert_eq!(p.nodes[1].stats().pings_ok, 4, "both sides ping");
 }
 
 #[test]
 fn node_runs_over_quic_with_the_same_protocol_code() {
-    let mut p = Pair::with_quic(Some(Duration::from_secs(10)), true);
-    let b = p.n[1].peer_id().clone();
-    let addr = Multiaddr::from_quic(Pair::addr(1)).with(crate::Protocol::P2p(b.clone()));
-    p.n[0].dial(Instant(0), addr).unwrap();
+    let mut p = pair(Some(Duration::from_secs(10)), true);
+    let b = p.nodes[1].peer_id().clone();
+    let addr = p.quic_addr(1);
+    p.dial(0, addr);
     p.run_until(Instant(0) + Duration::from_secs(25));
-    assert!(p.n[0].is_connected(&b));
+    assert!(p.nodes[0].is_connected(&b));
     let rtts = rtts(&p.events[0]);
     assert_eq!(rtts.len(), 3, "{:?}", p.events[0]);
     assert!(rtts.iter().all(|r| *r == Duration::from_millis(20)), "{rtts:?}");
-    assert_eq!(p.n[0].stats().identifies, 1);
-    assert_eq!(p.n[1].stats().identifies, 1);
-    assert_eq!(p.n[0].num_connections(), 1);
+    assert_eq!(p.nodes[0].stats().identifies, 1);
+    assert_eq!(p.nodes[1].stats().identifies, 1);
+    assert_eq!(p.nodes[0].num_connections(), 1);
 }
 
 #[test]
 fn node_idle_inbound_ping_stream_is_closed_and_the_next_ping_opens_another() {
-    let mut p = Pair::new(None);
-    let b = p.n[1].peer_id().clone();
-    p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+    let mut p = pair(None, false);
+    let b = p.nodes[1].peer_id().clone();
+    let a = p.addr(1);
+    p.dial(0, a);
     p.run_until(Instant(0) + Duration::from_secs(1));
     let now = p.now;
-    p.n[0].ping(now, &b).unwrap();
+    p.nodes[0].ping(now, &b).unwrap();
     p.run_until(now + Duration::from_secs(30));
     let now = p.now;
-    p.n[0].ping(now, &b).unwrap();
+    p.nodes[0].ping(now, &b).unwrap();
     // 30 s later the stream is still in use; 60–90 s after this ping the listener closes it as idle.
     p.run_until(now + ping::service::IDLE + ping::service::IDLE / 2 + Duration::from_secs(5));
     let now = p.now;
-    p.n[0].ping(now, &b).unwrap();
+    p.nodes[0].ping(now, &b).unwrap();
     p.run_until(now + Duration::from_secs(1));
     let inbound = p.events[1].iter().filter(|e| matches!(e, Event::Ping(ping::Event::Inbound { .. }))).count();
-    assert_eq!(p.n[0].stats().pings_ok, 3, "{:?}", p.events[0]);
-    assert_eq!(p.n[0].stats().pings_failed, 0);
+    assert_eq!(p.nodes[0].stats().pings_ok, 3, "{:?}", p.events[0]);
+    assert_eq!(p.nodes[0].stats().pings_failed, 0);
     assert_eq!(inbound, 2, "one stream for the first two pings, a new one after the idle close");
 }
 
 #[test]
 fn node_new_protocol_reaches_peer_by_identify_push() {
-    let mut p = Pair::new(None);
-    let b = p.n[1].peer_id().clone();
-    p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+    let mut p = pair(None, false);
+    let a = p.addr(1);
+    p.dial(0, a);
     p.run_until(Instant(0) + Duration::from_secs(1));
     let now = p.now;
-    p.n[1].set_protocols(now, vec!["/x/1.0.0".into()]);
+    p.nodes[1].set_protocols(now, vec!["/x/1.0.0".into()]);
     p.run_until(now + Duration::from_secs(1));
     let pushed: Vec<&Info> = p.events[0]
         .iter()
@@ -158,7 +84,7 @@ fn node_new_protocol_reaches_peer_by_identify_push() {
     assert_eq!(pushed.len(), 1, "{:?}", p.events[0]);
     assert!(pushed[0].protocols.iter().any(|x| x == "/x/1.0.0"), "{:?}", pushed[0].protocols);
     assert!(pushed[0].protocols.iter().any(|x| x == ping::PROTOCOL_ID));
-    assert_eq!(p.n[1].stats().identifies_failed, 0);
+    assert_eq!(p.nodes[1].stats().identifies_failed, 0);
 }
 
 fn rtts(events: &[Event]) -> Vec<Duration> {
@@ -253,19 +179,20 @@ mod echo {
 
 #[test]
 fn node_new_service_added_by_registration_only_serves_and_requests() {
-    let mut p = Pair::new(None);
-    for n in &mut p.n {
+    let mut p = pair(None, false);
+    for n in &mut p.nodes {
         n.add_service(Instant(0), Box::new(echo::Echo::default()));
     }
-    let b = p.n[1].peer_id().clone();
-    p.n[0].dial(Instant(0), Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+    let b = p.nodes[1].peer_id().clone();
+    let a = p.addr(1);
+    p.dial(0, a);
     p.run_until(Instant(0) + Duration::from_secs(1));
     // The peer learnt the new protocol from identify, and the node's peerstore has the peer's.
-    assert!(p.n[1].node().peerstore().get(p.n[0].peer_id()).unwrap().protocols.iter().any(|x| x == echo::PROTOCOL));
-    assert!(p.n[0].node().peerstore().get(&b).unwrap().protocols.iter().any(|x| x == echo::PROTOCOL));
+    assert!(p.nodes[1].node().peerstore().get(p.nodes[0].peer_id()).unwrap().protocols.iter().any(|x| x == echo::PROTOCOL));
+    assert!(p.nodes[0].node().peerstore().get(&b).unwrap().protocols.iter().any(|x| x == echo::PROTOCOL));
     let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
     let now = p.now;
-    p.n[0].with_service::<echo::Echo, _>(now, |e, cx| {
+    p.nodes[0].with_service::<echo::Echo, _>(now, |e, cx| {
         let conn = e.connections[0];
         e.request(cx, conn, 7, b"hello");
         e.request(cx, conn, 8, &big);
@@ -279,25 +206,46 @@ fn node_new_service_added_by_registration_only_serves_and_requests() {
     assert!(answers.contains(&&echo::EchoEvent::Answer { token: 7, data: b"hello".to_vec() }));
     // 300 kB: more than one write can take; the router's per-stream buffer drains on Writable.
     assert!(answers.contains(&&echo::EchoEvent::Answer { token: 8, data: big.clone() }));
-    assert_eq!(p.n[0].stats().writes_dropped, 0);
+    assert_eq!(p.nodes[0].stats().writes_dropped, 0);
 }
 
 #[test]
 fn node_per_peer_connection_cap_closes_the_extra_connection_with_a_typed_reason() {
-    let mut p = Pair::new(None);
-    for n in &mut p.n {
-        let mut c = n.node().config().clone();
-        c.limits.max_connections_per_peer = 2;
-        *n = ByteNode::new(c, Instant(0));
-    }
-    let b = p.n[1].peer_id().clone();
+    let mut p = Net::new(2, |_, c| c.limits.max_connections_per_peer = 2);
+    let b = p.nodes[1].peer_id().clone();
     for _ in 0..3 {
-        p.n[0].dial(p.now, Multiaddr::empty().with(crate::Protocol::P2p(b.clone()))).unwrap();
+        let a = p.addr(1);
+        p.dial(0, a);
         p.run_until(p.now + Duration::from_millis(200));
     }
-    assert_eq!(p.n[0].node().connections_to(&b).len(), 2);
-    assert_eq!(p.n[0].stats().connections_refused_per_peer, 1);
+    assert_eq!(p.nodes[0].node().connections_to(&b).len(), 2);
+    assert_eq!(p.nodes[0].stats().connections_refused_per_peer, 1);
     let failed: Vec<&CloseReason> =
         p.events[0].iter().filter_map(|e| if let Event::DialFailed { reason, .. } = e { Some(reason) } else { None }).collect();
     assert_eq!(failed, vec![&CloseReason::Limit("connections per peer")], "{:?}", p.events[0]);
+}
+
+/// A service asks for a connection through the outbox (`Cx::dial`): the driver dials, the node connects,
+/// and every service hears the outcome; a dial to an address nobody answers fails with a typed reason.
+#[test]
+fn node_service_requested_dial_connects_or_reports_its_failure() {
+    let mut p = Net::new(3, |_, _| {});
+    for n in &mut p.nodes {
+        n.add_service(Instant(0), Box::new(echo::Echo::default()));
+    }
+    let (a2, p2) = (p.addr(2), p.peer_id(2));
+    let nowhere: Multiaddr = "/ip4/10.0.0.99/tcp/4001".parse().unwrap();
+    let now = p.now;
+    p.nodes[0].with_service::<echo::Echo, _>(now, |_, cx| {
+        cx.dial(a2, Some(p2.clone()));
+        cx.dial(nowhere, None);
+    });
+    p.run_for(Duration::from_secs(1));
+    assert!(p.nodes[0].is_connected(&p2), "{:?}", p.events[0]);
+    assert!(p.nodes[0].node_mut().service_mut::<echo::Echo>().unwrap().connections.len() == 1, "the service saw the connection");
+    let failed: Vec<&CloseReason> =
+        p.events[0].iter().filter_map(|e| if let Event::DialFailed { reason, peer: None, .. } = e { Some(reason) } else { None }).collect();
+    assert!(matches!(failed[..], [CloseReason::Lost(_)]), "{:?}", p.events[0]);
+    assert_eq!(p.nodes[0].stats().dials_failed, 1);
+    assert!(!p.nodes[0].is_connected(&p.peer_id(1)));
 }
