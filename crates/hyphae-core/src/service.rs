@@ -166,7 +166,10 @@ pub struct Dial {
 /// Everything services and the router produce, until the driver drains it. Bounded and counted.
 #[derive(Default)]
 pub(crate) struct Outbox {
+    /// Operations per connection. A connection's queue stays allocated while it lives (removed when it
+    /// closes); `pending` counts the operations in all queues.
     pub ops: BTreeMap<ConnId, VecDeque<Op>>,
+    pub pending: usize,
     /// Bytes of `Op::Write` queued per connection.
     pub queued: BTreeMap<ConnId, usize>,
     pub events: VecDeque<Event>,
@@ -184,13 +187,19 @@ pub(crate) struct OutboxLimits {
     pub max_dials: usize,
 }
 
+/// The router's connection table as services may see it.
+pub(crate) trait ConnLookup {
+    /// The peer and remote address of an established connection.
+    fn established(&self, conn: ConnId) -> Option<(&PeerId, &Multiaddr)>;
+}
+
 /// A service's view of the node during one call: the time, the node's RNG, what we announce, who is
 /// connected, and the outbox.
 pub struct Cx<'a> {
     pub now: Instant,
     pub rng: &'a mut Rng,
     pub local: &'a LocalInfo,
-    pub(crate) conns: &'a dyn Fn(ConnId) -> Option<(PeerId, Multiaddr)>,
+    pub(crate) conns: &'a dyn ConnLookup,
     pub(crate) out: &'a mut Outbox,
     pub(crate) limits: OutboxLimits,
     pub(crate) service: ServiceId,
@@ -199,11 +208,18 @@ pub struct Cx<'a> {
 impl Cx<'_> {
     /// The peer and remote address of an established connection.
     pub fn connection(&self, conn: ConnId) -> Option<(PeerId, Multiaddr)> {
-        (self.conns)(conn)
+        self.conns.established(conn).map(|(p, a)| (p.clone(), a.clone()))
     }
 
     fn op(&mut self, conn: ConnId, op: Op) {
+        // Only established connections take operations: one that closed (or never was) would hold them
+        // forever, with no driver to lend it.
+        if self.conns.established(conn).is_none() {
+            tracing::trace!(%conn, ?op, "operation for a connection that is gone: dropped");
+            return;
+        }
         self.out.ops.entry(conn).or_default().push_back(op);
+        self.out.pending += 1;
     }
 
     /// Opens a stream for `protocol`; `on_stream(.., Opened { token })` or `on_open_failed(.., token)`

@@ -173,6 +173,11 @@ pub struct Node {
     local: LocalInfo,
     rng: rng::Rng,
     services: Vec<Box<dyn Service>>,
+    /// Each service's `poll_timeout`, cached until the service is next called (the drivers ask for the
+    /// node's deadline after every input; services only change theirs when called).
+    deadlines: Vec<std::cell::Cell<Option<Option<Instant>>>>,
+    /// Scratch buffer for reading services' streams.
+    scratch: Vec<u8>,
     by_protocol: BTreeMap<String, ServiceId>,
     conns: BTreeMap<ConnId, ConnEntry>,
     owners: BTreeMap<(ConnId, StreamId), Owned>,
@@ -196,6 +201,8 @@ impl Node {
             rng: rng::from_seed(config.seed),
             local,
             services: Vec::new(),
+            deadlines: Vec::new(),
+            scratch: vec![0; 4096],
             by_protocol: BTreeMap::new(),
             conns: BTreeMap::new(),
             owners: BTreeMap::new(),
@@ -218,6 +225,7 @@ impl Node {
             self.by_protocol.insert(p, id);
         }
         self.services.push(service);
+        self.deadlines.push(std::cell::Cell::new(None));
         if self.refresh_protocols() && !self.conns.is_empty() {
             self.local_changed(now);
         }
@@ -226,6 +234,7 @@ impl Node {
 
     /// The service of type `T`, for typed commands (see also [`Node::with_service`]).
     pub fn service_mut<T: Service>(&mut self) -> Option<&mut T> {
+        self.deadlines.iter().for_each(|d| d.set(None));
         self.services.iter_mut().find_map(|s| s.as_any().downcast_mut::<T>())
     }
 
@@ -447,7 +456,9 @@ impl Node {
                 let Some(e) = self.conns.remove(&id) else { return Some(ConnEvent::Closed { reason }) };
                 let reason = e.closing.unwrap_or(reason);
                 self.owners.retain(|(c, _), _| *c != id);
-                self.out.ops.remove(&id);
+                if let Some(q) = self.out.ops.remove(&id) {
+                    self.out.pending -= q.len();
+                }
                 self.out.queued.remove(&id);
                 match e.peer {
                     Some(peer) => {
@@ -522,14 +533,23 @@ impl Node {
     /// Hands what stream `s` has to its service (applying what the service queued after each chunk, so
     /// a service that released the stream gets no more).
     fn read(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams) {
-        let mut buf = [0u8; 4096];
+        let mut buf = std::mem::take(&mut self.scratch);
+        if buf.is_empty() {
+            // Only if a read ever ran inside another (it does not today): never read into nothing.
+            buf = vec![0; 4096];
+        }
+        self.read_into(now, id, s, m, &mut buf);
+        self.scratch = buf;
+    }
+
+    fn read_into(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams, buf: &mut [u8]) {
         loop {
             let Some(o) = self.owners.get_mut(&(id, s)) else { return };
             if o.opening.is_some() || o.eof {
                 return;
             }
             let (sid, released) = (o.service, o.released);
-            match m.stream_read(now, s, &mut buf) {
+            match m.stream_read(now, s, buf) {
                 ReadResult::Data(_) if released => {}
                 ReadResult::Data(n) => self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Data(&buf[..n]))),
                 ReadResult::Pending => return,
@@ -602,16 +622,26 @@ impl Node {
 
     /// [`Node::poll_timeout`] with its reason: the service's name, or `"outbox"`.
     pub fn next_timer(&self) -> Option<(Instant, &'static str)> {
-        if self.out.ops.values().any(|q| !q.is_empty()) {
+        if self.out.pending > 0 {
             return Some((Instant(0), "outbox"));
         }
-        self.services.iter().filter_map(|s| s.poll_timeout().map(|t| (t, s.name()))).min_by_key(|(t, _)| *t)
+        (0..self.services.len()).filter_map(|i| self.deadline(i).map(|t| (t, self.services[i].name()))).min_by_key(|(t, _)| *t)
+    }
+
+    /// Service `i`'s deadline, from the cache when the service was not called since.
+    fn deadline(&self, i: usize) -> Option<Instant> {
+        let c = &self.deadlines[i];
+        c.get().unwrap_or_else(|| {
+            let d = self.services[i].poll_timeout();
+            c.set(Some(d));
+            d
+        })
     }
 
     /// Runs the services' timers that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         for i in 0..self.services.len() {
-            if self.services[i].poll_timeout().is_some_and(|t| t <= now) {
+            if self.deadline(i).is_some_and(|t| t <= now) {
                 self.call(now, ServiceId(i as u16), |s, cx| s.on_timeout(cx));
             }
         }
@@ -625,6 +655,7 @@ impl Node {
     /// Applies the stream operations services queued for connection `id`, in order.
     pub fn flush(&mut self, now: Instant, id: ConnId, m: &mut dyn Streams) {
         while let Some(op) = self.out.ops.get_mut(&id).and_then(|q| q.pop_front()) {
+            self.out.pending -= 1;
             match op {
                 Op::Open { service, protocol, token } => match m.open_stream(now, vec![protocol]) {
                     Ok(s) => {
@@ -681,7 +712,6 @@ impl Node {
                 }
             }
         }
-        self.out.ops.remove(&id);
     }
 
     #[must_use]
@@ -709,15 +739,15 @@ impl Node {
         let start = self.out.events.len();
         {
             let Node { services, rng, local, conns, out, config, .. } = self;
-            let lookup = |c: ConnId| conns.get(&c).and_then(|e| e.peer.clone().map(|p| (p, e.addr.clone())));
             let limits = OutboxLimits {
                 max_events: config.limits.max_events,
                 max_queued_bytes: config.limits.max_queued_bytes_per_conn,
                 max_dials: config.limits.max_pending_dials,
             };
-            let mut cx = Cx { now, rng, local, conns: &lookup, out, limits, service: sid };
+            let mut cx = Cx { now, rng, local, conns: &*conns, out, limits, service: sid };
             f(services[sid.0 as usize].as_mut(), &mut cx);
         }
+        self.deadlines[sid.0 as usize].set(None);
         let mut identified = Vec::new();
         for ev in self.out.events.range(start..) {
             match ev {
@@ -742,6 +772,12 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+impl crate::service::ConnLookup for BTreeMap<ConnId, ConnEntry> {
+    fn established(&self, conn: ConnId) -> Option<(&PeerId, &Multiaddr)> {
+        self.get(&conn).and_then(|e| e.peer.as_ref().map(|p| (p, &e.addr)))
     }
 }
 
