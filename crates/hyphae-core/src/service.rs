@@ -166,8 +166,7 @@ pub struct Dial {
 /// Everything services and the router produce, until the driver drains it. Bounded and counted.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    /// Operations per connection. A connection's queue stays allocated while it lives (removed when it
-    /// closes); `pending` counts the operations in all queues.
+    /// Operations per connection (a queue exists while it holds any); `pending` counts them all.
     pub ops: BTreeMap<ConnId, VecDeque<Op>>,
     pub pending: usize,
     /// Bytes of `Op::Write` queued per connection.
