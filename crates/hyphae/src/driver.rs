@@ -57,6 +57,7 @@ pub(crate) fn spawn_connection(
     let now = since(epoch);
     let (seed, expected) = {
         let mut n = inner.node();
+        n.on_transport_connected(id, remote_addr.clone());
         (n.child_seed(), n.expected_peer(id).cloned())
     };
     let conn = Connection::new(role, inner.conn_config(), expected, now, seed);

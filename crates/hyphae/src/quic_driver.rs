@@ -201,7 +201,10 @@ impl QuicShared {
             let (qc, cev) = match ev {
                 quic::Event::Established { conn, peer, public_key, remote, role } => {
                     let id = match st.ids.get(&conn) {
-                        Some(id) => *id,
+                        Some(id) => {
+                            inner.node().on_transport_connected(*id, Multiaddr::from_quic(remote));
+                            *id
+                        }
                         None => {
                             let mut n = inner.node();
                             let id = n.next_conn_id();

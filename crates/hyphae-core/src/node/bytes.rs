@@ -232,12 +232,15 @@ impl ByteNode {
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::Connected { conn, role, remote_addr } => {
-                if role == Role::Listener && self.node.admit(conn, role, remote_addr, None).is_err() {
+                if role == Role::Listener && self.node.admit(conn, role, remote_addr.clone(), None).is_err() {
                     self.out.push_back(Output::Close { conn });
                     return;
                 }
                 if matches!(self.conns.get(&conn), Some(Some(_))) || (role == Role::Dialer && !self.conns.contains_key(&conn)) {
                     return;
+                }
+                if role == Role::Dialer {
+                    self.node.on_transport_connected(conn, remote_addr);
                 }
                 let seed = self.node.child_seed();
                 let cfg = self.conn_config();
@@ -329,7 +332,7 @@ impl ByteNode {
             let (qc, cev) = match ev {
                 quic::Event::Established { conn, peer, public_key, remote, .. } => {
                     match q.ids.get(&conn) {
-                        Some(_) => {}
+                        Some(id) => self.node.on_transport_connected(*id, Multiaddr::from_quic(remote)),
                         None => {
                             let id = self.node.next_conn_id();
                             if self.node.admit(id, Role::Listener, Multiaddr::from_quic(remote), None).is_err() {

@@ -145,6 +145,8 @@ pub struct Stats {
 /// A connection the node knows: admitted (handshaking or dialing) or established.
 struct ConnEntry {
     role: Role,
+    /// The dialed address until the transport connects, then the remote transport address (what
+    /// identify reports as observed, what the peerstore learns).
     addr: Multiaddr,
     expected: Option<PeerId>,
     peer: Option<PeerId>,
@@ -355,6 +357,14 @@ impl Node {
             }
         }
         None
+    }
+
+    /// The transport connection exists: `remote` is the peer's transport address as the socket sees it
+    /// (no `/p2p`; for a DNS dial, the resolved IP). Drivers call this before the machine's first event.
+    pub fn on_transport_connected(&mut self, conn: ConnId, remote: Multiaddr) {
+        if let Some(e) = self.conns.get_mut(&conn) {
+            e.addr = remote;
+        }
     }
 
     /// The expected peer of a dial in progress (what the address named).

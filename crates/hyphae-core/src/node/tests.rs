@@ -249,3 +249,21 @@ fn node_service_requested_dial_connects_or_reports_its_failure() {
     assert_eq!(p.nodes[0].stats().dials_failed, 1);
     assert!(!p.nodes[0].is_connected(&p.peer_id(1)));
 }
+
+/// Identify tells each side the address the other sees it at: the transport address, without the
+/// `/p2p/..` of the dialed address (which named the dialed peer, not the one told).
+#[test]
+fn node_identify_observed_address_is_the_transport_address() {
+    let mut p = pair(None, false);
+    let a = p.addr(1);
+    p.dial(0, a);
+    p.run_for(Duration::from_secs(1));
+    let observed = |events: &[Event]| {
+        events
+            .iter()
+            .find_map(|e| if let Event::Identify(identify::Event::Received { info, .. }) = e { info.observed_addr.clone() } else { None })
+            .expect("identified")
+    };
+    assert_eq!(observed(&p.events[0]), Multiaddr::from_tcp(crate::testing::socket(0)), "how node 1 sees node 0");
+    assert_eq!(observed(&p.events[1]), Multiaddr::from_tcp(crate::testing::socket(1)), "how node 0 sees node 1");
+}
