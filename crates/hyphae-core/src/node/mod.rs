@@ -687,6 +687,15 @@ impl Node {
                     }
                 }
                 Op::Write { stream, data } => match self.owners.get_mut(&(id, stream)) {
+                    Some(o) if !o.closed && o.buf.is_empty() => {
+                        // The usual case: nothing waiting before it, so hand it to the connection
+                        // directly and keep only what it would not take.
+                        let n = m.stream_write(now, stream, &data).unwrap_or(data.len());
+                        o.buf = data;
+                        o.buf.drain(..n.min(o.buf.len()));
+                        self.unqueue(id, n);
+                        self.write_out(now, id, stream, m);
+                    }
                     Some(o) if !o.closed => {
                         o.buf.extend_from_slice(&data);
                         self.write_out(now, id, stream, m);
