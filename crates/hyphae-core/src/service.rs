@@ -166,9 +166,9 @@ pub struct Dial {
 /// Everything services and the router produce, until the driver drains it. Bounded and counted.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    /// Operations per connection (a queue exists while it holds any); `pending` counts them all.
-    pub ops: BTreeMap<ConnId, VecDeque<Op>>,
-    pub pending: usize,
+    /// Operations waiting for their connection, in the order services queued them (one queue for the
+    /// node: it keeps its capacity, and holds only a handful between flushes).
+    pub ops: VecDeque<(ConnId, Op)>,
     /// Bytes of `Op::Write` queued per connection.
     pub queued: BTreeMap<ConnId, usize>,
     pub events: VecDeque<Event>,
@@ -217,8 +217,7 @@ impl Cx<'_> {
             tracing::trace!(%conn, ?op, "operation for a connection that is gone: dropped");
             return;
         }
-        self.out.ops.entry(conn).or_default().push_back(op);
-        self.out.pending += 1;
+        self.out.ops.push_back((conn, op));
     }
 
     /// Opens a stream for `protocol`; `on_stream(.., Opened { token })` or `on_open_failed(.., token)`

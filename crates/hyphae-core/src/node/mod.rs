@@ -420,7 +420,7 @@ impl Node {
     /// One event of connection `id`'s machine (lent as `m`). Returns it when it is the application's.
     pub fn on_conn_event(&mut self, now: Instant, id: ConnId, ev: ConnEvent, m: &mut dyn Streams) -> Option<ConnEvent> {
         let back = self.route(now, id, ev, m);
-        if self.out.ops.get(&id).is_some_and(|q| !q.is_empty()) && self.conns.contains_key(&id) {
+        if self.out.ops.iter().any(|(c, _)| *c == id) && self.conns.contains_key(&id) {
             self.flush(now, id, m);
         }
         back
@@ -463,9 +463,7 @@ impl Node {
                 let Some(e) = self.conns.remove(&id) else { return Some(ConnEvent::Closed { reason }) };
                 let reason = e.closing.unwrap_or(reason);
                 self.owners.retain(|(c, _), _| *c != id);
-                if let Some(q) = self.out.ops.remove(&id) {
-                    self.out.pending -= q.len();
-                }
+                self.out.ops.retain(|(c, _)| *c != id);
                 self.out.queued.remove(&id);
                 match e.peer {
                     Some(peer) => {
@@ -626,7 +624,7 @@ impl Node {
 
     /// [`Node::poll_timeout`] with its reason: the service's name, or `"outbox"`.
     pub fn next_timer(&self) -> Option<(Instant, &'static str)> {
-        if self.out.pending > 0 {
+        if !self.out.ops.is_empty() {
             return Some((Instant(0), "outbox"));
         }
         (0..self.services.len()).filter_map(|i| self.deadline(i).map(|t| (t, self.services[i].name()))).min_by_key(|(t, _)| *t)
@@ -653,17 +651,15 @@ impl Node {
 
     /// Connections with stream operations waiting: lend each to [`Node::flush`].
     pub fn due(&self) -> Vec<ConnId> {
-        self.out.ops.iter().filter(|(_, q)| !q.is_empty()).map(|(id, _)| *id).collect()
+        let mut v: Vec<ConnId> = self.out.ops.iter().map(|(c, _)| *c).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Applies the stream operations services queued for connection `id`, in order.
     pub fn flush(&mut self, now: Instant, id: ConnId, m: &mut dyn Streams) {
-        while let Some(op) = self.out.ops.get_mut(&id).and_then(|q| q.pop_front()) {
-            self.out.pending -= 1;
-            if self.out.ops.get(&id).is_some_and(|q| q.is_empty()) {
-                // An idle connection keeps no queue (memory at 10,000 simulated nodes).
-                self.out.ops.remove(&id);
-            }
+        while let Some(op) = self.out.ops.iter().position(|(c, _)| *c == id).and_then(|i| self.out.ops.remove(i)).map(|(_, op)| op) {
             match op {
                 Op::Open { service, protocol, token } => match m.open_stream(now, vec![protocol]) {
                     Ok(s) => {
