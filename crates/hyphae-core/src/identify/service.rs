@@ -190,7 +190,8 @@ impl Service for IdentifyService {
     }
 
     fn on_open_failed(&mut self, cx: &mut Cx<'_>, conn: ConnId, token: u64, reason: &OpenError) {
-        if token == TOKEN_IDENTIFY {
+        // Only a request still waiting: one that timed out was reported then.
+        if token == TOKEN_IDENTIFY && self.conns.get(&conn).is_some_and(|c| c.request.is_some()) {
             self.fail(cx, conn, Failure::Open(reason.clone()));
         }
     }

@@ -192,7 +192,8 @@ impl Service for PingService {
     }
 
     fn on_open_failed(&mut self, cx: &mut Cx<'_>, conn: ConnId, _token: u64, reason: &OpenError) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        // Only an open still wanted: one given up on (timed out) was reported then.
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.out.opening) else { return };
         c.out.opening = false;
         self.failed(cx, conn, Failure::Open(reason.clone()));
     }
