@@ -156,12 +156,6 @@ impl Muxer {
             m.go_away(code)
         }
     }
-    fn pending_output_len(&self) -> usize {
-        match self {
-            Muxer::Yamux(m) => m.pending_output_len(),
-            Muxer::Mplex(m) => m.pending_output_len(),
-        }
-    }
     fn is_output_full(&self) -> bool {
         match self {
             Muxer::Yamux(m) => m.is_output_full(),
@@ -536,12 +530,6 @@ impl Connection {
         if let Some(b) = y.poll_transmit() {
             self.encrypt(&b);
         }
-    }
-
-    /// Bytes produced but not yet taken by `poll_transmit` (the muxer's and the secure channel's). A
-    /// driver stops reading the socket while this is large: local work before new remote work.
-    pub fn pending_output(&self) -> usize {
-        self.out.len() + self.muxer.as_ref().map_or(0, Muxer::pending_output_len)
     }
 
     /// The muxer's outgoing buffer is full: nothing more can be sent until `poll_transmit` is drained

@@ -189,11 +189,6 @@ impl Mplex {
     }
 
     #[must_use]
-    /// Bytes waiting for `poll_transmit`.
-    pub fn pending_output_len(&self) -> usize {
-        self.out.len()
-    }
-
     /// The outgoing buffer is at its limit (writes wait).
     pub fn is_output_full(&self) -> bool {
         // A frame header is two varints of at most 10 bytes each.

@@ -178,6 +178,17 @@ pub(crate) struct Outbox {
     pub dropped_dials: u64,
 }
 
+impl Outbox {
+    /// An event for the application; beyond `max` undrained events the newest are dropped and counted.
+    pub fn push_event(&mut self, ev: Event, max: usize) {
+        if self.events.len() >= max {
+            self.dropped_events += 1;
+            return;
+        }
+        self.events.push_back(ev);
+    }
+}
+
 /// Limits of the outbox (part of `node::Limits`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OutboxLimits {
@@ -236,6 +247,9 @@ impl Cx<'_> {
     /// Queues `data` on a stream the service owns. Over the per-connection limit the write is dropped,
     /// the stream reset, and the drop counted.
     pub fn write(&mut self, conn: ConnId, stream: StreamId, data: &[u8]) {
+        if self.conns.established(conn).is_none() {
+            return;
+        }
         let q = self.out.queued.entry(conn).or_default();
         if *q + data.len() > self.limits.max_queued_bytes {
             self.out.dropped_writes += 1;
@@ -252,6 +266,7 @@ impl Cx<'_> {
         self.op(conn, Op::Close { stream });
     }
 
+    /// Resets the stream and releases it (no `release` needed after it).
     pub fn reset_stream(&mut self, conn: ConnId, stream: StreamId) {
         self.op(conn, Op::Reset { stream });
     }
@@ -279,11 +294,7 @@ impl Cx<'_> {
     /// An event for the application. Beyond `max_events` undrained events the newest are dropped and
     /// counted (drivers drain after every call, so this only bites a driver that stopped draining).
     pub fn emit(&mut self, ev: Event) {
-        if self.out.events.len() >= self.limits.max_events {
-            self.out.dropped_events += 1;
-            return;
-        }
-        self.out.events.push_back(ev);
+        self.out.push_event(ev, self.limits.max_events);
     }
 
     /// A peer broke the rules of this service's protocol: logged, counted, reported.

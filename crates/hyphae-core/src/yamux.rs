@@ -346,11 +346,6 @@ impl Yamux {
         Some(out)
     }
 
-    /// Bytes waiting for `poll_transmit`.
-    pub fn pending_output_len(&self) -> usize {
-        self.out.len()
-    }
-
     /// The outgoing buffer cannot take another frame: writes wait and control replies are dropped.
     pub fn is_output_full(&self) -> bool {
         self.out.len() + HEADER_LEN > self.limits.max_out_buffer

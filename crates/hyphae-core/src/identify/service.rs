@@ -41,6 +41,23 @@ struct Reading {
     push: bool,
 }
 
+impl Reading {
+    fn protocol(&self) -> &'static str {
+        if self.push {
+            PUSH_PROTOCOL_ID
+        } else {
+            PROTOCOL_ID
+        }
+    }
+}
+
+/// Writes our info on `stream` and lets it go (an answer, or a push with no `observed`).
+fn send_info(cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, observed: Option<Multiaddr>) {
+    cx.write(conn, stream, &local_info(cx.local, observed).encode());
+    cx.close_stream(conn, stream);
+    cx.release(conn, stream);
+}
+
 pub struct IdentifyService {
     config: Config,
     conns: BTreeMap<ConnId, ConnState>,
@@ -78,8 +95,7 @@ impl IdentifyService {
                     Failure::Malformed(e) => ViolationKind::Malformed(e.clone()),
                     e => ViolationKind::Protocol(e.to_string()),
                 };
-                let protocol = if r.push { PUSH_PROTOCOL_ID } else { PROTOCOL_ID };
-                cx.violation(Violation { peer: Some(peer.clone()), protocol, kind });
+                cx.violation(Violation { peer: Some(peer.clone()), protocol: r.protocol(), kind });
                 if !r.push {
                     cx.emit(NodeEvent::Identify(Event::Failed { peer, conn, error }));
                 }
@@ -137,37 +153,28 @@ impl Service for IdentifyService {
             return;
         }
         let observed = self.conns.get(&conn).map(|c| c.addr.clone());
-        cx.write(conn, stream, &local_info(cx.local, observed).encode());
-        cx.close_stream(conn, stream);
-        cx.release(conn, stream);
+        send_info(cx, conn, stream, observed);
     }
 
     fn on_stream(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, ev: StreamEvent<'_>) {
         match ev {
-            StreamEvent::Opened { token: TOKEN_PUSH, .. } => {
-                cx.write(conn, stream, &local_info(cx.local, None).encode());
-                cx.close_stream(conn, stream);
-                cx.release(conn, stream);
-            }
+            StreamEvent::Opened { token: TOKEN_PUSH, .. } => send_info(cx, conn, stream, None),
             StreamEvent::Opened { .. } => {
                 if let Some((_, s)) = self.conns.get_mut(&conn).and_then(|c| c.request.as_mut()) {
                     *s = Some(stream);
                     self.reading.insert((conn, stream), Reading { buf: Vec::new(), push: false });
                 } else {
                     cx.reset_stream(conn, stream);
-                    cx.release(conn, stream);
                 }
             }
             StreamEvent::Data(d) => {
                 let Some(r) = self.reading.get_mut(&(conn, stream)) else { return };
                 let limit = self.config.limits.max_total_len();
                 if r.buf.len() + d.len() > limit {
-                    let (push, r_len) = (r.push, r.buf.len());
+                    let (push, r_len, protocol) = (r.push, r.buf.len(), r.protocol());
                     self.reading.remove(&(conn, stream));
                     cx.reset_stream(conn, stream);
-                    cx.release(conn, stream);
                     let peer = self.conns.get(&conn).map(|c| c.peer.clone());
-                    let protocol = if push { PUSH_PROTOCOL_ID } else { PROTOCOL_ID };
                     cx.violation(Violation { peer, protocol, kind: ViolationKind::Limit { what: "identify bytes", limit } });
                     if !push {
                         let len = r_len + d.len();
@@ -208,7 +215,6 @@ impl Service for IdentifyService {
                 Some(s) => {
                     self.reading.remove(&(conn, s));
                     cx.reset_stream(conn, s);
-                    cx.release(conn, s);
                 }
                 None => cx.cancel_open(conn, TOKEN_IDENTIFY),
             }

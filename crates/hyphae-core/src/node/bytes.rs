@@ -144,19 +144,19 @@ impl ByteNode {
     /// Serves (and announces) `protocols` besides the node's own; connected peers get an identify push.
     pub fn set_protocols(&mut self, now: Instant, protocols: Vec<String>) {
         self.node.set_protocols(now, protocols);
-        let all = self.node.protocols();
-        for m in self.conns.values_mut().flatten() {
-            m.set_protocols(all.clone());
-        }
-        if let Some(q) = self.quic.as_mut() {
-            q.ep.set_protocols(all);
-        }
-        self.handle_timeout(now);
+        self.protocols_changed(now);
     }
 
     /// Registers a service (see [`Node::add_service`]); its protocols are served from now on.
     pub fn add_service(&mut self, now: Instant, service: Box<dyn super::Service>) -> super::ServiceId {
         let id = self.node.add_service(now, service);
+        self.protocols_changed(now);
+        id
+    }
+
+    /// The connection machines negotiate what the node serves now; what the services did about the
+    /// change (identify pushes) goes out.
+    fn protocols_changed(&mut self, now: Instant) {
         let all = self.node.protocols();
         for m in self.conns.values_mut().flatten() {
             m.set_protocols(all.clone());
@@ -165,7 +165,6 @@ impl ByteNode {
             q.ep.set_protocols(all);
         }
         self.handle_timeout(now);
-        id
     }
 
     /// Runs a command on the service of type `T` (see [`Node::with_service`]); what it queued goes out now.
@@ -190,7 +189,7 @@ impl ByteNode {
         if let Some(sa) = addr.quic_socket_addr() {
             let Some(q) = self.quic.as_mut() else {
                 self.node.on_dial_failed(now, id, CloseReason::Lost("no QUIC endpoint".into()));
-                self.take_events();
+                self.drain_node(now);
                 return;
             };
             match q.ep.dial(now, sa, addr.peer_id()) {
@@ -262,7 +261,7 @@ impl ByteNode {
                 Some(None) => {
                     self.conns.remove(&conn);
                     self.node.on_dial_failed(now, conn, reason);
-                    self.take_events();
+                    self.drain_node(now);
                 }
                 None => {}
             },
@@ -309,10 +308,7 @@ impl ByteNode {
             }
             self.pump(now, id);
         }
-        while let Some(d) = self.node.poll_dial() {
-            self.start_dial(now, d.conn, d.addr);
-        }
-        self.take_events();
+        self.drain_node(now);
     }
 
     #[must_use]
@@ -372,7 +368,7 @@ impl ByteNode {
         while let Some(t) = q.ep.poll_transmit() {
             self.out.push_back(Output::SendDatagram { to: t.to, data: t.data });
         }
-        self.take_events();
+        self.drain_node(now);
     }
 
     #[must_use]
@@ -380,7 +376,11 @@ impl ByteNode {
         self.out.pop_front()
     }
 
-    fn take_events(&mut self) {
+    /// Starts the dials the node asked for and passes on what it reported.
+    fn drain_node(&mut self, now: Instant) {
+        while let Some(d) = self.node.poll_dial() {
+            self.start_dial(now, d.conn, d.addr);
+        }
         while let Some(e) = self.node.poll_event() {
             self.out.push_back(Output::Event(e));
         }
@@ -397,10 +397,7 @@ impl ByteNode {
                 m.stream_reset(s);
             }
         }
-        while let Some(d) = self.node.poll_dial() {
-            self.start_dial(now, d.conn, d.addr);
-        }
-        self.take_events();
+        self.drain_node(now);
         let Some(Some(m)) = self.conns.get_mut(&id) else { return };
         if let Some(data) = m.poll_transmit() {
             self.out.push_back(Output::Transmit { conn: id, data });

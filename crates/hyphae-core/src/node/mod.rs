@@ -271,7 +271,7 @@ impl Node {
     /// Teaches the peerstore addresses of a peer.
     pub fn add_addrs(&mut self, peer: &PeerId, addrs: &[Multiaddr]) {
         let conns = &self.conns;
-        self.peerstore.add_addrs(peer, addrs, &|p| conns.values().any(|e| e.peer.as_ref() == Some(p)));
+        self.peerstore.add_addrs(peer, addrs, &|p| connected(conns, p));
     }
 
     /// A fresh 32-byte seed from the node's RNG (for a new connection machine).
@@ -306,7 +306,6 @@ impl Node {
 
     pub fn set_listen_addrs(&mut self, now: Instant, addrs: Vec<Multiaddr>) {
         if addrs != self.local.listen_addrs {
-            self.config.listen_addrs = addrs.clone();
             self.local.listen_addrs = addrs;
             self.local_changed(now);
         }
@@ -381,10 +380,7 @@ impl Node {
 
     fn dial_failed(&mut self, now: Instant, conn: ConnId, addr: Multiaddr, peer: Option<PeerId>, reason: CloseReason) {
         self.stats.dials_failed += 1;
-        for i in 0..self.services.len() {
-            let ev = ConnectionEvent::DialFailed { conn, peer: peer.as_ref(), addr: &addr, reason: &reason };
-            self.call(now, ServiceId(i as u16), |s, cx| s.on_connection(cx, ev));
-        }
+        self.tell_services(now, None, ConnectionEvent::DialFailed { conn, peer: peer.as_ref(), addr: &addr, reason: &reason });
         self.push_event(Event::DialFailed { conn, addr, peer, reason });
     }
 
@@ -395,7 +391,7 @@ impl Node {
         v
     }
     pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.conns.values().any(|e| e.peer.as_ref() == Some(peer))
+        connected(&self.conns, peer)
     }
     /// The peer's established connections, oldest first.
     pub fn connections_to(&self, peer: &PeerId) -> Vec<ConnId> {
@@ -420,9 +416,7 @@ impl Node {
     /// One event of connection `id`'s machine (lent as `m`). Returns it when it is the application's.
     pub fn on_conn_event(&mut self, now: Instant, id: ConnId, ev: ConnEvent, m: &mut dyn Streams) -> Option<ConnEvent> {
         let back = self.route(now, id, ev, m);
-        if self.out.ops.iter().any(|(c, _)| *c == id) && self.conns.contains_key(&id) {
-            self.flush(now, id, m);
-        }
+        self.flush(now, id, m);
         back
     }
 
@@ -447,16 +441,13 @@ impl Node {
                 self.conns.get_mut(&id).expect("invariant: present").peer = Some(peer.clone());
                 self.stats.connections_established += 1;
                 let conns = &self.conns;
-                let connected = |p: &PeerId| conns.values().any(|e| e.peer.as_ref() == Some(p));
-                self.peerstore.set_public_key(peer, (**public_key).clone(), &connected);
+                let is_connected = |p: &PeerId| connected(conns, p);
+                self.peerstore.set_public_key(peer, (**public_key).clone(), &is_connected);
                 if role == Role::Dialer {
-                    self.peerstore.add_addrs(peer, std::slice::from_ref(&addr), &connected);
+                    self.peerstore.add_addrs(peer, std::slice::from_ref(&addr), &is_connected);
                 }
                 self.push_event(Event::Connected { peer: peer.clone(), conn: id, role, addr: addr.clone() });
-                for i in 0..self.services.len() {
-                    let ev = ConnectionEvent::Established { conn: id, peer, role, addr: &addr };
-                    self.call(now, ServiceId(i as u16), |s, cx| s.on_connection(cx, ev));
-                }
+                self.tell_services(now, None, ConnectionEvent::Established { conn: id, peer, role, addr: &addr });
                 Some(ev)
             }
             ConnEvent::Closed { reason } => {
@@ -467,10 +458,7 @@ impl Node {
                 self.out.queued.remove(&id);
                 match e.peer {
                     Some(peer) => {
-                        for i in 0..self.services.len() {
-                            let ev = ConnectionEvent::Closed { conn: id, peer: &peer, reason: &reason };
-                            self.call(now, ServiceId(i as u16), |s, cx| s.on_connection(cx, ev));
-                        }
+                        self.tell_services(now, None, ConnectionEvent::Closed { conn: id, peer: &peer, reason: &reason });
                         self.push_event(Event::Disconnected { peer, conn: id, reason: reason.clone() });
                     }
                     None if e.role == Role::Dialer => self.dial_failed(now, id, e.addr, e.expected, reason.clone()),
@@ -524,12 +512,10 @@ impl Node {
                 None
             }
             ConnEvent::Reset(s) => {
-                let Some(o) = self.owners.remove(&(id, s)) else { return Some(ev) };
-                self.unqueue(id, o.buf.len());
-                m.stream_release(now, s);
-                if !o.released {
-                    self.call(now, o.service, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Reset));
+                if !self.owners.contains_key(&(id, s)) {
+                    return Some(ev);
                 }
+                self.reset_by_peer(now, id, s, m);
                 None
             }
         }
@@ -561,17 +547,34 @@ impl Node {
                         self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Eof));
                     }
                 }
-                ReadResult::Reset => {
-                    let o = self.owners.remove(&(id, s)).expect("invariant: present");
-                    self.unqueue(id, o.buf.len());
-                    m.stream_release(now, s);
-                    if !released {
-                        self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Reset));
-                    }
-                }
+                ReadResult::Reset => self.reset_by_peer(now, id, s, m),
             }
             self.flush(now, id, m);
         }
+    }
+
+    /// The peer reset a stream a service owns: forget it, release it, tell the service (unless it let go).
+    fn reset_by_peer(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams) {
+        let Some(o) = self.forget(id, s) else { return };
+        m.stream_release(now, s);
+        if !o.released {
+            self.call(now, o.service, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Reset));
+        }
+    }
+
+    /// We reset a stream a service owns (or gave up while it was being opened).
+    fn reset_owned(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams) {
+        if self.forget(id, s).is_some() {
+            m.stream_reset(now, s);
+            m.stream_release(now, s);
+        }
+    }
+
+    /// Drops a stream from the ownership map, with what was still buffered for it.
+    fn forget(&mut self, id: ConnId, s: StreamId) -> Option<Owned> {
+        let o = self.owners.remove(&(id, s))?;
+        self.unqueue(id, o.buf.len());
+        Some(o)
     }
 
     fn unqueue(&mut self, id: ConnId, n: usize) {
@@ -622,10 +625,14 @@ impl Node {
         self.next_timer().map(|(t, _)| t)
     }
 
-    /// [`Node::poll_timeout`] with its reason: the service's name, or `"outbox"`.
+    /// [`Node::poll_timeout`] with its reason: the service's name, `"outbox"` (stream operations wait for
+    /// `due()`/`flush`) or `"dials"` (dials wait for `poll_dial`).
     pub fn next_timer(&self) -> Option<(Instant, &'static str)> {
         if !self.out.ops.is_empty() {
             return Some((Instant(0), "outbox"));
+        }
+        if !self.out.dials.is_empty() {
+            return Some((Instant(0), "dials"));
         }
         (0..self.services.len()).filter_map(|i| self.deadline(i).map(|t| (t, self.services[i].name()))).min_by_key(|(t, _)| *t)
     }
@@ -677,23 +684,17 @@ impl Node {
                         .find(|((c, _), o)| *c == id && o.service == service && o.opening == Some(token))
                         .map(|(k, _)| k.1);
                     if let Some(s) = s {
-                        self.owners.remove(&(id, s));
-                        m.stream_reset(now, s);
-                        m.stream_release(now, s);
+                        self.reset_owned(now, id, s, m);
                     }
                 }
                 Op::Write { stream, data } => match self.owners.get_mut(&(id, stream)) {
-                    Some(o) if !o.closed && o.buf.is_empty() => {
-                        // The usual case: nothing waiting before it, so hand it to the connection
-                        // directly and keep only what it would not take.
-                        let n = m.stream_write(now, stream, &data).unwrap_or(data.len());
-                        o.buf = data;
-                        o.buf.drain(..n.min(o.buf.len()));
-                        self.unqueue(id, n);
-                        self.write_out(now, id, stream, m);
-                    }
                     Some(o) if !o.closed => {
-                        o.buf.extend_from_slice(&data);
+                        // Usually nothing waits before it: the queued bytes become the buffer (no copy).
+                        if o.buf.is_empty() {
+                            o.buf = data;
+                        } else {
+                            o.buf.extend_from_slice(&data);
+                        }
                         self.write_out(now, id, stream, m);
                     }
                     _ => self.unqueue(id, data.len()),
@@ -710,13 +711,7 @@ impl Node {
                         self.write_out(now, id, stream, m);
                     }
                 }
-                Op::Reset { stream } => {
-                    if let Some(o) = self.owners.remove(&(id, stream)) {
-                        self.unqueue(id, o.buf.len());
-                        m.stream_reset(now, stream);
-                        m.stream_release(now, stream);
-                    }
-                }
+                Op::Reset { stream } => self.reset_owned(now, id, stream, m),
                 Op::CloseConnection { reason } => {
                     if let Some(e) = self.conns.get_mut(&id) {
                         e.closing.get_or_insert(reason);
@@ -733,11 +728,17 @@ impl Node {
     }
 
     fn push_event(&mut self, ev: Event) {
-        if self.out.events.len() >= self.config.limits.max_events {
-            self.out.dropped_events += 1;
-            return;
+        self.out.push_event(ev, self.config.limits.max_events);
+    }
+
+    /// Tells every service (but `skip`) about a connection's life.
+    fn tell_services(&mut self, now: Instant, skip: Option<ServiceId>, ev: ConnectionEvent<'_>) {
+        for i in 0..self.services.len() {
+            let sid = ServiceId(i as u16);
+            if Some(sid) != skip {
+                self.call_dyn(now, sid, &mut |s, cx| s.on_connection(cx, ev));
+            }
         }
-        self.out.events.push_back(ev);
     }
 
     /// Calls service `sid` with a context; then takes note of what it reported (identify results go to
@@ -777,15 +778,16 @@ impl Node {
         }
         for (conn, peer, info) in identified {
             let conns = &self.conns;
-            self.peerstore.apply_identify(&peer, &info, &|p| conns.values().any(|e| e.peer.as_ref() == Some(p)));
-            for i in 0..self.services.len() {
-                if i != sid.0 as usize {
-                    let ev = ConnectionEvent::Identified { conn, peer: &peer, info: &info };
-                    self.call_dyn(now, ServiceId(i as u16), &mut |s, cx| s.on_connection(cx, ev));
-                }
-            }
+            self.peerstore.apply_identify(&peer, &info, &|p| connected(conns, p));
+            self.tell_services(now, Some(sid), ConnectionEvent::Identified { conn, peer: &peer, info: &info });
         }
     }
+}
+
+/// Whether `peer` has an established connection in `conns` (a free function: the peerstore's eviction
+/// check borrows the table while the peerstore is borrowed mutably).
+fn connected(conns: &BTreeMap<ConnId, ConnEntry>, peer: &PeerId) -> bool {
+    conns.values().any(|e| e.peer.as_ref() == Some(peer))
 }
 
 impl crate::service::ConnLookup for BTreeMap<ConnId, ConnEntry> {

@@ -95,7 +95,6 @@ impl PingService {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if let Some(s) = c.out.stream.take() {
             cx.reset_stream(conn, s);
-            cx.release(conn, s);
         }
         if std::mem::take(&mut c.out.opening) {
             cx.cancel_open(conn, TOKEN);
