@@ -70,20 +70,34 @@ pub enum Event {
     Closed { conn: QuicConnId, reason: CloseReason },
 }
 
+/// What a QUIC connection reports as its stream muxer (its streams are its own).
+pub const MUXER: &str = "quic-v1";
+
 impl Event {
-    /// A stream event as the TCP connection machine words it, with its connection (`None` for
-    /// `Established` and `Closed`): what the node machine takes from either transport.
-    pub fn stream_event(&self) -> Option<(QuicConnId, stream::ConnEvent)> {
+    /// The event as the TCP connection machine words it, with its connection: what the node machine
+    /// takes from either transport. (A QUIC connection is secured by TLS, muxed by QUIC itself, and has
+    /// no separate muxer negotiation.)
+    pub fn into_conn_event(self) -> (QuicConnId, stream::ConnEvent) {
         use stream::ConnEvent as C;
-        Some(match self {
-            Event::InboundStream { conn, id, protocol } => (*conn, C::InboundStream { id: *id, protocol: protocol.clone() }),
-            Event::OutboundReady { conn, id, protocol } => (*conn, C::OutboundReady { id: *id, protocol: protocol.clone() }),
-            Event::OutboundFailed { conn, id, reason } => (*conn, C::OutboundFailed { id: *id, reason: reason.clone() }),
-            Event::Readable { conn, id } => (*conn, C::Readable(*id)),
-            Event::Writable { conn, id } => (*conn, C::Writable(*id)),
-            Event::Reset { conn, id } => (*conn, C::Reset(*id)),
-            Event::Established { .. } | Event::Closed { .. } => return None,
-        })
+        match self {
+            Event::Established { conn, peer, public_key, .. } => (
+                conn,
+                C::Established {
+                    peer,
+                    public_key: Box::new(public_key),
+                    security: tls::PROTOCOL_ID.into(),
+                    muxer: MUXER.into(),
+                    early_muxer: false,
+                },
+            ),
+            Event::InboundStream { conn, id, protocol } => (conn, C::InboundStream { id, protocol }),
+            Event::OutboundReady { conn, id, protocol } => (conn, C::OutboundReady { id, protocol }),
+            Event::OutboundFailed { conn, id, reason } => (conn, C::OutboundFailed { id, reason }),
+            Event::Readable { conn, id } => (conn, C::Readable(id)),
+            Event::Writable { conn, id } => (conn, C::Writable(id)),
+            Event::Reset { conn, id } => (conn, C::Reset(id)),
+            Event::Closed { conn, reason } => (conn, C::Closed { reason }),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! channel hop per chunk.
 
 use crate::handle::{since, Action, ConnShared, ConnState, Direction, HostLink, READ_CHUNK};
-use hyphae_core::conn::{CloseReason, Connection, Event, Role};
+use hyphae_core::conn::{CloseReason, Connection, Role};
 use hyphae_core::node::ConnId;
 use hyphae_core::{Multiaddr, PeerId};
 use std::sync::Arc;
@@ -25,7 +25,8 @@ fn dispatch(shared: &ConnShared, st: &mut ConnState, inner: &dyn HostLink) -> Ve
     // neither drains the node nor wakes its timer task.
     let mut node_took = false;
     while let Some(ev) = st.conn.as_mut().and_then(|c| c.poll_event()) {
-        let lifecycle = matches!(ev, Event::Established { .. } | Event::Closed { .. });
+        // Established and Closed (no stream) are always the node's business.
+        let lifecycle = ev.stream().is_none();
         let back = inner.node().on_conn_event(now, cid, ev, st.tcp());
         node_took |= lifecycle || back.is_none();
         let Some(ev) = back else { continue };
@@ -57,7 +58,10 @@ pub(crate) fn spawn_connection(
     let now = since(epoch);
     let (seed, expected) = {
         let mut n = inner.node();
-        n.on_transport_connected(id, remote_addr.clone());
+        if role == Role::Dialer {
+            // Accepted connections were admitted with this address when accepted.
+            let _ = n.on_transport_up(id, role, remote_addr.clone());
+        }
         (n.child_seed(), n.expected_peer(id).cloned())
     };
     let conn = Connection::new(role, inner.conn_config(), expected, now, seed);

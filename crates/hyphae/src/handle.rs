@@ -173,7 +173,7 @@ impl ConnShared {
                 peer: Some(peer),
                 early_muxer: false,
                 security: hyphae_core::tls::PROTOCOL_ID.into(),
-                muxer: "quic-v1".into(),
+                muxer: hyphae_core::quic::MUXER.into(),
                 closed: None,
             }),
             notify: Notify::new(),

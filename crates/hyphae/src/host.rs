@@ -680,7 +680,7 @@ impl Host {
                 let admitted = {
                     let mut n = inner.node();
                     let id = n.next_conn_id();
-                    n.admit(id, Role::Listener, Multiaddr::from_tcp(from), None).map(|()| id)
+                    n.on_transport_up(id, Role::Listener, Multiaddr::from_tcp(from)).map(|()| id)
                 };
                 match admitted {
                     Ok(id) => driver::spawn_connection(inner, id, sock, Direction::Inbound, None),

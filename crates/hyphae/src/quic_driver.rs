@@ -3,7 +3,7 @@
 //! their stream I/O goes through the endpoint (wakers kept here).
 
 use crate::handle::{Action, ConnShared, Direction, HostLink, QuicHandle};
-use hyphae_core::conn::{CloseReason, Event as ConnEvent, OpenError, ReadResult, Role, StreamId};
+use hyphae_core::conn::{CloseReason, Event as ConnEvent, OpenError, ReadResult, StreamId};
 use hyphae_core::node::ConnId;
 use hyphae_core::quic::{self, QuicConnId};
 use hyphae_core::{Instant, Multiaddr, PeerId};
@@ -198,56 +198,37 @@ impl QuicShared {
         // As in the TCP driver: only what the node machine took can make it report something.
         let mut node_took = false;
         while let Some(ev) = st.ep.poll_event() {
-            let (qc, cev) = match ev {
-                quic::Event::Established { conn, peer, public_key, remote, role } => {
-                    let id = match st.ids.get(&conn) {
-                        Some(id) => {
-                            inner.node().on_transport_connected(*id, Multiaddr::from_quic(remote));
-                            *id
-                        }
-                        None => {
-                            let mut n = inner.node();
-                            let id = n.next_conn_id();
-                            if n.admit(id, Role::Listener, Multiaddr::from_quic(remote), None).is_err() {
-                                drop(n);
-                                st.ep.close(now, conn);
-                                continue;
-                            }
-                            st.ids.insert(conn, id);
-                            id
-                        }
-                    };
-                    let direction = if role.is_dialer() { Direction::Outbound } else { Direction::Inbound };
-                    let shared = Arc::new(ConnShared::new_quic(
-                        id.0,
-                        direction,
-                        Multiaddr::from_quic(self.local),
-                        Multiaddr::from_quic(remote),
-                        self.epoch,
-                        peer.clone(),
-                        self.clone() as Arc<dyn QuicHandle>,
-                        conn,
-                    ));
-                    inner.conn_started(&shared);
-                    st.conns.insert(conn, shared);
-                    let security = hyphae_core::tls::PROTOCOL_ID.to_string();
-                    (
-                        conn,
-                        ConnEvent::Established {
-                            peer,
-                            public_key: Box::new(public_key),
-                            security,
-                            muxer: "quic-v1".into(),
-                            early_muxer: false,
-                        },
-                    )
-                }
-                quic::Event::Closed { conn, reason } => (conn, ConnEvent::Closed { reason }),
-                ev => ev.stream_event().expect("invariant: every other event is a stream event"),
-            };
+            if let quic::Event::Established { conn, peer, remote, role, .. } = &ev {
+                let (conn, remote, role) = (*conn, *remote, *role);
+                let admitted = {
+                    let mut n = inner.node();
+                    let id = st.ids.get(&conn).copied().unwrap_or_else(|| n.next_conn_id());
+                    n.on_transport_up(id, role, Multiaddr::from_quic(remote)).map(|()| id)
+                };
+                let Ok(id) = admitted else {
+                    st.ep.close(now, conn);
+                    continue;
+                };
+                st.ids.insert(conn, id);
+                let direction = if role.is_dialer() { Direction::Outbound } else { Direction::Inbound };
+                let shared = Arc::new(ConnShared::new_quic(
+                    id.0,
+                    direction,
+                    Multiaddr::from_quic(self.local),
+                    Multiaddr::from_quic(remote),
+                    self.epoch,
+                    peer.clone(),
+                    self.clone() as Arc<dyn QuicHandle>,
+                    conn,
+                ));
+                inner.conn_started(&shared);
+                st.conns.insert(conn, shared);
+            }
+            let (qc, cev) = ev.into_conn_event();
             let Some(&id) = st.ids.get(&qc) else { continue };
             let shared = st.conns.get(&qc).cloned();
-            let lifecycle = matches!(cev, ConnEvent::Established { .. } | ConnEvent::Closed { .. });
+            // Established and Closed (no stream) are always the node's business.
+            let lifecycle = cev.stream().is_none();
             let back = inner.node().on_conn_event(now, id, cev, &mut quic::ConnStreams { ep: &mut st.ep, conn: qc });
             node_took |= lifecycle || back.is_none();
             let Some(ev) = back else { continue };

@@ -231,15 +231,13 @@ impl ByteNode {
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::Connected { conn, role, remote_addr } => {
-                if role == Role::Listener && self.node.admit(conn, role, remote_addr.clone(), None).is_err() {
+                // A dial of ours still waiting for its transport; anything else is a new accepted one.
+                if role == Role::Dialer && !matches!(self.conns.get(&conn), Some(None)) {
+                    return;
+                }
+                if self.node.on_transport_up(conn, role, remote_addr).is_err() {
                     self.out.push_back(Output::Close { conn });
                     return;
-                }
-                if matches!(self.conns.get(&conn), Some(Some(_))) || (role == Role::Dialer && !self.conns.contains_key(&conn)) {
-                    return;
-                }
-                if role == Role::Dialer {
-                    self.node.on_transport_connected(conn, remote_addr);
                 }
                 let seed = self.node.child_seed();
                 let cfg = self.conn_config();
@@ -325,35 +323,16 @@ impl ByteNode {
         loop {
             q.ep.flush(now);
             let Some(ev) = q.ep.poll_event() else { break };
-            let (qc, cev) = match ev {
-                quic::Event::Established { conn, peer, public_key, remote, .. } => {
-                    match q.ids.get(&conn) {
-                        Some(id) => self.node.on_transport_connected(*id, Multiaddr::from_quic(remote)),
-                        None => {
-                            let id = self.node.next_conn_id();
-                            if self.node.admit(id, Role::Listener, Multiaddr::from_quic(remote), None).is_err() {
-                                q.ep.close(now, conn);
-                                continue;
-                            }
-                            q.ids.insert(conn, id);
-                            q.rev.insert(id, conn);
-                        }
-                    }
-                    let security = crate::tls::PROTOCOL_ID.to_string();
-                    (
-                        conn,
-                        ConnEvent::Established {
-                            peer,
-                            public_key: Box::new(public_key),
-                            security,
-                            muxer: "quic-v1".into(),
-                            early_muxer: false,
-                        },
-                    )
+            if let quic::Event::Established { conn, remote, role, .. } = &ev {
+                let id = q.ids.get(conn).copied().unwrap_or_else(|| self.node.next_conn_id());
+                if self.node.on_transport_up(id, *role, Multiaddr::from_quic(*remote)).is_err() {
+                    q.ep.close(now, *conn);
+                    continue;
                 }
-                quic::Event::Closed { conn, reason } => (conn, ConnEvent::Closed { reason }),
-                ev => ev.stream_event().expect("invariant: every other event is a stream event"),
-            };
+                q.ids.insert(*conn, id);
+                q.rev.insert(id, *conn);
+            }
+            let (qc, cev) = ev.into_conn_event();
             let Some(&id) = q.ids.get(&qc) else { continue };
             if matches!(cev, ConnEvent::Closed { .. }) {
                 q.ids.remove(&qc);

@@ -358,11 +358,18 @@ impl Node {
         None
     }
 
-    /// The transport connection exists: `remote` is the peer's transport address as the socket sees it
-    /// (no `/p2p`; for a DNS dial, the resolved IP). Drivers call this before the machine's first event.
-    pub fn on_transport_connected(&mut self, conn: ConnId, remote: Multiaddr) {
-        if let Some(e) = self.conns.get_mut(&conn) {
-            e.addr = remote;
+    /// A transport connection is up, before its machine's first event. `Listener`: an accepted one,
+    /// admitted here under `conn` (refused: drop it). `Dialer`: one of our dials (`Node::dial`,
+    /// `poll_dial`); `remote` becomes its address (the socket's view: no `/p2p`, a DNS name resolved).
+    pub fn on_transport_up(&mut self, conn: ConnId, role: Role, remote: Multiaddr) -> Result<(), CloseReason> {
+        match role {
+            Role::Listener => self.admit(conn, role, remote, None),
+            Role::Dialer => {
+                if let Some(e) = self.conns.get_mut(&conn) {
+                    e.addr = remote;
+                }
+                Ok(())
+            }
         }
     }
 
