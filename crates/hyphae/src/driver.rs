@@ -30,7 +30,7 @@ fn dispatch(shared: &ConnShared, st: &mut ConnState, inner: &dyn HostLink) -> Ve
         let back = inner.node().on_conn_event(now, cid, ev, st.tcp());
         node_took |= lifecycle || back.is_none();
         let Some(ev) = back else { continue };
-        shared.app_event(st, ev, &mut actions);
+        st.app_event(ev, &mut actions);
     }
     if node_took {
         actions.push(Action::Node(inner.take_node_events()));

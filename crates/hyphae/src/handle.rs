@@ -111,6 +111,28 @@ pub(crate) enum Action {
 }
 
 impl ConnShared {
+    fn new(
+        id: u64,
+        direction: Direction,
+        (local_addr, remote_addr): (Multiaddr, Multiaddr),
+        epoch: std::time::Instant,
+        state: ConnState,
+        quic: Option<(Arc<dyn QuicHandle>, QuicConnId)>,
+    ) -> ConnShared {
+        ConnShared {
+            id,
+            direction,
+            local_addr,
+            remote_addr,
+            epoch,
+            state: Mutex::new(state),
+            notify: Notify::new(),
+            drained: Notify::new(),
+            identify: tokio::sync::watch::channel(IdentifyState::Pending).0,
+            quic,
+        }
+    }
+
     /// A TCP connection's handle, owning its machine.
     pub(crate) fn new_tcp(
         id: u64,
@@ -121,32 +143,10 @@ impl ConnShared {
         conn: Connection,
         established: Option<oneshot::Sender<Result<PeerId, CloseReason>>>,
     ) -> ConnShared {
-        ConnShared {
-            id,
-            direction,
-            local_addr,
-            remote_addr,
-            epoch,
-            state: Mutex::new(ConnState {
-                conn: Some(conn),
-                read_wakers: BTreeMap::new(),
-                write_wakers: BTreeMap::new(),
-                pending_open: BTreeMap::new(),
-                established,
-                peer: None,
-                early_muxer: false,
-                security: String::new(),
-                muxer: String::new(),
-                closed: None,
-            }),
-            notify: Notify::new(),
-            drained: Notify::new(),
-            identify: tokio::sync::watch::channel(IdentifyState::Pending).0,
-            quic: None,
-        }
+        Self::new(id, direction, (local_addr, remote_addr), epoch, ConnState::new(Some(conn), established), None)
     }
 
-    /// Bookkeeping for a QUIC connection (its machine lives in the endpoint).
+    /// Bookkeeping for a QUIC connection (its machine lives in the endpoint; it is established already).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new_quic(
         id: u64,
@@ -158,29 +158,11 @@ impl ConnShared {
         ep: Arc<dyn QuicHandle>,
         cid: QuicConnId,
     ) -> ConnShared {
-        ConnShared {
-            id,
-            direction,
-            local_addr,
-            remote_addr,
-            epoch,
-            state: Mutex::new(ConnState {
-                conn: None,
-                read_wakers: BTreeMap::new(),
-                write_wakers: BTreeMap::new(),
-                pending_open: BTreeMap::new(),
-                established: None,
-                peer: Some(peer),
-                early_muxer: false,
-                security: hyphae_core::tls::PROTOCOL_ID.into(),
-                muxer: hyphae_core::quic::MUXER.into(),
-                closed: None,
-            }),
-            notify: Notify::new(),
-            drained: Notify::new(),
-            identify: tokio::sync::watch::channel(IdentifyState::Pending).0,
-            quic: Some((ep, cid)),
-        }
+        let mut st = ConnState::new(None, None);
+        st.peer = Some(peer);
+        st.security = hyphae_core::tls::PROTOCOL_ID.into();
+        st.muxer = hyphae_core::quic::MUXER.into();
+        Self::new(id, direction, (local_addr, remote_addr), epoch, st, Some((ep, cid)))
     }
 
     pub fn reset_stream(&self, id: StreamId) {
@@ -245,76 +227,85 @@ impl ConnShared {
 }
 
 impl ConnState {
+    fn new(conn: Option<Connection>, established: Option<oneshot::Sender<Result<PeerId, CloseReason>>>) -> ConnState {
+        ConnState {
+            conn,
+            read_wakers: BTreeMap::new(),
+            write_wakers: BTreeMap::new(),
+            pending_open: BTreeMap::new(),
+            established,
+            peer: None,
+            early_muxer: false,
+            security: String::new(),
+            muxer: String::new(),
+            closed: None,
+        }
+    }
+
     /// The TCP machine (the reader/writer tasks and TCP streams only run for TCP connections).
     pub fn tcp(&mut self) -> &mut Connection {
         self.conn.as_mut().expect("invariant: tcp connection state")
     }
 }
 
-impl ConnShared {
-    /// What the application sees of a connection event the node machine handed back (TCP and QUIC).
-    pub(crate) fn app_event(&self, st: &mut ConnState, ev: Event, actions: &mut Vec<Action>) {
+impl ConnState {
+    /// What the application sees of a TCP connection's event the node machine handed back (the QUIC
+    /// driver keeps its wakers per endpoint and maps its own).
+    pub(crate) fn app_event(&mut self, ev: Event, actions: &mut Vec<Action>) {
         match ev {
             Event::Established { peer, security, muxer, early_muxer, .. } => {
                 tracing::debug!(%peer, %security, %muxer, early_muxer, "connection established");
-                st.peer = Some(peer.clone());
-                st.early_muxer = early_muxer;
-                st.security = security;
-                st.muxer = muxer;
-                actions.push(Action::Established(peer, st.established.take()));
+                self.peer = Some(peer.clone());
+                self.early_muxer = early_muxer;
+                self.security = security;
+                self.muxer = muxer;
+                actions.push(Action::Established(peer, self.established.take()));
             }
             Event::InboundStream { id, protocol } => actions.push(Action::Inbound(id, protocol)),
             Event::OutboundReady { id, protocol } => {
-                if let Some(tx) = st.pending_open.remove(&id) {
+                if let Some(tx) = self.pending_open.remove(&id) {
                     if tx.send(Ok(protocol)).is_err() {
-                        self.reset_locked(st, id);
+                        // The opener went away.
+                        self.tcp().stream_reset(id);
                     }
                 }
             }
             Event::OutboundFailed { id, reason } => {
-                if let Some(tx) = st.pending_open.remove(&id) {
+                if let Some(tx) = self.pending_open.remove(&id) {
                     let _ = tx.send(Err(reason));
                 }
             }
             Event::Readable(id) => {
-                if let Some(w) = st.read_wakers.remove(&id) {
+                if let Some(w) = self.read_wakers.remove(&id) {
                     w.wake();
                 }
             }
             Event::Writable(id) => {
-                if let Some(w) = st.write_wakers.remove(&id) {
+                if let Some(w) = self.write_wakers.remove(&id) {
                     w.wake();
                 }
             }
             Event::Reset(id) => {
-                if let Some(w) = st.read_wakers.remove(&id) {
+                if let Some(w) = self.read_wakers.remove(&id) {
                     w.wake();
                 }
-                if let Some(w) = st.write_wakers.remove(&id) {
+                if let Some(w) = self.write_wakers.remove(&id) {
                     w.wake();
                 }
             }
             Event::Closed { reason } => {
-                st.closed = Some(reason.clone());
-                if let Some(tx) = st.established.take() {
+                self.closed = Some(reason.clone());
+                if let Some(tx) = self.established.take() {
                     let _ = tx.send(Err(reason.clone()));
                 }
-                for (_, tx) in std::mem::take(&mut st.pending_open) {
+                for (_, tx) in std::mem::take(&mut self.pending_open) {
                     let _ = tx.send(Err(OpenError::ConnectionClosed));
                 }
-                for (_, w) in std::mem::take(&mut st.read_wakers).into_iter().chain(std::mem::take(&mut st.write_wakers)) {
+                for (_, w) in std::mem::take(&mut self.read_wakers).into_iter().chain(std::mem::take(&mut self.write_wakers)) {
                     w.wake();
                 }
                 actions.push(Action::Closed(reason));
             }
-        }
-    }
-
-    /// Resets a stream whose opener went away (TCP under the held lock; QUIC through its endpoint).
-    fn reset_locked(&self, st: &mut ConnState, id: StreamId) {
-        match &self.quic {
-            Some(_) => {}
-            None => st.tcp().stream_reset(id),
         }
     }
 }

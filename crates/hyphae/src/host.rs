@@ -2,7 +2,7 @@
 //! protocol, serve a protocol. Identify and ping are built in.
 
 use crate::driver;
-use crate::handle::{self, Action, ConnShared, Direction, HostLink, IdentifyState, Stream};
+use crate::handle::{self, Action, ConnShared, Direction, HostLink, IdentifyState, QuicHandle, Stream};
 use hyphae_core::conn::{self, CloseReason, OpenError, Role, StreamId};
 use hyphae_core::identify::{self, Info};
 use hyphae_core::multiaddr::MultiaddrError;
@@ -201,18 +201,6 @@ impl Inner {
         s
     }
 
-    pub(crate) fn node(&self) -> MutexGuard<'_, Node> {
-        lock(&self.node)
-    }
-
-    /// What the node machine reported since the last call; its timer is re-armed (the node's deadline
-    /// may have changed).
-    pub(crate) fn take_node_events(&self) -> Vec<node::Event> {
-        let v = self.poll_node_events();
-        self.node_notify.notify_one();
-        v
-    }
-
     fn poll_node_events(&self) -> Vec<node::Event> {
         let mut n = self.node();
         std::iter::from_fn(|| n.poll_event()).collect()
@@ -242,66 +230,6 @@ impl Inner {
                 shared.wake_writer();
             }
         }
-    }
-
-    pub(crate) fn handle_node_events(&self, events: Vec<node::Event>) {
-        for e in events {
-            match e {
-                node::Event::Identify(identify::Event::Received { peer, conn, info, push }) => {
-                    tracing::info!(%peer, agent = ?info.agent_version, protocols = info.protocols.len(), push, "identified");
-                    if !push {
-                        if let Some(c) = lock(&self.conns).get(&conn.0) {
-                            c.identify.send_replace(IdentifyState::Done(Arc::new((*info).clone())));
-                        }
-                    }
-                    let _ = self.events.send(HostEvent::Identified { peer, info });
-                }
-                node::Event::Identify(identify::Event::Failed { peer, conn, error }) => {
-                    tracing::debug!(%peer, %error, "identify failed");
-                    if let Some(c) = lock(&self.conns).get(&conn.0) {
-                        c.identify.send_replace(IdentifyState::Failed(error));
-                    }
-                }
-                node::Event::Ping(ping::Event::Inbound { peer, .. }) => {
-                    let _ = self.events.send(HostEvent::InboundPing { peer });
-                }
-                node::Event::Ping(ping::Event::Ok { peer, conn, rtt }) => {
-                    for tx in lock(&self.ping_waiters).remove(&conn).unwrap_or_default() {
-                        let _ = tx.send(Ok(rtt));
-                    }
-                    let _ = self.events.send(HostEvent::Ping { peer, rtt: Ok(rtt) });
-                }
-                node::Event::Ping(ping::Event::Failed { peer, conn, error }) => {
-                    for tx in lock(&self.ping_waiters).remove(&conn).unwrap_or_default() {
-                        let _ = tx.send(Err(error.clone()));
-                    }
-                    let _ = self.events.send(HostEvent::Ping { peer, rtt: Err(error) });
-                }
-                node::Event::Violation(v) => {
-                    tracing::debug!(peer = ?v.peer, protocol = v.protocol, kind = %v.kind, "peer broke a protocol")
-                }
-                node::Event::Disconnected { conn, .. } => {
-                    for tx in lock(&self.ping_waiters).remove(&conn).unwrap_or_default() {
-                        let _ = tx.send(Err(ping::Failure::Closed));
-                    }
-                }
-                // Connection events reach the Host from its connection tasks, with their socket details.
-                _ => {}
-            }
-        }
-    }
-
-    pub(crate) fn conn_config(&self) -> conn::Config {
-        let mut c = conn::Config::new(self.keypair.clone());
-        c.protocols = self.protocols();
-        c.limits = self.config.limits.clone();
-        c.handshake_timeout = self.config.dial_timeout;
-        c.noise_static = Some(self.noise_static.clone());
-        c.tls_cert = Some(self.tls_cert.clone());
-        c.security = self.config.security.clone();
-        c.muxers = self.config.muxers.clone();
-        c.unix_time = unix_now();
-        c
     }
 
     fn quic_config(&self) -> hyphae_core::quic::Config {
@@ -353,8 +281,7 @@ impl Inner {
         let rx = match ep.dial(id, sa, addr.peer_id()) {
             Ok(rx) => rx,
             Err(reason) => {
-                self.node().on_dial_failed(self.now(), id, reason.clone());
-                self.drain_node();
+                self.dial_failed(id, reason.clone());
                 return Err(Error::Handshake(reason));
             }
         };
@@ -371,13 +298,11 @@ impl Inner {
         let sock = match tokio::time::timeout(self.config.dial_timeout, TcpStream::connect(sa)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                self.node().on_dial_failed(self.now(), id, CloseReason::Lost(e.to_string()));
-                self.drain_node();
+                self.dial_failed(id, CloseReason::Lost(e.to_string()));
                 return Err(Error::Io(e));
             }
             Err(_) => {
-                self.node().on_dial_failed(self.now(), id, CloseReason::Lost("tcp connect timed out".into()));
-                self.drain_node();
+                self.dial_failed(id, CloseReason::Lost("tcp connect timed out".into()));
                 return Err(Error::Timeout("tcp connect"));
             }
         };
@@ -387,6 +312,19 @@ impl Inner {
             Ok(Ok(peer)) => Ok(peer),
             Ok(Err(e)) => Err(Error::Handshake(e)),
             Err(_) => Err(Error::Handshake(CloseReason::Lost("connection task ended".into()))),
+        }
+    }
+
+    /// A dial the node admitted as `id` failed before a connection existed.
+    fn dial_failed(self: &Arc<Self>, id: ConnId, reason: CloseReason) {
+        self.node().on_dial_failed(self.now(), id, reason);
+        self.drain_node();
+    }
+
+    /// Answers the `Host::ping` callers waiting on connection `conn`.
+    fn answer_pings(&self, conn: ConnId, r: &Result<Duration, ping::Failure>) {
+        for tx in lock(&self.ping_waiters).remove(&conn).unwrap_or_default() {
+            let _ = tx.send(r.clone());
         }
     }
 
@@ -416,37 +354,12 @@ impl Inner {
                     },
                 };
                 if let Err(e) = r {
-                    inner.node().on_dial_failed(inner.now(), d.conn, CloseReason::Lost(e.to_string()));
-                    inner.drain_node();
+                    inner.dial_failed(d.conn, CloseReason::Lost(e.to_string()));
                 }
             });
         }
         let events = self.poll_node_events();
         self.handle_node_events(events);
-    }
-
-    pub(crate) fn conn_started(&self, shared: &Arc<ConnShared>) {
-        lock(&self.conns).insert(shared.id, shared.clone());
-    }
-
-    pub(crate) fn conn_finished(&self, shared: &Arc<ConnShared>) {
-        lock(&self.conns).remove(&shared.id);
-    }
-
-    pub(crate) fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>) {
-        for a in actions {
-            match a {
-                Action::Established(peer, waiter) => {
-                    self.on_established(shared, peer.clone());
-                    if let Some(tx) = waiter {
-                        let _ = tx.send(Ok(peer));
-                    }
-                }
-                Action::Inbound(id, protocol) => self.on_inbound(shared, id, protocol),
-                Action::Closed(reason) => self.on_closed(shared, reason),
-                Action::Node(events) => self.handle_node_events(events),
-            }
-        }
     }
 
     /// The node machine accepted the connection (its per-peer cap, peerstore and accounting ran).
@@ -499,25 +412,92 @@ impl Inner {
 
 impl HostLink for Inner {
     fn node(&self) -> MutexGuard<'_, Node> {
-        Inner::node(self)
+        lock(&self.node)
     }
+
+    /// What the node machine reported since the last call; its timer is re-armed (the node's deadline
+    /// may have changed).
     fn take_node_events(&self) -> Vec<node::Event> {
-        Inner::take_node_events(self)
+        let v = self.poll_node_events();
+        self.node_notify.notify_one();
+        v
     }
+
     fn handle_node_events(&self, events: Vec<node::Event>) {
-        Inner::handle_node_events(self, events)
+        for e in events {
+            match e {
+                node::Event::Identify(identify::Event::Received { peer, conn, info, push }) => {
+                    tracing::info!(%peer, agent = ?info.agent_version, protocols = info.protocols.len(), push, "identified");
+                    if !push {
+                        if let Some(c) = lock(&self.conns).get(&conn.0) {
+                            c.identify.send_replace(IdentifyState::Done(Arc::new((*info).clone())));
+                        }
+                    }
+                    let _ = self.events.send(HostEvent::Identified { peer, info });
+                }
+                node::Event::Identify(identify::Event::Failed { peer, conn, error }) => {
+                    tracing::debug!(%peer, %error, "identify failed");
+                    if let Some(c) = lock(&self.conns).get(&conn.0) {
+                        c.identify.send_replace(IdentifyState::Failed(error));
+                    }
+                }
+                node::Event::Ping(ping::Event::Inbound { peer, .. }) => {
+                    let _ = self.events.send(HostEvent::InboundPing { peer });
+                }
+                node::Event::Ping(ping::Event::Ok { peer, conn, rtt }) => {
+                    self.answer_pings(conn, &Ok(rtt));
+                    let _ = self.events.send(HostEvent::Ping { peer, rtt: Ok(rtt) });
+                }
+                node::Event::Ping(ping::Event::Failed { peer, conn, error }) => {
+                    let rtt = Err(error);
+                    self.answer_pings(conn, &rtt);
+                    let _ = self.events.send(HostEvent::Ping { peer, rtt });
+                }
+                node::Event::Violation(v) => {
+                    tracing::debug!(peer = ?v.peer, protocol = v.protocol, kind = %v.kind, "peer broke a protocol")
+                }
+                node::Event::Disconnected { conn, .. } => self.answer_pings(conn, &Err(ping::Failure::Closed)),
+                // Connection events reach the Host from its connection tasks, with their socket details.
+                _ => {}
+            }
+        }
     }
-    fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>) {
-        Inner::handle_actions(self, shared, actions)
-    }
+
     fn conn_config(&self) -> conn::Config {
-        Inner::conn_config(self)
+        let mut c = conn::Config::new(self.keypair.clone());
+        c.protocols = self.protocols();
+        c.limits = self.config.limits.clone();
+        c.handshake_timeout = self.config.dial_timeout;
+        c.noise_static = Some(self.noise_static.clone());
+        c.tls_cert = Some(self.tls_cert.clone());
+        c.security = self.config.security.clone();
+        c.muxers = self.config.muxers.clone();
+        c.unix_time = unix_now();
+        c
     }
+
     fn conn_started(&self, shared: &Arc<ConnShared>) {
-        Inner::conn_started(self, shared)
+        lock(&self.conns).insert(shared.id, shared.clone());
     }
+
     fn conn_finished(&self, shared: &Arc<ConnShared>) {
-        Inner::conn_finished(self, shared)
+        lock(&self.conns).remove(&shared.id);
+    }
+
+    fn handle_actions(&self, shared: &Arc<ConnShared>, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Established(peer, waiter) => {
+                    self.on_established(shared, peer.clone());
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(Ok(peer));
+                    }
+                }
+                Action::Inbound(id, protocol) => self.on_inbound(shared, id, protocol),
+                Action::Closed(reason) => self.on_closed(shared, reason),
+                Action::Node(events) => self.handle_node_events(events),
+            }
+        }
     }
     fn epoch(&self) -> std::time::Instant {
         self.epoch

@@ -101,95 +101,6 @@ impl QuicShared {
         Ok(rx)
     }
 
-    pub(crate) fn set_protocols(&self, protocols: Vec<String>) {
-        self.lock().ep.set_protocols(protocols);
-    }
-
-    pub(crate) fn open_stream(
-        &self,
-        cid: QuicConnId,
-        protocols: Vec<String>,
-    ) -> Result<(StreamId, oneshot::Receiver<Result<String, OpenError>>), OpenError> {
-        let now = self.now();
-        let mut st = self.lock();
-        let id = st.ep.open_stream(now, cid, protocols).map_err(OpenError::Refused)?;
-        let (tx, rx) = oneshot::channel();
-        st.pending_open.insert((cid, id), tx);
-        drop(st);
-        self.notify.notify_one();
-        Ok((id, rx))
-    }
-
-    pub(crate) fn poll_read(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let now = self.now();
-        let mut st = self.lock();
-        let want = buf.remaining().min(256 * 1024);
-        let r = st.ep.stream_read(now, cid, id, buf.initialize_unfilled_to(want));
-        match r {
-            ReadResult::Data(n) => {
-                buf.advance(n);
-                drop(st);
-                self.notify.notify_one();
-                Poll::Ready(Ok(()))
-            }
-            ReadResult::Eof => Poll::Ready(Ok(())),
-            ReadResult::Reset => Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset"))),
-            ReadResult::Pending => {
-                st.read_wakers.insert((cid, id), cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    pub(crate) fn poll_write(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let now = self.now();
-        let mut st = self.lock();
-        match st.ep.stream_write(now, cid, id, data) {
-            Ok(0) if !data.is_empty() => {
-                st.write_wakers.insert((cid, id), cx.waker().clone());
-                drop(st);
-                self.notify.notify_one();
-                Poll::Pending
-            }
-            Ok(n) => {
-                drop(st);
-                self.notify.notify_one();
-                Poll::Ready(Ok(n))
-            }
-            Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
-        }
-    }
-
-    pub(crate) fn stream_close(&self, cid: QuicConnId, id: StreamId) {
-        let now = self.now();
-        self.lock().ep.stream_close(now, cid, id);
-        self.notify.notify_one();
-    }
-
-    pub(crate) fn stream_reset(&self, cid: QuicConnId, id: StreamId) {
-        let now = self.now();
-        let mut st = self.lock();
-        st.ep.stream_reset(now, cid, id);
-        drop(st);
-        self.notify.notify_one();
-    }
-
-    pub(crate) fn stream_release(&self, cid: QuicConnId, id: StreamId) {
-        let now = self.now();
-        let mut st = self.lock();
-        st.ep.stream_release(now, cid, id);
-        st.read_wakers.remove(&(cid, id));
-        st.write_wakers.remove(&(cid, id));
-        drop(st);
-        self.notify.notify_one();
-    }
-
-    pub(crate) fn close(&self, cid: QuicConnId) {
-        let now = self.now();
-        self.lock().ep.close(now, cid);
-        self.notify.notify_one();
-    }
-
     /// Hands endpoint events to the node machine (which takes its own streams' events and runs policy),
     /// then turns the application's into waker calls and host actions (run outside the lock).
     fn dispatch(self: &Arc<Self>, st: &mut QuicState, inner: &Arc<dyn HostLink>) -> Dispatched {
@@ -383,34 +294,95 @@ async fn send_loop(shared: Arc<QuicShared>) {
 }
 
 impl QuicHandle for QuicShared {
+    fn set_protocols(&self, protocols: Vec<String>) {
+        self.lock().ep.set_protocols(protocols);
+    }
+
     fn open_stream(
         &self,
         cid: QuicConnId,
         protocols: Vec<String>,
     ) -> Result<(StreamId, oneshot::Receiver<Result<String, OpenError>>), OpenError> {
-        QuicShared::open_stream(self, cid, protocols)
+        let now = self.now();
+        let mut st = self.lock();
+        let id = st.ep.open_stream(now, cid, protocols).map_err(OpenError::Refused)?;
+        let (tx, rx) = oneshot::channel();
+        st.pending_open.insert((cid, id), tx);
+        drop(st);
+        self.notify.notify_one();
+        Ok((id, rx))
     }
+
     fn poll_read(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        QuicShared::poll_read(self, cid, id, cx, buf)
+        let now = self.now();
+        let mut st = self.lock();
+        let want = buf.remaining().min(256 * 1024);
+        let r = st.ep.stream_read(now, cid, id, buf.initialize_unfilled_to(want));
+        match r {
+            ReadResult::Data(n) => {
+                buf.advance(n);
+                drop(st);
+                self.notify.notify_one();
+                Poll::Ready(Ok(()))
+            }
+            ReadResult::Eof => Poll::Ready(Ok(())),
+            ReadResult::Reset => Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset"))),
+            ReadResult::Pending => {
+                st.read_wakers.insert((cid, id), cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
+
     fn poll_write(&self, cid: QuicConnId, id: StreamId, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        QuicShared::poll_write(self, cid, id, cx, data)
+        let now = self.now();
+        let mut st = self.lock();
+        match st.ep.stream_write(now, cid, id, data) {
+            Ok(0) if !data.is_empty() => {
+                st.write_wakers.insert((cid, id), cx.waker().clone());
+                drop(st);
+                self.notify.notify_one();
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(st);
+                self.notify.notify_one();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
+        }
     }
+
     fn stream_close(&self, cid: QuicConnId, id: StreamId) {
-        QuicShared::stream_close(self, cid, id)
+        let now = self.now();
+        self.lock().ep.stream_close(now, cid, id);
+        self.notify.notify_one();
     }
+
     fn stream_reset(&self, cid: QuicConnId, id: StreamId) {
-        QuicShared::stream_reset(self, cid, id)
+        let now = self.now();
+        let mut st = self.lock();
+        st.ep.stream_reset(now, cid, id);
+        drop(st);
+        self.notify.notify_one();
     }
+
     fn stream_release(&self, cid: QuicConnId, id: StreamId) {
-        QuicShared::stream_release(self, cid, id)
+        let now = self.now();
+        let mut st = self.lock();
+        st.ep.stream_release(now, cid, id);
+        st.read_wakers.remove(&(cid, id));
+        st.write_wakers.remove(&(cid, id));
+        drop(st);
+        self.notify.notify_one();
     }
+
     fn close(&self, cid: QuicConnId) {
-        QuicShared::close(self, cid)
+        let now = self.now();
+        self.lock().ep.close(now, cid);
+        self.notify.notify_one();
     }
-    fn set_protocols(&self, protocols: Vec<String>) {
-        QuicShared::set_protocols(self, protocols)
-    }
+
     fn with_streams(&self, cid: QuicConnId, f: &mut dyn FnMut(&mut dyn hyphae_core::stream::Streams)) {
         let mut st = self.lock();
         f(&mut quic::ConnStreams { ep: &mut st.ep, conn: cid });
