@@ -1,7 +1,9 @@
 //! The `hyphae` binary: node prints its addresses, ping exits 0 after N pings and non-zero with a clear
 //! message on failure, id prints the key's peer ID, Ctrl-C (SIGINT) stops the node cleanly.
 
-use std::path::PathBuf;
+#[path = "../../hyphae/tests/common/mod.rs"]
+mod common;
+use common::TempDir;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -94,21 +96,4 @@ async fn cli_sim_writes_reports_and_fails_with_seed() {
     let out = Command::new(BIN).arg("sim").arg(&ok).arg("--check").output().await.unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("determinism check passed"));
-}
-
-/// A fresh directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let mut b = [0u8; 8];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
-        let p = std::env::temp_dir().join(format!("hyphae-{tag}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

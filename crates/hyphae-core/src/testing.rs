@@ -11,8 +11,8 @@ use crate::node::{ByteNode, Config, ConnId, Event, Input, Output};
 use crate::rng;
 use crate::stream::Role;
 use crate::time::{Duration, Instant};
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Bytes or a datagram on their way.
 struct Flight {
@@ -52,8 +52,8 @@ fn node_of(ip: IpAddr) -> Option<usize> {
 }
 
 impl Net {
-    /// `n` nodes with keys and seeds from a fixed seed; `configure` adjusts each node's config (set
-    /// `quic_base` for QUIC). One-way latency 10 ms.
+    /// `n` nodes with keys and seeds from a fixed seed; `configure` adjusts each node's config (for QUIC,
+    /// set `quic_base`: the test, being the driver, reads the clock for it). One-way latency 10 ms.
     pub fn new(n: usize, configure: impl Fn(usize, &mut Config)) -> Net {
         let mut r = rng::from_seed([5; 32]);
         let nodes = (0..n)
@@ -73,11 +73,6 @@ impl Net {
             links: BTreeMap::new(),
             next_accept: 1,
         }
-    }
-
-    /// A std instant to stand for `Instant(0)` (quinn-proto wants one): the test is the driver here.
-    pub fn quic_base() -> std::time::Instant {
-        std::time::Instant::now()
     }
 
     pub fn peer_id(&self, i: usize) -> PeerId {
