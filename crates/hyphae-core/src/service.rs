@@ -224,11 +224,16 @@ impl Cx<'_> {
     fn op(&mut self, conn: ConnId, op: Op) {
         // Only established connections take operations: one that closed (or never was) would hold them
         // forever, with no driver to lend it.
-        if self.conns.established(conn).is_none() {
+        if !self.takes_ops(conn) {
             tracing::trace!(%conn, ?op, "operation for a connection that is gone: dropped");
             return;
         }
         self.out.ops.push_back((conn, op));
+    }
+
+    /// Whether `conn` takes operations (see `op`).
+    fn takes_ops(&self, conn: ConnId) -> bool {
+        self.conns.established(conn).is_some()
     }
 
     /// Opens a stream for `protocol`; `on_stream(.., Opened { token })` or `on_open_failed(.., token)`
@@ -247,18 +252,19 @@ impl Cx<'_> {
     /// Queues `data` on a stream the service owns. Over the per-connection limit the write is dropped,
     /// the stream reset, and the drop counted.
     pub fn write(&mut self, conn: ConnId, stream: StreamId, data: &[u8]) {
-        if self.conns.established(conn).is_none() {
+        if !self.takes_ops(conn) {
             return;
         }
         let q = self.out.queued.entry(conn).or_default();
-        if *q + data.len() > self.limits.max_queued_bytes {
+        let op = if *q + data.len() > self.limits.max_queued_bytes {
             self.out.dropped_writes += 1;
             tracing::debug!(%conn, %stream, len = data.len(), "outbox full: stream reset");
-            self.op(conn, Op::Reset { stream });
-            return;
-        }
-        *q += data.len();
-        self.op(conn, Op::Write { stream, data: data.to_vec() });
+            Op::Reset { stream }
+        } else {
+            *q += data.len();
+            Op::Write { stream, data: data.to_vec() }
+        };
+        self.out.ops.push_back((conn, op));
     }
 
     /// Half-closes the stream once what was written before has been sent.
