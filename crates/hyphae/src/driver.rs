@@ -39,7 +39,7 @@ fn dispatch(shared: &ConnShared, st: &mut ConnState, inner: &dyn HostLink) -> Ve
 }
 
 /// Starts the tasks of a new TCP connection. `established` learns the outcome of the upgrade.
-/// `id` was admitted by the node machine (`Node::admit` or `Node::dial`).
+/// `id` was admitted by the node machine (`Node::on_transport_up` or `Node::dial`).
 pub(crate) fn spawn_connection(
     inner: Arc<dyn HostLink>,
     id: ConnId,

@@ -8,10 +8,11 @@
 //!
 //! A driver owns sockets, timers and wakers; everything else happens here. It calls, in this order:
 //!
-//! 1. **Before a connection exists**: [`Node::admit`] for an accepted transport connection (refused:
-//!    drop the socket), or [`Node::dial`] for a dial the application asked for; [`Node::poll_dial`] yields
-//!    the dials services asked for (already admitted). A dial that fails before the connection machine
-//!    exists: [`Node::on_dial_failed`].
+//! 1. **Before a connection's machine runs**: [`Node::dial`] admits a dial the application asked for;
+//!    [`Node::poll_dial`] yields the dials services asked for (already admitted). When a transport
+//!    connection is up, [`Node::on_transport_up`]: it admits an accepted one (refused: drop the socket)
+//!    or records a dial's remote address. A dial that fails before its machine exists:
+//!    [`Node::on_dial_failed`].
 //! 2. **Every event of a connection machine** goes to [`Node::on_conn_event`] with the machine lent as
 //!    `&mut dyn Streams`, in the order the machine produced them (`Established` and `Closed` included).
 //!    It returns the event back when it belongs to the application (a stream the application opened or
