@@ -18,6 +18,7 @@
 use crate::identify::{self, Info};
 use crate::identity::{PeerId, PublicKey};
 use crate::multiaddr::Multiaddr;
+use crate::perf;
 use crate::ping;
 use crate::rng::Rng;
 pub use crate::stream::ConnId;
@@ -67,6 +68,7 @@ pub enum Event {
     },
     Identify(identify::Event),
     Ping(ping::Event),
+    Perf(perf::Event),
     /// A peer broke a protocol's rules (logged and counted too).
     Violation(Violation),
     /// An event of a service the node does not know by type (added with `Node::add_service`).
@@ -116,7 +118,8 @@ pub enum StreamEvent<'a> {
     Eof,
     /// The peer reset the stream (the router forgets it after this).
     Reset,
-    /// Everything the service wrote has left the stream's buffer.
+    /// Everything the service wrote has left the stream's buffer (after a write that had to wait; after
+    /// every [`Cx::write_static`], even one taken at once).
     Drained,
 }
 
@@ -139,6 +142,12 @@ pub trait Service: Send + 'static {
     fn on_timeout(&mut self, _cx: &mut Cx<'_>) {}
     /// Our addresses or protocols changed (identify pushes them).
     fn on_local_changed(&mut self, _cx: &mut Cx<'_>) {}
+    /// How many bytes the router reads from one of this service's streams per `Data` event. Default
+    /// 2 KiB (on the stack); a service moving bulk data asks for more (one node-wide buffer, allocated
+    /// the first time a service asks).
+    fn read_chunk(&self) -> usize {
+        2048
+    }
     /// For typed commands through `Node::service_mut`.
     fn as_any(&mut self) -> &mut dyn Any;
 }
@@ -149,6 +158,7 @@ pub(crate) enum Op {
     Open { service: ServiceId, protocol: String, token: u64 },
     CancelOpen { service: ServiceId, token: u64 },
     Write { stream: StreamId, data: Vec<u8> },
+    WriteStatic { stream: StreamId, data: &'static [u8] },
     Close { stream: StreamId },
     Reset { stream: StreamId },
     Release { stream: StreamId },
@@ -252,19 +262,32 @@ impl Cx<'_> {
     /// Queues `data` on a stream the service owns. Over the per-connection limit the write is dropped,
     /// the stream reset, and the drop counted.
     pub fn write(&mut self, conn: ConnId, stream: StreamId, data: &[u8]) {
+        self.queue_write(conn, stream, data.len(), || Op::Write { stream, data: data.to_vec() });
+    }
+
+    /// Queues a write of `len` bytes, or (over the per-connection limit) a reset, counted.
+    fn queue_write(&mut self, conn: ConnId, stream: StreamId, len: usize, op: impl FnOnce() -> Op) {
         if !self.takes_ops(conn) {
             return;
         }
         let q = self.out.queued.entry(conn).or_default();
-        let op = if *q + data.len() > self.limits.max_queued_bytes {
+        let op = if *q + len > self.limits.max_queued_bytes {
             self.out.dropped_writes += 1;
-            tracing::debug!(%conn, %stream, len = data.len(), "outbox full: stream reset");
+            tracing::debug!(%conn, %stream, len, "outbox full: stream reset");
             Op::Reset { stream }
         } else {
-            *q += data.len();
-            Op::Write { stream, data: data.to_vec() }
+            *q += len;
+            op()
         };
         self.out.ops.push_back((conn, op));
+    }
+
+    /// Queues bytes that live for the whole program (a constant block: perf's payload) without copying
+    /// them: the connection takes them straight from `data`. `StreamEvent::Drained` follows once they
+    /// have all left, so a bulk sender writes its next block then. Counted against the same
+    /// per-connection limit as [`Cx::write`].
+    pub fn write_static(&mut self, conn: ConnId, stream: StreamId, data: &'static [u8]) {
+        self.queue_write(conn, stream, data.len(), || Op::WriteStatic { stream, data });
     }
 
     /// Half-closes the stream once what was written before has been sent.

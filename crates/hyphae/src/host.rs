@@ -7,6 +7,7 @@ use hyphae_core::conn::{self, CloseReason, OpenError, Role, StreamId};
 use hyphae_core::identify::{self, Info};
 use hyphae_core::multiaddr::MultiaddrError;
 use hyphae_core::node::{self, ConnId, Node};
+use hyphae_core::perf::service::PerfService;
 use hyphae_core::{perf, ping, rng, Keypair, Multiaddr, PeerId, Protocol};
 use rand_core::RngCore;
 use std::collections::BTreeMap;
@@ -47,6 +48,8 @@ pub enum Error {
     Identify(identify::Failure),
     #[error("ping failed: {0}")]
     Ping(ping::Failure),
+    #[error("perf failed: {0}")]
+    Perf(perf::Failure),
     /// The connection closed while we waited on it.
     #[error("connection closed: {0}")]
     Closed(CloseReason),
@@ -160,6 +163,12 @@ pub struct ConnectionInfo {
 
 /// A `Host::ping` caller waiting for the node machine's answer.
 type PingWaiter = oneshot::Sender<Result<Duration, ping::Failure>>;
+
+/// A `Host::perf` caller: its progress reports (bounded; a slow caller misses some) and its outcome.
+struct PerfWaiter {
+    progress: tokio::sync::mpsc::Sender<(Duration, u64, u64)>,
+    done: oneshot::Sender<Result<PerfResult, perf::Failure>>,
+}
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Handler = Arc<dyn Fn(Stream) -> BoxFut + Send + Sync>;
 
@@ -181,6 +190,8 @@ pub(crate) struct Inner {
     conns: Mutex<BTreeMap<u64, Arc<ConnShared>>>,
     /// Callers of `Host::ping` waiting for the node machine's answer, by connection.
     ping_waiters: Mutex<BTreeMap<ConnId, Vec<PingWaiter>>>,
+    /// Callers of `Host::perf`, by run.
+    perf_waiters: Mutex<BTreeMap<perf::RunId, PerfWaiter>>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The QUIC endpoint (one UDP socket, used to listen and to dial), once made. Read without waiting;
@@ -453,6 +464,24 @@ impl HostLink for Inner {
                     self.answer_pings(conn, &rtt);
                     let _ = self.events.send(HostEvent::Ping { peer, rtt });
                 }
+                node::Event::Perf(perf::Event::Progress { run, elapsed, uploaded, downloaded }) => {
+                    if let Some(w) = lock(&self.perf_waiters).get(&run) {
+                        let _ = w.progress.try_send((elapsed, uploaded, downloaded));
+                    }
+                }
+                node::Event::Perf(perf::Event::Done { run, elapsed, uploaded, downloaded, .. }) => {
+                    if let Some(w) = lock(&self.perf_waiters).remove(&run) {
+                        let _ = w.done.send(Ok(PerfResult { elapsed, uploaded, downloaded }));
+                    }
+                }
+                node::Event::Perf(perf::Event::Failed { run, error, .. }) => {
+                    if let Some(w) = lock(&self.perf_waiters).remove(&run) {
+                        let _ = w.done.send(Err(error));
+                    }
+                }
+                node::Event::Perf(perf::Event::Served { peer, uploaded, downloaded, .. }) => {
+                    tracing::info!(%peer, uploaded, downloaded, "served a perf run");
+                }
                 node::Event::Violation(v) => {
                     tracing::debug!(peer = ?v.peer, protocol = v.protocol, kind = %v.kind, "peer broke a protocol")
                 }
@@ -537,7 +566,9 @@ impl Host {
         nc.limits.max_connections = config.max_connections;
         nc.limits.max_connections_per_peer = config.max_connections_per_peer;
         nc.limits.peerstore.max_peers = config.max_peerstore_entries;
-        let node = Node::new(nc, hyphae_core::Instant::ZERO);
+        let mut node = Node::new(nc, hyphae_core::Instant::ZERO);
+        // Perf runs on command; it serves only after `enable_perf_server`.
+        node.add_service(hyphae_core::Instant::ZERO, Box::new(PerfService::new(false)));
         let node_notify = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(Inner {
             noise_static,
@@ -552,6 +583,7 @@ impl Host {
             handlers: Mutex::new(BTreeMap::new()),
             conns: Mutex::new(BTreeMap::new()),
             ping_waiters: Mutex::new(BTreeMap::new()),
+            perf_waiters: Mutex::new(BTreeMap::new()),
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             quic: Mutex::new(None),
@@ -831,35 +863,20 @@ impl Host {
         tokio::time::timeout(self.inner.config.ping_timeout, fut).await.map_err(|_| Error::Timeout("ping"))?
     }
 
-    /// Serves `/perf/1.0.0` (libp2p/specs perf/perf.md).
+    /// Serves `/perf/1.0.0` (libp2p/specs perf/perf.md) from now on, and announces it.
     pub fn enable_perf_server(&self) {
-        self.set_stream_handler(perf::PROTOCOL_ID, |mut s: Stream| async move {
-            let mut server = perf::Server::default();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => server.handle_input(&buf[..n]),
-                    Err(_) => return,
-                }
-            }
-            let Ok(perf::ServerState::Send(mut left)) = server.handle_eof() else {
-                s.reset();
-                return;
-            };
-            while left > 0 {
-                let k = left.min(perf::BLOCK.len() as u64) as usize;
-                if s.write_all(&perf::BLOCK[..k]).await.is_err() {
-                    return;
-                }
-                left -= k as u64;
-            }
-            let _ = s.shutdown().await;
-        });
+        {
+            let now = self.inner.now();
+            let mut n = self.inner.node();
+            n.with_service::<PerfService, _>(now, |p, _| p.set_serve(true));
+            n.update_protocols(now);
+        }
+        self.protocols_changed();
     }
 
-    /// Runs one perf exchange: uploads `upload` bytes, downloads `download`. `progress` is called about
-    /// once a second with (elapsed, uploaded, downloaded) since the last call.
+    /// Runs one perf exchange with the node's perf service: uploads `upload` bytes, downloads
+    /// `download`. `progress` is called about once a second with (elapsed, uploaded, downloaded) since
+    /// the last call. The elapsed time of the result includes dialing when there was no connection.
     pub async fn perf(
         &self,
         peer: &PeerId,
@@ -868,43 +885,40 @@ impl Host {
         mut progress: impl FnMut(Duration, u64, u64),
     ) -> Result<PerfResult, Error> {
         let t0 = std::time::Instant::now();
-        let mut s = self.new_stream(peer, &[perf::PROTOCOL_ID]).await?;
-        s.write_all(&download.to_be_bytes()).await?;
-        let mut last = std::time::Instant::now();
-        let (mut up_since, mut down_since) = (0u64, 0u64);
-        let mut left = upload;
-        while left > 0 {
-            let k = left.min(perf::BLOCK.len() as u64) as usize;
-            s.write_all(&perf::BLOCK[..k]).await?;
-            left -= k as u64;
-            up_since += k as u64;
-            if last.elapsed() >= Duration::from_secs(1) {
-                progress(last.elapsed(), up_since, 0);
-                last = std::time::Instant::now();
-                up_since = 0;
+        let shared = match self.conn_to(peer) {
+            Some(c) => c,
+            None => {
+                self.connect_known(peer).await?;
+                self.conn_to(peer).ok_or_else(|| Error::NoConnection(peer.clone()))?
             }
+        };
+        let (ptx, mut prx) = tokio::sync::mpsc::channel(16);
+        let (dtx, mut drx) = oneshot::channel();
+        {
+            let now = self.inner.now();
+            let mut n = self.inner.node();
+            let run = n
+                .with_service::<PerfService, _>(now, |p, cx| p.start(cx, ConnId(shared.id), upload, download))
+                .flatten()
+                .ok_or_else(|| Error::NoConnection(peer.clone()))?;
+            // Under the node lock: the outcome cannot be drained before the waiter is in place.
+            lock(&self.inner.perf_waiters).insert(run, PerfWaiter { progress: ptx, done: dtx });
         }
-        s.shutdown().await?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut got = 0u64;
-        loop {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                break;
+        self.inner.node_notify.notify_one();
+        let r = loop {
+            tokio::select! {
+                Some((d, up, down)) = prx.recv() => progress(d, up, down),
+                r = &mut drx => break r,
             }
-            got += n as u64;
-            down_since += n as u64;
-            if last.elapsed() >= Duration::from_secs(1) {
-                progress(last.elapsed(), up_since, down_since);
-                last = std::time::Instant::now();
-                up_since = 0;
-                down_since = 0;
+        };
+        match r {
+            Ok(Ok(mut r)) => {
+                r.elapsed = t0.elapsed();
+                Ok(r)
             }
+            Ok(Err(e)) => Err(Error::Perf(e)),
+            Err(_) => Err(Error::Perf(perf::Failure::Closed)),
         }
-        if got != download {
-            return Err(Error::Protocol(format!("perf: received {got} bytes, asked for {download}")));
-        }
-        Ok(PerfResult { elapsed: t0.elapsed(), uploaded: upload, downloaded: got })
     }
 
     /// Peers with at least one established connection.

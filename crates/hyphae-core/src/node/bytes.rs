@@ -154,6 +154,12 @@ impl ByteNode {
         id
     }
 
+    /// Services' protocol lists changed (see [`Node::update_protocols`]).
+    pub fn update_protocols(&mut self, now: Instant) {
+        self.node.update_protocols(now);
+        self.protocols_changed(now);
+    }
+
     /// The connection machines negotiate what the node serves now; what the services did about the
     /// change (identify pushes) goes out.
     fn protocols_changed(&mut self, now: Instant) {

@@ -161,6 +161,11 @@ struct Owned {
     /// The service's token while the stream is being negotiated.
     opening: Option<u64>,
     buf: Vec<u8>,
+    /// A static write waiting after `buf` (uncopied; set only while `buf` is empty, so order holds: a
+    /// write behind it copies it into `buf` first).
+    tail: &'static [u8],
+    /// A static write is pending: `Drained` once everything has left.
+    notify: bool,
     /// Half-close once `buf` is empty.
     close: bool,
     closed: bool,
@@ -184,6 +189,8 @@ pub struct Node {
     owners: BTreeMap<(ConnId, StreamId), Owned>,
     out: Outbox,
     peerstore: Peerstore,
+    /// Read buffer for services with a large `read_chunk` (empty until one reads).
+    bulk: Vec<u8>,
     next_conn: u64,
     stats: Stats,
 }
@@ -208,6 +215,7 @@ impl Node {
             owners: BTreeMap::new(),
             out: Outbox::default(),
             peerstore: Peerstore::new(config.limits.peerstore.clone()),
+            bulk: Vec::new(),
             next_conn: 1 << 32,
             stats: Stats::default(),
             config,
@@ -230,6 +238,20 @@ impl Node {
             self.local_changed(now);
         }
         id
+    }
+
+    /// Services' protocol lists changed (a DHT turning server, perf starting to serve): route and
+    /// announce them anew (connected peers get an identify push when the announced set changed).
+    pub fn update_protocols(&mut self, now: Instant) {
+        self.by_protocol.clear();
+        for (i, s) in self.services.iter().enumerate() {
+            for p in s.protocols() {
+                self.by_protocol.insert(p, ServiceId(i as u16));
+            }
+        }
+        if self.refresh_protocols() && !self.conns.is_empty() {
+            self.local_changed(now);
+        }
     }
 
     /// The service of type `T`, for typed commands (see also [`Node::with_service`]).
@@ -509,14 +531,9 @@ impl Node {
             }
             ConnEvent::Writable(s) => {
                 let Some(o) = self.owners.get(&(id, s)) else { return Some(ev) };
-                let had = !o.buf.is_empty();
+                let had = !o.is_drained();
                 self.write_out(now, id, s, m);
-                if let Some(o) = self.owners.get(&(id, s)) {
-                    if had && o.buf.is_empty() && !o.released {
-                        let sid = o.service;
-                        self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Drained));
-                    }
-                }
+                self.tell_drained(now, id, s, had);
                 None
             }
             ConnEvent::Reset(s) => {
@@ -532,10 +549,22 @@ impl Node {
     /// Hands what stream `s` has to its service (applying what the service queued after each chunk, so
     /// a service that released the stream gets no more).
     fn read(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams) {
-        // On the stack: a buffer kept per node costs more memory at 10,000 simulated nodes than zeroing
-        // 2 KiB costs time. Service messages here are small (identify, ping, kad, gossipsub control).
-        let mut buf = [0u8; 2048];
-        self.read_into(now, id, s, m, &mut buf);
+        let Some(o) = self.owners.get(&(id, s)) else { return };
+        let chunk = self.services[o.service.0 as usize].read_chunk();
+        if chunk <= 2048 {
+            // On the stack: a buffer kept per node costs more memory at 10,000 simulated nodes than
+            // zeroing 2 KiB costs time. Service messages are small (identify, ping, kad, gossipsub).
+            let mut buf = [0u8; 2048];
+            self.read_into(now, id, s, m, &mut buf);
+        } else {
+            // A bulk service (perf): one node-wide buffer, grown once, lent out while reading.
+            let mut buf = std::mem::take(&mut self.bulk);
+            if buf.len() < chunk {
+                buf.resize(chunk, 0);
+            }
+            self.read_into(now, id, s, m, &mut buf[..chunk]);
+            self.bulk = buf;
+        }
     }
 
     fn read_into(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams, buf: &mut [u8]) {
@@ -591,6 +620,17 @@ impl Node {
         }
     }
 
+    /// `Drained` to the owner of `s` if everything it wrote has left and it waits for that (it had bytes
+    /// waiting, or a static write is pending).
+    fn tell_drained(&mut self, now: Instant, id: ConnId, s: StreamId, had: bool) {
+        let Some(o) = self.owners.get_mut(&(id, s)) else { return };
+        if o.is_drained() && (had || o.notify) && !o.released {
+            o.notify = false;
+            let sid = o.service;
+            self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Drained));
+        }
+    }
+
     /// Moves what a service wrote on `s` into the connection; then the close and release it asked for.
     fn write_out(&mut self, now: Instant, id: ConnId, s: StreamId, m: &mut dyn Streams) {
         let Some(o) = self.owners.get_mut(&(id, s)) else { return };
@@ -607,11 +647,27 @@ impl Node {
             }
         }
         o.buf.drain(..sent);
-        if failed {
-            sent += o.buf.len();
-            o.buf.clear();
+        if o.buf.is_empty() && !failed {
+            while !o.tail.is_empty() {
+                match m.stream_write(now, s, o.tail) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        sent += n;
+                        o.tail = &o.tail[n..];
+                    }
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
         }
-        if o.buf.is_empty() {
+        if failed {
+            sent += o.buf.len() + o.tail.len();
+            o.buf.clear();
+            o.tail = &[];
+        }
+        if o.is_drained() {
             if o.close && !o.closed {
                 o.closed = true;
                 m.stream_close(now, s);
@@ -697,6 +753,7 @@ impl Node {
                 }
                 Op::Write { stream, data } => match self.owners.get_mut(&(id, stream)) {
                     Some(o) if !o.closed => {
+                        o.untail();
                         // Usually nothing waits before it: the queued bytes become the buffer (no copy).
                         if o.buf.is_empty() {
                             o.buf = data;
@@ -704,6 +761,20 @@ impl Node {
                             o.buf.extend_from_slice(&data);
                         }
                         self.write_out(now, id, stream, m);
+                    }
+                    _ => self.unqueue(id, data.len()),
+                },
+                Op::WriteStatic { stream, data } => match self.owners.get_mut(&(id, stream)) {
+                    Some(o) if !o.closed => {
+                        if o.is_drained() {
+                            o.tail = data;
+                        } else {
+                            o.untail();
+                            o.buf.extend_from_slice(data);
+                        }
+                        o.notify = true;
+                        self.write_out(now, id, stream, m);
+                        self.tell_drained(now, id, stream, false);
                     }
                     _ => self.unqueue(id, data.len()),
                 },
@@ -806,7 +877,18 @@ impl crate::service::ConnLookup for BTreeMap<ConnId, ConnEntry> {
 
 impl Owned {
     fn new(service: ServiceId, opening: Option<u64>) -> Self {
-        Owned { service, opening, buf: Vec::new(), close: false, closed: false, released: false, eof: false }
+        Owned { service, opening, buf: Vec::new(), tail: &[], notify: false, close: false, closed: false, released: false, eof: false }
+    }
+
+    fn is_drained(&self) -> bool {
+        self.buf.is_empty() && self.tail.is_empty()
+    }
+
+    /// Moves the static tail into `buf`, so bytes queued next come after it.
+    fn untail(&mut self) {
+        if !self.tail.is_empty() {
+            self.buf.extend_from_slice(std::mem::take(&mut self.tail));
+        }
     }
 }
 

@@ -117,12 +117,25 @@ mod echo {
         out: BTreeMap<(ConnId, StreamId), (u64, Vec<u8>)>,
         inb: BTreeMap<(ConnId, StreamId), Vec<u8>>,
         pub connections: Vec<ConnId>,
+        mixed: std::collections::BTreeSet<u64>,
+        pub drained: usize,
     }
+
+    /// A request sent as static block, then `data`, then a static tail (see `request_mixed`).
+    pub static BLOCK: [u8; 300_000] = [1; 300_000];
+    pub const TAIL: &[u8] = b"tail";
 
     impl Echo {
         pub fn request(&mut self, cx: &mut Cx<'_>, conn: ConnId, token: u64, data: &[u8]) {
             self.pending.insert(token, data.to_vec());
             cx.open_stream(conn, PROTOCOL, token);
+        }
+
+        /// Like `request`, but the request is `BLOCK`, `data`, `TAIL`, the two statics written with
+        /// `Cx::write_static` around a copied write: the router must keep their order.
+        pub fn request_mixed(&mut self, cx: &mut Cx<'_>, conn: ConnId, token: u64, data: &[u8]) {
+            self.mixed.insert(token);
+            self.request(cx, conn, token, data);
         }
     }
 
@@ -145,7 +158,13 @@ mod echo {
             match ev {
                 StreamEvent::Opened { token, .. } => {
                     let req = self.pending.remove(&token).unwrap_or_default();
-                    cx.write(conn, stream, &req);
+                    if self.mixed.remove(&token) {
+                        cx.write_static(conn, stream, &BLOCK);
+                        cx.write(conn, stream, &req);
+                        cx.write_static(conn, stream, TAIL);
+                    } else {
+                        cx.write(conn, stream, &req);
+                    }
                     cx.close_stream(conn, stream);
                     self.out.insert((conn, stream), (token, Vec::new()));
                 }
@@ -165,7 +184,8 @@ mod echo {
                     }
                     cx.release(conn, stream);
                 }
-                StreamEvent::Reset | StreamEvent::Drained => {}
+                StreamEvent::Drained => self.drained += 1,
+                StreamEvent::Reset => {}
             }
         }
         fn on_open_failed(&mut self, cx: &mut Cx<'_>, _conn: ConnId, token: u64, _reason: &OpenError) {
@@ -208,6 +228,38 @@ fn node_new_service_added_by_registration_only_serves_and_requests() {
     // 300 kB: more than one write can take; the router's per-stream buffer drains on Writable.
     assert!(answers.contains(&&echo::EchoEvent::Answer { token: 8, data: big.clone() }));
     assert_eq!(p.nodes[0].stats().writes_dropped, 0);
+}
+
+#[test]
+fn node_static_writes_keep_their_order_with_copied_writes_and_report_drained() {
+    let mut p = pair(None, false);
+    for n in &mut p.nodes {
+        n.add_service(Instant(0), Box::new(echo::Echo::default()));
+    }
+    let a = p.addr(1);
+    p.dial(0, a);
+    p.run_until(Instant(0) + Duration::from_secs(1));
+    let now = p.now;
+    p.nodes[0].with_service::<echo::Echo, _>(now, |e, cx| {
+        let conn = e.connections[0];
+        e.request_mixed(cx, conn, 9, b"middle");
+    });
+    p.run_until(now + Duration::from_secs(2));
+    let mut want = echo::BLOCK.to_vec();
+    want.extend_from_slice(b"middle");
+    want.extend_from_slice(echo::TAIL);
+    let got = p.events[0].iter().find_map(|e| match e {
+        Event::Custom { service: "echo", event } => match event.downcast_ref::<echo::EchoEvent>() {
+            Some(echo::EchoEvent::Answer { token: 9, data }) => Some(data.clone()),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert!(got.as_ref() == Some(&want), "answer of {} bytes, want {}", got.map_or(0, |g| g.len()), want.len());
+    // Its owner is told when the static writes have left: once per static write, or once for both when
+    // the first still waited when the second was queued.
+    let drained = p.nodes[0].node_mut().service_mut::<echo::Echo>().unwrap().drained;
+    assert!((1..=2).contains(&drained), "{drained}");
 }
 
 #[test]

@@ -4,7 +4,63 @@
 //! side, read until EOF. Server: read the u64, read until EOF, then send that many bytes and close.
 //! spec(perf): "This MUST NOT be run concurrently with step 2."
 
+use crate::identity::PeerId;
+use crate::stream::{ConnId, OpenError};
+use crate::time::Duration;
+
+pub mod service;
+
 pub const PROTOCOL_ID: &str = "/perf/1.0.0";
+
+/// One perf exchange asked for with `service::PerfService::start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(pub u64);
+
+/// What the perf service reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// About once a second while a run moves bytes: what moved since the last report.
+    Progress {
+        run: RunId,
+        elapsed: Duration,
+        uploaded: u64,
+        downloaded: u64,
+    },
+    /// A run finished: everything asked for came back and the server closed.
+    Done {
+        run: RunId,
+        peer: PeerId,
+        elapsed: Duration,
+        uploaded: u64,
+        downloaded: u64,
+    },
+    Failed {
+        run: RunId,
+        peer: PeerId,
+        error: Failure,
+    },
+    /// We served one exchange.
+    Served {
+        peer: PeerId,
+        conn: ConnId,
+        uploaded: u64,
+        downloaded: u64,
+    },
+}
+
+/// Why a perf run failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    #[error("could not open the stream: {0}")]
+    Open(OpenError),
+    #[error("stream reset")]
+    Reset,
+    #[error("connection closed")]
+    Closed,
+    #[error("received {got} bytes, asked for {asked}")]
+    Short { got: u64, asked: u64 },
+}
 /// Bytes the server sends come from this fixed block (the spec allows any predetermined bytes).
 pub static BLOCK: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
