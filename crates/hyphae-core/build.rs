@@ -35,9 +35,17 @@ fn main() {
         let stem = f.file_stem().expect("a .proto file has a name").to_string_lossy().into_owned();
         let generated = std::fs::read_to_string(tmp.join(format!("{stem}.rs"))).expect("pb-rs wrote <stem>.rs");
         // `include!` takes items only: drop the file's inner attributes (the including module allows
-        // the same lints) and the `use super::*` that pb-rs adds for cross-file references.
-        let body: String =
-            generated.lines().filter(|l| !l.starts_with("#![") && !l.starts_with("use super::")).map(|l| format!("{l}\n")).collect();
+        // the same lints) and the top-level `use super::*` that pb-rs adds for cross-file references
+        // (nested messages' modules keep theirs: it brings the file's imports into them).
+        let mut nested = false;
+        let body: String = generated
+            .lines()
+            .filter(|l| {
+                nested |= l.starts_with("pub mod ");
+                !l.starts_with("#![") && (nested || !l.starts_with("use super::"))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         std::fs::write(out_dir.join(format!("{stem}.rs")), body).expect("write generated code");
     }
     println!("cargo:rerun-if-changed=build.rs");

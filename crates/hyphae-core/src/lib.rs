@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod identify;
 pub mod identity;
+pub mod kad;
 pub mod mplex;
 pub mod mss;
 pub mod multiaddr;

@@ -1,0 +1,213 @@
+//! The Kademlia DHT (`/ipfs/kad/1.0.0`, libp2p/specs kad-dht/README.md) as a node service.
+//!
+//! - `wire.rs`: the spec's `Message` protobuf (`dht.proto`), validated under [`wire::Limits`].
+//! - `table.rs`: the routing table: XOR distance over sha256 of the key, k-buckets, go's diversity filter.
+//! - `query.rs`: one iterative lookup as a machine (α in flight, done when the k closest answered).
+//! - `store.rs`: records (validated per namespace) and provider records, bounded.
+//! - `service.rs`: the service: serves requests when in server mode, runs queries, dials through the
+//!   node's outbox.
+//!
+//! A node is a DHT **client by default** ([`Mode::Client`]): it asks but does not announce the protocol
+//! nor answer. It serves when pinned to [`Mode::Server`] (AutoNAT confirming a public address switches
+//! [`Mode::Auto`] nodes, issue #11's next step).
+
+use crate::identity::PeerId;
+use crate::multiaddr::Multiaddr;
+use crate::time::Duration;
+use sha2::{Digest, Sha256};
+
+pub mod query;
+pub mod service;
+pub mod store;
+pub mod table;
+pub mod wire;
+
+pub use wire::{KadPeer, Msg, MsgType, Record};
+
+pub const PROTOCOL_ID: &str = "/ipfs/kad/1.0.0";
+
+/// A point in the keyspace: sha256 of a key's bytes (a peer's key is its peer id's bytes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(pub [u8; 32]);
+
+impl Key {
+    pub fn from_bytes(b: &[u8]) -> Key {
+        Key(Sha256::digest(b).into())
+    }
+    pub fn from_peer(p: &PeerId) -> Key {
+        Key::from_bytes(p.as_bytes())
+    }
+    /// XOR distance, compared as a 256-bit big-endian number.
+    pub fn distance(&self, other: &Key) -> Distance {
+        let mut d = [0u8; 32];
+        for (i, b) in d.iter_mut().enumerate() {
+            *b = self.0[i] ^ other.0[i];
+        }
+        Distance(d)
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Distance(pub [u8; 32]);
+
+impl Distance {
+    /// Leading zero bits: the common prefix length of the two keys (256 for equal keys).
+    pub fn leading_zeros(&self) -> usize {
+        for (i, b) in self.0.iter().enumerate() {
+            if *b != 0 {
+                return i * 8 + b.leading_zeros() as usize;
+            }
+        }
+        256
+    }
+}
+
+/// Whether the node answers DHT requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Ask, never answer; the protocol is not announced. The default.
+    #[default]
+    Client,
+    /// Announce the protocol and answer.
+    Server,
+    /// Client until a public address is confirmed (AutoNAT), server while it is.
+    Auto,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "client" => Ok(Mode::Client),
+            "server" => Ok(Mode::Server),
+            "auto" => Ok(Mode::Auto),
+            _ => Err(format!("unknown DHT mode {s:?} (auto, client or server)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    /// Bucket size and the number of closest peers a lookup wants. Default 20 (the spec's k).
+    pub k: usize,
+    /// Requests in flight per lookup. Default 10 (go Amino's).
+    pub alpha: usize,
+    /// One request's timeout. Default 10 s.
+    pub request_timeout: Duration,
+    /// A whole lookup's timeout. Default 60 s.
+    pub query_timeout: Duration,
+    /// Refresh the routing table this often. Default 10 min (go's).
+    pub refresh_interval: Duration,
+    /// Provider records expire after this. Default 48 h (the spec's).
+    pub provider_ttl: Duration,
+    /// Stored records expire after this. Default 48 h.
+    pub record_ttl: Duration,
+    /// Peers in the table per IP group (/16 for IPv4, /32 for IPv6), and per group in one bucket.
+    /// Defaults 3 and 2 (go's). Loopback and private ranges are exempt unless `diversity_private`.
+    pub max_per_group: usize,
+    pub max_per_group_per_bucket: usize,
+    pub diversity_private: bool,
+    /// Lookups in flight at once (beyond: refused). Default 64.
+    pub max_queries: usize,
+    /// Inbound streams served at once (beyond: reset). Default 256.
+    pub max_inbound_streams: usize,
+    pub limits: wire::Limits,
+    pub store: store::Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Client,
+            k: 20,
+            alpha: 10,
+            request_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(60),
+            refresh_interval: Duration::from_secs(600),
+            provider_ttl: Duration::from_secs(48 * 3600),
+            record_ttl: Duration::from_secs(48 * 3600),
+            max_per_group: 3,
+            max_per_group_per_bucket: 2,
+            diversity_private: false,
+            max_queries: 64,
+            max_inbound_streams: 256,
+            limits: wire::Limits::default(),
+            store: store::Limits::default(),
+        }
+    }
+}
+
+/// One lookup or publish asked for through the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueryId(pub u64);
+
+/// A peer as a query found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub peer: PeerId,
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// What the kad service reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A provider found by `find_providers`, as it comes.
+    Provider { query: QueryId, provider: PeerInfo },
+    /// A valid record found by `get_value`, as it comes.
+    Value { query: QueryId, record: Record, from: PeerId },
+    /// A query ended. `closest`: the closest peers that answered (for `find_peer`, the peer itself
+    /// when found). `stored`: peers that took a PUT or ADD_PROVIDER.
+    Finished { query: QueryId, outcome: Result<Outcome, QueryError> },
+    /// A peer entered the routing table.
+    RoutingUpdated { peer: PeerId },
+    /// The node started or stopped serving.
+    ModeChanged { server: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub closest: Vec<PeerInfo>,
+    pub found: Option<PeerInfo>,
+    pub stored: usize,
+    /// Peers that answered, and how many request rounds (hops) the query took.
+    pub answered: usize,
+    pub hops: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    #[error("no peers in the routing table")]
+    NoPeers,
+    #[error("timed out")]
+    Timeout,
+    #[error("not found")]
+    NotFound,
+    #[error("too many queries in flight")]
+    TooMany,
+    #[error("record rejected: {0}")]
+    InvalidRecord(String),
+    #[error("no peer took the record")]
+    NotStored,
+}
+
+/// Counters, each bumped when its event happens.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub requests_sent: u64,
+    pub requests_failed: u64,
+    pub requests_served: u64,
+    pub inbound_refused: u64,
+    pub malformed: u64,
+    pub table_rejected_diversity: u64,
+    pub table_rejected_full: u64,
+    pub queries_started: u64,
+    pub queries_refused: u64,
+}

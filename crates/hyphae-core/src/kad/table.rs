@@ -1,0 +1,280 @@
+//! The routing table: 256 k-buckets by common prefix length with the local key, least recently seen
+//! first, and go-libp2p-kad-dht's diversity filter (at most `max_per_group` peers per IP group in the
+//! table and `max_per_group_per_bucket` in one bucket; /16 for IPv4, /32 for IPv6). Only DHT servers
+//! enter it (the service decides). A full bucket keeps its old peers (older peers stay up longer, the
+//! Kademlia paper's observation); a peer that failed `max_failures` requests in a row leaves, making room.
+
+use super::{Key, PeerInfo};
+use crate::identity::PeerId;
+use crate::multiaddr::{Multiaddr, Protocol};
+use crate::time::Instant;
+use core::net::IpAddr;
+
+/// Requests a peer may fail in a row before it leaves the table.
+pub const MAX_FAILURES: u8 = 2;
+/// Addresses kept per peer.
+pub const MAX_ADDRS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub peer: PeerId,
+    pub key: Key,
+    pub addrs: Vec<Multiaddr>,
+    pub last_seen: Instant,
+    pub failures: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    Added,
+    Updated,
+    /// The bucket is full of peers that still answer.
+    Full,
+    /// The diversity filter refused it.
+    Diversity,
+    /// Our own key.
+    Local,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TableConfig {
+    pub k: usize,
+    pub max_per_group: usize,
+    pub max_per_group_per_bucket: usize,
+    /// Apply the filter to loopback and private addresses too.
+    pub diversity_private: bool,
+}
+
+pub struct Table {
+    local: Key,
+    config: TableConfig,
+    buckets: Vec<Vec<Entry>>,
+    len: usize,
+}
+
+/// The IP group an address counts in for the diversity filter, or `None` when exempt.
+fn group(a: &Multiaddr, private_too: bool) -> Option<Vec<u8>> {
+    let ip = a.protocols().iter().find_map(|p| match p {
+        Protocol::Ip4(v4) => Some(IpAddr::V4(*v4)),
+        Protocol::Ip6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })?;
+    match ip {
+        IpAddr::V4(v4) => {
+            if !private_too && (v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()) {
+                return None;
+            }
+            Some(vec![4, v4.octets()[0], v4.octets()[1]])
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let local = v6.is_loopback() || v6.is_unspecified() || (o[0] & 0xfe) == 0xfc || (o[0] == 0xfe && (o[1] & 0xc0) == 0x80);
+            if !private_too && local {
+                return None;
+            }
+            let mut g = vec![6];
+            g.extend_from_slice(&o[..4]);
+            Some(g)
+        }
+    }
+}
+
+impl Table {
+    pub fn new(local: Key, config: TableConfig) -> Table {
+        Table { local, config, buckets: vec![Vec::new(); 256], len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bucket index of `key`: its common prefix length with ours (`None` for our own key).
+    pub fn bucket_of(&self, key: &Key) -> Option<usize> {
+        let cpl = self.local.distance(key).leading_zeros();
+        (cpl < 256).then_some(cpl)
+    }
+
+    /// Peers per bucket (for metrics: table fill).
+    pub fn bucket_sizes(&self) -> Vec<usize> {
+        self.buckets.iter().map(Vec::len).collect()
+    }
+
+    /// The deepest non-empty bucket (refresh goes up to it).
+    pub fn max_bucket(&self) -> Option<usize> {
+        self.buckets.iter().rposition(|b| !b.is_empty())
+    }
+
+    pub fn get(&self, peer: &PeerId) -> Option<&Entry> {
+        let b = self.bucket_of(&Key::from_peer(peer))?;
+        self.buckets[b].iter().find(|e| &e.peer == peer)
+    }
+
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.get(peer).is_some()
+    }
+
+    fn groups_of(&self, addrs: &[Multiaddr]) -> Vec<Vec<u8>> {
+        let mut g: Vec<Vec<u8>> = addrs.iter().filter_map(|a| group(a, self.config.diversity_private)).collect();
+        g.sort();
+        g.dedup();
+        g
+    }
+
+    fn count_group(entries: &[Entry], g: &[u8], private_too: bool) -> usize {
+        entries.iter().filter(|e| e.addrs.iter().any(|a| group(a, private_too).as_deref() == Some(g))).count()
+    }
+
+    /// Adds or refreshes a DHT server that answered or announced the protocol.
+    pub fn insert(&mut self, peer: &PeerId, addrs: &[Multiaddr], now: Instant) -> Insert {
+        let key = Key::from_peer(peer);
+        let Some(b) = self.bucket_of(&key) else { return Insert::Local };
+        let addrs: Vec<Multiaddr> = addrs.iter().take(MAX_ADDRS).map(Multiaddr::without_peer_id).collect();
+        if let Some(e) = self.buckets[b].iter_mut().find(|e| &e.peer == peer) {
+            e.last_seen = now;
+            e.failures = 0;
+            if !addrs.is_empty() {
+                e.addrs = addrs;
+            }
+            // Most recently seen last.
+            let i = self.buckets[b].iter().position(|e| &e.peer == peer).expect("invariant: found above");
+            let e = self.buckets[b].remove(i);
+            self.buckets[b].push(e);
+            return Insert::Updated;
+        }
+        let private_too = self.config.diversity_private;
+        for g in self.groups_of(&addrs) {
+            if Self::count_group(&self.buckets[b], &g, private_too) >= self.config.max_per_group_per_bucket {
+                return Insert::Diversity;
+            }
+            let total: usize = self.buckets.iter().map(|bk| Self::count_group(bk, &g, private_too)).sum();
+            if total >= self.config.max_per_group {
+                return Insert::Diversity;
+            }
+        }
+        if self.buckets[b].len() >= self.config.k {
+            // Room only where a peer stopped answering.
+            match self.buckets[b].iter().position(|e| e.failures >= MAX_FAILURES) {
+                Some(i) => {
+                    self.buckets[b].remove(i);
+                    self.len -= 1;
+                }
+                None => return Insert::Full,
+            }
+        }
+        self.buckets[b].push(Entry { peer: peer.clone(), key, addrs, last_seen: now, failures: 0 });
+        self.len += 1;
+        Insert::Added
+    }
+
+    /// A request to `peer` failed; it leaves after [`MAX_FAILURES`] in a row. Returns whether it left.
+    pub fn failed(&mut self, peer: &PeerId) -> bool {
+        let Some(b) = self.bucket_of(&Key::from_peer(peer)) else { return false };
+        let Some(i) = self.buckets[b].iter().position(|e| &e.peer == peer) else { return false };
+        self.buckets[b][i].failures += 1;
+        if self.buckets[b][i].failures >= MAX_FAILURES {
+            self.buckets[b].remove(i);
+            self.len -= 1;
+            return true;
+        }
+        false
+    }
+
+    pub fn remove(&mut self, peer: &PeerId) -> bool {
+        let Some(b) = self.bucket_of(&Key::from_peer(peer)) else { return false };
+        let Some(i) = self.buckets[b].iter().position(|e| &e.peer == peer) else { return false };
+        self.buckets[b].remove(i);
+        self.len -= 1;
+        true
+    }
+
+    /// The `n` peers closest to `target`, closest first.
+    pub fn closest(&self, target: &Key, n: usize) -> Vec<PeerInfo> {
+        let mut all: Vec<&Entry> = self.buckets.iter().flatten().collect();
+        all.sort_by_key(|e| e.key.distance(target));
+        all.into_iter().take(n).map(|e| PeerInfo { peer: e.peer.clone(), addrs: e.addrs.clone() }).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.buckets.iter().flatten()
+    }
+}
+
+/// A key whose common prefix length with `local` is exactly `cpl` (bucket refresh), from random bytes.
+pub fn key_in_bucket(local: &Key, cpl: usize, random: [u8; 32]) -> Key {
+    let mut k = random;
+    for bit in 0..=cpl.min(255) {
+        let (byte, mask) = (bit / 8, 0x80u8 >> (bit % 8));
+        let want = if bit < cpl { local.0[byte] & mask } else { !local.0[byte] & mask };
+        k[byte] = (k[byte] & !mask) | want;
+    }
+    Key(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng;
+
+    fn cfg() -> TableConfig {
+        TableConfig { k: 20, max_per_group: 3, max_per_group_per_bucket: 2, diversity_private: false }
+    }
+
+    #[test]
+    fn table_orders_by_xor_distance_and_keeps_k_per_bucket() {
+        let mut r = rng::from_seed([9; 32]);
+        let me = PeerId::random(&mut r);
+        let mut t = Table::new(Key::from_peer(&me), cfg());
+        assert_eq!(t.insert(&me, &[], Instant(0)), Insert::Local);
+        let peers: Vec<PeerId> = (0..500).map(|_| PeerId::random(&mut r)).collect();
+        for p in &peers {
+            t.insert(p, &["/ip4/10.0.0.1/tcp/1".parse().unwrap()], Instant(0));
+        }
+        // Bucket 0 holds half the keyspace: full at k, the rest refused.
+        assert_eq!(t.bucket_sizes()[0], 20);
+        assert!(t.bucket_sizes().iter().all(|n| *n <= 20));
+        let target = Key::from_bytes(b"target");
+        let c = t.closest(&target, 20);
+        let mut want: Vec<&PeerId> = t.iter().map(|e| &e.peer).collect();
+        want.sort_by_key(|p| Key::from_peer(p).distance(&target));
+        assert_eq!(c.iter().map(|p| &p.peer).collect::<Vec<_>>(), want[..20].to_vec());
+        // Two failures in a row make room in a full bucket.
+        let victim = t.iter().find(|e| t.bucket_of(&e.key) == Some(0)).unwrap().peer.clone();
+        assert!(!t.failed(&victim));
+        assert!(t.failed(&victim));
+        assert!(!t.contains(&victim));
+    }
+
+    #[test]
+    fn table_diversity_filter_limits_public_groups_and_exempts_private() {
+        let mut r = rng::from_seed([7; 32]);
+        let me = PeerId::random(&mut r);
+        let mut t = Table::new(Key::from_peer(&me), cfg());
+        let mut added = 0;
+        for i in 0..50u8 {
+            let p = PeerId::random(&mut r);
+            let a: Multiaddr = format!("/ip4/5.5.{i}.1/tcp/4001").parse().unwrap();
+            if t.insert(&p, &[a], Instant(0)) == Insert::Added {
+                added += 1;
+            }
+        }
+        assert_eq!(added, 3, "one /16 group: at most 3 peers in the table");
+        for i in 0..50u8 {
+            let p = PeerId::random(&mut r);
+            let a: Multiaddr = format!("/ip4/127.0.0.{i}/tcp/4001").parse().unwrap();
+            t.insert(&p, &[a], Instant(0));
+        }
+        assert!(t.len() > 30, "loopback is exempt: {}", t.len());
+    }
+
+    #[test]
+    fn table_refresh_keys_land_in_their_bucket() {
+        let local = Key::from_bytes(b"me");
+        for cpl in [0, 1, 7, 8, 13, 200, 255] {
+            let k = key_in_bucket(&local, cpl, [0x5a; 32]);
+            assert_eq!(local.distance(&k).leading_zeros(), cpl);
+        }
+    }
+}
