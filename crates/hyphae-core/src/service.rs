@@ -17,6 +17,7 @@
 
 use crate::identify::{self, Info};
 use crate::identity::{PeerId, PublicKey};
+use crate::kad;
 use crate::multiaddr::Multiaddr;
 use crate::perf;
 use crate::ping;
@@ -69,6 +70,7 @@ pub enum Event {
     Identify(identify::Event),
     Ping(ping::Event),
     Perf(perf::Event),
+    Kad(kad::Event),
     /// A peer broke a protocol's rules (logged and counted too).
     Violation(Violation),
     /// An event of a service the node does not know by type (added with `Node::add_service`).

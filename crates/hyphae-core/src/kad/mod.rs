@@ -211,3 +211,6 @@ pub struct Stats {
     pub queries_started: u64,
     pub queries_refused: u64,
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,7 @@
 //! brings, and finish when the k closest peers seen have all answered (or nothing is left to ask). Time
 //! comes in; the machine says whom to ask next and never does I/O.
 
-use super::{Key, KadPeer, PeerInfo};
+use super::{KadPeer, Key, PeerInfo};
 use crate::identity::PeerId;
 use crate::multiaddr::Multiaddr;
 use crate::time::{Duration, Instant};

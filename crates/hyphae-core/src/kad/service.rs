@@ -1,1 +1,804 @@
-//! placeholder
+//! Kademlia as a node service. Serves requests while in server mode (otherwise the protocol is neither
+//! announced nor routed here); runs lookups as [`Query`] machines, one request per stream (as
+//! rust-libp2p does), dialing peers it is not connected to through the node's outbox.
+
+use super::query::Query;
+use super::store::{self, RecordError, Store};
+use super::table::{key_in_bucket, Insert, Table, TableConfig};
+use super::wire::{self, Connection};
+use super::{Config, Event, KadPeer, Key, Mode, Msg, MsgType, Outcome, PeerInfo, QueryError, QueryId, Record, Stats, PROTOCOL_ID};
+use crate::identity::PeerId;
+use crate::multiaddr::Multiaddr;
+use crate::service::{ConnId, ConnectionEvent, Cx, Event as NodeEvent, Service, StreamEvent};
+use crate::stream::{OpenError, StreamId, Violation, ViolationKind};
+use crate::time::{Duration, Instant};
+use rand_core::RngCore;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Buckets refreshed with a random key each round, from the top (go refreshes up to cpl 15).
+const MAX_REFRESH_BUCKETS: usize = 16;
+/// How often expired records and providers are dropped.
+const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What a query is for.
+#[derive(Debug, Clone)]
+enum Kind {
+    Bootstrap,
+    FindPeer(PeerId),
+    Closest,
+    GetProviders { limit: usize, seen: BTreeSet<PeerId> },
+    GetValue { quorum: usize, found: usize },
+    PutValue(Record),
+    Provide,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Lookup,
+    /// Sending the record / provider message to the closest peers: how many are still in flight.
+    Storing {
+        pending: usize,
+        stored: usize,
+    },
+}
+
+struct QueryState {
+    kind: Kind,
+    key: Vec<u8>,
+    q: Query,
+    phase: Phase,
+    deadline: Instant,
+    found: Option<PeerInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqState {
+    Dialing,
+    Opening(ConnId),
+    Sent(ConnId, StreamId),
+}
+
+struct Request {
+    peer: PeerId,
+    query: QueryId,
+    msg: Msg,
+    /// PUT_VALUE, GET_*, FIND_NODE are answered; ADD_PROVIDER is not.
+    expect_reply: bool,
+    state: ReqState,
+    /// Addresses still to try when a dial fails.
+    addrs: Vec<Multiaddr>,
+    deadline: Instant,
+    buf: Vec<u8>,
+}
+
+pub struct KadService {
+    config: Config,
+    local: PeerId,
+    table: Table,
+    store: Store,
+    server: bool,
+    conns: BTreeMap<ConnId, PeerId>,
+    next_id: u64,
+    requests: BTreeMap<u64, Request>,
+    by_stream: BTreeMap<(ConnId, StreamId), u64>,
+    inbound: BTreeMap<(ConnId, StreamId), (PeerId, Vec<u8>)>,
+    queries: BTreeMap<QueryId, QueryState>,
+    next_refresh: Option<Instant>,
+    next_expire: Instant,
+    stats: Stats,
+}
+
+impl KadService {
+    pub fn new(local: PeerId, config: Config) -> KadService {
+        let tc = TableConfig {
+            k: config.k,
+            max_per_group: config.max_per_group,
+            max_per_group_per_bucket: config.max_per_group_per_bucket,
+            diversity_private: config.diversity_private,
+        };
+        KadService {
+            table: Table::new(Key::from_peer(&local), tc),
+            store: Store::new(config.store.clone()),
+            server: config.mode == Mode::Server,
+            local,
+            conns: BTreeMap::new(),
+            next_id: 0,
+            requests: BTreeMap::new(),
+            by_stream: BTreeMap::new(),
+            inbound: BTreeMap::new(),
+            queries: BTreeMap::new(),
+            next_refresh: None,
+            next_expire: Instant(0) + EXPIRE_EVERY,
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub fn mode(&self) -> Mode {
+        self.config.mode
+    }
+    pub fn is_server(&self) -> bool {
+        self.server
+    }
+    pub fn queries_in_flight(&self) -> usize {
+        self.queries.len()
+    }
+
+    /// Pins the mode (call `Node::update_protocols` after, so the protocol is announced or withdrawn).
+    pub fn set_mode(&mut self, cx: &mut Cx<'_>, mode: Mode) {
+        self.config.mode = mode;
+        let server = match mode {
+            Mode::Server => true,
+            Mode::Client => false,
+            Mode::Auto => self.server,
+        };
+        self.set_server(cx, server);
+    }
+
+    /// Auto mode: reachability changed (AutoNAT's verdict, with its hysteresis).
+    pub fn set_public(&mut self, cx: &mut Cx<'_>, public: bool) {
+        if self.config.mode == Mode::Auto {
+            self.set_server(cx, public);
+        }
+    }
+
+    fn set_server(&mut self, cx: &mut Cx<'_>, server: bool) {
+        if server != self.server {
+            self.server = server;
+            cx.emit(NodeEvent::Kad(Event::ModeChanged { server }));
+        }
+    }
+
+    /// Teaches the table a DHT server (a bootstrap peer). Its addresses are dialed when a query needs it.
+    pub fn add_peer(&mut self, cx: &mut Cx<'_>, peer: &PeerId, addrs: &[Multiaddr]) -> Insert {
+        let r = self.table.insert(peer, addrs, cx.now);
+        self.note_insert(cx, peer, r);
+        r
+    }
+
+    fn note_insert(&mut self, cx: &mut Cx<'_>, peer: &PeerId, r: Insert) {
+        match r {
+            Insert::Added => {
+                cx.emit(NodeEvent::Kad(Event::RoutingUpdated { peer: peer.clone() }));
+                self.next_refresh.get_or_insert(cx.now + self.config.refresh_interval);
+            }
+            Insert::Diversity => self.stats.table_rejected_diversity += 1,
+            Insert::Full => self.stats.table_rejected_full += 1,
+            Insert::Updated | Insert::Local => {}
+        }
+    }
+
+    // ---------- commands ----------
+
+    /// Looks up our own key: fills the table with the peers around us (go's bootstrap).
+    pub fn bootstrap(&mut self, cx: &mut Cx<'_>) -> Result<QueryId, QueryError> {
+        let key = self.local.to_bytes();
+        self.start(cx, Kind::Bootstrap, key)
+    }
+
+    pub fn find_peer(&mut self, cx: &mut Cx<'_>, peer: &PeerId) -> Result<QueryId, QueryError> {
+        self.start(cx, Kind::FindPeer(peer.clone()), peer.to_bytes())
+    }
+
+    /// The k closest peers to `key` (FIND_NODE, iteratively).
+    pub fn get_closest_peers(&mut self, cx: &mut Cx<'_>, key: Vec<u8>) -> Result<QueryId, QueryError> {
+        self.start(cx, Kind::Closest, key)
+    }
+
+    /// Providers of `key` (a multihash), as they come; ends after `limit` providers or when the lookup ends.
+    pub fn find_providers(&mut self, cx: &mut Cx<'_>, key: Vec<u8>, limit: usize) -> Result<QueryId, QueryError> {
+        let mut seen = BTreeSet::new();
+        let local = self.store.providers(&key, cx.now);
+        for p in &local {
+            seen.insert(p.peer.clone());
+        }
+        let id = self.start(cx, Kind::GetProviders { limit, seen }, key)?;
+        for p in local {
+            cx.emit(NodeEvent::Kad(Event::Provider { query: id, provider: p }));
+        }
+        Ok(id)
+    }
+
+    /// Valid records for `key`; ends after `quorum` records or when the lookup ends.
+    pub fn get_value(&mut self, cx: &mut Cx<'_>, key: Vec<u8>, quorum: usize) -> Result<QueryId, QueryError> {
+        let local = self.store.get(&key, cx.now).cloned();
+        let found = usize::from(local.is_some());
+        let id = self.start(cx, Kind::GetValue { quorum: quorum.max(1), found }, key)?;
+        if let Some(record) = local {
+            cx.emit(NodeEvent::Kad(Event::Value { query: id, record, from: self.local.clone() }));
+        }
+        Ok(id)
+    }
+
+    /// Stores `record` locally and on the k closest peers to its key.
+    pub fn put_value(&mut self, cx: &mut Cx<'_>, record: Record) -> Result<QueryId, QueryError> {
+        let exp = cx.now + self.config.record_ttl;
+        self.store.put(record.clone(), exp).map_err(|e| QueryError::InvalidRecord(e.to_string()))?;
+        let key = record.key.clone();
+        self.start(cx, Kind::PutValue(record), key)
+    }
+
+    /// Announces us as a provider of `key` locally and to the k closest peers.
+    pub fn provide(&mut self, cx: &mut Cx<'_>, key: Vec<u8>) -> Result<QueryId, QueryError> {
+        let me = PeerInfo { peer: self.local.clone(), addrs: cx.local.listen_addrs.clone() };
+        let _ = self.store.add_provider(&key, me, cx.now + self.config.provider_ttl);
+        self.start(cx, Kind::Provide, key)
+    }
+
+    fn start(&mut self, cx: &mut Cx<'_>, kind: Kind, key: Vec<u8>) -> Result<QueryId, QueryError> {
+        if self.queries.len() >= self.config.max_queries {
+            self.stats.queries_refused += 1;
+            return Err(QueryError::TooMany);
+        }
+        let target = Key::from_bytes(&key);
+        let seeds = self.table.closest(&target, self.config.k);
+        if seeds.is_empty() {
+            return Err(QueryError::NoPeers);
+        }
+        self.next_id += 1;
+        let id = QueryId(self.next_id);
+        self.stats.queries_started += 1;
+        let q = Query::new(target, self.local.clone(), seeds, self.config.k, self.config.alpha, self.config.request_timeout);
+        let deadline = cx.now + self.config.query_timeout;
+        self.queries.insert(id, QueryState { kind, key, q, phase: Phase::Lookup, deadline, found: None });
+        self.drive(cx, id);
+        Ok(id)
+    }
+
+    // ---------- queries ----------
+
+    fn request_for(kind: &Kind, key: &[u8]) -> Msg {
+        let t = match kind {
+            Kind::GetProviders { .. } => MsgType::GetProviders,
+            Kind::GetValue { .. } => MsgType::GetValue,
+            _ => MsgType::FindNode,
+        };
+        Msg::new(t, key.to_vec())
+    }
+
+    /// Sends what the query may send now; finishes it (or moves it to its storing phase) when done.
+    fn drive(&mut self, cx: &mut Cx<'_>, id: QueryId) {
+        let Some(st) = self.queries.get_mut(&id) else { return };
+        if st.phase != Phase::Lookup {
+            if let Phase::Storing { pending: 0, stored } = st.phase {
+                let outcome = if stored > 0 { Ok(self.outcome(id, stored)) } else { Err(QueryError::NotStored) };
+                self.finish(cx, id, outcome);
+            }
+            return;
+        }
+        let mut sends = Vec::new();
+        while let Some(p) = st.q.next(cx.now) {
+            sends.push(p);
+        }
+        let msg = Self::request_for(&st.kind, &st.key);
+        for p in sends {
+            self.send(cx, id, p.peer, p.addrs, msg.clone(), true);
+        }
+        let st = self.queries.get_mut(&id).expect("invariant: present above");
+        if !st.q.is_finished() {
+            return;
+        }
+        match st.kind.clone() {
+            Kind::PutValue(record) => {
+                let mut m = Msg::new(MsgType::PutValue, st.key.clone());
+                m.record = Some(record);
+                self.store_phase(cx, id, m, true);
+            }
+            Kind::Provide => {
+                let mut m = Msg::new(MsgType::AddProvider, st.key.clone());
+                m.providers.push(KadPeer {
+                    id: self.local.clone(),
+                    addrs: cx.local.listen_addrs.clone(),
+                    connection: Connection::Connected,
+                });
+                self.store_phase(cx, id, m, false);
+            }
+            Kind::FindPeer(_) if st.found.is_none() => self.finish(cx, id, Err(QueryError::NotFound)),
+            Kind::GetValue { found: 0, .. } => self.finish(cx, id, Err(QueryError::NotFound)),
+            _ => {
+                let o = self.outcome(id, 0);
+                self.finish(cx, id, Ok(o));
+            }
+        }
+    }
+
+    fn store_phase(&mut self, cx: &mut Cx<'_>, id: QueryId, msg: Msg, expect_reply: bool) {
+        let st = self.queries.get_mut(&id).expect("invariant: caller found it");
+        let targets = st.q.closest_answered();
+        st.phase = Phase::Storing { pending: targets.len(), stored: 0 };
+        if targets.is_empty() {
+            self.finish(cx, id, Err(QueryError::NotStored));
+            return;
+        }
+        for p in targets {
+            self.send(cx, id, p.peer, p.addrs, msg.clone(), expect_reply);
+        }
+    }
+
+    fn outcome(&self, id: QueryId, stored: usize) -> Outcome {
+        let st = &self.queries[&id];
+        Outcome { closest: st.q.closest_answered(), found: st.found.clone(), stored, answered: st.q.answered, hops: st.q.max_hop }
+    }
+
+    fn finish(&mut self, cx: &mut Cx<'_>, id: QueryId, outcome: Result<Outcome, QueryError>) {
+        if self.queries.remove(&id).is_none() {
+            return;
+        }
+        // Requests of this query still in flight are dropped (their streams reset).
+        let gone: Vec<u64> = self.requests.iter().filter(|(_, r)| r.query == id).map(|(t, _)| *t).collect();
+        for t in gone {
+            self.drop_request(cx, t);
+        }
+        cx.emit(NodeEvent::Kad(Event::Finished { query: id, outcome }));
+    }
+
+    // ---------- requests ----------
+
+    fn conn_to(&self, peer: &PeerId) -> Option<ConnId> {
+        self.conns.iter().find(|(_, p)| *p == peer).map(|(c, _)| *c)
+    }
+
+    fn send(&mut self, cx: &mut Cx<'_>, query: QueryId, peer: PeerId, mut addrs: Vec<Multiaddr>, msg: Msg, expect_reply: bool) {
+        self.next_id += 1;
+        let token = self.next_id;
+        self.stats.requests_sent += 1;
+        let deadline = cx.now + self.config.request_timeout;
+        if addrs.is_empty() {
+            if let Some(e) = self.table.get(&peer) {
+                addrs = e.addrs.clone();
+            }
+        }
+        let state = if let Some(conn) = self.conn_to(&peer) {
+            cx.open_stream(conn, PROTOCOL_ID, token);
+            ReqState::Opening(conn)
+        } else {
+            let dialing = self.requests.values().any(|r| r.peer == peer && r.state == ReqState::Dialing);
+            if !dialing {
+                if addrs.is_empty() {
+                    self.requests.insert(
+                        token,
+                        Request { peer, query, msg, expect_reply, state: ReqState::Dialing, addrs, deadline, buf: Vec::new() },
+                    );
+                    self.fail_request(cx, token);
+                    return;
+                }
+                let a = addrs.remove(0);
+                cx.dial(a.with_peer_id(&peer), Some(peer.clone()));
+            }
+            ReqState::Dialing
+        };
+        self.requests.insert(token, Request { peer, query, msg, expect_reply, state, addrs, deadline, buf: Vec::new() });
+    }
+
+    /// Forgets a request, resetting its stream.
+    fn drop_request(&mut self, cx: &mut Cx<'_>, token: u64) -> Option<Request> {
+        let r = self.requests.remove(&token)?;
+        match r.state {
+            ReqState::Sent(c, s) => {
+                self.by_stream.remove(&(c, s));
+                cx.reset_stream(c, s);
+            }
+            ReqState::Opening(c) => cx.cancel_open(c, token),
+            ReqState::Dialing => {}
+        }
+        Some(r)
+    }
+
+    fn fail_request(&mut self, cx: &mut Cx<'_>, token: u64) {
+        let Some(r) = self.drop_request(cx, token) else { return };
+        self.stats.requests_failed += 1;
+        if self.table.failed(&r.peer) {
+            tracing::debug!(peer = %r.peer, "kad peer left the table after failed requests");
+        }
+        let Some(st) = self.queries.get_mut(&r.query) else { return };
+        match st.phase {
+            Phase::Lookup => st.q.on_failure(&r.peer),
+            Phase::Storing { ref mut pending, .. } => *pending = pending.saturating_sub(1),
+        }
+        self.drive(cx, r.query);
+    }
+
+    /// A request got its answer (or, for one without an answer, was sent).
+    fn complete(&mut self, cx: &mut Cx<'_>, token: u64, answer: Option<Msg>) {
+        let Some(r) = self.requests.remove(&token) else { return };
+        if let ReqState::Sent(c, s) = r.state {
+            self.by_stream.remove(&(c, s));
+        }
+        // It answered kad: a server. Known addresses come from the query or the table.
+        let addrs = self.queries.get(&r.query).and_then(|st| st.q.get(&r.peer)).map(|p| p.addrs.clone()).unwrap_or_default();
+        let ins = self.table.insert(&r.peer, &addrs, cx.now);
+        self.note_insert(cx, &r.peer, ins);
+        let Some(st) = self.queries.get_mut(&r.query) else { return };
+        if let Phase::Storing { ref mut pending, ref mut stored } = st.phase {
+            *pending = pending.saturating_sub(1);
+            *stored += 1;
+            self.drive(cx, r.query);
+            return;
+        }
+        let Some(m) = answer else { return };
+        st.q.on_answer(&r.peer, &m.closer);
+        let id = r.query;
+        let mut done = false;
+        match &mut st.kind {
+            Kind::FindPeer(target) => {
+                if let Some(p) = m.closer.iter().find(|p| &p.id == target && !p.addrs.is_empty()) {
+                    st.found = Some(PeerInfo { peer: p.id.clone(), addrs: p.addrs.clone() });
+                    done = true;
+                } else if &r.peer == target {
+                    st.found = Some(PeerInfo { peer: r.peer.clone(), addrs });
+                    done = true;
+                }
+            }
+            Kind::GetProviders { limit, seen } => {
+                for p in &m.providers {
+                    if seen.len() >= *limit {
+                        break;
+                    }
+                    if seen.insert(p.id.clone()) {
+                        cx.emit(NodeEvent::Kad(Event::Provider {
+                            query: id,
+                            provider: PeerInfo { peer: p.id.clone(), addrs: p.addrs.clone() },
+                        }));
+                    }
+                }
+                done = seen.len() >= *limit;
+            }
+            Kind::GetValue { quorum, found } => {
+                if let Some(rec) = m.record.filter(|rec| rec.key == st.key && store::validate(&rec.key, &rec.value).is_ok()) {
+                    *found += 1;
+                    done = *found >= *quorum;
+                    cx.emit(NodeEvent::Kad(Event::Value { query: id, record: rec, from: r.peer.clone() }));
+                }
+            }
+            _ => {}
+        }
+        if done {
+            let o = self.outcome(id, 0);
+            self.finish(cx, id, Ok(o));
+        } else {
+            self.drive(cx, id);
+        }
+    }
+
+    // ---------- serving ----------
+
+    fn answer(&mut self, cx: &mut Cx<'_>, from: &PeerId, req: Msg) -> Result<Option<Msg>, RecordError> {
+        self.stats.requests_served += 1;
+        let target = Key::from_bytes(&req.key);
+        let closer = |t: &Table, local: &PeerId| -> Vec<KadPeer> {
+            t.closest(&target, t.len().min(40))
+                .into_iter()
+                .filter(|p| &p.peer != from && &p.peer != local)
+                .take(20)
+                .map(|p| KadPeer { id: p.peer, addrs: p.addrs, connection: Connection::NotConnected })
+                .collect()
+        };
+        let mut resp = Msg::new(req.kind, req.key.clone());
+        match req.kind {
+            MsgType::FindNode => {
+                // Asked for ourselves: answer with ourselves, as go and js do (go keeps a new DHT peer only if
+                // this answer is non-empty).
+                if req.key == self.local.as_bytes() {
+                    resp.closer.push(KadPeer {
+                        id: self.local.clone(),
+                        addrs: cx.local.listen_addrs.clone(),
+                        connection: Connection::Connected,
+                    });
+                } else {
+                    resp.closer = closer(&self.table, &self.local);
+                }
+            }
+            MsgType::GetProviders => {
+                resp.providers = self
+                    .store
+                    .providers(&req.key, cx.now)
+                    .into_iter()
+                    .map(|p| KadPeer { id: p.peer, addrs: p.addrs, connection: Connection::NotConnected })
+                    .collect();
+                resp.closer = closer(&self.table, &self.local);
+            }
+            MsgType::GetValue => {
+                resp.record = self.store.get(&req.key, cx.now).cloned();
+                resp.closer = closer(&self.table, &self.local);
+            }
+            MsgType::AddProvider => {
+                // Only the sender may announce itself (go ignores other providers in the message).
+                for p in req.providers.iter().filter(|p| &p.id == from) {
+                    let info = PeerInfo { peer: p.id.clone(), addrs: p.addrs.clone() };
+                    self.store.add_provider(&req.key, info, cx.now + self.config.provider_ttl)?;
+                }
+                return Ok(None);
+            }
+            MsgType::PutValue => {
+                let rec = req.record.clone().filter(|r| r.key == req.key).ok_or(RecordError::BadKey)?;
+                self.store.put(rec, cx.now + self.config.record_ttl)?;
+                return Ok(Some(req));
+            }
+            MsgType::Ping => {}
+        }
+        Ok(Some(resp))
+    }
+
+    fn refresh(&mut self, cx: &mut Cx<'_>) {
+        if self.table.is_empty() {
+            self.next_refresh = None;
+            return;
+        }
+        self.next_refresh = Some(cx.now + self.config.refresh_interval);
+        let _ = self.bootstrap(cx);
+        let local = Key::from_peer(&self.local);
+        let top = self.table.max_bucket().unwrap_or(0).min(MAX_REFRESH_BUCKETS - 1);
+        for cpl in 0..=top {
+            let mut r = [0u8; 32];
+            cx.rng.fill_bytes(&mut r);
+            let target = key_in_bucket(&local, cpl, r);
+            // A FIND_NODE for a key (its sha256 lands in the bucket): run the lookup on the key itself.
+            let _ = self.start_at(cx, target);
+        }
+    }
+
+    /// A lookup toward a raw point of the keyspace (bucket refresh).
+    fn start_at(&mut self, cx: &mut Cx<'_>, target: Key) -> Result<QueryId, QueryError> {
+        if self.queries.len() >= self.config.max_queries {
+            return Err(QueryError::TooMany);
+        }
+        let seeds = self.table.closest(&target, self.config.k);
+        if seeds.is_empty() {
+            return Err(QueryError::NoPeers);
+        }
+        self.next_id += 1;
+        let id = QueryId(self.next_id);
+        let q = Query::new(target, self.local.clone(), seeds, self.config.k, self.config.alpha, self.config.request_timeout);
+        // The request carries the point itself as its key: servers hash it, so the lookup converges on
+        // sha256(point) rather than the point; good enough to touch peers around the bucket.
+        let deadline = cx.now + self.config.query_timeout;
+        self.queries
+            .insert(id, QueryState { kind: Kind::Bootstrap, key: target.0.to_vec(), q, phase: Phase::Lookup, deadline, found: None });
+        self.drive(cx, id);
+        Ok(id)
+    }
+}
+
+impl Service for KadService {
+    fn name(&self) -> &'static str {
+        "kad"
+    }
+
+    fn protocols(&self) -> Vec<String> {
+        if self.server {
+            vec![PROTOCOL_ID.into()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn on_connection(&mut self, cx: &mut Cx<'_>, ev: ConnectionEvent<'_>) {
+        match ev {
+            ConnectionEvent::Established { conn, peer, .. } => {
+                self.conns.insert(conn, peer.clone());
+                let waiting: Vec<u64> =
+                    self.requests.iter().filter(|(_, r)| &r.peer == peer && r.state == ReqState::Dialing).map(|(t, _)| *t).collect();
+                for t in waiting {
+                    cx.open_stream(conn, PROTOCOL_ID, t);
+                    self.requests.get_mut(&t).expect("invariant: listed above").state = ReqState::Opening(conn);
+                }
+            }
+            ConnectionEvent::Identified { peer, info, .. } => {
+                if info.protocols.iter().any(|p| p == PROTOCOL_ID) {
+                    let r = self.table.insert(peer, &info.listen_addrs, cx.now);
+                    self.note_insert(cx, peer, r);
+                } else if self.table.remove(peer) {
+                    tracing::debug!(%peer, "kad peer stopped serving the DHT; removed from the table");
+                }
+            }
+            ConnectionEvent::Closed { conn, .. } => {
+                self.conns.remove(&conn);
+                self.inbound.retain(|(c, _), _| *c != conn);
+                let lost: Vec<u64> = self
+                    .requests
+                    .iter()
+                    .filter(|(_, r)| matches!(r.state, ReqState::Opening(c) | ReqState::Sent(c, _) if c == conn))
+                    .map(|(t, _)| *t)
+                    .collect();
+                for t in lost {
+                    if let Some(r) = self.requests.get_mut(&t) {
+                        if let ReqState::Sent(c, s) = r.state {
+                            self.by_stream.remove(&(c, s));
+                        }
+                        r.state = ReqState::Dialing; // nothing to reset any more
+                    }
+                    self.fail_request(cx, t);
+                }
+            }
+            ConnectionEvent::DialFailed { peer: Some(peer), .. } => {
+                if self.conn_to(peer).is_some() {
+                    return;
+                }
+                let waiting: Vec<u64> =
+                    self.requests.iter().filter(|(_, r)| &r.peer == peer && r.state == ReqState::Dialing).map(|(t, _)| *t).collect();
+                let next = waiting.first().and_then(|t| {
+                    let r = self.requests.get_mut(t).expect("invariant: listed above");
+                    (!r.addrs.is_empty()).then(|| r.addrs.remove(0))
+                });
+                match next {
+                    Some(a) => cx.dial(a.with_peer_id(peer), Some(peer.clone())),
+                    None => {
+                        for t in waiting {
+                            self.fail_request(cx, t);
+                        }
+                    }
+                }
+            }
+            ConnectionEvent::DialFailed { peer: None, .. } => {}
+        }
+    }
+
+    fn on_inbound(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, _protocol: &str) {
+        let peer = self.conns.get(&conn).cloned();
+        match peer {
+            Some(peer) if self.server && self.inbound.len() < self.config.max_inbound_streams => {
+                self.inbound.insert((conn, stream), (peer, Vec::new()));
+            }
+            _ => {
+                self.stats.inbound_refused += 1;
+                cx.reset_stream(conn, stream);
+            }
+        }
+    }
+
+    fn on_stream(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, ev: StreamEvent<'_>) {
+        if let Some((peer, buf)) = self.inbound.get_mut(&(conn, stream)) {
+            let peer = peer.clone();
+            match ev {
+                StreamEvent::Data(d) => {
+                    buf.extend_from_slice(d);
+                    loop {
+                        let buf = &mut self.inbound.get_mut(&(conn, stream)).expect("invariant: present").1;
+                        match wire::decode(buf, &self.config.limits) {
+                            Ok(None) => break,
+                            Ok(Some((req, used))) => {
+                                buf.drain(..used);
+                                match self.answer(cx, &peer, req) {
+                                    Ok(Some(resp)) => {
+                                        let mut out = Vec::new();
+                                        wire::encode(&resp, &mut out);
+                                        cx.write(conn, stream, &out);
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => {
+                                        tracing::debug!(%peer, error = %e, "kad request refused: stream reset");
+                                        self.inbound.remove(&(conn, stream));
+                                        cx.reset_stream(conn, stream);
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                self.stats.malformed += 1;
+                                self.inbound.remove(&(conn, stream));
+                                cx.reset_stream(conn, stream);
+                                cx.violation(Violation { peer: Some(peer), protocol: PROTOCOL_ID, kind: ViolationKind::Malformed(e) });
+                                return;
+                            }
+                        }
+                    }
+                }
+                StreamEvent::Eof => {
+                    self.inbound.remove(&(conn, stream));
+                    cx.close_stream(conn, stream);
+                    cx.release(conn, stream);
+                }
+                StreamEvent::Reset => {
+                    self.inbound.remove(&(conn, stream));
+                }
+                StreamEvent::Opened { .. } | StreamEvent::Drained => {}
+            }
+            return;
+        }
+        if let StreamEvent::Opened { token, .. } = ev {
+            let Some(r) = self.requests.get_mut(&token) else {
+                cx.reset_stream(conn, stream);
+                return;
+            };
+            r.state = ReqState::Sent(conn, stream);
+            self.by_stream.insert((conn, stream), token);
+            let mut out = Vec::new();
+            wire::encode(&r.msg, &mut out);
+            cx.write(conn, stream, &out);
+            if !r.expect_reply {
+                cx.close_stream(conn, stream);
+                cx.release(conn, stream);
+                self.by_stream.remove(&(conn, stream));
+                r.state = ReqState::Dialing; // the stream is released: nothing to reset
+                self.complete(cx, token, None);
+            }
+            return;
+        }
+        let Some(&token) = self.by_stream.get(&(conn, stream)) else { return };
+        match ev {
+            StreamEvent::Data(d) => {
+                let r = self.requests.get_mut(&token).expect("invariant: by_stream names live requests");
+                r.buf.extend_from_slice(d);
+                match wire::decode(&r.buf, &self.config.limits) {
+                    Ok(None) => {}
+                    Ok(Some((m, _))) => {
+                        cx.close_stream(conn, stream);
+                        cx.release(conn, stream);
+                        self.by_stream.remove(&(conn, stream));
+                        r.state = ReqState::Dialing;
+                        self.complete(cx, token, Some(m));
+                    }
+                    Err(e) => {
+                        self.stats.malformed += 1;
+                        let peer = r.peer.clone();
+                        cx.violation(Violation { peer: Some(peer), protocol: PROTOCOL_ID, kind: ViolationKind::Malformed(e) });
+                        self.fail_request(cx, token);
+                    }
+                }
+            }
+            StreamEvent::Eof | StreamEvent::Reset => {
+                if let Some(r) = self.requests.get_mut(&token) {
+                    self.by_stream.remove(&(conn, stream));
+                    if matches!(ev, StreamEvent::Eof) {
+                        cx.release(conn, stream);
+                    }
+                    r.state = ReqState::Dialing;
+                }
+                self.fail_request(cx, token);
+            }
+            StreamEvent::Opened { .. } | StreamEvent::Drained => {}
+        }
+    }
+
+    fn on_open_failed(&mut self, cx: &mut Cx<'_>, _conn: ConnId, token: u64, reason: &OpenError) {
+        if let Some(r) = self.requests.get_mut(&token) {
+            tracing::debug!(peer = %r.peer, %reason, "kad stream refused");
+            r.state = ReqState::Dialing;
+            self.fail_request(cx, token);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let reqs = self.requests.values().map(|r| r.deadline).min();
+        let queries = self.queries.values().map(|q| q.deadline).min();
+        [reqs, queries, self.next_refresh, Some(self.next_expire)].into_iter().flatten().min()
+    }
+
+    fn on_timeout(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now;
+        let late: Vec<u64> = self.requests.iter().filter(|(_, r)| r.deadline <= now).map(|(t, _)| *t).collect();
+        for t in late {
+            self.fail_request(cx, t);
+        }
+        let late: Vec<QueryId> = self.queries.iter().filter(|(_, q)| q.deadline <= now).map(|(id, _)| *id).collect();
+        for id in late {
+            let o = self.outcome(id, 0);
+            let outcome = if o.answered > 0 && matches!(self.queries[&id].kind, Kind::Closest | Kind::Bootstrap) {
+                Ok(o)
+            } else {
+                Err(QueryError::Timeout)
+            };
+            self.finish(cx, id, outcome);
+        }
+        if self.next_refresh.is_some_and(|t| t <= now) {
+            self.refresh(cx);
+        }
+        if self.next_expire <= now {
+            self.store.expire(now);
+            self.next_expire = now + EXPIRE_EVERY;
+        }
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}

@@ -119,7 +119,8 @@ impl Msg {
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Msg, usize)>, DecodeError> {
     let Some((r, used)) = varint::decode_frame(buf, limits.max_message_len)? else { return Ok(None) };
     let body = &buf[r];
-    let m = pb::Message::from_reader(&mut BytesReader::from_bytes(body), body).map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
+    let m =
+        pb::Message::from_reader(&mut BytesReader::from_bytes(body), body).map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
     let kind = MsgType::from_i32(m.type_pb.unwrap_or(0)).ok_or(DecodeError::Invalid("unknown kad message type"))?;
     let key = m.key.unwrap_or_default();
     if key.len() > limits.max_key_len {
@@ -181,7 +182,11 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
         type_pb: Some(msg.kind.to_i32()),
         clusterLevelRaw: None,
         key: (!msg.key.is_empty()).then(|| msg.key.clone()),
-        record: msg.record.as_ref().map(|r| pb::Record { key: Some(r.key.clone()), value: Some(r.value.clone()), timeReceived: r.time_received.clone() }),
+        record: msg.record.as_ref().map(|r| pb::Record {
+            key: Some(r.key.clone()),
+            value: Some(r.value.clone()),
+            timeReceived: r.time_received.clone(),
+        }),
         closerPeers: peers(&msg.closer),
         providerPeers: peers(&msg.providers),
     };
@@ -196,7 +201,11 @@ mod tests {
 
     fn sample() -> Msg {
         let mut r = rng::from_seed([3; 32]);
-        let p = KadPeer { id: PeerId::random(&mut r), addrs: vec!["/ip4/1.2.3.4/tcp/4001".parse().unwrap()], connection: Connection::Connected };
+        let p = KadPeer {
+            id: PeerId::random(&mut r),
+            addrs: vec!["/ip4/1.2.3.4/tcp/4001".parse().unwrap()],
+            connection: Connection::Connected,
+        };
         Msg {
             kind: MsgType::GetValue,
             key: b"/pk/abc".to_vec(),

@@ -1,0 +1,130 @@
+//! The kad service on N nodes over in-memory links, on explicit time.
+
+use super::service::KadService;
+use super::*;
+use crate::node::Event as NodeEvent;
+use crate::testing::Net;
+use crate::time::Instant;
+
+/// `n` DHT servers; every node knows node 0 and bootstraps.
+fn dht(n: usize, mode: Mode) -> Net {
+    let mut p = Net::new(n, |_, _| {});
+    for i in 0..n {
+        let me = p.peer_id(i);
+        let cfg = Config { mode, ..Config::default() };
+        p.nodes[i].add_service(Instant(0), Box::new(KadService::new(me, cfg)));
+    }
+    let (b0, a0) = (p.peer_id(0), p.addr(0).without_peer_id());
+    for i in 1..n {
+        let now = p.now;
+        p.nodes[i].with_service::<KadService, _>(now, |k, cx| {
+            k.add_peer(cx, &b0, std::slice::from_ref(&a0));
+            k.bootstrap(cx).unwrap();
+        });
+        p.run_for(Duration::from_millis(200));
+    }
+    p.run_for(Duration::from_secs(5));
+    p
+}
+
+fn finished(p: &Net, i: usize, q: QueryId) -> Option<Result<Outcome, QueryError>> {
+    p.events[i].iter().find_map(|e| match e {
+        NodeEvent::Kad(Event::Finished { query, outcome }) if *query == q => Some(outcome.clone()),
+        _ => None,
+    })
+}
+
+fn run<R>(p: &mut Net, i: usize, f: impl FnOnce(&mut KadService, &mut crate::service::Cx<'_>) -> R) -> R {
+    let now = p.now;
+    p.nodes[i].with_service::<KadService, _>(now, f).unwrap()
+}
+
+#[test]
+fn kad_nodes_bootstrap_then_find_a_peer_they_never_met() {
+    let mut p = dht(30, Mode::Server);
+    let sizes: Vec<usize> = (0..30).map(|i| p.nodes[i].node_mut().service_mut::<KadService>().unwrap().table().len()).collect();
+    assert!(sizes.iter().all(|n| *n >= 10), "tables filled by bootstrap: {sizes:?}");
+    let target = p.peer_id(29);
+    let q = run(&mut p, 3, |k, cx| k.find_peer(cx, &target)).unwrap();
+    p.run_for(Duration::from_secs(5));
+    let o = finished(&p, 3, q).expect("finished").expect("found");
+    assert_eq!(o.found.as_ref().map(|f| &f.peer), Some(&target));
+    assert!(o.found.unwrap().addrs.contains(&p.addr(29).without_peer_id()));
+    // The k closest peers to a key, as every node would compute them from a full view.
+    let key = b"some key".to_vec();
+    let q = run(&mut p, 7, |k, cx| k.get_closest_peers(cx, key.clone())).unwrap();
+    p.run_for(Duration::from_secs(5));
+    let o = finished(&p, 7, q).expect("finished").expect("ok");
+    let mut all: Vec<PeerId> = (0..30).filter(|i| *i != 7).map(|i| p.peer_id(i)).collect();
+    all.sort_by_key(|x| Key::from_peer(x).distance(&Key::from_bytes(&key)));
+    let got: Vec<PeerId> = o.closest.iter().map(|c| c.peer.clone()).collect();
+    assert_eq!(got, all[..20].to_vec());
+    assert!(o.hops >= 1);
+}
+
+#[test]
+fn kad_provider_and_pk_record_travel_between_nodes() {
+    let mut p = dht(25, Mode::Server);
+    let cid = {
+        let mut k = vec![0x12, 0x20];
+        k.extend_from_slice(&[7u8; 32]);
+        k
+    };
+    let q = run(&mut p, 4, |k, cx| k.provide(cx, cid.clone())).unwrap();
+    p.run_for(Duration::from_secs(5));
+    let o = finished(&p, 4, q).expect("finished").expect("stored");
+    assert!(o.stored >= 15, "{o:?}");
+    let q = run(&mut p, 20, |k, cx| k.find_providers(cx, cid.clone(), 1)).unwrap();
+    p.run_for(Duration::from_secs(5));
+    let provider = p.events[20].iter().find_map(|e| match e {
+        NodeEvent::Kad(Event::Provider { query, provider }) if *query == q => Some(provider.clone()),
+        _ => None,
+    });
+    assert_eq!(provider.map(|p| p.peer), Some(p.peer_id(4)));
+    assert!(finished(&p, 20, q).expect("finished").is_ok());
+
+    // /pk/<id>: node 9 stores its public key; node 17 gets it.
+    let kp = p.nodes[9].node().config().keypair.clone();
+    let rec = Record { key: store::pk_key(&kp.peer_id()), value: kp.public().encode_protobuf(), time_received: None };
+    let q = run(&mut p, 9, |k, cx| k.put_value(cx, rec.clone())).unwrap();
+    p.run_for(Duration::from_secs(5));
+    assert!(finished(&p, 9, q).expect("finished").expect("stored").stored >= 15);
+    let q = run(&mut p, 17, |k, cx| k.get_value(cx, rec.key.clone(), 2)).unwrap();
+    p.run_for(Duration::from_secs(5));
+    let values = p.events[17]
+        .iter()
+        .filter(|e| matches!(e, NodeEvent::Kad(Event::Value { query, record, .. }) if *query == q && record.value == rec.value))
+        .count();
+    assert_eq!(values, 2);
+    assert!(finished(&p, 17, q).expect("finished").is_ok());
+    // A record that does not validate is refused before anything is sent.
+    let bad = Record { key: store::pk_key(&p.peer_id(3)), value: rec.value.clone(), time_received: None };
+    assert!(matches!(run(&mut p, 9, |k, cx| k.put_value(cx, bad)), Err(QueryError::InvalidRecord(_))));
+}
+
+#[test]
+fn kad_client_mode_neither_announces_nor_serves() {
+    let mut p = Net::new(2, |_, _| {});
+    let (a, b) = (p.peer_id(0), p.peer_id(1));
+    p.nodes[0].add_service(Instant(0), Box::new(KadService::new(a, Config::default())));
+    p.nodes[1].add_service(Instant(0), Box::new(KadService::new(b.clone(), Config::default())));
+    assert!(!p.nodes[1].node().protocols().iter().any(|x| x == PROTOCOL_ID));
+    let addr = p.addr(1).without_peer_id();
+    // Node 0 is told node 1 is a server; its request is refused (the protocol is not served).
+    run(&mut p, 0, |k, cx| {
+        k.add_peer(cx, &b, &[addr]);
+        k.bootstrap(cx).unwrap()
+    });
+    p.run_for(Duration::from_secs(5));
+    let svc = p.nodes[0].node_mut().service_mut::<KadService>().unwrap();
+    assert_eq!(svc.stats().requests_failed, 1);
+    // Switched to server: announced (and pushed to the connected peer), and served.
+    let now = p.now;
+    p.nodes[1].with_service::<KadService, _>(now, |k, cx| k.set_mode(cx, Mode::Server));
+    p.nodes[1].update_protocols(now);
+    p.run_for(Duration::from_secs(1));
+    assert!(p.nodes[1].node().protocols().iter().any(|x| x == PROTOCOL_ID));
+    let known = p.nodes[0].node().peerstore().get(&b).unwrap().protocols.clone();
+    assert!(known.iter().any(|x| x == PROTOCOL_ID), "{known:?}");
+    assert!(p.nodes[0].node_mut().service_mut::<KadService>().unwrap().table().contains(&b));
+}
