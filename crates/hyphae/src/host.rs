@@ -5,6 +5,7 @@ use crate::driver;
 use crate::handle::{self, Action, ConnShared, Direction, HostLink, IdentifyState, QuicHandle, Stream};
 use hyphae_core::conn::{self, CloseReason, OpenError, Role, StreamId};
 use hyphae_core::identify::{self, Info};
+use hyphae_core::kad::{self, service::KadService};
 use hyphae_core::multiaddr::MultiaddrError;
 use hyphae_core::node::{self, ConnId, Node};
 use hyphae_core::perf::service::PerfService;
@@ -50,6 +51,8 @@ pub enum Error {
     Ping(ping::Failure),
     #[error("perf failed: {0}")]
     Perf(perf::Failure),
+    #[error("dht: {0}")]
+    Dht(kad::QueryError),
     /// The connection closed while we waited on it.
     #[error("connection closed: {0}")]
     Closed(CloseReason),
@@ -80,6 +83,9 @@ pub struct HostConfig {
     pub seed: Option<[u8; 32]>,
     /// Ping every connection at this interval (results as `HostEvent::Ping`). Default `None`, as go-libp2p.
     pub ping_interval: Option<Duration>,
+    /// The Kademlia DHT (`host.dht()`). Default: client mode (asks, does not serve nor announce), k = 20,
+    /// α = 10; see `hyphae_core::kad::Config` for every default and limit.
+    pub dht: kad::Config,
 }
 
 impl HostConfig {
@@ -98,6 +104,7 @@ impl HostConfig {
             muxers: vec![hyphae_core::yamux::PROTOCOL_ID.into(), hyphae_core::mplex::PROTOCOL_ID.into()],
             seed: None,
             ping_interval: None,
+            dht: kad::Config::default(),
         }
     }
     /// A fresh Ed25519 identity.
@@ -164,6 +171,10 @@ pub struct ConnectionInfo {
 /// A `Host::ping` caller waiting for the node machine's answer.
 type PingWaiter = oneshot::Sender<Result<Duration, ping::Failure>>;
 
+/// A `host.dht()` caller: the events of its query (bounded; `try_send`, so a caller that stops reading
+/// misses events rather than stalling the node).
+pub(crate) type KadWaiter = tokio::sync::mpsc::Sender<kad::Event>;
+
 /// A `Host::perf` caller: its progress reports (bounded; a slow caller misses some) and its outcome.
 struct PerfWaiter {
     progress: tokio::sync::mpsc::Sender<(Duration, u64, u64)>,
@@ -192,6 +203,8 @@ pub(crate) struct Inner {
     ping_waiters: Mutex<BTreeMap<ConnId, Vec<PingWaiter>>>,
     /// Callers of `Host::perf`, by run.
     perf_waiters: Mutex<BTreeMap<perf::RunId, PerfWaiter>>,
+    /// Callers of `host.dht()` queries, by query.
+    pub(crate) kad_waiters: Mutex<BTreeMap<kad::QueryId, KadWaiter>>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The QUIC endpoint (one UDP socket, used to listen and to dial), once made. Read without waiting;
@@ -330,6 +343,58 @@ impl Inner {
     fn dial_failed(self: &Arc<Self>, id: ConnId, reason: CloseReason) {
         self.node().on_dial_failed(self.now(), id, reason);
         self.drain_node();
+    }
+
+    /// Hands a kad event to the caller waiting for its query.
+    fn kad_event(&self, ev: kad::Event) {
+        let query = match &ev {
+            kad::Event::Provider { query, .. } | kad::Event::Value { query, .. } | kad::Event::Finished { query, .. } => *query,
+            kad::Event::RoutingUpdated { peer } => return tracing::debug!(%peer, "kad routing table: added"),
+            kad::Event::ModeChanged { server } => return tracing::info!(server, "kad mode changed"),
+        };
+        let mut w = lock(&self.kad_waiters);
+        let finished = matches!(ev, kad::Event::Finished { .. });
+        if let Some(tx) = w.get(&query) {
+            if tx.try_send(ev).is_err() {
+                tracing::debug!(?query, "kad caller not reading: event dropped");
+            }
+        }
+        if finished {
+            w.remove(&query);
+        }
+    }
+
+    /// Starts a kad query through `f` and returns its events. The waiter is in place before anything
+    /// the query does is drained; the dials it asks for start at once.
+    pub(crate) fn kad_query(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut KadService, &mut hyphae_core::service::Cx<'_>) -> Result<kad::QueryId, kad::QueryError>,
+    ) -> Result<tokio::sync::mpsc::Receiver<kad::Event>, Error> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        {
+            let now = self.now();
+            let mut n = self.node();
+            let id = n.with_service::<KadService, _>(now, f).expect("invariant: the Host registers kad").map_err(Error::Dht)?;
+            lock(&self.kad_waiters).insert(id, tx);
+        }
+        self.drain_node();
+        Ok(rx)
+    }
+
+    /// Services' protocol lists changed: route and announce them anew.
+    pub(crate) fn update_protocols(&self) {
+        let now = self.now();
+        self.node().update_protocols(now);
+    }
+
+    /// Runs `f` on the kad service (no query).
+    pub(crate) fn with_kad<R>(self: &Arc<Self>, f: impl FnOnce(&mut KadService, &mut hyphae_core::service::Cx<'_>) -> R) -> R {
+        let r = {
+            let now = self.now();
+            self.node().with_service::<KadService, _>(now, f).expect("invariant: the Host registers kad")
+        };
+        self.drain_node();
+        r
     }
 
     /// Answers the `Host::ping` callers waiting on connection `conn`.
@@ -482,6 +547,7 @@ impl HostLink for Inner {
                 node::Event::Perf(perf::Event::Served { peer, uploaded, downloaded, .. }) => {
                     tracing::info!(%peer, uploaded, downloaded, "served a perf run");
                 }
+                node::Event::Kad(ev) => self.kad_event(ev),
                 node::Event::Violation(v) => {
                     tracing::debug!(peer = ?v.peer, protocol = v.protocol, kind = %v.kind, "peer broke a protocol")
                 }
@@ -536,7 +602,7 @@ impl HostLink for Inner {
 /// A libp2p host. Cheap to clone.
 #[derive(Clone)]
 pub struct Host {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Host {
@@ -569,6 +635,7 @@ impl Host {
         let mut node = Node::new(nc, hyphae_core::Instant::ZERO);
         // Perf runs on command; it serves only after `enable_perf_server`.
         node.add_service(hyphae_core::Instant::ZERO, Box::new(PerfService::new(false)));
+        node.add_service(hyphae_core::Instant::ZERO, Box::new(KadService::new(keypair.peer_id(), config.dht.clone())));
         let node_notify = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(Inner {
             noise_static,
@@ -584,6 +651,7 @@ impl Host {
             conns: Mutex::new(BTreeMap::new()),
             ping_waiters: Mutex::new(BTreeMap::new()),
             perf_waiters: Mutex::new(BTreeMap::new()),
+            kad_waiters: Mutex::new(BTreeMap::new()),
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             quic: Mutex::new(None),
@@ -628,7 +696,7 @@ impl Host {
         self.protocols_changed();
     }
 
-    fn protocols_changed(&self) {
+    pub(crate) fn protocols_changed(&self) {
         let user: Vec<String> = lock(&self.inner.handlers).keys().cloned().collect();
         // The node machine announces them and pushes identify to connected peers, as go-libp2p does.
         let now = self.inner.now();
@@ -773,7 +841,7 @@ impl Host {
     }
 
     /// Dials the peer's known addresses (peerstore) in turn until one connects.
-    async fn connect_known(&self, peer: &PeerId) -> Result<(), Error> {
+    pub(crate) async fn connect_known(&self, peer: &PeerId) -> Result<(), Error> {
         let addrs = self.peer_info(peer).map(|i| i.addrs).unwrap_or_default();
         let mut last = Error::NoConnection(peer.clone());
         for a in addrs {
