@@ -1,5 +1,6 @@
-//! The `hyphae` binary: `node`, `ping`, `id`.
+//! The `hyphae` binary: `node`, `ping`, `id`, `perf`, `dht`, `sim`.
 
+use hyphae::core::kad::keys;
 use hyphae::{keyfile, Host, HostConfig, HostEvent, KeyType, Keypair, Multiaddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,9 +8,17 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage:
   hyphae node [--listen MULTIADDR]... [--key FILE] [--key-type ed25519|secp256k1|ecdsa|rsa]
+             [--bootstrap MULTIADDR]... [--dht-mode auto|client|server] [--provide CID]...
       Runs a node. Without --listen it listens on /ip4/0.0.0.0/tcp/4001, /ip6/::/tcp/4001 and
       /ip4/0.0.0.0/udp/4001/quic-v1 (port 0 if taken); without --key it keeps its key in $XDG_DATA_HOME/hyphae/identity.key. Prints each
       listen address with /p2p/<id> on stdout, then logs connections and pings. Ctrl-C stops it.
+      --bootstrap joins the Kademlia DHT through those peers (a client unless --dht-mode server; auto
+      serves once AutoNAT confirms a public address); --provide keeps announcing CID while it runs.
+  hyphae dht find-peer PEER_ID | closest KEY | put KEY VALUE_FILE | get KEY | provide CID |
+             find-providers CID [--limit N]   --bootstrap MULTIADDR... [--quorum N]
+      Joins the DHT through the bootstrap peers (as a client), runs one operation and prints its
+      results one per line (get: the value's raw bytes). KEY: /pk/PEER_ID, /ipns/PEER_ID or other
+      text; CID: CIDv0 (Qm…) or CIDv1 base32 (b…).
   hyphae ping MULTIADDR [--count N] [--key FILE] [--key-type T]
       Dials MULTIADDR (ending in /p2p/<id>), prints the remote's identify info and N ping RTTs.
   hyphae id [--key FILE]
@@ -42,6 +51,11 @@ struct Args {
     key: Option<PathBuf>,
     key_type: KeyType,
     count: u32,
+    bootstrap: Vec<Multiaddr>,
+    dht_mode: Option<hyphae::core::kad::Mode>,
+    provide: Vec<String>,
+    limit: usize,
+    quorum: usize,
     positional: Vec<String>,
 }
 
@@ -60,6 +74,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
         key: None,
         key_type: KeyType::Ed25519,
         count: 5,
+        bootstrap: vec![],
+        dht_mode: None,
+        provide: vec![],
+        limit: 20,
+        quorum: 1,
         positional: vec![],
     };
     let mut it = args.iter();
@@ -88,6 +107,18 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 &[("yamux", hyphae::core::yamux::PROTOCOL_ID), ("mplex", hyphae::core::mplex::PROTOCOL_ID)],
             )?),
             "--server" => a.server = true,
+            "--bootstrap" | "-b" => {
+                let v = val("--bootstrap")?;
+                let m: Multiaddr = v.parse().map_err(|e| format!("--bootstrap {v}: {e}"))?;
+                if m.peer_id().is_none() {
+                    return Err(format!("--bootstrap {v}: needs /p2p/<peer id>"));
+                }
+                a.bootstrap.push(m)
+            }
+            "--dht-mode" => a.dht_mode = Some(val("--dht-mode")?.parse()?),
+            "--provide" => a.provide.push(val("--provide")?),
+            "--limit" => a.limit = number("--limit", &val("--limit")?, "a number")?,
+            "--quorum" => a.quorum = number("--quorum", &val("--quorum")?, "a number")?,
             "--upload" | "--upload-bytes" => a.upload = number("--upload", &val("--upload")?, "a number of bytes")?,
             "--download" | "--download-bytes" => a.download = number("--download", &val("--download")?, "a number of bytes")?,
             "-h" | "--help" => return Err(String::new()),
@@ -159,6 +190,7 @@ fn main() -> ExitCode {
             "node" => node(args).await,
             "ping" => ping(args).await,
             "perf" => perf(args).await,
+            "dht" => dht(args).await,
             "id" => {
                 let k = load_key(&args, true)?;
                 println!("{}", k.peer_id());
@@ -188,6 +220,9 @@ fn host_config(args: &Args, key: Keypair) -> HostConfig {
     if !args.muxers.is_empty() {
         c.muxers = args.muxers.clone();
     }
+    if let Some(m) = args.dht_mode {
+        c.dht.mode = m;
+    }
     c
 }
 
@@ -201,9 +236,108 @@ fn load_key(args: &Args, persistent: bool) -> Result<Keypair, String> {
 }
 
 async fn node(args: Args) -> Result<(), String> {
+    let provide = args.provide.iter().map(|c| keys::provider_key(c)).collect::<Result<Vec<_>, _>>()?;
     let key = load_key(&args, true)?;
     let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
+    if !args.bootstrap.is_empty() || !provide.is_empty() {
+        // Joins once listening (the DHT announces our listen addresses); the node runs meanwhile.
+        let h = host.clone();
+        let boot = args.bootstrap.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if !boot.is_empty() {
+                match h.dht().bootstrap(&boot).await {
+                    Ok(o) => tracing::info!(peers = h.dht().routing_table_size(), answered = o.answered, "joined the DHT"),
+                    Err(e) => tracing::warn!(error = %e, "DHT bootstrap failed"),
+                }
+            }
+            for k in provide {
+                // Re-announced every 22 h by the DHT service while the node runs.
+                match h.dht().provide(&k).await {
+                    Ok(n) => tracing::info!(cid = %keys::cid_v1_raw(&k), peers = n, "providing"),
+                    Err(e) => tracing::warn!(cid = %keys::cid_v1_raw(&k), error = %e, "provide failed (retried at the next reprovide)"),
+                }
+            }
+        });
+    }
     serve(host, args).await
+}
+
+/// `hyphae dht OP ARG`: join as a client, run one operation, print its results.
+async fn dht(args: Args) -> Result<(), String> {
+    let (op, arg) = match &args.positional[..] {
+        [op, arg] => (op.as_str(), arg.as_str()),
+        [op, k, _] if op == "put" => ("put", k.as_str()),
+        _ => return Err("dht needs an operation and its argument (see usage)".into()),
+    };
+    if args.bootstrap.is_empty() {
+        return Err("dht needs --bootstrap MULTIADDR (a DHT server to join through)".into());
+    }
+    let key = load_key(&args, false)?;
+    let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
+    // Listening makes `provide` announce reachable addresses (providers without addresses are ignored).
+    let listen = if args.listen.is_empty() { vec!["/ip4/0.0.0.0/tcp/0".parse().expect("invariant: literal")] } else { args.listen.clone() };
+    for l in &listen {
+        host.listen(l.clone()).await.map_err(|e| format!("listen {l}: {e}"))?;
+    }
+    host.dht().bootstrap(&args.bootstrap).await.map_err(|e| format!("bootstrap: {e}"))?;
+    let d = host.dht();
+    let r = match op {
+        "find-peer" => {
+            let peer: hyphae::PeerId = arg.parse().map_err(|e| format!("{arg}: {e}"))?;
+            let info = d.find_peer(&peer).await.map_err(|e| format!("find-peer {peer}: {e}"))?;
+            for a in info.addrs {
+                println!("{a}");
+            }
+            Ok(())
+        }
+        "closest" => {
+            let k = keys::record_key(arg)?;
+            for p in d.get_closest_peers(&k).await.map_err(|e| format!("closest: {e}"))? {
+                println!("{}", p.peer);
+            }
+            Ok(())
+        }
+        "put" => {
+            let [_, _, file] = &args.positional[..] else { return Err("dht put needs KEY VALUE_FILE".into()) };
+            let value = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+            let k = keys::record_key(arg)?;
+            let n = d.put_value(&k, &value).await.map_err(|e| format!("put: {e}"))?;
+            println!("stored on {n} peers");
+            Ok(())
+        }
+        "get" => {
+            let k = keys::record_key(arg)?;
+            let v = d.get_value(&k, args.quorum).await.map_err(|e| format!("get: {e}"))?;
+            let (_, value) = v.into_iter().next().ok_or("get: not found")?;
+            use std::io::Write;
+            std::io::stdout().write_all(&value).map_err(|e| e.to_string())
+        }
+        "provide" => {
+            let k = keys::provider_key(arg)?;
+            let n = d.provide(&k).await.map_err(|e| format!("provide: {e}"))?;
+            println!("provided to {n} peers");
+            Ok(())
+        }
+        "find-providers" => {
+            let k = keys::provider_key(arg)?;
+            let found = d
+                .find_providers(&k, args.limit, |p| {
+                    let addrs: Vec<String> = p.addrs.iter().map(|a| a.to_string()).collect();
+                    println!("{} {}", p.peer, addrs.join(" "));
+                })
+                .await
+                .map_err(|e| format!("find-providers: {e}"))?;
+            if found.is_empty() {
+                Err("find-providers: none found".into())
+            } else {
+                Ok(())
+            }
+        }
+        other => Err(format!("unknown dht operation {other:?}")),
+    };
+    host.close().await;
+    r
 }
 
 async fn perf(args: Args) -> Result<(), String> {

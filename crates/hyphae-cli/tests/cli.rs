@@ -97,3 +97,57 @@ async fn cli_sim_writes_reports_and_fails_with_seed() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("determinism check passed"));
 }
+
+/// Starts `hyphae node` with `extra` flags on loopback; returns it and its first address.
+async fn start_node(extra: &[&str]) -> (tokio::process::Child, String) {
+    let mut node = Command::new(BIN)
+        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    (node, addr)
+}
+
+#[tokio::test]
+async fn cli_dht_finds_a_provider_and_a_peer_through_a_bootstrap_node() {
+    let dir = TempDir::new("dht");
+    let (ka, kc) = (dir.0.join("a.key"), dir.0.join("c.key"));
+    let (_a, boot) = start_node(&["--dht-mode", "server", "--key", ka.to_str().unwrap()]).await;
+    let cid = "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n";
+    let (_c, caddr) = start_node(&["--dht-mode", "server", "--bootstrap", &boot, "--provide", cid, "--key", kc.to_str().unwrap()]).await;
+    let c_id = caddr.rsplit('/').next().unwrap().to_string();
+    // The same content named by its CIDv1: the provider key is the multihash.
+    let out = dht_retrying(&boot, &["find-providers", "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"]).await;
+    assert!(out.starts_with(&c_id) && out.contains("/ip4/127.0.0.1/tcp/"), "{out}");
+    let out = dht_retrying(&boot, &["find-peer", &c_id]).await;
+    assert_eq!(out.trim(), caddr.rsplit_once("/p2p/").unwrap().0, "{out}");
+    let out = dht_retrying(&boot, &["closest", &format!("/pk/{c_id}")]).await;
+    assert_eq!(out.lines().count(), 2, "both servers: {out}");
+    // Clear failures: a bad CID, a missing bootstrap, a key nobody stored.
+    let out = Command::new(BIN).args(["dht", "provide", "notacid", "--bootstrap", &boot]).output().await.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a CID"));
+    let out = Command::new(BIN).args(["dht", "get", "/app/x"]).output().await.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--bootstrap"));
+    let out = Command::new(BIN).args(["dht", "get", &format!("/pk/{c_id}"), "--bootstrap", &boot]).output().await.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+/// Runs `hyphae dht ARGS --bootstrap BOOT`, retrying for a few seconds (a node started just before
+/// announces shortly after it starts); its stdout.
+async fn dht_retrying(boot: &str, args: &[&str]) -> String {
+    let mut last = None;
+    for _ in 0..20 {
+        let out = Command::new(BIN).arg("dht").args(args).args(["--bootstrap", boot]).output().await.unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        last = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("dht {args:?} kept failing: {last:?}");
+}

@@ -16,6 +16,7 @@ use crate::multiaddr::Multiaddr;
 use crate::time::Duration;
 use sha2::{Digest, Sha256};
 
+pub mod keys;
 pub mod query;
 pub mod service;
 pub mod store;
@@ -107,6 +108,8 @@ pub struct Config {
     pub refresh_interval: Duration,
     /// Provider records expire after this. Default 48 h (the spec's).
     pub provider_ttl: Duration,
+    /// Keys we provide are announced again this often. Default 22 h (go's).
+    pub reprovide_interval: Duration,
     /// Stored records expire after this. Default 48 h.
     pub record_ttl: Duration,
     /// Peers in the table per IP group (/16 for IPv4, /32 for IPv6), and per group in one bucket.
@@ -132,6 +135,7 @@ impl Default for Config {
             query_timeout: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(600),
             provider_ttl: Duration::from_secs(48 * 3600),
+            reprovide_interval: Duration::from_secs(22 * 3600),
             record_ttl: Duration::from_secs(48 * 3600),
             max_per_group: 3,
             max_per_group_per_bucket: 2,

@@ -85,6 +85,9 @@ pub struct KadService {
     queries: BTreeMap<QueryId, QueryState>,
     next_refresh: Option<Instant>,
     next_expire: Instant,
+    /// Keys we provide, re-announced every `reprovide_interval`, and when next.
+    providing: BTreeSet<Vec<u8>>,
+    next_reprovide: Option<Instant>,
     stats: Stats,
 }
 
@@ -109,6 +112,8 @@ impl KadService {
             queries: BTreeMap::new(),
             next_refresh: None,
             next_expire: Instant(0) + EXPIRE_EVERY,
+            providing: BTreeSet::new(),
+            next_reprovide: None,
             stats: Stats::default(),
             config,
         }
@@ -227,8 +232,21 @@ impl KadService {
         self.start(cx, Kind::PutValue(record), key)
     }
 
-    /// Announces us as a provider of `key` locally and to the k closest peers.
+    /// Announces us as a provider of `key` locally and to the k closest peers, and again every
+    /// `reprovide_interval` until [`KadService::stop_providing`].
     pub fn provide(&mut self, cx: &mut Cx<'_>, key: Vec<u8>) -> Result<QueryId, QueryError> {
+        if self.providing.len() < self.config.store.max_provider_keys {
+            self.providing.insert(key.clone());
+            self.next_reprovide.get_or_insert(cx.now + self.config.reprovide_interval);
+        }
+        self.announce(cx, key)
+    }
+
+    pub fn stop_providing(&mut self, key: &[u8]) {
+        self.providing.remove(key);
+    }
+
+    fn announce(&mut self, cx: &mut Cx<'_>, key: Vec<u8>) -> Result<QueryId, QueryError> {
         let me = PeerInfo { peer: self.local.clone(), addrs: cx.local.listen_addrs.clone() };
         let _ = self.store.add_provider(&key, me, cx.now + self.config.provider_ttl);
         self.start(cx, Kind::Provide, key)
@@ -770,7 +788,7 @@ impl Service for KadService {
     fn poll_timeout(&self) -> Option<Instant> {
         let reqs = self.requests.values().map(|r| r.deadline).min();
         let queries = self.queries.values().map(|q| q.deadline).min();
-        [reqs, queries, self.next_refresh, Some(self.next_expire)].into_iter().flatten().min()
+        [reqs, queries, self.next_refresh, self.next_reprovide, Some(self.next_expire)].into_iter().flatten().min()
     }
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) {
@@ -791,6 +809,14 @@ impl Service for KadService {
         }
         if self.next_refresh.is_some_and(|t| t <= now) {
             self.refresh(cx);
+        }
+        if self.next_reprovide.is_some_and(|t| t <= now) {
+            self.next_reprovide = (!self.providing.is_empty()).then(|| now + self.config.reprovide_interval);
+            for key in self.providing.clone() {
+                if let Err(e) = self.announce(cx, key) {
+                    tracing::debug!(error = %e, "reprovide failed");
+                }
+            }
         }
         if self.next_expire <= now {
             self.store.expire(now);
