@@ -214,6 +214,108 @@ impl P2pd {
     }
 }
 
+/// A DHT request for p2pd (p2pd.proto `DHTRequest`).
+#[derive(Default)]
+pub struct DhtReq<'a> {
+    pub peer: Option<&'a PeerId>,
+    pub cid: Option<&'a [u8]>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub count: Option<u64>,
+    /// Seconds.
+    pub timeout: Option<u64>,
+}
+
+/// One `DHTResponse` value: a peer (id, addresses) and/or bytes.
+#[derive(Debug, Default, Clone)]
+pub struct DhtValue {
+    pub peer: Option<(PeerId, Vec<Multiaddr>)>,
+    pub value: Option<Vec<u8>>,
+}
+
+pub mod dht_op {
+    pub const FIND_PEER: u64 = 0;
+    pub const FIND_PROVIDERS: u64 = 2;
+    pub const GET_CLOSEST_PEERS: u64 = 3;
+    pub const GET_VALUE: u64 = 5;
+    pub const PUT_VALUE: u64 = 7;
+    pub const PROVIDE: u64 = 8;
+}
+
+/// (type, value) of a `DHTResponse` body.
+fn dht_response(b: &[u8]) -> (u64, DhtValue) {
+    let mut ty = 0;
+    let mut v = DhtValue::default();
+    for f in pb::Reader::new(b) {
+        match f {
+            Ok((1, x)) => ty = x.varint().unwrap_or(0),
+            Ok((2, x)) => {
+                let mut id = None;
+                let mut addrs = Vec::new();
+                for g in pb::Reader::new(x.bytes().unwrap()) {
+                    match g {
+                        Ok((1, i)) => id = PeerId::from_bytes(i.bytes().unwrap()).ok(),
+                        Ok((2, a)) => addrs.extend(Multiaddr::from_bytes(a.bytes().unwrap()).ok()),
+                        _ => {}
+                    }
+                }
+                v.peer = id.map(|i| (i, addrs));
+            }
+            Ok((3, x)) => v.value = Some(x.bytes().unwrap().to_vec()),
+            _ => {}
+        }
+    }
+    (ty, v)
+}
+
+impl P2pd {
+    /// DHT: one operation (`dht_op`); the single value, or the streamed ones (BEGIN … END).
+    pub async fn dht(&self, op: u64, r: DhtReq<'_>) -> Result<Vec<DhtValue>, String> {
+        let mut d = Vec::new();
+        pb::put_varint(&mut d, 1, op);
+        if let Some(p) = r.peer {
+            pb::put_bytes(&mut d, 2, p.as_bytes());
+        }
+        if let Some(c) = r.cid {
+            pb::put_bytes(&mut d, 3, c);
+        }
+        if let Some(k) = r.key {
+            pb::put_bytes(&mut d, 4, k);
+        }
+        if let Some(v) = r.value {
+            pb::put_bytes(&mut d, 5, v);
+        }
+        if let Some(c) = r.count {
+            pb::put_varint(&mut d, 6, c);
+        }
+        if let Some(t) = r.timeout {
+            pb::put_varint(&mut d, 7, t);
+        }
+        let mut req = Vec::new();
+        pb::put_varint(&mut req, 1, 4);
+        pb::put_bytes(&mut req, 5, &d);
+        let (mut s, resp) = self.request(req).await;
+        check_ok(&resp)?;
+        let Some(body) = pb::Reader::new(&resp).filter_map(Result::ok).find(|(n, _)| *n == 5).map(|(_, v)| v.bytes().unwrap().to_vec())
+        else {
+            return Ok(Vec::new());
+        };
+        let (ty, v) = dht_response(&body);
+        if ty != 0 {
+            return Ok(vec![v]);
+        }
+        let mut out = Vec::new();
+        loop {
+            let b = read_delimited(&mut s).await;
+            let (ty, v) = dht_response(&b);
+            if ty == 2 {
+                return Ok(out);
+            }
+            out.push(v);
+        }
+    }
+}
+
 async fn read_delimited(s: &mut UnixStream) -> Vec<u8> {
     let mut len_buf = Vec::new();
     loop {

@@ -1,0 +1,115 @@
+//! Kademlia interop with real peers, both directions: go-libp2p-kad-dht v0.25 (p2pd `-dhtServer`), and
+//! (below) js-libp2p and rust-libp2p. A mixed network on 127.0.0.1; hyphae nodes pinned to server mode
+//! (AutoNAT, which would confirm them public, cannot on loopback).
+
+mod common;
+use common::*;
+use hyphae::core::kad::{store, Mode};
+use hyphae::{Host, HostConfig, KeyType, Keypair, Multiaddr, PeerId};
+use std::time::Duration;
+
+async fn dht_host(ty: KeyType) -> (Host, Multiaddr) {
+    let mut c = HostConfig::new(Keypair::generate(ty, &mut rand_core::OsRng));
+    c.dht.mode = Mode::Server;
+    let h = Host::new(c).await.unwrap();
+    let a = h.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+    (h, a[0].clone())
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f).await.unwrap_or_else(|_| panic!("{what} took over 30 s"))
+}
+
+/// A sha2-256 multihash (= CIDv0 bytes): the provider key all three implementations accept.
+fn cid(seed: u8) -> Vec<u8> {
+    let mut k = vec![0x12, 0x20];
+    k.extend_from_slice(&[seed; 32]);
+    k
+}
+
+/// Retries `f` until it returns Some (go adds peers to its table asynchronously, after its own
+/// FIND_NODE check).
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    for _ in 0..40 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what}: never happened");
+}
+
+// ---------------- go-libp2p ----------------
+
+/// hyphae asks: two go nodes join through a hyphae node, go2 provides and puts a /pk record, the hyphae
+/// node leaves, and a new hyphae node joining through go1 finds go2, its provider record and its record
+/// — from go nodes only.
+#[tokio::test]
+async fn go_dht_hyphae_finds_go_peer_provider_and_record() {
+    init_tracing();
+    let Some(go1) = P2pd::start(&["-dhtServer"]).await else { return };
+    let Some(go2) = P2pd::start(&["-dhtServer"]).await else { return };
+    let (h0, a0) = dht_host(KeyType::Ed25519).await;
+    go1.connect(&h0.peer_id(), &[a0.without_peer_id()]).await.unwrap();
+    go2.connect(&h0.peer_id(), &[a0.without_peer_id()]).await.unwrap();
+    let c = cid(1);
+    // go adds a peer to its table only after its own check: retry until the provide went out.
+    eventually("go2 provides", || async {
+        go2.dht(dht_op::PROVIDE, DhtReq { cid: Some(&c), timeout: Some(10), ..Default::default() }).await.ok()
+    })
+    .await;
+    let kp = Keypair::generate(KeyType::Rsa, &mut rand_core::OsRng);
+    let key = store::pk_key(&kp.peer_id());
+    let value = kp.public().encode_protobuf();
+    go2.dht(dht_op::PUT_VALUE, DhtReq { key: Some(&key), value: Some(&value), timeout: Some(10), ..Default::default() }).await.unwrap();
+    h0.close().await;
+
+    let (h, _) = dht_host(KeyType::Ed25519).await;
+    let boot = go1.addrs[0].with_peer_id(&go1.peer_id);
+    within("bootstrap", h.dht().bootstrap(std::slice::from_ref(&boot))).await.unwrap();
+    let found = within("find_peer", h.dht().find_peer(&go2.peer_id)).await.unwrap();
+    assert!(found.addrs.iter().any(|a| go2.addrs.contains(a)), "{:?} vs {:?}", found.addrs, go2.addrs);
+    let provs = within("find_providers", h.dht().find_providers(&c, 1, |_| {})).await.unwrap();
+    assert_eq!(provs.first().map(|p| &p.peer), Some(&go2.peer_id));
+    let got = within("get_public_key", h.dht().get_public_key(&kp.peer_id())).await.unwrap();
+    assert_eq!(got, kp.public());
+    let closest = within("closest", h.dht().get_closest_peers(b"some key")).await.unwrap();
+    let ids: Vec<&PeerId> = closest.iter().map(|p| &p.peer).collect();
+    assert!(ids.contains(&&go1.peer_id) && ids.contains(&&go2.peer_id), "{ids:?}");
+}
+
+/// go asks: hyphae nodes form the DHT; go joins through one and finds the other, its provider record
+/// and its /pk record — go only keeps a peer whose FIND_NODE(itself) answers, so this also proves that.
+#[tokio::test]
+async fn go_dht_go_finds_hyphae_peer_provider_and_record() {
+    init_tracing();
+    let (h1, a1) = dht_host(KeyType::Ed25519).await;
+    let (h2, _) = dht_host(KeyType::Ed25519).await;
+    within("bootstrap", h2.dht().bootstrap(std::slice::from_ref(&a1))).await.unwrap();
+    let c = cid(2);
+    within("provide", h2.dht().provide(&c)).await.unwrap();
+    let kp = Keypair::generate(KeyType::Rsa, &mut rand_core::OsRng);
+    let key = store::pk_key(&kp.peer_id());
+    let value = kp.public().encode_protobuf();
+    within("put", h2.dht().put_value(&key, &value)).await.unwrap();
+
+    let Some(go) = P2pd::start(&["-dhtServer"]).await else { return };
+    go.connect(&h1.peer_id(), &[a1.without_peer_id()]).await.unwrap();
+    let h2_id = h2.peer_id();
+    let found = eventually("go finds h2", || async {
+        let v = go.dht(dht_op::FIND_PEER, DhtReq { peer: Some(&h2_id), timeout: Some(5), ..Default::default() }).await.ok()?;
+        v.into_iter().find_map(|x| x.peer)
+    })
+    .await;
+    assert_eq!(found.0, h2_id);
+    assert!(!found.1.is_empty());
+    let provs =
+        go.dht(dht_op::FIND_PROVIDERS, DhtReq { cid: Some(&c), count: Some(1), timeout: Some(10), ..Default::default() }).await.unwrap();
+    assert_eq!(provs.iter().filter_map(|p| p.peer.as_ref()).map(|p| &p.0).next(), Some(&h2_id), "{provs:?}");
+    let v = go.dht(dht_op::GET_VALUE, DhtReq { key: Some(&key), timeout: Some(10), ..Default::default() }).await.unwrap();
+    assert_eq!(v.first().and_then(|x| x.value.clone()), Some(value));
+    let closest =
+        go.dht(dht_op::GET_CLOSEST_PEERS, DhtReq { key: Some(b"some key"), timeout: Some(10), ..Default::default() }).await.unwrap();
+    let ids: Vec<PeerId> = closest.iter().filter_map(|x| x.value.as_deref().and_then(|b| PeerId::from_bytes(b).ok())).collect();
+    assert!(ids.contains(&h1.peer_id()) && ids.contains(&h2_id), "{ids:?}");
+}
