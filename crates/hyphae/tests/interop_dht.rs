@@ -113,3 +113,79 @@ async fn go_dht_go_finds_hyphae_peer_provider_and_record() {
     let ids: Vec<PeerId> = closest.iter().filter_map(|x| x.value.as_deref().and_then(|b| PeerId::from_bytes(b).ok())).collect();
     assert!(ids.contains(&h1.peer_id()) && ids.contains(&h2_id), "{ids:?}");
 }
+
+// ---------------- js-libp2p and rust-libp2p (driven line by line) ----------------
+
+/// hyphae asks: two peers of the other implementation join through a hyphae node and each other; the
+/// second provides and puts a /pk record; the hyphae node leaves; a new hyphae node joining through the
+/// first finds the second, its provider record and its record.
+async fn hyphae_asks(mut p1: DhtPeer, mut p2: DhtPeer, put_record: bool) {
+    let (h0, a0) = dht_host(KeyType::Ed25519).await;
+    p1.cmd_ok(&format!("connect {a0}")).await;
+    p2.cmd_ok(&format!("connect {a0}")).await;
+    p2.cmd_ok(&format!("connect {}/p2p/{}", p1.addr, p1.id)).await;
+    let c = cid(3);
+    p2.cmd_ok(&format!("provide {}", hex(&c))).await;
+    let kp = Keypair::generate(KeyType::Rsa, &mut rand_core::OsRng);
+    let key = store::pk_key(&kp.peer_id());
+    let value = kp.public().encode_protobuf();
+    if put_record {
+        p2.cmd_ok(&format!("put {} {}", hex(&key), hex(&value))).await;
+    }
+    h0.close().await;
+
+    let (h, _) = dht_host(KeyType::Ed25519).await;
+    let boot = p1.addr.with_peer_id(&p1.id);
+    within("bootstrap", h.dht().bootstrap(std::slice::from_ref(&boot))).await.unwrap();
+    let found = within("find_peer", h.dht().find_peer(&p2.id)).await.unwrap();
+    assert!(found.addrs.contains(&p2.addr), "{:?} vs {}", found.addrs, p2.addr);
+    let provs = within("find_providers", h.dht().find_providers(&c, 1, |_| {})).await.unwrap();
+    assert_eq!(provs.first().map(|p| &p.peer), Some(&p2.id));
+    if put_record {
+        let got = within("get_public_key", h.dht().get_public_key(&kp.peer_id())).await.unwrap();
+        assert_eq!(got, kp.public());
+    }
+    let closest = within("closest", h.dht().get_closest_peers(b"some key")).await.unwrap();
+    let ids: Vec<&PeerId> = closest.iter().map(|p| &p.peer).collect();
+    assert!(ids.contains(&&p1.id) && ids.contains(&&p2.id), "{ids:?}");
+}
+
+/// The other asks: hyphae nodes form the DHT (one provides, one stores a /pk record); the other
+/// implementation's peer joins through one and finds the other, the provider and the record.
+async fn other_asks(mut p: DhtPeer) {
+    let (h1, a1) = dht_host(KeyType::Ed25519).await;
+    let (h2, a2) = dht_host(KeyType::Ed25519).await;
+    within("bootstrap", h2.dht().bootstrap(std::slice::from_ref(&a1))).await.unwrap();
+    let c = cid(4);
+    within("provide", h2.dht().provide(&c)).await.unwrap();
+    let kp = Keypair::generate(KeyType::Rsa, &mut rand_core::OsRng);
+    let key = store::pk_key(&kp.peer_id());
+    let value = kp.public().encode_protobuf();
+    within("put", h2.dht().put_value(&key, &value)).await.unwrap();
+
+    p.cmd_ok(&format!("connect {a1}")).await;
+    let h2_id = h2.peer_id();
+    let r = p.cmd_ok(&format!("find-peer {h2_id}")).await;
+    assert!(r.contains(&a2.without_peer_id().to_string()), "{r}");
+    let r = p.cmd_ok(&format!("find-providers {}", hex(&c))).await;
+    assert!(r.contains(&h2_id.to_string()), "{r}");
+    let r = p.cmd_ok(&format!("get {}", hex(&key))).await;
+    assert_eq!(json_field(&r, "value").map(unhex), Some(value), "{r}");
+    let r = p.cmd_ok(&format!("closest {}", hex(b"some key"))).await;
+    assert!(r.contains(&h1.peer_id().to_string()) && r.contains(&h2_id.to_string()), "{r}");
+}
+
+#[tokio::test]
+async fn js_dht_hyphae_finds_js_peer_provider_and_record() {
+    init_tracing();
+    let Some(p1) = DhtPeer::js().await else { return };
+    let Some(p2) = DhtPeer::js().await else { return };
+    hyphae_asks(p1, p2, true).await;
+}
+
+#[tokio::test]
+async fn js_dht_js_finds_hyphae_peer_provider_and_record() {
+    init_tracing();
+    let Some(p) = DhtPeer::js().await else { return };
+    other_asks(p).await;
+}

@@ -406,3 +406,72 @@ pub fn listen_line(line: &str) -> Option<(PeerId, Multiaddr)> {
     let addr = line[start..line[start..].find('"')? + start].parse().ok()?;
     Some((id, addr))
 }
+
+/// A DHT peer of another implementation driven by one command per stdin line, one JSON line back
+/// (interop/js/dht.mjs, `rust-peer dht`).
+pub struct DhtPeer {
+    pub child: Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    pub id: PeerId,
+    pub addr: Multiaddr,
+}
+
+impl DhtPeer {
+    async fn start(mut cmd: Command) -> DhtPeer {
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true).spawn().expect("spawn dht peer");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (id, addr) = loop {
+            let l = read_line(&mut lines, "dht peer").await;
+            if let Some(x) = listen_line(&l) {
+                break x;
+            }
+        };
+        DhtPeer { child, stdin, lines, id, addr: addr.without_peer_id() }
+    }
+
+    /// `node --import polyfill.mjs dht.mjs` in interop/js.
+    pub async fn js() -> Option<DhtPeer> {
+        peer_path("interop/js/node_modules/@libp2p/kad-dht")?;
+        let mut c = Command::new("node");
+        c.current_dir(repo_root().join("interop/js")).args(["--import", "./polyfill.mjs", "dht.mjs"]);
+        Some(Self::start(c).await)
+    }
+
+    /// `rust-peer dht`.
+    pub async fn rust() -> Option<DhtPeer> {
+        let bin = peer_path("interop/rust-peer/target/debug/rust-peer")?;
+        let mut c = Command::new(bin);
+        c.arg("dht");
+        Some(Self::start(c).await)
+    }
+
+    /// Runs one command; its JSON answer line.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write dht peer stdin");
+        tokio::time::timeout(Duration::from_secs(40), read_line(&mut self.lines, "dht peer answer")).await.expect("dht peer answers")
+    }
+
+    /// Runs `line` until the answer has no "error" (peers join tables asynchronously), at most ~10 s.
+    pub async fn cmd_ok(&mut self, line: &str) -> String {
+        let mut last = String::new();
+        for _ in 0..20 {
+            last = self.cmd(line).await;
+            if !last.contains("\"error\"") {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("{line}: kept failing: {last}");
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex")).collect()
+}
