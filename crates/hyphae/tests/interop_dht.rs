@@ -189,3 +189,18 @@ async fn js_dht_js_finds_hyphae_peer_provider_and_record() {
     let Some(p) = DhtPeer::js().await else { return };
     other_asks(p).await;
 }
+
+#[tokio::test]
+async fn rust_dht_hyphae_finds_rust_peer_provider_and_record() {
+    init_tracing();
+    let Some(p1) = DhtPeer::rust().await else { return };
+    let Some(p2) = DhtPeer::rust().await else { return };
+    hyphae_asks(p1, p2, true).await;
+}
+
+#[tokio::test]
+async fn rust_dht_rust_finds_hyphae_peer_provider_and_record() {
+    init_tracing();
+    let Some(p) = DhtPeer::rust().await else { return };
+    other_asks(p).await;
+}

@@ -2,6 +2,8 @@
 //!   rust-peer listen [noise|tls] [tcp|quic] [yamux|mplex] -> prints {"peerId","addrs"}, then a JSON line per identify/ping event
 //!   rust-peer dial ADDR [COUNT] [noise|tls] [yamux|mplex] -> dials, waits for COUNT pings and identify,
 //!                                              prints {"peerId","connectMs","rtts","agent","protocols"}
+//!   rust-peer dht -> a Kademlia server driven over stdin (see dht.rs)
+mod dht;
 use futures::StreamExt;
 use libp2p::{identify, noise, ping, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp, yamux, Multiaddr};
 use std::time::Duration;
@@ -20,6 +22,9 @@ fn json_str(s: &str) -> String {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().cloned().unwrap_or_default();
+    if mode == "dht" {
+        return dht::run().await;
+    }
     let security = if mode == "dial" { args.get(3) } else { args.get(1) }.cloned().unwrap_or_else(|| "noise".into());
     let behaviour = |key: &libp2p::identity::Keypair| Behaviour {
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(200))),

@@ -146,7 +146,14 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Msg, usize)>, Decod
         v.into_iter()
             .filter_map(|p| {
                 let id = PeerId::from_bytes(p.id.as_deref()?).ok()?;
-                let addrs = p.addrs.iter().take(limits.max_addrs_per_peer).filter_map(|a| Multiaddr::from_bytes(a).ok()).collect();
+                // Some implementations (rust-libp2p) end each address with `/p2p/<the peer>`: kept bare.
+                let addrs = p
+                    .addrs
+                    .iter()
+                    .take(limits.max_addrs_per_peer)
+                    .filter_map(|a| Multiaddr::from_bytes(a).ok())
+                    .map(|a| if a.peer_id().as_ref() == Some(&id) { a.without_peer_id() } else { a })
+                    .collect();
                 let connection = match p.connection.unwrap_or_default() {
                     pb::mod_Message::ConnectionType::NOT_CONNECTED => Connection::NotConnected,
                     pb::mod_Message::ConnectionType::CONNECTED => Connection::Connected,
@@ -232,6 +239,18 @@ mod tests {
         let mut b = Vec::new();
         encode(&Msg::new(MsgType::FindNode, vec![0xaa, 0xbb]), &mut b);
         assert_eq!(b, [6, 0x08, 0x04, 0x12, 0x02, 0xaa, 0xbb]);
+    }
+
+    #[test]
+    fn kad_wire_strips_the_peers_own_p2p_suffix_from_its_addresses() {
+        let id = PeerId::random(&mut rng::from_seed([8; 32]));
+        let a: Multiaddr = "/ip4/1.2.3.4/tcp/1".parse().unwrap();
+        let mut m = Msg::new(MsgType::FindNode, vec![1]);
+        m.closer.push(KadPeer { id: id.clone(), addrs: vec![a.with_peer_id(&id)], connection: Connection::Connected });
+        let mut b = Vec::new();
+        encode(&m, &mut b);
+        let (d, _) = decode(&b, &Limits::default()).unwrap().unwrap();
+        assert_eq!(d.closer[0].addrs, vec![a]);
     }
 
     #[test]
