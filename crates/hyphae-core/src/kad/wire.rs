@@ -119,6 +119,8 @@ impl Msg {
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Msg, usize)>, DecodeError> {
     let Some((r, used)) = varint::decode_frame(buf, limits.max_message_len)? else { return Ok(None) };
     let body = &buf[r];
+    // Embedded messages: record (3), closer peers (8), provider peers (9). See `pb::check_nested`.
+    crate::pb::check_nested(body, &[3, 8, 9]).map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
     let m =
         pb::Message::from_reader(&mut BytesReader::from_bytes(body), body).map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
     let kind = MsgType::from_i32(m.type_pb.unwrap_or(0)).ok_or(DecodeError::Invalid("unknown kad message type"))?;
@@ -251,6 +253,15 @@ mod tests {
         encode(&m, &mut b);
         let (d, _) = decode(&b, &Limits::default()).unwrap().unwrap();
         assert_eq!(d.closer[0].addrs, vec![a]);
+    }
+
+    #[test]
+    fn kad_wire_refuses_an_embedded_message_whose_field_runs_past_its_end() {
+        // Found by fuzzing (fuzz/artifacts): closerPeers (field 8) declared 4 bytes long, holding a field
+        // that runs past them; quick-protobuf alone overflowed computing the bytes left (a panic in debug
+        // builds).
+        let frame = [0x0a, 0x42, 0x04, 0x00, 0x00, 0x02, 0xc9, 0x00, 0x00, 0x00, 0x00, 0x12];
+        assert_eq!(decode(&frame, &Limits::default()), Err(DecodeError::Invalid("malformed kad protobuf")));
     }
 
     #[test]
