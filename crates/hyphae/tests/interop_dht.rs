@@ -204,3 +204,30 @@ async fn rust_dht_rust_finds_hyphae_peer_provider_and_record() {
     let Some(p) = DhtPeer::rust().await else { return };
     other_asks(p).await;
 }
+
+/// Client by default, as a real peer sees it: js-libp2p's identify of a default hyphae node lacks
+/// `/ipfs/kad/1.0.0`; of a server-mode node it has it.
+#[tokio::test]
+async fn js_sees_hyphae_announce_kad_only_in_server_mode() {
+    init_tracing();
+    let Some(mut js) = js_peer(&["listen"]) else { return };
+    let line = wait_line(&mut js, "peerId", "js listen").await;
+    let (js_id, js_addr) = listen_line(&line).expect("js listen line");
+    for (mode, announced) in [(None, false), (Some(Mode::Server), true)] {
+        let mut c = HostConfig::ephemeral();
+        if let Some(m) = mode {
+            c.dht.mode = m;
+        }
+        let h = Host::new(c).await.unwrap();
+        h.connect(&js_addr.with_peer_id(&js_id)).await.unwrap();
+        let me = h.peer_id().to_string();
+        let l = loop {
+            let l = wait_line(&mut js, "\"identify\"", "js identify").await;
+            if l.contains(&me) {
+                break l;
+            }
+        };
+        assert_eq!(l.contains("/ipfs/kad/1.0.0"), announced, "{mode:?}: {l}");
+        h.close().await;
+    }
+}
