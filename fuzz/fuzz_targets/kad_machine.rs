@@ -52,6 +52,9 @@ impl Streams for Fake<'_> {
     fn stream_reset(&mut self, _now: Instant, _s: StreamId) {}
     fn stream_release(&mut self, _now: Instant, _s: StreamId) {}
     fn close(&mut self, _now: Instant) {}
+    fn num_streams(&self) -> usize {
+        self.data.len() % 3
+    }
 }
 
 /// The events a real connection machine reports when it is established.

@@ -780,6 +780,9 @@ impl Streams for Connection {
     fn close(&mut self, _now: Instant) {
         Connection::close(self)
     }
+    fn num_streams(&self) -> usize {
+        Connection::num_streams(self)
+    }
 }
 
 #[cfg(test)]

@@ -697,6 +697,11 @@ impl Endpoint {
         self.drive(now, ConnectionHandle(conn.0));
     }
 
+    /// Streams of `conn` open or being negotiated.
+    pub fn num_streams(&self, conn: QuicConnId) -> usize {
+        self.conns.get(&ConnectionHandle(conn.0)).map_or(0, |c| c.streams.len())
+    }
+
     pub fn close(&mut self, now: Instant, conn: QuicConnId) {
         let t = self.std_now(now);
         if let Some(c) = self.conn_mut(conn) {
@@ -745,6 +750,9 @@ impl stream::Streams for ConnStreams<'_> {
     }
     fn close(&mut self, now: Instant) {
         self.ep.close(now, self.conn)
+    }
+    fn num_streams(&self) -> usize {
+        self.ep.num_streams(self.conn)
     }
 }
 

@@ -157,14 +157,37 @@ pub trait Service: Send + 'static {
 /// A stream operation waiting for its connection.
 #[derive(Debug)]
 pub(crate) enum Op {
-    Open { service: ServiceId, protocol: String, token: u64 },
-    CancelOpen { service: ServiceId, token: u64 },
-    Write { stream: StreamId, data: Vec<u8> },
-    WriteStatic { stream: StreamId, data: &'static [u8] },
-    Close { stream: StreamId },
-    Reset { stream: StreamId },
-    Release { stream: StreamId },
-    CloseConnection { reason: CloseReason },
+    Open {
+        service: ServiceId,
+        protocol: String,
+        token: u64,
+    },
+    CancelOpen {
+        service: ServiceId,
+        token: u64,
+    },
+    Write {
+        stream: StreamId,
+        data: Vec<u8>,
+    },
+    WriteStatic {
+        stream: StreamId,
+        data: &'static [u8],
+    },
+    Close {
+        stream: StreamId,
+    },
+    Reset {
+        stream: StreamId,
+    },
+    Release {
+        stream: StreamId,
+    },
+    CloseConnection {
+        reason: CloseReason,
+    },
+    /// The router's idle check (`node::Limits::idle_timeout`).
+    CloseIfIdle,
 }
 
 /// A connection the node wants: the driver dials it and reports the outcome.

@@ -202,6 +202,8 @@ pub trait Streams {
     fn stream_release(&mut self, now: Instant, s: StreamId);
     /// Close the whole connection (GoAway / CONNECTION_CLOSE).
     fn close(&mut self, now: Instant);
+    /// Streams open or being negotiated, in either direction (the idle-connection check).
+    fn num_streams(&self) -> usize;
 }
 
 /// Serves bytes that arrived right after a stream's protocol negotiation (they were read together with

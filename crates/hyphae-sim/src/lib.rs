@@ -3,6 +3,7 @@
 //! with real cryptography) at thousands of nodes, on virtual time, from one seed, on as many threads as
 //! there are cores without changing a result.
 
+pub mod dht;
 pub mod metrics;
 pub mod report;
 pub mod scenario;

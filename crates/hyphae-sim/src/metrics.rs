@@ -126,6 +126,7 @@ pub struct Phase {
     pub end_ns: u64,
     pub counters: Counters,
     pub rtt: Histogram,
+    pub dht: crate::dht::Metrics,
 }
 
 impl Phase {
@@ -158,6 +159,7 @@ impl Phase {
             "rtt_p90_ms" => self.rtt.quantile(0.9) as f64 / 1e6,
             "rtt_p99_ms" => self.rtt.quantile(0.99) as f64 / 1e6,
             "rtt_max_ms" => self.rtt.max_ns as f64 / 1e6,
+            d if d.starts_with("dht_") => return self.dht.metric(d),
             _ => return None,
         })
     }

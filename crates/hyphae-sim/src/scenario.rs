@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! seed 42                                   # default seed (HYPHAE_SEED and --seed override it)
-//! nodes GROUP COUNT [ping=10s] [transport=tcp|quic] [per_peer=8]  # a group of nodes; ping: interval of pings to every
-//!                                           # peer; transport: how this group dials (default tcp)
+//! nodes GROUP COUNT [ping=10s] [transport=tcp|quic] [per_peer=8] [dht=server|client|auto] [undialable]
+//!                   [idle=10s]              # idle: connections without streams close after this long
+//!                                           # a group of nodes; ping: interval of pings to every
+//!                                           # peer; transport: how this group dials (default tcp);
+//!                                           # dht: runs the Kademlia service in that mode; undialable:
+//!                                           # inbound connections are refused (the simplest NAT)
 //! link latency=20ms [jitter=2ms] [bandwidth=100mbit] [loss=1%] [reorder=5%]  # the default link class
 //!                                           # (one-way latency); loss and reorder apply to datagrams
 //! region NAME SELECTOR                      # nodes in a region (SELECTOR: N, A..B, a group or region, all)
@@ -18,9 +22,14 @@
 //! (a new connection even when connected), `ping SELECTOR`,
 //! `partition SELECTOR | SELECTOR` (two-way), `partition SELECTOR -> SELECTOR` (one-way), `heal`,
 //! `crash SELECTOR`, `restart SELECTOR`, `churn N every TIME until TIME`, `link latency=.. ...`
-//! (degrade or change the default class from then on), `phase NAME`.
+//! (degrade or change the default class from then on), `phase NAME`,
+//! `dht bootstrap SELECTOR via SELECTOR [over TIME]` (each joins through 3 random nodes of the second
+//! set, all at once or spread evenly over TIME; restarted nodes join again the same way), `dht provide|find-providers|find-peer N by SELECTOR [every TIME until
+//! TIME]` (N operations by random live DHT nodes of SELECTOR: provide a fresh key, look up the providers
+//! of a key provided before, find a random DHT server; repeated when `every` is given).
 //! TIME: `500ms`, `10s`, `5m`, `1h`. Bandwidth: `kbit`, `mbit`, `gbit` per second.
 
+use hyphae_core::kad::Mode;
 use hyphae_core::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,8 +60,30 @@ pub enum Selector {
     Group(String),
 }
 
+/// A DHT operation of the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhtOp {
+    Bootstrap,
+    Provide,
+    FindProviders,
+    FindPeer,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    DhtBootstrap {
+        who: Selector,
+        via: Selector,
+        /// Spread the joins evenly over this long (a network that comes up over time).
+        over: Option<Duration>,
+    },
+    Dht {
+        op: DhtOp,
+        n: usize,
+        by: Selector,
+        /// Repeat every `.0` until `.1`.
+        every: Option<(Duration, Duration)>,
+    },
     ConnectRandom {
         k: usize,
         who: Selector,
@@ -91,6 +122,12 @@ pub struct Group {
     pub quic: bool,
     /// The node machine's cap on established connections per peer (`node::Limits`); default 8.
     pub per_peer: Option<usize>,
+    /// Runs the Kademlia service in this mode.
+    pub dht: Option<Mode>,
+    /// Inbound connections are refused.
+    pub undialable: bool,
+    /// `node::Limits::idle_timeout`.
+    pub idle: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +288,27 @@ fn parse_action(w: &[&str], link: &LinkClass) -> Result<Action, String> {
         },
         ["link", rest @ ..] => Action::Link(parse_link(rest, link)?),
         ["phase", name] => Action::Phase(name.to_string()),
+        ["dht", "bootstrap", who, "via", via] => Action::DhtBootstrap { who: parse_selector(who)?, via: parse_selector(via)?, over: None },
+        ["dht", "bootstrap", who, "via", via, "over", t] => {
+            Action::DhtBootstrap { who: parse_selector(who)?, via: parse_selector(via)?, over: Some(parse_duration(t)?) }
+        }
+        ["dht", op, n, "by", by, rest @ ..] => {
+            let op = match *op {
+                "provide" => DhtOp::Provide,
+                "find-providers" => DhtOp::FindProviders,
+                "find-peer" => DhtOp::FindPeer,
+                _ => return Err(format!("{op:?}: dht provide|find-providers|find-peer|bootstrap")),
+            };
+            let every = match rest {
+                [] => None,
+                ["every", e, "until", u] => Some((parse_duration(e)?, parse_duration(u)?)),
+                _ => return Err("dht OP N by SELECTOR [every TIME until TIME]".into()),
+            };
+            if every.is_some_and(|(e, _)| e.is_zero()) {
+                return Err("every must be more than 0".into());
+            }
+            Action::Dht { op, n: n.parse().map_err(|_| format!("{n:?}: not a number"))?, by: parse_selector(by)?, every }
+        }
         _ => return Err(format!("unknown action {:?}", w.join(" "))),
     })
 }
@@ -283,19 +341,32 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut ping = None;
                 let mut quic = false;
                 let mut per_peer = None;
+                let mut dht = None;
+                let mut undialable = false;
+                let mut idle = None;
                 for r in rest {
+                    if *r == "undialable" {
+                        undialable = true;
+                        continue;
+                    }
                     match r.split_once('=') {
+                        Some(("dht", v)) => dht = Some(v.parse::<Mode>().map_err(err)?),
+                        Some(("idle", v)) => idle = Some(parse_duration(v).map_err(err)?),
                         Some(("ping", v)) => ping = Some(parse_duration(v).map_err(err)?),
                         Some(("transport", "tcp")) => quic = false,
                         Some(("transport", "quic")) => quic = true,
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
-                        _ => return Err(err(format!("unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N)"))),
+                        _ => {
+                            return Err(err(format!(
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, undialable, idle=DURATION)"
+                            )))
+                        }
                     }
                 }
                 if sc.groups.iter().any(|g| g.name == *name) {
                     return Err(err(format!("group {name:?} defined twice")));
                 }
-                sc.groups.push(Group { name: name.to_string(), count, ping, quic, per_peer });
+                sc.groups.push(Group { name: name.to_string(), count, ping, quic, per_peer, dht, undialable, idle });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,
             ["region", name, sel] => sc.regions.push((name.to_string(), parse_selector(sel).map_err(err)?)),
@@ -322,8 +393,18 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 if !["<", "<=", ">", ">=", "=="].contains(op) {
                     return Err(err(format!("{op:?}: OP is one of < <= > >= ==")));
                 }
-                if !crate::metrics::Phase::METRICS.contains(&metric) {
-                    return Err(err(format!("unknown metric {metric:?}; one of {}", crate::metrics::Phase::METRICS.join(", "))));
+                let dht_run_wide = ["dht_servers", "dht_table_mean"];
+                if !crate::metrics::Phase::METRICS.contains(&metric)
+                    && !crate::dht::Metrics::NAMES.contains(&metric)
+                    && !dht_run_wide.contains(&metric)
+                {
+                    let all: Vec<&str> = crate::metrics::Phase::METRICS
+                        .iter()
+                        .chain(crate::dht::Metrics::NAMES.iter())
+                        .chain(dht_run_wide.iter())
+                        .copied()
+                        .collect();
+                    return Err(err(format!("unknown metric {metric:?}; one of {}", all.join(", "))));
                 }
                 let value = v.parse().map_err(|_| err(format!("{v:?}: not a number")))?;
                 sc.asserts.push(Assertion { phase: phase.into(), metric: metric.into(), op: op.to_string(), value, line: lineno });
@@ -358,10 +439,11 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 check(from)?;
                 check(to)?
             }
-            Action::Partition { a, b, .. } => {
+            Action::Partition { a, b, .. } | Action::DhtBootstrap { who: a, via: b, .. } => {
                 check(a)?;
                 check(b)?
             }
+            Action::Dht { by, .. } => check(by)?,
             _ => {}
         }
     }
@@ -382,6 +464,23 @@ mod tests {
              at 8s link latency=100ms\nat 9s phase late\nat 9s ping all\nrun 1m\nassert late.ping_success_rate >= 0.9\n",
         )
         .unwrap();
+        let d = parse(
+            "nodes s 3 dht=server\nnodes c 2 dht=client undialable\nat 0s dht bootstrap all via s\n\
+                       at 1s dht provide 2 by c\nat 2s dht find-providers 3 by all every 1s until 9s\nrun 10s\n",
+        )
+        .unwrap();
+        assert_eq!(d.groups[1].dht, Some(Mode::Client));
+        assert!(d.groups[1].undialable && !d.groups[0].undialable);
+        assert_eq!(
+            d.timeline[2].1,
+            Action::Dht {
+                op: DhtOp::FindProviders,
+                n: 3,
+                by: Selector::All,
+                every: Some((Duration::from_secs(1), Duration::from_secs(9)))
+            }
+        );
+        assert!(parse("nodes a 3 dht=maybe\nrun 1s").unwrap_err().contains("unknown DHT mode"));
         assert_eq!(s.seed, 7);
         assert_eq!(s.total_nodes(), 15);
         assert_eq!(s.link.bandwidth_bps, 10_000_000);

@@ -5,10 +5,12 @@
 //! reordering), partitions, crashes and restarts. One seed drives everything; windows of one lookahead
 //! run the nodes on several threads with the same result as one.
 
+use crate::dht;
 use crate::metrics::{Counters, Histogram, Phase};
-use crate::scenario::{Action, LinkClass, Scenario, Selector};
+use crate::scenario::{Action, DhtOp, LinkClass, Scenario, Selector};
 use hyphae_core::conn::CloseReason;
 use hyphae_core::conn::Role;
+use hyphae_core::kad::{self, service::KadService};
 use hyphae_core::node::{self, ByteNode, ConnId, Event, Input, Output};
 use hyphae_core::rng::{self, RngCore};
 use hyphae_core::time::{Duration, Instant};
@@ -62,7 +64,18 @@ enum NodeEv {
 #[derive(Debug)]
 enum GlobalEv {
     Action(usize),
-    Churn { n: usize, every: Duration, until: Instant },
+    Churn {
+        n: usize,
+        every: Duration,
+        until: Instant,
+    },
+    /// A repeating `dht` action (timeline index) until the instant.
+    Dht {
+        k: usize,
+        until: Instant,
+    },
+    /// Node joins the DHT (a spread-out `dht bootstrap`).
+    DhtJoin(usize),
 }
 
 /// Event order: time, then connection set-up before anything else at the same instant (a dialer learns
@@ -132,6 +145,11 @@ struct SimNode {
     /// Dials over QUIC.
     quic: bool,
     per_peer: Option<usize>,
+    /// Runs the Kademlia service in this mode.
+    dht: Option<kad::Mode>,
+    idle: Option<Duration>,
+    /// Its DHT operations in flight.
+    pending: dht::Pending,
     timer_at: Option<Instant>,
     conns: BTreeMap<ConnId, End>,
     by_link: BTreeMap<u64, ConnId>,
@@ -156,6 +174,8 @@ struct World {
     region_links: BTreeMap<(usize, usize), LinkClass>,
     link_class: LinkClass,
     partitions: Vec<(Vec<bool>, Vec<bool>, bool)>,
+    /// Per node: inbound connections are refused (the simplest NAT).
+    undialable: Vec<bool>,
 }
 
 /// What the nodes of one window may read: nothing in it changes until the window ends.
@@ -189,6 +209,8 @@ struct Out {
     /// (time, rtt) of every successful ping; times of failed ones.
     rtts: Vec<(u64, u64)>,
     fails: Vec<u64>,
+    /// Finished DHT operations.
+    dht: Vec<dht::Sample>,
     /// (time, node, event hash) of every delivered event, in each node's processing order.
     trace: Vec<(Instant, usize, u64)>,
     log: Option<Vec<(Instant, usize, Event)>>,
@@ -344,6 +366,7 @@ impl NodeWork<'_> {
             }
             Event::Identify(identify::Event::Received { .. }) => c.identifies += 1,
             Event::Identify(identify::Event::Failed { .. }) => c.identify_failures += 1,
+            Event::Kad(k) => out.dht.extend(self.n.pending.on_event(now, k)),
             _ => {}
         }
         if let Some(log) = &mut out.log {
@@ -364,7 +387,7 @@ impl NodeWork<'_> {
             self.send(ctx, out, now + CONNECT_TIMEOUT, me, gen, NodeEv::DialFailed { conn, reason: "connect timed out" });
             return;
         }
-        let Some(to_gen) = ctx.w.alive[to] else {
+        let Some(to_gen) = ctx.w.alive[to].filter(|_| !ctx.w.undialable[to]) else {
             self.send(ctx, out, now + class.latency * 2, me, gen, NodeEv::DialFailed { conn, reason: "connection refused" });
             return;
         };
@@ -461,12 +484,19 @@ pub struct Report {
     pub fails_over_time: Vec<u64>,
     pub bucket_ns: u64,
     pub connected_fraction: f64,
+    /// Live nodes running the DHT at the end, how many of them serve, and the mean routing-table size
+    /// of the servers.
+    pub dht_nodes: usize,
+    pub dht_servers: usize,
+    pub dht_table_mean: f64,
 }
 
 impl Report {
     pub fn metric(&self, phase: &str, name: &str) -> Option<f64> {
         match name {
             "connected_fraction" => return Some(self.connected_fraction),
+            "dht_servers" => return Some(self.dht_servers as f64),
+            "dht_table_mean" => return Some(self.dht_table_mean),
             "events" => return Some(self.events as f64),
             _ => {}
         }
@@ -569,6 +599,10 @@ pub struct Sim {
     log: Option<Vec<(Instant, usize, Event)>>,
     /// Progress callback: (virtual ns done, total ns).
     pub progress: Option<Box<dyn FnMut(u64, u64)>>,
+    /// The nodes DHT nodes join through (the last `dht bootstrap ... via`), for restarted nodes.
+    dht_via: Vec<usize>,
+    /// When each key (`dht::key(i)`) was provided.
+    provided: Vec<Instant>,
 }
 
 /// Default for [`Sim::set_parallel_min_events`].
@@ -591,6 +625,9 @@ impl Sim {
                     ping: g.ping,
                     quic: g.quic,
                     per_peer: g.per_peer,
+                    dht: g.dht,
+                    idle: g.idle,
+                    pending: dht::Pending::default(),
                     timer_at: None,
                     conns: BTreeMap::new(),
                     by_link: BTreeMap::new(),
@@ -625,6 +662,7 @@ impl Sim {
                 region_links: BTreeMap::new(),
                 link_class: sc.link.clone(),
                 partitions: vec![],
+                undialable: sc.groups.iter().flat_map(|g| std::iter::repeat_n(g.undialable, g.count)).collect(),
             },
             peers: nodes.iter().map(|x| x.peer.clone()).collect(),
             groups,
@@ -643,6 +681,8 @@ impl Sim {
             trace: None,
             log: None,
             progress: None,
+            dht_via: Vec::new(),
+            provided: Vec::new(),
             nodes,
             sc,
         };
@@ -735,12 +775,19 @@ impl Sim {
         if let Some(p) = n.per_peer {
             cfg.limits.max_connections_per_peer = p;
         }
+        cfg.limits.idle_timeout = n.idle;
         cfg.listen_addrs = vec![node_addr(i)];
         if let Some(base) = self.quic_base {
             cfg.quic_base = Some(base);
             cfg.listen_addrs.push(node_quic_addr(i));
         }
-        n.node = Some(ByteNode::new(cfg, self.now));
+        let mut bn = ByteNode::new(cfg, self.now);
+        if let Some(mode) = n.dht {
+            let kc = kad::Config { mode, ..kad::Config::default() };
+            bn.add_service(self.now, Box::new(KadService::new(n.peer.clone(), kc)));
+        }
+        n.node = Some(bn);
+        n.pending = dht::Pending::default();
         n.timer_at = None;
         self.world.alive[i] = Some(n.gen);
         self.with_node(i, |ctx, w, out| w.drain(ctx, out));
@@ -771,6 +818,73 @@ impl Sim {
         self.start_node(i);
         let k = self.nodes[i].degree;
         self.connect_random(i, k);
+        if self.nodes[i].dht.is_some() && !self.dht_via.is_empty() {
+            self.dht_bootstrap(i);
+        }
+    }
+
+    /// Node `i` joins the DHT through 3 random nodes of `dht_via`.
+    fn dht_bootstrap(&mut self, i: usize) {
+        let mut via = Vec::new();
+        for _ in 0..10 {
+            let j = self.dht_via[(self.rng.next_u64() % self.dht_via.len() as u64) as usize];
+            if j != i && !via.iter().any(|(p, _)| p == &self.peers[j]) {
+                via.push((self.peers[j].clone(), node_addr(j)));
+            }
+            if via.len() == 3 {
+                break;
+            }
+        }
+        if !via.is_empty() {
+            self.dht_command(i, dht::Command::Bootstrap(via));
+        }
+    }
+
+    fn dht_command(&mut self, i: usize, cmd: dht::Command) {
+        self.with_node(i, |ctx, w, out| {
+            let now = w.now;
+            let pending = &mut w.n.pending;
+            if let Some(n) = w.n.node.as_mut() {
+                out.dht.extend(dht::run(n, pending, now, cmd));
+            }
+            w.drain(ctx, out);
+        });
+    }
+
+    /// `n` operations by random live DHT nodes of `by`.
+    fn dht_ops(&mut self, op: DhtOp, n: usize, by: &Selector) {
+        let who: Vec<usize> =
+            self.select(by).into_iter().filter(|i| self.nodes[*i].node.is_some() && self.nodes[*i].dht.is_some()).collect();
+        let servers: Vec<usize> =
+            (0..self.nodes.len()).filter(|i| self.nodes[*i].node.is_some() && self.nodes[*i].dht == Some(kad::Mode::Server)).collect();
+        if who.is_empty() {
+            return;
+        }
+        for _ in 0..n {
+            let i = who[(self.rng.next_u64() % who.len() as u64) as usize];
+            let cmd = match op {
+                DhtOp::Bootstrap => continue,
+                DhtOp::Provide => {
+                    self.provided.push(self.now);
+                    dht::Command::Provide(dht::key(self.provided.len() as u64 - 1))
+                }
+                DhtOp::FindProviders => {
+                    // Keys whose provide had time to finish (it takes about a second).
+                    let ready = self.provided.partition_point(|t| *t + dht::PROVIDE_SETTLE <= self.now) as u64;
+                    if ready == 0 {
+                        continue;
+                    }
+                    dht::Command::FindProviders(dht::key(self.rng.next_u64() % ready))
+                }
+                DhtOp::FindPeer => {
+                    let Some(&j) = servers.get((self.rng.next_u64() % servers.len().max(1) as u64) as usize).filter(|j| **j != i) else {
+                        continue;
+                    };
+                    dht::Command::FindPeer(self.peers[j].clone())
+                }
+            };
+            self.dht_command(i, cmd);
+        }
     }
 
     fn connect_random(&mut self, i: usize, k: usize) {
@@ -891,6 +1005,29 @@ impl Sim {
                 self.lookahead = self.lookahead.min(class.latency);
                 self.world.link_class = class;
             }
+            Action::DhtBootstrap { who, via, over } => {
+                self.dht_via = self.select(&via);
+                let who: Vec<usize> = self.select(&who).into_iter().filter(|i| self.nodes[*i].dht.is_some()).collect();
+                let n = who.len().max(1) as u64;
+                for (k, i) in who.into_iter().enumerate() {
+                    match over {
+                        Some(d) => {
+                            let at = self.now + Duration::from_nanos(d.as_nanos() as u64 / n * k as u64);
+                            self.push_global(at, GlobalEv::DhtJoin(i));
+                        }
+                        None if self.nodes[i].node.is_some() => self.dht_bootstrap(i),
+                        None => {}
+                    }
+                }
+            }
+            Action::Dht { op, n, by, every } => {
+                self.dht_ops(op, n, &by);
+                if let Some((e, until)) = every {
+                    if self.now + e <= Instant::ZERO + until {
+                        self.push_global(self.now + e, GlobalEv::Dht { k, until: Instant::ZERO + until });
+                    }
+                }
+            }
             Action::Phase(name) => {
                 let now = self.now.as_nanos();
                 if let Some(p) = self.phases.last_mut() {
@@ -947,6 +1084,9 @@ impl Sim {
             {
                 let p = self.phases.last_mut().expect("invariant: a phase");
                 p.counters.add(&o.counters);
+                for d in &o.dht {
+                    p.dht.record(d);
+                }
                 for (_, rtt) in &o.rtts {
                     p.rtt.record(*rtt);
                 }
@@ -1134,6 +1274,21 @@ impl Sim {
                         self.note_global(5, n as u64);
                         self.churn(n, every, until);
                     }
+                    GlobalEv::DhtJoin(i) => {
+                        self.note_global(7, i as u64);
+                        if self.nodes[i].node.is_some() {
+                            self.dht_bootstrap(i);
+                        }
+                    }
+                    GlobalEv::Dht { k, until } => {
+                        self.note_global(6, k as u64);
+                        if let (_, Action::Dht { op, n, by, every: Some((e, _)) }) = self.sc.timeline[k].clone() {
+                            self.dht_ops(op, n, &by);
+                            if self.now + e <= until {
+                                self.push_global(self.now + e, GlobalEv::Dht { k, until });
+                            }
+                        }
+                    }
                 }
                 continue;
             }
@@ -1158,7 +1313,12 @@ impl Sim {
         for p in &phases {
             total_phase.counters.add(&p.counters);
             total_phase.rtt.merge(&p.rtt);
+            total_phase.dht.add(&p.dht);
         }
+        let tables: Vec<(usize, bool)> = self.nodes.iter_mut().filter_map(|n| n.node.as_mut().and_then(dht::table)).collect();
+        let servers = tables.iter().filter(|(_, s)| *s).count();
+        let table_mean =
+            if servers == 0 { 0.0 } else { tables.iter().filter(|(_, s)| *s).map(|(n, _)| *n).sum::<usize>() as f64 / servers as f64 };
         let alive: Vec<&SimNode> = self.nodes.iter().filter(|n| n.node.is_some()).collect();
         let connected = alive.iter().filter(|n| n.node.as_ref().is_some_and(|x| !x.connected_peers().is_empty())).count();
         Report {
@@ -1173,6 +1333,9 @@ impl Sim {
             fails_over_time: std::mem::take(&mut self.fails_over_time),
             bucket_ns: self.bucket_ns,
             connected_fraction: if alive.is_empty() { 0.0 } else { connected as f64 / alive.len() as f64 },
+            dht_nodes: tables.len(),
+            dht_servers: servers,
+            dht_table_mean: table_mean,
         }
     }
 

@@ -281,3 +281,31 @@ fn sim_per_peer_cap_and_peerstore_act_as_in_the_host() {
     let r2 = n0.peerstore().get(&p2).expect("peer 2 still known after its crash");
     assert!(r2.addrs.contains(&hyphae_sim::sim::node_addr(2)), "identify's listen address: {:?}", r2.addrs);
 }
+
+/// A small mixed DHT: 60 public servers, 140 undialable clients (inbound refused). Everyone joins
+/// through three servers; lookups succeed; the clients stay clients and no server keeps one in its table.
+const DHT: &str = "
+nodes servers 60 dht=server idle=30s
+nodes clients 140 dht=client undialable idle=30s
+link latency=20ms jitter=2ms
+phase join
+at 0s dht bootstrap all via 0..2 over 20s
+at 20s dht provide 2 by all every 1s until 80s
+at 35s phase lookups
+at 35s dht find-providers 3 by all every 1s until 90s
+at 35s dht find-peer 1 by all every 1s until 90s
+run 100s
+assert join.dht_bootstraps_ok == 200
+assert lookups.dht_lookup_success_rate >= 0.99
+assert lookups.dht_provide_success_rate == 1
+assert total.dht_servers == 60
+";
+
+#[test]
+fn sim_dht_lookups_succeed_and_undialable_nodes_stay_clients() {
+    let (_, r) = run(DHT, 5);
+    assert!(r.metric("lookups", "dht_lookups").unwrap() >= 200.0, "{}", hyphae_sim::report::table(&r));
+    assert!(r.metric("lookups", "dht_hops_mean").unwrap() >= 1.0);
+    // Tables hold servers only: at most the other 59.
+    assert!(r.dht_table_mean > 20.0 && r.dht_table_mean <= 59.0, "{}", r.dht_table_mean);
+}

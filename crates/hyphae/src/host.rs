@@ -83,6 +83,9 @@ pub struct HostConfig {
     pub seed: Option<[u8; 32]>,
     /// Ping every connection at this interval (results as `HostEvent::Ping`). Default `None`, as go-libp2p.
     pub ping_interval: Option<Duration>,
+    /// Close connections that carried no stream for this long. Default `None` (kept until closed, as
+    /// go-libp2p does without a connection manager).
+    pub idle_timeout: Option<Duration>,
     /// The Kademlia DHT (`host.dht()`). Default: client mode (asks, does not serve nor announce), k = 20,
     /// α = 10; see `hyphae_core::kad::Config` for every default and limit.
     pub dht: kad::Config,
@@ -104,6 +107,7 @@ impl HostConfig {
             muxers: vec![hyphae_core::yamux::PROTOCOL_ID.into(), hyphae_core::mplex::PROTOCOL_ID.into()],
             seed: None,
             ping_interval: None,
+            idle_timeout: None,
             dht: kad::Config::default(),
         }
     }
@@ -632,6 +636,7 @@ impl Host {
         nc.limits.max_connections = config.max_connections;
         nc.limits.max_connections_per_peer = config.max_connections_per_peer;
         nc.limits.peerstore.max_peers = config.max_peerstore_entries;
+        nc.limits.idle_timeout = config.idle_timeout;
         let mut node = Node::new(nc, hyphae_core::Instant::ZERO);
         // Perf runs on command; it serves only after `enable_perf_server`.
         node.add_service(hyphae_core::Instant::ZERO, Box::new(PerfService::new(false)));

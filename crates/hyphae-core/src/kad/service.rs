@@ -4,7 +4,7 @@
 
 use super::query::Query;
 use super::store::{self, RecordError, Store};
-use super::table::{key_in_bucket, Insert, Table, TableConfig};
+use super::table::{Insert, Table, TableConfig};
 use super::wire::{self, Connection};
 use super::{Config, Event, KadPeer, Key, Mode, Msg, MsgType, Outcome, PeerInfo, QueryError, QueryId, Record, Stats, PROTOCOL_ID};
 use crate::identity::PeerId;
@@ -15,8 +15,11 @@ use crate::time::{Duration, Instant};
 use rand_core::RngCore;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Buckets refreshed with a random key each round, from the top (go refreshes up to cpl 15).
-const MAX_REFRESH_BUCKETS: usize = 16;
+/// Buckets refreshed with a random key each round, up to this common prefix length (go goes to 15;
+/// deeper buckets are the peers around us, which the self-lookup of every round refreshes).
+const MAX_REFRESH_CPL: usize = 8;
+/// Draws for a key that lands in a bucket (2^(cpl+1) expected: 512 at cpl 8).
+const REFRESH_KEY_DRAWS: usize = 4096;
 /// How often expired records and providers are dropped.
 const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -84,6 +87,8 @@ pub struct KadService {
     inbound: BTreeMap<(ConnId, StreamId), (PeerId, Vec<u8>)>,
     queries: BTreeMap<QueryId, QueryState>,
     next_refresh: Option<Instant>,
+    /// When a lookup last started toward each bucket (refresh skips those used within the interval).
+    bucket_used: Vec<Instant>,
     next_expire: Instant,
     /// Keys we provide, re-announced every `reprovide_interval`, and when next.
     providing: BTreeSet<Vec<u8>>,
@@ -111,6 +116,7 @@ impl KadService {
             inbound: BTreeMap::new(),
             queries: BTreeMap::new(),
             next_refresh: None,
+            bucket_used: vec![Instant(0); 256],
             next_expire: Instant(0) + EXPIRE_EVERY,
             providing: BTreeSet::new(),
             next_reprovide: None,
@@ -174,7 +180,11 @@ impl KadService {
         match r {
             Insert::Added => {
                 cx.emit(NodeEvent::Kad(Event::RoutingUpdated { peer: peer.clone() }));
-                self.next_refresh.get_or_insert(cx.now + self.config.refresh_interval);
+                if self.next_refresh.is_none() {
+                    let interval = self.config.refresh_interval;
+                    let jitter = Duration::from_nanos(cx.rng.next_u64() % (interval.as_nanos() as u64 / 10).max(1));
+                    self.next_refresh = Some(cx.now + interval + jitter);
+                }
             }
             Insert::Diversity => self.stats.table_rejected_diversity += 1,
             Insert::Full => self.stats.table_rejected_full += 1,
@@ -261,6 +271,9 @@ impl KadService {
         let seeds = self.table.closest(&target, self.config.k);
         if seeds.is_empty() {
             return Err(QueryError::NoPeers);
+        }
+        if let Some(cpl) = self.table.bucket_of(&target) {
+            self.bucket_used[cpl] = cx.now;
         }
         self.next_id += 1;
         let id = QueryId(self.next_id);
@@ -546,43 +559,38 @@ impl KadService {
         Ok(Some(resp))
     }
 
+    /// Bucket refresh (go's): a self-lookup, then for each bucket up to the deepest non-empty one
+    /// (at most cpl 8) that no lookup touched within the interval, a lookup of a random key that falls
+    /// in it. The next round comes one interval later, with up to 10% jitter so nodes started together
+    /// do not refresh together.
     fn refresh(&mut self, cx: &mut Cx<'_>) {
         if self.table.is_empty() {
             self.next_refresh = None;
             return;
         }
-        self.next_refresh = Some(cx.now + self.config.refresh_interval);
+        let interval = self.config.refresh_interval;
+        let jitter = Duration::from_nanos(cx.rng.next_u64() % (interval.as_nanos() as u64 / 10).max(1));
+        self.next_refresh = Some(cx.now + interval + jitter);
         let _ = self.bootstrap(cx);
         let local = Key::from_peer(&self.local);
-        let top = self.table.max_bucket().unwrap_or(0).min(MAX_REFRESH_BUCKETS - 1);
+        let top = self.table.max_bucket().unwrap_or(0).min(MAX_REFRESH_CPL);
         for cpl in 0..=top {
-            let mut r = [0u8; 32];
-            cx.rng.fill_bytes(&mut r);
-            let target = key_in_bucket(&local, cpl, r);
-            // A FIND_NODE for a key (its sha256 lands in the bucket): run the lookup on the key itself.
-            let _ = self.start_at(cx, target);
+            if self.bucket_used[cpl] + interval > cx.now && self.bucket_used[cpl] != Instant(0) {
+                continue;
+            }
+            // A key whose sha256 lands in the bucket: expected 2^(cpl+1) draws, bounded.
+            let mut found = None;
+            for _ in 0..REFRESH_KEY_DRAWS {
+                let k = cx.rng.next_u64().to_be_bytes().to_vec();
+                if local.distance(&Key::from_bytes(&k)).leading_zeros() == cpl {
+                    found = Some(k);
+                    break;
+                }
+            }
+            if let Some(k) = found {
+                let _ = self.start(cx, Kind::Bootstrap, k);
+            }
         }
-    }
-
-    /// A lookup toward a raw point of the keyspace (bucket refresh).
-    fn start_at(&mut self, cx: &mut Cx<'_>, target: Key) -> Result<QueryId, QueryError> {
-        if self.queries.len() >= self.config.max_queries {
-            return Err(QueryError::TooMany);
-        }
-        let seeds = self.table.closest(&target, self.config.k);
-        if seeds.is_empty() {
-            return Err(QueryError::NoPeers);
-        }
-        self.next_id += 1;
-        let id = QueryId(self.next_id);
-        let q = Query::new(target, self.local.clone(), seeds, self.config.k, self.config.alpha, self.config.request_timeout);
-        // The request carries the point itself as its key: servers hash it, so the lookup converges on
-        // sha256(point) rather than the point; good enough to touch peers around the bucket.
-        let deadline = cx.now + self.config.query_timeout;
-        self.queries
-            .insert(id, QueryState { kind: Kind::Bootstrap, key: target.0.to_vec(), q, phase: Phase::Lookup, deadline, found: None });
-        self.drive(cx, id);
-        Ok(id)
     }
 }
 

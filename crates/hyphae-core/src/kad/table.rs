@@ -202,17 +202,6 @@ impl Table {
     }
 }
 
-/// A key whose common prefix length with `local` is exactly `cpl` (bucket refresh), from random bytes.
-pub fn key_in_bucket(local: &Key, cpl: usize, random: [u8; 32]) -> Key {
-    let mut k = random;
-    for bit in 0..=cpl.min(255) {
-        let (byte, mask) = (bit / 8, 0x80u8 >> (bit % 8));
-        let want = if bit < cpl { local.0[byte] & mask } else { !local.0[byte] & mask };
-        k[byte] = (k[byte] & !mask) | want;
-    }
-    Key(k)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,14 +256,5 @@ mod tests {
             t.insert(&p, &[a], Instant(0));
         }
         assert!(t.len() > 30, "loopback is exempt: {}", t.len());
-    }
-
-    #[test]
-    fn table_refresh_keys_land_in_their_bucket() {
-        let local = Key::from_bytes(b"me");
-        for cpl in [0, 1, 7, 8, 13, 200, 255] {
-            let k = key_in_bucket(&local, cpl, [0x5a; 32]);
-            assert_eq!(local.distance(&k).leading_zeros(), cpl);
-        }
     }
 }

@@ -128,3 +128,31 @@ fn kad_client_mode_neither_announces_nor_serves() {
     assert!(known.iter().any(|x| x == PROTOCOL_ID), "{known:?}");
     assert!(p.nodes[0].node_mut().service_mut::<KadService>().unwrap().table().contains(&b));
 }
+
+#[test]
+fn kad_refresh_looks_up_around_the_table_once_per_interval() {
+    let mut p = Net::new(12, |_, _| {});
+    for i in 0..12 {
+        let me = p.peer_id(i);
+        let cfg = Config { mode: Mode::Server, refresh_interval: Duration::from_secs(30), ..Config::default() };
+        p.nodes[i].add_service(Instant(0), Box::new(KadService::new(me, cfg)));
+    }
+    let (b0, a0) = (p.peer_id(0), p.addr(0).without_peer_id());
+    for i in 1..12 {
+        run(&mut p, i, |k, cx| {
+            k.add_peer(cx, &b0, std::slice::from_ref(&a0));
+            k.bootstrap(cx).unwrap()
+        });
+    }
+    p.run_for(Duration::from_secs(5));
+    let started = |p: &mut Net| p.nodes[5].node_mut().service_mut::<KadService>().unwrap().stats().queries_started;
+    let before = started(&mut p);
+    p.run_for(Duration::from_secs(20));
+    assert_eq!(started(&mut p), before, "nothing before the interval");
+    p.run_for(Duration::from_secs(20));
+    let after = started(&mut p);
+    // The self-lookup, plus one per bucket that no lookup touched (bucket 0 at least).
+    assert!(after >= before + 2, "{before} -> {after}");
+    p.run_for(Duration::from_secs(5));
+    assert_eq!(started(&mut p), after, "one round per interval");
+}

@@ -60,6 +60,10 @@ pub struct Limits {
     pub max_events: usize,
     /// Dials services asked for that the driver has not taken yet (beyond: dropped). Default 256.
     pub max_pending_dials: usize,
+    /// Close an established connection that carried no stream for this long (counted in
+    /// `Stats::connections_idle_closed`). Default `None`: connections stay until closed (go-libp2p's
+    /// default; rust-libp2p closes at once). A DHT node that dials many peers per lookup wants it.
+    pub idle_timeout: Option<Duration>,
     pub peerstore: peerstore::Limits,
 }
 
@@ -71,6 +75,7 @@ impl Default for Limits {
             max_queued_bytes_per_conn: 1024 * 1024,
             max_events: 4096,
             max_pending_dials: 256,
+            idle_timeout: None,
             peerstore: peerstore::Limits::default(),
         }
     }
@@ -141,6 +146,7 @@ pub struct Stats {
     pub events_dropped: u64,
     pub writes_dropped: u64,
     pub dials_dropped: u64,
+    pub connections_idle_closed: u64,
 }
 
 /// A connection the node knows: admitted (handshaking or dialing) or established.
@@ -153,6 +159,8 @@ struct ConnEntry {
     peer: Option<PeerId>,
     /// Why we are closing it, when we are (reported instead of the machine's "closed locally").
     closing: Option<CloseReason>,
+    /// The last event of this connection (the idle check).
+    last_active: Instant,
 }
 
 /// A stream a service owns, with what it wrote that the connection has not taken yet.
@@ -191,6 +199,8 @@ pub struct Node {
     peerstore: Peerstore,
     /// Read buffer for services with a large `read_chunk` (empty until one reads).
     bulk: Vec<u8>,
+    /// When to look for idle connections next (with `Limits::idle_timeout`).
+    idle_check: Option<Instant>,
     next_conn: u64,
     stats: Stats,
 }
@@ -216,6 +226,7 @@ impl Node {
             out: Outbox::default(),
             peerstore: Peerstore::new(config.limits.peerstore.clone()),
             bulk: Vec::new(),
+            idle_check: None,
             next_conn: 1 << 32,
             stats: Stats::default(),
             config,
@@ -356,7 +367,7 @@ impl Node {
             tracing::debug!(%conn, %addr, "connection refused: limit");
             return Err(CloseReason::Limit("max_connections"));
         }
-        self.conns.insert(conn, ConnEntry { role, addr, expected, peer: None, closing: None });
+        self.conns.insert(conn, ConnEntry { role, addr, expected, peer: None, closing: None, last_active: Instant(0) });
         Ok(())
     }
 
@@ -445,6 +456,9 @@ impl Node {
 
     /// One event of connection `id`'s machine (lent as `m`). Returns it when it is the application's.
     pub fn on_conn_event(&mut self, now: Instant, id: ConnId, ev: ConnEvent, m: &mut dyn Streams) -> Option<ConnEvent> {
+        if let Some(e) = self.conns.get_mut(&id) {
+            e.last_active = now;
+        }
         let back = self.route(now, id, ev, m);
         self.flush(now, id, m);
         back
@@ -470,6 +484,10 @@ impl Node {
                 }
                 self.conns.get_mut(&id).expect("invariant: present").peer = Some(peer.clone());
                 self.stats.connections_established += 1;
+                if let Some(idle) = self.config.limits.idle_timeout {
+                    let t = now + idle;
+                    self.idle_check = Some(self.idle_check.map_or(t, |c| c.min(t)));
+                }
                 let conns = &self.conns;
                 let is_connected = |p: &PeerId| connected(conns, p);
                 self.peerstore.set_public_key(peer, (**public_key).clone(), &is_connected);
@@ -698,7 +716,8 @@ impl Node {
         if !self.out.dials.is_empty() {
             return Some((Instant(0), "dials"));
         }
-        (0..self.services.len()).filter_map(|i| self.deadline(i).map(|t| (t, self.services[i].name()))).min_by_key(|(t, _)| *t)
+        let idle = self.idle_check.map(|t| (t, "idle"));
+        (0..self.services.len()).filter_map(|i| self.deadline(i).map(|t| (t, self.services[i].name()))).chain(idle).min_by_key(|(t, _)| *t)
     }
 
     /// Service `i`'s deadline, from the cache when the service was not called since.
@@ -711,8 +730,26 @@ impl Node {
         })
     }
 
-    /// Runs the services' timers that are due.
+    /// Runs the services' timers that are due, and queues the idle check of connections quiet for
+    /// `Limits::idle_timeout` (they are `due()`: the check needs the connection lent).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let (Some(idle), Some(t)) = (self.config.limits.idle_timeout, self.idle_check) {
+            if t <= now {
+                let mut next: Option<Instant> = None;
+                for (id, e) in &self.conns {
+                    if e.peer.is_none() || e.closing.is_some() {
+                        continue;
+                    }
+                    let at = e.last_active + idle;
+                    if at <= now {
+                        self.out.ops.push_back((*id, Op::CloseIfIdle));
+                    } else {
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                    }
+                }
+                self.idle_check = next;
+            }
+        }
         for i in 0..self.services.len() {
             if self.deadline(i).is_some_and(|t| t <= now) {
                 self.call(now, ServiceId(i as u16), |s, cx| s.on_timeout(cx));
@@ -795,6 +832,21 @@ impl Node {
                     if let Some(e) = self.conns.get_mut(&id) {
                         e.closing.get_or_insert(reason);
                         m.close(now);
+                    }
+                }
+                Op::CloseIfIdle => {
+                    let Some(idle) = self.config.limits.idle_timeout else { continue };
+                    let Some(e) = self.conns.get_mut(&id) else { continue };
+                    if e.closing.is_none() && e.last_active + idle <= now && m.num_streams() == 0 {
+                        tracing::debug!(conn = %id, "idle connection closed");
+                        e.closing = Some(CloseReason::Limit("idle"));
+                        self.stats.connections_idle_closed += 1;
+                        m.close(now);
+                    } else {
+                        // Streams are open (or it was used since): look again a whole timeout later.
+                        e.last_active = now;
+                        let t = now + idle;
+                        self.idle_check = Some(self.idle_check.map_or(t, |c| c.min(t)));
                     }
                 }
             }

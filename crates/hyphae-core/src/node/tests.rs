@@ -320,3 +320,30 @@ fn node_identify_observed_address_is_the_transport_address() {
     assert_eq!(observed(&p.events[0]), Multiaddr::from_tcp(crate::testing::socket(0)), "how node 1 sees node 0");
     assert_eq!(observed(&p.events[1]), Multiaddr::from_tcp(crate::testing::socket(1)), "how node 0 sees node 1");
 }
+
+#[test]
+fn node_idle_connections_close_after_the_timeout_and_busy_ones_stay() {
+    let idle = Duration::from_secs(10);
+    let mut p = Net::new(3, |i, c| {
+        c.limits.idle_timeout = Some(idle);
+        // Node 2 pings every 3 s: its connection always has the ping stream open.
+        if i == 2 {
+            c.ping.interval = Some(Duration::from_secs(3));
+        }
+    });
+    let (a1, a2) = (p.addr(1), p.addr(2));
+    p.dial(0, a1);
+    p.dial(0, a2);
+    p.run_until(Instant(0) + Duration::from_secs(5));
+    assert_eq!(p.nodes[0].num_connections(), 2);
+    assert_eq!(p.nodes[0].node().next_timer().map(|(_, r)| r), Some("idle"));
+    p.run_until(Instant(0) + Duration::from_secs(30));
+    assert!(!p.nodes[0].is_connected(&p.peer_id(1)), "idle for 10 s: closed");
+    assert!(p.nodes[0].is_connected(&p.peer_id(2)), "the ping stream keeps it");
+    assert_eq!(p.nodes[0].stats().connections_idle_closed + p.nodes[1].stats().connections_idle_closed, 1);
+    let reason = p.events[0].iter().chain(&p.events[1]).find_map(|e| match e {
+        Event::Disconnected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(matches!(reason, Some(CloseReason::Limit("idle")) | Some(CloseReason::Remote)), "{reason:?}");
+}
