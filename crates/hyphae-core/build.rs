@@ -49,4 +49,6 @@ fn main() {
         std::fs::write(out_dir.join(format!("{stem}.rs")), body).expect("write generated code");
     }
     println!("cargo:rerun-if-changed=build.rs");
+    // A new .proto file must be noticed too: cargo rescans the folder (pb-rs takes milliseconds).
+    println!("cargo:rerun-if-changed=src");
 }

@@ -5,6 +5,7 @@
 //! spawns, locks, sleeps or performs I/O. The tokio driver (crate `hyphae`) and the simulator run the same
 //! machines. See `shared/DESIGN.md`.
 
+pub mod autonat;
 pub mod conn;
 pub mod identify;
 pub mod identity;

@@ -84,18 +84,21 @@ impl<'a> Iterator for Reader<'a> {
     }
 }
 
+/// Where a message embeds messages: a field number and that message's own embedded fields.
+pub struct Nest(pub u32, pub &'static [Nest]);
+
 /// Checks that `buf` is a complete sequence of well-formed fields, and so is the content of every
-/// length-delimited field numbered in `nested` (one level: the embedded messages of the caller's schema).
+/// length-delimited field `nested` names, recursively (the embedded messages of the caller's schema).
 ///
 /// Run before quick-protobuf's generated readers on any message with embedded messages: quick-protobuf
 /// 0.8.1 bounds an embedded message by its declared length but lets a field inside it run past that
 /// bound, after which it computes `end - start` with `start > end` (an overflow: a panic in debug builds,
 /// found by fuzzing the kad decoder). Fields that stay inside their message keep its reader in bounds.
-pub fn check_nested(buf: &[u8], nested: &[u32]) -> Result<(), DecodeError> {
+pub fn check_nested(buf: &[u8], nested: &[Nest]) -> Result<(), DecodeError> {
     for f in Reader::new(buf) {
         let (n, v) = f?;
-        if let (true, Value::Bytes(inner)) = (nested.contains(&n), v) {
-            check_nested(inner, &[])?;
+        if let (Some(Nest(_, inner)), Value::Bytes(b)) = (nested.iter().find(|Nest(m, _)| *m == n), v) {
+            check_nested(b, inner)?;
         }
     }
     Ok(())

@@ -15,6 +15,7 @@
 //! `on_timeout` once it passed, whatever the connection. Stream ownership is kept by the router as a
 //! map `(ConnId, StreamId) → service`; a service never touches a connection directly.
 
+use crate::autonat::{self, Reachability};
 use crate::identify::{self, Info};
 use crate::identity::{PeerId, PublicKey};
 use crate::kad;
@@ -43,6 +44,8 @@ pub struct LocalInfo {
     pub listen_addrs: Vec<Multiaddr>,
     /// Every protocol served: the services' and the application's, sorted.
     pub protocols: Vec<String>,
+    /// AutoNAT's verdict (services hear of changes in `on_local_changed`).
+    pub reachability: Reachability,
 }
 
 /// What the node machine reports to the application. Each protocol's events live in its own module.
@@ -71,6 +74,7 @@ pub enum Event {
     Ping(ping::Event),
     Perf(perf::Event),
     Kad(kad::Event),
+    Autonat(autonat::Event),
     /// A peer broke a protocol's rules (logged and counted too).
     Violation(Violation),
     /// An event of a service the node does not know by type (added with `Node::add_service`).
@@ -142,7 +146,8 @@ pub trait Service: Send + 'static {
         None
     }
     fn on_timeout(&mut self, _cx: &mut Cx<'_>) {}
-    /// Our addresses or protocols changed (identify pushes them).
+    /// Our addresses, protocols or reachability changed (identify pushes them; the DHT in auto mode
+    /// starts or stops serving).
     fn on_local_changed(&mut self, _cx: &mut Cx<'_>) {}
     /// How many bytes the router reads from one of this service's streams per `Data` event. Default
     /// 2 KiB (on the stack); a service moving bulk data asks for more (one node-wide buffer, allocated

@@ -30,6 +30,8 @@ pub struct Net {
     pub nodes: Vec<ByteNode>,
     /// Every event each node reported, in order.
     pub events: Vec<Vec<Event>>,
+    /// Nodes whose inbound connections are refused (the simplest NAT).
+    pub undialable: std::collections::BTreeSet<usize>,
     pub now: Instant,
     pub latency: Duration,
     inflight: Vec<Flight>,
@@ -67,6 +69,7 @@ impl Net {
         Net {
             nodes,
             events: vec![Vec::new(); n],
+            undialable: Default::default(),
             now: Instant(0),
             latency: Duration::from_millis(10),
             inflight: Vec::new(),
@@ -157,7 +160,10 @@ impl Net {
                 }
                 Output::Dial { conn, addr } => {
                     let now = self.now;
-                    let target = addr.socket_addr().and_then(|(sa, _)| node_of(sa.ip())).filter(|j| *j < self.nodes.len() && *j != i);
+                    let target = addr
+                        .socket_addr()
+                        .and_then(|(sa, _)| node_of(sa.ip()))
+                        .filter(|j| *j < self.nodes.len() && *j != i && !self.undialable.contains(j));
                     match target {
                         Some(j) => {
                             // A connection after one round trip is simplified to at once: tests time protocols.

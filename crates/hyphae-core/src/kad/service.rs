@@ -668,6 +668,14 @@ impl Service for KadService {
         }
     }
 
+    fn on_local_changed(&mut self, cx: &mut Cx<'_>) {
+        // Auto mode serves exactly while AutoNAT says we are public.
+        if self.config.mode == Mode::Auto {
+            let public = cx.local.reachability == crate::autonat::Reachability::Public;
+            self.set_server(cx, public);
+        }
+    }
+
     fn on_inbound(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, _protocol: &str) {
         let peer = self.conns.get(&conn).cloned();
         match peer {

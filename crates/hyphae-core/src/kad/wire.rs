@@ -3,6 +3,7 @@
 
 use crate::identity::PeerId;
 use crate::multiaddr::Multiaddr;
+use crate::pb::Nest;
 use crate::{varint, DecodeError};
 use quick_protobuf::{BytesReader, MessageRead, MessageWrite, Writer};
 
@@ -120,7 +121,8 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Msg, usize)>, Decod
     let Some((r, used)) = varint::decode_frame(buf, limits.max_message_len)? else { return Ok(None) };
     let body = &buf[r];
     // Embedded messages: record (3), closer peers (8), provider peers (9). See `pb::check_nested`.
-    crate::pb::check_nested(body, &[3, 8, 9]).map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
+    crate::pb::check_nested(body, &[Nest(3, &[]), Nest(8, &[]), Nest(9, &[])])
+        .map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
     let m =
         pb::Message::from_reader(&mut BytesReader::from_bytes(body), body).map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
     let kind = MsgType::from_i32(m.type_pb.unwrap_or(0)).ok_or(DecodeError::Invalid("unknown kad message type"))?;

@@ -214,6 +214,7 @@ impl Node {
             protocol_version: PROTOCOL_VERSION.into(),
             listen_addrs: config.listen_addrs.clone(),
             protocols: Vec::new(),
+            reachability: Default::default(),
         };
         let mut n = Node {
             rng: rng::from_seed(config.seed),
@@ -894,8 +895,10 @@ impl Node {
         }
         self.deadlines[sid.0 as usize].set(None);
         let mut identified = Vec::new();
+        let mut reachability = None;
         for ev in self.out.events.range(start..) {
             match ev {
+                Event::Autonat(crate::autonat::Event::Reachability { reachability: r, .. }) => reachability = Some(*r),
                 Event::Identify(identify::Event::Received { peer, conn, info, .. }) => {
                     self.stats.identifies += 1;
                     identified.push((*conn, peer.clone(), info.clone()));
@@ -911,6 +914,13 @@ impl Node {
             let conns = &self.conns;
             self.peerstore.apply_identify(&peer, &info, &|p| connected(conns, p));
             self.tell_services(now, Some(sid), ConnectionEvent::Identified { conn, peer: &peer, info: &info });
+        }
+        if let Some(r) = reachability.filter(|r| *r != self.local.reachability) {
+            // Every service hears of it (the DHT in auto mode switches), then what they serve is re-read:
+            // a change is announced by identify push.
+            self.local.reachability = r;
+            self.local_changed(now);
+            self.update_protocols(now);
         }
     }
 }
