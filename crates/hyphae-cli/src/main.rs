@@ -12,8 +12,9 @@ usage:
       Runs a node. Without --listen it listens on /ip4/0.0.0.0/tcp/4001, /ip6/::/tcp/4001 and
       /ip4/0.0.0.0/udp/4001/quic-v1 (port 0 if taken); without --key it keeps its key in $XDG_DATA_HOME/hyphae/identity.key. Prints each
       listen address with /p2p/<id> on stdout, then logs connections and pings. Ctrl-C stops it.
-      --bootstrap joins the Kademlia DHT through those peers (a client unless --dht-mode server; auto
-      serves once AutoNAT confirms a public address); --provide keeps announcing CID while it runs.
+      --bootstrap joins the Kademlia DHT through those peers (mode auto: a client until AutoNAT v1
+      confirms a public address; --dht-mode pins it); --provide keeps announcing CID while it runs.
+      The node serves AutoNAT v1 to others.
   hyphae dht find-peer PEER_ID | closest KEY | put KEY VALUE_FILE | get KEY | provide CID |
              find-providers CID [--limit N]   --bootstrap MULTIADDR... [--quorum N]
       Joins the DHT through the bootstrap peers (as a client), runs one operation and prints its
@@ -238,7 +239,11 @@ fn load_key(args: &Args, persistent: bool) -> Result<Keypair, String> {
 async fn node(args: Args) -> Result<(), String> {
     let provide = args.provide.iter().map(|c| keys::provider_key(c)).collect::<Result<Vec<_>, _>>()?;
     let key = load_key(&args, true)?;
-    let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
+    let mut config = host_config(&args, key);
+    // A running node helps others learn their reachability (as kubo does); its own DHT mode follows
+    // its AutoNAT verdict unless --dht-mode pins it.
+    config.autonat.server = true;
+    let host = Host::new(config).await.map_err(|e| e.to_string())?;
     if !args.bootstrap.is_empty() || !provide.is_empty() {
         // Joins once listening (the DHT announces our listen addresses); the node runs meanwhile.
         let h = host.clone();
@@ -274,7 +279,12 @@ async fn dht(args: Args) -> Result<(), String> {
         return Err("dht needs --bootstrap MULTIADDR (a DHT server to join through)".into());
     }
     let key = load_key(&args, false)?;
-    let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
+    let mut config = host_config(&args, key);
+    if args.dht_mode.is_none() {
+        // A process that runs one operation and exits never serves.
+        config.dht.mode = hyphae::core::kad::Mode::Client;
+    }
+    let host = Host::new(config).await.map_err(|e| e.to_string())?;
     // Listening makes `provide` announce reachable addresses (providers without addresses are ignored).
     let listen = if args.listen.is_empty() { vec!["/ip4/0.0.0.0/tcp/0".parse().expect("invariant: literal")] } else { args.listen.clone() };
     for l in &listen {

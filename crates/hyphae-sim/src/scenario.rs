@@ -4,7 +4,8 @@
 //! ```text
 //! seed 42                                   # default seed (HYPHAE_SEED and --seed override it)
 //! nodes GROUP COUNT [ping=10s] [transport=tcp|quic] [per_peer=8] [dht=server|client|auto] [undialable]
-//!                   [idle=10s]              # idle: connections without streams close after this long
+//!                   [idle=10s] [autonat]    # idle: connections without streams close after this long;
+//!                                           # autonat: AutoNAT v1 client and server (the DHT's auto mode)
 //!                                           # a group of nodes; ping: interval of pings to every
 //!                                           # peer; transport: how this group dials (default tcp);
 //!                                           # dht: runs the Kademlia service in that mode; undialable:
@@ -128,6 +129,8 @@ pub struct Group {
     pub undialable: bool,
     /// `node::Limits::idle_timeout`.
     pub idle: Option<Duration>,
+    /// Runs AutoNAT v1 (client and server).
+    pub autonat: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -344,9 +347,14 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut dht = None;
                 let mut undialable = false;
                 let mut idle = None;
+                let mut autonat = false;
                 for r in rest {
                     if *r == "undialable" {
                         undialable = true;
+                        continue;
+                    }
+                    if *r == "autonat" {
+                        autonat = true;
                         continue;
                     }
                     match r.split_once('=') {
@@ -358,7 +366,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, undialable, idle=DURATION)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, undialable, idle=DURATION, autonat)"
                             )))
                         }
                     }
@@ -366,7 +374,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 if sc.groups.iter().any(|g| g.name == *name) {
                     return Err(err(format!("group {name:?} defined twice")));
                 }
-                sc.groups.push(Group { name: name.to_string(), count, ping, quic, per_peer, dht, undialable, idle });
+                sc.groups.push(Group { name: name.to_string(), count, ping, quic, per_peer, dht, undialable, idle, autonat });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,
             ["region", name, sel] => sc.regions.push((name.to_string(), parse_selector(sel).map_err(err)?)),

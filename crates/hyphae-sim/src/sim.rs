@@ -8,6 +8,7 @@
 use crate::dht;
 use crate::metrics::{Counters, Histogram, Phase};
 use crate::scenario::{Action, DhtOp, LinkClass, Scenario, Selector};
+use hyphae_core::autonat::{self, service::AutonatService};
 use hyphae_core::conn::CloseReason;
 use hyphae_core::conn::Role;
 use hyphae_core::kad::{self, service::KadService};
@@ -148,6 +149,7 @@ struct SimNode {
     /// Runs the Kademlia service in this mode.
     dht: Option<kad::Mode>,
     idle: Option<Duration>,
+    autonat: bool,
     /// Its DHT operations in flight.
     pending: dht::Pending,
     timer_at: Option<Instant>,
@@ -627,6 +629,7 @@ impl Sim {
                     per_peer: g.per_peer,
                     dht: g.dht,
                     idle: g.idle,
+                    autonat: g.autonat,
                     pending: dht::Pending::default(),
                     timer_at: None,
                     conns: BTreeMap::new(),
@@ -785,6 +788,11 @@ impl Sim {
         if let Some(mode) = n.dht {
             let kc = kad::Config { mode, ..kad::Config::default() };
             bn.add_service(self.now, Box::new(KadService::new(n.peer.clone(), kc)));
+        }
+        if n.autonat {
+            // Every node serves (one behind a NAT can still dial out); simulated addresses are private.
+            let ac = autonat::Config { server: true, allow_private: true, ..autonat::Config::default() };
+            bn.add_service(self.now, Box::new(AutonatService::new(ac)));
         }
         n.node = Some(bn);
         n.pending = dht::Pending::default();

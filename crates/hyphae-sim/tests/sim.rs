@@ -309,3 +309,38 @@ fn sim_dht_lookups_succeed_and_undialable_nodes_stay_clients() {
     // Tables hold servers only: at most the other 59.
     assert!(r.dht_table_mean > 20.0 && r.dht_table_mean <= 59.0, "{}", r.dht_table_mean);
 }
+
+/// DHT auto mode under AutoNAT: 20 pinned servers, 20 public nodes and 20 undialable ones, all in auto
+/// mode. The public ones become servers; the undialable ones stay clients for the whole run.
+#[test]
+fn sim_autonat_makes_public_nodes_dht_servers_and_undialable_ones_never() {
+    let sc = parse(
+        "nodes seeds 20 dht=server autonat idle=60s\nnodes public 20 dht=auto autonat idle=60s\n\
+         nodes natted 20 dht=auto autonat undialable idle=60s\nlink latency=15ms\n\
+         at 0s dht bootstrap all via seeds over 10s\nat 30s dht find-peer 1 by all every 2s until 170s\nrun 3m\n",
+    )
+    .unwrap();
+    let mut sim = Sim::new(sc, seed(9));
+    sim.record_events();
+    sim.run_until(std::time::Duration::from_secs(180));
+    let mut became_server = [0usize; 60];
+    let mut verdicts = vec![Vec::new(); 60];
+    for (_, i, e) in sim.events() {
+        match e {
+            hyphae_core::node::Event::Kad(hyphae_core::kad::Event::ModeChanged { server: true }) => became_server[*i] += 1,
+            hyphae_core::node::Event::Autonat(hyphae_core::autonat::Event::Reachability { reachability, .. }) => {
+                verdicts[*i].push(*reachability)
+            }
+            _ => {}
+        }
+    }
+    use hyphae_core::autonat::Reachability::{Private, Public};
+    for i in 20..40 {
+        assert_eq!(verdicts[i], vec![Public], "public node {i}");
+        assert_eq!(became_server[i], 1, "public node {i} serves");
+    }
+    for i in 40..60 {
+        assert_eq!(verdicts[i], vec![Private], "undialable node {i}");
+        assert_eq!(became_server[i], 0, "undialable node {i} never serves");
+    }
+}

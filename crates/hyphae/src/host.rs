@@ -3,6 +3,7 @@
 
 use crate::driver;
 use crate::handle::{self, Action, ConnShared, Direction, HostLink, IdentifyState, QuicHandle, Stream};
+use hyphae_core::autonat::{self, service::AutonatService};
 use hyphae_core::conn::{self, CloseReason, OpenError, Role, StreamId};
 use hyphae_core::identify::{self, Info};
 use hyphae_core::kad::{self, service::KadService};
@@ -86,6 +87,9 @@ pub struct HostConfig {
     /// Close connections that carried no stream for this long. Default `None` (kept until closed, as
     /// go-libp2p does without a connection manager).
     pub idle_timeout: Option<Duration>,
+    /// AutoNAT v1: by default the client runs (the verdict drives the DHT's auto mode) and the server
+    /// does not (`autonat.server = true` helps others find theirs); see `hyphae_core::autonat::Config`.
+    pub autonat: autonat::Config,
     /// The Kademlia DHT (`host.dht()`). Default: client mode (asks, does not serve nor announce), k = 20,
     /// α = 10; see `hyphae_core::kad::Config` for every default and limit.
     pub dht: kad::Config,
@@ -108,6 +112,7 @@ impl HostConfig {
             seed: None,
             ping_interval: None,
             idle_timeout: None,
+            autonat: autonat::Config::default(),
             dht: kad::Config::default(),
         }
     }
@@ -142,6 +147,11 @@ pub enum HostEvent {
     Ping {
         peer: PeerId,
         rtt: Result<Duration, ping::Failure>,
+    },
+    /// AutoNAT's verdict changed (`addr`: where a peer reached us, when public).
+    Reachability {
+        reachability: autonat::Reachability,
+        addr: Option<Multiaddr>,
     },
 }
 
@@ -552,6 +562,9 @@ impl HostLink for Inner {
                     tracing::info!(%peer, uploaded, downloaded, "served a perf run");
                 }
                 node::Event::Kad(ev) => self.kad_event(ev),
+                node::Event::Autonat(autonat::Event::Reachability { reachability, addr }) => {
+                    let _ = self.events.send(HostEvent::Reachability { reachability, addr });
+                }
                 node::Event::Violation(v) => {
                     tracing::debug!(peer = ?v.peer, protocol = v.protocol, kind = %v.kind, "peer broke a protocol")
                 }
@@ -641,6 +654,7 @@ impl Host {
         // Perf runs on command; it serves only after `enable_perf_server`.
         node.add_service(hyphae_core::Instant::ZERO, Box::new(PerfService::new(false)));
         node.add_service(hyphae_core::Instant::ZERO, Box::new(KadService::new(keypair.peer_id(), config.dht.clone())));
+        node.add_service(hyphae_core::Instant::ZERO, Box::new(AutonatService::new(config.autonat.clone())));
         let node_notify = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(Inner {
             noise_static,
@@ -992,6 +1006,11 @@ impl Host {
             Ok(Err(e)) => Err(Error::Perf(e)),
             Err(_) => Err(Error::Perf(perf::Failure::Closed)),
         }
+    }
+
+    /// AutoNAT's current verdict.
+    pub fn reachability(&self) -> autonat::Reachability {
+        self.inner.node().local().reachability
     }
 
     /// Peers with at least one established connection.

@@ -7,9 +7,9 @@
 //! - `service.rs`: the service: serves requests when in server mode, runs queries, dials through the
 //!   node's outbox.
 //!
-//! A node is a DHT **client by default** ([`Mode::Client`]): it asks but does not announce the protocol
-//! nor answer. It serves when pinned to [`Mode::Server`] (AutoNAT confirming a public address switches
-//! [`Mode::Auto`] nodes, issue #11's next step).
+//! A node is a DHT **client by default**: in [`Mode::Auto`] (the default) it asks but neither announces
+//! the protocol nor answers until AutoNAT confirms a public address, and stops serving when AutoNAT
+//! says it lost it (with AutoNAT's hysteresis). [`Mode::Client`] and [`Mode::Server`] pin it.
 
 use crate::identity::PeerId;
 use crate::multiaddr::Multiaddr;
@@ -72,12 +72,12 @@ impl Distance {
 /// Whether the node answers DHT requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// Ask, never answer; the protocol is not announced. The default.
-    #[default]
+    /// Ask, never answer; the protocol is not announced.
     Client,
     /// Announce the protocol and answer.
     Server,
-    /// Client until a public address is confirmed (AutoNAT), server while it is.
+    /// The default: a client until AutoNAT confirms a public address, a server while it does.
+    #[default]
     Auto,
 }
 
@@ -128,7 +128,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            mode: Mode::Client,
+            mode: Mode::Auto,
             k: 20,
             alpha: 10,
             request_timeout: Duration::from_secs(10),
