@@ -38,7 +38,15 @@ if [ ! -d "$HERE/js/node_modules/@libp2p/mplex" ] || [ ! -d "$HERE/js/node_modul
   (cd "$HERE/js" && npm install --no-audit --no-fund --silent)
 fi
 # --- rust-libp2p 0.57 peer (its own cargo workspace, built once) ---
-if [ ! -x "$HERE/rust-peer/target/debug/rust-peer" ] || [ "$HERE/rust-peer/src/main.rs" -nt "$HERE/rust-peer/target/debug/rust-peer" ]; then
+if [ ! -x "$HERE/rust-peer/target/debug/rust-peer" ] || [ -n "$(find "$HERE/rust-peer/src" "$HERE/rust-peer/Cargo.toml" -newer "$HERE/rust-peer/target/debug/rust-peer")" ]; then
   cargo build --quiet --manifest-path "$HERE/rust-peer/Cargo.toml"
+fi
+# --- iptables (the AutoNAT tests build firewalls and NAT routers in network namespaces) ---
+if ! command -v iptables >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q iptables >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q iptables >/dev/null)
+  else
+    echo "iptables missing and cannot be installed (not root or no apt-get): the AutoNAT namespace tests will skip"
+  fi
 fi
 echo "interop peers ready in $PEERS"

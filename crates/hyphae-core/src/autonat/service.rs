@@ -11,6 +11,9 @@ use core::net::IpAddr;
 use rand_core::RngCore;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// Observed addresses kept (identify's view of us from different peers).
+const MAX_OBSERVED: usize = 8;
+
 /// One of our probes.
 struct Probe {
     peer: PeerId,
@@ -44,6 +47,9 @@ pub struct AutonatService {
     streak: i64,
     streak_peers: BTreeSet<PeerId>,
     reached_at: Option<Multiaddr>,
+    /// Addresses peers saw us at (identify), newest last: sent with our listen addresses, so a node
+    /// behind a NAT is asked to be dialed where the NAT maps it (and found unreachable there).
+    observed: VecDeque<Multiaddr>,
     // server
     requests: BTreeMap<(ConnId, StreamId), (PeerId, Vec<u8>)>,
     dialbacks: Vec<DialBack>,
@@ -79,6 +85,7 @@ impl AutonatService {
             streak: 0,
             streak_peers: BTreeSet::new(),
             reached_at: None,
+            observed: VecDeque::new(),
             requests: BTreeMap::new(),
             dialbacks: Vec::new(),
             recent: VecDeque::new(),
@@ -175,6 +182,7 @@ impl AutonatService {
     // ---------- server ----------
 
     fn respond(cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, peer: &PeerId, status: Status, text: &str, addr: Option<Multiaddr>) {
+        tracing::info!(%peer, ?status, text, "AutoNAT request served");
         let mut out = Vec::new();
         wire::encode(&Msg::DialResponse { status, text: (!text.is_empty()).then(|| text.to_string()), addr }, &mut out);
         cx.write(conn, stream, &out);
@@ -261,6 +269,12 @@ impl Service for AutonatService {
     fn on_connection(&mut self, cx: &mut Cx<'_>, ev: ConnectionEvent<'_>) {
         match ev {
             ConnectionEvent::Identified { conn, peer, info } => {
+                if let Some(o) = info.observed_addr.as_ref().filter(|o| !self.observed.contains(o)) {
+                    if self.observed.len() >= MAX_OBSERVED {
+                        self.observed.pop_front();
+                    }
+                    self.observed.push_back(o.clone());
+                }
                 if info.protocols.iter().any(|p| p == PROTOCOL_ID) {
                     self.servers.insert(peer.clone(), conn);
                     if self.config.client && self.next_probe.is_none() {
@@ -340,8 +354,14 @@ impl Service for AutonatService {
                 return;
             };
             p.stream = Some(stream);
+            let mut addrs = cx.local.listen_addrs.clone();
+            for o in &self.observed {
+                if !addrs.contains(o) && addrs.len() < self.config.limits.max_addrs {
+                    addrs.push(o.clone());
+                }
+            }
             let mut out = Vec::new();
-            wire::encode(&Msg::Dial { peer: cx.local.peer_id.clone(), addrs: cx.local.listen_addrs.clone() }, &mut out);
+            wire::encode(&Msg::Dial { peer: cx.local.peer_id.clone(), addrs }, &mut out);
             cx.write(conn, stream, &out);
             return;
         }

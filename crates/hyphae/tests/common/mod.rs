@@ -101,10 +101,23 @@ impl P2pd {
 
     /// Starts p2pd listening on `host_addrs` (comma-separated multiaddrs).
     pub async fn start_on(host_addrs: &str, extra: &[&str]) -> Option<P2pd> {
+        Self::start_in(None, host_addrs, extra).await
+    }
+
+    /// Starts p2pd inside network namespace `netns` (its control socket is a file: reachable from here).
+    pub async fn start_in(netns: Option<&str>, host_addrs: &str, extra: &[&str]) -> Option<P2pd> {
         let bin = peer_path("interop/.peers/p2pd")?;
         let dir = TempDir::new("p2pd");
         let sock = dir.0.join("p2pd.sock");
-        let mut child = Command::new(bin)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .arg("-listen")
             .arg(format!("/unix{}", sock.display()))
             .arg("-hostAddrs")

@@ -1,0 +1,192 @@
+//! AutoNAT v1 against go-libp2p (p2pd v0.32, v1 only) in network namespaces this test creates: servers
+//! refuse to dial back loopback, so the peers get public-looking addresses (servers 5.5.5.1–3, client
+//! 6.6.6.2) routed only between the namespaces, through a router namespace. hyphae runs as the `hyphae`
+//! binary inside its namespace. Needs root, `ip` and `iptables` (interop/setup.sh installs iptables);
+//! skipped without them.
+//!
+//! - go's servers confirm a reachable hyphae node public;
+//! - behind a firewall that drops inbound connections, and behind a MASQUERADE router, it is private;
+//! - hyphae's own server classifies a reachable and a firewalled go client.
+
+#[path = "../../hyphae/tests/common/mod.rs"]
+mod common;
+use common::{P2pd, TempDir};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
+
+fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "failed: {cmd}");
+}
+
+/// Whether this machine can run the test (root, ip, iptables, p2pd).
+fn usable() -> bool {
+    let ok = |c: &str| {
+        std::process::Command::new("sh").arg("-c").arg(c).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    };
+    let root = ok("[ \"$(id -u)\" = 0 ]");
+    let tools = ok("command -v ip && command -v iptables");
+    let p2pd = common::peer_path("interop/.peers/p2pd").is_some();
+    if !(root && tools && p2pd) {
+        eprintln!("skipped: needs root ({root}), ip and iptables ({tools}), p2pd ({p2pd})");
+    }
+    root && tools && p2pd
+}
+
+/// Three namespaces — servers (S), router (R), client (C) — removed on drop.
+struct Net {
+    s: String,
+    r: String,
+    c: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Client {
+    /// 6.6.6.2, routed.
+    Public,
+    /// 6.6.6.2, new inbound TCP connections dropped.
+    Firewalled,
+    /// 10.9.0.2 behind the router's MASQUERADE (seen as 5.5.5.254).
+    Masqueraded,
+}
+
+impl Net {
+    fn new(kind: Client) -> Net {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tag = format!("{}{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed));
+        let n = Net { s: format!("hyS{tag}"), r: format!("hyR{tag}"), c: format!("hyC{tag}") };
+        for ns in [&n.s, &n.r, &n.c] {
+            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+        }
+        let (s, r, c) = (&n.s, &n.r, &n.c);
+        sh(&format!("ip -n {r} link add rs type veth peer name sr netns {s}"));
+        sh(&format!("ip -n {r} link add rc type veth peer name cr netns {c}"));
+        sh(&format!(
+            "ip -n {s} addr add 5.5.5.1/24 dev sr && ip -n {s} addr add 5.5.5.2/24 dev sr && ip -n {s} addr add 5.5.5.3/24 dev sr \
+             && ip -n {s} link set sr up && ip -n {s} route add default via 5.5.5.254"
+        ));
+        sh(&format!(
+            "ip -n {r} addr add 5.5.5.254/24 dev rs && ip -n {r} link set rs up && ip netns exec {r} sysctl -q -w net.ipv4.ip_forward=1"
+        ));
+        let (client_ip, router_ip) = if kind == Client::Masqueraded { ("10.9.0.2", "10.9.0.1") } else { ("6.6.6.2", "6.6.6.1") };
+        sh(&format!("ip -n {r} addr add {router_ip}/24 dev rc && ip -n {r} link set rc up"));
+        sh(&format!("ip -n {c} addr add {client_ip}/24 dev cr && ip -n {c} link set cr up && ip -n {c} route add default via {router_ip}"));
+        match kind {
+            Client::Public => {}
+            Client::Firewalled => sh(&format!("ip netns exec {c} iptables -A INPUT -p tcp --syn -j DROP")),
+            Client::Masqueraded => sh(&format!("ip netns exec {r} iptables -t nat -A POSTROUTING -s 10.9.0.0/24 -o rs -j MASQUERADE")),
+        }
+        n
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in [&self.s, &self.r, &self.c] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// `hyphae node` inside `ns`, listening on `listen`, connected to `peers`; its stderr lines.
+fn hyphae_in(ns: &str, listen: &str, peers: &[String], dir: &TempDir) -> (Child, tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, BIN, "node", "--listen", listen, "--key"]).arg(dir.0.join("node.key"));
+    for p in peers {
+        cmd.args(["--bootstrap", p]);
+    }
+    let mut child =
+        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).spawn().expect("spawn hyphae");
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// The first stderr line containing `needle`, within `secs`.
+async fn line_with(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>, needle: &str, secs: u64) -> String {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) if l.contains(needle) => return l,
+                Ok(Some(_)) => {}
+                _ => panic!("hyphae exited before logging {needle:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} within {secs} s"))
+}
+
+/// hyphae in the client namespace asks three go servers; its verdict.
+async fn verdict_from_go_servers(kind: Client) -> Option<String> {
+    if !usable() {
+        return None;
+    }
+    let net = Net::new(kind);
+    let mut servers = Vec::new();
+    for i in 1..=3 {
+        let go = P2pd::start_in(Some(&net.s), &format!("/ip4/5.5.5.{i}/tcp/4001"), &["-autonat", "-forceReachabilityPublic"]).await?;
+        servers.push(go);
+    }
+    let peers: Vec<String> = servers.iter().map(|g| format!("{}/p2p/{}", g.addrs[0], g.peer_id)).collect();
+    let dir = TempDir::new("autonat");
+    let (_node, mut lines) = hyphae_in(&net.c, "/ip4/0.0.0.0/tcp/4001", &peers, &dir);
+    // Boot delay 15 s; a firewalled dial-back fails only at go's dial timeout.
+    Some(line_with(&mut lines, "AutoNAT verdict", 90).await)
+}
+
+#[tokio::test]
+async fn autonat_netns_go_servers_confirm_a_reachable_hyphae_public() {
+    let Some(v) = verdict_from_go_servers(Client::Public).await else { return };
+    eprintln!("{v}");
+    assert!(v.contains("Public") && v.contains("6.6.6.2"), "{v}");
+}
+
+#[tokio::test]
+async fn autonat_netns_firewalled_hyphae_is_private() {
+    let Some(v) = verdict_from_go_servers(Client::Firewalled).await else { return };
+    assert!(v.contains("Private"), "{v}");
+}
+
+#[tokio::test]
+async fn autonat_netns_masqueraded_hyphae_is_private() {
+    let Some(v) = verdict_from_go_servers(Client::Masqueraded).await else { return };
+    eprintln!("{v}");
+    assert!(v.contains("Private"), "{v}");
+}
+
+/// hyphae serves (5.5.5.1); a go client asks it (go's client probes after its 15 s boot delay).
+async fn hyphae_serves_go(kind: Client) -> Option<String> {
+    if !usable() {
+        return None;
+    }
+    let net = Net::new(kind);
+    let dir = TempDir::new("autonat-srv");
+    let (_node, mut lines) = hyphae_in(&net.s, "/ip4/5.5.5.1/tcp/4001", &[], &dir);
+    let addr = line_with(&mut lines, "listening", 10).await;
+    let _ = addr;
+    let id =
+        String::from_utf8(std::process::Command::new(BIN).args(["id", "--key"]).arg(dir.0.join("node.key")).output().ok()?.stdout).ok()?;
+    let id: hyphae::PeerId = id.trim().parse().ok()?;
+    let go = P2pd::start_in(Some(&net.c), "/ip4/0.0.0.0/tcp/4001", &["-autonat"]).await?;
+    go.connect(&id, &["/ip4/5.5.5.1/tcp/4001".parse().unwrap()]).await.expect("go connects to hyphae");
+    let l = line_with(&mut lines, &format!("AutoNAT request served peer={}", go.peer_id), 90).await;
+    Some(l)
+}
+
+#[tokio::test]
+async fn autonat_netns_hyphae_server_dials_back_a_reachable_go_client() {
+    let Some(l) = hyphae_serves_go(Client::Public).await else { return };
+    assert!(l.contains("status=Ok"), "{l}");
+}
+
+#[tokio::test]
+async fn autonat_netns_hyphae_server_reports_a_firewalled_go_client_unreachable() {
+    let Some(l) = hyphae_serves_go(Client::Firewalled).await else { return };
+    eprintln!("{l}");
+    assert!(l.contains("status=DialError"), "{l}");
+}
