@@ -34,6 +34,9 @@ pub struct Metrics {
     pub answered_sum: u64,
     pub bootstraps: u64,
     pub bootstraps_ok: u64,
+    /// find-peer only (also counted in `lookups`).
+    pub find_peers: u64,
+    pub find_peers_ok: u64,
 }
 
 impl Metrics {
@@ -51,6 +54,10 @@ impl Metrics {
                 }
             }
             DhtOp::FindProviders | DhtOp::FindPeer => {
+                if s.op == DhtOp::FindPeer {
+                    self.find_peers += 1;
+                    self.find_peers_ok += u64::from(s.ok);
+                }
                 self.lookups += 1;
                 self.hops_sum += u64::from(s.hops);
                 self.answered_sum += u64::from(s.answered);
@@ -73,14 +80,17 @@ impl Metrics {
         self.answered_sum += o.answered_sum;
         self.bootstraps += o.bootstraps;
         self.bootstraps_ok += o.bootstraps_ok;
+        self.find_peers += o.find_peers;
+        self.find_peers_ok += o.find_peers_ok;
     }
 
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "dht_provides",
         "dht_provide_success_rate",
         "dht_provide_p50_ms",
         "dht_lookups",
         "dht_lookup_success_rate",
+        "dht_find_peer_success_rate",
         "dht_lookup_p50_ms",
         "dht_lookup_p90_ms",
         "dht_lookup_p99_ms",
@@ -98,6 +108,7 @@ impl Metrics {
             "dht_provide_p50_ms" => ms(&self.provide_latency, 0.5),
             "dht_lookups" => self.lookups as f64,
             "dht_lookup_success_rate" => rate(self.lookups_ok, self.lookups),
+            "dht_find_peer_success_rate" => rate(self.find_peers_ok, self.find_peers),
             "dht_lookup_p50_ms" => ms(&self.lookup_latency, 0.5),
             "dht_lookup_p90_ms" => ms(&self.lookup_latency, 0.9),
             "dht_lookup_p99_ms" => ms(&self.lookup_latency, 0.99),
