@@ -99,6 +99,9 @@ struct StreamEntry {
     /// Bytes that arrived after negotiation, served before the muxer's buffer.
     prebuf: Vec<u8>,
     outbound: bool,
+    /// Opened optimistically (multistream-select's lazy mode): reported ready and writable before the
+    /// listener confirmed the protocol; a refusal then shows as a reset.
+    lazy: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -583,7 +586,7 @@ impl Connection {
                     if let Some(b) = neg.poll_transmit() {
                         let _ = y.write(id, &b);
                     }
-                    self.streams.insert(id, StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false });
+                    self.streams.insert(id, StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, lazy: false });
                 }
                 yamux::Event::Readable(id) => match self.streams.get(&id) {
                     Some(e) if e.neg.is_some() => self.negotiate(id),
@@ -591,12 +594,12 @@ impl Connection {
                     None => {}
                 },
                 yamux::Event::Writable(id) => {
-                    if matches!(self.streams.get(&id), Some(e) if e.neg.is_none()) {
+                    if matches!(self.streams.get(&id), Some(e) if e.neg.is_none() || e.lazy) {
                         self.events.push_back(Event::Writable(id));
                     }
                 }
                 yamux::Event::Reset(id) => match self.streams.remove(&id) {
-                    Some(e) if e.neg.is_some() => {
+                    Some(e) if e.neg.is_some() && !e.lazy => {
                         if e.outbound {
                             self.events.push_back(Event::OutboundFailed { id, reason: OpenError::Reset });
                         }
@@ -643,8 +646,11 @@ impl Connection {
             Ok(Some(protocol)) => {
                 let (_, rest) = entry.neg.take().expect("invariant: negotiating");
                 entry.prebuf = rest;
-                let ev = if entry.outbound { Event::OutboundReady { id, protocol } } else { Event::InboundStream { id, protocol } };
-                self.events.push_back(ev);
+                // A lazy stream was reported ready when it was opened.
+                if !entry.lazy {
+                    let ev = if entry.outbound { Event::OutboundReady { id, protocol } } else { Event::InboundStream { id, protocol } };
+                    self.events.push_back(ev);
+                }
                 if !entry.prebuf.is_empty() || eof {
                     self.events.push_back(Event::Readable(id));
                 }
@@ -657,7 +663,14 @@ impl Connection {
                 };
                 tracing::debug!(stream = %id, %reason, "stream negotiation failed");
                 self.stats.streams_negotiation_failed += 1;
-                let outbound = entry.outbound;
+                let (outbound, lazy) = (entry.outbound, entry.lazy);
+                if lazy {
+                    // Its owner holds it as open: a reset, released when the owner releases it.
+                    entry.neg = None;
+                    y.reset(id);
+                    self.events.push_back(Event::Reset(id));
+                    return;
+                }
                 self.streams.remove(&id);
                 y.reset(id);
                 if outbound {
@@ -682,7 +695,20 @@ impl Connection {
         if let Some(b) = neg.poll_transmit() {
             let _ = y.write(id, &b);
         }
-        self.streams.insert(id, StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true });
+        self.streams.insert(id, StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true, lazy: false });
+        Ok(id)
+    }
+
+    /// Opens a stream for `protocol` optimistically (multistream-select's lazy mode, as rust-libp2p's
+    /// `V1Lazy`): `OutboundReady` comes at once and writes go out right behind the proposal, saving the
+    /// round trip of the confirmation. If the listener refuses, the stream is reset. For request streams
+    /// whose owner treats a reset as a failed request.
+    pub fn open_stream_lazy(&mut self, protocol: String) -> Result<StreamId, StreamError> {
+        let id = self.open_stream(vec![protocol.clone()])?;
+        if let Some(e) = self.streams.get_mut(&id) {
+            e.lazy = true;
+        }
+        self.events.push_back(Event::OutboundReady { id, protocol });
         Ok(id)
     }
 
@@ -703,7 +729,7 @@ impl Connection {
     pub fn stream_write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         match self.streams.get(&id) {
             None => return Err(StreamError::Reset),
-            Some(e) if e.neg.is_some() => return Ok(0),
+            Some(e) if e.neg.is_some() && !e.lazy => return Ok(0),
             _ => {}
         }
         match &mut self.muxer {
@@ -761,6 +787,9 @@ impl From<tls::TlsError> for CloseReason {
 impl Streams for Connection {
     fn open_stream(&mut self, _now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError> {
         Connection::open_stream(self, protocols)
+    }
+    fn open_stream_lazy(&mut self, _now: Instant, protocol: String) -> Result<StreamId, StreamError> {
+        Connection::open_stream_lazy(self, protocol)
     }
     fn stream_read(&mut self, _now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
         Connection::stream_read(self, s, buf)
@@ -918,6 +947,41 @@ mod tests {
         let id = p.a.open_stream(vec!["/nope".into()]).unwrap();
         p.pump();
         assert!(p.ev_a.iter().any(|e| matches!(e, Event::OutboundFailed { id: i, .. } if *i == id)));
+        assert!(p.a.is_open() && p.b.is_open());
+    }
+
+    #[test]
+    fn conn_lazy_stream_sends_its_request_with_the_proposal_and_a_refusal_resets_it() {
+        let mut p = Pair::new(true);
+        p.pump();
+        let id = p.a.open_stream_lazy("/echo/1".into()).unwrap();
+        // Ready at once, and writable before the listener said anything.
+        assert_eq!(p.a.poll_event(), Some(Event::OutboundReady { id, protocol: "/echo/1".into() }));
+        assert_eq!(p.a.stream_write(id, b"ping").unwrap(), 4);
+        p.a.stream_close(id);
+        // One flight carries the proposal and the request: the listener has both after one delivery.
+        let x = p.a.poll_transmit().unwrap();
+        p.b.handle_input(p.now, &x);
+        let their = std::iter::from_fn(|| p.b.poll_event())
+            .find_map(|e| if let Event::InboundStream { id, .. } = e { Some(id) } else { None })
+            .expect("inbound stream");
+        let mut buf = [0u8; 16];
+        assert_eq!(p.b.stream_read(their, &mut buf), ReadResult::Data(4));
+        assert_eq!(&buf[..4], b"ping");
+        p.b.stream_write(their, b"pong").unwrap();
+        p.pump();
+        // The confirmation is consumed; the answer is read as usual, with no second OutboundReady.
+        assert!(!p.ev_a.iter().any(|e| matches!(e, Event::OutboundReady { .. })));
+        assert_eq!(p.a.stream_read(id, &mut buf), ReadResult::Data(4));
+        assert_eq!(&buf[..4], b"pong");
+
+        // A protocol the listener does not serve: the stream held as open is reset.
+        let id = p.a.open_stream_lazy("/nope".into()).unwrap();
+        p.a.stream_write(id, b"hello?").unwrap();
+        p.pump();
+        assert!(p.ev_a.contains(&Event::Reset(id)), "{:?}", p.ev_a);
+        assert_eq!(p.a.stream_read(id, &mut buf), ReadResult::Reset);
+        p.a.stream_release(id);
         assert!(p.a.is_open() && p.b.is_open());
     }
 

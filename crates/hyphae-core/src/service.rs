@@ -166,6 +166,8 @@ pub(crate) enum Op {
         service: ServiceId,
         protocol: String,
         token: u64,
+        /// Multistream-select's lazy mode (see `Cx::open_stream_lazy`).
+        lazy: bool,
     },
     CancelOpen {
         service: ServiceId,
@@ -280,7 +282,15 @@ impl Cx<'_> {
     /// follows. `token` is the service's own tag (unique per connection while pending).
     pub fn open_stream(&mut self, conn: ConnId, protocol: &str, token: u64) {
         let service = self.service;
-        self.op(conn, Op::Open { service, protocol: protocol.to_string(), token });
+        self.op(conn, Op::Open { service, protocol: protocol.to_string(), token, lazy: false });
+    }
+
+    /// Like [`Cx::open_stream`], but optimistic (multistream-select's lazy mode, over TCP): `Opened`
+    /// comes without waiting for the peer to confirm the protocol, so a request goes out one round trip
+    /// sooner; a peer that does not serve it resets the stream (`StreamEvent::Reset`). For requests.
+    pub fn open_stream_lazy(&mut self, conn: ConnId, protocol: &str, token: u64) {
+        let service = self.service;
+        self.op(conn, Op::Open { service, protocol: protocol.to_string(), token, lazy: true });
     }
 
     /// Gives up a stream still being opened (no `on_open_failed` follows).

@@ -193,6 +193,11 @@ impl ConnEvent {
 /// the TCP `conn::Connection` and by one connection of a QUIC endpoint (`quic::ConnStreams`).
 pub trait Streams {
     fn open_stream(&mut self, now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError>;
+    /// Opens a stream for one protocol optimistically: ready at once, writable right behind the
+    /// proposal; a refusal shows as a reset. Machines without a lazy mode negotiate as usual.
+    fn open_stream_lazy(&mut self, now: Instant, protocol: String) -> Result<StreamId, StreamError> {
+        self.open_stream(now, vec![protocol])
+    }
     fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult;
     fn stream_write(&mut self, now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError>;
     /// Half-close: we send no more.

@@ -1,13 +1,21 @@
 //! The DHT in the simulator: what the timeline's `dht` actions do to a node's Kademlia service, and the
 //! metrics of its operations (success, latency, hops, requests). The engine (`sim.rs`) only calls in.
 
-use crate::metrics::Histogram;
-use crate::scenario::DhtOp;
+use crate::histogram::Histogram;
 use hyphae_core::kad::{self, service::KadService, Event as KadEvent, QueryId};
 use hyphae_core::node::ByteNode;
 use hyphae_core::time::Instant;
 use hyphae_core::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
+
+/// A DHT operation of the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhtOp {
+    Bootstrap,
+    Provide,
+    FindProviders,
+    FindPeer,
+}
 
 /// One finished operation, as a node reports it.
 #[derive(Debug, Clone, Copy)]

@@ -4,6 +4,7 @@
 //! there are cores without changing a result.
 
 pub mod dht;
+pub mod histogram;
 pub mod metrics;
 pub mod report;
 pub mod scenario;

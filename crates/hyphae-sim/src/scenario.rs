@@ -61,14 +61,7 @@ pub enum Selector {
     Group(String),
 }
 
-/// A DHT operation of the timeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DhtOp {
-    Bootstrap,
-    Provide,
-    FindProviders,
-    FindPeer,
-}
+pub use crate::dht::DhtOp;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 /// Hands the TCP machine's events to the node machine (the router takes its own streams' events and runs
 /// policy), then turns the application's into waker calls and host actions (run outside the lock). Lock
 /// order: this connection's state, then the node machine.
-fn dispatch(shared: &ConnShared, st: &mut ConnState, inner: &dyn HostLink) -> Vec<Action> {
+pub(crate) fn dispatch(shared: &ConnShared, st: &mut ConnState, inner: &dyn HostLink) -> Vec<Action> {
     let mut actions = Vec::new();
     let now = shared.now();
     let cid = ConnId(shared.id);

@@ -261,10 +261,15 @@ impl Inner {
             Some((ep, qc)) => ep.with_streams(*qc, &mut |m| self.node().flush(now, id, m)),
             None => {
                 let mut st = shared.lock();
+                let mut actions = Vec::new();
                 if let Some(m) = st.conn.as_mut() {
                     self.node().flush(now, id, m);
+                    // What the operations made the machine report at once (a lazily opened stream is
+                    // ready without waiting for the peer) goes to the node now, not at the next input.
+                    actions = crate::driver::dispatch(&shared, &mut st, self);
                 }
                 drop(st);
+                self.handle_actions(&shared, actions);
                 shared.wake_writer();
             }
         }

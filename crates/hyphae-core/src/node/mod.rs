@@ -770,15 +770,17 @@ impl Node {
     pub fn flush(&mut self, now: Instant, id: ConnId, m: &mut dyn Streams) {
         while let Some(op) = self.out.ops.iter().position(|(c, _)| *c == id).and_then(|i| self.out.ops.remove(i)).map(|(_, op)| op) {
             match op {
-                Op::Open { service, protocol, token } => match m.open_stream(now, vec![protocol]) {
-                    Ok(s) => {
-                        self.owners.insert((id, s), Owned::new(service, Some(token)));
+                Op::Open { service, protocol, token, lazy } => {
+                    match if lazy { m.open_stream_lazy(now, protocol) } else { m.open_stream(now, vec![protocol]) } {
+                        Ok(s) => {
+                            self.owners.insert((id, s), Owned::new(service, Some(token)));
+                        }
+                        Err(e) => {
+                            let r = OpenError::Refused(e);
+                            self.call(now, service, |svc, cx| svc.on_open_failed(cx, id, token, &r));
+                        }
                     }
-                    Err(e) => {
-                        let r = OpenError::Refused(e);
-                        self.call(now, service, |svc, cx| svc.on_open_failed(cx, id, token, &r));
-                    }
-                },
+                }
                 Op::CancelOpen { service, token } => {
                     let s = self
                         .owners
