@@ -106,6 +106,11 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Refresh the routing table this often. Default 10 min (go's).
     pub refresh_interval: Duration,
+    /// After a bootstrap's self-lookup, refresh the far buckets too (go's bootstrap). Default on.
+    pub refresh_on_bootstrap: bool,
+    /// A bootstrap nobody answered is tried again (through the bootstrap peers) after this, plus up to
+    /// 25% jitter. Default 30 s.
+    pub rebootstrap_after: Duration,
     /// Provider records expire after this. Default 48 h (the spec's).
     pub provider_ttl: Duration,
     /// Keys we provide are announced again this often. Default 22 h (go's).
@@ -134,6 +139,8 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(600),
+            refresh_on_bootstrap: true,
+            rebootstrap_after: Duration::from_secs(30),
             provider_ttl: Duration::from_secs(48 * 3600),
             reprovide_interval: Duration::from_secs(22 * 3600),
             record_ttl: Duration::from_secs(48 * 3600),
@@ -194,6 +201,8 @@ pub enum QueryError {
     Timeout,
     #[error("not found")]
     NotFound,
+    #[error("no peer answered")]
+    NoAnswer,
     #[error("too many queries in flight")]
     TooMany,
     #[error("record rejected: {0}")]

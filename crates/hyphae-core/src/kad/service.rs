@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 const MAX_REFRESH_CPL: usize = 8;
 /// Draws for a key that lands in a bucket (2^(cpl+1) expected: 512 at cpl 8).
 const REFRESH_KEY_DRAWS: usize = 4096;
+/// Bootstrap peers remembered for joining again.
+const MAX_SEEDS: usize = 16;
 /// How often expired records and providers are dropped.
 const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -89,6 +91,11 @@ pub struct KadService {
     next_refresh: Option<Instant>,
     /// When a lookup last started toward each bucket (refresh skips those used within the interval).
     bucket_used: Vec<Instant>,
+    /// Bootstrap lookups followed by a bucket refresh when they end.
+    refresh_after: BTreeSet<QueryId>,
+    /// Peers given by `add_peer` (bootstrap peers), to join again through when nobody answered.
+    seeds: Vec<(PeerId, Vec<Multiaddr>)>,
+    next_rebootstrap: Option<Instant>,
     next_expire: Instant,
     /// Keys we provide, re-announced every `reprovide_interval`, and when next.
     providing: BTreeSet<Vec<u8>>,
@@ -117,6 +124,9 @@ impl KadService {
             queries: BTreeMap::new(),
             next_refresh: None,
             bucket_used: vec![Instant(0); 256],
+            refresh_after: BTreeSet::new(),
+            seeds: Vec::new(),
+            next_rebootstrap: None,
             next_expire: Instant(0) + EXPIRE_EVERY,
             providing: BTreeSet::new(),
             next_reprovide: None,
@@ -171,6 +181,9 @@ impl KadService {
 
     /// Teaches the table a DHT server (a bootstrap peer). Its addresses are dialed when a query needs it.
     pub fn add_peer(&mut self, cx: &mut Cx<'_>, peer: &PeerId, addrs: &[Multiaddr]) -> Insert {
+        if self.seeds.len() < MAX_SEEDS && !self.seeds.iter().any(|(p, _)| p == peer) {
+            self.seeds.push((peer.clone(), addrs.to_vec()));
+        }
         let r = self.table.insert(peer, addrs, cx.now);
         self.note_insert(cx, peer, r);
         r
@@ -194,10 +207,15 @@ impl KadService {
 
     // ---------- commands ----------
 
-    /// Looks up our own key: fills the table with the peers around us (go's bootstrap).
+    /// Looks up our own key (the peers around us), then — with `Config::refresh_on_bootstrap`, as go's
+    /// bootstrap does — refreshes the far buckets, which the self-lookup leaves thin.
     pub fn bootstrap(&mut self, cx: &mut Cx<'_>) -> Result<QueryId, QueryError> {
         let key = self.local.to_bytes();
-        self.start(cx, Kind::Bootstrap, key)
+        let id = self.start(cx, Kind::Bootstrap, key)?;
+        if self.config.refresh_on_bootstrap {
+            self.refresh_after.insert(id);
+        }
+        Ok(id)
     }
 
     pub fn find_peer(&mut self, cx: &mut Cx<'_>, peer: &PeerId) -> Result<QueryId, QueryError> {
@@ -334,6 +352,13 @@ impl KadService {
                 self.store_phase(cx, id, m, false);
             }
             Kind::FindPeer(_) if st.found.is_none() => self.finish(cx, id, Err(QueryError::NotFound)),
+            Kind::Bootstrap if st.q.answered == 0 => {
+                // Nobody answered (the seeds refused us, or are gone): try again later from the seeds.
+                let retry = self.config.rebootstrap_after;
+                let jitter = Duration::from_nanos(cx.rng.next_u64() % (retry.as_nanos() as u64 / 4).max(1));
+                self.next_rebootstrap = Some(cx.now + retry + jitter);
+                self.finish(cx, id, Err(QueryError::NoAnswer));
+            }
             Kind::GetValue { found: 0, .. } => self.finish(cx, id, Err(QueryError::NotFound)),
             _ => {
                 let o = self.outcome(id, 0);
@@ -363,6 +388,9 @@ impl KadService {
     fn finish(&mut self, cx: &mut Cx<'_>, id: QueryId, outcome: Result<Outcome, QueryError>) {
         if self.queries.remove(&id).is_none() {
             return;
+        }
+        if self.refresh_after.remove(&id) {
+            self.refresh_buckets(cx);
         }
         // Requests of this query still in flight are dropped (their streams reset).
         let gone: Vec<u64> = self.requests.iter().filter(|(_, r)| r.query == id).map(|(t, _)| *t).collect();
@@ -572,7 +600,15 @@ impl KadService {
         let interval = self.config.refresh_interval;
         let jitter = Duration::from_nanos(cx.rng.next_u64() % (interval.as_nanos() as u64 / 10).max(1));
         self.next_refresh = Some(cx.now + interval + jitter);
-        let _ = self.bootstrap(cx);
+        let key = self.local.to_bytes();
+        let _ = self.start(cx, Kind::Bootstrap, key);
+        self.refresh_buckets(cx);
+    }
+
+    /// One lookup for a key in each bucket up to the deepest non-empty one (at most cpl 8) that no lookup
+    /// touched within the refresh interval.
+    fn refresh_buckets(&mut self, cx: &mut Cx<'_>) {
+        let interval = self.config.refresh_interval;
         let local = Key::from_peer(&self.local);
         let top = self.table.max_bucket().unwrap_or(0).min(MAX_REFRESH_CPL);
         for cpl in 0..=top {
@@ -805,7 +841,7 @@ impl Service for KadService {
     fn poll_timeout(&self) -> Option<Instant> {
         let reqs = self.requests.values().map(|r| r.deadline).min();
         let queries = self.queries.values().map(|q| q.deadline).min();
-        [reqs, queries, self.next_refresh, self.next_reprovide, Some(self.next_expire)].into_iter().flatten().min()
+        [reqs, queries, self.next_refresh, self.next_reprovide, self.next_rebootstrap, Some(self.next_expire)].into_iter().flatten().min()
     }
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) {
@@ -823,6 +859,16 @@ impl Service for KadService {
                 Err(QueryError::Timeout)
             };
             self.finish(cx, id, outcome);
+        }
+        if self.next_rebootstrap.is_some_and(|t| t <= now) {
+            self.next_rebootstrap = None;
+            for (p, a) in self.seeds.clone() {
+                let r = self.table.insert(&p, &a, now);
+                self.note_insert(cx, &p, r);
+            }
+            if let Err(e) = self.bootstrap(cx) {
+                tracing::debug!(error = %e, "re-bootstrap could not start");
+            }
         }
         if self.next_refresh.is_some_and(|t| t <= now) {
             self.refresh(cx);

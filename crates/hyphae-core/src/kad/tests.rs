@@ -156,3 +156,26 @@ fn kad_refresh_looks_up_around_the_table_once_per_interval() {
     p.run_for(Duration::from_secs(5));
     assert_eq!(started(&mut p), after, "one round per interval");
 }
+
+#[test]
+fn kad_bootstrap_nobody_answered_fails_and_is_tried_again_through_the_seeds() {
+    let mut p = Net::new(2, |_, _| {});
+    let (a, b) = (p.peer_id(0), p.peer_id(1));
+    p.nodes[0].add_service(Instant(0), Box::new(KadService::new(a, Config::default())));
+    p.nodes[1].add_service(Instant(0), Box::new(KadService::new(b.clone(), Config { mode: Mode::Client, ..Config::default() })));
+    let addr = p.addr(1).without_peer_id();
+    let q = run(&mut p, 0, |k, cx| {
+        k.add_peer(cx, &b, &[addr]);
+        k.bootstrap(cx).unwrap()
+    });
+    p.run_for(Duration::from_secs(5));
+    assert_eq!(finished(&p, 0, q), Some(Err(QueryError::NoAnswer)), "the seed does not serve yet");
+    // The seed starts serving; within the retry interval (30 s + jitter) node 0 joins through it.
+    let now = p.now;
+    p.nodes[1].with_service::<KadService, _>(now, |k, cx| k.set_mode(cx, Mode::Server));
+    p.nodes[1].update_protocols(now);
+    p.run_for(Duration::from_secs(45));
+    let oks = p.events[0].iter().filter(|e| matches!(e, NodeEvent::Kad(Event::Finished { outcome: Ok(_), .. }))).count();
+    assert!(oks >= 1, "re-bootstrapped: {:?}", p.events[0]);
+    assert!(p.nodes[0].node_mut().service_mut::<KadService>().unwrap().table().contains(&b));
+}
