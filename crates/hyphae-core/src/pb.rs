@@ -104,6 +104,31 @@ pub fn check_nested(buf: &[u8], nested: &[Nest]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Reads one varint-length-prefixed message of generated code (pb-rs) from the front of `buf`: the
+/// length checked against `max_len` before anything else, embedded messages bounded (`nested`, see
+/// [`check_nested`]), then the generated reader. `Ok(None)`: more bytes needed. `what` names the
+/// message in the error.
+pub fn read_frame<'a, M: quick_protobuf::MessageRead<'a>>(
+    buf: &'a [u8],
+    max_len: usize,
+    nested: &[Nest],
+    what: &'static str,
+) -> Result<Option<(M, usize)>, DecodeError> {
+    let Some((r, used)) = varint::decode_frame(buf, max_len)? else { return Ok(None) };
+    let body = &buf[r];
+    if !nested.is_empty() {
+        check_nested(body, nested).map_err(|_| DecodeError::Invalid(what))?;
+    }
+    let m = M::from_reader(&mut quick_protobuf::BytesReader::from_bytes(body), body).map_err(|_| DecodeError::Invalid(what))?;
+    Ok(Some((m, used)))
+}
+
+/// Writes a message of generated code (pb-rs) with its varint length prefix.
+pub fn write_frame<M: quick_protobuf::MessageWrite>(m: &M, out: &mut Vec<u8>) {
+    varint::encode(m.get_size() as u64, out);
+    m.write_message(&mut quick_protobuf::Writer::new(&mut *out)).expect("invariant: writing to a Vec cannot fail");
+}
+
 impl<'a> Value<'a> {
     pub fn bytes(self) -> Result<&'a [u8], DecodeError> {
         match self {

@@ -4,8 +4,7 @@
 use crate::identity::PeerId;
 use crate::multiaddr::Multiaddr;
 use crate::pb::Nest;
-use crate::{varint, DecodeError};
-use quick_protobuf::{BytesReader, MessageRead, MessageWrite, Writer};
+use crate::DecodeError;
 
 #[allow(clippy::all, clippy::pedantic, non_snake_case, non_upper_case_globals, non_camel_case_types, unused_imports, unknown_lints, dead_code)]
 #[rustfmt::skip]
@@ -74,13 +73,11 @@ pub enum Msg {
 }
 
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Msg, usize)>, DecodeError> {
-    let Some((r, used)) = varint::decode_frame(buf, limits.max_message_len)? else { return Ok(None) };
-    let body = &buf[r];
-    let bad = |_| DecodeError::Invalid("malformed autonat protobuf");
-    // dial (2) embeds peer (1); dialResponse (3). See `pb::check_nested`.
-    crate::pb::check_nested(body, &[Nest(2, &[Nest(1, &[])]), Nest(3, &[])]).map_err(bad)?;
-    let m = pb::Message::from_reader(&mut BytesReader::from_bytes(body), body)
-        .map_err(|_| DecodeError::Invalid("malformed autonat protobuf"))?;
+    // dial (2) embeds peer (1); dialResponse (3).
+    let nested = [Nest(2, &[Nest(1, &[])]), Nest(3, &[])];
+    let Some((m, used)) = crate::pb::read_frame::<pb::Message>(buf, limits.max_message_len, &nested, "malformed autonat protobuf")? else {
+        return Ok(None);
+    };
     let msg = match m.type_pb {
         Some(0) => {
             let p = m.dial.and_then(|d| d.peer).ok_or(DecodeError::Invalid("autonat DIAL without a peer"))?;
@@ -117,8 +114,7 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
             }),
         },
     };
-    varint::encode(m.get_size() as u64, out);
-    m.write_message(&mut Writer::new(&mut *out)).expect("invariant: writing to a Vec cannot fail");
+    crate::pb::write_frame(&m, out);
 }
 
 #[cfg(test)]

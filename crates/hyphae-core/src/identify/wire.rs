@@ -7,7 +7,6 @@ use super::Info;
 use crate::identity::PublicKey;
 use crate::multiaddr::Multiaddr;
 use crate::{varint, DecodeError};
-use quick_protobuf::{BytesReader, MessageRead, MessageWrite, Writer};
 
 #[allow(clippy::all, clippy::pedantic, non_snake_case, non_upper_case_globals, non_camel_case_types, unused_imports, unknown_lints)]
 #[rustfmt::skip]
@@ -48,10 +47,9 @@ impl Limits {
 
 /// Decodes one length-prefixed message from the front of `buf`.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Info, usize)>, DecodeError> {
-    let Some((r, used)) = varint::decode_frame(buf, limits.max_message_len)? else { return Ok(None) };
-    let body = &buf[r];
-    let msg = pb::Identify::from_reader(&mut BytesReader::from_bytes(body), body)
-        .map_err(|_| DecodeError::Invalid("malformed identify protobuf"))?;
+    let Some((msg, used)) = crate::pb::read_frame::<pb::Identify>(buf, limits.max_message_len, &[], "malformed identify protobuf")? else {
+        return Ok(None);
+    };
     Ok(Some((Info::try_from_pb(msg, limits)?, used)))
 }
 
@@ -66,8 +64,7 @@ pub fn encode(info: &Info, out: &mut Vec<u8>) {
         agentVersion: info.agent_version.clone(),
         signedPeerRecord: info.signed_peer_record.clone(),
     };
-    varint::encode(msg.get_size() as u64, out);
-    msg.write_message(&mut Writer::new(&mut *out)).expect("invariant: writing to a Vec cannot fail");
+    crate::pb::write_frame(&msg, out);
 }
 
 impl Info {

@@ -4,8 +4,7 @@
 use crate::identity::PeerId;
 use crate::multiaddr::Multiaddr;
 use crate::pb::Nest;
-use crate::{varint, DecodeError};
-use quick_protobuf::{BytesReader, MessageRead, MessageWrite, Writer};
+use crate::DecodeError;
 
 // `dead_code`: the spec's MessageType enum is generated but the field is read as int32 (see dht.proto).
 #[allow(clippy::all, clippy::pedantic, non_snake_case, non_upper_case_globals, non_camel_case_types, unused_imports, unknown_lints, dead_code)]
@@ -118,13 +117,11 @@ impl Msg {
 /// are skipped (counted in the returned `Msg`'s absence: callers compare with what they expected), as
 /// are addresses hyphae cannot parse.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Msg, usize)>, DecodeError> {
-    let Some((r, used)) = varint::decode_frame(buf, limits.max_message_len)? else { return Ok(None) };
-    let body = &buf[r];
-    // Embedded messages: record (3), closer peers (8), provider peers (9). See `pb::check_nested`.
-    crate::pb::check_nested(body, &[Nest(3, &[]), Nest(8, &[]), Nest(9, &[])])
-        .map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
-    let m =
-        pb::Message::from_reader(&mut BytesReader::from_bytes(body), body).map_err(|_| DecodeError::Invalid("malformed kad protobuf"))?;
+    // Embedded messages: record (3), closer peers (8), provider peers (9).
+    let nested = [Nest(3, &[]), Nest(8, &[]), Nest(9, &[])];
+    let Some((m, used)) = crate::pb::read_frame::<pb::Message>(buf, limits.max_message_len, &nested, "malformed kad protobuf")? else {
+        return Ok(None);
+    };
     let kind = MsgType::from_i32(m.type_pb.unwrap_or(0)).ok_or(DecodeError::Invalid("unknown kad message type"))?;
     let key = m.key.unwrap_or_default();
     if key.len() > limits.max_key_len {
@@ -201,8 +198,7 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
         closerPeers: peers(&msg.closer),
         providerPeers: peers(&msg.providers),
     };
-    varint::encode(m.get_size() as u64, out);
-    m.write_message(&mut Writer::new(&mut *out)).expect("invariant: writing to a Vec cannot fail");
+    crate::pb::write_frame(&m, out);
 }
 
 #[cfg(test)]
