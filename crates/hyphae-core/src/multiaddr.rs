@@ -353,6 +353,15 @@ impl Multiaddr {
         Ok(Multiaddr(v))
     }
 
+    /// The first IP address in the address (`/ip4` or `/ip6`), wherever it stands.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.0.iter().find_map(|p| match p {
+            Protocol::Ip4(a) => Some(IpAddr::V4(*a)),
+            Protocol::Ip6(a) => Some(IpAddr::V6(*a)),
+            _ => None,
+        })
+    }
+
     /// The socket address of an `/ip4|ip6/../tcp|udp/..` prefix.
     pub fn socket_addr(&self) -> Option<(core::net::SocketAddr, bool /* tcp */)> {
         let ip: IpAddr = match self.0.first()? {
@@ -393,6 +402,19 @@ impl Multiaddr {
             },
         };
         Multiaddr(vec![ip, Protocol::Tcp(sa.port())])
+    }
+}
+
+/// Not reachable from the internet: loopback, private (RFC 1918; fc00::/7), link-local (169.254/16;
+/// fe80::/10) or unspecified. The DHT's diversity filter exempts such addresses; AutoNAT refuses to dial
+/// them back.
+pub fn is_local_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            v6.is_loopback() || v6.is_unspecified() || (o[0] & 0xfe) == 0xfc || (o[0] == 0xfe && (o[1] & 0xc0) == 0x80)
+        }
     }
 }
 

@@ -3,11 +3,10 @@
 use super::wire::{self, Msg, Status};
 use super::{Config, Event, Reachability, PROTOCOL_ID};
 use crate::identity::PeerId;
-use crate::multiaddr::{Multiaddr, Protocol};
+use crate::multiaddr::{is_local_ip, Multiaddr, Protocol};
 use crate::service::{ConnId, ConnectionEvent, Cx, Event as NodeEvent, Service, StreamEvent};
 use crate::stream::{CloseReason, OpenError, Role, StreamId, Violation, ViolationKind};
 use crate::time::Instant;
-use core::net::IpAddr;
 use rand_core::RngCore;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -55,21 +54,6 @@ pub struct AutonatService {
     dialbacks: Vec<DialBack>,
     recent: VecDeque<Instant>,
     recent_per_peer: BTreeMap<PeerId, VecDeque<Instant>>,
-}
-
-fn ip_of(a: &Multiaddr) -> Option<IpAddr> {
-    a.protocols().iter().find_map(|p| match p {
-        Protocol::Ip4(v4) => Some(IpAddr::V4(*v4)),
-        Protocol::Ip6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    })
-}
-
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified() || (v6.octets()[0] & 0xfe) == 0xfc,
-    }
 }
 
 impl AutonatService {
@@ -219,15 +203,15 @@ impl AutonatService {
             return Self::respond(cx, conn, stream, &from, Status::BadRequest, "peer id mismatch", None);
         }
         let Some((_, observed)) = cx.connection(conn) else { return };
-        let Some(ip) = ip_of(&observed).filter(|_| !observed.protocols().contains(&Protocol::P2pCircuit)) else {
+        let Some(ip) = observed.ip().filter(|_| !observed.protocols().contains(&Protocol::P2pCircuit)) else {
             return Self::respond(cx, conn, stream, &from, Status::DialRefused, "no observed IP", None);
         };
-        if is_private(ip) && !self.config.allow_private {
+        if is_local_ip(ip) && !self.config.allow_private {
             return Self::respond(cx, conn, stream, &from, Status::DialRefused, "refusing to dial back a private address", None);
         }
         // spec(autonat-v1): "implementations MUST NOT dial any multiaddress unless it is based on the IP
         // address the requesting node is observed as".
-        let Some(addr) = addrs.into_iter().find(|a| ip_of(a) == Some(ip) && !a.protocols().contains(&Protocol::P2pCircuit)) else {
+        let Some(addr) = addrs.into_iter().find(|a| a.ip() == Some(ip) && !a.protocols().contains(&Protocol::P2pCircuit)) else {
             return Self::respond(cx, conn, stream, &from, Status::DialRefused, "no address on the observed IP", None);
         };
         if self.dialbacks.len() >= self.config.max_dialbacks || !self.rate_ok(cx.now, &from) {

@@ -6,7 +6,7 @@
 
 use super::{Key, PeerInfo};
 use crate::identity::PeerId;
-use crate::multiaddr::{Multiaddr, Protocol};
+use crate::multiaddr::{is_local_ip, Multiaddr};
 use crate::time::Instant;
 use core::net::IpAddr;
 
@@ -54,26 +54,15 @@ pub struct Table {
 
 /// The IP group an address counts in for the diversity filter, or `None` when exempt.
 fn group(a: &Multiaddr, private_too: bool) -> Option<Vec<u8>> {
-    let ip = a.protocols().iter().find_map(|p| match p {
-        Protocol::Ip4(v4) => Some(IpAddr::V4(*v4)),
-        Protocol::Ip6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    })?;
+    let ip = a.ip()?;
+    if !private_too && is_local_ip(ip) {
+        return None;
+    }
     match ip {
-        IpAddr::V4(v4) => {
-            if !private_too && (v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()) {
-                return None;
-            }
-            Some(vec![4, v4.octets()[0], v4.octets()[1]])
-        }
+        IpAddr::V4(v4) => Some(vec![4, v4.octets()[0], v4.octets()[1]]),
         IpAddr::V6(v6) => {
-            let o = v6.octets();
-            let local = v6.is_loopback() || v6.is_unspecified() || (o[0] & 0xfe) == 0xfc || (o[0] == 0xfe && (o[1] & 0xc0) == 0x80);
-            if !private_too && local {
-                return None;
-            }
             let mut g = vec![6];
-            g.extend_from_slice(&o[..4]);
+            g.extend_from_slice(&v6.octets()[..4]);
             Some(g)
         }
     }
