@@ -25,6 +25,12 @@ const MAX_SEEDS: usize = 16;
 /// How often expired records and providers are dropped.
 const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 
+/// `now + base`, plus a random part of up to `base / divisor` (so nodes started together spread out).
+fn jittered(cx: &mut Cx<'_>, base: Duration, divisor: u64) -> Instant {
+    let span = (base.as_nanos() as u64 / divisor).max(1);
+    cx.now + base + Duration::from_nanos(cx.rng.next_u64() % span)
+}
+
 /// What a query is for.
 #[derive(Debug, Clone)]
 enum Kind {
@@ -61,6 +67,8 @@ enum ReqState {
     Dialing,
     Opening(ConnId),
     Sent(ConnId, StreamId),
+    /// Its stream is released or gone: nothing left to reset (the request ends right after).
+    Detached,
 }
 
 struct Request {
@@ -194,9 +202,7 @@ impl KadService {
             Insert::Added => {
                 cx.emit(NodeEvent::Kad(Event::RoutingUpdated { peer: peer.clone() }));
                 if self.next_refresh.is_none() {
-                    let interval = self.config.refresh_interval;
-                    let jitter = Duration::from_nanos(cx.rng.next_u64() % (interval.as_nanos() as u64 / 10).max(1));
-                    self.next_refresh = Some(cx.now + interval + jitter);
+                    self.next_refresh = Some(jittered(cx, self.config.refresh_interval, 10));
                 }
             }
             Insert::Diversity => self.stats.table_rejected_diversity += 1,
@@ -354,9 +360,7 @@ impl KadService {
             Kind::FindPeer(_) if st.found.is_none() => self.finish(cx, id, Err(QueryError::NotFound)),
             Kind::Bootstrap if st.q.answered == 0 => {
                 // Nobody answered (the seeds refused us, or are gone): try again later from the seeds.
-                let retry = self.config.rebootstrap_after;
-                let jitter = Duration::from_nanos(cx.rng.next_u64() % (retry.as_nanos() as u64 / 4).max(1));
-                self.next_rebootstrap = Some(cx.now + retry + jitter);
+                self.next_rebootstrap = Some(jittered(cx, self.config.rebootstrap_after, 4));
                 self.finish(cx, id, Err(QueryError::NoAnswer));
             }
             Kind::GetValue { found: 0, .. } => self.finish(cx, id, Err(QueryError::NotFound)),
@@ -416,27 +420,25 @@ impl KadService {
                 addrs = e.addrs.clone();
             }
         }
-        let state = if let Some(conn) = self.conn_to(&peer) {
+        let mut state = ReqState::Dialing;
+        let mut unroutable = false;
+        if let Some(conn) = self.conn_to(&peer) {
             // Lazy: the request goes out with the protocol proposal (one round trip less per request).
             cx.open_stream_lazy(conn, PROTOCOL_ID, token);
-            ReqState::Opening(conn)
-        } else {
-            let dialing = self.requests.values().any(|r| r.peer == peer && r.state == ReqState::Dialing);
-            if !dialing {
-                if addrs.is_empty() {
-                    self.requests.insert(
-                        token,
-                        Request { peer, query, msg, expect_reply, state: ReqState::Dialing, addrs, deadline, buf: Vec::new() },
-                    );
-                    self.fail_request(cx, token);
-                    return;
-                }
+            state = ReqState::Opening(conn);
+        } else if !self.requests.values().any(|r| r.peer == peer && r.state == ReqState::Dialing) {
+            // One dial per peer: requests waiting for it share its connection.
+            if addrs.is_empty() {
+                unroutable = true;
+            } else {
                 let a = addrs.remove(0);
                 cx.dial(a.with_peer_id(&peer), Some(peer.clone()));
             }
-            ReqState::Dialing
-        };
+        }
         self.requests.insert(token, Request { peer, query, msg, expect_reply, state, addrs, deadline, buf: Vec::new() });
+        if unroutable {
+            self.fail_request(cx, token);
+        }
     }
 
     /// Forgets a request, resetting its stream.
@@ -448,7 +450,7 @@ impl KadService {
                 cx.reset_stream(c, s);
             }
             ReqState::Opening(c) => cx.cancel_open(c, token),
-            ReqState::Dialing => {}
+            ReqState::Dialing | ReqState::Detached => {}
         }
         Some(r)
     }
@@ -597,9 +599,7 @@ impl KadService {
             self.next_refresh = None;
             return;
         }
-        let interval = self.config.refresh_interval;
-        let jitter = Duration::from_nanos(cx.rng.next_u64() % (interval.as_nanos() as u64 / 10).max(1));
-        self.next_refresh = Some(cx.now + interval + jitter);
+        self.next_refresh = Some(jittered(cx, self.config.refresh_interval, 10));
         let key = self.local.to_bytes();
         let _ = self.start(cx, Kind::Bootstrap, key);
         self.refresh_buckets(cx);
@@ -677,7 +677,7 @@ impl Service for KadService {
                         if let ReqState::Sent(c, s) = r.state {
                             self.by_stream.remove(&(c, s));
                         }
-                        r.state = ReqState::Dialing; // nothing to reset any more
+                        r.state = ReqState::Detached;
                     }
                     self.fail_request(cx, t);
                 }
@@ -789,7 +789,7 @@ impl Service for KadService {
                 cx.close_stream(conn, stream);
                 cx.release(conn, stream);
                 self.by_stream.remove(&(conn, stream));
-                r.state = ReqState::Dialing; // the stream is released: nothing to reset
+                r.state = ReqState::Detached;
                 self.complete(cx, token, None);
             }
             return;
@@ -805,7 +805,7 @@ impl Service for KadService {
                         cx.close_stream(conn, stream);
                         cx.release(conn, stream);
                         self.by_stream.remove(&(conn, stream));
-                        r.state = ReqState::Dialing;
+                        r.state = ReqState::Detached;
                         self.complete(cx, token, Some(m));
                     }
                     Err(e) => {
@@ -822,7 +822,7 @@ impl Service for KadService {
                     if matches!(ev, StreamEvent::Eof) {
                         cx.release(conn, stream);
                     }
-                    r.state = ReqState::Dialing;
+                    r.state = ReqState::Detached;
                 }
                 self.fail_request(cx, token);
             }
@@ -833,7 +833,7 @@ impl Service for KadService {
     fn on_open_failed(&mut self, cx: &mut Cx<'_>, _conn: ConnId, token: u64, reason: &OpenError) {
         if let Some(r) = self.requests.get_mut(&token) {
             tracing::debug!(peer = %r.peer, %reason, "kad stream refused");
-            r.state = ReqState::Dialing;
+            r.state = ReqState::Detached;
             self.fail_request(cx, token);
         }
     }
