@@ -165,19 +165,17 @@ impl KadService {
     /// Pins the mode (call `Node::update_protocols` after, so the protocol is announced or withdrawn).
     pub fn set_mode(&mut self, cx: &mut Cx<'_>, mode: Mode) {
         self.config.mode = mode;
-        let server = match mode {
-            Mode::Server => true,
-            Mode::Client => false,
-            Mode::Auto => self.server,
-        };
-        self.set_server(cx, server);
+        self.follow_mode(cx);
     }
 
-    /// Auto mode: reachability changed (AutoNAT's verdict, with its hysteresis).
-    pub fn set_public(&mut self, cx: &mut Cx<'_>, public: bool) {
-        if self.config.mode == Mode::Auto {
-            self.set_server(cx, public);
-        }
+    /// Serves or not as the mode says; auto mode serves exactly while AutoNAT says we are public.
+    fn follow_mode(&mut self, cx: &mut Cx<'_>) {
+        let server = match self.config.mode {
+            Mode::Server => true,
+            Mode::Client => false,
+            Mode::Auto => cx.local.reachability == crate::autonat::Reachability::Public,
+        };
+        self.set_server(cx, server);
     }
 
     fn set_server(&mut self, cx: &mut Cx<'_>, server: bool) {
@@ -706,11 +704,7 @@ impl Service for KadService {
     }
 
     fn on_local_changed(&mut self, cx: &mut Cx<'_>) {
-        // Auto mode serves exactly while AutoNAT says we are public.
-        if self.config.mode == Mode::Auto {
-            let public = cx.local.reachability == crate::autonat::Reachability::Public;
-            self.set_server(cx, public);
-        }
+        self.follow_mode(cx);
     }
 
     fn on_inbound(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, _protocol: &str) {
