@@ -15,16 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
 async fn cli_node_ping_id_and_sigint() {
     let dir = TempDir::new("cli");
     let key = dir.0.join("node.key");
-    let mut node = Command::new(BIN)
-        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--key"])
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let (mut node, addr) = start_node(&["--key", key.to_str().unwrap()]).await;
     assert!(addr.starts_with("/ip4/127.0.0.1/tcp/") && addr.contains("/p2p/12D3KooW"), "{addr}");
 
     let id = Command::new(BIN).args(["id", "--key"]).arg(&key).output().await.unwrap();
