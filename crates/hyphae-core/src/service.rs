@@ -335,6 +335,13 @@ impl Cx<'_> {
         self.op(conn, Op::Close { stream });
     }
 
+    /// The usual end of a request or an answer: half-close once what was written has gone, and let go
+    /// of the stream ([`Cx::close_stream`] then [`Cx::release`]).
+    pub fn finish(&mut self, conn: ConnId, stream: StreamId) {
+        self.close_stream(conn, stream);
+        self.release(conn, stream);
+    }
+
     /// Resets the stream and releases it (no `release` needed after it).
     pub fn reset_stream(&mut self, conn: ConnId, stream: StreamId) {
         self.op(conn, Op::Reset { stream });

@@ -156,8 +156,7 @@ impl AutonatService {
             if reset {
                 cx.reset_stream(p.conn, s);
             } else {
-                cx.close_stream(p.conn, s);
-                cx.release(p.conn, s);
+                cx.finish(p.conn, s);
             }
         }
         Some(p)
@@ -170,8 +169,7 @@ impl AutonatService {
         let mut out = Vec::new();
         wire::encode(&Msg::DialResponse { status, text: (!text.is_empty()).then(|| text.to_string()), addr }, &mut out);
         cx.write(conn, stream, &out);
-        cx.close_stream(conn, stream);
-        cx.release(conn, stream);
+        cx.finish(conn, stream);
         cx.emit(NodeEvent::Autonat(Event::Served { peer: peer.clone(), status }));
     }
 

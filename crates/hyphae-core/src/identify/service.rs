@@ -54,8 +54,7 @@ impl Reading {
 /// Writes our info on `stream` and lets it go (an answer, or a push with no `observed`).
 fn send_info(cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, observed: Option<Multiaddr>) {
     cx.write(conn, stream, &local_info(cx.local, observed).encode());
-    cx.close_stream(conn, stream);
-    cx.release(conn, stream);
+    cx.finish(conn, stream);
 }
 
 pub struct IdentifyService {

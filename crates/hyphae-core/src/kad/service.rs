@@ -759,8 +759,7 @@ impl Service for KadService {
                 }
                 StreamEvent::Eof => {
                     self.inbound.remove(&(conn, stream));
-                    cx.close_stream(conn, stream);
-                    cx.release(conn, stream);
+                    cx.finish(conn, stream);
                 }
                 StreamEvent::Reset => {
                     self.inbound.remove(&(conn, stream));
@@ -780,8 +779,7 @@ impl Service for KadService {
             wire::encode(&r.msg, &mut out);
             cx.write(conn, stream, &out);
             if !r.expect_reply {
-                cx.close_stream(conn, stream);
-                cx.release(conn, stream);
+                cx.finish(conn, stream);
                 self.by_stream.remove(&(conn, stream));
                 r.state = ReqState::Detached;
                 self.complete(cx, token, None);
@@ -796,8 +794,7 @@ impl Service for KadService {
                 match wire::decode(&r.buf, &self.config.limits) {
                     Ok(None) => {}
                     Ok(Some((m, _))) => {
-                        cx.close_stream(conn, stream);
-                        cx.release(conn, stream);
+                        cx.finish(conn, stream);
                         self.by_stream.remove(&(conn, stream));
                         r.state = ReqState::Detached;
                         self.complete(cx, token, Some(m));

@@ -127,8 +127,7 @@ impl PerfService {
     fn serve_next(sv: &mut Serving, cx: &mut Cx<'_>, conn: ConnId, s: StreamId) -> bool {
         let Some(left) = sv.left.as_mut() else { return false };
         if *left == 0 {
-            cx.close_stream(conn, s);
-            cx.release(conn, s);
+            cx.finish(conn, s);
             return true;
         }
         let k = (*left).min(BLOCK.len() as u64) as usize;

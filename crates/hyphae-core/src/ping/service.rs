@@ -146,8 +146,7 @@ impl Service for PingService {
                 }
                 StreamEvent::Eof => {
                     self.inbound.remove(&(conn, stream));
-                    cx.close_stream(conn, stream);
-                    cx.release(conn, stream);
+                    cx.finish(conn, stream);
                 }
                 StreamEvent::Reset => {
                     self.inbound.remove(&(conn, stream));
@@ -238,8 +237,7 @@ impl Service for PingService {
             let idle: Vec<(ConnId, StreamId)> = self.inbound.iter().filter(|(_, (_, last))| *last + IDLE <= now).map(|(k, _)| *k).collect();
             for (conn, s) in idle {
                 self.inbound.remove(&(conn, s));
-                cx.close_stream(conn, s);
-                cx.release(conn, s);
+                cx.finish(conn, s);
             }
             self.sweep = self.inbound.values().map(|(_, last)| sweep_after(*last + IDLE)).min();
         }
