@@ -1,6 +1,7 @@
 //! Shared by the node-machine fuzz targets: a connection whose streams return what the fuzzer says.
-use hyphae_core::conn::{Event, ReadResult, StreamError, StreamId, Streams};
-use hyphae_core::{Instant, Keypair};
+use hyphae_core::conn::{CloseReason, Event, OpenError, ReadResult, Role, StreamError, StreamId, Streams};
+use hyphae_core::node::{self, ConnId, Node};
+use hyphae_core::{identify, Duration, Instant, Keypair, Multiaddr};
 use std::sync::OnceLock;
 
 /// A connection whose streams return what the fuzzer says.
@@ -70,3 +71,69 @@ pub fn keys() -> &'static (Keypair, Keypair) {
     })
 }
 
+
+/// The one connection both targets drive.
+pub const CONN: ConnId = ConnId(1);
+
+/// Admits the connection and establishes it with the second key of [`keys`].
+pub fn connect(n: &mut Node, m: &mut Fake<'_>, now: Instant, role: Role) {
+    let (_, them) = keys();
+    n.admit(CONN, role, Multiaddr::empty(), None).expect("room for one");
+    let _ = n.on_conn_event(now, CONN, established(&them.peer_id(), them), m);
+}
+
+/// The connection-level steps both targets take, chosen by `op % 9`: stream events (0–4), time passing
+/// with timers and flushes (5), a reconnect (8). Returns `false` for the target's own ops (6, 7).
+pub fn connection_step(n: &mut Node, m: &mut Fake<'_>, now: &mut Instant, op: u8, protocols: &[&str]) -> bool {
+    let s = StreamId(u32::from(m.byte() % 16));
+    match op % 9 {
+        0 => {
+            let protocol = protocols[usize::from(m.byte()) % protocols.len()].to_string();
+            let _ = n.on_conn_event(*now, CONN, Event::InboundStream { id: s, protocol }, m);
+        }
+        1 => {
+            let _ = n.on_conn_event(*now, CONN, Event::OutboundReady { id: s, protocol: String::new() }, m);
+        }
+        2 => {
+            let _ = n.on_conn_event(*now, CONN, Event::Readable(s), m);
+            let _ = n.on_conn_event(*now, CONN, Event::Writable(s), m);
+        }
+        3 => {
+            let _ = n.on_conn_event(*now, CONN, Event::Reset(s), m);
+        }
+        4 => {
+            let _ = n.on_conn_event(*now, CONN, Event::OutboundFailed { id: s, reason: OpenError::Reset }, m);
+        }
+        5 => {
+            *now = *now + Duration::from_millis(u64::from(m.byte()) * 100);
+            n.handle_timeout(*now);
+            for id in n.due() {
+                n.flush(*now, id, m);
+            }
+        }
+        6 | 7 => return false,
+        _ => {
+            let _ = n.on_conn_event(*now, CONN, Event::Closed { reason: CloseReason::Remote }, m);
+            connect(n, m, *now, Role::Listener);
+        }
+    }
+    true
+}
+
+/// Drains the node's events, checking that identify only ever accepts the peer's own key, and that the
+/// driver-side invariants hold. Returns how many events there were.
+pub fn drain_checked(n: &mut Node) -> usize {
+    let peer = keys().1.peer_id();
+    let mut events = 0;
+    while let Some(e) = n.poll_event() {
+        events += 1;
+        if let node::Event::Identify(identify::Event::Received { info, .. }) = &e {
+            if let Some(k) = &info.public_key {
+                assert!(peer.matches(k), "identify accepted a key that is not the peer's");
+            }
+        }
+    }
+    assert!(n.poll_timeout().is_some() || n.connected_peers().is_empty());
+    assert!(n.stats().events_dropped == 0, "the driver drains every call: nothing dropped");
+    events
+}
