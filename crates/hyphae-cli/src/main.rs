@@ -270,9 +270,10 @@ async fn node(args: Args) -> Result<(), String> {
 
 /// `hyphae dht OP ARG`: join as a client, run one operation, print its results.
 async fn dht(args: Args) -> Result<(), String> {
-    let (op, arg) = match &args.positional[..] {
-        [op, arg] => (op.as_str(), arg.as_str()),
-        [op, k, _] if op == "put" => ("put", k.as_str()),
+    let (op, arg, file) = match &args.positional[..] {
+        [op, _] if op == "put" => return Err("dht put needs KEY VALUE_FILE".into()),
+        [op, arg] => (op.as_str(), arg.as_str(), None),
+        [op, k, file] if op == "put" => ("put", k.as_str(), Some(file)),
         _ => return Err("dht needs an operation and its argument (see usage)".into()),
     };
     if args.bootstrap.is_empty() {
@@ -309,7 +310,7 @@ async fn dht(args: Args) -> Result<(), String> {
             Ok(())
         }
         "put" => {
-            let [_, _, file] = &args.positional[..] else { return Err("dht put needs KEY VALUE_FILE".into()) };
+            let file = file.expect("invariant: put comes with its file (checked above)");
             let value = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
             let k = keys::record_key(arg)?;
             let n = d.put_value(&k, &value).await.map_err(|e| format!("put: {e}"))?;
