@@ -23,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
         max_streams: 8,
         max_connections: 4,
         max_datagrams: 1,
+        stream_window: hyphae_core::quic::DEFAULT_STREAM_WINDOW,
+        connection_window: hyphae_core::quic::DEFAULT_CONNECTION_WINDOW,
     };
     let mut ep = Endpoint::new(cfg).expect("config");
     let from = "10.0.0.1:1".parse().unwrap();

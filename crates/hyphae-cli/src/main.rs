@@ -21,7 +21,8 @@ usage:
       results one per line (get: the value's raw bytes). KEY: /pk/PEER_ID, /ipns/PEER_ID or other
       text; CID: CIDv0 (Qm…) or CIDv1 base32 (b…).
   hyphae ping MULTIADDR [--count N] [--key FILE] [--key-type T]
-      Dials MULTIADDR (ending in /p2p/<id>), prints the remote's identify info and N ping RTTs.
+      Dials MULTIADDR (ending in /p2p/<id>), prints the time from the dial to the first ping answer
+      (in round trips: the set-up cost), the remote's identify info and N ping RTTs.
   hyphae id [--key FILE]
       Prints the peer ID of the key (the default key if none given).
   hyphae perf --server [--listen MULTIADDR]... [--key FILE]
@@ -441,7 +442,18 @@ async fn ping(args: Args) -> Result<(), String> {
     let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
     let t0 = std::time::Instant::now();
     let peer = host.connect(&addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
-    println!("connected to {peer} in {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
+    let connected = t0.elapsed();
+    // The set-up cost a user sees: from the dial to the first ping answer (the ping goes out with its
+    // protocol proposal, so on a fresh connection this is the handshake plus one round trip).
+    let first = host.ping(&peer).await.map_err(|e| format!("ping: {e}"))?;
+    let answered = t0.elapsed();
+    println!("connected to {peer} in {:.2} ms", connected.as_secs_f64() * 1e3);
+    println!(
+        "first ping answer {:.2} ms after dialing ({:.1} round trips of {:.2} ms)",
+        answered.as_secs_f64() * 1e3,
+        answered.as_secs_f64() / first.as_secs_f64(),
+        first.as_secs_f64() * 1e3
+    );
     let info = host.identify(&peer).await.map_err(|e| format!("identify: {e}"))?;
     println!("agent: {}", info.agent_version.as_deref().unwrap_or("?"));
     println!("protocol version: {}", info.protocol_version.as_deref().unwrap_or("?"));

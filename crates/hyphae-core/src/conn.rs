@@ -328,10 +328,11 @@ impl Connection {
         self.deadline
     }
 
-    pub fn handle_input(&mut self, _now: Instant, data: &[u8]) {
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
         if matches!(self.stage, Stage::Closed) {
             return;
         }
+        self.set_now(now);
         self.stats.bytes_in += data.len() as u64;
         self.raw_in.extend_from_slice(data);
         self.advance();
@@ -570,6 +571,12 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Events are waiting: `poll_transmit` can raise some (a stream that becomes writable once the
+    /// muxer's buffer went out), so a driver that transmits last asks this before it sleeps.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     fn drain_muxer_events(&mut self) {
         loop {
             let Some(y) = &mut self.muxer else { return };
@@ -712,6 +719,13 @@ impl Connection {
         Ok(id)
     }
 
+    /// The time for the muxer's window growth (yamux measures the round trip and how fast streams are read).
+    pub fn set_now(&mut self, now: Instant) {
+        if let Some(Muxer::Yamux(y)) = &mut self.muxer {
+            y.set_now(now);
+        }
+    }
+
     pub fn stream_read(&mut self, id: StreamId, buf: &mut [u8]) -> ReadResult {
         let Some(e) = self.streams.get_mut(&id) else { return ReadResult::Reset };
         if e.neg.is_some() {
@@ -791,7 +805,8 @@ impl Streams for Connection {
     fn open_stream_lazy(&mut self, _now: Instant, protocol: String) -> Result<StreamId, StreamError> {
         Connection::open_stream_lazy(self, protocol)
     }
-    fn stream_read(&mut self, _now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
+    fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
+        self.set_now(now);
         Connection::stream_read(self, s, buf)
     }
     fn stream_write(&mut self, _now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError> {

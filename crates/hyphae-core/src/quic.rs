@@ -41,7 +41,20 @@ pub struct Config {
     pub max_connections: usize,
     /// Datagrams per transmit (UDP GSO segments the driver can send in one call; 1 without GSO).
     pub max_datagrams: usize,
+    /// Receive window of each stream ([`DEFAULT_STREAM_WINDOW`]).
+    pub stream_window: u32,
+    /// Receive window of the connection, all streams together, and the most we buffer to send on it
+    /// ([`DEFAULT_CONNECTION_WINDOW`]).
+    pub connection_window: u32,
 }
+
+/// Default for `Config::stream_window`: 32 MiB, a stream's bandwidth-delay product at ~4 Gbit/s over
+/// 60 ms (yamux grows to the same). quinn allocates only for data that arrived and is not yet read, so an
+/// idle connection costs nothing for it; a peer can make a connection buffer at most
+/// `connection_window` that the application does not read.
+pub const DEFAULT_STREAM_WINDOW: u32 = 32 << 20;
+/// Default for `Config::connection_window`: 48 MiB.
+pub const DEFAULT_CONNECTION_WINDOW: u32 = 48 << 20;
 
 /// Datagrams for one destination: `data` holds one datagram, or several of `segment_size` bytes each
 /// (the last may be shorter) when the driver sends with GSO.
@@ -119,6 +132,9 @@ struct StreamEntry {
     prebuf: Vec<u8>,
     outbound: bool,
     remote_fin: bool,
+    /// Opened optimistically (multistream-select's lazy mode): reported ready and writable before the
+    /// listener confirmed the protocol.
+    lazy: bool,
 }
 
 struct QConn {
@@ -179,10 +195,10 @@ impl Endpoint {
         let mut transport = quinn_proto::TransportConfig::default();
         transport.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams));
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
-        // Flow-control windows as rust-libp2p sets them (quinn's defaults assume 100 Mbit/s × 100 ms).
-        transport.stream_receive_window(VarInt::from_u32(10_000_000));
-        transport.receive_window(VarInt::from_u32(15_000_000));
-        transport.send_window(15_000_000);
+        // Flow-control windows (quinn's defaults assume 100 Mbit/s × 100 ms; rust-libp2p sets 10/15 MB).
+        transport.stream_receive_window(VarInt::from_u32(config.stream_window));
+        transport.receive_window(VarInt::from_u32(config.connection_window));
+        transport.send_window(config.connection_window as u64);
         // go-libp2p and rust-libp2p keep QUIC connections alive with pings; an idle timeout bounds dead ones.
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
         transport.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
@@ -489,7 +505,7 @@ impl Endpoint {
                 }
                 c.streams.insert(
                     u64::from(id),
-                    StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, remote_fin: false },
+                    StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, remote_fin: false, lazy: false },
                 );
                 self.negotiate(cid, h, id);
             },
@@ -562,12 +578,15 @@ impl Endpoint {
                 let (_, rest) = entry.neg.take().expect("invariant: negotiating");
                 entry.prebuf = rest;
                 entry.remote_fin = eof;
-                let ev = if entry.outbound {
-                    Event::OutboundReady { conn: cid, id: s, protocol }
-                } else {
-                    Event::InboundStream { conn: cid, id: s, protocol }
-                };
-                self.events.push_back(ev);
+                // A lazy stream was reported ready when it was opened.
+                if !entry.lazy {
+                    let ev = if entry.outbound {
+                        Event::OutboundReady { conn: cid, id: s, protocol }
+                    } else {
+                        Event::InboundStream { conn: cid, id: s, protocol }
+                    };
+                    self.events.push_back(ev);
+                }
                 if !entry.prebuf.is_empty() || eof {
                     self.events.push_back(Event::Readable { conn: cid, id: s });
                 }
@@ -578,10 +597,18 @@ impl Endpoint {
                     Err(e) => crate::mss::open_error(e),
                     _ => OpenError::Eof,
                 };
-                let outbound = entry.outbound;
-                c.streams.remove(&u64::from(id));
+                let (outbound, lazy) = (entry.outbound, entry.lazy);
                 let _ = c.conn.send_stream(id).reset(VarInt::from_u32(0));
                 let _ = c.conn.recv_stream(id).stop(VarInt::from_u32(0));
+                if lazy {
+                    // Its owner holds it as open: a reset, forgotten when the owner releases it.
+                    tracing::debug!(stream = %s, %reason, "lazy stream refused");
+                    entry.neg = None;
+                    entry.remote_fin = false;
+                    self.events.push_back(Event::Reset { conn: cid, id: s });
+                    return;
+                }
+                c.streams.remove(&u64::from(id));
                 if outbound {
                     self.events.push_back(Event::OutboundFailed { conn: cid, id: s, reason });
                 }
@@ -594,6 +621,19 @@ impl Endpoint {
     }
 
     pub fn open_stream(&mut self, now: Instant, conn: QuicConnId, protocols: Vec<String>) -> Result<StreamId, StreamError> {
+        self.open(now, conn, protocols, false)
+    }
+
+    /// Opens a stream for `protocol` optimistically (multistream-select's lazy mode, as over TCP):
+    /// `OutboundReady` comes at once and writes go out right behind the proposal, in the same packet; a
+    /// listener that refuses resets the stream.
+    pub fn open_stream_lazy(&mut self, now: Instant, conn: QuicConnId, protocol: String) -> Result<StreamId, StreamError> {
+        let id = self.open(now, conn, vec![protocol.clone()], true)?;
+        self.events.push_back(Event::OutboundReady { conn, id, protocol });
+        Ok(id)
+    }
+
+    fn open(&mut self, now: Instant, conn: QuicConnId, protocols: Vec<String>, lazy: bool) -> Result<StreamId, StreamError> {
         let c = self.conn_mut(conn).ok_or(StreamError::Unknown)?;
         if !c.established {
             return Err(StreamError::GoingAway);
@@ -604,8 +644,10 @@ impl Endpoint {
         if let Some(b) = neg.poll_transmit() {
             let _ = c.conn.send_stream(id).write(&b);
         }
-        c.streams
-            .insert(u64::from(id), StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true, remote_fin: false });
+        c.streams.insert(
+            u64::from(id),
+            StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true, remote_fin: false, lazy },
+        );
         self.drive(now, ConnectionHandle(conn.0));
         Ok(s)
     }
@@ -655,7 +697,7 @@ impl Endpoint {
         let c = self.conn_mut(conn).ok_or(StreamError::Reset)?;
         match c.streams.get(&u64::from(id.0)) {
             None => return Err(StreamError::Reset),
-            Some(e) if e.neg.is_some() => return Ok(0),
+            Some(e) if e.neg.is_some() && !e.lazy => return Ok(0),
             _ => {}
         }
         let r = match c.conn.send_stream(qsid(id)).write(data) {
@@ -733,6 +775,9 @@ impl stream::Streams for ConnStreams<'_> {
     fn open_stream(&mut self, now: Instant, protocols: Vec<String>) -> Result<StreamId, StreamError> {
         self.ep.open_stream(now, self.conn, protocols)
     }
+    fn open_stream_lazy(&mut self, now: Instant, protocol: String) -> Result<StreamId, StreamError> {
+        self.ep.open_stream_lazy(now, self.conn, protocol)
+    }
     fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
         self.ep.stream_read(now, self.conn, s, buf)
     }
@@ -775,6 +820,8 @@ mod tests {
             max_streams: 256,
             max_connections: 16,
             max_datagrams: 4,
+            stream_window: super::DEFAULT_STREAM_WINDOW,
+            connection_window: super::DEFAULT_CONNECTION_WINDOW,
         };
         (Endpoint::new(cfg).unwrap(), id)
     }
@@ -827,6 +874,61 @@ mod tests {
         assert_eq!(b.stream_read(now, bconn, bs, &mut buf), ReadResult::Data(10));
         assert_eq!(&buf[..10], b"hello quic");
         assert_eq!(b.stream_read(now, bconn, bs, &mut buf), ReadResult::Eof);
+    }
+
+    #[test]
+    fn quic_lazy_stream_sends_its_request_with_the_proposal_and_a_refusal_resets_it() {
+        let base = std::time::Instant::now();
+        let a_addr: SocketAddr = "10.0.0.1:4001".parse().unwrap();
+        let b_addr: SocketAddr = "10.0.0.2:4001".parse().unwrap();
+        let (mut a, _) = endpoint(5, &[], base);
+        let (mut b, b_id) = endpoint(6, &["/echo/1"], base);
+        let mut now = Instant(0);
+        let conn = a.dial(now, b_addr, Some(b_id)).unwrap();
+        let (mut ev_a, mut ev_b) = (Vec::new(), Vec::new());
+        // One exchange per call: a's datagrams to b, then b's to a.
+        let exchange = |a: &mut Endpoint, b: &mut Endpoint, now: &mut Instant, ev_a: &mut Vec<Event>, ev_b: &mut Vec<Event>| {
+            *now = *now + std::time::Duration::from_millis(1);
+            a.flush(*now);
+            while let Some(t) = a.poll_transmit() {
+                for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                    b.handle_datagram(*now, a_addr, d);
+                }
+            }
+            b.flush(*now);
+            while let Some(t) = b.poll_transmit() {
+                for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                    a.handle_datagram(*now, b_addr, d);
+                }
+            }
+            ev_a.extend(std::iter::from_fn(|| a.poll_event()));
+            ev_b.extend(std::iter::from_fn(|| b.poll_event()));
+        };
+        for _ in 0..20 {
+            exchange(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
+        }
+        assert!(ev_a.iter().any(|e| matches!(e, Event::Established { .. })), "{ev_a:?}");
+        ev_a.clear();
+        let s = a.open_stream_lazy(now, conn, "/echo/1".into()).unwrap();
+        assert_eq!(a.poll_event(), Some(Event::OutboundReady { conn, id: s, protocol: "/echo/1".into() }), "ready at once");
+        assert_eq!(a.stream_write(now, conn, s, b"request").unwrap(), 7, "writable before the listener confirmed");
+        // One flight to b: the stream arrives with its request.
+        exchange(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
+        let (bconn, bs) = ev_b
+            .iter()
+            .find_map(|e| if let Event::InboundStream { conn, id, .. } = e { Some((*conn, *id)) } else { None })
+            .expect("inbound stream after one flight");
+        let mut buf = [0u8; 64];
+        assert_eq!(b.stream_read(now, bconn, bs, &mut buf), ReadResult::Data(7));
+        assert!(!ev_a.iter().any(|e| matches!(e, Event::OutboundReady { .. })), "not reported twice: {ev_a:?}");
+        // A protocol the listener does not serve: the lazy stream is reset.
+        let r = a.open_stream_lazy(now, conn, "/nope".into()).unwrap();
+        a.stream_write(now, conn, r, b"x").unwrap();
+        for _ in 0..3 {
+            exchange(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
+        }
+        assert!(ev_a.contains(&Event::Reset { conn, id: r }), "{ev_a:?}");
+        assert_eq!(a.stream_read(now, conn, r, &mut buf), ReadResult::Reset);
     }
 
     #[test]

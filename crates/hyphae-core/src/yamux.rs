@@ -4,6 +4,15 @@
 //! 256 KiB window; we grant a larger one (`Limits::stream_window`) in the SYN/ACK window update, as the
 //! spec allows. Frame bodies are consumed incrementally, so a large data frame never has to be buffered
 //! whole before it is delivered. Every limit is explicit in [`Limits`].
+//!
+//! Receive windows grow with the path (as go-yamux's do): a fixed window caps a stream at window / RTT
+//! (1 MiB over 60 ms is 0.14 Gbit/s). The session measures its round trip with a yamux ping while streams
+//! move data; when a stream's reader consumed half its window in less than two round trips, the window
+//! was what held the sender back, and the next window update doubles it, up to
+//! [`Limits::max_stream_window`] and within the connection's [`Limits::max_window_growth`]. A stream that
+//! is not read fast never grows, so idle connections keep the small initial window.
+
+use crate::time::{Duration, Instant};
 
 pub use crate::stream::{ReadResult, Role, StreamError, StreamId};
 use std::collections::{BTreeMap, VecDeque};
@@ -32,8 +41,15 @@ pub struct Limits {
     pub max_streams: usize,
     /// spec(yamux): "SHOULD at most allow an ACK backlog of 256 streams" — outbound streams not yet ACKed.
     pub max_ack_backlog: usize,
-    /// Receive window granted per stream; also the most bytes buffered per stream. Default 1 MiB.
+    /// Receive window first granted per stream. Default 1 MiB.
     pub stream_window: u32,
+    /// The most a stream's receive window grows to (and so the most bytes buffered per stream); equal to
+    /// `stream_window` turns growth off. Default 32 MiB (go-yamux: 16 MiB), enough for ~4 Gbit/s at a 60 ms
+    /// round trip.
+    pub max_stream_window: u32,
+    /// The most bytes all of a connection's streams together may have been granted beyond
+    /// `stream_window` each: a bound on what growth adds to the connection's buffers. Default 64 MiB.
+    pub max_window_growth: u64,
     /// Largest data frame we emit. Default 64 KiB.
     pub max_frame_len: u32,
     /// Outgoing bytes buffered before writers are pushed back. Default 1 MiB.
@@ -42,7 +58,15 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_streams: 512, max_ack_backlog: 256, stream_window: 1024 * 1024, max_frame_len: 64 * 1024, max_out_buffer: 1024 * 1024 }
+        Limits {
+            max_streams: 512,
+            max_ack_backlog: 256,
+            stream_window: 1024 * 1024,
+            max_stream_window: 32 << 20,
+            max_window_growth: 64 << 20,
+            max_frame_len: 64 * 1024,
+            max_out_buffer: 1024 * 1024,
+        }
     }
 }
 
@@ -72,6 +96,11 @@ struct Stream {
     recv: VecDeque<u8>,
     /// Credit the peer has left to send us.
     recv_window: u32,
+    /// The receive window this stream has now (credit left + unread + consumed-not-returned).
+    window: u32,
+    /// When the last window update was sent (or the stream was opened): the start of the epoch in which
+    /// half a window is consumed.
+    epoch: Instant,
     /// Bytes read by the application but not yet returned to the peer as window.
     consumed: u32,
     send_window: u32,
@@ -142,6 +171,9 @@ pub struct Stats {
     pub control_dropped: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Times a stream's receive window doubled, and times it would have but `max_window_growth` was spent.
+    pub windows_grown: u64,
+    pub window_growth_refused: u64,
 }
 
 pub struct Yamux {
@@ -157,7 +189,21 @@ pub struct Yamux {
     goaway_received: bool,
     goaway_sent: bool,
     stats: Stats,
+    /// The time of the latest input or read (see [`Yamux::set_now`]).
+    now: Instant,
+    /// The session's round trip, from our latest answered ping.
+    rtt: Option<Duration>,
+    /// Our RTT probe in flight: (opaque, sent at), and when the last one was sent.
+    rtt_probe: Option<(u32, Instant)>,
+    rtt_probed_at: Option<Instant>,
+    /// Bytes granted beyond `stream_window`, over the open streams.
+    grown: u64,
 }
+
+/// How often the round trip is measured again while streams move data.
+const RTT_INTERVAL: Duration = Duration::from_secs(30);
+/// Opaque values of our RTT pings: a fixed high prefix, so a keep-alive ping's answer is not mistaken for one.
+const RTT_OPAQUE: u32 = 0x7974_0000;
 
 impl Yamux {
     pub fn new(role: Role, limits: Limits) -> Self {
@@ -173,7 +219,71 @@ impl Yamux {
             goaway_received: false,
             goaway_sent: false,
             stats: Stats::default(),
+            now: Instant::ZERO,
+            rtt: None,
+            rtt_probe: None,
+            rtt_probed_at: None,
+            grown: 0,
         }
+    }
+
+    /// Tells the session the time: its driver calls this before each input and read, so window growth
+    /// and the RTT it is measured against use the caller's clock (virtual in the simulator).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// The session's round trip as last measured (None before the first streams moved data).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// The receive window the stream has now.
+    pub fn stream_window(&self, id: StreamId) -> Option<u32> {
+        self.streams.get(&id.0).map(|s| s.window)
+    }
+
+    /// The window update for a stream whose reader consumed `s.consumed`: returns the credit to give back,
+    /// doubled window included when the window held the sender back (half of it consumed in under two
+    /// round trips). Starts an RTT probe when none is known or the last is old.
+    fn window_update(&mut self, id: u32) -> u32 {
+        let now = self.now;
+        let rtt = self.rtt;
+        let probe_due = self.rtt_probe.is_none() && self.rtt_probed_at.is_none_or(|t| now.saturating_duration_since(t) >= RTT_INTERVAL);
+        let Some(s) = self.streams.get_mut(&id) else { return 0 };
+        let mut credit = s.consumed;
+        if let Some(rtt) = rtt {
+            let fast = now.saturating_duration_since(s.epoch) < rtt * 2;
+            let target = s.window.saturating_mul(2).min(self.limits.max_stream_window);
+            if fast && target > s.window {
+                let grow = target - s.window;
+                if self.grown + grow as u64 <= self.limits.max_window_growth {
+                    self.grown += grow as u64;
+                    s.window = target;
+                    credit += grow;
+                    self.stats.windows_grown += 1;
+                } else {
+                    self.stats.window_growth_refused += 1;
+                }
+            }
+        }
+        s.epoch = now;
+        s.recv_window += credit;
+        s.consumed = 0;
+        if probe_due {
+            let opaque = RTT_OPAQUE | (now.as_nanos() as u32 & 0xffff);
+            self.rtt_probe = Some((opaque, now));
+            self.rtt_probed_at = Some(now);
+            put_header(&mut self.out, TY_PING, F_SYN, 0, opaque);
+        }
+        credit
+    }
+
+    /// Forgets a stream, returning what its window grew to the connection's budget.
+    fn remove_stream(&mut self, id: u32) -> Option<Stream> {
+        let s = self.streams.remove(&id)?;
+        self.grown -= u64::from(s.window.saturating_sub(self.limits.stream_window.max(INITIAL_WINDOW)));
+        Some(s)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -188,13 +298,8 @@ impl Yamux {
     }
 
     fn new_stream(&self, outbound: bool) -> Stream {
-        Stream {
-            recv_window: self.limits.stream_window.max(INITIAL_WINDOW),
-            send_window: INITIAL_WINDOW,
-            outbound,
-            acked: false,
-            ..Default::default()
-        }
+        let window = self.limits.stream_window.max(INITIAL_WINDOW);
+        Stream { recv_window: window, window, epoch: self.now, send_window: INITIAL_WINDOW, outbound, acked: false, ..Default::default() }
     }
 
     pub fn open_stream(&mut self) -> Result<StreamId, StreamError> {
@@ -234,9 +339,14 @@ impl Yamux {
             return Err(StreamError::Closed);
         }
         let n = data.len().min(s.send_window as usize).min(budget);
-        if n == 0 && !data.is_empty() {
+        if n < data.len() {
+            // The writer has more: tell it (`Writable`) when window or buffer space frees up. A partial
+            // write needs this as much as a refused one, or a sender whose last write was cut short by
+            // the window waits for ever once the window update arrives.
             s.write_blocked = true;
-            return Ok(0);
+            if n == 0 {
+                return Ok(0);
+            }
         }
         for chunk in data[..n].chunks(max_frame.max(1)) {
             let mut flags = 0;
@@ -264,11 +374,9 @@ impl Yamux {
         }
         let n = drain_into(&mut s.recv, buf);
         s.consumed += n as u32;
-        let window = self.limits.stream_window.max(INITIAL_WINDOW);
-        if s.consumed >= window / 2 && !s.remote_fin {
-            put_header(&mut self.out, TY_WINDOW_UPDATE, 0, id.0, s.consumed);
-            s.recv_window += s.consumed;
-            s.consumed = 0;
+        if s.consumed >= s.window / 2 && !s.remote_fin {
+            let credit = self.window_update(id.0);
+            put_header(&mut self.out, TY_WINDOW_UPDATE, 0, id.0, credit);
         }
         ReadResult::Data(n)
     }
@@ -286,7 +394,7 @@ impl Yamux {
 
     /// Resets the stream (RST) and forgets it.
     pub fn reset(&mut self, id: StreamId) {
-        if let Some(s) = self.streams.remove(&id.0) {
+        if let Some(s) = self.remove_stream(id.0) {
             if !s.reset {
                 put_header(&mut self.out, TY_WINDOW_UPDATE, F_RST, id.0, 0);
             }
@@ -313,7 +421,7 @@ impl Yamux {
         // The application keeps its stream (to read EOF) until it releases it.
         if let Some(s) = self.streams.get(&id) {
             if s.released && (s.reset || (s.local_fin && s.remote_fin)) {
-                self.streams.remove(&id);
+                self.remove_stream(id);
             }
         }
     }
@@ -389,12 +497,11 @@ impl Yamux {
                 let chunk = &buf[*pos..*pos + avail];
                 *pos += avail;
                 self.stats.bytes_in += avail as u64;
-                let window = self.limits.stream_window.max(INITIAL_WINDOW);
                 if let Some(s) = self.streams.get_mut(&id) {
                     if s.released {
                         // Nobody reads: return the credit at once so the peer is not stalled.
                         s.consumed += avail as u32;
-                        if s.consumed >= window / 2 {
+                        if s.consumed >= s.window / 2 {
                             put_header(&mut self.out, TY_WINDOW_UPDATE, 0, id, s.consumed);
                             s.recv_window += s.consumed;
                             s.consumed = 0;
@@ -422,7 +529,13 @@ impl Yamux {
                     if h.flags & F_SYN != 0 {
                         self.control_reply(TY_PING, F_ACK, 0, h.len);
                     } else if h.flags & F_ACK != 0 {
-                        self.events.push_back(Event::Pong(h.len));
+                        match self.rtt_probe {
+                            Some((opaque, sent)) if opaque == h.len => {
+                                self.rtt = Some(self.now.saturating_duration_since(sent));
+                                self.rtt_probe = None;
+                            }
+                            _ => self.events.push_back(Event::Pong(h.len)),
+                        }
                     }
                 }
                 TY_GO_AWAY => {
@@ -481,7 +594,7 @@ impl Yamux {
         let Some(s) = self.streams.get_mut(&h.id) else {
             // A frame for a stream we already forgot (e.g. we reset it): skip its body.
             if h.ty == TY_DATA && h.len > 0 {
-                if h.len > self.limits.stream_window.max(INITIAL_WINDOW) {
+                if h.len > self.limits.max_stream_window.max(self.limits.stream_window).max(INITIAL_WINDOW) {
                     return Err(YamuxError::Protocol("data frame exceeds any window we grant"));
                 }
                 self.body = Some((h.id, h.len, 0));
@@ -525,7 +638,7 @@ impl Yamux {
             s.reset = true;
             s.recv.clear();
             if s.released {
-                self.streams.remove(&id);
+                self.remove_stream(id);
             } else {
                 self.events.push_back(Event::Reset(StreamId(id)));
             }
@@ -668,5 +781,80 @@ mod tests {
             }
         }
         assert_eq!(got, 1000);
+    }
+
+    /// One stream from `a` to `b` over a path with a 30 ms one-way delay, in 30 ms steps: the sender
+    /// writes all its window allows, the reader reads everything every `read_every` steps. Returns the
+    /// bytes `b` read in each step.
+    fn transfer(limits: Limits, steps: usize, read_every: usize) -> (Yamux, Yamux, StreamId, Vec<usize>) {
+        let (mut a, mut b) = (Yamux::new(Role::Dialer, limits.clone()), Yamux::new(Role::Listener, limits));
+        let id = a.open_stream().unwrap();
+        let chunk = vec![7u8; 256 * 1024];
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut ab, mut ba) = (Vec::new(), Vec::new());
+        let mut per_step = Vec::new();
+        for step in 1..=steps {
+            let now = Instant::from_nanos(step as u64 * 30_000_000);
+            a.set_now(now);
+            b.set_now(now);
+            b.handle_input(&mut ab).unwrap();
+            a.handle_input(&mut ba).unwrap();
+            let mut got = 0;
+            if step % read_every == 0 {
+                while let ReadResult::Data(n) = b.read(id, &mut buf) {
+                    got += n;
+                }
+            }
+            per_step.push(got);
+            loop {
+                let n = a.write(id, &chunk).unwrap();
+                if let Some(x) = a.poll_transmit() {
+                    ab.extend_from_slice(&x);
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            while let Some(x) = b.poll_transmit() {
+                ba.extend_from_slice(&x);
+            }
+            events(&mut a);
+            events(&mut b);
+        }
+        (a, b, id, per_step)
+    }
+
+    #[test]
+    fn yamux_window_grows_on_a_long_path_up_to_its_limit() {
+        let lim = Limits::default();
+        let (_, b, id, per_step) = transfer(lim.clone(), 60, 1);
+        assert_eq!(b.rtt(), Some(Duration::from_millis(60)), "ping out at one step, answer two steps later");
+        assert_eq!(b.stream_window(id), Some(lim.max_stream_window));
+        // A fixed 1 MiB window moves 1 MiB per round trip; grown, the last second moves about a full
+        // 32 MiB window per round trip (two 30 ms steps).
+        let last_rtt: usize = per_step[per_step.len() - 2..].iter().sum();
+        assert!(last_rtt >= 30 << 20, "{last_rtt} bytes in the last round trip");
+        assert!(b.stats().windows_grown >= 5 && b.stats().windows_grown <= 6, "1 MiB doubled to 32 MiB: {:?}", b.stats());
+    }
+
+    #[test]
+    fn yamux_window_of_a_slow_reader_does_not_grow() {
+        // The reader takes 1.2 s between reads: the sender is not held back by the window.
+        let (_, b, id, per_step) = transfer(Limits::default(), 200, 40);
+        assert!(per_step.iter().sum::<usize>() > 0);
+        assert_eq!(b.stream_window(id), Some(Limits::default().stream_window));
+        assert_eq!(b.stats().windows_grown, 0);
+    }
+
+    #[test]
+    fn yamux_window_growth_stays_within_the_connection_budget_and_is_returned_with_the_stream() {
+        let lim = Limits { max_window_growth: 3 << 20, ..Limits::default() };
+        let (_, mut b, id, _) = transfer(lim, 40, 1);
+        // 1 → 2 MiB (+1) → 4 MiB (+2) = 3 MiB of growth; the next doubling would exceed it.
+        assert_eq!(b.stream_window(id), Some(4 << 20));
+        assert!(b.stats().window_growth_refused > 0);
+        assert_eq!(b.grown, 3 << 20);
+        b.reset(id);
+        assert_eq!(b.grown, 0, "a closed stream's growth is free for others");
     }
 }

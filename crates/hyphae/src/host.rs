@@ -286,6 +286,8 @@ impl Inner {
             max_streams: hyphae_core::quic::DEFAULT_MAX_STREAMS,
             max_connections: self.config.max_connections,
             max_datagrams: 1,
+            stream_window: hyphae_core::quic::DEFAULT_STREAM_WINDOW,
+            connection_window: hyphae_core::quic::DEFAULT_CONNECTION_WINDOW,
         }
     }
 

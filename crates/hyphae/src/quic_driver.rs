@@ -44,6 +44,28 @@ pub(crate) struct QuicShared {
     inner: Weak<dyn HostLink>,
 }
 
+/// Socket buffers asked for (as quic-go asks for 7 MiB): the default (~200 KiB) overflows at a few
+/// hundred Mbit/s when the receiving task falls behind a burst, and every overflow is a loss QUIC's
+/// congestion control backs off from. The kernel caps the request at `net.core.rmem_max`/`wmem_max`.
+const UDP_BUFFER: usize = 8 << 20;
+
+fn bind_udp(sa: SocketAddr) -> io::Result<UdpSocket> {
+    let domain = if sa.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if sa.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    let (rcv, snd) = (s.recv_buffer_size().unwrap_or(0), s.send_buffer_size().unwrap_or(0));
+    if rcv < UDP_BUFFER {
+        tracing::debug!(rcv, snd, wanted = UDP_BUFFER, "quic socket buffers capped by net.core.rmem_max / wmem_max");
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&sa.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 impl QuicShared {
     fn now(&self) -> Instant {
         crate::handle::since(self.epoch)
@@ -55,7 +77,7 @@ impl QuicShared {
 
     /// Binds `sa` and starts the endpoint's tasks.
     pub(crate) async fn start(inner: &Arc<dyn HostLink>, sa: SocketAddr, mut cfg: quic::Config) -> io::Result<Arc<QuicShared>> {
-        let socket = Arc::new(UdpSocket::bind(sa).await?);
+        let socket = Arc::new(bind_udp(sa)?);
         let local = socket.local_addr()?;
         let udp = quinn_udp::UdpSocketState::new((&*socket).into())?;
         cfg.max_datagrams = udp.max_gso_segments().clamp(1, 32);

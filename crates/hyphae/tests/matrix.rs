@@ -180,7 +180,14 @@ async fn run_row(peer: &str, transport: &str, security: &str, muxer: &str, direc
             let mut p =
                 if peer == "js" { js_peer(&["dial", &a, "4", security, muxer]) } else { rust_peer(&["dial", &a, "4", security, muxer]) }
                     .ok_or("peer missing")?;
-            let l = wait_line(&mut p, "\"peerId\"", "peer dial result").await;
+            // The dial's result, or the error line the peer prints before it exits (then the cell fails
+            // with its reason and is retried, instead of the reader running into the peer's EOF).
+            let l = loop {
+                let l = read_line(&mut p.lines, "peer dial result").await;
+                if l.contains("\"peerId\"") || l.contains("\"error\"") {
+                    break l;
+                }
+            };
             if l.contains("\"error\"") {
                 return Err(l);
             }

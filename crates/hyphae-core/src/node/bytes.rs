@@ -100,6 +100,8 @@ impl ByteNode {
                 max_streams: quic::DEFAULT_MAX_STREAMS,
                 max_connections: cfg.limits.max_connections,
                 max_datagrams: 1,
+                stream_window: quic::DEFAULT_STREAM_WINDOW,
+                connection_window: quic::DEFAULT_CONNECTION_WINDOW,
             };
             let ep = quic::Endpoint::new(qc).expect("invariant: our own TLS configuration is valid");
             QuicSide { ep, ids: BTreeMap::new(), rev: BTreeMap::new() }
@@ -373,23 +375,30 @@ impl ByteNode {
 
     /// Drains one connection's machine: its events go to the node machine (which may write), then its
     /// bytes go out.
+    /// Repeats while transmitting raised events (a writer blocked on the muxer's full buffer is told it
+    /// may write again), as the Host's write loop does; otherwise such a writer would wait for the next
+    /// input, which on a one-way transfer may never come.
     fn pump(&mut self, now: Instant, id: ConnId) {
         loop {
-            let Some(Some(m)) = self.conns.get_mut(&id) else { return };
-            let Some(ev) = m.poll_event() else { break };
-            if let Some(ConnEvent::InboundStream { id: s, .. }) = self.node.on_conn_event(now, id, ev, m) {
-                // Nobody serves it here: refuse.
-                m.stream_reset(s);
+            loop {
+                let Some(Some(m)) = self.conns.get_mut(&id) else { return };
+                let Some(ev) = m.poll_event() else { break };
+                if let Some(ConnEvent::InboundStream { id: s, .. }) = self.node.on_conn_event(now, id, ev, m) {
+                    // Nobody serves it here: refuse.
+                    m.stream_reset(s);
+                }
             }
-        }
-        self.drain_node(now);
-        let Some(Some(m)) = self.conns.get_mut(&id) else { return };
-        if let Some(data) = m.poll_transmit() {
-            self.out.push_back(Output::Transmit { conn: id, data });
-        }
-        if m.is_closed() {
-            self.conns.remove(&id);
-            self.out.push_back(Output::Close { conn: id });
+            self.drain_node(now);
+            let Some(Some(m)) = self.conns.get_mut(&id) else { return };
+            let sent = m.poll_transmit().map(|data| self.out.push_back(Output::Transmit { conn: id, data })).is_some();
+            if m.is_closed() {
+                self.conns.remove(&id);
+                self.out.push_back(Output::Close { conn: id });
+                return;
+            }
+            if !sent || !m.has_events() {
+                return;
+            }
         }
     }
 }

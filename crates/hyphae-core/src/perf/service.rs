@@ -284,8 +284,13 @@ mod tests {
     use crate::testing::Net;
 
     /// Node 0 runs perf against node 1 (serving when `serve`); returns the net after `secs` seconds.
-    fn exchange(serve: bool, upload: u64, download: u64, secs: u64) -> (Net, RunId) {
-        let mut p = Net::new(2, |_, _| {});
+    /// Yamux windows stay at their initial 1 MiB unless `grow`.
+    fn exchange_with(serve: bool, upload: u64, download: u64, secs: u64, grow: bool) -> (Net, RunId) {
+        let mut p = Net::new(2, |_, c| {
+            if !grow {
+                c.conn_limits.yamux.max_stream_window = c.conn_limits.yamux.stream_window;
+            }
+        });
         p.nodes[0].add_service(Instant(0), Box::new(PerfService::new(false)));
         p.nodes[1].add_service(Instant(0), Box::new(PerfService::new(serve)));
         let (a, b) = (p.addr(1), p.peer_id(1));
@@ -298,13 +303,37 @@ mod tests {
         (p, run)
     }
 
+    fn exchange(serve: bool, upload: u64, download: u64, secs: u64) -> (Net, RunId) {
+        exchange_with(serve, upload, download, secs, false)
+    }
+
+    fn done_after(p: &Net, run: RunId) -> Option<Duration> {
+        perf_events(&p.events[0]).iter().find_map(|e| match e {
+            Event::Done { run: r, elapsed, .. } if *r == run => Some(*elapsed),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn perf_service_transfer_speeds_up_as_yamux_windows_grow() {
+        // 40 MB at 20 ms RTT: a fixed 1 MiB window moves ~1 MiB per round trip (over a second); grown
+        // windows move it in a fraction of that.
+        let (fixed, run) = exchange_with(true, 20_000_000, 20_000_001, 10, false);
+        let fixed = done_after(&fixed, run).expect("done with fixed windows");
+        let (grown, run) = exchange_with(true, 20_000_000, 20_000_001, 10, true);
+        let grown = done_after(&grown, run).expect("done with growing windows");
+        assert!(fixed > Duration::from_secs(1), "{fixed:?}");
+        assert!(grown * 3 < fixed, "grown {grown:?} vs fixed {fixed:?}");
+    }
+
     fn perf_events(evs: &[NodeEvent]) -> Vec<Event> {
         evs.iter().filter_map(|e| if let NodeEvent::Perf(p) = e { Some(p.clone()) } else { None }).collect()
     }
 
     #[test]
     fn perf_service_moves_what_was_asked_both_ways_and_reports_progress() {
-        // 40 MB at 20 ms RTT: over a second of virtual time, so progress is reported.
+        // 40 MB at 20 ms RTT through fixed 1 MiB windows: over a second of virtual time, so progress is
+        // reported.
         let (p, run) = exchange(true, 20_000_000, 20_000_001, 10);
         let client = perf_events(&p.events[0]);
         let done = client.iter().find_map(|e| match e {

@@ -227,7 +227,9 @@ impl Service for PingService {
                     Some(s) => Self::send(&mut c.out, cx, conn, s),
                     None if !c.out.opening => {
                         c.out.opening = true;
-                        cx.open_stream(conn, PROTOCOL_ID, TOKEN);
+                        // Lazily: the first ping goes out with the protocol proposal, a round trip
+                        // sooner; a peer without ping resets the stream (`Failure::Reset`).
+                        cx.open_stream_lazy(conn, PROTOCOL_ID, TOKEN);
                     }
                     None => {}
                 }

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Throughput on a long path (scripts/wan.sh): iperf3, hyphae perf (TCP+Noise+Yamux, TCP+TLS+Yamux, QUIC)
+# and rust-libp2p's perf (libp2p-perf 0.3.0: TCP+Noise+Yamux, QUIC), one upload of BYTES each, client in
+# namespace A, server in B. Prints a markdown table: each run's time (perf: set-up included, as the perf
+# protocol measures; iperf3: its receiver's interval) and rate, and each as a percentage of iperf3 on the
+# same path in the same run. Needs root. Installs iperf3 and iputils-ping (Debian) and libp2p-perf (cargo)
+# if missing.
+#
+#   scripts/bench-wan.sh [--bytes N] [--mtu M] [--rows "unlimited 1g lossy"] [--only "iperf3 hyphae-tcp-noise ..."]
+#                        [--setup N | --no-setup]
+#
+# Rows: unlimited = 60 ms RTT; 1g = 60 ms at 1 Gbit/s; lossy = 60 ms at 100 Mbit/s with 0.1% loss.
+# Runs: iperf3 hyphae-tcp-noise hyphae-tcp-tls hyphae-quic rust-tcp rust-quic.
+# Then (unless --no-setup) connection set-up on the 60 ms path: N dials (default 5) from A to a hyphae
+# node in B, each timed from the dial to the first ping answer, by `hyphae ping` (TCP+Noise, QUIC) and
+# by the rust-libp2p 0.57 interop peer (interop/rust-peer `dial`, its connectMs), in round trips of 60 ms.
+# go's p2pd has no ping in its control protocol, so it is not timed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BYTES=1073741824; MTU=65000; ROWS="unlimited 1g lossy"; SETUP=5
+ONLY="iperf3 hyphae-tcp-noise hyphae-tcp-tls hyphae-quic rust-tcp rust-quic"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bytes) BYTES="$2"; shift 2 ;;
+    --mtu) MTU="$2"; shift 2 ;;
+    --rows) ROWS="$2"; shift 2 ;;
+    --only) ONLY="$2"; shift 2 ;;
+    --setup) SETUP="$2"; shift 2 ;;
+    --no-setup) SETUP=0; shift ;;
+    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench-wan.sh: needs root (network namespaces)" >&2; exit 1; }
+if ! command -v iperf3 >/dev/null || ! command -v ping >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 iputils-ping >/dev/null
+fi
+PERF="$HOME/.cargo/bin/perf"
+if [[ " $ONLY " == *" rust-"* ]] && ! "$PERF" --help 2>/dev/null | grep -q run-server; then
+  cargo install libp2p-perf --version 0.3.0   # not --locked: its lockfile pins a `time` that no longer builds
+fi
+cargo build -q --release -p hyphae-cli -p delayline
+HY="$PWD/target/release/hyphae"
+NAME=hybench; A="$NAME-a"; B="$NAME-b"; SERVER=10.99.0.2
+OUT="target/wan/bench"; mkdir -p "$OUT"
+trap 'scripts/wan.sh down --name $NAME >/dev/null 2>&1 || true; pkill -f "hyphae perf --server --key $OUT" 2>/dev/null || true' EXIT
+
+# seconds for one run, or "fail"
+run_iperf3() {
+  ip netns exec "$B" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+  local srv=$!; sleep 0.3
+  ip netns exec "$A" iperf3 -c $SERVER -p 5201 -n "$BYTES" -J >"$OUT/iperf3.json" 2>/dev/null || true
+  wait $srv 2>/dev/null || true
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["seconds"])' "$OUT/iperf3.json" 2>/dev/null || echo fail
+}
+run_hyphae() { # transport security
+  local proto=tcp; [ "$1" = quic ] && proto=udp
+  ip netns exec "$B" "$HY" perf --server --key "$OUT/server.key" --listen /ip4/$SERVER/tcp/4711 --listen /ip4/$SERVER/udp/4711/quic-v1 >"$OUT/hs.out" 2>"$OUT/hs.err" &
+  local srv=$! addr=""
+  for _ in $(seq 50); do addr="$(grep "/$proto/" "$OUT/hs.out" 2>/dev/null | head -1)"; [ -n "$addr" ] && break; sleep 0.1; done
+  local sec="${2:-noise}"
+  timeout 600 ip netns exec "$A" "$HY" perf "$addr" --upload "$BYTES" --download 0 --security "$sec" 2>"$OUT/hc.err" | tail -1 >"$OUT/hc.out" || true
+  kill $srv 2>/dev/null; wait $srv 2>/dev/null || true
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["timeSeconds"])' "$OUT/hc.out" 2>/dev/null || echo fail
+}
+run_rust() { # tcp|quic-v1
+  ip netns exec "$B" "$PERF" --run-server --server-address $SERVER:4712 >/dev/null 2>&1 &
+  local srv=$!; sleep 1
+  timeout 600 ip netns exec "$A" "$PERF" --server-address $SERVER:4712 --transport "$1" --upload-bytes "$BYTES" --download-bytes 0 2>/dev/null | tail -1 >"$OUT/rc.out" || true
+  kill $srv 2>/dev/null; wait $srv 2>/dev/null || true
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["timeSeconds"])' "$OUT/rc.out" 2>/dev/null || echo fail
+}
+
+echo "# long path: $BYTES bytes upload, tun MTU $MTU, $(date -u +%FT%TZ)"
+echo
+echo "| path | run | seconds | Gbit/s | % of iperf3 |"
+echo "|---|---|---:|---:|---:|"
+for row in $ROWS; do
+  case "$row" in
+    unlimited) args=(--delay-ms 30) ;;
+    1g) args=(--delay-ms 30 --rate 1g) ;;
+    lossy) args=(--delay-ms 30 --rate 100m --loss 0.1) ;;
+    *) echo "unknown row $row" >&2; exit 2 ;;
+  esac
+  scripts/wan.sh up --name $NAME --mtu "$MTU" "${args[@]}" >/dev/null
+  base=""
+  for run in $ONLY; do
+    case "$run" in
+      iperf3) t="$(run_iperf3)" ;;
+      hyphae-tcp-noise) t="$(run_hyphae tcp noise)" ;;
+      hyphae-tcp-tls) t="$(run_hyphae tcp tls)" ;;
+      hyphae-quic) t="$(run_hyphae quic)" ;;
+      rust-tcp) t="$(run_rust tcp)" ;;
+      rust-quic) t="$(run_rust quic-v1)" ;;
+      *) echo "unknown run $run" >&2; exit 2 ;;
+    esac
+    [ "$run" = iperf3 ] && base="$t"
+    python3 - "$row" "$run" "$t" "$base" "$BYTES" <<'PY'
+import sys
+row, run, t, base, n = sys.argv[1:]
+if t == "fail":
+    print(f"| {row} | {run} | failed | | |"); sys.exit()
+t, n = float(t), int(n)
+pct = f"{100 * float(base) / t:.0f}%" if base not in ("", "fail") else ""
+print(f"| {row} | {run} | {t:.2f} | {n * 8 / t / 1e9:.2f} | {pct} |")
+PY
+  done
+  scripts/wan.sh down --name $NAME 2>&1 | grep -E "^$NAME" | sed 's/^/    line: /' >&2 || true
+done
+
+[ "$SETUP" -gt 0 ] || exit 0
+RUSTPEER="$PWD/interop/rust-peer/target/debug/rust-peer"
+[ -x "$RUSTPEER" ] || cargo build --quiet --manifest-path interop/rust-peer/Cargo.toml
+scripts/wan.sh up --name $NAME --mtu "$MTU" --delay-ms 30 >/dev/null
+ip netns exec "$B" "$HY" perf --server --key "$OUT/server.key" --listen /ip4/$SERVER/tcp/4711 --listen /ip4/$SERVER/udp/4711/quic-v1 >"$OUT/hs.out" 2>"$OUT/hs.err" &
+SRV=$!
+for _ in $(seq 50); do grep -q quic "$OUT/hs.out" 2>/dev/null && break; sleep 0.1; done
+TCPA="$(grep /tcp/ "$OUT/hs.out" | head -1)"; QUICA="$(grep /quic-v1/ "$OUT/hs.out" | head -1)"
+echo
+echo "# connection set-up on the 60 ms path: dial to the first ping answer, $SETUP dials each"
+echo
+echo "| dialer | transport | median ms | min–max ms | round trips (median / 60 ms) |"
+echo "|---|---|---:|---:|---:|"
+for who in hyphae rust; do
+  for tr in tcp quic; do
+    addr="$TCPA"; [ $tr = quic ] && addr="$QUICA"
+    ms=()
+    for _ in $(seq "$SETUP"); do
+      if [ $who = hyphae ]; then
+        v="$(ip netns exec "$A" "$HY" ping "$addr" --count 1 2>/dev/null | sed -n 's/^first ping answer \([0-9.]*\) ms.*/\1/p')"
+      else
+        v="$(ip netns exec "$A" "$RUSTPEER" dial "$addr" 1 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["connectMs"])' 2>/dev/null)"
+      fi
+      [ -n "$v" ] && ms+=("$v")
+    done
+    python3 - "$who" "$tr" "${ms[@]}" <<'PY'
+import sys, statistics
+who, tr, ms = sys.argv[1], sys.argv[2], [float(x) for x in sys.argv[3:]]
+if not ms:
+    print(f"| {who} | {tr} | failed | | |"); sys.exit()
+m = statistics.median(ms)
+print(f"| {who} | {tr} | {m:.1f} | {min(ms):.1f}–{max(ms):.1f} | {m / 60:.2f} |")
+PY
+  done
+done
+kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true
