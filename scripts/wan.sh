@@ -11,6 +11,7 @@
 # Both namespaces get the TCP buffer ceilings of a host tuned for long fat paths (64 MiB), so the path, not
 # a default sysctl, limits a transfer: iperf3 and the libp2p stacks measured on it get the same ones.
 # The default name is `hywan`; `up` first takes down what an earlier `up` of that name left.
+# DELAYLINE_BIN names a delayline binary to use instead of building target/release/delayline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd="${1:-}"; shift || true
@@ -42,12 +43,13 @@ case "$cmd" in
   up)
     down
     mkdir -p "$STATE"
-    cargo build -q --release -p delayline
+    DL="${DELAYLINE_BIN:-target/release/delayline}"
+    [ -n "${DELAYLINE_BIN:-}" ] || cargo build -q --release -p delayline
     ip netns add "$A"; ip netns add "$B"
     # Device names are global until moved: make them unique to this name.
     DA="${NAME:0:10}-ta"; DB="${NAME:0:10}-tb"
     : >"$LOG"
-    target/release/delayline --dev-a "$DA" --dev-b "$DB" "${DL_ARGS[@]}" >"$LOG.out" 2>>"$LOG" &
+    "$DL" --dev-a "$DA" --dev-b "$DB" "${DL_ARGS[@]}" >"$LOG.out" 2>>"$LOG" &
     echo $! >"$PIDF"
     for _ in $(seq 100); do grep -q ready "$LOG.out" 2>/dev/null && break; sleep 0.05; done
     grep -q ready "$LOG.out" || { cat "$LOG" >&2; down; exit 1; }

@@ -54,6 +54,12 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Offer the muxer inside the Noise handshake (saves a round trip). Default true.
     pub early_muxer_negotiation: bool,
+    /// A dialer proposes its first security protocol and sends its first handshake message right behind
+    /// the proposal, without waiting for the listener to confirm it (multistream-select's lazy mode, as
+    /// rust-libp2p's `V1Lazy`): a round trip less. A listener without that protocol cannot fall back to
+    /// the next one on the same connection; the dial fails with [`LAZY_SECURITY_REFUSED`] and the
+    /// driver dials again with this off. Default true.
+    pub lazy_security: bool,
     /// The node's Noise static key; `None` makes one per connection.
     pub noise_static: Option<std::sync::Arc<noise::StaticKey>>,
     /// Stream muxers in order of preference: `/yamux/1.0.0`, `/mplex/6.7.0`. Default both, Yamux first.
@@ -75,6 +81,7 @@ impl Config {
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(15),
             early_muxer_negotiation: true,
+            lazy_security: true,
             noise_static: None,
             security: vec![noise::PROTOCOL_ID.into(), tls::PROTOCOL_ID.into()],
             muxers: vec![yamux::PROTOCOL_ID.into(), mplex::PROTOCOL_ID.into()],
@@ -83,6 +90,10 @@ impl Config {
         }
     }
 }
+
+/// The `stage` of [`CloseReason::Handshake`] when the listener refused the security protocol a dialer
+/// proposed lazily ([`Config::lazy_security`]): dial again without it.
+pub const LAZY_SECURITY_REFUSED: &str = "lazy security proposal refused";
 
 enum Stage {
     SecurityNeg(Negotiator),
@@ -208,13 +219,18 @@ pub struct Connection {
     deadline: Option<Instant>,
     streams: BTreeMap<StreamId, StreamEntry>,
     stats: Stats,
+    /// The listener's answer to a lazily proposed security protocol, still to come: it precedes the
+    /// handshake's bytes on the wire.
+    lazy_neg: Option<Negotiator>,
 }
 
 impl Connection {
     /// A new connection. `expected`: the peer a dialer means to reach (from `/p2p/`); the handshake fails
     /// if the remote proves another identity. `seed` feeds the Noise RNG.
     pub fn new(role: Role, config: Config, expected: Option<PeerId>, now: Instant, seed: [u8; 32]) -> Self {
+        let lazy = (role == Role::Dialer && config.lazy_security).then(|| config.security.first().cloned()).flatten();
         let neg = match role {
+            Role::Dialer if lazy.is_some() => Negotiator::dialer(lazy.clone()),
             Role::Dialer => Negotiator::dialer(config.security.iter().cloned()),
             Role::Listener => Negotiator::listener(config.security.iter().cloned()),
         };
@@ -236,11 +252,18 @@ impl Connection {
             deadline,
             streams: BTreeMap::new(),
             stats: Stats::default(),
+            lazy_neg: None,
         };
         if let Stage::SecurityNeg(n) = &mut c.stage {
             if let Some(b) = n.poll_transmit() {
                 c.out.extend(b);
             }
+        }
+        if let Some(p) = lazy {
+            // The handshake starts at once; the listener's confirmation is read when it comes.
+            let Stage::SecurityNeg(neg) = std::mem::replace(&mut c.stage, Stage::Closed) else { unreachable!("invariant: set above") };
+            c.lazy_neg = Some(neg);
+            c.start_security(p);
         }
         c
     }
@@ -341,7 +364,63 @@ impl Connection {
         }
     }
 
+    /// Starts the handshake of security protocol `p` (agreed, or proposed lazily).
+    fn start_security(&mut self, p: String) {
+        self.security = p.clone();
+        let muxers: Vec<String> = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };
+        if p == tls::PROTOCOL_ID {
+            let cert = match &self.config.tls_cert {
+                Some(c) => c.clone(),
+                None => std::sync::Arc::new(tls::Certificate::generate(
+                    &self.config.keypair,
+                    self.config.unix_time,
+                    &mut crate::rng::from_seed(self.seed),
+                )),
+            };
+            let tls_seed = {
+                use rand_core::RngCore;
+                let mut r = crate::rng::from_seed(self.seed);
+                r.set_stream(0x746c73); // "tls": apart from the streams the noise handshake uses
+                let mut s = [0u8; 32];
+                r.fill_bytes(&mut s);
+                s
+            };
+            match tls::Session::new(&cert, self.role, self.expected.clone(), &muxers, self.config.unix_time, tls_seed) {
+                Ok(mut sess) => {
+                    sess.poll_transmit(&mut self.out);
+                    self.stage = Stage::Tls(Box::new(sess));
+                }
+                Err(e) => self.fail(e.into()),
+            }
+        } else {
+            let hs = match &self.config.noise_static {
+                Some(k) => Handshake::with_static_key(k, self.role, self.expected.clone(), muxers, self.seed),
+                None => Handshake::new(&self.config.keypair, self.role, self.expected.clone(), muxers, self.seed),
+            };
+            match hs {
+                Ok(mut hs) => {
+                    if let Some(b) = hs.poll_transmit() {
+                        self.out.extend(b);
+                    }
+                    self.stage = Stage::Noise(Box::new(hs));
+                }
+                Err(e) => self.fail(e.into()),
+            }
+        }
+    }
+
     fn advance(&mut self) {
+        // A lazily proposed security protocol: the listener's confirmation comes before its handshake bytes.
+        if let Some(neg) = &mut self.lazy_neg {
+            match neg.handle_input(&mut self.raw_in) {
+                Ok(Some(_)) => self.lazy_neg = None,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(security = %self.security, error = %e, "listener refused the lazily proposed security protocol");
+                    return self.fail(handshake(LAZY_SECURITY_REFUSED, format!("{}: {e}", self.security)));
+                }
+            }
+        }
         loop {
             match &mut self.stage {
                 Stage::SecurityNeg(neg) => {
@@ -350,48 +429,10 @@ impl Connection {
                         self.out.extend(b);
                     }
                     match r {
-                        Ok(Some(p)) if p == tls::PROTOCOL_ID => {
-                            self.security = p;
-                            let muxers: Vec<String> = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };
-                            let cert = match &self.config.tls_cert {
-                                Some(c) => c.clone(),
-                                None => std::sync::Arc::new(tls::Certificate::generate(
-                                    &self.config.keypair,
-                                    self.config.unix_time,
-                                    &mut crate::rng::from_seed(self.seed),
-                                )),
-                            };
-                            let tls_seed = {
-                                use rand_core::RngCore;
-                                let mut r = crate::rng::from_seed(self.seed);
-                                r.set_stream(0x746c73); // "tls": apart from the streams the noise handshake uses
-                                let mut s = [0u8; 32];
-                                r.fill_bytes(&mut s);
-                                s
-                            };
-                            match tls::Session::new(&cert, self.role, self.expected.clone(), &muxers, self.config.unix_time, tls_seed) {
-                                Ok(mut sess) => {
-                                    sess.poll_transmit(&mut self.out);
-                                    self.stage = Stage::Tls(Box::new(sess));
-                                }
-                                Err(e) => return self.fail(e.into()),
-                            }
-                        }
                         Ok(Some(p)) => {
-                            self.security = p;
-                            let muxers = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };
-                            let hs = match &self.config.noise_static {
-                                Some(k) => Handshake::with_static_key(k, self.role, self.expected.clone(), muxers, self.seed),
-                                None => Handshake::new(&self.config.keypair, self.role, self.expected.clone(), muxers, self.seed),
-                            };
-                            match hs {
-                                Ok(mut hs) => {
-                                    if let Some(b) = hs.poll_transmit() {
-                                        self.out.extend(b);
-                                    }
-                                    self.stage = Stage::Noise(Box::new(hs));
-                                }
-                                Err(e) => return self.fail(e.into()),
+                            self.start_security(p);
+                            if matches!(self.stage, Stage::Closed) {
+                                return;
                             }
                         }
                         Ok(None) => return,
@@ -890,6 +931,83 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Flights (one direction's bytes at a time, dialer first) until the listener holds the first bytes
+    /// of a stream the dialer opens as soon as it is open.
+    fn flights_to_first_stream_bytes(lazy: bool, security: &str) -> usize {
+        let mut p = Pair::with_security(true, security);
+        p.a.config.lazy_security = lazy;
+        // Rebuild the dialer with the setting (it takes effect at construction).
+        let kb_id = p.a.expected.clone();
+        p.a = Connection::new(Role::Dialer, p.a.config.clone(), kb_id, p.now, [1; 32]);
+        let mut opened = false;
+        for flight in 1..=10 {
+            let (from, to) = if flight % 2 == 1 { (&mut p.a, &mut p.b) } else { (&mut p.b, &mut p.a) };
+            if let Some(x) = from.poll_transmit() {
+                to.handle_input(p.now, &x);
+            }
+            p.ev_a.extend(std::iter::from_fn(|| p.a.poll_event()));
+            p.ev_b.extend(std::iter::from_fn(|| p.b.poll_event()));
+            if !opened && p.a.is_open() {
+                let id = p.a.open_stream_lazy("/echo/1".into()).unwrap();
+                p.a.stream_write(id, b"hi").unwrap();
+                opened = true;
+            }
+            if p.ev_b.iter().any(|e| matches!(e, Event::InboundStream { .. })) {
+                return flight;
+            }
+        }
+        panic!("no stream after 10 flights: {:?} {:?}", p.ev_a, p.ev_b);
+    }
+
+    #[test]
+    fn conn_lazy_security_saves_a_round_trip_of_the_set_up() {
+        // Lazy: proposal + msg1 → confirmation + msg2 → msg3 + stream = 3 flights (1.5 RTTs after TCP's),
+        // so the answer is back 3 RTTs after the dial began. Negotiated: 2 flights more.
+        assert_eq!(flights_to_first_stream_bytes(true, noise::PROTOCOL_ID), 3);
+        assert_eq!(flights_to_first_stream_bytes(false, noise::PROTOCOL_ID), 5);
+        // TLS 1.3: ClientHello with the proposal; the dialer's Finished travels with the stream.
+        assert_eq!(flights_to_first_stream_bytes(true, tls::PROTOCOL_ID), 3);
+    }
+
+    #[test]
+    fn conn_lazy_security_refused_fails_with_its_own_reason_and_full_negotiation_falls_back() {
+        let setup = |lazy: bool| {
+            let mut rng = crate::rng::from_seed([9; 32]);
+            let ka = Keypair::generate_ed25519(&mut rng);
+            let kb = Keypair::generate_ed25519(&mut rng);
+            let mut ca = Config::new(ka);
+            ca.lazy_security = lazy;
+            ca.unix_time = 1_800_000_000;
+            let mut cb = Config::new(kb.clone());
+            cb.security = vec![tls::PROTOCOL_ID.into()];
+            cb.unix_time = 1_800_000_000;
+            let now = Instant(0);
+            Pair {
+                a: Connection::new(Role::Dialer, ca, Some(kb.peer_id()), now, [1; 32]),
+                b: Connection::new(Role::Listener, cb, None, now, [2; 32]),
+                now,
+                ev_a: vec![],
+                ev_b: vec![],
+            }
+        };
+        // Noise first, proposed lazily, to a TLS-only listener.
+        let mut p = setup(true);
+        p.pump();
+        assert!(p.a.is_closed());
+        assert!(
+            p.ev_a.iter().any(
+                |e| matches!(e, Event::Closed { reason: CloseReason::Handshake { stage, .. }, .. } if *stage == LAZY_SECURITY_REFUSED)
+            ),
+            "{:?}",
+            p.ev_a
+        );
+        // The driver's second dial negotiates in full and lands on TLS.
+        let mut p = setup(false);
+        p.pump();
+        assert!(p.a.is_open() && p.b.is_open(), "{:?} {:?}", p.ev_a, p.ev_b);
+        assert_eq!(p.a.security, tls::PROTOCOL_ID);
     }
 
     fn upgrade_and_echo(early: bool) {

@@ -46,6 +46,7 @@ pub(crate) fn spawn_connection(
     socket: TcpStream,
     direction: Direction,
     established: Option<oneshot::Sender<Result<PeerId, CloseReason>>>,
+    lazy_security: bool,
 ) {
     let _ = socket.set_nodelay(true);
     let local_addr = socket.local_addr().map(Multiaddr::from_tcp).unwrap_or_default();
@@ -64,7 +65,9 @@ pub(crate) fn spawn_connection(
         }
         (n.child_seed(), n.expected_peer(id).cloned())
     };
-    let conn = Connection::new(role, inner.conn_config(), expected, now, seed);
+    let mut config = inner.conn_config();
+    config.lazy_security = lazy_security;
+    let conn = Connection::new(role, config, expected, now, seed);
     let shared = Arc::new(ConnShared::new_tcp(id.0, direction, local_addr, remote_addr, epoch, conn, established));
     inner.conn_started(&shared);
     let (rd, wr) = socket.into_split();

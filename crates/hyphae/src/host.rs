@@ -226,7 +226,12 @@ pub(crate) struct Inner {
     quic: Mutex<Option<Arc<crate::quic_driver::QuicShared>>>,
     quic_start: tokio::sync::Mutex<()>,
     events: broadcast::Sender<HostEvent>,
+    /// Listeners that refused a lazily proposed security protocol (`conn::Config::lazy_security`):
+    /// dialed with the full negotiation from then on. At most `LAZY_REFUSED_MAX`, then started afresh.
+    lazy_refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
 }
+
+const LAZY_REFUSED_MAX: usize = 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -352,10 +357,20 @@ impl Inner {
             }
         };
         let (tx, rx) = oneshot::channel();
-        driver::spawn_connection(self.clone(), id, sock, Direction::Outbound, Some(tx));
+        let lazy = !lock(&self.lazy_refused).contains(&sa);
+        driver::spawn_connection(self.clone(), id, sock, Direction::Outbound, Some(tx), lazy);
         match rx.await {
             Ok(Ok(peer)) => Ok(peer),
-            Ok(Err(e)) => Err(Error::Handshake(e)),
+            Ok(Err(e)) => {
+                if matches!(&e, CloseReason::Handshake { stage, .. } if *stage == conn::LAZY_SECURITY_REFUSED) {
+                    let mut r = lock(&self.lazy_refused);
+                    if r.len() >= LAZY_REFUSED_MAX {
+                        r.clear();
+                    }
+                    r.insert(sa);
+                }
+                Err(Error::Handshake(e))
+            }
             Err(_) => Err(Error::Handshake(CloseReason::Lost("connection task ended".into()))),
         }
     }
@@ -683,6 +698,7 @@ impl Host {
             quic: Mutex::new(None),
             quic_start: tokio::sync::Mutex::new(()),
             events,
+            lazy_refused: Mutex::new(Default::default()),
         });
         let timer = tokio::spawn(node_timer(Arc::downgrade(&inner), node_notify));
         lock(&inner.listeners).push(timer);
@@ -789,7 +805,7 @@ impl Host {
                     n.on_transport_up(id, Role::Listener, Multiaddr::from_tcp(from)).map(|()| id)
                 };
                 match admitted {
-                    Ok(id) => driver::spawn_connection(inner, id, sock, Direction::Inbound, None),
+                    Ok(id) => driver::spawn_connection(inner, id, sock, Direction::Inbound, None, false),
                     Err(reason) => tracing::debug!(%from, %reason, "refusing inbound connection"),
                 }
             }
@@ -840,7 +856,15 @@ impl Host {
         }
         let sa = resolve_tcp(addr).await?;
         let id = self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"))?;
-        self.inner.dial_tcp(id, sa).await
+        match self.inner.dial_tcp(id, sa).await {
+            // The listener lacks our first security protocol: once more, negotiating it in full.
+            Err(Error::Handshake(CloseReason::Handshake { stage, .. })) if stage == conn::LAZY_SECURITY_REFUSED => {
+                tracing::debug!(%addr, "dialing again without the lazy security proposal");
+                let id = self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"))?;
+                self.inner.dial_tcp(id, sa).await
+            }
+            r => r,
+        }
     }
 
     fn conn_to(&self, peer: &PeerId) -> Option<Arc<ConnShared>> {

@@ -215,6 +215,21 @@ async fn rust_hyphae_dials_rust_ping_identify() {
     assert_eq!(json_field(&l, "peer"), Some(h.peer_id().to_string().as_str()));
 }
 
+/// hyphae proposes Noise lazily (its first choice) to a rust-libp2p listener that has only TLS: the
+/// listener refuses, and `Host::dial` dials again with the full negotiation, which settles on TLS.
+#[tokio::test]
+async fn rust_tls_only_listener_is_reached_after_the_lazy_noise_proposal_is_refused() {
+    init_tracing();
+    let Some(mut rp) = rust_peer(&["listen", "tls"]) else { return };
+    let (peer, addr) = listen_line(&wait_line(&mut rp, "peerId", "rust listen").await).expect("rust listen line");
+    let h = host_with(KeyType::Ed25519).await;
+    assert_eq!(h.connect(&addr).await.expect("connects on the second dial").to_string(), peer.to_string());
+    let rtt = h.ping(&addr.peer_id().unwrap()).await.expect("ping over the TLS connection");
+    assert!(rtt < Duration::from_secs(5));
+    // The next dial to that listener negotiates in full from the start.
+    assert_eq!(h.dial(&addr).await.expect("a new connection").to_string(), peer.to_string());
+}
+
 #[tokio::test]
 async fn rust_rust_dials_hyphae_ping_identify() {
     init_tracing();
