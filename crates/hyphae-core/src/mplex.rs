@@ -126,9 +126,12 @@ impl Mplex {
             return Err(StreamError::Closed);
         }
         let n = data.len().min(budget);
-        if n == 0 && !data.is_empty() {
+        if n < data.len() {
+            // Cut short or refused: the writer hears `Writable` once the buffer went out.
             s.write_blocked = true;
-            return Ok(0);
+            if n == 0 {
+                return Ok(0);
+            }
         }
         let (id, _) = parts(h);
         let flag = Self::flag(h, MSG_INITIATOR, MSG_RECEIVER);

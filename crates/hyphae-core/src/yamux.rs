@@ -783,6 +783,24 @@ mod tests {
         assert_eq!(got, 1000);
     }
 
+    #[test]
+    fn yamux_writer_cut_short_by_the_window_hears_writable_when_credit_comes() {
+        // The bug this guards: a write cut short (not refused) left the stream unmarked, so the window
+        // update that followed never told the writer, and a node-owned sender stalled for good.
+        let (mut c, mut s) = (Yamux::new(Role::Dialer, Limits::default()), Yamux::new(Role::Listener, Limits::default()));
+        let id = c.open_stream().unwrap();
+        pump(&mut c, &mut s);
+        let window = Limits::default().stream_window as usize;
+        let big = vec![1u8; window + 1000];
+        assert_eq!(c.write(id, &big).unwrap(), window, "cut short by the window");
+        events(&mut c);
+        pump(&mut c, &mut s);
+        let mut buf = vec![0u8; window];
+        while let ReadResult::Data(_) = s.read(id, &mut buf) {}
+        pump(&mut c, &mut s);
+        assert!(events(&mut c).contains(&Event::Writable(id)), "credit returned: the writer is told");
+    }
+
     /// One stream from `a` to `b` over a path with a 30 ms one-way delay, in 30 ms steps: the sender
     /// writes all its window allows, the reader reads everything every `read_every` steps. Returns the
     /// bytes `b` read in each step.
