@@ -158,6 +158,10 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     /// Lent to rustls while quinn-proto runs the handshakes (`tls::RngScope`).
     tls_rng: Option<crate::rng::Rng>,
+    /// The latest time a caller passed in: quinn's pacer and loss timers need time that never goes back,
+    /// and a driver whose threads read the clock before taking its lock can hand in an older instant
+    /// after a newer one (seen as quinn's "received a timestamp earlier than a previous" warnings).
+    last_now: Instant,
 }
 
 /// 8-byte connection IDs from a seeded RNG (quinn's generators use its thread RNG).
@@ -251,7 +255,14 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             tls_rng: Some(crate::rng::child(&mut r)),
+            last_now: Instant(0),
         })
+    }
+
+    /// `now`, or the latest instant seen if that is later: time never runs backwards inside.
+    fn clock(&mut self, now: Instant) -> Instant {
+        self.last_now = self.last_now.max(now);
+        self.last_now
     }
 
     fn std_now(&self, now: Instant) -> std::time::Instant {
@@ -279,6 +290,7 @@ impl Endpoint {
 
     /// Dials `addr`; `expected` is verified against the certificate. Outcome: `Established` or `Closed`.
     pub fn dial(&mut self, now: Instant, addr: SocketAddr, expected: Option<PeerId>) -> Result<QuicConnId, QuicError> {
+        let now = self.clock(now);
         let scope = tls::RngScope::enter(&mut self.tls_rng);
         let r = self.dial_inner(now, addr, expected);
         scope.exit(&mut self.tls_rng);
@@ -302,6 +314,7 @@ impl Endpoint {
 
     /// A datagram from `from`. Call [`Endpoint::flush`] after a batch of them.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let now = self.clock(now);
         let scope = tls::RngScope::enter(&mut self.tls_rng);
         self.handle_datagram_inner(now, from, data);
         scope.exit(&mut self.tls_rng);
@@ -357,6 +370,7 @@ impl Endpoint {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock(now);
         let t = self.std_now(now);
         let hs: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
         for h in hs {
@@ -370,6 +384,7 @@ impl Endpoint {
 
     /// Runs every connection once: collects the datagrams that stream writes made ready.
     pub fn flush(&mut self, now: Instant) {
+        let now = self.clock(now);
         let hs: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
         for h in hs {
             self.drive(now, h);
@@ -621,6 +636,7 @@ impl Endpoint {
     }
 
     pub fn open_stream(&mut self, now: Instant, conn: QuicConnId, protocols: Vec<String>) -> Result<StreamId, StreamError> {
+        let now = self.clock(now);
         self.open(now, conn, protocols, false)
     }
 
@@ -628,6 +644,7 @@ impl Endpoint {
     /// `OutboundReady` comes at once and writes go out right behind the proposal, in the same packet; a
     /// listener that refuses resets the stream.
     pub fn open_stream_lazy(&mut self, now: Instant, conn: QuicConnId, protocol: String) -> Result<StreamId, StreamError> {
+        let now = self.clock(now);
         let id = self.open(now, conn, vec![protocol.clone()], true)?;
         self.events.push_back(Event::OutboundReady { conn, id, protocol });
         Ok(id)
@@ -653,6 +670,7 @@ impl Endpoint {
     }
 
     pub fn stream_read(&mut self, now: Instant, conn: QuicConnId, id: StreamId, buf: &mut [u8]) -> ReadResult {
+        let now = self.clock(now);
         let Some(c) = self.conn_mut(conn) else { return ReadResult::Reset };
         let Some(e) = c.streams.get_mut(&u64::from(id.0)) else { return ReadResult::Reset };
         if e.neg.is_some() {
@@ -694,6 +712,7 @@ impl Endpoint {
     }
 
     pub fn stream_write(&mut self, now: Instant, conn: QuicConnId, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let now = self.clock(now);
         let c = self.conn_mut(conn).ok_or(StreamError::Reset)?;
         match c.streams.get(&u64::from(id.0)) {
             None => return Err(StreamError::Reset),
@@ -713,6 +732,7 @@ impl Endpoint {
     }
 
     pub fn stream_close(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
+        let now = self.clock(now);
         if let Some(c) = self.conn_mut(conn) {
             let _ = c.conn.send_stream(qsid(id)).finish();
         }
@@ -720,6 +740,7 @@ impl Endpoint {
     }
 
     pub fn stream_reset(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
+        let now = self.clock(now);
         if let Some(c) = self.conn_mut(conn) {
             c.streams.remove(&u64::from(id.0));
             let _ = c.conn.send_stream(qsid(id)).reset(VarInt::from_u32(0));
@@ -730,6 +751,7 @@ impl Endpoint {
 
     /// The application dropped its handle: finish our side, stop reading theirs.
     pub fn stream_release(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
+        let now = self.clock(now);
         if let Some(c) = self.conn_mut(conn) {
             if c.streams.remove(&u64::from(id.0)).is_some() {
                 let _ = c.conn.send_stream(qsid(id)).finish();
@@ -745,6 +767,7 @@ impl Endpoint {
     }
 
     pub fn close(&mut self, now: Instant, conn: QuicConnId) {
+        let now = self.clock(now);
         let t = self.std_now(now);
         if let Some(c) = self.conn_mut(conn) {
             c.conn.close(t, VarInt::from_u32(0), bytes::Bytes::new());
