@@ -251,7 +251,8 @@ impl Yamux {
     fn window_update(&mut self, id: u32) -> u32 {
         let now = self.now;
         let rtt = self.rtt;
-        let probe_due = self.rtt_probe.is_none() && self.rtt_probed_at.is_none_or(|t| now.saturating_duration_since(t) >= RTT_INTERVAL);
+        // A probe the peer never answered is given up at the next interval and replaced.
+        let probe_due = self.rtt_probed_at.is_none_or(|t| now.saturating_duration_since(t) >= RTT_INTERVAL);
         let Some(s) = self.streams.get_mut(&id) else { return 0 };
         let mut credit = s.consumed;
         if let Some(rtt) = rtt {
