@@ -7,13 +7,15 @@
 # if missing.
 #
 #   scripts/bench-wan.sh [--bytes N] [--mtu M] [--rows "unlimited 1g lossy"] [--only "iperf3 hyphae-tcp-noise ..."]
-#                        [--setup N | --no-setup]
+#                        [--setup N | --no-setup] [--no-offload]
 #
 # Rows: unlimited = 60 ms RTT; 1g = 60 ms at 1 Gbit/s; lossy = 60 ms at 100 Mbit/s with 0.1% loss.
-# The first two run with a 65,000-byte MTU on the TUN devices (--mtu): at 1500 the delay line, a packet at a
-# time through two syscalls, tops out near 1 Gbit/s on two cores shared with both peers. The lossy row
-# always runs at MTU 1500, since loss is per packet and a lost 64 KB packet would be 44 lost segments at
-# once; it moves --lossy-bytes (default 128 MiB: loss-bound transfers run at tens of Mbit/s).
+# All rows use a 1500-byte MTU. The first two pass TCP and UDP segmentation offloads through the line
+# (`delayline --offload`: 64 KiB super-packets of 1500-byte segments cross as one; without them the line,
+# a packet at a time through two syscalls, tops out near 1 Gbit/s on two cores shared with both peers).
+# --no-offload [--mtu 65000] runs them the older way, one packet per segment. The lossy row never
+# offloads, since loss must hit single segments; it moves --lossy-bytes (default 128 MiB: loss-bound
+# transfers run at tens of Mbit/s).
 # Runs: iperf3 hyphae-tcp-noise hyphae-tcp-tls hyphae-quic rust-tcp rust-quic.
 # Then (unless --no-setup) connection set-up on the 60 ms path: N dials (default 5) from A to a hyphae
 # node in B, each timed from the dial to the first ping answer, by `hyphae ping` (TCP+Noise, QUIC) and
@@ -21,13 +23,14 @@
 # go's p2pd has no ping in its control protocol, so it is not timed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BYTES=1073741824; LOSSY_BYTES=134217728; MTU=65000; ROWS="unlimited 1g lossy"; SETUP=5
+BYTES=1073741824; LOSSY_BYTES=134217728; MTU=1500; ROWS="unlimited 1g lossy"; SETUP=5; OFFLOAD=1
 ONLY="iperf3 hyphae-tcp-noise hyphae-tcp-tls hyphae-quic rust-tcp rust-quic"
 while [ $# -gt 0 ]; do
   case "$1" in
     --bytes) BYTES="$2"; shift 2 ;;
     --lossy-bytes) LOSSY_BYTES="$2"; shift 2 ;;
     --mtu) MTU="$2"; shift 2 ;;
+    --no-offload) OFFLOAD=0; shift ;;
     --rows) ROWS="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
     --setup) SETUP="$2"; shift 2 ;;
@@ -75,16 +78,17 @@ run_rust() { # tcp|quic-v1
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["timeSeconds"])' "$OUT/rc.out" 2>/dev/null || echo fail
 }
 
-echo "# long path: $BYTES bytes upload (lossy: $LOSSY_BYTES), tun MTU $MTU (lossy: 1500), $(date -u +%FT%TZ)"
+echo "# long path: $BYTES bytes upload (lossy: $LOSSY_BYTES), tun MTU $MTU (lossy: 1500), offloads $OFFLOAD (lossy: 0), $(date -u +%FT%TZ)"
 echo
 echo "| path | run | seconds | Gbit/s | % of iperf3 |"
 echo "|---|---|---:|---:|---:|"
 ALL_BYTES="$BYTES"
 for row in $ROWS; do
-  mtu="$MTU"; BYTES="$ALL_BYTES"
+  mtu="$MTU"; BYTES="$ALL_BYTES"; off=()
+  [ "$OFFLOAD" = 1 ] && off=(--offload)
   case "$row" in
-    unlimited) args=(--delay-ms 30) ;;
-    1g) args=(--delay-ms 30 --rate 1g) ;;
+    unlimited) args=(--delay-ms 30 "${off[@]}") ;;
+    1g) args=(--delay-ms 30 --rate 1g "${off[@]}") ;;
     lossy) args=(--delay-ms 30 --rate 100m --loss 0.1); mtu=1500; BYTES="$LOSSY_BYTES" ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac

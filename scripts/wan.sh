@@ -2,7 +2,7 @@
 # A long path on this machine: two network namespaces joined by the delay line (crates/delayline), since
 # `tc netem` is not available here. Needs root and iproute2.
 #
-#   scripts/wan.sh up [--name N] [--delay-ms 30] [--rate 1g] [--queue BYTES] [--loss 0.1] [--mtu 1500]
+#   scripts/wan.sh up [--name N] [--delay-ms 30] [--rate 1g] [--queue BYTES] [--loss 0.1] [--mtu 1500] [--offload]
 #   scripts/wan.sh down [--name N]
 #   ip netns exec N-a COMMAND     # side A, address 10.99.0.1
 #   ip netns exec N-b COMMAND     # side B, address 10.99.0.2
@@ -21,6 +21,7 @@ while [ $# -gt 0 ]; do
     --name) NAME="$2"; shift 2 ;;
     --mtu) MTU="$2"; shift 2 ;;
     --delay-ms|--rate|--queue|--loss|--seed) DL_ARGS+=("$1" "$2"); shift 2 ;;
+    --offload) DL_ARGS+=("$1"); shift ;;
     *) echo "wan.sh: unknown flag $1" >&2; exit 2 ;;
   esac
 done

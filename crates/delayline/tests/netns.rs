@@ -118,3 +118,43 @@ got = int(s.recv(64)); print(got, time.perf_counter() - t)
     let mbit = 2_500_000.0 * 8.0 / v[1] / 1e6;
     assert!((14.0..=20.5).contains(&mbit), "{mbit:.1} Mbit/s through a 20 Mbit/s line ({} s)", v[1]);
 }
+
+#[test]
+fn delay_line_with_offloads_carries_super_packets_of_mtu_sized_segments() {
+    if !usable() {
+        return;
+    }
+    // 5 ms each way, MTU 1500, TSO/USO: 20 MB of TCP cross in far fewer packets than segments.
+    let w = Wan::up("off", "--delay-ms 5 --offload");
+    w.exec(
+        'b',
+        r#"python3 -c '
+import socket
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("10.99.0.2", 7009)); l.listen(1); l.settimeout(20)
+c, _ = l.accept(); n = 0
+while True:
+    d = c.recv(1 << 20)
+    if not d: break
+    n += len(d)
+c.sendall(str(n).encode()); c.close()
+' >/dev/null 2>&1 &"#,
+    );
+    let out = w.exec(
+        'a',
+        r#"python3 -c '
+import socket, time
+time.sleep(0.3)
+s = socket.create_connection(("10.99.0.2", 7009), timeout=20)
+s.sendall(b"z" * 20000000); s.shutdown(socket.SHUT_WR); print(int(s.recv(64)))
+'"#,
+    );
+    assert_eq!(out.trim(), "20000000");
+    drop(w);
+    let log = std::fs::read_to_string(format!("{}/../../target/wan/dloff{}.log", env!("CARGO_MANIFEST_DIR"), std::process::id() % 100_000))
+        .unwrap();
+    assert!(log.contains("offloads Tso"), "{log}");
+    // "NAME-ta -> NAME-tb: P packets, B bytes": far fewer packets than 1500-byte segments.
+    let line = log.lines().find(|l| l.contains("-ta -> ")).expect("counters");
+    let packets: u64 = line.split(": ").nth(1).and_then(|x| x.split(' ').next()).and_then(|x| x.parse().ok()).expect("packet count");
+    assert!(packets < 20_000_000 / 1448 / 4, "{packets} packets for 20 MB: offloads not in use ({line})");
+}
