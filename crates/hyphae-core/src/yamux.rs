@@ -195,8 +195,8 @@ pub struct Yamux {
     now: Instant,
     /// The session's round trip, from our latest answered ping.
     rtt: Option<Duration>,
-    /// Our RTT probe in flight: (opaque, sent at), and when the last one was sent.
-    rtt_probe: Option<(u32, Instant)>,
+    /// The opaque value of our RTT probe in flight, and when the last probe was sent.
+    rtt_probe: Option<u32>,
     rtt_probed_at: Option<Instant>,
     /// Bytes granted beyond `stream_window`, over the open streams.
     grown: u64,
@@ -245,15 +245,16 @@ impl Yamux {
         self.streams.get(&id.0).map(|s| s.window)
     }
 
-    /// The window update for a stream whose reader consumed `s.consumed`: returns the credit to give back,
-    /// doubled window included when the window held the sender back (half of it consumed in under two
-    /// round trips). Starts an RTT probe when none is known or the last is old.
-    fn window_update(&mut self, id: u32) -> u32 {
+    /// Sends the window update for a stream whose bytes `s.consumed` were read (or discarded): the credit
+    /// given back, with the window doubled when `grow` and the window held the sender back (half of it
+    /// consumed in under two round trips). A growing stream also starts an RTT probe when none is known or
+    /// the last is old.
+    fn window_update(&mut self, id: u32, grow: bool) {
         let now = self.now;
-        let rtt = self.rtt;
+        let rtt = self.rtt.filter(|_| grow);
         // A probe the peer never answered is given up at the next interval and replaced.
-        let probe_due = self.rtt_probed_at.is_none_or(|t| now.saturating_duration_since(t) >= RTT_INTERVAL);
-        let Some(s) = self.streams.get_mut(&id) else { return 0 };
+        let probe_due = grow && self.rtt_probed_at.is_none_or(|t| now.saturating_duration_since(t) >= RTT_INTERVAL);
+        let Some(s) = self.streams.get_mut(&id) else { return };
         let mut credit = s.consumed;
         if let Some(rtt) = rtt {
             let fast = now.saturating_duration_since(s.epoch) < rtt * 2;
@@ -273,19 +274,24 @@ impl Yamux {
         s.epoch = now;
         s.recv_window += credit;
         s.consumed = 0;
+        put_header(&mut self.out, TY_WINDOW_UPDATE, 0, id, credit);
         if probe_due {
             let opaque = RTT_OPAQUE | (now.as_nanos() as u32 & 0xffff);
-            self.rtt_probe = Some((opaque, now));
+            self.rtt_probe = Some(opaque);
             self.rtt_probed_at = Some(now);
             put_header(&mut self.out, TY_PING, F_SYN, 0, opaque);
         }
-        credit
+    }
+
+    /// The window a stream starts with.
+    fn initial_window(&self) -> u32 {
+        self.limits.stream_window.max(INITIAL_WINDOW)
     }
 
     /// Forgets a stream, returning what its window grew to the connection's budget.
     fn remove_stream(&mut self, id: u32) -> Option<Stream> {
         let s = self.streams.remove(&id)?;
-        self.grown -= u64::from(s.window.saturating_sub(self.limits.stream_window.max(INITIAL_WINDOW)));
+        self.grown -= u64::from(s.window.saturating_sub(self.initial_window()));
         Some(s)
     }
 
@@ -297,11 +303,11 @@ impl Yamux {
     }
 
     fn extra_window(&self) -> u32 {
-        self.limits.stream_window.saturating_sub(INITIAL_WINDOW)
+        self.initial_window() - INITIAL_WINDOW
     }
 
     fn new_stream(&self, outbound: bool) -> Stream {
-        let window = self.limits.stream_window.max(INITIAL_WINDOW);
+        let window = self.initial_window();
         Stream { recv_window: window, window, epoch: self.now, send_window: INITIAL_WINDOW, outbound, acked: false, ..Default::default() }
     }
 
@@ -378,8 +384,7 @@ impl Yamux {
         let n = drain_into(&mut s.recv, buf);
         s.consumed += n as u32;
         if s.consumed >= s.window / 2 && !s.remote_fin {
-            let credit = self.window_update(id.0);
-            put_header(&mut self.out, TY_WINDOW_UPDATE, 0, id.0, credit);
+            self.window_update(id.0, true);
         }
         ReadResult::Data(n)
     }
@@ -500,19 +505,19 @@ impl Yamux {
                 let chunk = &buf[*pos..*pos + avail];
                 *pos += avail;
                 self.stats.bytes_in += avail as u64;
+                let mut discarded_half = false;
                 if let Some(s) = self.streams.get_mut(&id) {
                     if s.released {
                         // Nobody reads: return the credit at once so the peer is not stalled.
                         s.consumed += avail as u32;
-                        if s.consumed >= s.window / 2 {
-                            put_header(&mut self.out, TY_WINDOW_UPDATE, 0, id, s.consumed);
-                            s.recv_window += s.consumed;
-                            s.consumed = 0;
-                        }
+                        discarded_half = s.consumed >= s.window / 2;
                     } else if !s.reset {
                         s.recv.extend(chunk);
                         self.readable(id);
                     }
+                }
+                if discarded_half {
+                    self.window_update(id, false);
                 }
                 let left = remaining - avail as u32;
                 self.body = if left == 0 { None } else { Some((id, left, flags)) };
@@ -532,8 +537,8 @@ impl Yamux {
                     if h.flags & F_SYN != 0 {
                         self.control_reply(TY_PING, F_ACK, 0, h.len);
                     } else if h.flags & F_ACK != 0 {
-                        match self.rtt_probe {
-                            Some((opaque, sent)) if opaque == h.len => {
+                        match (self.rtt_probe, self.rtt_probed_at) {
+                            (Some(opaque), Some(sent)) if opaque == h.len => {
                                 self.rtt = Some(self.now.saturating_duration_since(sent));
                                 self.rtt_probe = None;
                             }
@@ -597,7 +602,7 @@ impl Yamux {
         let Some(s) = self.streams.get_mut(&h.id) else {
             // A frame for a stream we already forgot (e.g. we reset it): skip its body.
             if h.ty == TY_DATA && h.len > 0 {
-                if h.len > self.limits.max_stream_window.max(self.limits.stream_window).max(INITIAL_WINDOW) {
+                if h.len > self.limits.max_stream_window.max(self.initial_window()) {
                     return Err(YamuxError::Protocol("data frame exceeds any window we grant"));
                 }
                 self.body = Some((h.id, h.len, 0));
