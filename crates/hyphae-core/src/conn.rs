@@ -229,7 +229,7 @@ impl Connection {
     /// if the remote proves another identity. `seed` feeds the Noise RNG.
     pub fn new(role: Role, config: Config, expected: Option<PeerId>, now: Instant, seed: [u8; 32]) -> Self {
         let lazy = (role == Role::Dialer && config.lazy_security).then(|| config.security.first().cloned()).flatten();
-        let neg = match role {
+        let mut neg = match role {
             Role::Dialer if lazy.is_some() => Negotiator::dialer(lazy.clone()),
             Role::Dialer => Negotiator::dialer(config.security.iter().cloned()),
             Role::Listener => Negotiator::listener(config.security.iter().cloned()),
@@ -241,7 +241,8 @@ impl Connection {
             config,
             expected,
             seed,
-            stage: Stage::SecurityNeg(neg),
+            // Set below: negotiating, or (lazy) already in the handshake.
+            stage: Stage::Closed,
             secure: None,
             remote: None,
             muxer: None,
@@ -254,16 +255,16 @@ impl Connection {
             stats: Stats::default(),
             lazy_neg: None,
         };
-        if let Stage::SecurityNeg(n) = &mut c.stage {
-            if let Some(b) = n.poll_transmit() {
-                c.out.extend(b);
-            }
+        if let Some(b) = neg.poll_transmit() {
+            c.out.extend(b);
         }
-        if let Some(p) = lazy {
+        match lazy {
             // The handshake starts at once; the listener's confirmation is read when it comes.
-            let Stage::SecurityNeg(neg) = std::mem::replace(&mut c.stage, Stage::Closed) else { unreachable!("invariant: set above") };
-            c.lazy_neg = Some(neg);
-            c.start_security(p);
+            Some(p) => {
+                c.lazy_neg = Some(neg);
+                c.start_security(p);
+            }
+            None => c.stage = Stage::SecurityNeg(neg),
         }
         c
     }
@@ -892,17 +893,24 @@ mod tests {
         }
 
         fn with(early: bool, security: &str, muxer: &str) -> Pair {
+            Self::build(|ca, _| {
+                ca.early_muxer_negotiation = early;
+                ca.security = vec![security.to_string()];
+                ca.muxers = vec![muxer.to_string()];
+            })
+        }
+
+        /// A dialer `a` and a listener `b` (serving `/echo/1`) on default configurations, changed by `tweak`.
+        fn build(tweak: impl FnOnce(&mut Config, &mut Config)) -> Pair {
             let mut rng = crate::rng::from_seed([9; 32]);
             let ka = Keypair::generate_ed25519(&mut rng);
             let kb = Keypair::generate_ed25519(&mut rng);
             let mut ca = Config::new(ka);
-            ca.early_muxer_negotiation = early;
-            ca.security = vec![security.to_string()];
-            ca.muxers = vec![muxer.to_string()];
             ca.unix_time = 1_800_000_000;
             let mut cb = Config::new(kb.clone());
             cb.protocols = vec!["/echo/1".into()];
             cb.unix_time = 1_800_000_000;
+            tweak(&mut ca, &mut cb);
             let now = Instant(0);
             Pair {
                 a: Connection::new(Role::Dialer, ca, Some(kb.peer_id()), now, [1; 32]),
@@ -936,11 +944,11 @@ mod tests {
     /// Flights (one direction's bytes at a time, dialer first) until the listener holds the first bytes
     /// of a stream the dialer opens as soon as it is open.
     fn flights_to_first_stream_bytes(lazy: bool, security: &str) -> usize {
-        let mut p = Pair::with_security(true, security);
-        p.a.config.lazy_security = lazy;
-        // Rebuild the dialer with the setting (it takes effect at construction).
-        let kb_id = p.a.expected.clone();
-        p.a = Connection::new(Role::Dialer, p.a.config.clone(), kb_id, p.now, [1; 32]);
+        let mut p = Pair::build(|ca, _| {
+            ca.lazy_security = lazy;
+            ca.security = vec![security.to_string()];
+            ca.muxers = vec![yamux::PROTOCOL_ID.into()];
+        });
         let mut opened = false;
         for flight in 1..=10 {
             let (from, to) = if flight % 2 == 1 { (&mut p.a, &mut p.b) } else { (&mut p.b, &mut p.a) };
@@ -973,24 +981,12 @@ mod tests {
 
     #[test]
     fn conn_lazy_security_refused_fails_with_its_own_reason_and_full_negotiation_falls_back() {
+        // Noise and TLS (the defaults) from the dialer, TLS alone at the listener.
         let setup = |lazy: bool| {
-            let mut rng = crate::rng::from_seed([9; 32]);
-            let ka = Keypair::generate_ed25519(&mut rng);
-            let kb = Keypair::generate_ed25519(&mut rng);
-            let mut ca = Config::new(ka);
-            ca.lazy_security = lazy;
-            ca.unix_time = 1_800_000_000;
-            let mut cb = Config::new(kb.clone());
-            cb.security = vec![tls::PROTOCOL_ID.into()];
-            cb.unix_time = 1_800_000_000;
-            let now = Instant(0);
-            Pair {
-                a: Connection::new(Role::Dialer, ca, Some(kb.peer_id()), now, [1; 32]),
-                b: Connection::new(Role::Listener, cb, None, now, [2; 32]),
-                now,
-                ev_a: vec![],
-                ev_b: vec![],
-            }
+            Pair::build(|ca, cb| {
+                ca.lazy_security = lazy;
+                cb.security = vec![tls::PROTOCOL_ID.into()];
+            })
         };
         // Noise first, proposed lazily, to a TLS-only listener.
         let mut p = setup(true);
