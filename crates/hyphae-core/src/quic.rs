@@ -849,6 +849,16 @@ mod tests {
         (Endpoint::new(cfg).unwrap(), id)
     }
 
+    /// Hands every datagram `from` has queued (GSO batches split) to `to`, as sent from `from_addr`.
+    fn deliver(from: &mut Endpoint, to: &mut Endpoint, from_addr: SocketAddr, to_addr: SocketAddr, now: Instant) {
+        while let Some(t) = from.poll_transmit() {
+            assert_eq!(t.to, to_addr);
+            for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                to.handle_datagram(now, from_addr, d);
+            }
+        }
+    }
+
     #[test]
     fn quic_pair_handshake_verifies_peers_and_negotiates_a_stream() {
         let base = std::time::Instant::now();
@@ -862,18 +872,8 @@ mod tests {
         let pump = |a: &mut Endpoint, b: &mut Endpoint, now: &mut Instant, ev_a: &mut Vec<Event>, ev_b: &mut Vec<Event>| {
             for _ in 0..50 {
                 *now = *now + std::time::Duration::from_millis(1);
-                while let Some(t) = a.poll_transmit() {
-                    assert_eq!(t.to, b_addr);
-                    for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
-                        b.handle_datagram(*now, a_addr, d);
-                    }
-                }
-                while let Some(t) = b.poll_transmit() {
-                    assert_eq!(t.to, a_addr);
-                    for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
-                        a.handle_datagram(*now, b_addr, d);
-                    }
-                }
+                deliver(a, b, a_addr, b_addr, *now);
+                deliver(b, a, b_addr, a_addr, *now);
                 a.handle_timeout(*now);
                 b.handle_timeout(*now);
                 ev_a.extend(std::iter::from_fn(|| a.poll_event()));
@@ -913,17 +913,9 @@ mod tests {
         let exchange = |a: &mut Endpoint, b: &mut Endpoint, now: &mut Instant, ev_a: &mut Vec<Event>, ev_b: &mut Vec<Event>| {
             *now = *now + std::time::Duration::from_millis(1);
             a.flush(*now);
-            while let Some(t) = a.poll_transmit() {
-                for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
-                    b.handle_datagram(*now, a_addr, d);
-                }
-            }
+            deliver(a, b, a_addr, b_addr, *now);
             b.flush(*now);
-            while let Some(t) = b.poll_transmit() {
-                for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
-                    a.handle_datagram(*now, b_addr, d);
-                }
-            }
+            deliver(b, a, b_addr, a_addr, *now);
             ev_a.extend(std::iter::from_fn(|| a.poll_event()));
             ev_b.extend(std::iter::from_fn(|| b.poll_event()));
         };
@@ -970,17 +962,9 @@ mod tests {
         let mut refused_at = None;
         for _ in 0..50 {
             now = now + std::time::Duration::from_millis(1);
-            while let Some(t) = a.poll_transmit() {
-                for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
-                    b.handle_datagram(now, a_addr, d);
-                }
-            }
+            deliver(&mut a, &mut b, a_addr, b_addr, now);
             b.flush(now);
-            while let Some(t) = b.poll_transmit() {
-                for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
-                    a.handle_datagram(now, b_addr, d);
-                }
-            }
+            deliver(&mut b, &mut a, b_addr, a_addr, now);
             a.flush(now);
             evs.extend(std::iter::from_fn(|| a.poll_event()));
             if refused_at.is_none() && !evs.is_empty() {
