@@ -39,6 +39,45 @@ impl Wan {
     fn exec(&self, side: char, cmd: &str) -> String {
         sh(&format!("ip netns exec {}-{side} {cmd}", self.name))
     }
+
+    /// Where scripts/wan.sh keeps the line's log (its counters are appended when it goes down).
+    fn log_path(&self) -> String {
+        format!("{}/target/wan/{}.log", self.root, self.name)
+    }
+
+    /// `bytes` over one TCP connection from A to a sink on B at `port`: what the sink counted, and the
+    /// seconds from the connect to the sink's answer.
+    fn tcp_transfer(&self, port: u16, bytes: u64) -> (u64, f64) {
+        self.exec(
+            'b',
+            &format!(
+                r#"python3 -c '
+import socket
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("10.99.0.2", {port})); l.listen(1); l.settimeout(20)
+c, _ = l.accept(); n = 0
+while True:
+    d = c.recv(1 << 20)
+    if not d: break
+    n += len(d)
+c.sendall(str(n).encode()); c.close()
+' >/dev/null 2>&1 &"#
+            ),
+        );
+        let out = self.exec(
+            'a',
+            &format!(
+                r#"python3 -c '
+import socket, time
+time.sleep(0.3)
+s = socket.create_connection(("10.99.0.2", {port}), timeout=20); t = time.perf_counter()
+s.sendall(b"y" * {bytes}); s.shutdown(socket.SHUT_WR)
+got = int(s.recv(64)); print(got, time.perf_counter() - t)
+'"#
+            ),
+        );
+        let v: Vec<&str> = out.split_whitespace().collect();
+        (v[0].parse().unwrap(), v[1].parse().unwrap())
+    }
 }
 
 impl Drop for Wan {
@@ -90,33 +129,10 @@ fn delay_line_rate_limit_holds_a_tcp_transfer_to_the_rate() {
     }
     // 20 Mbit/s, 5 ms each way: 2.5 MB take 1 s at the rate.
     let w = Wan::up("rate", "--delay-ms 5 --rate 20m");
-    w.exec(
-        'b',
-        r#"python3 -c '
-import socket
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("10.99.0.2", 7008)); l.listen(1); l.settimeout(20)
-c, _ = l.accept(); n = 0
-while True:
-    d = c.recv(65536)
-    if not d: break
-    n += len(d)
-c.sendall(str(n).encode()); c.close()
-' >/dev/null 2>&1 &"#,
-    );
-    let out = w.exec(
-        'a',
-        r#"python3 -c '
-import socket, time
-time.sleep(0.3)
-s = socket.create_connection(("10.99.0.2", 7008), timeout=20); t = time.perf_counter()
-s.sendall(b"y" * 2500000); s.shutdown(socket.SHUT_WR)
-got = int(s.recv(64)); print(got, time.perf_counter() - t)
-'"#,
-    );
-    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    assert_eq!(v[0] as u64, 2_500_000);
-    let mbit = 2_500_000.0 * 8.0 / v[1] / 1e6;
-    assert!((14.0..=20.5).contains(&mbit), "{mbit:.1} Mbit/s through a 20 Mbit/s line ({} s)", v[1]);
+    let (got, secs) = w.tcp_transfer(7008, 2_500_000);
+    assert_eq!(got, 2_500_000);
+    let mbit = 2_500_000.0 * 8.0 / secs / 1e6;
+    assert!((14.0..=20.5).contains(&mbit), "{mbit:.1} Mbit/s through a 20 Mbit/s line ({secs} s)");
 }
 
 #[test]
@@ -126,32 +142,11 @@ fn delay_line_with_offloads_carries_super_packets_of_mtu_sized_segments() {
     }
     // 5 ms each way, MTU 1500, TSO/USO: 20 MB of TCP cross in far fewer packets than segments.
     let w = Wan::up("off", "--delay-ms 5 --offload");
-    w.exec(
-        'b',
-        r#"python3 -c '
-import socket
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("10.99.0.2", 7009)); l.listen(1); l.settimeout(20)
-c, _ = l.accept(); n = 0
-while True:
-    d = c.recv(1 << 20)
-    if not d: break
-    n += len(d)
-c.sendall(str(n).encode()); c.close()
-' >/dev/null 2>&1 &"#,
-    );
-    let out = w.exec(
-        'a',
-        r#"python3 -c '
-import socket, time
-time.sleep(0.3)
-s = socket.create_connection(("10.99.0.2", 7009), timeout=20)
-s.sendall(b"z" * 20000000); s.shutdown(socket.SHUT_WR); print(int(s.recv(64)))
-'"#,
-    );
-    assert_eq!(out.trim(), "20000000");
+    let (got, _) = w.tcp_transfer(7009, 20_000_000);
+    assert_eq!(got, 20_000_000);
+    let log_path = w.log_path();
     drop(w);
-    let log = std::fs::read_to_string(format!("{}/../../target/wan/dloff{}.log", env!("CARGO_MANIFEST_DIR"), std::process::id() % 100_000))
-        .unwrap();
+    let log = std::fs::read_to_string(log_path).unwrap();
     assert!(log.contains("offloads Tso"), "{log}");
     // "NAME-ta -> NAME-tb: P packets, B bytes": far fewer packets than 1500-byte segments.
     let line = log.lines().find(|l| l.contains("-ta -> ")).expect("counters");
