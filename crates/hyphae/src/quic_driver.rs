@@ -50,18 +50,13 @@ pub(crate) struct QuicShared {
 const UDP_BUFFER: usize = 8 << 20;
 
 fn bind_udp(sa: SocketAddr) -> io::Result<UdpSocket> {
-    let domain = if sa.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
-    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    if sa.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
+    let s = crate::host::new_socket(sa, socket2::Type::DGRAM, socket2::Protocol::UDP)?;
     let _ = s.set_recv_buffer_size(UDP_BUFFER);
     let _ = s.set_send_buffer_size(UDP_BUFFER);
     let (rcv, snd) = (s.recv_buffer_size().unwrap_or(0), s.send_buffer_size().unwrap_or(0));
     if rcv < UDP_BUFFER {
         tracing::debug!(rcv, snd, wanted = UDP_BUFFER, "quic socket buffers capped by net.core.rmem_max / wmem_max");
     }
-    s.set_nonblocking(true)?;
     s.bind(&sa.into())?;
     UdpSocket::from_std(s.into())
 }
