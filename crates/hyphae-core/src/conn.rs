@@ -95,6 +95,11 @@ impl Config {
 /// proposed lazily ([`Config::lazy_security`]): dial again without it.
 pub const LAZY_SECURITY_REFUSED: &str = "lazy security proposal refused";
 
+/// Whether `reason` is that refusal.
+pub fn lazy_security_refused(reason: &CloseReason) -> bool {
+    matches!(reason, CloseReason::Handshake { stage, .. } if *stage == LAZY_SECURITY_REFUSED)
+}
+
 enum Stage {
     SecurityNeg(Negotiator),
     Noise(Box<Handshake>),

@@ -362,7 +362,7 @@ impl Inner {
         match rx.await {
             Ok(Ok(peer)) => Ok(peer),
             Ok(Err(e)) => {
-                if matches!(&e, CloseReason::Handshake { stage, .. } if *stage == conn::LAZY_SECURITY_REFUSED) {
+                if conn::lazy_security_refused(&e) {
                     let mut r = lock(&self.lazy_refused);
                     if r.len() >= LAZY_REFUSED_MAX {
                         r.clear();
@@ -855,13 +855,12 @@ impl Host {
             return self.dial_quic(addr, sa).await;
         }
         let sa = resolve_tcp(addr).await?;
-        let id = self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"))?;
-        match self.inner.dial_tcp(id, sa).await {
+        let admit = || self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"));
+        match self.inner.dial_tcp(admit()?, sa).await {
             // The listener lacks our first security protocol: once more, negotiating it in full.
-            Err(Error::Handshake(CloseReason::Handshake { stage, .. })) if stage == conn::LAZY_SECURITY_REFUSED => {
+            Err(Error::Handshake(e)) if conn::lazy_security_refused(&e) => {
                 tracing::debug!(%addr, "dialing again without the lazy security proposal");
-                let id = self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"))?;
-                self.inner.dial_tcp(id, sa).await
+                self.inner.dial_tcp(admit()?, sa).await
             }
             r => r,
         }
