@@ -52,6 +52,18 @@ NAME=hybench; A="$NAME-a"; B="$NAME-b"; SERVER=10.99.0.2
 OUT="target/wan/bench"; mkdir -p "$OUT"
 trap 'scripts/wan.sh down --name $NAME >/dev/null 2>&1 || true; pkill -f "hyphae perf --server --key $OUT" 2>/dev/null || true' EXIT
 
+# Starts `hyphae perf --server` in B (SRV) and waits for its addresses (TCPA, QUICA).
+start_hyphae_server() {
+  ip netns exec "$B" "$HY" perf --server --key "$OUT/server.key" --listen /ip4/$SERVER/tcp/4711 --listen /ip4/$SERVER/udp/4711/quic-v1 >"$OUT/hs.out" 2>"$OUT/hs.err" &
+  SRV=$!
+  for _ in $(seq 50); do grep -q quic-v1 "$OUT/hs.out" 2>/dev/null && break; sleep 0.1; done
+  TCPA="$(grep /tcp/ "$OUT/hs.out" | head -1)"; QUICA="$(grep /quic-v1/ "$OUT/hs.out" | head -1)"
+}
+# The timeSeconds of a perf client's final JSON line in FILE, or "fail".
+perf_seconds() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["timeSeconds"])' "$1" 2>/dev/null || echo fail
+}
+
 # seconds for one run, or "fail"
 run_iperf3() {
   ip netns exec "$B" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
@@ -61,21 +73,18 @@ run_iperf3() {
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["seconds"])' "$OUT/iperf3.json" 2>/dev/null || echo fail
 }
 run_hyphae() { # transport security
-  local proto=tcp; [ "$1" = quic ] && proto=udp
-  ip netns exec "$B" "$HY" perf --server --key "$OUT/server.key" --listen /ip4/$SERVER/tcp/4711 --listen /ip4/$SERVER/udp/4711/quic-v1 >"$OUT/hs.out" 2>"$OUT/hs.err" &
-  local srv=$! addr=""
-  for _ in $(seq 50); do addr="$(grep "/$proto/" "$OUT/hs.out" 2>/dev/null | head -1)"; [ -n "$addr" ] && break; sleep 0.1; done
-  local sec="${2:-noise}"
-  timeout 600 ip netns exec "$A" "$HY" perf "$addr" --upload "$BYTES" --download 0 --security "$sec" 2>"$OUT/hc.err" | tail -1 >"$OUT/hc.out" || true
-  kill $srv 2>/dev/null; wait $srv 2>/dev/null || true
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["timeSeconds"])' "$OUT/hc.out" 2>/dev/null || echo fail
+  start_hyphae_server
+  local addr="$TCPA"; [ "$1" = quic ] && addr="$QUICA"
+  timeout 600 ip netns exec "$A" "$HY" perf "$addr" --upload "$BYTES" --download 0 --security "${2:-noise}" 2>"$OUT/hc.err" | tail -1 >"$OUT/hc.out" || true
+  kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true
+  perf_seconds "$OUT/hc.out"
 }
 run_rust() { # tcp|quic-v1
   ip netns exec "$B" "$PERF" --run-server --server-address $SERVER:4712 >/dev/null 2>&1 &
   local srv=$!; sleep 1
   timeout 600 ip netns exec "$A" "$PERF" --server-address $SERVER:4712 --transport "$1" --upload-bytes "$BYTES" --download-bytes 0 2>/dev/null | tail -1 >"$OUT/rc.out" || true
   kill $srv 2>/dev/null; wait $srv 2>/dev/null || true
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["timeSeconds"])' "$OUT/rc.out" 2>/dev/null || echo fail
+  perf_seconds "$OUT/rc.out"
 }
 
 echo "# long path: $BYTES bytes upload (lossy: $LOSSY_BYTES), tun MTU $MTU (lossy: 1500), offloads $OFFLOAD (lossy: 0), $(date -u +%FT%TZ)"
@@ -122,10 +131,7 @@ done
 RUSTPEER="$PWD/interop/rust-peer/target/debug/rust-peer"
 [ -x "$RUSTPEER" ] || cargo build --quiet --manifest-path interop/rust-peer/Cargo.toml
 scripts/wan.sh up --name $NAME --mtu "$MTU" --delay-ms 30 >/dev/null
-ip netns exec "$B" "$HY" perf --server --key "$OUT/server.key" --listen /ip4/$SERVER/tcp/4711 --listen /ip4/$SERVER/udp/4711/quic-v1 >"$OUT/hs.out" 2>"$OUT/hs.err" &
-SRV=$!
-for _ in $(seq 50); do grep -q quic "$OUT/hs.out" 2>/dev/null && break; sleep 0.1; done
-TCPA="$(grep /tcp/ "$OUT/hs.out" | head -1)"; QUICA="$(grep /quic-v1/ "$OUT/hs.out" | head -1)"
+start_hyphae_server
 echo
 echo "# connection set-up on the 60 ms path: dial to the first ping answer, $SETUP dials each"
 echo
