@@ -440,3 +440,15 @@ impl Drop for Stream {
         self.shared.wake_writer();
     }
 }
+
+/// A non-blocking socket for `sa`, not yet bound. IPv6 sockets are v6-only, so `/ip4/0.0.0.0/…/P` and
+/// `/ip6/::/…/P` can both be bound (Linux otherwise lets the IPv6 socket claim the IPv4 port too).
+pub(crate) fn new_socket(sa: std::net::SocketAddr, ty: socket2::Type, proto: socket2::Protocol) -> std::io::Result<socket2::Socket> {
+    let domain = if sa.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let s = socket2::Socket::new(domain, ty, Some(proto))?;
+    if sa.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}

@@ -1129,21 +1129,9 @@ fn interface_ips(v4: bool) -> Vec<IpAddr> {
     ips
 }
 
-/// A non-blocking socket for `sa`, not yet bound. IPv6 sockets are v6-only, so `/ip4/0.0.0.0/…/P` and
-/// `/ip6/::/…/P` can both be bound (Linux otherwise lets the IPv6 socket claim the IPv4 port too).
-pub(crate) fn new_socket(sa: SocketAddr, ty: socket2::Type, proto: socket2::Protocol) -> std::io::Result<socket2::Socket> {
-    let domain = if sa.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
-    let s = socket2::Socket::new(domain, ty, Some(proto))?;
-    if sa.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    Ok(s)
-}
-
 /// A listening socket.
 fn bind_tcp(sa: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = new_socket(sa, socket2::Type::STREAM, socket2::Protocol::TCP)?;
+    let s = crate::handle::new_socket(sa, socket2::Type::STREAM, socket2::Protocol::TCP)?;
     s.set_reuse_address(true)?;
     s.bind(&sa.into())?;
     s.listen(1024)?;

@@ -50,7 +50,7 @@ pub(crate) struct QuicShared {
 const UDP_BUFFER: usize = 8 << 20;
 
 fn bind_udp(sa: SocketAddr) -> io::Result<UdpSocket> {
-    let s = crate::host::new_socket(sa, socket2::Type::DGRAM, socket2::Protocol::UDP)?;
+    let s = crate::handle::new_socket(sa, socket2::Type::DGRAM, socket2::Protocol::UDP)?;
     let _ = s.set_recv_buffer_size(UDP_BUFFER);
     let _ = s.set_send_buffer_size(UDP_BUFFER);
     let (rcv, snd) = (s.recv_buffer_size().unwrap_or(0), s.send_buffer_size().unwrap_or(0));
