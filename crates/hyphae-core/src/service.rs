@@ -18,6 +18,7 @@
 use crate::autonat::{self, Reachability};
 use crate::identify::{self, Info};
 use crate::identity::{PeerId, PublicKey};
+use crate::gossipsub;
 use crate::kad;
 use crate::multiaddr::Multiaddr;
 use crate::perf;
@@ -75,6 +76,7 @@ pub enum Event {
     Perf(perf::Event),
     Kad(kad::Event),
     Autonat(autonat::Event),
+    Gossipsub(gossipsub::Event),
     /// A peer broke a protocol's rules (logged and counted too).
     Violation(Violation),
     /// An event of a service the node does not know by type (added with `Node::add_service`).
@@ -125,7 +127,7 @@ pub enum StreamEvent<'a> {
     /// The peer reset the stream (the router forgets it after this).
     Reset,
     /// Everything the service wrote has left the stream's buffer (after a write that had to wait; after
-    /// every [`Cx::write_static`], even one taken at once).
+    /// every [`Cx::write_static`] and [`Cx::write_notify`], even one taken at once).
     Drained,
 }
 
@@ -176,6 +178,8 @@ pub(crate) enum Op {
     Write {
         stream: StreamId,
         data: Vec<u8>,
+        /// `Drained` follows once everything written has left (see `Cx::write_notify`).
+        notify: bool,
     },
     WriteStatic {
         stream: StreamId,
@@ -302,7 +306,14 @@ impl Cx<'_> {
     /// Queues `data` on a stream the service owns. Over the per-connection limit the write is dropped,
     /// the stream reset, and the drop counted.
     pub fn write(&mut self, conn: ConnId, stream: StreamId, data: &[u8]) {
-        self.queue_write(conn, stream, data.len(), || Op::Write { stream, data: data.to_vec() });
+        self.queue_write(conn, stream, data.len(), || Op::Write { stream, data: data.to_vec(), notify: false });
+    }
+
+    /// Like [`Cx::write`], and `StreamEvent::Drained` follows once everything written on the stream has
+    /// left its buffer, even when the connection took it at once: a service that keeps its own send
+    /// queue (gossipsub) writes its next batch then.
+    pub fn write_notify(&mut self, conn: ConnId, stream: StreamId, data: Vec<u8>) {
+        self.queue_write(conn, stream, data.len(), || Op::Write { stream, data, notify: true });
     }
 
     /// Queues a write of `len` bytes, or (over the per-connection limit) a reset, counted.

@@ -794,7 +794,7 @@ impl Node {
                         self.reset_owned(now, id, s, m);
                     }
                 }
-                Op::Write { stream, data } => match self.owners.get_mut(&(id, stream)) {
+                Op::Write { stream, data, notify } => match self.owners.get_mut(&(id, stream)) {
                     Some(o) if !o.closed => {
                         o.untail();
                         // Usually nothing waits before it: the queued bytes become the buffer (no copy).
@@ -803,7 +803,11 @@ impl Node {
                         } else {
                             o.buf.extend_from_slice(&data);
                         }
+                        o.notify |= notify;
                         self.write_out(now, id, stream, m);
+                        if notify {
+                            self.tell_drained(now, id, stream, false);
+                        }
                     }
                     _ => self.unqueue(id, data.len()),
                 },

@@ -1,0 +1,229 @@
+//! Publish/subscribe: gossipsub v1.0–v1.2 and floodsub (libp2p/specs `pubsub/`), as a node service.
+//!
+//! - `rpc.proto` / `wire.rs`: the RPC, decoded under [`wire::Limits`] (counted while reading).
+//! - `router.rs`: the router machine, per peer and per topic: mesh kept on a heartbeat (go's D=6,
+//!   Dlo=5, Dhi=12, Dout=2, Dlazy=6), fanout with TTL, message cache and IHAVE/IWANT gossip, seen cache,
+//!   flood publishing, GRAFT/PRUNE with backoff and peer exchange, IDONTWANT (v1.2), bounded per-peer
+//!   send queues where control and messages go before gossip. Time and randomness are passed in.
+//! - `service.rs`: the node service: one long-lived outbound stream per peer for sending (the
+//!   protocol picked from the peer's identify list), the peer's inbound streams for reading.
+//!
+//! Not yet: peer scoring (v1.1's P1–P7 and thresholds), application validators, direct peers, v1.3's
+//! extensions message. Until scoring lands every peer scores 0.
+
+use crate::identity::PeerId;
+use crate::time::Duration;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+pub mod router;
+pub mod service;
+pub mod wire;
+
+pub use router::{PublishError, Router, Stats};
+pub use wire::{Message, MessageId};
+
+pub const MESHSUB_V12: &str = "/meshsub/1.2.0";
+pub const MESHSUB_V11: &str = "/meshsub/1.1.0";
+pub const MESHSUB_V10: &str = "/meshsub/1.0.0";
+pub const FLOODSUB: &str = "/floodsub/1.0.0";
+/// Every protocol served, in the order we prefer them.
+pub const PROTOCOLS: [&str; 4] = [MESHSUB_V12, MESHSUB_V11, MESHSUB_V10, FLOODSUB];
+
+/// What a peer speaks (the protocol of the stream it reads from us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PeerKind {
+    Floodsub,
+    Meshsub10,
+    Meshsub11,
+    Meshsub12,
+}
+
+impl PeerKind {
+    pub fn from_protocol(p: &str) -> Option<PeerKind> {
+        Some(match p {
+            MESHSUB_V12 => PeerKind::Meshsub12,
+            MESHSUB_V11 => PeerKind::Meshsub11,
+            MESHSUB_V10 => PeerKind::Meshsub10,
+            FLOODSUB => PeerKind::Floodsub,
+            _ => return None,
+        })
+    }
+    pub fn protocol(self) -> &'static str {
+        match self {
+            PeerKind::Meshsub12 => MESHSUB_V12,
+            PeerKind::Meshsub11 => MESHSUB_V11,
+            PeerKind::Meshsub10 => MESHSUB_V10,
+            PeerKind::Floodsub => FLOODSUB,
+        }
+    }
+    /// Takes part in meshes and gossip.
+    pub fn is_meshsub(self) -> bool {
+        self != PeerKind::Floodsub
+    }
+    /// Understands PRUNE's backoff and peer exchange (v1.1).
+    pub fn has_px(self) -> bool {
+        self >= PeerKind::Meshsub11
+    }
+    /// Understands IDONTWANT (v1.2).
+    pub fn has_idontwant(self) -> bool {
+        self == PeerKind::Meshsub12
+    }
+}
+
+/// Signing policy (go's names). Both refuse a message that does not follow them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signing {
+    /// The default of go, js and rust: every message carries `from`, `seqno` and a signature by
+    /// `from`'s key; unsigned or badly signed messages are rejected.
+    #[default]
+    StrictSign,
+    /// Messages carry only data and topic (content-addressed ids needed); any author field is rejected.
+    StrictNoSign,
+}
+
+/// How a message's id is computed. The three implementations differ (PEERS.md): gossip (IHAVE, IWANT,
+/// IDONTWANT) only matches between peers that agree.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum MessageIdFn {
+    /// go-libp2p-pubsub's default: `from ‖ seqno` bytes.
+    #[default]
+    FromSeqno,
+    /// sha256 of the data (for [`Signing::StrictNoSign`] topics).
+    ContentSha256,
+    Custom(fn(&Message) -> Vec<u8>),
+}
+
+impl MessageIdFn {
+    pub fn id(&self, m: &Message) -> MessageId {
+        match self {
+            MessageIdFn::FromSeqno => {
+                let mut v = m.from.clone().unwrap_or_default();
+                v.extend_from_slice(m.seqno.as_deref().unwrap_or_default());
+                Arc::from(v)
+            }
+            MessageIdFn::ContentSha256 => Arc::from(&Sha256::digest(&m.data)[..]),
+            MessageIdFn::Custom(f) => Arc::from(f(m)),
+        }
+    }
+}
+
+/// The router's parameters. Defaults are go-libp2p-pubsub's unless stated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Mesh degree: target, low and high watermarks, outbound quota.
+    pub d: usize,
+    pub d_lo: usize,
+    pub d_hi: usize,
+    pub d_out: usize,
+    /// Peers gossiped to per topic per heartbeat: at least `d_lazy`, or `gossip_factor` of the eligible.
+    pub d_lazy: usize,
+    pub gossip_factor: f64,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_initial_delay: Duration,
+    /// A topic we publish to without subscribing keeps its fanout peers this long after the last publish.
+    pub fanout_ttl: Duration,
+    /// Heartbeats a message stays in the cache, and of those, how many recent ones are gossiped.
+    pub history_length: usize,
+    pub history_gossip: usize,
+    /// How long a message id is remembered as seen. Default 2 min.
+    pub seen_ttl: Duration,
+    /// Seen ids remembered at most (beyond: the oldest are forgotten early, counted). Default 1,000,000.
+    pub max_seen: usize,
+    /// Backoff after a PRUNE (sent or received without its own), and after leaving a topic.
+    pub prune_backoff: Duration,
+    pub unsubscribe_backoff: Duration,
+    /// A remote PRUNE's backoff is capped here (rust-libp2p's advisories: an unbounded one overflowed).
+    /// Default 1 h.
+    pub max_prune_backoff: Duration,
+    /// Peers offered in our PRUNEs (v1.1 peer exchange). Default 16.
+    pub prune_peers: usize,
+    /// Publish to every subscribed peer, not just the mesh (v1.1). Default on.
+    pub flood_publish: bool,
+    /// IHAVE messages taken from one peer per heartbeat, and ids asked for from one peer per heartbeat.
+    /// Defaults 10 and 5,000.
+    pub max_ihave_messages: usize,
+    pub max_ihave_length: usize,
+    /// A message id is served to one peer through IWANT at most this often. Default 3.
+    pub gossip_retransmission: u8,
+    /// Send IDONTWANT to v1.2 mesh peers for received messages of at least this many data bytes.
+    /// Default 1 KiB (go's; js uses 512 B, rust 1000 B). `usize::MAX` turns it off.
+    pub idontwant_threshold: usize,
+    /// IDONTWANT ids taken from one peer per heartbeat (beyond: ignored, counted). Default 1,000.
+    pub max_idontwant_per_heartbeat: usize,
+    /// Heartbeats an IDONTWANT is honoured. Default 3.
+    pub idontwant_heartbeats: u64,
+    /// Topics one peer may be subscribed to (beyond: its subscriptions are ignored, counted). Default 500.
+    pub max_topics_per_peer: usize,
+    /// Bytes of messages and control queued for one peer (beyond: the newest message is dropped for
+    /// that peer, counted; control is always queued). Default 8 MiB.
+    pub max_queue_bytes: usize,
+    /// Bytes of gossip (IHAVE, IWANT answers) queued for one peer; it is dropped first. Default 1 MiB.
+    pub max_gossip_queue_bytes: usize,
+    pub signing: Signing,
+    pub message_id: MessageIdFn,
+    /// The first sequence number we publish with (then +1 per message). The driver sets it from the
+    /// clock (go starts at unix nanoseconds) so a restarted node does not repeat ids.
+    pub first_seqno: u64,
+    pub limits: wire::Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            d: 6,
+            d_lo: 5,
+            d_hi: 12,
+            d_out: 2,
+            d_lazy: 6,
+            gossip_factor: 0.25,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_initial_delay: Duration::from_millis(100),
+            fanout_ttl: Duration::from_secs(60),
+            history_length: 5,
+            history_gossip: 3,
+            seen_ttl: Duration::from_secs(120),
+            max_seen: 1_000_000,
+            prune_backoff: Duration::from_secs(60),
+            unsubscribe_backoff: Duration::from_secs(10),
+            max_prune_backoff: Duration::from_secs(3600),
+            prune_peers: 16,
+            flood_publish: true,
+            max_ihave_messages: 10,
+            max_ihave_length: 5000,
+            gossip_retransmission: 3,
+            idontwant_threshold: 1024,
+            max_idontwant_per_heartbeat: 1000,
+            idontwant_heartbeats: 3,
+            max_topics_per_peer: 500,
+            max_queue_bytes: 8 << 20,
+            max_gossip_queue_bytes: 1 << 20,
+            signing: Signing::StrictSign,
+            message_id: MessageIdFn::FromSeqno,
+            first_seqno: 1,
+            limits: wire::Limits::default(),
+        }
+    }
+}
+
+/// What gossipsub reports to the application.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A valid message on a topic we are subscribed to (each message once).
+    Message {
+        id: MessageId,
+        /// The peer we received it from.
+        source: PeerId,
+        /// Its author (`from`), when signed.
+        author: Option<PeerId>,
+        message: Arc<Message>,
+    },
+    Subscribed {
+        peer: PeerId,
+        topic: String,
+    },
+    Unsubscribed {
+        peer: PeerId,
+        topic: String,
+    },
+}

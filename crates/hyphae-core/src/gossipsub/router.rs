@@ -1,0 +1,866 @@
+//! The gossipsub router as a sans-IO machine. It knows peers by id (the service maps them to streams),
+//! takes decoded RPCs, the time and an RNG, and produces per-peer frames ([`Router::take_frames`]) and
+//! application events ([`Router::poll_event`]). Everything it keeps is bounded by [`Config`]'s limits.
+//! It iterates only ordered maps: one seed replays a simulation exactly.
+
+use super::wire::{self, Control, IHave, Message, MessageId, Prune, Rpc, SubOpt};
+use super::{Config, Event, PeerKind, Signing};
+use crate::identity::{Keypair, PeerId, PublicKey};
+use crate::rng::{Rng, RngCore};
+use crate::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("no peer subscribed to the topic")]
+    InsufficientPeers,
+    #[error("message of {len} bytes exceeds the {limit}-byte RPC limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("this message was already published")]
+    Duplicate,
+}
+
+/// Counters (every limit hit is one of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub rpcs_received: u64,
+    pub messages_received: u64,
+    pub duplicates: u64,
+    pub invalid_messages: u64,
+    pub delivered: u64,
+    pub published: u64,
+    /// Message copies sent to peers (publishes and forwards).
+    pub messages_sent: u64,
+    pub idontwant_sent: u64,
+    pub idontwant_received: u64,
+    /// Forwards left out because the peer said IDONTWANT.
+    pub idontwant_saved: u64,
+    pub idontwant_ignored: u64,
+    pub ihave_sent: u64,
+    pub ihave_ignored: u64,
+    pub iwant_sent: u64,
+    pub iwant_served: u64,
+    pub grafts_sent: u64,
+    pub grafts_received: u64,
+    pub prunes_sent: u64,
+    pub prunes_received: u64,
+    pub subscriptions_ignored: u64,
+    pub dropped_messages: u64,
+    pub dropped_gossip: u64,
+    pub seen_evicted: u64,
+    pub heartbeats: u64,
+}
+
+/// Frames waiting for one peer: control and messages first, gossip after (and dropped first).
+#[derive(Default)]
+struct SendQueue {
+    urgent: VecDeque<Vec<u8>>,
+    urgent_bytes: usize,
+    gossip: VecDeque<Vec<u8>>,
+    gossip_bytes: usize,
+}
+
+struct Peer {
+    kind: PeerKind,
+    outbound: bool,
+    topics: BTreeSet<String>,
+    /// IDONTWANT ids and the heartbeat after which they are forgotten.
+    dont_want: BTreeMap<MessageId, u64>,
+    ihave_msgs: usize,
+    ihave_asked: usize,
+    idontwant_taken: usize,
+    queue: SendQueue,
+}
+
+struct CacheEntry {
+    msg: Arc<Message>,
+    /// IWANT answers per peer.
+    served: BTreeMap<PeerId, u8>,
+}
+
+/// Messages of the last `history_length` heartbeats, by id.
+#[derive(Default)]
+struct MessageCache {
+    windows: VecDeque<Vec<MessageId>>,
+    msgs: BTreeMap<MessageId, CacheEntry>,
+}
+
+struct Fanout {
+    peers: BTreeSet<PeerId>,
+    last_publish: Instant,
+}
+
+pub struct Router {
+    cfg: Config,
+    local: PeerId,
+    keypair: Option<Keypair>,
+    /// Whether `from`'s key must travel in `key` (it is not inlined in the peer id).
+    key_bytes: Option<Vec<u8>>,
+    seqno: u64,
+    peers: BTreeMap<PeerId, Peer>,
+    /// Known subscribers per topic.
+    subscribers: BTreeMap<String, BTreeSet<PeerId>>,
+    /// Topics we are subscribed to, with their mesh.
+    mesh: BTreeMap<String, BTreeSet<PeerId>>,
+    fanout: BTreeMap<String, Fanout>,
+    backoff: BTreeMap<(String, PeerId), Instant>,
+    mcache: MessageCache,
+    seen: BTreeMap<MessageId, Instant>,
+    seen_order: VecDeque<(Instant, MessageId)>,
+    next_heartbeat: Instant,
+    ticks: u64,
+    events: VecDeque<Event>,
+    stats: Stats,
+    /// Control waiting to be sent at the end of the current call (batched per peer).
+    pending: BTreeMap<PeerId, Control>,
+}
+
+/// Up to `n` of `v`, picked at random (partial Fisher–Yates).
+fn choose<T>(rng: &mut Rng, mut v: Vec<T>, n: usize) -> Vec<T> {
+    let n = n.min(v.len());
+    for i in 0..n {
+        let j = i + (rng.next_u64() % (v.len() - i) as u64) as usize;
+        v.swap(i, j);
+    }
+    v.truncate(n);
+    v
+}
+
+impl Router {
+    /// A router for `keypair`'s node (`None`: it cannot publish signed messages; fine with
+    /// [`Signing::StrictNoSign`]).
+    pub fn new(cfg: Config, local: PeerId, keypair: Option<Keypair>, now: Instant) -> Router {
+        let key_bytes = keypair.as_ref().and_then(|k| local.inline_public_key().is_none().then(|| k.public().encode_protobuf()));
+        Router {
+            next_heartbeat: now + cfg.heartbeat_initial_delay,
+            seqno: cfg.first_seqno,
+            cfg,
+            local,
+            keypair,
+            key_bytes,
+            peers: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+            mesh: BTreeMap::new(),
+            fanout: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            mcache: MessageCache { windows: VecDeque::from(vec![Vec::new()]), msgs: BTreeMap::new() },
+            seen: BTreeMap::new(),
+            seen_order: VecDeque::new(),
+            ticks: 0,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_heartbeat
+    }
+    /// Topics we are subscribed to.
+    pub fn topics(&self) -> Vec<String> {
+        self.mesh.keys().cloned().collect()
+    }
+    pub fn mesh_peers(&self, topic: &str) -> Vec<PeerId> {
+        self.mesh.get(topic).map(|m| m.iter().cloned().collect()).unwrap_or_default()
+    }
+    /// Peers known to be subscribed to `topic` (all topics when `None`).
+    pub fn peers(&self, topic: Option<&str>) -> Vec<PeerId> {
+        match topic {
+            Some(t) => self.subscribers.get(t).map(|s| s.iter().cloned().collect()).unwrap_or_default(),
+            None => self.peers.keys().cloned().collect(),
+        }
+    }
+    pub fn peer_kind(&self, peer: &PeerId) -> Option<PeerKind> {
+        self.peers.get(peer).map(|p| p.kind)
+    }
+    /// Bytes queued for `peer`.
+    pub fn queued(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |p| p.queue.urgent_bytes + p.queue.gossip_bytes)
+    }
+
+    // ---------------- peers ----------------
+
+    /// A peer we can talk to (its stream protocol decides `kind`). We send it our subscriptions.
+    pub fn add_peer(&mut self, peer: PeerId, kind: PeerKind, outbound: bool) {
+        if self.peers.contains_key(&peer) {
+            return;
+        }
+        self.peers.insert(
+            peer.clone(),
+            Peer {
+                kind,
+                outbound,
+                topics: BTreeSet::new(),
+                dont_want: BTreeMap::new(),
+                ihave_msgs: 0,
+                ihave_asked: 0,
+                idontwant_taken: 0,
+                queue: SendQueue::default(),
+            },
+        );
+        if !self.mesh.is_empty() {
+            let subscriptions = self.mesh.keys().map(|t| SubOpt { subscribe: true, topic: t.clone() }).collect();
+            self.send_rpc(&peer, &Rpc { subscriptions, ..Rpc::default() });
+        }
+    }
+
+    /// The peer is gone (its last connection closed, or its stream failed).
+    pub fn remove_peer(&mut self, peer: &PeerId) {
+        let Some(p) = self.peers.remove(peer) else { return };
+        for t in &p.topics {
+            if let Some(s) = self.subscribers.get_mut(t) {
+                s.remove(peer);
+                if s.is_empty() {
+                    self.subscribers.remove(t);
+                }
+            }
+        }
+        for m in self.mesh.values_mut() {
+            m.remove(peer);
+        }
+        for f in self.fanout.values_mut() {
+            f.peers.remove(peer);
+        }
+        self.pending.remove(peer);
+    }
+
+    // ---------------- the application ----------------
+
+    /// Joins `topic`: announces it and builds its mesh from fanout peers, then other subscribers.
+    pub fn subscribe(&mut self, rng: &mut Rng, now: Instant, topic: &str) -> bool {
+        if self.mesh.contains_key(topic) {
+            return false;
+        }
+        let mut mesh: BTreeSet<PeerId> = self.fanout.remove(topic).map(|f| f.peers).unwrap_or_default();
+        if mesh.len() < self.cfg.d {
+            let more: Vec<PeerId> = self.graft_candidates(now, topic, &mesh, false);
+            mesh.extend(choose(rng, more, self.cfg.d - mesh.len()));
+        }
+        let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for p in &peers {
+            self.send_rpc(p, &Rpc { subscriptions: vec![SubOpt { subscribe: true, topic: topic.to_string() }], ..Rpc::default() });
+        }
+        for p in &mesh {
+            self.pending.entry(p.clone()).or_default().graft.push(topic.to_string());
+            self.stats.grafts_sent += 1;
+        }
+        self.mesh.insert(topic.to_string(), mesh);
+        self.flush_pending();
+        true
+    }
+
+    /// Leaves `topic`: announces it and prunes the mesh.
+    pub fn unsubscribe(&mut self, now: Instant, topic: &str) -> bool {
+        let Some(mesh) = self.mesh.remove(topic) else { return false };
+        let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for p in &peers {
+            self.send_rpc(p, &Rpc { subscriptions: vec![SubOpt { subscribe: false, topic: topic.to_string() }], ..Rpc::default() });
+        }
+        for p in mesh {
+            self.prune(now, &p, topic, self.cfg.unsubscribe_backoff, false);
+        }
+        self.flush_pending();
+        true
+    }
+
+    /// Publishes `data` on `topic` (signed per [`Config::signing`]); returns the message id.
+    pub fn publish(&mut self, rng: &mut Rng, now: Instant, topic: &str, data: Vec<u8>) -> Result<MessageId, PublishError> {
+        let msg = match (self.cfg.signing, &self.keypair) {
+            (Signing::StrictSign, Some(k)) => {
+                let seqno = self.seqno.to_be_bytes().to_vec();
+                let unsigned = Message::new(Some(self.local.to_bytes()), data, Some(seqno), topic.to_string(), None, None);
+                let sig = k.sign(&unsigned.signed_bytes());
+                Message::new(unsigned.from, unsigned.data, unsigned.seqno, unsigned.topic, Some(sig), self.key_bytes.clone())
+            }
+            _ => Message::new(None, data, None, topic.to_string(), None, None),
+        };
+        let len = wire::message_frame_len(&msg);
+        if len > self.cfg.limits.max_rpc_len {
+            return Err(PublishError::TooLarge { len, limit: self.cfg.limits.max_rpc_len });
+        }
+        let id = self.cfg.message_id.id(&msg);
+        if self.seen.contains_key(&id) {
+            return Err(PublishError::Duplicate);
+        }
+        let recipients = self.publish_peers(rng, now, topic);
+        if recipients.is_empty() {
+            return Err(PublishError::InsufficientPeers);
+        }
+        self.seqno = self.seqno.wrapping_add(1);
+        let msg = Arc::new(msg);
+        self.mark_seen(now, id.clone());
+        self.mcache_put(id.clone(), msg.clone());
+        for p in &recipients {
+            self.send_message(p, &msg);
+        }
+        self.stats.published += 1;
+        Ok(id)
+    }
+
+    fn publish_peers(&mut self, rng: &mut Rng, now: Instant, topic: &str) -> Vec<PeerId> {
+        let subs: Vec<PeerId> = self.subscribers.get(topic).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let flood: Vec<PeerId> = subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned().collect();
+        if self.cfg.flood_publish {
+            return subs;
+        }
+        let mut out: BTreeSet<PeerId> = flood.into_iter().collect();
+        if let Some(m) = self.mesh.get(topic) {
+            out.extend(m.iter().cloned());
+        } else {
+            let f = self.fanout.entry(topic.to_string()).or_insert(Fanout { peers: BTreeSet::new(), last_publish: now });
+            f.last_publish = now;
+            if f.peers.is_empty() {
+                let cands: Vec<PeerId> = subs.into_iter().filter(|p| self.peers.get(p).is_some_and(|x| x.kind.is_meshsub())).collect();
+                let f = self.fanout.get_mut(topic).expect("inserted above");
+                f.peers.extend(choose(rng, cands, self.cfg.d));
+            }
+            out.extend(self.fanout[topic].peers.iter().cloned());
+        }
+        out.into_iter().collect()
+    }
+
+    // ---------------- RPCs from peers ----------------
+
+    /// Handles one RPC from `from` (a peer added before).
+    pub fn handle_rpc(&mut self, rng: &mut Rng, now: Instant, from: &PeerId, rpc: Rpc) {
+        if !self.peers.contains_key(from) {
+            return;
+        }
+        self.stats.rpcs_received += 1;
+        for s in rpc.subscriptions {
+            self.handle_subscription(from, s);
+        }
+        for m in rpc.publish {
+            self.handle_message(now, from, m);
+        }
+        let c = rpc.control;
+        // IDONTWANT first: it may spare a forward of a message in this same RPC's IWANT.
+        self.handle_idontwant(from, c.idontwant);
+        for t in c.graft {
+            self.handle_graft(now, from, t);
+        }
+        for p in c.prune {
+            self.handle_prune(now, from, p);
+        }
+        self.handle_ihave(rng, from, c.ihave);
+        self.handle_iwant(from, c.iwant);
+        self.flush_pending();
+    }
+
+    fn handle_subscription(&mut self, from: &PeerId, s: SubOpt) {
+        let Some(p) = self.peers.get_mut(from) else { return };
+        if s.subscribe {
+            if p.topics.contains(&s.topic) {
+                return;
+            }
+            if p.topics.len() >= self.cfg.max_topics_per_peer {
+                self.stats.subscriptions_ignored += 1;
+                return;
+            }
+            p.topics.insert(s.topic.clone());
+            self.subscribers.entry(s.topic.clone()).or_default().insert(from.clone());
+            self.events.push_back(Event::Subscribed { peer: from.clone(), topic: s.topic });
+        } else if p.topics.remove(&s.topic) {
+            if let Some(set) = self.subscribers.get_mut(&s.topic) {
+                set.remove(from);
+                if set.is_empty() {
+                    self.subscribers.remove(&s.topic);
+                }
+            }
+            if let Some(m) = self.mesh.get_mut(&s.topic) {
+                m.remove(from);
+            }
+            if let Some(f) = self.fanout.get_mut(&s.topic) {
+                f.peers.remove(from);
+            }
+            self.events.push_back(Event::Unsubscribed { peer: from.clone(), topic: s.topic });
+        }
+    }
+
+    /// Checks a message against the signing policy; its author when signed.
+    fn validate(&self, m: &Message) -> Result<Option<PeerId>, &'static str> {
+        match self.cfg.signing {
+            Signing::StrictNoSign => {
+                if m.from.is_some() || m.seqno.is_some() || m.signature.is_some() || m.key.is_some() {
+                    return Err("an author field in a StrictNoSign message");
+                }
+                Ok(None)
+            }
+            Signing::StrictSign => {
+                let from = PeerId::from_bytes(m.from.as_deref().ok_or("unsigned message (no from)")?).map_err(|_| "bad from")?;
+                match m.seqno.as_deref() {
+                    Some(s) if !s.is_empty() && s.len() <= 32 => {}
+                    _ => return Err("missing or bad seqno"),
+                }
+                let sig = m.signature.as_deref().ok_or("unsigned message")?;
+                let key = match &m.key {
+                    Some(k) => {
+                        let k = PublicKey::decode_protobuf(k).map_err(|_| "bad key")?;
+                        if !from.matches(&k) {
+                            return Err("key does not match from");
+                        }
+                        k
+                    }
+                    None => from.inline_public_key().ok_or("no key for from")?,
+                };
+                if !key.verify(&m.signed_bytes(), sig) {
+                    return Err("bad signature");
+                }
+                Ok(Some(from))
+            }
+        }
+    }
+
+    fn handle_message(&mut self, now: Instant, source: &PeerId, m: Message) {
+        self.stats.messages_received += 1;
+        let id = self.cfg.message_id.id(&m);
+        if self.seen.contains_key(&id) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        // v1.2: tell our other v1.2 mesh peers at once, before validating, that we have it.
+        if m.data.len() >= self.cfg.idontwant_threshold {
+            if let Some(mesh) = self.mesh.get(&m.topic) {
+                let to: Vec<PeerId> =
+                    mesh.iter().filter(|p| *p != source && self.peers.get(*p).is_some_and(|x| x.kind.has_idontwant())).cloned().collect();
+                // Its own frame, ahead of any forward: it is small and should overtake the message.
+                let rpc = Rpc { control: Control { idontwant: vec![id.clone()], ..Control::default() }, ..Rpc::default() };
+                for p in to {
+                    self.send_rpc(&p, &rpc);
+                    self.stats.idontwant_sent += 1;
+                }
+            }
+        }
+        self.mark_seen(now, id.clone());
+        let author = match self.validate(&m) {
+            Ok(a) => a,
+            Err(why) => {
+                self.stats.invalid_messages += 1;
+                tracing::debug!(peer = %source, why, "gossipsub: invalid message rejected");
+                return;
+            }
+        };
+        if author.as_ref() == Some(&self.local) {
+            // Our own message came back.
+            return;
+        }
+        let msg = Arc::new(m);
+        self.mcache_put(id.clone(), msg.clone());
+        if self.mesh.contains_key(&msg.topic) {
+            self.stats.delivered += 1;
+            self.events.push_back(Event::Message { id: id.clone(), source: source.clone(), author: author.clone(), message: msg.clone() });
+        }
+        self.forward(&id, &msg, source, author.as_ref());
+    }
+
+    /// Sends a message on to the topic's mesh and its floodsub subscribers, except to its source, its
+    /// author and peers that said IDONTWANT.
+    fn forward(&mut self, id: &MessageId, msg: &Arc<Message>, source: &PeerId, author: Option<&PeerId>) {
+        let mut to: BTreeSet<PeerId> = self.mesh.get(&msg.topic).cloned().unwrap_or_default();
+        if let Some(subs) = self.subscribers.get(&msg.topic) {
+            to.extend(subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned());
+        }
+        for p in to {
+            if &p == source || Some(&p) == author {
+                continue;
+            }
+            if self.peers.get(&p).is_some_and(|x| x.dont_want.contains_key(id)) {
+                self.stats.idontwant_saved += 1;
+                continue;
+            }
+            self.send_message(&p, msg);
+        }
+    }
+
+    fn handle_idontwant(&mut self, from: &PeerId, ids: Vec<MessageId>) {
+        let until = self.ticks + self.cfg.idontwant_heartbeats;
+        let Some(p) = self.peers.get_mut(from) else { return };
+        for id in ids {
+            self.stats.idontwant_received += 1;
+            if p.idontwant_taken >= self.cfg.max_idontwant_per_heartbeat {
+                self.stats.idontwant_ignored += 1;
+                continue;
+            }
+            p.idontwant_taken += 1;
+            p.dont_want.insert(id, until);
+        }
+    }
+
+    fn in_backoff(&self, now: Instant, topic: &str, peer: &PeerId) -> bool {
+        self.backoff.get(&(topic.to_string(), peer.clone())).is_some_and(|t| *t > now)
+    }
+
+    fn set_backoff(&mut self, now: Instant, topic: &str, peer: &PeerId, d: Duration) {
+        let until = now + d;
+        let e = self.backoff.entry((topic.to_string(), peer.clone())).or_insert(until);
+        *e = (*e).max(until);
+    }
+
+    fn handle_graft(&mut self, now: Instant, from: &PeerId, topic: String) {
+        self.stats.grafts_received += 1;
+        let Some(kind) = self.peers.get(from).map(|p| p.kind) else { return };
+        let Some(mesh) = self.mesh.get(&topic) else {
+            // Not our topic: refuse without peer exchange (it would leak our peers).
+            self.prune(now, from, &topic, self.cfg.prune_backoff, false);
+            return;
+        };
+        if mesh.contains(from) || !kind.is_meshsub() {
+            return;
+        }
+        if self.in_backoff(now, &topic, from) {
+            // Grafting during a backoff: refused, and the backoff restarts.
+            self.prune(now, from, &topic, self.cfg.prune_backoff, false);
+            return;
+        }
+        let outbound = self.peers.get(from).is_some_and(|p| p.outbound);
+        if mesh.len() >= self.cfg.d_hi && !outbound {
+            self.prune(now, from, &topic, self.cfg.prune_backoff, true);
+            return;
+        }
+        self.mesh.get_mut(&topic).expect("checked").insert(from.clone());
+    }
+
+    fn handle_prune(&mut self, now: Instant, from: &PeerId, p: Prune) {
+        self.stats.prunes_received += 1;
+        if let Some(m) = self.mesh.get_mut(&p.topic) {
+            m.remove(from);
+        }
+        let d = match p.backoff {
+            Some(s) => Duration::from_secs(s).min(self.cfg.max_prune_backoff),
+            None => self.cfg.prune_backoff,
+        };
+        self.set_backoff(now, &p.topic, from, d);
+        // Peer exchange: the ids carry no addresses without signed records; connecting to them is left to
+        // discovery (counted nowhere yet: see the module docs).
+    }
+
+    fn handle_ihave(&mut self, rng: &mut Rng, from: &PeerId, ihave: Vec<IHave>) {
+        if ihave.is_empty() {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(from) else { return };
+        p.ihave_msgs += 1;
+        if p.ihave_msgs > self.cfg.max_ihave_messages || p.ihave_asked >= self.cfg.max_ihave_length {
+            self.stats.ihave_ignored += 1;
+            return;
+        }
+        let mut want: Vec<MessageId> = Vec::new();
+        for h in ihave {
+            if !self.mesh.contains_key(&h.topic) {
+                continue;
+            }
+            for id in h.ids {
+                if !self.seen.contains_key(&id) && !want.contains(&id) {
+                    want.push(id);
+                }
+            }
+        }
+        let p = self.peers.get_mut(from).expect("checked");
+        let room = self.cfg.max_ihave_length - p.ihave_asked;
+        let want = if want.len() > room { choose(rng, want, room) } else { want };
+        if want.is_empty() {
+            return;
+        }
+        p.ihave_asked += want.len();
+        self.stats.iwant_sent += want.len() as u64;
+        self.pending.entry(from.clone()).or_default().iwant.extend(want);
+    }
+
+    fn handle_iwant(&mut self, from: &PeerId, ids: Vec<MessageId>) {
+        for id in ids {
+            let Some(e) = self.mcache.msgs.get_mut(&id) else { continue };
+            let n = e.served.entry(from.clone()).or_insert(0);
+            if *n >= self.cfg.gossip_retransmission {
+                continue;
+            }
+            *n += 1;
+            let msg = e.msg.clone();
+            self.stats.iwant_served += 1;
+            let mut f = Vec::with_capacity(wire::message_frame_len(&msg));
+            wire::encode_message(&msg, &mut f);
+            self.enqueue(from, f, true);
+        }
+    }
+
+    // ---------------- the heartbeat ----------------
+
+    /// Runs the heartbeat if it is due.
+    pub fn on_timeout(&mut self, rng: &mut Rng, now: Instant) {
+        if now < self.next_heartbeat {
+            return;
+        }
+        self.next_heartbeat = now + self.cfg.heartbeat_interval;
+        self.heartbeat(rng, now);
+    }
+
+    /// Peers of `topic` that may join its mesh: meshsub, subscribed, not in `except`, not backing off,
+    /// outbound only when asked.
+    fn graft_candidates(&self, now: Instant, topic: &str, except: &BTreeSet<PeerId>, outbound_only: bool) -> Vec<PeerId> {
+        let Some(subs) = self.subscribers.get(topic) else { return Vec::new() };
+        subs.iter()
+            .filter(|p| !except.contains(*p) && !self.in_backoff(now, topic, p))
+            .filter(|p| self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub() && (!outbound_only || x.outbound)))
+            .cloned()
+            .collect()
+    }
+
+    fn heartbeat(&mut self, rng: &mut Rng, now: Instant) {
+        self.stats.heartbeats += 1;
+        self.ticks += 1;
+        let topics: Vec<String> = self.mesh.keys().cloned().collect();
+        for t in &topics {
+            let mut mesh = self.mesh[t].clone();
+            let mut grafts = Vec::new();
+            // Too few: graft subscribers at random.
+            if mesh.len() < self.cfg.d_lo {
+                let c = self.graft_candidates(now, t, &mesh, false);
+                grafts.extend(choose(rng, c, self.cfg.d - mesh.len()));
+                mesh.extend(grafts.iter().cloned());
+            }
+            // Too many: keep D at random, at least d_out of them outbound.
+            if mesh.len() > self.cfg.d_hi {
+                let all = choose(rng, mesh.iter().cloned().collect(), mesh.len());
+                let (out, inb): (Vec<PeerId>, Vec<PeerId>) = all.into_iter().partition(|p| self.peers.get(p).is_some_and(|x| x.outbound));
+                let keep_out = out.len().min(self.cfg.d_out);
+                let mut keep: Vec<PeerId> = out[..keep_out].to_vec();
+                let rest: Vec<PeerId> = out[keep_out..].iter().chain(inb.iter()).cloned().collect();
+                let rest = choose(rng, rest, self.cfg.d.saturating_sub(keep.len()));
+                keep.extend(rest);
+                let keep: BTreeSet<PeerId> = keep.into_iter().collect();
+                for p in mesh.difference(&keep).cloned().collect::<Vec<_>>() {
+                    grafts.retain(|g| g != &p);
+                    self.prune(now, &p, t, self.cfg.prune_backoff, true);
+                }
+                mesh = keep;
+            }
+            // Too few outbound: graft outbound peers.
+            let outbound = mesh.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.outbound)).count();
+            if mesh.len() >= self.cfg.d_lo && outbound < self.cfg.d_out {
+                let c = self.graft_candidates(now, t, &mesh, true);
+                let add = choose(rng, c, self.cfg.d_out - outbound);
+                mesh.extend(add.iter().cloned());
+                grafts.extend(add);
+            }
+            for p in grafts {
+                self.pending.entry(p).or_default().graft.push(t.clone());
+                self.stats.grafts_sent += 1;
+            }
+            self.mesh.insert(t.clone(), mesh);
+        }
+        // Fanout: forget idle topics, refill the rest.
+        let ttl = self.cfg.fanout_ttl;
+        self.fanout.retain(|_, f| f.last_publish + ttl > now);
+        let fan: Vec<String> = self.fanout.keys().cloned().collect();
+        for t in &fan {
+            let subs = self.subscribers.get(t).cloned().unwrap_or_default();
+            let f = self.fanout.get_mut(t).expect("listed");
+            f.peers.retain(|p| subs.contains(p));
+            if f.peers.len() < self.cfg.d {
+                let have = f.peers.clone();
+                let c = self.graft_candidates(now, t, &have, false);
+                let add = choose(rng, c, self.cfg.d - have.len());
+                self.fanout.get_mut(t).expect("listed").peers.extend(add);
+            }
+        }
+        // Gossip: IHAVE of recent messages to peers outside the mesh.
+        for t in topics.iter().chain(fan.iter()) {
+            self.emit_gossip(rng, t);
+        }
+        // Forget what has expired.
+        let ticks = self.ticks;
+        for p in self.peers.values_mut() {
+            p.ihave_msgs = 0;
+            p.ihave_asked = 0;
+            p.idontwant_taken = 0;
+            p.dont_want.retain(|_, until| *until > ticks);
+        }
+        self.backoff.retain(|_, t| *t > now);
+        while let Some((t, _)) = self.seen_order.front() {
+            if *t + self.cfg.seen_ttl > now {
+                break;
+            }
+            let (_, id) = self.seen_order.pop_front().expect("front exists");
+            self.seen.remove(&id);
+        }
+        self.mcache_shift();
+        self.flush_pending();
+    }
+
+    fn emit_gossip(&mut self, rng: &mut Rng, topic: &str) {
+        let mut ids: Vec<MessageId> = Vec::new();
+        for w in self.mcache.windows.iter().take(self.cfg.history_gossip) {
+            ids.extend(w.iter().filter(|id| self.mcache.msgs.get(*id).is_some_and(|e| e.msg.topic == topic)).cloned());
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let exclude: BTreeSet<PeerId> = self
+            .mesh
+            .get(topic)
+            .cloned()
+            .or_else(|| self.fanout.get(topic).map(|f| f.peers.clone()))
+            .unwrap_or_default();
+        let cands: Vec<PeerId> = self
+            .subscribers
+            .get(topic)
+            .map(|s| s.iter().filter(|p| !exclude.contains(*p) && self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub())).cloned().collect())
+            .unwrap_or_default();
+        let n = self.cfg.d_lazy.max((self.cfg.gossip_factor * cands.len() as f64) as usize);
+        let ids = if ids.len() > self.cfg.max_ihave_length { choose(rng, ids, self.cfg.max_ihave_length) } else { ids };
+        for p in choose(rng, cands, n) {
+            self.pending.entry(p).or_default().ihave.push(IHave { topic: topic.to_string(), ids: ids.clone() });
+            self.stats.ihave_sent += 1;
+        }
+    }
+
+    // ---------------- sending ----------------
+
+    /// Queues a PRUNE (with our backoff, and peer exchange to v1.1 peers when `px`) and starts our own
+    /// backoff for the peer.
+    fn prune(&mut self, now: Instant, peer: &PeerId, topic: &str, backoff: Duration, px: bool) {
+        let Some(kind) = self.peers.get(peer).map(|p| p.kind) else { return };
+        if let Some(m) = self.mesh.get_mut(topic) {
+            m.remove(peer);
+        }
+        self.set_backoff(now, topic, peer, backoff);
+        let mut pr = Prune { topic: topic.to_string(), peers: Vec::new(), backoff: None };
+        if kind.has_px() {
+            pr.backoff = Some(backoff.as_secs());
+            if px {
+                let others: Vec<Vec<u8>> = self
+                    .subscribers
+                    .get(topic)
+                    .map(|s| s.iter().filter(|p| *p != peer).take(self.cfg.prune_peers).map(PeerId::to_bytes).collect())
+                    .unwrap_or_default();
+                pr.peers = others;
+            }
+        }
+        self.pending.entry(peer.clone()).or_default().prune.push(pr);
+        self.stats.prunes_sent += 1;
+    }
+
+    fn send_rpc(&mut self, peer: &PeerId, rpc: &Rpc) {
+        let mut f = Vec::new();
+        wire::encode(rpc, &mut f);
+        self.enqueue(peer, f, false);
+    }
+
+    fn send_message(&mut self, peer: &PeerId, msg: &Message) {
+        let mut f = Vec::with_capacity(wire::message_frame_len(msg));
+        wire::encode_message(msg, &mut f);
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        if p.queue.urgent_bytes + f.len() > self.cfg.max_queue_bytes {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        self.stats.messages_sent += 1;
+        p.queue.urgent_bytes += f.len();
+        p.queue.urgent.push_back(f);
+    }
+
+    /// Queues a frame: gossip within its own cap (dropped beyond), control always.
+    fn enqueue(&mut self, peer: &PeerId, f: Vec<u8>, gossip: bool) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        let q = &mut p.queue;
+        if gossip {
+            if q.gossip_bytes + f.len() > self.cfg.max_gossip_queue_bytes {
+                self.stats.dropped_gossip += 1;
+                return;
+            }
+            q.gossip_bytes += f.len();
+            q.gossip.push_back(f);
+        } else {
+            q.urgent_bytes += f.len();
+            q.urgent.push_back(f);
+        }
+    }
+
+    /// Sends the control batched during this call, one RPC per peer (IHAVE as gossip, the rest at once).
+    fn flush_pending(&mut self) {
+        for (peer, mut c) in std::mem::take(&mut self.pending) {
+            let ihave = std::mem::take(&mut c.ihave);
+            if !c.is_empty() {
+                self.send_rpc(&peer, &Rpc { control: c, ..Rpc::default() });
+            }
+            if !ihave.is_empty() {
+                let mut f = Vec::new();
+                wire::encode(&Rpc { control: Control { ihave, ..Control::default() }, ..Rpc::default() }, &mut f);
+                self.enqueue(&peer, f, true);
+            }
+        }
+    }
+
+    /// Whether frames wait for `peer`.
+    pub fn has_frames(&self, peer: &PeerId) -> bool {
+        self.queued(peer) > 0
+    }
+
+    /// Takes queued frames for `peer`, whole frames up to about `max` bytes (at least one), control and
+    /// messages before gossip.
+    pub fn take_frames(&mut self, peer: &PeerId, max: usize) -> Option<Vec<u8>> {
+        let q = &mut self.peers.get_mut(peer)?.queue;
+        let mut out: Vec<u8> = Vec::new();
+        while out.is_empty() || out.len() < max {
+            let f = if let Some(f) = q.urgent.pop_front() {
+                q.urgent_bytes -= f.len();
+                f
+            } else if let Some(f) = q.gossip.pop_front() {
+                q.gossip_bytes -= f.len();
+                f
+            } else {
+                break;
+            };
+            if out.is_empty() {
+                out = f;
+            } else {
+                out.extend_from_slice(&f);
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    // ---------------- caches ----------------
+
+    fn mark_seen(&mut self, now: Instant, id: MessageId) {
+        if self.seen.len() >= self.cfg.max_seen {
+            if let Some((_, old)) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+                self.stats.seen_evicted += 1;
+            }
+        }
+        if self.seen.insert(id.clone(), now).is_none() {
+            self.seen_order.push_back((now, id));
+        }
+    }
+
+    fn mcache_put(&mut self, id: MessageId, msg: Arc<Message>) {
+        if self.mcache.msgs.contains_key(&id) {
+            return;
+        }
+        self.mcache.windows.front_mut().expect("one window at least").push(id.clone());
+        self.mcache.msgs.insert(id, CacheEntry { msg, served: BTreeMap::new() });
+    }
+
+    fn mcache_shift(&mut self) {
+        while self.mcache.windows.len() >= self.cfg.history_length.max(1) {
+            for id in self.mcache.windows.pop_back().expect("not empty") {
+                self.mcache.msgs.remove(&id);
+            }
+        }
+        self.mcache.windows.push_front(Vec::new());
+    }
+}
+
+#[cfg(test)]
+mod tests;

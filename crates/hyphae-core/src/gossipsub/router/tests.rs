@@ -1,0 +1,301 @@
+//! The router alone: networks of routers wired in memory (frames decoded on the way), explicit time.
+
+use super::*;
+use crate::gossipsub::wire::Limits;
+use crate::gossipsub::MessageIdFn;
+use crate::identity::KeyType;
+use crate::rng;
+
+struct Net {
+    routers: Vec<Router>,
+    ids: Vec<PeerId>,
+    keys: Vec<Keypair>,
+    links: BTreeSet<(usize, usize)>,
+    rng: Rng,
+    now: Instant,
+    got: Vec<Vec<Event>>,
+}
+
+impl Net {
+    fn new(n: usize, cfg: Config) -> Net {
+        let mut rng = rng::from_seed([7; 32]);
+        let keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate(KeyType::Ed25519, &mut rng)).collect();
+        let ids: Vec<PeerId> = keys.iter().map(Keypair::peer_id).collect();
+        let routers = keys.iter().map(|k| Router::new(cfg.clone(), k.peer_id(), Some(k.clone()), Instant::ZERO)).collect();
+        Net { routers, ids, keys, links: BTreeSet::new(), rng, now: Instant::ZERO, got: vec![Vec::new(); n] }
+    }
+    fn link(&mut self, a: usize, b: usize, kind: PeerKind) {
+        self.routers[a].add_peer(self.ids[b].clone(), kind, true);
+        self.routers[b].add_peer(self.ids[a].clone(), kind, false);
+        self.links.insert((a, b));
+        self.links.insert((b, a));
+    }
+    fn full(n: usize, cfg: Config) -> Net {
+        let mut net = Net::new(n, cfg);
+        for a in 0..n {
+            for b in a + 1..n {
+                net.link(a, b, PeerKind::Meshsub12);
+            }
+        }
+        net
+    }
+    /// Delivers queued RPCs in rounds until the network is quiet: one round of latency per hop, links
+    /// in a random order, and an RPC carrying more than 1 KiB takes a second round (its transmission
+    /// time: what lets a small IDONTWANT overtake a large message).
+    fn settle(&mut self) {
+        let mut later: Vec<(usize, usize, Rpc)> = Vec::new();
+        loop {
+            let mut round = std::mem::take(&mut later);
+            for &(a, b) in &self.links {
+                let to = self.ids[b].clone();
+                while let Some(f) = self.routers[a].take_frames(&to, 1 << 20) {
+                    let mut at = 0;
+                    while let Some((rpc, used)) = wire::decode(&f[at..], &Limits::default()).unwrap() {
+                        if used > 1024 {
+                            later.push((a, b, rpc));
+                        } else {
+                            round.push((a, b, rpc));
+                        }
+                        at += used;
+                    }
+                    assert_eq!(at, f.len(), "whole frames only");
+                }
+            }
+            if round.is_empty() && later.is_empty() {
+                return;
+            }
+            let n = round.len();
+            for (a, b, rpc) in choose(&mut self.rng, round, n) {
+                let from = self.ids[a].clone();
+                self.routers[b].handle_rpc(&mut self.rng, self.now, &from, rpc);
+            }
+            for (i, r) in self.routers.iter_mut().enumerate() {
+                while let Some(e) = r.poll_event() {
+                    self.got[i].push(e);
+                }
+            }
+        }
+    }
+    fn heartbeats(&mut self, n: usize) {
+        for _ in 0..n {
+            self.now = self.now + Duration::from_secs(1);
+            for r in &mut self.routers {
+                r.on_timeout(&mut self.rng, self.now);
+            }
+            self.settle();
+        }
+    }
+    fn subscribe_all(&mut self, topic: &str) {
+        for r in &mut self.routers {
+            r.subscribe(&mut self.rng, self.now, topic);
+        }
+        self.settle();
+    }
+    fn messages(&self, i: usize) -> Vec<&Arc<Message>> {
+        self.got[i].iter().filter_map(|e| if let Event::Message { message, .. } = e { Some(message) } else { None }).collect()
+    }
+}
+
+#[test]
+fn gossipsub_router_builds_meshes_within_the_watermarks_and_delivers_each_message_once() {
+    let mut net = Net::full(20, Config::default());
+    net.subscribe_all("t");
+    net.heartbeats(3);
+    for i in 0..20 {
+        let m = net.routers[i].mesh_peers("t").len();
+        assert!((5..=12).contains(&m), "node {i} mesh {m}");
+    }
+    for k in 0..5u8 {
+        let mut rng = rng::from_seed([k; 32]);
+        net.routers[k as usize].publish(&mut rng, net.now, "t", vec![k; 100]).unwrap();
+    }
+    net.settle();
+    for i in 0..20 {
+        let m = net.messages(i);
+        let expect = if i < 5 { 4 } else { 5 };
+        assert_eq!(m.len(), expect, "node {i} got each of the others' messages exactly once");
+    }
+    // Flood publishing reached every subscriber directly; forwards then only made duplicates.
+    assert!(net.routers.iter().map(|r| r.stats().duplicates).sum::<u64>() > 0);
+    assert_eq!(net.routers.iter().map(|r| r.stats().invalid_messages).sum::<u64>(), 0);
+}
+
+#[test]
+fn gossipsub_router_reaches_peers_outside_the_publishers_reach_through_the_mesh_and_gossip() {
+    // A line 0 – 1 – 2 – … – 7: each message must be forwarded hop by hop.
+    let mut net = Net::new(8, Config::default());
+    for i in 0..7 {
+        net.link(i, i + 1, PeerKind::Meshsub11);
+    }
+    net.subscribe_all("t");
+    net.heartbeats(2);
+    net.routers[0].publish(&mut rng::from_seed([1; 32]), net.now, "t", b"x".to_vec()).unwrap();
+    net.settle();
+    for i in 1..8 {
+        assert_eq!(net.messages(i).len(), 1, "node {i}");
+        assert_eq!(net.messages(i)[0].data, b"x");
+    }
+}
+
+#[test]
+fn gossipsub_router_fetches_a_missed_message_through_ihave_and_iwant() {
+    let mut net = Net::new(2, Config::default());
+    net.link(0, 1, PeerKind::Meshsub11);
+    net.subscribe_all("t");
+    // Node 1 prunes node 0 from its mesh and both back off: messages now only travel as gossip.
+    net.routers[1].mesh.get_mut("t").unwrap().clear();
+    net.routers[0].mesh.get_mut("t").unwrap().clear();
+    let (a, b) = (net.ids[0].clone(), net.ids[1].clone());
+    net.routers[0].set_backoff(net.now, "t", &b, Duration::from_secs(600));
+    net.routers[1].set_backoff(net.now, "t", &a, Duration::from_secs(600));
+    // Publish without flood publishing: the mesh is empty, so nothing is sent now.
+    net.routers[0].cfg.flood_publish = false;
+    net.routers[0].cfg.d_lazy = 6;
+    let mut id = None;
+    // Fanout is not used for a subscribed topic: the message waits in the cache; publish fails for want
+    // of peers, so put it there as a received message would be.
+    let msg = {
+        let k = &net.keys[0];
+        let unsigned = Message::new(Some(a.to_bytes()), b"late".to_vec(), Some(vec![0, 0, 0, 0, 0, 0, 0, 9]), "t".into(), None, None);
+        let sig = k.sign(&unsigned.signed_bytes());
+        Arc::new(Message::new(unsigned.from, unsigned.data, unsigned.seqno, unsigned.topic, Some(sig), None))
+    };
+    let mid = MessageIdFn::FromSeqno.id(&msg);
+    net.routers[0].mark_seen(net.now, mid.clone());
+    net.routers[0].mcache_put(mid.clone(), msg);
+    id.replace(mid);
+    net.heartbeats(1);
+    assert_eq!(net.messages(1).len(), 1, "gossip brought it");
+    assert_eq!(net.routers[0].stats().ihave_sent, 1);
+    assert_eq!(net.routers[1].stats().iwant_sent, 1);
+    assert_eq!(net.routers[0].stats().iwant_served, 1);
+    // Asking again and again is answered at most `gossip_retransmission` times.
+    for _ in 0..5 {
+        net.routers[0].handle_iwant(&b, vec![id.clone().unwrap()]);
+    }
+    assert_eq!(net.routers[0].stats().iwant_served, 3);
+}
+
+#[test]
+fn gossipsub_router_sends_and_honours_idontwant_for_large_messages_to_v12_peers() {
+    let mut net = Net::full(10, Config { flood_publish: false, ..Config::default() });
+    net.subscribe_all("t");
+    net.heartbeats(2);
+    net.routers[0].publish(&mut rng::from_seed([1; 32]), net.now, "t", vec![0; 2000]).unwrap();
+    net.settle();
+    let sent: u64 = net.routers.iter().map(|r| r.stats().idontwant_sent).sum();
+    let saved: u64 = net.routers.iter().map(|r| r.stats().idontwant_saved).sum();
+    assert!(sent > 0 && saved > 0, "sent {sent} saved {saved}");
+    for i in 1..10 {
+        assert_eq!(net.messages(i).len(), 1);
+    }
+    // Small messages: none.
+    let before = net.routers.iter().map(|r| r.stats().idontwant_sent).sum::<u64>();
+    net.routers[0].publish(&mut rng::from_seed([2; 32]), net.now, "t", vec![0; 100]).unwrap();
+    net.settle();
+    assert_eq!(net.routers.iter().map(|r| r.stats().idontwant_sent).sum::<u64>(), before);
+}
+
+#[test]
+fn gossipsub_router_duplicates_fall_with_idontwant() {
+    let run = |threshold: usize| {
+        let cfg = Config { idontwant_threshold: threshold, flood_publish: false, ..Config::default() };
+        let mut net = Net::full(30, cfg);
+        net.subscribe_all("t");
+        net.heartbeats(3);
+        for k in 0..10u8 {
+            net.routers[k as usize].publish(&mut rng::from_seed([k; 32]), net.now, "t", vec![k; 4096]).unwrap();
+            net.settle();
+        }
+        net.routers.iter().map(|r| r.stats().duplicates).sum::<u64>()
+    };
+    let (without, with) = (run(usize::MAX), run(1024));
+    assert!(with < without, "duplicates with IDONTWANT {with}, without {without}");
+}
+
+#[test]
+fn gossipsub_router_rejects_badly_signed_and_unsigned_messages() {
+    let mut net = Net::new(2, Config::default());
+    net.link(0, 1, PeerKind::Meshsub11);
+    net.subscribe_all("t");
+    let a = net.ids[0].clone();
+    let bad = Message::new(Some(a.to_bytes()), b"x".to_vec(), Some(vec![1; 8]), "t".into(), Some(vec![0; 64]), None);
+    let unsigned = Message::new(None, b"y".to_vec(), None, "t".into(), None, None);
+    let (r, rng, now) = (&mut net.routers[1], &mut net.rng, net.now);
+    r.handle_rpc(rng, now, &a, Rpc { publish: vec![bad, unsigned], ..Rpc::default() });
+    assert_eq!(r.stats().invalid_messages, 2);
+    assert!(r.poll_event().is_none());
+    // StrictNoSign takes the unsigned one and refuses a signed one.
+    let mut net = Net::new(2, Config { signing: Signing::StrictNoSign, message_id: MessageIdFn::ContentSha256, ..Config::default() });
+    net.link(0, 1, PeerKind::Meshsub11);
+    net.subscribe_all("t");
+    net.routers[0].publish(&mut rng::from_seed([1; 32]), net.now, "t", b"anon".to_vec()).unwrap();
+    net.settle();
+    let m = net.messages(1);
+    assert_eq!((m.len(), m[0].from.is_none()), (1, true));
+}
+
+#[test]
+fn gossipsub_router_caps_a_remote_prune_backoff_and_refuses_grafts_during_it() {
+    let mut net = Net::new(2, Config::default());
+    net.link(0, 1, PeerKind::Meshsub11);
+    net.subscribe_all("t");
+    let a = net.ids[0].clone();
+    let (r, rng, now) = (&mut net.routers[1], &mut net.rng, net.now);
+    let prune = Prune { topic: "t".into(), peers: vec![], backoff: Some(u64::MAX) };
+    r.handle_rpc(rng, now, &a, Rpc { control: Control { prune: vec![prune], ..Control::default() }, ..Rpc::default() });
+    let until = r.backoff[&("t".to_string(), a.clone())];
+    assert_eq!(until, now + Duration::from_secs(3600), "capped at max_prune_backoff, no overflow");
+    // A GRAFT from a peer we back off from is refused with a PRUNE.
+    r.handle_rpc(rng, now, &a, Rpc { control: Control { graft: vec!["t".into()], ..Control::default() }, ..Rpc::default() });
+    assert!(!r.mesh_peers("t").contains(&a));
+    assert_eq!(r.stats().prunes_sent, 1);
+    // After the heartbeat a peer cannot be grafted while backing off either.
+    r.on_timeout(rng, now + Duration::from_secs(5));
+    assert!(!r.mesh_peers("t").contains(&a));
+}
+
+#[test]
+fn gossipsub_router_bounds_subscriptions_ihave_and_queues() {
+    let cfg = Config { max_topics_per_peer: 3, max_queue_bytes: 10_000, ..Config::default() };
+    let mut net = Net::new(2, cfg);
+    net.link(0, 1, PeerKind::Meshsub11);
+    let a = net.ids[0].clone();
+    let (r, rng, now) = (&mut net.routers[1], &mut net.rng, net.now);
+    let subs = (0..10).map(|i| SubOpt { subscribe: true, topic: format!("t{i}") }).collect();
+    r.handle_rpc(rng, now, &a, Rpc { subscriptions: subs, ..Rpc::default() });
+    assert_eq!(r.stats().subscriptions_ignored, 7);
+    // IHAVE beyond 10 RPCs per heartbeat is ignored.
+    r.subscribe(rng, now, "t0");
+    for i in 0..12u32 {
+        let ih = IHave { topic: "t0".into(), ids: vec![Arc::from(&i.to_be_bytes()[..])] };
+        r.handle_rpc(rng, now, &a, Rpc { control: Control { ihave: vec![ih], ..Control::default() }, ..Rpc::default() });
+    }
+    assert_eq!((r.stats().iwant_sent, r.stats().ihave_ignored), (10, 2));
+    // Messages beyond the queue cap are dropped and counted, not queued.
+    while r.take_frames(&a, 1 << 20).is_some() {}
+    for i in 0..5u8 {
+        let _ = r.publish(rng, now, "t0", vec![i; 4000]);
+    }
+    assert_eq!(r.stats().dropped_messages, 3);
+    assert!(r.queued(&a) <= 10_000);
+}
+
+#[test]
+fn gossipsub_router_forwards_to_floodsub_peers_and_publishes_to_fanout() {
+    let mut net = Net::new(3, Config { flood_publish: false, ..Config::default() });
+    net.link(0, 1, PeerKind::Meshsub11);
+    net.link(1, 2, PeerKind::Floodsub);
+    net.routers[1].subscribe(&mut net.rng, net.now, "t");
+    net.routers[2].subscribe(&mut net.rng, net.now, "t");
+    net.settle();
+    // Node 0 is not subscribed: it publishes to fanout (node 1), which forwards to floodsub node 2.
+    net.routers[0].publish(&mut rng::from_seed([1; 32]), net.now, "t", b"f".to_vec()).unwrap();
+    net.settle();
+    assert_eq!(net.messages(1).len(), 1);
+    assert_eq!(net.messages(2).len(), 1);
+    assert_eq!(net.routers[0].fanout["t"].peers.len(), 1);
+    // The fanout is forgotten a TTL after the last publish.
+    net.heartbeats(61);
+    assert!(net.routers[0].fanout.is_empty());
+}

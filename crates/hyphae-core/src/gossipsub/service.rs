@@ -1,0 +1,261 @@
+//! Gossipsub as a node service: streams in, [`Router`] calls, frames out.
+//!
+//! Per peer: one long-lived outbound stream we send on, opened once identify has told us the peer's
+//! protocols (the best one both speak, so no round trip is spent on refusals), or at once with the
+//! protocol of the peer's own stream if that comes first; and the peer's inbound streams, which we read
+//! RPCs from. A peer is in the router while its outbound stream is open or opening; it leaves with its
+//! last connection or when that stream fails. Sending is paced by the stream: at most one batch
+//! ([`SEND_BATCH`]) is written at a time, the next when it has drained, so the router's per-peer
+//! queues (with their priorities and caps) stay where the backlog is.
+//!
+//! A malformed or oversized RPC resets that inbound stream, with a logged, reported violation.
+
+use super::router::{PublishError, Router};
+use super::{wire, Config, MessageId, PeerKind, PROTOCOLS};
+use crate::identity::{Keypair, PeerId};
+use crate::service::{ConnId, ConnectionEvent, Cx, Event as NodeEvent, Service, StreamEvent};
+use crate::stream::{OpenError, Role, StreamId, Violation, ViolationKind};
+use crate::time::Instant;
+use std::any::Any;
+use std::collections::BTreeMap;
+
+/// Bytes written to one peer's stream at a time.
+pub const SEND_BATCH: usize = 64 * 1024;
+
+const NAME: &str = "gossipsub";
+
+struct Outbound {
+    conn: ConnId,
+    kind: PeerKind,
+    token: u64,
+    stream: Option<StreamId>,
+    /// A batch is on its way (`Drained` ends it).
+    busy: bool,
+}
+
+pub struct GossipsubService {
+    router: Router,
+    /// Each connected peer's connections, with who dialed.
+    conns: BTreeMap<PeerId, Vec<(ConnId, Role)>>,
+    outbound: BTreeMap<PeerId, Outbound>,
+    inbound: BTreeMap<(ConnId, StreamId), (PeerId, Vec<u8>)>,
+    next_token: u64,
+}
+
+impl GossipsubService {
+    pub fn new(cfg: Config, keypair: &Keypair, now: Instant) -> Self {
+        GossipsubService {
+            router: Router::new(cfg, keypair.peer_id(), Some(keypair.clone()), now),
+            conns: BTreeMap::new(),
+            outbound: BTreeMap::new(),
+            inbound: BTreeMap::new(),
+            next_token: 1,
+        }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn subscribe(&mut self, cx: &mut Cx<'_>, topic: &str) -> bool {
+        let r = self.router.subscribe(cx.rng, cx.now, topic);
+        self.pump(cx);
+        r
+    }
+
+    pub fn unsubscribe(&mut self, cx: &mut Cx<'_>, topic: &str) -> bool {
+        let r = self.router.unsubscribe(cx.now, topic);
+        self.pump(cx);
+        r
+    }
+
+    pub fn publish(&mut self, cx: &mut Cx<'_>, topic: &str, data: Vec<u8>) -> Result<MessageId, PublishError> {
+        let r = self.router.publish(cx.rng, cx.now, topic, data);
+        self.pump(cx);
+        r
+    }
+
+    /// Opens our stream to `peer` on `conn` with `kind`'s protocol and adds the peer to the router.
+    fn open(&mut self, cx: &mut Cx<'_>, peer: &PeerId, conn: ConnId, kind: PeerKind) {
+        let token = self.next_token;
+        self.next_token += 1;
+        cx.open_stream(conn, kind.protocol(), token);
+        self.outbound.insert(peer.clone(), Outbound { conn, kind, token, stream: None, busy: false });
+        let dialer = self.conns.get(peer).and_then(|v| v.iter().find(|(c, _)| *c == conn)).is_some_and(|(_, r)| *r == Role::Dialer);
+        self.router.add_peer(peer.clone(), kind, dialer);
+    }
+
+    /// The peer's stream failed or its connection went: reopen on another connection, or let it go.
+    fn lost(&mut self, cx: &mut Cx<'_>, peer: &PeerId) {
+        let Some(o) = self.outbound.remove(peer) else { return };
+        self.router.remove_peer(peer);
+        if let Some(&(conn, _)) = self.conns.get(peer).and_then(|v| v.iter().find(|(c, _)| *c != o.conn)) {
+            self.open(cx, peer, conn, o.kind);
+        }
+    }
+
+    /// Writes what the router queued to every peer whose stream is free; then hands out events.
+    fn pump(&mut self, cx: &mut Cx<'_>) {
+        for (peer, o) in self.outbound.iter_mut() {
+            let Some(s) = o.stream else { continue };
+            if o.busy {
+                continue;
+            }
+            if let Some(batch) = self.router.take_frames(peer, SEND_BATCH) {
+                o.busy = true;
+                cx.write_notify(o.conn, s, batch);
+            }
+        }
+        while let Some(ev) = self.router.poll_event() {
+            cx.emit(NodeEvent::Gossipsub(ev));
+        }
+    }
+
+    fn read(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, data: &[u8]) {
+        let limits = self.router.config().limits.clone();
+        let Some((peer, buf)) = self.inbound.get_mut(&(conn, stream)) else { return };
+        let peer = peer.clone();
+        buf.extend_from_slice(data);
+        let mut at = 0;
+        let mut failure = None;
+        let mut rpcs = Vec::new();
+        loop {
+            match wire::decode(&buf[at..], &limits) {
+                Ok(Some((rpc, used))) => {
+                    at += used;
+                    rpcs.push(rpc);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        buf.drain(..at);
+        for rpc in rpcs {
+            self.router.handle_rpc(cx.rng, cx.now, &peer, rpc);
+        }
+        if let Some(e) = failure {
+            self.inbound.remove(&(conn, stream));
+            cx.reset_stream(conn, stream);
+            cx.violation(Violation { peer: Some(peer), protocol: NAME, kind: ViolationKind::Malformed(e) });
+        }
+        self.pump(cx);
+    }
+}
+
+impl Service for GossipsubService {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn protocols(&self) -> Vec<String> {
+        PROTOCOLS.iter().map(|p| p.to_string()).collect()
+    }
+
+    fn on_connection(&mut self, cx: &mut Cx<'_>, ev: ConnectionEvent<'_>) {
+        match ev {
+            ConnectionEvent::Established { conn, peer, role, .. } => {
+                self.conns.entry(peer.clone()).or_default().push((conn, role));
+            }
+            ConnectionEvent::Identified { conn, peer, info } => {
+                if self.outbound.contains_key(peer) {
+                    return;
+                }
+                let best = PROTOCOLS.iter().find(|p| info.protocols.iter().any(|q| q == *p)).and_then(|p| PeerKind::from_protocol(p));
+                if let Some(kind) = best {
+                    self.open(cx, peer, conn, kind);
+                    self.pump(cx);
+                }
+            }
+            ConnectionEvent::Closed { conn, peer, .. } => {
+                if let Some(v) = self.conns.get_mut(peer) {
+                    v.retain(|(c, _)| *c != conn);
+                    if v.is_empty() {
+                        self.conns.remove(peer);
+                    }
+                }
+                self.inbound.retain(|(c, _), _| *c != conn);
+                if self.outbound.get(peer).is_some_and(|o| o.conn == conn) {
+                    self.lost(cx, peer);
+                }
+                self.pump(cx);
+            }
+            ConnectionEvent::DialFailed { .. } => {}
+        }
+    }
+
+    fn on_inbound(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, protocol: &str) {
+        let Some((peer, _)) = cx.connection(conn) else { return };
+        self.inbound.insert((conn, stream), (peer.clone(), Vec::new()));
+        if !self.outbound.contains_key(&peer) {
+            if let Some(kind) = PeerKind::from_protocol(protocol) {
+                self.open(cx, &peer, conn, kind);
+                self.pump(cx);
+            }
+        }
+    }
+
+    fn on_stream(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, ev: StreamEvent<'_>) {
+        if self.inbound.contains_key(&(conn, stream)) {
+            match ev {
+                StreamEvent::Data(d) => self.read(cx, conn, stream, d),
+                StreamEvent::Eof => {
+                    self.inbound.remove(&(conn, stream));
+                    cx.finish(conn, stream);
+                }
+                StreamEvent::Reset => {
+                    self.inbound.remove(&(conn, stream));
+                }
+                _ => {}
+            }
+            return;
+        }
+        let Some(peer) = self.outbound.iter().find(|(_, o)| o.conn == conn && (o.stream == Some(stream) || o.stream.is_none())).map(|(p, _)| p.clone())
+        else {
+            return;
+        };
+        match ev {
+            StreamEvent::Opened { token, .. } => {
+                let o = self.outbound.get_mut(&peer).expect("found above");
+                if o.token == token && o.stream.is_none() {
+                    o.stream = Some(stream);
+                }
+            }
+            StreamEvent::Drained => {
+                if let Some(o) = self.outbound.get_mut(&peer) {
+                    o.busy = false;
+                }
+            }
+            // Nothing is read from our own stream; the peer closing its side of it is normal.
+            StreamEvent::Data(_) | StreamEvent::Eof => {}
+            StreamEvent::Reset => self.lost(cx, &peer),
+        }
+        self.pump(cx);
+    }
+
+    fn on_open_failed(&mut self, _cx: &mut Cx<'_>, conn: ConnId, token: u64, reason: &OpenError) {
+        let Some(peer) = self.outbound.iter().find(|(_, o)| o.conn == conn && o.token == token).map(|(p, _)| p.clone()) else { return };
+        tracing::debug!(%peer, %reason, "gossipsub stream refused");
+        self.outbound.remove(&peer);
+        self.router.remove_peer(&peer);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.router.poll_timeout())
+    }
+
+    fn on_timeout(&mut self, cx: &mut Cx<'_>) {
+        self.router.on_timeout(cx.rng, cx.now);
+        self.pump(cx);
+    }
+
+    fn read_chunk(&self) -> usize {
+        64 * 1024
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
