@@ -34,7 +34,7 @@ if [ ! -x "$PEERS/venv/bin/python" ] || ! "$PEERS/venv/bin/python" -c "import p2
 fi
 
 # --- js-libp2p ---
-if [ ! -d "$HERE/js/node_modules/@libp2p/mplex" ] || [ ! -d "$HERE/js/node_modules/@libp2p/tls" ] || [ ! -d "$HERE/js/node_modules/@libp2p/kad-dht" ] || [ "$HERE/js/package.json" -nt "$HERE/js/node_modules/.package-lock.json" ]; then
+if [ ! -d "$HERE/js/node_modules/@libp2p/mplex" ] || [ ! -d "$HERE/js/node_modules/@libp2p/tls" ] || [ ! -d "$HERE/js/node_modules/@libp2p/kad-dht" ] || [ ! -d "$HERE/js/node_modules/@libp2p/gossipsub" ] || [ "$HERE/js/package.json" -nt "$HERE/js/node_modules/.package-lock.json" ]; then
   (cd "$HERE/js" && npm install --no-audit --no-fund --silent)
 fi
 # --- rust-libp2p 0.57 peer (its own cargo workspace, built once) ---

@@ -16,9 +16,9 @@
 //! map `(ConnId, StreamId) → service`; a service never touches a connection directly.
 
 use crate::autonat::{self, Reachability};
+use crate::gossipsub;
 use crate::identify::{self, Info};
 use crate::identity::{PeerId, PublicKey};
-use crate::gossipsub;
 use crate::kad;
 use crate::multiaddr::Multiaddr;
 use crate::perf;

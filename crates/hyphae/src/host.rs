@@ -5,6 +5,7 @@ use crate::driver;
 use crate::handle::{self, Action, ConnShared, Direction, HostLink, IdentifyState, QuicHandle, Stream};
 use hyphae_core::autonat::{self, service::AutonatService};
 use hyphae_core::conn::{self, CloseReason, OpenError, Role, StreamId};
+use hyphae_core::gossipsub::{self, service::GossipsubService};
 use hyphae_core::identify::{self, Info};
 use hyphae_core::kad::{self, service::KadService};
 use hyphae_core::multiaddr::MultiaddrError;
@@ -54,6 +55,8 @@ pub enum Error {
     Perf(perf::Failure),
     #[error("dht: {0}")]
     Dht(kad::QueryError),
+    #[error("publish: {0}")]
+    Publish(hyphae_core::gossipsub::PublishError),
     /// The connection closed while we waited on it.
     #[error("connection closed: {0}")]
     Closed(CloseReason),
@@ -93,6 +96,10 @@ pub struct HostConfig {
     /// The Kademlia DHT (`host.dht()`). Default: client mode (asks, does not serve nor announce), k = 20,
     /// α = 10; see `hyphae_core::kad::Config` for every default and limit.
     pub dht: kad::Config,
+    /// Gossipsub (`host.pubsub()`), always on: meshsub 1.2/1.1/1.0 and floodsub are announced. Defaults
+    /// are go-libp2p-pubsub's (D = 6, heartbeat 1 s, 1 MiB RPCs, strict signing, `from ‖ seqno` ids);
+    /// see `hyphae_core::gossipsub::Config`. The first sequence number is taken from the clock.
+    pub pubsub: gossipsub::Config,
 }
 
 impl HostConfig {
@@ -114,6 +121,7 @@ impl HostConfig {
             idle_timeout: None,
             autonat: autonat::Config::default(),
             dht: kad::Config::default(),
+            pubsub: gossipsub::Config::default(),
         }
     }
     /// A fresh Ed25519 identity.
@@ -219,6 +227,9 @@ pub(crate) struct Inner {
     perf_waiters: Mutex<BTreeMap<perf::RunId, PerfWaiter>>,
     /// Callers of `host.dht()` queries, by query.
     pub(crate) kad_waiters: Mutex<BTreeMap<kad::QueryId, KadWaiter>>,
+    /// `host.pubsub()` subscriptions by topic, and the messages they could not take.
+    pub(crate) pubsub_subs: Mutex<BTreeMap<String, Vec<tokio::sync::mpsc::Sender<crate::pubsub::PubsubMessage>>>>,
+    pub(crate) pubsub_dropped: std::sync::atomic::AtomicU64,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The QUIC endpoint (one UDP socket, used to listen and to dial), once made. Read without waiting;
@@ -233,7 +244,7 @@ pub(crate) struct Inner {
 
 const LAZY_REFUSED_MAX: usize = 1024;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -249,7 +260,7 @@ impl Inner {
         std::iter::from_fn(|| n.poll_event()).collect()
     }
 
-    fn now(&self) -> hyphae_core::Instant {
+    pub(crate) fn now(&self) -> hyphae_core::Instant {
         handle::since(self.epoch)
     }
 
@@ -584,6 +595,7 @@ impl HostLink for Inner {
                     tracing::info!(%peer, uploaded, downloaded, "served a perf run");
                 }
                 node::Event::Kad(ev) => self.kad_event(ev),
+                node::Event::Gossipsub(ev) => self.pubsub_event(ev),
                 node::Event::Autonat(autonat::Event::Reachability { reachability, addr }) => {
                     let _ = self.events.send(HostEvent::Reachability { reachability, addr });
                 }
@@ -677,6 +689,12 @@ impl Host {
         node.add_service(hyphae_core::Instant::ZERO, Box::new(PerfService::new(false)));
         node.add_service(hyphae_core::Instant::ZERO, Box::new(KadService::new(keypair.peer_id(), config.dht.clone())));
         node.add_service(hyphae_core::Instant::ZERO, Box::new(AutonatService::new(config.autonat.clone())));
+        let mut ps = config.pubsub.clone();
+        if ps.first_seqno == gossipsub::Config::default().first_seqno {
+            // As go: start at the clock's nanoseconds, so a restarted node does not repeat message ids.
+            ps.first_seqno = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        }
+        node.add_service(hyphae_core::Instant::ZERO, Box::new(GossipsubService::new(ps, &keypair, hyphae_core::Instant::ZERO)));
         let node_notify = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(Inner {
             noise_static,
@@ -693,6 +711,8 @@ impl Host {
             ping_waiters: Mutex::new(BTreeMap::new()),
             perf_waiters: Mutex::new(BTreeMap::new()),
             kad_waiters: Mutex::new(BTreeMap::new()),
+            pubsub_subs: Mutex::new(BTreeMap::new()),
+            pubsub_dropped: Default::default(),
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             quic: Mutex::new(None),

@@ -30,9 +30,11 @@ mod driver;
 mod handle;
 mod host;
 pub mod keyfile;
+mod pubsub;
 mod quic_driver;
 
 pub use dht::Dht;
 pub use handle::{Direction, Stream};
 pub use host::{ConnectionInfo, Error, Host, HostConfig, HostEvent, PeerInfo, PerfResult};
 pub use hyphae_core::{self as core, identify::Info as IdentifyInfo, KeyType, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
+pub use pubsub::{Pubsub, PubsubMessage, Subscription, SUBSCRIPTION_BUFFER};

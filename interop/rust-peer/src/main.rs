@@ -3,7 +3,9 @@
 //!   rust-peer dial ADDR [COUNT] [noise|tls] [yamux|mplex] -> dials, waits for COUNT pings and identify,
 //!                                              prints {"peerId","connectMs","rtts","agent","protocols"}
 //!   rust-peer dht -> a Kademlia server driven over stdin (see dht.rs)
+//!   rust-peer pubsub -> a gossipsub peer driven over stdin (see pubsub.rs)
 mod dht;
+mod pubsub;
 use futures::StreamExt;
 use libp2p::{identify, noise, ping, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp, yamux, Multiaddr};
 use std::time::Duration;
@@ -24,6 +26,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = args.first().cloned().unwrap_or_default();
     if mode == "dht" {
         return dht::run().await;
+    }
+    if mode == "pubsub" {
+        return pubsub::run().await;
     }
     let security = if mode == "dial" { args.get(3) } else { args.get(1) }.cloned().unwrap_or_else(|| "noise".into());
     let behaviour = |key: &libp2p::identity::Keypair| Behaviour {

@@ -20,7 +20,7 @@ pub mod router;
 pub mod service;
 pub mod wire;
 
-pub use router::{PublishError, Router, Stats};
+pub use router::{PeerStats, PublishError, Router, Stats};
 pub use wire::{Message, MessageId};
 
 pub const MESHSUB_V12: &str = "/meshsub/1.2.0";

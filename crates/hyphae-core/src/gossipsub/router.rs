@@ -53,6 +53,20 @@ pub struct Stats {
     pub heartbeats: u64,
 }
 
+/// One peer's counters (what it sent us and what we sent it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    pub kind: Option<PeerKind>,
+    pub messages_received: u64,
+    pub duplicates: u64,
+    pub invalid_messages: u64,
+    pub messages_sent: u64,
+    pub idontwant_sent: u64,
+    pub idontwant_received: u64,
+    /// Forwards to this peer left out because it said IDONTWANT.
+    pub idontwant_saved: u64,
+}
+
 /// Frames waiting for one peer: control and messages first, gossip after (and dropped first).
 #[derive(Default)]
 struct SendQueue {
@@ -72,6 +86,7 @@ struct Peer {
     ihave_asked: usize,
     idontwant_taken: usize,
     queue: SendQueue,
+    stats: PeerStats,
 }
 
 struct CacheEntry {
@@ -184,6 +199,10 @@ impl Router {
     pub fn peer_kind(&self, peer: &PeerId) -> Option<PeerKind> {
         self.peers.get(peer).map(|p| p.kind)
     }
+    /// `peer`'s counters, while it is a pubsub peer.
+    pub fn peer_stats(&self, peer: &PeerId) -> Option<PeerStats> {
+        self.peers.get(peer).map(|p| p.stats.clone())
+    }
     /// Bytes queued for `peer`.
     pub fn queued(&self, peer: &PeerId) -> usize {
         self.peers.get(peer).map_or(0, |p| p.queue.urgent_bytes + p.queue.gossip_bytes)
@@ -207,6 +226,7 @@ impl Router {
                 ihave_asked: 0,
                 idontwant_taken: 0,
                 queue: SendQueue::default(),
+                stats: PeerStats { kind: Some(kind), ..PeerStats::default() },
             },
         );
         if !self.mesh.is_empty() {
@@ -310,7 +330,8 @@ impl Router {
 
     fn publish_peers(&mut self, rng: &mut Rng, now: Instant, topic: &str) -> Vec<PeerId> {
         let subs: Vec<PeerId> = self.subscribers.get(topic).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        let flood: Vec<PeerId> = subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned().collect();
+        let flood: Vec<PeerId> =
+            subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned().collect();
         if self.cfg.flood_publish {
             return subs;
         }
@@ -425,7 +446,12 @@ impl Router {
     fn handle_message(&mut self, now: Instant, source: &PeerId, m: Message) {
         self.stats.messages_received += 1;
         let id = self.cfg.message_id.id(&m);
-        if self.seen.contains_key(&id) {
+        let dup = self.seen.contains_key(&id);
+        if let Some(p) = self.peers.get_mut(source) {
+            p.stats.messages_received += 1;
+            p.stats.duplicates += u64::from(dup);
+        }
+        if dup {
             self.stats.duplicates += 1;
             return;
         }
@@ -439,6 +465,9 @@ impl Router {
                 for p in to {
                     self.send_rpc(&p, &rpc);
                     self.stats.idontwant_sent += 1;
+                    if let Some(x) = self.peers.get_mut(&p) {
+                        x.stats.idontwant_sent += 1;
+                    }
                 }
             }
         }
@@ -447,6 +476,9 @@ impl Router {
             Ok(a) => a,
             Err(why) => {
                 self.stats.invalid_messages += 1;
+                if let Some(p) = self.peers.get_mut(source) {
+                    p.stats.invalid_messages += 1;
+                }
                 tracing::debug!(peer = %source, why, "gossipsub: invalid message rejected");
                 return;
             }
@@ -475,7 +507,8 @@ impl Router {
             if &p == source || Some(&p) == author {
                 continue;
             }
-            if self.peers.get(&p).is_some_and(|x| x.dont_want.contains_key(id)) {
+            if let Some(x) = self.peers.get_mut(&p).filter(|x| x.dont_want.contains_key(id)) {
+                x.stats.idontwant_saved += 1;
                 self.stats.idontwant_saved += 1;
                 continue;
             }
@@ -488,6 +521,7 @@ impl Router {
         let Some(p) = self.peers.get_mut(from) else { return };
         for id in ids {
             self.stats.idontwant_received += 1;
+            p.stats.idontwant_received += 1;
             if p.idontwant_taken >= self.cfg.max_idontwant_per_heartbeat {
                 self.stats.idontwant_ignored += 1;
                 continue;
@@ -705,16 +739,14 @@ impl Router {
         if ids.is_empty() {
             return;
         }
-        let exclude: BTreeSet<PeerId> = self
-            .mesh
-            .get(topic)
-            .cloned()
-            .or_else(|| self.fanout.get(topic).map(|f| f.peers.clone()))
-            .unwrap_or_default();
+        let exclude: BTreeSet<PeerId> =
+            self.mesh.get(topic).cloned().or_else(|| self.fanout.get(topic).map(|f| f.peers.clone())).unwrap_or_default();
         let cands: Vec<PeerId> = self
             .subscribers
             .get(topic)
-            .map(|s| s.iter().filter(|p| !exclude.contains(*p) && self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub())).cloned().collect())
+            .map(|s| {
+                s.iter().filter(|p| !exclude.contains(*p) && self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub())).cloned().collect()
+            })
             .unwrap_or_default();
         let n = self.cfg.d_lazy.max((self.cfg.gossip_factor * cands.len() as f64) as usize);
         let ids = if ids.len() > self.cfg.max_ihave_length { choose(rng, ids, self.cfg.max_ihave_length) } else { ids };
@@ -765,6 +797,7 @@ impl Router {
             return;
         }
         self.stats.messages_sent += 1;
+        p.stats.messages_sent += 1;
         p.queue.urgent_bytes += f.len();
         p.queue.urgent.push_back(f);
     }

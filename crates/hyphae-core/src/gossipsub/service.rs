@@ -212,7 +212,8 @@ impl Service for GossipsubService {
             }
             return;
         }
-        let Some(peer) = self.outbound.iter().find(|(_, o)| o.conn == conn && (o.stream == Some(stream) || o.stream.is_none())).map(|(p, _)| p.clone())
+        let Some(peer) =
+            self.outbound.iter().find(|(_, o)| o.conn == conn && (o.stream == Some(stream) || o.stream.is_none())).map(|(p, _)| p.clone())
         else {
             return;
         };

@@ -71,7 +71,14 @@ pub struct Message {
 
 impl Message {
     /// Builds a message and its encoding.
-    pub fn new(from: Option<Vec<u8>>, data: Vec<u8>, seqno: Option<Vec<u8>>, topic: String, signature: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Message {
+    pub fn new(
+        from: Option<Vec<u8>>,
+        data: Vec<u8>,
+        seqno: Option<Vec<u8>>,
+        topic: String,
+        signature: Option<Vec<u8>>,
+        key: Option<Vec<u8>>,
+    ) -> Message {
         let mut m = Message { from, data, seqno, topic, signature, key, raw: Arc::from(&[][..]) };
         let mut raw = Vec::with_capacity(m.data.len() + m.topic.len() + 160);
         m.encode_fields(&mut raw, true);
@@ -428,7 +435,14 @@ mod tests {
     fn sample() -> Rpc {
         Rpc {
             subscriptions: vec![SubOpt { subscribe: true, topic: "a".into() }, SubOpt { subscribe: false, topic: "b".into() }],
-            publish: vec![Message::new(Some(vec![1, 2]), b"hello".to_vec(), Some(vec![0, 0, 0, 0, 0, 0, 0, 7]), "a".into(), Some(vec![9; 64]), None)],
+            publish: vec![Message::new(
+                Some(vec![1, 2]),
+                b"hello".to_vec(),
+                Some(vec![0, 0, 0, 0, 0, 0, 0, 7]),
+                "a".into(),
+                Some(vec![9; 64]),
+                None,
+            )],
             control: Control {
                 ihave: vec![IHave { topic: "a".into(), ids: vec![id(b"x"), id(b"y")] }],
                 iwant: vec![id(b"z")],

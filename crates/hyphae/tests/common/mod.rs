@@ -488,3 +488,164 @@ pub fn hex(b: &[u8]) -> String {
 pub fn unhex(s: &str) -> Vec<u8> {
     (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex")).collect()
 }
+
+// ---------- pubsub ----------
+
+/// A message as another implementation reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerMessage {
+    pub topic: String,
+    pub from: String,
+    pub data: Vec<u8>,
+}
+
+/// p2pd's answer to SUBSCRIBE: the control socket, now a stream of length-prefixed `PSMessage`s.
+pub struct P2pdSubscription(UnixStream);
+
+impl P2pdSubscription {
+    pub async fn next(&mut self) -> PeerMessage {
+        let b = read_delimited(&mut self.0).await;
+        let mut m = PeerMessage { topic: String::new(), from: String::new(), data: Vec::new() };
+        for f in pb::Reader::new(&b) {
+            match f {
+                Ok((1, v)) => m.from = PeerId::from_bytes(v.bytes().unwrap()).map(|p| p.to_string()).unwrap_or_default(),
+                Ok((2, v)) => m.data = v.bytes().unwrap().to_vec(),
+                Ok((4, v)) => m.topic = v.string().unwrap().to_string(),
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
+impl P2pd {
+    fn pubsub_request(op: u64, topic: &str, data: Option<&[u8]>) -> Vec<u8> {
+        let mut p = Vec::new();
+        pb::put_varint(&mut p, 1, op);
+        pb::put_bytes(&mut p, 2, topic.as_bytes());
+        if let Some(d) = data {
+            pb::put_bytes(&mut p, 3, d);
+        }
+        let mut r = Vec::new();
+        pb::put_varint(&mut r, 1, 8);
+        pb::put_bytes(&mut r, 8, &p);
+        r
+    }
+
+    /// PUBSUB SUBSCRIBE (p2pd started with `-pubsub`).
+    pub async fn subscribe(&self, topic: &str) -> Result<P2pdSubscription, String> {
+        let (s, resp) = self.request(Self::pubsub_request(3, topic, None)).await;
+        check_ok(&resp)?;
+        Ok(P2pdSubscription(s))
+    }
+
+    /// PUBSUB PUBLISH.
+    pub async fn publish(&self, topic: &str, data: &[u8]) -> Result<(), String> {
+        let (_s, resp) = self.request(Self::pubsub_request(2, topic, Some(data))).await;
+        check_ok(&resp)
+    }
+
+    /// PUBSUB LIST_PEERS: peers go knows subscribed to `topic`.
+    pub async fn pubsub_peers(&self, topic: &str) -> Vec<PeerId> {
+        let (_s, resp) = self.request(Self::pubsub_request(1, topic, None)).await;
+        let mut out = Vec::new();
+        for f in pb::Reader::new(&resp) {
+            if let Ok((7, v)) = f {
+                for g in pb::Reader::new(v.bytes().unwrap()) {
+                    if let Ok((2, id)) = g {
+                        out.push(PeerId::from_bytes(id.bytes().unwrap()).unwrap());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A gossipsub peer of another implementation driven over stdin (interop/js/pubsub.mjs, `rust-peer
+/// pubsub`): one JSON answer per command; messages arrive as event lines in between, kept aside.
+pub struct PubsubPeer {
+    pub child: Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    pub id: PeerId,
+    pub addr: Multiaddr,
+    pub messages: Vec<PeerMessage>,
+}
+
+impl PubsubPeer {
+    async fn start(mut cmd: Command) -> PubsubPeer {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn pubsub peer");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (id, addr) = loop {
+            let l = read_line(&mut lines, "pubsub peer").await;
+            if let Some(x) = listen_line(&l) {
+                break x;
+            }
+        };
+        PubsubPeer { child, stdin, lines, id, addr, messages: Vec::new() }
+    }
+
+    pub async fn js() -> Option<PubsubPeer> {
+        peer_path("interop/js/node_modules/@libp2p/gossipsub")?;
+        let mut c = Command::new("node");
+        c.current_dir(repo_root().join("interop/js")).args(["--import", "./polyfill.mjs", "pubsub.mjs"]);
+        Some(Self::start(c).await)
+    }
+
+    pub async fn rust() -> Option<PubsubPeer> {
+        let bin = peer_path("interop/rust-peer/target/debug/rust-peer")?;
+        let mut c = Command::new(bin);
+        c.arg("pubsub");
+        Some(Self::start(c).await)
+    }
+
+    /// Reads one line, keeping a message event aside; the line if it was not one.
+    async fn line(&mut self, what: &str) -> Option<String> {
+        let l = read_line(&mut self.lines, what).await;
+        if json_field(&l, "event") == Some("message") {
+            self.messages.push(PeerMessage {
+                topic: json_field(&l, "topic").unwrap_or_default().to_string(),
+                from: json_field(&l, "from").unwrap_or_default().to_string(),
+                data: unhex(json_field(&l, "data").unwrap_or_default()),
+            });
+            return None;
+        }
+        Some(l)
+    }
+
+    /// Runs one command; its JSON answer line.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write pubsub peer stdin");
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(l) = self.line("pubsub peer answer").await {
+                    return l;
+                }
+            }
+        })
+        .await
+        .expect("pubsub peer answers")
+    }
+
+    /// Waits (up to 15 s) until a message with `data` has arrived; returns it.
+    pub async fn wait_message(&mut self, data: &[u8]) -> PeerMessage {
+        let found = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if let Some(m) = self.messages.iter().find(|m| m.data == data) {
+                    return m.clone();
+                }
+                let _ = self.line("pubsub peer message").await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("message of {} bytes never arrived at {}", data.len(), self.id))
+    }
+}

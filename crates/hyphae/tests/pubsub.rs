@@ -1,0 +1,87 @@
+//! `host.pubsub()` between hyphae hosts on loopback (interop with go, js and rust is in interop_pubsub.rs).
+
+use hyphae::{Host, HostConfig, KeyType, Keypair, Multiaddr, PeerId};
+use std::time::Duration;
+
+async fn host(ty: KeyType) -> (Host, Multiaddr) {
+    let h = Host::new(HostConfig::new(Keypair::generate(ty, &mut rand_core::OsRng))).await.unwrap();
+    let a = h.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+    (h, a[0].clone())
+}
+
+/// Waits until `h` knows `n` peers subscribed to `topic`.
+async fn subscribers(h: &Host, topic: &str, n: usize) {
+    for _ in 0..200 {
+        if h.pubsub().peers(Some(topic)).len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never saw {n} subscribers of {topic}", h.peer_id());
+}
+
+async fn next(s: &mut hyphae::Subscription) -> hyphae::PubsubMessage {
+    tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("a message within 10 s").expect("subscription open")
+}
+
+#[tokio::test]
+async fn pubsub_messages_cross_a_line_of_three_hosts_signed_by_their_author() {
+    // a – b – c: c hears a only through b's forwarding. RSA for b: its key travels in `key`.
+    let (a, _) = host(KeyType::Ed25519).await;
+    let (b, addr_b) = host(KeyType::Rsa).await;
+    let (c, _) = host(KeyType::Secp256k1).await;
+    a.connect(&addr_b).await.unwrap();
+    c.connect(&addr_b).await.unwrap();
+    let mut sa = a.pubsub().subscribe("chat");
+    let mut sb = b.pubsub().subscribe("chat");
+    let mut sc = c.pubsub().subscribe("chat");
+    subscribers(&b, "chat", 2).await;
+    subscribers(&a, "chat", 1).await;
+    subscribers(&c, "chat", 1).await;
+    // Wait for the mesh (grafts go out at once on subscribe, and on the first heartbeat).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.pubsub().publish("chat", b"from a".to_vec()).unwrap();
+    let m = next(&mut sc).await;
+    assert_eq!((m.data.as_slice(), m.from.as_ref(), &m.source), (&b"from a"[..], Some(&a.peer_id()), &b.peer_id()));
+    assert_eq!(next(&mut sb).await.data, b"from a");
+    b.pubsub().publish("chat", b"from b".to_vec()).unwrap();
+    assert_eq!(next(&mut sa).await.from, Some(b.peer_id()));
+    assert_eq!(next(&mut sc).await.from, Some(b.peer_id()));
+    c.pubsub().publish("chat", vec![7u8; 100_000]).unwrap();
+    assert_eq!(next(&mut sa).await.data.len(), 100_000);
+    // Nobody hears its own message, and each message arrives once.
+    assert_eq!(next(&mut sb).await.data.len(), 100_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sa.next_now().is_none() && sb.next_now().is_none() && sc.next_now().is_none());
+    assert_eq!(b.pubsub().stats().invalid_messages, 0);
+    assert_eq!(b.pubsub().mesh_peers("chat").len(), 2);
+}
+
+#[tokio::test]
+async fn pubsub_publish_without_subscribers_fails_and_unsubscribe_leaves_the_mesh() {
+    let (a, _) = host(KeyType::Ed25519).await;
+    let (b, addr_b) = host(KeyType::Ed25519).await;
+    let err = a.pubsub().publish("t", b"x".to_vec()).unwrap_err();
+    assert!(matches!(err, hyphae::Error::Publish(hyphae::core::gossipsub::PublishError::InsufficientPeers)), "{err}");
+    a.connect(&addr_b).await.unwrap();
+    let _sa = a.pubsub().subscribe("t");
+    let _sb = b.pubsub().subscribe("t");
+    subscribers(&a, "t", 1).await;
+    for _ in 0..100 {
+        if a.pubsub().mesh_peers("t") == vec![b.peer_id()] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(a.pubsub().mesh_peers("t"), vec![b.peer_id()]);
+    assert!(b.pubsub().unsubscribe("t"));
+    let gone = |h: &Host, p: &PeerId| !h.pubsub().peers(Some("t")).contains(p);
+    for _ in 0..100 {
+        if gone(&a, &b.peer_id()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(gone(&a, &b.peer_id()) && a.pubsub().mesh_peers("t").is_empty());
+    assert_eq!(b.pubsub().topics(), Vec::<String>::new());
+}
