@@ -1,4 +1,4 @@
-//! The `hyphae` binary: `node`, `ping`, `id`, `perf`, `dht`, `sim`.
+//! The `hyphae` binary: `node`, `pubsub`, `ping`, `id`, `perf`, `dht`, `sim`.
 
 use hyphae::core::kad::keys;
 use hyphae::{keyfile, Host, HostConfig, HostEvent, KeyType, Keypair, Multiaddr};
@@ -9,12 +9,17 @@ const USAGE: &str = "\
 usage:
   hyphae node [--listen MULTIADDR]... [--key FILE] [--key-type ed25519|secp256k1|ecdsa|rsa]
              [--bootstrap MULTIADDR]... [--dht-mode auto|client|server] [--provide CID]...
+             [--connect MULTIADDR]... [--subscribe TOPIC]...
       Runs a node. Without --listen it listens on /ip4/0.0.0.0/tcp/4001, /ip6/::/tcp/4001 and
       /ip4/0.0.0.0/udp/4001/quic-v1 (port 0 if taken); without --key it keeps its key in $XDG_DATA_HOME/hyphae/identity.key. Prints each
       listen address with /p2p/<id> on stdout, then logs connections and pings. Ctrl-C stops it.
       --bootstrap joins the Kademlia DHT through those peers (mode auto: a client until AutoNAT v1
       confirms a public address; --dht-mode pins it); --provide keeps announcing CID while it runs.
-      The node serves AutoNAT v1 to others.
+      The node serves AutoNAT v1 to others. --connect dials those peers at start; --subscribe joins
+      a gossipsub topic and logs each message received on it.
+  hyphae pubsub TOPIC [--connect MULTIADDR]... [--listen MULTIADDR]... [--key FILE]
+      A terminal chat on a gossipsub topic: prints each message received as \"<sender peer ID>: <text>\"
+      on stdout, publishes each line typed on stdin. Listens as node does (its addresses go to stderr).
   hyphae dht find-peer PEER_ID | closest KEY | put KEY VALUE_FILE | get KEY | provide CID |
              find-providers CID [--limit N]   --bootstrap MULTIADDR... [--quorum N]
       Joins the DHT through the bootstrap peers (as a client), runs one operation and prints its
@@ -56,6 +61,8 @@ struct Args {
     bootstrap: Vec<Multiaddr>,
     dht_mode: Option<hyphae::core::kad::Mode>,
     provide: Vec<String>,
+    connect: Vec<Multiaddr>,
+    subscribe: Vec<String>,
     limit: usize,
     quorum: usize,
     positional: Vec<String>,
@@ -79,6 +86,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
         bootstrap: vec![],
         dht_mode: None,
         provide: vec![],
+        connect: vec![],
+        subscribe: vec![],
         limit: 20,
         quorum: 1,
         positional: vec![],
@@ -119,6 +128,15 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--dht-mode" => a.dht_mode = Some(val("--dht-mode")?.parse()?),
             "--provide" => a.provide.push(val("--provide")?),
+            "--connect" => {
+                let v = val("--connect")?;
+                let m: Multiaddr = v.parse().map_err(|e| format!("--connect {v}: {e}"))?;
+                if m.peer_id().is_none() {
+                    return Err(format!("--connect {v}: needs /p2p/<peer id>"));
+                }
+                a.connect.push(m)
+            }
+            "--subscribe" => a.subscribe.push(val("--subscribe")?),
             "--limit" => a.limit = number("--limit", &val("--limit")?, "a number")?,
             "--quorum" => a.quorum = number("--quorum", &val("--quorum")?, "a number")?,
             "--upload" | "--upload-bytes" => a.upload = number("--upload", &val("--upload")?, "a number of bytes")?,
@@ -190,6 +208,7 @@ fn main() -> ExitCode {
     let r = rt.block_on(async {
         match cmd.as_str() {
             "node" => node(args).await,
+            "pubsub" => pubsub(args).await,
             "ping" => ping(args).await,
             "perf" => perf(args).await,
             "dht" => dht(args).await,
@@ -386,6 +405,91 @@ async fn perf(args: Args) -> Result<(), String> {
 /// Listens (defaults for `node`: port 4001 on all interfaces), prints the addresses, runs until Ctrl-C.
 async fn serve(host: Host, args: Args) -> Result<(), String> {
     let mut events = host.events();
+    let addrs = listen_all(&host, &args).await?;
+    for a in &addrs {
+        println!("{a}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    connect_all(&host, &args.connect);
+    for t in &args.subscribe {
+        let mut sub = host.pubsub().subscribe(t);
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let from = m.from.map(|p| p.to_string()).unwrap_or_default();
+                tracing::info!(topic = %m.topic, %from, len = m.data.len(), data = %String::from_utf8_lossy(&m.data), "pubsub message");
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            ev = events.recv() => match ev {
+                Ok(HostEvent::InboundPing { peer }) => tracing::info!(%peer, "ping stream opened by peer"),
+                Ok(HostEvent::Identified { peer, info }) => tracing::info!(%peer, agent = ?info.agent_version, "peer identified"),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(n, "missed host events"),
+                Err(_) => break,
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    host.close().await;
+    Ok(())
+}
+
+/// Dials each `--connect` peer in the background (a failure is logged; the node keeps running).
+fn connect_all(host: &Host, peers: &[Multiaddr]) {
+    for a in peers {
+        let (h, a) = (host.clone(), a.clone());
+        tokio::spawn(async move {
+            match h.connect(&a).await {
+                Ok(p) => tracing::info!(peer = %p, addr = %a, "connected"),
+                Err(e) => tracing::warn!(addr = %a, error = %e, "cannot connect"),
+            }
+        });
+    }
+}
+
+/// `hyphae pubsub TOPIC`: a terminal chat.
+async fn pubsub(args: Args) -> Result<(), String> {
+    let [topic] = &args.positional[..] else { return Err("pubsub needs exactly one TOPIC".into()) };
+    let key = load_key(&args, false)?;
+    let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
+    for a in listen_all(&host, &args).await? {
+        eprintln!("listening on {a}");
+    }
+    let mut sub = host.pubsub().subscribe(topic);
+    for a in &args.connect {
+        host.connect(a).await.map_err(|e| format!("connecting to {a}: {e}"))?;
+    }
+    let mut stdin = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    let mut open = true;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            m = sub.next() => {
+                let Some(m) = m else { break };
+                let from = m.from.unwrap_or(m.source);
+                println!("{from}: {}", String::from_utf8_lossy(&m.data));
+            }
+            line = stdin.next_line(), if open => match line {
+                Ok(Some(l)) => {
+                    if let Err(e) = host.pubsub().publish(topic, l.into_bytes()) {
+                        eprintln!("not sent: {e}");
+                    }
+                }
+                // End of input: keep printing what arrives until Ctrl-C.
+                _ => open = false,
+            },
+        }
+    }
+    host.close().await;
+    Ok(())
+}
+
+/// Listens on `--listen`, or on the default addresses (port 4001, else any port).
+async fn listen_all(host: &Host, args: &Args) -> Result<Vec<Multiaddr>, String> {
     let mut addrs = Vec::new();
     if args.listen.is_empty() {
         for (fixed, any) in [
@@ -410,26 +514,7 @@ async fn serve(host: Host, args: Args) -> Result<(), String> {
     if addrs.is_empty() {
         return Err("no listen address".into());
     }
-    for a in &addrs {
-        println!("{a}");
-    }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            ev = events.recv() => match ev {
-                Ok(HostEvent::InboundPing { peer }) => tracing::info!(%peer, "ping stream opened by peer"),
-                Ok(HostEvent::Identified { peer, info }) => tracing::info!(%peer, agent = ?info.agent_version, "peer identified"),
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(n, "missed host events"),
-                Err(_) => break,
-            }
-        }
-    }
-    tracing::info!("shutting down");
-    host.close().await;
-    Ok(())
+    Ok(addrs)
 }
 
 async fn ping(args: Args) -> Result<(), String> {

@@ -142,3 +142,87 @@ async fn dht_retrying(boot: &str, args: &[&str]) -> String {
     }
     panic!("dht {args:?} kept failing: {last:?}");
 }
+
+/// Starts `hyphae pubsub TOPIC ARGS..`; its stdin, stdout lines and the address it prints on stderr.
+async fn start_chat(
+    topic: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, tokio::process::ChildStdin, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, String) {
+    let mut c = Command::new(BIN)
+        .args(["pubsub", topic, "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(c.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let l = tokio::time::timeout(Duration::from_secs(10), err.next_line())
+            .await
+            .expect("chat prints its address")
+            .unwrap()
+            .expect("a line");
+        if let Some(a) = l.strip_prefix("listening on ") {
+            break a.to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
+    let stdin = c.stdin.take().unwrap();
+    let out = BufReader::new(c.stdout.take().unwrap()).lines();
+    (c, stdin, out, addr)
+}
+
+/// Types `line` into a chat every 200 ms until `out` prints a line ending in it; returns that line.
+async fn say_until_heard(
+    stdin: &mut tokio::process::ChildStdin,
+    out: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    line: &str,
+) -> String {
+    use tokio::io::AsyncWriteExt;
+    for _ in 0..50 {
+        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        if let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_millis(200), out.next_line()).await {
+            assert!(l.ends_with(line), "{l}");
+            return l;
+        }
+    }
+    panic!("{line:?} never arrived");
+}
+
+#[tokio::test]
+async fn cli_pubsub_chat_both_ways_and_a_node_logs_the_topic() {
+    let (_a, mut a_in, mut a_out, a_addr) = start_chat("lobby", &[]).await;
+    let (_b, mut b_in, mut b_out, _) = start_chat("lobby", &["--connect", &a_addr]).await;
+    let a_id = a_addr.rsplit('/').next().unwrap().to_string();
+    let l = say_until_heard(&mut b_in, &mut a_out, "hello from b").await;
+    assert!(!l.starts_with(&a_id) && l.starts_with("12D3KooW"), "{l}");
+    let l = say_until_heard(&mut a_in, &mut b_out, "hi from a").await;
+    assert_eq!(l, format!("{a_id}: hi from a"));
+    // A node subscribed to the topic logs what the chat says.
+    let home = TempDir::new("cli-node");
+    let mut node = Command::new(BIN)
+        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--subscribe", "lobby", "--connect", &a_addr])
+        .env("XDG_DATA_HOME", &home.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(node.stderr.take().unwrap()).lines();
+    use tokio::io::AsyncWriteExt;
+    let heard = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            a_in.write_all(b"for the node\n").await.unwrap();
+            if let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_millis(200), log.next_line()).await {
+                if l.contains("pubsub message") && l.contains("for the node") {
+                    return l;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the node logged the message");
+    assert!(heard.contains(&a_id), "{heard}");
+}
