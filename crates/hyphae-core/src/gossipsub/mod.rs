@@ -126,6 +126,9 @@ pub struct Config {
     /// Heartbeats a message stays in the cache, and of those, how many recent ones are gossiped.
     pub history_length: usize,
     pub history_gossip: usize,
+    /// Bytes of messages the cache holds at most (beyond: a message is delivered and forwarded but not
+    /// offered in gossip, counted in `cache_full`). Default 64 MiB.
+    pub max_cache_bytes: usize,
     /// How long a message id is remembered as seen. Default 2 min.
     pub seen_ttl: Duration,
     /// Seen ids remembered at most (beyond: the oldest are forgotten early, counted). Default 1,000,000.
@@ -155,8 +158,9 @@ pub struct Config {
     pub idontwant_heartbeats: u64,
     /// Topics one peer may be subscribed to (beyond: its subscriptions are ignored, counted). Default 500.
     pub max_topics_per_peer: usize,
-    /// Bytes of messages and control queued for one peer (beyond: the newest message is dropped for
-    /// that peer, counted; control is always queued). Default 8 MiB.
+    /// Bytes of messages and control queued for one peer, not yet taken by its stream (beyond: what
+    /// comes next for that peer is dropped, counted in `dropped_messages` / `dropped_control`). A peer
+    /// this far behind is not reading. Default 8 MiB.
     pub max_queue_bytes: usize,
     /// Bytes of gossip (IHAVE, IWANT answers) queued for one peer; it is dropped first. Default 1 MiB.
     pub max_gossip_queue_bytes: usize,
@@ -182,6 +186,7 @@ impl Default for Config {
             fanout_ttl: Duration::from_secs(60),
             history_length: 5,
             history_gossip: 3,
+            max_cache_bytes: 64 << 20,
             seen_ttl: Duration::from_secs(120),
             max_seen: 1_000_000,
             prune_backoff: Duration::from_secs(60),

@@ -49,7 +49,10 @@ pub struct Stats {
     pub subscriptions_ignored: u64,
     pub dropped_messages: u64,
     pub dropped_gossip: u64,
+    pub dropped_control: u64,
     pub seen_evicted: u64,
+    /// Messages not cached for gossip because the cache was full.
+    pub cache_full: u64,
     pub heartbeats: u64,
 }
 
@@ -100,6 +103,8 @@ struct CacheEntry {
 struct MessageCache {
     windows: VecDeque<Vec<MessageId>>,
     msgs: BTreeMap<MessageId, CacheEntry>,
+    /// Encoded bytes of the cached messages.
+    bytes: usize,
 }
 
 struct Fanout {
@@ -160,7 +165,7 @@ impl Router {
             mesh: BTreeMap::new(),
             fanout: BTreeMap::new(),
             backoff: BTreeMap::new(),
-            mcache: MessageCache { windows: VecDeque::from(vec![Vec::new()]), msgs: BTreeMap::new() },
+            mcache: MessageCache { windows: VecDeque::from(vec![Vec::new()]), msgs: BTreeMap::new(), bytes: 0 },
             seen: BTreeMap::new(),
             seen_order: VecDeque::new(),
             ticks: 0,
@@ -202,6 +207,18 @@ impl Router {
     /// `peer`'s counters, while it is a pubsub peer.
     pub fn peer_stats(&self, peer: &PeerId) -> Option<PeerStats> {
         self.peers.get(peer).map(|p| p.stats.clone())
+    }
+    /// (topic, peer) backoffs held.
+    pub fn backoffs(&self) -> usize {
+        self.backoff.len()
+    }
+    /// Message ids remembered as seen, and bytes of messages cached for gossip.
+    pub fn cache_sizes(&self) -> (usize, usize) {
+        (self.seen.len(), self.mcache.bytes)
+    }
+    /// IDONTWANT ids held for `peer`.
+    pub fn dont_want_len(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |p| p.dont_want.len())
     }
     /// Bytes queued for `peer`.
     pub fn queued(&self, peer: &PeerId) -> usize {
@@ -574,7 +591,10 @@ impl Router {
             Some(s) => Duration::from_secs(s).min(self.cfg.max_prune_backoff),
             None => self.cfg.prune_backoff,
         };
-        self.set_backoff(now, &p.topic, from, d);
+        // Only for topics we are in or publish to (the map stays bounded by our own topics × peers).
+        if self.mesh.contains_key(&p.topic) || self.fanout.contains_key(&p.topic) {
+            self.set_backoff(now, &p.topic, from, d);
+        }
         // Peer exchange: the ids carry no addresses without signed records; connecting to them is left to
         // discovery (counted nowhere yet: see the module docs).
     }
@@ -762,10 +782,11 @@ impl Router {
     /// backoff for the peer.
     fn prune(&mut self, now: Instant, peer: &PeerId, topic: &str, backoff: Duration, px: bool) {
         let Some(kind) = self.peers.get(peer).map(|p| p.kind) else { return };
+        // A backoff is kept only for our own topics: GRAFTs for arbitrary topics must not grow a map.
         if let Some(m) = self.mesh.get_mut(topic) {
             m.remove(peer);
+            self.set_backoff(now, topic, peer, backoff);
         }
-        self.set_backoff(now, topic, peer, backoff);
         let mut pr = Prune { topic: topic.to_string(), peers: Vec::new(), backoff: None };
         if kind.has_px() {
             pr.backoff = Some(backoff.as_secs());
@@ -814,6 +835,12 @@ impl Router {
             q.gossip_bytes += f.len();
             q.gossip.push_back(f);
         } else {
+            // A peer that stopped reading while it keeps asking (GRAFTs answered with PRUNEs, IHAVEs with
+            // IWANTs) must not grow our memory: beyond the cap its control is dropped too.
+            if q.urgent_bytes + f.len() > self.cfg.max_queue_bytes {
+                self.stats.dropped_control += 1;
+                return;
+            }
             q.urgent_bytes += f.len();
             q.urgent.push_back(f);
         }
@@ -881,6 +908,12 @@ impl Router {
         if self.mcache.msgs.contains_key(&id) {
             return;
         }
+        if self.mcache.bytes + msg.raw.len() > self.cfg.max_cache_bytes {
+            // Still delivered and forwarded; only not offered in gossip.
+            self.stats.cache_full += 1;
+            return;
+        }
+        self.mcache.bytes += msg.raw.len();
         self.mcache.windows.front_mut().expect("one window at least").push(id.clone());
         self.mcache.msgs.insert(id, CacheEntry { msg, served: BTreeMap::new() });
     }
@@ -888,7 +921,9 @@ impl Router {
     fn mcache_shift(&mut self) {
         while self.mcache.windows.len() >= self.cfg.history_length.max(1) {
             for id in self.mcache.windows.pop_back().expect("not empty") {
-                self.mcache.msgs.remove(&id);
+                if let Some(e) = self.mcache.msgs.remove(&id) {
+                    self.mcache.bytes -= e.msg.raw.len();
+                }
             }
         }
         self.mcache.windows.push_front(Vec::new());
