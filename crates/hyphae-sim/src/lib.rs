@@ -6,6 +6,7 @@
 pub mod dht;
 pub mod histogram;
 pub mod metrics;
+pub mod pubsub;
 pub mod report;
 pub mod scenario;
 pub mod sim;

@@ -50,6 +50,7 @@ pub struct Phase {
     pub counters: Counters,
     pub rtt: Histogram,
     pub dht: crate::dht::Metrics,
+    pub pubsub: crate::pubsub::Metrics,
 }
 
 impl Phase {
@@ -83,6 +84,7 @@ impl Phase {
             "rtt_p99_ms" => self.rtt.quantile(0.99) as f64 / 1e6,
             "rtt_max_ms" => self.rtt.max_ns as f64 / 1e6,
             d if d.starts_with("dht_") => return self.dht.metric(d),
+            d if d.starts_with("pubsub_") => return self.pubsub.metric(d),
             _ => return None,
         })
     }

@@ -44,6 +44,18 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(s, "{:<18} {:>14}", "dht_servers", format!("{} of {}", r.dht_servers, r.dht_nodes));
         let _ = writeln!(s, "{:<18} {:>14}", "dht_table_mean", format!("{:.1}", r.dht_table_mean));
     }
+    if r.pubsub.nodes > 0 {
+        for m in crate::pubsub::Metrics::NAMES {
+            let _ = write!(s, "{m:<18}");
+            for p in &cols {
+                let _ = write!(s, " {:>14}", fmt_v(p.metric(m).unwrap_or(0.0)));
+            }
+            s.push('\n');
+        }
+        for m in crate::pubsub::Traffic::NAMES {
+            let _ = writeln!(s, "{m:<18} {:>14}", fmt_v(r.pubsub.metric(m).unwrap_or(0.0)));
+        }
+    }
     let _ = writeln!(s, "{:<18} {:>14}", "connected_fraction", format!("{:.3}", r.connected_fraction));
     let _ = writeln!(s, "{:<18} {:>14}", "events", r.events);
     let _ = writeln!(s, "{:<18} {:>14}", "trace_hash", format!("{:016x}", r.trace_hash));
@@ -56,7 +68,7 @@ pub fn write_outputs(r: &Report, dir: &Path) -> std::io::Result<()> {
     let mut cols: Vec<&Phase> = r.phases.iter().collect();
     cols.push(&r.total);
     for p in &cols {
-        for m in ROWS.iter().chain(crate::dht::Metrics::NAMES.iter()).copied() {
+        for m in ROWS.iter().chain(crate::dht::Metrics::NAMES.iter()).chain(crate::pubsub::Metrics::NAMES.iter()).copied() {
             let _ = writeln!(csv, "{},{m},{}", p.name, p.metric(m).unwrap_or(0.0));
         }
     }

@@ -28,6 +28,11 @@
 //! set, all at once or spread evenly over TIME; restarted nodes join again the same way), `dht provide|find-providers|find-peer N by SELECTOR [every TIME until
 //! TIME]` (N operations by random live DHT nodes of SELECTOR: provide a fresh key, look up the providers
 //! of a key provided before, find a random DHT server; repeated when `every` is given).
+//! `pubsub subscribe SELECTOR TOPIC` (gossipsub nodes join TOPIC; restarted nodes join again),
+//! `pubsub publish N by SELECTOR TOPIC [size=BYTES] [every TIME until TIME]` (N messages of BYTES, default
+//! 1024, each by a random live gossipsub node of SELECTOR). Node setting `pubsub` runs gossipsub;
+//! `idontwant=BYTES|off` sets its IDONTWANT threshold (default 1024); `validation=DURATION` holds each
+//! message that long for the application's verdict (accept) before delivering and forwarding it.
 //! TIME: `500ms`, `10s`, `5m`, `1h`. Bandwidth: `kbit`, `mbit`, `gbit` per second.
 
 use hyphae_core::kad::Mode;
@@ -105,6 +110,18 @@ pub enum Action {
     },
     Link(LinkClass),
     Phase(String),
+    PubsubSubscribe {
+        who: Selector,
+        topic: String,
+    },
+    PubsubPublish {
+        n: usize,
+        by: Selector,
+        topic: String,
+        size: usize,
+        /// Repeat every `.0` until `.1`.
+        every: Option<(Duration, Duration)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +141,11 @@ pub struct Group {
     pub idle: Option<Duration>,
     /// Runs AutoNAT v1 (client and server).
     pub autonat: bool,
+    /// Runs gossipsub, with this IDONTWANT threshold in bytes (`usize::MAX`: off).
+    pub pubsub: Option<usize>,
+    /// Gossipsub messages wait this long for the application's verdict (always accept) before they are
+    /// delivered and forwarded (the validation time of a real application: a block's checks).
+    pub validation: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -305,6 +327,35 @@ fn parse_action(w: &[&str], link: &LinkClass) -> Result<Action, String> {
             }
             Action::Dht { op, n: n.parse().map_err(|_| format!("{n:?}: not a number"))?, by: parse_selector(by)?, every }
         }
+        ["pubsub", "subscribe", who, topic] => Action::PubsubSubscribe { who: parse_selector(who)?, topic: topic.to_string() },
+        ["pubsub", "publish", n, "by", by, topic, rest @ ..] => {
+            let mut size = 1024;
+            let mut every = None;
+            let mut r = rest;
+            while !r.is_empty() {
+                match r {
+                    ["every", e, "until", u, more @ ..] => {
+                        every = Some((parse_duration(e)?, parse_duration(u)?));
+                        r = more;
+                    }
+                    [kv, more @ ..] if kv.starts_with("size=") => {
+                        size = kv[5..].parse().map_err(|_| format!("{kv:?}: size=BYTES"))?;
+                        r = more;
+                    }
+                    _ => return Err("pubsub publish N by SELECTOR TOPIC [size=BYTES] [every TIME until TIME]".into()),
+                }
+            }
+            if every.is_some_and(|(e, _)| e.is_zero()) {
+                return Err("every must be more than 0".into());
+            }
+            Action::PubsubPublish {
+                n: n.parse().map_err(|_| format!("{n:?}: not a number"))?,
+                by: parse_selector(by)?,
+                topic: topic.to_string(),
+                size,
+                every,
+            }
+        }
         _ => return Err(format!("unknown action {:?}", w.join(" "))),
     })
 }
@@ -341,7 +392,13 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut undialable = false;
                 let mut idle = None;
                 let mut autonat = false;
+                let mut pubsub = None;
+                let mut validation = None;
                 for r in rest {
+                    if *r == "pubsub" {
+                        pubsub = pubsub.or(Some(hyphae_core::gossipsub::Config::default().idontwant_threshold));
+                        continue;
+                    }
                     if *r == "undialable" {
                         undialable = true;
                         continue;
@@ -353,13 +410,16 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     match r.split_once('=') {
                         Some(("dht", v)) => dht = Some(v.parse::<Mode>().map_err(err)?),
                         Some(("idle", v)) => idle = Some(parse_duration(v).map_err(err)?),
+                        Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
+                        Some(("idontwant", "off")) => pubsub = Some(usize::MAX),
+                        Some(("idontwant", v)) => pubsub = Some(v.parse().map_err(|_| err(format!("{v:?}: idontwant=BYTES|off")))?),
                         Some(("ping", v)) => ping = Some(parse_duration(v).map_err(err)?),
                         Some(("transport", "tcp")) => quic = false,
                         Some(("transport", "quic")) => quic = true,
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, undialable, idle=DURATION, autonat)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION)"
                             )))
                         }
                     }
@@ -367,7 +427,19 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 if sc.groups.iter().any(|g| g.name == *name) {
                     return Err(err(format!("group {name:?} defined twice")));
                 }
-                sc.groups.push(Group { name: name.to_string(), count, ping, quic, per_peer, dht, undialable, idle, autonat });
+                sc.groups.push(Group {
+                    name: name.to_string(),
+                    count,
+                    ping,
+                    quic,
+                    per_peer,
+                    dht,
+                    undialable,
+                    idle,
+                    autonat,
+                    pubsub,
+                    validation,
+                });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,
             ["region", name, sel] => sc.regions.push((name.to_string(), parse_selector(sel).map_err(err)?)),
@@ -398,11 +470,15 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 if !crate::metrics::Phase::METRICS.contains(&metric)
                     && !crate::dht::Metrics::NAMES.contains(&metric)
                     && !dht_run_wide.contains(&metric)
+                    && !crate::pubsub::Metrics::NAMES.contains(&metric)
+                    && !crate::pubsub::Traffic::NAMES.contains(&metric)
                 {
                     let all: Vec<&str> = crate::metrics::Phase::METRICS
                         .iter()
                         .chain(crate::dht::Metrics::NAMES.iter())
                         .chain(dht_run_wide.iter())
+                        .chain(crate::pubsub::Metrics::NAMES.iter())
+                        .chain(crate::pubsub::Traffic::NAMES.iter())
                         .copied()
                         .collect();
                     return Err(err(format!("unknown metric {metric:?}; one of {}", all.join(", "))));

@@ -7,6 +7,7 @@
 
 use crate::dht;
 use crate::metrics::{Counters, Histogram, Phase};
+use crate::pubsub;
 use crate::scenario::{Action, DhtOp, LinkClass, Scenario, Selector};
 use hyphae_core::autonat::{self, service::AutonatService};
 use hyphae_core::conn::CloseReason;
@@ -59,6 +60,10 @@ enum NodeEv {
         from: SocketAddr,
         data: Vec<u8>,
     },
+    /// The application's verdict (accept) on a gossipsub message, after the node's validation time.
+    Validated {
+        id: Vec<u8>,
+    },
 }
 
 /// Events of the whole simulation, run between windows on one thread.
@@ -77,6 +82,11 @@ enum GlobalEv {
     },
     /// Node joins the DHT (a spread-out `dht bootstrap`).
     DhtJoin(usize),
+    /// A repeating `pubsub publish` action (timeline index) until the instant.
+    Publish {
+        k: usize,
+        until: Instant,
+    },
 }
 
 /// Event order: time, then connection set-up before anything else at the same instant (a dialer learns
@@ -150,6 +160,12 @@ struct SimNode {
     dht: Option<kad::Mode>,
     idle: Option<Duration>,
     autonat: bool,
+    /// Runs gossipsub with this IDONTWANT threshold.
+    pubsub: Option<usize>,
+    /// Its topics (joined again after a restart).
+    topics: Vec<String>,
+    /// Gossipsub validation time (the application accepts after it).
+    validation: Option<Duration>,
     /// Its DHT operations in flight.
     pending: dht::Pending,
     timer_at: Option<Instant>,
@@ -213,6 +229,8 @@ struct Out {
     fails: Vec<u64>,
     /// Finished DHT operations.
     dht: Vec<dht::Sample>,
+    /// Gossipsub deliveries: (time, node, message id).
+    pubsub: Vec<(Instant, usize, Vec<u8>)>,
     /// (time, node, event hash) of every delivered event, in each node's processing order.
     trace: Vec<(Instant, usize, u64)>,
     log: Option<Vec<(Instant, usize, Event)>>,
@@ -318,6 +336,17 @@ impl NodeWork<'_> {
                 out.counters.bytes += data.len() as u64;
                 self.input(ctx, out, Input::Datagram { from, data: &data });
             }
+            NodeEv::Validated { id } => {
+                self.note(out, 7, 0, &id);
+                let now = self.now;
+                if let Some(n) = self.n.node.as_mut() {
+                    let id: hyphae_core::gossipsub::MessageId = id.into();
+                    n.with_service::<hyphae_core::gossipsub::service::GossipsubService, _>(now, |g, cx| {
+                        g.report_validation(cx, &id, hyphae_core::gossipsub::Acceptance::Accept)
+                    });
+                }
+                self.drain(ctx, out);
+            }
         }
     }
 
@@ -337,7 +366,13 @@ impl NodeWork<'_> {
                 Output::Dial { conn, addr } => self.dial(ctx, out, conn, addr),
                 Output::Close { conn } => self.close(ctx, out, conn),
                 Output::SendDatagram { to, data } => self.send_datagram(ctx, out, to, data),
-                Output::Event(e) => self.on_event(out, e),
+                Output::Event(e) => {
+                    if let (Event::Gossipsub(hyphae_core::gossipsub::Event::Validate { id, .. }), Some(d)) = (&e, self.n.validation) {
+                        let (i, gen, at) = (self.i, self.n.gen, self.now + d);
+                        self.send(ctx, out, at, i, gen, NodeEv::Validated { id: id.to_vec() });
+                    }
+                    self.on_event(out, e)
+                }
             }
         }
         let t = self.n.node.as_mut().and_then(|n| n.poll_timeout());
@@ -369,6 +404,8 @@ impl NodeWork<'_> {
             Event::Identify(identify::Event::Received { .. }) => c.identifies += 1,
             Event::Identify(identify::Event::Failed { .. }) => c.identify_failures += 1,
             Event::Kad(k) => out.dht.extend(self.n.pending.on_event(now, k)),
+            Event::Gossipsub(hyphae_core::gossipsub::Event::Message { id, .. }) => out.pubsub.push((now, self.i, id.to_vec())),
+
             _ => {}
         }
         if let Some(log) = &mut out.log {
@@ -412,14 +449,26 @@ impl NodeWork<'_> {
         self.send_on(ctx, out, conn, data);
     }
 
+    /// Sends bytes on a TCP-like link as the network would: in segments of at most `SEGMENT` bytes, each
+    /// arriving once it has been serialized, so the head of a large write arrives before its tail (what
+    /// lets a small control message written ahead of a large one overtake it, as on a real path).
     fn send_on(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId, data: Vec<u8>) {
-        let jitter_draw = self.n.rng.next_u64();
+        const SEGMENT: usize = 16 * 1024;
         let now = self.now;
-        let Some(e) = self.n.conns.get_mut(&conn) else { return };
-        let at = arrival(&e.class, &mut e.free_at, now, data.len(), jitter_draw).max(e.last_at);
-        e.last_at = at;
-        let (peer, peer_gen, link) = (e.peer, e.peer_gen, e.link);
-        self.send(ctx, out, at, peer, peer_gen, NodeEv::Deliver { link, data });
+        let bandwidth = match self.n.conns.get(&conn) {
+            Some(e) => e.class.bandwidth_bps,
+            None => return,
+        };
+        let parts: Vec<Vec<u8>> =
+            if data.len() <= SEGMENT || bandwidth == 0 { vec![data] } else { data.chunks(SEGMENT).map(<[u8]>::to_vec).collect() };
+        for part in parts {
+            let jitter_draw = self.n.rng.next_u64();
+            let Some(e) = self.n.conns.get_mut(&conn) else { return };
+            let at = arrival(&e.class, &mut e.free_at, now, part.len(), jitter_draw).max(e.last_at);
+            e.last_at = at;
+            let (peer, peer_gen, link) = (e.peer, e.peer_gen, e.link);
+            self.send(ctx, out, at, peer, peer_gen, NodeEv::Deliver { link, data: part });
+        }
     }
 
     fn close(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId) {
@@ -491,6 +540,8 @@ pub struct Report {
     pub dht_nodes: usize,
     pub dht_servers: usize,
     pub dht_table_mean: f64,
+    /// Gossipsub traffic over the whole run (the nodes alive at the end).
+    pub pubsub: pubsub::Traffic,
 }
 
 impl Report {
@@ -500,6 +551,7 @@ impl Report {
             "dht_servers" => return Some(self.dht_servers as f64),
             "dht_table_mean" => return Some(self.dht_table_mean),
             "events" => return Some(self.events as f64),
+            t if pubsub::Traffic::NAMES.contains(&t) => return self.pubsub.metric(t),
             _ => {}
         }
         if phase == "total" {
@@ -603,6 +655,8 @@ pub struct Sim {
     pub progress: Option<Box<dyn FnMut(u64, u64)>>,
     /// The nodes DHT nodes join through (the last `dht bootstrap ... via`), for restarted nodes.
     dht_via: Vec<usize>,
+    /// Messages published so far, by id.
+    published: BTreeMap<Vec<u8>, pubsub::Record>,
     /// When each key (`dht::key(i)`) was provided.
     provided: Vec<Instant>,
 }
@@ -630,6 +684,9 @@ impl Sim {
                     dht: g.dht,
                     idle: g.idle,
                     autonat: g.autonat,
+                    pubsub: g.pubsub,
+                    topics: Vec::new(),
+                    validation: g.validation,
                     pending: dht::Pending::default(),
                     timer_at: None,
                     conns: BTreeMap::new(),
@@ -685,6 +742,7 @@ impl Sim {
             log: None,
             progress: None,
             dht_via: Vec::new(),
+            published: BTreeMap::new(),
             provided: Vec::new(),
             nodes,
             sc,
@@ -789,6 +847,15 @@ impl Sim {
             let kc = kad::Config { mode, ..kad::Config::default() };
             bn.add_service(self.now, Box::new(KadService::new(n.peer.clone(), kc)));
         }
+        if let Some(threshold) = n.pubsub {
+            // Sequence numbers start anew with each life of the node (ids must not repeat after a restart).
+            let pc = hyphae_core::gossipsub::Config {
+                idontwant_threshold: threshold,
+                first_seqno: (u64::from(n.gen) << 40) | 1,
+                ..hyphae_core::gossipsub::Config::default()
+            };
+            bn.add_service(self.now, Box::new(hyphae_core::gossipsub::service::GossipsubService::new(pc, &n.key, self.now)));
+        }
         if n.autonat {
             // Every node serves (one behind a NAT can still dial out); simulated addresses are private.
             let ac = autonat::Config { server: true, allow_private: true, ..autonat::Config::default() };
@@ -798,7 +865,17 @@ impl Sim {
         n.pending = dht::Pending::default();
         n.timer_at = None;
         self.world.alive[i] = Some(n.gen);
-        self.with_node(i, |ctx, w, out| w.drain(ctx, out));
+        let topics = n.topics.clone();
+        let validation = n.validation.is_some();
+        let now = self.now;
+        self.with_node(i, |ctx, w, out| {
+            if let Some(n) = w.n.node.as_mut() {
+                for t in &topics {
+                    pubsub::subscribe(n, now, t, validation);
+                }
+            }
+            w.drain(ctx, out)
+        });
     }
 
     fn crash(&mut self, i: usize) {
@@ -1036,12 +1113,87 @@ impl Sim {
                     }
                 }
             }
+            Action::PubsubSubscribe { who, topic } => {
+                for i in self.select(&who) {
+                    if self.nodes[i].pubsub.is_none() || self.nodes[i].topics.contains(&topic) {
+                        continue;
+                    }
+                    self.nodes[i].topics.push(topic.clone());
+                    if self.nodes[i].node.is_some() {
+                        let now = self.now;
+                        let validation = self.nodes[i].validation.is_some();
+                        self.with_node(i, |ctx, w, out| {
+                            if let Some(n) = w.n.node.as_mut() {
+                                pubsub::subscribe(n, now, &topic, validation);
+                            }
+                            w.drain(ctx, out);
+                        });
+                    }
+                }
+            }
+            Action::PubsubPublish { n, by, topic, size, every } => {
+                self.publish(n, &by, &topic, size);
+                if let Some((e, until)) = every {
+                    if self.now + e <= Instant::ZERO + until {
+                        self.push_global(self.now + e, GlobalEv::Publish { k, until: Instant::ZERO + until });
+                    }
+                }
+            }
             Action::Phase(name) => {
                 let now = self.now.as_nanos();
                 if let Some(p) = self.phases.last_mut() {
                     p.end_ns = now;
                 }
                 self.phases.push(Phase { name, start_ns: now, ..Default::default() });
+            }
+        }
+    }
+
+    /// `n` messages of `size` bytes on `topic`, each by a random live gossipsub node of `by`.
+    fn publish(&mut self, n: usize, by: &Selector, topic: &str, size: usize) {
+        let who: Vec<usize> =
+            self.select(by).into_iter().filter(|i| self.nodes[*i].node.is_some() && self.nodes[*i].pubsub.is_some()).collect();
+        if who.is_empty() {
+            return;
+        }
+        // Who should hear it: the topic's live subscribers; the shortest paths over today's connections.
+        let adj: Vec<Vec<(usize, u64)>> = self
+            .nodes
+            .iter()
+            .map(|x| {
+                if x.node.is_none() {
+                    Vec::new()
+                } else {
+                    x.conns.values().map(|e| (e.peer, e.class.latency.as_nanos() as u64)).collect()
+                }
+            })
+            .collect();
+        let phase = self.phases.len() - 1;
+        for _ in 0..n {
+            let i = who[(self.rng.next_u64() % who.len() as u64) as usize];
+            let expected = (0..self.nodes.len())
+                .filter(|j| *j != i && self.nodes[*j].node.is_some() && self.nodes[*j].topics.iter().any(|t| t == topic))
+                .count() as u64;
+            let dist = std::sync::Arc::new(pubsub::shortest_paths(&adj, i));
+            let mut data = vec![0u8; size.max(8)];
+            data[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+            let now = self.now;
+            let mut id = None;
+            self.with_node(i, |ctx, w, out| {
+                if let Some(n) = w.n.node.as_mut() {
+                    id = pubsub::publish(n, now, topic, data);
+                }
+                w.drain(ctx, out);
+            });
+            let p = &mut self.phases[phase].pubsub;
+            p.published += 1;
+            p.expected += expected;
+            match id {
+                Some(id) => {
+                    let reached = vec![false; self.nodes.len()];
+                    self.published.insert(id, pubsub::Record { at: now, phase, dist, reached });
+                }
+                None => p.publish_failed += 1,
             }
         }
     }
@@ -1097,6 +1249,13 @@ impl Sim {
                 }
                 for (_, rtt) in &o.rtts {
                     p.rtt.record(*rtt);
+                }
+            }
+            for (at, node, id) in &o.pubsub {
+                if let Some(r) = self.published.get_mut(id) {
+                    if !std::mem::replace(&mut r.reached[*node], true) {
+                        self.phases[r.phase].pubsub.delivery(at.saturating_duration_since(r.at).as_nanos() as u64, r.dist[*node]);
+                    }
                 }
             }
             for (at, rtt) in o.rtts {
@@ -1288,6 +1447,15 @@ impl Sim {
                             self.dht_bootstrap(i);
                         }
                     }
+                    GlobalEv::Publish { k, until } => {
+                        self.note_global(8, k as u64);
+                        if let (_, Action::PubsubPublish { n, by, topic, size, every: Some((e, _)) }) = self.sc.timeline[k].clone() {
+                            self.publish(n, &by, &topic, size);
+                            if self.now + e <= until {
+                                self.push_global(self.now + e, GlobalEv::Publish { k, until });
+                            }
+                        }
+                    }
                     GlobalEv::Dht { k, until } => {
                         self.note_global(6, k as u64);
                         if let (_, Action::Dht { op, n, by, every: Some((e, _)) }) = self.sc.timeline[k].clone() {
@@ -1322,6 +1490,13 @@ impl Sim {
             total_phase.counters.add(&p.counters);
             total_phase.rtt.merge(&p.rtt);
             total_phase.dht.add(&p.dht);
+            total_phase.pubsub.add(&p.pubsub);
+        }
+        let mut traffic = pubsub::Traffic::default();
+        for n in self.nodes.iter_mut() {
+            if let Some(s) = n.node.as_mut().and_then(pubsub::stats) {
+                traffic.add(&s);
+            }
         }
         let tables: Vec<(usize, bool)> = self.nodes.iter_mut().filter_map(|n| n.node.as_mut().and_then(dht::table)).collect();
         let servers = tables.iter().filter(|(_, s)| *s).count();
@@ -1344,6 +1519,7 @@ impl Sim {
             dht_nodes: tables.len(),
             dht_servers: servers,
             dht_table_mean: table_mean,
+            pubsub: traffic,
         }
     }
 

@@ -206,6 +206,8 @@ type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Handler = Arc<dyn Fn(Stream) -> BoxFut + Send + Sync>;
 
 pub(crate) struct Inner {
+    /// Ourselves, for tasks spawned from `&self` contexts (an application validator's verdict).
+    me: Weak<Inner>,
     keypair: Keypair,
     noise_static: Arc<hyphae_core::noise::StaticKey>,
     tls_cert: Arc<hyphae_core::tls::Certificate>,
@@ -230,6 +232,7 @@ pub(crate) struct Inner {
     /// `host.pubsub()` subscriptions by topic, and the messages they could not take.
     pub(crate) pubsub_subs: Mutex<BTreeMap<String, Vec<tokio::sync::mpsc::Sender<crate::pubsub::PubsubMessage>>>>,
     pub(crate) pubsub_dropped: std::sync::atomic::AtomicU64,
+    pub(crate) pubsub_validators: Mutex<BTreeMap<String, crate::pubsub::Validator>>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The QUIC endpoint (one UDP socket, used to listen and to dial), once made. Read without waiting;
@@ -258,6 +261,10 @@ impl Inner {
     fn poll_node_events(&self) -> Vec<node::Event> {
         let mut n = self.node();
         std::iter::from_fn(|| n.poll_event()).collect()
+    }
+
+    pub(crate) fn weak(&self) -> Weak<Inner> {
+        self.me.clone()
     }
 
     pub(crate) fn now(&self) -> hyphae_core::Instant {
@@ -696,7 +703,8 @@ impl Host {
         }
         node.add_service(hyphae_core::Instant::ZERO, Box::new(GossipsubService::new(ps, &keypair, hyphae_core::Instant::ZERO)));
         let node_notify = Arc::new(tokio::sync::Notify::new());
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             noise_static,
             tls_cert,
             peer_id: keypair.peer_id(),
@@ -713,6 +721,7 @@ impl Host {
             kad_waiters: Mutex::new(BTreeMap::new()),
             pubsub_subs: Mutex::new(BTreeMap::new()),
             pubsub_dropped: Default::default(),
+            pubsub_validators: Mutex::new(BTreeMap::new()),
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             quic: Mutex::new(None),

@@ -36,5 +36,6 @@ mod quic_driver;
 pub use dht::Dht;
 pub use handle::{Direction, Stream};
 pub use host::{ConnectionInfo, Error, Host, HostConfig, HostEvent, PeerInfo, PerfResult};
+pub use hyphae_core::gossipsub::Acceptance;
 pub use hyphae_core::{self as core, identify::Info as IdentifyInfo, KeyType, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
 pub use pubsub::{Pubsub, PubsubMessage, Subscription, SUBSCRIPTION_BUFFER};

@@ -5,8 +5,10 @@
 
 use crate::handle::HostLink;
 use crate::host::{Error, Host, Inner};
-use hyphae_core::gossipsub::{self, service::GossipsubService, PublishError};
+use hyphae_core::gossipsub::{self, service::GossipsubService, Acceptance, PublishError};
 use hyphae_core::PeerId;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -26,6 +28,14 @@ pub struct PubsubMessage {
     pub id: Vec<u8>,
     /// The peer we received it from.
     pub source: PeerId,
+}
+
+/// An application validator: its verdict on each message of its topic (see [`Pubsub::set_validator`]).
+pub(crate) type Validator = Arc<dyn Fn(PubsubMessage) -> Pin<Box<dyn Future<Output = Acceptance> + Send>> + Send + Sync>;
+
+fn to_message(id: &[u8], source: PeerId, author: Option<PeerId>, message: &gossipsub::Message) -> PubsubMessage {
+    let seqno = message.seqno.as_deref().and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
+    PubsubMessage { topic: message.topic.clone(), data: message.data.clone(), from: author, seqno, id: id.to_vec(), source }
 }
 
 /// Receives a topic's messages, in arrival order.
@@ -69,19 +79,34 @@ impl Inner {
         r
     }
 
-    /// Hands a received message to the topic's subscriptions.
+    fn report(&self, id: gossipsub::MessageId, verdict: Acceptance) {
+        let now = self.now();
+        self.node().with_service::<GossipsubService, _>(now, |g, cx| g.report_validation(cx, &id, verdict));
+        if let Some(me) = self.weak().upgrade() {
+            me.drain_node();
+        }
+    }
+
+    /// Hands a received message (or one to validate) to the application.
     pub(crate) fn pubsub_event(&self, ev: gossipsub::Event) {
         match ev {
-            gossipsub::Event::Message { id, source, author, message } => {
-                let seqno = message.seqno.as_deref().and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
-                let m = PubsubMessage {
-                    topic: message.topic.clone(),
-                    data: message.data.clone(),
-                    from: author,
-                    seqno,
-                    id: id.to_vec(),
-                    source,
+            gossipsub::Event::Validate { id, source, author, message } => {
+                let v = crate::host::lock(&self.pubsub_validators).get(&message.topic).cloned();
+                let Some(v) = v else {
+                    // The validator was removed meanwhile: drop it without blame.
+                    return self.report(id, Acceptance::Ignore);
                 };
+                let m = to_message(&id, source, author, &message);
+                let inner = self.weak();
+                tokio::spawn(async move {
+                    let verdict = v(m).await;
+                    if let Some(inner) = inner.upgrade() {
+                        inner.report(id, verdict);
+                    }
+                });
+            }
+            gossipsub::Event::Message { id, source, author, message } => {
+                let m = to_message(&id, source, author, &message);
                 let mut subs = crate::host::lock(&self.pubsub_subs);
                 if let Some(v) = subs.get_mut(&m.topic) {
                     v.retain(|tx| !tx.is_closed());
@@ -106,6 +131,26 @@ impl Pubsub<'_> {
         crate::host::lock(&self.host.inner.pubsub_subs).entry(topic.to_string()).or_default().push(tx);
         self.host.inner.with_gossipsub(|g, cx| g.subscribe(cx, topic));
         Subscription { topic: topic.to_string(), rx }
+    }
+
+    /// Validates every message of `topic` with `f` before it is delivered or forwarded (go's
+    /// `RegisterTopicValidator`): `Accept` delivers and forwards it, `Reject` drops it as invalid,
+    /// `Ignore` drops it. Each verdict runs as its own task; at most `gossipsub::Config::
+    /// max_pending_validation` messages wait for one, each at most `validation_timeout`.
+    pub fn set_validator<F, Fut>(&self, topic: &str, f: F)
+    where
+        F: Fn(PubsubMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Acceptance> + Send + 'static,
+    {
+        let v: Validator = Arc::new(move |m| Box::pin(f(m)));
+        crate::host::lock(&self.host.inner.pubsub_validators).insert(topic.to_string(), v);
+        self.host.inner.with_gossipsub(|g, _| g.set_validated(topic, true));
+    }
+
+    /// Removes `topic`'s validator: its messages are delivered and forwarded without one.
+    pub fn remove_validator(&self, topic: &str) {
+        crate::host::lock(&self.host.inner.pubsub_validators).remove(topic);
+        self.host.inner.with_gossipsub(|g, _| g.set_validated(topic, false));
     }
 
     /// Leaves `topic`: ends its subscriptions and the mesh. Returns whether we were subscribed.
@@ -144,6 +189,11 @@ impl Pubsub<'_> {
     /// `peer`'s counters (messages, duplicates, IDONTWANT both ways), while it is a pubsub peer.
     pub fn peer_stats(&self, peer: &PeerId) -> Option<gossipsub::PeerStats> {
         self.host.inner.with_gossipsub(|g, _| g.router().peer_stats(peer))
+    }
+
+    /// Bytes queued for `peer` that its stream has not taken yet (a publisher paces itself on it).
+    pub fn queued(&self, peer: &PeerId) -> usize {
+        self.host.inner.with_gossipsub(|g, _| g.router().queued(peer))
     }
 
     /// Messages dropped because a subscription was not read fast enough.

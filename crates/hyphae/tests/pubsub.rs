@@ -85,3 +85,38 @@ async fn pubsub_publish_without_subscribers_fails_and_unsubscribe_leaves_the_mes
     assert!(gone(&a, &b.peer_id()) && a.pubsub().mesh_peers("t").is_empty());
     assert_eq!(b.pubsub().topics(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn pubsub_a_validator_decides_what_is_delivered_and_forwarded() {
+    // a – b – c: b validates (slowly, as a task); what it rejects or ignores reaches neither b's
+    // subscription nor c.
+    let (a, _) = host(KeyType::Ed25519).await;
+    let (b, addr_b) = host(KeyType::Ed25519).await;
+    let (c, _) = host(KeyType::Ed25519).await;
+    a.connect(&addr_b).await.unwrap();
+    c.connect(&addr_b).await.unwrap();
+    b.pubsub().set_validator("v", |m: hyphae::PubsubMessage| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match m.data.as_slice() {
+            b"bad" => hyphae::Acceptance::Reject,
+            b"old" => hyphae::Acceptance::Ignore,
+            _ => hyphae::Acceptance::Accept,
+        }
+    });
+    let _sa = a.pubsub().subscribe("v");
+    let mut sb = b.pubsub().subscribe("v");
+    let mut sc = c.pubsub().subscribe("v");
+    subscribers(&b, "v", 2).await;
+    subscribers(&a, "v", 1).await;
+    subscribers(&c, "v", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for d in [&b"bad"[..], b"old", b"good"] {
+        a.pubsub().publish("v", d.to_vec()).unwrap();
+    }
+    assert_eq!(next(&mut sb).await.data, b"good");
+    assert_eq!(next(&mut sc).await.data, b"good");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sb.next_now().is_none() && sc.next_now().is_none());
+    let s = b.pubsub().stats();
+    assert_eq!((s.validation_accepted, s.validation_rejected, s.validation_ignored), (1, 1, 1));
+}

@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return dht::run().await;
     }
     if mode == "pubsub" {
-        return pubsub::run().await;
+        return pubsub::run(args.get(1).map(String::as_str) == Some("quiet")).await;
     }
     let security = if mode == "dial" { args.get(3) } else { args.get(1) }.cloned().unwrap_or_else(|| "noise".into());
     let behaviour = |key: &libp2p::identity::Keypair| Behaviour {

@@ -1,7 +1,8 @@
 //! `rust-peer pubsub`: a rust-libp2p gossipsub (0.50) peer driven by one command per stdin line, each
 //! answered with one JSON line (the same commands as interop/js/pubsub.mjs):
 //!   connect ADDR | subscribe TOPIC | publish TOPIC DATA_HEX | mesh TOPIC | peers
-//! Every received message is printed as it comes, on its own line:
+//! `rust-peer pubsub quiet` prints nothing for received messages (a relay in a benchmark). Otherwise every
+//! received message is printed as it comes, on its own line:
 //!   {"event":"message","topic":..,"from":..,"source":..,"data":"<hex>"}
 use futures::StreamExt;
 use libp2p::{gossipsub, identify, noise, ping, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId};
@@ -34,7 +35,7 @@ fn ids(v: impl Iterator<Item = PeerId>) -> String {
     v.map(|p| json_str(&p.to_string())).collect::<Vec<_>>().join(",")
 }
 
-pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(quiet: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
@@ -98,7 +99,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     connecting = None;
                     println!("{{\"error\":{}}}", json_str(&error.to_string()));
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message, .. })) => {
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message, .. })) if !quiet => {
                     let from = message.source.map(|p| p.to_string()).unwrap_or_default();
                     println!(
                         "{{\"event\":\"message\",\"topic\":{},\"from\":{},\"source\":{},\"data\":\"{}\"}}",

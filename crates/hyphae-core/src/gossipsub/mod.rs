@@ -8,8 +8,11 @@
 //! - `service.rs`: the node service: one long-lived outbound stream per peer for sending (the
 //!   protocol picked from the peer's identify list), the peer's inbound streams for reading.
 //!
-//! Not yet: peer scoring (v1.1's P1–P7 and thresholds), application validators, direct peers, v1.3's
-//! extensions message. Until scoring lands every peer scores 0.
+//! Application validation: on a topic marked validated, a message is handed out as `Event::Validate`
+//! and delivered and forwarded only once the application accepts it (bounded, with a timeout).
+//!
+//! Not yet: peer scoring (v1.1's P1–P7 and thresholds), direct peers, v1.3's extensions message. Until
+//! scoring lands every peer scores 0.
 
 use crate::identity::PeerId;
 use crate::time::Duration;
@@ -21,6 +24,7 @@ pub mod service;
 pub mod wire;
 
 pub use router::{PeerStats, PublishError, Router, Stats};
+
 pub use wire::{Message, MessageId};
 
 pub const MESHSUB_V12: &str = "/meshsub/1.2.0";
@@ -164,6 +168,11 @@ pub struct Config {
     pub max_queue_bytes: usize,
     /// Bytes of gossip (IHAVE, IWANT answers) queued for one peer; it is dropped first. Default 1 MiB.
     pub max_gossip_queue_bytes: usize,
+    /// Messages waiting for the application's verdict on validated topics (beyond: new ones are dropped,
+    /// counted in `validation_dropped`), and how long a verdict may take (then: ignored, counted in
+    /// `validation_timeouts`). Defaults 1,024 and 10 s.
+    pub max_pending_validation: usize,
+    pub validation_timeout: Duration,
     pub signing: Signing,
     pub message_id: MessageIdFn,
     /// The first sequence number we publish with (then +1 per message). The driver sets it from the
@@ -203,6 +212,8 @@ impl Default for Config {
             max_topics_per_peer: 500,
             max_queue_bytes: 8 << 20,
             max_gossip_queue_bytes: 1 << 20,
+            max_pending_validation: 1024,
+            validation_timeout: Duration::from_secs(10),
             signing: Signing::StrictSign,
             message_id: MessageIdFn::FromSeqno,
             first_seqno: 1,
@@ -211,9 +222,28 @@ impl Default for Config {
     }
 }
 
+/// The application's verdict on a message of a validated topic (go's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Deliver it and forward it.
+    Accept,
+    /// Invalid: dropped (and, with scoring, held against the peer that sent it).
+    Reject,
+    /// Dropped without blame (e.g. too old to matter).
+    Ignore,
+}
+
 /// What gossipsub reports to the application.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// A message on a validated topic waits for `Router::report_validation` before it is delivered or
+    /// forwarded (its IDONTWANT already went out).
+    Validate {
+        id: MessageId,
+        source: PeerId,
+        author: Option<PeerId>,
+        message: Arc<Message>,
+    },
     /// A valid message on a topic we are subscribed to (each message once).
     Message {
         id: MessageId,

@@ -4,7 +4,7 @@
 //! It iterates only ordered maps: one seed replays a simulation exactly.
 
 use super::wire::{self, Control, IHave, Message, MessageId, Prune, Rpc, SubOpt};
-use super::{Config, Event, PeerKind, Signing};
+use super::{Acceptance, Config, Event, PeerKind, Signing};
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::rng::{Rng, RngCore};
 use crate::time::{Duration, Instant};
@@ -31,12 +31,15 @@ pub struct Stats {
     pub invalid_messages: u64,
     pub delivered: u64,
     pub published: u64,
-    /// Message copies sent to peers (publishes and forwards).
+    /// Message copies sent to peers (publishes, forwards and IWANT answers), and their frame bytes.
     pub messages_sent: u64,
+    pub message_bytes_sent: u64,
     pub idontwant_sent: u64,
     pub idontwant_received: u64,
     /// Forwards left out because the peer said IDONTWANT.
     pub idontwant_saved: u64,
+    /// Forwards left out because the peer sent us the message while it was being validated.
+    pub duplicates_spared: u64,
     pub idontwant_ignored: u64,
     pub ihave_sent: u64,
     pub ihave_ignored: u64,
@@ -47,6 +50,12 @@ pub struct Stats {
     pub prunes_sent: u64,
     pub prunes_received: u64,
     pub subscriptions_ignored: u64,
+    /// Application verdicts, and messages dropped for want of one.
+    pub validation_accepted: u64,
+    pub validation_rejected: u64,
+    pub validation_ignored: u64,
+    pub validation_dropped: u64,
+    pub validation_timeouts: u64,
     pub dropped_messages: u64,
     pub dropped_gossip: u64,
     pub dropped_control: u64,
@@ -107,6 +116,15 @@ struct MessageCache {
     bytes: usize,
 }
 
+struct Pending {
+    msg: Arc<Message>,
+    source: PeerId,
+    author: Option<PeerId>,
+    deadline: Instant,
+    /// Peers that sent it again while it waited: they have it, so it is not forwarded to them.
+    have: BTreeSet<PeerId>,
+}
+
 struct Fanout {
     peers: BTreeSet<PeerId>,
     last_publish: Instant,
@@ -135,6 +153,9 @@ pub struct Router {
     stats: Stats,
     /// Control waiting to be sent at the end of the current call (batched per peer).
     pending: BTreeMap<PeerId, Control>,
+    /// Topics whose messages wait for the application's verdict.
+    validated: BTreeSet<String>,
+    awaiting: BTreeMap<MessageId, Pending>,
 }
 
 /// Up to `n` of `v`, picked at random (partial Fisher–Yates).
@@ -172,6 +193,8 @@ impl Router {
             events: VecDeque::new(),
             stats: Stats::default(),
             pending: BTreeMap::new(),
+            validated: BTreeSet::new(),
+            awaiting: BTreeMap::new(),
         }
     }
 
@@ -470,6 +493,11 @@ impl Router {
         }
         if dup {
             self.stats.duplicates += 1;
+            if let Some(p) = self.awaiting.get_mut(&id) {
+                if p.have.len() < self.cfg.d_hi {
+                    p.have.insert(source.clone());
+                }
+            }
             return;
         }
         // v1.2: tell our other v1.2 mesh peers at once, before validating, that we have it.
@@ -505,23 +533,74 @@ impl Router {
             return;
         }
         let msg = Arc::new(m);
+        if self.validated.contains(&msg.topic) {
+            if self.awaiting.len() >= self.cfg.max_pending_validation {
+                self.stats.validation_dropped += 1;
+                return;
+            }
+            let deadline = now + self.cfg.validation_timeout;
+            let p = Pending { msg: msg.clone(), source: source.clone(), author: author.clone(), deadline, have: BTreeSet::new() };
+            self.awaiting.insert(id.clone(), p);
+            self.events.push_back(Event::Validate { id, source: source.clone(), author, message: msg });
+            return;
+        }
+        self.accept(id, msg, source, author, &BTreeSet::new());
+    }
+
+    /// Marks `topic` validated (its messages wait for [`Router::report_validation`]) or not.
+    pub fn set_validated(&mut self, topic: &str, on: bool) {
+        if on {
+            self.validated.insert(topic.to_string());
+        } else {
+            self.validated.remove(topic);
+        }
+    }
+
+    /// The application's verdict on a message handed out as `Event::Validate`; false if it was not
+    /// waiting (timed out, or unknown).
+    pub fn report_validation(&mut self, id: &MessageId, verdict: Acceptance) -> bool {
+        let Some(p) = self.awaiting.remove(id) else { return false };
+        match verdict {
+            Acceptance::Accept => {
+                self.stats.validation_accepted += 1;
+                self.accept(id.clone(), p.msg, &p.source, p.author, &p.have);
+            }
+            Acceptance::Reject => {
+                self.stats.validation_rejected += 1;
+                if let Some(x) = self.peers.get_mut(&p.source) {
+                    x.stats.invalid_messages += 1;
+                }
+            }
+            Acceptance::Ignore => self.stats.validation_ignored += 1,
+        }
+        self.flush_pending();
+        true
+    }
+
+    /// A valid message: cached for gossip, delivered if we are subscribed, forwarded (not to the peers in
+    /// `have`, which sent it to us too).
+    fn accept(&mut self, id: MessageId, msg: Arc<Message>, source: &PeerId, author: Option<PeerId>, have: &BTreeSet<PeerId>) {
         self.mcache_put(id.clone(), msg.clone());
         if self.mesh.contains_key(&msg.topic) {
             self.stats.delivered += 1;
             self.events.push_back(Event::Message { id: id.clone(), source: source.clone(), author: author.clone(), message: msg.clone() });
         }
-        self.forward(&id, &msg, source, author.as_ref());
+        self.forward(&id, &msg, source, author.as_ref(), have);
     }
 
     /// Sends a message on to the topic's mesh and its floodsub subscribers, except to its source, its
     /// author and peers that said IDONTWANT.
-    fn forward(&mut self, id: &MessageId, msg: &Arc<Message>, source: &PeerId, author: Option<&PeerId>) {
+    fn forward(&mut self, id: &MessageId, msg: &Arc<Message>, source: &PeerId, author: Option<&PeerId>, have: &BTreeSet<PeerId>) {
         let mut to: BTreeSet<PeerId> = self.mesh.get(&msg.topic).cloned().unwrap_or_default();
         if let Some(subs) = self.subscribers.get(&msg.topic) {
             to.extend(subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned());
         }
         for p in to {
             if &p == source || Some(&p) == author {
+                continue;
+            }
+            if have.contains(&p) {
+                self.stats.duplicates_spared += 1;
                 continue;
             }
             if let Some(x) = self.peers.get_mut(&p).filter(|x| x.dont_want.contains_key(id)) {
@@ -641,6 +720,8 @@ impl Router {
             *n += 1;
             let msg = e.msg.clone();
             self.stats.iwant_served += 1;
+            self.stats.messages_sent += 1;
+            self.stats.message_bytes_sent += wire::message_frame_len(&msg) as u64;
             let mut f = Vec::with_capacity(wire::message_frame_len(&msg));
             wire::encode_message(&msg, &mut f);
             self.enqueue(from, f, true);
@@ -740,6 +821,9 @@ impl Router {
             p.dont_want.retain(|_, until| *until > ticks);
         }
         self.backoff.retain(|_, t| *t > now);
+        let before = self.awaiting.len();
+        self.awaiting.retain(|_, p| p.deadline > now);
+        self.stats.validation_timeouts += (before - self.awaiting.len()) as u64;
         while let Some((t, _)) = self.seen_order.front() {
             if *t + self.cfg.seen_ttl > now {
                 break;
@@ -818,6 +902,7 @@ impl Router {
             return;
         }
         self.stats.messages_sent += 1;
+        self.stats.message_bytes_sent += f.len() as u64;
         p.stats.messages_sent += 1;
         p.queue.urgent_bytes += f.len();
         p.queue.urgent.push_back(f);

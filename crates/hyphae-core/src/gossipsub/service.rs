@@ -11,7 +11,7 @@
 //! A malformed or oversized RPC resets that inbound stream, with a logged, reported violation.
 
 use super::router::{PublishError, Router};
-use super::{wire, Config, MessageId, PeerKind, PROTOCOLS};
+use super::{wire, Acceptance, Config, MessageId, PeerKind, PROTOCOLS};
 use crate::identity::{Keypair, PeerId};
 use crate::service::{ConnId, ConnectionEvent, Cx, Event as NodeEvent, Service, StreamEvent};
 use crate::stream::{OpenError, Role, StreamId, Violation, ViolationKind};
@@ -71,6 +71,18 @@ impl GossipsubService {
 
     pub fn publish(&mut self, cx: &mut Cx<'_>, topic: &str, data: Vec<u8>) -> Result<MessageId, PublishError> {
         let r = self.router.publish(cx.rng, cx.now, topic, data);
+        self.pump(cx);
+        r
+    }
+
+    /// Marks `topic` validated: its messages wait for [`GossipsubService::report_validation`].
+    pub fn set_validated(&mut self, topic: &str, on: bool) {
+        self.router.set_validated(topic, on);
+    }
+
+    /// The application's verdict on a message it got as `Event::Validate`.
+    pub fn report_validation(&mut self, cx: &mut Cx<'_>, id: &MessageId, verdict: Acceptance) -> bool {
+        let r = self.router.report_validation(id, verdict);
         self.pump(cx);
         r
     }

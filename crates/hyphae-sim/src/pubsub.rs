@@ -1,0 +1,179 @@
+//! Gossipsub in the simulator: what the timeline's `pubsub` actions do to a node's gossipsub service,
+//! and the metrics of delivery: the share of subscribers reached, latency, and latency against the
+//! shortest path from the publisher (over the connections that existed when it published). The engine
+//! (`sim.rs`) only calls in.
+
+use crate::histogram::Histogram;
+use hyphae_core::gossipsub::{self, service::GossipsubService};
+use hyphae_core::node::ByteNode;
+use hyphae_core::time::Instant;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+/// Delivery metrics of one phase (messages are counted in the phase they were published in).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub published: u64,
+    /// Publishes the router refused (no subscribed peer yet).
+    pub publish_failed: u64,
+    /// Live subscribers (other than the publisher) when each message was published, summed.
+    pub expected: u64,
+    pub delivered: u64,
+    pub latency: Histogram,
+    /// Latency over the shortest-path latency, ×1000 (a histogram of integers).
+    pub stretch: Histogram,
+    pub shortest: Histogram,
+}
+
+impl Metrics {
+    pub fn add(&mut self, o: &Metrics) {
+        self.published += o.published;
+        self.publish_failed += o.publish_failed;
+        self.expected += o.expected;
+        self.delivered += o.delivered;
+        self.latency.merge(&o.latency);
+        self.stretch.merge(&o.stretch);
+        self.shortest.merge(&o.shortest);
+    }
+
+    pub fn delivery(&mut self, latency_ns: u64, shortest_ns: u64) {
+        self.delivered += 1;
+        self.latency.record(latency_ns);
+        if shortest_ns > 0 && shortest_ns != u64::MAX {
+            self.shortest.record(shortest_ns);
+            self.stretch.record(latency_ns.saturating_mul(1000) / shortest_ns);
+        }
+    }
+
+    pub const NAMES: [&'static str; 10] = [
+        "pubsub_published",
+        "pubsub_publish_failed",
+        "pubsub_delivery_rate",
+        "pubsub_latency_p50_ms",
+        "pubsub_latency_p99_ms",
+        "pubsub_shortest_p50_ms",
+        "pubsub_shortest_p99_ms",
+        "pubsub_stretch_p50",
+        "pubsub_stretch_p99",
+        "pubsub_stretch_max",
+    ];
+
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let ms = |h: &Histogram, q: f64| h.quantile(q) as f64 / 1e6;
+        Some(match name {
+            "pubsub_published" => self.published as f64,
+            "pubsub_publish_failed" => self.publish_failed as f64,
+            "pubsub_delivery_rate" => {
+                if self.expected == 0 {
+                    0.0
+                } else {
+                    self.delivered as f64 / self.expected as f64
+                }
+            }
+            "pubsub_latency_p50_ms" => ms(&self.latency, 0.5),
+            "pubsub_latency_p99_ms" => ms(&self.latency, 0.99),
+            "pubsub_shortest_p50_ms" => ms(&self.shortest, 0.5),
+            "pubsub_shortest_p99_ms" => ms(&self.shortest, 0.99),
+            "pubsub_stretch_p50" => self.stretch.quantile(0.5) as f64 / 1e3,
+            "pubsub_stretch_p99" => self.stretch.quantile(0.99) as f64 / 1e3,
+            "pubsub_stretch_max" => self.stretch.max_ns as f64 / 1e3,
+            _ => return None,
+        })
+    }
+}
+
+/// A published message, until the run ends.
+pub struct Record {
+    pub at: Instant,
+    /// The phase it counts in.
+    pub phase: usize,
+    /// Shortest-path latency from the publisher to each node (ns; `u64::MAX`: unreachable).
+    pub dist: Arc<Vec<u64>>,
+    /// Nodes it reached (a node that restarts may fetch it again through gossip: counted once).
+    pub reached: Vec<bool>,
+}
+
+/// Single-source shortest paths over `adj` (node → (neighbour, one-way latency ns)).
+pub fn shortest_paths(adj: &[Vec<(usize, u64)>], src: usize) -> Vec<u64> {
+    let mut dist = vec![u64::MAX; adj.len()];
+    let mut heap = BinaryHeap::new();
+    dist[src] = 0;
+    heap.push(Reverse((0u64, src)));
+    while let Some(Reverse((d, u))) = heap.pop() {
+        if d > dist[u] {
+            continue;
+        }
+        for &(v, w) in &adj[u] {
+            let nd = d + w;
+            if nd < dist[v] {
+                dist[v] = nd;
+                heap.push(Reverse((nd, v)));
+            }
+        }
+    }
+    dist
+}
+
+/// Joins `topic`; `validated`: its messages wait for the application's verdict.
+pub fn subscribe(node: &mut ByteNode, now: Instant, topic: &str, validated: bool) {
+    node.with_service::<GossipsubService, _>(now, |g, cx| {
+        g.set_validated(topic, validated);
+        g.subscribe(cx, topic)
+    });
+}
+
+/// Publishes; the message id, or `None` when the router refused.
+pub fn publish(node: &mut ByteNode, now: Instant, topic: &str, data: Vec<u8>) -> Option<Vec<u8>> {
+    node.with_service::<GossipsubService, _>(now, |g, cx| g.publish(cx, topic, data).ok().map(|id| id.to_vec())).flatten()
+}
+
+/// The node's router counters.
+pub fn stats(node: &mut ByteNode) -> Option<gossipsub::Stats> {
+    node.node_mut().service_mut::<GossipsubService>().map(|g| g.router().stats().clone())
+}
+
+/// Run-wide traffic of the gossipsub nodes alive at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Traffic {
+    pub nodes: usize,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub messages_sent: u64,
+    pub message_bytes_sent: u64,
+    pub idontwant_sent: u64,
+    pub idontwant_saved: u64,
+}
+
+impl Traffic {
+    pub fn add(&mut self, s: &gossipsub::Stats) {
+        self.nodes += 1;
+        self.delivered += s.delivered;
+        self.duplicates += s.duplicates;
+        self.messages_sent += s.messages_sent;
+        self.message_bytes_sent += s.message_bytes_sent;
+        self.idontwant_sent += s.idontwant_sent;
+        self.idontwant_saved += s.idontwant_saved;
+    }
+
+    pub const NAMES: [&'static str; 5] = [
+        "pubsub_duplicates_per_delivery",
+        "pubsub_copies_per_node",
+        "pubsub_mib_sent_per_node",
+        "pubsub_idontwant_sent_per_node",
+        "pubsub_idontwant_saved_per_node",
+    ];
+
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let per = |x: u64, n: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
+        let n = self.nodes as u64;
+        Some(match name {
+            "pubsub_duplicates_per_delivery" => per(self.duplicates, self.delivered),
+            "pubsub_copies_per_node" => per(self.messages_sent, n),
+            "pubsub_mib_sent_per_node" => per(self.message_bytes_sent, n) / (1 << 20) as f64,
+            "pubsub_idontwant_sent_per_node" => per(self.idontwant_sent, n),
+            "pubsub_idontwant_saved_per_node" => per(self.idontwant_saved, n),
+            _ => return None,
+        })
+    }
+}
