@@ -111,9 +111,10 @@ fuzz_target!(|data: &[u8]| {
             }
             12 => {
                 if inp.byte() % 3 == 0 {
-                    r.remove_peer(peer);
+                    r.remove_peer(peer, now);
                 } else {
-                    r.add_peer(peer.clone(), kinds[usize::from(inp.byte()) % 4], inp.byte() % 2 == 0);
+                    let ip = std::net::IpAddr::from([5, 5, 5, inp.byte() % 3]);
+                    r.add_peer(peer.clone(), kinds[usize::from(inp.byte()) % 4], inp.byte() % 2 == 0, Some(ip), now);
                 }
                 None
             }
@@ -135,5 +136,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(seen <= seen_max);
         assert!(cached <= cache_max);
         assert!(r.backoffs() <= topics.len() * peers.len());
+        for p in &peers {
+            assert!(r.peer_score(p, now).is_finite());
+        }
     }
 });

@@ -229,10 +229,8 @@ pub(crate) struct Inner {
     perf_waiters: Mutex<BTreeMap<perf::RunId, PerfWaiter>>,
     /// Callers of `host.dht()` queries, by query.
     pub(crate) kad_waiters: Mutex<BTreeMap<kad::QueryId, KadWaiter>>,
-    /// `host.pubsub()` subscriptions by topic, and the messages they could not take.
-    pub(crate) pubsub_subs: Mutex<BTreeMap<String, Vec<tokio::sync::mpsc::Sender<crate::pubsub::PubsubMessage>>>>,
-    pub(crate) pubsub_dropped: std::sync::atomic::AtomicU64,
-    pub(crate) pubsub_validators: Mutex<BTreeMap<String, crate::pubsub::Validator>>,
+    /// `host.pubsub()`'s subscriptions and validators by topic.
+    pub(crate) topics: crate::topics::Topics,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The QUIC endpoint (one UDP socket, used to listen and to dial), once made. Read without waiting;
@@ -247,7 +245,7 @@ pub(crate) struct Inner {
 
 const LAZY_REFUSED_MAX: usize = 1024;
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -261,10 +259,6 @@ impl Inner {
     fn poll_node_events(&self) -> Vec<node::Event> {
         let mut n = self.node();
         std::iter::from_fn(|| n.poll_event()).collect()
-    }
-
-    pub(crate) fn weak(&self) -> Weak<Inner> {
-        self.me.clone()
     }
 
     pub(crate) fn now(&self) -> hyphae_core::Instant {
@@ -439,6 +433,46 @@ impl Inner {
     pub(crate) fn update_protocols(&self) {
         let now = self.now();
         self.node().update_protocols(now);
+    }
+
+    /// Runs `f` on the gossipsub service.
+    pub(crate) fn with_gossipsub<R>(&self, f: impl FnOnce(&mut GossipsubService, &mut hyphae_core::service::Cx<'_>) -> R) -> R {
+        let r = {
+            let now = self.now();
+            self.node().with_service::<GossipsubService, _>(now, f).expect("invariant: the Host registers gossipsub")
+        };
+        if let Some(me) = self.me.upgrade() {
+            me.drain_node();
+        }
+        r
+    }
+
+    /// Hands gossipsub's events to the application: messages to subscriptions, messages to validate to
+    /// the topic's validator (a task each; its verdict goes back to the router).
+    fn pubsub_event(&self, ev: gossipsub::Event) {
+        use crate::topics::PubsubMessage;
+        match ev {
+            gossipsub::Event::Validate { id, source, author, message } => {
+                let Some(v) = self.topics.validator(&message.topic) else {
+                    // The validator was removed meanwhile: dropped without blame.
+                    self.with_gossipsub(|g, cx| g.report_validation(cx, &id, gossipsub::Acceptance::Ignore));
+                    return;
+                };
+                let m = PubsubMessage::new(&id, source, author, &message);
+                let me = self.me.clone();
+                tokio::spawn(async move {
+                    let verdict = v(m).await;
+                    if let Some(inner) = me.upgrade() {
+                        inner.with_gossipsub(|g, cx| g.report_validation(cx, &id, verdict));
+                    }
+                });
+            }
+            gossipsub::Event::Message { id, source, author, message } => {
+                self.topics.deliver(PubsubMessage::new(&id, source, author, &message))
+            }
+            gossipsub::Event::Subscribed { peer, topic } => tracing::debug!(%peer, %topic, "peer subscribed"),
+            gossipsub::Event::Unsubscribed { peer, topic } => tracing::debug!(%peer, %topic, "peer unsubscribed"),
+        }
     }
 
     /// Runs `f` on the kad service (no query).
@@ -719,9 +753,7 @@ impl Host {
             ping_waiters: Mutex::new(BTreeMap::new()),
             perf_waiters: Mutex::new(BTreeMap::new()),
             kad_waiters: Mutex::new(BTreeMap::new()),
-            pubsub_subs: Mutex::new(BTreeMap::new()),
-            pubsub_dropped: Default::default(),
-            pubsub_validators: Mutex::new(BTreeMap::new()),
+            topics: Default::default(),
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             quic: Mutex::new(None),

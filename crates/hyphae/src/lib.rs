@@ -32,10 +32,12 @@ mod host;
 pub mod keyfile;
 mod pubsub;
 mod quic_driver;
+mod topics;
 
 pub use dht::Dht;
 pub use handle::{Direction, Stream};
 pub use host::{ConnectionInfo, Error, Host, HostConfig, HostEvent, PeerInfo, PerfResult};
 pub use hyphae_core::gossipsub::Acceptance;
 pub use hyphae_core::{self as core, identify::Info as IdentifyInfo, KeyType, Keypair, Multiaddr, PeerId, Protocol, PublicKey};
-pub use pubsub::{Pubsub, PubsubMessage, Subscription, SUBSCRIPTION_BUFFER};
+pub use pubsub::{Pubsub, Subscription};
+pub use topics::{PubsubMessage, SUBSCRIPTION_BUFFER};

@@ -3,40 +3,13 @@
 //! stays in the topic's mesh until [`Pubsub::unsubscribe`] (or until every subscription is dropped and
 //! the next message for the topic finds no reader).
 
-use crate::handle::HostLink;
-use crate::host::{Error, Host, Inner};
-use hyphae_core::gossipsub::{self, service::GossipsubService, Acceptance, PublishError};
+use crate::host::{Error, Host};
+use crate::topics::{PubsubMessage, Validator};
+use hyphae_core::gossipsub::{self, Acceptance, PublishError};
 use hyphae_core::PeerId;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-
-/// Messages a subscription holds before it drops new ones (counted in `Pubsub::dropped`).
-pub const SUBSCRIPTION_BUFFER: usize = 1024;
-
-/// A message received on a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PubsubMessage {
-    pub topic: String,
-    pub data: Vec<u8>,
-    /// The author, for signed messages.
-    pub from: Option<PeerId>,
-    /// The author's sequence number (8 bytes big-endian, as all implementations send it).
-    pub seqno: Option<u64>,
-    /// The message id (go's `from ‖ seqno` by default).
-    pub id: Vec<u8>,
-    /// The peer we received it from.
-    pub source: PeerId,
-}
-
-/// An application validator: its verdict on each message of its topic (see [`Pubsub::set_validator`]).
-pub(crate) type Validator = Arc<dyn Fn(PubsubMessage) -> Pin<Box<dyn Future<Output = Acceptance> + Send>> + Send + Sync>;
-
-fn to_message(id: &[u8], source: PeerId, author: Option<PeerId>, message: &gossipsub::Message) -> PubsubMessage {
-    let seqno = message.seqno.as_deref().and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
-    PubsubMessage { topic: message.topic.clone(), data: message.data.clone(), from: author, seqno, id: id.to_vec(), source }
-}
 
 /// Receives a topic's messages, in arrival order.
 pub struct Subscription {
@@ -69,66 +42,10 @@ impl Host {
     }
 }
 
-impl Inner {
-    pub(crate) fn with_gossipsub<R>(self: &Arc<Self>, f: impl FnOnce(&mut GossipsubService, &mut hyphae_core::service::Cx<'_>) -> R) -> R {
-        let r = {
-            let now = self.now();
-            self.node().with_service::<GossipsubService, _>(now, f).expect("invariant: the Host registers gossipsub")
-        };
-        self.drain_node();
-        r
-    }
-
-    fn report(&self, id: gossipsub::MessageId, verdict: Acceptance) {
-        let now = self.now();
-        self.node().with_service::<GossipsubService, _>(now, |g, cx| g.report_validation(cx, &id, verdict));
-        if let Some(me) = self.weak().upgrade() {
-            me.drain_node();
-        }
-    }
-
-    /// Hands a received message (or one to validate) to the application.
-    pub(crate) fn pubsub_event(&self, ev: gossipsub::Event) {
-        match ev {
-            gossipsub::Event::Validate { id, source, author, message } => {
-                let v = crate::host::lock(&self.pubsub_validators).get(&message.topic).cloned();
-                let Some(v) = v else {
-                    // The validator was removed meanwhile: drop it without blame.
-                    return self.report(id, Acceptance::Ignore);
-                };
-                let m = to_message(&id, source, author, &message);
-                let inner = self.weak();
-                tokio::spawn(async move {
-                    let verdict = v(m).await;
-                    if let Some(inner) = inner.upgrade() {
-                        inner.report(id, verdict);
-                    }
-                });
-            }
-            gossipsub::Event::Message { id, source, author, message } => {
-                let m = to_message(&id, source, author, &message);
-                let mut subs = crate::host::lock(&self.pubsub_subs);
-                if let Some(v) = subs.get_mut(&m.topic) {
-                    v.retain(|tx| !tx.is_closed());
-                    for tx in v.iter() {
-                        if tx.try_send(m.clone()).is_err() {
-                            self.pubsub_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tracing::debug!(topic = %m.topic, "subscription not read: message dropped");
-                        }
-                    }
-                }
-            }
-            gossipsub::Event::Subscribed { peer, topic } => tracing::debug!(%peer, %topic, "peer subscribed"),
-            gossipsub::Event::Unsubscribed { peer, topic } => tracing::debug!(%peer, %topic, "peer unsubscribed"),
-        }
-    }
-}
-
 impl Pubsub<'_> {
     /// Subscribes to `topic` (joining its mesh on the first subscription).
     pub fn subscribe(&self, topic: &str) -> Subscription {
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        crate::host::lock(&self.host.inner.pubsub_subs).entry(topic.to_string()).or_default().push(tx);
+        let rx = self.host.inner.topics.subscribe(topic);
         self.host.inner.with_gossipsub(|g, cx| g.subscribe(cx, topic));
         Subscription { topic: topic.to_string(), rx }
     }
@@ -143,19 +60,19 @@ impl Pubsub<'_> {
         Fut: Future<Output = Acceptance> + Send + 'static,
     {
         let v: Validator = Arc::new(move |m| Box::pin(f(m)));
-        crate::host::lock(&self.host.inner.pubsub_validators).insert(topic.to_string(), v);
+        self.host.inner.topics.set_validator(topic, v);
         self.host.inner.with_gossipsub(|g, _| g.set_validated(topic, true));
     }
 
     /// Removes `topic`'s validator: its messages are delivered and forwarded without one.
     pub fn remove_validator(&self, topic: &str) {
-        crate::host::lock(&self.host.inner.pubsub_validators).remove(topic);
+        self.host.inner.topics.remove_validator(topic);
         self.host.inner.with_gossipsub(|g, _| g.set_validated(topic, false));
     }
 
     /// Leaves `topic`: ends its subscriptions and the mesh. Returns whether we were subscribed.
     pub fn unsubscribe(&self, topic: &str) -> bool {
-        crate::host::lock(&self.host.inner.pubsub_subs).remove(topic);
+        self.host.inner.topics.unsubscribe(topic);
         self.host.inner.with_gossipsub(|g, cx| g.unsubscribe(cx, topic))
     }
 
@@ -196,9 +113,20 @@ impl Pubsub<'_> {
         self.host.inner.with_gossipsub(|g, _| g.router().queued(peer))
     }
 
+    /// `peer`'s score (0 with scoring off, or for a peer never seen).
+    pub fn peer_score(&self, peer: &PeerId) -> f64 {
+        let now = self.host.inner.now();
+        self.host.inner.with_gossipsub(|g, _| g.router().peer_score(peer, now))
+    }
+
+    /// The application's score for `peer` (P5, weighted by `score::Params::app_specific_weight`).
+    pub fn set_app_score(&self, peer: &PeerId, score: f64) {
+        self.host.inner.with_gossipsub(|g, _| g.set_app_score(peer, score));
+    }
+
     /// Messages dropped because a subscription was not read fast enough.
     pub fn dropped(&self) -> u64 {
-        self.host.inner.pubsub_dropped.load(std::sync::atomic::Ordering::Relaxed)
+        self.host.inner.topics.dropped()
     }
 }
 

@@ -11,8 +11,11 @@
 //! Application validation: on a topic marked validated, a message is handed out as `Event::Validate`
 //! and delivered and forwarded only once the application accepts it (bounded, with a timeout).
 //!
-//! Not yet: peer scoring (v1.1's P1–P7 and thresholds), direct peers, v1.3's extensions message. Until
-//! scoring lands every peer scores 0.
+//! - `score.rs`: peer scoring (v1.1's P1–P7, decay, thresholds), used by the router for mesh choice,
+//!   gossip, publishing and graylisting.
+//!
+//! Not yet: direct peers, v1.3's extensions message, acting on PRUNE peer exchange (ids without signed
+//! records carry no addresses).
 
 use crate::identity::PeerId;
 use crate::time::Duration;
@@ -20,6 +23,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 pub mod router;
+pub mod score;
 pub mod service;
 pub mod wire;
 
@@ -120,6 +124,8 @@ pub struct Config {
     pub d_lo: usize,
     pub d_hi: usize,
     pub d_out: usize,
+    /// Mesh peers kept by score when the mesh is pruned (the rest at random). Default 4.
+    pub d_score: usize,
     /// Peers gossiped to per topic per heartbeat: at least `d_lazy`, or `gossip_factor` of the eligible.
     pub d_lazy: usize,
     pub gossip_factor: f64,
@@ -179,6 +185,17 @@ pub struct Config {
     /// clock (go starts at unix nanoseconds) so a restarted node does not repeat ids.
     pub first_seqno: u64,
     pub limits: wire::Limits,
+    /// Peer scoring (v1.1); `None` turns it off (every peer scores 0). Default: on, with generic
+    /// weights (`score::Params::default`): mesh time and first deliveries earn a little, invalid
+    /// messages, GRAFTs during a backoff, broken IWANT promises, malformed RPCs and crowds on one public
+    /// IP cost a lot. Set per-topic parameters (P3 needs the topic's message rate) for more.
+    pub score: Option<score::Params>,
+    pub thresholds: score::Thresholds,
+    /// A peer answering our IWANT must deliver within this long, or pays a behaviour penalty. Default 3 s.
+    pub iwant_followup: Duration,
+    /// Every this many heartbeats, a mesh whose median score is below `thresholds.opportunistic_graft`
+    /// grafts up to 2 better-scoring peers. Default 60.
+    pub opportunistic_graft_ticks: u64,
 }
 
 impl Default for Config {
@@ -188,6 +205,7 @@ impl Default for Config {
             d_lo: 5,
             d_hi: 12,
             d_out: 2,
+            d_score: 4,
             d_lazy: 6,
             gossip_factor: 0.25,
             heartbeat_interval: Duration::from_secs(1),
@@ -218,6 +236,10 @@ impl Default for Config {
             message_id: MessageIdFn::FromSeqno,
             first_seqno: 1,
             limits: wire::Limits::default(),
+            score: Some(score::Params::default()),
+            thresholds: score::Thresholds::default(),
+            iwant_followup: Duration::from_secs(3),
+            opportunistic_graft_ticks: 60,
         }
     }
 }

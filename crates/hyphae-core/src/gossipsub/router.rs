@@ -3,12 +3,14 @@
 //! application events ([`Router::poll_event`]). Everything it keeps is bounded by [`Config`]'s limits.
 //! It iterates only ordered maps: one seed replays a simulation exactly.
 
+use super::score::PeerScore;
 use super::wire::{self, Control, IHave, Message, MessageId, Prune, Rpc, SubOpt};
 use super::{Acceptance, Config, Event, PeerKind, Signing};
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::rng::{Rng, RngCore};
 use crate::time::{Duration, Instant};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Why a publish was refused.
@@ -50,6 +52,11 @@ pub struct Stats {
     pub prunes_sent: u64,
     pub prunes_received: u64,
     pub subscriptions_ignored: u64,
+    /// RPCs ignored because their sender's score was below the graylist threshold.
+    pub graylisted_rpcs: u64,
+    /// Mesh peers pruned for a negative score, and peers grafted opportunistically.
+    pub pruned_for_score: u64,
+    pub opportunistic_grafts: u64,
     /// Application verdicts, and messages dropped for want of one.
     pub validation_accepted: u64,
     pub validation_rejected: u64,
@@ -156,6 +163,7 @@ pub struct Router {
     /// Topics whose messages wait for the application's verdict.
     validated: BTreeSet<String>,
     awaiting: BTreeMap<MessageId, Pending>,
+    score: Option<PeerScore>,
 }
 
 /// Up to `n` of `v`, picked at random (partial Fisher–Yates).
@@ -173,6 +181,13 @@ impl Router {
     /// A router for `keypair`'s node (`None`: it cannot publish signed messages; fine with
     /// [`Signing::StrictNoSign`]).
     pub fn new(cfg: Config, local: PeerId, keypair: Option<Keypair>, now: Instant) -> Router {
+        let score = cfg.score.clone().map(|p| PeerScore::new(p, now));
+        let mut r = Router::build(cfg, local, keypair, now);
+        r.score = score;
+        r
+    }
+
+    fn build(cfg: Config, local: PeerId, keypair: Option<Keypair>, now: Instant) -> Router {
         let key_bytes = keypair.as_ref().and_then(|k| local.inline_public_key().is_none().then(|| k.public().encode_protobuf()));
         Router {
             next_heartbeat: now + cfg.heartbeat_initial_delay,
@@ -195,6 +210,7 @@ impl Router {
             pending: BTreeMap::new(),
             validated: BTreeSet::new(),
             awaiting: BTreeMap::new(),
+            score: None,
         }
     }
 
@@ -227,6 +243,50 @@ impl Router {
     pub fn peer_kind(&self, peer: &PeerId) -> Option<PeerKind> {
         self.peers.get(peer).map(|p| p.kind)
     }
+    /// `peer`'s score at `now` (0 with scoring off or for a peer never seen).
+    pub fn peer_score(&self, peer: &PeerId, now: Instant) -> f64 {
+        self.score.as_ref().map_or(0.0, |s| s.score(peer, now))
+    }
+
+    /// P5: the application's score for `peer` (weighted by `score::Params::app_specific_weight`).
+    pub fn set_app_score(&mut self, peer: &PeerId, score: f64) {
+        if let Some(s) = &mut self.score {
+            s.set_app_score(peer, score);
+        }
+    }
+
+    /// The peer misbehaved outside the router's sight (a malformed RPC): a behaviour penalty.
+    pub fn penalize(&mut self, peer: &PeerId) {
+        if let Some(s) = &mut self.score {
+            s.penalize(peer, 1.0);
+        }
+    }
+
+    fn score_of(&self, peer: &PeerId, now: Instant) -> f64 {
+        self.peer_score(peer, now)
+    }
+
+    /// Adds `peer` to `topic`'s mesh (and tells the score).
+    fn mesh_insert(&mut self, now: Instant, topic: &str, peer: &PeerId) {
+        if let Some(m) = self.mesh.get_mut(topic) {
+            if m.insert(peer.clone()) {
+                if let Some(s) = &mut self.score {
+                    s.graft(peer, topic, now);
+                }
+            }
+        }
+    }
+
+    /// Removes `peer` from `topic`'s mesh (and tells the score).
+    fn mesh_remove(&mut self, now: Instant, topic: &str, peer: &PeerId) {
+        if let Some(m) = self.mesh.get_mut(topic) {
+            m.remove(peer);
+        }
+        if let Some(s) = &mut self.score {
+            s.prune(peer, topic, now);
+        }
+    }
+
     /// `peer`'s counters, while it is a pubsub peer.
     pub fn peer_stats(&self, peer: &PeerId) -> Option<PeerStats> {
         self.peers.get(peer).map(|p| p.stats.clone())
@@ -251,9 +311,13 @@ impl Router {
     // ---------------- peers ----------------
 
     /// A peer we can talk to (its stream protocol decides `kind`). We send it our subscriptions.
-    pub fn add_peer(&mut self, peer: PeerId, kind: PeerKind, outbound: bool) {
+    /// `ip`: the address it connected from (IP colocation scoring).
+    pub fn add_peer(&mut self, peer: PeerId, kind: PeerKind, outbound: bool, ip: Option<IpAddr>, now: Instant) {
         if self.peers.contains_key(&peer) {
             return;
+        }
+        if let Some(s) = &mut self.score {
+            s.add_peer(&peer, ip, now);
         }
         self.peers.insert(
             peer.clone(),
@@ -276,7 +340,10 @@ impl Router {
     }
 
     /// The peer is gone (its last connection closed, or its stream failed).
-    pub fn remove_peer(&mut self, peer: &PeerId) {
+    pub fn remove_peer(&mut self, peer: &PeerId, now: Instant) {
+        if let Some(s) = &mut self.score {
+            s.remove_peer(peer, now);
+        }
         let Some(p) = self.peers.remove(peer) else { return };
         for t in &p.topics {
             if let Some(s) = self.subscribers.get_mut(t) {
@@ -311,11 +378,12 @@ impl Router {
         for p in &peers {
             self.send_rpc(p, &Rpc { subscriptions: vec![SubOpt { subscribe: true, topic: topic.to_string() }], ..Rpc::default() });
         }
+        self.mesh.insert(topic.to_string(), BTreeSet::new());
         for p in &mesh {
+            self.mesh_insert(now, topic, p);
             self.pending.entry(p.clone()).or_default().graft.push(topic.to_string());
             self.stats.grafts_sent += 1;
         }
-        self.mesh.insert(topic.to_string(), mesh);
         self.flush_pending();
         true
     }
@@ -373,7 +441,8 @@ impl Router {
         let flood: Vec<PeerId> =
             subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned().collect();
         if self.cfg.flood_publish {
-            return subs;
+            let t = self.cfg.thresholds.publish;
+            return subs.into_iter().filter(|p| self.score_of(p, now) >= t).collect();
         }
         let mut out: BTreeSet<PeerId> = flood.into_iter().collect();
         if let Some(m) = self.mesh.get(topic) {
@@ -399,8 +468,12 @@ impl Router {
             return;
         }
         self.stats.rpcs_received += 1;
+        if self.score_of(from, now) < self.cfg.thresholds.graylist {
+            self.stats.graylisted_rpcs += 1;
+            return;
+        }
         for s in rpc.subscriptions {
-            self.handle_subscription(from, s);
+            self.handle_subscription(now, from, s);
         }
         for m in rpc.publish {
             self.handle_message(now, from, m);
@@ -414,12 +487,16 @@ impl Router {
         for p in c.prune {
             self.handle_prune(now, from, p);
         }
-        self.handle_ihave(rng, from, c.ihave);
-        self.handle_iwant(from, c.iwant);
+        if self.score_of(from, now) >= self.cfg.thresholds.gossip {
+            self.handle_ihave(rng, now, from, c.ihave);
+            self.handle_iwant(from, c.iwant);
+        } else if !c.ihave.is_empty() || !c.iwant.is_empty() {
+            self.stats.ihave_ignored += 1;
+        }
         self.flush_pending();
     }
 
-    fn handle_subscription(&mut self, from: &PeerId, s: SubOpt) {
+    fn handle_subscription(&mut self, now: Instant, from: &PeerId, s: SubOpt) {
         let Some(p) = self.peers.get_mut(from) else { return };
         if s.subscribe {
             if p.topics.contains(&s.topic) {
@@ -439,8 +516,8 @@ impl Router {
                     self.subscribers.remove(&s.topic);
                 }
             }
-            if let Some(m) = self.mesh.get_mut(&s.topic) {
-                m.remove(from);
+            if self.mesh.contains_key(&s.topic) {
+                self.mesh_remove(now, &s.topic, from);
             }
             if let Some(f) = self.fanout.get_mut(&s.topic) {
                 f.peers.remove(from);
@@ -493,6 +570,9 @@ impl Router {
         }
         if dup {
             self.stats.duplicates += 1;
+            if let Some(s) = &mut self.score {
+                s.duplicate(source, &id, now);
+            }
             if let Some(p) = self.awaiting.get_mut(&id) {
                 if p.have.len() < self.cfg.d_hi {
                     p.have.insert(source.clone());
@@ -521,6 +601,9 @@ impl Router {
             Ok(a) => a,
             Err(why) => {
                 self.stats.invalid_messages += 1;
+                if let Some(s) = &mut self.score {
+                    s.reject(source, &id, &m.topic, now);
+                }
                 if let Some(p) = self.peers.get_mut(source) {
                     p.stats.invalid_messages += 1;
                 }
@@ -544,7 +627,7 @@ impl Router {
             self.events.push_back(Event::Validate { id, source: source.clone(), author, message: msg });
             return;
         }
-        self.accept(id, msg, source, author, &BTreeSet::new());
+        self.accept(now, id, msg, source, author, &BTreeSet::new());
     }
 
     /// Marks `topic` validated (its messages wait for [`Router::report_validation`]) or not.
@@ -558,15 +641,18 @@ impl Router {
 
     /// The application's verdict on a message handed out as `Event::Validate`; false if it was not
     /// waiting (timed out, or unknown).
-    pub fn report_validation(&mut self, id: &MessageId, verdict: Acceptance) -> bool {
+    pub fn report_validation(&mut self, now: Instant, id: &MessageId, verdict: Acceptance) -> bool {
         let Some(p) = self.awaiting.remove(id) else { return false };
         match verdict {
             Acceptance::Accept => {
                 self.stats.validation_accepted += 1;
-                self.accept(id.clone(), p.msg, &p.source, p.author, &p.have);
+                self.accept(now, id.clone(), p.msg, &p.source, p.author, &p.have);
             }
             Acceptance::Reject => {
                 self.stats.validation_rejected += 1;
+                if let Some(s) = &mut self.score {
+                    s.reject(&p.source, id, &p.msg.topic, now);
+                }
                 if let Some(x) = self.peers.get_mut(&p.source) {
                     x.stats.invalid_messages += 1;
                 }
@@ -579,7 +665,10 @@ impl Router {
 
     /// A valid message: cached for gossip, delivered if we are subscribed, forwarded (not to the peers in
     /// `have`, which sent it to us too).
-    fn accept(&mut self, id: MessageId, msg: Arc<Message>, source: &PeerId, author: Option<PeerId>, have: &BTreeSet<PeerId>) {
+    fn accept(&mut self, now: Instant, id: MessageId, msg: Arc<Message>, source: &PeerId, author: Option<PeerId>, have: &BTreeSet<PeerId>) {
+        if let Some(s) = &mut self.score {
+            s.deliver(source, &id, &msg.topic, now);
+        }
         self.mcache_put(id.clone(), msg.clone());
         if self.mesh.contains_key(&msg.topic) {
             self.stats.delivered += 1;
@@ -649,7 +738,12 @@ impl Router {
             return;
         }
         if self.in_backoff(now, &topic, from) {
-            // Grafting during a backoff: refused, and the backoff restarts.
+            // Grafting during a backoff: refused, penalized, and the backoff restarts.
+            self.penalize(from);
+            self.prune(now, from, &topic, self.cfg.prune_backoff, false);
+            return;
+        }
+        if self.score_of(from, now) < 0.0 {
             self.prune(now, from, &topic, self.cfg.prune_backoff, false);
             return;
         }
@@ -658,13 +752,13 @@ impl Router {
             self.prune(now, from, &topic, self.cfg.prune_backoff, true);
             return;
         }
-        self.mesh.get_mut(&topic).expect("checked").insert(from.clone());
+        self.mesh_insert(now, &topic, from);
     }
 
     fn handle_prune(&mut self, now: Instant, from: &PeerId, p: Prune) {
         self.stats.prunes_received += 1;
-        if let Some(m) = self.mesh.get_mut(&p.topic) {
-            m.remove(from);
+        if self.mesh.contains_key(&p.topic) {
+            self.mesh_remove(now, &p.topic, from);
         }
         let d = match p.backoff {
             Some(s) => Duration::from_secs(s).min(self.cfg.max_prune_backoff),
@@ -678,7 +772,7 @@ impl Router {
         // discovery (counted nowhere yet: see the module docs).
     }
 
-    fn handle_ihave(&mut self, rng: &mut Rng, from: &PeerId, ihave: Vec<IHave>) {
+    fn handle_ihave(&mut self, rng: &mut Rng, now: Instant, from: &PeerId, ihave: Vec<IHave>) {
         if ihave.is_empty() {
             return;
         }
@@ -707,6 +801,10 @@ impl Router {
         }
         p.ihave_asked += want.len();
         self.stats.iwant_sent += want.len() as u64;
+        if let Some(s) = &mut self.score {
+            // One promise per IWANT (go's way): the first id stands for the rest.
+            s.promise(from, &want[0], now + self.cfg.iwant_followup);
+        }
         self.pending.entry(from.clone()).or_default().iwant.extend(want);
     }
 
@@ -744,7 +842,7 @@ impl Router {
     fn graft_candidates(&self, now: Instant, topic: &str, except: &BTreeSet<PeerId>, outbound_only: bool) -> Vec<PeerId> {
         let Some(subs) = self.subscribers.get(topic) else { return Vec::new() };
         subs.iter()
-            .filter(|p| !except.contains(*p) && !self.in_backoff(now, topic, p))
+            .filter(|p| !except.contains(*p) && !self.in_backoff(now, topic, p) && self.score_of(p, now) >= 0.0)
             .filter(|p| self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub() && (!outbound_only || x.outbound)))
             .cloned()
             .collect()
@@ -753,26 +851,40 @@ impl Router {
     fn heartbeat(&mut self, rng: &mut Rng, now: Instant) {
         self.stats.heartbeats += 1;
         self.ticks += 1;
+        if let Some(s) = &mut self.score {
+            s.refresh(now);
+        }
         let topics: Vec<String> = self.mesh.keys().cloned().collect();
         for t in &topics {
-            let mut mesh = self.mesh[t].clone();
+            let before = self.mesh[t].clone();
+            let mut mesh = before.clone();
             let mut grafts = Vec::new();
+            // Negative scores leave the mesh (no peer exchange for them).
+            for p in mesh.iter().filter(|p| self.score_of(p, now) < 0.0).cloned().collect::<Vec<_>>() {
+                mesh.remove(&p);
+                self.stats.pruned_for_score += 1;
+                self.prune(now, &p, t, self.cfg.prune_backoff, false);
+            }
             // Too few: graft subscribers at random.
             if mesh.len() < self.cfg.d_lo {
                 let c = self.graft_candidates(now, t, &mesh, false);
                 grafts.extend(choose(rng, c, self.cfg.d - mesh.len()));
                 mesh.extend(grafts.iter().cloned());
             }
-            // Too many: keep D at random, at least d_out of them outbound.
+            // Too many: keep D, the d_score best by score and the rest at random, at least d_out of them
+            // outbound.
             if mesh.len() > self.cfg.d_hi {
-                let all = choose(rng, mesh.iter().cloned().collect(), mesh.len());
-                let (out, inb): (Vec<PeerId>, Vec<PeerId>) = all.into_iter().partition(|p| self.peers.get(p).is_some_and(|x| x.outbound));
-                let keep_out = out.len().min(self.cfg.d_out);
-                let mut keep: Vec<PeerId> = out[..keep_out].to_vec();
-                let rest: Vec<PeerId> = out[keep_out..].iter().chain(inb.iter()).cloned().collect();
-                let rest = choose(rng, rest, self.cfg.d.saturating_sub(keep.len()));
-                keep.extend(rest);
-                let keep: BTreeSet<PeerId> = keep.into_iter().collect();
+                let mut all = choose(rng, mesh.iter().cloned().collect(), mesh.len());
+                // Stable: equal scores keep their random order.
+                all.sort_by(|a, b| self.score_of(b, now).total_cmp(&self.score_of(a, now)));
+                let best: Vec<PeerId> = all.drain(..self.cfg.d_score.min(all.len())).collect();
+                let n = all.len();
+                let ranked: Vec<PeerId> = best.into_iter().chain(choose(rng, all, n)).collect();
+                let mut keep: BTreeSet<PeerId> =
+                    ranked.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.outbound)).take(self.cfg.d_out).cloned().collect();
+                let room = self.cfg.d.saturating_sub(keep.len());
+                let others: Vec<PeerId> = ranked.iter().filter(|p| !keep.contains(*p)).take(room).cloned().collect();
+                keep.extend(others);
                 for p in mesh.difference(&keep).cloned().collect::<Vec<_>>() {
                     grafts.retain(|g| g != &p);
                     self.prune(now, &p, t, self.cfg.prune_backoff, true);
@@ -787,11 +899,28 @@ impl Router {
                 mesh.extend(add.iter().cloned());
                 grafts.extend(add);
             }
+            // Opportunistic grafting: a mesh of poor scorers takes up to 2 better peers now and then.
+            if self.score.is_some() && self.ticks.is_multiple_of(self.cfg.opportunistic_graft_ticks.max(1)) && mesh.len() > 1 {
+                let mut scores: Vec<f64> = mesh.iter().map(|p| self.score_of(p, now)).collect();
+                scores.sort_by(f64::total_cmp);
+                let median = scores[scores.len() / 2];
+                if median < self.cfg.thresholds.opportunistic_graft {
+                    let c: Vec<PeerId> =
+                        self.graft_candidates(now, t, &mesh, false).into_iter().filter(|p| self.score_of(p, now) > median).collect();
+                    let add = choose(rng, c, 2);
+                    self.stats.opportunistic_grafts += add.len() as u64;
+                    mesh.extend(add.iter().cloned());
+                    grafts.extend(add);
+                }
+            }
             for p in grafts {
                 self.pending.entry(p).or_default().graft.push(t.clone());
                 self.stats.grafts_sent += 1;
             }
-            self.mesh.insert(t.clone(), mesh);
+            self.mesh.insert(t.clone(), before.intersection(&mesh).cloned().collect());
+            for p in mesh.difference(&before).cloned().collect::<Vec<_>>() {
+                self.mesh_insert(now, t, &p);
+            }
         }
         // Fanout: forget idle topics, refill the rest.
         let ttl = self.cfg.fanout_ttl;
@@ -810,7 +939,7 @@ impl Router {
         }
         // Gossip: IHAVE of recent messages to peers outside the mesh.
         for t in topics.iter().chain(fan.iter()) {
-            self.emit_gossip(rng, t);
+            self.emit_gossip(rng, now, t);
         }
         // Forget what has expired.
         let ticks = self.ticks;
@@ -835,7 +964,7 @@ impl Router {
         self.flush_pending();
     }
 
-    fn emit_gossip(&mut self, rng: &mut Rng, topic: &str) {
+    fn emit_gossip(&mut self, rng: &mut Rng, now: Instant, topic: &str) {
         let mut ids: Vec<MessageId> = Vec::new();
         for w in self.mcache.windows.iter().take(self.cfg.history_gossip) {
             ids.extend(w.iter().filter(|id| self.mcache.msgs.get(*id).is_some_and(|e| e.msg.topic == topic)).cloned());
@@ -849,7 +978,11 @@ impl Router {
             .subscribers
             .get(topic)
             .map(|s| {
-                s.iter().filter(|p| !exclude.contains(*p) && self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub())).cloned().collect()
+                s.iter()
+                    .filter(|p| !exclude.contains(*p) && self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub()))
+                    .filter(|p| self.score_of(p, now) >= self.cfg.thresholds.gossip)
+                    .cloned()
+                    .collect()
             })
             .unwrap_or_default();
         let n = self.cfg.d_lazy.max((self.cfg.gossip_factor * cands.len() as f64) as usize);
@@ -867,6 +1000,9 @@ impl Router {
     fn prune(&mut self, now: Instant, peer: &PeerId, topic: &str, backoff: Duration, px: bool) {
         let Some(kind) = self.peers.get(peer).map(|p| p.kind) else { return };
         // A backoff is kept only for our own topics: GRAFTs for arbitrary topics must not grow a map.
+        if let Some(s) = &mut self.score {
+            s.prune(peer, topic, now);
+        }
         if let Some(m) = self.mesh.get_mut(topic) {
             m.remove(peer);
             self.set_backoff(now, topic, peer, backoff);

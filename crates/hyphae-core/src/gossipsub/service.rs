@@ -75,6 +75,11 @@ impl GossipsubService {
         r
     }
 
+    /// P5: the application's score for `peer`.
+    pub fn set_app_score(&mut self, peer: &PeerId, score: f64) {
+        self.router.set_app_score(peer, score);
+    }
+
     /// Marks `topic` validated: its messages wait for [`GossipsubService::report_validation`].
     pub fn set_validated(&mut self, topic: &str, on: bool) {
         self.router.set_validated(topic, on);
@@ -82,7 +87,7 @@ impl GossipsubService {
 
     /// The application's verdict on a message it got as `Event::Validate`.
     pub fn report_validation(&mut self, cx: &mut Cx<'_>, id: &MessageId, verdict: Acceptance) -> bool {
-        let r = self.router.report_validation(id, verdict);
+        let r = self.router.report_validation(cx.now, id, verdict);
         self.pump(cx);
         r
     }
@@ -94,13 +99,14 @@ impl GossipsubService {
         cx.open_stream(conn, kind.protocol(), token);
         self.outbound.insert(peer.clone(), Outbound { conn, kind, token, stream: None, busy: false });
         let dialer = self.conns.get(peer).and_then(|v| v.iter().find(|(c, _)| *c == conn)).is_some_and(|(_, r)| *r == Role::Dialer);
-        self.router.add_peer(peer.clone(), kind, dialer);
+        let ip = cx.connection(conn).and_then(|(_, a)| a.ip());
+        self.router.add_peer(peer.clone(), kind, dialer, ip, cx.now);
     }
 
     /// The peer's stream failed or its connection went: reopen on another connection, or let it go.
     fn lost(&mut self, cx: &mut Cx<'_>, peer: &PeerId) {
         let Some(o) = self.outbound.remove(peer) else { return };
-        self.router.remove_peer(peer);
+        self.router.remove_peer(peer, cx.now);
         if let Some(&(conn, _)) = self.conns.get(peer).and_then(|v| v.iter().find(|(c, _)| *c != o.conn)) {
             self.open(cx, peer, conn, o.kind);
         }
@@ -151,6 +157,7 @@ impl GossipsubService {
         if let Some(e) = failure {
             self.inbound.remove(&(conn, stream));
             cx.reset_stream(conn, stream);
+            self.router.penalize(&peer);
             cx.violation(Violation { peer: Some(peer), protocol: NAME, kind: ViolationKind::Malformed(e) });
         }
         self.pump(cx);
@@ -248,11 +255,11 @@ impl Service for GossipsubService {
         self.pump(cx);
     }
 
-    fn on_open_failed(&mut self, _cx: &mut Cx<'_>, conn: ConnId, token: u64, reason: &OpenError) {
+    fn on_open_failed(&mut self, cx: &mut Cx<'_>, conn: ConnId, token: u64, reason: &OpenError) {
         let Some(peer) = self.outbound.iter().find(|(_, o)| o.conn == conn && o.token == token).map(|(p, _)| p.clone()) else { return };
         tracing::debug!(%peer, %reason, "gossipsub stream refused");
         self.outbound.remove(&peer);
-        self.router.remove_peer(&peer);
+        self.router.remove_peer(&peer, cx.now);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

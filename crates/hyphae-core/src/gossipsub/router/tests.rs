@@ -25,8 +25,8 @@ impl Net {
         Net { routers, ids, keys, links: BTreeSet::new(), rng, now: Instant::ZERO, got: vec![Vec::new(); n] }
     }
     fn link(&mut self, a: usize, b: usize, kind: PeerKind) {
-        self.routers[a].add_peer(self.ids[b].clone(), kind, true);
-        self.routers[b].add_peer(self.ids[a].clone(), kind, false);
+        self.routers[a].add_peer(self.ids[b].clone(), kind, true, None, self.now);
+        self.routers[b].add_peer(self.ids[a].clone(), kind, false, None, self.now);
         self.links.insert((a, b));
         self.links.insert((b, a));
     }
@@ -298,4 +298,117 @@ fn gossipsub_router_forwards_to_floodsub_peers_and_publishes_to_fanout() {
     // The fanout is forgotten a TTL after the last publish.
     net.heartbeats(61);
     assert!(net.routers[0].fanout.is_empty());
+}
+
+// ---------------- peer scoring ----------------
+
+fn forged(author: &PeerId, topic: &str, seq: u8) -> Message {
+    Message::new(Some(author.to_bytes()), b"x".to_vec(), Some(vec![seq; 8]), topic.into(), Some(vec![0; 64]), None)
+}
+
+#[test]
+fn gossipsub_score_graylists_a_sender_of_invalid_messages_prunes_it_and_forgives_it_later() {
+    let mut net = Net::full(3, Config::default());
+    net.subscribe_all("t");
+    net.heartbeats(2);
+    let bad = net.ids[1].clone();
+    assert!(net.routers[0].mesh_peers("t").contains(&bad));
+    let (r, rng, now) = (&mut net.routers[0], &mut net.rng, net.now);
+    r.handle_rpc(rng, now, &bad, Rpc { publish: vec![forged(&bad, "t", 1)], ..Rpc::default() });
+    assert!(r.peer_score(&bad, now) <= -80.0, "{}", r.peer_score(&bad, now));
+    // Graylisted: its next RPC is not even read.
+    r.handle_rpc(rng, now, &bad, Rpc { subscriptions: vec![SubOpt { subscribe: true, topic: "u".into() }], ..Rpc::default() });
+    assert_eq!(r.stats().graylisted_rpcs, 1);
+    assert!(r.peers(Some("u")).is_empty());
+    // The heartbeat takes it out of the mesh; the honest peer stays.
+    r.on_timeout(rng, now + Duration::from_secs(1));
+    assert!(!r.mesh_peers("t").contains(&bad) && r.mesh_peers("t").contains(&net.ids[2]));
+    assert!(r.stats().pruned_for_score >= 1);
+    // P4 decays (×0.3 a second): a few seconds later the peer is back to neutral.
+    let later = now + Duration::from_secs(8);
+    for s in 2..=8 {
+        r.on_timeout(rng, now + Duration::from_secs(s));
+    }
+    assert!(r.peer_score(&bad, later) > -1.0, "{}", r.peer_score(&bad, later));
+}
+
+#[test]
+fn gossipsub_score_keeps_a_bad_score_across_a_reconnect() {
+    let mut net = Net::full(2, Config::default());
+    net.subscribe_all("t");
+    let bad = net.ids[1].clone();
+    let (r, rng, now) = (&mut net.routers[0], &mut net.rng, net.now);
+    r.handle_rpc(rng, now, &bad, Rpc { publish: vec![forged(&bad, "t", 1)], ..Rpc::default() });
+    r.remove_peer(&bad, now);
+    r.add_peer(bad.clone(), PeerKind::Meshsub12, false, None, now);
+    assert!(r.peer_score(&bad, now) < -50.0);
+}
+
+#[test]
+fn gossipsub_score_penalizes_grafts_during_a_backoff_until_gossip_stops() {
+    let mut net = Net::full(2, Config::default());
+    net.subscribe_all("t");
+    let b = net.ids[1].clone();
+    let (r, rng, now) = (&mut net.routers[0], &mut net.rng, net.now);
+    let prune = Prune { topic: "t".into(), peers: vec![], backoff: Some(60) };
+    r.handle_rpc(rng, now, &b, Rpc { control: Control { prune: vec![prune], ..Control::default() }, ..Rpc::default() });
+    for _ in 0..3 {
+        r.handle_rpc(rng, now, &b, Rpc { control: Control { graft: vec!["t".into()], ..Control::default() }, ..Rpc::default() });
+    }
+    // P7 = 3 (above the threshold of 1): (3 − 1)² × −10.
+    assert!((r.peer_score(&b, now) - -40.0).abs() < 1.0, "{}", r.peer_score(&b, now));
+    let ih = IHave { topic: "t".into(), ids: vec![Arc::from(&b"new"[..])] };
+    r.handle_rpc(rng, now, &b, Rpc { control: Control { ihave: vec![ih], ..Control::default() }, ..Rpc::default() });
+    assert_eq!(r.stats().iwant_sent, 0, "no gossip with a peer below the gossip threshold");
+}
+
+#[test]
+fn gossipsub_score_costs_broken_iwant_promises() {
+    let mut net = Net::full(2, Config::default());
+    net.subscribe_all("t");
+    let b = net.ids[1].clone();
+    let (r, rng, mut now) = (&mut net.routers[0], &mut net.rng, net.now);
+    for i in 0..4u8 {
+        let ih = IHave { topic: "t".into(), ids: vec![Arc::from(&[i; 4][..])] };
+        r.handle_rpc(rng, now, &b, Rpc { control: Control { ihave: vec![ih], ..Control::default() }, ..Rpc::default() });
+        now = now + Duration::from_secs(4);
+        r.on_timeout(rng, now);
+    }
+    // Three broken promises take the peer below the gossip threshold: its fourth IHAVE is ignored.
+    assert_eq!((r.stats().iwant_sent, r.stats().ihave_ignored), (3, 1));
+    assert!(r.peer_score(&b, now) < -10.0, "{}", r.peer_score(&b, now));
+}
+
+#[test]
+fn gossipsub_score_counts_crowds_on_one_public_ip_but_not_on_loopback() {
+    let cfg = Config::default();
+    let mut rng = rng::from_seed([3; 32]);
+    let me = Keypair::generate(KeyType::Ed25519, &mut rng);
+    let mut r = Router::new(cfg, me.peer_id(), Some(me), Instant::ZERO);
+    let public = std::net::IpAddr::from([5, 5, 5, 5]);
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    let crowd: Vec<PeerId> = (0..8).map(|_| PeerId::random(&mut rng)).collect();
+    let locals: Vec<PeerId> = (0..8).map(|_| PeerId::random(&mut rng)).collect();
+    for p in &crowd {
+        r.add_peer(p.clone(), PeerKind::Meshsub11, false, Some(public), Instant::ZERO);
+    }
+    for p in &locals {
+        r.add_peer(p.clone(), PeerKind::Meshsub11, false, Some(local), Instant::ZERO);
+    }
+    // 8 on one IP, 5 allowed: (8 − 5)² × −10.
+    assert_eq!(r.peer_score(&crowd[0], Instant::ZERO), -90.0);
+    assert_eq!(r.peer_score(&locals[0], Instant::ZERO), 0.0);
+}
+
+#[test]
+fn gossipsub_score_rewards_first_deliveries_and_mesh_time() {
+    let mut net = Net::full(3, Config { flood_publish: false, ..Config::default() });
+    net.subscribe_all("t");
+    net.heartbeats(10);
+    for k in 0..5u8 {
+        net.routers[1].publish(&mut rng::from_seed([k; 32]), net.now, "t", vec![k; 10]).unwrap();
+        net.settle();
+    }
+    let (a, b) = (&net.routers[0], &net.ids[1]);
+    assert!(a.peer_score(b, net.now) > 1.0, "{}", a.peer_score(b, net.now));
 }
