@@ -46,12 +46,13 @@ impl Metrics {
         }
     }
 
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "pubsub_published",
         "pubsub_publish_failed",
         "pubsub_delivery_rate",
         "pubsub_latency_p50_ms",
         "pubsub_latency_p99_ms",
+        "pubsub_latency_max_ms",
         "pubsub_shortest_p50_ms",
         "pubsub_shortest_p99_ms",
         "pubsub_stretch_p50",
@@ -73,6 +74,7 @@ impl Metrics {
             }
             "pubsub_latency_p50_ms" => ms(&self.latency, 0.5),
             "pubsub_latency_p99_ms" => ms(&self.latency, 0.99),
+            "pubsub_latency_max_ms" => self.latency.max_ns as f64 / 1e6,
             "pubsub_shortest_p50_ms" => ms(&self.shortest, 0.5),
             "pubsub_shortest_p99_ms" => ms(&self.shortest, 0.99),
             "pubsub_stretch_p50" => self.stretch.quantile(0.5) as f64 / 1e3,
@@ -128,12 +130,18 @@ pub fn publish(node: &mut ByteNode, now: Instant, topic: &str, data: Vec<u8>) ->
     node.with_service::<GossipsubService, _>(now, |g, cx| g.publish(cx, topic, data).ok().map(|id| id.to_vec())).flatten()
 }
 
-/// The node's router counters.
-pub fn stats(node: &mut ByteNode) -> Option<gossipsub::Stats> {
-    node.node_mut().service_mut::<GossipsubService>().map(|g| g.router().stats().clone())
+/// The node's router counters, and its mean mesh size over its topics.
+pub fn stats(node: &mut ByteNode) -> Option<(gossipsub::Stats, f64)> {
+    node.node_mut().service_mut::<GossipsubService>().map(|g| {
+        let r = g.router();
+        let topics = r.topics();
+        let degree =
+            if topics.is_empty() { 0.0 } else { topics.iter().map(|t| r.mesh_peers(t).len()).sum::<usize>() as f64 / topics.len() as f64 };
+        (r.stats().clone(), degree)
+    })
 }
 
-/// Run-wide traffic of the gossipsub nodes alive at the end.
+/// Run-wide traffic of the honest gossipsub nodes alive at the end.
 #[derive(Debug, Clone, Default)]
 pub struct Traffic {
     pub nodes: usize,
@@ -143,11 +151,23 @@ pub struct Traffic {
     pub message_bytes_sent: u64,
     pub idontwant_sent: u64,
     pub idontwant_saved: u64,
+    pub gossip_bytes: u64,
+    pub idontwant_bytes: u64,
+    pub graft_prune_bytes: u64,
+    pub degree_sum: f64,
+    pub graylisted: u64,
+    pub invalid: u64,
 }
 
 impl Traffic {
-    pub fn add(&mut self, s: &gossipsub::Stats) {
+    pub fn add(&mut self, s: &gossipsub::Stats, degree: f64) {
         self.nodes += 1;
+        self.gossip_bytes += s.ihave_bytes_sent + s.iwant_bytes_sent;
+        self.idontwant_bytes += s.idontwant_bytes_sent;
+        self.graft_prune_bytes += s.graft_prune_bytes_sent;
+        self.degree_sum += degree;
+        self.graylisted += s.graylisted_rpcs;
+        self.invalid += s.invalid_messages;
         self.delivered += s.delivered;
         self.duplicates += s.duplicates;
         self.messages_sent += s.messages_sent;
@@ -156,12 +176,18 @@ impl Traffic {
         self.idontwant_saved += s.idontwant_saved;
     }
 
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 11] = [
         "pubsub_duplicates_per_delivery",
         "pubsub_copies_per_node",
         "pubsub_mib_sent_per_node",
+        "pubsub_kib_gossip_per_node",
+        "pubsub_kib_idontwant_per_node",
+        "pubsub_kib_graft_prune_per_node",
         "pubsub_idontwant_sent_per_node",
         "pubsub_idontwant_saved_per_node",
+        "pubsub_mesh_degree",
+        "pubsub_graylisted_rpcs_per_node",
+        "pubsub_invalid_per_node",
     ];
 
     pub fn metric(&self, name: &str) -> Option<f64> {
@@ -171,6 +197,18 @@ impl Traffic {
             "pubsub_duplicates_per_delivery" => per(self.duplicates, self.delivered),
             "pubsub_copies_per_node" => per(self.messages_sent, n),
             "pubsub_mib_sent_per_node" => per(self.message_bytes_sent, n) / (1 << 20) as f64,
+            "pubsub_kib_gossip_per_node" => per(self.gossip_bytes, n) / 1024.0,
+            "pubsub_kib_idontwant_per_node" => per(self.idontwant_bytes, n) / 1024.0,
+            "pubsub_kib_graft_prune_per_node" => per(self.graft_prune_bytes, n) / 1024.0,
+            "pubsub_mesh_degree" => {
+                if n == 0 {
+                    0.0
+                } else {
+                    self.degree_sum / n as f64
+                }
+            }
+            "pubsub_graylisted_rpcs_per_node" => per(self.graylisted, n),
+            "pubsub_invalid_per_node" => per(self.invalid, n),
             "pubsub_idontwant_sent_per_node" => per(self.idontwant_sent, n),
             "pubsub_idontwant_saved_per_node" => per(self.idontwant_saved, n),
             _ => return None,

@@ -32,7 +32,12 @@
 //! `pubsub publish N by SELECTOR TOPIC [size=BYTES] [every TIME until TIME]` (N messages of BYTES, default
 //! 1024, each by a random live gossipsub node of SELECTOR). Node setting `pubsub` runs gossipsub;
 //! `idontwant=BYTES|off` sets its IDONTWANT threshold (default 1024); `validation=DURATION` holds each
-//! message that long for the application's verdict (accept) before delivering and forwarding it.
+//! message that long for the application's verdict (accept) before delivering and forwarding it;
+//! `scoring=off|on|strict` sets peer scoring (strict: mesh delivery expectations too); `adversary` marks
+//! a group of attackers (left out of delivery metrics and publishing). `pubsub attack SELECTOR
+//! drop|spam=N|flood|honest` makes nodes attack from then on (drop: forward nothing; spam: N invalid
+//! messages per heartbeat to every peer; flood: IHAVE/IWANT/GRAFT floods every heartbeat; after behaving
+//! first, that is a covert flash).
 //! TIME: `500ms`, `10s`, `5m`, `1h`. Bandwidth: `kbit`, `mbit`, `gbit` per second.
 
 use hyphae_core::kad::Mode;
@@ -114,6 +119,11 @@ pub enum Action {
         who: Selector,
         topic: String,
     },
+    /// The selected gossipsub nodes start (or stop) attacking.
+    PubsubAttack {
+        who: Selector,
+        mode: hyphae_core::gossipsub::Adversary,
+    },
     PubsubPublish {
         n: usize,
         by: Selector,
@@ -146,6 +156,20 @@ pub struct Group {
     /// Gossipsub messages wait this long for the application's verdict (always accept) before they are
     /// delivered and forwarded (the validation time of a real application: a block's checks).
     pub validation: Option<Duration>,
+    /// Attackers: left out of delivery metrics and of publishing.
+    pub adversary: bool,
+    pub scoring: Scoring,
+}
+
+/// Gossipsub peer scoring of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Scoring {
+    Off,
+    /// The default parameters (`score::Params::default`).
+    #[default]
+    On,
+    /// The default parameters plus mesh delivery expectations (P3/P3b, `TopicParams::with_mesh_deliveries(3)`).
+    Strict,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -327,6 +351,19 @@ fn parse_action(w: &[&str], link: &LinkClass) -> Result<Action, String> {
             }
             Action::Dht { op, n: n.parse().map_err(|_| format!("{n:?}: not a number"))?, by: parse_selector(by)?, every }
         }
+        ["pubsub", "attack", who, mode] => {
+            use hyphae_core::gossipsub::Adversary;
+            let mode = match *mode {
+                "drop" => Adversary::Drop,
+                "flood" => Adversary::FloodControl,
+                "honest" => Adversary::Honest,
+                m if m.starts_with("spam=") => {
+                    Adversary::Spam(m[5..].parse().map_err(|_| format!("{m:?}: spam=N (messages per heartbeat)"))?)
+                }
+                _ => return Err(format!("{mode:?}: pubsub attack SELECTOR drop|spam=N|flood|honest")),
+            };
+            Action::PubsubAttack { who: parse_selector(who)?, mode }
+        }
         ["pubsub", "subscribe", who, topic] => Action::PubsubSubscribe { who: parse_selector(who)?, topic: topic.to_string() },
         ["pubsub", "publish", n, "by", by, topic, rest @ ..] => {
             let mut size = 1024;
@@ -394,7 +431,14 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut autonat = false;
                 let mut pubsub = None;
                 let mut validation = None;
+                let mut adversary = false;
+                let mut scoring = Scoring::On;
                 for r in rest {
+                    if *r == "adversary" {
+                        adversary = true;
+                        pubsub = pubsub.or(Some(hyphae_core::gossipsub::Config::default().idontwant_threshold));
+                        continue;
+                    }
                     if *r == "pubsub" {
                         pubsub = pubsub.or(Some(hyphae_core::gossipsub::Config::default().idontwant_threshold));
                         continue;
@@ -411,6 +455,16 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("dht", v)) => dht = Some(v.parse::<Mode>().map_err(err)?),
                         Some(("idle", v)) => idle = Some(parse_duration(v).map_err(err)?),
                         Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
+                        Some(("scoring", v)) => {
+                            scoring = match v {
+                                "off" => Scoring::Off,
+                                "on" => Scoring::On,
+                                "strict" => Scoring::Strict,
+                                _ => return Err(err(format!("{v:?}: scoring=off|on|strict"))),
+                            };
+                            // Scoring is gossipsub's: it implies it.
+                            pubsub = pubsub.or(Some(hyphae_core::gossipsub::Config::default().idontwant_threshold));
+                        }
                         Some(("idontwant", "off")) => pubsub = Some(usize::MAX),
                         Some(("idontwant", v)) => pubsub = Some(v.parse().map_err(|_| err(format!("{v:?}: idontwant=BYTES|off")))?),
                         Some(("ping", v)) => ping = Some(parse_duration(v).map_err(err)?),
@@ -419,7 +473,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, scoring=off|on|strict, adversary)"
                             )))
                         }
                     }
@@ -439,6 +493,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     autonat,
                     pubsub,
                     validation,
+                    adversary,
+                    scoring,
                 });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,

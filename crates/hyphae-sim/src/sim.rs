@@ -166,6 +166,10 @@ struct SimNode {
     topics: Vec<String>,
     /// Gossipsub validation time (the application accepts after it).
     validation: Option<Duration>,
+    adversary: bool,
+    scoring: crate::scenario::Scoring,
+    /// How it attacks (kept across restarts).
+    attack: hyphae_core::gossipsub::Adversary,
     /// Its DHT operations in flight.
     pending: dht::Pending,
     timer_at: Option<Instant>,
@@ -687,6 +691,9 @@ impl Sim {
                     pubsub: g.pubsub,
                     topics: Vec::new(),
                     validation: g.validation,
+                    adversary: g.adversary,
+                    scoring: g.scoring,
+                    attack: hyphae_core::gossipsub::Adversary::Honest,
                     pending: dht::Pending::default(),
                     timer_at: None,
                     conns: BTreeMap::new(),
@@ -849,9 +856,20 @@ impl Sim {
         }
         if let Some(threshold) = n.pubsub {
             // Sequence numbers start anew with each life of the node (ids must not repeat after a restart).
+            use crate::scenario::Scoring;
+            use hyphae_core::gossipsub::score;
+            let score = match n.scoring {
+                Scoring::Off => None,
+                Scoring::On => Some(score::Params::default()),
+                Scoring::Strict => {
+                    Some(score::Params { default_topic: Some(score::TopicParams::with_mesh_deliveries(3.0)), ..score::Params::default() })
+                }
+            };
             let pc = hyphae_core::gossipsub::Config {
                 idontwant_threshold: threshold,
                 first_seqno: (u64::from(n.gen) << 40) | 1,
+                score,
+                adversary: n.attack,
                 ..hyphae_core::gossipsub::Config::default()
             };
             bn.add_service(self.now, Box::new(hyphae_core::gossipsub::service::GossipsubService::new(pc, &n.key, self.now)));
@@ -1131,6 +1149,21 @@ impl Sim {
                     }
                 }
             }
+            Action::PubsubAttack { who, mode } => {
+                for i in self.select(&who) {
+                    if self.nodes[i].pubsub.is_none() {
+                        continue;
+                    }
+                    self.nodes[i].attack = mode;
+                    let now = self.now;
+                    self.with_node(i, |ctx, w, out| {
+                        if let Some(n) = w.n.node.as_mut() {
+                            n.with_service::<hyphae_core::gossipsub::service::GossipsubService, _>(now, |g, _| g.set_adversary(mode));
+                        }
+                        w.drain(ctx, out);
+                    });
+                }
+            }
             Action::PubsubPublish { n, by, topic, size, every } => {
                 self.publish(n, &by, &topic, size);
                 if let Some((e, until)) = every {
@@ -1151,8 +1184,11 @@ impl Sim {
 
     /// `n` messages of `size` bytes on `topic`, each by a random live gossipsub node of `by`.
     fn publish(&mut self, n: usize, by: &Selector, topic: &str, size: usize) {
-        let who: Vec<usize> =
-            self.select(by).into_iter().filter(|i| self.nodes[*i].node.is_some() && self.nodes[*i].pubsub.is_some()).collect();
+        let who: Vec<usize> = self
+            .select(by)
+            .into_iter()
+            .filter(|i| self.nodes[*i].node.is_some() && self.nodes[*i].pubsub.is_some() && !self.nodes[*i].adversary)
+            .collect();
         if who.is_empty() {
             return;
         }
@@ -1172,7 +1208,12 @@ impl Sim {
         for _ in 0..n {
             let i = who[(self.rng.next_u64() % who.len() as u64) as usize];
             let expected = (0..self.nodes.len())
-                .filter(|j| *j != i && self.nodes[*j].node.is_some() && self.nodes[*j].topics.iter().any(|t| t == topic))
+                .filter(|j| {
+                    *j != i
+                        && self.nodes[*j].node.is_some()
+                        && !self.nodes[*j].adversary
+                        && self.nodes[*j].topics.iter().any(|t| t == topic)
+                })
                 .count() as u64;
             let dist = std::sync::Arc::new(pubsub::shortest_paths(&adj, i));
             let mut data = vec![0u8; size.max(8)];
@@ -1252,7 +1293,7 @@ impl Sim {
                 }
             }
             for (at, node, id) in &o.pubsub {
-                if let Some(r) = self.published.get_mut(id) {
+                if let Some(r) = self.published.get_mut(id).filter(|_| !self.nodes[*node].adversary) {
                     if !std::mem::replace(&mut r.reached[*node], true) {
                         self.phases[r.phase].pubsub.delivery(at.saturating_duration_since(r.at).as_nanos() as u64, r.dist[*node]);
                     }
@@ -1493,9 +1534,9 @@ impl Sim {
             total_phase.pubsub.add(&p.pubsub);
         }
         let mut traffic = pubsub::Traffic::default();
-        for n in self.nodes.iter_mut() {
-            if let Some(s) = n.node.as_mut().and_then(pubsub::stats) {
-                traffic.add(&s);
+        for n in self.nodes.iter_mut().filter(|n| !n.adversary) {
+            if let Some((s, degree)) = n.node.as_mut().and_then(pubsub::stats) {
+                traffic.add(&s, degree);
             }
         }
         let tables: Vec<(usize, bool)> = self.nodes.iter_mut().filter_map(|n| n.node.as_mut().and_then(dht::table)).collect();

@@ -193,6 +193,8 @@ pub struct Config {
     pub thresholds: score::Thresholds,
     /// A peer answering our IWANT must deliver within this long, or pays a behaviour penalty. Default 3 s.
     pub iwant_followup: Duration,
+    /// Simulations only: this node attacks (see [`Adversary`]). Default `Honest`.
+    pub adversary: Adversary,
     /// Every this many heartbeats, a mesh whose median score is below `thresholds.opportunistic_graft`
     /// grafts up to 2 better-scoring peers. Default 60.
     pub opportunistic_graft_ticks: u64,
@@ -240,8 +242,25 @@ impl Default for Config {
             thresholds: score::Thresholds::default(),
             iwant_followup: Duration::from_secs(3),
             opportunistic_graft_ticks: 60,
+            adversary: Adversary::Honest,
         }
     }
+}
+
+/// How a node misbehaves on purpose: for attack scenarios in the simulator (and tests), never set by
+/// the Host. Every mode but `Honest` forwards nothing, answers no IWANT and gossips nothing, while it
+/// keeps its subscriptions and accepts GRAFTs (to sit in meshes and starve them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Adversary {
+    #[default]
+    Honest,
+    /// Drops everything (a covert flash when switched on after behaving).
+    Drop,
+    /// Drops, and sends each peer `n` invalid (badly signed) messages per heartbeat.
+    Spam(u32),
+    /// Drops, and floods each peer every heartbeat: IHAVE with 1,000 unknown ids per topic, GRAFT for
+    /// every topic it knows (during backoffs too), IWANT for unknown ids.
+    FloodControl,
 }
 
 /// The application's verdict on a message of a validated topic (go's names).

@@ -5,7 +5,7 @@
 
 use super::score::PeerScore;
 use super::wire::{self, Control, IHave, Message, MessageId, Prune, Rpc, SubOpt};
-use super::{Acceptance, Config, Event, PeerKind, Signing};
+use super::{Acceptance, Adversary, Config, Event, PeerKind, Signing};
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::rng::{Rng, RngCore};
 use crate::time::{Duration, Instant};
@@ -36,6 +36,12 @@ pub struct Stats {
     /// Message copies sent to peers (publishes, forwards and IWANT answers), and their frame bytes.
     pub messages_sent: u64,
     pub message_bytes_sent: u64,
+    /// Control bytes sent by kind (IHAVE and IWANT entries, IDONTWANT, GRAFT and PRUNE; each entry's
+    /// encoding, without the RPC's own framing).
+    pub ihave_bytes_sent: u64,
+    pub iwant_bytes_sent: u64,
+    pub idontwant_bytes_sent: u64,
+    pub graft_prune_bytes_sent: u64,
     pub idontwant_sent: u64,
     pub idontwant_received: u64,
     /// Forwards left out because the peer said IDONTWANT.
@@ -680,6 +686,9 @@ impl Router {
     /// Sends a message on to the topic's mesh and its floodsub subscribers, except to its source, its
     /// author and peers that said IDONTWANT.
     fn forward(&mut self, id: &MessageId, msg: &Arc<Message>, source: &PeerId, author: Option<&PeerId>, have: &BTreeSet<PeerId>) {
+        if self.cfg.adversary != Adversary::Honest {
+            return;
+        }
         let mut to: BTreeSet<PeerId> = self.mesh.get(&msg.topic).cloned().unwrap_or_default();
         if let Some(subs) = self.subscribers.get(&msg.topic) {
             to.extend(subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned());
@@ -782,17 +791,15 @@ impl Router {
             self.stats.ihave_ignored += 1;
             return;
         }
-        let mut want: Vec<MessageId> = Vec::new();
+        // A set: an IHAVE may repeat ids (a linear check made a 1,000-id flood quadratic).
+        let mut want: BTreeSet<MessageId> = BTreeSet::new();
         for h in ihave {
             if !self.mesh.contains_key(&h.topic) {
                 continue;
             }
-            for id in h.ids {
-                if !self.seen.contains_key(&id) && !want.contains(&id) {
-                    want.push(id);
-                }
-            }
+            want.extend(h.ids.into_iter().filter(|id| !self.seen.contains_key(id)));
         }
+        let want: Vec<MessageId> = want.into_iter().collect();
         let p = self.peers.get_mut(from).expect("checked");
         let room = self.cfg.max_ihave_length - p.ihave_asked;
         let want = if want.len() > room { choose(rng, want, room) } else { want };
@@ -809,6 +816,9 @@ impl Router {
     }
 
     fn handle_iwant(&mut self, from: &PeerId, ids: Vec<MessageId>) {
+        if self.cfg.adversary != Adversary::Honest {
+            return;
+        }
         for id in ids {
             let Some(e) = self.mcache.msgs.get_mut(&id) else { continue };
             let n = e.served.entry(from.clone()).or_insert(0);
@@ -941,6 +951,7 @@ impl Router {
         for t in topics.iter().chain(fan.iter()) {
             self.emit_gossip(rng, now, t);
         }
+        self.attack(rng);
         // Forget what has expired.
         let ticks = self.ticks;
         for p in self.peers.values_mut() {
@@ -965,6 +976,9 @@ impl Router {
     }
 
     fn emit_gossip(&mut self, rng: &mut Rng, now: Instant, topic: &str) {
+        if self.cfg.adversary != Adversary::Honest {
+            return;
+        }
         let mut ids: Vec<MessageId> = Vec::new();
         for w in self.mcache.windows.iter().take(self.cfg.history_gossip) {
             ids.extend(w.iter().filter(|id| self.mcache.msgs.get(*id).is_some_and(|e| e.msg.topic == topic)).cloned());
@@ -990,6 +1004,54 @@ impl Router {
         for p in choose(rng, cands, n) {
             self.pending.entry(p).or_default().ihave.push(IHave { topic: topic.to_string(), ids: ids.clone() });
             self.stats.ihave_sent += 1;
+        }
+    }
+
+    /// Switches this node's behaviour (a covert flash: honest until now).
+    pub fn set_adversary(&mut self, a: Adversary) {
+        self.cfg.adversary = a;
+    }
+
+    /// What an attacking node sends every heartbeat.
+    fn attack(&mut self, rng: &mut Rng) {
+        let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
+        let topics: Vec<String> = self.subscribers.keys().chain(self.mesh.keys()).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        match self.cfg.adversary {
+            Adversary::Honest | Adversary::Drop => {}
+            Adversary::Spam(n) => {
+                for t in &topics {
+                    for _ in 0..n {
+                        let mut seq = [0u8; 8];
+                        rng.fill_bytes(&mut seq);
+                        let m =
+                            Message::new(Some(self.local.to_bytes()), seq.to_vec(), Some(seq.to_vec()), t.clone(), Some(vec![0; 64]), None);
+                        for p in &peers {
+                            self.send_message(p, &m);
+                        }
+                    }
+                }
+            }
+            Adversary::FloodControl => {
+                // 1,000 unknown ids a heartbeat per topic (within the decoder's per-RPC limit; a victim
+                // without scoring answers each with an IWANT, up to its own per-heartbeat cap).
+                let per_topic = 1000.min(self.cfg.max_ihave_length.saturating_sub(100) / topics.len().max(1));
+                let ids: Vec<MessageId> = (0..per_topic)
+                    .map(|_| {
+                        let mut b = [0u8; 20];
+                        rng.fill_bytes(&mut b);
+                        Arc::from(&b[..])
+                    })
+                    .collect();
+                for p in &peers {
+                    let c = Control {
+                        ihave: topics.iter().map(|t| IHave { topic: t.clone(), ids: ids.clone() }).collect(),
+                        iwant: ids[..ids.len().min(100)].to_vec(),
+                        graft: topics.clone(),
+                        ..Control::default()
+                    };
+                    self.send_rpc(p, &Rpc { control: c, ..Rpc::default() });
+                }
+            }
         }
     }
 
@@ -1026,6 +1088,7 @@ impl Router {
     fn send_rpc(&mut self, peer: &PeerId, rpc: &Rpc) {
         let mut f = Vec::new();
         wire::encode(rpc, &mut f);
+        self.count_control(&rpc.control);
         self.enqueue(peer, f, false);
     }
 
@@ -1076,10 +1139,22 @@ impl Router {
             }
             if !ihave.is_empty() {
                 let mut f = Vec::new();
-                wire::encode(&Rpc { control: Control { ihave, ..Control::default() }, ..Rpc::default() }, &mut f);
+                let c = Control { ihave, ..Control::default() };
+                self.count_control(&c);
+                wire::encode(&Rpc { control: c, ..Rpc::default() }, &mut f);
                 self.enqueue(&peer, f, true);
             }
         }
+    }
+
+    fn count_control(&mut self, c: &Control) {
+        let ids = |v: &[MessageId]| v.iter().map(|i| i.len() as u64 + 2).sum::<u64>();
+        let s = &mut self.stats;
+        s.ihave_bytes_sent += c.ihave.iter().map(|h| h.topic.len() as u64 + 4 + ids(&h.ids)).sum::<u64>();
+        s.iwant_bytes_sent += if c.iwant.is_empty() { 0 } else { ids(&c.iwant) + 4 };
+        s.idontwant_bytes_sent += if c.idontwant.is_empty() { 0 } else { ids(&c.idontwant) + 4 };
+        s.graft_prune_bytes_sent += c.graft.iter().map(|t| t.len() as u64 + 4).sum::<u64>()
+            + c.prune.iter().map(|p| p.topic.len() as u64 + 8 + p.peers.iter().map(|x| x.len() as u64 + 4).sum::<u64>()).sum::<u64>();
     }
 
     /// Whether frames wait for `peer`.

@@ -70,6 +70,26 @@ impl Default for TopicParams {
     }
 }
 
+impl TopicParams {
+    /// This topic's mesh peers should each deliver at least `threshold` messages (first, or within
+    /// 100 ms of the first) per ~10 s (counters decay by 0.9 a second): P3 and P3b on, weight −1, active
+    /// after 10 s in the mesh. A peer that sits in the mesh and forwards nothing goes negative and is
+    /// pruned. Set `threshold` well below what an honest peer delivers at the topic's message rate.
+    pub fn with_mesh_deliveries(threshold: f64) -> TopicParams {
+        TopicParams {
+            mesh_message_deliveries_weight: -1.0,
+            mesh_message_deliveries_decay: 0.9,
+            mesh_message_deliveries_threshold: threshold,
+            mesh_message_deliveries_cap: 100.0,
+            mesh_message_deliveries_activation: Duration::from_secs(10),
+            mesh_message_deliveries_window: Duration::from_millis(100),
+            mesh_failure_penalty_weight: -1.0,
+            mesh_failure_penalty_decay: 0.9,
+            ..TopicParams::default()
+        }
+    }
+}
+
 /// Peer-wide parameters (go's `PeerScoreParams`).
 #[derive(Debug, Clone)]
 pub struct Params {

@@ -75,6 +75,11 @@ impl GossipsubService {
         r
     }
 
+    /// Simulations only: switches this node's behaviour (see `gossipsub::Adversary`).
+    pub fn set_adversary(&mut self, a: super::Adversary) {
+        self.router.set_adversary(a);
+    }
+
     /// P5: the application's score for `peer`.
     pub fn set_app_score(&mut self, peer: &PeerId, score: f64) {
         self.router.set_app_score(peer, score);
