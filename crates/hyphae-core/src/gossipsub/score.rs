@@ -65,14 +65,15 @@ impl Default for TopicParams {
             mesh_failure_penalty_weight: 0.0,
             mesh_failure_penalty_decay: 0.5,
             invalid_message_deliveries_weight: -100.0,
-            invalid_message_deliveries_decay: 0.3,
+            // Halves in ~6.6 s: a spammer that sent 5 invalid messages stays graylisted ~16 s.
+            invalid_message_deliveries_decay: 0.9,
         }
     }
 }
 
 impl TopicParams {
     /// This topic's mesh peers should each deliver at least `threshold` messages (first, or within
-    /// 100 ms of the first) per ~10 s (counters decay by 0.9 a second): P3 and P3b on, weight −1, active
+    /// 2 s of the first) per ~10 s (counters decay by 0.9 a second): P3 and P3b on, weight −1, active
     /// after 10 s in the mesh. A peer that sits in the mesh and forwards nothing goes negative and is
     /// pruned. Set `threshold` well below what an honest peer delivers at the topic's message rate.
     pub fn with_mesh_deliveries(threshold: f64) -> TopicParams {
@@ -82,7 +83,9 @@ impl TopicParams {
             mesh_message_deliveries_threshold: threshold,
             mesh_message_deliveries_cap: 100.0,
             mesh_message_deliveries_activation: Duration::from_secs(10),
-            mesh_message_deliveries_window: Duration::from_millis(100),
+            // Ethereum's clients use 2 s: across regions a mesh peer's copy often comes 100 ms or more
+            // after the first, and a short window prunes honest peers of a sparse mesh.
+            mesh_message_deliveries_window: Duration::from_secs(2),
             mesh_failure_penalty_weight: -1.0,
             mesh_failure_penalty_decay: 0.9,
             ..TopicParams::default()
@@ -140,8 +143,8 @@ impl Default for Params {
 }
 
 /// What a score means for the router (go's `PeerScoreThresholds`). With the default weights one invalid
-/// message (−100) graylists a peer for about two seconds (P4 decays by 0.3 a second), a second GRAFT
-/// during a backoff (P7 = 2: −10) stops gossip with it.
+/// message (−100) graylists a peer for about a second and keeps it below the publish threshold for about
+/// four (P4 decays by 0.9 a second), a second GRAFT during a backoff (P7 = 2: −10) stops gossip with it.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
     /// Below: no gossip to or from the peer.
