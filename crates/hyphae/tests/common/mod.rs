@@ -574,22 +574,9 @@ pub struct PubsubPeer {
 }
 
 impl PubsubPeer {
-    async fn start(mut cmd: Command) -> PubsubPeer {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn pubsub peer");
-        let stdin = child.stdin.take().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (id, addr) = loop {
-            let l = read_line(&mut lines, "pubsub peer").await;
-            if let Some(x) = listen_line(&l) {
-                break x;
-            }
-        };
+    /// Spawned and read up to its listen line as a `DhtPeer` is (the same stdin/stdout shape).
+    async fn start(cmd: Command) -> PubsubPeer {
+        let DhtPeer { child, stdin, lines, id, addr } = DhtPeer::start(cmd).await;
         PubsubPeer { child, stdin, lines, id, addr, messages: Vec::new() }
     }
 
