@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
                 let seqno = inp.bytes(8);
                 let u = Message::new(Some(author.peer_id().to_bytes()), data, Some(seqno), topic, None, None);
                 let sig = if inp.byte() % 4 == 0 { vec![0; 64] } else { author.sign(&u.signed_bytes()) };
-                Some(Rpc { publish: vec![Message::new(u.from, u.data, u.seqno, u.topic, Some(sig), None)], ..Rpc::default() })
+                Some(Rpc { publish: vec![u.with_signature(sig, None)], ..Rpc::default() })
             }
             8 => {
                 r.subscribe(&mut rng, now, &topic);

@@ -32,7 +32,7 @@ pub struct PubsubMessage {
 impl PubsubMessage {
     pub(crate) fn new(id: &[u8], source: PeerId, author: Option<PeerId>, message: &gossipsub::Message) -> PubsubMessage {
         let seqno = message.seqno.as_deref().and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
-        PubsubMessage { topic: message.topic.clone(), data: message.data.clone(), from: author, seqno, id: id.to_vec(), source }
+        PubsubMessage { topic: message.topic.clone(), data: message.data().to_vec(), from: author, seqno, id: id.to_vec(), source }
     }
 }
 

@@ -110,7 +110,7 @@ impl MessageIdFn {
                 v.extend_from_slice(m.seqno.as_deref().unwrap_or_default());
                 Arc::from(v)
             }
-            MessageIdFn::ContentSha256 => Arc::from(&Sha256::digest(&m.data)[..]),
+            MessageIdFn::ContentSha256 => Arc::from(&Sha256::digest(m.data())[..]),
             MessageIdFn::Custom(f) => Arc::from(f(m)),
         }
     }

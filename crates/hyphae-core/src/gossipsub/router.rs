@@ -415,7 +415,7 @@ impl Router {
                 let seqno = self.seqno.to_be_bytes().to_vec();
                 let unsigned = Message::new(Some(self.local.to_bytes()), data, Some(seqno), topic.to_string(), None, None);
                 let sig = k.sign(&unsigned.signed_bytes());
-                Message::new(unsigned.from, unsigned.data, unsigned.seqno, unsigned.topic, Some(sig), self.key_bytes.clone())
+                unsigned.with_signature(sig, self.key_bytes.clone())
             }
             _ => Message::new(None, data, None, topic.to_string(), None, None),
         };
@@ -587,7 +587,7 @@ impl Router {
             return;
         }
         // v1.2: tell our other v1.2 mesh peers at once, before validating, that we have it.
-        if m.data.len() >= self.cfg.idontwant_threshold {
+        if m.data().len() >= self.cfg.idontwant_threshold {
             if let Some(mesh) = self.mesh.get(&m.topic) {
                 let to: Vec<PeerId> =
                     mesh.iter().filter(|p| *p != source && self.peers.get(*p).is_some_and(|x| x.kind.has_idontwant())).cloned().collect();

@@ -57,16 +57,19 @@ pub type MessageId = Arc<[u8]>;
 
 /// A published message as it travels. `from` and `key` are kept as bytes: the router validates them
 /// (a bad one is a rejected message, scored, not a broken RPC).
+/// The data is not kept apart: [`Message::data`] is a view into `raw`, so a cached or forwarded message
+/// costs its size once.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     pub from: Option<Vec<u8>>,
-    pub data: Vec<u8>,
     pub seqno: Option<Vec<u8>>,
     pub topic: String,
     pub signature: Option<Vec<u8>>,
     pub key: Option<Vec<u8>>,
     /// The message's encoding as received (or as we encoded it): forwarded as it is.
     pub raw: Arc<[u8]>,
+    /// Where the data lies in `raw`.
+    data_at: std::ops::Range<usize>,
 }
 
 impl Message {
@@ -79,32 +82,34 @@ impl Message {
         signature: Option<Vec<u8>>,
         key: Option<Vec<u8>>,
     ) -> Message {
-        let mut m = Message { from, data, seqno, topic, signature, key, raw: Arc::from(&[][..]) };
-        let mut raw = Vec::with_capacity(m.data.len() + m.topic.len() + 160);
-        m.encode_fields(&mut raw, true);
-        m.raw = raw.into();
-        m
+        let mut raw = Vec::with_capacity(data.len() + topic.len() + 160);
+        if let Some(f) = &from {
+            put_bytes(&mut raw, 1, f);
+        }
+        put_bytes(&mut raw, 2, &data);
+        let data_at = raw.len() - data.len()..raw.len();
+        if let Some(s) = &seqno {
+            put_bytes(&mut raw, 3, s);
+        }
+        put_bytes(&mut raw, 4, topic.as_bytes());
+        if let Some(s) = &signature {
+            put_bytes(&mut raw, 5, s);
+        }
+        if let Some(k) = &key {
+            put_bytes(&mut raw, 6, k);
+        }
+        Message { from, seqno, topic, signature, key, raw: raw.into(), data_at }
     }
 
-    /// The fields in field order; without signature and key when `signed` is false (the bytes a
-    /// signature covers, after the "libp2p-pubsub:" prefix).
-    pub fn encode_fields(&self, out: &mut Vec<u8>, signed: bool) {
-        if let Some(f) = &self.from {
-            put_bytes(out, 1, f);
-        }
-        put_bytes(out, 2, &self.data);
-        if let Some(s) = &self.seqno {
-            put_bytes(out, 3, s);
-        }
-        put_bytes(out, 4, self.topic.as_bytes());
-        if signed {
-            if let Some(s) = &self.signature {
-                put_bytes(out, 5, s);
-            }
-            if let Some(k) = &self.key {
-                put_bytes(out, 6, k);
-            }
-        }
+    /// The message's payload.
+    pub fn data(&self) -> &[u8] {
+        &self.raw[self.data_at.clone()]
+    }
+
+    /// This message signed: the same fields with `signature` and `key` (the encoding is made anew).
+    pub fn with_signature(self, signature: Vec<u8>, key: Option<Vec<u8>>) -> Message {
+        let data = self.data().to_vec();
+        Message::new(self.from, data, self.seqno, self.topic, Some(signature), key)
     }
 
     /// The bytes a signature covers: the received encoding without fields 5 and 6, in the order the
@@ -252,7 +257,12 @@ fn decode_message(raw: &[u8], b: &Budget<'_>) -> Result<Message, DecodeError> {
     for f in Reader::new(raw) {
         match f? {
             (1, v) => m.from = Some(v.bytes()?.to_vec()),
-            (2, v) => m.data = v.bytes()?.to_vec(),
+            (2, v) => {
+                let b = v.bytes()?;
+                // `b` lies inside `raw`: its offset from the start is where the data is.
+                let at = b.as_ptr() as usize - raw.as_ptr() as usize;
+                m.data_at = at..at + b.len();
+            }
             (3, v) => m.seqno = Some(v.bytes()?.to_vec()),
             (4, v) => {
                 topics += 1;

@@ -133,7 +133,7 @@ fn gossipsub_router_reaches_peers_outside_the_publishers_reach_through_the_mesh_
     net.settle();
     for i in 1..8 {
         assert_eq!(net.messages(i).len(), 1, "node {i}");
-        assert_eq!(net.messages(i)[0].data, b"x");
+        assert_eq!(net.messages(i)[0].data(), b"x");
     }
 }
 
@@ -158,7 +158,7 @@ fn gossipsub_router_fetches_a_missed_message_through_ihave_and_iwant() {
         let k = &net.keys[0];
         let unsigned = Message::new(Some(a.to_bytes()), b"late".to_vec(), Some(vec![0, 0, 0, 0, 0, 0, 0, 9]), "t".into(), None, None);
         let sig = k.sign(&unsigned.signed_bytes());
-        Arc::new(Message::new(unsigned.from, unsigned.data, unsigned.seqno, unsigned.topic, Some(sig), None))
+        Arc::new(unsigned.with_signature(sig, None))
     };
     let mid = MessageIdFn::FromSeqno.id(&msg);
     net.routers[0].mark_seen(net.now, mid.clone());
