@@ -307,11 +307,16 @@ fn decode_control(buf: &[u8], b: &mut Budget<'_>, c: &mut Control) -> Result<(),
             }
             3 => {
                 b.entry()?;
+                // `topicID` is an optional field: repeated, the last one counts (protobuf's rule). Found by
+                // fuzzing: pushing each one let one GRAFT entry carry any number of topics past the
+                // control-entry limit.
+                let mut topic = None;
                 for f in Reader::new(inner) {
                     if let (1, v) = f? {
-                        c.graft.push(b.topic(v)?);
+                        topic = Some(b.topic(v)?);
                     }
                 }
+                c.graft.extend(topic);
             }
             4 => {
                 b.entry()?;
@@ -506,6 +511,25 @@ mod tests {
         assert_eq!(f.len(), message_frame_len(&m));
         let (d, _) = decode(&f, &Limits::default()).unwrap().unwrap();
         assert_eq!(d.publish, vec![m]);
+    }
+
+    #[test]
+    fn gossipsub_wire_takes_the_last_topic_of_a_graft_as_protobuf_says() {
+        // Found by fuzzing (fuzz/artifacts/gossipsub_wire): one GRAFT entry repeating its optional
+        // topicID field became one graft per repetition, past `max_control_entries`.
+        let mut graft = Vec::new();
+        for t in [b"a", b"b", b"c"] {
+            put_bytes(&mut graft, 1, t);
+        }
+        let mut control = Vec::new();
+        put_bytes(&mut control, 3, &graft);
+        let mut body = Vec::new();
+        put_bytes(&mut body, 3, &control);
+        let mut f = Vec::new();
+        varint::encode_frame(&body, &mut f);
+        let l = Limits { max_control_entries: 1, ..Limits::default() };
+        let (r, _) = decode(&f, &l).unwrap().unwrap();
+        assert_eq!(r.control.graft, vec!["c".to_string()]);
     }
 
     #[test]
