@@ -75,18 +75,10 @@ enum GlobalEv {
         every: Duration,
         until: Instant,
     },
-    /// A repeating `dht` action (timeline index) until the instant.
-    Dht {
-        k: usize,
-        until: Instant,
-    },
+    /// The next run of a repeating action (`dht OP .. every`, `pubsub publish .. every`; timeline index).
+    Repeat(usize),
     /// Node joins the DHT (a spread-out `dht bootstrap`).
     DhtJoin(usize),
-    /// A repeating `pubsub publish` action (timeline index) until the instant.
-    Publish {
-        k: usize,
-        until: Instant,
-    },
 }
 
 /// Event order: time, then connection set-up before anything else at the same instant (a dialer learns
@@ -1123,14 +1115,7 @@ impl Sim {
                     }
                 }
             }
-            Action::Dht { op, n, by, every } => {
-                self.dht_ops(op, n, &by);
-                if let Some((e, until)) = every {
-                    if self.now + e <= Instant::ZERO + until {
-                        self.push_global(self.now + e, GlobalEv::Dht { k, until: Instant::ZERO + until });
-                    }
-                }
-            }
+            Action::Dht { .. } | Action::PubsubPublish { .. } => self.run_repeating(k),
             Action::PubsubSubscribe { who, topic } => {
                 for i in self.select(&who) {
                     if self.nodes[i].pubsub.is_none() || self.nodes[i].topics.contains(&topic) {
@@ -1164,20 +1149,33 @@ impl Sim {
                     });
                 }
             }
-            Action::PubsubPublish { n, by, topic, size, every } => {
-                self.publish(n, &by, &topic, size);
-                if let Some((e, until)) = every {
-                    if self.now + e <= Instant::ZERO + until {
-                        self.push_global(self.now + e, GlobalEv::Publish { k, until: Instant::ZERO + until });
-                    }
-                }
-            }
             Action::Phase(name) => {
                 let now = self.now.as_nanos();
                 if let Some(p) = self.phases.last_mut() {
                     p.end_ns = now;
                 }
                 self.phases.push(Phase { name, start_ns: now, ..Default::default() });
+            }
+        }
+    }
+
+    /// Runs the operation of timeline action `k` (`dht OP ..` or `pubsub publish ..`) and, when it repeats,
+    /// schedules its next run while that falls before its `until`.
+    fn run_repeating(&mut self, k: usize) {
+        let every = match self.sc.timeline[k].1.clone() {
+            Action::Dht { op, n, by, every } => {
+                self.dht_ops(op, n, &by);
+                every
+            }
+            Action::PubsubPublish { n, by, topic, size, every } => {
+                self.publish(n, &by, &topic, size);
+                every
+            }
+            _ => None,
+        };
+        if let Some((e, until)) = every {
+            if self.now + e <= Instant::ZERO + until {
+                self.push_global(self.now + e, GlobalEv::Repeat(k));
             }
         }
     }
@@ -1488,23 +1486,10 @@ impl Sim {
                             self.dht_bootstrap(i);
                         }
                     }
-                    GlobalEv::Publish { k, until } => {
-                        self.note_global(8, k as u64);
-                        if let (_, Action::PubsubPublish { n, by, topic, size, every: Some((e, _)) }) = self.sc.timeline[k].clone() {
-                            self.publish(n, &by, &topic, size);
-                            if self.now + e <= until {
-                                self.push_global(self.now + e, GlobalEv::Publish { k, until });
-                            }
-                        }
-                    }
-                    GlobalEv::Dht { k, until } => {
-                        self.note_global(6, k as u64);
-                        if let (_, Action::Dht { op, n, by, every: Some((e, _)) }) = self.sc.timeline[k].clone() {
-                            self.dht_ops(op, n, &by);
-                            if self.now + e <= until {
-                                self.push_global(self.now + e, GlobalEv::Dht { k, until });
-                            }
-                        }
+                    GlobalEv::Repeat(k) => {
+                        let kind = if matches!(self.sc.timeline[k].1, Action::Dht { .. }) { 6 } else { 8 };
+                        self.note_global(kind, k as u64);
+                        self.run_repeating(k);
                     }
                 }
                 continue;

@@ -435,16 +435,21 @@ impl Inner {
         self.node().update_protocols(now);
     }
 
-    /// Runs `f` on the gossipsub service.
-    pub(crate) fn with_gossipsub<R>(&self, f: impl FnOnce(&mut GossipsubService, &mut hyphae_core::service::Cx<'_>) -> R) -> R {
+    /// Runs `f` on the Host's service of type `T`, then starts what it asked for (dials, writes).
+    fn with_service<T: hyphae_core::service::Service, R>(&self, f: impl FnOnce(&mut T, &mut hyphae_core::service::Cx<'_>) -> R) -> R {
         let r = {
             let now = self.now();
-            self.node().with_service::<GossipsubService, _>(now, f).expect("invariant: the Host registers gossipsub")
+            self.node().with_service::<T, _>(now, f).expect("invariant: the Host registers each service it asks for")
         };
         if let Some(me) = self.me.upgrade() {
             me.drain_node();
         }
         r
+    }
+
+    /// Runs `f` on the gossipsub service.
+    pub(crate) fn with_gossipsub<R>(&self, f: impl FnOnce(&mut GossipsubService, &mut hyphae_core::service::Cx<'_>) -> R) -> R {
+        self.with_service(f)
     }
 
     /// Hands gossipsub's events to the application: messages to subscriptions, messages to validate to
@@ -476,13 +481,8 @@ impl Inner {
     }
 
     /// Runs `f` on the kad service (no query).
-    pub(crate) fn with_kad<R>(self: &Arc<Self>, f: impl FnOnce(&mut KadService, &mut hyphae_core::service::Cx<'_>) -> R) -> R {
-        let r = {
-            let now = self.now();
-            self.node().with_service::<KadService, _>(now, f).expect("invariant: the Host registers kad")
-        };
-        self.drain_node();
-        r
+    pub(crate) fn with_kad<R>(&self, f: impl FnOnce(&mut KadService, &mut hyphae_core::service::Cx<'_>) -> R) -> R {
+        self.with_service(f)
     }
 
     /// Answers the `Host::ping` callers waiting on connection `conn`.

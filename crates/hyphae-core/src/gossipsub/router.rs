@@ -268,10 +268,6 @@ impl Router {
         }
     }
 
-    fn score_of(&self, peer: &PeerId, now: Instant) -> f64 {
-        self.peer_score(peer, now)
-    }
-
     /// Adds `peer` to `topic`'s mesh (and tells the score).
     fn mesh_insert(&mut self, now: Instant, topic: &str, peer: &PeerId) {
         if let Some(m) = self.mesh.get_mut(topic) {
@@ -352,12 +348,7 @@ impl Router {
         }
         let Some(p) = self.peers.remove(peer) else { return };
         for t in &p.topics {
-            if let Some(s) = self.subscribers.get_mut(t) {
-                s.remove(peer);
-                if s.is_empty() {
-                    self.subscribers.remove(t);
-                }
-            }
+            self.forget_subscriber(t, peer);
         }
         for m in self.mesh.values_mut() {
             m.remove(peer);
@@ -448,7 +439,7 @@ impl Router {
             subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned().collect();
         if self.cfg.flood_publish {
             let t = self.cfg.thresholds.publish;
-            return subs.into_iter().filter(|p| self.score_of(p, now) >= t).collect();
+            return subs.into_iter().filter(|p| self.peer_score(p, now) >= t).collect();
         }
         let mut out: BTreeSet<PeerId> = flood.into_iter().collect();
         if let Some(m) = self.mesh.get(topic) {
@@ -474,7 +465,7 @@ impl Router {
             return;
         }
         self.stats.rpcs_received += 1;
-        if self.score_of(from, now) < self.cfg.thresholds.graylist {
+        if self.peer_score(from, now) < self.cfg.thresholds.graylist {
             self.stats.graylisted_rpcs += 1;
             return;
         }
@@ -493,13 +484,23 @@ impl Router {
         for p in c.prune {
             self.handle_prune(now, from, p);
         }
-        if self.score_of(from, now) >= self.cfg.thresholds.gossip {
+        if self.peer_score(from, now) >= self.cfg.thresholds.gossip {
             self.handle_ihave(rng, now, from, c.ihave);
             self.handle_iwant(from, c.iwant);
         } else if !c.ihave.is_empty() || !c.iwant.is_empty() {
             self.stats.ihave_ignored += 1;
         }
         self.flush_pending();
+    }
+
+    /// `peer` no longer counts as a subscriber of `topic` (an emptied topic is forgotten).
+    fn forget_subscriber(&mut self, topic: &str, peer: &PeerId) {
+        if let Some(set) = self.subscribers.get_mut(topic) {
+            set.remove(peer);
+            if set.is_empty() {
+                self.subscribers.remove(topic);
+            }
+        }
     }
 
     fn handle_subscription(&mut self, now: Instant, from: &PeerId, s: SubOpt) {
@@ -516,12 +517,7 @@ impl Router {
             self.subscribers.entry(s.topic.clone()).or_default().insert(from.clone());
             self.events.push_back(Event::Subscribed { peer: from.clone(), topic: s.topic });
         } else if p.topics.remove(&s.topic) {
-            if let Some(set) = self.subscribers.get_mut(&s.topic) {
-                set.remove(from);
-                if set.is_empty() {
-                    self.subscribers.remove(&s.topic);
-                }
-            }
+            self.forget_subscriber(&s.topic, from);
             if self.mesh.contains_key(&s.topic) {
                 self.mesh_remove(now, &s.topic, from);
             }
@@ -752,7 +748,7 @@ impl Router {
             self.prune(now, from, &topic, self.cfg.prune_backoff, false);
             return;
         }
-        if self.score_of(from, now) < 0.0 {
+        if self.peer_score(from, now) < 0.0 {
             self.prune(now, from, &topic, self.cfg.prune_backoff, false);
             return;
         }
@@ -852,7 +848,7 @@ impl Router {
     fn graft_candidates(&self, now: Instant, topic: &str, except: &BTreeSet<PeerId>, outbound_only: bool) -> Vec<PeerId> {
         let Some(subs) = self.subscribers.get(topic) else { return Vec::new() };
         subs.iter()
-            .filter(|p| !except.contains(*p) && !self.in_backoff(now, topic, p) && self.score_of(p, now) >= 0.0)
+            .filter(|p| !except.contains(*p) && !self.in_backoff(now, topic, p) && self.peer_score(p, now) >= 0.0)
             .filter(|p| self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub() && (!outbound_only || x.outbound)))
             .cloned()
             .collect()
@@ -870,7 +866,7 @@ impl Router {
             let mut mesh = before.clone();
             let mut grafts = Vec::new();
             // Negative scores leave the mesh (no peer exchange for them).
-            for p in mesh.iter().filter(|p| self.score_of(p, now) < 0.0).cloned().collect::<Vec<_>>() {
+            for p in mesh.iter().filter(|p| self.peer_score(p, now) < 0.0).cloned().collect::<Vec<_>>() {
                 mesh.remove(&p);
                 self.stats.pruned_for_score += 1;
                 self.prune(now, &p, t, self.cfg.prune_backoff, false);
@@ -884,9 +880,11 @@ impl Router {
             // Too many: keep D, the d_score best by score and the rest at random, at least d_out of them
             // outbound.
             if mesh.len() > self.cfg.d_hi {
-                let mut all = choose(rng, mesh.iter().cloned().collect(), mesh.len());
+                let shuffled = choose(rng, mesh.iter().cloned().collect(), mesh.len());
+                let mut scored: Vec<(f64, PeerId)> = shuffled.into_iter().map(|p| (self.peer_score(&p, now), p)).collect();
                 // Stable: equal scores keep their random order.
-                all.sort_by(|a, b| self.score_of(b, now).total_cmp(&self.score_of(a, now)));
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let mut all: Vec<PeerId> = scored.into_iter().map(|(_, p)| p).collect();
                 let best: Vec<PeerId> = all.drain(..self.cfg.d_score.min(all.len())).collect();
                 let n = all.len();
                 let ranked: Vec<PeerId> = best.into_iter().chain(choose(rng, all, n)).collect();
@@ -911,12 +909,12 @@ impl Router {
             }
             // Opportunistic grafting: a mesh of poor scorers takes up to 2 better peers now and then.
             if self.score.is_some() && self.ticks.is_multiple_of(self.cfg.opportunistic_graft_ticks.max(1)) && mesh.len() > 1 {
-                let mut scores: Vec<f64> = mesh.iter().map(|p| self.score_of(p, now)).collect();
+                let mut scores: Vec<f64> = mesh.iter().map(|p| self.peer_score(p, now)).collect();
                 scores.sort_by(f64::total_cmp);
                 let median = scores[scores.len() / 2];
                 if median < self.cfg.thresholds.opportunistic_graft {
                     let c: Vec<PeerId> =
-                        self.graft_candidates(now, t, &mesh, false).into_iter().filter(|p| self.score_of(p, now) > median).collect();
+                        self.graft_candidates(now, t, &mesh, false).into_iter().filter(|p| self.peer_score(p, now) > median).collect();
                     let add = choose(rng, c, 2);
                     self.stats.opportunistic_grafts += add.len() as u64;
                     mesh.extend(add.iter().cloned());
@@ -994,7 +992,7 @@ impl Router {
             .map(|s| {
                 s.iter()
                     .filter(|p| !exclude.contains(*p) && self.peers.get(*p).is_some_and(|x| x.kind.is_meshsub()))
-                    .filter(|p| self.score_of(p, now) >= self.cfg.thresholds.gossip)
+                    .filter(|p| self.peer_score(p, now) >= self.cfg.thresholds.gossip)
                     .cloned()
                     .collect()
             })

@@ -135,7 +135,7 @@ impl GossipsubService {
     }
 
     fn read(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, data: &[u8]) {
-        let limits = self.router.config().limits.clone();
+        let limits = &self.router.config().limits;
         let Some((peer, buf)) = self.inbound.get_mut(&(conn, stream)) else { return };
         let peer = peer.clone();
         buf.extend_from_slice(data);
@@ -143,7 +143,7 @@ impl GossipsubService {
         let mut failure = None;
         let mut rpcs = Vec::new();
         loop {
-            match wire::decode(&buf[at..], &limits) {
+            match wire::decode(&buf[at..], limits) {
                 Ok(Some((rpc, used))) => {
                     at += used;
                     rpcs.push(rpc);
