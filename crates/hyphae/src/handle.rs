@@ -188,7 +188,7 @@ impl ConnShared {
 
     pub fn lock(&self) -> MutexGuard<'_, ConnState> {
         // A panic while holding this lock is a bug; keep serving the other streams rather than cascade.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     pub fn wake_writer(&self) {
@@ -312,6 +312,12 @@ impl ConnState {
 
 /// The machines' time: the wall clock's monotonic time since the host's `epoch` (the driver reads the
 /// clock; the sans-IO core only ever gets this value).
+/// Locks `m`, taking the data of a poisoned lock as it is (a panicked holder leaves it consistent: every
+/// critical section here either completes or changes nothing).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) fn since(epoch: std::time::Instant) -> Instant {
     Instant::from_nanos(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }

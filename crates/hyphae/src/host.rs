@@ -2,7 +2,7 @@
 //! protocol, serve a protocol. Identify and ping are built in.
 
 use crate::driver;
-use crate::handle::{self, Action, ConnShared, Direction, HostLink, IdentifyState, QuicHandle, Stream};
+use crate::handle::{self, lock, Action, ConnShared, Direction, HostLink, IdentifyState, QuicHandle, Stream};
 use hyphae_core::autonat::{self, service::AutonatService};
 use hyphae_core::conn::{self, CloseReason, OpenError, Role, StreamId};
 use hyphae_core::gossipsub::{self, service::GossipsubService};
@@ -244,10 +244,6 @@ pub(crate) struct Inner {
 }
 
 const LAZY_REFUSED_MAX: usize = 1024;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Inner {
     pub(crate) fn child_seed(&self) -> [u8; 32] {

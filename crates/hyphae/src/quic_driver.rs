@@ -67,7 +67,7 @@ impl QuicShared {
     }
 
     fn lock(&self) -> MutexGuard<'_, QuicState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::handle::lock(&self.state)
     }
 
     /// Binds `sa` and starts the endpoint's tasks.

@@ -2,13 +2,14 @@
 //! the subscriptions and validators per topic, and handing messages out. `host.rs` feeds it the
 //! gossipsub service's events; `pubsub.rs` (the `host.pubsub()` API) adds and removes subscriptions.
 
+use crate::handle::lock;
 use hyphae_core::gossipsub::{self, Acceptance};
 use hyphae_core::PeerId;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// Messages a subscription holds before it drops new ones (counted in `Pubsub::dropped`).
@@ -38,10 +39,6 @@ impl PubsubMessage {
 
 /// An application validator: its verdict on each message of its topic.
 pub(crate) type Validator = Arc<dyn Fn(PubsubMessage) -> Pin<Box<dyn Future<Output = Acceptance> + Send>> + Send + Sync>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Subscriptions and validators by topic.
 #[derive(Default)]
