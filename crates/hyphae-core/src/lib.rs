@@ -20,6 +20,7 @@ pub mod pb;
 pub mod perf;
 pub mod ping;
 pub mod quic;
+pub mod rcmgr;
 pub mod rng;
 pub mod service;
 pub mod stream;

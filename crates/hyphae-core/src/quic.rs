@@ -11,6 +11,7 @@
 
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::mss::Negotiator;
+use crate::rcmgr;
 use crate::stream::{self, CloseReason, OpenError, ReadResult, Role, StreamError, StreamId};
 use crate::time::Instant;
 use crate::tls;
@@ -39,6 +40,13 @@ pub struct Config {
     pub max_streams: u32,
     /// Connections at once. Default 1024.
     pub max_connections: usize,
+    /// Inbound handshakes at once (the resource manager's transient inbound budget; beyond: refused
+    /// with CONNECTION_REFUSED before any handshake state is kept).
+    pub max_inbound_handshakes: usize,
+    /// Inbound handshakes per source address block ([`rcmgr::IpLimits`], go's defaults: 8 per IPv4
+    /// address). They run inside quinn-proto, before the node machine sees the connection, so the
+    /// endpoint applies these itself; once established the node's resource manager counts it.
+    pub ip_limits: rcmgr::IpLimits,
     /// Datagrams per transmit (UDP GSO segments the driver can send in one call; 1 without GSO).
     pub max_datagrams: usize,
     /// Receive window of each stream ([`DEFAULT_STREAM_WINDOW`]).
@@ -145,6 +153,8 @@ struct QConn {
     established: bool,
     /// We refused the peer and already reported `Closed`.
     refused: bool,
+    /// An inbound handshake counted in `Endpoint::handshakes` (until established or gone).
+    handshaking_in: bool,
     streams: BTreeMap<u64, StreamEntry>,
 }
 
@@ -158,6 +168,11 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     /// Lent to rustls while quinn-proto runs the handshakes (`tls::RngScope`).
     tls_rng: Option<crate::rng::Rng>,
+    /// Inbound handshakes per source block, and in total.
+    handshakes: rcmgr::IpLimiter,
+    inbound_handshaking: usize,
+    /// Inbound connections refused before their handshake (limits above, or `max_connections`).
+    refused_handshakes: u64,
     /// The latest time a caller passed in: quinn's pacer and loss timers need time that never goes back,
     /// and a driver whose threads read the clock before taking its lock can hand in an older instant
     /// after a newer one (seen as quinn's "received a timestamp earlier than a previous" warnings).
@@ -246,6 +261,7 @@ impl Endpoint {
         epc.rng_seed(Some(config.seed));
         let server = Arc::new(server);
         let ep = quinn_proto::Endpoint::new(Arc::new(epc), Some(server.clone()), true, Some(config.seed));
+        let config_ip = config.ip_limits.clone();
         Ok(Endpoint {
             config,
             ep,
@@ -255,6 +271,9 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             tls_rng: Some(crate::rng::child(&mut r)),
+            handshakes: rcmgr::IpLimiter::new(config_ip),
+            inbound_handshaking: 0,
+            refused_handshakes: 0,
             last_now: Instant(0),
         })
     }
@@ -306,7 +325,16 @@ impl Endpoint {
         let (h, conn) = self.ep.connect(t, self.client.clone(), addr, "libp2p.invalid").map_err(|e| QuicError::Connect(e.to_string()))?;
         self.conns.insert(
             h,
-            QConn { conn, expected, remote: addr, outbound: true, established: false, refused: false, streams: BTreeMap::new() },
+            QConn {
+                conn,
+                expected,
+                remote: addr,
+                outbound: true,
+                established: false,
+                refused: false,
+                handshaking_in: false,
+                streams: BTreeMap::new(),
+            },
         );
         self.drive(now, h);
         Ok(QuicConnId(h.0))
@@ -333,11 +361,21 @@ impl Endpoint {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.conns.len() >= self.config.max_connections {
+                let refusal = if self.conns.len() >= self.config.max_connections {
+                    Some(CloseReason::Limit("max_connections"))
+                } else if self.inbound_handshaking >= self.config.max_inbound_handshakes {
+                    Some(CloseReason::Limit("inbound handshakes"))
+                } else {
+                    self.handshakes.try_add(from.ip()).err().map(CloseReason::Refused)
+                };
+                if let Some(reason) = refusal {
+                    self.refused_handshakes += 1;
+                    tracing::debug!(%from, %reason, "quic handshake refused");
                     let tr = self.ep.refuse(incoming, &mut buf);
                     self.transmits.push_back(Transmit { to: tr.destination, data: buf[..tr.size].to_vec(), segment_size: None });
                     return;
                 }
+                self.inbound_handshaking += 1;
                 let mut buf = Vec::new();
                 match self.ep.accept(incoming, t, &mut buf, Some(self.server.clone())) {
                     Ok((h, conn)) => {
@@ -350,12 +388,15 @@ impl Endpoint {
                                 outbound: false,
                                 established: false,
                                 refused: false,
+                                handshaking_in: true,
                                 streams: BTreeMap::new(),
                             },
                         );
                         self.drive(now, h);
                     }
                     Err(e) => {
+                        self.inbound_handshaking -= 1;
+                        self.handshakes.remove(from.ip());
                         if let Some(tr) = e.response {
                             self.transmits.push_back(Transmit { to: tr.destination, data: buf[..tr.size].to_vec(), segment_size: None });
                         }
@@ -447,6 +488,7 @@ impl Endpoint {
                 buf.clear();
             }
             if c.conn.is_drained() {
+                self.end_handshake(h);
                 self.conns.remove(&h);
                 return;
             }
@@ -454,6 +496,21 @@ impl Endpoint {
                 return;
             }
         }
+    }
+
+    /// An inbound handshake is over (established, or the connection is gone): it leaves the limits.
+    fn end_handshake(&mut self, h: ConnectionHandle) {
+        if let Some(c) = self.conns.get_mut(&h) {
+            if std::mem::take(&mut c.handshaking_in) {
+                self.inbound_handshaking -= 1;
+                self.handshakes.remove(c.remote.ip());
+            }
+        }
+    }
+
+    /// Inbound handshakes running now, and refused so far.
+    pub fn handshake_stats(&self) -> (usize, u64) {
+        (self.inbound_handshaking, self.refused_handshakes)
     }
 
     fn on_app_event(&mut self, now: Instant, h: ConnectionHandle, ev: quinn_proto::Event) {
@@ -480,6 +537,8 @@ impl Endpoint {
                     }
                 }
                 c.established = true;
+                self.end_handshake(h);
+                let c = self.conns.get(&h).expect("invariant: event of a live connection");
                 self.events.push_back(Event::Established {
                     conn: cid,
                     peer: pc.peer_id,
@@ -842,6 +901,8 @@ mod tests {
             base,
             max_streams: 256,
             max_connections: 16,
+            max_inbound_handshakes: 16,
+            ip_limits: rcmgr::IpLimits::none(),
             max_datagrams: 4,
             stream_window: super::DEFAULT_STREAM_WINDOW,
             connection_window: super::DEFAULT_CONNECTION_WINDOW,
@@ -857,6 +918,47 @@ mod tests {
                 to.handle_datagram(now, from_addr, d);
             }
         }
+    }
+
+    /// Initials that never finish their handshake: a ninth from one address is refused at once (no
+    /// state kept); another address still gets in; a finished handshake frees its slot.
+    #[test]
+    fn quic_inbound_handshakes_are_limited_per_address() {
+        let base = std::time::Instant::now();
+        let atk: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        let good: SocketAddr = "10.0.0.1:4001".parse().unwrap();
+        let b_addr: SocketAddr = "10.0.0.2:4001".parse().unwrap();
+        let (mut a, _) = endpoint(11, &[], base);
+        let (mut b, b_id) = endpoint(12, &[], base);
+        b.config.max_connections = 100;
+        b.handshakes = rcmgr::IpLimiter::new(rcmgr::IpLimits::default());
+        let now = Instant(0);
+        let (mut flood, _) = endpoint(13, &[], base);
+        flood.config.max_connections = 100;
+        for _ in 0..20 {
+            flood.dial(now, b_addr, None).unwrap();
+        }
+        // Only the Initials reach b; its answers are never read.
+        deliver(&mut flood, &mut b, atk, b_addr, now);
+        assert_eq!(b.handshake_stats(), (8, 12));
+        while b.poll_transmit().is_some() {}
+        a.dial(now, b_addr, Some(b_id)).unwrap();
+        let mut t = now;
+        for _ in 0..20 {
+            t = t + std::time::Duration::from_millis(1);
+            deliver(&mut a, &mut b, good, b_addr, t);
+            while let Some(tr) = b.poll_transmit() {
+                if tr.to == good {
+                    for d in tr.data.chunks(tr.segment_size.unwrap_or(usize::MAX)) {
+                        a.handle_datagram(t, b_addr, d);
+                    }
+                }
+            }
+            a.handle_timeout(t);
+            b.handle_timeout(t);
+        }
+        assert!(std::iter::from_fn(|| a.poll_event()).any(|e| matches!(e, Event::Established { .. })));
+        assert_eq!(b.handshake_stats(), (8, 12), "the good peer's finished handshake left the count");
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub enum CloseReason {
     /// A local limit refused or ended it.
     #[error("limit reached: {0}")]
     Limit(&'static str),
+    /// The resource manager refused it (which scope, which resource).
+    #[error("resource limit: {0}")]
+    Refused(crate::rcmgr::Refusal),
     /// The transport failed (I/O error, QUIC idle timeout, dial refused).
     #[error("connection lost: {0}")]
     Lost(String),

@@ -832,9 +832,13 @@ impl Sim {
         let n = &mut self.nodes[i];
         let mut cfg = node::Config::new(n.key.clone(), seed32(self.seed, b"node", ((i as u64) << 20) | u64::from(n.gen)));
         cfg.ping.interval = n.ping;
-        if let Some(p) = n.per_peer {
-            cfg.limits.max_connections_per_peer = p;
-        }
+        // The simulator's nodes keep the budgets they had before the resource manager (1,024 connections,
+        // 8 per peer, no per-subnet rule: a NAT box puts many nodes behind one address), so the
+        // scenarios' numbers do not move; a scenario that studies the limits sets its own.
+        let mut rl = hyphae_core::rcmgr::Limits::unlimited();
+        rl.system.conns = 1024;
+        rl.peer.conns = n.per_peer.map_or(8, |p| p as u32);
+        cfg.limits.resources = rl;
         cfg.limits.idle_timeout = n.idle;
         cfg.listen_addrs = vec![node_addr(i)];
         if let Some(base) = self.quic_base {

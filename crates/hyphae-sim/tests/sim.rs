@@ -264,11 +264,13 @@ fn sim_per_peer_cap_and_peerstore_act_as_in_the_host() {
     let n0 = s.node(0).unwrap().node();
     let (p1, p2) = (s.peer_id(1).clone(), s.peer_id(2).clone());
     assert_eq!(n0.connections_to(&p1).len(), 2, "the cap holds");
-    assert_eq!(s.node_stats(0).unwrap().connections_refused_per_peer, 1);
+    assert_eq!(s.node_stats(0).unwrap().resources.refused_peer, 1);
     let refused: Vec<_> = s
         .events()
         .iter()
-        .filter(|(_, n, e)| *n == 0 && matches!(e, Event::DialFailed { reason: CloseReason::Limit("connections per peer"), .. }))
+        .filter(|(_, n, e)| {
+            *n == 0 && matches!(e, Event::DialFailed { reason: CloseReason::Refused(r), .. } if r.scope == hyphae_core::rcmgr::Scope::Peer)
+        })
         .collect();
     assert_eq!(refused.len(), 1, "{:?}", s.events());
     // Node 1's record in node 0's peerstore: the address dialed, what identify said.

@@ -12,18 +12,18 @@ fn rss() -> u64 {
         * 1024
 }
 
-fn config(n: usize) -> HostConfig {
+fn config() -> HostConfig {
     let mut c = HostConfig::ephemeral();
-    c.max_connections = n + 16;
-    c.max_connections_per_peer = n + 16;
+    // One client peer holds all the connections: lift every budget.
+    c.resources = hyphae::core::rcmgr::Limits::unlimited();
     c
 }
 
 async fn run(transport: &str, n: usize) -> (u64, u64) {
-    let a = Host::new(config(n)).await.unwrap();
+    let a = Host::new(config()).await.unwrap();
     let listen = if transport == "quic" { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" };
     let addr = a.listen(listen.parse().unwrap()).await.unwrap().remove(0);
-    let b = Host::new(config(n)).await.unwrap();
+    let b = Host::new(config()).await.unwrap();
     // One connection first: what every connection shares (buffers, the QUIC endpoint) is then allocated.
     b.dial(&addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -11,7 +11,7 @@ use hyphae_core::kad::{self, service::KadService};
 use hyphae_core::multiaddr::MultiaddrError;
 use hyphae_core::node::{self, ConnId, Node};
 use hyphae_core::perf::service::PerfService;
-use hyphae_core::{perf, ping, rng, Keypair, Multiaddr, PeerId, Protocol};
+use hyphae_core::{perf, ping, rcmgr, rng, Keypair, Multiaddr, PeerId, Protocol};
 use rand_core::RngCore;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,6 +22,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, oneshot};
+
+/// A dial the resource manager refused.
+fn refused(e: node::ApiError) -> Error {
+    match e {
+        node::ApiError::ConnectionLimit(r) => Error::Handshake(CloseReason::Refused(r)),
+        e => Error::Protocol(e.to_string()),
+    }
+}
 
 pub const AGENT_VERSION: &str = concat!("hyphae/", env!("CARGO_PKG_VERSION"));
 
@@ -68,10 +76,10 @@ pub enum Error {
 pub struct HostConfig {
     pub keypair: Keypair,
     pub limits: conn::Limits,
-    /// Connections open or opening at once, both directions. Default 1024.
-    pub max_connections: usize,
-    /// Established connections per peer. Default 8.
-    pub max_connections_per_peer: usize,
+    /// The resource manager's connection budgets (system, transient = handshaking or dialing, per peer,
+    /// per source subnet, allowlist): see `hyphae_core::rcmgr`. Default: go-libp2p's, scaled to this
+    /// machine ([`machine_limits`]).
+    pub resources: rcmgr::Limits,
     /// Peers remembered in the peerstore (oldest unconnected evicted first). Default 10 000.
     pub max_peerstore_entries: usize,
     /// A ping without an answer after this long fails. Default 10 s.
@@ -102,13 +110,30 @@ pub struct HostConfig {
     pub pubsub: gossipsub::Config,
 }
 
+/// go-libp2p's default budgets for this machine: go's `AutoScale` gives libp2p an eighth of the
+/// memory (`/proc/meminfo`) and half the descriptor limit (`/proc/self/limits`); without those files,
+/// the base limits (128 MiB, 256 descriptors).
+pub fn machine_limits() -> rcmgr::Limits {
+    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let l = t.lines().find(|l| l.starts_with("MemTotal:"))?;
+        l.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    });
+    let fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|t| {
+        let l = t.lines().find(|l| l.starts_with("Max open files"))?;
+        l.split_whitespace().nth(3)?.parse::<u64>().ok()
+    });
+    match (mem, fds) {
+        (Some(m), Some(f)) => rcmgr::Limits::scaled(m / 8, (f / 2).min(u32::MAX as u64) as u32),
+        _ => rcmgr::Limits::default(),
+    }
+}
+
 impl HostConfig {
     pub fn new(keypair: Keypair) -> Self {
         HostConfig {
             keypair,
             limits: conn::Limits::default(),
-            max_connections: 1024,
-            max_connections_per_peer: 8,
+            resources: machine_limits(),
             max_peerstore_entries: 10_000,
             ping_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(15),
@@ -297,7 +322,9 @@ impl Inner {
             seed: self.child_seed(),
             base: self.epoch,
             max_streams: hyphae_core::quic::DEFAULT_MAX_STREAMS,
-            max_connections: self.config.max_connections,
+            max_connections: self.config.resources.system.conns as usize,
+            max_inbound_handshakes: self.config.resources.transient.conns_inbound as usize,
+            ip_limits: self.config.resources.ip.clone(),
             max_datagrams: 1,
             stream_window: hyphae_core::quic::DEFAULT_STREAM_WINDOW,
             connection_window: hyphae_core::quic::DEFAULT_CONNECTION_WINDOW,
@@ -717,8 +744,7 @@ impl Host {
         nc.identify.timeout = config.stream_timeout;
         nc.ping.interval = config.ping_interval;
         nc.ping.timeout = config.ping_timeout;
-        nc.limits.max_connections = config.max_connections;
-        nc.limits.max_connections_per_peer = config.max_connections_per_peer;
+        nc.limits.resources = config.resources.clone();
         nc.limits.peerstore.max_peers = config.max_peerstore_entries;
         nc.limits.idle_timeout = config.idle_timeout;
         let mut node = Node::new(nc, hyphae_core::Instant::ZERO);
@@ -890,7 +916,7 @@ impl Host {
 
     async fn dial_quic(&self, addr: &Multiaddr, sa: SocketAddr) -> Result<PeerId, Error> {
         let ep = self.inner.quic_endpoint(sa).await?;
-        let id = self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"))?;
+        let id = self.inner.node().dial(addr.clone()).map_err(refused)?;
         self.inner.dial_quic(&ep, id, addr, sa).await
     }
 
@@ -912,7 +938,7 @@ impl Host {
             return self.dial_quic(addr, sa).await;
         }
         let sa = resolve_tcp(addr).await?;
-        let admit = || self.inner.node().dial(addr.clone()).map_err(|_| Error::Limit("max_connections"));
+        let admit = || self.inner.node().dial(addr.clone()).map_err(refused);
         match self.inner.dial_tcp(admit()?, sa).await {
             // The listener lacks our first security protocol: once more, negotiating it in full.
             Err(Error::Handshake(e)) if conn::lazy_security_refused(&e) => {

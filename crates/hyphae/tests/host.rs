@@ -120,9 +120,13 @@ async fn host_close_is_seen_and_new_stream_redials_from_peerstore() {
 async fn host_dial_limit_is_enforced() {
     let (_server, addr) = echo_server().await;
     let mut cfg = HostConfig::ephemeral();
-    cfg.max_connections = 0;
+    cfg.resources.system.conns_outbound = 0;
     let client = Host::new(cfg).await.unwrap();
-    assert!(matches!(client.dial(&addr).await, Err(Error::Limit(_))));
+    let e = client.dial(&addr).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Handshake(hyphae::core::conn::CloseReason::Refused(r)) if r.scope == hyphae::core::rcmgr::Scope::System),
+        "{e}"
+    );
 }
 
 #[tokio::test]

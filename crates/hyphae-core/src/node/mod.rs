@@ -37,6 +37,7 @@ use crate::identify::{self, service::IdentifyService};
 use crate::identity::{Keypair, PeerId};
 use crate::multiaddr::Multiaddr;
 use crate::ping::{self, service::PingService};
+use crate::rcmgr::{self, ResourceManager};
 use crate::rng::{self, RngCore};
 use crate::service::{ConnectionEvent, Cx, Op, Outbox, OutboxLimits, StreamEvent};
 use crate::stream::{CloseReason, ConnEvent, OpenError, ReadResult, Role, StreamId, Streams};
@@ -49,10 +50,10 @@ pub const PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 /// Limits of the node machine. Every one is counted in [`Stats`] when hit.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections at once, including ones still handshaking and dials in progress. Default 1024.
-    pub max_connections: usize,
-    /// Established connections per peer (beyond: the new one is closed). Default 8.
-    pub max_connections_per_peer: usize,
+    /// Connections by scope (system, transient = handshaking or dialing, peer, per source subnet): see
+    /// [`rcmgr`]. Default: go-libp2p's base limits (128 connections, 64 inbound, 32 inbound handshakes,
+    /// 8 per peer, 8 per IPv4 address); the Host scales them with the machine.
+    pub resources: rcmgr::Limits,
     /// Bytes services may have queued for one connection, not yet taken by its machine (beyond: the
     /// write is dropped and its stream reset). Default 1 MiB.
     pub max_queued_bytes_per_conn: usize,
@@ -70,8 +71,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 1024,
-            max_connections_per_peer: 8,
+            resources: rcmgr::Limits::default(),
             max_queued_bytes_per_conn: 1024 * 1024,
             max_events: 4096,
             max_pending_dials: 256,
@@ -125,8 +125,8 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
-    #[error("connection limit reached")]
-    ConnectionLimit,
+    #[error("connection refused: {0}")]
+    ConnectionLimit(rcmgr::Refusal),
     #[error("not connected to {0}")]
     NotConnected(PeerId),
 }
@@ -134,9 +134,9 @@ pub enum ApiError {
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub connections_established: u64,
-    /// Connections refused or closed by a limit (`max_connections`, per peer).
+    /// Connections refused or closed by a resource-manager limit (by scope in `resources`).
     pub connections_refused: u64,
-    pub connections_refused_per_peer: u64,
+    pub resources: rcmgr::Stats,
     pub dials_failed: u64,
     pub pings_ok: u64,
     pub pings_failed: u64,
@@ -197,6 +197,7 @@ pub struct Node {
     owners: BTreeMap<(ConnId, StreamId), Owned>,
     out: Outbox,
     peerstore: Peerstore,
+    resources: ResourceManager,
     /// Read buffer for services with a large `read_chunk` (empty until one reads).
     bulk: Vec<u8>,
     /// When to look for idle connections next (with `Limits::idle_timeout`).
@@ -226,6 +227,7 @@ impl Node {
             owners: BTreeMap::new(),
             out: Outbox::default(),
             peerstore: Peerstore::new(config.limits.peerstore.clone()),
+            resources: ResourceManager::new(config.limits.resources.clone()),
             bulk: Vec::new(),
             idle_check: None,
             next_conn: 1 << 32,
@@ -298,7 +300,12 @@ impl Node {
         s.events_dropped = self.out.dropped_events;
         s.writes_dropped = self.out.dropped_writes;
         s.dials_dropped = self.out.dropped_dials;
+        s.resources = self.resources.stats().clone();
         s
+    }
+    /// The resource manager's accounting (what each scope holds, its limits).
+    pub fn resources(&self) -> &ResourceManager {
+        &self.resources
     }
     pub fn peerstore(&self) -> &Peerstore {
         &self.peerstore
@@ -361,12 +368,19 @@ impl Node {
         id
     }
 
-    /// Counts a new connection (accepted: `Listener`; our own dial: `Dialer`) against `max_connections`.
+    /// Counts a new connection (accepted: `Listener`; our own dial: `Dialer`) in the resource manager's
+    /// system and transient scopes (and, accepted, its source subnet's).
     pub fn admit(&mut self, conn: ConnId, role: Role, addr: Multiaddr, expected: Option<PeerId>) -> Result<(), CloseReason> {
-        if self.conns.len() >= self.config.limits.max_connections || self.conns.contains_key(&conn) {
+        if self.conns.contains_key(&conn) {
+            return Err(CloseReason::Limit("connection id in use"));
+        }
+        let dir = if role == Role::Listener { rcmgr::Direction::Inbound } else { rcmgr::Direction::Outbound };
+        // A TCP connection holds a descriptor of its own; QUIC ones share the endpoint's socket.
+        let fd = !addr.iter().any(|p| matches!(p, crate::multiaddr::Protocol::QuicV1));
+        if let Err(r) = self.resources.open_conn(conn.0, dir, addr.ip(), fd) {
             self.stats.connections_refused += 1;
-            tracing::debug!(%conn, %addr, "connection refused: limit");
-            return Err(CloseReason::Limit("max_connections"));
+            tracing::debug!(%conn, %addr, reason = %r, "connection refused");
+            return Err(CloseReason::Refused(r));
         }
         self.conns.insert(conn, ConnEntry { role, addr, expected, peer: None, closing: None, last_active: Instant(0) });
         Ok(())
@@ -376,7 +390,10 @@ impl Node {
     pub fn dial(&mut self, addr: Multiaddr) -> Result<ConnId, ApiError> {
         let id = self.next_conn_id();
         let peer = addr.peer_id();
-        self.admit(id, Role::Dialer, addr, peer).map_err(|_| ApiError::ConnectionLimit)?;
+        self.admit(id, Role::Dialer, addr, peer).map_err(|r| match r {
+            CloseReason::Refused(r) => ApiError::ConnectionLimit(r),
+            _ => unreachable!("invariant: a fresh id is never in use"),
+        })?;
         Ok(id)
     }
 
@@ -416,6 +433,7 @@ impl Node {
     /// A dial failed before a connection machine existed.
     pub fn on_dial_failed(&mut self, now: Instant, conn: ConnId, reason: CloseReason) {
         if let Some(e) = self.conns.remove(&conn) {
+            self.resources.close_conn(conn.0);
             self.dial_failed(now, conn, e.addr, e.expected, reason);
         }
     }
@@ -477,12 +495,10 @@ impl Node {
                     return None;
                 };
                 let (role, addr) = (e.role, e.addr.clone());
-                let n = self.conns.values().filter(|e| e.peer.as_ref() == Some(peer)).count();
-                if n >= self.config.limits.max_connections_per_peer {
-                    tracing::debug!(%peer, conn = %id, "too many connections to peer; closing the new one");
+                if let Err(r) = self.resources.set_peer(id.0, peer) {
+                    tracing::debug!(%peer, conn = %id, reason = %r, "connection refused after its handshake; closing it");
                     self.stats.connections_refused += 1;
-                    self.stats.connections_refused_per_peer += 1;
-                    self.conns.get_mut(&id).expect("invariant: present").closing = Some(CloseReason::Limit("connections per peer"));
+                    self.conns.get_mut(&id).expect("invariant: present").closing = Some(CloseReason::Refused(r));
                     m.close(now);
                     return None;
                 }
@@ -504,6 +520,7 @@ impl Node {
             }
             ConnEvent::Closed { reason } => {
                 let Some(e) = self.conns.remove(&id) else { return Some(ConnEvent::Closed { reason }) };
+                self.resources.close_conn(id.0);
                 let reason = e.closing.unwrap_or(reason);
                 self.owners.retain(|(c, _), _| *c != id);
                 self.out.ops.retain(|(c, _)| *c != id);

@@ -264,7 +264,7 @@ fn node_static_writes_keep_their_order_with_copied_writes_and_report_drained() {
 
 #[test]
 fn node_per_peer_connection_cap_closes_the_extra_connection_with_a_typed_reason() {
-    let mut p = Net::new(2, |_, c| c.limits.max_connections_per_peer = 2);
+    let mut p = Net::new(2, |_, c| c.limits.resources.peer.conns = 2);
     let b = p.nodes[1].peer_id().clone();
     for _ in 0..3 {
         let a = p.addr(1);
@@ -272,10 +272,11 @@ fn node_per_peer_connection_cap_closes_the_extra_connection_with_a_typed_reason(
         p.run_until(p.now + Duration::from_millis(200));
     }
     assert_eq!(p.nodes[0].node().connections_to(&b).len(), 2);
-    assert_eq!(p.nodes[0].stats().connections_refused_per_peer, 1);
+    assert_eq!(p.nodes[0].stats().resources.refused_peer, 1);
     let failed: Vec<&CloseReason> =
         p.events[0].iter().filter_map(|e| if let Event::DialFailed { reason, .. } = e { Some(reason) } else { None }).collect();
-    assert_eq!(failed, vec![&CloseReason::Limit("connections per peer")], "{:?}", p.events[0]);
+    let want = crate::rcmgr::Refusal { scope: crate::rcmgr::Scope::Peer, resource: crate::rcmgr::Resource::Conns, limit: 2 };
+    assert_eq!(failed, vec![&CloseReason::Refused(want)], "{:?}", p.events[0]);
 }
 
 /// A service asks for a connection through the outbox (`Cx::dial`): the driver dials, the node connects,

@@ -1,0 +1,257 @@
+//! Connection floods against a `hyphae node` with default limits, in network namespaces this test
+//! creates: the node in N (10.61.1.1 towards the attacker, 10.61.2.1 towards the peer), an attacker in
+//! A (10.61.1.2), an honest peer in P (10.61.2.2). Needs root and `ip`; skipped without them.
+//!
+//! - 3,000 TCP connections from one address that connect and send nothing: before the resource
+//!   manager they held all 1,024 connection slots for the 15 s handshake timeout and every other peer
+//!   was refused; now the attacker's address gets 8 (go's per-IPv4 limit) and the peer's ping works;
+//! - the same with 3,000 QUIC Initial packets (connections that never finish their handshake).
+//!
+//! The attacker is this test binary again (`flood_helper`, run inside A when `HYPHAE_FLOOD` is set).
+
+#[path = "../../hyphae/tests/common/mod.rs"]
+mod common;
+use common::TempDir;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
+const FLOOD: usize = 3000;
+
+fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "failed: {cmd}");
+}
+
+fn usable() -> bool {
+    let ok = |c: &str| {
+        std::process::Command::new("sh").arg("-c").arg(c).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    };
+    let (root, ip) = (ok("[ \"$(id -u)\" = 0 ]"), ok("command -v ip"));
+    if !(root && ip) {
+        eprintln!("skipped: needs root ({root}) and ip ({ip})");
+    }
+    root && ip
+}
+
+/// Namespaces N, A, P, removed on drop.
+struct Net {
+    n: String,
+    a: String,
+    p: String,
+}
+
+impl Net {
+    fn new() -> Net {
+        static K: AtomicU32 = AtomicU32::new(0);
+        let tag = format!("{}{}", std::process::id() % 100_000, K.fetch_add(1, Ordering::Relaxed));
+        let net = Net { n: format!("hyfN{tag}"), a: format!("hyfA{tag}"), p: format!("hyfP{tag}") };
+        for ns in [&net.n, &net.a, &net.p] {
+            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+        }
+        let (n, a, p) = (&net.n, &net.a, &net.p);
+        sh(&format!("ip -n {n} link add na type veth peer name an netns {a}"));
+        sh(&format!("ip -n {n} link add np type veth peer name pn netns {p}"));
+        sh(&format!("ip -n {n} addr add 10.61.1.1/24 dev na && ip -n {n} link set na up"));
+        sh(&format!("ip -n {n} addr add 10.61.2.1/24 dev np && ip -n {n} link set np up"));
+        sh(&format!("ip -n {a} addr add 10.61.1.2/24 dev an && ip -n {a} link set an up"));
+        sh(&format!("ip -n {p} addr add 10.61.2.2/24 dev pn && ip -n {p} link set pn up"));
+        net
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in [&self.n, &self.a, &self.p] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Resident set of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
+        * 1024
+}
+
+/// Runs the node in N, floods it from A over `transport`, then pings it from P; returns the ping's
+/// wall time and the node's RSS during the flood.
+async fn flood_then_ping(transport: &str) -> Option<(Duration, u64)> {
+    if !usable() {
+        return None;
+    }
+    let net = Net::new();
+    let dir = TempDir::new("flood");
+    let key = dir.0.join("node.key");
+    let mut node = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.n,
+            BIN,
+            "node",
+            "--listen",
+            "/ip4/0.0.0.0/tcp/4701",
+            "--listen",
+            "/ip4/0.0.0.0/udp/4701/quic-v1",
+            "--key",
+        ])
+        .arg(&key)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("listening") && l.contains("quic") {
+                return;
+            }
+        }
+        panic!("node exited before listening");
+    })
+    .await
+    .expect("node listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let id = String::from_utf8(std::process::Command::new(BIN).args(["id", "--key"]).arg(&key).output().unwrap().stdout).unwrap();
+    let id = id.trim().to_string();
+
+    // The attacker: this binary's `flood_helper` inside A; it prints "flooding" once every connection
+    // attempt is out, then holds them.
+    let target = "10.61.1.1:4701";
+    let mut atk = Command::new("ip")
+        .args(["netns", "exec", &net.a])
+        .arg(std::env::current_exe().unwrap())
+        .args(["flood_helper", "--exact", "--nocapture", "--test-threads", "1"])
+        .env("HYPHAE_FLOOD", format!("{transport} {target} {FLOOD}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn attacker");
+    let mut out = BufReader::new(atk.stdout.take().unwrap()).lines();
+    let l = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(l)) = out.next_line().await {
+            if l.contains("flooding:") {
+                return l;
+            }
+        }
+        panic!("attacker exited");
+    })
+    .await
+    .expect("attacker floods");
+    eprintln!("attacker: {l}");
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+
+    let addr =
+        if transport == "quic" { format!("/ip4/10.61.2.1/udp/4701/quic-v1/p2p/{id}") } else { format!("/ip4/10.61.2.1/tcp/4701/p2p/{id}") };
+    let t = Instant::now();
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &net.p, BIN, "ping", &addr, "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let ping = tokio::time::timeout(Duration::from_secs(10), ping).await.expect("ping finishes within 10 s").unwrap();
+    let took = t.elapsed();
+    assert!(
+        ping.status.success(),
+        "ping during a {transport} flood failed: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    let rss = rss_bytes(node.id().unwrap());
+    drop(atk);
+    drop(node);
+    Some((took, rss))
+}
+
+#[tokio::test]
+async fn flood_netns_silent_tcp_connections_from_one_address_do_not_lock_out_a_peer() {
+    let Some((took, rss)) = flood_then_ping("tcp").await else { return };
+    eprintln!("ping through a {FLOOD}-connection TCP flood: {took:?}, node RSS {} MiB", rss >> 20);
+    // Default limits on this machine: the system scope's memory budget is far above this.
+    assert!(rss < 128 << 20, "node RSS {rss}");
+}
+
+#[tokio::test]
+async fn flood_netns_quic_initials_from_one_address_do_not_lock_out_a_peer() {
+    let Some((took, rss)) = flood_then_ping("quic").await else { return };
+    eprintln!("ping through a {FLOOD}-Initial QUIC flood: {took:?}, node RSS {} MiB", rss >> 20);
+    assert!(rss < 128 << 20, "node RSS {rss}");
+}
+
+/// The attacker (only when `HYPHAE_FLOOD` = "tcp|quic IP:PORT N"): opens N connections that send
+/// nothing, or sends the Initial packets of N QUIC connections and never answers; holds them 60 s.
+#[tokio::test]
+async fn flood_helper() {
+    let Ok(spec) = std::env::var("HYPHAE_FLOOD") else { return };
+    let mut it = spec.split_whitespace();
+    let (transport, target, n) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap().parse::<usize>().unwrap());
+    let target: std::net::SocketAddr = target.parse().unwrap();
+    let mut held = Vec::new();
+    let mut sockets = Vec::new();
+    if transport == "tcp" {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            set.spawn(async move { tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(target)).await });
+        }
+        let mut ok = 0;
+        while let Some(r) = set.join_next().await {
+            if let Ok(Ok(Ok(s))) = r {
+                ok += 1;
+                held.push(s);
+            }
+        }
+        println!("flooding: {ok} of {n} TCP connections opened");
+    } else {
+        use hyphae::core::{quic, rcmgr, rng, tls, Instant as CoreInstant, Keypair};
+        use rand_core::RngCore;
+        let mut seed = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut seed);
+        let mut r = rng::from_seed(seed);
+        let k = Keypair::generate_ed25519(&mut r);
+        let cert = std::sync::Arc::new(tls::Certificate::generate(&k, 1_800_000_000, &mut r));
+        let cfg = quic::Config {
+            keypair: k,
+            cert,
+            protocols: vec![],
+            unix_time: 1_800_000_000,
+            seed,
+            base: std::time::Instant::now(),
+            max_streams: 16,
+            max_connections: n + 1,
+            max_inbound_handshakes: 0,
+            ip_limits: rcmgr::IpLimits::none(),
+            max_datagrams: 1,
+            stream_window: quic::DEFAULT_STREAM_WINDOW,
+            connection_window: quic::DEFAULT_CONNECTION_WINDOW,
+        };
+        let mut ep = quic::Endpoint::new(cfg).unwrap();
+        // Each dial from its own port, as a botnet's would look to a per-connection-id server.
+        for _ in 0..n {
+            ep.dial(CoreInstant(0), target, None).unwrap();
+        }
+        let mut sent = 0;
+        while let Some(t) = ep.poll_transmit() {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                if s.send_to(d, t.to).is_ok() {
+                    sent += 1;
+                }
+            }
+            // Keep the port bound (the server's answers go nowhere useful).
+            sockets.push(s);
+        }
+        println!("flooding: {sent} QUIC Initial packets sent for {n} connections");
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    drop(held);
+    drop(sockets);
+}

@@ -1,0 +1,694 @@
+//! The resource manager: who may hold a connection, counted in scopes as go-libp2p's rcmgr has them
+//! (<https://github.com/libp2p/go-libp2p/tree/master/p2p/host/resource-manager>).
+//!
+//! - **system**: every connection the node holds, handshaking or established, in either direction;
+//! - **transient**: connections still handshaking (their peer is not known yet) and dials in progress.
+//!   They have their own small budget, so a crowd of connections that never finish a handshake can fill
+//!   the transient scope but never the established budget;
+//! - **peer**: the established connections of one peer;
+//! - **subnet**: inbound connections per source address block (go: an IPv4 /32 → 8, an IPv6 /56 → 8 and
+//!   /48 → 64). Loopback is exempt (as in go); an allowlist of prefixes is exempt too, and when the
+//!   system or transient scope is full an allowlisted address is admitted under the `allowlisted_*`
+//!   scopes instead (go's behaviour: an operator's own nodes still get in during a flood).
+//!
+//! A refusal is a typed [`Refusal`] naming the scope and the resource, counted in [`Stats`]. Sans-IO:
+//! plain counters, no clock; the node machine calls it on admission, on `Established` and on close,
+//! and the QUIC endpoint runs an [`IpLimiter`] over its handshakes (which happen inside quinn-proto,
+//! before the node sees the connection).
+//!
+//! Defaults scale with the machine as go's do ([`Limits::scaled`]); the table is in the README.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The budget of one scope. `u32::MAX` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScopeLimit {
+    pub conns_inbound: u32,
+    pub conns_outbound: u32,
+    pub conns: u32,
+    /// File descriptors (one per TCP connection; QUIC connections share the endpoint's socket).
+    pub fd: u32,
+}
+
+impl ScopeLimit {
+    pub const UNLIMITED: ScopeLimit = ScopeLimit { conns_inbound: u32::MAX, conns_outbound: u32::MAX, conns: u32::MAX, fd: u32::MAX };
+
+    /// `base` plus `inc` for every GiB of `mib` MiB (go's `scale`: below 128 MiB only the base).
+    fn scale(base: ScopeLimit, inc: ScopeLimit, mib: u64, fd: u32) -> ScopeLimit {
+        let mib = if mib > 128 { mib } else { 0 };
+        let f = |b: u32, i: u32| b.saturating_add(((i as u64 * mib) >> 10).min(u32::MAX as u64) as u32);
+        ScopeLimit {
+            conns_inbound: f(base.conns_inbound, inc.conns_inbound),
+            conns_outbound: f(base.conns_outbound, inc.conns_outbound),
+            conns: f(base.conns, inc.conns),
+            fd: fd.max(base.fd),
+        }
+    }
+}
+
+/// One subnet rule: at most `max` inbound connections from each `/prefix_len` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetLimit {
+    pub v6: bool,
+    pub prefix_len: u8,
+    pub max: u32,
+}
+
+/// An address block (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl IpPrefix {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => mask(u32::from(a) as u128, 32, self.len) == mask(u32::from(b) as u128, 32, self.len),
+            (IpAddr::V6(a), IpAddr::V6(b)) => mask(u128::from(a), 128, self.len) == mask(u128::from(b), 128, self.len),
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = &'static str;
+    /// `ADDR/LEN` or a bare address (a single host).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, l) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.parse().map_err(|_| "not an IP address")?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = if l.is_empty() { max } else { l.parse().map_err(|_| "bad prefix length")? };
+        if len > max {
+            return Err("prefix length too long");
+        }
+        Ok(IpPrefix { addr, len })
+    }
+}
+
+impl std::fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// The top `len` of `bits` bits of `v`.
+fn mask(v: u128, bits: u8, len: u8) -> u128 {
+    let len = len.min(bits);
+    if len == 0 {
+        0
+    } else {
+        v >> (bits - len)
+    }
+}
+
+/// Per-address rules for inbound connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpLimits {
+    pub subnets: Vec<SubnetLimit>,
+    /// Addresses the subnet rules do not apply to (go: loopback).
+    pub exempt: Vec<IpPrefix>,
+    /// Addresses the subnet rules do not apply to, which also get the `allowlisted_*` budgets when the
+    /// normal ones are full (the operator's own nodes).
+    pub allowlist: Vec<IpPrefix>,
+}
+
+impl Default for IpLimits {
+    /// go-libp2p's: IPv4 /32 → 8; IPv6 /56 → 8 and /48 → 64; loopback exempt; no allowlist.
+    fn default() -> Self {
+        IpLimits {
+            subnets: vec![
+                SubnetLimit { v6: false, prefix_len: 32, max: 8 },
+                SubnetLimit { v6: true, prefix_len: 56, max: 8 },
+                SubnetLimit { v6: true, prefix_len: 48, max: 64 },
+            ],
+            exempt: vec!["127.0.0.0/8".parse().expect("invariant: literal"), "::1/128".parse().expect("invariant: literal")],
+            allowlist: Vec::new(),
+        }
+    }
+}
+
+impl IpLimits {
+    /// No per-address rules.
+    pub fn none() -> Self {
+        IpLimits { subnets: Vec::new(), exempt: Vec::new(), allowlist: Vec::new() }
+    }
+    pub fn is_allowlisted(&self, ip: IpAddr) -> bool {
+        self.allowlist.iter().any(|p| p.contains(ip))
+    }
+    fn is_exempt(&self, ip: IpAddr) -> bool {
+        self.is_allowlisted(ip) || self.exempt.iter().any(|p| p.contains(ip))
+    }
+}
+
+/// Counts inbound connections per address block against [`IpLimits`].
+#[derive(Debug, Clone, Default)]
+pub struct IpLimiter {
+    limits: Option<IpLimits>,
+    /// Per subnet rule: block → connections.
+    counts: Vec<BTreeMap<u128, u32>>,
+}
+
+impl IpLimiter {
+    pub fn new(limits: IpLimits) -> Self {
+        let counts = vec![BTreeMap::new(); limits.subnets.len()];
+        IpLimiter { limits: Some(limits), counts }
+    }
+    pub fn limits(&self) -> Option<&IpLimits> {
+        self.limits.as_ref()
+    }
+
+    fn blocks(&self, ip: IpAddr) -> impl Iterator<Item = (usize, u128, &SubnetLimit)> + '_ {
+        let (v, v6) = match ip {
+            IpAddr::V4(a) => (u32::from(a) as u128, false),
+            IpAddr::V6(a) => (u128::from(a), true),
+        };
+        let subnets = self.limits.as_ref().map(|l| &l.subnets[..]).unwrap_or(&[]);
+        subnets
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| r.v6 == v6)
+            .map(move |(i, r)| (i, mask(v, if v6 { 128 } else { 32 }, r.prefix_len), r))
+    }
+
+    /// Counts a connection from `ip`, or names the rule it would break. Exempt addresses are not counted.
+    pub fn try_add(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let Some(l) = &self.limits else { return Ok(()) };
+        if l.is_exempt(ip) {
+            return Ok(());
+        }
+        let blocks: Vec<(usize, u128, SubnetLimit)> = self.blocks(ip).map(|(i, b, r)| (i, b, *r)).collect();
+        for &(i, b, r) in &blocks {
+            if self.counts[i].get(&b).copied().unwrap_or(0) >= r.max {
+                return Err(Refusal {
+                    scope: Scope::Subnet { v6: r.v6, prefix_len: r.prefix_len },
+                    resource: Resource::ConnsInbound,
+                    limit: r.max,
+                });
+            }
+        }
+        for (i, b, _) in blocks {
+            *self.counts[i].entry(b).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+
+    /// Uncounts a connection `try_add` admitted from `ip`.
+    pub fn remove(&mut self, ip: IpAddr) {
+        let Some(l) = &self.limits else { return };
+        if l.is_exempt(ip) {
+            return;
+        }
+        let blocks: Vec<(usize, u128)> = self.blocks(ip).map(|(i, b, _)| (i, b)).collect();
+        for (i, b) in blocks {
+            if let Some(n) = self.counts[i].get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.counts[i].remove(&b);
+                }
+            }
+        }
+    }
+}
+
+/// Every budget of the resource manager. `Default` is go's base (a node with 128 MiB and 256 file
+/// descriptors for libp2p); [`Limits::scaled`] grows it with the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub system: ScopeLimit,
+    pub transient: ScopeLimit,
+    pub allowlisted_system: ScopeLimit,
+    pub allowlisted_transient: ScopeLimit,
+    pub peer: ScopeLimit,
+    pub ip: IpLimits,
+}
+
+const SYSTEM_BASE: ScopeLimit = ScopeLimit { conns_inbound: 64, conns_outbound: 128, conns: 128, fd: 256 };
+const SYSTEM_INC: ScopeLimit = ScopeLimit { conns_inbound: 64, conns_outbound: 128, conns: 128, fd: 0 };
+const TRANSIENT_BASE: ScopeLimit = ScopeLimit { conns_inbound: 32, conns_outbound: 64, conns: 64, fd: 64 };
+const TRANSIENT_INC: ScopeLimit = ScopeLimit { conns_inbound: 16, conns_outbound: 32, conns: 32, fd: 0 };
+/// go: 8 "so that it matches the number of concurrent dials we may do".
+const PEER: ScopeLimit = ScopeLimit { conns_inbound: 8, conns_outbound: 8, conns: 8, fd: 4 };
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::scaled(128 << 20, 256)
+    }
+}
+
+impl Limits {
+    /// go-libp2p's defaults for `memory` bytes and `fds` file descriptors given to libp2p (go's
+    /// `AutoScale` passes an eighth of the machine's memory and half its descriptor limit): per GiB,
+    /// the system scope gains 64 inbound / 128 outbound / 128 connections and the transient scope
+    /// 16 / 32 / 32; the system scope may use all `fds`, the transient a quarter, a peer 1/64.
+    pub fn scaled(memory: u64, fds: u32) -> Self {
+        let mib = memory >> 20;
+        let system = ScopeLimit::scale(SYSTEM_BASE, SYSTEM_INC, mib, fds);
+        let transient = ScopeLimit::scale(TRANSIENT_BASE, TRANSIENT_INC, mib, fds / 4);
+        Limits {
+            system,
+            transient,
+            allowlisted_system: system,
+            allowlisted_transient: transient,
+            peer: ScopeLimit { fd: (fds / 64).max(PEER.fd), ..PEER },
+            ip: IpLimits::default(),
+        }
+    }
+
+    /// No limit at all (tests, the simulator's default).
+    pub fn unlimited() -> Self {
+        let u = ScopeLimit::UNLIMITED;
+        Limits { system: u, transient: u, allowlisted_system: u, allowlisted_transient: u, peer: u, ip: IpLimits::none() }
+    }
+}
+
+/// Which budget said no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    System,
+    Transient,
+    AllowlistedSystem,
+    AllowlistedTransient,
+    Peer,
+    /// Inbound connections from one address block.
+    Subnet {
+        v6: bool,
+        prefix_len: u8,
+    },
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::System => f.write_str("system"),
+            Scope::Transient => f.write_str("transient"),
+            Scope::AllowlistedSystem => f.write_str("allowlisted system"),
+            Scope::AllowlistedTransient => f.write_str("allowlisted transient"),
+            Scope::Peer => f.write_str("peer"),
+            Scope::Subnet { v6, prefix_len } => write!(f, "{} /{prefix_len}", if *v6 { "ipv6" } else { "ipv4" }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    ConnsInbound,
+    ConnsOutbound,
+    Conns,
+    Fd,
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Resource::ConnsInbound => "inbound connections",
+            Resource::ConnsOutbound => "outbound connections",
+            Resource::Conns => "connections",
+            Resource::Fd => "file descriptors",
+        })
+    }
+}
+
+/// A refused connection: which scope, which resource, at what limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{scope} scope: {resource} at limit {limit}")]
+pub struct Refusal {
+    pub scope: Scope,
+    pub resource: Resource,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// What a scope holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub conns_inbound: u32,
+    pub conns_outbound: u32,
+    pub fd: u32,
+}
+
+impl Usage {
+    fn conns(&self) -> u32 {
+        self.conns_inbound + self.conns_outbound
+    }
+    /// Whether one more connection fits under `l`.
+    fn check(&self, l: &ScopeLimit, scope: Scope, dir: Direction, fd: bool) -> Result<(), Refusal> {
+        let (n, lim, res) = match dir {
+            Direction::Inbound => (self.conns_inbound, l.conns_inbound, Resource::ConnsInbound),
+            Direction::Outbound => (self.conns_outbound, l.conns_outbound, Resource::ConnsOutbound),
+        };
+        if n >= lim {
+            return Err(Refusal { scope, resource: res, limit: lim });
+        }
+        if self.conns() >= l.conns {
+            return Err(Refusal { scope, resource: Resource::Conns, limit: l.conns });
+        }
+        if fd && self.fd >= l.fd {
+            return Err(Refusal { scope, resource: Resource::Fd, limit: l.fd });
+        }
+        Ok(())
+    }
+    fn add(&mut self, dir: Direction, fd: bool, sign: i32) {
+        let c = match dir {
+            Direction::Inbound => &mut self.conns_inbound,
+            Direction::Outbound => &mut self.conns_outbound,
+        };
+        *c = c.wrapping_add_signed(sign);
+        if fd {
+            self.fd = self.fd.wrapping_add_signed(sign);
+        }
+    }
+}
+
+/// Refusals by scope (each also logged at debug level by the caller with its connection).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub refused_system: u64,
+    pub refused_transient: u64,
+    pub refused_peer: u64,
+    pub refused_subnet: u64,
+    /// Admitted under an allowlisted scope because the normal one was full.
+    pub allowlisted_admits: u64,
+}
+
+/// One connection's place in the scopes.
+#[derive(Debug, Clone)]
+struct Held {
+    dir: Direction,
+    fd: bool,
+    /// Counted by the subnet limiter (an inbound one from a non-exempt address).
+    ip: Option<IpAddr>,
+    /// Counted in the allowlisted scopes instead of system/transient.
+    allowlisted: bool,
+    /// `None` while transient.
+    peer: Option<crate::identity::PeerId>,
+}
+
+/// The connection accounting. Keys are the caller's connection ids.
+#[derive(Debug, Clone)]
+pub struct ResourceManager {
+    limits: Limits,
+    ips: IpLimiter,
+    system: Usage,
+    transient: Usage,
+    allowlisted_system: Usage,
+    allowlisted_transient: Usage,
+    peers: BTreeMap<crate::identity::PeerId, Usage>,
+    conns: BTreeMap<u64, Held>,
+    stats: Stats,
+}
+
+impl ResourceManager {
+    pub fn new(limits: Limits) -> Self {
+        ResourceManager {
+            ips: IpLimiter::new(limits.ip.clone()),
+            limits,
+            system: Usage::default(),
+            transient: Usage::default(),
+            allowlisted_system: Usage::default(),
+            allowlisted_transient: Usage::default(),
+            peers: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            stats: Stats::default(),
+        }
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// What the system scope holds (the allowlisted scopes included).
+    pub fn system(&self) -> Usage {
+        let (a, b) = (self.system, self.allowlisted_system);
+        Usage { conns_inbound: a.conns_inbound + b.conns_inbound, conns_outbound: a.conns_outbound + b.conns_outbound, fd: a.fd + b.fd }
+    }
+    /// What the transient scope holds (handshakes and dials in progress).
+    pub fn transient(&self) -> Usage {
+        let (a, b) = (self.transient, self.allowlisted_transient);
+        Usage { conns_inbound: a.conns_inbound + b.conns_inbound, conns_outbound: a.conns_outbound + b.conns_outbound, fd: a.fd + b.fd }
+    }
+    pub fn peer(&self, p: &crate::identity::PeerId) -> Usage {
+        self.peers.get(p).copied().unwrap_or_default()
+    }
+    pub fn contains(&self, conn: u64) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    fn count(&mut self, r: &Refusal) {
+        match r.scope {
+            Scope::System | Scope::AllowlistedSystem => self.stats.refused_system += 1,
+            Scope::Transient | Scope::AllowlistedTransient => self.stats.refused_transient += 1,
+            Scope::Peer => self.stats.refused_peer += 1,
+            Scope::Subnet { .. } => self.stats.refused_subnet += 1,
+        }
+    }
+
+    /// A new connection (`Inbound`: accepted from `ip`; `Outbound`: a dial starting), in the transient
+    /// scope until [`ResourceManager::set_peer`]. `fd`: it holds a file descriptor of its own.
+    pub fn open_conn(&mut self, conn: u64, dir: Direction, ip: Option<IpAddr>, fd: bool) -> Result<(), Refusal> {
+        let r = self.try_open(conn, dir, ip, fd);
+        if let Err(e) = &r {
+            self.count(e);
+        }
+        r
+    }
+
+    fn try_open(&mut self, conn: u64, dir: Direction, ip: Option<IpAddr>, fd: bool) -> Result<(), Refusal> {
+        let allowlisted = ip.is_some_and(|ip| self.limits.ip.is_allowlisted(ip));
+        let normal = self
+            .system
+            .check(&self.limits.system, Scope::System, dir, fd)
+            .and_then(|()| self.transient.check(&self.limits.transient, Scope::Transient, dir, fd));
+        let use_allowlisted = match normal {
+            Ok(()) => false,
+            Err(e) if !allowlisted => return Err(e),
+            Err(_) => {
+                self.allowlisted_system.check(&self.limits.allowlisted_system, Scope::AllowlistedSystem, dir, fd)?;
+                self.allowlisted_transient.check(&self.limits.allowlisted_transient, Scope::AllowlistedTransient, dir, fd)?;
+                true
+            }
+        };
+        let counted_ip = match (dir, ip) {
+            (Direction::Inbound, Some(ip)) => {
+                self.ips.try_add(ip)?;
+                Some(ip)
+            }
+            _ => None,
+        };
+        if use_allowlisted {
+            self.stats.allowlisted_admits += 1;
+            self.allowlisted_system.add(dir, fd, 1);
+            self.allowlisted_transient.add(dir, fd, 1);
+        } else {
+            self.system.add(dir, fd, 1);
+            self.transient.add(dir, fd, 1);
+        }
+        if let Some(old) = self.conns.insert(conn, Held { dir, fd, ip: counted_ip, allowlisted: use_allowlisted, peer: None }) {
+            // A reused id would corrupt the counts: undo the old entry's share.
+            self.release(old);
+        }
+        Ok(())
+    }
+
+    /// The handshake of `conn` finished with `peer`: it leaves the transient scope for the peer's. A
+    /// refusal (the peer's budget is full) leaves it where it was; close it, then [`close_conn`].
+    ///
+    /// [`close_conn`]: ResourceManager::close_conn
+    pub fn set_peer(&mut self, conn: u64, peer: &crate::identity::PeerId) -> Result<(), Refusal> {
+        let Some(h) = self.conns.get(&conn) else { return Ok(()) };
+        if h.peer.is_some() {
+            return Ok(());
+        }
+        let (dir, fd, allowlisted) = (h.dir, h.fd, h.allowlisted);
+        let usage = self.peers.get(peer).copied().unwrap_or_default();
+        if let Err(e) = usage.check(&self.limits.peer, Scope::Peer, dir, fd) {
+            self.count(&e);
+            return Err(e);
+        }
+        self.peers.entry(peer.clone()).or_default().add(dir, fd, 1);
+        if allowlisted {
+            self.allowlisted_transient.add(dir, fd, -1);
+        } else {
+            self.transient.add(dir, fd, -1);
+        }
+        self.conns.get_mut(&conn).expect("invariant: present").peer = Some(peer.clone());
+        Ok(())
+    }
+
+    /// `conn` is gone (closed, failed, or refused after `open_conn`): everything it held is released.
+    pub fn close_conn(&mut self, conn: u64) {
+        if let Some(h) = self.conns.remove(&conn) {
+            self.release(h);
+        }
+    }
+
+    fn release(&mut self, h: Held) {
+        let (sys, tr) = if h.allowlisted {
+            (&mut self.allowlisted_system, &mut self.allowlisted_transient)
+        } else {
+            (&mut self.system, &mut self.transient)
+        };
+        sys.add(h.dir, h.fd, -1);
+        match &h.peer {
+            None => tr.add(h.dir, h.fd, -1),
+            Some(p) => {
+                if let Some(u) = self.peers.get_mut(p) {
+                    u.add(h.dir, h.fd, -1);
+                    if u.conns() == 0 {
+                        self.peers.remove(p);
+                    }
+                }
+            }
+        }
+        if let Some(ip) = h.ip {
+            self.ips.remove(ip);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::PeerId;
+    use rand_core::SeedableRng;
+
+    fn peer(n: u8) -> PeerId {
+        PeerId::random(&mut rand_chacha::ChaCha8Rng::from_seed([n; 32]))
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn scaled_limits_match_go_defaults() {
+        let base = Limits::default();
+        assert_eq!(base.system, ScopeLimit { conns_inbound: 64, conns_outbound: 128, conns: 128, fd: 256 });
+        assert_eq!(base.transient.conns_inbound, 32);
+        // 24 GiB machine: go gives libp2p an eighth of it (3 GiB) and half of 20,000 descriptors.
+        let l = Limits::scaled(3 << 30, 10_000);
+        assert_eq!((l.system.conns_inbound, l.system.conns_outbound, l.system.conns, l.system.fd), (256, 512, 512, 10_000));
+        assert_eq!((l.transient.conns_inbound, l.transient.conns_outbound, l.transient.conns, l.transient.fd), (80, 160, 160, 2_500));
+        assert_eq!(l.peer.conns, 8);
+    }
+
+    #[test]
+    fn subnet_limit_refuses_the_ninth_connection_from_one_ipv4_address() {
+        let mut rc = ResourceManager::new(Limits::scaled(1 << 30, 1000));
+        for i in 0..8 {
+            rc.open_conn(i, Direction::Inbound, ip("10.0.0.1"), true).unwrap();
+        }
+        let e = rc.open_conn(8, Direction::Inbound, ip("10.0.0.1"), true).unwrap_err();
+        assert_eq!(e.scope, Scope::Subnet { v6: false, prefix_len: 32 });
+        assert_eq!(rc.stats().refused_subnet, 1);
+        // Another address, loopback and our own dials are not affected.
+        rc.open_conn(9, Direction::Inbound, ip("10.0.0.2"), true).unwrap();
+        for i in 10..30 {
+            rc.open_conn(i, Direction::Inbound, ip("127.0.0.1"), true).unwrap();
+        }
+        rc.open_conn(30, Direction::Outbound, ip("10.0.0.1"), true).unwrap();
+        // Closing one makes room again.
+        rc.close_conn(3);
+        rc.open_conn(31, Direction::Inbound, ip("10.0.0.1"), true).unwrap();
+    }
+
+    #[test]
+    fn ipv6_blocks_count_at_56_and_48() {
+        let mut rc = ResourceManager::new(Limits::unlimited());
+        rc.limits.ip = IpLimits::default();
+        rc.ips = IpLimiter::new(IpLimits::default());
+        for i in 0..8 {
+            rc.open_conn(i, Direction::Inbound, ip(&format!("2001:db8:0:1::{}", i + 1)), true).unwrap();
+        }
+        let e = rc.open_conn(100, Direction::Inbound, ip("2001:db8:0:1::ff"), true).unwrap_err();
+        assert_eq!(e.scope, Scope::Subnet { v6: true, prefix_len: 56 });
+        // Other /56 blocks of the same /48 fill it to 64.
+        let mut n = 8;
+        'outer: for b in 1..=20u32 {
+            for h in 0..8 {
+                match rc.open_conn(200 + n as u64, Direction::Inbound, ip(&format!("2001:db8:0:{:x}00::{}", b, h + 1)), true) {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        assert_eq!(e.scope, Scope::Subnet { v6: true, prefix_len: 48 });
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 64);
+    }
+
+    #[test]
+    fn handshakes_fill_the_transient_scope_not_the_established_budget() {
+        let mut rc = ResourceManager::new(Limits { ip: IpLimits::none(), ..Limits::default() });
+        let peer = peer(1);
+        // 32 inbound handshakes fill the transient scope...
+        for i in 0..32 {
+            rc.open_conn(i, Direction::Inbound, ip("10.0.0.1"), true).unwrap();
+        }
+        let e = rc.open_conn(99, Direction::Inbound, ip("10.0.0.2"), true).unwrap_err();
+        assert_eq!((e.scope, e.resource), (Scope::Transient, Resource::ConnsInbound));
+        // ...one finishing makes room, and established ones no longer count there.
+        rc.set_peer(0, &peer).unwrap();
+        assert_eq!(rc.transient().conns_inbound, 31);
+        assert_eq!(rc.system().conns_inbound, 32);
+        rc.open_conn(99, Direction::Inbound, ip("10.0.0.2"), true).unwrap();
+        rc.close_conn(0);
+        assert_eq!(rc.peer(&peer), Usage::default());
+        assert_eq!(rc.system().conns_inbound, 32);
+    }
+
+    #[test]
+    fn peer_scope_refuses_a_ninth_connection_and_keeps_it_transient() {
+        let mut rc = ResourceManager::new(Limits::unlimited());
+        rc.limits.peer = PEER;
+        let peer = peer(2);
+        for i in 0..8 {
+            rc.open_conn(i, Direction::Outbound, None, false).unwrap();
+            rc.set_peer(i, &peer).unwrap();
+        }
+        rc.open_conn(8, Direction::Inbound, ip("10.0.0.1"), false).unwrap();
+        let e = rc.set_peer(8, &peer).unwrap_err();
+        assert_eq!(e.scope, Scope::Peer);
+        assert_eq!(rc.transient().conns_inbound, 1);
+        rc.close_conn(8);
+        assert_eq!(rc.transient(), Usage::default());
+        assert_eq!(rc.peer(&peer).conns_outbound, 8);
+    }
+
+    #[test]
+    fn allowlisted_address_gets_in_when_the_normal_scopes_are_full() {
+        let mut l = Limits::default();
+        l.transient.conns_inbound = 2;
+        l.allowlisted_transient.conns_inbound = 4;
+        l.ip.allowlist = vec!["192.0.2.0/24".parse().unwrap()];
+        let mut rc = ResourceManager::new(l);
+        rc.open_conn(0, Direction::Inbound, ip("10.0.0.1"), true).unwrap();
+        rc.open_conn(1, Direction::Inbound, ip("10.0.0.2"), true).unwrap();
+        assert!(rc.open_conn(2, Direction::Inbound, ip("10.0.0.3"), true).is_err());
+        rc.open_conn(3, Direction::Inbound, ip("192.0.2.7"), true).unwrap();
+        assert_eq!(rc.stats().allowlisted_admits, 1);
+        rc.close_conn(3);
+        assert_eq!(rc.transient().conns_inbound, 2);
+    }
+
+    #[test]
+    fn ip_prefix_parses_and_matches() {
+        let p: IpPrefix = "10.1.0.0/16".parse().unwrap();
+        assert!(p.contains("10.1.200.3".parse().unwrap()));
+        assert!(!p.contains("10.2.0.1".parse().unwrap()));
+        assert!(!p.contains("::1".parse().unwrap()));
+        assert_eq!("10.0.0.1".parse::<IpPrefix>().unwrap().len, 32);
+        assert!("10.0.0.0/33".parse::<IpPrefix>().is_err());
+        assert!("nope/8".parse::<IpPrefix>().is_err());
+        let all: IpPrefix = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+    }
+}
