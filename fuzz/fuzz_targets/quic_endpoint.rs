@@ -22,6 +22,8 @@ fuzz_target!(|data: &[u8]| {
         base: *base,
         max_streams: 8,
         max_connections: 4,
+        max_inbound_handshakes: 3,
+        ip_limits: hyphae_core::rcmgr::IpLimits::default(),
         max_datagrams: 1,
         stream_window: hyphae_core::quic::DEFAULT_STREAM_WINDOW,
         connection_window: hyphae_core::quic::DEFAULT_CONNECTION_WINDOW,
