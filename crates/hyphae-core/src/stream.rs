@@ -139,6 +139,9 @@ pub enum CloseReason {
     /// A local limit refused or ended it.
     #[error("limit reached: {0}")]
     Limit(&'static str),
+    /// The connection manager closed it to get back under its watermark.
+    #[error("trimmed by the connection manager")]
+    Trimmed,
     /// The resource manager refused it (which scope, which resource).
     #[error("resource limit: {0}")]
     Refused(crate::rcmgr::Refusal),

@@ -80,6 +80,10 @@ pub struct HostConfig {
     /// per source subnet, allowlist): see `hyphae_core::rcmgr`. Default: go-libp2p's, scaled to this
     /// machine ([`machine_limits`]).
     pub resources: rcmgr::Limits,
+    /// The connection manager (`host.tag_peer`, `protect_peer`, `trim_connections`): above
+    /// `high_water` established connections it closes the least valuable peers' down to `low_water`.
+    /// Default on, with p2pd's 256 / 512 / 2 min grace; `None` never trims on its own.
+    pub connmgr: Option<hyphae_core::node::connmgr::Config>,
     /// Peers remembered in the peerstore (oldest unconnected evicted first). Default 10 000.
     pub max_peerstore_entries: usize,
     /// A ping without an answer after this long fails. Default 10 s.
@@ -134,6 +138,7 @@ impl HostConfig {
             keypair,
             limits: conn::Limits::default(),
             resources: machine_limits(),
+            connmgr: Some(hyphae_core::node::connmgr::Config::default()),
             max_peerstore_entries: 10_000,
             ping_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(15),
@@ -747,6 +752,7 @@ impl Host {
         nc.limits.resources = config.resources.clone();
         nc.limits.peerstore.max_peers = config.max_peerstore_entries;
         nc.limits.idle_timeout = config.idle_timeout;
+        nc.limits.connmgr = config.connmgr.clone();
         let mut node = Node::new(nc, hyphae_core::Instant::ZERO);
         // Perf runs on command; it serves only after `enable_perf_server`.
         node.add_service(hyphae_core::Instant::ZERO, Box::new(PerfService::new(false)));

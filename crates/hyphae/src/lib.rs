@@ -25,6 +25,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+mod connmgr;
 mod dht;
 mod driver;
 mod handle;

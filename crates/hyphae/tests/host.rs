@@ -259,3 +259,38 @@ async fn host_stops_reading_a_peer_that_floods_without_reading() {
     // Socket buffers on both sides plus one muxer buffer; measured 9.7 MB on loopback.
     assert!(written < 64 << 20, "the host read {written} bytes before pushing back");
 }
+
+/// The connection manager through the Host: with high water 2 and low water 1, a third inbound peer
+/// makes the host trim down to one connection; the protected peer is the one kept. An explicit trim
+/// with nothing above the low watermark closes nothing.
+#[tokio::test]
+async fn host_connmgr_trims_to_the_low_watermark_and_keeps_the_protected_peer() {
+    use hyphae::core::node::connmgr;
+    let mut cfg = HostConfig::ephemeral();
+    cfg.connmgr = Some(connmgr::Config { low_water: 1, high_water: 2, grace: Duration::ZERO, silence: Duration::ZERO });
+    let server = Host::new(cfg).await.unwrap();
+    let addr = server.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap().remove(0);
+    let clients: Vec<Host> = hosts(3).await;
+    let keep = clients[1].peer_id().clone();
+    assert!(server.protect_peer(&keep, "test"));
+    assert!(server.tag_peer(&clients[0].peer_id().clone(), "app", 5));
+    for c in &clients {
+        c.connect(&addr).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.peers().len() > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.peers(), vec![keep.clone()]);
+    assert_eq!(server.trim_connections(), 0);
+    assert!(server.is_protected(&keep, Some("test")));
+    assert!(!server.unprotect_peer(&keep, "test"));
+}
+
+async fn hosts(n: usize) -> Vec<Host> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(Host::new(HostConfig::ephemeral()).await.unwrap());
+    }
+    v
+}

@@ -26,10 +26,12 @@
 //! [`Stats`].
 
 mod bytes;
+pub mod connmgr;
 pub mod peerstore;
 
 pub use crate::service::{ConnId, Dial, Event, LocalInfo, Service, ServiceId};
 pub use bytes::{ByteNode, Input, Output};
+pub use connmgr::ConnManager;
 pub use peerstore::{PeerRecord, Peerstore};
 
 use crate::conn;
@@ -66,6 +68,9 @@ pub struct Limits {
     /// default; rust-libp2p closes at once). A DHT node that dials many peers per lookup wants it.
     pub idle_timeout: Option<Duration>,
     pub peerstore: peerstore::Limits,
+    /// The connection manager's watermarks ([`connmgr`]); `None`: never trims automatically (tags,
+    /// protections and `Node::trim` still work). Default `None`; the Host turns it on.
+    pub connmgr: Option<connmgr::Config>,
 }
 
 impl Default for Limits {
@@ -77,6 +82,7 @@ impl Default for Limits {
             max_pending_dials: 256,
             idle_timeout: None,
             peerstore: peerstore::Limits::default(),
+            connmgr: None,
         }
     }
 }
@@ -161,6 +167,8 @@ struct ConnEntry {
     closing: Option<CloseReason>,
     /// The last event of this connection (the idle check).
     last_active: Instant,
+    /// When its handshake finished (the connection manager's grace period).
+    established_at: Instant,
 }
 
 /// A stream a service owns, with what it wrote that the connection has not taken yet.
@@ -198,6 +206,7 @@ pub struct Node {
     out: Outbox,
     peerstore: Peerstore,
     resources: ResourceManager,
+    connmgr: ConnManager,
     /// Read buffer for services with a large `read_chunk` (empty until one reads).
     bulk: Vec<u8>,
     /// When to look for idle connections next (with `Limits::idle_timeout`).
@@ -228,6 +237,7 @@ impl Node {
             out: Outbox::default(),
             peerstore: Peerstore::new(config.limits.peerstore.clone()),
             resources: ResourceManager::new(config.limits.resources.clone()),
+            connmgr: ConnManager::new(config.limits.connmgr.clone()),
             bulk: Vec::new(),
             idle_check: None,
             next_conn: 1 << 32,
@@ -307,6 +317,43 @@ impl Node {
     pub fn resources(&self) -> &ResourceManager {
         &self.resources
     }
+    /// The connection manager: tags, protections, its statistics.
+    pub fn connmgr(&self) -> &ConnManager {
+        &self.connmgr
+    }
+    pub fn connmgr_mut(&mut self) -> &mut ConnManager {
+        &mut self.connmgr
+    }
+
+    /// Established connections not being closed.
+    fn live_conns(conns: &BTreeMap<ConnId, ConnEntry>) -> Vec<connmgr::ConnInfo<'_>> {
+        conns
+            .iter()
+            .filter(|(_, e)| e.closing.is_none())
+            .filter_map(|(id, e)| {
+                let peer = e.peer.as_ref()?;
+                Some(connmgr::ConnInfo { conn: *id, peer, role: e.role, established_at: e.established_at })
+            })
+            .collect()
+    }
+
+    /// Trims connections down to the connection manager's low watermark now (go's `TrimOpenConns`;
+    /// the daemon's CONNMANAGER TRIM). Returns how many are being closed; the drivers close them
+    /// through the outbox (`due`/`flush`).
+    pub fn trim(&mut self, now: Instant) -> usize {
+        let live = Self::live_conns(&self.conns);
+        let close = self.connmgr.select(now, &live);
+        for &c in &close {
+            if let Some(e) = self.conns.get_mut(&c) {
+                e.closing = Some(CloseReason::Trimmed);
+            }
+            self.out.ops.push_back((c, Op::CloseConnection { reason: CloseReason::Trimmed }));
+        }
+        if !close.is_empty() {
+            tracing::debug!(closing = close.len(), "connection manager trimmed connections");
+        }
+        close.len()
+    }
     pub fn peerstore(&self) -> &Peerstore {
         &self.peerstore
     }
@@ -382,7 +429,10 @@ impl Node {
             tracing::debug!(%conn, %addr, reason = %r, "connection refused");
             return Err(CloseReason::Refused(r));
         }
-        self.conns.insert(conn, ConnEntry { role, addr, expected, peer: None, closing: None, last_active: Instant(0) });
+        self.conns.insert(
+            conn,
+            ConnEntry { role, addr, expected, peer: None, closing: None, last_active: Instant(0), established_at: Instant(0) },
+        );
         Ok(())
     }
 
@@ -504,6 +554,7 @@ impl Node {
                 }
                 self.conns.get_mut(&id).expect("invariant: present").peer = Some(peer.clone());
                 self.stats.connections_established += 1;
+                self.conns.get_mut(&id).expect("invariant: present").established_at = now;
                 if let Some(idle) = self.config.limits.idle_timeout {
                     let t = now + idle;
                     self.idle_check = Some(self.idle_check.map_or(t, |c| c.min(t)));
@@ -513,6 +564,9 @@ impl Node {
                 self.peerstore.set_public_key(peer, (**public_key).clone(), &is_connected);
                 if role == Role::Dialer {
                     self.peerstore.add_addrs(peer, std::slice::from_ref(&addr), &is_connected);
+                }
+                if self.connmgr.config().is_some() && self.connmgr.wants_trim(now, Self::live_conns(&self.conns).len()) {
+                    self.trim(now);
                 }
                 self.push_event(Event::Connected { peer: peer.clone(), conn: id, role, addr: addr.clone() });
                 self.tell_services(now, None, ConnectionEvent::Established { conn: id, peer, role, addr: &addr });
@@ -527,6 +581,9 @@ impl Node {
                 self.out.queued.remove(&id);
                 match e.peer {
                     Some(peer) => {
+                        if !connected(&self.conns, &peer) {
+                            self.connmgr.on_disconnected(&peer);
+                        }
                         self.tell_services(now, None, ConnectionEvent::Closed { conn: id, peer: &peer, reason: &reason });
                         self.push_event(Event::Disconnected { peer, conn: id, reason: reason.clone() });
                     }

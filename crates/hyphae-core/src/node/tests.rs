@@ -348,3 +348,41 @@ fn node_idle_connections_close_after_the_timeout_and_busy_ones_stay() {
     });
     assert!(matches!(reason, Some(CloseReason::Limit("idle")) | Some(CloseReason::Remote)), "{reason:?}");
 }
+
+/// The connection manager in the node machine: five peers dial node 0 (high water 3, low water 2, no
+/// grace); at the fourth it trims down to two, sparing the protected peer and the valuable one, and the
+/// trimmed connections close with `Trimmed` on both sides.
+#[test]
+fn node_connmgr_trims_to_the_low_watermark_sparing_protected_and_valuable_peers() {
+    use super::connmgr;
+    let mut p = Net::new(6, |i, c| {
+        if i == 0 {
+            c.limits.connmgr =
+                Some(connmgr::Config { low_water: 2, high_water: 3, grace: Duration::ZERO, silence: Duration::from_secs(60) });
+        }
+    });
+    let ids: Vec<PeerId> = (0..6).map(|i| p.nodes[i].peer_id().clone()).collect();
+    p.nodes[0].node_mut().connmgr_mut().protect(&ids[1], "bootstrap");
+    p.nodes[0].node_mut().connmgr_mut().tag(&ids[2], "mesh", 20);
+    for i in 1..=4 {
+        let a = p.addr(0);
+        p.dial(i, a);
+        p.run_until(p.now + Duration::from_millis(200));
+    }
+    let n0 = p.nodes[0].node();
+    let left: Vec<PeerId> = n0.connected_peers();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&ids[1]) && left.contains(&ids[2]), "{left:?}");
+    assert_eq!(n0.connmgr().stats().connections_trimmed, 2);
+    let trimmed = p.events[0].iter().filter(|e| matches!(e, Event::Disconnected { reason: CloseReason::Trimmed, .. })).count();
+    assert_eq!(trimmed, 2, "{:?}", p.events[0]);
+    // Within the silence period a fifth connection stays (no automatic trim); an explicit one runs.
+    let a = p.addr(0);
+    p.dial(5, a);
+    p.run_until(p.now + Duration::from_millis(200));
+    assert_eq!(p.nodes[0].node().connected_peers().len(), 3);
+    let now = p.now;
+    assert_eq!(p.nodes[0].node_mut().trim(now), 1);
+    p.run_until(p.now + Duration::from_millis(200));
+    assert_eq!(p.nodes[0].node().connected_peers().len(), 2);
+}
