@@ -5,45 +5,217 @@ use hyphae::{keyfile, Host, HostConfig, HostEvent, KeyType, Keypair, Multiaddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage:
-  hyphae node [--listen MULTIADDR]... [--key FILE] [--key-type ed25519|secp256k1|ecdsa|rsa]
-             [--bootstrap MULTIADDR]... [--dht-mode auto|client|server] [--provide CID]...
-             [--connect MULTIADDR]... [--subscribe TOPIC]...
-      Runs a node. Without --listen it listens on /ip4/0.0.0.0/tcp/4001, /ip6/::/tcp/4001 and
-      /ip4/0.0.0.0/udp/4001/quic-v1 (port 0 if taken); without --key it keeps its key in $XDG_DATA_HOME/hyphae/identity.key. Prints each
-      listen address with /p2p/<id> on stdout, then logs connections and pings. Ctrl-C stops it.
-      --bootstrap joins the Kademlia DHT through those peers (mode auto: a client until AutoNAT v1
-      confirms a public address; --dht-mode pins it); --provide keeps announcing CID while it runs.
-      The node serves AutoNAT v1 to others. --connect dials those peers at start; --subscribe joins
-      a gossipsub topic and logs each message received on it.
-  hyphae pubsub TOPIC [--connect MULTIADDR]... [--listen MULTIADDR]... [--key FILE]
-      A terminal chat on a gossipsub topic: prints each message received as \"<sender peer ID>: <text>\"
-      on stdout, publishes each line typed on stdin. Listens as node does (its addresses go to stderr).
-  hyphae dht find-peer PEER_ID | closest KEY | put KEY VALUE_FILE | get KEY | provide CID |
-             find-providers CID [--limit N]   --bootstrap MULTIADDR... [--quorum N]
-      Joins the DHT through the bootstrap peers (as a client), runs one operation and prints its
-      results one per line (get: the value's raw bytes). KEY: /pk/PEER_ID, /ipns/PEER_ID or other
-      text; CID: CIDv0 (Qm…) or CIDv1 base32 (b…).
-  hyphae ping MULTIADDR [--count N] [--key FILE] [--key-type T]
-      Dials MULTIADDR (ending in /p2p/<id>), prints the time from the dial to the first ping answer
-      (in round trips: the set-up cost), the remote's identify info and N ping RTTs.
-  hyphae id [--key FILE]
-      Prints the peer ID of the key (the default key if none given).
-  hyphae perf --server [--listen MULTIADDR]... [--key FILE]
-      Serves /perf/1.0.0; prints its listen addresses with /p2p/<id>.
-  hyphae perf MULTIADDR --upload BYTES --download BYTES
-      Runs the perf protocol against MULTIADDR; prints JSON lines, the last one
-      {\"type\":\"final\",\"timeSeconds\":..,\"uploadBytes\":..,\"downloadBytes\":..} like rust-libp2p's perf.
-  hyphae sim FILE [--seed N] [--out DIR] [--check] [--threads N]
-      Runs a simulation scenario (see scenarios/ and the README) on virtual time and prints a summary
-      table; --out writes metrics.csv, metrics.json, rtt_over_time.csv and rtt_over_time.svg; --check
-      runs it twice and compares the trace hash of every event. HYPHAE_SEED also sets the seed.
-      --threads (or HYPHAE_SIM_THREADS; default: the cores, at most 8) never changes the outcome.
-common flags: --security noise,tls (order of preference; default both, noise first)
-              --muxer yamux,mplex (default both, yamux first)
-logging: RUST_LOG=debug for more detail (default info, on stderr).";
+use clap::{Parser, Subcommand};
 
+/// hyphae: a libp2p node (TCP and QUIC-v1, Noise and TLS, Yamux and mplex, identify, ping, Kademlia,
+/// AutoNAT, gossipsub), and the tools around it.
+#[derive(Parser, Debug)]
+#[command(name = "hyphae", version, about, after_help = "logging: RUST_LOG=debug for more detail (default info, on stderr)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runs a node until Ctrl-C or SIGTERM. Without --listen it listens on /ip4/0.0.0.0/tcp/4001,
+    /// /ip6/::/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1 (port 0 if taken); prints each listen address
+    /// with /p2p/<id> on stdout, then logs connections and pings. It serves AutoNAT v1 to others.
+    Node {
+        #[command(flatten)]
+        listen: ListenArgs,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Join the Kademlia DHT through this peer (repeatable; needs /p2p/<id>).
+        #[arg(long, short = 'b', value_name = "MULTIADDR", value_parser = peer_addr)]
+        bootstrap: Vec<Multiaddr>,
+        /// DHT mode: auto (a client until AutoNAT confirms a public address), client or server.
+        #[arg(long, value_name = "MODE", value_parser = dht_mode)]
+        dht_mode: Option<hyphae::core::kad::Mode>,
+        /// Announce this CID as provided while the node runs (CIDv0 Qm… or CIDv1 base32 b…; repeatable).
+        #[arg(long, value_name = "CID")]
+        provide: Vec<String>,
+        /// Dial this peer at start (repeatable; needs /p2p/<id>).
+        #[arg(long, value_name = "MULTIADDR", value_parser = peer_addr)]
+        connect: Vec<Multiaddr>,
+        /// Join this gossipsub topic and log each message received on it (repeatable).
+        #[arg(long, value_name = "TOPIC")]
+        subscribe: Vec<String>,
+    },
+    /// A terminal chat on a gossipsub topic: prints each message received as "<sender peer ID>: <text>"
+    /// on stdout, publishes each line typed on stdin. Listens as node does (addresses go to stderr).
+    Pubsub {
+        topic: String,
+        #[arg(long, value_name = "MULTIADDR", value_parser = peer_addr)]
+        connect: Vec<Multiaddr>,
+        #[command(flatten)]
+        listen: ListenArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Joins the DHT through the bootstrap peers (as a client), runs one operation and prints its
+    /// results one per line (get: the value's raw bytes). KEY: /pk/PEER_ID, /ipns/PEER_ID or other text.
+    Dht {
+        /// find-peer PEER_ID | closest KEY | put KEY VALUE_FILE | get KEY | provide CID | find-providers CID
+        #[arg(value_name = "OPERATION", num_args = 2..=3, required = true)]
+        op: Vec<String>,
+        #[arg(long, short = 'b', value_name = "MULTIADDR", value_parser = peer_addr)]
+        bootstrap: Vec<Multiaddr>,
+        /// find-providers: stop after this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// get: answers to wait for.
+        #[arg(long, default_value_t = 1)]
+        quorum: usize,
+        #[arg(long, value_name = "MODE", value_parser = dht_mode)]
+        dht_mode: Option<hyphae::core::kad::Mode>,
+        #[command(flatten)]
+        listen: ListenArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Dials MULTIADDR (ending in /p2p/<id>), prints the time from the dial to the first ping answer,
+    /// the remote's identify info and N ping RTTs.
+    Ping {
+        #[arg(value_name = "MULTIADDR", value_parser = multiaddr)]
+        target: Multiaddr,
+        #[arg(long, short = 'c', default_value_t = 5)]
+        count: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Prints the peer ID of the key (the default key if none given).
+    Id {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The perf protocol: --server serves /perf/1.0.0; with MULTIADDR, runs it and prints JSON lines,
+    /// the last one {"type":"final","timeSeconds":..,"uploadBytes":..,"downloadBytes":..} like
+    /// rust-libp2p's perf.
+    Perf {
+        #[arg(long, conflicts_with = "target")]
+        server: bool,
+        #[arg(value_name = "MULTIADDR", value_parser = multiaddr, required_unless_present = "server")]
+        target: Option<Multiaddr>,
+        #[arg(long, alias = "upload-bytes", value_name = "BYTES", default_value_t = 0)]
+        upload: u64,
+        #[arg(long, alias = "download-bytes", value_name = "BYTES", default_value_t = 0)]
+        download: u64,
+        #[command(flatten)]
+        listen: ListenArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Runs a simulation scenario (see scenarios/ and the README) on virtual time and prints a summary
+    /// table. HYPHAE_SEED also sets the seed.
+    Sim {
+        file: String,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write metrics.csv, metrics.json, rtt_over_time.csv and rtt_over_time.svg here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Run twice and compare the trace hash of every event.
+        #[arg(long)]
+        check: bool,
+        /// Worker threads (or HYPHAE_SIM_THREADS; default: the cores, at most 8); never changes the outcome.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct ListenArgs {
+    /// Listen on this address (repeatable).
+    #[arg(long, short = 'l', value_name = "MULTIADDR", value_parser = multiaddr)]
+    listen: Vec<Multiaddr>,
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// The identity key file (libp2p's private-key protobuf), created if missing.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Key type of a new key.
+    #[arg(long, value_name = "TYPE", default_value = "ed25519", value_parser = key_type)]
+    key_type: KeyType,
+    /// Security protocols in order of preference (default noise,tls).
+    #[arg(long, value_name = "LIST", value_parser = security_list)]
+    security: Option<Vec<String>>,
+    /// Stream muxers in order of preference (default yamux,mplex).
+    #[arg(long, value_name = "LIST", value_parser = muxer_list)]
+    muxer: Option<Vec<String>>,
+}
+
+/// The limits an operator sets (README: "Limits and defaults").
+#[derive(clap::Args, Debug, Default)]
+struct LimitArgs {
+    /// Connections at once; also the inbound and the outbound budget (the resource manager's system
+    /// scope; default: go-libp2p's table scaled to this machine's memory and descriptor limit).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+    /// Connection manager: trim down to this many connections (default 256).
+    #[arg(long, value_name = "N")]
+    conn_low: Option<usize>,
+    /// Connection manager: trim when more than this many are established (default 512).
+    #[arg(long, value_name = "N")]
+    conn_high: Option<usize>,
+    /// Connection manager: a new peer is safe from trimming for this many seconds (default 120).
+    #[arg(long, value_name = "SECONDS")]
+    conn_grace: Option<u64>,
+    /// Addresses exempt from the per-IP connection limits that may use the allowlisted budgets when
+    /// the normal ones are full (IP or IP/LEN; repeatable).
+    #[arg(long, value_name = "PREFIX", value_parser = ip_prefix)]
+    allow: Vec<hyphae::core::rcmgr::IpPrefix>,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common { key: None, key_type: KeyType::Ed25519, security: None, muxer: None }
+    }
+}
+
+fn multiaddr(v: &str) -> Result<Multiaddr, String> {
+    v.parse().map_err(|e: hyphae::core::multiaddr::MultiaddrError| e.to_string())
+}
+fn peer_addr(v: &str) -> Result<Multiaddr, String> {
+    let m = multiaddr(v)?;
+    if m.peer_id().is_none() {
+        return Err("needs /p2p/<peer id>".into());
+    }
+    Ok(m)
+}
+fn dht_mode(v: &str) -> Result<hyphae::core::kad::Mode, String> {
+    v.parse().map_err(|e| format!("{e}"))
+}
+fn key_type(v: &str) -> Result<KeyType, String> {
+    v.parse().map_err(|e| format!("{e}"))
+}
+fn ip_prefix(v: &str) -> Result<hyphae::core::rcmgr::IpPrefix, String> {
+    v.parse().map_err(|e: &str| e.to_string())
+}
+fn security_list(v: &str) -> Result<Vec<String>, String> {
+    protocol_list(v, &[("noise", hyphae::core::noise::PROTOCOL_ID), ("tls", hyphae::core::tls::PROTOCOL_ID)])
+}
+fn muxer_list(v: &str) -> Result<Vec<String>, String> {
+    protocol_list(v, &[("yamux", hyphae::core::yamux::PROTOCOL_ID), ("mplex", hyphae::core::mplex::PROTOCOL_ID)])
+}
+
+/// A comma-separated list of short names (`noise,tls`) as protocol ids, in the order given.
+fn protocol_list(v: &str, known: &[(&str, &str)]) -> Result<Vec<String>, String> {
+    v.split(',')
+        .map(|x| {
+            known.iter().find(|(name, _)| *name == x).map(|(_, id)| id.to_string()).ok_or_else(|| {
+                let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+                format!("{x} is not {}", names.join(" or "))
+            })
+        })
+        .collect()
+}
+
+/// What the commands below read: the parsed command line, flattened.
 struct Args {
     security: Vec<String>,
     muxers: Vec<String>,
@@ -66,104 +238,36 @@ struct Args {
     limit: usize,
     quorum: usize,
     positional: Vec<String>,
+    limits: LimitArgs,
 }
 
-fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        security: vec![],
-        muxers: vec![],
-        server: false,
-        upload: 0,
-        download: 0,
-        seed: None,
-        out: None,
-        check: false,
-        threads: None,
-        listen: vec![],
-        key: None,
-        key_type: KeyType::Ed25519,
-        count: 5,
-        bootstrap: vec![],
-        dht_mode: None,
-        provide: vec![],
-        connect: vec![],
-        subscribe: vec![],
-        limit: 20,
-        quorum: 1,
-        positional: vec![],
-    };
-    let mut it = args.iter();
-    while let Some(x) = it.next() {
-        let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
-        match x.as_str() {
-            "--listen" | "-l" => {
-                let v = val("--listen")?;
-                a.listen.push(v.parse().map_err(|e| format!("--listen {v}: {e}"))?)
-            }
-            "--key" => a.key = Some(PathBuf::from(val("--key")?)),
-            "--key-type" => a.key_type = val("--key-type")?.parse()?,
-            "--count" | "-c" => a.count = number("--count", &val("--count")?, "a number")?,
-            "--seed" => a.seed = Some(number("--seed", &val("--seed")?, "a number")?),
-            "--out" => a.out = Some(PathBuf::from(val("--out")?)),
-            "--check" => a.check = true,
-            "--threads" => a.threads = Some(number("--threads", &val("--threads")?, "a number")?),
-            "--security" => a.security.extend(protocol_list(
-                "--security",
-                &val("--security")?,
-                &[("noise", hyphae::core::noise::PROTOCOL_ID), ("tls", hyphae::core::tls::PROTOCOL_ID)],
-            )?),
-            "--muxer" => a.muxers.extend(protocol_list(
-                "--muxer",
-                &val("--muxer")?,
-                &[("yamux", hyphae::core::yamux::PROTOCOL_ID), ("mplex", hyphae::core::mplex::PROTOCOL_ID)],
-            )?),
-            "--server" => a.server = true,
-            "--bootstrap" | "-b" => {
-                let v = val("--bootstrap")?;
-                let m: Multiaddr = v.parse().map_err(|e| format!("--bootstrap {v}: {e}"))?;
-                if m.peer_id().is_none() {
-                    return Err(format!("--bootstrap {v}: needs /p2p/<peer id>"));
-                }
-                a.bootstrap.push(m)
-            }
-            "--dht-mode" => a.dht_mode = Some(val("--dht-mode")?.parse()?),
-            "--provide" => a.provide.push(val("--provide")?),
-            "--connect" => {
-                let v = val("--connect")?;
-                let m: Multiaddr = v.parse().map_err(|e| format!("--connect {v}: {e}"))?;
-                if m.peer_id().is_none() {
-                    return Err(format!("--connect {v}: needs /p2p/<peer id>"));
-                }
-                a.connect.push(m)
-            }
-            "--subscribe" => a.subscribe.push(val("--subscribe")?),
-            "--limit" => a.limit = number("--limit", &val("--limit")?, "a number")?,
-            "--quorum" => a.quorum = number("--quorum", &val("--quorum")?, "a number")?,
-            "--upload" | "--upload-bytes" => a.upload = number("--upload", &val("--upload")?, "a number of bytes")?,
-            "--download" | "--download-bytes" => a.download = number("--download", &val("--download")?, "a number of bytes")?,
-            "-h" | "--help" => return Err(String::new()),
-            s if s.starts_with('-') => return Err(format!("unknown flag {s}")),
-            s => a.positional.push(s.to_string()),
+impl Args {
+    fn with(common: Common, listen: ListenArgs) -> Args {
+        Args {
+            security: common.security.unwrap_or_default(),
+            muxers: common.muxer.unwrap_or_default(),
+            key: common.key,
+            key_type: common.key_type,
+            listen: listen.listen,
+            count: 5,
+            limit: 20,
+            quorum: 1,
+            server: false,
+            upload: 0,
+            download: 0,
+            seed: None,
+            out: None,
+            check: false,
+            threads: None,
+            bootstrap: Vec::new(),
+            dht_mode: None,
+            provide: Vec::new(),
+            connect: Vec::new(),
+            subscribe: Vec::new(),
+            positional: Vec::new(),
+            limits: LimitArgs::default(),
         }
     }
-    Ok(a)
-}
-
-/// A comma-separated list of short names (`noise,tls`) as protocol ids, in the order given.
-fn protocol_list(flag: &str, v: &str, known: &[(&str, &str)]) -> Result<Vec<String>, String> {
-    v.split(',')
-        .map(|x| {
-            known.iter().find(|(name, _)| *name == x).map(|(_, id)| id.to_string()).ok_or_else(|| {
-                let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
-                format!("{flag} {x}: {}", names.join(" or "))
-            })
-        })
-        .collect()
-}
-
-/// A flag's numeric value, or the message the CLI prints for it.
-fn number<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{flag} {v}: not {what}"))
 }
 
 fn init_logging() {
@@ -173,23 +277,32 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = argv.first().cloned() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let args = match parse(&argv[1..]) {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
+    // clap prints a bad value with its flag and the reason (exit 2), --help and --version (exit 0).
+    let cli = Cli::parse();
+    init_logging();
+    let (name, args) = match cli.cmd {
+        Cmd::Node { listen, common, limits, bootstrap, dht_mode, provide, connect, subscribe } => {
+            ("node", Args { bootstrap, dht_mode, provide, connect, subscribe, limits, ..Args::with(common, listen) })
+        }
+        Cmd::Pubsub { topic, connect, listen, common } => {
+            ("pubsub", Args { positional: vec![topic], connect, ..Args::with(common, listen) })
+        }
+        Cmd::Dht { op, bootstrap, limit, quorum, dht_mode, listen, common } => {
+            ("dht", Args { positional: op, bootstrap, limit, quorum, dht_mode, ..Args::with(common, listen) })
+        }
+        Cmd::Ping { target, count, common } => {
+            ("ping", Args { positional: vec![target.to_string()], count, ..Args::with(common, ListenArgs::default()) })
+        }
+        Cmd::Id { common } => ("id", Args::with(common, ListenArgs::default())),
+        Cmd::Perf { server, target, upload, download, listen, common } => {
+            let positional = target.map(|t| vec![t.to_string()]).unwrap_or_default();
+            ("perf", Args { server, positional, upload, download, ..Args::with(common, listen) })
+        }
+        Cmd::Sim { file, seed, out, check, threads } => {
+            ("sim", Args { positional: vec![file], seed, out, check, threads, ..Args::with(Common::default(), ListenArgs::default()) })
         }
     };
-    init_logging();
-    if cmd == "sim" {
+    if name == "sim" {
         return match sim(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -206,22 +319,17 @@ fn main() -> ExitCode {
         }
     };
     let r = rt.block_on(async {
-        match cmd.as_str() {
+        match name {
             "node" => node(args).await,
             "pubsub" => pubsub(args).await,
             "ping" => ping(args).await,
             "perf" => perf(args).await,
             "dht" => dht(args).await,
-            "id" => {
+            _ => {
                 let k = load_key(&args, true)?;
                 println!("{}", k.peer_id());
                 Ok(())
             }
-            "-h" | "--help" | "help" => {
-                println!("{USAGE}");
-                Ok(())
-            }
-            other => Err(format!("unknown command {other:?}\n{USAGE}")),
         }
     });
     match r {
@@ -230,6 +338,29 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: a node stops as cleanly on either.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -244,6 +375,20 @@ fn host_config(args: &Args, key: Keypair) -> HostConfig {
     if let Some(m) = args.dht_mode {
         c.dht.mode = m;
     }
+    let l = &args.limits;
+    if let Some(n) = l.max_connections {
+        c.resources.system.conns = n;
+        c.resources.system.conns_inbound = n;
+        c.resources.system.conns_outbound = n;
+    }
+    if let Some(cm) = &mut c.connmgr {
+        cm.low_water = l.conn_low.unwrap_or(cm.low_water);
+        cm.high_water = l.conn_high.unwrap_or(cm.high_water);
+        if let Some(g) = l.conn_grace {
+            cm.grace = std::time::Duration::from_secs(g);
+        }
+    }
+    c.resources.ip.allowlist.extend(l.allow.iter().copied());
     c
 }
 
@@ -258,6 +403,11 @@ fn load_key(args: &Args, persistent: bool) -> Result<Keypair, String> {
 
 async fn node(args: Args) -> Result<(), String> {
     let provide = args.provide.iter().map(|c| keys::provider_key(c)).collect::<Result<Vec<_>, _>>()?;
+    let cm = hyphae::core::node::connmgr::Config::default();
+    let (lo, hi) = (args.limits.conn_low.unwrap_or(cm.low_water), args.limits.conn_high.unwrap_or(cm.high_water));
+    if lo >= hi {
+        return Err(format!("--conn-low {lo} must be below --conn-high {hi}"));
+    }
     let key = load_key(&args, true)?;
     let mut config = host_config(&args, key);
     // A running node helps others learn their reachability (as kubo does); its own DHT mode follows
@@ -423,7 +573,7 @@ async fn serve(host: Host, args: Args) -> Result<(), String> {
     }
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = shutdown_signal() => break,
             ev = events.recv() => match ev {
                 Ok(HostEvent::InboundPing { peer }) => tracing::info!(%peer, "ping stream opened by peer"),
                 Ok(HostEvent::Identified { peer, info }) => tracing::info!(%peer, agent = ?info.agent_version, "peer identified"),
@@ -467,7 +617,7 @@ async fn pubsub(args: Args) -> Result<(), String> {
     let mut open = true;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = shutdown_signal() => break,
             m = sub.next() => {
                 let Some(m) = m else { break };
                 let from = m.from.unwrap_or(m.source);

@@ -1,5 +1,5 @@
 //! The `hyphae` binary: node prints its addresses, ping exits 0 after N pings and non-zero with a clear
-//! message on failure, id prints the key's peer ID, Ctrl-C (SIGINT) stops the node cleanly.
+//! message on failure, id prints the key's peer ID, Ctrl-C (SIGINT) and SIGTERM stop the node cleanly.
 
 #[path = "../../hyphae/tests/common/mod.rs"]
 mod common;
@@ -52,11 +52,45 @@ async fn cli_node_ping_id_and_sigint() {
     assert!(status.success(), "{status:?}");
 }
 
+/// SIGTERM stops a node as cleanly as Ctrl-C (exit 0, "shutting down" logged).
+#[tokio::test]
+async fn cli_node_stops_cleanly_on_sigterm() {
+    let (mut node, _addr) = start_node(&[]).await;
+    let pid = node.id().unwrap();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let status = tokio::time::timeout(Duration::from_secs(10), node.wait()).await.expect("node stops on SIGTERM").unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A bad value names the flag and the reason, without the whole usage (exit 2); every subcommand has
+/// its own --help; --version prints the version.
 #[tokio::test]
 async fn cli_bad_arguments_exit_2_with_usage() {
     let out = Command::new(BIN).args(["node", "--listen", "/foo/1"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown protocol name"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--listen") && err.contains("unknown protocol name"), "{err}");
+    assert!(!err.contains("--bootstrap"), "the whole usage was printed: {err}");
+    for (args, flag) in [
+        (&["node", "--conn-high", "lots"][..], "--conn-high"),
+        (&["node", "--allow", "10.0.0.0/99"][..], "--allow"),
+        (&["ping", "--count", "x", "/ip4/1.2.3.4/tcp/1"][..], "--count"),
+        (&["node", "--security", "ssl"][..], "--security"),
+    ] {
+        let out = Command::new(BIN).args(args).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.lines().count() <= 4 && err.contains(flag), "{args:?}: {err}");
+    }
+    let out = Command::new(BIN).args(["node", "--conn-low", "600"]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--conn-low 600 must be below --conn-high 512"));
+    for sub in ["node", "pubsub", "dht", "ping", "id", "perf", "sim"] {
+        let out = Command::new(BIN).args([sub, "--help"]).output().await.unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Usage: hyphae {sub}")), "{sub}");
+    }
+    let out = Command::new(BIN).arg("--version").output().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), concat!("hyphae ", env!("CARGO_PKG_VERSION")));
     let out = Command::new(BIN).args(["ping", "/ip4/127.0.0.1/tcp/1"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no /p2p/"));
