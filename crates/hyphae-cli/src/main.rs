@@ -188,10 +188,10 @@ fn peer_addr(v: &str) -> Result<Multiaddr, String> {
     Ok(m)
 }
 fn dht_mode(v: &str) -> Result<hyphae::core::kad::Mode, String> {
-    v.parse().map_err(|e| format!("{e}"))
+    v.parse()
 }
 fn key_type(v: &str) -> Result<KeyType, String> {
-    v.parse().map_err(|e| format!("{e}"))
+    v.parse()
 }
 fn ip_prefix(v: &str) -> Result<hyphae::core::rcmgr::IpPrefix, String> {
     v.parse().map_err(|e: &str| e.to_string())
