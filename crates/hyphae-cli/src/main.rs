@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod metrics_http;
+
 /// hyphae: a libp2p node (TCP and QUIC-v1, Noise and TLS, Yamux and mplex, identify, ping, Kademlia,
 /// AutoNAT, gossipsub), and the tools around it.
 #[derive(Parser, Debug)]
@@ -165,6 +167,9 @@ struct LimitArgs {
     /// Connection manager: a new peer is safe from trimming for this many seconds (default 120).
     #[arg(long, value_name = "SECONDS")]
     conn_grace: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (ADDR as 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Addresses exempt from the per-IP connection limits that may use the allowlisted budgets when
     /// the normal ones are full (IP or IP/LEN; repeatable).
     #[arg(long, value_name = "PREFIX", value_parser = ip_prefix)]
@@ -414,6 +419,10 @@ async fn node(args: Args) -> Result<(), String> {
     // its AutoNAT verdict unless --dht-mode pins it.
     config.autonat.server = true;
     let host = Host::new(config).await.map_err(|e| e.to_string())?;
+    if let Some(a) = args.limits.metrics {
+        let bound = metrics_http::serve(host.clone(), a).await.map_err(|e| format!("--metrics {a}: {e}"))?;
+        tracing::info!(addr = %format!("http://{bound}/metrics"), "serving metrics");
+    }
     if !args.bootstrap.is_empty() || !provide.is_empty() {
         // Joins once listening (the DHT announces our listen addresses); the node runs meanwhile.
         let h = host.clone();

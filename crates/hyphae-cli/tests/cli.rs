@@ -260,3 +260,62 @@ async fn cli_pubsub_chat_both_ways_and_a_node_logs_the_topic() {
     .expect("the node logged the message");
     assert!(heard.contains(&a_id), "{heard}");
 }
+
+/// `node --metrics ADDR`: after two peers connect and ping, a scrape of /metrics shows them.
+#[tokio::test]
+async fn cli_node_metrics_endpoint_counts_connections_and_bytes() {
+    let mut node = Command::new(BIN)
+        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--metrics", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(node.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(10), out.next_line()).await.unwrap().unwrap().unwrap();
+    let mut err = BufReader::new(node.stderr.take().unwrap()).lines();
+    let metrics = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let l = err.next_line().await.unwrap().expect("node exited");
+            if let Some(i) = l.find("http://") {
+                let rest = &l[i + 7..];
+                return rest[..rest.find("/metrics").unwrap()].to_string();
+            }
+        }
+    })
+    .await
+    .expect("metrics address logged");
+    for _ in 0..2 {
+        let o = Command::new(BIN).args(["ping", &addr, "--count", "1"]).output().await.unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let scrape = |path: &'static str| {
+        let m = metrics.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&m).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {m}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).await.unwrap();
+            body
+        }
+    };
+    let text = scrape("/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("application/openmetrics-text; version=1.0.0"), "{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(value("hyphae_connections_established_total"), 2.0, "{text}");
+    assert!(value("hyphae_bytes_total{transport=\"tcp\",direction=\"in\"}") > 1000.0, "{text}");
+    assert!(value("hyphae_bytes_total{transport=\"tcp\",direction=\"out\"}") > 1000.0, "{text}");
+    assert_eq!(value("hyphae_peerstore_peers"), 2.0, "{text}");
+    assert_eq!(value("hyphae_identifies_total"), 2.0, "{text}");
+    assert!(value("hyphae_rcmgr_limit{scope=\"transient\",resource=\"conns_inbound\"}") >= 32.0, "{text}");
+    assert!(text.contains("hyphae_rcmgr_refused_total{scope=\"subnet\"} 0"), "{text}");
+    let missing = scrape("/nope").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}

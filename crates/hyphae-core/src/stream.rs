@@ -150,6 +150,24 @@ pub enum CloseReason {
     Lost(String),
 }
 
+impl CloseReason {
+    /// A short stable label of the variant (metrics labels, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloseReason::Local => "local",
+            CloseReason::Remote => "remote",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::Handshake { .. } => "handshake_failed",
+            CloseReason::PeerIdMismatch { .. } => "peer_id_mismatch",
+            CloseReason::Violation(_) => "violation",
+            CloseReason::Limit(_) => "limit",
+            CloseReason::Trimmed => "trimmed",
+            CloseReason::Refused(_) => "refused",
+            CloseReason::Lost(_) => "lost",
+        }
+    }
+}
+
 /// What a secured, muxed connection reports, TCP or QUIC alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnEvent {

@@ -154,6 +154,11 @@ impl Dht<'_> {
         self.host.inner.with_kad(|k, _| k.table().len())
     }
 
+    /// Requests sent and served, queries started and refused, table rejections.
+    pub fn stats(&self) -> hyphae_core::kad::Stats {
+        self.host.inner.with_kad(|k, _| k.stats().clone())
+    }
+
     /// The running query ids (for diagnostics).
     pub fn queries_in_flight(&self) -> usize {
         self.host.inner.with_kad(|k, _| k.queries_in_flight())

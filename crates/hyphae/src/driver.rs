@@ -95,6 +95,7 @@ async fn read_loop(inner: Arc<dyn HostLink>, shared: Arc<ConnShared>, mut rd: to
                     true
                 }
                 Ok(n) => {
+                    inner.live().tcp_in.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     let now = shared.now();
                     st.tcp().handle_input(now, &buf[..n]);
                     false
@@ -131,6 +132,9 @@ async fn write_loop(
         inner.handle_actions(&shared, actions);
         if let Some(out) = out {
             let r = wr.write_all(&out).await;
+            if r.is_ok() {
+                inner.live().tcp_out.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             shared.drained.notify_one();
             if let Err(e) = r {
                 tracing::debug!(error = %e, "socket write failed");

@@ -36,6 +36,8 @@ pub(crate) trait HostLink: Send + Sync + 'static {
     fn conn_finished(&self, shared: &Arc<ConnShared>);
     /// The instant the machines' `Instant(0)` stands for.
     fn epoch(&self) -> std::time::Instant;
+    /// Counters the drivers keep (bytes on the wire).
+    fn live(&self) -> &crate::metrics::Live;
 }
 
 /// What a QUIC connection's handle needs of its endpoint (implemented by the QUIC driver).

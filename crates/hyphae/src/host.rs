@@ -271,6 +271,8 @@ pub(crate) struct Inner {
     /// Listeners that refused a lazily proposed security protocol (`conn::Config::lazy_security`):
     /// dialed with the full negotiation from then on. At most `LAZY_REFUSED_MAX`, then started afresh.
     lazy_refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
+    /// What the drivers count for the metrics (bytes, ping round trips).
+    pub(crate) live: crate::metrics::Live,
 }
 
 const LAZY_REFUSED_MAX: usize = 1024;
@@ -280,6 +282,11 @@ impl Inner {
         let mut s = [0u8; 32];
         lock(&self.rng).fill_bytes(&mut s);
         s
+    }
+
+    /// Inbound QUIC handshakes the endpoint refused (0 without one).
+    pub(crate) fn quic_handshakes_refused(&self) -> u64 {
+        lock(&self.quic).clone().map_or(0, |q| q.handshakes_refused())
     }
 
     fn poll_node_events(&self) -> Vec<node::Event> {
@@ -637,6 +644,7 @@ impl HostLink for Inner {
                     let _ = self.events.send(HostEvent::InboundPing { peer });
                 }
                 node::Event::Ping(ping::Event::Ok { peer, conn, rtt }) => {
+                    self.live.ping_rtt.observe(rtt.as_secs_f64());
                     self.answer_pings(conn, &Ok(rtt));
                     let _ = self.events.send(HostEvent::Ping { peer, rtt: Ok(rtt) });
                 }
@@ -717,6 +725,9 @@ impl HostLink for Inner {
     fn epoch(&self) -> std::time::Instant {
         self.epoch
     }
+    fn live(&self) -> &crate::metrics::Live {
+        &self.live
+    }
 }
 
 /// A libp2p host. Cheap to clone.
@@ -782,6 +793,7 @@ impl Host {
             perf_waiters: Mutex::new(BTreeMap::new()),
             kad_waiters: Mutex::new(BTreeMap::new()),
             topics: Default::default(),
+            live: Default::default(),
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             quic: Mutex::new(None),

@@ -66,6 +66,11 @@ impl QuicShared {
         crate::handle::since(self.epoch)
     }
 
+    /// Inbound QUIC handshakes refused so far (the endpoint's limits).
+    pub(crate) fn handshakes_refused(&self) -> u64 {
+        self.lock().ep.handshake_stats().1
+    }
+
     fn lock(&self) -> MutexGuard<'_, QuicState> {
         crate::handle::lock(&self.state)
     }
@@ -254,6 +259,8 @@ async fn recv_loop(shared: Arc<QuicShared>) {
         let actions = {
             let now = shared.now();
             let mut st = shared.lock();
+            let got: usize = meta.iter().take(n).map(|m| m.len).sum();
+            inner.live().udp_in.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
             for (i, m) in meta.iter().take(n).enumerate() {
                 let buf = &storage[i * slot..i * slot + m.len];
                 for d in buf.chunks(m.stride.max(1)) {
@@ -294,6 +301,8 @@ async fn send_loop(shared: Arc<QuicShared>) {
             inner.handle_actions(&c, a);
         }
         inner.handle_node_events(events);
+        let out: usize = datagrams.iter().map(|t| t.data.len()).sum();
+        inner.live().udp_out.fetch_add(out as u64, std::sync::atomic::Ordering::Relaxed);
         drop(inner);
         let sent = !datagrams.is_empty();
         for t in datagrams {

@@ -294,3 +294,20 @@ async fn hosts(n: usize) -> Vec<Host> {
     }
     v
 }
+
+/// `host.metrics_text()`: after a ping, the RTT histogram, the connection gauge and the byte counters
+/// show it, in the Prometheus text format.
+#[tokio::test]
+async fn host_metrics_text_shows_a_ping_and_its_connection() {
+    let (server, addr) = echo_server().await;
+    let client = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    client.ping(&peer).await.unwrap();
+    let text = client.metrics_text();
+    assert!(text.contains("hyphae_ping_rtt_seconds_count 1"), "{text}");
+    assert!(text.contains("hyphae_connections{direction=\"outbound\",transport=\"tcp\"} 1"), "{text}");
+    assert!(text.contains("# TYPE hyphae_bytes counter"), "{text}");
+    let s = server.metrics_text();
+    assert!(s.contains("hyphae_connections{direction=\"inbound\",transport=\"tcp\"} 1"), "{s}");
+    assert!(s.trim_end().ends_with("# EOF"), "OpenMetrics terminator");
+}

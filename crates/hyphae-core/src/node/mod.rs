@@ -153,6 +153,9 @@ pub struct Stats {
     pub writes_dropped: u64,
     pub dials_dropped: u64,
     pub connections_idle_closed: u64,
+    /// Connections that closed before their handshake finished, by `CloseReason::kind` (both
+    /// directions; refusals at admission are counted in `resources` instead).
+    pub handshakes_failed: BTreeMap<&'static str, u64>,
 }
 
 /// A connection the node knows: admitted (handshaking or dialing) or established.
@@ -587,8 +590,12 @@ impl Node {
                         self.tell_services(now, None, ConnectionEvent::Closed { conn: id, peer: &peer, reason: &reason });
                         self.push_event(Event::Disconnected { peer, conn: id, reason: reason.clone() });
                     }
-                    None if e.role == Role::Dialer => self.dial_failed(now, id, e.addr, e.expected, reason.clone()),
-                    None => {}
+                    None => {
+                        *self.stats.handshakes_failed.entry(reason.kind()).or_default() += 1;
+                        if e.role == Role::Dialer {
+                            self.dial_failed(now, id, e.addr, e.expected, reason.clone());
+                        }
+                    }
                 }
                 Some(ConnEvent::Closed { reason })
             }
