@@ -1011,6 +1011,31 @@ mod tests {
         assert_eq!(p.a.security, tls::PROTOCOL_ID);
     }
 
+    /// Regression, bug class of rust-libp2p CVE-2022-23486 ("many small allocations": streams a peer
+    /// opens and never negotiates each held state): streams stuck before their multistream-select
+    /// header are capped at `max_negotiating_streams` per connection; beyond, the muxer resets them.
+    /// Also go-libp2p CVE-2022-23492 (unlimited streams): the muxer's stream limit holds above that.
+    #[test]
+    fn conn_streams_that_never_negotiate_are_capped_per_connection() {
+        for muxer in [yamux::PROTOCOL_ID, mplex::PROTOCOL_ID] {
+            let mut p = Pair::with(true, noise::PROTOCOL_ID, muxer);
+            p.pump();
+            assert!(p.a.is_open() && p.b.is_open());
+            // The attacker opens raw muxer streams and never sends a multistream header.
+            for _ in 0..2_000 {
+                let _ = p.a.muxer.as_mut().unwrap().open_stream();
+                if let Some(x) = p.a.poll_transmit() {
+                    p.b.handle_input(p.now, &x);
+                }
+                while p.b.poll_transmit().is_some() {}
+            }
+            let negotiating = p.b.streams.values().filter(|e| e.neg.is_some()).count();
+            assert_eq!(negotiating, Limits::default().max_negotiating_streams, "{muxer}");
+            assert!(p.b.streams.len() <= Limits::default().max_negotiating_streams, "{muxer}");
+            assert!(p.b.is_open(), "{muxer}: the cap resets streams, it does not kill the connection");
+        }
+    }
+
     fn upgrade_and_echo(early: bool) {
         upgrade_and_echo_with(early, noise::PROTOCOL_ID);
     }

@@ -122,10 +122,24 @@ impl PublicKey {
                 PublicKey::Ecdsa(p256::ecdsa::VerifyingKey::from_public_key_der(data).map_err(|_| DecodeError::Invalid("ecdsa key"))?)
             }
             KeyType::Rsa => {
+                // By hand rather than `from_public_key_der`, which stops at 4096 bits: go-libp2p accepts
+                // up to 8192. The size is checked on the modulus bytes, before any arithmetic.
+                use rsa::pkcs8::der::Decode;
                 use rsa::traits::PublicKeyParts;
-                let k = rsa::RsaPublicKey::from_public_key_der(data).map_err(|_| DecodeError::Invalid("rsa key"))?;
-                let bits = k.n().bits();
-                if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+                let bad = |_| DecodeError::Invalid("rsa key");
+                let spki = rsa::pkcs8::SubjectPublicKeyInfoRef::from_der(data).map_err(bad)?;
+                if spki.algorithm.oid != rsa::pkcs1::ALGORITHM_OID {
+                    return Err(DecodeError::Invalid("rsa key"));
+                }
+                let raw = spki.subject_public_key.as_bytes().ok_or(DecodeError::Invalid("rsa key"))?;
+                let pk = rsa::pkcs1::RsaPublicKey::from_der(raw).map_err(bad)?;
+                let n = pk.modulus.as_bytes();
+                if n.len() > MAX_RSA_BITS.div_ceil(8) {
+                    return Err(DecodeError::Invalid("rsa key size out of bounds"));
+                }
+                let (n, e) = (rsa::BigUint::from_bytes_be(n), rsa::BigUint::from_bytes_be(pk.public_exponent.as_bytes()));
+                let k = rsa::RsaPublicKey::new_with_max_size(n, e, MAX_RSA_BITS).map_err(|_| DecodeError::Invalid("rsa key"))?;
+                if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&k.n().bits()) {
                     return Err(DecodeError::Invalid("rsa key size out of bounds"));
                 }
                 PublicKey::Rsa(Box::new(k))
