@@ -167,6 +167,10 @@ struct LimitArgs {
     /// Connection manager: a new peer is safe from trimming for this many seconds (default 120).
     #[arg(long, value_name = "SECONDS")]
     conn_grace: Option<u64>,
+    /// Memory all muxers' receive buffers may reserve together (bytes, or with KiB/MiB/GiB; default:
+    /// go-libp2p's table, 128 MiB + an eighth of this machine's memory). Streams beyond it are refused.
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    max_memory: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (ADDR as 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
@@ -180,6 +184,16 @@ impl Default for Common {
     fn default() -> Self {
         Common { key: None, key_type: KeyType::Ed25519, security: None, muxer: None }
     }
+}
+
+/// A size in bytes: `65536`, `64KiB`, `16MiB`, `2GiB`.
+fn size(v: &str) -> Result<u64, String> {
+    let (num, mul) = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
+        .iter()
+        .find_map(|(suf, m)| v.strip_suffix(suf).map(|n| (n, *m)))
+        .unwrap_or((v, 1));
+    let n: u64 = num.trim().parse().map_err(|_| "not a size (bytes, or a number with KiB, MiB or GiB)".to_string())?;
+    n.checked_mul(mul).ok_or_else(|| "too large".to_string())
 }
 
 fn multiaddr(v: &str) -> Result<Multiaddr, String> {
@@ -394,6 +408,9 @@ fn host_config(args: &Args, key: Keypair) -> HostConfig {
         }
     }
     c.resources.ip.allowlist.extend(l.allow.iter().copied());
+    if let Some(m) = l.max_memory {
+        c.resources.memory = m;
+    }
     c
 }
 

@@ -76,6 +76,7 @@ async fn cli_bad_arguments_exit_2_with_usage() {
         (&["node", "--allow", "10.0.0.0/99"][..], "--allow"),
         (&["ping", "--count", "x", "/ip4/1.2.3.4/tcp/1"][..], "--count"),
         (&["node", "--security", "ssl"][..], "--security"),
+        (&["node", "--max-memory", "12 parsecs"][..], "--max-memory"),
     ] {
         let out = Command::new(BIN).args(args).output().await.unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

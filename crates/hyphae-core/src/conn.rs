@@ -68,6 +68,9 @@ pub struct Config {
     pub security: Vec<String>,
     /// The node's TLS certificate; `None` makes one per connection.
     pub tls_cert: Option<std::sync::Arc<tls::Certificate>>,
+    /// The node's memory budget: yamux reserves each stream's receive window from it
+    /// (`rcmgr::Memory`). `None`: only the per-connection limits bound the buffers.
+    pub memory: Option<crate::rcmgr::Memory>,
     /// Wall-clock time (unix seconds) when the connection starts: TLS certificate validity is checked
     /// against it. The driver passes it in; the core never reads a clock.
     pub unix_time: i64,
@@ -86,6 +89,7 @@ impl Config {
             security: vec![noise::PROTOCOL_ID.into(), tls::PROTOCOL_ID.into()],
             muxers: vec![yamux::PROTOCOL_ID.into(), mplex::PROTOCOL_ID.into()],
             tls_cert: None,
+            memory: None,
             unix_time: 0,
         }
     }
@@ -542,9 +546,17 @@ impl Connection {
         self.stage = Stage::Open;
         self.deadline = None;
         self.muxer = Some(if muxer == mplex::PROTOCOL_ID {
-            Muxer::Mplex(Mplex::new(self.config.limits.mplex.clone()))
+            let mut m = Mplex::new(self.config.limits.mplex.clone());
+            if let Some(mem) = &self.config.memory {
+                m.set_memory(mem.clone());
+            }
+            Muxer::Mplex(m)
         } else {
-            Muxer::Yamux(Yamux::new(self.role, self.config.limits.yamux.clone()))
+            let mut y = Yamux::new(self.role, self.config.limits.yamux.clone());
+            if let Some(mem) = &self.config.memory {
+                y.set_memory(mem.clone());
+            }
+            Muxer::Yamux(y)
         });
         let r = self.remote.as_ref().expect("invariant: remote known after noise");
         self.events.push_back(Event::Established {

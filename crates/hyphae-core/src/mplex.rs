@@ -69,6 +69,20 @@ pub struct Mplex {
     out: Vec<u8>,
     events: VecDeque<Event>,
     pub refused: u64,
+    /// The node's memory budget: every byte buffered unread is reserved from it first (a data frame
+    /// that does not fit resets its stream, as a full buffer does); `buffered` is what we hold.
+    memory: Option<crate::rcmgr::Memory>,
+    buffered: u64,
+    /// Streams reset because the memory budget could not hold their data.
+    pub refused_memory: u64,
+}
+
+impl Drop for Mplex {
+    fn drop(&mut self) {
+        if let Some(m) = &self.memory {
+            m.release(self.buffered);
+        }
+    }
 }
 
 fn handle(id: u64, remote_opened: bool) -> Option<StreamId> {
@@ -82,7 +96,30 @@ fn parts(h: StreamId) -> (u64, bool) {
 
 impl Mplex {
     pub fn new(limits: Limits) -> Self {
-        Mplex { limits, next_id: 0, streams: BTreeMap::new(), out: Vec::new(), events: VecDeque::new(), refused: 0 }
+        Mplex {
+            limits,
+            next_id: 0,
+            streams: BTreeMap::new(),
+            out: Vec::new(),
+            events: VecDeque::new(),
+            refused: 0,
+            memory: None,
+            buffered: 0,
+            refused_memory: 0,
+        }
+    }
+
+    /// Reserves buffered bytes from `memory` from now on (set before any stream).
+    pub fn set_memory(&mut self, memory: crate::rcmgr::Memory) {
+        self.memory = Some(memory);
+    }
+
+    /// `n` buffered bytes were read or dropped.
+    fn unbuffer(&mut self, n: usize) {
+        self.buffered -= n as u64;
+        if let Some(m) = &self.memory {
+            m.release(n as u64);
+        }
     }
 
     pub fn num_streams(&self) -> usize {
@@ -149,7 +186,9 @@ impl Mplex {
         if s.recv.is_empty() {
             return if s.remote_closed { ReadResult::Eof } else { ReadResult::Pending };
         }
-        ReadResult::Data(crate::yamux::drain_into(&mut s.recv, buf))
+        let n = crate::yamux::drain_into(&mut s.recv, buf);
+        self.unbuffer(n);
+        ReadResult::Data(n)
     }
 
     pub fn close(&mut self, h: StreamId) {
@@ -166,6 +205,7 @@ impl Mplex {
 
     pub fn reset(&mut self, h: StreamId) {
         if let Some(s) = self.streams.remove(&h.0) {
+            self.unbuffer(s.recv.len());
             if !s.reset {
                 let (id, _) = parts(h);
                 let flag = Self::flag(h, RESET_INITIATOR, RESET_RECEIVER);
@@ -177,7 +217,9 @@ impl Mplex {
     pub fn release(&mut self, h: StreamId) {
         if let Some(s) = self.streams.get_mut(&h.0) {
             s.released = true;
+            let n = s.recv.len();
             s.recv.clear();
+            self.unbuffer(n);
         }
         self.close(h);
         self.maybe_remove(h);
@@ -275,12 +317,18 @@ impl Mplex {
                 if s.remote_closed {
                     return Err(MplexError::Protocol("data after close"));
                 }
-                if s.recv.len() + data.len() > max {
-                    tracing::debug!(stream = h.0, "mplex stream buffer full; reset");
+                let fits = s.recv.len() + data.len() <= max;
+                if !fits || !self.memory.as_ref().is_none_or(|m| m.try_reserve(data.len() as u64)) {
+                    tracing::debug!(stream = h.0, full = !fits, "mplex stream buffer or memory budget full; reset");
+                    if fits {
+                        self.refused_memory += 1;
+                    }
                     self.reset(h);
                     self.events.push_back(Event::Reset(h));
                     return Ok(());
                 }
+                self.buffered += data.len() as u64;
+                let s = self.streams.get_mut(&h.0).expect("invariant: checked above");
                 s.recv.extend(data);
                 let ev = Event::Readable(h);
                 if self.events.back() != Some(&ev) {
@@ -296,7 +344,10 @@ impl Mplex {
             RESET_RECEIVER | RESET_INITIATOR => {
                 let Some(s) = self.streams.get_mut(&h.0) else { return Ok(()) };
                 s.reset = true;
+                let n = s.recv.len();
                 s.recv.clear();
+                self.unbuffer(n);
+                let s = self.streams.get_mut(&h.0).expect("invariant: present");
                 if s.released {
                     self.streams.remove(&h.0);
                 } else {
@@ -348,6 +399,30 @@ mod tests {
         pump(&mut a, &mut b);
         assert_eq!(a.read(sa, &mut buf), ReadResult::Data(5));
         assert_eq!(a.read(sa, &mut buf), ReadResult::Eof);
+    }
+
+    /// Unread bytes are reserved from the memory budget; a frame that does not fit resets its stream;
+    /// reading, resetting and dropping give the bytes back.
+    #[test]
+    fn mplex_buffers_are_reserved_from_the_memory_budget() {
+        let mem = crate::rcmgr::Memory::new(10);
+        let (mut a, mut b) = (Mplex::new(Limits::default()), Mplex::new(Limits::default()));
+        b.set_memory(mem.clone());
+        let s1 = a.open_stream().unwrap();
+        let s2 = a.open_stream().unwrap();
+        a.write(s1, b"12345678").unwrap();
+        pump(&mut a, &mut b);
+        assert_eq!(mem.used(), 8);
+        a.write(s2, b"abcdefgh").unwrap();
+        pump(&mut a, &mut b);
+        assert_eq!((mem.used(), b.refused_memory), (8, 1), "the second stream's data did not fit");
+        let ev: Vec<_> = std::iter::from_fn(|| b.poll_event()).collect();
+        let h1 = ev.iter().find_map(|e| if let Event::InboundStream(h) = e { Some(*h) } else { None }).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(b.read(h1, &mut buf), ReadResult::Data(4));
+        assert_eq!(mem.used(), 4);
+        drop(b);
+        assert_eq!(mem.used(), 0);
     }
 
     #[test]

@@ -20,6 +20,59 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The system scope's memory: a budget shared by every connection's muxer, which reserves a stream's
+/// receive window from it before granting it (go-yamux does the same through its memory manager).
+/// A reservation that does not fit fails: the muxer refuses the stream, or keeps a window from
+/// growing, and counts it. Plain atomics, no clock: the simulator's single thread sees the same
+/// sequence every run.
+#[derive(Debug, Clone)]
+pub struct Memory(Arc<MemoryInner>);
+
+#[derive(Debug)]
+struct MemoryInner {
+    limit: u64,
+    used: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Memory {
+    pub fn new(limit: u64) -> Self {
+        Memory(Arc::new(MemoryInner { limit, used: AtomicU64::new(0), refused: AtomicU64::new(0) }))
+    }
+    /// Reserves `n` bytes if they fit under the limit.
+    pub fn try_reserve(&self, n: u64) -> bool {
+        let m = &self.0;
+        let mut cur = m.used.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = cur.checked_add(n).filter(|&x| x <= m.limit) else {
+                m.refused.fetch_add(1, Ordering::Relaxed);
+                return false;
+            };
+            match m.used.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+    /// Returns `n` bytes a `try_reserve` took.
+    pub fn release(&self, n: u64) {
+        let prev = self.0.used.fetch_sub(n, Ordering::Relaxed);
+        debug_assert!(prev >= n, "invariant: released more than reserved");
+    }
+    pub fn used(&self) -> u64 {
+        self.0.used.load(Ordering::Relaxed)
+    }
+    pub fn limit(&self) -> u64 {
+        self.0.limit
+    }
+    /// Reservations refused so far.
+    pub fn refused(&self) -> u64 {
+        self.0.refused.load(Ordering::Relaxed)
+    }
+}
 
 /// The budget of one scope. `u32::MAX` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +275,9 @@ pub struct Limits {
     pub allowlisted_transient: ScopeLimit,
     pub peer: ScopeLimit,
     pub ip: IpLimits,
+    /// The system scope's memory ([`Memory`]): what all muxers' receive windows together may reserve.
+    /// go's table: 128 MiB plus 1 GiB per GiB given to libp2p.
+    pub memory: u64,
 }
 
 const SYSTEM_BASE: ScopeLimit = ScopeLimit { conns_inbound: 64, conns_outbound: 128, conns: 128, fd: 256 };
@@ -244,6 +300,7 @@ impl Limits {
     /// 16 / 32 / 32; the system scope may use all `fds`, the transient a quarter, a peer 1/64.
     pub fn scaled(memory: u64, fds: u32) -> Self {
         let mib = memory >> 20;
+        let mem = if mib > 128 { (128u64 << 20) + ((mib << 30) >> 10) } else { 128 << 20 };
         let system = ScopeLimit::scale(SYSTEM_BASE, SYSTEM_INC, mib, fds);
         let transient = ScopeLimit::scale(TRANSIENT_BASE, TRANSIENT_INC, mib, fds / 4);
         Limits {
@@ -253,13 +310,14 @@ impl Limits {
             allowlisted_transient: transient,
             peer: ScopeLimit { fd: (fds / 64).max(PEER.fd), ..PEER },
             ip: IpLimits::default(),
+            memory: mem,
         }
     }
 
     /// No limit at all (tests, the simulator's default).
     pub fn unlimited() -> Self {
         let u = ScopeLimit::UNLIMITED;
-        Limits { system: u, transient: u, allowlisted_system: u, allowlisted_transient: u, peer: u, ip: IpLimits::none() }
+        Limits { system: u, transient: u, allowlisted_system: u, allowlisted_transient: u, peer: u, ip: IpLimits::none(), memory: u64::MAX }
     }
 }
 
@@ -577,6 +635,20 @@ mod tests {
         assert_eq!((l.system.conns_inbound, l.system.conns_outbound, l.system.conns, l.system.fd), (256, 512, 512, 10_000));
         assert_eq!((l.transient.conns_inbound, l.transient.conns_outbound, l.transient.conns, l.transient.fd), (80, 160, 160, 2_500));
         assert_eq!(l.peer.conns, 8);
+        assert_eq!(base.memory, 128 << 20);
+        assert_eq!(l.memory, (128 << 20) + (3 << 30));
+    }
+
+    #[test]
+    fn memory_budget_reserves_up_to_its_limit() {
+        let m = Memory::new(100);
+        assert!(m.try_reserve(60));
+        assert!(!m.try_reserve(41));
+        assert!(m.clone().try_reserve(40));
+        assert_eq!((m.used(), m.refused()), (100, 1));
+        m.release(100);
+        assert_eq!(m.used(), 0);
+        assert!(!m.try_reserve(u64::MAX));
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub enum StreamError {
     Unknown,
     #[error("too many streams")]
     TooManyStreams,
+    /// The node's memory budget cannot hold another stream's receive window.
+    #[error("memory limit reached")]
+    MemoryLimit,
     #[error("session is going away")]
     GoingAway,
     #[error("connection closed")]

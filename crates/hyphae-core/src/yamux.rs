@@ -176,6 +176,9 @@ pub struct Stats {
     /// Times a stream's receive window doubled, and times it would have but `max_window_growth` was spent.
     pub windows_grown: u64,
     pub window_growth_refused: u64,
+    /// Streams refused (inbound: RST; outbound: `StreamError::MemoryLimit`) because the memory budget
+    /// could not hold their receive window.
+    pub streams_refused_memory: u64,
 }
 
 pub struct Yamux {
@@ -200,6 +203,17 @@ pub struct Yamux {
     rtt_probed_at: Option<Instant>,
     /// Bytes granted beyond `stream_window`, over the open streams.
     grown: u64,
+    /// The node's memory budget, which every stream's receive window is reserved from (all of it
+    /// released as streams go and when the session is dropped).
+    memory: Option<crate::rcmgr::Memory>,
+}
+
+impl Drop for Yamux {
+    fn drop(&mut self) {
+        if let Some(m) = &self.memory {
+            m.release(self.streams.values().map(|s| u64::from(s.window)).sum());
+        }
+    }
 }
 
 /// How often the round trip is measured again while streams move data.
@@ -226,7 +240,19 @@ impl Yamux {
             rtt_probe: None,
             rtt_probed_at: None,
             grown: 0,
+            memory: None,
         }
+    }
+
+    /// Reserves every stream's receive window from `memory` from now on (set before any stream).
+    pub fn set_memory(&mut self, memory: crate::rcmgr::Memory) {
+        debug_assert!(self.streams.is_empty(), "invariant: set before streams exist");
+        self.memory = Some(memory);
+    }
+
+    /// Reserves `n` bytes of window from the budget (always fits without one).
+    fn reserve(&mut self, n: u64) -> bool {
+        self.memory.as_ref().is_none_or(|m| m.try_reserve(n))
     }
 
     /// Tells the session the time: its driver calls this before each input and read, so window growth
@@ -261,7 +287,8 @@ impl Yamux {
             let target = s.window.saturating_mul(2).min(self.limits.max_stream_window);
             if fast && target > s.window {
                 let grow = target - s.window;
-                if self.grown + grow as u64 <= self.limits.max_window_growth {
+                let fits = self.grown + grow as u64 <= self.limits.max_window_growth;
+                if fits && self.memory.as_ref().is_none_or(|m| m.try_reserve(grow as u64)) {
                     self.grown += grow as u64;
                     s.window = target;
                     credit += grow;
@@ -292,6 +319,9 @@ impl Yamux {
     fn remove_stream(&mut self, id: u32) -> Option<Stream> {
         let s = self.streams.remove(&id)?;
         self.grown -= u64::from(s.window.saturating_sub(self.initial_window()));
+        if let Some(m) = &self.memory {
+            m.release(u64::from(s.window));
+        }
         Some(s)
     }
 
@@ -306,8 +336,23 @@ impl Yamux {
         self.initial_window() - INITIAL_WINDOW
     }
 
-    fn new_stream(&self, outbound: bool) -> Stream {
-        let window = self.initial_window();
+    /// The receive window a new stream gets, reserved from the memory budget: the spec's 256 KiB or
+    /// refused (`None`); then `stream_window` if the budget holds it too, else the stream starts at
+    /// 256 KiB (slower, as go-yamux degrades under memory pressure).
+    fn admit_stream(&mut self) -> Option<u32> {
+        if !self.reserve(u64::from(INITIAL_WINDOW)) {
+            self.stats.streams_refused_memory += 1;
+            return None;
+        }
+        let extra = self.extra_window();
+        if extra > 0 && !self.reserve(u64::from(extra)) {
+            self.stats.window_growth_refused += 1;
+            return Some(INITIAL_WINDOW);
+        }
+        Some(self.initial_window())
+    }
+
+    fn new_stream(&self, outbound: bool, window: u32) -> Stream {
         Stream { recv_window: window, window, epoch: self.now, send_window: INITIAL_WINDOW, outbound, acked: false, ..Default::default() }
     }
 
@@ -326,11 +371,11 @@ impl Yamux {
         if id > u32::MAX - 2 {
             return Err(StreamError::TooManyStreams);
         }
+        let Some(window) = self.admit_stream() else { return Err(StreamError::MemoryLimit) };
         self.next_id += 2;
-        let s = self.new_stream(true);
+        let s = self.new_stream(true, window);
         self.streams.insert(id, s);
-        let extra = self.extra_window();
-        put_header(&mut self.out, TY_WINDOW_UPDATE, F_SYN, id, extra);
+        put_header(&mut self.out, TY_WINDOW_UPDATE, F_SYN, id, window - INITIAL_WINDOW);
         self.stats.streams_opened += 1;
         Ok(StreamId(id))
     }
@@ -578,7 +623,8 @@ impl Yamux {
             if self.streams.contains_key(&h.id) {
                 return Err(YamuxError::Protocol("SYN for an existing stream"));
             }
-            if self.goaway_sent || self.streams.len() >= self.limits.max_streams {
+            let window = if self.goaway_sent || self.streams.len() >= self.limits.max_streams { None } else { self.admit_stream() };
+            let Some(window) = window else {
                 // Refuse: RST, and swallow any body.
                 self.control_reply(TY_WINDOW_UPDATE, F_RST, h.id, 0);
                 self.stats.streams_refused += 1;
@@ -589,12 +635,12 @@ impl Yamux {
                     self.body = Some((h.id, h.len, 0));
                 }
                 return Ok(());
-            }
-            let mut s = self.new_stream(false);
+            };
+            let mut s = self.new_stream(false, window);
             s.acked = true;
             self.streams.insert(h.id, s);
             // Accept at once: ACK with the extra window we grant.
-            let extra = self.extra_window();
+            let extra = window - INITIAL_WINDOW;
             put_header(&mut self.out, TY_WINDOW_UPDATE, F_ACK, h.id, extra);
             self.stats.streams_accepted += 1;
             self.events.push_back(Event::InboundStream(StreamId(h.id)));
@@ -692,6 +738,41 @@ mod tests {
         s.handle_input(&mut flood).unwrap();
         assert!(s.out.len() <= 4096, "pongs grew the output to {} bytes", s.out.len());
         assert_eq!(s.stats().control_dropped, 10_000 - 4096 / HEADER_LEN as u64);
+    }
+
+    /// The memory budget: each stream reserves its receive window; a stream that does not fit is
+    /// refused with RST; reads do not change it (the window is the bound), closing a stream and
+    /// dropping the session give everything back. One-byte frames cost no more than their bytes.
+    #[test]
+    fn yamux_streams_reserve_their_window_from_the_memory_budget() {
+        let lim = Limits { stream_window: INITIAL_WINDOW, ..Limits::default() };
+        let mem = crate::rcmgr::Memory::new(3 * INITIAL_WINDOW as u64);
+        let mut s = Yamux::new(Role::Listener, lim);
+        s.set_memory(mem.clone());
+        let mut f = Vec::new();
+        for id in [1u32, 3, 5, 7] {
+            put_header(&mut f, TY_WINDOW_UPDATE, F_SYN, id, 0);
+        }
+        // A trickle of one-byte frames on stream 1, up to its whole window.
+        for _ in 0..INITIAL_WINDOW {
+            put_header(&mut f, TY_DATA, 0, 1, 1);
+            f.push(0xAB);
+        }
+        s.handle_input(&mut f).unwrap();
+        assert_eq!(s.num_streams(), 3);
+        assert_eq!(s.stats().streams_refused_memory, 1);
+        assert_eq!(mem.used(), 3 * INITIAL_WINDOW as u64);
+        // One byte beyond the window is a protocol error, not more memory.
+        let mut more = Vec::new();
+        put_header(&mut more, TY_DATA, 0, 1, 1);
+        more.push(0);
+        assert!(s.handle_input(&mut more).is_err());
+        assert_eq!(mem.used(), 3 * INITIAL_WINDOW as u64);
+        s.reset(StreamId(3));
+        s.release(StreamId(3));
+        assert_eq!(mem.used(), 2 * INITIAL_WINDOW as u64);
+        drop(s);
+        assert_eq!(mem.used(), 0);
     }
 
     #[test]

@@ -273,6 +273,8 @@ pub(crate) struct Inner {
     lazy_refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
     /// What the drivers count for the metrics (bytes, ping round trips).
     pub(crate) live: crate::metrics::Live,
+    /// The resource manager's system memory: every muxer reserves its receive buffers from it.
+    pub(crate) memory: rcmgr::Memory,
 }
 
 const LAZY_REFUSED_MAX: usize = 1024;
@@ -693,6 +695,7 @@ impl HostLink for Inner {
         c.handshake_timeout = self.config.dial_timeout;
         c.noise_static = Some(self.noise_static.clone());
         c.tls_cert = Some(self.tls_cert.clone());
+        c.memory = Some(self.memory.clone());
         c.security = self.config.security.clone();
         c.muxers = self.config.muxers.clone();
         c.unix_time = unix_now();
@@ -776,6 +779,7 @@ impl Host {
         }
         node.add_service(hyphae_core::Instant::ZERO, Box::new(GossipsubService::new(ps, &keypair, hyphae_core::Instant::ZERO)));
         let node_notify = Arc::new(tokio::sync::Notify::new());
+        let memory = rcmgr::Memory::new(config.resources.memory);
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             noise_static,
@@ -794,6 +798,7 @@ impl Host {
             kad_waiters: Mutex::new(BTreeMap::new()),
             topics: Default::default(),
             live: Default::default(),
+            memory,
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             quic: Mutex::new(None),

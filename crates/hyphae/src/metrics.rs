@@ -122,6 +122,15 @@ impl Host {
         }
         r.register("rcmgr_usage", "What each resource-manager scope holds", usage);
         r.register("rcmgr_limit", "Each resource-manager scope's limit", limit);
+        let mem = &self.inner.memory;
+        gauge(&mut r, "rcmgr_memory_used_bytes", "Muxer receive buffers reserved from the system memory budget", mem.used() as i64);
+        gauge(&mut r, "rcmgr_memory_limit_bytes", "The system memory budget", mem.limit().min(i64::MAX as u64) as i64);
+        counter(
+            &mut r,
+            "rcmgr_memory_refused",
+            "Reservations the memory budget refused (a stream refused or reset, a window not grown)",
+            mem.refused(),
+        );
         counter(&mut r, "rcmgr_allowlisted_admits", "Connections admitted under the allowlisted scopes", rs.allowlisted_admits);
 
         // The connection manager, the peerstore.

@@ -311,3 +311,69 @@ async fn host_metrics_text_shows_a_ping_and_its_connection() {
     assert!(s.contains("hyphae_connections{direction=\"inbound\",transport=\"tcp\"} 1"), "{s}");
     assert!(s.trim_end().ends_with("# EOF"), "OpenMetrics terminator");
 }
+
+/// Flood (4) of the rcmgr issue: a peer opens streams to a protocol whose handler holds them without
+/// reading and fills each receive window. The victim's muxers reserve every window from its memory
+/// budget (16 MiB here): streams beyond it are refused, the reserved bytes never exceed the budget,
+/// the process does not grow by the ~100 MiB the attack would otherwise park, and everything is
+/// given back when the attacker leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_memory_budget_bounds_what_unread_streams_can_hold() {
+    let budget: u64 = 16 << 20;
+    let mut cfg = HostConfig::ephemeral();
+    cfg.resources.memory = budget;
+    let victim = Host::new(cfg).await.unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    victim.set_stream_handler("/sink/1", move |s: Stream| {
+        h2.lock().unwrap().push(s);
+        async {}
+    });
+    let addr = victim.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap().remove(0);
+    let attacker = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = attacker.connect(&addr).await.unwrap();
+    let rss0 = rss_bytes();
+    let chunk = vec![0x5au8; 1 << 20];
+    let (mut opened, mut refused) = (0, 0);
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        match attacker.new_stream(&peer, &["/sink/1"]).await {
+            Ok(mut s) => {
+                // Fills the window the victim granted (then blocks: nobody reads).
+                let _ = tokio::time::timeout(Duration::from_millis(300), s.write_all(&chunk)).await;
+                opened += 1;
+                streams.push(s);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    let used = |h: &Host| -> f64 {
+        let t = h.metrics_text();
+        t.lines().find_map(|l| l.strip_prefix("hyphae_rcmgr_memory_used_bytes ")).unwrap().parse().unwrap()
+    };
+    let rss1 = rss_bytes();
+    eprintln!(
+        "opened {opened}, refused {refused}, reserved {} MiB, RSS +{} MiB",
+        used(&victim) / 1048576.0,
+        (rss1.saturating_sub(rss0)) >> 20
+    );
+    assert!(used(&victim) <= budget as f64, "{}", used(&victim));
+    assert!(refused > 50, "opened {opened}");
+    assert!(victim.metrics_text().contains("hyphae_rcmgr_memory_refused_total"), "counted");
+    assert!(rss1.saturating_sub(rss0) < 64 << 20, "RSS grew {} MiB", (rss1 - rss0) >> 20);
+    drop(streams);
+    attacker.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while victim.peers().contains(&attacker.peer_id().clone()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(used(&victim), 0.0, "everything returned");
+}
+
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
+        * 1024
+}
