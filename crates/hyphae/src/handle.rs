@@ -37,7 +37,7 @@ pub(crate) trait HostLink: Send + Sync + 'static {
     /// The instant the machines' `Instant(0)` stands for.
     fn epoch(&self) -> std::time::Instant;
     /// Counters the drivers keep (bytes on the wire).
-    fn live(&self) -> &crate::metrics::Live;
+    fn live(&self) -> &crate::live::Live;
 }
 
 /// What a QUIC connection's handle needs of its endpoint (implemented by the QUIC driver).

@@ -272,7 +272,7 @@ pub(crate) struct Inner {
     /// dialed with the full negotiation from then on. At most `LAZY_REFUSED_MAX`, then started afresh.
     lazy_refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
     /// What the drivers count for the metrics (bytes, ping round trips).
-    pub(crate) live: crate::metrics::Live,
+    pub(crate) live: crate::live::Live,
     /// The resource manager's system memory: every muxer reserves its receive buffers from it.
     pub(crate) memory: rcmgr::Memory,
 }
@@ -728,7 +728,7 @@ impl HostLink for Inner {
     fn epoch(&self) -> std::time::Instant {
         self.epoch
     }
-    fn live(&self) -> &crate::metrics::Live {
+    fn live(&self) -> &crate::live::Live {
         &self.live
     }
 }
@@ -1155,7 +1155,7 @@ impl Host {
     }
 
     pub fn peer_info(&self, peer: &PeerId) -> Option<PeerInfo> {
-        self.inner.node().peerstore().get(peer).cloned()
+        self.inner.node().peerstore().get(peer)
     }
 
     /// Teaches the peerstore addresses of a peer (used by `new_stream` to dial).

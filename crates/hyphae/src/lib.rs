@@ -31,6 +31,7 @@ mod driver;
 mod handle;
 mod host;
 pub mod keyfile;
+mod live;
 mod metrics;
 mod pubsub;
 mod quic_driver;

@@ -32,7 +32,7 @@ pub mod peerstore;
 pub use crate::service::{ConnId, Dial, Event, LocalInfo, Service, ServiceId};
 pub use bytes::{ByteNode, Input, Output};
 pub use connmgr::ConnManager;
-pub use peerstore::{PeerRecord, Peerstore};
+pub use peerstore::{AddrTtl, PeerRecord, Peerstore};
 
 use crate::conn;
 use crate::identify::{self, service::IdentifyService};
@@ -210,6 +210,8 @@ pub struct Node {
     peerstore: Peerstore,
     resources: ResourceManager,
     connmgr: ConnManager,
+    /// When the peerstore next drops expired addresses (checked as connections come, no timer).
+    next_gc: Instant,
     /// Read buffer for services with a large `read_chunk` (empty until one reads).
     bulk: Vec<u8>,
     /// When to look for idle connections next (with `Limits::idle_timeout`).
@@ -241,6 +243,7 @@ impl Node {
             peerstore: Peerstore::new(config.limits.peerstore.clone()),
             resources: ResourceManager::new(config.limits.resources.clone()),
             connmgr: ConnManager::new(config.limits.connmgr.clone()),
+            next_gc: Instant(0),
             bulk: Vec::new(),
             idle_check: None,
             next_conn: 1 << 32,
@@ -363,7 +366,7 @@ impl Node {
     /// Teaches the peerstore addresses of a peer.
     pub fn add_addrs(&mut self, peer: &PeerId, addrs: &[Multiaddr]) {
         let conns = &self.conns;
-        self.peerstore.add_addrs(peer, addrs, &|p| connected(conns, p));
+        self.peerstore.add_addrs(peer, addrs, AddrTtl::Permanent, Instant(0), &|p| connected(conns, p));
     }
 
     /// A fresh 32-byte seed from the node's RNG (for a new connection machine).
@@ -558,6 +561,10 @@ impl Node {
                 self.conns.get_mut(&id).expect("invariant: present").peer = Some(peer.clone());
                 self.stats.connections_established += 1;
                 self.conns.get_mut(&id).expect("invariant: present").established_at = now;
+                if now >= self.next_gc {
+                    self.peerstore.gc(now);
+                    self.next_gc = now + Duration::from_secs(600);
+                }
                 if let Some(idle) = self.config.limits.idle_timeout {
                     let t = now + idle;
                     self.idle_check = Some(self.idle_check.map_or(t, |c| c.min(t)));
@@ -566,7 +573,7 @@ impl Node {
                 let is_connected = |p: &PeerId| connected(conns, p);
                 self.peerstore.set_public_key(peer, (**public_key).clone(), &is_connected);
                 if role == Role::Dialer {
-                    self.peerstore.add_addrs(peer, std::slice::from_ref(&addr), &is_connected);
+                    self.peerstore.add_addrs(peer, std::slice::from_ref(&addr), AddrTtl::Connected, now, &is_connected);
                 }
                 if self.connmgr.config().is_some() && self.connmgr.wants_trim(now, Self::live_conns(&self.conns).len()) {
                     self.trim(now);
@@ -586,6 +593,7 @@ impl Node {
                     Some(peer) => {
                         if !connected(&self.conns, &peer) {
                             self.connmgr.on_disconnected(&peer);
+                            self.peerstore.on_disconnected(&peer, now);
                         }
                         self.tell_services(now, None, ConnectionEvent::Closed { conn: id, peer: &peer, reason: &reason });
                         self.push_event(Event::Disconnected { peer, conn: id, reason: reason.clone() });
@@ -985,6 +993,7 @@ impl Node {
         }
         self.deadlines[sid.0 as usize].set(None);
         let mut identified = Vec::new();
+        let mut latencies = Vec::new();
         let mut reachability = None;
         for ev in self.out.events.range(start..) {
             match ev {
@@ -994,15 +1003,21 @@ impl Node {
                     identified.push((*conn, peer.clone(), info.clone()));
                 }
                 Event::Identify(identify::Event::Failed { .. }) => self.stats.identifies_failed += 1,
-                Event::Ping(ping::Event::Ok { .. }) => self.stats.pings_ok += 1,
+                Event::Ping(ping::Event::Ok { peer, rtt, .. }) => {
+                    self.stats.pings_ok += 1;
+                    latencies.push((peer.clone(), *rtt));
+                }
                 Event::Ping(ping::Event::Failed { .. }) => self.stats.pings_failed += 1,
                 Event::Violation(_) => self.stats.violations += 1,
                 _ => {}
             }
         }
+        for (peer, rtt) in latencies {
+            self.peerstore.record_latency(&peer, rtt);
+        }
         for (conn, peer, info) in identified {
             let conns = &self.conns;
-            self.peerstore.apply_identify(&peer, &info, &|p| connected(conns, p));
+            self.peerstore.apply_identify(&peer, &info, now, &|p| connected(conns, p));
             self.tell_services(now, Some(sid), ConnectionEvent::Identified { conn, peer: &peer, info: &info });
         }
         if let Some(r) = reachability.filter(|r| *r != self.local.reachability) {

@@ -1,27 +1,102 @@
-//! What the node knows of peers: addresses, keys, protocols, agent — capped, in the sans-IO core so the
-//! simulator runs the same policy as the Host. (The compact persistent peerstore is its own piece of
-//! work; this is the in-memory one the Host had, moved.)
+//! What the node knows of peers: addresses with go-libp2p's TTL classes, public keys, protocols, agent
+//! and protocol versions, latency — compact, capped, in the sans-IO core so the simulator runs the same
+//! policy as the Host.
+//!
+//! # Layout (why a million peers fit in ~150 bytes each)
+//!
+//! go's and rust's peerstores keep a map per peer of maps and strings; libp2p's maintainers wanted it
+//! smaller. Here a peer is one fixed 68-byte slot (its id inline, no allocation) in a `Vec`, found
+//! through a hash table of 4-byte slot numbers (`hashbrown::HashTable`: the hash and the equality
+//! read the slot, so the id is stored once). Everything variable is shared or packed:
+//!
+//! - addresses: packed binary multiaddrs, each with its expiry (4 bytes) and class (1 byte), in one
+//!   byte arena (`data`), compacted when half of it is garbage;
+//! - protocols: a peer holds one id of an interned *set* of protocol names (most peers run the same
+//!   software, so most share a set), reference-counted;
+//! - agent and protocol version strings: interned ids;
+//! - public keys: derived from the peer id when it inlines them (Ed25519, secp256k1); only the others
+//!   (RSA, ECDSA) are kept, in a side table.
+//!
+//! Iteration follows slot order and hashing uses fixed keys: the same inputs give the same store.
 
 use crate::identify::Info;
 use crate::identity::{PeerId, PublicKey};
 use crate::multiaddr::Multiaddr;
-use std::collections::BTreeMap;
+use crate::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Peers remembered (beyond: the oldest-inserted peer that is not connected is forgotten). Default 10 000.
     pub max_peers: usize,
-    /// Addresses kept per peer (beyond: new ones are ignored). Default 32.
+    /// Addresses kept per peer (go: 64; beyond: new ones are ignored). Default 64.
     pub max_addrs_per_peer: usize,
+    /// Protocols kept per peer (go: 128; beyond: the rest are dropped). Default 128.
+    pub max_protocols_per_peer: usize,
+    /// Addresses over all peers (go: 10^6; beyond: new ones are ignored). Default 1 000 000.
+    pub max_addrs: usize,
+    /// Distinct strings (protocol names, agent and protocol versions) interned (beyond: a new name is
+    /// dropped, counted). Default 65 536.
+    pub max_strings: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_peers: 10_000, max_addrs_per_peer: 32 }
+        Limits { max_peers: 10_000, max_addrs_per_peer: 64, max_protocols_per_peer: 128, max_addrs: 1_000_000, max_strings: 65_536 }
     }
 }
 
-/// What the node knows of one peer.
+/// How long an address stays: go-libp2p's TTL classes (`peerstore.TempAddrTTL` and the others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AddrTtl {
+    /// 2 min: an address heard in passing (a DHT answer).
+    Temp,
+    /// 15 min: a peer we were connected to, after the connection closed.
+    RecentlyConnected,
+    /// 30 min: a provider record's address.
+    Provider,
+    /// 1 h: an address someone told us.
+    Address,
+    /// While connected; becomes `RecentlyConnected` when the last connection closes.
+    Connected,
+    /// Until removed (addresses the application added, bootstrap peers).
+    Permanent,
+}
+
+impl AddrTtl {
+    fn code(self) -> u8 {
+        self as u8
+    }
+    fn from_code(c: u8) -> AddrTtl {
+        match c {
+            0 => AddrTtl::Temp,
+            1 => AddrTtl::RecentlyConnected,
+            2 => AddrTtl::Provider,
+            3 => AddrTtl::Address,
+            4 => AddrTtl::Connected,
+            _ => AddrTtl::Permanent,
+        }
+    }
+    /// The expiry (whole seconds of our clock) from `now`; `u32::MAX` for the classes without one.
+    fn expiry(self, now: Instant) -> u32 {
+        let secs = |d: u64| u32::try_from(now.as_nanos() / 1_000_000_000 + d).unwrap_or(u32::MAX - 1);
+        match self {
+            AddrTtl::Temp => secs(120),
+            AddrTtl::RecentlyConnected => secs(15 * 60),
+            AddrTtl::Provider => secs(30 * 60),
+            AddrTtl::Address => secs(3600),
+            AddrTtl::Connected | AddrTtl::Permanent => u32::MAX,
+        }
+    }
+}
+
+/// Our own address as a peer saw it (identify's observed address): kept with the peer's entries.
+const OBSERVED: u8 = 0x40;
+/// An address taken from a signed peer record (certified).
+pub const CERTIFIED: u8 = 0x80;
+
+/// What the node knows of one peer (decoded from the compact store).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerRecord {
     pub addrs: Vec<Multiaddr>,
@@ -31,88 +106,632 @@ pub struct PeerRecord {
     pub public_key: Option<PublicKey>,
     /// Our address as this peer saw it.
     pub observed_addr: Option<Multiaddr>,
+    /// Round-trip EWMA (go's: α = 0.1), from pings.
+    pub latency: Option<Duration>,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub evicted: u64,
+    /// Addresses not kept (a cap, or longer than 255 bytes).
     pub addrs_dropped: u64,
+    pub addrs_expired: u64,
+    pub protocols_dropped: u64,
+    /// Strings not interned because `max_strings` was reached.
+    pub strings_refused: u64,
+    pub compactions: u64,
 }
 
-#[derive(Debug, Default)]
+const MAX_ID: usize = 44;
+
+/// One peer: 68 bytes, no allocation.
+#[derive(Clone, Copy)]
+struct Slot {
+    id: [u8; MAX_ID],
+    id_len: u8,
+    live: bool,
+    /// Its addresses in `data`: `[expiry u32 LE][class u8][len u8][multiaddr bytes]` each.
+    addr_off: u32,
+    addr_len: u16,
+    /// Interned protocol set (0: none), agent and protocol version strings (0: none).
+    protos: u32,
+    agent: u32,
+    pver: u32,
+    latency_us: u32,
+    /// Insertion sequence (eviction order).
+    seq: u32,
+}
+
+impl Slot {
+    fn id(&self) -> &[u8] {
+        &self.id[..self.id_len as usize]
+    }
+}
+
+type Fixed = BuildHasherDefault<DefaultHasher>;
+
+#[derive(Default)]
 pub struct Peerstore {
-    peers: BTreeMap<PeerId, PeerRecord>,
     limits: Limits,
     stats: Stats,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    index: hashbrown::HashTable<u32>,
+    hasher: Fixed,
+    /// (slot, its seq) in insertion order; stale pairs are skipped.
+    order: VecDeque<(u32, u32)>,
+    next_seq: u32,
+    data: Vec<u8>,
+    garbage: usize,
+    n_addrs: usize,
+    strings: Vec<Box<str>>,
+    string_ids: HashMap<Box<str>, u32, Fixed>,
+    /// Protocol sets: names, and how many peers hold each (0: free).
+    sets: Vec<(Box<[u32]>, u32)>,
+    set_ids: HashMap<Box<[u32]>, u32, Fixed>,
+    free_sets: Vec<u32>,
+    /// Public keys the peer id does not inline, by slot.
+    keys: BTreeMap<u32, PublicKey>,
+}
+
+impl std::fmt::Debug for Peerstore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peerstore").field("peers", &self.len()).field("addrs", &self.n_addrs).finish()
+    }
+}
+
+/// One packed address entry.
+struct Entry<'a> {
+    expiry: u32,
+    class: u8,
+    bytes: &'a [u8],
+}
+
+fn entries(mut b: &[u8]) -> impl Iterator<Item = Entry<'_>> {
+    std::iter::from_fn(move || {
+        if b.len() < 6 {
+            return None;
+        }
+        let expiry = u32::from_le_bytes(b[..4].try_into().expect("invariant: 4 bytes"));
+        let (class, len) = (b[4], b[5] as usize);
+        let bytes = &b[6..6 + len];
+        b = &b[6 + len..];
+        Some(Entry { expiry, class, bytes })
+    })
+}
+
+fn push_entry(out: &mut Vec<u8>, expiry: u32, class: u8, bytes: &[u8]) {
+    out.extend_from_slice(&expiry.to_le_bytes());
+    out.push(class);
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+fn secs(now: Instant) -> u32 {
+    u32::try_from(now.as_nanos() / 1_000_000_000).unwrap_or(u32::MAX - 2)
 }
 
 impl Peerstore {
     pub fn new(limits: Limits) -> Self {
-        Peerstore { peers: BTreeMap::new(), limits, stats: Stats::default() }
+        Peerstore { limits, strings: vec!["".into()], sets: vec![(Box::new([]), u32::MAX)], next_seq: 1, ..Default::default() }
     }
 
-    pub fn get(&self, peer: &PeerId) -> Option<&PeerRecord> {
-        self.peers.get(peer)
-    }
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.slots.len() - self.free.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.len() == 0
     }
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
-    pub fn peers(&self) -> impl Iterator<Item = (&PeerId, &PeerRecord)> {
-        self.peers.iter()
+    /// Addresses held over all peers.
+    pub fn num_addrs(&self) -> usize {
+        self.n_addrs
+    }
+    /// Bytes the store holds on the heap (slots, index, arena, interned strings and sets): what the
+    /// million-peer benchmark reports per peer.
+    pub fn heap_bytes(&self) -> usize {
+        let strings: usize = self.strings.iter().map(|s| s.len() + 16).sum::<usize>() + self.string_ids.capacity() * 24;
+        let sets: usize = self.sets.iter().map(|(s, _)| s.len() * 4 + 24).sum::<usize>() + self.set_ids.capacity() * 24;
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.index.capacity() * 5
+            + self.order.capacity() * 8
+            + self.data.capacity()
+            + self.free.capacity() * 4
+            + strings
+            + sets
+            + self.keys.len() * 64
     }
 
-    /// The record of `peer`, made room for if new (`connected` peers are never evicted).
-    fn entry(&mut self, peer: &PeerId, connected: &dyn Fn(&PeerId) -> bool) -> &mut PeerRecord {
-        if !self.peers.contains_key(peer) && self.peers.len() >= self.limits.max_peers {
-            if let Some(victim) = self.peers.keys().find(|p| !connected(p)).cloned() {
-                self.peers.remove(&victim);
-                self.stats.evicted += 1;
+    fn hash(&self, id: &[u8]) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn find(&self, peer: &PeerId) -> Option<u32> {
+        let id = peer.as_bytes();
+        self.index.find(self.hash(id), |&s| self.slots[s as usize].id() == id).copied()
+    }
+
+    /// The slot of `peer`, made if new (`connected` peers are never evicted). `None`: its id is too
+    /// long to store (never for ids this crate makes).
+    fn slot(&mut self, peer: &PeerId, connected: &dyn Fn(&PeerId) -> bool) -> Option<u32> {
+        if let Some(s) = self.find(peer) {
+            return Some(s);
+        }
+        let id = peer.as_bytes();
+        if id.len() > MAX_ID {
+            return None;
+        }
+        if self.len() >= self.limits.max_peers {
+            self.evict_one(connected);
+        }
+        let mut slot = Slot {
+            id: [0; MAX_ID],
+            id_len: id.len() as u8,
+            live: true,
+            addr_off: 0,
+            addr_len: 0,
+            protos: 0,
+            agent: 0,
+            pver: 0,
+            latency_us: 0,
+            seq: self.next_seq,
+        };
+        slot.id[..id.len()].copy_from_slice(id);
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = slot;
+                s
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.order.push_back((s, slot.seq));
+        let h = self.hash(id);
+        let slots = &self.slots;
+        let hasher = &self.hasher;
+        self.index.insert_unique(h, s, |&x| hasher.hash_one(slots[x as usize].id()));
+        Some(s)
+    }
+
+    /// Forgets the oldest-inserted peer that is not connected.
+    fn evict_one(&mut self, connected: &dyn Fn(&PeerId) -> bool) {
+        for _ in 0..self.order.len() {
+            let Some((s, seq)) = self.order.pop_front() else { return };
+            let sl = &self.slots[s as usize];
+            if !sl.live || sl.seq != seq {
+                continue;
+            }
+            let peer = PeerId::from_bytes(sl.id()).expect("invariant: stored ids were valid");
+            if connected(&peer) {
+                self.order.push_back((s, seq));
+                continue;
+            }
+            self.remove_slot(s);
+            self.stats.evicted += 1;
+            return;
+        }
+    }
+
+    fn remove_slot(&mut self, s: u32) {
+        let sl = self.slots[s as usize];
+        let h = self.hash(sl.id());
+        if let Ok(e) = self.index.find_entry(h, |&x| x == s) {
+            e.remove();
+        }
+        self.n_addrs -= entries(self.addr_bytes(&sl)).filter(|e| e.class & OBSERVED == 0).count();
+        self.garbage += sl.addr_len as usize;
+        self.release_set(sl.protos);
+        self.keys.remove(&s);
+        self.slots[s as usize].live = false;
+        self.free.push(s);
+    }
+
+    /// Forgets `peer` entirely.
+    pub fn remove(&mut self, peer: &PeerId) {
+        if let Some(s) = self.find(peer) {
+            self.remove_slot(s);
+        }
+    }
+
+    fn addr_bytes(&self, sl: &Slot) -> &[u8] {
+        &self.data[sl.addr_off as usize..sl.addr_off as usize + sl.addr_len as usize]
+    }
+
+    /// Replaces slot `s`'s packed addresses.
+    fn set_addr_bytes(&mut self, s: u32, bytes: &[u8]) {
+        let old = self.slots[s as usize].addr_len as usize;
+        self.garbage += old;
+        let off = self.data.len();
+        self.data.extend_from_slice(bytes);
+        let sl = &mut self.slots[s as usize];
+        sl.addr_off = off as u32;
+        sl.addr_len = bytes.len() as u16;
+        if self.garbage > 1 << 20 && self.garbage * 2 > self.data.len() {
+            self.compact();
+        }
+    }
+
+    /// Rewrites the arena without its garbage.
+    fn compact(&mut self) {
+        let mut data = Vec::with_capacity(self.data.len() - self.garbage);
+        for sl in self.slots.iter_mut().filter(|s| s.live) {
+            let off = data.len();
+            data.extend_from_slice(&self.data[sl.addr_off as usize..sl.addr_off as usize + sl.addr_len as usize]);
+            sl.addr_off = off as u32;
+        }
+        self.data = data;
+        self.garbage = 0;
+        self.stats.compactions += 1;
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.string_ids.get(s) {
+            return id;
+        }
+        if self.strings.len() > self.limits.max_strings {
+            self.stats.strings_refused += 1;
+            return 0;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(s.into());
+        self.string_ids.insert(s.into(), id);
+        id
+    }
+
+    fn string(&self, id: u32) -> Option<String> {
+        (id != 0).then(|| self.strings[id as usize].to_string())
+    }
+
+    fn release_set(&mut self, id: u32) {
+        if id == 0 {
+            return;
+        }
+        let e = &mut self.sets[id as usize];
+        e.1 -= 1;
+        if e.1 == 0 {
+            let names = std::mem::take(&mut e.0);
+            self.set_ids.remove(&names);
+            self.free_sets.push(id);
+        }
+    }
+
+    fn intern_set(&mut self, names: Vec<u32>) -> u32 {
+        if names.is_empty() {
+            return 0;
+        }
+        let names: Box<[u32]> = names.into();
+        if let Some(&id) = self.set_ids.get(&names) {
+            self.sets[id as usize].1 += 1;
+            return id;
+        }
+        let id = match self.free_sets.pop() {
+            Some(id) => {
+                self.sets[id as usize] = (names.clone(), 1);
+                id
+            }
+            None => {
+                self.sets.push((names.clone(), 1));
+                (self.sets.len() - 1) as u32
+            }
+        };
+        self.set_ids.insert(names, id);
+        id
+    }
+
+    /// What the store knows of `peer` (its addresses whatever their expiry; `gc` drops expired ones).
+    pub fn get(&self, peer: &PeerId) -> Option<PeerRecord> {
+        let s = self.find(peer)?;
+        let sl = &self.slots[s as usize];
+        let mut r = PeerRecord::default();
+        for e in entries(self.addr_bytes(sl)) {
+            let Ok(a) = Multiaddr::from_bytes(e.bytes) else { continue };
+            if e.class & OBSERVED != 0 {
+                r.observed_addr = Some(a);
+            } else {
+                r.addrs.push(a);
             }
         }
-        self.peers.entry(peer.clone()).or_default()
+        r.protocols = self.sets[sl.protos as usize].0.iter().map(|&n| self.strings[n as usize].to_string()).collect();
+        r.agent_version = self.string(sl.agent);
+        r.protocol_version = self.string(sl.pver);
+        r.public_key = self.keys.get(&s).cloned().or_else(|| peer.inline_public_key());
+        r.latency = (sl.latency_us != 0).then(|| Duration::from_micros(u64::from(sl.latency_us)));
+        Some(r)
     }
 
-    /// Remembers addresses of `peer` (any `/p2p/..` suffix removed).
-    pub fn add_addrs(&mut self, peer: &PeerId, addrs: &[Multiaddr], connected: &dyn Fn(&PeerId) -> bool) {
-        let max = self.limits.max_addrs_per_peer;
-        let e = self.entry(peer, connected);
-        let mut dropped = 0;
+    /// `peer`'s addresses not expired at `now`.
+    pub fn addrs(&self, peer: &PeerId, now: Instant) -> Vec<Multiaddr> {
+        let Some(s) = self.find(peer) else { return Vec::new() };
+        let t = secs(now);
+        entries(self.addr_bytes(&self.slots[s as usize]))
+            .filter(|e| e.class & OBSERVED == 0 && e.expiry > t)
+            .filter_map(|e| Multiaddr::from_bytes(e.bytes).ok())
+            .collect()
+    }
+
+    /// Whether `peer` announced `protocol`.
+    pub fn supports(&self, peer: &PeerId, protocol: &str) -> bool {
+        let (Some(s), Some(&id)) = (self.find(peer), self.string_ids.get(protocol)) else { return false };
+        self.sets[self.slots[s as usize].protos as usize].0.contains(&id)
+    }
+
+    /// The peers known, in slot order.
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.slots.iter().filter(|s| s.live).filter_map(|s| PeerId::from_bytes(s.id()).ok())
+    }
+
+    /// Remembers addresses of `peer` (any `/p2p/..` suffix removed) for `ttl`: a known address gets the
+    /// longer of its old and new lifetimes.
+    pub fn add_addrs(&mut self, peer: &PeerId, addrs: &[Multiaddr], ttl: AddrTtl, now: Instant, connected: &dyn Fn(&PeerId) -> bool) {
+        self.add_addrs_class(peer, addrs, ttl, 0, now, connected);
+    }
+
+    fn add_addrs_class(
+        &mut self,
+        peer: &PeerId,
+        addrs: &[Multiaddr],
+        ttl: AddrTtl,
+        flags: u8,
+        now: Instant,
+        connected: &dyn Fn(&PeerId) -> bool,
+    ) {
+        let Some(s) = self.slot(peer, connected) else { return };
+        let expiry = ttl.expiry(now);
+        let mut buf = self.addr_bytes(&self.slots[s as usize]).to_vec();
+        let mut changed = false;
+        let per_peer = |b: &[u8]| entries(b).filter(|e| e.class & OBSERVED == 0).count();
         for a in addrs {
-            let a = a.without_peer_id();
-            if e.addrs.contains(&a) {
+            let bytes = a.without_peer_id().to_bytes();
+            if bytes.len() > 255 {
+                self.stats.addrs_dropped += 1;
                 continue;
             }
-            if e.addrs.len() >= max {
-                dropped += 1;
+            // An address already there: extend its life, upgrade its class.
+            let mut pos = 0;
+            let mut found = false;
+            while pos + 6 <= buf.len() {
+                let len = buf[pos + 5] as usize;
+                if buf[pos + 4] & OBSERVED == 0 && buf[pos + 6..pos + 6 + len] == bytes[..] {
+                    let old = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("invariant: 4 bytes"));
+                    if expiry > old {
+                        buf[pos..pos + 4].copy_from_slice(&expiry.to_le_bytes());
+                    }
+                    let old_class = AddrTtl::from_code(buf[pos + 4] & 0x0f);
+                    if ttl > old_class {
+                        buf[pos + 4] = (buf[pos + 4] & !0x0f) | ttl.code();
+                    }
+                    buf[pos + 4] |= flags;
+                    found = true;
+                    changed = true;
+                    break;
+                }
+                pos += 6 + len;
+            }
+            if found {
                 continue;
             }
-            e.addrs.push(a);
+            if per_peer(&buf) >= self.limits.max_addrs_per_peer || self.n_addrs >= self.limits.max_addrs {
+                self.stats.addrs_dropped += 1;
+                continue;
+            }
+            push_entry(&mut buf, expiry, ttl.code() | flags, &bytes);
+            self.n_addrs += 1;
+            changed = true;
         }
-        self.stats.addrs_dropped += dropped;
+        if changed {
+            self.set_addr_bytes(s, &buf);
+        }
+    }
+
+    /// Our own address as `peer` saw it.
+    fn set_observed(&mut self, s: u32, addr: &Multiaddr) {
+        let bytes = addr.to_bytes();
+        if bytes.len() > 255 {
+            return;
+        }
+        let mut buf = Vec::new();
+        for e in entries(self.addr_bytes(&self.slots[s as usize])).filter(|e| e.class & OBSERVED == 0) {
+            push_entry(&mut buf, e.expiry, e.class, e.bytes);
+        }
+        push_entry(&mut buf, u32::MAX, OBSERVED, &bytes);
+        self.set_addr_bytes(s, &buf);
     }
 
     pub fn set_public_key(&mut self, peer: &PeerId, key: PublicKey, connected: &dyn Fn(&PeerId) -> bool) {
-        self.entry(peer, connected).public_key = Some(key);
+        let Some(s) = self.slot(peer, connected) else { return };
+        if peer.inline_public_key().is_none() && peer.matches(&key) {
+            self.keys.insert(s, key);
+        }
     }
 
-    /// What identify told us (an answer or a push): protocols replace the old ones, addresses add.
-    pub fn apply_identify(&mut self, peer: &PeerId, info: &Info, connected: &dyn Fn(&PeerId) -> bool) {
-        let e = self.entry(peer, connected);
-        e.protocols = info.protocols.clone();
-        e.agent_version = info.agent_version.clone().or(e.agent_version.take());
-        e.protocol_version = info.protocol_version.clone().or(e.protocol_version.take());
+    /// What identify told us (an answer or a push): protocols replace the old ones, listen addresses
+    /// are added for as long as we are connected.
+    pub fn apply_identify(&mut self, peer: &PeerId, info: &Info, now: Instant, connected: &dyn Fn(&PeerId) -> bool) {
+        let Some(s) = self.slot(peer, connected) else { return };
+        let mut names = Vec::with_capacity(info.protocols.len().min(self.limits.max_protocols_per_peer));
+        for p in &info.protocols {
+            if names.len() >= self.limits.max_protocols_per_peer {
+                self.stats.protocols_dropped += 1;
+                continue;
+            }
+            match self.intern(p) {
+                0 => self.stats.protocols_dropped += 1,
+                id if !names.contains(&id) => names.push(id),
+                _ => {}
+            }
+        }
+        names.sort_unstable();
+        let set = self.intern_set(names);
+        let old = std::mem::replace(&mut self.slots[s as usize].protos, set);
+        self.release_set(old);
+        if let Some(a) = &info.agent_version {
+            let id = self.intern(a);
+            self.slots[s as usize].agent = id;
+        }
+        if let Some(v) = &info.protocol_version {
+            let id = self.intern(v);
+            self.slots[s as usize].pver = id;
+        }
         if let Some(k) = &info.public_key {
-            e.public_key = Some(k.clone());
+            self.set_public_key(peer, k.clone(), connected);
         }
-        if info.observed_addr.is_some() {
-            e.observed_addr = info.observed_addr.clone();
+        if let Some(o) = &info.observed_addr {
+            self.set_observed(s, o);
         }
-        self.add_addrs(peer, &info.listen_addrs, connected);
+        self.add_addrs(peer, &info.listen_addrs, AddrTtl::Connected, now, connected);
+    }
+
+    /// `peer`'s last connection closed: its connected-class addresses now live `RecentlyConnected`.
+    pub fn on_disconnected(&mut self, peer: &PeerId, now: Instant) {
+        let Some(s) = self.find(peer) else { return };
+        let expiry = AddrTtl::RecentlyConnected.expiry(now);
+        let mut buf = Vec::new();
+        for e in entries(self.addr_bytes(&self.slots[s as usize])) {
+            if e.class & OBSERVED == 0 && AddrTtl::from_code(e.class & 0x0f) == AddrTtl::Connected {
+                push_entry(&mut buf, expiry, (e.class & !0x0f) | AddrTtl::RecentlyConnected.code(), e.bytes);
+            } else {
+                push_entry(&mut buf, e.expiry, e.class, e.bytes);
+            }
+        }
+        self.set_addr_bytes(s, &buf);
+    }
+
+    /// A round trip to `peer`: the latency EWMA moves a tenth of the way (go's `LatencyEWMASmoothing`).
+    pub fn record_latency(&mut self, peer: &PeerId, rtt: Duration) {
+        let Some(s) = self.find(peer) else { return };
+        let sl = &mut self.slots[s as usize];
+        let new = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX).max(1);
+        sl.latency_us = if sl.latency_us == 0 { new } else { ((u64::from(sl.latency_us) * 9 + u64::from(new)) / 10).max(1) as u32 };
+    }
+
+    /// Drops addresses expired at `now`; returns how many.
+    pub fn gc(&mut self, now: Instant) -> usize {
+        let t = secs(now);
+        let mut removed = 0;
+        for s in 0..self.slots.len() as u32 {
+            let sl = self.slots[s as usize];
+            if !sl.live || sl.addr_len == 0 {
+                continue;
+            }
+            let bytes = self.addr_bytes(&sl);
+            if entries(bytes).all(|e| e.class & OBSERVED != 0 || e.expiry > t) {
+                continue;
+            }
+            let mut buf = Vec::with_capacity(bytes.len());
+            for e in entries(bytes) {
+                if e.class & OBSERVED == 0 && e.expiry <= t {
+                    removed += 1;
+                } else {
+                    push_entry(&mut buf, e.expiry, e.class, e.bytes);
+                }
+            }
+            self.set_addr_bytes(s, &buf);
+        }
+        self.n_addrs -= removed;
+        self.stats.addrs_expired += removed as u64;
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Keypair;
+
+    fn never(_: &PeerId) -> bool {
+        false
+    }
+
+    fn info(protocols: &[&str], addrs: &[&str]) -> Info {
+        Info {
+            protocols: protocols.iter().map(|s| s.to_string()).collect(),
+            listen_addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            agent_version: Some("go-libp2p/0.41".into()),
+            protocol_version: Some("ipfs/0.1.0".into()),
+            ..Info::default()
+        }
+    }
+
+    #[test]
+    fn peerstore_round_trips_what_identify_said_and_shares_protocol_sets() {
+        let mut ps = Peerstore::new(Limits::default());
+        let mut r = crate::rng::from_seed([3; 32]);
+        let (a, b) = (Keypair::generate_ed25519(&mut r).peer_id(), Keypair::generate_ed25519(&mut r).peer_id());
+        let i = info(&["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"], &["/ip4/1.2.3.4/tcp/4001", "/ip6/::1/udp/4001/quic-v1"]);
+        let now = Instant::ZERO;
+        ps.apply_identify(&a, &i, now, &never);
+        ps.apply_identify(&b, &i, now, &never);
+        let ra = ps.get(&a).unwrap();
+        assert_eq!(ra.addrs, i.listen_addrs);
+        assert_eq!(ra.protocols, i.protocols);
+        assert_eq!(ra.agent_version.as_deref(), Some("go-libp2p/0.41"));
+        assert_eq!(ra.public_key, a.inline_public_key(), "derived from the peer id, not stored");
+        assert_eq!(ps.sets.iter().filter(|(_, n)| *n > 0 && *n != u32::MAX).count(), 1, "one shared set");
+        assert!(ps.supports(&b, "/ipfs/ping/1.0.0") && !ps.supports(&b, "/x"));
+        // New protocols replace the set; the old one is freed when nobody holds it.
+        ps.apply_identify(&a, &info(&["/x/1"], &[]), now, &never);
+        ps.apply_identify(&b, &info(&["/x/1"], &[]), now, &never);
+        assert_eq!(ps.set_ids.len(), 1);
+        assert_eq!(ps.get(&a).unwrap().protocols, vec!["/x/1".to_string()]);
+    }
+
+    #[test]
+    fn peerstore_addresses_expire_by_ttl_class_and_connected_ones_decay_on_disconnect() {
+        let mut ps = Peerstore::new(Limits::default());
+        let mut r = crate::rng::from_seed([4; 32]);
+        let p = Keypair::generate_ed25519(&mut r).peer_id();
+        let t0 = Instant::ZERO;
+        let temp: Multiaddr = "/ip4/9.9.9.9/tcp/1".parse().unwrap();
+        ps.add_addrs(&p, std::slice::from_ref(&temp), AddrTtl::Temp, t0, &never);
+        ps.apply_identify(&p, &info(&[], &["/ip4/1.2.3.4/tcp/4001"]), t0, &never);
+        let min = |m: u64| t0 + Duration::from_secs(m * 60);
+        assert_eq!(ps.addrs(&p, min(3)).len(), 1, "the temp address lived 2 min");
+        assert_eq!(ps.gc(min(3)), 1);
+        assert_eq!(ps.num_addrs(), 1);
+        ps.on_disconnected(&p, min(3));
+        assert_eq!(ps.addrs(&p, min(17)).len(), 1, "15 min after the disconnect");
+        assert_eq!(ps.addrs(&p, min(19)).len(), 0);
+        // Re-adding a known address keeps the longer life.
+        ps.add_addrs(&p, &["/ip4/1.2.3.4/tcp/4001".parse().unwrap()], AddrTtl::Permanent, min(4), &never);
+        assert_eq!(ps.addrs(&p, min(10_000)).len(), 1);
+        assert_eq!(ps.num_addrs(), 1);
+    }
+
+    #[test]
+    fn peerstore_caps_hold_and_the_oldest_unconnected_peer_is_evicted() {
+        let lim = Limits { max_peers: 3, max_addrs_per_peer: 2, max_protocols_per_peer: 2, max_addrs: 5, max_strings: 4 };
+        let mut ps = Peerstore::new(lim);
+        let mut r = crate::rng::from_seed([5; 32]);
+        let peers: Vec<PeerId> = (0..5).map(|_| Keypair::generate_ed25519(&mut r).peer_id()).collect();
+        let addrs: Vec<Multiaddr> = (1..=3).map(|i| format!("/ip4/10.0.0.{i}/tcp/1").parse().unwrap()).collect();
+        ps.add_addrs(&peers[0], &addrs, AddrTtl::Address, Instant::ZERO, &never);
+        assert_eq!(ps.get(&peers[0]).unwrap().addrs.len(), 2);
+        assert_eq!(ps.stats().addrs_dropped, 1);
+        ps.apply_identify(&peers[0], &info(&["/a", "/b", "/c"], &[]), Instant::ZERO, &never);
+        assert_eq!(ps.get(&peers[0]).unwrap().protocols.len(), 2);
+        let keep = peers[1].clone();
+        for p in &peers[1..] {
+            ps.add_addrs(p, &addrs[..1], AddrTtl::Address, Instant::ZERO, &|x| *x == keep);
+        }
+        assert_eq!(ps.len(), 3);
+        assert!(ps.get(&peers[0]).is_none() && ps.get(&peers[2]).is_none(), "the oldest unconnected went first");
+        assert!(ps.get(&keep).is_some(), "connected: kept");
+        assert_eq!(ps.stats().evicted, 2);
+        assert_eq!(ps.num_addrs(), 3);
+    }
+
+    #[test]
+    fn peerstore_latency_is_an_ewma() {
+        let mut ps = Peerstore::new(Limits::default());
+        let p = Keypair::generate_ed25519(&mut crate::rng::from_seed([6; 32])).peer_id();
+        ps.add_addrs(&p, &[], AddrTtl::Temp, Instant::ZERO, &never);
+        ps.record_latency(&p, Duration::from_millis(100));
+        ps.record_latency(&p, Duration::from_millis(200));
+        assert_eq!(ps.get(&p).unwrap().latency, Some(Duration::from_millis(110)));
     }
 }
