@@ -171,6 +171,10 @@ struct LimitArgs {
     /// go-libp2p's table, 128 MiB + an eighth of this machine's memory). Streams beyond it are refused.
     #[arg(long, value_name = "SIZE", value_parser = size)]
     max_memory: Option<u64>,
+    /// Keep the node's state here: its key (identity.key, unless --key) and its peerstore
+    /// (peerstore.redb), which a restart reloads to reconnect and re-join the DHT without --bootstrap.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (ADDR as 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
@@ -292,7 +296,27 @@ impl Args {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(|| LogWriter(std::io::stderr()))
+        .init();
+}
+
+/// stderr for the logs, where a failed write (the reader of a pipe went away) drops the line: a node
+/// whose log reader died keeps running (and stops cleanly on a signal) instead of panicking in the
+/// logger.
+struct LogWriter(std::io::Stderr);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
@@ -411,11 +435,17 @@ fn host_config(args: &Args, key: Keypair) -> HostConfig {
     if let Some(m) = l.max_memory {
         c.resources.memory = m;
     }
+    c.data_dir = l.data_dir.clone();
     c
 }
 
-/// The key: `--key FILE` (created if missing), else the default key file (`persistent`), else ephemeral.
+/// The key: `--key FILE` (created if missing), else `--data-dir`'s, else the default key file
+/// (`persistent`), else ephemeral.
 fn load_key(args: &Args, persistent: bool) -> Result<Keypair, String> {
+    if let (None, Some(d)) = (&args.key, &args.limits.data_dir) {
+        std::fs::create_dir_all(d).map_err(|e| format!("--data-dir {}: {e}", d.display()))?;
+        return keyfile::load_or_generate(&d.join("identity.key"), args.key_type);
+    }
     match (&args.key, persistent) {
         (Some(p), _) => keyfile::load_or_generate(p, args.key_type),
         (None, true) => keyfile::load_or_generate(&keyfile::default_path(), args.key_type),
@@ -440,10 +470,22 @@ async fn node(args: Args) -> Result<(), String> {
         let bound = metrics_http::serve(host.clone(), a).await.map_err(|e| format!("--metrics {a}: {e}"))?;
         tracing::info!(addr = %format!("http://{bound}/metrics"), "serving metrics");
     }
-    if !args.bootstrap.is_empty() || !provide.is_empty() {
+    let mut boot = args.bootstrap.clone();
+    if boot.is_empty() && args.limits.data_dir.is_some() {
+        // Restarted without --bootstrap: the DHT servers the saved peerstore knows (at most 20, the
+        // most recently learned first).
+        for (peer, addrs) in host.known_peers_supporting(hyphae::core::kad::PROTOCOL_ID).into_iter().take(20) {
+            if let Some(a) = addrs.into_iter().next() {
+                boot.push(a.with_peer_id(&peer));
+            }
+        }
+        if !boot.is_empty() {
+            tracing::info!(peers = boot.len(), "re-bootstrapping from the saved peerstore");
+        }
+    }
+    if !boot.is_empty() || !provide.is_empty() {
         // Joins once listening (the DHT announces our listen addresses); the node runs meanwhile.
         let h = host.clone();
-        let boot = args.bootstrap.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             if !boot.is_empty() {

@@ -60,6 +60,22 @@ async fn cli_node_stops_cleanly_on_sigterm() {
     let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let status = tokio::time::timeout(Duration::from_secs(10), node.wait()).await.expect("node stops on SIGTERM").unwrap();
     assert!(status.success(), "{status:?}");
+    // Its log reader gone (a closed pipe), a node still runs and stops cleanly.
+    let mut node = Command::new(BIN)
+        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(node.stderr.take().unwrap()).lines();
+    err.next_line().await.unwrap();
+    drop(err);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &node.id().unwrap().to_string()]).status();
+    let status = tokio::time::timeout(Duration::from_secs(10), node.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "a closed log pipe: {status:?}");
 }
 
 /// A bad value names the flag and the reason, without the whole usage (exit 2); every subcommand has
@@ -319,4 +335,52 @@ async fn cli_node_metrics_endpoint_counts_connections_and_bytes() {
     assert!(text.contains("hyphae_rcmgr_refused_total{scope=\"subnet\"} 0"), "{text}");
     let missing = scrape("/nope").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
+
+/// `node --data-dir DIR`: a node that joined the DHT through a bootstrap peer, stopped and started
+/// again with only its data dir, re-joins through the peers its saved peerstore knows.
+#[tokio::test]
+async fn cli_node_with_a_data_dir_rebootstraps_after_a_restart() {
+    let dir = TempDir::new("datadir");
+    let ka = dir.0.join("a.key");
+    let (_a, boot) = start_node(&["--dht-mode", "server", "--key", ka.to_str().unwrap()]).await;
+    let data = dir.0.join("c");
+    let run = |extra: Vec<String>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--dht-mode", "server", "--data-dir"]).arg(&data).args(extra);
+        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap()
+    };
+    let wait_for = |child: &mut tokio::process::Child, needles: Vec<&'static str>| {
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        async move {
+            let mut seen = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    for n in &needles {
+                        if l.contains(n) && !seen.contains(n) {
+                            seen.push(*n);
+                        }
+                    }
+                    if seen.len() == needles.len() {
+                        return;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("saw only {seen:?} of {needles:?}"));
+            // Keep reading: the node logs until it stops.
+            tokio::spawn(async move {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    eprintln!("node: {l}");
+                }
+            });
+        }
+    };
+    let mut c = run(vec!["--bootstrap".into(), boot.clone()]);
+    wait_for(&mut c, vec!["joined the DHT"]).await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &c.id().unwrap().to_string()]).status();
+    assert!(c.wait().await.unwrap().success());
+    assert!(data.join("peerstore.redb").exists() && data.join("identity.key").exists());
+    let mut c = run(vec![]);
+    wait_for(&mut c, vec!["peerstore loaded", "re-bootstrapping from the saved peerstore", "joined the DHT"]).await;
 }

@@ -108,6 +108,10 @@ pub struct HostConfig {
     /// The Kademlia DHT (`host.dht()`). Default: client mode (asks, does not serve nor announce), k = 20,
     /// α = 10; see `hyphae_core::kad::Config` for every default and limit.
     pub dht: kad::Config,
+    /// Keep the peerstore in `DIR/peerstore.redb`: loaded at start, what changed written every
+    /// `PERSIST_INTERVAL` (5 s) and at `close` (`flush_peerstore` writes at once). Default `None`: the
+    /// peerstore lives in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Gossipsub (`host.pubsub()`), always on: meshsub 1.2/1.1/1.0 and floodsub are announced. Defaults
     /// are go-libp2p-pubsub's (D = 6, heartbeat 1 s, 1 MiB RPCs, strict signing, `from ‖ seqno` ids);
     /// see `hyphae_core::gossipsub::Config`. The first sequence number is taken from the clock.
@@ -152,6 +156,7 @@ impl HostConfig {
             autonat: autonat::Config::default(),
             dht: kad::Config::default(),
             pubsub: gossipsub::Config::default(),
+            data_dir: None,
         }
     }
     /// A fresh Ed25519 identity.
@@ -275,6 +280,9 @@ pub(crate) struct Inner {
     pub(crate) live: crate::live::Live,
     /// The resource manager's system memory: every muxer reserves its receive buffers from it.
     pub(crate) memory: rcmgr::Memory,
+    /// The persistent peerstore (`HostConfig::data_dir`), and the lock that keeps its batches in order.
+    pub(crate) peerdb: Option<Arc<crate::peerdb::PeerDb>>,
+    pub(crate) persist: tokio::sync::Mutex<()>,
 }
 
 const LAZY_REFUSED_MAX: usize = 1024;
@@ -780,6 +788,14 @@ impl Host {
         node.add_service(hyphae_core::Instant::ZERO, Box::new(GossipsubService::new(ps, &keypair, hyphae_core::Instant::ZERO)));
         let node_notify = Arc::new(tokio::sync::Notify::new());
         let memory = rcmgr::Memory::new(config.resources.memory);
+        let peerdb = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let db = crate::peerdb::PeerDb::open(&dir.join("peerstore.redb")).map_err(|e| Error::Protocol(e.to_string()))?;
+                Some(Arc::new(db))
+            }
+            None => None,
+        };
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             noise_static,
@@ -805,9 +821,16 @@ impl Host {
             quic_start: tokio::sync::Mutex::new(()),
             events,
             lazy_refused: Mutex::new(Default::default()),
+            peerdb,
+            persist: tokio::sync::Mutex::new(()),
         });
         let timer = tokio::spawn(node_timer(Arc::downgrade(&inner), node_notify));
         lock(&inner.listeners).push(timer);
+        if inner.peerdb.is_some() {
+            inner.load_peerstore();
+            let t = inner.spawn_persist();
+            lock(&inner.listeners).push(t);
+        }
         Ok(Host { inner })
     }
 
@@ -1210,6 +1233,9 @@ impl Host {
         for t in lock(&self.inner.listeners).drain(..) {
             t.abort();
         }
+        if let Err(e) = self.flush_peerstore().await {
+            tracing::warn!(error = %e, "peerstore not saved at close");
+        }
         let conns: Vec<_> = lock(&self.inner.conns).values().cloned().collect();
         for c in &conns {
             c.close();
@@ -1245,7 +1271,7 @@ fn bind_tcp(sa: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Wall-clock seconds: the driver's job (TLS certificates need it), never the core's.
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

@@ -33,6 +33,8 @@ mod host;
 pub mod keyfile;
 mod live;
 mod metrics;
+pub mod peerdb;
+mod persist;
 mod pubsub;
 mod quic_driver;
 mod topics;

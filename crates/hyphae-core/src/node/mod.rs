@@ -363,6 +363,10 @@ impl Node {
     pub fn peerstore(&self) -> &Peerstore {
         &self.peerstore
     }
+    /// The peerstore, to load saved records into or take its journal of changes from.
+    pub fn peerstore_mut(&mut self) -> &mut Peerstore {
+        &mut self.peerstore
+    }
     /// Teaches the peerstore addresses of a peer.
     pub fn add_addrs(&mut self, peer: &PeerId, addrs: &[Multiaddr]) {
         let conns = &self.conns;

@@ -172,6 +172,50 @@ pub struct Peerstore {
     free_sets: Vec<u32>,
     /// Public keys the peer id does not inline, by slot.
     keys: BTreeMap<u32, PublicKey>,
+    /// Changed since the driver last took them (`take_changes`): the persistence journal. Bounded by
+    /// the peers held (a peer is in it once) plus removals since the last take (at most `max_peers`;
+    /// beyond, the oldest removals are forgotten and counted, and the store rewrites them as gone
+    /// when it next loads, as its records stay valid).
+    dirty: Dirty,
+    removed: VecDeque<Vec<u8>>,
+}
+
+/// Slots changed since the journal was last taken: one bit per slot (a million peers: 122 KiB).
+#[derive(Debug, Default)]
+struct Dirty {
+    bits: Vec<u64>,
+    count: usize,
+}
+
+impl Dirty {
+    fn set(&mut self, s: u32) {
+        let (w, b) = (s as usize / 64, 1u64 << (s % 64));
+        if self.bits.len() <= w {
+            self.bits.resize(w + 1, 0);
+        }
+        if self.bits[w] & b == 0 {
+            self.bits[w] |= b;
+            self.count += 1;
+        }
+    }
+    fn clear(&mut self, s: u32) {
+        let (w, b) = (s as usize / 64, 1u64 << (s % 64));
+        if self.bits.get(w).is_some_and(|x| x & b != 0) {
+            self.bits[w] &= !b;
+            self.count -= 1;
+        }
+    }
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, &x)| (0..64).filter(move |b| x & (1 << b) != 0).map(move |b| (w * 64 + b) as u32))
+    }
+}
+
+/// A change for the persistent store: `record` is the peer's encoding (`Peerstore::encode`), `None`
+/// when the peer was forgotten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub peer: Vec<u8>,
+    pub record: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Peerstore {
@@ -242,6 +286,8 @@ impl Peerstore {
             + strings
             + sets
             + self.keys.len() * 64
+            + self.dirty.bits.capacity() * 8
+            + self.removed.iter().map(|r| r.len() + 24).sum::<usize>()
     }
 
     fn hash(&self, id: &[u8]) -> u64 {
@@ -329,6 +375,11 @@ impl Peerstore {
         self.keys.remove(&s);
         self.slots[s as usize].live = false;
         self.free.push(s);
+        self.dirty.clear(s);
+        if self.removed.len() >= self.limits.max_peers {
+            self.removed.pop_front();
+        }
+        self.removed.push_back(sl.id().to_vec());
     }
 
     /// Forgets `peer` entirely.
@@ -344,6 +395,7 @@ impl Peerstore {
 
     /// Replaces slot `s`'s packed addresses.
     fn set_addr_bytes(&mut self, s: u32, bytes: &[u8]) {
+        self.dirty.set(s);
         let old = self.slots[s as usize].addr_len as usize;
         self.garbage += old;
         let off = self.data.len();
@@ -546,6 +598,7 @@ impl Peerstore {
         let Some(s) = self.slot(peer, connected) else { return };
         if peer.inline_public_key().is_none() && peer.matches(&key) {
             self.keys.insert(s, key);
+            self.dirty.set(s);
         }
     }
 
@@ -566,6 +619,7 @@ impl Peerstore {
             }
         }
         names.sort_unstable();
+        self.dirty.set(s);
         let set = self.intern_set(names);
         let old = std::mem::replace(&mut self.slots[s as usize].protos, set);
         self.release_set(old);
@@ -604,9 +658,158 @@ impl Peerstore {
     /// A round trip to `peer`: the latency EWMA moves a tenth of the way (go's `LatencyEWMASmoothing`).
     pub fn record_latency(&mut self, peer: &PeerId, rtt: Duration) {
         let Some(s) = self.find(peer) else { return };
+        self.dirty.set(s);
         let sl = &mut self.slots[s as usize];
         let new = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX).max(1);
         sl.latency_us = if sl.latency_us == 0 { new } else { ((u64::from(sl.latency_us) * 9 + u64::from(new)) / 10).max(1) as u32 };
+    }
+
+    /// The changes since the last call, for the persistent store: each changed peer's encoding at
+    /// `now` (`unix` = the wall clock's seconds at `now`), then the peers forgotten.
+    pub fn take_changes(&mut self, now: Instant, unix: u64) -> Vec<Change> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut out: Vec<Change> = dirty
+            .iter()
+            .filter(|&s| self.slots[s as usize].live)
+            .map(|s| Change { peer: self.slots[s as usize].id().to_vec(), record: Some(self.encode_slot(s, now, unix)) })
+            .collect();
+        out.extend(self.removed.drain(..).map(|peer| Change { peer, record: None }));
+        out
+    }
+
+    /// Changes waiting for `take_changes`.
+    pub fn pending_changes(&self) -> usize {
+        self.dirty.count + self.removed.len()
+    }
+
+    /// `peer`'s record in the persistent format (version 1): expiries as unix seconds, so a record
+    /// outlives the process; connected-class addresses are saved as recently connected.
+    pub fn encode(&self, peer: &PeerId, now: Instant, unix: u64) -> Option<Vec<u8>> {
+        self.find(peer).map(|s| self.encode_slot(s, now, unix))
+    }
+
+    fn encode_slot(&self, s: u32, now: Instant, unix: u64) -> Vec<u8> {
+        use crate::varint::{encode as v, encode_frame as f};
+        let sl = &self.slots[s as usize];
+        let t = u64::from(secs(now));
+        let mut out = vec![1u8];
+        let bytes = self.addr_bytes(sl);
+        v(entries(bytes).count() as u64, &mut out);
+        for e in entries(bytes) {
+            let class = if e.class & OBSERVED == 0 && AddrTtl::from_code(e.class & 0x0f) == AddrTtl::Connected {
+                (e.class & !0x0f) | AddrTtl::RecentlyConnected.code()
+            } else {
+                e.class
+            };
+            // 0: never expires; else unix seconds (at least 1).
+            let exp = match e.expiry {
+                u32::MAX if class & 0x0f == AddrTtl::RecentlyConnected.code() => unix + 15 * 60,
+                u32::MAX => 0,
+                x => (unix + u64::from(x).saturating_sub(t)).max(1),
+            };
+            v(exp, &mut out);
+            out.push(class);
+            f(e.bytes, &mut out);
+        }
+        let names = &self.sets[sl.protos as usize].0;
+        v(names.len() as u64, &mut out);
+        for &n in names.iter() {
+            f(self.strings[n as usize].as_bytes(), &mut out);
+        }
+        f(self.strings[sl.agent as usize].as_bytes(), &mut out);
+        f(self.strings[sl.pver as usize].as_bytes(), &mut out);
+        f(&self.keys.get(&s).map(|k| k.encode_protobuf()).unwrap_or_default(), &mut out);
+        v(u64::from(sl.latency_us), &mut out);
+        out
+    }
+
+    /// Restores a record `encode` made (at start, from the persistent store), at `now` (`unix` = the
+    /// wall clock's seconds): expired addresses are skipped, caps apply as to any input. A malformed
+    /// record is an error and changes nothing.
+    pub fn load(&mut self, peer: &[u8], record: &[u8], now: Instant, unix: u64) -> Result<(), crate::DecodeError> {
+        use crate::varint::{decode_exact, decode_frame};
+        use crate::DecodeError;
+        let peer = PeerId::from_bytes(peer)?;
+        let mut b = record;
+        let take_v = |b: &mut &[u8]| -> Result<u64, DecodeError> {
+            let (x, n) = decode_exact(b)?;
+            *b = &b[n..];
+            Ok(x)
+        };
+        let take_f = |b: &mut &[u8]| -> Result<Vec<u8>, DecodeError> {
+            let (range, n) = decode_frame(b, 1 << 16)?.ok_or(DecodeError::Truncated)?;
+            let x = b[range].to_vec();
+            *b = &b[n..];
+            Ok(x)
+        };
+        if b.first() != Some(&1) {
+            return Err(DecodeError::Invalid("peerstore record version"));
+        }
+        b = &b[1..];
+        let n = take_v(&mut b)?.min(4096);
+        let t = u64::from(secs(now));
+        let mut addrs: Vec<(u64, u8, Multiaddr)> = Vec::new();
+        let mut observed = None;
+        for _ in 0..n {
+            let exp = take_v(&mut b)?;
+            let class = *b.first().ok_or(DecodeError::Truncated)?;
+            b = &b[1..];
+            let a = Multiaddr::from_bytes(&take_f(&mut b)?).map_err(|_| DecodeError::Invalid("peerstore address"))?;
+            if class & OBSERVED != 0 {
+                observed = Some(a);
+            } else if exp == 0 || exp > unix {
+                addrs.push((exp, class, a));
+            }
+        }
+        let np = take_v(&mut b)?.min(4096);
+        let mut protocols = Vec::new();
+        for _ in 0..np {
+            protocols.push(String::from_utf8(take_f(&mut b)?).map_err(|_| DecodeError::Invalid("peerstore protocol"))?);
+        }
+        let text = |x: Vec<u8>| String::from_utf8(x).ok().filter(|s| !s.is_empty());
+        let agent = text(take_f(&mut b)?);
+        let pver = text(take_f(&mut b)?);
+        let key = take_f(&mut b)?;
+        let latency = take_v(&mut b)?;
+        let never = |_: &PeerId| false;
+        let info = Info { protocols, agent_version: agent, protocol_version: pver, observed_addr: observed, ..Info::default() };
+        self.apply_identify(&peer, &info, now, &never);
+        if !key.is_empty() {
+            self.set_public_key(&peer, PublicKey::decode_protobuf(&key)?, &never);
+        }
+        for (exp, class, a) in addrs {
+            let ttl = AddrTtl::from_code(class & 0x0f);
+            self.add_addrs_class(&peer, std::slice::from_ref(&a), ttl, class & CERTIFIED, now, &never);
+            if exp != 0 {
+                // The saved expiry, in our clock.
+                let rel = u32::try_from(t + (exp - unix)).unwrap_or(u32::MAX - 1);
+                self.set_expiry(&peer, &a, rel);
+            }
+        }
+        if let (Some(s), true) = (self.find(&peer), latency > 0) {
+            self.slots[s as usize].latency_us = u32::try_from(latency).unwrap_or(u32::MAX);
+        }
+        // What was just loaded is already stored.
+        if let Some(s) = self.find(&peer) {
+            self.dirty.clear(s);
+        }
+        Ok(())
+    }
+
+    fn set_expiry(&mut self, peer: &PeerId, a: &Multiaddr, expiry: u32) {
+        let Some(s) = self.find(peer) else { return };
+        let want = a.to_bytes();
+        let mut buf = self.addr_bytes(&self.slots[s as usize]).to_vec();
+        let mut pos = 0;
+        while pos + 6 <= buf.len() {
+            let len = buf[pos + 5] as usize;
+            if buf[pos + 4] & OBSERVED == 0 && buf[pos + 6..pos + 6 + len] == want[..] {
+                buf[pos..pos + 4].copy_from_slice(&expiry.to_le_bytes());
+                break;
+            }
+            pos += 6 + len;
+        }
+        self.set_addr_bytes(s, &buf);
     }
 
     /// Drops addresses expired at `now`; returns how many.
@@ -723,6 +926,46 @@ mod tests {
         assert!(ps.get(&keep).is_some(), "connected: kept");
         assert_eq!(ps.stats().evicted, 2);
         assert_eq!(ps.num_addrs(), 3);
+    }
+
+    #[test]
+    fn peerstore_records_survive_encode_and_load_and_changes_are_journaled() {
+        let mut ps = Peerstore::new(Limits::default());
+        let mut r = crate::rng::from_seed([8; 32]);
+        let p = Keypair::generate_ed25519(&mut r).peer_id();
+        let rsa_like = Keypair::generate(crate::KeyType::Ecdsa, &mut r);
+        let q = rsa_like.peer_id();
+        let t0 = Instant::ZERO + Duration::from_secs(100);
+        let unix = 1_800_000_000;
+        ps.apply_identify(&p, &info(&["/a/1", "/b/1"], &["/ip4/1.2.3.4/tcp/4001"]), t0, &never);
+        ps.add_addrs(&p, &["/ip4/5.6.7.8/tcp/1".parse().unwrap()], AddrTtl::Temp, t0, &never);
+        ps.add_addrs(&p, &["/dns4/boot.example/tcp/4001".parse().unwrap()], AddrTtl::Permanent, t0, &never);
+        ps.record_latency(&p, Duration::from_millis(42));
+        ps.set_public_key(&q, rsa_like.public(), &never);
+        let changes = ps.take_changes(t0, unix);
+        assert_eq!(changes.len(), 2);
+        assert_eq!(ps.pending_changes(), 0);
+        // A new process, 60 s later by the wall clock, its own clock starting anew.
+        let mut back = Peerstore::new(Limits::default());
+        let t1 = Instant::ZERO;
+        for c in &changes {
+            back.load(&c.peer, c.record.as_ref().unwrap(), t1, unix + 60).unwrap();
+        }
+        assert_eq!(back.pending_changes(), 0, "loading is not a change");
+        let got = back.get(&p).unwrap();
+        assert_eq!(got.protocols, vec!["/a/1".to_string(), "/b/1".to_string()]);
+        assert_eq!(got.agent_version.as_deref(), Some("go-libp2p/0.41"));
+        assert_eq!(got.latency, Some(Duration::from_millis(42)));
+        // The temp address (2 min) has 60 s left; the connected one became recently connected (15 min).
+        assert_eq!(back.addrs(&p, t1 + Duration::from_secs(59)).len(), 3);
+        assert_eq!(back.addrs(&p, t1 + Duration::from_secs(61)).len(), 2);
+        assert_eq!(back.addrs(&p, t1 + Duration::from_secs(16 * 60)).len(), 1, "the permanent one stays");
+        assert_eq!(back.get(&q).unwrap().public_key, Some(rsa_like.public()), "a key the id does not inline");
+        // Removals are journaled too; garbage is refused whole.
+        back.remove(&q);
+        assert_eq!(back.take_changes(t1, unix), vec![Change { peer: q.to_bytes(), record: None }]);
+        assert!(back.load(&p.to_bytes(), &[1, 200], t1, unix).is_err());
+        assert!(back.load(&p.to_bytes(), &[9], t1, unix).is_err());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The peerstore at a million peers: each with 4 addresses (2 IPv4, 2 IPv6; TCP and QUIC), 12 protocols,
 //! an Ed25519 key (inlined in its peer id) and an agent string, as identify tells them. Prints resident
-//! and structural bytes per peer, insert and lookup rates. Run:
-//! `cargo bench -p hyphae-core --bench peerstore` (PEERS=N to change the count).
+//! and structural bytes per peer, insert and lookup rates, then the persistent store: writing all of
+//! them (one transaction), its file size, and loading them into a new peerstore. Run:
+//! `cargo bench -p hyphae --bench peerstore` (PEERS=N to change the count).
 
-use hyphae_core::identify::Info;
-use hyphae_core::node::peerstore::{Limits, Peerstore};
-use hyphae_core::{Instant, PeerId};
+use hyphae::core::identify::Info;
+use hyphae::core::node::peerstore::{Limits, Peerstore};
+use hyphae::core::{Instant, PeerId};
+use hyphae::peerdb::PeerDb;
 use rand_core::{RngCore, SeedableRng};
 use std::time::Instant as Clock;
 
@@ -101,4 +103,41 @@ fn main() {
         n as f64 / lookup.as_secs_f64(),
         (n / 10) as f64 / decode.as_secs_f64()
     );
+
+    // The persistent store: everything in one durable transaction, then a cold load.
+    let dir = std::env::temp_dir().join(format!("hyphae-psbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("peerstore.redb");
+    let unix = 1_800_000_000;
+    let t = Clock::now();
+    let changes = ps.take_changes(Instant::ZERO, unix);
+    let encode = t.elapsed();
+    let db = PeerDb::open(&path).unwrap();
+    let t = Clock::now();
+    db.apply(&changes).unwrap();
+    let write = t.elapsed();
+    drop(db);
+    drop(changes);
+    let size = std::fs::metadata(&path).unwrap().len();
+    let t = Clock::now();
+    let db = PeerDb::open(&path).unwrap();
+    let rows = db.load_all().unwrap();
+    let mut back = Peerstore::new(Limits { max_peers: n, max_addrs: 4 * n, ..Limits::default() });
+    for (p, r) in &rows {
+        back.load(p, r, Instant::ZERO, unix + 1).unwrap();
+    }
+    let load = t.elapsed();
+    assert_eq!(back.len(), n);
+    assert_eq!(back.get(&peers[n / 2]).unwrap().addrs.len(), 4);
+    println!();
+    println!("| peers | encode | write (one commit) | file size B/peer | cold load (open + read + rebuild) |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {n} | {:.2} s | {:.2} s | {:.0} | {:.2} s |",
+        encode.as_secs_f64(),
+        write.as_secs_f64(),
+        size as f64 / n as f64,
+        load.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
