@@ -29,7 +29,14 @@ const node = await createLibp2p({
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')
 
 if (mode === 'listen') {
-  node.addEventListener('peer:identify', (e) => out({ event: 'identify', peer: e.detail.peerId.toString(), agent: e.detail.agentVersion, protocols: e.detail.protocols }))
+  // signedPeerRecord is set only when the peer's signed envelope verified (js opens and certifies it).
+  node.addEventListener('peer:identify', (e) => out({
+    event: 'identify',
+    peer: e.detail.peerId.toString(),
+    agent: e.detail.agentVersion,
+    protocols: e.detail.protocols,
+    certified: e.detail.signedPeerRecord == null ? null : e.detail.signedPeerRecord.addresses.map(String)
+  }))
   out({ peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(String) })
   process.on('SIGTERM', async () => { await node.stop(); process.exit(0) })
 } else if (mode === 'dial') {

@@ -21,6 +21,7 @@ pub mod perf;
 pub mod ping;
 pub mod quic;
 pub mod rcmgr;
+pub mod record;
 pub mod rng;
 pub mod service;
 pub mod stream;

@@ -123,6 +123,18 @@ pub fn read_frame<'a, M: quick_protobuf::MessageRead<'a>>(
     Ok(Some((m, used)))
 }
 
+/// Reads one whole message of generated code (pb-rs), unframed (the caller bounded `buf`).
+pub fn read_message<'a, M: quick_protobuf::MessageRead<'a>>(buf: &'a [u8], what: &'static str) -> Result<M, DecodeError> {
+    M::from_reader(&mut quick_protobuf::BytesReader::from_bytes(buf), buf).map_err(|_| DecodeError::Invalid(what))
+}
+
+/// Writes a message of generated code (pb-rs), unframed.
+pub fn write_message<M: quick_protobuf::MessageWrite>(m: &M) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.get_size());
+    m.write_message(&mut quick_protobuf::Writer::new(&mut out)).expect("invariant: writing to a Vec cannot fail");
+    out
+}
+
 /// Writes a message of generated code (pb-rs) with its varint length prefix.
 pub fn write_frame<M: quick_protobuf::MessageWrite>(m: &M, out: &mut Vec<u8>) {
     varint::encode(m.get_size() as u64, out);

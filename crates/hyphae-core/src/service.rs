@@ -47,6 +47,9 @@ pub struct LocalInfo {
     pub protocols: Vec<String>,
     /// AutoNAT's verdict (services hear of changes in `on_local_changed`).
     pub reachability: Reachability,
+    /// Our listen addresses as a signed peer record (RFC 0002 envelope of an RFC 0003 record), re-signed
+    /// when they change; identify sends it as `signedPeerRecord`.
+    pub signed_peer_record: Option<Vec<u8>>,
 }
 
 /// What the node machine reports to the application. Each protocol's events live in its own module.

@@ -73,6 +73,11 @@ async fn go_go_dials_hyphae_ping_identify() {
     .expect("identified go");
     assert_eq!(info.agent_version.as_deref(), Some("p2pd/0.1"));
     assert_eq!(h.connections()[0].direction, hyphae::Direction::Inbound);
+    // go's identify carries its signed peer record (RFC 0002 envelope, RFC 0003 record): it verifies,
+    // and go's listen address is kept as certified.
+    let known = h.peer_info(&go.peer_id).expect("go in the peerstore");
+    assert!(known.certified_addrs.contains(&go.addrs[0].without_peer_id()), "certified {:?}, go at {:?}", known.certified_addrs, go.addrs);
+    assert_eq!(h.stats().records_invalid, 0);
     // go opens a ping stream to hyphae through its own stack; we drive the bytes over the control socket.
     let (mut s, proto) = go.stream_open(&h.peer_id(), &[ping::PROTOCOL_ID]).await.expect("go opens ping stream");
     assert_eq!(proto, ping::PROTOCOL_ID);
@@ -172,12 +177,18 @@ async fn js_hyphae_dials_js_ping_identify() {
     let Some(mut js) = js_peer(&["listen"]) else { return };
     let (peer, addr) = listen_line(&wait_line(&mut js, "peerId", "js listen").await).expect("js listen line");
     let h = host_with(KeyType::Ed25519).await;
+    let ours = h.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap().remove(0).without_peer_id();
     let agent = dial_ping_identify(&h, &addr, &peer).await;
     assert!(agent.starts_with("js-libp2p/"), "agent {agent}");
     // js identified us too.
     let l = wait_line(&mut js, "\"event\":\"identify\"", "js identify event").await;
     assert_eq!(json_field(&l, "agent"), Some("hyphae/0.1.0"));
     assert_eq!(json_field(&l, "peer"), Some(h.peer_id().to_string().as_str()));
+    // js opened and certified our signed peer record: our listen address, signed by our key.
+    assert!(l.contains(&format!("\"certified\":[\"{ours}\"]")), "{l}");
+    // And js's own record verified here.
+    let known = h.peer_info(&peer).expect("js in the peerstore");
+    assert!(!known.certified_addrs.is_empty(), "{known:?}");
     // A new handler reaches js by identify push (sent by the node machine to every connected peer).
     assert!(!l.contains("/hyphae/push-test/1.0.0"));
     h.set_stream_handler("/hyphae/push-test/1.0.0", |_s| async {});

@@ -112,7 +112,7 @@ pub fn local_info(local: &LocalInfo, observed: Option<Multiaddr>) -> Info {
         listen_addrs: local.listen_addrs.clone(),
         observed_addr: observed,
         protocols: local.protocols.clone(),
-        signed_peer_record: None,
+        signed_peer_record: local.signed_peer_record.clone(),
     }
 }
 

@@ -153,6 +153,10 @@ pub struct Stats {
     pub writes_dropped: u64,
     pub dials_dropped: u64,
     pub connections_idle_closed: u64,
+    /// Signed peer records (identify's) whose addresses were taken as certified, and ones refused
+    /// (bad signature, another peer's, malformed). A stale one (not newer than the last) is neither.
+    pub records_certified: u64,
+    pub records_invalid: u64,
     /// Connections that closed before their handshake finished, by `CloseReason::kind` (both
     /// directions; refusals at admission are counted in `resources` instead).
     pub handshakes_failed: BTreeMap<&'static str, u64>,
@@ -218,6 +222,8 @@ pub struct Node {
     idle_check: Option<Instant>,
     next_conn: u64,
     stats: Stats,
+    /// Signed peer records made so far (the low part of the next one's sequence number).
+    records_made: u64,
 }
 
 impl Node {
@@ -230,6 +236,7 @@ impl Node {
             listen_addrs: config.listen_addrs.clone(),
             protocols: Vec::new(),
             reachability: Default::default(),
+            signed_peer_record: None,
         };
         let mut n = Node {
             rng: rng::from_seed(config.seed),
@@ -248,8 +255,10 @@ impl Node {
             idle_check: None,
             next_conn: 1 << 32,
             stats: Stats::default(),
+            records_made: 0,
             config,
         };
+        n.sign_record();
         n.add_service(Instant(0), Box::new(IdentifyService::new(n.config.identify.clone())));
         n.add_service(Instant(0), Box::new(PingService::new(n.config.ping.clone())));
         n
@@ -406,8 +415,19 @@ impl Node {
     pub fn set_listen_addrs(&mut self, now: Instant, addrs: Vec<Multiaddr>) {
         if addrs != self.local.listen_addrs {
             self.local.listen_addrs = addrs;
+            self.sign_record();
             self.local_changed(now);
         }
+    }
+
+    /// Signs our listen addresses as a peer record. Its sequence number is the wall clock's nanoseconds
+    /// at start plus the records made since (go uses the wall clock's nanoseconds): a record made later,
+    /// even by a restarted node, has a larger one, so receivers keep the newest.
+    fn sign_record(&mut self) {
+        let seq = (self.config.unix_time.max(0) as u64).saturating_mul(1_000_000_000) + self.records_made;
+        self.records_made += 1;
+        let rec = crate::record::PeerRecord { peer: self.local.peer_id.clone(), seq, addrs: self.local.listen_addrs.clone() };
+        self.local.signed_peer_record = Some(rec.seal(&self.config.keypair));
     }
 
     fn local_changed(&mut self, now: Instant) {
@@ -1022,6 +1042,23 @@ impl Node {
         for (conn, peer, info) in identified {
             let conns = &self.conns;
             self.peerstore.apply_identify(&peer, &info, now, &|p| connected(conns, p));
+            if let Some(env) = &info.signed_peer_record {
+                match crate::record::PeerRecord::open(env, &crate::record::Limits::default()) {
+                    Ok((rec, _)) if rec.peer == peer => {
+                        if self.peerstore.add_certified(&rec, now, &|p| connected(conns, p)) {
+                            self.stats.records_certified += 1;
+                        }
+                    }
+                    Ok((rec, _)) => {
+                        tracing::debug!(%peer, record = %rec.peer, "identify carried another peer's record; ignored");
+                        self.stats.records_invalid += 1;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "invalid signed peer record; ignored");
+                        self.stats.records_invalid += 1;
+                    }
+                }
+            }
             self.tell_services(now, Some(sid), ConnectionEvent::Identified { conn, peer: &peer, info: &info });
         }
         if let Some(r) = reachability.filter(|r| *r != self.local.reachability) {

@@ -106,6 +106,8 @@ pub struct PeerRecord {
     pub public_key: Option<PublicKey>,
     /// Our address as this peer saw it.
     pub observed_addr: Option<Multiaddr>,
+    /// Those of `addrs` the peer signed (a verified signed peer record).
+    pub certified_addrs: Vec<Multiaddr>,
     /// Round-trip EWMA (go's: α = 0.1), from pings.
     pub latency: Option<Duration>,
 }
@@ -140,6 +142,8 @@ struct Slot {
     latency_us: u32,
     /// Insertion sequence (eviction order).
     seq: u32,
+    /// The sequence number of the newest signed peer record taken (0: none).
+    record_seq: u64,
 }
 
 impl Slot {
@@ -323,6 +327,7 @@ impl Peerstore {
             pver: 0,
             latency_us: 0,
             seq: self.next_seq,
+            record_seq: 0,
         };
         slot.id[..id.len()].copy_from_slice(id);
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -485,6 +490,9 @@ impl Peerstore {
             if e.class & OBSERVED != 0 {
                 r.observed_addr = Some(a);
             } else {
+                if e.class & CERTIFIED != 0 {
+                    r.certified_addrs.push(a.clone());
+                }
                 r.addrs.push(a);
             }
         }
@@ -578,6 +586,19 @@ impl Peerstore {
         if changed {
             self.set_addr_bytes(s, &buf);
         }
+    }
+
+    /// A verified signed peer record: its addresses are kept as certified (while connected, as
+    /// identify's), if it is newer than the last one taken. Whether it was taken.
+    pub fn add_certified(&mut self, rec: &crate::record::PeerRecord, now: Instant, connected: &dyn Fn(&PeerId) -> bool) -> bool {
+        let Some(s) = self.slot(&rec.peer, connected) else { return false };
+        if rec.seq <= self.slots[s as usize].record_seq {
+            return false;
+        }
+        self.slots[s as usize].record_seq = rec.seq;
+        self.add_addrs_class(&rec.peer, &rec.addrs, AddrTtl::Connected, CERTIFIED, now, connected);
+        self.dirty.set(s);
+        true
     }
 
     /// Our own address as `peer` saw it.
@@ -720,6 +741,7 @@ impl Peerstore {
         f(self.strings[sl.pver as usize].as_bytes(), &mut out);
         f(&self.keys.get(&s).map(|k| k.encode_protobuf()).unwrap_or_default(), &mut out);
         v(u64::from(sl.latency_us), &mut out);
+        v(sl.record_seq, &mut out);
         out
     }
 
@@ -771,6 +793,7 @@ impl Peerstore {
         let pver = text(take_f(&mut b)?);
         let key = take_f(&mut b)?;
         let latency = take_v(&mut b)?;
+        let record_seq = take_v(&mut b)?;
         let never = |_: &PeerId| false;
         let info = Info { protocols, agent_version: agent, protocol_version: pver, observed_addr: observed, ..Info::default() };
         self.apply_identify(&peer, &info, now, &never);
@@ -786,8 +809,12 @@ impl Peerstore {
                 self.set_expiry(&peer, &a, rel);
             }
         }
-        if let (Some(s), true) = (self.find(&peer), latency > 0) {
-            self.slots[s as usize].latency_us = u32::try_from(latency).unwrap_or(u32::MAX);
+        if let Some(s) = self.find(&peer) {
+            let sl = &mut self.slots[s as usize];
+            if latency > 0 {
+                sl.latency_us = u32::try_from(latency).unwrap_or(u32::MAX);
+            }
+            sl.record_seq = record_seq;
         }
         // What was just loaded is already stored.
         if let Some(s) = self.find(&peer) {

@@ -386,3 +386,21 @@ fn node_connmgr_trims_to_the_low_watermark_sparing_protected_and_valuable_peers(
     p.run_until(p.now + Duration::from_millis(200));
     assert_eq!(p.nodes[0].node().connected_peers().len(), 2);
 }
+
+/// Identify carries each node's signed peer record: the other side verifies it and keeps the signed
+/// listen address as certified; an older record (a smaller sequence number) is not taken again.
+#[test]
+fn node_identify_exchanges_signed_peer_records_and_certifies_their_addresses() {
+    let mut p = Net::new(2, |_, _| {});
+    let a = p.addr(1);
+    p.dial(0, a);
+    p.run_until(p.now + Duration::from_millis(300));
+    let b = p.nodes[1].peer_id().clone();
+    let rec = p.nodes[0].node().peerstore().get(&b).unwrap();
+    assert_eq!(rec.certified_addrs, vec![p.addr(1).without_peer_id()], "{rec:?}");
+    assert_eq!(p.nodes[0].node().stats().records_certified, 1);
+    assert_eq!(p.nodes[0].node().stats().records_invalid, 0);
+    let old = crate::record::PeerRecord { peer: b.clone(), seq: 1, addrs: vec!["/ip4/6.6.6.6/tcp/1".parse().unwrap()] };
+    let now = p.now;
+    assert!(!p.nodes[0].node_mut().peerstore_mut().add_certified(&old, now, &|_| true), "stale");
+}
