@@ -52,6 +52,11 @@ pub struct Limits {
     /// The most bytes all of a connection's streams together may have been granted beyond
     /// `stream_window` each: a bound on what growth adds to the connection's buffers. Default 128 MiB.
     pub max_window_growth: u64,
+    /// The first receive windows of a connection's streams together (each stream holds 256 KiB, or
+    /// `stream_window` while they are within half of this): beyond, a new stream is refused. With the
+    /// defaults, 32 streams at 1 MiB then 128 at 256 KiB. A peer that opens streams and never uses them
+    /// holds at most this per connection (go's connection scope: 32 MiB). Default 64 MiB.
+    pub max_stream_memory: u64,
     /// Largest data frame we emit. Default 64 KiB.
     pub max_frame_len: u32,
     /// Outgoing bytes buffered before writers are pushed back. Default 1 MiB.
@@ -66,6 +71,7 @@ impl Default for Limits {
             stream_window: 1024 * 1024,
             max_stream_window: 64 << 20,
             max_window_growth: 128 << 20,
+            max_stream_memory: 64 << 20,
             max_frame_len: 64 * 1024,
             max_out_buffer: 1024 * 1024,
         }
@@ -115,6 +121,8 @@ struct Stream {
     write_blocked: bool,
     /// The application dropped its handle; data arriving is discarded.
     released: bool,
+    /// The window it started with (what it reserved at admission; growth beyond it is `grown`).
+    base: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -201,8 +209,10 @@ pub struct Yamux {
     /// The opaque value of our RTT probe in flight, and when the last probe was sent.
     rtt_probe: Option<u32>,
     rtt_probed_at: Option<Instant>,
-    /// Bytes granted beyond `stream_window`, over the open streams.
+    /// Bytes granted beyond each stream's first window, over the open streams.
     grown: u64,
+    /// The open streams' first windows together (bounded by `Limits::max_stream_memory`).
+    base_reserved: u64,
     /// The node's memory budget, which every stream's receive window is reserved from (all of it
     /// released as streams go and when the session is dropped).
     memory: Option<crate::rcmgr::Memory>,
@@ -240,6 +250,7 @@ impl Yamux {
             rtt_probe: None,
             rtt_probed_at: None,
             grown: 0,
+            base_reserved: 0,
             memory: None,
         }
     }
@@ -318,7 +329,8 @@ impl Yamux {
     /// Forgets a stream, returning what its window grew to the connection's budget.
     fn remove_stream(&mut self, id: u32) -> Option<Stream> {
         let s = self.streams.remove(&id)?;
-        self.grown -= u64::from(s.window.saturating_sub(self.initial_window()));
+        self.grown -= u64::from(s.window - s.base);
+        self.base_reserved -= u64::from(s.base);
         if let Some(m) = &self.memory {
             m.release(u64::from(s.window));
         }
@@ -339,21 +351,41 @@ impl Yamux {
     /// The receive window a new stream gets, reserved from the memory budget: the spec's 256 KiB or
     /// refused (`None`); then `stream_window` if the budget holds it too, else the stream starts at
     /// 256 KiB (slower, as go-yamux degrades under memory pressure).
+    ///
+    /// The connection's first windows together stay within `Limits::max_stream_memory`, and the larger
+    /// first window is given only while they are within half of it: a peer opening streams it never
+    /// uses holds at most that much of the node's budget per connection.
     fn admit_stream(&mut self) -> Option<u32> {
-        if !self.reserve(u64::from(INITIAL_WINDOW)) {
+        let cap = self.limits.max_stream_memory;
+        if self.base_reserved + u64::from(INITIAL_WINDOW) > cap || !self.reserve(u64::from(INITIAL_WINDOW)) {
             self.stats.streams_refused_memory += 1;
             return None;
         }
         let extra = self.extra_window();
-        if extra > 0 && !self.reserve(u64::from(extra)) {
-            self.stats.window_growth_refused += 1;
-            return Some(INITIAL_WINDOW);
-        }
-        Some(self.initial_window())
+        let big = self.base_reserved + u64::from(self.initial_window()) <= cap / 2;
+        let window = if extra > 0 && big && self.reserve(u64::from(extra)) {
+            self.initial_window()
+        } else {
+            if extra > 0 {
+                self.stats.window_growth_refused += 1;
+            }
+            INITIAL_WINDOW
+        };
+        self.base_reserved += u64::from(window);
+        Some(window)
     }
 
     fn new_stream(&self, outbound: bool, window: u32) -> Stream {
-        Stream { recv_window: window, window, epoch: self.now, send_window: INITIAL_WINDOW, outbound, acked: false, ..Default::default() }
+        Stream {
+            recv_window: window,
+            window,
+            base: window,
+            epoch: self.now,
+            send_window: INITIAL_WINDOW,
+            outbound,
+            acked: false,
+            ..Default::default()
+        }
     }
 
     pub fn open_stream(&mut self) -> Result<StreamId, StreamError> {

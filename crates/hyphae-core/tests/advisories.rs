@@ -23,7 +23,8 @@ const WINDOW_UPDATE: u8 = 1;
 const SYN: u16 = 1;
 
 /// go-libp2p CVE-2022-23492: a peer opened streams without limit until the node ran out of memory.
-/// 10,000 stream opens: at most `max_streams` live, the rest refused with RST, our output bounded.
+/// 10,000 stream opens: at most 160 live (the first windows' memory cap), the rest refused with RST,
+/// our output bounded.
 #[test]
 fn go_cve_2022_23492_unlimited_streams_are_refused_beyond_the_limit() {
     let limits = yamux::Limits::default();
@@ -33,8 +34,14 @@ fn go_cve_2022_23492_unlimited_streams_are_refused_beyond_the_limit() {
         frame(&mut flood, WINDOW_UPDATE, SYN, 2 * i + 1, 0);
     }
     y.handle_input(&mut flood).unwrap();
-    assert_eq!(y.num_streams(), limits.max_streams);
-    assert_eq!(y.stats().streams_refused, 10_000 - limits.max_streams as u64);
+    // Bounded twice: by the stream count and by the first windows' memory (32 streams at 1 MiB, then
+    // 256 KiB each, within 64 MiB per connection), whichever comes first.
+    let cap = limits.max_stream_memory;
+    let big = (cap / 2) / u64::from(limits.stream_window);
+    let live = (big + (cap - big * u64::from(limits.stream_window)) / (256 * 1024)).min(limits.max_streams as u64);
+    assert_eq!(y.num_streams() as u64, live);
+    assert_eq!(live, 160);
+    assert_eq!(y.stats().streams_refused, 10_000 - live);
     let mut out = 0;
     while let Some(b) = y.poll_transmit() {
         out += b.len();

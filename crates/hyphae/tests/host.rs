@@ -377,3 +377,46 @@ fn rss_bytes() -> u64 {
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
         * 1024
 }
+
+/// Flood (3) of the rcmgr issue: a peer opens 1,000 streams it never uses. Past its connection's
+/// limits (160 first windows within 64 MiB) the rest are refused; another peer's streams and pings go
+/// on as before, and the victim's budget holds only what the flooding connection may take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_stream_flood_is_refused_past_the_connection_limits_and_others_are_unaffected() {
+    let victim = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    victim.set_stream_handler("/hold/1", move |s: Stream| {
+        h2.lock().unwrap().push(s);
+        async {}
+    });
+    victim.set_stream_handler(ECHO, |s: Stream| async move {
+        let (mut r, mut w) = tokio::io::split(s);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    });
+    let addr = victim.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap().remove(0);
+    let attacker = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = attacker.connect(&addr).await.unwrap();
+    let (mut ok, mut refused) = (0, 0);
+    let mut streams = Vec::new();
+    for _ in 0..1000 {
+        match attacker.new_stream(&peer, &["/hold/1"]).await {
+            Ok(s) => {
+                ok += 1;
+                streams.push(s);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!("flood: {ok} streams open, {refused} refused");
+    assert!(ok <= 160 && refused >= 840, "{ok} open");
+    // Another peer is unaffected.
+    let other = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let p2 = other.connect(&addr).await.unwrap();
+    other.ping(&p2).await.expect("ping during the flood");
+    echo_roundtrip(&other, &p2, 100_000, 3).await;
+    let text = victim.metrics_text();
+    let used: f64 = text.lines().find_map(|l| l.strip_prefix("hyphae_rcmgr_memory_used_bytes ")).unwrap().parse().unwrap();
+    assert!(used <= (64 << 20) as f64 + (8 << 20) as f64, "reserved {used}");
+}
