@@ -5,7 +5,7 @@
 //! # Layout (why a million peers fit in ~150 bytes each)
 //!
 //! go's and rust's peerstores keep a map per peer of maps and strings; libp2p's maintainers wanted it
-//! smaller. Here a peer is one fixed 68-byte slot (its id inline, no allocation) in a `Vec`, found
+//! smaller. Here a peer is one fixed 80-byte slot (its id inline, no allocation) in a `Vec`, found
 //! through a hash table of 4-byte slot numbers (`hashbrown::HashTable`: the hash and the equality
 //! read the slot, so the id is stored once). Everything variable is shared or packed:
 //!
@@ -126,7 +126,7 @@ pub struct Stats {
 
 const MAX_ID: usize = 44;
 
-/// One peer: 68 bytes, no allocation.
+/// One peer: 80 bytes, no allocation.
 #[derive(Clone, Copy)]
 struct Slot {
     id: [u8; MAX_ID],
