@@ -996,6 +996,12 @@ mod tests {
     }
 
     #[test]
+    fn peerstore_slot_is_80_bytes() {
+        // The million-peer budget (≤ 200 B per peer) starts here; a field added is a decision.
+        assert_eq!(std::mem::size_of::<Slot>(), 80);
+    }
+
+    #[test]
     fn peerstore_latency_is_an_ewma() {
         let mut ps = Peerstore::new(Limits::default());
         let p = Keypair::generate_ed25519(&mut crate::rng::from_seed([6; 32])).peer_id();
