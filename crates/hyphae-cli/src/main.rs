@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod daemon_cli;
 mod metrics_http;
 
 /// hyphae: a libp2p node (TCP and QUIC-v1, Noise and TLS, Yamux and mplex, identify, ping, Kademlia,
@@ -109,6 +110,13 @@ enum Cmd {
         listen: ListenArgs,
         #[command(flatten)]
         common: Common,
+    },
+    /// A p2pd-compatible daemon: go-libp2p-daemon's flags (`-listen /unix/PATH`, `-hostAddrs`, `-id`,
+    /// ...; `hyphae daemon -h` lists them) and control protocol, so p2pd's clients drive hyphae.
+    #[command(disable_help_flag = true)]
+    Daemon {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
     },
     /// Runs a simulation scenario (see scenarios/ and the README) on virtual time and prints a summary
     /// table. HYPHAE_SEED also sets the seed.
@@ -323,6 +331,29 @@ fn main() -> ExitCode {
     // clap prints a bad value with its flag and the reason (exit 2), --help and --version (exit 0).
     let cli = Cli::parse();
     init_logging();
+    if let Cmd::Daemon { args } = &cli.cmd {
+        let flags = match daemon_cli::parse(args) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: tokio runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match rt.block_on(daemon_cli::run(flags, shutdown_signal())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (name, args) = match cli.cmd {
         Cmd::Node { listen, common, limits, bootstrap, dht_mode, provide, connect, subscribe } => {
             ("node", Args { bootstrap, dht_mode, provide, connect, subscribe, limits, ..Args::with(common, listen) })
@@ -341,6 +372,7 @@ fn main() -> ExitCode {
             let positional = target.map(|t| vec![t.to_string()]).unwrap_or_default();
             ("perf", Args { server, positional, upload, download, ..Args::with(common, listen) })
         }
+        Cmd::Daemon { .. } => unreachable!("invariant: the daemon returned above"),
         Cmd::Sim { file, seed, out, check, threads } => {
             ("sim", Args { positional: vec![file], seed, out, check, threads, ..Args::with(Common::default(), ListenArgs::default()) })
         }

@@ -7,6 +7,7 @@
 
 pub mod autonat;
 pub mod conn;
+pub mod daemon;
 pub mod gossipsub;
 pub mod identify;
 pub mod identity;

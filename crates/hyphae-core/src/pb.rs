@@ -123,8 +123,10 @@ pub fn read_frame<'a, M: quick_protobuf::MessageRead<'a>>(
     Ok(Some((m, used)))
 }
 
-/// Reads one whole message of generated code (pb-rs), unframed (the caller bounded `buf`).
-pub fn read_message<'a, M: quick_protobuf::MessageRead<'a>>(buf: &'a [u8], what: &'static str) -> Result<M, DecodeError> {
+/// Reads one whole message of generated code (pb-rs), unframed (the caller bounded `buf`), its embedded
+/// messages (`nested`) checked first as in [`read_frame`].
+pub fn read_message<'a, M: quick_protobuf::MessageRead<'a>>(buf: &'a [u8], nested: &[Nest], what: &'static str) -> Result<M, DecodeError> {
+    check_nested(buf, nested).map_err(|_| DecodeError::Invalid(what))?;
     M::from_reader(&mut quick_protobuf::BytesReader::from_bytes(buf), buf).map_err(|_| DecodeError::Invalid(what))
 }
 

@@ -26,6 +26,7 @@
 pub struct ReadmeDoctests;
 
 mod connmgr;
+pub mod daemon;
 mod dht;
 mod driver;
 mod handle;

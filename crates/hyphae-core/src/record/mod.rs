@@ -99,7 +99,8 @@ impl PeerRecord {
         if envelope.len() > limits.max_envelope_len {
             return Err(RecordError::TooLarge(envelope.len()));
         }
-        let env: env_pb::Envelope = crate::pb::read_message(envelope, "malformed envelope")?;
+        // Every field of the envelope is bytes (its key too, as declared here): nothing nested to check.
+        let env: env_pb::Envelope = crate::pb::read_message(envelope, &[], "malformed envelope")?;
         if env.payload_type != PEER_RECORD_PAYLOAD_TYPE {
             return Err(RecordError::PayloadType(env.payload_type));
         }
@@ -107,7 +108,7 @@ impl PeerRecord {
         if !key.verify(&signed_bytes(PEER_RECORD_DOMAIN, &env.payload_type, &env.payload), &env.signature) {
             return Err(RecordError::BadSignature);
         }
-        let rec: rec_pb::PeerRecord = crate::pb::read_message(&env.payload, "malformed peer record")?;
+        let rec: rec_pb::PeerRecord = crate::pb::read_message(&env.payload, &[crate::pb::Nest(3, &[])], "malformed peer record")?;
         let peer = PeerId::from_bytes(&rec.peer_id)?;
         let signer = key.to_peer_id();
         if signer != peer {

@@ -107,6 +107,12 @@ impl P2pd {
     /// Starts p2pd inside network namespace `netns` (its control socket is a file: reachable from here).
     pub async fn start_in(netns: Option<&str>, host_addrs: &str, extra: &[&str]) -> Option<P2pd> {
         let bin = peer_path("interop/.peers/p2pd")?;
+        Some(Self::start_bin(&bin, netns, host_addrs, extra).await)
+    }
+
+    /// Starts a daemon binary that takes p2pd's flags: go's p2pd, or the `hyphae` binary (run as
+    /// `hyphae daemon`).
+    pub async fn start_bin(bin: &std::path::Path, netns: Option<&str>, host_addrs: &str, extra: &[&str]) -> P2pd {
         let dir = TempDir::new("p2pd");
         let sock = dir.0.join("p2pd.sock");
         let mut cmd = match netns {
@@ -117,6 +123,9 @@ impl P2pd {
             }
             None => Command::new(bin),
         };
+        if bin.file_name().is_some_and(|n| n == "hyphae") {
+            cmd.arg("daemon");
+        }
         let mut child = cmd
             .arg("-listen")
             .arg(format!("/unix{}", sock.display()))
@@ -127,7 +136,7 @@ impl P2pd {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn p2pd");
+            .expect("spawn the daemon");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut peer_id = None;
         let mut addrs = Vec::new();
@@ -140,7 +149,7 @@ impl P2pd {
             }
         }
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Some(P2pd { child, sock, peer_id: peer_id.expect("p2pd printed its peer id"), addrs, _dir: dir })
+        P2pd { child, sock, peer_id: peer_id.expect("p2pd printed its peer id"), addrs, _dir: dir }
     }
 
     async fn request(&self, req: Vec<u8>) -> (UnixStream, Vec<u8>) {

@@ -1,0 +1,116 @@
+//! `hyphae daemon`, the p2pd-compatible daemon: Python's `p2pclient` 0.3.0 drives it unchanged (against
+//! another hyphae daemon and against go's p2pd), p2pd's command line works as go's, and bad control
+//! input gets an error without harming the daemon.
+
+#[path = "../../hyphae/tests/common/mod.rs"]
+mod common;
+use common::{P2pd, TempDir};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
+
+async fn hyphae_daemon() -> P2pd {
+    P2pd::start_bin(Path::new(BIN), None, "/ip4/127.0.0.1/tcp/0", &[]).await
+}
+
+/// Runs interop/python/daemon_client.py on two control sockets; its `ok` lines.
+async fn p2pclient(a: &P2pd, b: &P2pd, b_handler: bool) -> Option<String> {
+    let py = common::peer_path("interop/.peers/venv/bin/python")?;
+    let script = common::repo_root().join("interop/python/daemon_client.py");
+    let work = TempDir::new("p2pclient");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(py)
+            .arg(script)
+            .arg(&a.sock)
+            .arg(&b.sock)
+            .arg(&work.0)
+            .arg(if b_handler { "1" } else { "0" })
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("p2pclient finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "p2pclient failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    Some(stdout)
+}
+
+#[tokio::test]
+async fn daemon_p2pclient_drives_two_hyphae_daemons_unchanged() {
+    let (a, b) = (hyphae_daemon().await, hyphae_daemon().await);
+    let Some(out) = p2pclient(&a, &b, true).await else { return };
+    for step in ["ok identify", "ok connect list_peers", "ok stream a->b", "ok stream b->a", "ok connmgr", "ok disconnect"] {
+        assert!(out.contains(step), "{step} missing:\n{out}");
+    }
+    assert!(out.contains(&a.peer_id.to_string()) && out.contains(&b.peer_id.to_string()), "{out}");
+}
+
+/// A hyphae daemon and go's p2pd, one p2pclient driving both: connect, list peers, go opening a stream
+/// to a handler served through hyphae's daemon, connmgr, disconnect.
+#[tokio::test]
+async fn daemon_p2pclient_drives_hyphae_against_go_p2pd() {
+    let Some(go) = P2pd::start(&[]).await else { return };
+    let a = hyphae_daemon().await;
+    let Some(out) = p2pclient(&a, &go, false).await else { return };
+    for step in ["ok identify", "ok connect list_peers", "ok stream b->a", "ok connmgr", "ok disconnect"] {
+        assert!(out.contains(step), "{step} missing:\n{out}");
+    }
+}
+
+/// The Rust control client of the interop tests (written against go's p2pd) drives hyphae's too.
+#[tokio::test]
+async fn daemon_control_client_of_the_go_tests_works_against_hyphae() {
+    let (a, b) = (hyphae_daemon().await, hyphae_daemon().await);
+    a.connect(&b.peer_id, &b.addrs).await.expect("connect");
+    assert!(a.list_peers().await.contains(&b.peer_id));
+    assert!(b.list_peers().await.contains(&a.peer_id));
+}
+
+/// Garbage, a truncated request and an oversized length prefix: an ERROR answer or a closed control
+/// connection, and the daemon goes on serving.
+#[tokio::test]
+async fn daemon_bad_control_input_is_answered_and_harms_nothing() {
+    let d = hyphae_daemon().await;
+    let cases: [&[u8]; 3] = [&[0x03, 0xff, 0xff, 0xff], &[0x0a, 0x08], &[0xff, 0xff, 0xff, 0xff, 0x0f]];
+    for bad in cases {
+        let mut s = tokio::net::UnixStream::connect(&d.sock).await.unwrap();
+        s.write_all(bad).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back)).await.expect("answered or closed").unwrap();
+        if !back.is_empty() {
+            // Response{type: ERROR (1), error{msg}}: field 1 = 1.
+            assert_eq!(&back[1..3], &[0x08, 0x01], "{back:?}");
+        }
+    }
+    let other = hyphae_daemon().await;
+    d.connect(&other.peer_id, &other.addrs).await.expect("still serving");
+}
+
+/// p2pd's command line: Go flag syntax, go's error for an unknown flag, a clear line for a feature
+/// hyphae does not have, never a silent no-op; -b without -bootstrapPeers refuses to reach a public
+/// default.
+#[tokio::test]
+async fn daemon_command_line_is_p2pds() {
+    let out = tokio::process::Command::new(BIN).args(["daemon", "-bogus"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("flag provided but not defined: -bogus"));
+    let out = tokio::process::Command::new(BIN).args(["daemon", "-b"]).output().await.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("-bootstrapPeers"));
+    let out = tokio::process::Command::new(BIN).args(["daemon", "-connLo"]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("flag needs an argument: -connLo"));
+    let d = P2pd::start_bin(Path::new(BIN), None, "/ip4/127.0.0.1/tcp/0", &["-natPortMap", "-connManager", "-connLo=10", "--connHi", "20"])
+        .await;
+    assert!(d.sock.exists());
+    let pid = d.child.id().unwrap();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let sock = d.sock.clone();
+    let mut d = d;
+    let st = tokio::time::timeout(Duration::from_secs(10), d.child.wait()).await.unwrap().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(!sock.exists(), "SIGTERM removes the control socket");
+}

@@ -1,0 +1,361 @@
+//! The p2pd-compatible control server: clients (Python `p2pclient`, `@libp2p/daemon-client`, hivemind)
+//! drive a Host over a unix (or TCP) control socket with the requests of `p2pd.proto`
+//! (`hyphae_core::daemon`). Each control connection carries requests in turn; STREAM_OPEN turns it into
+//! the stream's byte pipe; for a STREAM_HANDLER protocol the daemon connects to the client's own socket
+//! for each inbound stream, writes a `StreamInfo`, then pipes the stream's bytes.
+//!
+//! Bad input: a malformed or oversized request gets an ERROR answer and its control connection is
+//! closed, logged; nothing a client sends reaches a panic or leaks a stream.
+
+use crate::host::{Error, Host};
+use crate::Stream;
+use hyphae_core::daemon::{self as proto, ConnManagerOp, Limits, Request};
+use hyphae_core::{Multiaddr, PeerId, Protocol};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The default timeout of CONNECT and STREAM_OPEN without one (go's daemon: 60 s).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Control connections served at once (beyond: closed at once, logged).
+const MAX_CONTROL_CONNS: usize = 256;
+
+/// Where clients reach the daemon: a unix socket path or a TCP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAddr {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+impl ControlAddr {
+    /// `/unix/PATH`, or `/ip4|ip6/../tcp/PORT`.
+    pub fn from_multiaddr(m: &Multiaddr) -> Option<ControlAddr> {
+        match m.iter().next()? {
+            // go writes the path's leading slash into the bytes, py-multiaddr leaves it out: a unix
+            // socket path here is always absolute.
+            Protocol::Unix(p) if p.starts_with('/') => Some(ControlAddr::Unix(PathBuf::from(p))),
+            Protocol::Unix(p) => Some(ControlAddr::Unix(PathBuf::from(format!("/{p}")))),
+            _ => m.socket_addr().filter(|(_, tcp)| *tcp).map(|(sa, _)| ControlAddr::Tcp(sa)),
+        }
+    }
+    pub fn to_multiaddr(&self) -> Multiaddr {
+        match self {
+            ControlAddr::Unix(p) => Multiaddr::empty().with(Protocol::Unix(p.display().to_string())),
+            ControlAddr::Tcp(sa) => Multiaddr::from_tcp(*sa),
+        }
+    }
+}
+
+/// A stream handler a client registered: where to deliver each inbound stream of its protocols.
+#[derive(Default)]
+struct Handlers {
+    /// Protocol → the clients' sockets (several only for `balanced` handlers, served in turn) and the
+    /// next one's index.
+    by_protocol: BTreeMap<String, (Vec<ControlAddr>, usize)>,
+}
+
+/// A running daemon (drop it or call `stop` to close the control socket).
+pub struct Daemon {
+    task: tokio::task::JoinHandle<()>,
+    addr: ControlAddr,
+}
+
+impl Daemon {
+    pub fn addr(&self) -> &ControlAddr {
+        &self.addr
+    }
+    /// Stops serving and removes a unix socket file.
+    pub fn stop(&self) {
+        self.task.abort();
+        if let ControlAddr::Unix(p) = &self.addr {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Serves the control protocol for `host` at `addr` (a stale unix socket file is replaced).
+pub async fn serve(host: Host, addr: ControlAddr) -> Result<Daemon, Error> {
+    let handlers = Arc::new(Mutex::new(Handlers::default()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNS));
+    let task = match &addr {
+        ControlAddr::Unix(path) => {
+            if path.exists() {
+                std::fs::remove_file(path)?;
+            }
+            let l = tokio::net::UnixListener::bind(path)?;
+            tokio::spawn(async move {
+                loop {
+                    let Ok((s, _)) = l.accept().await else { continue };
+                    spawn_control(host.clone(), handlers.clone(), slots.clone(), s);
+                }
+            })
+        }
+        ControlAddr::Tcp(sa) => {
+            let l = tokio::net::TcpListener::bind(sa).await?;
+            tokio::spawn(async move {
+                loop {
+                    let Ok((s, _)) = l.accept().await else { continue };
+                    spawn_control(host.clone(), handlers.clone(), slots.clone(), s);
+                }
+            })
+        }
+    };
+    Ok(Daemon { task, addr })
+}
+
+fn spawn_control<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    host: Host,
+    handlers: Arc<Mutex<Handlers>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    s: S,
+) {
+    let Ok(permit) = slots.try_acquire_owned() else {
+        tracing::warn!("daemon: too many control connections; closing a new one");
+        return;
+    };
+    tokio::spawn(async move {
+        if let Err(e) = control(host, handlers, s).await {
+            tracing::debug!(error = %e, "daemon: control connection ended");
+        }
+        drop(permit);
+    });
+}
+
+/// Reads one varint-length-prefixed message, its length checked before reading it.
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, limits: &Limits) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len: u64 = 0;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await? == 0 {
+            return if i == 0 { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
+        }
+        len |= u64::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            if len > limits.max_message_len as u64 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("control message of {len} bytes exceeds the limit"),
+                ));
+            }
+            let mut frame = Vec::with_capacity(len as usize + 10);
+            hyphae_core::varint::encode(len, &mut frame);
+            let start = frame.len();
+            frame.resize(start + len as usize, 0);
+            s.read_exact(&mut frame[start..]).await?;
+            return Ok(Some(frame));
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad length prefix"))
+}
+
+async fn control<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    host: Host,
+    handlers: Arc<Mutex<Handlers>>,
+    mut s: S,
+) -> std::io::Result<()> {
+    let limits = Limits::default();
+    loop {
+        let frame = match read_frame(&mut s, &limits).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let mut out = Vec::new();
+                proto::encode_error(&e.to_string(), &mut out);
+                let _ = s.write_all(&out).await;
+                return Err(e);
+            }
+        };
+        let req = match proto::decode_request(&frame, &limits) {
+            Ok(Some((r, _))) => r,
+            Ok(None) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => {
+                tracing::debug!(error = %e, "daemon: malformed control request; closing");
+                let mut out = Vec::new();
+                proto::encode_error(&format!("malformed request: {e}"), &mut out);
+                let _ = s.write_all(&out).await;
+                return Ok(());
+            }
+        };
+        let mut out = Vec::new();
+        match req {
+            Request::StreamOpen { peer, protocols, timeout } => {
+                let protos: Vec<&str> = protocols.iter().map(String::as_str).collect();
+                let r = tokio::time::timeout(timeout.unwrap_or(DEFAULT_TIMEOUT), host.new_stream(&peer, &protos)).await;
+                match r {
+                    Ok(Ok(stream)) => {
+                        proto::encode_stream_opened(stream.remote_peer(), stream.remote_addr(), stream.protocol(), &mut out);
+                        s.write_all(&out).await?;
+                        // From here the control connection is the stream.
+                        pipe(s, stream).await;
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => proto::encode_error(&e.to_string(), &mut out),
+                    Err(_) => proto::encode_error("stream open timed out", &mut out),
+                }
+            }
+            other => handle(&host, &handlers, other, &mut out).await,
+        }
+        s.write_all(&out).await?;
+    }
+}
+
+/// Copies both ways until both sides are done, then closes the libp2p stream.
+async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mut stream: Stream) {
+    let _ = tokio::io::copy_bidirectional(&mut s, &mut stream).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn handle(host: &Host, handlers: &Arc<Mutex<Handlers>>, req: Request, out: &mut Vec<u8>) {
+    match req {
+        Request::Identify => proto::encode_identify(&host.peer_id(), &host.listen_addrs(), out),
+        Request::Connect { peer, addrs, timeout } => match connect(host, &peer, &addrs, timeout.unwrap_or(DEFAULT_TIMEOUT)).await {
+            Ok(()) => proto::encode_ok(out),
+            Err(e) => proto::encode_error(&e, out),
+        },
+        Request::StreamHandler { addr, protocols, balanced } => {
+            let Some(client) = ControlAddr::from_multiaddr(&addr) else {
+                return proto::encode_error(&format!("handler address {addr} is not a unix socket or TCP address"), out);
+            };
+            for p in &protocols {
+                register(host, handlers, p, client.clone(), balanced);
+            }
+            proto::encode_ok(out);
+        }
+        Request::RemoveStreamHandler { addr, protocols } => {
+            let client = ControlAddr::from_multiaddr(&addr);
+            for p in &protocols {
+                let gone = {
+                    let mut h = handlers.lock().unwrap_or_else(|e| e.into_inner());
+                    match h.by_protocol.get_mut(p) {
+                        Some((v, _)) => {
+                            v.retain(|a| Some(a) != client.as_ref());
+                            if v.is_empty() {
+                                h.by_protocol.remove(p);
+                                true
+                            } else {
+                                false
+                            }
+                        }
+                        None => false,
+                    }
+                };
+                if gone {
+                    host.remove_stream_handler(p);
+                }
+            }
+            proto::encode_ok(out);
+        }
+        Request::ListPeers => {
+            let mut peers: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+            for c in host.connections() {
+                peers.entry(c.peer).or_default().push(c.remote_addr);
+            }
+            let list: Vec<(PeerId, Vec<Multiaddr>)> = peers.into_iter().collect();
+            proto::encode_peers(&list, out);
+        }
+        Request::Disconnect { peer } => {
+            host.disconnect(&peer);
+            proto::encode_ok(out);
+        }
+        Request::ConnManager(op) => {
+            match op {
+                ConnManagerOp::Tag { peer, tag, weight } => {
+                    host.tag_peer(&peer, &tag, weight.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+                }
+                ConnManagerOp::Untag { peer, tag } => host.untag_peer(&peer, &tag),
+                ConnManagerOp::Trim => {
+                    host.trim_connections();
+                }
+            }
+            proto::encode_ok(out);
+        }
+        Request::StreamOpen { .. } => unreachable!("invariant: handled by the caller"),
+        Request::Unsupported(what) => proto::encode_error(&format!("{what} is not supported by hyphae daemon yet"), out),
+        _ => proto::encode_error("unsupported request", out),
+    }
+}
+
+/// Tries each address in turn (the client names the peer and its addresses separately, as go wants).
+async fn connect(host: &Host, peer: &PeerId, addrs: &[Multiaddr], timeout: Duration) -> Result<(), String> {
+    if host.peers().contains(peer) {
+        return Ok(());
+    }
+    let mut last = String::from("no addresses");
+    for a in addrs {
+        let a = a.without_peer_id().with_peer_id(peer);
+        match tokio::time::timeout(timeout, host.connect(&a)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last = format!("{a}: {e}"),
+            Err(_) => last = format!("{a}: timed out"),
+        }
+    }
+    if addrs.is_empty() {
+        // Known addresses (the peerstore) may still reach it.
+        if let Ok(Ok(())) = tokio::time::timeout(timeout, host.connect_known(peer)).await {
+            return Ok(());
+        }
+    }
+    Err(format!("failed to dial {peer}: {last}"))
+}
+
+/// Serves `protocol` by handing each inbound stream to the client at `client` (round-robin over
+/// `balanced` registrations; a plain registration replaces the others).
+fn register(host: &Host, handlers: &Arc<Mutex<Handlers>>, protocol: &str, client: ControlAddr, balanced: bool) {
+    {
+        let mut h = handlers.lock().unwrap_or_else(|e| e.into_inner());
+        let e = h.by_protocol.entry(protocol.to_string()).or_default();
+        if !balanced {
+            e.0.clear();
+        }
+        if !e.0.contains(&client) {
+            e.0.push(client);
+        }
+    }
+    let handlers = handlers.clone();
+    let proto_name = protocol.to_string();
+    host.set_stream_handler(protocol, move |stream: Stream| {
+        let target = {
+            let mut h = handlers.lock().unwrap_or_else(|e| e.into_inner());
+            h.by_protocol.get_mut(&proto_name).and_then(|(v, next)| {
+                if v.is_empty() {
+                    return None;
+                }
+                let t = v[*next % v.len()].clone();
+                *next = next.wrapping_add(1);
+                Some(t)
+            })
+        };
+        async move {
+            let Some(target) = target else { return };
+            if let Err(e) = deliver(stream, &target).await {
+                tracing::debug!(error = %e, "daemon: could not hand an inbound stream to its handler");
+            }
+        }
+    });
+}
+
+async fn deliver(stream: Stream, target: &ControlAddr) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    proto::encode_inbound_stream(stream.remote_peer(), stream.remote_addr(), stream.protocol(), &mut head);
+    match target {
+        ControlAddr::Unix(p) => {
+            let mut c = tokio::net::UnixStream::connect(p).await?;
+            c.write_all(&head).await?;
+            pipe(c, stream).await;
+        }
+        ControlAddr::Tcp(sa) => {
+            let mut c = tokio::net::TcpStream::connect(sa).await?;
+            c.write_all(&head).await?;
+            pipe(c, stream).await;
+        }
+    }
+    Ok(())
+}
