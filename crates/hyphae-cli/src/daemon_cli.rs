@@ -171,10 +171,6 @@ pub async fn run(f: Flags, stop: impl std::future::Future<Output = ()>) -> Resul
         ("natPortMap", "NAT port mapping"),
         ("announceAddrs", "announce addresses"),
         ("persistentConnMaxMsgSize", "persistent connections (PERSISTENT_CONN_UPGRADE)"),
-        ("pubsub", "the control protocol's PUBSUB requests (gossipsub itself runs)"),
-        ("dht", "the control protocol's DHT requests (the DHT itself runs)"),
-        ("dhtClient", "the control protocol's DHT requests (the DHT itself runs)"),
-        ("dhtServer", "the control protocol's DHT requests (the DHT itself runs)"),
     ] {
         if f.given(flag) && (f.bool(flag) || !f.str(flag).is_empty() && f.str(flag) != "false") {
             missing.push(format!("-{flag}: {what} not supported by hyphae yet"));

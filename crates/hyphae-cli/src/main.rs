@@ -346,7 +346,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        return match rt.block_on(daemon_cli::run(flags, shutdown_signal())) {
+        return match rt.block_on(async { daemon_cli::run(flags, shutdown_signal()).await }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -416,27 +416,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM: a node stops as cleanly on either.
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: a node stops as cleanly on either. The handlers are
+/// installed when this is called (inside the runtime), not when the future is first polled: a signal
+/// that comes right after the node printed its addresses is not lost to the default action.
+fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            return Box::pin(async move {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            });
         }
     }
-    #[cfg(not(unix))]
-    {
+    Box::pin(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 fn host_config(args: &Args, key: Keypair) -> HostConfig {
@@ -654,6 +652,7 @@ async fn perf(args: Args) -> Result<(), String> {
 
 /// Listens (defaults for `node`: port 4001 on all interfaces), prints the addresses, runs until Ctrl-C.
 async fn serve(host: Host, args: Args) -> Result<(), String> {
+    let mut stop = shutdown_signal();
     let mut events = host.events();
     let addrs = listen_all(&host, &args).await?;
     for a in &addrs {
@@ -673,7 +672,7 @@ async fn serve(host: Host, args: Args) -> Result<(), String> {
     }
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
             ev = events.recv() => match ev {
                 Ok(HostEvent::InboundPing { peer }) => tracing::info!(%peer, "ping stream opened by peer"),
                 Ok(HostEvent::Identified { peer, info }) => tracing::info!(%peer, agent = ?info.agent_version, "peer identified"),
@@ -703,6 +702,7 @@ fn connect_all(host: &Host, peers: &[Multiaddr]) {
 
 /// `hyphae pubsub TOPIC`: a terminal chat.
 async fn pubsub(args: Args) -> Result<(), String> {
+    let mut stop = shutdown_signal();
     let [topic] = &args.positional[..] else { return Err("pubsub needs exactly one TOPIC".into()) };
     let key = load_key(&args, false)?;
     let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
@@ -717,7 +717,7 @@ async fn pubsub(args: Args) -> Result<(), String> {
     let mut open = true;
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
             m = sub.next() => {
                 let Some(m) = m else { break };
                 let from = m.from.unwrap_or(m.source);

@@ -15,8 +15,16 @@ async fn hyphae_daemon() -> P2pd {
     P2pd::start_bin(Path::new(BIN), None, "/ip4/127.0.0.1/tcp/0", &[]).await
 }
 
+async fn hyphae_daemon_dht_pubsub() -> P2pd {
+    P2pd::start_bin(Path::new(BIN), None, "/ip4/127.0.0.1/tcp/0", &["-dhtServer", "-pubsub"]).await
+}
+
 /// Runs interop/python/daemon_client.py on two control sockets; its `ok` lines.
 async fn p2pclient(a: &P2pd, b: &P2pd, b_handler: bool) -> Option<String> {
+    p2pclient_with(a, b, b_handler, false).await
+}
+
+async fn p2pclient_with(a: &P2pd, b: &P2pd, b_handler: bool, dht_pubsub: bool) -> Option<String> {
     let py = common::peer_path("interop/.peers/venv/bin/python")?;
     let script = common::repo_root().join("interop/python/daemon_client.py");
     let work = TempDir::new("p2pclient");
@@ -28,6 +36,7 @@ async fn p2pclient(a: &P2pd, b: &P2pd, b_handler: bool) -> Option<String> {
             .arg(&b.sock)
             .arg(&work.0)
             .arg(if b_handler { "1" } else { "0" })
+            .arg(if dht_pubsub { "dht-pubsub" } else { "" })
             .kill_on_drop(true)
             .output(),
     )
@@ -61,13 +70,39 @@ async fn daemon_p2pclient_drives_hyphae_against_go_p2pd() {
     }
 }
 
+/// DHT (peer routing, records, content routing) and pubsub through two hyphae daemons, by p2pclient.
+#[tokio::test]
+async fn daemon_p2pclient_dht_and_pubsub_between_hyphae_daemons() {
+    let (a, b) = (hyphae_daemon_dht_pubsub().await, hyphae_daemon_dht_pubsub().await);
+    let Some(out) = p2pclient_with(&a, &b, true, true).await else { return };
+    for step in ["ok dht find_peer", "ok dht put_value", "ok dht provide", "ok pubsub"] {
+        assert!(out.contains(step), "{step} missing:\n{out}");
+    }
+}
+
+/// The same against go's p2pd (-dhtServer -pubsub) as the other side.
+#[tokio::test]
+async fn daemon_p2pclient_dht_and_pubsub_hyphae_against_go() {
+    let Some(go) = P2pd::start(&["-dhtServer", "-pubsub"]).await else { return };
+    let a = hyphae_daemon_dht_pubsub().await;
+    let Some(out) = p2pclient_with(&a, &go, false, true).await else { return };
+    for step in ["ok dht find_peer", "ok dht put_value", "ok dht provide", "ok pubsub"] {
+        assert!(out.contains(step), "{step} missing:\n{out}");
+    }
+}
+
 /// The Rust control client of the interop tests (written against go's p2pd) drives hyphae's too.
 #[tokio::test]
 async fn daemon_control_client_of_the_go_tests_works_against_hyphae() {
     let (a, b) = (hyphae_daemon().await, hyphae_daemon().await);
     a.connect(&b.peer_id, &b.addrs).await.expect("connect");
     assert!(a.list_peers().await.contains(&b.peer_id));
-    assert!(b.list_peers().await.contains(&a.peer_id));
+    // The listener lists the connection once its side of the handshake is done: a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.list_peers().await.contains(&a.peer_id) {
+        assert!(std::time::Instant::now() < deadline, "b never listed a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Garbage, a truncated request and an oversized length prefix: an ERROR answer or a closed control

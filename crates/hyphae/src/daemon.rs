@@ -9,7 +9,7 @@
 
 use crate::host::{Error, Host};
 use crate::Stream;
-use hyphae_core::daemon::{self as proto, ConnManagerOp, Limits, Request};
+use hyphae_core::daemon::{self as proto, ConnManagerOp, DhtOp, Limits, PubsubOp, Request};
 use hyphae_core::{Multiaddr, PeerId, Protocol};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -201,9 +201,102 @@ async fn control<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     Err(_) => proto::encode_error("stream open timed out", &mut out),
                 }
             }
+            Request::Pubsub(PubsubOp::Subscribe { topic }) => {
+                let mut sub = host.pubsub().subscribe(&topic);
+                proto::encode_ok(&mut out);
+                s.write_all(&out).await?;
+                // From here the control connection carries the topic's messages, until the client
+                // closes it (a read returns) or the subscription ends.
+                let mut probe = [0u8; 1];
+                loop {
+                    tokio::select! {
+                        m = sub.next() => {
+                            let Some(m) = m else { return Ok(()) };
+                            let mut b = Vec::new();
+                            proto::encode_ps_message(m.from.as_ref(), &m.data, m.seqno, &m.topic, &mut b);
+                            s.write_all(&b).await?;
+                        }
+                        r = s.read(&mut probe) => {
+                            if matches!(r, Ok(0) | Err(_)) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
             other => handle(&host, &handlers, other, &mut out).await,
         }
         s.write_all(&out).await?;
+    }
+}
+
+/// DHT requests, answered as go's daemon does: one value in the response, or BEGIN, values, END.
+async fn dht(host: &Host, op: DhtOp, timeout: Duration, out: &mut Vec<u8>) {
+    let d = host.dht();
+    let r: Result<(), String> = async {
+        let t = |e: Error| e.to_string();
+        match op {
+            DhtOp::FindPeer { peer } => {
+                let info = tokio::time::timeout(timeout, d.find_peer(&peer)).await.map_err(|_| "timed out".to_string())?.map_err(t)?;
+                proto::encode_dht_value(Some((&info.peer, &info.addrs)), None, out);
+            }
+            DhtOp::FindPeersConnectedToPeer { .. } => {
+                return Err("FIND_PEERS_CONNECTED_TO_PEER is not supported (go's p2pd does not either)".into())
+            }
+            DhtOp::FindProviders { cid, count } => {
+                let key = hyphae_core::kad::keys::provider_key_from_bytes(&cid)?;
+                let found = tokio::time::timeout(timeout, d.find_providers(&key, count, |_| {}))
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(t)?;
+                proto::encode_dht_begin(out);
+                for p in &found {
+                    proto::encode_dht_item(Some((&p.peer, &p.addrs)), None, out);
+                }
+                proto::encode_dht_end(out);
+            }
+            DhtOp::GetClosestPeers { key } => {
+                let peers =
+                    tokio::time::timeout(timeout, d.get_closest_peers(&key)).await.map_err(|_| "timed out".to_string())?.map_err(t)?;
+                proto::encode_dht_begin(out);
+                for p in &peers {
+                    proto::encode_dht_item(None, Some(&p.peer.to_bytes()), out);
+                }
+                proto::encode_dht_end(out);
+            }
+            DhtOp::GetPublicKey { peer } => {
+                let k = tokio::time::timeout(timeout, d.get_public_key(&peer)).await.map_err(|_| "timed out".to_string())?.map_err(t)?;
+                proto::encode_dht_value(None, Some(&k.encode_protobuf()), out);
+            }
+            DhtOp::GetValue { key } => {
+                let v = tokio::time::timeout(timeout, d.get_value(&key, 1)).await.map_err(|_| "timed out".to_string())?.map_err(t)?;
+                let (_, value) = v.into_iter().next().ok_or("not found")?;
+                proto::encode_dht_value(None, Some(&value), out);
+            }
+            DhtOp::SearchValue { key } => {
+                let v = tokio::time::timeout(timeout, d.get_value(&key, 1)).await.map_err(|_| "timed out".to_string())?.map_err(t)?;
+                proto::encode_dht_begin(out);
+                for (_, value) in &v {
+                    proto::encode_dht_item(None, Some(value), out);
+                }
+                proto::encode_dht_end(out);
+            }
+            DhtOp::PutValue { key, value } => {
+                tokio::time::timeout(timeout, d.put_value(&key, &value)).await.map_err(|_| "timed out".to_string())?.map_err(t)?;
+                proto::encode_ok(out);
+            }
+            DhtOp::Provide { cid } => {
+                let key = hyphae_core::kad::keys::provider_key_from_bytes(&cid)?;
+                tokio::time::timeout(timeout, d.provide(&key)).await.map_err(|_| "timed out".to_string())?.map_err(t)?;
+                proto::encode_ok(out);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        out.clear();
+        proto::encode_error(&e, out);
     }
 }
 
@@ -277,6 +370,25 @@ async fn handle(host: &Host, handlers: &Arc<Mutex<Handlers>>, req: Request, out:
             }
             proto::encode_ok(out);
         }
+        Request::Dht { op, timeout } => dht(host, op, timeout.unwrap_or(DEFAULT_TIMEOUT), out).await,
+        Request::Pubsub(op) => match op {
+            PubsubOp::GetTopics => proto::encode_pubsub(&host.pubsub().topics(), &[], out),
+            PubsubOp::ListPeers { topic } => {
+                let t = (!topic.is_empty()).then_some(topic.as_str());
+                proto::encode_pubsub(&[], &host.pubsub().peers(t), out);
+            }
+            PubsubOp::Publish { topic, data } => match host.pubsub().publish(&topic, data) {
+                Ok(_) => proto::encode_ok(out),
+                // go's daemon answers OK when nobody is subscribed yet (go-libp2p-pubsub's Publish
+                // does not wait for peers); its clients expect that.
+                Err(Error::Publish(hyphae_core::gossipsub::PublishError::InsufficientPeers)) => {
+                    tracing::debug!(%topic, "daemon: published with no subscribed peer");
+                    proto::encode_ok(out)
+                }
+                Err(e) => proto::encode_error(&e.to_string(), out),
+            },
+            PubsubOp::Subscribe { .. } => unreachable!("invariant: handled by the caller"),
+        },
         Request::StreamOpen { .. } => unreachable!("invariant: handled by the caller"),
         Request::Unsupported(what) => proto::encode_error(&format!("{what} is not supported by hyphae daemon yet"), out),
         _ => proto::encode_error("unsupported request", out),

@@ -11,7 +11,7 @@ use crate::multiaddr::Multiaddr;
 use crate::time::Duration;
 use crate::DecodeError;
 
-#[allow(clippy::all, clippy::pedantic, non_snake_case, non_upper_case_globals, non_camel_case_types, unused_imports, unknown_lints, dead_code)]
+#[allow(clippy::all, clippy::pedantic, non_snake_case, non_upper_case_globals, non_camel_case_types, unused_imports, unknown_lints)]
 #[rustfmt::skip]
 mod pb {
     include!(concat!(env!("OUT_DIR"), "/p2pd.rs"));
@@ -39,6 +39,59 @@ pub enum ConnManagerOp {
     Tag { peer: PeerId, tag: String, weight: i64 },
     Untag { peer: PeerId, tag: String },
     Trim,
+}
+
+/// The DHT operations (DHT), each with the fields it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhtOp {
+    FindPeer {
+        peer: PeerId,
+    },
+    FindPeersConnectedToPeer {
+        peer: PeerId,
+    },
+    /// `cid`: the CID's bytes; `count`: how many providers (default 20).
+    FindProviders {
+        cid: Vec<u8>,
+        count: usize,
+    },
+    GetClosestPeers {
+        key: Vec<u8>,
+    },
+    GetPublicKey {
+        peer: PeerId,
+    },
+    GetValue {
+        key: Vec<u8>,
+    },
+    SearchValue {
+        key: Vec<u8>,
+    },
+    PutValue {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Provide {
+        cid: Vec<u8>,
+    },
+}
+
+/// The pubsub operations (PUBSUB).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PubsubOp {
+    GetTopics,
+    /// Peers subscribed to `topic` (all pubsub peers when empty).
+    ListPeers {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+    },
+    /// The control connection then carries the topic's messages, each a length-prefixed `PSMessage`.
+    Subscribe {
+        topic: String,
+    },
 }
 
 /// A decoded control request.
@@ -71,6 +124,11 @@ pub enum Request {
         peer: PeerId,
     },
     ConnManager(ConnManagerOp),
+    Dht {
+        op: DhtOp,
+        timeout: Option<Duration>,
+    },
+    Pubsub(PubsubOp),
     /// A request type this daemon does not serve yet (its name, for the error answer).
     Unsupported(&'static str),
 }
@@ -148,8 +206,40 @@ fn request(m: pb::Request, limits: &Limits) -> Result<Request, DecodeError> {
                 C::TRIM => ConnManagerOp::Trim,
             })
         }
-        Rt::DHT => Request::Unsupported("DHT"),
-        Rt::PUBSUB => Request::Unsupported("PUBSUB"),
+        Rt::DHT => {
+            use pb::mod_DHTRequest::Type as D;
+            let d = m.dht.ok_or(missing)?;
+            let need = |v: Option<Vec<u8>>, what: &'static str| v.ok_or(DecodeError::Invalid(what));
+            let p = |v: Option<Vec<u8>>| need(v, "DHT request lacks its peer").and_then(|b| peer(&b));
+            let op = match d.type_pb {
+                D::FIND_PEER => DhtOp::FindPeer { peer: p(d.peer)? },
+                D::FIND_PEERS_CONNECTED_TO_PEER => DhtOp::FindPeersConnectedToPeer { peer: p(d.peer)? },
+                D::FIND_PROVIDERS => DhtOp::FindProviders {
+                    cid: need(d.cid, "DHT request lacks its cid")?,
+                    count: d.count.filter(|&c| c > 0).map_or(20, |c| c.min(1000) as usize),
+                },
+                D::GET_CLOSEST_PEERS => DhtOp::GetClosestPeers { key: need(d.key, "DHT request lacks its key")? },
+                D::GET_PUBLIC_KEY => DhtOp::GetPublicKey { peer: p(d.peer)? },
+                D::GET_VALUE => DhtOp::GetValue { key: need(d.key, "DHT request lacks its key")? },
+                D::SEARCH_VALUE => DhtOp::SearchValue { key: need(d.key, "DHT request lacks its key")? },
+                D::PUT_VALUE => {
+                    DhtOp::PutValue { key: need(d.key, "DHT request lacks its key")?, value: need(d.value, "DHT request lacks its value")? }
+                }
+                D::PROVIDE => DhtOp::Provide { cid: need(d.cid, "DHT request lacks its cid")? },
+            };
+            Request::Dht { op, timeout: timeout(d.timeout) }
+        }
+        Rt::PUBSUB => {
+            use pb::mod_PSRequest::Type as P;
+            let r = m.pubsub.ok_or(missing)?;
+            let topic = || r.topic.clone().ok_or(DecodeError::Invalid("PUBSUB request lacks its topic"));
+            Request::Pubsub(match r.type_pb {
+                P::GET_TOPICS => PubsubOp::GetTopics,
+                P::LIST_PEERS => PubsubOp::ListPeers { topic: r.topic.clone().unwrap_or_default() },
+                P::PUBLISH => PubsubOp::Publish { topic: topic()?, data: r.data.clone().unwrap_or_default() },
+                P::SUBSCRIBE => PubsubOp::Subscribe { topic: topic()? },
+            })
+        }
         Rt::PERSISTENT_CONN_UPGRADE => Request::Unsupported("PERSISTENT_CONN_UPGRADE"),
     })
 }
@@ -202,6 +292,57 @@ pub fn encode_stream_opened(peer: &PeerId, addr: &Multiaddr, protocol: &str, out
 /// What the daemon writes first on a connection to a handler's socket (then the stream's bytes).
 pub fn encode_inbound_stream(peer: &PeerId, addr: &Multiaddr, protocol: &str, out: &mut Vec<u8>) {
     crate::pb::write_frame(&stream_info(peer, addr, protocol), out);
+}
+
+fn dht_response(ty: pb::mod_DHTResponse::Type, peer: Option<(&PeerId, &[Multiaddr])>, value: Option<&[u8]>) -> pb::DHTResponse {
+    pb::DHTResponse {
+        type_pb: ty,
+        peer: peer.map(|(p, a)| pb::PeerInfo { id: p.to_bytes(), addrs: a.iter().map(Multiaddr::to_bytes).collect() }),
+        value: value.map(<[u8]>::to_vec),
+    }
+}
+
+/// A DHT answer of one value (FIND_PEER, GET_PUBLIC_KEY, GET_VALUE): `Response{OK, dht: VALUE}`.
+pub fn encode_dht_value(peer: Option<(&PeerId, &[Multiaddr])>, value: Option<&[u8]>, out: &mut Vec<u8>) {
+    let mut r = base(true);
+    r.dht = Some(dht_response(pb::mod_DHTResponse::Type::VALUE, peer, value));
+    response(&r, out);
+}
+
+/// The start of a streamed DHT answer: `Response{OK, dht: BEGIN}`; then [`encode_dht_item`]s and
+/// [`encode_dht_end`], each a bare `DHTResponse`.
+pub fn encode_dht_begin(out: &mut Vec<u8>) {
+    let mut r = base(true);
+    r.dht = Some(dht_response(pb::mod_DHTResponse::Type::BEGIN, None, None));
+    response(&r, out);
+}
+
+pub fn encode_dht_item(peer: Option<(&PeerId, &[Multiaddr])>, value: Option<&[u8]>, out: &mut Vec<u8>) {
+    crate::pb::write_frame(&dht_response(pb::mod_DHTResponse::Type::VALUE, peer, value), out);
+}
+
+pub fn encode_dht_end(out: &mut Vec<u8>) {
+    crate::pb::write_frame(&dht_response(pb::mod_DHTResponse::Type::END, None, None), out);
+}
+
+/// PUBSUB GET_TOPICS / LIST_PEERS answers.
+pub fn encode_pubsub(topics: &[String], peers: &[PeerId], out: &mut Vec<u8>) {
+    let mut r = base(true);
+    r.pubsub = Some(pb::PSResponse { topics: topics.to_vec(), peerIDs: peers.iter().map(PeerId::to_bytes).collect() });
+    response(&r, out);
+}
+
+/// One message of a subscription (after SUBSCRIBE's OK): a length-prefixed `PSMessage`.
+pub fn encode_ps_message(from: Option<&PeerId>, data: &[u8], seqno: Option<u64>, topic: &str, out: &mut Vec<u8>) {
+    let m = pb::PSMessage {
+        from: from.map(PeerId::to_bytes),
+        data: Some(data.to_vec()),
+        seqno: seqno.map(|s| s.to_be_bytes().to_vec()),
+        topicIDs: vec![topic.to_string()],
+        signature: None,
+        key: None,
+    };
+    crate::pb::write_frame(&m, out);
 }
 
 #[cfg(test)]

@@ -34,6 +34,22 @@ pub fn provider_key(cid: &str) -> Result<Vec<u8>, String> {
     Ok(mh)
 }
 
+/// The provider key (the multihash) of a CID in its binary form: CIDv0 is the multihash itself, CIDv1
+/// is `version ‖ codec ‖ multihash`.
+pub fn provider_key_from_bytes(cid: &[u8]) -> Result<Vec<u8>, String> {
+    if cid.len() == 34 && cid[..2] == [0x12, 0x20] {
+        return Ok(cid.to_vec());
+    }
+    let (version, n) = varint::decode(cid).map_err(|e| e.to_string())?.ok_or("truncated CID")?;
+    if version != 1 {
+        return Err(format!("CID version {version}, expected 0 or 1"));
+    }
+    let (_codec, m) = varint::decode(&cid[n..]).map_err(|e| e.to_string())?.ok_or("truncated CID")?;
+    let mh = cid[n + m..].to_vec();
+    multihash(&mh).map_err(|e| format!("CID: {e}"))?;
+    Ok(mh)
+}
+
 /// The CIDv1 (raw codec, base32) text of a multihash, for printing provider keys.
 pub fn cid_v1_raw(multihash: &[u8]) -> String {
     let mut b = vec![1, 0x55];
