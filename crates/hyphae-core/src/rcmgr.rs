@@ -278,6 +278,11 @@ pub struct Limits {
     /// The system scope's memory ([`Memory`]): what all muxers' receive windows together may reserve.
     /// go's table: 128 MiB plus 1 GiB per GiB given to libp2p.
     pub memory: u64,
+    /// Inbound streams one peer may hold open, over all its connections (go's peer scope: 256 plus
+    /// 128 per GiB).
+    pub peer_streams_inbound: u32,
+    /// Inbound streams of one protocol, over all peers (go's protocol scope: 512 plus 256 per GiB).
+    pub protocol_streams_inbound: u32,
 }
 
 const SYSTEM_BASE: ScopeLimit = ScopeLimit { conns_inbound: 64, conns_outbound: 128, conns: 128, fd: 256 };
@@ -291,6 +296,12 @@ impl Default for Limits {
     fn default() -> Self {
         Limits::scaled(128 << 20, 256)
     }
+}
+
+/// `base` plus `inc` per GiB of `mib` MiB (only above 128 MiB, as go's `scale`).
+fn per_gib(base: u32, inc: u32, mib: u64) -> u32 {
+    let extra = if mib > 128 { (u64::from(inc) * mib) >> 10 } else { 0 };
+    base.saturating_add(extra.min(u64::from(u32::MAX)) as u32)
 }
 
 impl Limits {
@@ -311,13 +322,25 @@ impl Limits {
             peer: ScopeLimit { fd: (fds / 64).max(PEER.fd), ..PEER },
             ip: IpLimits::default(),
             memory: mem,
+            peer_streams_inbound: per_gib(256, 128, mib),
+            protocol_streams_inbound: per_gib(512, 256, mib),
         }
     }
 
     /// No limit at all (tests, the simulator's default).
     pub fn unlimited() -> Self {
         let u = ScopeLimit::UNLIMITED;
-        Limits { system: u, transient: u, allowlisted_system: u, allowlisted_transient: u, peer: u, ip: IpLimits::none(), memory: u64::MAX }
+        Limits {
+            system: u,
+            transient: u,
+            allowlisted_system: u,
+            allowlisted_transient: u,
+            peer: u,
+            ip: IpLimits::none(),
+            memory: u64::MAX,
+            peer_streams_inbound: u32::MAX,
+            protocol_streams_inbound: u32::MAX,
+        }
     }
 }
 
@@ -329,6 +352,8 @@ pub enum Scope {
     AllowlistedSystem,
     AllowlistedTransient,
     Peer,
+    /// One protocol's streams, over all peers.
+    Protocol,
     /// Inbound connections from one address block.
     Subnet {
         v6: bool,
@@ -344,6 +369,7 @@ impl std::fmt::Display for Scope {
             Scope::AllowlistedSystem => f.write_str("allowlisted system"),
             Scope::AllowlistedTransient => f.write_str("allowlisted transient"),
             Scope::Peer => f.write_str("peer"),
+            Scope::Protocol => f.write_str("protocol"),
             Scope::Subnet { v6, prefix_len } => write!(f, "{} /{prefix_len}", if *v6 { "ipv6" } else { "ipv4" }),
         }
     }
@@ -355,6 +381,7 @@ pub enum Resource {
     ConnsOutbound,
     Conns,
     Fd,
+    StreamsInbound,
 }
 
 impl std::fmt::Display for Resource {
@@ -364,6 +391,7 @@ impl std::fmt::Display for Resource {
             Resource::ConnsOutbound => "outbound connections",
             Resource::Conns => "connections",
             Resource::Fd => "file descriptors",
+            Resource::StreamsInbound => "inbound streams",
         })
     }
 }
@@ -433,6 +461,9 @@ pub struct Stats {
     pub refused_subnet: u64,
     /// Admitted under an allowlisted scope because the normal one was full.
     pub allowlisted_admits: u64,
+    /// Inbound streams refused (reset): a peer's, a protocol's budget full.
+    pub refused_streams_peer: u64,
+    pub refused_streams_protocol: u64,
 }
 
 /// One connection's place in the scopes.
@@ -459,6 +490,10 @@ pub struct ResourceManager {
     allowlisted_transient: Usage,
     peers: BTreeMap<crate::identity::PeerId, Usage>,
     conns: BTreeMap<u64, Held>,
+    /// Inbound streams held, by (connection, stream): their peer and protocol.
+    streams: BTreeMap<(u64, u32), (crate::identity::PeerId, String)>,
+    peer_streams: BTreeMap<crate::identity::PeerId, u32>,
+    protocol_streams: BTreeMap<String, u32>,
     stats: Stats,
 }
 
@@ -473,8 +508,63 @@ impl ResourceManager {
             allowlisted_transient: Usage::default(),
             peers: BTreeMap::new(),
             conns: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            peer_streams: BTreeMap::new(),
+            protocol_streams: BTreeMap::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// An inbound stream of `peer` for `protocol` (negotiated) on connection `conn`: counted in the
+    /// peer's and the protocol's budgets, or refused (reset it) with the scope that was full.
+    pub fn open_inbound_stream(&mut self, conn: u64, stream: u32, peer: &crate::identity::PeerId, protocol: &str) -> Result<(), Refusal> {
+        if self.streams.contains_key(&(conn, stream)) {
+            return Ok(());
+        }
+        let (np, nq) = (self.peer_streams.get(peer).copied().unwrap_or(0), self.protocol_streams.get(protocol).copied().unwrap_or(0));
+        if np >= self.limits.peer_streams_inbound {
+            self.stats.refused_streams_peer += 1;
+            return Err(Refusal { scope: Scope::Peer, resource: Resource::StreamsInbound, limit: self.limits.peer_streams_inbound });
+        }
+        if nq >= self.limits.protocol_streams_inbound {
+            self.stats.refused_streams_protocol += 1;
+            return Err(Refusal {
+                scope: Scope::Protocol,
+                resource: Resource::StreamsInbound,
+                limit: self.limits.protocol_streams_inbound,
+            });
+        }
+        *self.peer_streams.entry(peer.clone()).or_default() += 1;
+        *self.protocol_streams.entry(protocol.to_string()).or_default() += 1;
+        self.streams.insert((conn, stream), (peer.clone(), protocol.to_string()));
+        Ok(())
+    }
+
+    /// A stream `open_inbound_stream` counted is gone (any other: nothing happens).
+    pub fn close_stream(&mut self, conn: u64, stream: u32) {
+        let Some((peer, protocol)) = self.streams.remove(&(conn, stream)) else { return };
+        if let Some(n) = self.peer_streams.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.peer_streams.remove(&peer);
+            }
+        }
+        if let Some(n) = self.protocol_streams.get_mut(&protocol) {
+            *n -= 1;
+            if *n == 0 {
+                self.protocol_streams.remove(&protocol);
+            }
+        }
+    }
+
+    /// Inbound streams held now, by protocol.
+    pub fn protocol_streams(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.protocol_streams.iter().map(|(p, n)| (p.as_str(), *n))
+    }
+
+    /// Inbound streams `peer` holds now.
+    pub fn peer_streams(&self, peer: &crate::identity::PeerId) -> u32 {
+        self.peer_streams.get(peer).copied().unwrap_or(0)
     }
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -504,6 +594,7 @@ impl ResourceManager {
             Scope::System | Scope::AllowlistedSystem => self.stats.refused_system += 1,
             Scope::Transient | Scope::AllowlistedTransient => self.stats.refused_transient += 1,
             Scope::Peer => self.stats.refused_peer += 1,
+            Scope::Protocol => self.stats.refused_streams_protocol += 1,
             Scope::Subnet { .. } => self.stats.refused_subnet += 1,
         }
     }
@@ -585,6 +676,10 @@ impl ResourceManager {
         if let Some(h) = self.conns.remove(&conn) {
             self.release(h);
         }
+        let gone: Vec<u32> = self.streams.range((conn, 0)..=(conn, u32::MAX)).map(|(k, _)| k.1).collect();
+        for s in gone {
+            self.close_stream(conn, s);
+        }
     }
 
     fn release(&mut self, h: Held) {
@@ -637,6 +732,33 @@ mod tests {
         assert_eq!(l.peer.conns, 8);
         assert_eq!(base.memory, 128 << 20);
         assert_eq!(l.memory, (128 << 20) + (3 << 30));
+    }
+
+    #[test]
+    fn inbound_streams_are_counted_per_peer_and_per_protocol() {
+        let mut l = Limits::unlimited();
+        l.peer_streams_inbound = 3;
+        l.protocol_streams_inbound = 4;
+        let mut rc = ResourceManager::new(l);
+        let (a, b) = (peer(1), peer(2));
+        for s in 0..3 {
+            rc.open_inbound_stream(1, s, &a, "/x").unwrap();
+        }
+        let e = rc.open_inbound_stream(1, 9, &a, "/y").unwrap_err();
+        assert_eq!((e.scope, e.resource), (Scope::Peer, Resource::StreamsInbound));
+        rc.open_inbound_stream(2, 0, &b, "/x").unwrap();
+        let e = rc.open_inbound_stream(2, 1, &b, "/x").unwrap_err();
+        assert_eq!(e.scope, Scope::Protocol);
+        rc.close_stream(1, 0);
+        rc.open_inbound_stream(2, 1, &b, "/x").unwrap();
+        assert_eq!(rc.peer_streams(&a), 2);
+        // A closed connection takes its streams with it.
+        rc.close_conn(1);
+        assert_eq!(rc.peer_streams(&a), 0);
+        assert_eq!((rc.stats().refused_streams_peer, rc.stats().refused_streams_protocol), (1, 1));
+        let d = Limits::scaled(3 << 30, 10_000);
+        assert_eq!((d.peer_streams_inbound, d.protocol_streams_inbound), (256 + 384, 512 + 768));
+        assert_eq!(Limits::default().peer_streams_inbound, 256);
     }
 
     #[test]

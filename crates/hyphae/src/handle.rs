@@ -38,6 +38,9 @@ pub(crate) trait HostLink: Send + Sync + 'static {
     fn epoch(&self) -> std::time::Instant;
     /// Counters the drivers keep (bytes on the wire).
     fn live(&self) -> &crate::live::Live;
+    /// An inbound stream handed to the application is gone (its handle dropped): it leaves the
+    /// resource manager's stream budgets. Called without any lock held.
+    fn stream_gone(&self, conn: u64, stream: StreamId);
 }
 
 /// What a QUIC connection's handle needs of its endpoint (implemented by the QUIC driver).
@@ -345,6 +348,8 @@ pub struct Stream {
     pub(crate) shared: Arc<ConnShared>,
     pub(crate) protocol: String,
     pub(crate) peer: PeerId,
+    /// For an inbound stream: the host to tell when the handle is dropped (its stream budgets).
+    pub(crate) counted: Option<std::sync::Weak<dyn HostLink>>,
 }
 
 impl Stream {
@@ -438,14 +443,18 @@ impl Drop for Stream {
     fn drop(&mut self) {
         if let Some((ep, cid)) = &self.shared.quic {
             ep.stream_release(*cid, self.id);
-            return;
+        } else {
+            let mut st = self.shared.lock();
+            st.tcp().stream_release(self.id);
+            st.read_wakers.remove(&self.id);
+            st.write_wakers.remove(&self.id);
+            drop(st);
+            self.shared.wake_writer();
         }
-        let mut st = self.shared.lock();
-        st.tcp().stream_release(self.id);
-        st.read_wakers.remove(&self.id);
-        st.write_wakers.remove(&self.id);
-        drop(st);
-        self.shared.wake_writer();
+        // After the connection's lock is released (lock order: connection, then node).
+        if let Some(host) = self.counted.take().and_then(|w| w.upgrade()) {
+            host.stream_gone(self.shared.id, self.id);
+        }
     }
 }
 

@@ -593,11 +593,13 @@ impl Inner {
         let peer = shared.lock().peer.clone();
         match (handler, peer) {
             (Some(h), Some(peer)) => {
-                let s = Stream { id, shared: shared.clone(), protocol, peer };
+                let counted: Weak<dyn HostLink> = self.me.clone();
+                let s = Stream { id, shared: shared.clone(), protocol, peer, counted: Some(counted) };
                 tokio::spawn(h(s));
             }
             _ => {
                 shared.reset_stream(id);
+                self.node().on_app_stream_gone(ConnId(shared.id), id);
             }
         }
     }
@@ -738,6 +740,9 @@ impl HostLink for Inner {
     }
     fn live(&self) -> &crate::live::Live {
         &self.live
+    }
+    fn stream_gone(&self, conn: u64, stream: StreamId) {
+        self.node().on_app_stream_gone(ConnId(conn), stream);
     }
 }
 
@@ -1034,7 +1039,7 @@ impl Host {
     async fn open_on(&self, shared: &Arc<ConnShared>, peer: &PeerId, protocols: &[&str]) -> Result<Stream, Error> {
         let (id, rx) = shared.open_stream(protocols.iter().map(|s| s.to_string()).collect()).map_err(Error::Negotiation)?;
         match tokio::time::timeout(self.inner.config.stream_timeout, rx).await {
-            Ok(Ok(Ok(protocol))) => Ok(Stream { id, shared: shared.clone(), protocol, peer: peer.clone() }),
+            Ok(Ok(Ok(protocol))) => Ok(Stream { id, shared: shared.clone(), protocol, peer: peer.clone(), counted: None }),
             Ok(Ok(Err(e))) => Err(Error::Negotiation(e)),
             Ok(Err(_)) => Err(Error::Negotiation(OpenError::ConnectionClosed)),
             Err(_) => {

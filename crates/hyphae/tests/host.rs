@@ -420,3 +420,48 @@ async fn host_stream_flood_is_refused_past_the_connection_limits_and_others_are_
     let used: f64 = text.lines().find_map(|l| l.strip_prefix("hyphae_rcmgr_memory_used_bytes ")).unwrap().parse().unwrap();
     assert!(used <= (64 << 20) as f64 + (8 << 20) as f64, "reserved {used}");
 }
+
+/// The resource manager's stream scopes: a peer may hold `peer_streams_inbound` inbound streams over
+/// all its connections; beyond, new ones are reset before the application sees them. Streams the
+/// application drops give their place back; another peer has its own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_peer_inbound_stream_budget_is_enforced_and_given_back() {
+    let mut cfg = HostConfig::ephemeral();
+    cfg.resources.peer_streams_inbound = 10;
+    let victim = Host::new(cfg).await.unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    victim.set_stream_handler("/hold/1", move |s: Stream| {
+        h2.lock().unwrap().push(s);
+        async {}
+    });
+    let addr = victim.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap().remove(0);
+    let open_many = |h: Host, peer: hyphae::PeerId, n: usize| async move {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            if let Ok(s) = h.new_stream(&peer, &["/hold/1"]).await {
+                v.push(s);
+            }
+        }
+        v
+    };
+    let attacker = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = attacker.connect(&addr).await.unwrap();
+    let _keep = open_many(attacker.clone(), peer.clone(), 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = held.lock().unwrap().len();
+    assert!((8..=10).contains(&n), "{n} streams reached the handler");
+    assert!(victim.stats().resources.refused_streams_peer >= 20, "{:?}", victim.stats().resources);
+    // Another peer is not held to the first one's budget.
+    let other = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let p2 = other.connect(&addr).await.unwrap();
+    let _keep2 = open_many(other.clone(), p2, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held.lock().unwrap().len(), n + 5);
+    // The handler lets the first peer's streams go: its budget is free again.
+    held.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _more = open_many(attacker.clone(), peer, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held.lock().unwrap().len(), 5);
+}

@@ -332,6 +332,12 @@ impl Node {
     pub fn resources(&self) -> &ResourceManager {
         &self.resources
     }
+    /// An inbound stream the application was given is gone (its handle dropped, or never handed out):
+    /// it leaves the resource manager's stream budgets.
+    pub fn on_app_stream_gone(&mut self, conn: ConnId, s: StreamId) {
+        self.resources.close_stream(conn.0, s.0);
+    }
+
     /// The connection manager: tags, protections, its statistics.
     pub fn connmgr(&self) -> &ConnManager {
         &self.connmgr
@@ -632,6 +638,16 @@ impl Node {
                 Some(ConnEvent::Closed { reason })
             }
             ConnEvent::InboundStream { id: s, ref protocol } => {
+                // Counted in the peer's and the protocol's stream budgets first (service streams and
+                // the application's alike); refused: reset before anyone sees it.
+                if let Some(peer) = self.conns.get(&id).and_then(|e| e.peer.clone()) {
+                    if let Err(r) = self.resources.open_inbound_stream(id.0, s.0, &peer, protocol) {
+                        tracing::debug!(%peer, conn = %id, %protocol, reason = %r, "inbound stream refused");
+                        m.stream_reset(now, s);
+                        m.stream_release(now, s);
+                        return None;
+                    }
+                }
                 let Some(&sid) = self.by_protocol.get(protocol) else { return Some(ev) };
                 self.owners.insert((id, s), Owned::new(sid, None));
                 let p = protocol.clone();
@@ -744,6 +760,7 @@ impl Node {
 
     /// Drops a stream from the ownership map, with what was still buffered for it.
     fn forget(&mut self, id: ConnId, s: StreamId) -> Option<Owned> {
+        self.resources.close_stream(id.0, s.0);
         let o = self.owners.remove(&(id, s))?;
         self.unqueue(id, o.buf.len());
         Some(o)
@@ -809,6 +826,7 @@ impl Node {
             }
             if o.released {
                 self.owners.remove(&(id, s));
+                self.resources.close_stream(id.0, s.0);
                 m.stream_release(now, s);
             }
         }
