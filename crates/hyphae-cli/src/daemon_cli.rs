@@ -170,7 +170,6 @@ pub async fn run(f: Flags, stop: impl std::future::Future<Output = ()>) -> Resul
         ("trustedRelays", "circuit relay"),
         ("natPortMap", "NAT port mapping"),
         ("announceAddrs", "announce addresses"),
-        ("persistentConnMaxMsgSize", "persistent connections (PERSISTENT_CONN_UPGRADE)"),
     ] {
         if f.given(flag) && (f.bool(flag) || !f.str(flag).is_empty() && f.str(flag) != "false") {
             missing.push(format!("-{flag}: {what} not supported by hyphae yet"));

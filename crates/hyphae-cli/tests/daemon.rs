@@ -149,3 +149,98 @@ async fn daemon_command_line_is_p2pds() {
     assert!(st.success(), "{st:?}");
     assert!(!sock.exists(), "SIGTERM removes the control socket");
 }
+
+// ---------------- hivemind's persistent connections (unary calls) ----------------
+
+use hyphae::core::daemon::{self as dproto, PersistentRequest, PersistentResponse, UnaryResult};
+
+/// A client of hivemind's persistent connection, built on the same `p2pd.proto` messages.
+struct Persistent(tokio::net::UnixStream);
+
+impl Persistent {
+    async fn open(sock: &Path) -> Persistent {
+        let mut s = tokio::net::UnixStream::connect(sock).await.unwrap();
+        let mut req = Vec::new();
+        dproto::encode_bare_request(true, &mut req);
+        s.write_all(&req).await.unwrap();
+        let resp = read_delimited(&mut s).await;
+        assert_eq!(&resp[..2], &[0x08, 0x00], "upgrade answered OK: {resp:?}");
+        Persistent(s)
+    }
+    async fn send(&mut self, r: PersistentRequest) {
+        let mut out = Vec::new();
+        dproto::encode_persistent_request(&r, &mut out);
+        self.0.write_all(&out).await.unwrap();
+    }
+    async fn recv(&mut self) -> PersistentResponse {
+        let body = tokio::time::timeout(Duration::from_secs(10), read_delimited(&mut self.0)).await.expect("a persistent response");
+        let mut framed = Vec::new();
+        hyphae::core::varint::encode_frame(&body, &mut framed);
+        dproto::decode_persistent_response(&framed, &dproto::Limits::default()).unwrap().unwrap().0
+    }
+}
+
+async fn read_delimited(s: &mut tokio::net::UnixStream) -> Vec<u8> {
+    let mut len = 0u64;
+    for i in 0..10 {
+        let b = s.read_u8().await.expect("daemon answers");
+        len |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut v = vec![0u8; len as usize];
+    s.read_exact(&mut v).await.unwrap();
+    v
+}
+
+fn call_id(n: u8) -> Vec<u8> {
+    vec![n; 16]
+}
+
+/// `server` serves /hyphae/unary/1 through a persistent connection; a client of `caller` calls it.
+async fn unary_round_trip(server: &P2pd, caller: &P2pd) {
+    caller.connect(&server.peer_id, &server.addrs).await.expect("connect");
+    let mut x = Persistent::open(&server.sock).await;
+    x.send(PersistentRequest::AddUnaryHandler { call: call_id(1), proto: "/hyphae/unary/1".into(), balanced: false }).await;
+    assert_eq!(x.recv().await, PersistentResponse::Ok { call: call_id(1) });
+    let mut y = Persistent::open(&caller.sock).await;
+    y.send(PersistentRequest::CallUnary {
+        call: call_id(2),
+        peer: server.peer_id.clone(),
+        proto: "/hyphae/unary/1".into(),
+        data: b"ping".to_vec(),
+    })
+    .await;
+    match x.recv().await {
+        PersistentResponse::RequestHandling { call, caller: who, proto, data } => {
+            assert_eq!((who, proto.as_str(), data.as_slice()), (caller.peer_id.clone(), "/hyphae/unary/1", &b"ping"[..]));
+            x.send(PersistentRequest::UnaryResponse { call, result: UnaryResult::Response(b"pong".to_vec()) }).await;
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(y.recv().await, PersistentResponse::CallResponse { call: call_id(2), result: UnaryResult::Response(b"pong".to_vec()) });
+    // A second, unbalanced handler for the same protocol is refused; a call nobody serves fails.
+    let mut x2 = Persistent::open(&server.sock).await;
+    x2.send(PersistentRequest::AddUnaryHandler { call: call_id(3), proto: "/hyphae/unary/1".into(), balanced: false }).await;
+    assert!(matches!(x2.recv().await, PersistentResponse::Error { message, .. } if message.contains("already set")));
+    y.send(PersistentRequest::CallUnary { call: call_id(4), peer: server.peer_id.clone(), proto: "/nobody/1".into(), data: vec![] }).await;
+    assert!(matches!(y.recv().await, PersistentResponse::Error { .. }));
+}
+
+#[tokio::test]
+async fn daemon_unary_calls_between_hyphae_daemons() {
+    let (a, b) = (hyphae_daemon().await, hyphae_daemon().await);
+    unary_round_trip(&a, &b).await;
+}
+
+/// hivemind's p2pd (go) serves, hyphae's daemon calls; and the other way round.
+#[tokio::test]
+async fn daemon_unary_calls_interoperate_with_go_p2pd() {
+    let Some(go) = P2pd::start(&[]).await else { return };
+    let a = hyphae_daemon().await;
+    unary_round_trip(&go, &a).await;
+    let Some(go2) = P2pd::start(&[]).await else { return };
+    let b = hyphae_daemon().await;
+    unary_round_trip(&b, &go2).await;
+}

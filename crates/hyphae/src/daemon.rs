@@ -9,7 +9,7 @@
 
 use crate::host::{Error, Host};
 use crate::Stream;
-use hyphae_core::daemon::{self as proto, ConnManagerOp, DhtOp, Limits, PubsubOp, Request};
+use hyphae_core::daemon::{self as proto, ConnManagerOp, DhtOp, Limits, PersistentRequest, PubsubOp, Request, UnaryResult};
 use hyphae_core::{Multiaddr, PeerId, Protocol};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,6 +56,36 @@ struct Handlers {
     by_protocol: BTreeMap<String, (Vec<ControlAddr>, usize)>,
 }
 
+/// A persistent connection serving a unary protocol: its tag and the queue to its client.
+type UnaryClient = (u64, tokio::sync::mpsc::Sender<Vec<u8>>);
+
+/// hivemind's unary handlers and calls, shared by every persistent control connection.
+#[derive(Default)]
+struct Unary {
+    /// Protocol → the persistent connections serving it, and the next one's index.
+    handlers: BTreeMap<String, (Vec<UnaryClient>, usize)>,
+    /// Remote peers' calls waiting for a client's answer, by call id.
+    waiting: BTreeMap<Vec<u8>, tokio::sync::oneshot::Sender<UnaryResult>>,
+    /// Our clients' calls in flight, to cancel, by call id.
+    cancels: BTreeMap<Vec<u8>, tokio::sync::oneshot::Sender<()>>,
+    next_conn: u64,
+}
+
+/// Messages queued to one persistent connection's client (beyond: the client is too slow; calls
+/// for it fail).
+const PERSISTENT_QUEUE: usize = 1024;
+
+/// The daemon's shared state.
+#[derive(Default)]
+struct State {
+    handlers: Mutex<Handlers>,
+    unary: Mutex<Unary>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A running daemon (drop it or call `stop` to close the control socket).
 pub struct Daemon {
     task: tokio::task::JoinHandle<()>,
@@ -83,7 +113,7 @@ impl Drop for Daemon {
 
 /// Serves the control protocol for `host` at `addr` (a stale unix socket file is replaced).
 pub async fn serve(host: Host, addr: ControlAddr) -> Result<Daemon, Error> {
-    let handlers = Arc::new(Mutex::new(Handlers::default()));
+    let handlers = Arc::new(State::default());
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNS));
     let task = match &addr {
         ControlAddr::Unix(path) => {
@@ -113,7 +143,7 @@ pub async fn serve(host: Host, addr: ControlAddr) -> Result<Daemon, Error> {
 
 fn spawn_control<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     host: Host,
-    handlers: Arc<Mutex<Handlers>>,
+    handlers: Arc<State>,
     slots: Arc<tokio::sync::Semaphore>,
     s: S,
 ) {
@@ -156,11 +186,7 @@ async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, limits: &Limits) -> std::io
     Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad length prefix"))
 }
 
-async fn control<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    host: Host,
-    handlers: Arc<Mutex<Handlers>>,
-    mut s: S,
-) -> std::io::Result<()> {
+async fn control<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(host: Host, handlers: Arc<State>, mut s: S) -> std::io::Result<()> {
     let limits = Limits::default();
     loop {
         let frame = match read_frame(&mut s, &limits).await {
@@ -224,10 +250,239 @@ async fn control<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     }
                 }
             }
+            Request::PersistentConnUpgrade => {
+                proto::encode_ok(&mut out);
+                s.write_all(&out).await?;
+                persistent(host, handlers, s).await;
+                return Ok(());
+            }
             other => handle(&host, &handlers, other, &mut out).await,
         }
         s.write_all(&out).await?;
     }
+}
+
+/// A persistent connection (hivemind's): requests read here, each served by its own task; every
+/// answer goes through one writer. When the client goes, its unary handlers go with it.
+async fn persistent<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(host: Host, state: Arc<State>, s: S) {
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PERSISTENT_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let me = {
+        let mut u = locked(&state.unary);
+        u.next_conn += 1;
+        u.next_conn
+    };
+    let limits = Limits::default();
+    loop {
+        let frame = match read_frame(&mut rd, &limits).await {
+            Ok(Some(f)) => f,
+            _ => break,
+        };
+        let req = match proto::decode_persistent_request(&frame, &limits) {
+            Ok(Some((r, _))) => r,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "daemon: malformed persistent request; closing");
+                break;
+            }
+        };
+        let reply = |b: Vec<u8>| {
+            let _ = tx.try_send(b);
+        };
+        match req {
+            PersistentRequest::AddUnaryHandler { call, proto: p, balanced } => {
+                let mut out = Vec::new();
+                let new = {
+                    let mut u = locked(&state.unary);
+                    match u.handlers.get_mut(&p) {
+                        None => {
+                            u.handlers.insert(p.clone(), (vec![(me, tx.clone())], 0));
+                            Ok(true)
+                        }
+                        Some(_) if !balanced => Err(format!("handler for protocol {p} already set")),
+                        Some((v, _)) => {
+                            v.push((me, tx.clone()));
+                            Ok(false)
+                        }
+                    }
+                };
+                match new {
+                    Ok(first) => {
+                        if first {
+                            register_unary(&host, &state, &p);
+                        }
+                        proto::encode_persistent_ok(&call, &mut out);
+                    }
+                    Err(e) => proto::encode_persistent_error(&call, &e, &mut out),
+                }
+                reply(out);
+            }
+            PersistentRequest::RemoveUnaryHandler { call, proto: p } => {
+                let mut out = Vec::new();
+                let r = {
+                    let mut u = locked(&state.unary);
+                    match u.handlers.get_mut(&p) {
+                        None => Err(format!("handler for protocol {p} does not exist")),
+                        Some((v, _)) => {
+                            let before = v.len();
+                            v.retain(|(c, _)| *c != me);
+                            if v.len() == before {
+                                Err(format!("handler for protocol {p} was not created in this persistent connection"))
+                            } else {
+                                let empty = v.is_empty();
+                                if empty {
+                                    u.handlers.remove(&p);
+                                }
+                                Ok(empty)
+                            }
+                        }
+                    }
+                };
+                match r {
+                    Ok(empty) => {
+                        if empty {
+                            host.remove_stream_handler(&p);
+                        }
+                        proto::encode_persistent_ok(&call, &mut out);
+                    }
+                    Err(e) => proto::encode_persistent_error(&call, &e, &mut out),
+                }
+                reply(out);
+            }
+            PersistentRequest::CallUnary { call, peer, proto: p, data } => {
+                let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
+                locked(&state.unary).cancels.insert(call.clone(), cancel_tx);
+                let (host, state, tx) = (host.clone(), state.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let req = PersistentRequest::CallUnary { call: call.clone(), peer: peer.clone(), proto: p.clone(), data };
+                    let mut out = Vec::new();
+                    tokio::select! {
+                        r = unary_call(&host, &peer, &p, &req) => match r {
+                            Ok(result) => proto::encode_call_response(&call, &result, &mut out),
+                            Err(e) => proto::encode_persistent_error(&call, &e, &mut out),
+                        },
+                        _ = cancel_rx => proto::encode_persistent_cancel(&call, &mut out),
+                    }
+                    locked(&state.unary).cancels.remove(&call);
+                    let _ = tx.send(out).await;
+                });
+            }
+            PersistentRequest::UnaryResponse { call, result } => {
+                if let Some(w) = locked(&state.unary).waiting.remove(&call) {
+                    let _ = w.send(result);
+                }
+            }
+            PersistentRequest::Cancel { call } => {
+                if let Some(c) = locked(&state.unary).cancels.remove(&call) {
+                    let _ = c.send(());
+                }
+            }
+        }
+    }
+    // The client is gone: so are its handlers.
+    let emptied: Vec<String> = {
+        let mut u = locked(&state.unary);
+        let mut gone = Vec::new();
+        for (p, (v, _)) in u.handlers.iter_mut() {
+            v.retain(|(c, _)| *c != me);
+            if v.is_empty() {
+                gone.push(p.clone());
+            }
+        }
+        for p in &gone {
+            u.handlers.remove(p);
+        }
+        gone
+    };
+    for p in emptied {
+        host.remove_stream_handler(&p);
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// One unary call to `peer`: the request (as the client sent it) on a new stream, one answer back.
+async fn unary_call(host: &Host, peer: &PeerId, protocol: &str, req: &PersistentRequest) -> Result<UnaryResult, String> {
+    let mut s = tokio::time::timeout(DEFAULT_TIMEOUT, host.new_stream(peer, &[protocol]))
+        .await
+        .map_err(|_| "stream open timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    proto::encode_persistent_request(req, &mut out);
+    s.write_all(&out).await.map_err(|e| e.to_string())?;
+    let limits = Limits::default();
+    let frame = read_frame(&mut s, &limits).await.map_err(|e| e.to_string())?.ok_or("the peer closed the stream without an answer")?;
+    match proto::decode_persistent_request(&frame, &limits) {
+        Ok(Some((PersistentRequest::UnaryResponse { result, .. }, _))) => Ok(result),
+        Ok(_) => Err("the peer answered with something else than a unary response".into()),
+        Err(e) => Err(format!("malformed answer: {e}")),
+    }
+}
+
+/// Serves unary protocol `protocol`: each inbound stream's call goes to one of its clients (in
+/// turn), whose answer goes back on the stream; if the caller gives up first, the client hears Cancel.
+fn register_unary(host: &Host, state: &Arc<State>, protocol: &str) {
+    let state = state.clone();
+    let name = protocol.to_string();
+    host.set_stream_handler(protocol, move |mut stream: Stream| {
+        let (state, name) = (state.clone(), name.clone());
+        async move {
+            let limits = Limits::default();
+            let Ok(Some(frame)) = read_frame(&mut stream, &limits).await else { return };
+            let Ok(Some((PersistentRequest::CallUnary { call, data, .. }, _))) = proto::decode_persistent_request(&frame, &limits) else {
+                tracing::debug!("daemon: a unary stream without a call");
+                return;
+            };
+            let caller = stream.remote_peer().clone();
+            let (wtx, wrx) = tokio::sync::oneshot::channel();
+            let target = {
+                let mut u = locked(&state.unary);
+                let t = u.handlers.get_mut(&name).and_then(|(v, next)| {
+                    if v.is_empty() {
+                        return None;
+                    }
+                    let t = v[*next % v.len()].1.clone();
+                    *next = next.wrapping_add(1);
+                    Some(t)
+                });
+                if t.is_some() {
+                    u.waiting.insert(call.clone(), wtx);
+                }
+                t
+            };
+            let Some(target) = target else { return };
+            let mut out = Vec::new();
+            proto::encode_request_handling(&call, &caller, &name, &data, &mut out);
+            if target.send(out).await.is_err() {
+                locked(&state.unary).waiting.remove(&call);
+                return;
+            }
+            let mut probe = [0u8; 1];
+            tokio::select! {
+                r = wrx => {
+                    if let Ok(result) = r {
+                        let mut out = Vec::new();
+                        proto::encode_persistent_request(&PersistentRequest::UnaryResponse { call: call.clone(), result }, &mut out);
+                        let _ = stream.write_all(&out).await;
+                        let _ = stream.shutdown().await;
+                    }
+                }
+                _ = stream.read(&mut probe) => {
+                    let mut out = Vec::new();
+                    proto::encode_persistent_cancel(&call, &mut out);
+                    let _ = target.send(out).await;
+                }
+            }
+            locked(&state.unary).waiting.remove(&call);
+        }
+    });
 }
 
 /// DHT requests, answered as go's daemon does: one value in the response, or BEGIN, values, END.
@@ -306,7 +561,7 @@ async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mut stream: Stream) {
     let _ = stream.shutdown().await;
 }
 
-async fn handle(host: &Host, handlers: &Arc<Mutex<Handlers>>, req: Request, out: &mut Vec<u8>) {
+async fn handle(host: &Host, handlers: &Arc<State>, req: Request, out: &mut Vec<u8>) {
     match req {
         Request::Identify => proto::encode_identify(&host.peer_id(), &host.listen_addrs(), out),
         Request::Connect { peer, addrs, timeout } => match connect(host, &peer, &addrs, timeout.unwrap_or(DEFAULT_TIMEOUT)).await {
@@ -326,7 +581,7 @@ async fn handle(host: &Host, handlers: &Arc<Mutex<Handlers>>, req: Request, out:
             let client = ControlAddr::from_multiaddr(&addr);
             for p in &protocols {
                 let gone = {
-                    let mut h = handlers.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut h = locked(&handlers.handlers);
                     match h.by_protocol.get_mut(p) {
                         Some((v, _)) => {
                             v.retain(|a| Some(a) != client.as_ref());
@@ -420,9 +675,9 @@ async fn connect(host: &Host, peer: &PeerId, addrs: &[Multiaddr], timeout: Durat
 
 /// Serves `protocol` by handing each inbound stream to the client at `client` (round-robin over
 /// `balanced` registrations; a plain registration replaces the others).
-fn register(host: &Host, handlers: &Arc<Mutex<Handlers>>, protocol: &str, client: ControlAddr, balanced: bool) {
+fn register(host: &Host, handlers: &Arc<State>, protocol: &str, client: ControlAddr, balanced: bool) {
     {
-        let mut h = handlers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = locked(&handlers.handlers);
         let e = h.by_protocol.entry(protocol.to_string()).or_default();
         if !balanced {
             e.0.clear();
@@ -435,7 +690,7 @@ fn register(host: &Host, handlers: &Arc<Mutex<Handlers>>, protocol: &str, client
     let proto_name = protocol.to_string();
     host.set_stream_handler(protocol, move |stream: Stream| {
         let target = {
-            let mut h = handlers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut h = locked(&handlers.handlers);
             h.by_protocol.get_mut(&proto_name).and_then(|(v, next)| {
                 if v.is_empty() {
                     return None;

@@ -129,6 +129,9 @@ pub enum Request {
         timeout: Option<Duration>,
     },
     Pubsub(PubsubOp),
+    /// hivemind's persistent connection: after the OK answer, the control connection carries
+    /// [`PersistentRequest`]s and their responses.
+    PersistentConnUpgrade,
     /// A request type this daemon does not serve yet (its name, for the error answer).
     Unsupported(&'static str),
 }
@@ -240,7 +243,7 @@ fn request(m: pb::Request, limits: &Limits) -> Result<Request, DecodeError> {
                 P::SUBSCRIBE => PubsubOp::Subscribe { topic: topic()? },
             })
         }
-        Rt::PERSISTENT_CONN_UPGRADE => Request::Unsupported("PERSISTENT_CONN_UPGRADE"),
+        Rt::PERSISTENT_CONN_UPGRADE => Request::PersistentConnUpgrade,
     })
 }
 
@@ -345,6 +348,164 @@ pub fn encode_ps_message(from: Option<&PeerId>, data: &[u8], seqno: Option<u64>,
     crate::pb::write_frame(&m, out);
 }
 
+/// The outcome of a unary call: the handler's answer or its error text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnaryResult {
+    Response(Vec<u8>),
+    Error(Vec<u8>),
+}
+
+/// What a client sends on a persistent connection (and one daemon sends another on a unary stream:
+/// `CallUnary` to ask, `UnaryResponse` to answer). `call` is the 16-byte call id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersistentRequest {
+    AddUnaryHandler { call: Vec<u8>, proto: String, balanced: bool },
+    RemoveUnaryHandler { call: Vec<u8>, proto: String },
+    CallUnary { call: Vec<u8>, peer: PeerId, proto: String, data: Vec<u8> },
+    UnaryResponse { call: Vec<u8>, result: UnaryResult },
+    Cancel { call: Vec<u8> },
+}
+
+impl PersistentRequest {
+    pub fn call(&self) -> &[u8] {
+        match self {
+            PersistentRequest::AddUnaryHandler { call, .. }
+            | PersistentRequest::RemoveUnaryHandler { call, .. }
+            | PersistentRequest::CallUnary { call, .. }
+            | PersistentRequest::UnaryResponse { call, .. }
+            | PersistentRequest::Cancel { call } => call,
+        }
+    }
+}
+
+fn unary_result(r: pb::CallUnaryResponse) -> UnaryResult {
+    use pb::mod_CallUnaryResponse::OneOfresult as R;
+    match r.result {
+        R::response(b) => UnaryResult::Response(b),
+        R::error(b) => UnaryResult::Error(b),
+        R::None => UnaryResult::Response(Vec::new()),
+    }
+}
+
+fn unary_pb(r: &UnaryResult) -> pb::CallUnaryResponse {
+    use pb::mod_CallUnaryResponse::OneOfresult as R;
+    pb::CallUnaryResponse {
+        result: match r {
+            UnaryResult::Response(b) => R::response(b.clone()),
+            UnaryResult::Error(b) => R::error(b.clone()),
+        },
+    }
+}
+
+/// Decodes one length-prefixed `PersistentConnectionRequest` (`Ok(None)`: more bytes needed).
+pub fn decode_persistent_request(buf: &[u8], limits: &Limits) -> Result<Option<(PersistentRequest, usize)>, DecodeError> {
+    use pb::mod_PersistentConnectionRequest::OneOfmessage as M;
+    const NESTED: &[crate::pb::Nest] =
+        &[crate::pb::Nest(2, &[]), crate::pb::Nest(3, &[]), crate::pb::Nest(4, &[]), crate::pb::Nest(5, &[]), crate::pb::Nest(6, &[])];
+    let Some((m, used)) =
+        crate::pb::read_frame::<pb::PersistentConnectionRequest>(buf, limits.max_message_len, NESTED, "malformed persistent request")?
+    else {
+        return Ok(None);
+    };
+    if m.callId.len() != 16 {
+        return Err(DecodeError::Invalid("call id is not 16 bytes"));
+    }
+    let call = m.callId;
+    let r = match m.message {
+        M::addUnaryHandler(a) => PersistentRequest::AddUnaryHandler { call, proto: a.proto, balanced: a.balanced.unwrap_or(false) },
+        M::removeUnaryHandler(r) => PersistentRequest::RemoveUnaryHandler { call, proto: r.proto },
+        M::callUnary(c) => PersistentRequest::CallUnary { call, peer: peer(&c.peer)?, proto: c.proto, data: c.data },
+        M::unaryResponse(r) => PersistentRequest::UnaryResponse { call, result: unary_result(r) },
+        M::cancel(_) => PersistentRequest::Cancel { call },
+        M::None => return Err(DecodeError::Invalid("persistent request without a message")),
+    };
+    Ok(Some((r, used)))
+}
+
+fn persistent_response(call: &[u8], message: pb::mod_PersistentConnectionResponse::OneOfmessage, out: &mut Vec<u8>) {
+    crate::pb::write_frame(&pb::PersistentConnectionResponse { callId: call.to_vec(), message }, out);
+}
+
+/// A request done (handler added or removed): the call id alone.
+pub fn encode_persistent_ok(call: &[u8], out: &mut Vec<u8>) {
+    persistent_response(call, pb::mod_PersistentConnectionResponse::OneOfmessage::None, out);
+}
+
+pub fn encode_persistent_error(call: &[u8], msg: &str, out: &mut Vec<u8>) {
+    let e = pb::DaemonError { message: Some(msg.to_string()) };
+    persistent_response(call, pb::mod_PersistentConnectionResponse::OneOfmessage::daemonError(e), out);
+}
+
+pub fn encode_persistent_cancel(call: &[u8], out: &mut Vec<u8>) {
+    persistent_response(call, pb::mod_PersistentConnectionResponse::OneOfmessage::cancel(pb::Cancel {}), out);
+}
+
+/// The answer to a client's unary call.
+pub fn encode_call_response(call: &[u8], result: &UnaryResult, out: &mut Vec<u8>) {
+    persistent_response(call, pb::mod_PersistentConnectionResponse::OneOfmessage::callUnaryResponse(unary_pb(result)), out);
+}
+
+/// A call for a handler of this client: `caller` asks `proto` with `data`.
+pub fn encode_request_handling(call: &[u8], caller: &PeerId, proto: &str, data: &[u8], out: &mut Vec<u8>) {
+    let c = pb::CallUnaryRequest { peer: caller.to_bytes(), proto: proto.to_string(), data: data.to_vec() };
+    persistent_response(call, pb::mod_PersistentConnectionResponse::OneOfmessage::requestHandling(c), out);
+}
+
+/// What a daemon sends on a unary stream: the call (as the client sent it) or the answer.
+pub fn encode_persistent_request(r: &PersistentRequest, out: &mut Vec<u8>) {
+    use pb::mod_PersistentConnectionRequest::OneOfmessage as M;
+    let message = match r {
+        PersistentRequest::AddUnaryHandler { proto, balanced, .. } => {
+            M::addUnaryHandler(pb::AddUnaryHandlerRequest { proto: proto.clone(), balanced: Some(*balanced) })
+        }
+        PersistentRequest::RemoveUnaryHandler { proto, .. } => {
+            M::removeUnaryHandler(pb::RemoveUnaryHandlerRequest { proto: proto.clone() })
+        }
+        PersistentRequest::CallUnary { peer, proto, data, .. } => {
+            M::callUnary(pb::CallUnaryRequest { peer: peer.to_bytes(), proto: proto.clone(), data: data.clone() })
+        }
+        PersistentRequest::UnaryResponse { result, .. } => M::unaryResponse(unary_pb(result)),
+        PersistentRequest::Cancel { .. } => M::cancel(pb::Cancel {}),
+    };
+    crate::pb::write_frame(&pb::PersistentConnectionRequest { callId: r.call().to_vec(), message }, out);
+}
+
+/// A daemon's answer to a client's persistent request, decoded (for clients and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersistentResponse {
+    Ok { call: Vec<u8> },
+    CallResponse { call: Vec<u8>, result: UnaryResult },
+    RequestHandling { call: Vec<u8>, caller: PeerId, proto: String, data: Vec<u8> },
+    Error { call: Vec<u8>, message: String },
+    Cancel { call: Vec<u8> },
+}
+
+pub fn decode_persistent_response(buf: &[u8], limits: &Limits) -> Result<Option<(PersistentResponse, usize)>, DecodeError> {
+    use pb::mod_PersistentConnectionResponse::OneOfmessage as M;
+    const NESTED: &[crate::pb::Nest] =
+        &[crate::pb::Nest(2, &[]), crate::pb::Nest(3, &[]), crate::pb::Nest(4, &[]), crate::pb::Nest(5, &[])];
+    let Some((m, used)) =
+        crate::pb::read_frame::<pb::PersistentConnectionResponse>(buf, limits.max_message_len, NESTED, "malformed persistent response")?
+    else {
+        return Ok(None);
+    };
+    let call = m.callId;
+    let r = match m.message {
+        M::None => PersistentResponse::Ok { call },
+        M::callUnaryResponse(r) => PersistentResponse::CallResponse { call, result: unary_result(r) },
+        M::requestHandling(c) => PersistentResponse::RequestHandling { call, caller: peer(&c.peer)?, proto: c.proto, data: c.data },
+        M::daemonError(e) => PersistentResponse::Error { call, message: e.message.unwrap_or_default() },
+        M::cancel(_) => PersistentResponse::Cancel { call },
+    };
+    Ok(Some((r, used)))
+}
+
+/// A control request of `type` alone (IDENTIFY, LIST_PEERS, PERSISTENT_CONN_UPGRADE): for clients.
+pub fn encode_bare_request(upgrade: bool, out: &mut Vec<u8>) {
+    let r = pb::Request { type_pb: if upgrade { Rt::PERSISTENT_CONN_UPGRADE } else { Rt::IDENTIFY }, ..Default::default() };
+    crate::pb::write_frame(&r, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +555,29 @@ mod tests {
         assert!(decode_request(&[0x06, 0x32, 0x01, 0x10, 0x00, 0x32, 0x00, 0x00, 0x00], &Limits::default()).is_err());
         let huge = [0xff, 0xff, 0xff, 0x7f];
         assert!(matches!(decode_request(&huge, &Limits::default()), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn daemon_persistent_messages_round_trip() {
+        let p = crate::Keypair::generate_ed25519(&mut crate::rng::from_seed([3; 32])).peer_id();
+        let call = vec![7u8; 16];
+        let r = PersistentRequest::CallUnary { call: call.clone(), peer: p.clone(), proto: "/u/1".into(), data: b"x".to_vec() };
+        let mut out = Vec::new();
+        encode_persistent_request(&r, &mut out);
+        assert_eq!(decode_persistent_request(&out, &Limits::default()).unwrap().unwrap().0, r);
+        let r = PersistentRequest::UnaryResponse { call: call.clone(), result: UnaryResult::Error(b"no".to_vec()) };
+        let mut out = Vec::new();
+        encode_persistent_request(&r, &mut out);
+        assert_eq!(decode_persistent_request(&out, &Limits::default()).unwrap().unwrap().0, r);
+        let mut out = Vec::new();
+        encode_request_handling(&call, &p, "/u/1", b"hi", &mut out);
+        let (got, _) = decode_persistent_response(&out, &Limits::default()).unwrap().unwrap();
+        assert_eq!(got, PersistentResponse::RequestHandling { call: call.clone(), caller: p, proto: "/u/1".into(), data: b"hi".to_vec() });
+        // A call id that is not a UUID's 16 bytes is refused.
+        let bad = PersistentRequest::Cancel { call: vec![1, 2, 3] };
+        let mut out = Vec::new();
+        encode_persistent_request(&bad, &mut out);
+        assert!(decode_persistent_request(&out, &Limits::default()).is_err());
     }
 
     #[test]
