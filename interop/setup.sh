@@ -3,6 +3,7 @@
 #  - go-libp2p v0.32.1: the static p2pd binary shipped in the hivemind 1.1.12 wheel (only p2pd + proto are unzipped)
 #  - python venv with p2pclient 0.3.0 (drives p2pd)
 #  - js-libp2p 3 node modules (interop/js)
+#  - redis-server (Debian package; the test-plans transport-interop mode)
 #  - the rust-libp2p 0.57 peer (interop/rust-peer, built with cargo)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -47,6 +48,17 @@ if ! command -v iptables >/dev/null 2>&1; then
     apt-get install -y -q iptables >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q iptables >/dev/null)
   else
     echo "iptables missing and cannot be installed (not root or no apt-get): the AutoNAT namespace tests will skip"
+  fi
+fi
+# --- redis-server (the test-plans transport-interop mode publishes and reads addresses through it) ---
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q redis-server >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)
+    # Only the binary is wanted: the package's own service stays off.
+    (command -v systemctl >/dev/null && systemctl disable --now redis-server >/dev/null 2>&1) || true
+    (command -v service >/dev/null && service redis-server stop >/dev/null 2>&1) || true
+  else
+    echo "redis-server missing and cannot be installed (not root or no apt-get): the transport-interop tests will skip"
   fi
 fi
 echo "interop peers ready in $PEERS"

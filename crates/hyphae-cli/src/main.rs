@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod daemon_cli;
 mod metrics_http;
+mod transport_interop;
 
 /// hyphae: a libp2p node (TCP and QUIC-v1, Noise and TLS, Yamux and mplex, identify, ping, Kademlia,
 /// AutoNAT, gossipsub), and the tools around it.
@@ -118,6 +119,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// libp2p/test-plans' transport-interop contract: configured by the environment (transport, muxer,
+    /// security, is_dialer, ip, redis_addr, test_timeout_seconds); the listener publishes its address
+    /// on redis, the dialer dials it, pings and prints the timings as JSON.
+    TransportInterop,
     /// Runs a simulation scenario (see scenarios/ and the README) on virtual time and prints a summary
     /// table. HYPHAE_SEED also sets the seed.
     Sim {
@@ -373,6 +378,7 @@ fn main() -> ExitCode {
             ("perf", Args { server, positional, upload, download, ..Args::with(common, listen) })
         }
         Cmd::Daemon { .. } => unreachable!("invariant: the daemon returned above"),
+        Cmd::TransportInterop => ("transport-interop", Args::with(Common::default(), ListenArgs::default())),
         Cmd::Sim { file, seed, out, check, threads } => {
             ("sim", Args { positional: vec![file], seed, out, check, threads, ..Args::with(Common::default(), ListenArgs::default()) })
         }
@@ -400,6 +406,7 @@ fn main() -> ExitCode {
             "ping" => ping(args).await,
             "perf" => perf(args).await,
             "dht" => dht(args).await,
+            "transport-interop" => transport_interop::run().await,
             _ => {
                 let k = load_key(&args, true)?;
                 println!("{}", k.peer_id());
