@@ -41,7 +41,7 @@ async fn reply(r: &mut BufReader<TcpStream>) -> Result<Vec<String>, String> {
         "*" => {
             let n: i64 = rest.parse().map_err(|_| format!("redis: bad reply {line:?}"))?;
             let mut v = Vec::new();
-            for _ in 0..n.max(0).min(16) {
+            for _ in 0..n.clamp(0, 16) {
                 let mut len = String::new();
                 r.read_line(&mut len).await.map_err(|e| format!("redis: {e}"))?;
                 let len: usize = len.trim_end().trim_start_matches('$').parse().map_err(|_| "redis: bad bulk length".to_string())?;
