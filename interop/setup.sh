@@ -3,6 +3,7 @@
 #  - go-libp2p v0.32.1: the static p2pd binary shipped in the hivemind 1.1.12 wheel (only p2pd + proto are unzipped)
 #  - python venv with p2pclient 0.3.0 (drives p2pd)
 #  - js-libp2p 3 node modules (interop/js)
+#  - @libp2p/interop with its shims (interop/js-interop/setup.sh)
 #  - redis-server (Debian package; the test-plans transport-interop mode)
 #  - the rust-libp2p 0.57 peer (interop/rust-peer, built with cargo)
 set -euo pipefail
@@ -50,6 +51,9 @@ if ! command -v iptables >/dev/null 2>&1; then
     echo "iptables missing and cannot be installed (not root or no apt-get): the AutoNAT namespace tests will skip"
   fi
 fi
+# --- @libp2p/interop (the libp2p daemons' interop suite, run with hyphae's daemon) ---
+"$HERE/js-interop/setup.sh" >/dev/null
+
 # --- redis-server (the test-plans transport-interop mode publishes and reads addresses through it) ---
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -244,3 +244,39 @@ async fn daemon_unary_calls_interoperate_with_go_p2pd() {
     let b = hyphae_daemon().await;
     unary_round_trip(&b, &go2).await;
 }
+
+/// libp2p's own daemon interop suite, `@libp2p/interop`, with hyphae's daemon as its "go" node and
+/// go's p2pd as its "js" node (`interop/js-interop/runner.mjs`): every test passes except the
+/// plaintext ones (neither daemon offers plaintext) and the relay ones (hyphae has no relay yet).
+#[tokio::test]
+async fn daemon_libp2p_interop_suite_with_hyphae_as_a_node() {
+    let (Some(p2pd), Some(_)) = (common::peer_path("interop/.peers/p2pd"), common::peer_path("interop/js-interop/node_modules/@libp2p/interop"))
+    else {
+        eprintln!("skipped: run interop/setup.sh");
+        return;
+    };
+    let dir = common::repo_root().join("interop/js-interop");
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new("node")
+            .arg("--import")
+            .arg(common::repo_root().join("interop/js/polyfill.mjs"))
+            .arg("runner.mjs")
+            .current_dir(&dir)
+            .env("HYPHAE_BIN", BIN)
+            .env("P2PD_BIN", p2pd)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the suite finishes")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text.lines().find(|l| l.starts_with("interop: ")).unwrap_or_else(|| panic!("no summary:\n{text}"));
+    eprintln!("{summary}");
+    for l in text.lines().filter(|l| l.starts_with("FAIL ")) {
+        assert!(l.contains("plaintext") || l.contains("relay"), "unexpected failure: {l}");
+    }
+    let passing: u32 = summary.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(passing >= 57, "{summary}");
+}

@@ -1,0 +1,62 @@
+// Runs @libp2p/interop (the suite js-libp2p and go-libp2p run against each other through their
+// daemons) with `hyphae daemon` as the "go" node and go's p2pd as the "js" node, and prints the
+// counts. Both are driven by @libp2p/daemon-client over their control sockets.
+//   HYPHAE_BIN=... P2PD_BIN=... node runner.mjs [grep]
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import Mocha from 'mocha'
+import { createClient } from '@libp2p/daemon-client'
+import { multiaddr } from '@multiformats/multiaddr'
+
+const { interopTests, UnsupportedError } = await import('@libp2p/interop')
+const HYPHAE = process.env.HYPHAE_BIN
+const P2PD = process.env.P2PD_BIN
+let n = 0
+
+async function start (kind, options) {
+  if (options.encryption === 'plaintext') throw new UnsupportedError('no plaintext')
+  if (options.transport != null && options.transport !== 'tcp') throw new UnsupportedError('tcp only')
+  if (options.relay === true && kind === 'hyphae') throw new UnsupportedError('hyphae has no relay yet')
+  if (options.muxer === 'mplex' && kind === 'p2pd') throw new UnsupportedError("hivemind's p2pd has no mplex")
+  const sock = `/tmp/hyphae-interop-${process.pid}-${n++}.sock`
+  const args = kind === 'hyphae' ? ['daemon'] : []
+  args.push('-listen', `/unix${sock}`, '-hostAddrs', '/ip4/127.0.0.1/tcp/0')
+  if (options.encryption === 'noise') args.push('-tls=false')
+  if (options.encryption === 'tls') args.push('-noise=false')
+  if (options.muxer != null) args.push('-muxer', options.muxer)
+  if (options.dht === true) args.push('-dhtServer')
+  if (options.pubsub === true) args.push('-pubsub', '-pubsubRouter', options.pubsubRouter ?? 'gossipsub')
+  if (options.key != null && fs.existsSync(options.key)) args.push('-id', options.key)
+  const child = spawn(kind === 'hyphae' ? HYPHAE : P2PD, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+  await new Promise((resolve, reject) => {
+    let out = ''
+    child.stdout.on('data', (d) => {
+      out += d.toString()
+      if (/\n\/ip4\//.test(out)) resolve()
+    })
+    child.on('exit', (code) => reject(new Error(`${kind} exited ${code}`)))
+  })
+  const client = createClient(multiaddr(`/unix/${encodeURIComponent(sock)}`))
+  return {
+    client,
+    async stop () {
+      child.kill()
+      await new Promise((resolve) => child.once('exit', resolve))
+      fs.rmSync(sock, { force: true })
+    }
+  }
+}
+
+const factory = { spawn: (options) => start(options.type === 'go' ? 'hyphae' : 'p2pd', options) }
+const mocha = new Mocha({ timeout: 60000, grep: process.argv[2], reporter: 'dot' })
+mocha.suite.emit('pre-require', globalThis, 'interop', mocha)
+await interopTests(factory)
+const runner = mocha.run()
+const failed = []
+runner.on('fail', (t, err) => failed.push(`${t.fullTitle()}: ${err.message.split('\n')[0]}`))
+runner.on('end', () => {
+  const s = runner.stats
+  for (const f of failed) console.log(`FAIL ${f}`)
+  console.log(`interop: ${s.passes} passing, ${s.failures} failing, ${s.pending} pending`)
+  process.exit(0)
+})
