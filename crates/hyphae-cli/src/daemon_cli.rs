@@ -241,7 +241,12 @@ pub async fn run(f: Flags, stop: impl std::future::Future<Output = ()>) -> Resul
         let sa: std::net::SocketAddr = f.str("metricsAddr").parse().map_err(|e| format!("-metricsAddr {}: {e}", f.str("metricsAddr")))?;
         crate::metrics_http::serve(host.clone(), sa).await.map_err(|e| format!("-metricsAddr {sa}: {e}"))?;
     }
-    let d = daemon::serve(host.clone(), control.clone()).await.map_err(|e| format!("-listen {}: {e}", control.to_multiaddr()))?;
+    let limits = hyphae::core::daemon::Limits {
+        max_message_len: number("persistentConnMaxMsgSize", f.str("persistentConnMaxMsgSize"))?,
+        ..Default::default()
+    };
+    let d =
+        daemon::serve_with(host.clone(), control.clone(), limits).await.map_err(|e| format!("-listen {}: {e}", control.to_multiaddr()))?;
     for m in &missing {
         eprintln!("hyphae daemon: {m}");
     }

@@ -250,7 +250,8 @@ async fn daemon_unary_calls_interoperate_with_go_p2pd() {
 /// plaintext ones (neither daemon offers plaintext) and the relay ones (hyphae has no relay yet).
 #[tokio::test]
 async fn daemon_libp2p_interop_suite_with_hyphae_as_a_node() {
-    let (Some(p2pd), Some(_)) = (common::peer_path("interop/.peers/p2pd"), common::peer_path("interop/js-interop/node_modules/@libp2p/interop"))
+    let (Some(p2pd), Some(_)) =
+        (common::peer_path("interop/.peers/p2pd"), common::peer_path("interop/js-interop/node_modules/@libp2p/interop"))
     else {
         eprintln!("skipped: run interop/setup.sh");
         return;

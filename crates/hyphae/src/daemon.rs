@@ -80,6 +80,7 @@ const PERSISTENT_QUEUE: usize = 1024;
 struct State {
     handlers: Mutex<Handlers>,
     unary: Mutex<Unary>,
+    limits: Limits,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,7 +114,12 @@ impl Drop for Daemon {
 
 /// Serves the control protocol for `host` at `addr` (a stale unix socket file is replaced).
 pub async fn serve(host: Host, addr: ControlAddr) -> Result<Daemon, Error> {
-    let handlers = Arc::new(State::default());
+    serve_with(host, addr, Limits::default()).await
+}
+
+/// `serve` with explicit limits (p2pd's `-persistentConnMaxMsgSize` sets the largest message).
+pub async fn serve_with(host: Host, addr: ControlAddr, limits: Limits) -> Result<Daemon, Error> {
+    let handlers = Arc::new(State { limits, ..State::default() });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNS));
     let task = match &addr {
         ControlAddr::Unix(path) => {
@@ -187,7 +193,7 @@ async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, limits: &Limits) -> std::io
 }
 
 async fn control<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(host: Host, handlers: Arc<State>, mut s: S) -> std::io::Result<()> {
-    let limits = Limits::default();
+    let limits = handlers.limits.clone();
     loop {
         let frame = match read_frame(&mut s, &limits).await {
             Ok(Some(f)) => f,
@@ -279,7 +285,7 @@ async fn persistent<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(host: Ho
         u.next_conn += 1;
         u.next_conn
     };
-    let limits = Limits::default();
+    let limits = state.limits.clone();
     loop {
         let frame = match read_frame(&mut rd, &limits).await {
             Ok(Some(f)) => f,
@@ -364,7 +370,7 @@ async fn persistent<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(host: Ho
                     let req = PersistentRequest::CallUnary { call: call.clone(), peer: peer.clone(), proto: p.clone(), data };
                     let mut out = Vec::new();
                     tokio::select! {
-                        r = unary_call(&host, &peer, &p, &req) => match r {
+                        r = unary_call(&host, &peer, &p, &req, &state.limits) => match r {
                             Ok(result) => proto::encode_call_response(&call, &result, &mut out),
                             Err(e) => proto::encode_persistent_error(&call, &e, &mut out),
                         },
@@ -409,7 +415,7 @@ async fn persistent<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(host: Ho
 }
 
 /// One unary call to `peer`: the request (as the client sent it) on a new stream, one answer back.
-async fn unary_call(host: &Host, peer: &PeerId, protocol: &str, req: &PersistentRequest) -> Result<UnaryResult, String> {
+async fn unary_call(host: &Host, peer: &PeerId, protocol: &str, req: &PersistentRequest, limits: &Limits) -> Result<UnaryResult, String> {
     let mut s = tokio::time::timeout(DEFAULT_TIMEOUT, host.new_stream(peer, &[protocol]))
         .await
         .map_err(|_| "stream open timed out".to_string())?
@@ -417,9 +423,8 @@ async fn unary_call(host: &Host, peer: &PeerId, protocol: &str, req: &Persistent
     let mut out = Vec::new();
     proto::encode_persistent_request(req, &mut out);
     s.write_all(&out).await.map_err(|e| e.to_string())?;
-    let limits = Limits::default();
-    let frame = read_frame(&mut s, &limits).await.map_err(|e| e.to_string())?.ok_or("the peer closed the stream without an answer")?;
-    match proto::decode_persistent_request(&frame, &limits) {
+    let frame = read_frame(&mut s, limits).await.map_err(|e| e.to_string())?.ok_or("the peer closed the stream without an answer")?;
+    match proto::decode_persistent_request(&frame, limits) {
         Ok(Some((PersistentRequest::UnaryResponse { result, .. }, _))) => Ok(result),
         Ok(_) => Err("the peer answered with something else than a unary response".into()),
         Err(e) => Err(format!("malformed answer: {e}")),
@@ -434,7 +439,7 @@ fn register_unary(host: &Host, state: &Arc<State>, protocol: &str) {
     host.set_stream_handler(protocol, move |mut stream: Stream| {
         let (state, name) = (state.clone(), name.clone());
         async move {
-            let limits = Limits::default();
+            let limits = state.limits.clone();
             let Ok(Some(frame)) = read_frame(&mut stream, &limits).await else { return };
             let Ok(Some((PersistentRequest::CallUnary { call, data, .. }, _))) = proto::decode_persistent_request(&frame, &limits) else {
                 tracing::debug!("daemon: a unary stream without a call");
