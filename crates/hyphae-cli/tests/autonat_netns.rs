@@ -10,19 +10,13 @@
 
 #[path = "../../hyphae/tests/common/mod.rs"]
 mod common;
-use common::{P2pd, TempDir};
+use common::{sh, Namespaces, P2pd, TempDir};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
-
-fn sh(cmd: &str) {
-    let st = std::process::Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "failed: {cmd}");
-}
 
 /// Whether this machine can run the test (root, ip, iptables, p2pd).
 fn usable() -> bool {
@@ -38,11 +32,12 @@ fn usable() -> bool {
     root && tools && p2pd
 }
 
-/// Three namespaces — servers (S), router (R), client (C) — removed on drop.
+/// Three namespaces — servers (S), router (R), client (C) — removed on drop (with `_ns`).
 struct Net {
     s: String,
     r: String,
     c: String,
+    _ns: Namespaces,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -57,12 +52,8 @@ enum Client {
 
 impl Net {
     fn new(kind: Client) -> Net {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let tag = format!("{}{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed));
-        let n = Net { s: format!("hyS{tag}"), r: format!("hyR{tag}"), c: format!("hyC{tag}") };
-        for ns in [&n.s, &n.r, &n.c] {
-            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-        }
+        let ns = Namespaces::new("a", &["S", "R", "C"]);
+        let n = Net { s: ns.0[0].clone(), r: ns.0[1].clone(), c: ns.0[2].clone(), _ns: ns };
         let (s, r, c) = (&n.s, &n.r, &n.c);
         sh(&format!("ip -n {r} link add rs type veth peer name sr netns {s}"));
         sh(&format!("ip -n {r} link add rc type veth peer name cr netns {c}"));
@@ -82,14 +73,6 @@ impl Net {
             Client::Masqueraded => sh(&format!("ip netns exec {r} iptables -t nat -A POSTROUTING -s 10.9.0.0/24 -o rs -j MASQUERADE")),
         }
         n
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in [&self.s, &self.r, &self.c] {
-            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 

@@ -11,20 +11,14 @@
 
 #[path = "../../hyphae/tests/common/mod.rs"]
 mod common;
-use common::TempDir;
+use common::{sh, Namespaces, TempDir};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
 const FLOOD: usize = 3000;
-
-fn sh(cmd: &str) {
-    let st = std::process::Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "failed: {cmd}");
-}
 
 fn usable() -> bool {
     let ok = |c: &str| {
@@ -37,37 +31,25 @@ fn usable() -> bool {
     root && ip
 }
 
-/// Namespaces N, A, P, removed on drop.
+/// Namespaces N, A, P (removed on drop with `ns`).
 struct Net {
     n: String,
     a: String,
     p: String,
+    _ns: Namespaces,
 }
 
 impl Net {
     fn new() -> Net {
-        static K: AtomicU32 = AtomicU32::new(0);
-        let tag = format!("{}{}", std::process::id() % 100_000, K.fetch_add(1, Ordering::Relaxed));
-        let net = Net { n: format!("hyfN{tag}"), a: format!("hyfA{tag}"), p: format!("hyfP{tag}") };
-        for ns in [&net.n, &net.a, &net.p] {
-            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-        }
-        let (n, a, p) = (&net.n, &net.a, &net.p);
+        let ns = Namespaces::new("f", &["N", "A", "P"]);
+        let (n, a, p) = (ns.0[0].clone(), ns.0[1].clone(), ns.0[2].clone());
         sh(&format!("ip -n {n} link add na type veth peer name an netns {a}"));
         sh(&format!("ip -n {n} link add np type veth peer name pn netns {p}"));
         sh(&format!("ip -n {n} addr add 10.61.1.1/24 dev na && ip -n {n} link set na up"));
         sh(&format!("ip -n {n} addr add 10.61.2.1/24 dev np && ip -n {n} link set np up"));
         sh(&format!("ip -n {a} addr add 10.61.1.2/24 dev an && ip -n {a} link set an up"));
         sh(&format!("ip -n {p} addr add 10.61.2.2/24 dev pn && ip -n {p} link set pn up"));
-        net
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in [&self.n, &self.a, &self.p] {
-            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        Net { n, a, p, _ns: ns }
     }
 }
 

@@ -645,3 +645,33 @@ impl PubsubPeer {
         found.unwrap_or_else(|_| panic!("message of {} bytes never arrived at {}", data.len(), self.id))
     }
 }
+
+/// Runs a shell command; panics, naming it, if it fails.
+pub fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "failed: {cmd}");
+}
+
+/// Network namespaces a test creates (loopback up), one per role, removed on drop. Names are unique
+/// per process and call: `hy` + `tag` + role + pid + counter.
+pub struct Namespaces(pub Vec<String>);
+
+impl Namespaces {
+    pub fn new(tag: &str, roles: &[&str]) -> Namespaces {
+        static K: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = K.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let names: Vec<String> = roles.iter().map(|r| format!("hy{tag}{r}{}{n}", std::process::id() % 100_000)).collect();
+        for ns in &names {
+            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+        }
+        Namespaces(names)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
