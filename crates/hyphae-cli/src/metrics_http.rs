@@ -1,7 +1,6 @@
 //! `--metrics ADDR`: serves `host.metrics_text()` (OpenMetrics text, which Prometheus scrapes) at
-//! `GET /metrics` over HTTP/1.1, with hyper (the
-//! HTTP implementation under most of Rust's HTTP stack: request parsing and its limits are not ours
-//! to write). Bounded: at most `MAX_CONNS` scrapers at once (beyond: the connection is closed at once),
+//! `GET /metrics` over HTTP/1.1, with hyper (the HTTP implementation under most of Rust's HTTP stack:
+//! request parsing and its limits are not ours to write). Bounded: at most `MAX_CONNS` scrapers at once (beyond: the connection is closed at once),
 //! 10 s to send the request head, 64 KiB of head.
 
 use http_body_util::Full;
