@@ -420,6 +420,13 @@ pub struct Usage {
 }
 
 impl Usage {
+    fn plus(self, o: Usage) -> Usage {
+        Usage {
+            conns_inbound: self.conns_inbound + o.conns_inbound,
+            conns_outbound: self.conns_outbound + o.conns_outbound,
+            fd: self.fd + o.fd,
+        }
+    }
     fn conns(&self) -> u32 {
         self.conns_inbound + self.conns_outbound
     }
@@ -574,13 +581,11 @@ impl ResourceManager {
     }
     /// What the system scope holds (the allowlisted scopes included).
     pub fn system(&self) -> Usage {
-        let (a, b) = (self.system, self.allowlisted_system);
-        Usage { conns_inbound: a.conns_inbound + b.conns_inbound, conns_outbound: a.conns_outbound + b.conns_outbound, fd: a.fd + b.fd }
+        self.system.plus(self.allowlisted_system)
     }
     /// What the transient scope holds (handshakes and dials in progress).
     pub fn transient(&self) -> Usage {
-        let (a, b) = (self.transient, self.allowlisted_transient);
-        Usage { conns_inbound: a.conns_inbound + b.conns_inbound, conns_outbound: a.conns_outbound + b.conns_outbound, fd: a.fd + b.fd }
+        self.transient.plus(self.allowlisted_transient)
     }
     pub fn peer(&self, p: &crate::identity::PeerId) -> Usage {
         self.peers.get(p).copied().unwrap_or_default()

@@ -655,27 +655,17 @@ async fn handle(host: &Host, handlers: &Arc<State>, req: Request, out: &mut Vec<
     }
 }
 
-/// Tries each address in turn (the client names the peer and its addresses separately, as go wants).
+/// As go's daemon: the addresses go into the peerstore, then the peer is dialed at what it knows.
 async fn connect(host: &Host, peer: &PeerId, addrs: &[Multiaddr], timeout: Duration) -> Result<(), String> {
     if host.peers().contains(peer) {
         return Ok(());
     }
-    let mut last = String::from("no addresses");
-    for a in addrs {
-        let a = a.without_peer_id().with_peer_id(peer);
-        match tokio::time::timeout(timeout, host.connect(&a)).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) => last = format!("{a}: {e}"),
-            Err(_) => last = format!("{a}: timed out"),
-        }
+    host.add_addrs(peer, addrs);
+    match tokio::time::timeout(timeout, host.connect_known(peer)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("failed to dial {peer}: {e}")),
+        Err(_) => Err(format!("failed to dial {peer}: timed out")),
     }
-    if addrs.is_empty() {
-        // Known addresses (the peerstore) may still reach it.
-        if let Ok(Ok(())) = tokio::time::timeout(timeout, host.connect_known(peer)).await {
-            return Ok(());
-        }
-    }
-    Err(format!("failed to dial {peer}: {last}"))
 }
 
 /// Serves `protocol` by handing each inbound stream to the client at `client` (round-robin over

@@ -14,7 +14,7 @@ use crate::identity::PeerId;
 use crate::service::ConnId;
 use crate::stream::Role;
 use crate::time::{Duration, Instant};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -62,7 +62,8 @@ pub struct ConnInfo<'a> {
 pub struct ConnManager {
     config: Option<Config>,
     tags: BTreeMap<PeerId, BTreeMap<String, i32>>,
-    protected: BTreeMap<PeerId, BTreeSet<String>>,
+    /// Protection tags by peer (the value is unused: the tags and the protections share `put`).
+    protected: BTreeMap<PeerId, BTreeMap<String, ()>>,
     last_trim: Option<Instant>,
     stats: Stats,
 }
@@ -81,17 +82,7 @@ impl ConnManager {
 
     /// Sets `peer`'s tag `tag` to `weight` (go's `TagPeer`). False when a table is full.
     pub fn tag(&mut self, peer: &PeerId, tag: &str, weight: i32) -> bool {
-        if !self.tags.contains_key(peer) && self.tags.len() >= MAX_TAGGED_PEERS {
-            self.stats.tags_refused += 1;
-            return false;
-        }
-        let t = self.tags.entry(peer.clone()).or_default();
-        if !t.contains_key(tag) && t.len() >= MAX_TAGS_PER_PEER {
-            self.stats.tags_refused += 1;
-            return false;
-        }
-        t.insert(tag.to_string(), weight);
-        true
+        put(&mut self.tags, MAX_TAGGED_PEERS, peer, tag, weight, &mut self.stats.tags_refused)
     }
 
     /// Removes `peer`'s tag `tag` (go's `UntagPeer`).
@@ -115,17 +106,7 @@ impl ConnManager {
 
     /// Protects `peer` from trimming under `tag` (several tags may protect one peer).
     pub fn protect(&mut self, peer: &PeerId, tag: &str) -> bool {
-        if !self.protected.contains_key(peer) && self.protected.len() >= MAX_PROTECTED_PEERS {
-            self.stats.tags_refused += 1;
-            return false;
-        }
-        let t = self.protected.entry(peer.clone()).or_default();
-        if !t.contains(tag) && t.len() >= MAX_TAGS_PER_PEER {
-            self.stats.tags_refused += 1;
-            return false;
-        }
-        t.insert(tag.to_string());
-        true
+        put(&mut self.protected, MAX_PROTECTED_PEERS, peer, tag, (), &mut self.stats.tags_refused)
     }
 
     /// Lifts the protection `tag`; whether `peer` is still protected by another.
@@ -140,7 +121,7 @@ impl ConnManager {
     }
 
     pub fn is_protected(&self, peer: &PeerId, tag: Option<&str>) -> bool {
-        self.protected.get(peer).is_some_and(|t| tag.is_none_or(|tag| t.contains(tag)))
+        self.protected.get(peer).is_some_and(|t| tag.is_none_or(|tag| t.contains_key(tag)))
     }
 
     /// `peer`'s last connection closed: its tags go (as in go; protections stay).
@@ -199,6 +180,22 @@ impl ConnManager {
         self.stats.connections_trimmed += out.len() as u64;
         out
     }
+}
+
+/// Sets `peer`'s `tag` in a table of tags by peer, within `max_peers` peers and `MAX_TAGS_PER_PEER`
+/// tags each (a tag already there may always change); a refusal is counted in `refused`.
+fn put<V>(table: &mut BTreeMap<PeerId, BTreeMap<String, V>>, max_peers: usize, peer: &PeerId, tag: &str, v: V, refused: &mut u64) -> bool {
+    if !table.contains_key(peer) && table.len() >= max_peers {
+        *refused += 1;
+        return false;
+    }
+    let t = table.entry(peer.clone()).or_default();
+    if !t.contains_key(tag) && t.len() >= MAX_TAGS_PER_PEER {
+        *refused += 1;
+        return false;
+    }
+    t.insert(tag.to_string(), v);
+    true
 }
 
 #[cfg(test)]

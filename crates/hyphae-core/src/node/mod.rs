@@ -605,7 +605,9 @@ impl Node {
                 if role == Role::Dialer {
                     self.peerstore.add_addrs(peer, std::slice::from_ref(&addr), AddrTtl::Connected, now, &is_connected);
                 }
-                if self.connmgr.config().is_some() && self.connmgr.wants_trim(now, Self::live_conns(&self.conns).len()) {
+                if self.connmgr.config().is_some()
+                    && self.connmgr.wants_trim(now, self.conns.values().filter(|e| e.peer.is_some() && e.closing.is_none()).count())
+                {
                     self.trim(now);
                 }
                 self.push_event(Event::Connected { peer: peer.clone(), conn: id, role, addr: addr.clone() });

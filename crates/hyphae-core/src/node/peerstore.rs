@@ -248,6 +248,19 @@ fn entries(mut b: &[u8]) -> impl Iterator<Item = Entry<'_>> {
     })
 }
 
+/// Where the entry of address `bytes` (not an observed one) starts in packed `buf`.
+fn find_addr(buf: &[u8], bytes: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    while pos + 6 <= buf.len() {
+        let len = buf[pos + 5] as usize;
+        if buf[pos + 4] & OBSERVED == 0 && buf[pos + 6..pos + 6 + len] == *bytes {
+            return Some(pos);
+        }
+        pos += 6 + len;
+    }
+    None
+}
+
 fn push_entry(out: &mut Vec<u8>, expiry: u32, class: u8, bytes: &[u8]) {
     out.extend_from_slice(&expiry.to_le_bytes());
     out.push(class);
@@ -552,27 +565,16 @@ impl Peerstore {
                 continue;
             }
             // An address already there: extend its life, upgrade its class.
-            let mut pos = 0;
-            let mut found = false;
-            while pos + 6 <= buf.len() {
-                let len = buf[pos + 5] as usize;
-                if buf[pos + 4] & OBSERVED == 0 && buf[pos + 6..pos + 6 + len] == bytes[..] {
-                    let old = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("invariant: 4 bytes"));
-                    if expiry > old {
-                        buf[pos..pos + 4].copy_from_slice(&expiry.to_le_bytes());
-                    }
-                    let old_class = AddrTtl::from_code(buf[pos + 4] & 0x0f);
-                    if ttl > old_class {
-                        buf[pos + 4] = (buf[pos + 4] & !0x0f) | ttl.code();
-                    }
-                    buf[pos + 4] |= flags;
-                    found = true;
-                    changed = true;
-                    break;
+            if let Some(pos) = find_addr(&buf, &bytes) {
+                let old = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("invariant: 4 bytes"));
+                if expiry > old {
+                    buf[pos..pos + 4].copy_from_slice(&expiry.to_le_bytes());
                 }
-                pos += 6 + len;
-            }
-            if found {
+                if ttl > AddrTtl::from_code(buf[pos + 4] & 0x0f) {
+                    buf[pos + 4] = (buf[pos + 4] & !0x0f) | ttl.code();
+                }
+                buf[pos + 4] |= flags;
+                changed = true;
                 continue;
             }
             if per_peer(&buf) >= self.limits.max_addrs_per_peer || self.n_addrs >= self.limits.max_addrs {
@@ -827,14 +829,8 @@ impl Peerstore {
         let Some(s) = self.find(peer) else { return };
         let want = a.to_bytes();
         let mut buf = self.addr_bytes(&self.slots[s as usize]).to_vec();
-        let mut pos = 0;
-        while pos + 6 <= buf.len() {
-            let len = buf[pos + 5] as usize;
-            if buf[pos + 4] & OBSERVED == 0 && buf[pos + 6..pos + 6 + len] == want[..] {
-                buf[pos..pos + 4].copy_from_slice(&expiry.to_le_bytes());
-                break;
-            }
-            pos += 6 + len;
+        if let Some(pos) = find_addr(&buf, &want) {
+            buf[pos..pos + 4].copy_from_slice(&expiry.to_le_bytes());
         }
         self.set_addr_bytes(s, &buf);
     }
