@@ -83,6 +83,16 @@ struct State {
     limits: Limits,
 }
 
+/// The next of a protocol's handlers, round-robin (balanced handlers, stream or unary).
+fn in_turn<T: Clone>((v, next): &mut (Vec<T>, usize)) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    let t = v[*next % v.len()].clone();
+    *next = next.wrapping_add(1);
+    Some(t)
+}
+
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -449,14 +459,7 @@ fn register_unary(host: &Host, state: &Arc<State>, protocol: &str) {
             let (wtx, wrx) = tokio::sync::oneshot::channel();
             let target = {
                 let mut u = locked(&state.unary);
-                let t = u.handlers.get_mut(&name).and_then(|(v, next)| {
-                    if v.is_empty() {
-                        return None;
-                    }
-                    let t = v[*next % v.len()].1.clone();
-                    *next = next.wrapping_add(1);
-                    Some(t)
-                });
+                let t = u.handlers.get_mut(&name).and_then(in_turn).map(|(_, tx)| tx);
                 if t.is_some() {
                     u.waiting.insert(call.clone(), wtx);
                 }
@@ -686,14 +689,7 @@ fn register(host: &Host, handlers: &Arc<State>, protocol: &str, client: ControlA
     host.set_stream_handler(protocol, move |stream: Stream| {
         let target = {
             let mut h = locked(&handlers.handlers);
-            h.by_protocol.get_mut(&proto_name).and_then(|(v, next)| {
-                if v.is_empty() {
-                    return None;
-                }
-                let t = v[*next % v.len()].clone();
-                *next = next.wrapping_add(1);
-                Some(t)
-            })
+            h.by_protocol.get_mut(&proto_name).and_then(in_turn)
         };
         async move {
             let Some(target) = target else { return };
