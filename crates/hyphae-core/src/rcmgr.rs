@@ -590,9 +590,6 @@ impl ResourceManager {
     pub fn peer(&self, p: &crate::identity::PeerId) -> Usage {
         self.peers.get(p).copied().unwrap_or_default()
     }
-    pub fn contains(&self, conn: u64) -> bool {
-        self.conns.contains_key(&conn)
-    }
 
     fn count(&mut self, r: &Refusal) {
         match r.scope {

@@ -1,11 +1,11 @@
-//! The persistent peerstore: the node machine's peerstore records (`Peerstore::encode`, a compact
+//! The persistent peerstore: the node machine's peerstore records (`Peerstore::take_changes`, a compact
 //! binary format with expiries in unix seconds) in a redb file, one row per peer. The node journals
 //! what changed (`Peerstore::take_changes`); the Host writes each batch as one transaction, whose
 //! commit is durable when it returns (redb's default `Durability::Immediate`: the data and a
 //! checksummed commit record are synced). A crash at any point leaves the file at its last commit.
 
 use hyphae_core::node::peerstore::Change;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
 const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers");
@@ -70,13 +70,5 @@ impl PeerDb {
             }
         }
         w.commit().map_err(err)
-    }
-
-    pub fn len(&self) -> Result<u64, StoreError> {
-        let r = self.db.begin_read().map_err(err)?;
-        r.open_table(PEERS).map_err(err)?.len().map_err(err)
-    }
-    pub fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len()? == 0)
     }
 }

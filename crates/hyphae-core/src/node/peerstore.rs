@@ -214,7 +214,7 @@ impl Dirty {
     }
 }
 
-/// A change for the persistent store: `record` is the peer's encoding (`Peerstore::encode`), `None`
+/// A change for the persistent store: `record` is the peer's encoding (the persistent format of `Peerstore::take_changes`), `None`
 /// when the peer was forgotten.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -705,12 +705,8 @@ impl Peerstore {
         self.dirty.count + self.removed.len()
     }
 
-    /// `peer`'s record in the persistent format (version 1): expiries as unix seconds, so a record
+    /// Slot `s`'s record in the persistent format (version 1): expiries as unix seconds, so a record
     /// outlives the process; connected-class addresses are saved as recently connected.
-    pub fn encode(&self, peer: &PeerId, now: Instant, unix: u64) -> Option<Vec<u8>> {
-        self.find(peer).map(|s| self.encode_slot(s, now, unix))
-    }
-
     fn encode_slot(&self, s: u32, now: Instant, unix: u64) -> Vec<u8> {
         use crate::varint::{encode as v, encode_frame as f};
         let sl = &self.slots[s as usize];
@@ -747,7 +743,7 @@ impl Peerstore {
         out
     }
 
-    /// Restores a record `encode` made (at start, from the persistent store), at `now` (`unix` = the
+    /// Restores a record `take_changes` handed out (at start, from the persistent store), at `now` (`unix` = the
     /// wall clock's seconds): expired addresses are skipped, caps apply as to any input. A malformed
     /// record is an error and changes nothing.
     pub fn load(&mut self, peer: &[u8], record: &[u8], now: Instant, unix: u64) -> Result<(), crate::DecodeError> {
