@@ -214,6 +214,7 @@ async fn flood_helper() {
             max_datagrams: 1,
             stream_window: quic::DEFAULT_STREAM_WINDOW,
             connection_window: quic::DEFAULT_CONNECTION_WINDOW,
+            memory: None,
         };
         let mut ep = quic::Endpoint::new(cfg).unwrap();
         // Each dial from its own port, as a botnet's would look to a per-connection-id server.

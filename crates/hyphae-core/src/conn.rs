@@ -231,7 +231,16 @@ pub struct Connection {
     /// The listener's answer to a lazily proposed security protocol, still to come: it precedes the
     /// handshake's bytes on the wire.
     lazy_neg: Option<Negotiator>,
+    /// The security layer's buffers ([`SECURE_CHANNEL_MEMORY`]) held from `Config::memory` from the
+    /// handshake's start until the connection closes.
+    buffers: Option<crate::rcmgr::Reservation>,
 }
+
+/// What one connection's security layer may buffer, reserved from the memory budget before its
+/// handshake starts: a Noise frame in and its plaintext (64 KiB each), or rustls' record buffers and
+/// the bytes waiting to be encrypted. A node out of memory refuses new connections with
+/// `CloseReason::Refused` rather than overcommitting.
+pub const SECURE_CHANNEL_MEMORY: u64 = 128 << 10;
 
 impl Connection {
     /// A new connection. `expected`: the peer a dialer means to reach (from `/p2p/`); the handshake fails
@@ -263,6 +272,7 @@ impl Connection {
             streams: BTreeMap::new(),
             stats: Stats::default(),
             lazy_neg: None,
+            buffers: None,
         };
         if let Some(b) = neg.poll_transmit() {
             c.out.extend(b);
@@ -317,6 +327,7 @@ impl Connection {
     fn finish_close(&mut self, reason: CloseReason) {
         self.stage = Stage::Closed;
         self.deadline = None;
+        self.buffers = None;
         for (id, e) in std::mem::take(&mut self.streams) {
             if e.neg.is_some() && e.outbound {
                 self.events.push_back(Event::OutboundFailed { id, reason: OpenError::ConnectionClosed });
@@ -377,6 +388,12 @@ impl Connection {
     /// Starts the handshake of security protocol `p` (agreed, or proposed lazily).
     fn start_security(&mut self, p: String) {
         self.security = p.clone();
+        if let Some(mem) = self.config.memory.clone() {
+            match crate::rcmgr::Reservation::new(&mem, SECURE_CHANNEL_MEMORY) {
+                Some(r) => self.buffers = Some(r),
+                None => return self.finish_close(CloseReason::Refused(crate::rcmgr::Reservation::refusal(&mem))),
+            }
+        }
         let muxers: Vec<String> = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };
         if p == tls::PROTOCOL_ID {
             let cert = match &self.config.tls_cert {

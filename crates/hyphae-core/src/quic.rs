@@ -51,9 +51,15 @@ pub struct Config {
     pub max_datagrams: usize,
     /// Receive window of each stream ([`DEFAULT_STREAM_WINDOW`]).
     pub stream_window: u32,
-    /// Receive window of the connection, all streams together, and the most we buffer to send on it
-    /// ([`DEFAULT_CONNECTION_WINDOW`]).
+    /// The most a connection's receive window (all streams together) grows to, and the most we buffer
+    /// to send on it ([`DEFAULT_CONNECTION_WINDOW`]). Each connection starts at
+    /// [`INITIAL_CONNECTION_WINDOW`] and doubles while the window is what holds the sender back.
     pub connection_window: u32,
+    /// The node's memory budget: a connection reserves its receive window from it when established
+    /// (refused with `CloseReason::Refused` if even the initial window does not fit) and before each
+    /// doubling (a doubling that does not fit is skipped and counted). `None`: windows still grow,
+    /// bounded only by `connection_window`.
+    pub memory: Option<rcmgr::Memory>,
 }
 
 /// Default for `Config::stream_window`: 32 MiB, a stream's bandwidth-delay product at ~4 Gbit/s over
@@ -63,6 +69,10 @@ pub struct Config {
 pub const DEFAULT_STREAM_WINDOW: u32 = 32 << 20;
 /// Default for `Config::connection_window`: 48 MiB.
 pub const DEFAULT_CONNECTION_WINDOW: u32 = 48 << 20;
+/// A connection's receive window when established: 1 MiB, yamux's first stream window. Idle and slow
+/// connections stay here; one whose reader consumed a whole window within two round trips doubles it
+/// (go-yamux's rule), so a long fast path reaches `connection_window` in a handful of round trips.
+pub const INITIAL_CONNECTION_WINDOW: u32 = 1 << 20;
 
 /// Datagrams for one destination: `data` holds one datagram, or several of `segment_size` bytes each
 /// (the last may be shorter) when the driver sends with GSO.
@@ -156,6 +166,39 @@ struct QConn {
     /// An inbound handshake counted in `Endpoint::handshakes` (until established or gone).
     handshaking_in: bool,
     streams: BTreeMap<u64, StreamEntry>,
+    /// The receive window now, and what of it is reserved from `Config::memory`.
+    window: u64,
+    buffers: Option<rcmgr::Reservation>,
+    /// Since when, and how many bytes the application read in this window's epoch.
+    epoch: Instant,
+    read: u64,
+}
+
+impl QConn {
+    fn new(conn: quinn_proto::Connection, expected: Option<PeerId>, remote: SocketAddr, outbound: bool, window: u32) -> QConn {
+        QConn {
+            conn,
+            expected,
+            remote,
+            outbound,
+            established: false,
+            refused: false,
+            handshaking_in: !outbound,
+            streams: BTreeMap::new(),
+            window: u64::from(window),
+            buffers: None,
+            epoch: Instant(0),
+            read: 0,
+        }
+    }
+}
+
+/// Receive-window growth on an endpoint's connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    /// Doublings done, and skipped because the memory budget was full.
+    pub grown: u64,
+    pub refused: u64,
 }
 
 pub struct Endpoint {
@@ -173,6 +216,7 @@ pub struct Endpoint {
     inbound_handshaking: usize,
     /// Inbound connections refused before their handshake (limits above, or `max_connections`).
     refused_handshakes: u64,
+    windows: WindowStats,
     /// The latest time a caller passed in: quinn's pacer and loss timers need time that never goes back,
     /// and a driver whose threads read the clock before taking its lock can hand in an older instant
     /// after a newer one (seen as quinn's "received a timestamp earlier than a previous" warnings).
@@ -216,7 +260,7 @@ impl Endpoint {
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
         // Flow-control windows (quinn's defaults assume 100 Mbit/s × 100 ms; rust-libp2p sets 10/15 MB).
         transport.stream_receive_window(VarInt::from_u32(config.stream_window));
-        transport.receive_window(VarInt::from_u32(config.connection_window));
+        transport.receive_window(VarInt::from_u32(INITIAL_CONNECTION_WINDOW.min(config.connection_window)));
         transport.send_window(config.connection_window as u64);
         // go-libp2p and rust-libp2p keep QUIC connections alive with pings; an idle timeout bounds dead ones.
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
@@ -274,6 +318,7 @@ impl Endpoint {
             handshakes: rcmgr::IpLimiter::new(config_ip),
             inbound_handshaking: 0,
             refused_handshakes: 0,
+            windows: WindowStats::default(),
             last_now: Instant(0),
         })
     }
@@ -323,19 +368,8 @@ impl Endpoint {
         let t = self.std_now(now);
         // SNI is disabled in the rustls config; quinn still wants a syntactically valid name.
         let (h, conn) = self.ep.connect(t, self.client.clone(), addr, "libp2p.invalid").map_err(|e| QuicError::Connect(e.to_string()))?;
-        self.conns.insert(
-            h,
-            QConn {
-                conn,
-                expected,
-                remote: addr,
-                outbound: true,
-                established: false,
-                refused: false,
-                handshaking_in: false,
-                streams: BTreeMap::new(),
-            },
-        );
+        let w = INITIAL_CONNECTION_WINDOW.min(self.config.connection_window);
+        self.conns.insert(h, QConn::new(conn, expected, addr, true, w));
         self.drive(now, h);
         Ok(QuicConnId(h.0))
     }
@@ -379,19 +413,8 @@ impl Endpoint {
                 let mut buf = Vec::new();
                 match self.ep.accept(incoming, t, &mut buf, Some(self.server.clone())) {
                     Ok((h, conn)) => {
-                        self.conns.insert(
-                            h,
-                            QConn {
-                                conn,
-                                expected: None,
-                                remote: from,
-                                outbound: false,
-                                established: false,
-                                refused: false,
-                                handshaking_in: true,
-                                streams: BTreeMap::new(),
-                            },
-                        );
+                        let w = INITIAL_CONNECTION_WINDOW.min(self.config.connection_window);
+                        self.conns.insert(h, QConn::new(conn, None, from, false, w));
                         self.drive(now, h);
                     }
                     Err(e) => {
@@ -508,6 +531,41 @@ impl Endpoint {
         }
     }
 
+    /// The application read `n` bytes on `conn`: once it has read a whole window, the window doubles
+    /// (up to `connection_window`, if the memory budget has room) when that took under two round trips
+    /// — the window, not the reader, held the sender back — and a new epoch starts.
+    fn on_read(&mut self, now: Instant, conn: QuicConnId, n: u64) {
+        let max = u64::from(self.config.connection_window);
+        let Some(c) = self.conns.get_mut(&ConnectionHandle(conn.0)) else { return };
+        c.read += n;
+        if c.read < c.window {
+            return;
+        }
+        let fast = now.saturating_duration_since(c.epoch) < c.conn.rtt().saturating_mul(2);
+        if fast && c.window < max {
+            let add = c.window.min(max - c.window);
+            if c.buffers.as_mut().is_none_or(|b| b.grow(add)) {
+                c.window += add;
+                c.conn.set_receive_window(VarInt::from_u64(c.window).expect("invariant: window below 2^62"));
+                self.windows.grown += 1;
+            } else {
+                self.windows.refused += 1;
+            }
+        }
+        c.epoch = now;
+        c.read = 0;
+    }
+
+    /// Receive-window doublings so far.
+    pub fn window_stats(&self) -> WindowStats {
+        self.windows
+    }
+
+    /// The receive window of `conn` now.
+    pub fn receive_window(&self, conn: QuicConnId) -> Option<u64> {
+        self.conns.get(&ConnectionHandle(conn.0)).map(|c| c.window)
+    }
+
     /// Inbound handshakes running now, and refused so far.
     pub fn handshake_stats(&self) -> (usize, u64) {
         (self.inbound_handshaking, self.refused_handshakes)
@@ -536,6 +594,16 @@ impl Endpoint {
                         return self.refuse(now, h, CloseReason::PeerIdMismatch { expected: exp, actual: pc.peer_id });
                     }
                 }
+                if let Some(mem) = &self.config.memory {
+                    match rcmgr::Reservation::new(mem, c.window) {
+                        Some(r) => c.buffers = Some(r),
+                        None => {
+                            let refusal = rcmgr::Reservation::refusal(mem);
+                            return self.refuse(now, h, CloseReason::Refused(refusal));
+                        }
+                    }
+                }
+                c.epoch = now;
                 c.established = true;
                 self.end_handshake(h);
                 let c = self.conns.get(&h).expect("invariant: event of a live connection");
@@ -764,6 +832,9 @@ impl Endpoint {
         if r == ReadResult::Eof {
             e.remote_fin = true;
         }
+        if let ReadResult::Data(n) = r {
+            self.on_read(now, conn, n as u64);
+        }
         // Drive now rather than on the driver's next flush: the flow-control credit this read frees must reach
         // the sender at once (measured: waiting for the flush costs ~20% of QUIC download throughput).
         self.drive(now, ConnectionHandle(conn.0));
@@ -906,6 +977,7 @@ mod tests {
             max_datagrams: 4,
             stream_window: super::DEFAULT_STREAM_WINDOW,
             connection_window: super::DEFAULT_CONNECTION_WINDOW,
+            memory: None,
         };
         (Endpoint::new(cfg).unwrap(), id)
     }
@@ -959,6 +1031,119 @@ mod tests {
         }
         assert!(std::iter::from_fn(|| a.poll_event()).any(|e| matches!(e, Event::Established { .. })));
         assert_eq!(b.handshake_stats(), (8, 12), "the good peer's finished handshake left the count");
+    }
+
+    /// Datagrams in flight between A and B, each delivered `DELAY` after it was sent.
+    #[derive(Default)]
+    struct Path(VecDeque<(Instant, SocketAddr, Vec<u8>)>);
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+    const A: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::new(10, 0, 0, 1)), 4001);
+    const B: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::new(10, 0, 0, 2)), 4001);
+
+    impl Path {
+        /// One millisecond on a 10 ms round-trip path: both ends run their timers and send, and what
+        /// was sent `DELAY` ago arrives.
+        fn step(&mut self, a: &mut Endpoint, b: &mut Endpoint, now: &mut Instant) {
+            *now = *now + std::time::Duration::from_millis(1);
+            for (ep, from) in [(&mut *a, A), (&mut *b, B)] {
+                ep.handle_timeout(*now);
+                ep.flush(*now);
+                while let Some(t) = ep.poll_transmit() {
+                    for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
+                        self.0.push_back((*now + DELAY, from, d.to_vec()));
+                    }
+                }
+            }
+            while self.0.front().is_some_and(|(at, ..)| *at <= *now) {
+                let (_, from, d) = self.0.pop_front().unwrap();
+                if from == A {
+                    b.handle_datagram(*now, A, &d);
+                } else {
+                    a.handle_datagram(*now, B, &d);
+                }
+            }
+        }
+    }
+
+    /// a and b, b with the memory budget `mem`, after a's dial had 100 ms to finish.
+    fn pair_with_memory(mem: &rcmgr::Memory) -> (Endpoint, Endpoint, Path, QuicConnId, Instant, Vec<Event>) {
+        let base = std::time::Instant::now();
+        let (mut a, _) = endpoint(21, &[], base);
+        let (mut b, b_id) = endpoint(22, &["/sink/1"], base);
+        b.config.memory = Some(mem.clone());
+        let mut now = Instant(0);
+        let mut path = Path::default();
+        let conn = a.dial(now, B, Some(b_id)).unwrap();
+        let mut ev_a = Vec::new();
+        for _ in 0..100 {
+            path.step(&mut a, &mut b, &mut now);
+            ev_a.extend(std::iter::from_fn(|| a.poll_event()));
+        }
+        (a, b, path, conn, now, ev_a)
+    }
+
+    /// A connection's receive window starts at 1 MiB and doubles while a fast reader drains whole
+    /// windows, reserving each doubling from the memory budget: with 4 MiB it stops at 4 MiB (the next
+    /// doubling is refused and counted) and the transfer still completes; the bytes come back when
+    /// the connection goes.
+    #[test]
+    fn quic_receive_window_grows_within_the_memory_budget() {
+        let mem = rcmgr::Memory::new(4 << 20);
+        let (mut a, mut b, mut path, conn, mut now, ev_a) = pair_with_memory(&mem);
+        assert!(ev_a.iter().any(|e| matches!(e, Event::Established { .. })), "{ev_a:?}");
+        let bconn = QuicConnId(b.conns.keys().next().unwrap().0);
+        assert_eq!((b.receive_window(bconn), mem.used()), (Some(1 << 20), 1 << 20));
+        let s = a.open_stream(now, conn, vec!["/sink/1".into()]).unwrap();
+        const TOTAL: usize = 40 << 20;
+        let chunk = vec![7u8; 256 << 10];
+        let (mut sent, mut got, mut bs) = (0usize, 0usize, None);
+        let mut buf = vec![0u8; 64 << 10];
+        for _ in 0..20_000 {
+            while sent < TOTAL {
+                match a.stream_write(now, conn, s, &chunk[..chunk.len().min(TOTAL - sent)]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sent += n,
+                }
+            }
+            path.step(&mut a, &mut b, &mut now);
+            while let Some(e) = b.poll_event() {
+                if let Event::InboundStream { id, .. } = e {
+                    bs = Some(id);
+                }
+            }
+            while let Some(id) = bs {
+                match b.stream_read(now, bconn, id, &mut buf) {
+                    ReadResult::Data(n) => got += n,
+                    _ => break,
+                }
+            }
+            if got == TOTAL {
+                break;
+            }
+        }
+        assert_eq!(got, TOTAL, "transfer completes");
+        assert_eq!(b.receive_window(bconn), Some(4 << 20));
+        assert_eq!(mem.used(), 4 << 20);
+        let w = b.window_stats();
+        assert_eq!(w.grown, 2, "1 → 2 → 4 MiB: {w:?}");
+        assert!(w.refused >= 1, "{w:?}");
+        drop(b);
+        assert_eq!(mem.used(), 0);
+    }
+
+    /// A node whose memory budget cannot hold even the initial window refuses the connection.
+    #[test]
+    fn quic_connection_is_refused_when_its_window_does_not_fit() {
+        let mem = rcmgr::Memory::new(512 << 10);
+        let (_a, mut b, _, _, _, ev_a) = pair_with_memory(&mem);
+        let ev_b: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+        assert!(
+            ev_b.iter()
+                .any(|e| matches!(e, Event::Closed { reason: CloseReason::Refused(r), .. } if r.resource == rcmgr::Resource::Memory)),
+            "{ev_b:?}"
+        );
+        assert!(!ev_a.iter().any(|e| matches!(e, Event::InboundStream { .. })));
+        assert_eq!(mem.used(), 0);
     }
 
     #[test]

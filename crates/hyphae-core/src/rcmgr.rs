@@ -74,6 +74,42 @@ impl Memory {
     }
 }
 
+/// Bytes held from a [`Memory`] budget for as long as this lives (a connection's security-layer
+/// buffers, a QUIC connection's receive window); dropping it gives them back.
+#[derive(Debug)]
+pub struct Reservation {
+    memory: Memory,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// `n` bytes from `memory`, or `None` (counted as refused) if they do not fit.
+    pub fn new(memory: &Memory, n: u64) -> Option<Reservation> {
+        memory.try_reserve(n).then(|| Reservation { memory: memory.clone(), bytes: n })
+    }
+    /// `n` more bytes, if they fit.
+    pub fn grow(&mut self, n: u64) -> bool {
+        let ok = self.memory.try_reserve(n);
+        if ok {
+            self.bytes += n;
+        }
+        ok
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// The refusal to report when a reservation of this budget did not fit.
+    pub fn refusal(memory: &Memory) -> Refusal {
+        Refusal { scope: Scope::System, resource: Resource::Memory, limit: u32::try_from(memory.limit() >> 20).unwrap_or(u32::MAX) }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.memory.release(self.bytes);
+    }
+}
+
 /// The budget of one scope. `u32::MAX` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScopeLimit {
@@ -283,6 +319,11 @@ pub struct Limits {
     pub peer_streams_inbound: u32,
     /// Inbound streams of one protocol, over all peers (go's protocol scope: 512 plus 256 per GiB).
     pub protocol_streams_inbound: u32,
+    /// Streams we opened to one peer, over all its connections (go's peer scope: 512 plus 256 per
+    /// GiB); the next `Host::new_stream` fails with `OpenError::Limit`.
+    pub peer_streams_outbound: u32,
+    /// Streams we opened for one protocol, over all peers (go's protocol scope: 2048 plus 512 per GiB).
+    pub protocol_streams_outbound: u32,
 }
 
 const SYSTEM_BASE: ScopeLimit = ScopeLimit { conns_inbound: 64, conns_outbound: 128, conns: 128, fd: 256 };
@@ -324,6 +365,8 @@ impl Limits {
             memory: mem,
             peer_streams_inbound: per_gib(256, 128, mib),
             protocol_streams_inbound: per_gib(512, 256, mib),
+            peer_streams_outbound: per_gib(512, 256, mib),
+            protocol_streams_outbound: per_gib(2048, 512, mib),
         }
     }
 
@@ -340,6 +383,8 @@ impl Limits {
             memory: u64::MAX,
             peer_streams_inbound: u32::MAX,
             protocol_streams_inbound: u32::MAX,
+            peer_streams_outbound: u32::MAX,
+            protocol_streams_outbound: u32::MAX,
         }
     }
 }
@@ -382,6 +427,9 @@ pub enum Resource {
     Conns,
     Fd,
     StreamsInbound,
+    StreamsOutbound,
+    /// The system memory budget ([`Memory`]); its `limit` is in MiB.
+    Memory,
 }
 
 impl std::fmt::Display for Resource {
@@ -392,6 +440,8 @@ impl std::fmt::Display for Resource {
             Resource::Conns => "connections",
             Resource::Fd => "file descriptors",
             Resource::StreamsInbound => "inbound streams",
+            Resource::StreamsOutbound => "outbound streams",
+            Resource::Memory => "memory (MiB)",
         })
     }
 }
@@ -468,7 +518,7 @@ pub struct Stats {
     pub refused_subnet: u64,
     /// Admitted under an allowlisted scope because the normal one was full.
     pub allowlisted_admits: u64,
-    /// Inbound streams refused (reset): a peer's, a protocol's budget full.
+    /// Streams refused (reset), inbound or outbound: a peer's, a protocol's budget full.
     pub refused_streams_peer: u64,
     pub refused_streams_protocol: u64,
 }
@@ -497,10 +547,11 @@ pub struct ResourceManager {
     allowlisted_transient: Usage,
     peers: BTreeMap<crate::identity::PeerId, Usage>,
     conns: BTreeMap<u64, Held>,
-    /// Inbound streams held, by (connection, stream): their peer and protocol.
-    streams: BTreeMap<(u64, u32), (crate::identity::PeerId, String)>,
-    peer_streams: BTreeMap<crate::identity::PeerId, u32>,
-    protocol_streams: BTreeMap<String, u32>,
+    /// Streams held, by (connection, stream): their peer, protocol and direction.
+    streams: BTreeMap<(u64, u32), (crate::identity::PeerId, String, Direction)>,
+    /// Streams held per peer and per protocol, [inbound, outbound].
+    peer_streams: BTreeMap<crate::identity::PeerId, [u32; 2]>,
+    protocol_streams: BTreeMap<String, [u32; 2]>,
     stats: Stats,
 }
 
@@ -522,56 +573,66 @@ impl ResourceManager {
         }
     }
 
-    /// An inbound stream of `peer` for `protocol` (negotiated) on connection `conn`: counted in the
-    /// peer's and the protocol's budgets, or refused (reset it) with the scope that was full.
-    pub fn open_inbound_stream(&mut self, conn: u64, stream: u32, peer: &crate::identity::PeerId, protocol: &str) -> Result<(), Refusal> {
+    /// A stream of `peer` for `protocol` (negotiated) on connection `conn`, opened by the peer
+    /// (`Inbound`) or by us: counted in the peer's and the protocol's budgets of its direction, or
+    /// refused (reset it) with the scope that was full.
+    pub fn open_stream(
+        &mut self,
+        dir: Direction,
+        conn: u64,
+        stream: u32,
+        peer: &crate::identity::PeerId,
+        protocol: &str,
+    ) -> Result<(), Refusal> {
         if self.streams.contains_key(&(conn, stream)) {
             return Ok(());
         }
-        let (np, nq) = (self.peer_streams.get(peer).copied().unwrap_or(0), self.protocol_streams.get(protocol).copied().unwrap_or(0));
-        if np >= self.limits.peer_streams_inbound {
+        let d = dir as usize;
+        let (np, nq) = (self.peer_streams.get(peer).map_or(0, |n| n[d]), self.protocol_streams.get(protocol).map_or(0, |n| n[d]));
+        let (peer_limit, protocol_limit, resource) = match dir {
+            Direction::Inbound => (self.limits.peer_streams_inbound, self.limits.protocol_streams_inbound, Resource::StreamsInbound),
+            Direction::Outbound => (self.limits.peer_streams_outbound, self.limits.protocol_streams_outbound, Resource::StreamsOutbound),
+        };
+        if np >= peer_limit {
             self.stats.refused_streams_peer += 1;
-            return Err(Refusal { scope: Scope::Peer, resource: Resource::StreamsInbound, limit: self.limits.peer_streams_inbound });
+            return Err(Refusal { scope: Scope::Peer, resource, limit: peer_limit });
         }
-        if nq >= self.limits.protocol_streams_inbound {
+        if nq >= protocol_limit {
             self.stats.refused_streams_protocol += 1;
-            return Err(Refusal {
-                scope: Scope::Protocol,
-                resource: Resource::StreamsInbound,
-                limit: self.limits.protocol_streams_inbound,
-            });
+            return Err(Refusal { scope: Scope::Protocol, resource, limit: protocol_limit });
         }
-        *self.peer_streams.entry(peer.clone()).or_default() += 1;
-        *self.protocol_streams.entry(protocol.to_string()).or_default() += 1;
-        self.streams.insert((conn, stream), (peer.clone(), protocol.to_string()));
+        self.peer_streams.entry(peer.clone()).or_default()[d] += 1;
+        self.protocol_streams.entry(protocol.to_string()).or_default()[d] += 1;
+        self.streams.insert((conn, stream), (peer.clone(), protocol.to_string(), dir));
         Ok(())
     }
 
-    /// A stream `open_inbound_stream` counted is gone (any other: nothing happens).
+    /// A stream `open_stream` counted is gone (any other: nothing happens).
     pub fn close_stream(&mut self, conn: u64, stream: u32) {
-        let Some((peer, protocol)) = self.streams.remove(&(conn, stream)) else { return };
+        let Some((peer, protocol, dir)) = self.streams.remove(&(conn, stream)) else { return };
+        let d = dir as usize;
         if let Some(n) = self.peer_streams.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
+            n[d] -= 1;
+            if *n == [0, 0] {
                 self.peer_streams.remove(&peer);
             }
         }
         if let Some(n) = self.protocol_streams.get_mut(&protocol) {
-            *n -= 1;
-            if *n == 0 {
+            n[d] -= 1;
+            if *n == [0, 0] {
                 self.protocol_streams.remove(&protocol);
             }
         }
     }
 
-    /// Inbound streams held now, by protocol.
-    pub fn protocol_streams(&self) -> impl Iterator<Item = (&str, u32)> {
+    /// Streams held now by protocol, [inbound, outbound].
+    pub fn protocol_streams(&self) -> impl Iterator<Item = (&str, [u32; 2])> {
         self.protocol_streams.iter().map(|(p, n)| (p.as_str(), *n))
     }
 
-    /// Inbound streams `peer` holds now.
-    pub fn peer_streams(&self, peer: &crate::identity::PeerId) -> u32 {
-        self.peer_streams.get(peer).copied().unwrap_or(0)
+    /// Streams `peer` holds now, [inbound, outbound].
+    pub fn peer_streams(&self, peer: &crate::identity::PeerId) -> [u32; 2] {
+        self.peer_streams.get(peer).copied().unwrap_or_default()
     }
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -744,23 +805,65 @@ mod tests {
         let mut rc = ResourceManager::new(l);
         let (a, b) = (peer(1), peer(2));
         for s in 0..3 {
-            rc.open_inbound_stream(1, s, &a, "/x").unwrap();
+            rc.open_stream(Direction::Inbound, 1, s, &a, "/x").unwrap();
         }
-        let e = rc.open_inbound_stream(1, 9, &a, "/y").unwrap_err();
+        let e = rc.open_stream(Direction::Inbound, 1, 9, &a, "/y").unwrap_err();
         assert_eq!((e.scope, e.resource), (Scope::Peer, Resource::StreamsInbound));
-        rc.open_inbound_stream(2, 0, &b, "/x").unwrap();
-        let e = rc.open_inbound_stream(2, 1, &b, "/x").unwrap_err();
+        rc.open_stream(Direction::Inbound, 2, 0, &b, "/x").unwrap();
+        let e = rc.open_stream(Direction::Inbound, 2, 1, &b, "/x").unwrap_err();
         assert_eq!(e.scope, Scope::Protocol);
         rc.close_stream(1, 0);
-        rc.open_inbound_stream(2, 1, &b, "/x").unwrap();
-        assert_eq!(rc.peer_streams(&a), 2);
+        rc.open_stream(Direction::Inbound, 2, 1, &b, "/x").unwrap();
+        assert_eq!(rc.peer_streams(&a), [2, 0]);
         // A closed connection takes its streams with it.
         rc.close_conn(1);
-        assert_eq!(rc.peer_streams(&a), 0);
+        assert_eq!(rc.peer_streams(&a), [0, 0]);
         assert_eq!((rc.stats().refused_streams_peer, rc.stats().refused_streams_protocol), (1, 1));
         let d = Limits::scaled(3 << 30, 10_000);
         assert_eq!((d.peer_streams_inbound, d.protocol_streams_inbound), (256 + 384, 512 + 768));
         assert_eq!(Limits::default().peer_streams_inbound, 256);
+    }
+
+    #[test]
+    fn outbound_streams_have_their_own_budgets() {
+        let mut l = Limits::unlimited();
+        l.peer_streams_inbound = 1;
+        l.peer_streams_outbound = 2;
+        l.protocol_streams_outbound = 3;
+        let mut rc = ResourceManager::new(l);
+        let (a, b) = (peer(1), peer(2));
+        // The inbound budget is full; outbound streams are counted apart.
+        rc.open_stream(Direction::Inbound, 1, 100, &a, "/x").unwrap();
+        rc.open_stream(Direction::Outbound, 1, 1, &a, "/x").unwrap();
+        rc.open_stream(Direction::Outbound, 1, 3, &a, "/x").unwrap();
+        let e = rc.open_stream(Direction::Outbound, 1, 5, &a, "/x").unwrap_err();
+        assert_eq!((e.scope, e.resource, e.limit), (Scope::Peer, Resource::StreamsOutbound, 2));
+        rc.open_stream(Direction::Outbound, 2, 1, &b, "/x").unwrap();
+        let e = rc.open_stream(Direction::Outbound, 2, 3, &b, "/x").unwrap_err();
+        assert_eq!((e.scope, e.resource), (Scope::Protocol, Resource::StreamsOutbound));
+        assert_eq!(rc.peer_streams(&a), [1, 2]);
+        assert_eq!(rc.protocol_streams().collect::<Vec<_>>(), vec![("/x", [1, 3])]);
+        rc.close_stream(1, 3);
+        assert_eq!(rc.peer_streams(&a), [1, 1]);
+        rc.close_conn(1);
+        rc.close_conn(2);
+        assert_eq!(rc.protocol_streams().count(), 0);
+        let d = Limits::scaled(3 << 30, 10_000);
+        assert_eq!((d.peer_streams_outbound, d.protocol_streams_outbound), (512 + 768, 2048 + 1536));
+    }
+
+    #[test]
+    fn reservations_give_their_bytes_back_when_dropped() {
+        let m = Memory::new(100);
+        let mut r = Reservation::new(&m, 60).unwrap();
+        assert!(Reservation::new(&m, 50).is_none());
+        assert!(!r.grow(50));
+        assert!(r.grow(40));
+        assert_eq!((r.bytes(), m.used(), m.refused()), (100, 100, 2));
+        drop(r);
+        assert_eq!(m.used(), 0);
+        let e = Reservation::refusal(&Memory::new(3 << 20));
+        assert_eq!(e.to_string(), "system scope: memory (MiB) at limit 3");
     }
 
     #[test]

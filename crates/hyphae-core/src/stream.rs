@@ -92,6 +92,10 @@ pub enum OpenError {
     /// The connection would not open another stream.
     #[error("could not open: {0}")]
     Refused(StreamError),
+    /// Negotiated, then reset here: the resource manager's outbound stream budget for this peer or
+    /// protocol is full.
+    #[error("resource limit: {0}")]
+    Limit(crate::rcmgr::Refusal),
 }
 
 /// What kind of rule a peer broke.

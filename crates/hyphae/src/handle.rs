@@ -110,6 +110,8 @@ pub(crate) enum Action {
     /// the connection is registered, so `connect` never returns before `new_stream` can find it.
     Established(PeerId, Option<oneshot::Sender<Result<PeerId, CloseReason>>>),
     Inbound(StreamId, String),
+    /// A stream we opened is ready but its opener went away: reset here, uncounted by the host.
+    Gone(StreamId),
     Closed(CloseReason),
     /// What the node machine reported (identify results, pings).
     Node(Vec<node::Event>),
@@ -272,6 +274,7 @@ impl ConnState {
                     if tx.send(Ok(protocol)).is_err() {
                         // The opener went away.
                         self.tcp().stream_reset(id);
+                        actions.push(Action::Gone(id));
                     }
                 }
             }

@@ -350,6 +350,7 @@ impl Inner {
             max_datagrams: 1,
             stream_window: hyphae_core::quic::DEFAULT_STREAM_WINDOW,
             connection_window: hyphae_core::quic::DEFAULT_CONNECTION_WINDOW,
+            memory: Some(self.memory.clone()),
         }
     }
 
@@ -730,6 +731,7 @@ impl HostLink for Inner {
                     }
                 }
                 Action::Inbound(id, protocol) => self.on_inbound(shared, id, protocol),
+                Action::Gone(id) => self.node().on_app_stream_gone(ConnId(shared.id), id),
                 Action::Closed(reason) => self.on_closed(shared, reason),
                 Action::Node(events) => self.handle_node_events(events),
             }
@@ -1039,11 +1041,16 @@ impl Host {
     async fn open_on(&self, shared: &Arc<ConnShared>, peer: &PeerId, protocols: &[&str]) -> Result<Stream, Error> {
         let (id, rx) = shared.open_stream(protocols.iter().map(|s| s.to_string()).collect()).map_err(Error::Negotiation)?;
         match tokio::time::timeout(self.inner.config.stream_timeout, rx).await {
-            Ok(Ok(Ok(protocol))) => Ok(Stream { id, shared: shared.clone(), protocol, peer: peer.clone(), counted: None }),
+            Ok(Ok(Ok(protocol))) => {
+                // Counted in the resource manager's outbound stream scopes until dropped.
+                let counted: Weak<dyn HostLink> = self.inner.me.clone();
+                Ok(Stream { id, shared: shared.clone(), protocol, peer: peer.clone(), counted: Some(counted) })
+            }
             Ok(Ok(Err(e))) => Err(Error::Negotiation(e)),
             Ok(Err(_)) => Err(Error::Negotiation(OpenError::ConnectionClosed)),
             Err(_) => {
                 shared.reset_stream(id);
+                self.inner.node().on_app_stream_gone(ConnId(shared.id), id);
                 Err(Error::Timeout("stream negotiation"))
             }
         }

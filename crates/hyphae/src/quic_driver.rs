@@ -179,7 +179,13 @@ impl QuicShared {
                 }
                 ConnEvent::OutboundReady { id: s, protocol } => {
                     if let Some(tx) = st.pending_open.remove(&(qc, s)) {
-                        let _ = tx.send(Ok(protocol));
+                        if tx.send(Ok(protocol)).is_err() {
+                            // The opener went away.
+                            st.ep.stream_reset(now, qc, s);
+                            if let Some(sh) = shared {
+                                out.push((sh, vec![Action::Gone(s)]));
+                            }
+                        }
                     }
                 }
                 ConnEvent::OutboundFailed { id: s, reason } => {

@@ -372,6 +372,55 @@ async fn host_memory_budget_bounds_what_unread_streams_can_hold() {
     assert_eq!(used(&victim), 0.0, "everything returned");
 }
 
+/// Flood (4) over QUIC: the same unread streams on one QUIC connection. quinn buffers at most the
+/// connection's receive window, which the victim reserved from its budget when the connection was
+/// established and which grows only while the application reads whole windows fast — here it never
+/// does, so the attacker parks at most 1 MiB in the victim (and then nothing more moves on
+/// that connection: QUIC's flow control is per connection as well as per stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_quic_connection_window_bounds_what_unread_streams_can_hold() {
+    let mut cfg = HostConfig::ephemeral();
+    cfg.resources.memory = 16 << 20;
+    let victim = Host::new(cfg).await.unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    victim.set_stream_handler("/sink/1", move |s: Stream| {
+        h2.lock().unwrap().push(s);
+        async {}
+    });
+    let addr = victim.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap().remove(0);
+    let attacker = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = attacker.connect(&addr).await.unwrap();
+    let rss0 = rss_bytes();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut streams = Vec::new();
+    let mut written = 0usize;
+    // Once the window is full nothing more moves on this connection, new streams' negotiation included
+    // (QUIC's connection-level flow control): the attacker stops at its first stalled open.
+    for _ in 0..100 {
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(500), attacker.new_stream(&peer, &["/sink/1"])).await else { break };
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(50), s.write(&chunk[..64 << 10])).await {
+                Ok(Ok(n)) if n > 0 => written += n,
+                _ => break,
+            }
+        }
+        streams.push(s);
+    }
+    let used: f64 = victim.metrics_text().lines().find_map(|l| l.strip_prefix("hyphae_rcmgr_memory_used_bytes ")).unwrap().parse().unwrap();
+    let rss1 = rss_bytes();
+    eprintln!(
+        "{} streams, {} KiB accepted, victim reserved {} KiB, RSS +{} MiB",
+        streams.len(),
+        written >> 10,
+        used / 1024.0,
+        (rss1.saturating_sub(rss0)) >> 20
+    );
+    assert!(used <= f64::from(hyphae::core::quic::INITIAL_CONNECTION_WINDOW), "reserved {used}");
+    assert!((512 << 10..=2 << 20).contains(&written), "{written} bytes accepted: the window, filled");
+    assert!(rss1.saturating_sub(rss0) < 32 << 20, "RSS grew {} MiB", (rss1 - rss0) >> 20);
+}
+
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
@@ -464,4 +513,41 @@ async fn host_peer_inbound_stream_budget_is_enforced_and_given_back() {
     let _more = open_many(attacker.clone(), peer, 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(held.lock().unwrap().len(), 5);
+}
+
+/// Streams we open count in the peer's and the protocol's outbound budgets: past
+/// `peer_streams_outbound` (the node's own identify and ping streams included), `new_stream` fails
+/// with the refusal (the stream was negotiated, then reset here), and a dropped stream gives its place
+/// back. Over TCP and over QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_outbound_stream_budget_is_enforced_and_given_back() {
+    use hyphae::core::rcmgr::{Resource, Scope};
+    use hyphae::core::stream::OpenError;
+    for listen in ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"] {
+        let server = Host::new(HostConfig::ephemeral()).await.unwrap();
+        server.set_stream_handler("/hold/1", |s: Stream| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        });
+        let addr = server.listen(listen.parse().unwrap()).await.unwrap().remove(0);
+        let mut cfg = HostConfig::ephemeral();
+        cfg.resources.peer_streams_outbound = 5;
+        let opener = Host::new(cfg).await.unwrap();
+        let peer = opener.connect(&addr).await.unwrap();
+        // The node's own streams to the peer (identify, ping) share the budget.
+        let mut held = Vec::new();
+        let refusal = loop {
+            match opener.new_stream(&peer, &["/hold/1"]).await {
+                Ok(s) => held.push(s),
+                Err(hyphae::Error::Negotiation(OpenError::Limit(r))) => break r,
+                Err(e) => panic!("{listen}: stream {}: {e}", held.len()),
+            }
+            assert!(held.len() <= 5, "{listen}: opened past the budget");
+        };
+        assert_eq!((refusal.scope, refusal.resource, refusal.limit), (Scope::Peer, Resource::StreamsOutbound, 5), "{listen}");
+        assert!(held.len() >= 3, "{listen}: only {} streams", held.len());
+        assert_eq!(opener.stats().resources.refused_streams_peer, 1, "{listen}");
+        held.pop();
+        opener.new_stream(&peer, &["/hold/1"]).await.unwrap_or_else(|e| panic!("{listen}: after a drop: {e}"));
+    }
 }

@@ -643,7 +643,7 @@ impl Node {
                 // Counted in the peer's and the protocol's stream budgets first (service streams and
                 // the application's alike); refused: reset before anyone sees it.
                 if let Some(peer) = self.conns.get(&id).and_then(|e| e.peer.clone()) {
-                    if let Err(r) = self.resources.open_inbound_stream(id.0, s.0, &peer, protocol) {
+                    if let Err(r) = self.resources.open_stream(rcmgr::Direction::Inbound, id.0, s.0, &peer, protocol) {
                         tracing::debug!(%peer, conn = %id, %protocol, reason = %r, "inbound stream refused");
                         m.stream_reset(now, s);
                         m.stream_release(now, s);
@@ -658,6 +658,21 @@ impl Node {
                 None
             }
             ConnEvent::OutboundReady { id: s, ref protocol } => {
+                // Counted in the peer's and the protocol's outbound budgets once negotiated; refused:
+                // reset, and the opener (a service or the application) gets `OpenError::Limit`.
+                if let Some(peer) = self.conns.get(&id).and_then(|e| e.peer.clone()) {
+                    if let Err(r) = self.resources.open_stream(rcmgr::Direction::Outbound, id.0, s.0, &peer, protocol) {
+                        tracing::debug!(%peer, conn = %id, %protocol, reason = %r, "outbound stream refused");
+                        m.stream_reset(now, s);
+                        m.stream_release(now, s);
+                        let reason = OpenError::Limit(r);
+                        let Some(o) = self.owners.remove(&(id, s)) else { return Some(ConnEvent::OutboundFailed { id: s, reason }) };
+                        if let Some(token) = o.opening {
+                            self.call(now, o.service, |svc, cx| svc.on_open_failed(cx, id, token, &reason));
+                        }
+                        return None;
+                    }
+                }
                 let Some(o) = self.owners.get_mut(&(id, s)) else { return Some(ev) };
                 let (sid, token) = (o.service, o.opening.take());
                 if let Some(token) = token {
