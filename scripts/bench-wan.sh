@@ -47,7 +47,7 @@ if [[ " $ONLY " == *" rust-"* ]] && ! "$PERF" --help 2>/dev/null | grep -q run-s
   cargo install libp2p-perf --version 0.3.0   # not --locked: its lockfile pins a `time` that no longer builds
 fi
 cargo build -q --release -p hyphae-cli -p delayline
-HY="$PWD/target/release/hyphae"
+HY="${HYPHAE_BIN:-$PWD/target/release/hyphae}"   # HYPHAE_BIN: another build of hyphae, to compare two versions on one path
 NAME=hybench; A="$NAME-a"; B="$NAME-b"; SERVER=10.99.0.2
 OUT="target/wan/bench"; mkdir -p "$OUT"
 trap 'scripts/wan.sh down --name $NAME >/dev/null 2>&1 || true; pkill -f "hyphae perf --server --key $OUT" 2>/dev/null || true' EXIT

@@ -182,6 +182,7 @@ struct LimitArgs {
     conn_grace: Option<u64>,
     /// Memory all muxers' receive buffers may reserve together (bytes, or with KiB/MiB/GiB; default:
     /// go-libp2p's table, 128 MiB + an eighth of this machine's memory). Streams beyond it are refused.
+    /// One peer, over all its connections, may hold a sixteenth of it.
     #[arg(long, value_name = "SIZE", value_parser = size)]
     max_memory: Option<u64>,
     /// Keep the node's state here: its key (identity.key, unless --key) and its peerstore

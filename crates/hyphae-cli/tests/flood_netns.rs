@@ -5,7 +5,11 @@
 //! - 3,000 TCP connections from one address that connect and send nothing: before the resource
 //!   manager they held all 1,024 connection slots for the 15 s handshake timeout and every other peer
 //!   was refused; now the attacker's address gets 8 (go's per-IPv4 limit) and the peer's ping works;
-//! - the same with 3,000 QUIC Initial packets (connections that never finish their handshake).
+//! - the same with 3,000 QUIC Initial packets (connections that never finish their handshake);
+//! - a peer opening 3,000 streams it never uses: past its budgets they are reset, the peer's ping works;
+//! - a peer trickling 1-byte yamux frames on 100 streams and never reading what the node answers.
+//!
+//! The node runs with `--max-memory 64MiB`; its resident set stays under that in each.
 //!
 //! The attacker is this test binary again (`flood_helper`, run inside A when `HYPHAE_FLOOD` is set).
 
@@ -14,7 +18,7 @@ mod common;
 use common::{sh, Namespaces, TempDir};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
@@ -60,8 +64,11 @@ fn rss_bytes(pid: u32) -> u64 {
         * 1024
 }
 
-/// Runs the node in N, floods it from A over `transport`, then pings it from P; returns the ping's
-/// wall time and the node's RSS during the flood.
+/// The node's memory budget in these tests (`--max-memory`), which its RSS must stay under.
+const MAX_MEMORY: u64 = 64 << 20;
+
+/// Runs the node in N, floods it from A (`transport`: tcp or quic connections, streams, trickle),
+/// then pings it from P; returns the ping's wall time and the node's RSS during the flood.
 async fn flood_then_ping(transport: &str) -> Option<(Duration, u64)> {
     if !usable() {
         return None;
@@ -80,6 +87,8 @@ async fn flood_then_ping(transport: &str) -> Option<(Duration, u64)> {
             "/ip4/0.0.0.0/tcp/4701",
             "--listen",
             "/ip4/0.0.0.0/udp/4701/quic-v1",
+            "--max-memory",
+            "64MiB",
             "--key",
         ])
         .arg(&key)
@@ -106,7 +115,8 @@ async fn flood_then_ping(transport: &str) -> Option<(Duration, u64)> {
 
     // The attacker: this binary's `flood_helper` inside A; it prints "flooding" once every connection
     // attempt is out, then holds them.
-    let target = "10.61.1.1:4701";
+    let target =
+        if matches!(transport, "streams" | "trickle") { format!("/ip4/10.61.1.1/tcp/4701/p2p/{id}") } else { "10.61.1.1:4701".into() };
     let mut atk = Command::new("ip")
         .args(["netns", "exec", &net.a])
         .arg(std::env::current_exe().unwrap())
@@ -148,6 +158,7 @@ async fn flood_then_ping(transport: &str) -> Option<(Duration, u64)> {
         String::from_utf8_lossy(&ping.stdout),
         String::from_utf8_lossy(&ping.stderr)
     );
+    // The flood goes on while the peer is served; the node's RSS is read at its height.
     let rss = rss_bytes(node.id().unwrap());
     drop(atk);
     drop(node);
@@ -158,24 +169,46 @@ async fn flood_then_ping(transport: &str) -> Option<(Duration, u64)> {
 async fn flood_netns_silent_tcp_connections_from_one_address_do_not_lock_out_a_peer() {
     let Some((took, rss)) = flood_then_ping("tcp").await else { return };
     eprintln!("ping through a {FLOOD}-connection TCP flood: {took:?}, node RSS {} MiB", rss >> 20);
-    // Default limits on this machine: the system scope's memory budget is far above this.
-    assert!(rss < 128 << 20, "node RSS {rss}");
+    assert!(rss < MAX_MEMORY, "node RSS {rss}");
 }
 
 #[tokio::test]
 async fn flood_netns_quic_initials_from_one_address_do_not_lock_out_a_peer() {
     let Some((took, rss)) = flood_then_ping("quic").await else { return };
     eprintln!("ping through a {FLOOD}-Initial QUIC flood: {took:?}, node RSS {} MiB", rss >> 20);
-    assert!(rss < 128 << 20, "node RSS {rss}");
+    assert!(rss < MAX_MEMORY, "node RSS {rss}");
 }
 
-/// The attacker (only when `HYPHAE_FLOOD` = "tcp|quic IP:PORT N"): opens N connections that send
-/// nothing, or sends the Initial packets of N QUIC connections and never answers; holds them 60 s.
+/// Flood (3): one connection, 3,000 streams opened and held. The node resets those past its limits
+/// (yamux: 160 first windows per connection; the peer's inbound stream budget); the honest peer's
+/// ping is unaffected.
+#[tokio::test]
+async fn flood_netns_streams_past_the_limits_are_reset_and_a_peer_is_unaffected() {
+    let Some((took, rss)) = flood_then_ping("streams").await else { return };
+    eprintln!("ping through a {FLOOD}-stream flood: {took:?}, node RSS {} MiB", rss >> 20);
+    assert!(rss < MAX_MEMORY, "node RSS {rss}");
+}
+
+/// Flood (4): 1-byte yamux frames trickled on 100 streams, whose answers the attacker never reads
+/// (the node's send windows stay full).
+#[tokio::test]
+async fn flood_netns_trickled_one_byte_frames_keep_the_node_within_its_memory() {
+    let Some((took, rss)) = flood_then_ping("trickle").await else { return };
+    eprintln!("ping through a 1-byte-frame trickle: {took:?}, node RSS {} MiB", rss >> 20);
+    assert!(rss < MAX_MEMORY, "node RSS {rss}");
+}
+
+/// The attacker (only when `HYPHAE_FLOOD` = "tcp|quic IP:PORT N" or "streams|trickle MULTIADDR N"):
+/// opens N connections that send nothing, or sends the Initial packets of N QUIC connections and never
+/// answers, or opens N ping streams on one connection, or trickles 1-byte frames on 100; holds them 60 s.
 #[tokio::test]
 async fn flood_helper() {
     let Ok(spec) = std::env::var("HYPHAE_FLOOD") else { return };
     let mut it = spec.split_whitespace();
     let (transport, target, n) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap().parse::<usize>().unwrap());
+    if matches!(transport, "streams" | "trickle") {
+        return stream_flood(transport, target.parse().unwrap(), n).await;
+    }
     let target: std::net::SocketAddr = target.parse().unwrap();
     let mut held = Vec::new();
     let mut sockets = Vec::new();
@@ -238,3 +271,57 @@ async fn flood_helper() {
     drop(held);
     drop(sockets);
 }
+
+/// Floods (3) and (4) from hyphae Hosts: see `flood_helper`. Eight identities at once (a Sybil from
+/// one address may hold 8 connections), each flooding on its own connection.
+async fn stream_flood(kind: &str, target: hyphae::Multiaddr, n: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..SYBILS {
+        let (kind, target) = (kind.to_string(), target.clone());
+        tasks.spawn(async move {
+            let h = hyphae::Host::new(hyphae::HostConfig::ephemeral()).await.unwrap();
+            let peer = h.connect(&target).await.expect("attacker connects");
+            let mut held = Vec::new();
+            let mut refused = 0;
+            let streams = if kind == "streams" { n / SYBILS } else { 100 };
+            for _ in 0..streams {
+                match tokio::time::timeout(Duration::from_secs(2), h.new_stream(&peer, &["/ipfs/ping/1.0.0"])).await {
+                    Ok(Ok(s)) => held.push(s),
+                    _ => refused += 1,
+                }
+            }
+            (h, held, refused)
+        });
+    }
+    let mut all = Vec::new();
+    let (mut opened, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (h, held, r) = r.unwrap();
+        opened += held.len();
+        refused += r;
+        all.push((h, held));
+    }
+    if kind == "streams" {
+        println!("flooding: {opened} streams opened, {refused} refused, by {SYBILS} identities");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    } else {
+        println!("flooding: trickling 1-byte frames on {opened} streams of {SYBILS} identities");
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < end {
+            for (_, held) in &mut all {
+                for s in held.iter_mut() {
+                    let one = async {
+                        s.write_all(&[0x42]).await?;
+                        s.flush().await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_millis(20), one).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    drop(all);
+}
+
+/// Identities the stream floods use (go's per-IPv4-address connection limit).
+const SYBILS: usize = 8;

@@ -562,20 +562,22 @@ impl Connection {
     fn open(&mut self, muxer: &str, early: bool) {
         self.stage = Stage::Open;
         self.deadline = None;
+        let r = self.remote.as_ref().expect("invariant: remote known after noise");
+        // The muxer reserves from the peer's share of the budget (all its connections together).
+        let mem = self.config.memory.as_ref().map(|m| m.for_peer(&r.peer_id));
         self.muxer = Some(if muxer == mplex::PROTOCOL_ID {
             let mut m = Mplex::new(self.config.limits.mplex.clone());
-            if let Some(mem) = &self.config.memory {
-                m.set_memory(mem.clone());
+            if let Some(mem) = mem {
+                m.set_memory(mem);
             }
             Muxer::Mplex(m)
         } else {
             let mut y = Yamux::new(self.role, self.config.limits.yamux.clone());
-            if let Some(mem) = &self.config.memory {
-                y.set_memory(mem.clone());
+            if let Some(mem) = mem {
+                y.set_memory(mem);
             }
             Muxer::Yamux(y)
         });
-        let r = self.remote.as_ref().expect("invariant: remote known after noise");
         self.events.push_back(Event::Established {
             peer: r.peer_id.clone(),
             public_key: Box::new(r.public_key.clone()),

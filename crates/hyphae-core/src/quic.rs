@@ -594,11 +594,11 @@ impl Endpoint {
                         return self.refuse(now, h, CloseReason::PeerIdMismatch { expected: exp, actual: pc.peer_id });
                     }
                 }
-                if let Some(mem) = &self.config.memory {
-                    match rcmgr::Reservation::new(mem, c.window) {
+                if let Some(mem) = self.config.memory.as_ref().map(|m| m.for_peer(&pc.peer_id)) {
+                    match rcmgr::Reservation::new(&mem, c.window) {
                         Some(r) => c.buffers = Some(r),
                         None => {
-                            let refusal = rcmgr::Reservation::refusal(mem);
+                            let refusal = rcmgr::Reservation::refusal(&mem);
                             return self.refuse(now, h, CloseReason::Refused(refusal));
                         }
                     }

@@ -36,31 +36,104 @@ struct MemoryInner {
     limit: u64,
     used: AtomicU64,
     refused: AtomicU64,
+    /// A peer's scope: the system budget it also reserves from.
+    parent: Option<Memory>,
+    /// The system scope: each peer's budget (`u64::MAX`: none), the live peer scopes, and the
+    /// reservations they refused.
+    peer_limit: u64,
+    peers: std::sync::Mutex<PeerScopes>,
+    peer_refused: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct PeerScopes {
+    live: BTreeMap<crate::identity::PeerId, std::sync::Weak<MemoryInner>>,
+    /// Dead entries are swept when the map reaches this size.
+    sweep_at: usize,
 }
 
 impl Memory {
+    /// A system budget of `limit` bytes, without peer scopes.
     pub fn new(limit: u64) -> Self {
-        Memory(Arc::new(MemoryInner { limit, used: AtomicU64::new(0), refused: AtomicU64::new(0) }))
+        Memory::with_peer_limit(limit, u64::MAX)
     }
-    /// Reserves `n` bytes if they fit under the limit.
+    /// A system budget of `limit` bytes in which each peer, over all its connections, may hold at most
+    /// `peer_limit` ([`Memory::for_peer`]; go's peer scope): one peer cannot take the budget from the
+    /// others.
+    pub fn with_peer_limit(limit: u64, peer_limit: u64) -> Self {
+        Memory(Arc::new(MemoryInner {
+            limit,
+            used: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            parent: None,
+            peer_limit,
+            peers: std::sync::Mutex::new(PeerScopes::default()),
+            peer_refused: AtomicU64::new(0),
+        }))
+    }
+    /// `peer`'s scope within this budget (the same one for all its connections while any holds it),
+    /// or this budget itself when it has no peer limit.
+    pub fn for_peer(&self, peer: &crate::identity::PeerId) -> Memory {
+        let m = &self.0;
+        if m.peer_limit == u64::MAX || m.parent.is_some() {
+            return self.clone();
+        }
+        let mut scopes = m.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = scopes.live.get(peer).and_then(|w| w.upgrade()) {
+            return Memory(live);
+        }
+        if scopes.live.len() >= scopes.sweep_at {
+            scopes.live.retain(|_, w| w.strong_count() > 0);
+            scopes.sweep_at = (scopes.live.len() * 2).max(64);
+        }
+        let child = Arc::new(MemoryInner {
+            limit: m.peer_limit,
+            used: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            parent: Some(self.clone()),
+            peer_limit: u64::MAX,
+            peers: std::sync::Mutex::new(PeerScopes::default()),
+            peer_refused: AtomicU64::new(0),
+        });
+        scopes.live.insert(peer.clone(), Arc::downgrade(&child));
+        Memory(child)
+    }
+    /// Reserves `n` bytes if they fit under the limit (a peer's scope: under its own and the system's).
     pub fn try_reserve(&self, n: u64) -> bool {
         let m = &self.0;
         let mut cur = m.used.load(Ordering::Relaxed);
         loop {
             let Some(next) = cur.checked_add(n).filter(|&x| x <= m.limit) else {
                 m.refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &m.parent {
+                    p.0.peer_refused.fetch_add(1, Ordering::Relaxed);
+                }
                 return false;
             };
             match m.used.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return true,
+                Ok(_) => break,
                 Err(now) => cur = now,
             }
         }
+        if let Some(p) = &m.parent {
+            if !p.try_reserve(n) {
+                m.used.fetch_sub(n, Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
     }
     /// Returns `n` bytes a `try_reserve` took.
     pub fn release(&self, n: u64) {
         let prev = self.0.used.fetch_sub(n, Ordering::Relaxed);
         debug_assert!(prev >= n, "invariant: released more than reserved");
+        if let Some(p) = &self.0.parent {
+            p.release(n);
+        }
+    }
+    /// Reservations a peer's scope refused (its own limit, not the system's).
+    pub fn peer_refused(&self) -> u64 {
+        self.0.peer_refused.load(Ordering::Relaxed)
     }
     pub fn used(&self) -> u64 {
         self.0.used.load(Ordering::Relaxed)
@@ -314,6 +387,11 @@ pub struct Limits {
     /// The system scope's memory ([`Memory`]): what all muxers' receive windows together may reserve.
     /// go's table: 128 MiB plus 1 GiB per GiB given to libp2p.
     pub memory: u64,
+    /// What one peer's connections together may reserve of it; `None`: a sixteenth of `memory`
+    /// ([`Limits::peer_memory`]). go's table gives a peer an eighth at scale (64 MiB plus 128 MiB
+    /// per GiB); a sixteenth keeps the 8 identities one IPv4 address may connect as (the subnet
+    /// limit) to half the budget, so a Sybil from one address cannot lock others out.
+    pub peer_memory: Option<u64>,
     /// Inbound streams one peer may hold open, over all its connections (go's peer scope: 256 plus
     /// 128 per GiB).
     pub peer_streams_inbound: u32,
@@ -363,6 +441,7 @@ impl Limits {
             peer: ScopeLimit { fd: (fds / 64).max(PEER.fd), ..PEER },
             ip: IpLimits::default(),
             memory: mem,
+            peer_memory: None,
             peer_streams_inbound: per_gib(256, 128, mib),
             protocol_streams_inbound: per_gib(512, 256, mib),
             peer_streams_outbound: per_gib(512, 256, mib),
@@ -381,11 +460,23 @@ impl Limits {
             peer: u,
             ip: IpLimits::none(),
             memory: u64::MAX,
+            peer_memory: Some(u64::MAX),
             peer_streams_inbound: u32::MAX,
             protocol_streams_inbound: u32::MAX,
             peer_streams_outbound: u32::MAX,
             protocol_streams_outbound: u32::MAX,
         }
+    }
+}
+
+impl Limits {
+    /// One peer's share of the memory budget.
+    pub fn peer_memory(&self) -> u64 {
+        self.peer_memory.unwrap_or(self.memory / 16)
+    }
+    /// The memory budget these limits describe, with its peer scopes.
+    pub fn memory_budget(&self) -> Memory {
+        Memory::with_peer_limit(self.memory, self.peer_memory())
     }
 }
 
@@ -850,6 +941,31 @@ mod tests {
         assert_eq!(rc.protocol_streams().count(), 0);
         let d = Limits::scaled(3 << 30, 10_000);
         assert_eq!((d.peer_streams_outbound, d.protocol_streams_outbound), (512 + 768, 2048 + 1536));
+    }
+
+    #[test]
+    fn a_peer_scope_bounds_one_peer_within_the_system_budget() {
+        let sys = Memory::with_peer_limit(100, 30);
+        let (a, b) = (sys.for_peer(&peer(1)), sys.for_peer(&peer(2)));
+        assert!(a.try_reserve(30));
+        assert!(!a.try_reserve(1), "a's own limit");
+        let a2 = sys.for_peer(&peer(1));
+        assert!(!a2.try_reserve(1), "the same scope for a's next connection");
+        assert!(b.try_reserve(30));
+        assert_eq!(sys.used(), 60);
+        let c = sys.for_peer(&peer(3));
+        assert!(c.try_reserve(30));
+        let d = sys.for_peer(&peer(4));
+        assert!(!d.try_reserve(20), "the system's limit");
+        assert_eq!((d.used(), sys.used(), sys.peer_refused(), sys.refused()), (0, 90, 2, 1));
+        a.release(30);
+        assert_eq!(sys.used(), 60);
+        // A scope nobody holds is gone: a new one starts empty.
+        drop((a, a2));
+        assert_eq!(sys.for_peer(&peer(1)).used(), 0);
+        assert_eq!(Memory::new(10).for_peer(&peer(1)).limit(), 10, "no peer scopes");
+        let l = Limits::scaled(1 << 30, 256);
+        assert_eq!(l.peer_memory(), l.memory / 16);
     }
 
     #[test]

@@ -794,7 +794,7 @@ impl Host {
         }
         node.add_service(hyphae_core::Instant::ZERO, Box::new(GossipsubService::new(ps, &keypair, hyphae_core::Instant::ZERO)));
         let node_notify = Arc::new(tokio::sync::Notify::new());
-        let memory = rcmgr::Memory::new(config.resources.memory);
+        let memory = config.resources.memory_budget();
         let peerdb = match &config.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;

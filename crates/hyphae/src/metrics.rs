@@ -103,8 +103,14 @@ impl Host {
         counter(
             &mut r,
             "rcmgr_memory_refused",
-            "Reservations the memory budget refused (a stream refused or reset, a window not grown)",
+            "Reservations the system memory budget refused (a stream refused or reset, a window not grown)",
             mem.refused(),
+        );
+        counter(
+            &mut r,
+            "rcmgr_memory_peer_refused",
+            "Reservations refused because one peer's share of the memory budget was full",
+            mem.peer_refused(),
         );
         counter(&mut r, "rcmgr_allowlisted_admits", "Connections admitted under the allowlisted scopes", rs.allowlisted_admits);
 
