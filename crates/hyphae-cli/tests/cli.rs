@@ -333,6 +333,9 @@ async fn cli_node_metrics_endpoint_counts_connections_and_bytes() {
     assert_eq!(value("hyphae_identifies_total"), 2.0, "{text}");
     assert!(value("hyphae_rcmgr_limit{scope=\"transient\",resource=\"conns_inbound\"}") >= 32.0, "{text}");
     assert!(text.contains("hyphae_rcmgr_refused_total{scope=\"subnet\"} 0"), "{text}");
+    assert!(text.contains("hyphae_rcmgr_streams_refused_total{scope=\"peer\"} 0"), "{text}");
+    assert!(text.contains("hyphae_rcmgr_usage{scope=\"system\",resource=\"streams\"}"), "{text}");
+    assert!(value("hyphae_rcmgr_limit{scope=\"system\",resource=\"streams_inbound\"}") >= 4096.0, "{text}");
     let missing = scrape("/nope").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }

@@ -392,16 +392,48 @@ pub struct Limits {
     /// per GiB); a sixteenth keeps the 8 identities one IPv4 address may connect as (the subnet
     /// limit) to half the budget, so a Sybil from one address cannot lock others out.
     pub peer_memory: Option<u64>,
-    /// Inbound streams one peer may hold open, over all its connections (go's peer scope: 256 plus
-    /// 128 per GiB).
-    pub peer_streams_inbound: u32,
-    /// Inbound streams of one protocol, over all peers (go's protocol scope: 512 plus 256 per GiB).
-    pub protocol_streams_inbound: u32,
-    /// Streams we opened to one peer, over all its connections (go's peer scope: 512 plus 256 per
-    /// GiB); the next `Host::new_stream` fails with `OpenError::Limit`.
-    pub peer_streams_outbound: u32,
-    /// Streams we opened for one protocol, over all peers (go's protocol scope: 2048 plus 512 per GiB).
-    pub protocol_streams_outbound: u32,
+    /// Negotiated streams in all (go's system scope: 4,096 inbound, 16,384 outbound and in all, as
+    /// much again per GiB).
+    pub system_streams: StreamLimit,
+    /// One peer's, over all its connections (go: 256 / 512 / 512, plus 128 / 256 / 256 per GiB).
+    pub peer_streams: StreamLimit,
+    /// One protocol's, over all peers (go: 512 / 2,048 / 2,048, plus 256 / 512 / 512 per GiB).
+    pub protocol_streams: StreamLimit,
+}
+
+/// Stream limits of one scope. Past them an inbound stream is reset before anyone sees it; one we
+/// opened is reset once negotiated and its opener gets `OpenError::Limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimit {
+    pub inbound: u32,
+    pub outbound: u32,
+    /// Both directions together.
+    pub total: u32,
+}
+
+impl StreamLimit {
+    pub const UNLIMITED: StreamLimit = StreamLimit { inbound: u32::MAX, outbound: u32::MAX, total: u32::MAX };
+    fn scale(base: [u32; 3], inc: [u32; 3], mib: u64) -> StreamLimit {
+        StreamLimit {
+            inbound: per_gib(base[0], inc[0], mib),
+            outbound: per_gib(base[1], inc[1], mib),
+            total: per_gib(base[2], inc[2], mib),
+        }
+    }
+    /// The limit `held` ([inbound, outbound]) reaches with one more stream of direction `d`, if any.
+    fn reached(&self, held: [u32; 2], d: Direction) -> Option<(Resource, u32)> {
+        let (n, lim, res) = match d {
+            Direction::Inbound => (held[0], self.inbound, Resource::StreamsInbound),
+            Direction::Outbound => (held[1], self.outbound, Resource::StreamsOutbound),
+        };
+        if n >= lim {
+            Some((res, lim))
+        } else if held[0].saturating_add(held[1]) >= self.total {
+            Some((Resource::Streams, self.total))
+        } else {
+            None
+        }
+    }
 }
 
 const SYSTEM_BASE: ScopeLimit = ScopeLimit { conns_inbound: 64, conns_outbound: 128, conns: 128, fd: 256 };
@@ -442,10 +474,9 @@ impl Limits {
             ip: IpLimits::default(),
             memory: mem,
             peer_memory: None,
-            peer_streams_inbound: per_gib(256, 128, mib),
-            protocol_streams_inbound: per_gib(512, 256, mib),
-            peer_streams_outbound: per_gib(512, 256, mib),
-            protocol_streams_outbound: per_gib(2048, 512, mib),
+            system_streams: StreamLimit::scale([4096, 16384, 16384], [4096, 16384, 16384], mib),
+            peer_streams: StreamLimit::scale([256, 512, 512], [128, 256, 256], mib),
+            protocol_streams: StreamLimit::scale([512, 2048, 2048], [256, 512, 512], mib),
         }
     }
 
@@ -461,10 +492,9 @@ impl Limits {
             ip: IpLimits::none(),
             memory: u64::MAX,
             peer_memory: Some(u64::MAX),
-            peer_streams_inbound: u32::MAX,
-            protocol_streams_inbound: u32::MAX,
-            peer_streams_outbound: u32::MAX,
-            protocol_streams_outbound: u32::MAX,
+            system_streams: StreamLimit::UNLIMITED,
+            peer_streams: StreamLimit::UNLIMITED,
+            protocol_streams: StreamLimit::UNLIMITED,
         }
     }
 }
@@ -519,6 +549,7 @@ pub enum Resource {
     Fd,
     StreamsInbound,
     StreamsOutbound,
+    Streams,
     /// The system memory budget ([`Memory`]); its `limit` is in MiB.
     Memory,
 }
@@ -532,6 +563,7 @@ impl std::fmt::Display for Resource {
             Resource::Fd => "file descriptors",
             Resource::StreamsInbound => "inbound streams",
             Resource::StreamsOutbound => "outbound streams",
+            Resource::Streams => "streams",
             Resource::Memory => "memory (MiB)",
         })
     }
@@ -609,7 +641,8 @@ pub struct Stats {
     pub refused_subnet: u64,
     /// Admitted under an allowlisted scope because the normal one was full.
     pub allowlisted_admits: u64,
-    /// Streams refused (reset), inbound or outbound: a peer's, a protocol's budget full.
+    /// Streams refused (reset), inbound or outbound: the system's, a peer's, a protocol's budget full.
+    pub refused_streams_system: u64,
     pub refused_streams_peer: u64,
     pub refused_streams_protocol: u64,
 }
@@ -640,7 +673,8 @@ pub struct ResourceManager {
     conns: BTreeMap<u64, Held>,
     /// Streams held, by (connection, stream): their peer, protocol and direction.
     streams: BTreeMap<(u64, u32), (crate::identity::PeerId, String, Direction)>,
-    /// Streams held per peer and per protocol, [inbound, outbound].
+    /// Streams held in all, per peer and per protocol, [inbound, outbound].
+    system_streams: [u32; 2],
     peer_streams: BTreeMap<crate::identity::PeerId, [u32; 2]>,
     protocol_streams: BTreeMap<String, [u32; 2]>,
     stats: Stats,
@@ -658,6 +692,7 @@ impl ResourceManager {
             peers: BTreeMap::new(),
             conns: BTreeMap::new(),
             streams: BTreeMap::new(),
+            system_streams: [0, 0],
             peer_streams: BTreeMap::new(),
             protocol_streams: BTreeMap::new(),
             stats: Stats::default(),
@@ -679,19 +714,24 @@ impl ResourceManager {
             return Ok(());
         }
         let d = dir as usize;
-        let (np, nq) = (self.peer_streams.get(peer).map_or(0, |n| n[d]), self.protocol_streams.get(protocol).map_or(0, |n| n[d]));
-        let (peer_limit, protocol_limit, resource) = match dir {
-            Direction::Inbound => (self.limits.peer_streams_inbound, self.limits.protocol_streams_inbound, Resource::StreamsInbound),
-            Direction::Outbound => (self.limits.peer_streams_outbound, self.limits.protocol_streams_outbound, Resource::StreamsOutbound),
-        };
-        if np >= peer_limit {
-            self.stats.refused_streams_peer += 1;
-            return Err(Refusal { scope: Scope::Peer, resource, limit: peer_limit });
+        let (np, nq) =
+            (self.peer_streams.get(peer).copied().unwrap_or_default(), self.protocol_streams.get(protocol).copied().unwrap_or_default());
+        let l = &self.limits;
+        for (held, lim, scope) in [
+            (self.system_streams, l.system_streams, Scope::System),
+            (np, l.peer_streams, Scope::Peer),
+            (nq, l.protocol_streams, Scope::Protocol),
+        ] {
+            if let Some((resource, limit)) = lim.reached(held, dir) {
+                match scope {
+                    Scope::System => self.stats.refused_streams_system += 1,
+                    Scope::Peer => self.stats.refused_streams_peer += 1,
+                    _ => self.stats.refused_streams_protocol += 1,
+                }
+                return Err(Refusal { scope, resource, limit });
+            }
         }
-        if nq >= protocol_limit {
-            self.stats.refused_streams_protocol += 1;
-            return Err(Refusal { scope: Scope::Protocol, resource, limit: protocol_limit });
-        }
+        self.system_streams[d] += 1;
         self.peer_streams.entry(peer.clone()).or_default()[d] += 1;
         self.protocol_streams.entry(protocol.to_string()).or_default()[d] += 1;
         self.streams.insert((conn, stream), (peer.clone(), protocol.to_string(), dir));
@@ -702,6 +742,7 @@ impl ResourceManager {
     pub fn close_stream(&mut self, conn: u64, stream: u32) {
         let Some((peer, protocol, dir)) = self.streams.remove(&(conn, stream)) else { return };
         let d = dir as usize;
+        self.system_streams[d] -= 1;
         if let Some(n) = self.peer_streams.get_mut(&peer) {
             n[d] -= 1;
             if *n == [0, 0] {
@@ -719,6 +760,11 @@ impl ResourceManager {
     /// Streams held now by protocol, [inbound, outbound].
     pub fn protocol_streams(&self) -> impl Iterator<Item = (&str, [u32; 2])> {
         self.protocol_streams.iter().map(|(p, n)| (p.as_str(), *n))
+    }
+
+    /// Streams held now in all, [inbound, outbound].
+    pub fn system_streams(&self) -> [u32; 2] {
+        self.system_streams
     }
 
     /// Streams `peer` holds now, [inbound, outbound].
@@ -891,8 +937,8 @@ mod tests {
     #[test]
     fn inbound_streams_are_counted_per_peer_and_per_protocol() {
         let mut l = Limits::unlimited();
-        l.peer_streams_inbound = 3;
-        l.protocol_streams_inbound = 4;
+        l.peer_streams.inbound = 3;
+        l.protocol_streams.inbound = 4;
         let mut rc = ResourceManager::new(l);
         let (a, b) = (peer(1), peer(2));
         for s in 0..3 {
@@ -911,16 +957,17 @@ mod tests {
         assert_eq!(rc.peer_streams(&a), [0, 0]);
         assert_eq!((rc.stats().refused_streams_peer, rc.stats().refused_streams_protocol), (1, 1));
         let d = Limits::scaled(3 << 30, 10_000);
-        assert_eq!((d.peer_streams_inbound, d.protocol_streams_inbound), (256 + 384, 512 + 768));
-        assert_eq!(Limits::default().peer_streams_inbound, 256);
+        assert_eq!((d.peer_streams.inbound, d.protocol_streams.inbound), (256 + 384, 512 + 768));
+        assert_eq!(Limits::default().peer_streams, StreamLimit { inbound: 256, outbound: 512, total: 512 });
+        assert_eq!(d.system_streams, StreamLimit { inbound: 4 * 4096, outbound: 4 * 16384, total: 4 * 16384 });
     }
 
     #[test]
     fn outbound_streams_have_their_own_budgets() {
         let mut l = Limits::unlimited();
-        l.peer_streams_inbound = 1;
-        l.peer_streams_outbound = 2;
-        l.protocol_streams_outbound = 3;
+        l.peer_streams.inbound = 1;
+        l.peer_streams.outbound = 2;
+        l.protocol_streams.outbound = 3;
         let mut rc = ResourceManager::new(l);
         let (a, b) = (peer(1), peer(2));
         // The inbound budget is full; outbound streams are counted apart.
@@ -940,7 +987,31 @@ mod tests {
         rc.close_conn(2);
         assert_eq!(rc.protocol_streams().count(), 0);
         let d = Limits::scaled(3 << 30, 10_000);
-        assert_eq!((d.peer_streams_outbound, d.protocol_streams_outbound), (512 + 768, 2048 + 1536));
+        assert_eq!((d.peer_streams.outbound, d.protocol_streams.outbound), (512 + 768, 2048 + 1536));
+    }
+
+    #[test]
+    fn stream_totals_and_the_system_scope_are_enforced() {
+        let mut l = Limits::unlimited();
+        l.peer_streams.total = 3;
+        l.system_streams.inbound = 4;
+        let mut rc = ResourceManager::new(l);
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        rc.open_stream(Direction::Inbound, 1, 0, &a, "/x").unwrap();
+        rc.open_stream(Direction::Outbound, 1, 1, &a, "/x").unwrap();
+        rc.open_stream(Direction::Inbound, 1, 2, &a, "/x").unwrap();
+        let e = rc.open_stream(Direction::Outbound, 1, 3, &a, "/x").unwrap_err();
+        assert_eq!((e.scope, e.resource, e.limit), (Scope::Peer, Resource::Streams, 3));
+        rc.open_stream(Direction::Inbound, 2, 0, &b, "/x").unwrap();
+        rc.open_stream(Direction::Inbound, 2, 2, &b, "/x").unwrap();
+        let e = rc.open_stream(Direction::Inbound, 3, 0, &c, "/x").unwrap_err();
+        assert_eq!((e.scope, e.resource, e.limit), (Scope::System, Resource::StreamsInbound, 4));
+        rc.open_stream(Direction::Outbound, 3, 1, &c, "/x").unwrap();
+        assert_eq!(rc.system_streams(), [4, 2]);
+        rc.close_conn(2);
+        rc.open_stream(Direction::Inbound, 3, 0, &c, "/x").unwrap();
+        assert_eq!(rc.system_streams(), [3, 2]);
+        assert_eq!((rc.stats().refused_streams_system, rc.stats().refused_streams_peer), (1, 1));
     }
 
     #[test]

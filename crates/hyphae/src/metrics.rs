@@ -37,10 +37,18 @@ impl Host {
     /// Every metric of the host, in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
         let mut r = Registry::with_prefix("hyphae");
-        let (stats, rc_sys, rc_tr, rc_limits, cm, peers) = {
+        let (stats, rc_sys, rc_tr, rc_streams, rc_limits, cm, peers) = {
             let n = self.inner.node();
             let rc = n.resources();
-            (n.stats(), rc.system(), rc.transient(), rc.limits().clone(), n.connmgr().stats().clone(), n.peerstore().len())
+            (
+                n.stats(),
+                rc.system(),
+                rc.transient(),
+                rc.system_streams(),
+                rc.limits().clone(),
+                n.connmgr().stats().clone(),
+                n.peerstore().len(),
+            )
         };
 
         // Connections and streams now, by direction and transport.
@@ -83,6 +91,17 @@ impl Host {
         }
         refused.get_or_create(&labels(&[("scope", "quic_handshake")])).inc_by(self.inner.quic_handshakes_refused());
         r.register("rcmgr_refused", "Connections refused by the resource manager, by scope", refused);
+        let streams_refused: Family<Labels, Counter> = Family::default();
+        for (scope, v) in
+            [("system", rs.refused_streams_system), ("peer", rs.refused_streams_peer), ("protocol", rs.refused_streams_protocol)]
+        {
+            streams_refused.get_or_create(&labels(&[("scope", scope)])).inc_by(v);
+        }
+        r.register(
+            "rcmgr_streams_refused",
+            "Streams reset by the resource manager (either direction), by the scope that was full",
+            streams_refused,
+        );
         let usage: Family<Labels, Gauge> = Family::default();
         let limit: Family<Labels, Gauge> = Family::default();
         for (scope, u, l) in [("system", rc_sys, rc_limits.system), ("transient", rc_tr, rc_limits.transient)] {
@@ -94,6 +113,15 @@ impl Host {
                 usage.get_or_create(&labels(&[("scope", scope), ("resource", res)])).set(v as i64);
                 limit.get_or_create(&labels(&[("scope", scope), ("resource", res)])).set(lim.min(i64::MAX as u32) as i64);
             }
+        }
+        let ss = &rc_limits.system_streams;
+        for (res, v, lim) in [
+            ("streams_inbound", rc_streams[0], ss.inbound),
+            ("streams_outbound", rc_streams[1], ss.outbound),
+            ("streams", rc_streams[0] + rc_streams[1], ss.total),
+        ] {
+            usage.get_or_create(&labels(&[("scope", "system"), ("resource", res)])).set(i64::from(v));
+            limit.get_or_create(&labels(&[("scope", "system"), ("resource", res)])).set(i64::from(lim));
         }
         r.register("rcmgr_usage", "What each resource-manager scope holds", usage);
         r.register("rcmgr_limit", "Each resource-manager scope's limit", limit);

@@ -470,13 +470,13 @@ async fn host_stream_flood_is_refused_past_the_connection_limits_and_others_are_
     assert!(used <= (64 << 20) as f64 + (8 << 20) as f64, "reserved {used}");
 }
 
-/// The resource manager's stream scopes: a peer may hold `peer_streams_inbound` inbound streams over
+/// The resource manager's stream scopes: a peer may hold `peer_streams.inbound` inbound streams over
 /// all its connections; beyond, new ones are reset before the application sees them. Streams the
 /// application drops give their place back; another peer has its own budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_peer_inbound_stream_budget_is_enforced_and_given_back() {
     let mut cfg = HostConfig::ephemeral();
-    cfg.resources.peer_streams_inbound = 10;
+    cfg.resources.peer_streams.inbound = 10;
     let victim = Host::new(cfg).await.unwrap();
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let h2 = held.clone();
@@ -516,7 +516,7 @@ async fn host_peer_inbound_stream_budget_is_enforced_and_given_back() {
 }
 
 /// Streams we open count in the peer's and the protocol's outbound budgets: past
-/// `peer_streams_outbound` (the node's own identify and ping streams included), `new_stream` fails
+/// `peer_streams.outbound` (the node's own identify and ping streams included), `new_stream` fails
 /// with the refusal (the stream was negotiated, then reset here), and a dropped stream gives its place
 /// back. Over TCP and over QUIC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,7 +531,7 @@ async fn host_outbound_stream_budget_is_enforced_and_given_back() {
         });
         let addr = server.listen(listen.parse().unwrap()).await.unwrap().remove(0);
         let mut cfg = HostConfig::ephemeral();
-        cfg.resources.peer_streams_outbound = 5;
+        cfg.resources.peer_streams.outbound = 5;
         let opener = Host::new(cfg).await.unwrap();
         let peer = opener.connect(&addr).await.unwrap();
         // The node's own streams to the peer (identify, ping) share the budget.
