@@ -158,10 +158,10 @@ struct Common {
     key_type: KeyType,
     /// Security protocols in order of preference (default noise,tls).
     #[arg(long, value_name = "LIST", value_parser = security_list)]
-    security: Option<Vec<String>>,
+    security: Option<ProtocolList>,
     /// Stream muxers in order of preference (default yamux,mplex).
     #[arg(long, value_name = "LIST", value_parser = muxer_list)]
-    muxer: Option<Vec<String>>,
+    muxer: Option<ProtocolList>,
 }
 
 /// The limits an operator sets (README: "Limits and defaults").
@@ -233,15 +233,20 @@ fn key_type(v: &str) -> Result<KeyType, String> {
 fn ip_prefix(v: &str) -> Result<hyphae::core::rcmgr::IpPrefix, String> {
     v.parse().map_err(|e: &str| e.to_string())
 }
-fn security_list(v: &str) -> Result<Vec<String>, String> {
+/// Protocol ids from one comma-separated flag value (a newtype: clap would read `Option<Vec<_>>` as a
+/// flag given many times, and the parser's `Vec` would not match it).
+#[derive(Debug, Clone)]
+struct ProtocolList(Vec<String>);
+
+fn security_list(v: &str) -> Result<ProtocolList, String> {
     protocol_list(v, &[("noise", hyphae::core::noise::PROTOCOL_ID), ("tls", hyphae::core::tls::PROTOCOL_ID)])
 }
-fn muxer_list(v: &str) -> Result<Vec<String>, String> {
+fn muxer_list(v: &str) -> Result<ProtocolList, String> {
     protocol_list(v, &[("yamux", hyphae::core::yamux::PROTOCOL_ID), ("mplex", hyphae::core::mplex::PROTOCOL_ID)])
 }
 
 /// A comma-separated list of short names (`noise,tls`) as protocol ids, in the order given.
-fn protocol_list(v: &str, known: &[(&str, &str)]) -> Result<Vec<String>, String> {
+fn protocol_list(v: &str, known: &[(&str, &str)]) -> Result<ProtocolList, String> {
     v.split(',')
         .map(|x| {
             known.iter().find(|(name, _)| *name == x).map(|(_, id)| id.to_string()).ok_or_else(|| {
@@ -249,7 +254,8 @@ fn protocol_list(v: &str, known: &[(&str, &str)]) -> Result<Vec<String>, String>
                 format!("{x} is not {}", names.join(" or "))
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(ProtocolList)
 }
 
 /// What the commands below read: the parsed command line, flattened.
@@ -281,8 +287,8 @@ struct Args {
 impl Args {
     fn with(common: Common, listen: ListenArgs) -> Args {
         Args {
-            security: common.security.unwrap_or_default(),
-            muxers: common.muxer.unwrap_or_default(),
+            security: common.security.map(|l| l.0).unwrap_or_default(),
+            muxers: common.muxer.map(|l| l.0).unwrap_or_default(),
             key: common.key,
             key_type: common.key_type,
             listen: listen.listen,

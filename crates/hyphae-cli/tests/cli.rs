@@ -387,3 +387,20 @@ async fn cli_node_with_a_data_dir_rebootstraps_after_a_restart() {
     let mut c = run(vec![]);
     wait_for(&mut c, vec!["peerstore loaded", "re-bootstrapping from the saved peerstore", "joined the DHT"]).await;
 }
+
+/// `--security` and `--muxer` take comma-separated lists (a clap type mismatch once made them panic):
+/// a node offering only TLS and mplex is reached by a ping offering them, and not by one offering only
+/// Noise.
+#[tokio::test]
+async fn cli_security_and_muxer_lists_choose_the_protocols() {
+    let (_node, addr) = start_node(&["--security", "tls", "--muxer", "mplex"]).await;
+    let ok = Command::new(BIN)
+        .args(["ping", &addr, "--count", "1", "--security", "noise,tls", "--muxer", "yamux,mplex"])
+        .output()
+        .await
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let no = Command::new(BIN).args(["ping", &addr, "--count", "1", "--security", "noise"]).output().await.unwrap();
+    assert_eq!(no.status.code(), Some(1), "{}", String::from_utf8_lossy(&no.stderr));
+    assert!(String::from_utf8_lossy(&no.stderr).contains("connecting to"), "{}", String::from_utf8_lossy(&no.stderr));
+}
