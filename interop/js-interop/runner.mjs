@@ -1,7 +1,9 @@
 // Runs @libp2p/interop (the suite js-libp2p and go-libp2p run against each other through their
-// daemons) with `hyphae daemon` as the "go" node and go's p2pd as the "js" node, and prints the
-// counts. Both are driven by @libp2p/daemon-client over their control sockets.
-//   HYPHAE_BIN=... P2PD_BIN=... node runner.mjs [grep]
+// daemons) with `hyphae daemon` as the "go" node and, as the "js" node, go's p2pd (INTEROP_PEER=p2pd,
+// the default) or js-libp2p behind @libp2p/daemon-server (INTEROP_PEER=js: interop/js/daemon.mjs, as
+// js-libp2p's own interop runner builds it), and prints the counts. All are driven by
+// @libp2p/daemon-client over their control sockets.
+//   HYPHAE_BIN=... P2PD_BIN=... [INTEROP_PEER=js] node runner.mjs [grep]
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import Mocha from 'mocha'
@@ -11,12 +13,14 @@ import { multiaddr } from '@multiformats/multiaddr'
 const { interopTests, UnsupportedError } = await import('@libp2p/interop')
 const HYPHAE = process.env.HYPHAE_BIN
 const P2PD = process.env.P2PD_BIN
+const PEER = process.env.INTEROP_PEER ?? 'p2pd'
+const JS_DIR = new URL('../js/', import.meta.url).pathname
 let n = 0
 
 async function start (kind, options) {
   if (options.encryption === 'plaintext') throw new UnsupportedError('no plaintext')
   if (options.transport != null && options.transport !== 'tcp') throw new UnsupportedError('tcp only')
-  if (options.relay === true && kind === 'hyphae') throw new UnsupportedError('hyphae has no relay yet')
+  if (options.relay === true && kind !== 'p2pd') throw new UnsupportedError(kind === 'hyphae' ? 'hyphae has no relay yet' : 'the js daemon here has no circuit relay')
   if (options.muxer === 'mplex' && kind === 'p2pd') throw new UnsupportedError("hivemind's p2pd has no mplex")
   const sock = `/tmp/hyphae-interop-${process.pid}-${n++}.sock`
   const args = kind === 'hyphae' ? ['daemon'] : []
@@ -27,7 +31,11 @@ async function start (kind, options) {
   if (options.dht === true) args.push('-dhtServer')
   if (options.pubsub === true) args.push('-pubsub', '-pubsubRouter', options.pubsubRouter ?? 'gossipsub')
   if (options.key != null && fs.existsSync(options.key)) args.push('-id', options.key)
-  const child = spawn(kind === 'hyphae' ? HYPHAE : P2PD, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+  const child = kind === 'hyphae'
+    ? spawn(HYPHAE, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+    : kind === 'js'
+      ? spawn('node', ['--import', './polyfill.mjs', 'daemon.mjs', ...args], { cwd: JS_DIR, stdio: ['ignore', 'pipe', 'ignore'] })
+      : spawn(P2PD, args, { stdio: ['ignore', 'pipe', 'ignore'] })
   await new Promise((resolve, reject) => {
     let out = ''
     child.stdout.on('data', (d) => {
@@ -47,13 +55,15 @@ async function start (kind, options) {
   }
 }
 
-const factory = { spawn: (options) => start(options.type === 'go' ? 'hyphae' : 'p2pd', options) }
+const factory = { spawn: (options) => start(options.type === 'go' ? 'hyphae' : PEER, options) }
 const mocha = new Mocha({ timeout: 60000, grep: process.argv[2], reporter: 'dot' })
 mocha.suite.emit('pre-require', globalThis, 'interop', mocha)
 await interopTests(factory)
 const runner = mocha.run()
 const failed = []
 runner.on('fail', (t, err) => failed.push(`${t.fullTitle()}: ${err.message.split('\n')[0]}`))
+if (process.env.INTEROP_LIST != null) runner.on('pass', (t) => console.log(`\nPASS ${t.fullTitle()}`))
+if (process.env.INTEROP_LIST != null) runner.on('pending', (t) => console.log(`\nPENDING ${t.fullTitle()}`))
 runner.on('end', () => {
   const s = runner.stats
   for (const f of failed) console.log(`FAIL ${f}`)

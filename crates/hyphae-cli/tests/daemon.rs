@@ -150,6 +150,46 @@ async fn daemon_command_line_is_p2pds() {
     assert!(!sock.exists(), "SIGTERM removes the control socket");
 }
 
+/// js-libp2p-daemon's PEERSTORE request (type 9 with its body in field 9, the numbers hivemind gave its
+/// persistent upgrade): hyphae's daemon answers GET_PROTOCOLS and GET_PEER_INFO from its peerstore and
+/// refuses an unknown peer; js-libp2p's own daemon-server answers the same request bytes the same way
+/// (it leaves GET_PEER_INFO unimplemented); hivemind's upgrade on the same number still works.
+#[tokio::test]
+async fn daemon_peerstore_requests_of_the_js_daemon() {
+    let (a, b) = (hyphae_daemon().await, hyphae_daemon().await);
+    a.connect(&b.peer_id, &b.addrs).await.expect("connect");
+    // Identify fills the peerstore a moment after the connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (protos, addrs) = loop {
+        let (p, a) = a.peerstore(&b.peer_id, true).await.expect("GET_PEER_INFO");
+        if p.iter().any(|x| x == "/ipfs/ping/1.0.0") || std::time::Instant::now() > deadline {
+            break (p, a);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(protos.iter().any(|p| p == "/ipfs/id/1.0.0"), "{protos:?}");
+    assert!(addrs.expect("GET_PEER_INFO has the peer").contains(&b.addrs[0]), "b's listen address");
+    let (p2, none) = a.peerstore(&b.peer_id, false).await.expect("GET_PROTOCOLS");
+    assert_eq!((p2, none), (protos, None));
+    let stranger = hyphae::Keypair::generate_ed25519(&mut hyphae::core::rng::from_seed([9; 32])).peer_id();
+    assert!(a.peerstore(&stranger, false).await.unwrap_err().contains("not in the peerstore"));
+    Persistent::open(&a.sock).await;
+
+    let Some(js) = P2pd::start_js(&[]).await else { return };
+    js.connect(&b.peer_id, &b.addrs).await.expect("js connects to hyphae");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (p, addrs) = js.peerstore(&b.peer_id, false).await.expect("js GET_PROTOCOLS");
+        assert_eq!(addrs, None);
+        if p.iter().any(|x| x == "/ipfs/ping/1.0.0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "js never learned hyphae's protocols: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(js.peerstore(&b.peer_id, true).await.is_err(), "js leaves GET_PEER_INFO unimplemented");
+}
+
 // ---------------- hivemind's persistent connections (unary calls) ----------------
 
 use hyphae::core::daemon::{self as dproto, PersistentRequest, PersistentResponse, UnaryResult};

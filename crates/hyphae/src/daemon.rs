@@ -653,6 +653,10 @@ async fn handle(host: &Host, handlers: &Arc<State>, req: Request, out: &mut Vec<
             PubsubOp::Subscribe { .. } => unreachable!("invariant: handled by the caller"),
         },
         Request::StreamOpen { .. } => unreachable!("invariant: handled by the caller"),
+        Request::Peerstore { peer, info } => match host.peer_info(&peer) {
+            Some(r) => proto::encode_peerstore(&peer, &r.protocols, info.then_some(&r.addrs[..]), out),
+            None => proto::encode_error(&format!("{peer} is not in the peerstore"), out),
+        },
         Request::Unsupported(what) => proto::encode_error(&format!("{what} is not supported by hyphae daemon yet"), out),
         _ => proto::encode_error("unsupported request", out),
     }

@@ -132,6 +132,12 @@ pub enum Request {
     /// hivemind's persistent connection: after the OK answer, the control connection carries
     /// [`PersistentRequest`]s and their responses.
     PersistentConnUpgrade,
+    /// js-libp2p-daemon's PEERSTORE: the protocols the peerstore knows for `peer` (GET_PROTOCOLS), or its
+    /// addresses too (GET_PEER_INFO, which js's own daemon leaves unimplemented).
+    Peerstore {
+        peer: PeerId,
+        info: bool,
+    },
     /// A request type this daemon does not serve yet (its name, for the error answer).
     Unsupported(&'static str),
 }
@@ -149,6 +155,22 @@ pub fn decode_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, us
         crate::pb::Nest(8, &[]),
         crate::pb::Nest(9, &[]),
     ];
+    let Some((r, used)) = crate::varint::decode_frame(buf, limits.max_message_len)? else { return Ok(None) };
+    // Type 9 (protobuf writers put field 1 first) with a body: js's PEERSTORE, not hivemind's upgrade.
+    if buf[r.clone()].starts_with(&[0x08, 0x09]) {
+        let env: pb::PeerstoreEnvelope =
+            crate::pb::read_message(&buf[r.clone()], &[crate::pb::Nest(9, &[])], "malformed PEERSTORE request")?;
+        if let Some(ps) = env.peerStore {
+            use pb::mod_PeerstoreRequest::Type as T;
+            let p = peer(ps.id.as_deref().ok_or(DecodeError::Invalid("PEERSTORE request lacks its peer"))?)?;
+            let info = match ps.type_pb {
+                Some(T::GET_PROTOCOLS) => false,
+                Some(T::GET_PEER_INFO) => true,
+                _ => return Err(DecodeError::Invalid("PEERSTORE request of unknown type")),
+            };
+            return Ok(Some((Request::Peerstore { peer: p, info }, used)));
+        }
+    }
     let Some((m, used)) = crate::pb::read_frame::<pb::Request>(buf, limits.max_message_len, NESTED, "malformed control request")? else {
         return Ok(None);
     };
@@ -271,6 +293,16 @@ pub fn encode_error(msg: &str, out: &mut Vec<u8>) {
 pub fn encode_identify(id: &PeerId, addrs: &[Multiaddr], out: &mut Vec<u8>) {
     let mut r = base(true);
     r.identify = Some(pb::IdentifyResponse { id: id.to_bytes(), addrs: addrs.iter().map(Multiaddr::to_bytes).collect() });
+    response(&r, out);
+}
+
+/// PEERSTORE's answer: the protocols, and with `addrs` (GET_PEER_INFO) the peer and its addresses.
+pub fn encode_peerstore(peer: &PeerId, protocols: &[String], addrs: Option<&[Multiaddr]>, out: &mut Vec<u8>) {
+    let mut r = base(true);
+    r.peerStore = Some(pb::PeerstoreResponse {
+        peer: addrs.map(|a| pb::PeerInfo { id: peer.to_bytes(), addrs: a.iter().map(Multiaddr::to_bytes).collect() }),
+        protos: protocols.to_vec(),
+    });
     response(&r, out);
 }
 
@@ -514,6 +546,33 @@ mod tests {
         let mut out = Vec::new();
         crate::pb::write_frame(r, &mut out);
         out
+    }
+
+    /// Type 9 is two requests: js's PEERSTORE (with its body in field 9) and hivemind's upgrade (bare).
+    #[test]
+    fn type_nine_is_peerstore_with_a_body_and_the_upgrade_without() {
+        let l = Limits::default();
+        let p = crate::identity::Keypair::generate_ed25519(&mut crate::rng::from_seed([1; 32])).peer_id();
+        let env = |ty: Option<pb::mod_PeerstoreRequest::Type>| {
+            let e = pb::PeerstoreEnvelope {
+                type_pb: Rt::PERSISTENT_CONN_UPGRADE,
+                peerStore: Some(pb::PeerstoreRequest { type_pb: ty, id: Some(p.to_bytes()), protos: vec![] }),
+            };
+            let mut out = Vec::new();
+            crate::pb::write_frame(&e, &mut out);
+            out
+        };
+        let got = |b: &[u8]| decode_request(b, &l).map(|r| r.map(|(r, _)| r));
+        use pb::mod_PeerstoreRequest::Type as T;
+        assert_eq!(got(&env(Some(T::GET_PROTOCOLS))), Ok(Some(Request::Peerstore { peer: p.clone(), info: false })));
+        assert_eq!(got(&env(Some(T::GET_PEER_INFO))), Ok(Some(Request::Peerstore { peer: p.clone(), info: true })));
+        assert!(got(&env(None)).is_err());
+        let mut bare = Vec::new();
+        encode_bare_request(true, &mut bare);
+        assert_eq!(got(&bare), Ok(Some(Request::PersistentConnUpgrade)));
+        let mut out = Vec::new();
+        encode_peerstore(&p, &["/a".into()], None, &mut out);
+        assert!(out.len() > 4 && out[1..3] == [0x08, 0x00], "OK: {out:?}");
     }
 
     #[test]

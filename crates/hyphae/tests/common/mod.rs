@@ -113,8 +113,6 @@ impl P2pd {
     /// Starts a daemon binary that takes p2pd's flags: go's p2pd, or the `hyphae` binary (run as
     /// `hyphae daemon`).
     pub async fn start_bin(bin: &std::path::Path, netns: Option<&str>, host_addrs: &str, extra: &[&str]) -> P2pd {
-        let dir = TempDir::new("p2pd");
-        let sock = dir.0.join("p2pd.sock");
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -126,6 +124,21 @@ impl P2pd {
         if bin.file_name().is_some_and(|n| n == "hyphae") {
             cmd.arg("daemon");
         }
+        Self::start_cmd(cmd, host_addrs, extra).await
+    }
+
+    /// Starts js-libp2p behind @libp2p/daemon-server with p2pd's flags (`interop/js/daemon.mjs`), if
+    /// `interop/setup.sh` installed it.
+    pub async fn start_js(extra: &[&str]) -> Option<P2pd> {
+        peer_path("interop/js/node_modules/@libp2p/daemon-server")?;
+        let mut cmd = Command::new("node");
+        cmd.current_dir(repo_root().join("interop/js")).args(["--import", "./polyfill.mjs", "daemon.mjs"]);
+        Some(Self::start_cmd(cmd, "/ip4/127.0.0.1/tcp/0", extra).await)
+    }
+
+    async fn start_cmd(mut cmd: Command, host_addrs: &str, extra: &[&str]) -> P2pd {
+        let dir = TempDir::new("p2pd");
+        let sock = dir.0.join("p2pd.sock");
         let mut child = cmd
             .arg("-listen")
             .arg(format!("/unix{}", sock.display()))
@@ -215,6 +228,40 @@ impl P2pd {
         pb::put_bytes(&mut r, 4, &c);
         let (_s, resp) = self.request(r).await;
         check_ok(&resp)
+    }
+
+    /// PEERSTORE (js-libp2p-daemon's request: type 9, its body in field 9): the protocols the daemon's
+    /// peerstore holds for `peer`, and with `info` (GET_PEER_INFO) its addresses.
+    pub async fn peerstore(&self, peer: &PeerId, info: bool) -> Result<(Vec<String>, Option<Vec<Multiaddr>>), String> {
+        let mut b = Vec::new();
+        pb::put_varint(&mut b, 1, if info { 2 } else { 1 });
+        pb::put_bytes(&mut b, 2, peer.as_bytes());
+        let mut r = Vec::new();
+        pb::put_varint(&mut r, 1, 9);
+        pb::put_bytes(&mut r, 9, &b);
+        let (_s, resp) = self.request(r).await;
+        check_ok(&resp)?;
+        let (mut protos, mut addrs) = (Vec::new(), None);
+        for f in pb::Reader::new(&resp) {
+            if let Ok((8, v)) = f {
+                for g in pb::Reader::new(v.bytes().unwrap()) {
+                    match g {
+                        Ok((1, pi)) => {
+                            let mut a = Vec::new();
+                            for h in pb::Reader::new(pi.bytes().unwrap()) {
+                                if let Ok((2, x)) = h {
+                                    a.extend(Multiaddr::from_bytes(x.bytes().unwrap()).ok());
+                                }
+                            }
+                            addrs = Some(a);
+                        }
+                        Ok((2, p)) => protos.push(p.string().unwrap().to_string()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok((protos, addrs))
     }
 
     /// LIST_PEERS: the peers go is connected to.
