@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         let cert = Arc::new(tls::Certificate::generate(&k, 1_800_000_000, &mut rng));
         (k, cert, std::time::Instant::now())
     });
+    let memory = hyphae_core::rcmgr::Memory::with_peer_limit(8 << 20, 2 << 20);
     let cfg = Config {
         keypair: k.clone(),
         cert: cert.clone(),
@@ -27,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         max_datagrams: 1,
         stream_window: hyphae_core::quic::DEFAULT_STREAM_WINDOW,
         connection_window: hyphae_core::quic::DEFAULT_CONNECTION_WINDOW,
+        memory: Some(memory.clone()),
     };
     let mut ep = Endpoint::new(cfg).expect("config");
     let from = "10.0.0.1:1".parse().unwrap();
@@ -36,5 +38,8 @@ fuzz_target!(|data: &[u8]| {
         while ep.poll_transmit().is_some() {}
         while ep.poll_event().is_some() {}
         assert!(ep.num_connections() <= 4);
+        assert!(memory.used() <= 8 << 20);
     }
+    drop(ep);
+    assert_eq!(memory.used(), 0, "every reservation given back");
 });
