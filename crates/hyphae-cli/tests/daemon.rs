@@ -150,6 +150,46 @@ async fn daemon_command_line_is_p2pds() {
     assert!(!sock.exists(), "SIGTERM removes the control socket");
 }
 
+/// @libp2p/daemon-client (js) drives two hyphae daemons through what @libp2p/interop does not call:
+/// identify, connect and listPeers, DHT getClosestPeers and getPublicKey, pubsub getTopics,
+/// getSubscribers, publish and subscribe (`interop/js-interop/client.mjs`).
+#[tokio::test]
+async fn daemon_js_client_drives_two_hyphae_daemons() {
+    let Some(_) = common::peer_path("interop/js-interop/node_modules/@libp2p/daemon-client") else {
+        eprintln!("skipped: run interop/setup.sh");
+        return;
+    };
+    let (a, b) = (hyphae_daemon_dht_pubsub().await, hyphae_daemon_dht_pubsub().await);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg("--import")
+            .arg(common::repo_root().join("interop/js/polyfill.mjs"))
+            .arg("client.mjs")
+            .arg(&a.sock)
+            .arg(&b.sock)
+            .current_dir(common::repo_root().join("interop/js-interop"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the js client finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for step in [
+        "ok identify",
+        "ok connect listPeers",
+        "ok dht getClosestPeers",
+        "ok dht getPublicKey Ed25519",
+        "ok pubsub getTopics",
+        "ok pubsub getSubscribers",
+        "ok pubsub publish subscribe",
+    ] {
+        assert!(stdout.contains(step), "{step} missing:\n{stdout}");
+    }
+}
+
 /// js-libp2p-daemon's PEERSTORE request (type 9 with its body in field 9, the numbers hivemind gave its
 /// persistent upgrade): hyphae's daemon answers GET_PROTOCOLS and GET_PEER_INFO from its peerstore and
 /// refuses an unknown peer; js-libp2p's own daemon-server answers the same request bytes the same way
