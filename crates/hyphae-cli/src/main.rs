@@ -61,8 +61,10 @@ enum Cmd {
     },
     /// Joins the DHT through the bootstrap peers (as a client), runs one operation and prints its
     /// results one per line (get: the value's raw bytes). KEY: /pk/PEER_ID, /ipns/PEER_ID or other text.
+    /// publish: an IPNS record of our name (--key's peer id) pointing at PATH; resolve: a name's value.
     Dht {
         /// find-peer PEER_ID | closest KEY | put KEY VALUE_FILE | get KEY | provide CID | find-providers CID
+        /// | publish PATH | resolve PEER_ID
         #[arg(value_name = "OPERATION", num_args = 2..=3, required = true)]
         op: Vec<String>,
         #[arg(long, short = 'b', value_name = "MULTIADDR", value_parser = peer_addr)]
@@ -70,9 +72,16 @@ enum Cmd {
         /// find-providers: stop after this many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        /// get: answers to wait for.
+        /// get, resolve: answers to wait for.
         #[arg(long, default_value_t = 1)]
         quorum: usize,
+        /// publish: the record's sequence number (default: one above the name's current record, 0 if
+        /// it has none).
+        #[arg(long, value_name = "N")]
+        seq: Option<u64>,
+        /// publish: how long the record stays valid (DHT servers keep records 48 h at most).
+        #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+        lifetime: u64,
         #[arg(long, value_name = "MODE", value_parser = dht_mode)]
         dht_mode: Option<hyphae::core::kad::Mode>,
         #[command(flatten)]
@@ -280,6 +289,8 @@ struct Args {
     subscribe: Vec<String>,
     limit: usize,
     quorum: usize,
+    seq: Option<u64>,
+    lifetime: u64,
     positional: Vec<String>,
     limits: LimitArgs,
 }
@@ -295,6 +306,8 @@ impl Args {
             count: 5,
             limit: 20,
             quorum: 1,
+            seq: None,
+            lifetime: 86_400,
             server: false,
             upload: 0,
             download: 0,
@@ -373,8 +386,8 @@ fn main() -> ExitCode {
         Cmd::Pubsub { topic, connect, listen, common } => {
             ("pubsub", Args { positional: vec![topic], connect, ..Args::with(common, listen) })
         }
-        Cmd::Dht { op, bootstrap, limit, quorum, dht_mode, listen, common } => {
-            ("dht", Args { positional: op, bootstrap, limit, quorum, dht_mode, ..Args::with(common, listen) })
+        Cmd::Dht { op, bootstrap, limit, quorum, seq, lifetime, dht_mode, listen, common } => {
+            ("dht", Args { positional: op, bootstrap, limit, quorum, seq, lifetime, dht_mode, ..Args::with(common, listen) })
         }
         Cmd::Ping { target, count, common } => {
             ("ping", Args { positional: vec![target.to_string()], count, ..Args::with(common, ListenArgs::default()) })
@@ -626,6 +639,23 @@ async fn dht(args: Args) -> Result<(), String> {
             } else {
                 Ok(())
             }
+        }
+        "publish" => {
+            let seq = match args.seq {
+                Some(n) => n,
+                None => d.resolve_ipns(&host.peer_id(), args.quorum).await.map_or(0, |r| r.sequence + 1),
+            };
+            let lifetime = std::time::Duration::from_secs(args.lifetime);
+            let n = d.publish_ipns(arg.as_bytes(), seq, lifetime).await.map_err(|e| format!("publish: {e}"))?;
+            println!("/ipns/{} -> {arg} (sequence {seq}) stored on {n} peers", host.peer_id().to_cid_string());
+            Ok(())
+        }
+        "resolve" => {
+            let peer: hyphae::PeerId = arg.parse().map_err(|e| format!("{arg}: {e}"))?;
+            let r = d.resolve_ipns(&peer, args.quorum).await.map_err(|e| format!("resolve {peer}: {e}"))?;
+            eprintln!("sequence {}, valid until {}", r.sequence, r.validity);
+            println!("{}", String::from_utf8_lossy(&r.value));
+            Ok(())
         }
         other => Err(format!("unknown dht operation {other:?}")),
     };

@@ -177,6 +177,30 @@ async fn cli_dht_finds_a_provider_and_a_peer_through_a_bootstrap_node() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--bootstrap"));
     let out = Command::new(BIN).args(["dht", "get", &format!("/pk/{c_id}"), "--bootstrap", &boot]).output().await.unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // IPNS: a name (the key file's peer id) published twice, the second time one sequence above the
+    // first without being told; resolved by another process.
+    let kn = dir.0.join("name.key");
+    let name = String::from_utf8(Command::new(BIN).args(["id", "--key", kn.to_str().unwrap()]).output().await.unwrap().stdout).unwrap();
+    let name = name.trim();
+    let publish = |path: &'static str| {
+        let kn = kn.clone();
+        let boot = boot.clone();
+        async move {
+            let out = Command::new(BIN)
+                .args(["dht", "publish", path, "--key", kn.to_str().unwrap(), "--bootstrap", &boot])
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    assert!(publish("/ipfs/bafkqaddwgevxmmraojswg33smq").await.contains("(sequence 0) stored on"));
+    assert!(publish("/ipfs/bafkqaaa").await.contains("(sequence 1) stored on"));
+    let out = Command::new(BIN).args(["dht", "resolve", name, "--bootstrap", &boot]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/ipfs/bafkqaaa");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sequence 1, valid until "), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Runs `hyphae dht ARGS --bootstrap BOOT`, retrying for a few seconds (a node started just before

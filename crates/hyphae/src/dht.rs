@@ -93,6 +93,30 @@ impl Dht<'_> {
         Ok(v)
     }
 
+    /// Publishes an IPNS record of our own name (this host's peer id) pointing at `value` (a content
+    /// path such as `/ipfs/bafy…`): signed with the host's key, valid for `lifetime` (the DHT keeps
+    /// records 48 h at most), with `sequence`, which must grow with each update (peers keep the record
+    /// with the highest). Returns how many peers stored it.
+    pub async fn publish_ipns(&self, value: &[u8], sequence: u64, lifetime: std::time::Duration) -> Result<usize, Error> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let eol = i128::try_from((now + lifetime).as_nanos()).unwrap_or(i128::MAX);
+        let rec = kad::ipns::create(self.host.keypair(), value, sequence, eol, kad::ipns::DEFAULT_TTL_NANOS);
+        self.put_value(&kad::ipns::key(&self.host.peer_id()), &rec).await
+    }
+
+    /// The best valid IPNS record of `name` (highest sequence, then latest expiry) among the first
+    /// `quorum` valid ones the DHT returns (go resolves with 16).
+    pub async fn resolve_ipns(&self, name: &PeerId, quorum: usize) -> Result<kad::ipns::IpnsRecord, Error> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = i128::try_from(now.as_nanos()).unwrap_or(i128::MAX);
+        let found = self.get_value(&kad::ipns::key(name), quorum).await?;
+        found
+            .iter()
+            .filter_map(|(_, v)| kad::ipns::validate(name, v, now).ok())
+            .max_by(kad::ipns::compare)
+            .ok_or(Error::Dht(kad::QueryError::NotFound))
+    }
+
     /// Announces us as a provider of `key` (a multihash, e.g. a CID's) to the k closest peers.
     pub async fn provide(&self, key: &[u8]) -> Result<usize, Error> {
         let rx = self.host.inner.kad_query(|k, cx| k.provide(cx, key.to_vec()))?;

@@ -785,7 +785,9 @@ impl Host {
         let mut node = Node::new(nc, hyphae_core::Instant::ZERO);
         // Perf runs on command; it serves only after `enable_perf_server`.
         node.add_service(hyphae_core::Instant::ZERO, Box::new(PerfService::new(false)));
-        node.add_service(hyphae_core::Instant::ZERO, Box::new(KadService::new(keypair.peer_id(), config.dht.clone())));
+        let mut dht = config.dht.clone();
+        dht.unix_time = unix_now();
+        node.add_service(hyphae_core::Instant::ZERO, Box::new(KadService::new(keypair.peer_id(), dht)));
         node.add_service(hyphae_core::Instant::ZERO, Box::new(AutonatService::new(config.autonat.clone())));
         let mut ps = config.pubsub.clone();
         if ps.first_seqno == gossipsub::Config::default().first_seqno {

@@ -119,6 +119,59 @@ async fn go_dht_go_finds_hyphae_peer_provider_and_record() {
     assert!(ids.contains(&h1.peer_id()) && ids.contains(&h2_id), "{ids:?}");
 }
 
+/// IPNS records (ipfs/specs ipns-record) both ways with go, whose DHT validates `/ipns/` records
+/// (go-ipns): go stores what hyphae publishes — an Ed25519 name (key inlined in the id) and an RSA one
+/// (key inside the record) — answers GET_VALUE with it, keeps the higher sequence when hyphae
+/// republishes, and refuses a record signed by another key; a second hyphae node resolves the name
+/// through go alone and validates what go serves.
+#[tokio::test]
+async fn go_dht_stores_and_serves_hyphae_ipns_records() {
+    use hyphae::core::kad::ipns;
+    init_tracing();
+    let (h1, a1) = dht_host(KeyType::Ed25519).await;
+    let Some(go) = P2pd::start(&["-dhtServer"]).await else { return };
+    go.connect(&h1.peer_id(), &[a1.without_peer_id()]).await.unwrap();
+    let name = h1.peer_id();
+    let key = ipns::key(&name);
+    let hour = Duration::from_secs(3600);
+    // go joins h1's table once identify says it serves kad: until then a put stores nowhere.
+    eventually("go stores hyphae's record", || async {
+        h1.dht().publish_ipns(b"/ipfs/bafkqaddwgevxmmraojswg33smq", 1, hour).await.ok().filter(|n| *n >= 1)
+    })
+    .await;
+    let now = || i128::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()).unwrap();
+    let served = |v: Vec<DhtValue>| v.into_iter().find_map(|x| x.value).and_then(|b| ipns::validate(&name, &b, now()).ok());
+    let got = go.dht(dht_op::GET_VALUE, DhtReq { key: Some(&key), timeout: Some(10), ..Default::default() }).await.unwrap();
+    let r = served(got).expect("go serves a valid record");
+    assert_eq!((r.value.as_slice(), r.sequence), (&b"/ipfs/bafkqaddwgevxmmraojswg33smq"[..], 1));
+    // A republish with a higher sequence replaces it at go.
+    within("republish", h1.dht().publish_ipns(b"/ipfs/bafkqaaa", 2, hour)).await.unwrap();
+    let got = go.dht(dht_op::GET_VALUE, DhtReq { key: Some(&key), timeout: Some(10), ..Default::default() }).await.unwrap();
+    assert_eq!(served(got).map(|r| r.sequence), Some(2));
+    // A record under h1's name signed by another key: go's validator refuses it.
+    let other = Keypair::generate(KeyType::Ed25519, &mut rand_core::OsRng);
+    let mut forged = ipns::create(&other, b"/ipfs/evil", 9, now() + 3_600_000_000_000, 1);
+    assert!(go
+        .dht(dht_op::PUT_VALUE, DhtReq { key: Some(&key), value: Some(&forged), timeout: Some(5), ..Default::default() })
+        .await
+        .is_err());
+    // An RSA name: its public key travels inside the record.
+    let rsa = Keypair::generate(KeyType::Rsa, &mut rand_core::OsRng);
+    let rsa_key = ipns::key(&rsa.peer_id());
+    forged = ipns::create(&rsa, b"/ipfs/rsa", 5, now() + 3_600_000_000_000, 1);
+    within("put rsa", h1.dht().put_value(&rsa_key, &forged)).await.unwrap();
+    let got = go.dht(dht_op::GET_VALUE, DhtReq { key: Some(&rsa_key), timeout: Some(10), ..Default::default() }).await.unwrap();
+    let rsa_served = got.into_iter().find_map(|x| x.value).expect("go serves the RSA record");
+    assert_eq!(ipns::validate(&rsa.peer_id(), &rsa_served, now()).map(|r| r.sequence), Ok(5));
+
+    // A new hyphae node that knows only go resolves h1's name through it.
+    let (h3, _) = dht_host(KeyType::Ed25519).await;
+    let go_addr = go.addrs[0].clone().with_peer_id(&go.peer_id);
+    within("bootstrap via go", h3.dht().bootstrap(&[go_addr])).await.unwrap();
+    let r = within("resolve", h3.dht().resolve_ipns(&name, 1)).await.unwrap();
+    assert_eq!((r.value.as_slice(), r.sequence), (&b"/ipfs/bafkqaaa"[..], 2));
+}
+
 // ---------------- js-libp2p and rust-libp2p (driven line by line) ----------------
 
 /// hyphae asks: two peers of the other implementation join through a hyphae node and each other; the
@@ -234,5 +287,45 @@ async fn js_sees_hyphae_announce_kad_only_in_server_mode() {
         };
         assert_eq!(l.contains("/ipfs/kad/1.0.0"), announced, "{mode:?}: {l}");
         h.close().await;
+    }
+}
+
+/// IPNS records with js-ipns (the `ipns` package of js-libp2p and Helia), both ways and for an
+/// Ed25519 and an RSA name: hyphae validates the records js creates (V1+V2, js's DAG-CBOR), and js's
+/// validator accepts the ones hyphae creates.
+#[tokio::test]
+async fn js_ipns_records_validate_both_ways() {
+    use hyphae::core::kad::ipns;
+    let Some(_) = peer_path("interop/js/node_modules/ipns") else { return };
+    let js = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new("node")
+            .current_dir(repo_root().join("interop/js"))
+            .args(["--import", "./polyfill.mjs", "ipns.mjs"])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let unhex = |s: &str| (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<u8>>();
+    let now = i128::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()).unwrap();
+    let dir = TempDir::new("ipns");
+    for ty in [KeyType::Ed25519, KeyType::Rsa] {
+        let k = Keypair::generate(ty, &mut rand_core::OsRng);
+        let file = dir.0.join(format!("{ty:?}.key"));
+        std::fs::write(&file, k.encode_protobuf()).unwrap();
+        let value = "/ipfs/bafkqaddwgevxmmraojswg33smq";
+        let out = js(vec!["create".into(), file.display().to_string(), value.into(), "7".into()]).await;
+        let rec = ipns::validate(&k.peer_id(), &unhex(&out), now).unwrap_or_else(|e| panic!("{ty:?}: js's record: {e} ({out})"));
+        assert_eq!((rec.value.as_slice(), rec.sequence), (value.as_bytes(), 7), "{ty:?}");
+        let ours = ipns::create(&k, value.as_bytes(), 3, now + 3_600_000_000_000, ipns::DEFAULT_TTL_NANOS);
+        let out = js(vec!["validate".into(), hex(&ipns::key(&k.peer_id())), hex(&ours)]).await;
+        assert_eq!(out, format!("ok 3 {value}"), "{ty:?}: js validates hyphae's record");
+        // And js refuses ours when it is signed by another key.
+        let other = Keypair::generate(KeyType::Ed25519, &mut rand_core::OsRng);
+        let forged = ipns::create(&other, value.as_bytes(), 3, now + 3_600_000_000_000, 1);
+        let out = js(vec!["validate".into(), hex(&ipns::key(&k.peer_id())), hex(&forged)]).await;
+        assert!(out.starts_with("error"), "{ty:?}: {out}");
     }
 }

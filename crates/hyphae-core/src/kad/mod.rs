@@ -16,6 +16,7 @@ use crate::multiaddr::Multiaddr;
 use crate::time::Duration;
 use sha2::{Digest, Sha256};
 
+pub mod ipns;
 pub mod keys;
 pub mod query;
 pub mod service;
@@ -128,6 +129,16 @@ pub struct Config {
     pub max_inbound_streams: usize,
     pub limits: wire::Limits,
     pub store: store::Limits,
+    /// Wall-clock unix seconds at the driver's `Instant(0)`: IPNS records expire on the calendar, so
+    /// validation needs the date (the Host passes its clock's; the simulator a fixed one).
+    pub unix_time: i64,
+}
+
+impl Config {
+    /// Wall-clock unix nanoseconds at `now`.
+    pub fn unix_nanos(&self, now: crate::time::Instant) -> i128 {
+        i128::from(self.unix_time) * 1_000_000_000 + i128::from(now.as_nanos())
+    }
 }
 
 impl Default for Config {
@@ -151,6 +162,7 @@ impl Default for Config {
             max_inbound_streams: 256,
             limits: wire::Limits::default(),
             store: store::Limits::default(),
+            unix_time: 1_700_000_000,
         }
     }
 }

@@ -259,7 +259,8 @@ impl KadService {
     /// Stores `record` locally and on the k closest peers to its key.
     pub fn put_value(&mut self, cx: &mut Cx<'_>, record: Record) -> Result<QueryId, QueryError> {
         let exp = cx.now + self.config.record_ttl;
-        self.store.put(record.clone(), exp).map_err(|e| QueryError::InvalidRecord(e.to_string()))?;
+        let wall = self.config.unix_nanos(cx.now);
+        self.store.put(record.clone(), exp, wall).map_err(|e| QueryError::InvalidRecord(e.to_string()))?;
         let key = record.key.clone();
         self.start(cx, Kind::PutValue(record), key)
     }
@@ -513,7 +514,8 @@ impl KadService {
                 done = seen.len() >= *limit;
             }
             Kind::GetValue { quorum, found } => {
-                if let Some(rec) = m.record.filter(|rec| rec.key == st.key && store::validate(&rec.key, &rec.value).is_ok()) {
+                let wall = self.config.unix_nanos(cx.now);
+                if let Some(rec) = m.record.filter(|rec| rec.key == st.key && store::validate(&rec.key, &rec.value, wall).is_ok()) {
                     *found += 1;
                     done = *found >= *quorum;
                     cx.emit(NodeEvent::Kad(Event::Value { query: id, record: rec, from: r.peer.clone() }));
@@ -580,7 +582,7 @@ impl KadService {
             }
             MsgType::PutValue => {
                 let rec = req.record.clone().filter(|r| r.key == req.key).ok_or(RecordError::BadKey)?;
-                self.store.put(rec, cx.now + self.config.record_ttl)?;
+                self.store.put(rec, cx.now + self.config.record_ttl, self.config.unix_nanos(cx.now))?;
                 return Ok(Some(req));
             }
             MsgType::Ping => {}

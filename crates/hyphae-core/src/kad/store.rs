@@ -35,18 +35,40 @@ pub enum RecordError {
     Mismatch,
     #[error("store full")]
     Full,
+    #[error("invalid IPNS record: {0}")]
+    Ipns(super::ipns::IpnsError),
+    /// An IPNS record no better than the one kept (a lower sequence, or the same with an earlier expiry).
+    #[error("older than the record kept")]
+    Older,
 }
 
-/// Validates a record by its namespace. `/pk/<peer id multihash>`: the value is that peer's protobuf
-/// `PublicKey` (the only namespace go, js and rust all accept unchanged). Others: refused (IPNS is the
-/// next to add; applications will plug in their own).
-pub fn validate(key: &[u8], value: &[u8]) -> Result<(), RecordError> {
+/// Validates a record by its namespace at wall-clock time `now_unix_nanos`. `/pk/<peer id multihash>`:
+/// the value is that peer's protobuf `PublicKey` (the only namespace go, js and rust all accept
+/// unchanged). `/ipns/<peer id multihash>`: a signed IPNS record of that name, not expired
+/// ([`super::ipns::validate`]; go's daemon validates these too). Others: refused.
+pub fn validate(key: &[u8], value: &[u8], now_unix_nanos: i128) -> Result<(), RecordError> {
+    if let Some(id) = key.strip_prefix(b"/ipns/") {
+        let name = PeerId::from_bytes(id).map_err(|_| RecordError::BadKey)?;
+        return super::ipns::validate(&name, value, now_unix_nanos).map(|_| ()).map_err(RecordError::Ipns);
+    }
     let Some(id) = key.strip_prefix(b"/pk/") else { return Err(RecordError::UnknownNamespace) };
     let peer = PeerId::from_bytes(id).map_err(|_| RecordError::BadKey)?;
     if PeerId::from_public_key_protobuf(value) != peer {
         return Err(RecordError::Mismatch);
     }
     Ok(())
+}
+
+/// Of two valid values of `key`, whether `new` should replace `old`: for IPNS the better record
+/// ([`super::ipns::compare`]); elsewhere the newer value.
+pub fn better(key: &[u8], new: &[u8], old: &[u8], now_unix_nanos: i128) -> bool {
+    let Some(id) = key.strip_prefix(b"/ipns/") else { return true };
+    let Ok(name) = PeerId::from_bytes(id) else { return true };
+    match (super::ipns::validate(&name, new, now_unix_nanos), super::ipns::validate(&name, old, now_unix_nanos)) {
+        (Ok(n), Ok(o)) => super::ipns::compare(&n, &o) == std::cmp::Ordering::Greater,
+        (Ok(_), Err(_)) => true,
+        _ => false,
+    }
 }
 
 /// The `/pk/` key of `peer` (namespace plus the peer id's multihash bytes, as go builds it).
@@ -74,8 +96,14 @@ impl Store {
         Store { limits, ..Store::default() }
     }
 
-    pub fn put(&mut self, record: Record, expires: Instant) -> Result<(), RecordError> {
-        validate(&record.key, &record.value)?;
+    /// Keeps a valid record until `expires` (an IPNS record only if it beats the one kept).
+    pub fn put(&mut self, record: Record, expires: Instant, now_unix_nanos: i128) -> Result<(), RecordError> {
+        validate(&record.key, &record.value, now_unix_nanos)?;
+        if let Some((old, _)) = self.records.get(&record.key) {
+            if old.value != record.value && !better(&record.key, &record.value, &old.value, now_unix_nanos) {
+                return Err(RecordError::Older);
+            }
+        }
         if !self.records.contains_key(&record.key) && self.records.len() >= self.limits.max_records {
             return Err(RecordError::Full);
         }
@@ -129,19 +157,45 @@ mod tests {
     use crate::rng;
     use crate::time::Duration;
 
+    const NOW: i128 = 1_800_000_000 * 1_000_000_000;
+
+    /// An IPNS record is kept only while it is valid, and replaced only by a better one: a higher
+    /// sequence, or the same sequence with a later expiry.
+    #[test]
+    fn store_keeps_the_best_ipns_record() {
+        use super::super::ipns;
+        let kp = Keypair::generate_ed25519(&mut rng::from_seed([4; 32]));
+        let key = ipns::key(&kp.peer_id());
+        let hour = 3_600_000_000_000i128;
+        let rec = |seq, eol| Record { key: key.clone(), value: ipns::create(&kp, b"/ipfs/x", seq, NOW + eol, 1), time_received: None };
+        let mut s = Store::new(Limits::default());
+        let t = Instant(0) + Duration::from_secs(10);
+        s.put(rec(2, hour), t, NOW).unwrap();
+        assert_eq!(s.put(rec(1, 2 * hour), t, NOW), Err(RecordError::Older));
+        assert_eq!(s.put(rec(2, hour / 2), t, NOW), Err(RecordError::Older));
+        s.put(rec(2, 2 * hour), t, NOW).unwrap();
+        s.put(rec(3, hour), t, NOW).unwrap();
+        let kept = s.get(&key, Instant(0)).unwrap().value.clone();
+        assert_eq!(ipns::validate(&kp.peer_id(), &kept, NOW).unwrap().sequence, 3);
+        assert!(matches!(s.put(rec(4, hour), t, NOW + 2 * hour), Err(RecordError::Ipns(ipns::IpnsError::Expired(_)))));
+        let other = Keypair::generate_ed25519(&mut rng::from_seed([5; 32]));
+        let forged = Record { key: key.clone(), value: ipns::create(&other, b"/ipfs/evil", 9, NOW + hour, 1), time_received: None };
+        assert!(matches!(s.put(forged, t, NOW), Err(RecordError::Ipns(_))), "signed by another key");
+    }
+
     #[test]
     fn store_validates_pk_records_and_bounds_providers() {
         let kp = Keypair::generate_ed25519(&mut rng::from_seed([1; 32]));
         let other = Keypair::generate_ed25519(&mut rng::from_seed([2; 32]));
         let key = pk_key(&kp.peer_id());
-        assert_eq!(validate(&key, &kp.public().encode_protobuf()), Ok(()));
-        assert_eq!(validate(&key, &other.public().encode_protobuf()), Err(RecordError::Mismatch));
-        assert_eq!(validate(b"/app/x", b"v"), Err(RecordError::UnknownNamespace));
+        assert_eq!(validate(&key, &kp.public().encode_protobuf(), NOW), Ok(()));
+        assert_eq!(validate(&key, &other.public().encode_protobuf(), NOW), Err(RecordError::Mismatch));
+        assert_eq!(validate(b"/app/x", b"v", NOW), Err(RecordError::UnknownNamespace));
         let mut s = Store::new(Limits { max_records: 1, max_provider_keys: 1, max_providers_per_key: 2 });
         let t = Instant(0) + Duration::from_secs(10);
-        s.put(Record { key: key.clone(), value: kp.public().encode_protobuf(), time_received: None }, t).unwrap();
+        s.put(Record { key: key.clone(), value: kp.public().encode_protobuf(), time_received: None }, t, NOW).unwrap();
         let k2 = pk_key(&other.peer_id());
-        assert_eq!(s.put(Record { key: k2, value: other.public().encode_protobuf(), time_received: None }, t), Err(RecordError::Full));
+        assert_eq!(s.put(Record { key: k2, value: other.public().encode_protobuf(), time_received: None }, t, NOW), Err(RecordError::Full));
         assert!(s.get(&key, Instant(0)).is_some());
         assert!(s.get(&key, t).is_none(), "expired");
         let mut r = rng::from_seed([3; 32]);
