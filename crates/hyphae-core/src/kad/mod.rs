@@ -132,6 +132,9 @@ pub struct Config {
     /// Wall-clock unix seconds at the driver's `Instant(0)`: IPNS records expire on the calendar, so
     /// validation needs the date (the Host passes its clock's; the simulator a fixed one).
     pub unix_time: i64,
+    /// Record namespaces of the application's, beside the built-in `/pk/` and `/ipns/` (none by
+    /// default).
+    pub validators: store::Validators,
 }
 
 impl Config {
@@ -163,6 +166,7 @@ impl Default for Config {
             limits: wire::Limits::default(),
             store: store::Limits::default(),
             unix_time: 1_700_000_000,
+            validators: store::Validators::default(),
         }
     }
 }

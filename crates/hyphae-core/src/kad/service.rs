@@ -3,7 +3,7 @@
 //! rust-libp2p does), dialing peers it is not connected to through the node's outbox.
 
 use super::query::Query;
-use super::store::{self, RecordError, Store};
+use super::store::{RecordError, Store};
 use super::table::{Insert, Table, TableConfig};
 use super::wire::{self, Connection};
 use super::{Config, Event, KadPeer, Key, Mode, Msg, MsgType, Outcome, PeerInfo, QueryError, QueryId, Record, Stats, PROTOCOL_ID};
@@ -121,7 +121,7 @@ impl KadService {
         };
         KadService {
             table: Table::new(Key::from_peer(&local), tc),
-            store: Store::new(config.store.clone()),
+            store: Store::with_validators(config.store.clone(), config.validators.clone()),
             server: config.mode == Mode::Server,
             local,
             conns: BTreeMap::new(),
@@ -515,7 +515,8 @@ impl KadService {
             }
             Kind::GetValue { quorum, found } => {
                 let wall = self.config.unix_nanos(cx.now);
-                if let Some(rec) = m.record.filter(|rec| rec.key == st.key && store::validate(&rec.key, &rec.value, wall).is_ok()) {
+                let valid = |rec: &Record| self.store.validators().validate(&rec.key, &rec.value, wall).is_ok();
+                if let Some(rec) = m.record.filter(|rec| rec.key == st.key && valid(rec)) {
                     *found += 1;
                     done = *found >= *quorum;
                     cx.emit(NodeEvent::Kad(Event::Value { query: id, record: rec, from: r.peer.clone() }));

@@ -37,9 +37,60 @@ pub enum RecordError {
     Full,
     #[error("invalid IPNS record: {0}")]
     Ipns(super::ipns::IpnsError),
-    /// An IPNS record no better than the one kept (a lower sequence, or the same with an earlier expiry).
+    /// An IPNS record no better than the one kept (a lower sequence, or the same with an earlier expiry),
+    /// or a value an application's validator ranks below the one kept.
     #[error("older than the record kept")]
     Older,
+    /// An application's validator refused it.
+    #[error("invalid record: {0}")]
+    Invalid(String),
+}
+
+/// An application's record namespace (`/myapp/…` keys): what a value must be, and which of two valid
+/// values is kept. Pure functions of their arguments — the DHT calls them inside the node machine, in
+/// the simulator too — and cheap: every stored, served and found record of the namespace passes here.
+pub trait Validator: Send + Sync + std::fmt::Debug {
+    /// `Err(reason)` refuses the record (`now_unix_nanos`: wall-clock time, for expiring records).
+    fn validate(&self, key: &[u8], value: &[u8], now_unix_nanos: i128) -> Result<(), String>;
+    /// Whether `new` replaces `old` (both valid). Default: it does (the newest value wins).
+    fn better(&self, key: &[u8], new: &[u8], old: &[u8]) -> bool {
+        let _ = (key, new, old);
+        true
+    }
+}
+
+/// The namespaces the DHT accepts besides the built-in `/pk/` and `/ipns/` (go's `NamespacedValidator`):
+/// each key prefix with its validator. A key of no namespace is refused ("unknown namespace").
+#[derive(Debug, Clone, Default)]
+pub struct Validators(Vec<(Vec<u8>, std::sync::Arc<dyn Validator>)>);
+
+impl Validators {
+    /// Adds `namespace` (written as in keys, e.g. `"/myapp/"`; the built-in `/pk/` and `/ipns/` cannot be
+    /// replaced) with its validator.
+    pub fn with(mut self, namespace: &str, v: impl Validator + 'static) -> Validators {
+        self.0.push((namespace.as_bytes().to_vec(), std::sync::Arc::new(v)));
+        self
+    }
+    fn find(&self, key: &[u8]) -> Option<&dyn Validator> {
+        self.0.iter().find(|(ns, _)| key.starts_with(ns)).map(|(_, v)| &**v)
+    }
+    /// [`validate`] with these namespaces too.
+    pub fn validate(&self, key: &[u8], value: &[u8], now_unix_nanos: i128) -> Result<(), RecordError> {
+        match validate(key, value, now_unix_nanos) {
+            Err(RecordError::UnknownNamespace) => match self.find(key) {
+                Some(v) => v.validate(key, value, now_unix_nanos).map_err(RecordError::Invalid),
+                None => Err(RecordError::UnknownNamespace),
+            },
+            r => r,
+        }
+    }
+    /// [`better`] with these namespaces too.
+    pub fn better(&self, key: &[u8], new: &[u8], old: &[u8], now_unix_nanos: i128) -> bool {
+        match self.find(key) {
+            Some(v) if !key.starts_with(b"/pk/") && !key.starts_with(b"/ipns/") => v.better(key, new, old),
+            _ => better(key, new, old, now_unix_nanos),
+        }
+    }
 }
 
 /// Validates a record by its namespace at wall-clock time `now_unix_nanos`. `/pk/<peer id multihash>`:
@@ -87,6 +138,7 @@ struct Provider {
 #[derive(Default)]
 pub struct Store {
     limits: Limits,
+    validators: Validators,
     records: BTreeMap<Vec<u8>, (Record, Instant)>,
     providers: BTreeMap<Vec<u8>, Vec<Provider>>,
 }
@@ -96,11 +148,20 @@ impl Store {
         Store { limits, ..Store::default() }
     }
 
+    /// A store that also accepts the application's namespaces.
+    pub fn with_validators(limits: Limits, validators: Validators) -> Store {
+        Store { limits, validators, ..Store::default() }
+    }
+
+    pub fn validators(&self) -> &Validators {
+        &self.validators
+    }
+
     /// Keeps a valid record until `expires` (an IPNS record only if it beats the one kept).
     pub fn put(&mut self, record: Record, expires: Instant, now_unix_nanos: i128) -> Result<(), RecordError> {
-        validate(&record.key, &record.value, now_unix_nanos)?;
+        self.validators.validate(&record.key, &record.value, now_unix_nanos)?;
         if let Some((old, _)) = self.records.get(&record.key) {
-            if old.value != record.value && !better(&record.key, &record.value, &old.value, now_unix_nanos) {
+            if old.value != record.value && !self.validators.better(&record.key, &record.value, &old.value, now_unix_nanos) {
                 return Err(RecordError::Older);
             }
         }

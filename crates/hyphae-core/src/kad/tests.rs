@@ -179,3 +179,58 @@ fn kad_bootstrap_nobody_answered_fails_and_is_tried_again_through_the_seeds() {
     assert!(oks >= 1, "re-bootstrapped: {:?}", p.events[0]);
     assert!(p.nodes[0].node_mut().service_mut::<KadService>().unwrap().table().contains(&b));
 }
+
+/// An application's namespace, plugged in through `Config::validators`: servers that know it store
+/// and serve its records, refuse values it rejects and keep the one it ranks higher; a node without
+/// it refuses the namespace.
+#[test]
+fn kad_application_namespace_through_pluggable_validators() {
+    #[derive(Debug)]
+    struct Versioned;
+    impl store::Validator for Versioned {
+        fn validate(&self, _key: &[u8], value: &[u8], _now: i128) -> Result<(), String> {
+            value.first().map(|_| ()).ok_or_else(|| "empty".into())
+        }
+        /// The higher first byte (a version) wins.
+        fn better(&self, _key: &[u8], new: &[u8], old: &[u8]) -> bool {
+            new[0] > old[0]
+        }
+    }
+    let n = 6;
+    let mut p = Net::new(n, |_, _| {});
+    for i in 0..n {
+        let me = p.peer_id(i);
+        let validators = if i == n - 1 { store::Validators::default() } else { store::Validators::default().with("/app/", Versioned) };
+        let cfg = Config { mode: Mode::Server, validators, ..Config::default() };
+        p.nodes[i].add_service(Instant(0), Box::new(KadService::new(me, cfg)));
+    }
+    let (b0, a0) = (p.peer_id(0), p.addr(0).without_peer_id());
+    for i in 1..n {
+        run(&mut p, i, |k, cx| {
+            k.add_peer(cx, &b0, std::slice::from_ref(&a0));
+            k.bootstrap(cx).unwrap();
+        });
+        p.run_for(Duration::from_millis(200));
+    }
+    p.run_for(Duration::from_secs(5));
+    let rec = |v: &[u8]| Record { key: b"/app/x".to_vec(), value: v.to_vec(), time_received: None };
+    let q = run(&mut p, 1, |k, cx| k.put_value(cx, rec(&[2, 2]))).unwrap();
+    p.run_for(Duration::from_secs(5));
+    // Every server but the one without the namespace stores it.
+    assert_eq!(finished(&p, 1, q).expect("finished").expect("stored").stored, n - 2);
+    assert!(matches!(run(&mut p, 1, |k, cx| k.put_value(cx, rec(&[]))), Err(QueryError::InvalidRecord(_))));
+    // A lower version is refused where the higher one is kept.
+    assert!(matches!(run(&mut p, 1, |k, cx| k.put_value(cx, rec(&[1]))), Err(QueryError::InvalidRecord(_))));
+    let q = run(&mut p, 2, |k, cx| k.get_value(cx, b"/app/x".to_vec(), 3)).unwrap();
+    p.run_for(Duration::from_secs(5));
+    let got: Vec<_> = p.events[2]
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Kad(Event::Value { query, record, .. }) if *query == q => Some(record.value.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(got.len() >= 3 && got.iter().all(|v| v == &[2, 2]), "{got:?}");
+    // The node without the namespace refuses it.
+    assert!(matches!(run(&mut p, n - 1, |k, cx| k.put_value(cx, rec(&[3]))), Err(QueryError::InvalidRecord(_))));
+}
