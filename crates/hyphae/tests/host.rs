@@ -320,18 +320,7 @@ async fn host_metrics_text_shows_a_ping_and_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_memory_budget_bounds_what_unread_streams_can_hold() {
     let budget: u64 = 16 << 20;
-    let mut cfg = HostConfig::ephemeral();
-    cfg.resources.memory = budget;
-    let victim = Host::new(cfg).await.unwrap();
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let h2 = held.clone();
-    victim.set_stream_handler("/sink/1", move |s: Stream| {
-        h2.lock().unwrap().push(s);
-        async {}
-    });
-    let addr = victim.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap().remove(0);
-    let attacker = Host::new(HostConfig::ephemeral()).await.unwrap();
-    let peer = attacker.connect(&addr).await.unwrap();
+    let (victim, held, attacker, peer) = sink_victim(budget, "/ip4/127.0.0.1/tcp/0").await;
     let rss0 = rss_bytes();
     let chunk = vec![0x5au8; 1 << 20];
     let (mut opened, mut refused) = (0, 0);
@@ -379,18 +368,7 @@ async fn host_memory_budget_bounds_what_unread_streams_can_hold() {
 /// that connection: QUIC's flow control is per connection as well as per stream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_quic_connection_window_bounds_what_unread_streams_can_hold() {
-    let mut cfg = HostConfig::ephemeral();
-    cfg.resources.memory = 16 << 20;
-    let victim = Host::new(cfg).await.unwrap();
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let h2 = held.clone();
-    victim.set_stream_handler("/sink/1", move |s: Stream| {
-        h2.lock().unwrap().push(s);
-        async {}
-    });
-    let addr = victim.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap().remove(0);
-    let attacker = Host::new(HostConfig::ephemeral()).await.unwrap();
-    let peer = attacker.connect(&addr).await.unwrap();
+    let (victim, _held, attacker, peer) = sink_victim(16 << 20, "/ip4/127.0.0.1/udp/0/quic-v1").await;
     let rss0 = rss_bytes();
     let chunk = vec![0x5au8; 1 << 20];
     let mut streams = Vec::new();
@@ -419,6 +397,24 @@ async fn host_quic_connection_window_bounds_what_unread_streams_can_hold() {
     assert!(used <= f64::from(hyphae::core::quic::INITIAL_CONNECTION_WINDOW), "reserved {used}");
     assert!((512 << 10..=2 << 20).contains(&written), "{written} bytes accepted: the window, filled");
     assert!(rss1.saturating_sub(rss0) < 32 << 20, "RSS grew {} MiB", (rss1 - rss0) >> 20);
+}
+
+/// A victim with memory budget `budget` listening on `listen`, whose `/sink/1` handler keeps every
+/// stream without reading it (in the returned list), and an attacker connected to it.
+async fn sink_victim(budget: u64, listen: &str) -> (Host, std::sync::Arc<std::sync::Mutex<Vec<Stream>>>, Host, hyphae::PeerId) {
+    let mut cfg = HostConfig::ephemeral();
+    cfg.resources.memory = budget;
+    let victim = Host::new(cfg).await.unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h2 = held.clone();
+    victim.set_stream_handler("/sink/1", move |s: Stream| {
+        h2.lock().unwrap().push(s);
+        async {}
+    });
+    let addr = victim.listen(listen.parse().unwrap()).await.unwrap().remove(0);
+    let attacker = Host::new(HostConfig::ephemeral()).await.unwrap();
+    let peer = attacker.connect(&addr).await.unwrap();
+    (victim, held, attacker, peer)
 }
 
 fn rss_bytes() -> u64 {
