@@ -391,7 +391,7 @@ impl Connection {
         if let Some(mem) = self.config.memory.clone() {
             match crate::rcmgr::Reservation::new(&mem, SECURE_CHANNEL_MEMORY) {
                 Some(r) => self.buffers = Some(r),
-                None => return self.finish_close(CloseReason::Refused(crate::rcmgr::Reservation::refusal(&mem))),
+                None => return self.finish_close(CloseReason::Refused(crate::rcmgr::Reservation::refusal(&mem, SECURE_CHANNEL_MEMORY))),
             }
         }
         let muxers: Vec<String> = if self.config.early_muxer_negotiation { self.config.muxers.clone() } else { vec![] };

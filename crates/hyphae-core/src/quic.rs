@@ -598,7 +598,7 @@ impl Endpoint {
                     match rcmgr::Reservation::new(&mem, c.window) {
                         Some(r) => c.buffers = Some(r),
                         None => {
-                            let refusal = rcmgr::Reservation::refusal(&mem);
+                            let refusal = rcmgr::Reservation::refusal(&mem, c.window);
                             return self.refuse(now, h, CloseReason::Refused(refusal));
                         }
                     }

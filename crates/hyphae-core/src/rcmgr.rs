@@ -171,9 +171,17 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
-    /// The refusal to report when a reservation of this budget did not fit.
-    pub fn refusal(memory: &Memory) -> Refusal {
-        Refusal { scope: Scope::System, resource: Resource::Memory, limit: u32::try_from(memory.limit() >> 20).unwrap_or(u32::MAX) }
+    /// The refusal to report when reserving `n` bytes of `memory` failed: its peer scope's when that
+    /// was what had no room, else the system's.
+    pub fn refusal(memory: &Memory, n: u64) -> Refusal {
+        let mib = |m: &Memory| u32::try_from(m.limit() >> 20).unwrap_or(u32::MAX);
+        match &memory.0.parent {
+            Some(system) if memory.used().saturating_add(n) <= memory.limit() => {
+                Refusal { scope: Scope::System, resource: Resource::Memory, limit: mib(system) }
+            }
+            Some(_) => Refusal { scope: Scope::Peer, resource: Resource::Memory, limit: mib(memory) },
+            None => Refusal { scope: Scope::System, resource: Resource::Memory, limit: mib(memory) },
+        }
     }
 }
 
@@ -1049,8 +1057,13 @@ mod tests {
         assert_eq!((r.bytes(), m.used(), m.refused()), (100, 100, 2));
         drop(r);
         assert_eq!(m.used(), 0);
-        let e = Reservation::refusal(&Memory::new(3 << 20));
+        let e = Reservation::refusal(&Memory::new(3 << 20), 1);
         assert_eq!(e.to_string(), "system scope: memory (MiB) at limit 3");
+        let sys = Memory::with_peer_limit(8 << 20, 2 << 20);
+        let p = sys.for_peer(&peer(1));
+        assert_eq!(Reservation::refusal(&p, 3 << 20).scope, Scope::Peer);
+        assert!(sys.try_reserve(7 << 20));
+        assert_eq!(Reservation::refusal(&p, 1 << 20).scope, Scope::System);
     }
 
     #[test]
