@@ -101,6 +101,9 @@ pub struct Config {
     pub k: usize,
     /// Requests in flight per lookup. Default 10 (go Amino's).
     pub alpha: usize,
+    /// Lookups on this many disjoint paths (S/Kademlia; α/paths requests in flight on each), so sybils
+    /// answering on one path cannot steer the others. Default 1 (off, as go and rust ship).
+    pub disjoint_paths: usize,
     /// One request's timeout. Default 10 s.
     pub request_timeout: Duration,
     /// A whole lookup's timeout. Default 60 s.
@@ -149,6 +152,7 @@ impl Default for Config {
         Config {
             mode: Mode::Auto,
             k: 20,
+            disjoint_paths: 1,
             alpha: 10,
             request_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(60),

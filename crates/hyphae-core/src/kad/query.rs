@@ -2,6 +2,12 @@
 //! we know, keep α requests in flight to the closest not yet asked, merge the closer peers each answer
 //! brings, and finish when the k closest peers seen have all answered (or nothing is left to ask). Time
 //! comes in; the machine says whom to ask next and never does I/O.
+//!
+//! With `paths` > 1 the lookup runs on disjoint paths (S/Kademlia, section 4.4): the seeds are dealt
+//! round-robin to the paths, a peer belongs to the path that first learnt of it, each path asks only
+//! its own peers (α/paths at a time) and ends on its own k closest, and the lookup ends when every
+//! path has. An adversary's peers can then capture only the paths they are on: one honest path
+//! suffices to reach the honest closest peers.
 
 use super::{KadPeer, Key, PeerInfo};
 use crate::identity::PeerId;
@@ -25,6 +31,8 @@ pub struct QueryPeer {
     pub state: PeerState,
     /// The round (hops from us) this peer was learnt in.
     pub hop: u32,
+    /// The disjoint path it belongs to (0 when there is one).
+    pub path: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -33,8 +41,9 @@ pub struct Query {
     local: PeerId,
     k: usize,
     alpha: usize,
+    paths: usize,
     request_timeout: Duration,
-    /// Candidates, closest first; at most `4·k` (the farthest are dropped: never needed).
+    /// Candidates, closest first; at most `4·k` per path (the farthest are dropped: never needed).
     peers: Vec<QueryPeer>,
     pub answered: usize,
     pub max_hop: u32,
@@ -42,9 +51,27 @@ pub struct Query {
 
 impl Query {
     pub fn new(target: Key, local: PeerId, seeds: Vec<PeerInfo>, k: usize, alpha: usize, request_timeout: Duration) -> Query {
-        let mut q = Query { target, local, k, alpha, request_timeout, peers: Vec::new(), answered: 0, max_hop: 0 };
+        Query::disjoint(target, local, seeds, k, alpha, 1, request_timeout)
+    }
+
+    /// A lookup on `paths` disjoint paths (1: an ordinary lookup).
+    pub fn disjoint(
+        target: Key,
+        local: PeerId,
+        seeds: Vec<PeerInfo>,
+        k: usize,
+        alpha: usize,
+        paths: usize,
+        request_timeout: Duration,
+    ) -> Query {
+        let paths = paths.max(1);
+        let mut q = Query { target, local, k, alpha, paths, request_timeout, peers: Vec::new(), answered: 0, max_hop: 0 };
         for s in seeds {
-            q.add(s.peer, s.addrs, 1);
+            q.add(s.peer, s.addrs, 1, 0);
+        }
+        // Deal the seeds to the paths, closest first.
+        for (i, p) in q.peers.iter_mut().enumerate() {
+            p.path = i % paths;
         }
         q
     }
@@ -54,10 +81,10 @@ impl Query {
     }
 
     fn cap(&self) -> usize {
-        self.k * 4
+        self.k * 4 * self.paths
     }
 
-    fn add(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, hop: u32) {
+    fn add(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, hop: u32, path: usize) {
         if peer == self.local {
             return;
         }
@@ -73,18 +100,23 @@ impl Query {
         if at >= self.cap() {
             return;
         }
-        self.peers.insert(at, QueryPeer { peer, key, addrs, state: PeerState::NotAsked, hop });
+        self.peers.insert(at, QueryPeer { peer, key, addrs, state: PeerState::NotAsked, hop, path });
         self.peers.truncate(self.cap());
     }
 
-    fn in_flight(&self) -> usize {
-        self.peers.iter().filter(|p| matches!(p.state, PeerState::Waiting(_))).count()
+    fn in_flight(&self, path: usize) -> usize {
+        self.peers.iter().filter(|p| p.path == path && matches!(p.state, PeerState::Waiting(_))).count()
     }
 
-    /// Done: the k closest candidates that did not fail have all answered, or nobody is left to ask.
+    /// Done: on every path, the k closest candidates that did not fail have all answered, or nobody is
+    /// left to ask.
     pub fn is_finished(&self) -> bool {
+        (0..self.paths).all(|p| self.path_finished(p))
+    }
+
+    fn path_finished(&self, path: usize) -> bool {
         let mut seen = 0;
-        for p in &self.peers {
+        for p in self.peers.iter().filter(|p| p.path == path) {
             match p.state {
                 PeerState::Failed => continue,
                 PeerState::Answered => seen += 1,
@@ -97,14 +129,27 @@ impl Query {
         true
     }
 
-    /// The next peer to ask, if one may be asked now (it is marked waiting).
+    /// The next peer to ask, if one may be asked now (it is marked waiting): from the path with the
+    /// fewest requests in flight that may send another.
     pub fn next(&mut self, now: Instant) -> Option<QueryPeer> {
-        if self.in_flight() >= self.alpha || self.is_finished() {
-            return None;
+        let per_path = (self.alpha / self.paths).max(1);
+        let mut order: Vec<usize> = (0..self.paths).collect();
+        order.sort_by_key(|&p| self.in_flight(p));
+        for path in order {
+            if self.in_flight(path) >= per_path || self.path_finished(path) {
+                continue;
+            }
+            if let Some(p) = self.next_on(path, now) {
+                return Some(p);
+            }
         }
+        None
+    }
+
+    fn next_on(&mut self, path: usize, now: Instant) -> Option<QueryPeer> {
         // Only among the k closest live candidates: asking farther ones cannot change the result.
         let mut live = 0;
-        for p in self.peers.iter_mut() {
+        for p in self.peers.iter_mut().filter(|p| p.path == path) {
             if p.state == PeerState::Failed {
                 continue;
             }
@@ -127,11 +172,11 @@ impl Query {
             return;
         }
         p.state = PeerState::Answered;
-        let hop = p.hop + 1;
+        let (hop, path) = (p.hop + 1, p.path);
         self.answered += 1;
         self.max_hop = self.max_hop.max(hop - 1);
         for c in closer {
-            self.add(c.id.clone(), c.addrs.clone(), hop);
+            self.add(c.id.clone(), c.addrs.clone(), hop, path);
         }
     }
 
@@ -227,6 +272,61 @@ mod tests {
         let got: Vec<PeerId> = q.closest_answered().into_iter().map(|p| p.peer).collect();
         assert_eq!(got, want[..5].to_vec());
         assert!(asked < 60, "{asked}");
+    }
+
+    /// Disjoint paths: each path asks only peers it learnt itself (a peer two paths hear of stays with
+    /// the first), and an adversary answering on one path with its own peers only cannot keep the
+    /// other path from the true closest peers.
+    #[test]
+    fn disjoint_paths_never_share_a_peer_and_one_honest_path_finds_the_closest() {
+        let mut r = rng::from_seed([6; 32]);
+        let honest: Vec<PeerId> = (0..200).map(|_| PeerId::random(&mut r)).collect();
+        let sybils: Vec<PeerId> = (0..50).map(|_| PeerId::random(&mut r)).collect();
+        let target = Key::from_bytes(b"z");
+        let me = PeerId::random(&mut r);
+        let is_sybil = |p: &PeerId| sybils.contains(p);
+        let near = |set: &[PeerId], n: usize| {
+            let mut v = set.to_vec();
+            v.sort_by_key(|q| Key::from_peer(q).distance(&target));
+            v.truncate(n);
+            v.into_iter().map(|q| KadPeer { id: q, addrs: vec![], connection: Default::default() }).collect::<Vec<_>>()
+        };
+        // Honest peers answer with 4 honest peers a bit closer than themselves; sybils name only sybils.
+        let answer = |p: &PeerId| -> Vec<KadPeer> {
+            if is_sybil(p) {
+                return near(&sybils, 8);
+            }
+            let d = Key::from_peer(p).distance(&target);
+            let mut closer: Vec<PeerId> = honest.iter().filter(|q| Key::from_peer(q).distance(&target) < d).cloned().collect();
+            closer.sort_by_key(|q| std::cmp::Reverse(Key::from_peer(q).distance(&target)));
+            closer.truncate(4);
+            closer.into_iter().map(|q| KadPeer { id: q, addrs: vec![], connection: Default::default() }).collect()
+        };
+        // Two seeds: the closest is a sybil (dealt to path 0), the other honest (path 1).
+        let mut far = honest.clone();
+        far.sort_by_key(|q| std::cmp::Reverse(Key::from_peer(q).distance(&target)));
+        let mut seeds = vec![PeerInfo { peer: far[0].clone(), addrs: vec![] }];
+        let sybil_seed = near(&sybils, 1)[0].id.clone();
+        seeds.push(PeerInfo { peer: sybil_seed.clone(), addrs: vec![] });
+        let mut q = Query::disjoint(target.clone(), me.clone(), seeds, 4, 2, 2, Duration::from_secs(1));
+        let mut asked_by: std::collections::BTreeMap<PeerId, usize> = Default::default();
+        while !q.is_finished() {
+            let mut batch = Vec::new();
+            while let Some(p) = q.next(Instant(0)) {
+                assert!(asked_by.insert(p.peer.clone(), p.path).is_none(), "asked twice");
+                batch.push(p.peer);
+            }
+            assert!(!batch.is_empty());
+            for p in batch {
+                let c = answer(&p);
+                q.on_answer(&p, &c);
+            }
+        }
+        // The sybils captured their path only; the other path asked honest peers alone and reached the
+        // 4 closest honest peers.
+        let sybil_path = asked_by[&sybil_seed];
+        assert!(asked_by.iter().all(|(p, path)| is_sybil(p) == (*path == sybil_path)), "{asked_by:?}");
+        assert!(near(&honest, 4).iter().all(|h| asked_by.get(&h.id).is_some_and(|p| *p != sybil_path)));
     }
 
     #[test]

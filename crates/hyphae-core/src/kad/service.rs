@@ -301,7 +301,8 @@ impl KadService {
         self.next_id += 1;
         let id = QueryId(self.next_id);
         self.stats.queries_started += 1;
-        let q = Query::new(target, self.local.clone(), seeds, self.config.k, self.config.alpha, self.config.request_timeout);
+        let c = &self.config;
+        let q = Query::disjoint(target, self.local.clone(), seeds, c.k, c.alpha, c.disjoint_paths, c.request_timeout);
         let deadline = cx.now + self.config.query_timeout;
         self.queries.insert(id, QueryState { kind, key, q, phase: Phase::Lookup, deadline, found: None });
         self.drive(cx, id);

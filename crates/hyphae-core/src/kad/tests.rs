@@ -8,10 +8,14 @@ use crate::time::Instant;
 
 /// `n` DHT servers; every node knows node 0 and bootstraps.
 fn dht(n: usize, mode: Mode) -> Net {
+    dht_with(n, Config { mode, ..Config::default() })
+}
+
+fn dht_with(n: usize, config: Config) -> Net {
     let mut p = Net::new(n, |_, _| {});
     for i in 0..n {
         let me = p.peer_id(i);
-        let cfg = Config { mode, ..Config::default() };
+        let cfg = config.clone();
         p.nodes[i].add_service(Instant(0), Box::new(KadService::new(me, cfg)));
     }
     let (b0, a0) = (p.peer_id(0), p.addr(0).without_peer_id());
@@ -233,4 +237,23 @@ fn kad_application_namespace_through_pluggable_validators() {
     assert!(got.len() >= 3 && got.iter().all(|v| v == &[2, 2]), "{got:?}");
     // The node without the namespace refuses it.
     assert!(matches!(run(&mut p, n - 1, |k, cx| k.put_value(cx, rec(&[3]))), Err(QueryError::InvalidRecord(_))));
+}
+
+/// Lookups on disjoint paths (`Config::disjoint_paths`) still find peers and records in a network.
+#[test]
+fn kad_disjoint_path_lookups_find_peers_and_records() {
+    let mut p = dht_with(30, Config { mode: Mode::Server, disjoint_paths: 3, ..Config::default() });
+    let target = p.peer_id(23);
+    let q = run(&mut p, 7, |k, cx| k.find_peer(cx, &target)).unwrap();
+    p.run_for(Duration::from_secs(5));
+    let o = finished(&p, 7, q).expect("finished").expect("found");
+    assert_eq!(o.found.map(|i| i.peer), Some(target));
+    let kp = p.nodes[11].node().config().keypair.clone();
+    let rec = Record { key: store::pk_key(&kp.peer_id()), value: kp.public().encode_protobuf(), time_received: None };
+    let q = run(&mut p, 11, |k, cx| k.put_value(cx, rec.clone())).unwrap();
+    p.run_for(Duration::from_secs(5));
+    assert!(finished(&p, 11, q).expect("finished").expect("stored").stored >= 15);
+    let q = run(&mut p, 2, |k, cx| k.get_value(cx, rec.key.clone(), 1)).unwrap();
+    p.run_for(Duration::from_secs(5));
+    assert!(finished(&p, 2, q).expect("finished").is_ok());
 }
