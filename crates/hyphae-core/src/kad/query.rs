@@ -308,7 +308,7 @@ mod tests {
         let mut seeds = vec![PeerInfo { peer: far[0].clone(), addrs: vec![] }];
         let sybil_seed = near(&sybils, 1)[0].id.clone();
         seeds.push(PeerInfo { peer: sybil_seed.clone(), addrs: vec![] });
-        let mut q = Query::disjoint(target.clone(), me.clone(), seeds, 4, 2, 2, Duration::from_secs(1));
+        let mut q = Query::disjoint(target, me.clone(), seeds, 4, 2, 2, Duration::from_secs(1));
         let mut asked_by: std::collections::BTreeMap<PeerId, usize> = Default::default();
         while !q.is_finished() {
             let mut batch = Vec::new();
