@@ -4,7 +4,8 @@
 //! ```text
 //! seed 42                                   # default seed (HYPHAE_SEED and --seed override it)
 //! nodes GROUP COUNT [ping=10s] [transport=tcp|quic] [per_peer=8] [dht=server|client|auto] [undialable]
-//!                   [idle=10s] [autonat]    # idle: connections without streams close after this long;
+//!                   [idle=10s] [autonat] [disjoint=N]  # idle: connections without streams close after this long;
+//!                                           # disjoint: DHT lookups on N disjoint paths (S/Kademlia)
 //!                                           # autonat: AutoNAT v1 client and server (the DHT's auto mode)
 //!                                           # a group of nodes; ping: interval of pings to every
 //!                                           # peer; transport: how this group dials (default tcp);
@@ -145,6 +146,8 @@ pub struct Group {
     pub per_peer: Option<usize>,
     /// Runs the Kademlia service in this mode.
     pub dht: Option<Mode>,
+    /// Its DHT lookups run on this many disjoint paths (`kad::Config::disjoint_paths`; 1: off).
+    pub disjoint: usize,
     /// Inbound connections are refused.
     pub undialable: bool,
     /// `node::Limits::idle_timeout`.
@@ -426,6 +429,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut quic = false;
                 let mut per_peer = None;
                 let mut dht = None;
+                let mut disjoint = 1;
                 let mut undialable = false;
                 let mut idle = None;
                 let mut autonat = false;
@@ -453,6 +457,9 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     }
                     match r.split_once('=') {
                         Some(("dht", v)) => dht = Some(v.parse::<Mode>().map_err(err)?),
+                        Some(("disjoint", v)) => {
+                            disjoint = v.parse().ok().filter(|n| (1..=20).contains(n)).ok_or_else(|| err(format!("{v:?}: disjoint=1..20")))?
+                        }
                         Some(("idle", v)) => idle = Some(parse_duration(v).map_err(err)?),
                         Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
                         Some(("scoring", v)) => {
@@ -473,7 +480,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, scoring=off|on|strict, adversary)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, scoring=off|on|strict, adversary)"
                             )))
                         }
                     }
@@ -488,6 +495,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     quic,
                     per_peer,
                     dht,
+                    disjoint,
                     undialable,
                     idle,
                     autonat,

@@ -150,6 +150,8 @@ struct SimNode {
     per_peer: Option<usize>,
     /// Runs the Kademlia service in this mode.
     dht: Option<kad::Mode>,
+    /// Its lookups' disjoint paths.
+    disjoint: usize,
     idle: Option<Duration>,
     autonat: bool,
     /// Runs gossipsub with this IDONTWANT threshold.
@@ -678,6 +680,7 @@ impl Sim {
                     quic: g.quic,
                     per_peer: g.per_peer,
                     dht: g.dht,
+                    disjoint: g.disjoint,
                     idle: g.idle,
                     autonat: g.autonat,
                     pubsub: g.pubsub,
@@ -847,7 +850,7 @@ impl Sim {
         }
         let mut bn = ByteNode::new(cfg, self.now);
         if let Some(mode) = n.dht {
-            let kc = kad::Config { mode, ..kad::Config::default() };
+            let kc = kad::Config { mode, disjoint_paths: n.disjoint, ..kad::Config::default() };
             bn.add_service(self.now, Box::new(KadService::new(n.peer.clone(), kc)));
         }
         if let Some(threshold) = n.pubsub {
