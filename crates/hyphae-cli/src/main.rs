@@ -38,6 +38,9 @@ enum Cmd {
         /// DHT mode: auto (a client until AutoNAT confirms a public address), client or server.
         #[arg(long, value_name = "MODE", value_parser = dht_mode)]
         dht_mode: Option<hyphae::core::kad::Mode>,
+        /// DHT lookups on N disjoint paths (S/Kademlia; default 1: off).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=20))]
+        dht_disjoint_paths: u8,
         /// Announce this CID as provided while the node runs (CIDv0 Qm… or CIDv1 base32 b…; repeatable).
         #[arg(long, value_name = "CID")]
         provide: Vec<String>,
@@ -84,6 +87,9 @@ enum Cmd {
         lifetime: u64,
         #[arg(long, value_name = "MODE", value_parser = dht_mode)]
         dht_mode: Option<hyphae::core::kad::Mode>,
+        /// DHT lookups on N disjoint paths (S/Kademlia; default 1: off).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=20))]
+        dht_disjoint_paths: u8,
         #[command(flatten)]
         listen: ListenArgs,
         #[command(flatten)]
@@ -284,6 +290,7 @@ struct Args {
     count: u32,
     bootstrap: Vec<Multiaddr>,
     dht_mode: Option<hyphae::core::kad::Mode>,
+    dht_disjoint_paths: u8,
     provide: Vec<String>,
     connect: Vec<Multiaddr>,
     subscribe: Vec<String>,
@@ -317,6 +324,7 @@ impl Args {
             threads: None,
             bootstrap: Vec::new(),
             dht_mode: None,
+            dht_disjoint_paths: 1,
             provide: Vec::new(),
             connect: Vec::new(),
             subscribe: Vec::new(),
@@ -380,14 +388,25 @@ fn main() -> ExitCode {
         };
     }
     let (name, args) = match cli.cmd {
-        Cmd::Node { listen, common, limits, bootstrap, dht_mode, provide, connect, subscribe } => {
-            ("node", Args { bootstrap, dht_mode, provide, connect, subscribe, limits, ..Args::with(common, listen) })
+        Cmd::Node { listen, common, limits, bootstrap, dht_mode, dht_disjoint_paths, provide, connect, subscribe } => {
+            ("node", Args { bootstrap, dht_mode, dht_disjoint_paths, provide, connect, subscribe, limits, ..Args::with(common, listen) })
         }
         Cmd::Pubsub { topic, connect, listen, common } => {
             ("pubsub", Args { positional: vec![topic], connect, ..Args::with(common, listen) })
         }
-        Cmd::Dht { op, bootstrap, limit, quorum, seq, lifetime, dht_mode, listen, common } => {
-            ("dht", Args { positional: op, bootstrap, limit, quorum, seq, lifetime, dht_mode, ..Args::with(common, listen) })
+        Cmd::Dht { op, bootstrap, limit, quorum, seq, lifetime, dht_mode, dht_disjoint_paths, listen, common } => {
+            let a = Args {
+                positional: op,
+                bootstrap,
+                limit,
+                quorum,
+                seq,
+                lifetime,
+                dht_mode,
+                dht_disjoint_paths,
+                ..Args::with(common, listen)
+            };
+            ("dht", a)
         }
         Cmd::Ping { target, count, common } => {
             ("ping", Args { positional: vec![target.to_string()], count, ..Args::with(common, ListenArgs::default()) })
@@ -475,6 +494,7 @@ fn host_config(args: &Args, key: Keypair) -> HostConfig {
     if let Some(m) = args.dht_mode {
         c.dht.mode = m;
     }
+    c.dht.disjoint_paths = usize::from(args.dht_disjoint_paths);
     let l = &args.limits;
     if let Some(n) = l.max_connections {
         c.resources.system.conns = n;

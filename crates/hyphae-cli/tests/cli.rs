@@ -168,6 +168,8 @@ async fn cli_dht_finds_a_provider_and_a_peer_through_a_bootstrap_node() {
     assert!(out.starts_with(&c_id) && out.contains("/ip4/127.0.0.1/tcp/"), "{out}");
     let out = dht_retrying(&boot, &["find-peer", &c_id]).await;
     assert_eq!(out.trim(), caddr.rsplit_once("/p2p/").unwrap().0, "{out}");
+    let out = dht_retrying(&boot, &["find-peer", &c_id, "--dht-disjoint-paths", "2"]).await;
+    assert_eq!(out.trim(), caddr.rsplit_once("/p2p/").unwrap().0, "on two disjoint paths: {out}");
     let out = dht_retrying(&boot, &["closest", &format!("/pk/{c_id}")]).await;
     assert_eq!(out.lines().count(), 2, "both servers: {out}");
     // Clear failures: a bad CID, a missing bootstrap, a key nobody stored.
