@@ -642,13 +642,8 @@ impl Node {
             ConnEvent::InboundStream { id: s, ref protocol } => {
                 // Counted in the peer's and the protocol's stream budgets first (service streams and
                 // the application's alike); refused: reset before anyone sees it.
-                if let Some(peer) = self.conns.get(&id).and_then(|e| e.peer.clone()) {
-                    if let Err(r) = self.resources.open_stream(rcmgr::Direction::Inbound, id.0, s.0, &peer, protocol) {
-                        tracing::debug!(%peer, conn = %id, %protocol, reason = %r, "inbound stream refused");
-                        m.stream_reset(now, s);
-                        m.stream_release(now, s);
-                        return None;
-                    }
+                if self.admit_stream(now, rcmgr::Direction::Inbound, id, s, protocol, m).is_err() {
+                    return None;
                 }
                 let Some(&sid) = self.by_protocol.get(protocol) else { return Some(ev) };
                 self.owners.insert((id, s), Owned::new(sid, None));
@@ -660,18 +655,14 @@ impl Node {
             ConnEvent::OutboundReady { id: s, ref protocol } => {
                 // Counted in the peer's and the protocol's outbound budgets once negotiated; refused:
                 // reset, and the opener (a service or the application) gets `OpenError::Limit`.
-                if let Some(peer) = self.conns.get(&id).and_then(|e| e.peer.clone()) {
-                    if let Err(r) = self.resources.open_stream(rcmgr::Direction::Outbound, id.0, s.0, &peer, protocol) {
-                        tracing::debug!(%peer, conn = %id, %protocol, reason = %r, "outbound stream refused");
-                        m.stream_reset(now, s);
-                        m.stream_release(now, s);
-                        let reason = OpenError::Limit(r);
-                        let Some(o) = self.owners.remove(&(id, s)) else { return Some(ConnEvent::OutboundFailed { id: s, reason }) };
-                        if let Some(token) = o.opening {
-                            self.call(now, o.service, |svc, cx| svc.on_open_failed(cx, id, token, &reason));
-                        }
-                        return None;
+                if let Err(r) = self.admit_stream(now, rcmgr::Direction::Outbound, id, s, protocol, m) {
+                    let reason = OpenError::Limit(r);
+                    // `forget` also drops what a lazily opened stream's owner had queued on it.
+                    let Some(o) = self.forget(id, s) else { return Some(ConnEvent::OutboundFailed { id: s, reason }) };
+                    if let Some(token) = o.opening {
+                        self.call(now, o.service, |svc, cx| svc.on_open_failed(cx, id, token, &reason));
                     }
+                    return None;
                 }
                 let Some(o) = self.owners.get_mut(&(id, s)) else { return Some(ev) };
                 let (sid, token) = (o.service, o.opening.take());
@@ -773,6 +764,25 @@ impl Node {
             m.stream_reset(now, s);
             m.stream_release(now, s);
         }
+    }
+
+    /// Counts a negotiated stream of connection `id` in the resource manager's scopes of its direction;
+    /// refused: the stream is reset and released here (logged at debug) and the refusal returned.
+    fn admit_stream(
+        &mut self,
+        now: Instant,
+        dir: rcmgr::Direction,
+        id: ConnId,
+        s: StreamId,
+        protocol: &str,
+        m: &mut dyn Streams,
+    ) -> Result<(), rcmgr::Refusal> {
+        let Some(peer) = self.conns.get(&id).and_then(|e| e.peer.clone()) else { return Ok(()) };
+        self.resources.open_stream(dir, id.0, s.0, &peer, protocol).inspect_err(|r| {
+            tracing::debug!(%peer, conn = %id, %protocol, ?dir, reason = %r, "stream refused");
+            m.stream_reset(now, s);
+            m.stream_release(now, s);
+        })
     }
 
     /// Drops a stream from the ownership map, with what was still buffered for it.
