@@ -74,6 +74,14 @@ pub const DEFAULT_CONNECTION_WINDOW: u32 = 48 << 20;
 /// (go-yamux's rule), so a long fast path reaches `connection_window` in a handful of round trips.
 pub const INITIAL_CONNECTION_WINDOW: u32 = 1 << 20;
 
+impl Config {
+    /// Where a connection's receive window starts: [`INITIAL_CONNECTION_WINDOW`], or less when
+    /// `connection_window` is smaller.
+    fn initial_window(&self) -> u32 {
+        INITIAL_CONNECTION_WINDOW.min(self.connection_window)
+    }
+}
+
 /// Datagrams for one destination: `data` holds one datagram, or several of `segment_size` bytes each
 /// (the last may be shorter) when the driver sends with GSO.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +199,30 @@ impl QConn {
             read: 0,
         }
     }
+
+    /// The application read `n` bytes: once it has read a whole window, the window doubles (up to
+    /// `max`, if the memory budget has room) when that took under two round trips — the window, not
+    /// the reader, held the sender back — and a new epoch starts. `Some(grown)` when a doubling was
+    /// due.
+    fn on_read(&mut self, now: Instant, n: u64, max: u64) -> Option<bool> {
+        self.read += n;
+        if self.read < self.window {
+            return None;
+        }
+        let fast = now.saturating_duration_since(self.epoch) < self.conn.rtt().saturating_mul(2);
+        let due = (fast && self.window < max).then(|| {
+            let add = self.window.min(max - self.window);
+            let grown = self.buffers.as_mut().is_none_or(|b| b.grow(add));
+            if grown {
+                self.window += add;
+                self.conn.set_receive_window(VarInt::from_u64(self.window).expect("invariant: window below 2^62"));
+            }
+            grown
+        });
+        self.epoch = now;
+        self.read = 0;
+        due
+    }
 }
 
 /// Receive-window growth on an endpoint's connections.
@@ -260,7 +292,7 @@ impl Endpoint {
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
         // Flow-control windows (quinn's defaults assume 100 Mbit/s × 100 ms; rust-libp2p sets 10/15 MB).
         transport.stream_receive_window(VarInt::from_u32(config.stream_window));
-        transport.receive_window(VarInt::from_u32(INITIAL_CONNECTION_WINDOW.min(config.connection_window)));
+        transport.receive_window(VarInt::from_u32(config.initial_window()));
         transport.send_window(config.connection_window as u64);
         // go-libp2p and rust-libp2p keep QUIC connections alive with pings; an idle timeout bounds dead ones.
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(15)));
@@ -368,8 +400,7 @@ impl Endpoint {
         let t = self.std_now(now);
         // SNI is disabled in the rustls config; quinn still wants a syntactically valid name.
         let (h, conn) = self.ep.connect(t, self.client.clone(), addr, "libp2p.invalid").map_err(|e| QuicError::Connect(e.to_string()))?;
-        let w = INITIAL_CONNECTION_WINDOW.min(self.config.connection_window);
-        self.conns.insert(h, QConn::new(conn, expected, addr, true, w));
+        self.conns.insert(h, QConn::new(conn, expected, addr, true, self.config.initial_window()));
         self.drive(now, h);
         Ok(QuicConnId(h.0))
     }
@@ -413,8 +444,7 @@ impl Endpoint {
                 let mut buf = Vec::new();
                 match self.ep.accept(incoming, t, &mut buf, Some(self.server.clone())) {
                     Ok((h, conn)) => {
-                        let w = INITIAL_CONNECTION_WINDOW.min(self.config.connection_window);
-                        self.conns.insert(h, QConn::new(conn, None, from, false, w));
+                        self.conns.insert(h, QConn::new(conn, None, from, false, self.config.initial_window()));
                         self.drive(now, h);
                     }
                     Err(e) => {
@@ -529,31 +559,6 @@ impl Endpoint {
                 self.handshakes.remove(c.remote.ip());
             }
         }
-    }
-
-    /// The application read `n` bytes on `conn`: once it has read a whole window, the window doubles
-    /// (up to `connection_window`, if the memory budget has room) when that took under two round trips
-    /// — the window, not the reader, held the sender back — and a new epoch starts.
-    fn on_read(&mut self, now: Instant, conn: QuicConnId, n: u64) {
-        let max = u64::from(self.config.connection_window);
-        let Some(c) = self.conns.get_mut(&ConnectionHandle(conn.0)) else { return };
-        c.read += n;
-        if c.read < c.window {
-            return;
-        }
-        let fast = now.saturating_duration_since(c.epoch) < c.conn.rtt().saturating_mul(2);
-        if fast && c.window < max {
-            let add = c.window.min(max - c.window);
-            if c.buffers.as_mut().is_none_or(|b| b.grow(add)) {
-                c.window += add;
-                c.conn.set_receive_window(VarInt::from_u64(c.window).expect("invariant: window below 2^62"));
-                self.windows.grown += 1;
-            } else {
-                self.windows.refused += 1;
-            }
-        }
-        c.epoch = now;
-        c.read = 0;
     }
 
     /// Receive-window doublings so far.
@@ -798,6 +803,7 @@ impl Endpoint {
 
     pub fn stream_read(&mut self, now: Instant, conn: QuicConnId, id: StreamId, buf: &mut [u8]) -> ReadResult {
         let now = self.clock(now);
+        let max = u64::from(self.config.connection_window);
         let Some(c) = self.conn_mut(conn) else { return ReadResult::Reset };
         let Some(e) = c.streams.get_mut(&u64::from(id.0)) else { return ReadResult::Reset };
         if e.neg.is_some() {
@@ -833,7 +839,11 @@ impl Endpoint {
             e.remote_fin = true;
         }
         if let ReadResult::Data(n) = r {
-            self.on_read(now, conn, n as u64);
+            match c.on_read(now, n as u64, max) {
+                Some(true) => self.windows.grown += 1,
+                Some(false) => self.windows.refused += 1,
+                None => {}
+            }
         }
         // Drive now rather than on the driver's next flush: the flow-control credit this read frees must reach
         // the sender at once (measured: waiting for the flush costs ~20% of QUIC download throughput).
