@@ -36,13 +36,16 @@ struct MemoryInner {
     limit: u64,
     used: AtomicU64,
     refused: AtomicU64,
-    /// A peer's scope: the system budget it also reserves from.
-    parent: Option<Memory>,
-    /// The system scope: each peer's budget (`u64::MAX`: none), the live peer scopes, and the
-    /// reservations they refused.
-    peer_limit: u64,
-    peers: std::sync::Mutex<PeerScopes>,
-    peer_refused: AtomicU64,
+    scope: MemoryScope,
+}
+
+#[derive(Debug)]
+enum MemoryScope {
+    /// The system budget: each peer's share (`u64::MAX`: no peer scopes), the live peer scopes, and
+    /// the reservations they refused.
+    System { peer_limit: u64, peers: std::sync::Mutex<PeerScopes>, peer_refused: AtomicU64 },
+    /// One peer's share: it reserves from the system budget too.
+    Peer(Memory),
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +53,12 @@ struct PeerScopes {
     live: BTreeMap<crate::identity::PeerId, std::sync::Weak<MemoryInner>>,
     /// Dead entries are swept when the map reaches this size.
     sweep_at: usize,
+}
+
+impl MemoryInner {
+    fn new(limit: u64, scope: MemoryScope) -> MemoryInner {
+        MemoryInner { limit, used: AtomicU64::new(0), refused: AtomicU64::new(0), scope }
+    }
 }
 
 impl Memory {
@@ -61,24 +70,17 @@ impl Memory {
     /// `peer_limit` ([`Memory::for_peer`]; go's peer scope): one peer cannot take the budget from the
     /// others.
     pub fn with_peer_limit(limit: u64, peer_limit: u64) -> Self {
-        Memory(Arc::new(MemoryInner {
-            limit,
-            used: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            parent: None,
-            peer_limit,
-            peers: std::sync::Mutex::new(PeerScopes::default()),
-            peer_refused: AtomicU64::new(0),
-        }))
+        let scope = MemoryScope::System { peer_limit, peers: std::sync::Mutex::default(), peer_refused: AtomicU64::new(0) };
+        Memory(Arc::new(MemoryInner::new(limit, scope)))
     }
     /// `peer`'s scope within this budget (the same one for all its connections while any holds it),
     /// or this budget itself when it has no peer limit.
     pub fn for_peer(&self, peer: &crate::identity::PeerId) -> Memory {
-        let m = &self.0;
-        if m.peer_limit == u64::MAX || m.parent.is_some() {
+        let MemoryScope::System { peer_limit, peers, .. } = &self.0.scope else { return self.clone() };
+        if *peer_limit == u64::MAX {
             return self.clone();
         }
-        let mut scopes = m.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut scopes = peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(live) = scopes.live.get(peer).and_then(|w| w.upgrade()) {
             return Memory(live);
         }
@@ -86,15 +88,7 @@ impl Memory {
             scopes.live.retain(|_, w| w.strong_count() > 0);
             scopes.sweep_at = (scopes.live.len() * 2).max(64);
         }
-        let child = Arc::new(MemoryInner {
-            limit: m.peer_limit,
-            used: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            parent: Some(self.clone()),
-            peer_limit: u64::MAX,
-            peers: std::sync::Mutex::new(PeerScopes::default()),
-            peer_refused: AtomicU64::new(0),
-        });
+        let child = Arc::new(MemoryInner::new(*peer_limit, MemoryScope::Peer(self.clone())));
         scopes.live.insert(peer.clone(), Arc::downgrade(&child));
         Memory(child)
     }
@@ -105,8 +99,10 @@ impl Memory {
         loop {
             let Some(next) = cur.checked_add(n).filter(|&x| x <= m.limit) else {
                 m.refused.fetch_add(1, Ordering::Relaxed);
-                if let Some(p) = &m.parent {
-                    p.0.peer_refused.fetch_add(1, Ordering::Relaxed);
+                if let MemoryScope::Peer(system) = &m.scope {
+                    if let MemoryScope::System { peer_refused, .. } = &system.0.scope {
+                        peer_refused.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 return false;
             };
@@ -115,8 +111,8 @@ impl Memory {
                 Err(now) => cur = now,
             }
         }
-        if let Some(p) = &m.parent {
-            if !p.try_reserve(n) {
+        if let MemoryScope::Peer(system) = &m.scope {
+            if !system.try_reserve(n) {
                 m.used.fetch_sub(n, Ordering::Relaxed);
                 return false;
             }
@@ -127,13 +123,16 @@ impl Memory {
     pub fn release(&self, n: u64) {
         let prev = self.0.used.fetch_sub(n, Ordering::Relaxed);
         debug_assert!(prev >= n, "invariant: released more than reserved");
-        if let Some(p) = &self.0.parent {
-            p.release(n);
+        if let MemoryScope::Peer(system) = &self.0.scope {
+            system.release(n);
         }
     }
     /// Reservations a peer's scope refused (its own limit, not the system's).
     pub fn peer_refused(&self) -> u64 {
-        self.0.peer_refused.load(Ordering::Relaxed)
+        match &self.0.scope {
+            MemoryScope::System { peer_refused, .. } => peer_refused.load(Ordering::Relaxed),
+            MemoryScope::Peer(_) => 0,
+        }
     }
     pub fn used(&self) -> u64 {
         self.0.used.load(Ordering::Relaxed)
@@ -175,12 +174,12 @@ impl Reservation {
     /// was what had no room, else the system's.
     pub fn refusal(memory: &Memory, n: u64) -> Refusal {
         let mib = |m: &Memory| u32::try_from(m.limit() >> 20).unwrap_or(u32::MAX);
-        match &memory.0.parent {
-            Some(system) if memory.used().saturating_add(n) <= memory.limit() => {
+        match &memory.0.scope {
+            MemoryScope::Peer(system) if memory.used().saturating_add(n) <= memory.limit() => {
                 Refusal { scope: Scope::System, resource: Resource::Memory, limit: mib(system) }
             }
-            Some(_) => Refusal { scope: Scope::Peer, resource: Resource::Memory, limit: mib(memory) },
-            None => Refusal { scope: Scope::System, resource: Resource::Memory, limit: mib(memory) },
+            MemoryScope::Peer(_) => Refusal { scope: Scope::Peer, resource: Resource::Memory, limit: mib(memory) },
+            MemoryScope::System { .. } => Refusal { scope: Scope::System, resource: Resource::Memory, limit: mib(memory) },
         }
     }
 }
