@@ -11,7 +11,7 @@
 //! The CBOR reader and writer here are small on purpose: IPNS needs a map of text keys to unsigned
 //! integers and byte strings, signatures are checked over the received bytes (never re-encoded), and
 //! every other CBOR item is skipped with a depth and length bound. A general CBOR crate (serde-based)
-//! would add a dependency tree for those forty lines, and fuzzing covers them as they are.
+//! would add a dependency tree for these hundred-odd lines, and fuzzing covers them as they are.
 
 use crate::identity::{Keypair, PeerId, PublicKey};
 use std::cmp::Ordering;
@@ -141,21 +141,39 @@ pub fn validate(name: &PeerId, bytes: &[u8], now_unix_nanos: i128) -> Result<Ipn
             return Err(IpnsError::Mismatch("ttl"));
         }
     }
-    if f.validity_type != 0 {
-        return Err(IpnsError::ValidityType(f.validity_type));
-    }
-    let validity = String::from_utf8(f.validity).map_err(|_| IpnsError::Malformed("validity is not text"))?;
-    let eol = parse_rfc3339(&validity).ok_or(IpnsError::Malformed("validity is not an RFC 3339 time"))?;
+    let (validity, eol) = expiry(f.validity_type, f.validity)?;
     if eol <= now_unix_nanos {
         return Err(IpnsError::Expired(validity));
     }
     Ok(IpnsRecord { value: f.value, sequence: f.sequence, ttl_nanos: f.ttl, validity, eol_unix_nanos: eol })
 }
 
+/// An EOL validity as text and as unix nanoseconds (the only validity type there is).
+fn expiry(validity_type: u64, validity: Vec<u8>) -> Result<(String, i128), IpnsError> {
+    if validity_type != 0 {
+        return Err(IpnsError::ValidityType(validity_type));
+    }
+    let validity = String::from_utf8(validity).map_err(|_| IpnsError::Malformed("validity is not text"))?;
+    let eol = parse_rfc3339(&validity).ok_or(IpnsError::Malformed("validity is not an RFC 3339 time"))?;
+    Ok((validity, eol))
+}
+
 /// Which of two valid records of one name is better: the higher sequence, then the later expiry
 /// (go's and js's selector).
 pub fn compare(a: &IpnsRecord, b: &IpnsRecord) -> Ordering {
-    a.sequence.cmp(&b.sequence).then(a.eol_unix_nanos.cmp(&b.eol_unix_nanos))
+    rank_of(a).cmp(&rank_of(b))
+}
+
+fn rank_of(r: &IpnsRecord) -> (u64, i128) {
+    (r.sequence, r.eol_unix_nanos)
+}
+
+/// The (sequence, expiry) a record [`compare`]s by, read without checking its signature: for ranking
+/// records already validated (a store's kept record against a new one it just validated).
+pub fn rank(bytes: &[u8]) -> Option<(u64, i128)> {
+    let e: pb::IpnsEntry = crate::pb::read_message(bytes, &[], "malformed IPNS entry").ok()?;
+    let f = read_cbor_data(e.data.as_deref()?).ok()?;
+    expiry(f.validity_type, f.validity).ok().map(|(_, eol)| (f.sequence, eol))
 }
 
 // ---------- DAG-CBOR, the part IPNS uses ----------

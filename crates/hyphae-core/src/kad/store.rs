@@ -84,11 +84,19 @@ impl Validators {
             r => r,
         }
     }
-    /// [`better`] with these namespaces too.
+    /// Of two valid values of `key`, whether `new` replaces `old`: for IPNS the better record
+    /// ([`super::ipns::compare`], or any valid one over an expired one); in the application's
+    /// namespaces its validator's choice; elsewhere the newer value. Neither value is validated again.
     pub fn better(&self, key: &[u8], new: &[u8], old: &[u8], now_unix_nanos: i128) -> bool {
+        if key.starts_with(b"/ipns/") {
+            return match (super::ipns::rank(new), super::ipns::rank(old)) {
+                (Some(n), Some(o)) => o.1 <= now_unix_nanos || n > o,
+                (n, _) => n.is_some(),
+            };
+        }
         match self.find(key) {
-            Some(v) if !key.starts_with(b"/pk/") && !key.starts_with(b"/ipns/") => v.better(key, new, old),
-            _ => better(key, new, old, now_unix_nanos),
+            Some(v) if !key.starts_with(b"/pk/") => v.better(key, new, old),
+            _ => true,
         }
     }
 }
@@ -108,18 +116,6 @@ pub fn validate(key: &[u8], value: &[u8], now_unix_nanos: i128) -> Result<(), Re
         return Err(RecordError::Mismatch);
     }
     Ok(())
-}
-
-/// Of two valid values of `key`, whether `new` should replace `old`: for IPNS the better record
-/// ([`super::ipns::compare`]); elsewhere the newer value.
-pub fn better(key: &[u8], new: &[u8], old: &[u8], now_unix_nanos: i128) -> bool {
-    let Some(id) = key.strip_prefix(b"/ipns/") else { return true };
-    let Ok(name) = PeerId::from_bytes(id) else { return true };
-    match (super::ipns::validate(&name, new, now_unix_nanos), super::ipns::validate(&name, old, now_unix_nanos)) {
-        (Ok(n), Ok(o)) => super::ipns::compare(&n, &o) == std::cmp::Ordering::Greater,
-        (Ok(_), Err(_)) => true,
-        _ => false,
-    }
 }
 
 /// The `/pk/` key of `peer` (namespace plus the peer id's multihash bytes, as go builds it).
