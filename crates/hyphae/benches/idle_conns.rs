@@ -2,15 +2,11 @@
 //! TCP + Noise + Yamux, then over QUIC, each left idle after identify; prints the process's resident
 //! memory growth per connection (both ends are in this process: one end costs half).
 //! `cargo bench -p hyphae --bench idle_conns [-- N]`.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use hyphae::{Host, HostConfig};
 use std::time::Duration;
-
-fn rss() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
-        * 1024
-}
 
 fn config() -> HostConfig {
     let mut c = HostConfig::ephemeral();
@@ -27,13 +23,13 @@ async fn run(transport: &str, n: usize) -> (u64, u64) {
     // One connection first: what every connection shares (buffers, the QUIC endpoint) is then allocated.
     b.dial(&addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss();
+    let before = common::rss_bytes("self");
     for _ in 0..n {
         b.dial(&addr).await.unwrap();
     }
     // Identify runs on each; let it finish and the connections go quiet.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss();
+    let after = common::rss_bytes("self");
     b.close().await;
     a.close().await;
     (before, after)

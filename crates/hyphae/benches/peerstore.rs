@@ -3,6 +3,8 @@
 //! and structural bytes per peer, insert and lookup rates, then the persistent store: writing all of
 //! them (one transaction), its file size, and loading them into a new peerstore. Run:
 //! `cargo bench -p hyphae --bench peerstore` (PEERS=N to change the count).
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use hyphae::core::identify::Info;
 use hyphae::core::node::peerstore::{Limits, Peerstore};
@@ -10,12 +12,6 @@ use hyphae::core::{Instant, PeerId};
 use hyphae::peerdb::PeerDb;
 use rand_core::{RngCore, SeedableRng};
 use std::time::Instant as Clock;
-
-fn rss() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
-        * 1024
-}
 
 fn main() {
     let n: usize = std::env::var("PEERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
@@ -70,14 +66,14 @@ fn main() {
         })
         .collect();
     let never = |_: &PeerId| false;
-    let before = rss();
+    let before = common::rss_bytes("self");
     let mut ps = Peerstore::new(Limits { max_peers: n, max_addrs: 4 * n, ..Limits::default() });
     let t = Clock::now();
     for (p, i) in peers.iter().zip(&infos) {
         ps.apply_identify(p, i, Instant::ZERO, &never);
     }
     let insert = t.elapsed();
-    let after = rss();
+    let after = common::rss_bytes("self");
     let t = Clock::now();
     let mut found = 0usize;
     for p in peers.iter().rev() {

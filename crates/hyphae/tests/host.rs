@@ -1,5 +1,6 @@
 //! Host API behaviour between two hyphae hosts on loopback.
 
+mod common;
 use hyphae::{Error, Host, HostConfig, HostEvent, Stream};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -321,7 +322,7 @@ async fn host_metrics_text_shows_a_ping_and_its_connection() {
 async fn host_memory_budget_bounds_what_unread_streams_can_hold() {
     let budget: u64 = 16 << 20;
     let (victim, held, attacker, peer) = sink_victim(budget, "/ip4/127.0.0.1/tcp/0").await;
-    let rss0 = rss_bytes();
+    let rss0 = common::rss_bytes("self");
     let chunk = vec![0x5au8; 1 << 20];
     let (mut opened, mut refused) = (0, 0);
     let mut streams = Vec::new();
@@ -340,7 +341,7 @@ async fn host_memory_budget_bounds_what_unread_streams_can_hold() {
         let t = h.metrics_text();
         t.lines().find_map(|l| l.strip_prefix("hyphae_rcmgr_memory_used_bytes ")).unwrap().parse().unwrap()
     };
-    let rss1 = rss_bytes();
+    let rss1 = common::rss_bytes("self");
     eprintln!(
         "opened {opened}, refused {refused}, reserved {} MiB, RSS +{} MiB",
         used(&victim) / 1048576.0,
@@ -369,7 +370,7 @@ async fn host_memory_budget_bounds_what_unread_streams_can_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_quic_connection_window_bounds_what_unread_streams_can_hold() {
     let (victim, _held, attacker, peer) = sink_victim(16 << 20, "/ip4/127.0.0.1/udp/0/quic-v1").await;
-    let rss0 = rss_bytes();
+    let rss0 = common::rss_bytes("self");
     let chunk = vec![0x5au8; 1 << 20];
     let mut streams = Vec::new();
     let mut written = 0usize;
@@ -386,7 +387,7 @@ async fn host_quic_connection_window_bounds_what_unread_streams_can_hold() {
         streams.push(s);
     }
     let used: f64 = victim.metrics_text().lines().find_map(|l| l.strip_prefix("hyphae_rcmgr_memory_used_bytes ")).unwrap().parse().unwrap();
-    let rss1 = rss_bytes();
+    let rss1 = common::rss_bytes("self");
     eprintln!(
         "{} streams, {} KiB accepted, victim reserved {} KiB, RSS +{} MiB",
         streams.len(),
@@ -415,12 +416,6 @@ async fn sink_victim(budget: u64, listen: &str) -> (Host, std::sync::Arc<std::sy
     let attacker = Host::new(HostConfig::ephemeral()).await.unwrap();
     let peer = attacker.connect(&addr).await.unwrap();
     (victim, held, attacker, peer)
-}
-
-fn rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
-        * 1024
 }
 
 /// Flood (3) of the rcmgr issue: a peer opens 1,000 streams it never uses. Past its connection's
