@@ -162,15 +162,7 @@ async fn daemon_js_client_drives_two_hyphae_daemons() {
     let (a, b) = (hyphae_daemon_dht_pubsub().await, hyphae_daemon_dht_pubsub().await);
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .arg("--import")
-            .arg(common::repo_root().join("interop/js/polyfill.mjs"))
-            .arg("client.mjs")
-            .arg(&a.sock)
-            .arg(&b.sock)
-            .current_dir(common::repo_root().join("interop/js-interop"))
-            .kill_on_drop(true)
-            .output(),
+        common::node_script("interop/js-interop", "client.mjs").arg(&a.sock).arg(&b.sock).kill_on_drop(true).output(),
     )
     .await
     .expect("the js client finishes")

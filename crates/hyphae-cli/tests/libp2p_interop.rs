@@ -12,14 +12,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_hyphae");
 
 /// One run of the suite with `peer` ("p2pd" or "js") as its js node: its summary line and its FAIL lines.
 async fn run_suite(p2pd: &std::path::Path, peer: &str) -> (String, Vec<String>) {
-    let dir = common::repo_root().join("interop/js-interop");
     let out = tokio::time::timeout(
         Duration::from_secs(600),
-        tokio::process::Command::new("node")
-            .arg("--import")
-            .arg(common::repo_root().join("interop/js/polyfill.mjs"))
-            .arg("runner.mjs")
-            .current_dir(&dir)
+        common::node_script("interop/js-interop", "runner.mjs")
             .env("HYPHAE_BIN", BIN)
             .env("P2PD_BIN", p2pd)
             .env("INTEROP_PEER", peer)

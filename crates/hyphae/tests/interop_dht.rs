@@ -298,13 +298,7 @@ async fn js_ipns_records_validate_both_ways() {
     use hyphae::core::kad::ipns;
     let Some(_) = peer_path("interop/js/node_modules/ipns") else { return };
     let js = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new("node")
-            .current_dir(repo_root().join("interop/js"))
-            .args(["--import", "./polyfill.mjs", "ipns.mjs"])
-            .args(args)
-            .output()
-            .await
-            .unwrap();
+        let out = node_script("interop/js", "ipns.mjs").args(args).output().await.unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();

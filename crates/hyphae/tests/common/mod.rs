@@ -11,6 +11,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStdout, Command};
 
+/// `node SCRIPT` in `dir` (relative to the repository) with `interop/js/polyfill.mjs` loaded first:
+/// Node 20 lacks `Promise.withResolvers`, which libp2p 3 uses.
+pub fn node_script(dir: &str, script: &str) -> Command {
+    let mut c = Command::new("node");
+    c.current_dir(repo_root().join(dir)).arg("--import").arg(repo_root().join("interop/js/polyfill.mjs")).arg(script);
+    c
+}
+
 /// Resident set of process `pid` ("self": this one), from /proc; 0 where it cannot be read.
 pub fn rss_bytes(pid: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -138,9 +146,7 @@ impl P2pd {
     /// `interop/setup.sh` installed it.
     pub async fn start_js(extra: &[&str]) -> Option<P2pd> {
         peer_path("interop/js/node_modules/@libp2p/daemon-server")?;
-        let mut cmd = Command::new("node");
-        cmd.current_dir(repo_root().join("interop/js")).args(["--import", "./polyfill.mjs", "daemon.mjs"]);
-        Some(Self::start_cmd(cmd, "/ip4/127.0.0.1/tcp/0", extra).await)
+        Some(Self::start_cmd(node_script("interop/js", "daemon.mjs"), "/ip4/127.0.0.1/tcp/0", extra).await)
     }
 
     async fn start_cmd(mut cmd: Command, host_addrs: &str, extra: &[&str]) -> P2pd {
@@ -441,12 +447,7 @@ pub struct ScriptPeer {
 /// `node --import polyfill.mjs peer.mjs ARGS...` in interop/js.
 pub fn js_peer(args: &[&str]) -> Option<ScriptPeer> {
     peer_path("interop/js/node_modules/libp2p")?;
-    let dir = repo_root().join("interop/js");
-    let mut child = Command::new("node")
-        .current_dir(&dir)
-        .arg("--import")
-        .arg("./polyfill.mjs")
-        .arg("peer.mjs")
+    let mut child = node_script("interop/js", "peer.mjs")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -511,9 +512,7 @@ impl DhtPeer {
     /// `node --import polyfill.mjs dht.mjs` in interop/js.
     pub async fn js() -> Option<DhtPeer> {
         peer_path("interop/js/node_modules/@libp2p/kad-dht")?;
-        let mut c = Command::new("node");
-        c.current_dir(repo_root().join("interop/js")).args(["--import", "./polyfill.mjs", "dht.mjs"]);
-        Some(Self::start(c).await)
+        Some(Self::start(node_script("interop/js", "dht.mjs")).await)
     }
 
     /// `rust-peer dht`.
@@ -645,9 +644,7 @@ impl PubsubPeer {
 
     pub async fn js() -> Option<PubsubPeer> {
         peer_path("interop/js/node_modules/@libp2p/gossipsub")?;
-        let mut c = Command::new("node");
-        c.current_dir(repo_root().join("interop/js")).args(["--import", "./polyfill.mjs", "pubsub.mjs"]);
-        Some(Self::start(c).await)
+        Some(Self::start(node_script("interop/js", "pubsub.mjs")).await)
     }
 
     pub async fn rust() -> Option<PubsubPeer> {
