@@ -8,14 +8,15 @@ use crate::time::Instant;
 
 /// `n` DHT servers; every node knows node 0 and bootstraps.
 fn dht(n: usize, mode: Mode) -> Net {
-    dht_with(n, Config { mode, ..Config::default() })
+    dht_with(n, |_| Config { mode, ..Config::default() })
 }
 
-fn dht_with(n: usize, config: Config) -> Net {
+/// The same, node `i` with `config(i)`.
+fn dht_with(n: usize, config: impl Fn(usize) -> Config) -> Net {
     let mut p = Net::new(n, |_, _| {});
     for i in 0..n {
         let me = p.peer_id(i);
-        let cfg = config.clone();
+        let cfg = config(i);
         p.nodes[i].add_service(Instant(0), Box::new(KadService::new(me, cfg)));
     }
     let (b0, a0) = (p.peer_id(0), p.addr(0).without_peer_id());
@@ -201,22 +202,10 @@ fn kad_application_namespace_through_pluggable_validators() {
         }
     }
     let n = 6;
-    let mut p = Net::new(n, |_, _| {});
-    for i in 0..n {
-        let me = p.peer_id(i);
+    let mut p = dht_with(n, |i| {
         let validators = if i == n - 1 { store::Validators::default() } else { store::Validators::default().with("/app/", Versioned) };
-        let cfg = Config { mode: Mode::Server, validators, ..Config::default() };
-        p.nodes[i].add_service(Instant(0), Box::new(KadService::new(me, cfg)));
-    }
-    let (b0, a0) = (p.peer_id(0), p.addr(0).without_peer_id());
-    for i in 1..n {
-        run(&mut p, i, |k, cx| {
-            k.add_peer(cx, &b0, std::slice::from_ref(&a0));
-            k.bootstrap(cx).unwrap();
-        });
-        p.run_for(Duration::from_millis(200));
-    }
-    p.run_for(Duration::from_secs(5));
+        Config { mode: Mode::Server, validators, ..Config::default() }
+    });
     let rec = |v: &[u8]| Record { key: b"/app/x".to_vec(), value: v.to_vec(), time_received: None };
     let q = run(&mut p, 1, |k, cx| k.put_value(cx, rec(&[2, 2]))).unwrap();
     p.run_for(Duration::from_secs(5));
@@ -242,7 +231,7 @@ fn kad_application_namespace_through_pluggable_validators() {
 /// Lookups on disjoint paths (`Config::disjoint_paths`) still find peers and records in a network.
 #[test]
 fn kad_disjoint_path_lookups_find_peers_and_records() {
-    let mut p = dht_with(30, Config { mode: Mode::Server, disjoint_paths: 3, ..Config::default() });
+    let mut p = dht_with(30, |_| Config { mode: Mode::Server, disjoint_paths: 3, ..Config::default() });
     let target = p.peer_id(23);
     let q = run(&mut p, 7, |k, cx| k.find_peer(cx, &target)).unwrap();
     p.run_for(Duration::from_secs(5));
