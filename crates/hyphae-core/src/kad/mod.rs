@@ -126,6 +126,10 @@ pub struct Config {
     pub max_per_group: usize,
     pub max_per_group_per_bucket: usize,
     pub diversity_private: bool,
+    /// Candidates of one IP group a lookup keeps (the same filter over the peers that answers bring;
+    /// 0 = no limit). Default 3, the table's `max_per_group`: sybils from one address block cannot fill
+    /// a lookup's k closest (the eclipse scenario measures it). go and rust apply no such limit.
+    pub lookup_max_per_group: usize,
     /// Lookups in flight at once (beyond: refused). Default 64.
     pub max_queries: usize,
     /// Inbound streams served at once (beyond: reset). Default 256.
@@ -138,6 +142,20 @@ pub struct Config {
     /// Record namespaces of the application's, beside the built-in `/pk/` and `/ipns/` (none by
     /// default).
     pub validators: store::Validators,
+    /// Simulations only: this node is a sybil of an eclipse attack (see [`Eclipse`]). Default `None`.
+    pub adversary: Option<Eclipse>,
+}
+
+/// An eclipse of one key (the content-censorship attack of CVE-2023-26248): sybils whose IDs were
+/// ground close to the key answer every request for it with the sybils closest to it only, never with
+/// its providers or record, and drop what is stored under it. Everything else they serve honestly, so
+/// they stay in routing tables. For the simulator's attack scenarios.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eclipse {
+    /// The key under attack (as on the wire: a multihash for providers).
+    pub key: Vec<u8>,
+    /// Every sybil (itself included), with an address.
+    pub sybils: Vec<PeerInfo>,
 }
 
 impl Config {
@@ -165,12 +183,14 @@ impl Default for Config {
             max_per_group: 3,
             max_per_group_per_bucket: 2,
             diversity_private: false,
+            lookup_max_per_group: 3,
             max_queries: 64,
             max_inbound_streams: 256,
             limits: wire::Limits::default(),
             store: store::Limits::default(),
             unix_time: 1_700_000_000,
             validators: store::Validators::default(),
+            adversary: None,
         }
     }
 }
@@ -241,6 +261,8 @@ pub struct Stats {
     pub malformed: u64,
     pub table_rejected_diversity: u64,
     pub table_rejected_full: u64,
+    /// Peers a lookup left out by `lookup_max_per_group`.
+    pub lookup_rejected_diversity: u64,
     pub queries_started: u64,
     pub queries_refused: u64,
 }

@@ -8,7 +8,12 @@
 //! its own peers (α/paths at a time) and ends on its own k closest, and the lookup ends when every
 //! path has. An adversary's peers can then capture only the paths they are on: one honest path
 //! suffices to reach the honest closest peers.
+//!
+//! With a per-group limit (`with_diversity`) a lookup keeps at most that many candidates of one IP
+//! group (the routing table's diversity filter, applied to the peers answers bring): sybils run from
+//! one address block cannot fill a lookup's k closest, however close their ground IDs are.
 
+use super::table::group;
 use super::{KadPeer, Key, PeerInfo};
 use crate::identity::PeerId;
 use crate::multiaddr::Multiaddr;
@@ -47,6 +52,11 @@ pub struct Query {
     peers: Vec<QueryPeer>,
     pub answered: usize,
     pub max_hop: u32,
+    /// Candidates per IP group (0: no limit), and whether private addresses count.
+    per_group: usize,
+    private_too: bool,
+    /// Peers refused by the per-group limit.
+    pub rejected_diversity: u64,
 }
 
 impl Query {
@@ -65,7 +75,20 @@ impl Query {
         request_timeout: Duration,
     ) -> Query {
         let paths = paths.max(1);
-        let mut q = Query { target, local, k, alpha, paths, request_timeout, peers: Vec::new(), answered: 0, max_hop: 0 };
+        let mut q = Query {
+            target,
+            local,
+            k,
+            alpha,
+            paths,
+            request_timeout,
+            peers: Vec::new(),
+            answered: 0,
+            max_hop: 0,
+            per_group: 0,
+            private_too: false,
+            rejected_diversity: 0,
+        };
         for s in seeds {
             q.add(s.peer, s.addrs, 1, 0);
         }
@@ -74,6 +97,15 @@ impl Query {
             p.path = i % paths;
         }
         q
+    }
+
+    /// From now on, at most `per_group` candidates of one IP group (/16 for IPv4, /32 for IPv6; private
+    /// and loopback addresses exempt unless `private_too`); 0 turns the limit off. Peers announced
+    /// without addresses are not limited (they cannot be dialed unless already known).
+    pub fn with_diversity(mut self, per_group: usize, private_too: bool) -> Query {
+        self.per_group = per_group;
+        self.private_too = private_too;
+        self
     }
 
     pub fn target(&self) -> &Key {
@@ -88,9 +120,14 @@ impl Query {
         if peer == self.local {
             return;
         }
-        if let Some(p) = self.peers.iter_mut().find(|p| p.peer == peer) {
-            if p.addrs.is_empty() {
-                p.addrs = addrs;
+        if let Some(i) = self.peers.iter().position(|p| p.peer == peer) {
+            // Addresses learnt later pass the same per-group limit.
+            if self.peers[i].addrs.is_empty() && !addrs.is_empty() {
+                if self.per_group > 0 && self.over_group_limit(&addrs) {
+                    self.rejected_diversity += 1;
+                } else {
+                    self.peers[i].addrs = addrs;
+                }
             }
             return;
         }
@@ -100,8 +137,23 @@ impl Query {
         if at >= self.cap() {
             return;
         }
+        if self.per_group > 0 && self.over_group_limit(&addrs) {
+            self.rejected_diversity += 1;
+            return;
+        }
         self.peers.insert(at, QueryPeer { peer, key, addrs, state: PeerState::NotAsked, hop, path });
         self.peers.truncate(self.cap());
+    }
+
+    /// Whether one of `addrs`' IP groups already has `per_group` candidates.
+    fn over_group_limit(&self, addrs: &[Multiaddr]) -> bool {
+        let private_too = self.private_too;
+        let mut groups: Vec<Vec<u8>> = addrs.iter().filter_map(|a| group(a, private_too)).collect();
+        groups.dedup();
+        groups.iter().any(|g| {
+            let same = |p: &&QueryPeer| p.addrs.iter().any(|a| group(a, private_too).as_deref() == Some(g.as_slice()));
+            self.peers.iter().filter(same).count() >= self.per_group
+        })
     }
 
     fn in_flight(&self, path: usize) -> usize {
@@ -327,6 +379,61 @@ mod tests {
         let sybil_path = asked_by[&sybil_seed];
         assert!(asked_by.iter().all(|(p, path)| is_sybil(p) == (*path == sybil_path)), "{asked_by:?}");
         assert!(near(&honest, 4).iter().all(|h| asked_by.get(&h.id).is_some_and(|p| *p != sybil_path)));
+    }
+
+    /// Sybils from one /16, ground closer to the target than any honest peer and naming only each
+    /// other: without a limit they are the lookup's k closest; with 3 per group, 3 of them at most.
+    #[test]
+    fn per_group_limit_keeps_sybils_of_one_block_out_of_the_k_closest() {
+        let mut r = rng::from_seed([8; 32]);
+        let target = Key::from_bytes(b"censored");
+        let honest: Vec<PeerId> = (0..100).map(|_| PeerId::random(&mut r)).collect();
+        let closest_honest = honest.iter().map(|p| Key::from_peer(p).distance(&target)).min().unwrap();
+        let mut sybils = Vec::new();
+        while sybils.len() < 10 {
+            let p = PeerId::random(&mut r);
+            if Key::from_peer(&p).distance(&target) < closest_honest {
+                sybils.push(p);
+            }
+        }
+        let addr = |p: &PeerId| -> Multiaddr {
+            match sybils.iter().position(|s| s == p) {
+                Some(i) => format!("/ip4/5.5.{i}.1/tcp/4001").parse().unwrap(),
+                None => {
+                    let i = honest.iter().position(|h| h == p).unwrap();
+                    format!("/ip4/{}.{}.0.1/tcp/4001", 20 + i / 200, i % 200).parse().unwrap()
+                }
+            }
+        };
+        let kp = |v: Vec<PeerId>| {
+            v.into_iter().map(|q| KadPeer { addrs: vec![addr(&q)], id: q, connection: Default::default() }).collect::<Vec<_>>()
+        };
+        // Honest peers' tables hold 3 sybils (their diversity filter) and every honest peer; they answer
+        // with the 8 closest. Sybils answer with sybils only.
+        let answer = |p: &PeerId| -> Vec<KadPeer> {
+            let mut v: Vec<PeerId> = if sybils.contains(p) { sybils.clone() } else { honest.iter().chain(&sybils[..3]).cloned().collect() };
+            v.sort_by_key(|q| Key::from_peer(q).distance(&target));
+            v.truncate(8);
+            kp(v)
+        };
+        let run = |per_group: usize| {
+            let seeds = honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![addr(p)] }).collect();
+            let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([9; 32])), seeds, 8, 3, Duration::from_secs(1))
+                .with_diversity(per_group, false);
+            while !q.is_finished() {
+                let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
+                for p in batch {
+                    let c = answer(&p);
+                    q.on_answer(&p, &c);
+                }
+            }
+            let got = q.closest_answered();
+            (got.iter().filter(|p| sybils.contains(&p.peer)).count(), got.len(), q.rejected_diversity)
+        };
+        assert_eq!(run(0), (8, 8, 0), "no limit: the sybils are the 8 closest");
+        let (s, n, rejected) = run(3);
+        assert_eq!((s, n), (3, 8), "3 per group: 5 honest peers among the 8 closest");
+        assert!(rejected > 0);
     }
 
     #[test]

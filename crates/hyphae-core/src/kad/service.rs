@@ -302,7 +302,8 @@ impl KadService {
         let id = QueryId(self.next_id);
         self.stats.queries_started += 1;
         let c = &self.config;
-        let q = Query::disjoint(target, self.local.clone(), seeds, c.k, c.alpha, c.disjoint_paths, c.request_timeout);
+        let q = Query::disjoint(target, self.local.clone(), seeds, c.k, c.alpha, c.disjoint_paths, c.request_timeout)
+            .with_diversity(c.lookup_max_per_group, c.diversity_private);
         let deadline = cx.now + self.config.query_timeout;
         self.queries.insert(id, QueryState { kind, key, q, phase: Phase::Lookup, deadline, found: None });
         self.drive(cx, id);
@@ -390,9 +391,8 @@ impl KadService {
     }
 
     fn finish(&mut self, cx: &mut Cx<'_>, id: QueryId, outcome: Result<Outcome, QueryError>) {
-        if self.queries.remove(&id).is_none() {
-            return;
-        }
+        let Some(st) = self.queries.remove(&id) else { return };
+        self.stats.lookup_rejected_diversity += st.q.rejected_diversity;
         if self.refresh_after.remove(&id) {
             self.refresh_buckets(cx);
         }
@@ -547,6 +547,21 @@ impl KadService {
                 .collect()
         };
         let mut resp = Msg::new(req.kind, req.key.clone());
+        if let Some(e) = self.config.adversary.as_ref().filter(|e| e.key == req.key) {
+            // A sybil asked for the eclipsed key: only sybils, nothing stored, nothing kept.
+            let mut sybils: Vec<&PeerInfo> = e.sybils.iter().filter(|p| &p.peer != from && p.peer != self.local).collect();
+            sybils.sort_by_key(|p| Key::from_peer(&p.peer).distance(&target));
+            resp.closer = sybils
+                .into_iter()
+                .take(self.config.k)
+                .map(|p| KadPeer { id: p.peer.clone(), addrs: p.addrs.clone(), connection: Connection::NotConnected })
+                .collect();
+            return Ok(match req.kind {
+                MsgType::AddProvider => None,
+                MsgType::PutValue => Some(req),
+                _ => Some(resp),
+            });
+        }
         match req.kind {
             MsgType::FindNode => {
                 // Asked for ourselves: answer with ourselves, as go and js do (go keeps a new DHT peer only if

@@ -53,7 +53,7 @@ pub struct Table {
 }
 
 /// The IP group an address counts in for the diversity filter, or `None` when exempt.
-fn group(a: &Multiaddr, private_too: bool) -> Option<Vec<u8>> {
+pub(super) fn group(a: &Multiaddr, private_too: bool) -> Option<Vec<u8>> {
     let ip = a.ip()?;
     if !private_too && is_local_ip(ip) {
         return None;
