@@ -15,6 +15,8 @@ pub enum DhtOp {
     Provide,
     FindProviders,
     FindPeer,
+    /// find-providers of the eclipse attack's target key.
+    FindTarget,
 }
 
 /// One finished operation, as a node reports it.
@@ -45,6 +47,9 @@ pub struct Metrics {
     /// find-peer only (also counted in `lookups`).
     pub find_peers: u64,
     pub find_peers_ok: u64,
+    /// find-providers of the target key (not in `lookups`).
+    pub targets: u64,
+    pub targets_ok: u64,
 }
 
 impl Metrics {
@@ -60,6 +65,10 @@ impl Metrics {
                     self.provides_ok += 1;
                     self.provide_latency.record(s.latency_ns);
                 }
+            }
+            DhtOp::FindTarget => {
+                self.targets += 1;
+                self.targets_ok += u64::from(s.ok);
             }
             DhtOp::FindProviders | DhtOp::FindPeer => {
                 if s.op == DhtOp::FindPeer {
@@ -90,9 +99,11 @@ impl Metrics {
         self.bootstraps_ok += o.bootstraps_ok;
         self.find_peers += o.find_peers;
         self.find_peers_ok += o.find_peers_ok;
+        self.targets += o.targets;
+        self.targets_ok += o.targets_ok;
     }
 
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 14] = [
         "dht_provides",
         "dht_provide_success_rate",
         "dht_provide_p50_ms",
@@ -105,6 +116,8 @@ impl Metrics {
         "dht_hops_mean",
         "dht_answers_per_lookup",
         "dht_bootstraps_ok",
+        "dht_target_lookups",
+        "dht_target_success_rate",
     ];
 
     pub fn metric(&self, name: &str) -> Option<f64> {
@@ -123,6 +136,8 @@ impl Metrics {
             "dht_hops_mean" => rate(self.hops_sum, self.lookups),
             "dht_answers_per_lookup" => rate(self.answered_sum, self.lookups),
             "dht_bootstraps_ok" => self.bootstraps_ok as f64,
+            "dht_target_lookups" => self.targets as f64,
+            "dht_target_success_rate" => rate(self.targets_ok, self.targets),
             _ => return None,
         })
     }
@@ -147,7 +162,7 @@ impl Pending {
             KadEvent::Finished { query, outcome } => {
                 let (op, start, found) = self.queries.remove(query)?;
                 let ok = match (op, outcome) {
-                    (DhtOp::FindProviders, _) => found,
+                    (DhtOp::FindProviders | DhtOp::FindTarget, _) => found,
                     (DhtOp::FindPeer, Ok(o)) => o.found.is_some(),
                     (DhtOp::Provide, Ok(o)) => o.stored > 0,
                     (DhtOp::Bootstrap, Ok(_)) => true,
@@ -179,6 +194,8 @@ pub enum Command {
     Provide(Vec<u8>),
     FindProviders(Vec<u8>),
     FindPeer(PeerId),
+    /// find-providers of the target key.
+    FindTarget,
 }
 
 /// Runs `cmd` on the node's kad service (if it has one); a sample if it failed to start.
@@ -193,6 +210,7 @@ pub fn run(node: &mut ByteNode, pending: &mut Pending, now: Instant, cmd: Comman
         Command::Provide(key) => (DhtOp::Provide, k.provide(cx, key)),
         Command::FindProviders(key) => (DhtOp::FindProviders, k.find_providers(cx, key, 1)),
         Command::FindPeer(p) => (DhtOp::FindPeer, k.find_peer(cx, &p)),
+        Command::FindTarget => (DhtOp::FindTarget, k.find_providers(cx, target_key(), 1)),
     })?;
     pending.started(now, op, r)
 }
@@ -204,6 +222,13 @@ pub const PROVIDE_SETTLE: hyphae_core::time::Duration = hyphae_core::time::Durat
 pub fn key(n: u64) -> Vec<u8> {
     let mut k = vec![0x12, 0x20];
     k.extend_from_slice(&kad::Key::from_bytes(&n.to_le_bytes()).0);
+    k
+}
+
+/// The key `eclipse` sybils attack: a sha2-256 multihash no `key(n)` equals.
+pub fn target_key() -> Vec<u8> {
+    let mut k = vec![0x12, 0x20];
+    k.extend_from_slice(&kad::Key::from_bytes(b"the eclipse target").0);
     k
 }
 

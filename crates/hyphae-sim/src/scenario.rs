@@ -3,9 +3,17 @@
 //!
 //! ```text
 //! seed 42                                   # default seed (HYPHAE_SEED and --seed override it)
+//! addresses private|public                  # private (default): node i is 10.a.b.c; public: node i is
+//!                                           # 2a00:i::/32-ish (IPv6, each node its own /32, so the
+//!                                           # DHT's diversity filters apply; `subnet=shared` groups share one)
 //! nodes GROUP COUNT [ping=10s] [transport=tcp|quic] [per_peer=8] [dht=server|client|auto] [undialable]
 //!                   [idle=10s] [autonat] [disjoint=N]  # idle: connections without streams close after this long;
+//!                   [diversity=off|table|lookup] [subnet=own|shared] [eclipse]
 //!                                           # disjoint: DHT lookups on N disjoint paths (S/Kademlia)
+//!                                           # diversity: the DHT's IP-group filters: off, the routing
+//!                                           # table's only (go's), or the table's and each lookup's
+//!                                           # (default); eclipse: sybils of the eclipse attack on the
+//!                                           # target key (IDs ground closer to it than any other node's)
 //!                                           # autonat: AutoNAT v1 client and server (the DHT's auto mode)
 //!                                           # a group of nodes; ping: interval of pings to every
 //!                                           # peer; transport: how this group dials (default tcp);
@@ -27,8 +35,9 @@
 //! (degrade or change the default class from then on), `phase NAME`,
 //! `dht bootstrap SELECTOR via SELECTOR [over TIME]` (each joins through 3 random nodes of the second
 //! set, all at once or spread evenly over TIME; restarted nodes join again the same way), `dht provide|find-providers|find-peer N by SELECTOR [every TIME until
-//! TIME]` (N operations by random live DHT nodes of SELECTOR: provide a fresh key, look up the providers
-//! of a key provided before, find a random DHT server; repeated when `every` is given).
+//! TIME] [target]` (N operations by random live DHT nodes of SELECTOR: provide a fresh key, look up the providers
+//! of a key provided before, find a random DHT server; repeated when `every` is given; `target`:
+//! provide or look up the one key that `eclipse` groups attack, counted apart as `dht_target_*`).
 //! `pubsub subscribe SELECTOR TOPIC` (gossipsub nodes join TOPIC; restarted nodes join again),
 //! `pubsub publish N by SELECTOR TOPIC [size=BYTES] [every TIME until TIME]` (N messages of BYTES, default
 //! 1024, each by a random live gossipsub node of SELECTOR). Node setting `pubsub` runs gossipsub;
@@ -86,6 +95,8 @@ pub enum Action {
         op: DhtOp,
         n: usize,
         by: Selector,
+        /// On the eclipse attack's target key instead of the scenario's own keys.
+        target: bool,
         /// Repeat every `.0` until `.1`.
         every: Option<(Duration, Duration)>,
     },
@@ -162,6 +173,23 @@ pub struct Group {
     /// Attackers: left out of delivery metrics and of publishing.
     pub adversary: bool,
     pub scoring: Scoring,
+    /// The DHT's IP-group filters.
+    pub diversity: Diversity,
+    /// With public addresses: the whole group in one /32 (one operator's address block).
+    pub shared_subnet: bool,
+    /// Sybils of the eclipse attack on the target key (`kad::Eclipse`); implies `adversary`.
+    pub eclipse: bool,
+}
+
+/// Which of the DHT's IP-group filters a group's nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Diversity {
+    Off,
+    /// The routing table's (go-libp2p-kad-dht's filter).
+    Table,
+    /// The table's and each lookup's (`kad::Config::lookup_max_per_group`), hyphae's default.
+    #[default]
+    Lookup,
 }
 
 /// Gossipsub peer scoring of a group.
@@ -195,6 +223,8 @@ pub struct Scenario {
     pub timeline: Vec<(Duration, Action)>,
     pub duration: Duration,
     pub asserts: Vec<Assertion>,
+    /// Nodes have public-looking IPv6 addresses (`addresses public`) instead of 10.x.
+    pub public_addresses: bool,
 }
 
 impl Scenario {
@@ -344,15 +374,22 @@ fn parse_action(w: &[&str], link: &LinkClass) -> Result<Action, String> {
                 "find-peer" => DhtOp::FindPeer,
                 _ => return Err(format!("{op:?}: dht provide|find-providers|find-peer|bootstrap")),
             };
+            let (rest, target) = match rest {
+                [r @ .., "target"] => (r, true),
+                r => (r, false),
+            };
+            if target && op == DhtOp::FindPeer {
+                return Err("target: for provide and find-providers".into());
+            }
             let every = match rest {
                 [] => None,
                 ["every", e, "until", u] => Some((parse_duration(e)?, parse_duration(u)?)),
-                _ => return Err("dht OP N by SELECTOR [every TIME until TIME]".into()),
+                _ => return Err("dht OP N by SELECTOR [every TIME until TIME] [target]".into()),
             };
             if every.is_some_and(|(e, _)| e.is_zero()) {
                 return Err("every must be more than 0".into());
             }
-            Action::Dht { op, n: n.parse().map_err(|_| format!("{n:?}: not a number"))?, by: parse_selector(by)?, every }
+            Action::Dht { op, n: n.parse().map_err(|_| format!("{n:?}: not a number"))?, by: parse_selector(by)?, every, target }
         }
         ["pubsub", "attack", who, mode] => {
             use hyphae_core::gossipsub::Adversary;
@@ -411,6 +448,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
         timeline: vec![],
         duration: Duration::from_secs(60),
         asserts: vec![],
+        public_addresses: false,
     };
     let mut ran = false;
     for (i, raw) in text.lines().enumerate() {
@@ -423,6 +461,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
         let err = |e: String| format!("line {lineno}: {e}\n  {raw}");
         match w.as_slice() {
             ["seed", s] => sc.seed = s.parse().map_err(|_| err(format!("{s:?}: not a number")))?,
+            ["addresses", "private"] => sc.public_addresses = false,
+            ["addresses", "public"] => sc.public_addresses = true,
             ["nodes", name, count, rest @ ..] => {
                 let count: usize = count.parse().map_err(|_| err(format!("{count:?}: not a number")))?;
                 let mut ping = None;
@@ -437,7 +477,15 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut validation = None;
                 let mut adversary = false;
                 let mut scoring = Scoring::On;
+                let mut diversity = Diversity::default();
+                let mut shared_subnet = false;
+                let mut eclipse = false;
                 for r in rest {
+                    if *r == "eclipse" {
+                        eclipse = true;
+                        adversary = true;
+                        continue;
+                    }
                     if *r == "adversary" {
                         adversary = true;
                         pubsub = pubsub.or(Some(hyphae_core::gossipsub::Config::default().idontwant_threshold));
@@ -461,6 +509,16 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                             disjoint = v.parse().ok().filter(|n| (1..=20).contains(n)).ok_or_else(|| err(format!("{v:?}: disjoint=1..20")))?
                         }
                         Some(("idle", v)) => idle = Some(parse_duration(v).map_err(err)?),
+                        Some(("diversity", v)) => {
+                            diversity = match v {
+                                "off" => Diversity::Off,
+                                "table" => Diversity::Table,
+                                "lookup" => Diversity::Lookup,
+                                _ => return Err(err(format!("{v:?}: diversity=off|table|lookup"))),
+                            }
+                        }
+                        Some(("subnet", "own")) => shared_subnet = false,
+                        Some(("subnet", "shared")) => shared_subnet = true,
                         Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
                         Some(("scoring", v)) => {
                             scoring = match v {
@@ -480,7 +538,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, scoring=off|on|strict, adversary)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, scoring=off|on|strict, adversary, diversity=off|table|lookup, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -503,6 +561,9 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     validation,
                     adversary,
                     scoring,
+                    diversity,
+                    shared_subnet,
+                    eclipse,
                 });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,
@@ -618,7 +679,8 @@ mod tests {
                 op: DhtOp::FindProviders,
                 n: 3,
                 by: Selector::All,
-                every: Some((Duration::from_secs(1), Duration::from_secs(9)))
+                every: Some((Duration::from_secs(1), Duration::from_secs(9))),
+                target: false,
             }
         );
         assert!(parse("nodes a 3 dht=maybe\nrun 1s").unwrap_err().contains("unknown DHT mode"));

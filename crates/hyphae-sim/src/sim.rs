@@ -8,7 +8,7 @@
 use crate::dht;
 use crate::metrics::{Counters, Histogram, Phase};
 use crate::pubsub;
-use crate::scenario::{Action, DhtOp, LinkClass, Scenario, Selector};
+use crate::scenario::{Action, DhtOp, Diversity, LinkClass, Scenario, Selector};
 use hyphae_core::autonat::{self, service::AutonatService};
 use hyphae_core::conn::CloseReason;
 use hyphae_core::conn::Role;
@@ -162,6 +162,10 @@ struct SimNode {
     validation: Option<Duration>,
     adversary: bool,
     scoring: crate::scenario::Scoring,
+    /// The DHT's IP-group filters it runs.
+    diversity: crate::scenario::Diversity,
+    /// A sybil of the eclipse attack.
+    eclipse: bool,
     /// How it attacks (kept across restarts).
     attack: hyphae_core::gossipsub::Adversary,
     /// Its DHT operations in flight.
@@ -192,6 +196,32 @@ struct World {
     partitions: Vec<(Vec<bool>, Vec<bool>, bool)>,
     /// Per node: inbound connections are refused (the simplest NAT).
     undialable: Vec<bool>,
+    /// Public addresses (`addresses public`): per node, its /32 (`0x2a00_0000 | own` or
+    /// `0x2a01_0000 | group` for a shared subnet). Empty: 10.x addresses.
+    subnets: Vec<u32>,
+}
+
+impl World {
+    /// Node `i`'s socket address: `10.a.b.c:4001`, or with public addresses
+    /// `[2a0X:SSSS:iiii:iiii::1]:4001` (its /32, then its index).
+    fn socket(&self, i: usize) -> SocketAddr {
+        match self.subnets.get(i) {
+            None => node_socket(i),
+            Some(sub) => {
+                let (s, i) = (*sub, i as u32);
+                let ip = std::net::Ipv6Addr::new((s >> 16) as u16, s as u16, (i >> 16) as u16, i as u16, 0, 0, 0, 1);
+                SocketAddr::from((ip, 4001))
+            }
+        }
+    }
+
+    fn addr(&self, i: usize) -> Multiaddr {
+        Multiaddr::from_tcp(self.socket(i))
+    }
+
+    fn quic_addr(&self, i: usize) -> Multiaddr {
+        Multiaddr::from_quic(self.socket(i))
+    }
 }
 
 /// What the nodes of one window may read: nothing in it changes until the window ends.
@@ -298,13 +328,13 @@ impl NodeWork<'_> {
                 self.n.conns.insert(conn, End { link, peer, peer_gen, class, free_at: now, last_at: now, held: vec![] });
                 self.n.by_link.insert(link, conn);
                 self.note(out, 1, conn.0, &[]);
-                self.input(ctx, out, Input::Connected { conn, role: Role::Listener, remote_addr: node_addr(peer) });
+                self.input(ctx, out, Input::Connected { conn, role: Role::Listener, remote_addr: ctx.w.addr(peer) });
             }
             NodeEv::Connected { link, .. } => {
                 let Some(&conn) = self.n.by_link.get(&link) else { return };
                 let peer = self.n.conns[&conn].peer;
                 self.note(out, 1, conn.0, &[]);
-                self.input(ctx, out, Input::Connected { conn, role: Role::Dialer, remote_addr: node_addr(peer) });
+                self.input(ctx, out, Input::Connected { conn, role: Role::Dialer, remote_addr: ctx.w.addr(peer) });
             }
             NodeEv::Deliver { link, data } => {
                 let Some(&conn) = self.n.by_link.get(&link) else { return };
@@ -502,8 +532,30 @@ impl NodeWork<'_> {
         if unit(reorder_draw) < class.reorder {
             at = at + class.latency;
         }
-        let from = node_socket(self.i);
+        let from = ctx.w.socket(self.i);
         self.send(ctx, out, at, dest, dest_gen, NodeEv::Datagram { from, data });
+    }
+}
+
+/// Eclipse sybils get IDs closer to the target key than every other node's: the attacker generates keys
+/// until one beats the closest honest ID (about 2·N key generations per sybil in a network of N).
+fn grind_sybils(nodes: &mut [SimNode], seed: u64) {
+    if !nodes.iter().any(|n| n.eclipse) {
+        return;
+    }
+    let target = kad::Key::from_bytes(&dht::target_key());
+    let Some(closest) = nodes.iter().filter(|n| !n.eclipse).map(|n| kad::Key::from_peer(&n.peer).distance(&target)).min() else {
+        return;
+    };
+    for (i, n) in nodes.iter_mut().enumerate().filter(|(_, n)| n.eclipse) {
+        for attempt in 0u64.. {
+            let key = Keypair::generate_ed25519(&mut rng::from_seed(seed32(seed, b"sybil", ((i as u64) << 32) | attempt)));
+            if kad::Key::from_peer(&key.peer_id()).distance(&target) < closest {
+                n.peer = key.peer_id();
+                n.key = key;
+                break;
+            }
+        }
     }
 }
 
@@ -608,7 +660,10 @@ fn socket_node(sa: SocketAddr) -> Option<usize> {
             let o = ip.octets();
             (o[0] == 10).then(|| (usize::from(o[1]) << 16) | (usize::from(o[2]) << 8) | usize::from(o[3]))
         }
-        _ => None,
+        std::net::IpAddr::V6(ip) => {
+            let s = ip.segments();
+            (s[0] == 0x2a00 || s[0] == 0x2a01).then(|| ((usize::from(s[2])) << 16) | usize::from(s[3]))
+        }
     }
 }
 
@@ -657,6 +712,8 @@ pub struct Sim {
     published: BTreeMap<Vec<u8>, pubsub::Record>,
     /// When each key (`dht::key(i)`) was provided.
     provided: Vec<Instant>,
+    /// The eclipse attack's sybils, with their addresses (every sybil answers with these).
+    sybils: Vec<kad::PeerInfo>,
 }
 
 /// Default for [`Sim::set_parallel_min_events`].
@@ -688,6 +745,8 @@ impl Sim {
                     validation: g.validation,
                     adversary: g.adversary,
                     scoring: g.scoring,
+                    diversity: g.diversity,
+                    eclipse: g.eclipse,
                     attack: hyphae_core::gossipsub::Adversary::Honest,
                     pending: dht::Pending::default(),
                     timer_at: None,
@@ -703,6 +762,16 @@ impl Sim {
             }
             groups.insert(g.name.clone(), (start, nodes.len()));
         }
+        grind_sybils(&mut nodes, seed);
+        let subnets: Vec<u32> = if sc.public_addresses {
+            let group_of = sc.groups.iter().enumerate().flat_map(|(gi, g)| std::iter::repeat_n((gi, g.shared_subnet), g.count));
+            group_of
+                .enumerate()
+                .map(|(i, (gi, shared))| if shared { 0x2a01_0000 | gi as u32 } else { 0x2a00_0000 | (i as u32 & 0xffff) })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let interval = sc.groups.iter().filter_map(|g| g.ping).max().unwrap_or(Duration::from_secs(1)).as_nanos() as u64;
         let dur = sc.duration.as_nanos() as u64;
         let buckets = ((dur / interval.max(1)) as usize).clamp(1, TIME_BUCKETS);
@@ -725,6 +794,7 @@ impl Sim {
                 link_class: sc.link.clone(),
                 partitions: vec![],
                 undialable: sc.groups.iter().flat_map(|g| std::iter::repeat_n(g.undialable, g.count)).collect(),
+                subnets,
             },
             peers: nodes.iter().map(|x| x.peer.clone()).collect(),
             groups,
@@ -746,6 +816,7 @@ impl Sim {
             dht_via: Vec::new(),
             published: BTreeMap::new(),
             provided: Vec::new(),
+            sybils: Vec::new(),
             nodes,
             sc,
         };
@@ -761,6 +832,10 @@ impl Sim {
             sim.lookahead = sim.lookahead.min(class.latency);
             sim.world.region_links.insert((ia.min(ib), ia.max(ib)), class);
         }
+        sim.sybils = (0..sim.nodes.len())
+            .filter(|i| sim.nodes[*i].eclipse)
+            .map(|i| kad::PeerInfo { peer: sim.peers[i].clone(), addrs: vec![sim.world.addr(i)] })
+            .collect();
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
         }
@@ -843,14 +918,26 @@ impl Sim {
         rl.peer.conns = n.per_peer.map_or(8, |p| p as u32);
         cfg.limits.resources = rl;
         cfg.limits.idle_timeout = n.idle;
-        cfg.listen_addrs = vec![node_addr(i)];
+        cfg.listen_addrs = vec![self.world.addr(i)];
         if let Some(base) = self.quic_base {
             cfg.quic_base = Some(base);
-            cfg.listen_addrs.push(node_quic_addr(i));
+            cfg.listen_addrs.push(self.world.quic_addr(i));
         }
         let mut bn = ByteNode::new(cfg, self.now);
         if let Some(mode) = n.dht {
-            let kc = kad::Config { mode, disjoint_paths: n.disjoint, ..kad::Config::default() };
+            let mut kc = kad::Config { mode, disjoint_paths: n.disjoint, ..kad::Config::default() };
+            match n.diversity {
+                Diversity::Off => {
+                    kc.max_per_group = usize::MAX;
+                    kc.max_per_group_per_bucket = usize::MAX;
+                    kc.lookup_max_per_group = 0;
+                }
+                Diversity::Table => kc.lookup_max_per_group = 0,
+                Diversity::Lookup => {}
+            }
+            if n.eclipse {
+                kc.adversary = Some(kad::Eclipse { key: dht::target_key(), sybils: self.sybils.clone() });
+            }
             bn.add_service(self.now, Box::new(KadService::new(n.peer.clone(), kc)));
         }
         if let Some(threshold) = n.pubsub {
@@ -931,7 +1018,7 @@ impl Sim {
         for _ in 0..10 {
             let j = self.dht_via[(self.rng.next_u64() % self.dht_via.len() as u64) as usize];
             if j != i && !via.iter().any(|(p, _)| p == &self.peers[j]) {
-                via.push((self.peers[j].clone(), node_addr(j)));
+                via.push((self.peers[j].clone(), self.world.addr(j)));
             }
             if via.len() == 3 {
                 break;
@@ -954,7 +1041,7 @@ impl Sim {
     }
 
     /// `n` operations by random live DHT nodes of `by`.
-    fn dht_ops(&mut self, op: DhtOp, n: usize, by: &Selector) {
+    fn dht_ops(&mut self, op: DhtOp, n: usize, by: &Selector, target: bool) {
         let who: Vec<usize> =
             self.select(by).into_iter().filter(|i| self.nodes[*i].node.is_some() && self.nodes[*i].dht.is_some()).collect();
         let servers: Vec<usize> =
@@ -965,7 +1052,9 @@ impl Sim {
         for _ in 0..n {
             let i = who[(self.rng.next_u64() % who.len() as u64) as usize];
             let cmd = match op {
-                DhtOp::Bootstrap => continue,
+                DhtOp::Bootstrap | DhtOp::FindTarget => continue,
+                DhtOp::Provide if target => dht::Command::Provide(dht::target_key()),
+                DhtOp::FindProviders if target => dht::Command::FindTarget,
                 DhtOp::Provide => {
                     self.provided.push(self.now);
                     dht::Command::Provide(dht::key(self.provided.len() as u64 - 1))
@@ -1012,7 +1101,7 @@ impl Sim {
     /// Dials `j` from `i`: only if not connected yet, unless `new`.
     fn connect(&mut self, i: usize, j: usize, new: bool) {
         let peer = self.peers[j].clone();
-        let addr = if self.nodes[i].quic { node_quic_addr(j) } else { node_addr(j) }.with(Protocol::P2p(peer.clone()));
+        let addr = if self.nodes[i].quic { self.world.quic_addr(j) } else { self.world.addr(j) }.with(Protocol::P2p(peer.clone()));
         self.with_node(i, |ctx, w, out| {
             let now = w.now;
             let quic = w.n.quic;
@@ -1170,8 +1259,8 @@ impl Sim {
     /// schedules its next run while that falls before its `until`.
     fn run_repeating(&mut self, k: usize) {
         let every = match self.sc.timeline[k].1.clone() {
-            Action::Dht { op, n, by, every } => {
-                self.dht_ops(op, n, &by);
+            Action::Dht { op, n, by, every, target } => {
+                self.dht_ops(op, n, &by, target);
                 every
             }
             Action::PubsubPublish { n, by, topic, size, every } => {
