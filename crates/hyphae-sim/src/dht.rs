@@ -232,6 +232,11 @@ pub fn target_key() -> Vec<u8> {
     k
 }
 
+/// A node's kad counters.
+pub fn stats(node: &mut ByteNode) -> Option<kad::Stats> {
+    node.node_mut().service_mut::<KadService>().map(|k| k.stats().clone())
+}
+
 /// Routing-table size of a node's kad service, and whether it serves.
 pub fn table(node: &mut ByteNode) -> Option<(usize, bool)> {
     node.node_mut().service_mut::<KadService>().map(|k| (k.table().len(), k.is_server()))

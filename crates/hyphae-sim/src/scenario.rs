@@ -8,11 +8,12 @@
 //!                                           # DHT's diversity filters apply; `subnet=shared` groups share one)
 //! nodes GROUP COUNT [ping=10s] [transport=tcp|quic] [per_peer=8] [dht=server|client|auto] [undialable]
 //!                   [idle=10s] [autonat] [disjoint=N]  # idle: connections without streams close after this long;
-//!                   [diversity=off|table|lookup] [subnet=own|shared] [eclipse]
+//!                   [diversity=off|table|lookup] [density=on|off] [subnet=own|shared] [eclipse]
 //!                                           # disjoint: DHT lookups on N disjoint paths (S/Kademlia)
 //!                                           # diversity: the DHT's IP-group filters: off, the routing
 //!                                           # table's only (go's), or the table's and each lookup's
-//!                                           # (default); eclipse: sybils of the eclipse attack on the
+//!                                           # (default); density: the lookups' density check
+//!                                           # (`kad::Config::density_check`, default on); eclipse: sybils of the eclipse attack on the
 //!                                           # target key (IDs ground closer to it than any other node's)
 //!                                           # autonat: AutoNAT v1 client and server (the DHT's auto mode)
 //!                                           # a group of nodes; ping: interval of pings to every
@@ -175,6 +176,8 @@ pub struct Group {
     pub scoring: Scoring,
     /// The DHT's IP-group filters.
     pub diversity: Diversity,
+    /// The DHT lookups' density check (`kad::Config::density_check`).
+    pub density: bool,
     /// With public addresses: the whole group in one /32 (one operator's address block).
     pub shared_subnet: bool,
     /// Sybils of the eclipse attack on the target key (`kad::Eclipse`); implies `adversary`.
@@ -479,6 +482,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut scoring = Scoring::On;
                 let mut diversity = Diversity::default();
                 let mut shared_subnet = false;
+                let mut density = true;
                 let mut eclipse = false;
                 for r in rest {
                     if *r == "eclipse" {
@@ -517,6 +521,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                                 _ => return Err(err(format!("{v:?}: diversity=off|table|lookup"))),
                             }
                         }
+                        Some(("density", "on")) => density = true,
+                        Some(("density", "off")) => density = false,
                         Some(("subnet", "own")) => shared_subnet = false,
                         Some(("subnet", "shared")) => shared_subnet = true,
                         Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
@@ -538,7 +544,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, scoring=off|on|strict, adversary, diversity=off|table|lookup, subnet=own|shared, eclipse)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -562,6 +568,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     adversary,
                     scoring,
                     diversity,
+                    density,
                     shared_subnet,
                     eclipse,
                 });
@@ -591,7 +598,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 if !["<", "<=", ">", ">=", "=="].contains(op) {
                     return Err(err(format!("{op:?}: OP is one of < <= > >= ==")));
                 }
-                let dht_run_wide = ["dht_servers", "dht_table_mean"];
+                let dht_run_wide = ["dht_servers", "dht_table_mean", "dht_widened", "dht_diversity_rejected"];
                 if !crate::metrics::Phase::METRICS.contains(&metric)
                     && !crate::dht::Metrics::NAMES.contains(&metric)
                     && !dht_run_wide.contains(&metric)

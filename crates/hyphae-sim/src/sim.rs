@@ -164,6 +164,7 @@ struct SimNode {
     scoring: crate::scenario::Scoring,
     /// The DHT's IP-group filters it runs.
     diversity: crate::scenario::Diversity,
+    density: bool,
     /// A sybil of the eclipse attack.
     eclipse: bool,
     /// How it attacks (kept across restarts).
@@ -590,6 +591,10 @@ pub struct Report {
     pub dht_nodes: usize,
     pub dht_servers: usize,
     pub dht_table_mean: f64,
+    /// Of honest nodes' lookups (nodes alive at the end): the fraction the density check widened, and
+    /// the peers lookups left out by the per-group limit, per lookup.
+    pub dht_widened: f64,
+    pub dht_diversity_rejected: f64,
     /// Gossipsub traffic over the whole run (the nodes alive at the end).
     pub pubsub: pubsub::Traffic,
 }
@@ -600,6 +605,8 @@ impl Report {
             "connected_fraction" => return Some(self.connected_fraction),
             "dht_servers" => return Some(self.dht_servers as f64),
             "dht_table_mean" => return Some(self.dht_table_mean),
+            "dht_widened" => return Some(self.dht_widened),
+            "dht_diversity_rejected" => return Some(self.dht_diversity_rejected),
             "events" => return Some(self.events as f64),
             t if pubsub::Traffic::NAMES.contains(&t) => return self.pubsub.metric(t),
             _ => {}
@@ -746,6 +753,7 @@ impl Sim {
                     adversary: g.adversary,
                     scoring: g.scoring,
                     diversity: g.diversity,
+                    density: g.density,
                     eclipse: g.eclipse,
                     attack: hyphae_core::gossipsub::Adversary::Honest,
                     pending: dht::Pending::default(),
@@ -925,7 +933,7 @@ impl Sim {
         }
         let mut bn = ByteNode::new(cfg, self.now);
         if let Some(mode) = n.dht {
-            let mut kc = kad::Config { mode, disjoint_paths: n.disjoint, ..kad::Config::default() };
+            let mut kc = kad::Config { mode, disjoint_paths: n.disjoint, density_check: n.density, ..kad::Config::default() };
             match n.diversity {
                 Diversity::Off => {
                     kc.max_per_group = usize::MAX;
@@ -1624,6 +1632,13 @@ impl Sim {
         let servers = tables.iter().filter(|(_, s)| *s).count();
         let table_mean =
             if servers == 0 { 0.0 } else { tables.iter().filter(|(_, s)| *s).map(|(n, _)| *n).sum::<usize>() as f64 / servers as f64 };
+        let (mut started, mut widened, mut rejected) = (0u64, 0u64, 0u64);
+        for s in self.nodes.iter_mut().filter(|n| !n.adversary).filter_map(|n| n.node.as_mut().and_then(dht::stats)) {
+            started += s.queries_started;
+            widened += s.lookups_widened;
+            rejected += s.lookup_rejected_diversity;
+        }
+        let per_lookup = |x: u64| if started == 0 { 0.0 } else { x as f64 / started as f64 };
         let alive: Vec<&SimNode> = self.nodes.iter().filter(|n| n.node.is_some()).collect();
         let connected = alive.iter().filter(|n| n.node.as_ref().is_some_and(|x| !x.connected_peers().is_empty())).count();
         Report {
@@ -1641,6 +1656,8 @@ impl Sim {
             dht_nodes: tables.len(),
             dht_servers: servers,
             dht_table_mean: table_mean,
+            dht_widened: per_lookup(widened),
+            dht_diversity_rejected: per_lookup(rejected),
             pubsub: traffic,
         }
     }

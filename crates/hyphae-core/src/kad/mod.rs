@@ -130,6 +130,10 @@ pub struct Config {
     /// 0 = no limit). Default 3, the table's `max_per_group`: sybils from one address block cannot fill
     /// a lookup's k closest (the eclipse scenario measures it). go and rust apply no such limit.
     pub lookup_max_per_group: usize,
+    /// Lookups notice peers packed around a key far tighter than the network's size allows (sybils
+    /// ground close to it) and then want k peers beyond them (`query` module doc). Default on; costs
+    /// requests only in lookups where it fires (under 1% of honest ones by design).
+    pub density_check: bool,
     /// Lookups in flight at once (beyond: refused). Default 64.
     pub max_queries: usize,
     /// Inbound streams served at once (beyond: reset). Default 256.
@@ -184,6 +188,7 @@ impl Default for Config {
             max_per_group_per_bucket: 2,
             diversity_private: false,
             lookup_max_per_group: 3,
+            density_check: true,
             max_queries: 64,
             max_inbound_streams: 256,
             limits: wire::Limits::default(),
@@ -263,6 +268,8 @@ pub struct Stats {
     pub table_rejected_full: u64,
     /// Peers a lookup left out by `lookup_max_per_group`.
     pub lookup_rejected_diversity: u64,
+    /// Lookups the density check widened.
+    pub lookups_widened: u64,
     pub queries_started: u64,
     pub queries_refused: u64,
 }

@@ -12,6 +12,14 @@
 //! With a per-group limit (`with_diversity`) a lookup keeps at most that many candidates of one IP
 //! group (the routing table's diversity filter, applied to the peers answers bring): sybils run from
 //! one address block cannot fill a lookup's k closest, however close their ground IDs are.
+//!
+//! With a density check (`with_density_check`, given the network's estimated size n) a lookup notices
+//! when the peers it found around the key are packed far tighter than n peers spread uniformly would be
+//! (the j-th closest within `j / (4n)` of the keyspace, for some j ≥ 6: under 1% of honest lookups) —
+//! what sybils ground close to a key look like — and then wants k peers *beyond* that dense set (up to
+//! 2k more), so that a provide stores on, and a search asks, the honest peers behind the sybils. The
+//! NDSS 2024 censorship paper detects the same anomaly (with a KL divergence of prefix lengths) and
+//! widens the lookup the same way.
 
 use super::table::group;
 use super::{KadPeer, Key, PeerInfo};
@@ -57,6 +65,22 @@ pub struct Query {
     private_too: bool,
     /// Peers refused by the per-group limit.
     pub rejected_diversity: u64,
+    /// The network's estimated size for the density check (0: off).
+    size_estimate: f64,
+    /// Peers wanted beyond k: the dense set found around the key (at most 2k).
+    pub extra: usize,
+}
+
+/// The density check: at least this many peers ...
+const DENSE_MIN: usize = 6;
+/// ... this many times denser than uniform.
+const DENSE_FACTOR: f64 = 4.0;
+
+/// A distance as a fraction of the keyspace (its top 64 bits are plenty).
+fn fraction(d: &super::Distance) -> f64 {
+    let mut top = [0u8; 8];
+    top.copy_from_slice(&d.0[..8]);
+    u64::from_be_bytes(top) as f64 / 18_446_744_073_709_551_616.0
 }
 
 impl Query {
@@ -88,6 +112,8 @@ impl Query {
             per_group: 0,
             private_too: false,
             rejected_diversity: 0,
+            size_estimate: 0.0,
+            extra: 0,
         };
         for s in seeds {
             q.add(s.peer, s.addrs, 1, 0);
@@ -106,6 +132,33 @@ impl Query {
         self.per_group = per_group;
         self.private_too = private_too;
         self
+    }
+
+    /// Turns the density check on for a network of about `size_estimate` DHT servers (0: off).
+    pub fn with_density_check(mut self, size_estimate: f64) -> Query {
+        self.size_estimate = size_estimate;
+        self
+    }
+
+    /// Peers the lookup wants answers from: k, plus the dense set when the check found one.
+    fn want(&self) -> usize {
+        self.k + self.extra
+    }
+
+    /// Looks for a dense set among the closest candidates (see the module doc).
+    fn check_density(&mut self) {
+        if self.size_estimate <= 0.0 {
+            return;
+        }
+        let n = self.size_estimate;
+        let mut dense = 0;
+        let live = self.peers.iter().filter(|p| p.state != PeerState::Failed).take(3 * self.k);
+        for (j, p) in live.enumerate().map(|(j, p)| (j + 1, p)) {
+            if j >= DENSE_MIN && fraction(&p.key.distance(&self.target)) * n * DENSE_FACTOR < j as f64 {
+                dense = j;
+            }
+        }
+        self.extra = self.extra.max(dense.min(2 * self.k));
     }
 
     pub fn target(&self) -> &Key {
@@ -174,7 +227,7 @@ impl Query {
                 PeerState::Answered => seen += 1,
                 PeerState::NotAsked | PeerState::Waiting(_) => return false,
             }
-            if seen >= self.k {
+            if seen >= self.want() {
                 return true;
             }
         }
@@ -201,12 +254,13 @@ impl Query {
     fn next_on(&mut self, path: usize, now: Instant) -> Option<QueryPeer> {
         // Only among the k closest live candidates: asking farther ones cannot change the result.
         let mut live = 0;
+        let want = self.want();
         for p in self.peers.iter_mut().filter(|p| p.path == path) {
             if p.state == PeerState::Failed {
                 continue;
             }
             live += 1;
-            if live > self.k {
+            if live > want {
                 return None;
             }
             if p.state == PeerState::NotAsked {
@@ -230,6 +284,7 @@ impl Query {
         for c in closer {
             self.add(c.id.clone(), c.addrs.clone(), hop, path);
         }
+        self.check_density();
     }
 
     pub fn on_failure(&mut self, peer: &PeerId) {
@@ -258,12 +313,13 @@ impl Query {
         self.peers.iter().filter_map(|p| if let PeerState::Waiting(t) = p.state { Some(t) } else { None }).min()
     }
 
-    /// The closest peers that answered, closest first (at most k).
+    /// The closest peers that answered, closest first (at most k, plus the dense set's size when the
+    /// density check found one).
     pub fn closest_answered(&self) -> Vec<PeerInfo> {
         self.peers
             .iter()
             .filter(|p| p.state == PeerState::Answered)
-            .take(self.k)
+            .take(self.want())
             .map(|p| PeerInfo { peer: p.peer.clone(), addrs: p.addrs.clone() })
             .collect()
     }
@@ -434,6 +490,71 @@ mod tests {
         let (s, n, rejected) = run(3);
         assert_eq!((s, n), (3, 8), "3 per group: 5 honest peers among the 8 closest");
         assert!(rejected > 0);
+    }
+
+    /// Sybils on many addresses (the per-group limit cannot tell them apart), ground closer than any of
+    /// 300 honest peers: the density check sees 10 peers where a uniform network has about 1 and wants
+    /// k peers beyond them; without it the sybils are the k closest.
+    #[test]
+    fn density_check_wants_k_peers_beyond_a_dense_set() {
+        let mut r = rng::from_seed([10; 32]);
+        let target = Key::from_bytes(b"censored");
+        let honest: Vec<PeerId> = (0..300).map(|_| PeerId::random(&mut r)).collect();
+        let closest_honest = honest.iter().map(|p| Key::from_peer(p).distance(&target)).min().unwrap();
+        let mut sybils = Vec::new();
+        while sybils.len() < 10 {
+            let p = PeerId::random(&mut r);
+            if Key::from_peer(&p).distance(&target) < closest_honest {
+                sybils.push(p);
+            }
+        }
+        let kp =
+            |v: Vec<PeerId>| v.into_iter().map(|q| KadPeer { addrs: vec![], id: q, connection: Default::default() }).collect::<Vec<_>>();
+        let answer = |p: &PeerId| -> Vec<KadPeer> {
+            let mut v: Vec<PeerId> = if sybils.contains(p) { sybils.clone() } else { honest.iter().chain(&sybils[..3]).cloned().collect() };
+            v.sort_by_key(|q| Key::from_peer(q).distance(&target));
+            v.truncate(8);
+            kp(v)
+        };
+        let run = |size: f64| {
+            let seeds = honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![] }).collect();
+            let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([11; 32])), seeds, 8, 3, Duration::from_secs(1))
+                .with_density_check(size);
+            while !q.is_finished() {
+                let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
+                for p in batch {
+                    let c = answer(&p);
+                    q.on_answer(&p, &c);
+                }
+            }
+            let got = q.closest_answered();
+            let honest_n = got.iter().filter(|p| honest.contains(&p.peer)).count();
+            (honest_n, q.extra)
+        };
+        assert_eq!(run(0.0), (0, 0), "no check: the 8 closest are sybils");
+        let (honest_n, extra) = run(300.0);
+        assert!(extra >= 10, "the dense set: {extra}");
+        assert!(honest_n >= 8, "k honest peers beyond the sybils: {honest_n}");
+        // The same network without sybils: the check stays quiet.
+        let mut q = Query::new(
+            target,
+            PeerId::random(&mut r),
+            honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![] }).collect(),
+            8,
+            3,
+            Duration::from_secs(1),
+        )
+        .with_density_check(300.0);
+        while !q.is_finished() {
+            let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
+            for p in batch {
+                let mut v = honest.clone();
+                v.sort_by_key(|x| Key::from_peer(x).distance(&target));
+                v.truncate(8);
+                q.on_answer(&p, &kp(v));
+            }
+        }
+        assert_eq!(q.extra, 0);
     }
 
     #[test]

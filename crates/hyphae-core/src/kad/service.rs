@@ -303,7 +303,8 @@ impl KadService {
         self.stats.queries_started += 1;
         let c = &self.config;
         let q = Query::disjoint(target, self.local.clone(), seeds, c.k, c.alpha, c.disjoint_paths, c.request_timeout)
-            .with_diversity(c.lookup_max_per_group, c.diversity_private);
+            .with_diversity(c.lookup_max_per_group, c.diversity_private)
+            .with_density_check(if c.density_check { self.table.size_estimate() } else { 0.0 });
         let deadline = cx.now + self.config.query_timeout;
         self.queries.insert(id, QueryState { kind, key, q, phase: Phase::Lookup, deadline, found: None });
         self.drive(cx, id);
@@ -393,6 +394,7 @@ impl KadService {
     fn finish(&mut self, cx: &mut Cx<'_>, id: QueryId, outcome: Result<Outcome, QueryError>) {
         let Some(st) = self.queries.remove(&id) else { return };
         self.stats.lookup_rejected_diversity += st.q.rejected_diversity;
+        self.stats.lookups_widened += u64::from(st.q.extra > 0);
         if self.refresh_after.remove(&id) {
             self.refresh_buckets(cx);
         }

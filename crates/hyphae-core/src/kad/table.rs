@@ -91,6 +91,19 @@ impl Table {
         self.buckets.iter().map(Vec::len).collect()
     }
 
+    /// The number of DHT servers in the network, estimated from the buckets near us: those from the
+    /// first that is not full (b) down hold every server we know of in 1/2^b of the keyspace. 0 until
+    /// the first 3 buckets are full (a young table underestimates, which would make the density check
+    /// see sybils everywhere; networks under ~160 servers never get an estimate).
+    pub fn size_estimate(&self) -> f64 {
+        let Some(b0) = self.buckets.iter().position(|b| b.len() < self.config.k) else { return 0.0 };
+        if b0 < 3 {
+            return 0.0;
+        }
+        let near: usize = self.buckets[b0..].iter().map(Vec::len).sum();
+        (near + 1) as f64 * 2f64.powi(b0 as i32)
+    }
+
     /// The deepest non-empty bucket (refresh goes up to it).
     pub fn max_bucket(&self) -> Option<usize> {
         self.buckets.iter().rposition(|b| !b.is_empty())
@@ -223,6 +236,24 @@ mod tests {
         assert!(!t.failed(&victim));
         assert!(t.failed(&victim));
         assert!(!t.contains(&victim));
+    }
+
+    /// A table that knows every one of 1,000 peers it has room for estimates the network within a
+    /// factor of 1.5; a young table gives no estimate.
+    #[test]
+    fn table_estimates_the_network_size_from_its_near_buckets() {
+        let mut r = rng::from_seed([12; 32]);
+        let me = PeerId::random(&mut r);
+        let mut t = Table::new(Key::from_peer(&me), cfg());
+        for _ in 0..30 {
+            t.insert(&PeerId::random(&mut r), &["/ip4/10.0.0.1/tcp/1".parse().unwrap()], Instant(0));
+        }
+        assert_eq!(t.size_estimate(), 0.0);
+        for _ in 0..970 {
+            t.insert(&PeerId::random(&mut r), &["/ip4/10.0.0.1/tcp/1".parse().unwrap()], Instant(0));
+        }
+        let n = t.size_estimate();
+        assert!((667.0..1500.0).contains(&n), "{n}");
     }
 
     #[test]
