@@ -32,6 +32,8 @@ pub struct Net {
     pub events: Vec<Vec<Event>>,
     /// Nodes whose inbound connections are refused (the simplest NAT).
     pub undialable: std::collections::BTreeSet<usize>,
+    /// Nodes that others see at another address than their own (a NAT's mapping, say).
+    pub observed_as: BTreeMap<usize, Multiaddr>,
     pub now: Instant,
     pub latency: Duration,
     inflight: Vec<Flight>,
@@ -70,6 +72,7 @@ impl Net {
             nodes,
             events: vec![Vec::new(); n],
             undialable: Default::default(),
+            observed_as: BTreeMap::new(),
             now: Instant(0),
             latency: Duration::from_millis(10),
             inflight: Vec::new(),
@@ -177,7 +180,11 @@ impl Net {
                             );
                             self.nodes[j].handle_input(
                                 now,
-                                Input::Connected { conn: theirs, role: Role::Listener, remote_addr: Multiaddr::from_tcp(socket(i)) },
+                                Input::Connected {
+                                    conn: theirs,
+                                    role: Role::Listener,
+                                    remote_addr: self.observed_as.get(&i).cloned().unwrap_or_else(|| Multiaddr::from_tcp(socket(i))),
+                                },
                             );
                             self.drain(j);
                         }

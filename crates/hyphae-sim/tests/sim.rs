@@ -312,6 +312,45 @@ fn sim_dht_lookups_succeed_and_undialable_nodes_stay_clients() {
     assert!(r.dht_table_mean > 20.0 && r.dht_table_mean <= 59.0, "{}", r.dht_table_mean);
 }
 
+/// The eclipse attack (`scenarios/dht-eclipse.hyp`, smaller): 20 sybils ground closer to the target
+/// key than any of 200 honest servers hide its providers. Without defenses no lookup for it finds the
+/// provider; with the defaults (the per-group limits, sybils on one /32) every one does; sybils on a
+/// /32 each get past the per-group limits, not past the density check.
+fn eclipse(honest: &str, sybil_subnet: &str) -> String {
+    format!(
+        "addresses public\nnodes servers 200 dht=server idle=30s {honest}\n\
+         nodes sybils 20 dht=server subnet={sybil_subnet} eclipse\nlink latency=20ms jitter=2ms\n\
+         phase join\nat 0s dht bootstrap all via servers over 20s\nat 40s dht provide 1 by servers target\n\
+         at 50s phase attack\nat 50s dht find-providers 2 by servers every 1s until 80s target\nrun 85s\n"
+    )
+}
+
+/// The eclipse run's target lookups that found the provider, and the fraction of lookups widened.
+fn eclipse_rate(honest: &str, sybil_subnet: &str) -> (f64, f64) {
+    let (_, r) = run(&eclipse(honest, sybil_subnet), 7);
+    assert!(r.metric("attack", "dht_target_lookups").unwrap() >= 40.0, "{}", hyphae_sim::report::table(&r));
+    (r.metric("attack", "dht_target_success_rate").unwrap(), r.dht_widened)
+}
+
+#[test]
+fn sim_eclipse_hides_the_provider_from_a_dht_without_defenses() {
+    // A few lookups still find it: sybils that answered the provide late left room for honest peers.
+    let (none, widened) = eclipse_rate("diversity=off density=off", "shared");
+    assert!(none <= 0.2 && widened == 0.0, "no defenses: {none}");
+}
+
+#[test]
+fn sim_eclipse_fails_against_the_default_defenses() {
+    let (all, _) = eclipse_rate("", "shared");
+    assert!(all >= 0.99, "defaults: {all}");
+}
+
+#[test]
+fn sim_eclipse_from_many_addresses_fails_against_the_density_check() {
+    let (density, widened) = eclipse_rate("diversity=off", "own");
+    assert!(density >= 0.95 && widened > 0.0, "the density check alone: {density}");
+}
+
 /// DHT auto mode under AutoNAT: 20 pinned servers, 20 public nodes and 20 undialable ones, all in auto
 /// mode. The public ones become servers; the undialable ones stay clients for the whole run.
 #[test]

@@ -1,6 +1,9 @@
-//! AutoNAT v1 (`/libp2p/autonat/1.0.0`, libp2p/specs autonat/autonat-v1.md): is this node reachable
-//! from outside? The client asks peers to dial it back; the server dials back a requester's addresses
-//! (only on the IP it was observed at, rate-limited). The verdict ([`Reachability`]) reaches every
+//! AutoNAT v1 (`/libp2p/autonat/1.0.0`, libp2p/specs autonat/autonat-v1.md) and v2
+//! (`/libp2p/autonat/2/dial-request` + `/dial-back`, autonat-v2.md): is this node reachable from
+//! outside? The client asks peers to dial it back; the server dials back a requester's addresses
+//! (v1: only on the IP it was observed at; v2: one address of the requester's list, another IP only
+//! after the requester paid `dial_data_bytes` — the amplification guard — and proves the dial with a
+//! nonce the requester checks; both rate-limited). A client asks a server over v2 when it offers v2. The verdict ([`Reachability`]) reaches every
 //! service through `LocalInfo` (the DHT serves only while it is `Public`), with hysteresis: it changes
 //! only after `confirmations` consecutive contrary answers from distinct peers, so one odd answer never
 //! flips it (go's ModeAuto oscillated on exactly that).
@@ -11,8 +14,13 @@ use crate::time::Duration;
 
 pub mod service;
 pub mod wire;
+pub mod wire_v2;
 
 pub const PROTOCOL_ID: &str = "/libp2p/autonat/1.0.0";
+/// AutoNAT v2: the request stream (client → server).
+pub const V2_DIAL_REQUEST: &str = "/libp2p/autonat/2/dial-request";
+/// AutoNAT v2: the dial-back stream (server → client, on the connection the server dialed).
+pub const V2_DIAL_BACK: &str = "/libp2p/autonat/2/dial-back";
 
 /// Whether peers can dial this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,7 +57,15 @@ pub struct Config {
     /// Serve requests observed from loopback or private addresses (test networks, the simulator).
     /// Default off: such a dial-back says nothing about reachability from the internet.
     pub allow_private: bool,
+    /// Speak v2 (ask v2 servers over v2; serve v2 beside v1). Default on.
+    pub v2: bool,
+    /// v2 server: bytes a requester pays before we dial an IP other than the one it came from (the
+    /// spec says 30–100 kB). Default 30,000.
+    pub dial_data_bytes: u64,
+    /// v2 client: the most we pay a server for dialing us. Default 100,000.
+    pub max_dial_data_bytes: u64,
     pub limits: wire::Limits,
+    pub limits_v2: wire_v2::Limits,
 }
 
 impl Default for Config {
@@ -67,7 +83,11 @@ impl Default for Config {
             max_requests_per_peer_per_minute: 12,
             max_dialbacks: 16,
             allow_private: false,
+            v2: true,
+            dial_data_bytes: 30_000,
+            max_dial_data_bytes: 100_000,
             limits: wire::Limits::default(),
+            limits_v2: wire_v2::Limits::default(),
         }
     }
 }
@@ -81,4 +101,6 @@ pub enum Event {
     Answer { peer: PeerId, status: wire::Status },
     /// We answered a peer's request.
     Served { peer: PeerId, status: wire::Status },
+    /// We answered a peer's v2 request (`dial`: how the dial-back went).
+    ServedV2 { peer: PeerId, status: wire_v2::ResponseStatus, dial: wire_v2::DialStatus },
 }
