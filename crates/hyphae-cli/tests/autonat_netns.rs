@@ -1,4 +1,5 @@
-//! AutoNAT v1 against go-libp2p (p2pd v0.32, v1 only) in network namespaces this test creates: servers
+//! AutoNAT v1 against go-libp2p (p2pd v0.32, v1 only) and v2 against rust-libp2p 0.57 (libp2p-autonat
+//! 0.16, `rust-peer autonat`) in network namespaces this test creates: servers
 //! refuse to dial back loopback, so the peers get public-looking addresses (servers 5.5.5.1–3, client
 //! 6.6.6.2) routed only between the namespaces, through a router namespace. hyphae runs as the `hyphae`
 //! binary inside its namespace. Needs root, `ip` and `iptables` (interop/setup.sh installs iptables);
@@ -6,7 +7,11 @@
 //!
 //! - go's servers confirm a reachable hyphae node public;
 //! - behind a firewall that drops inbound connections, and behind a MASQUERADE router, it is private;
-//! - hyphae's own server classifies a reachable and a firewalled go client.
+//! - hyphae's own server classifies a reachable and a firewalled go client;
+//! - rust's v2 servers confirm a reachable hyphae public (over v2: the dial-back carried hyphae's
+//!   nonce), and a masqueraded one private;
+//! - hyphae's v2 server dials back a reachable rust v2 client (rust confirms the address) and reports a
+//!   firewalled one unreachable.
 
 #[path = "../../hyphae/tests/common/mod.rs"]
 mod common;
@@ -83,8 +88,13 @@ fn hyphae_in(ns: &str, listen: &str, peers: &[String], dir: &TempDir) -> (Child,
     for p in peers {
         cmd.args(["--bootstrap", p]);
     }
-    let mut child =
-        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).spawn().expect("spawn hyphae");
+    let mut child = cmd
+        .env("RUST_LOG", std::env::var("HYPHAE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn hyphae");
     let lines = BufReader::new(child.stderr.take().unwrap()).lines();
     (child, lines)
 }
@@ -172,4 +182,130 @@ async fn autonat_netns_hyphae_server_reports_a_firewalled_go_client_unreachable(
     let Some(l) = hyphae_serves_go(Client::Firewalled).await else { return };
     eprintln!("{l}");
     assert!(l.contains("status=DialError"), "{l}");
+}
+
+/// `rust-peer autonat ROLE LISTEN [SERVER]` inside `ns`; its stdout lines.
+fn rust_autonat_in(ns: &str, args: &[&str]) -> Option<(Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>)> {
+    let bin = common::peer_path("interop/rust-peer/target/debug/rust-peer")?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin)
+        .arg("autonat")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn rust-peer");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    Some((child, lines))
+}
+
+/// The first stdout line of a rust peer containing `needle`, within `secs`.
+async fn rust_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, needle: &str, secs: u64) -> String {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) if l.contains(needle) => return l,
+                Ok(Some(_)) => {}
+                _ => panic!("rust-peer exited before printing {needle:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} from rust-peer within {secs} s"))
+}
+
+/// hyphae in the client namespace asks three rust v2 servers; its verdict and its v2 answer lines.
+async fn verdict_from_rust_v2_servers(kind: Client) -> Option<(String, Vec<String>)> {
+    if !usable() {
+        return None;
+    }
+    let net = Net::new(kind);
+    let mut servers = Vec::new();
+    let mut peers = Vec::new();
+    for i in 1..=3 {
+        let (child, mut out) = rust_autonat_in(&net.s, &["server", &format!("/ip4/5.5.5.{i}/tcp/4001")])?;
+        let hello = rust_line(&mut out, "peerId", 20).await;
+        let id = hello.split('"').nth(3).expect("peerId").to_string();
+        peers.push(format!("/ip4/5.5.5.{i}/tcp/4001/p2p/{id}"));
+        servers.push((child, out));
+    }
+    let dir = TempDir::new("autonat-v2");
+    let (_node, mut lines) = hyphae_in(&net.c, "/ip4/0.0.0.0/tcp/4001", &peers, &dir);
+    let mut answers = Vec::new();
+    let verdict = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) if l.contains("AutoNAT verdict") => return l,
+                Ok(Some(l)) if l.contains("AutoNAT v2 answer") => answers.push(l),
+                Ok(Some(_)) => {}
+                _ => panic!("hyphae exited before its verdict"),
+            }
+        }
+    })
+    .await
+    .expect("a verdict within 90 s");
+    Some((verdict, answers))
+}
+
+#[tokio::test]
+async fn autonat_netns_rust_v2_servers_confirm_a_reachable_hyphae_public() {
+    let Some((v, answers)) = verdict_from_rust_v2_servers(Client::Public).await else { return };
+    eprintln!("{v}\n{}", answers.join("\n"));
+    assert!(v.contains("Public") && v.contains("6.6.6.2"), "{v}");
+    assert!(answers.len() >= 3 && answers.iter().all(|a| a.contains("nonce_seen=true") && a.contains("dial_status=Ok")), "{answers:?}");
+}
+
+#[tokio::test]
+async fn autonat_netns_rust_v2_servers_find_a_masqueraded_hyphae_private() {
+    let Some((v, answers)) = verdict_from_rust_v2_servers(Client::Masqueraded).await else { return };
+    eprintln!("{v}\n{}", answers.join("\n"));
+    assert!(v.contains("Private"), "{v}");
+}
+
+/// hyphae serves (5.5.5.1); a rust v2 client in the client namespace dials it and tests its address.
+async fn hyphae_serves_rust_v2(kind: Client) -> Option<(String, Option<String>)> {
+    if !usable() {
+        return None;
+    }
+    let net = Net::new(kind);
+    let dir = TempDir::new("autonat-v2-srv");
+    let (_node, mut lines) = hyphae_in(&net.s, "/ip4/5.5.5.1/tcp/4001", &[], &dir);
+    line_with(&mut lines, "listening", 10).await;
+    let id =
+        String::from_utf8(std::process::Command::new(BIN).args(["id", "--key"]).arg(dir.0.join("node.key")).output().ok()?.stdout).ok()?;
+    let server = format!("/ip4/5.5.5.1/tcp/4001/p2p/{}", id.trim());
+    let (_rust, mut out) = rust_autonat_in(&net.c, &["client", "/ip4/0.0.0.0/tcp/4001", &server])?;
+    let served = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) if l.contains("AutoNAT v2 request served") => return l,
+                Ok(Some(l)) if std::env::var("HYPHAE_TEST_LOG").is_ok() => eprintln!("{l}"),
+                Ok(Some(_)) => {}
+                _ => panic!("hyphae exited"),
+            }
+        }
+    })
+    .await
+    .expect("served within 60 s");
+    // What rust concluded (a reachable client only: a firewalled one's report waits for its timeouts).
+    let tested = if kind == Client::Public { Some(rust_line(&mut out, "\"event\":\"tested\"", 10).await) } else { None };
+    Some((served, tested))
+}
+
+#[tokio::test]
+async fn autonat_netns_hyphae_v2_server_dials_back_a_reachable_rust_client() {
+    let Some((served, tested)) = hyphae_serves_rust_v2(Client::Public).await else { return };
+    eprintln!("{served}\n{tested:?}");
+    assert!(served.contains("status=Ok") && served.contains("dial=Ok"), "{served}");
+    let tested = tested.expect("rust reports the test");
+    assert!(tested.contains("\"ok\":true") && tested.contains("6.6.6.2"), "{tested}");
+}
+
+#[tokio::test]
+async fn autonat_netns_hyphae_v2_server_reports_a_firewalled_rust_client_unreachable() {
+    let Some((served, _)) = hyphae_serves_rust_v2(Client::Firewalled).await else { return };
+    eprintln!("{served}");
+    assert!(served.contains("dial=DialError"), "{served}");
 }

@@ -4,6 +4,8 @@
 //!                                              prints {"peerId","connectMs","rtts","agent","protocols"}
 //!   rust-peer dht -> a Kademlia server driven over stdin (see dht.rs)
 //!   rust-peer pubsub -> a gossipsub peer driven over stdin (see pubsub.rs)
+//!   rust-peer autonat server|client LISTEN [SERVER] -> AutoNAT v2 (see autonat.rs)
+mod autonat;
 mod dht;
 mod pubsub;
 use futures::StreamExt;
@@ -37,6 +39,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = args.first().cloned().unwrap_or_default();
     if mode == "dht" {
         return dht::run().await;
+    }
+    if mode == "autonat" {
+        return autonat::run(&args[1..]).await;
     }
     if mode == "pubsub" {
         return pubsub::run(args.get(1).map(String::as_str) == Some("quiet")).await;

@@ -307,17 +307,13 @@ fn dialable_v2(a: &Multiaddr, allow_private: bool) -> bool {
 }
 
 impl AutonatService {
-    /// The addresses a v2 probe asks about, in priority order: our listen addresses a server would dial,
-    /// then the addresses peers observed us at (behind a NAT these are all there is).
+    /// The address a v2 probe asks about: our first listen address a server would dial, else the newest
+    /// address a peer observed us at (behind a NAT that is all there is). One per request: the spec has
+    /// the server dial the first address it will, rust-libp2p 0.57's server dials the *last*; with one
+    /// address both test the same one.
     fn v2_candidates(&self, cx: &Cx<'_>) -> Vec<Multiaddr> {
-        let mut v: Vec<Multiaddr> = Vec::new();
-        for a in cx.local.listen_addrs.iter().chain(self.observed.iter()) {
-            let a = a.without_peer_id();
-            if dialable_v2(&a, self.config.allow_private) && !v.contains(&a) && v.len() < self.config.limits_v2.max_addrs {
-                v.push(a);
-            }
-        }
-        v
+        let first = cx.local.listen_addrs.iter().chain(self.observed.iter().rev()).map(Multiaddr::without_peer_id);
+        first.into_iter().find(|a| dialable_v2(a, self.config.allow_private)).into_iter().collect()
     }
 
     fn respond_v2(cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, peer: &PeerId, status: ResponseStatus, idx: u32, dial: DialStatus) {
@@ -422,8 +418,9 @@ impl AutonatService {
     }
 
     /// A v2 dial-back ended: answer the request, close the connection we dialed.
-    fn finish_v2(&mut self, cx: &mut Cx<'_>, i: usize, dial: DialStatus) {
+    fn finish_v2(&mut self, cx: &mut Cx<'_>, i: usize, dial: DialStatus, why: &str) {
         let d = self.dialbacks_v2.remove(i);
+        tracing::debug!(peer = %d.peer, addr = %d.addr, ?dial, why, "AutoNAT v2 dial-back ended");
         if let Some((c, _, _)) = d.back {
             cx.close_connection(c, CloseReason::Local);
         }
@@ -587,7 +584,7 @@ impl Service for AutonatService {
                 if !self.dialback_done(cx, peer, addr, false) {
                     if let Some(i) = self.dialbacks_v2.iter().position(|d| &d.peer == peer && d.back.is_none() && same_addr(&d.addr, addr))
                     {
-                        self.finish_v2(cx, i, DialStatus::DialError);
+                        self.finish_v2(cx, i, DialStatus::DialError, "dial failed");
                     }
                 }
             }
@@ -605,7 +602,7 @@ impl Service for AutonatService {
                 // A v2 dial-back whose connection closed before the nonce's answer came.
                 while let Some(i) = self.dialbacks_v2.iter().position(|d| d.back.is_some_and(|(c, _, _)| c == conn)) {
                     self.dialbacks_v2[i].back = None;
-                    self.finish_v2(cx, i, DialStatus::DialBackError);
+                    self.finish_v2(cx, i, DialStatus::DialBackError, "connection closed");
                 }
                 let lost: Vec<u64> = self.probes.iter().filter(|(_, p)| p.conn == conn).map(|(t, _)| *t).collect();
                 for t in lost {
@@ -687,11 +684,14 @@ impl Service for AutonatService {
                     d.buf.extend_from_slice(data);
                     match wire_v2::decode_dial_back_response(&d.buf) {
                         Ok(None) => {}
-                        Ok(Some(_)) => self.finish_v2(cx, i, DialStatus::Ok),
-                        Err(_) => self.finish_v2(cx, i, DialStatus::DialBackError),
+                        Ok(Some(_)) => self.finish_v2(cx, i, DialStatus::Ok, "answered"),
+                        Err(_) => self.finish_v2(cx, i, DialStatus::DialBackError, "malformed answer"),
                     }
                 }
-                StreamEvent::Eof | StreamEvent::Reset => self.finish_v2(cx, i, DialStatus::DialBackError),
+                // The nonce went out on an open stream. rust-libp2p 0.57's client writes its answer and
+                // drops the stream, whose reset can overtake the answer's bytes here; the client trusts
+                // only the nonce it received, so counting this as delivered cannot fool it.
+                StreamEvent::Eof | StreamEvent::Reset => self.finish_v2(cx, i, DialStatus::Ok, "stream ended after the nonce"),
                 StreamEvent::Drained => {}
             }
             return;
@@ -761,7 +761,7 @@ impl Service for AutonatService {
     fn on_open_failed(&mut self, cx: &mut Cx<'_>, _conn: ConnId, token: u64, _reason: &OpenError) {
         self.probes.remove(&token);
         if let Some(i) = self.dialbacks_v2.iter().position(|d| d.back.is_some_and(|(_, t, _)| t == token)) {
-            self.finish_v2(cx, i, DialStatus::DialBackError);
+            self.finish_v2(cx, i, DialStatus::DialBackError, "stream refused");
         }
     }
 
@@ -786,7 +786,7 @@ impl Service for AutonatService {
         }
         while let Some(i) = self.dialbacks_v2.iter().position(|d| d.deadline <= now) {
             let status = if self.dialbacks_v2[i].back.is_some() { DialStatus::DialBackError } else { DialStatus::DialError };
-            self.finish_v2(cx, i, status);
+            self.finish_v2(cx, i, status, "timed out");
         }
         if self.config.client && self.next_probe.is_some_and(|t| t <= now) && !self.servers.is_empty() {
             self.probe(cx);
