@@ -99,14 +99,16 @@ fn hyphae_in(ns: &str, listen: &str, peers: &[String], dir: &TempDir) -> (Child,
     (child, lines)
 }
 
-/// The first stderr line containing `needle`, within `secs`.
-async fn line_with(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>, needle: &str, secs: u64) -> String {
+/// The first line of a child's output containing `needle`, within `secs`; with `HYPHAE_TEST_LOG` set,
+/// the lines before it are echoed.
+async fn line_with<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>, needle: &str, secs: u64) -> String {
     tokio::time::timeout(Duration::from_secs(secs), async {
         loop {
             match lines.next_line().await {
                 Ok(Some(l)) if l.contains(needle) => return l,
+                Ok(Some(l)) if std::env::var("HYPHAE_TEST_LOG").is_ok() => eprintln!("{l}"),
                 Ok(Some(_)) => {}
-                _ => panic!("hyphae exited before logging {needle:?}"),
+                _ => panic!("the process exited before printing {needle:?}"),
             }
         }
     })
@@ -201,21 +203,6 @@ fn rust_autonat_in(ns: &str, args: &[&str]) -> Option<(Child, tokio::io::Lines<B
     Some((child, lines))
 }
 
-/// The first stdout line of a rust peer containing `needle`, within `secs`.
-async fn rust_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, needle: &str, secs: u64) -> String {
-    tokio::time::timeout(Duration::from_secs(secs), async {
-        loop {
-            match lines.next_line().await {
-                Ok(Some(l)) if l.contains(needle) => return l,
-                Ok(Some(_)) => {}
-                _ => panic!("rust-peer exited before printing {needle:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {needle:?} from rust-peer within {secs} s"))
-}
-
 /// hyphae in the client namespace asks three rust v2 servers; its verdict and its v2 answer lines.
 async fn verdict_from_rust_v2_servers(kind: Client) -> Option<(String, Vec<String>)> {
     if !usable() {
@@ -226,7 +213,7 @@ async fn verdict_from_rust_v2_servers(kind: Client) -> Option<(String, Vec<Strin
     let mut peers = Vec::new();
     for i in 1..=3 {
         let (child, mut out) = rust_autonat_in(&net.s, &["server", &format!("/ip4/5.5.5.{i}/tcp/4001")])?;
-        let hello = rust_line(&mut out, "peerId", 20).await;
+        let hello = line_with(&mut out, "peerId", 20).await;
         let id = hello.split('"').nth(3).expect("peerId").to_string();
         peers.push(format!("/ip4/5.5.5.{i}/tcp/4001/p2p/{id}"));
         servers.push((child, out));
@@ -277,20 +264,9 @@ async fn hyphae_serves_rust_v2(kind: Client) -> Option<(String, Option<String>)>
         String::from_utf8(std::process::Command::new(BIN).args(["id", "--key"]).arg(dir.0.join("node.key")).output().ok()?.stdout).ok()?;
     let server = format!("/ip4/5.5.5.1/tcp/4001/p2p/{}", id.trim());
     let (_rust, mut out) = rust_autonat_in(&net.c, &["client", "/ip4/0.0.0.0/tcp/4001", &server])?;
-    let served = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match lines.next_line().await {
-                Ok(Some(l)) if l.contains("AutoNAT v2 request served") => return l,
-                Ok(Some(l)) if std::env::var("HYPHAE_TEST_LOG").is_ok() => eprintln!("{l}"),
-                Ok(Some(_)) => {}
-                _ => panic!("hyphae exited"),
-            }
-        }
-    })
-    .await
-    .expect("served within 60 s");
+    let served = line_with(&mut lines, "AutoNAT v2 request served", 60).await;
     // What rust concluded (a reachable client only: a firewalled one's report waits for its timeouts).
-    let tested = if kind == Client::Public { Some(rust_line(&mut out, "\"event\":\"tested\"", 10).await) } else { None };
+    let tested = if kind == Client::Public { Some(line_with(&mut out, "\"event\":\"tested\"", 10).await) } else { None };
     Some((served, tested))
 }
 

@@ -437,13 +437,11 @@ mod tests {
         assert!(near(&honest, 4).iter().all(|h| asked_by.get(&h.id).is_some_and(|p| *p != sybil_path)));
     }
 
-    /// Sybils from one /16, ground closer to the target than any honest peer and naming only each
-    /// other: without a limit they are the lookup's k closest; with 3 per group, 3 of them at most.
-    #[test]
-    fn per_group_limit_keeps_sybils_of_one_block_out_of_the_k_closest() {
-        let mut r = rng::from_seed([8; 32]);
+    /// A target key, `n` honest peers and 10 sybils ground closer to it than any honest one.
+    fn eclipse_world(seed: u8, n: usize) -> (Key, Vec<PeerId>, Vec<PeerId>) {
+        let mut r = rng::from_seed([seed; 32]);
         let target = Key::from_bytes(b"censored");
-        let honest: Vec<PeerId> = (0..100).map(|_| PeerId::random(&mut r)).collect();
+        let honest: Vec<PeerId> = (0..n).map(|_| PeerId::random(&mut r)).collect();
         let closest_honest = honest.iter().map(|p| Key::from_peer(p).distance(&target)).min().unwrap();
         let mut sybils = Vec::new();
         while sybils.len() < 10 {
@@ -452,6 +450,25 @@ mod tests {
                 sybils.push(p);
             }
         }
+        (target, honest, sybils)
+    }
+
+    /// Runs `q` to its end, every peer asked answering with `answer`.
+    fn drive(q: &mut Query, answer: impl Fn(&PeerId) -> Vec<KadPeer>) {
+        while !q.is_finished() {
+            let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
+            for p in batch {
+                let c = answer(&p);
+                q.on_answer(&p, &c);
+            }
+        }
+    }
+
+    /// Sybils from one /16, ground closer to the target than any honest peer and naming only each
+    /// other: without a limit they are the lookup's k closest; with 3 per group, 3 of them at most.
+    #[test]
+    fn per_group_limit_keeps_sybils_of_one_block_out_of_the_k_closest() {
+        let (target, honest, sybils) = eclipse_world(8, 100);
         let addr = |p: &PeerId| -> Multiaddr {
             match sybils.iter().position(|s| s == p) {
                 Some(i) => format!("/ip4/5.5.{i}.1/tcp/4001").parse().unwrap(),
@@ -476,13 +493,7 @@ mod tests {
             let seeds = honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![addr(p)] }).collect();
             let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([9; 32])), seeds, 8, 3, Duration::from_secs(1))
                 .with_diversity(per_group, false);
-            while !q.is_finished() {
-                let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
-                for p in batch {
-                    let c = answer(&p);
-                    q.on_answer(&p, &c);
-                }
-            }
+            drive(&mut q, &answer);
             let got = q.closest_answered();
             (got.iter().filter(|p| sybils.contains(&p.peer)).count(), got.len(), q.rejected_diversity)
         };
@@ -497,17 +508,7 @@ mod tests {
     /// k peers beyond them; without it the sybils are the k closest.
     #[test]
     fn density_check_wants_k_peers_beyond_a_dense_set() {
-        let mut r = rng::from_seed([10; 32]);
-        let target = Key::from_bytes(b"censored");
-        let honest: Vec<PeerId> = (0..300).map(|_| PeerId::random(&mut r)).collect();
-        let closest_honest = honest.iter().map(|p| Key::from_peer(p).distance(&target)).min().unwrap();
-        let mut sybils = Vec::new();
-        while sybils.len() < 10 {
-            let p = PeerId::random(&mut r);
-            if Key::from_peer(&p).distance(&target) < closest_honest {
-                sybils.push(p);
-            }
-        }
+        let (target, honest, sybils) = eclipse_world(10, 300);
         let kp =
             |v: Vec<PeerId>| v.into_iter().map(|q| KadPeer { addrs: vec![], id: q, connection: Default::default() }).collect::<Vec<_>>();
         let answer = |p: &PeerId| -> Vec<KadPeer> {
@@ -520,13 +521,7 @@ mod tests {
             let seeds = honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![] }).collect();
             let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([11; 32])), seeds, 8, 3, Duration::from_secs(1))
                 .with_density_check(size);
-            while !q.is_finished() {
-                let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
-                for p in batch {
-                    let c = answer(&p);
-                    q.on_answer(&p, &c);
-                }
-            }
+            drive(&mut q, &answer);
             let got = q.closest_answered();
             let honest_n = got.iter().filter(|p| honest.contains(&p.peer)).count();
             (honest_n, q.extra)
@@ -538,22 +533,19 @@ mod tests {
         // The same network without sybils: the check stays quiet.
         let mut q = Query::new(
             target,
-            PeerId::random(&mut r),
+            PeerId::random(&mut rng::from_seed([12; 32])),
             honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![] }).collect(),
             8,
             3,
             Duration::from_secs(1),
         )
         .with_density_check(300.0);
-        while !q.is_finished() {
-            let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
-            for p in batch {
-                let mut v = honest.clone();
-                v.sort_by_key(|x| Key::from_peer(x).distance(&target));
-                v.truncate(8);
-                q.on_answer(&p, &kp(v));
-            }
-        }
+        drive(&mut q, |_| {
+            let mut v = honest.clone();
+            v.sort_by_key(|x| Key::from_peer(x).distance(&target));
+            v.truncate(8);
+            kp(v)
+        });
         assert_eq!(q.extra, 0);
     }
 
