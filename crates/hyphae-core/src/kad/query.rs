@@ -454,7 +454,7 @@ mod tests {
     }
 
     /// Runs `q` to its end, every peer asked answering with `answer`.
-    fn drive(q: &mut Query, answer: impl Fn(&PeerId) -> Vec<KadPeer>) {
+    fn drive(q: &mut Query, answer: &dyn Fn(&PeerId) -> Vec<KadPeer>) {
         while !q.is_finished() {
             let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
             for p in batch {
@@ -540,7 +540,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .with_density_check(300.0);
-        drive(&mut q, |_| {
+        drive(&mut q, &|_| {
             let mut v = honest.clone();
             v.sort_by_key(|x| Key::from_peer(x).distance(&target));
             v.truncate(8);
