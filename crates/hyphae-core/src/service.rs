@@ -47,10 +47,16 @@ pub struct LocalInfo {
     pub protocols: Vec<String>,
     /// AutoNAT's verdict (services hear of changes in `on_local_changed`).
     pub reachability: Reachability,
+    /// Addresses AutoNAT confirmed that are not listen addresses (a NAT's forwarded port, say): identify
+    /// announces them too. At most [`MAX_EXTERNAL_ADDRS`]; cleared when AutoNAT says private.
+    pub external_addrs: Vec<Multiaddr>,
     /// Our listen addresses as a signed peer record (RFC 0002 envelope of an RFC 0003 record), re-signed
     /// when they change; identify sends it as `signedPeerRecord`.
     pub signed_peer_record: Option<Vec<u8>>,
 }
+
+/// Confirmed external addresses kept (the newest replace the oldest).
+pub const MAX_EXTERNAL_ADDRS: usize = 4;
 
 /// What the node machine reports to the application. Each protocol's events live in its own module.
 #[derive(Debug, Clone)]

@@ -32,7 +32,8 @@ pub struct Net {
     pub events: Vec<Vec<Event>>,
     /// Nodes whose inbound connections are refused (the simplest NAT).
     pub undialable: std::collections::BTreeSet<usize>,
-    /// Nodes that others see at another address than their own (a NAT's mapping, say).
+    /// Nodes that others see at another address than their own (a NAT's mapping, say); dials to that
+    /// address reach them (a forwarded port).
     pub observed_as: BTreeMap<usize, Multiaddr>,
     pub now: Instant,
     pub latency: Duration,
@@ -163,9 +164,13 @@ impl Net {
                 }
                 Output::Dial { conn, addr } => {
                     let now = self.now;
+                    // A node's `observed_as` address leads to it too (a NAT's forwarded port).
+                    let forwarded = |sa: SocketAddr| {
+                        self.observed_as.iter().find(|(_, a)| a.socket_addr().is_some_and(|(x, _)| x == sa)).map(|(i, _)| *i)
+                    };
                     let target = addr
                         .socket_addr()
-                        .and_then(|(sa, _)| node_of(sa.ip()))
+                        .and_then(|(sa, _)| node_of(sa.ip()).or_else(|| forwarded(sa)))
                         .filter(|j| *j < self.nodes.len() && *j != i && !self.undialable.contains(j));
                     match target {
                         Some(j) => {
@@ -176,7 +181,13 @@ impl Net {
                             self.links.insert((j, theirs), (i, conn));
                             self.nodes[i].handle_input(
                                 now,
-                                Input::Connected { conn, role: Role::Dialer, remote_addr: Multiaddr::from_tcp(socket(j)) },
+                                Input::Connected {
+                                    conn,
+                                    role: Role::Dialer,
+                                    remote_addr: addr
+                                        .socket_addr()
+                                        .map_or_else(|| Multiaddr::from_tcp(socket(j)), |(sa, _)| Multiaddr::from_tcp(sa)),
+                                },
                             );
                             self.nodes[j].handle_input(
                                 now,

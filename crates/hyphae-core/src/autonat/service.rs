@@ -931,6 +931,30 @@ mod tests {
         assert!(verdicts(&p.events[1]).is_empty(), "a refusal says nothing");
     }
 
+    /// A node behind a NAT with a forwarded port: its listen address is private (not asked about), the
+    /// address peers see it at is public and forwarded. v2 confirms that address, and identify then
+    /// announces it beside the listen address.
+    #[test]
+    fn autonat_v2_confirms_a_forwarded_address_and_identify_announces_it() {
+        let mut p = Net::new(4, |_, _| {});
+        for i in 0..4 {
+            let c = if i < 3 { config(true, true) } else { Config { allow_private: false, ..config(false, true) } };
+            p.nodes[i].add_service(Instant(0), Box::new(AutonatService::new(c)));
+        }
+        let public: Multiaddr = "/ip4/5.6.7.8/tcp/4001".parse().unwrap();
+        p.observed_as.insert(3, public.clone());
+        for s in 0..3 {
+            let a = p.addr(s);
+            p.dial(3, a);
+        }
+        p.run_for(Duration::from_secs(30));
+        assert_eq!(verdicts(&p.events[3]), vec![Reachability::Public]);
+        assert_eq!(p.nodes[3].node().local().external_addrs, vec![public.clone()]);
+        let me = p.peer_id(3);
+        let seen = &p.nodes[0].node().peerstore().get(&me).unwrap().addrs;
+        assert!(seen.contains(&public), "identify (push) announced the confirmed address: {seen:?}");
+    }
+
     /// v2 with another IP than the one the server sees: the server asks for dial data first, the client
     /// pays, the dial-back carries the nonce. A server asking more than the client pays gets no answer
     /// counted (the client resets), and a client asking to dial a third party's IP cannot make the

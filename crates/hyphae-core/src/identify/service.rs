@@ -109,7 +109,7 @@ pub fn local_info(local: &LocalInfo, observed: Option<Multiaddr>) -> Info {
         protocol_version: Some(local.protocol_version.clone()),
         agent_version: Some(local.agent_version.clone()),
         public_key: Some(local.public_key.clone()),
-        listen_addrs: local.listen_addrs.clone(),
+        listen_addrs: local.listen_addrs.iter().chain(&local.external_addrs).cloned().collect(),
         observed_addr: observed,
         protocols: local.protocols.clone(),
         signed_peer_record: local.signed_peer_record.clone(),

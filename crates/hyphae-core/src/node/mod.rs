@@ -235,6 +235,7 @@ impl Node {
             protocol_version: PROTOCOL_VERSION.into(),
             listen_addrs: config.listen_addrs.clone(),
             protocols: Vec::new(),
+            external_addrs: Vec::new(),
             reachability: Default::default(),
             signed_peer_record: None,
         };
@@ -1066,7 +1067,7 @@ impl Node {
         let mut reachability = None;
         for ev in self.out.events.range(start..) {
             match ev {
-                Event::Autonat(crate::autonat::Event::Reachability { reachability: r, .. }) => reachability = Some(*r),
+                Event::Autonat(crate::autonat::Event::Reachability { reachability: r, addr }) => reachability = Some((*r, addr.clone())),
                 Event::Identify(identify::Event::Received { peer, conn, info, .. }) => {
                     self.stats.identifies += 1;
                     identified.push((*conn, peer.clone(), info.clone()));
@@ -1106,12 +1107,27 @@ impl Node {
             }
             self.tell_services(now, Some(sid), ConnectionEvent::Identified { conn, peer: &peer, info: &info });
         }
-        if let Some(r) = reachability.filter(|r| *r != self.local.reachability) {
-            // Every service hears of it (the DHT in auto mode switches), then what they serve is re-read:
-            // a change is announced by identify push.
-            self.local.reachability = r;
-            self.local_changed(now);
-            self.update_protocols(now);
+        if let Some((r, addr)) = reachability {
+            // A confirmed address that is not a listen address is announced too (a NAT's forwarded port).
+            let mut external = self.local.external_addrs.clone();
+            match (r, addr.map(|a| a.without_peer_id())) {
+                (crate::autonat::Reachability::Public, Some(a)) if !self.local.listen_addrs.contains(&a) && !external.contains(&a) => {
+                    if external.len() >= crate::service::MAX_EXTERNAL_ADDRS {
+                        external.remove(0);
+                    }
+                    external.push(a);
+                }
+                (crate::autonat::Reachability::Public, _) => {}
+                _ => external.clear(),
+            }
+            if r != self.local.reachability || external != self.local.external_addrs {
+                // Every service hears of it (the DHT in auto mode switches), then what they serve is
+                // re-read: a change is announced by identify push.
+                self.local.reachability = r;
+                self.local.external_addrs = external;
+                self.local_changed(now);
+                self.update_protocols(now);
+            }
         }
     }
 }
