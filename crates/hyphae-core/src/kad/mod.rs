@@ -2,7 +2,9 @@
 //!
 //! - `wire.rs`: the spec's `Message` protobuf (`dht.proto`), validated under [`wire::Limits`].
 //! - `table.rs`: the routing table: XOR distance over sha256 of the key, k-buckets, go's diversity filter.
-//! - `query.rs`: one iterative lookup as a machine (α in flight, done when the k closest answered).
+//! - `query.rs`: one iterative lookup as a machine (α in flight, done when the k closest answered), with
+//!   the defenses against an eclipse of a key: disjoint paths, a per-IP-group limit on candidates and a
+//!   density check (`scenarios/dht-eclipse.hyp` measures them).
 //! - `store.rs`: records (validated per namespace) and provider records, bounded.
 //! - `service.rs`: the service: serves requests when in server mode, runs queries, dials through the
 //!   node's outbox.
