@@ -926,7 +926,8 @@ impl Sim {
         rl.peer.conns = n.per_peer.map_or(8, |p| p as u32);
         cfg.limits.resources = rl;
         cfg.limits.idle_timeout = n.idle;
-        cfg.listen_addrs = vec![self.world.addr(i)];
+        // A node listens on the transports the scenario's groups dial (TCP unless every group dials QUIC).
+        cfg.listen_addrs = if self.sc.groups.iter().any(|g| !g.quic) { vec![self.world.addr(i)] } else { Vec::new() };
         if let Some(base) = self.quic_base {
             cfg.quic_base = Some(base);
             cfg.listen_addrs.push(self.world.quic_addr(i));
