@@ -359,6 +359,11 @@ impl NodeWork<'_> {
                     out.counters.datagrams_lost += 1;
                     return;
                 }
+                // An undialable node's NAT lets in datagrams only from peers it sent to first.
+                if ctx.w.undialable[self.i] && !socket_node(from).is_some_and(|f| self.n.udp_free_at.contains_key(&f)) {
+                    out.counters.datagrams_lost += 1;
+                    return;
+                }
                 // QUIC's TLS, connection IDs and tokens all draw from the node's seed: the bytes replay too.
                 self.note(out, 6, socket_node(from).unwrap_or(usize::MAX) as u64, &data);
                 out.counters.messages += 1;

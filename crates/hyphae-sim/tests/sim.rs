@@ -216,6 +216,22 @@ fn sim_quic_over_lossy_reordering_datagrams() {
     check_determinism(&sc, s).unwrap_or_else(|(i, a, b)| panic!("seed {s}: runs diverge at event {i}: {a:016x} vs {b:016x}"));
 }
 
+/// `undialable` holds for QUIC too: a node behind the simplest NAT takes datagrams only from peers it
+/// sent to first, so nobody can connect to it, while its own QUIC connections work.
+#[test]
+fn sim_undialable_nodes_refuse_inbound_quic_and_still_dial_out() {
+    let sc =
+        parse("nodes pub 2 transport=quic\nnodes nat 1 transport=quic undialable\nat 0s connect 0 -> 2\nat 1s connect 2 -> 1\nrun 20s")
+            .unwrap();
+    let mut sim = Sim::new(sc, seed(4));
+    sim.run_until(std::time::Duration::from_secs(20));
+    let (p0, p1, p2) = (sim.peer_id(0).clone(), sim.peer_id(1).clone(), sim.peer_id(2).clone());
+    assert!(!sim.node(0).unwrap().is_connected(&p2), "nobody connects to the undialable node");
+    assert!(sim.node(2).unwrap().is_connected(&p1), "its own dial works");
+    assert!(!sim.node(2).unwrap().is_connected(&p0));
+    assert_eq!(sim.node_stats(2).unwrap().connections_established, 1);
+}
+
 /// Windows run nodes on several threads; the outcome must not depend on how many (or on scheduling).
 #[test]
 fn sim_threads_do_not_change_the_outcome() {
