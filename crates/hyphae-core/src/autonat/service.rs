@@ -343,12 +343,9 @@ impl AutonatService {
         }
         loop {
             let Some(r) = self.requests_v2.get_mut(&key) else { return };
-            let m = match wire_v2::decode(&r.buf, &self.config.limits_v2) {
+            let m = match wire_v2::take(&mut r.buf, &self.config.limits_v2) {
                 Ok(None) => return,
-                Ok(Some((m, used))) => {
-                    r.buf.drain(..used);
-                    m
-                }
+                Ok(Some(m)) => m,
                 Err(e) => {
                     let peer = r.peer.clone();
                     self.requests_v2.remove(&key);
@@ -472,12 +469,9 @@ impl AutonatService {
     fn on_probe_v2(&mut self, cx: &mut Cx<'_>, token: u64) {
         loop {
             let Some(p) = self.probes.get_mut(&token) else { return };
-            let m = match wire_v2::decode(&p.buf, &self.config.limits_v2) {
+            let m = match wire_v2::take(&mut p.buf, &self.config.limits_v2) {
                 Ok(None) => return,
-                Ok(Some((m, used))) => {
-                    p.buf.drain(..used);
-                    m
-                }
+                Ok(Some(m)) => m,
                 Err(_) => wire_v2::Msg::DialDataResponse { len: 0 },
             };
             match m {

@@ -125,6 +125,13 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Msg, usize)>, Decod
     Ok(Some((msg, used)))
 }
 
+/// The next whole message at the front of `buf`, taken off it (`None`: not all there yet).
+pub fn take(buf: &mut Vec<u8>, limits: &Limits) -> Result<Option<Msg>, DecodeError> {
+    let Some((m, used)) = decode(buf, limits)? else { return Ok(None) };
+    buf.drain(..used);
+    Ok(Some(m))
+}
+
 pub fn encode(msg: &Msg, out: &mut Vec<u8>) {
     let body = match msg {
         Msg::DialRequest { addrs, nonce } => {

@@ -453,6 +453,15 @@ mod tests {
         (target, honest, sybils)
     }
 
+    /// Who `p` names when asked for `target`, 8 closest first: honest peers' tables hold 3 sybils (their
+    /// diversity filter) and every honest peer; sybils name sybils only.
+    fn eclipse_answer(p: &PeerId, target: &Key, honest: &[PeerId], sybils: &[PeerId]) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = if sybils.contains(p) { sybils.to_vec() } else { honest.iter().chain(&sybils[..3]).cloned().collect() };
+        v.sort_by_key(|q| Key::from_peer(q).distance(target));
+        v.truncate(8);
+        v
+    }
+
     /// Runs `q` to its end, every peer asked answering with `answer`.
     fn drive(q: &mut Query, answer: &dyn Fn(&PeerId) -> Vec<KadPeer>) {
         while !q.is_finished() {
@@ -481,14 +490,7 @@ mod tests {
         let kp = |v: Vec<PeerId>| {
             v.into_iter().map(|q| KadPeer { addrs: vec![addr(&q)], id: q, connection: Default::default() }).collect::<Vec<_>>()
         };
-        // Honest peers' tables hold 3 sybils (their diversity filter) and every honest peer; they answer
-        // with the 8 closest. Sybils answer with sybils only.
-        let answer = |p: &PeerId| -> Vec<KadPeer> {
-            let mut v: Vec<PeerId> = if sybils.contains(p) { sybils.clone() } else { honest.iter().chain(&sybils[..3]).cloned().collect() };
-            v.sort_by_key(|q| Key::from_peer(q).distance(&target));
-            v.truncate(8);
-            kp(v)
-        };
+        let answer = |p: &PeerId| kp(eclipse_answer(p, &target, &honest, &sybils));
         let run = |per_group: usize| {
             let seeds = honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![addr(p)] }).collect();
             let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([9; 32])), seeds, 8, 3, Duration::from_secs(1))
@@ -511,12 +513,7 @@ mod tests {
         let (target, honest, sybils) = eclipse_world(10, 300);
         let kp =
             |v: Vec<PeerId>| v.into_iter().map(|q| KadPeer { addrs: vec![], id: q, connection: Default::default() }).collect::<Vec<_>>();
-        let answer = |p: &PeerId| -> Vec<KadPeer> {
-            let mut v: Vec<PeerId> = if sybils.contains(p) { sybils.clone() } else { honest.iter().chain(&sybils[..3]).cloned().collect() };
-            v.sort_by_key(|q| Key::from_peer(q).distance(&target));
-            v.truncate(8);
-            kp(v)
-        };
+        let answer = |p: &PeerId| kp(eclipse_answer(p, &target, &honest, &sybils));
         let run = |size: f64| {
             let seeds = honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![] }).collect();
             let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([11; 32])), seeds, 8, 3, Duration::from_secs(1))
