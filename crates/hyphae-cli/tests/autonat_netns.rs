@@ -154,6 +154,19 @@ async fn autonat_netns_masqueraded_hyphae_is_private() {
     assert!(v.contains("Private"), "{v}");
 }
 
+/// `hyphae node` serving at 5.5.5.1 in the servers' namespace, listening (before a client dials it): its
+/// process, stderr lines and peer ID.
+async fn hyphae_server(
+    net: &Net,
+    dir: &TempDir,
+) -> Option<(Child, tokio::io::Lines<BufReader<tokio::process::ChildStderr>>, hyphae::PeerId)> {
+    let (node, mut lines) = hyphae_in(&net.s, "/ip4/5.5.5.1/tcp/4001", &[], dir);
+    line_with(&mut lines, "listening", 10).await;
+    let id = std::process::Command::new(BIN).args(["id", "--key"]).arg(dir.0.join("node.key")).output().ok()?.stdout;
+    let id = String::from_utf8(id).ok()?.trim().parse().ok()?;
+    Some((node, lines, id))
+}
+
 /// hyphae serves (5.5.5.1); a go client asks it (go's client probes after its 15 s boot delay).
 async fn hyphae_serves_go(kind: Client) -> Option<String> {
     if !usable() {
@@ -161,12 +174,7 @@ async fn hyphae_serves_go(kind: Client) -> Option<String> {
     }
     let net = Net::new(kind);
     let dir = TempDir::new("autonat-srv");
-    let (_node, mut lines) = hyphae_in(&net.s, "/ip4/5.5.5.1/tcp/4001", &[], &dir);
-    // Listening before go dials it.
-    line_with(&mut lines, "listening", 10).await;
-    let id =
-        String::from_utf8(std::process::Command::new(BIN).args(["id", "--key"]).arg(dir.0.join("node.key")).output().ok()?.stdout).ok()?;
-    let id: hyphae::PeerId = id.trim().parse().ok()?;
+    let (_node, mut lines, id) = hyphae_server(&net, &dir).await?;
     let go = P2pd::start_in(Some(&net.c), "/ip4/0.0.0.0/tcp/4001", &["-autonat"]).await?;
     go.connect(&id, &["/ip4/5.5.5.1/tcp/4001".parse().unwrap()]).await.expect("go connects to hyphae");
     let l = line_with(&mut lines, &format!("AutoNAT request served peer={}", go.peer_id), 90).await;
@@ -258,11 +266,8 @@ async fn hyphae_serves_rust_v2(kind: Client) -> Option<(String, Option<String>)>
     }
     let net = Net::new(kind);
     let dir = TempDir::new("autonat-v2-srv");
-    let (_node, mut lines) = hyphae_in(&net.s, "/ip4/5.5.5.1/tcp/4001", &[], &dir);
-    line_with(&mut lines, "listening", 10).await;
-    let id =
-        String::from_utf8(std::process::Command::new(BIN).args(["id", "--key"]).arg(dir.0.join("node.key")).output().ok()?.stdout).ok()?;
-    let server = format!("/ip4/5.5.5.1/tcp/4001/p2p/{}", id.trim());
+    let (_node, mut lines, id) = hyphae_server(&net, &dir).await?;
+    let server = format!("/ip4/5.5.5.1/tcp/4001/p2p/{id}");
     let (_rust, mut out) = rust_autonat_in(&net.c, &["client", "/ip4/0.0.0.0/tcp/4001", &server])?;
     let served = line_with(&mut lines, "AutoNAT v2 request served", 60).await;
     // What rust concluded (a reachable client only: a firewalled one's report waits for its timeouts).
