@@ -16,7 +16,8 @@
 # --no-offload [--mtu 65000] runs them the older way, one packet per segment. The lossy row never
 # offloads, since loss must hit single segments; it moves --lossy-bytes (default 128 MiB: loss-bound
 # transfers run at tens of Mbit/s).
-# Runs: iperf3 hyphae-tcp-noise hyphae-tcp-tls hyphae-quic rust-tcp rust-quic.
+# Runs: iperf3 hyphae-tcp-noise hyphae-tcp-tls hyphae-quic rust-tcp rust-quic, and hyphae-quic-cubic
+# (QUIC with quinn's plain Cubic, `--quic-congestion cubic`, in place of the default loss-tolerant one).
 # Then (unless --no-setup) connection set-up on the 60 ms path: N dials (default 5) from A to a hyphae
 # node in B, each timed from the dial to the first ping answer, by `hyphae ping` (TCP+Noise, QUIC) and
 # by the rust-libp2p 0.57 interop peer (interop/rust-peer `dial`, its connectMs), in round trips of 60 ms.
@@ -72,10 +73,11 @@ run_iperf3() {
   wait $srv 2>/dev/null || true
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["seconds"])' "$OUT/iperf3.json" 2>/dev/null || echo fail
 }
-run_hyphae() { # transport security
+run_hyphae() { # transport security|congestion-control
   start_hyphae_server
   local addr="$TCPA"; [ "$1" = quic ] && addr="$QUICA"
   local sec=(); [ "${2:-noise}" = tls ] && sec=(--security tls)   # noise is the default's first choice
+  [ "${2:-}" = cubic ] && sec=(--quic-congestion cubic)            # the sender's controller is what counts
   timeout 600 ip netns exec "$A" "$HY" perf "$addr" --upload "$BYTES" --download 0 "${sec[@]}" 2>"$OUT/hc.err" | tail -1 >"$OUT/hc.out" || true
   kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true
   perf_seconds "$OUT/hc.out"
@@ -110,6 +112,7 @@ for row in $ROWS; do
       hyphae-tcp-noise) t="$(run_hyphae tcp noise)" ;;
       hyphae-tcp-tls) t="$(run_hyphae tcp tls)" ;;
       hyphae-quic) t="$(run_hyphae quic)" ;;
+      hyphae-quic-cubic) t="$(run_hyphae quic cubic)" ;;
       rust-tcp) t="$(run_rust tcp)" ;;
       rust-quic) t="$(run_rust quic-v1)" ;;
       *) echo "unknown run $run" >&2; exit 2 ;;

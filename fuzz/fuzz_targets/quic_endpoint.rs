@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         max_datagrams: 1,
         stream_window: hyphae_core::quic::DEFAULT_STREAM_WINDOW,
         connection_window: hyphae_core::quic::DEFAULT_CONNECTION_WINDOW,
+        congestion: Default::default(),
         memory: Some(memory.clone()),
     };
     let mut ep = Endpoint::new(cfg).expect("config");

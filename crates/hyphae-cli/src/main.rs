@@ -177,6 +177,10 @@ struct Common {
     /// Stream muxers in order of preference (default yamux,mplex).
     #[arg(long, value_name = "LIST", value_parser = muxer_list)]
     muxer: Option<ProtocolList>,
+    /// How QUIC connections respond to loss: loss-tolerant (default: back off only for losses that come
+    /// with a grown round trip or above 2% of the bytes) or cubic (every loss, as RFC 9002).
+    #[arg(long, value_name = "CC", default_value = "loss-tolerant", value_parser = congestion)]
+    quic_congestion: hyphae::core::quic::Congestion,
 }
 
 /// The limits an operator sets (README: "Limits and defaults").
@@ -215,7 +219,7 @@ struct LimitArgs {
 
 impl Default for Common {
     fn default() -> Self {
-        Common { key: None, key_type: KeyType::Ed25519, security: None, muxer: None }
+        Common { key: None, key_type: KeyType::Ed25519, security: None, muxer: None, quic_congestion: Default::default() }
     }
 }
 
@@ -240,6 +244,9 @@ fn peer_addr(v: &str) -> Result<Multiaddr, String> {
     Ok(m)
 }
 fn dht_mode(v: &str) -> Result<hyphae::core::kad::Mode, String> {
+    v.parse()
+}
+fn congestion(v: &str) -> Result<hyphae::core::quic::Congestion, String> {
     v.parse()
 }
 fn key_type(v: &str) -> Result<KeyType, String> {
@@ -276,6 +283,7 @@ fn protocol_list(v: &str, known: &[(&str, &str)]) -> Result<ProtocolList, String
 /// What the commands below read: the parsed command line, flattened.
 struct Args {
     security: Vec<String>,
+    quic_congestion: hyphae::core::quic::Congestion,
     muxers: Vec<String>,
     server: bool,
     upload: u64,
@@ -306,6 +314,7 @@ impl Args {
     fn with(common: Common, listen: ListenArgs) -> Args {
         Args {
             security: common.security.map(|l| l.0).unwrap_or_default(),
+            quic_congestion: common.quic_congestion,
             muxers: common.muxer.map(|l| l.0).unwrap_or_default(),
             key: common.key,
             key_type: common.key_type,
@@ -495,6 +504,7 @@ fn host_config(args: &Args, key: Keypair) -> HostConfig {
         c.dht.mode = m;
     }
     c.dht.disjoint_paths = usize::from(args.dht_disjoint_paths);
+    c.quic_congestion = args.quic_congestion;
     let l = &args.limits;
     if let Some(n) = l.max_connections {
         c.resources.system.conns = n;

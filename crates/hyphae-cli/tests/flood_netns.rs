@@ -234,6 +234,7 @@ async fn flood_helper() {
             max_datagrams: 1,
             stream_window: quic::DEFAULT_STREAM_WINDOW,
             connection_window: quic::DEFAULT_CONNECTION_WINDOW,
+            congestion: Default::default(),
             memory: None,
         };
         let mut ep = quic::Endpoint::new(cfg).unwrap();

@@ -116,6 +116,10 @@ pub struct HostConfig {
     /// are go-libp2p-pubsub's (D = 6, heartbeat 1 s, 1 MiB RPCs, strict signing, `from ‖ seqno` ids);
     /// see `hyphae_core::gossipsub::Config`. The first sequence number is taken from the clock.
     pub pubsub: gossipsub::Config,
+    /// How QUIC connections respond to loss. Default `LossTolerant`: quinn's Cubic, backing off only for
+    /// losses the path shows as congestion (a grown round trip, or over 2% of two rounds' bytes lost);
+    /// `Cubic` takes every loss for congestion, as RFC 9002 does. See `hyphae_core::quic::congestion`.
+    pub quic_congestion: hyphae_core::quic::Congestion,
 }
 
 /// go-libp2p's default budgets for this machine: go's `AutoScale` gives libp2p an eighth of the
@@ -156,6 +160,7 @@ impl HostConfig {
             autonat: autonat::Config::default(),
             dht: kad::Config::default(),
             pubsub: gossipsub::Config::default(),
+            quic_congestion: Default::default(),
             data_dir: None,
         }
     }
@@ -350,6 +355,7 @@ impl Inner {
             max_datagrams: 1,
             stream_window: hyphae_core::quic::DEFAULT_STREAM_WINDOW,
             connection_window: hyphae_core::quic::DEFAULT_CONNECTION_WINDOW,
+            congestion: self.config.quic_congestion,
             memory: Some(self.memory.clone()),
         }
     }

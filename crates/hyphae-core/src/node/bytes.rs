@@ -104,6 +104,7 @@ impl ByteNode {
                 max_datagrams: 1,
                 stream_window: quic::DEFAULT_STREAM_WINDOW,
                 connection_window: quic::DEFAULT_CONNECTION_WINDOW,
+                congestion: Default::default(),
                 memory: None,
             };
             let ep = quic::Endpoint::new(qc).expect("invariant: our own TLS configuration is valid");
