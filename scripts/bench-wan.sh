@@ -62,7 +62,7 @@ start_hyphae_server() {
 }
 # The timeSeconds of a perf client's final JSON line in FILE, or "fail".
 perf_seconds() {
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["timeSeconds"])' "$1" 2>/dev/null || echo fail
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["type"] == "final"; print(d["timeSeconds"])' "$1" 2>/dev/null || echo fail
 }
 
 # seconds for one run, or "fail"
