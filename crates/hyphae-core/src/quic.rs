@@ -39,8 +39,8 @@ pub struct Config {
     pub seed: [u8; 32],
     /// The std instant our `Instant(0)` stands for.
     pub base: std::time::Instant,
-    /// Bidirectional streams the remote may open at once. Default 256.
-    /// Streams the peer may open at once ([`DEFAULT_MAX_STREAMS`]).
+    /// Streams the peer may open at once ([`DEFAULT_MAX_STREAMS`]); a connection starts with
+    /// [`INITIAL_STREAM_LIMIT`] and grows to this as the peer uses them.
     pub max_streams: u32,
     /// Connections at once. Default 1024.
     pub max_connections: usize,
@@ -97,6 +97,12 @@ pub struct Transmit {
     pub data: Vec<u8>,
     pub segment_size: Option<usize>,
 }
+
+/// How many streams a peer may open at once on a new connection, before it uses them: quinn keeps an
+/// entry per allowed stream in two maps from the start (~17 KiB per connection at 256), so a
+/// connection starts at 64 and the limit doubles, up to `Config::max_streams`, each time the peer has
+/// half of it open — as the receive windows grow only for connections that move data.
+pub const INITIAL_STREAM_LIMIT: u32 = 64;
 
 /// Default for `Config::max_streams`.
 pub const DEFAULT_MAX_STREAMS: u32 = 256;
@@ -187,6 +193,8 @@ struct QConn {
     /// Since when, and how many bytes the application read in this window's epoch.
     epoch: Instant,
     read: u64,
+    /// How many streams the peer may open at once now (grows to `Config::max_streams`).
+    stream_limit: u32,
 }
 
 impl QConn {
@@ -200,6 +208,7 @@ impl QConn {
             refused: false,
             handshaking_in: !outbound,
             streams: BTreeMap::new(),
+            stream_limit: INITIAL_STREAM_LIMIT,
             window: u64::from(window),
             buffers: None,
             epoch: Instant(0),
@@ -314,7 +323,7 @@ impl Endpoint {
         let qc = quinn_proto::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls)).map_err(|e| cfg_err(e.to_string()))?;
         let qs = quinn_proto::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).map_err(|e| cfg_err(e.to_string()))?;
         let mut transport = quinn_proto::TransportConfig::default();
-        transport.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams));
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams.min(INITIAL_STREAM_LIMIT)));
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
         // Flow-control windows (quinn's defaults assume 100 Mbit/s × 100 ms; rust-libp2p sets 10/15 MB).
         transport.stream_receive_window(VarInt::from_u32(config.stream_window));
@@ -698,6 +707,11 @@ impl Endpoint {
                     u64::from(id),
                     StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, remote_fin: false, lazy: false },
                 );
+                let inbound = c.streams.values().filter(|e| !e.outbound).count();
+                if inbound as u32 * 2 >= c.stream_limit && c.stream_limit < self.config.max_streams {
+                    c.stream_limit = (c.stream_limit * 2).min(self.config.max_streams);
+                    c.conn.set_max_concurrent_streams(Dir::Bi, VarInt::from_u32(c.stream_limit));
+                }
                 self.negotiate(cid, h, id);
             },
             quinn_proto::StreamEvent::Opened { dir: Dir::Uni } => {
@@ -1287,6 +1301,34 @@ mod tests {
         assert!(cubic > tolerant * 2, "cubic {cubic:?} vs {tolerant:?}");
         assert!(stats.tolerated > 0, "{stats:?}");
         assert_eq!(cubic_stats, LossStats::default(), "quinn's Cubic is not counted");
+    }
+
+    /// A connection lets the peer open 64 streams at once at first; the limit doubles each time half of
+    /// it is open, up to `max_streams` (256), so a peer that keeps 200 streams open gets them all.
+    #[test]
+    fn quic_stream_limit_grows_with_the_streams_the_peer_keeps_open() {
+        let mem = rcmgr::Memory::new(64 << 20);
+        let (mut a, mut b, mut path, conn, mut now, _) = pair_with_memory(&mem);
+        let bconn = ConnectionHandle(b.conns.keys().next().unwrap().0);
+        assert_eq!(b.conns[&bconn].stream_limit, INITIAL_STREAM_LIMIT);
+        let (mut opened, mut refused, mut accepted) = (0, 0, 0);
+        for _ in 0..200 {
+            while opened < 200 {
+                match a.open_stream(now, conn, vec!["/sink/1".into()]) {
+                    Ok(_) => opened += 1,
+                    Err(StreamError::TooManyStreams) => {
+                        refused += 1;
+                        break;
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            path.step(&mut a, &mut b, &mut now);
+            accepted += std::iter::from_fn(|| b.poll_event()).filter(|e| matches!(e, Event::InboundStream { .. })).count();
+        }
+        assert_eq!((opened, accepted), (200, 200));
+        assert!(refused > 0, "the opener waited for credit at least once");
+        assert_eq!(b.conns[&bconn].stream_limit, 256);
     }
 
     /// A node whose memory budget cannot hold even the initial window refuses the connection.
