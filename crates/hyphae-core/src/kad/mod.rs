@@ -272,6 +272,8 @@ pub struct Stats {
     pub lookup_rejected_diversity: u64,
     /// Lookups the density check widened.
     pub lookups_widened: u64,
+    /// Lookup requests given up as stragglers before `request_timeout` (`query::STRAGGLER_FACTOR`).
+    pub lookup_stragglers: u64,
     pub queries_started: u64,
     pub queries_refused: u64,
 }

@@ -395,6 +395,7 @@ impl KadService {
         let Some(st) = self.queries.remove(&id) else { return };
         self.stats.lookup_rejected_diversity += st.q.rejected_diversity;
         self.stats.lookups_widened += u64::from(st.q.extra > 0);
+        self.stats.lookup_stragglers += st.q.stragglers;
         if self.refresh_after.remove(&id) {
             self.refresh_buckets(cx);
         }
@@ -489,7 +490,7 @@ impl KadService {
             return;
         }
         let Some(m) = answer else { return };
-        st.q.on_answer(&r.peer, &m.closer);
+        st.q.on_answer(cx.now, &r.peer, &m.closer);
         let id = r.query;
         let mut done = false;
         match &mut st.kind {
@@ -853,7 +854,11 @@ impl Service for KadService {
     fn poll_timeout(&self) -> Option<Instant> {
         let reqs = self.requests.values().map(|r| r.deadline).min();
         let queries = self.queries.values().map(|q| q.deadline).min();
-        [reqs, queries, self.next_refresh, self.next_reprovide, self.next_rebootstrap, Some(self.next_expire)].into_iter().flatten().min()
+        let stragglers = self.queries.values().filter(|q| q.phase == Phase::Lookup).filter_map(|q| q.q.next_deadline()).min();
+        [reqs, queries, stragglers, self.next_refresh, self.next_reprovide, self.next_rebootstrap, Some(self.next_expire)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) {
@@ -861,6 +866,20 @@ impl Service for KadService {
         let late: Vec<u64> = self.requests.iter().filter(|(_, r)| r.deadline <= now).map(|(t, _)| *t).collect();
         for t in late {
             self.fail_request(cx, t);
+        }
+        // Lookups give up on stragglers before the request timeout (see `query::STRAGGLER_FACTOR`).
+        let ids: Vec<QueryId> = self.queries.keys().copied().collect();
+        for id in ids {
+            let Some(st) = self.queries.get_mut(&id).filter(|st| st.phase == Phase::Lookup) else { continue };
+            let gone = st.q.on_timeout(now);
+            if gone.is_empty() {
+                continue;
+            }
+            let tokens: Vec<u64> = self.requests.iter().filter(|(_, r)| r.query == id && gone.contains(&r.peer)).map(|(t, _)| *t).collect();
+            for t in tokens {
+                self.fail_request(cx, t);
+            }
+            self.drive(cx, id);
         }
         let late: Vec<QueryId> = self.queries.iter().filter(|(_, q)| q.deadline <= now).map(|(id, _)| *id).collect();
         for id in late {
