@@ -87,6 +87,12 @@ impl Config {
     fn initial_window(&self) -> u32 {
         INITIAL_CONNECTION_WINDOW.min(self.connection_window)
     }
+
+    /// How many streams the peer may open at once on a new connection: [`INITIAL_STREAM_LIMIT`], or
+    /// `max_streams` when that is smaller.
+    fn initial_stream_limit(&self) -> u32 {
+        INITIAL_STREAM_LIMIT.min(self.max_streams)
+    }
 }
 
 /// Datagrams for one destination: `data` holds one datagram, or several of `segment_size` bytes each
@@ -198,7 +204,7 @@ struct QConn {
 }
 
 impl QConn {
-    fn new(conn: quinn_proto::Connection, expected: Option<PeerId>, remote: SocketAddr, outbound: bool, window: u32) -> QConn {
+    fn new(conn: quinn_proto::Connection, expected: Option<PeerId>, remote: SocketAddr, outbound: bool, config: &Config) -> QConn {
         QConn {
             conn,
             expected,
@@ -208,8 +214,8 @@ impl QConn {
             reported: false,
             handshaking_in: !outbound,
             streams: BTreeMap::new(),
-            stream_limit: INITIAL_STREAM_LIMIT,
-            window: u64::from(window),
+            stream_limit: config.initial_stream_limit(),
+            window: u64::from(config.initial_window()),
             buffers: None,
             epoch: Instant(0),
             read: 0,
@@ -323,7 +329,7 @@ impl Endpoint {
         let qc = quinn_proto::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls)).map_err(|e| cfg_err(e.to_string()))?;
         let qs = quinn_proto::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).map_err(|e| cfg_err(e.to_string()))?;
         let mut transport = quinn_proto::TransportConfig::default();
-        transport.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams.min(INITIAL_STREAM_LIMIT)));
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(config.initial_stream_limit()));
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
         // Flow-control windows (quinn's defaults assume 100 Mbit/s × 100 ms; rust-libp2p sets 10/15 MB).
         transport.stream_receive_window(VarInt::from_u32(config.stream_window));
@@ -431,9 +437,8 @@ impl Endpoint {
         let t = self.std_now(now);
         let Some(c) = self.conns.get_mut(&h) else { return };
         tracing::debug!(conn = h.0, %reason, "quic connection refused");
-        c.reported = true;
         c.conn.close(t, VarInt::from_u32(1), bytes::Bytes::from(reason.to_string().into_bytes()));
-        self.events.push_back(Event::Closed { conn: QuicConnId(h.0), reason });
+        self.report_closed(h, reason);
     }
 
     pub fn set_protocols(&mut self, protocols: Vec<String>) {
@@ -460,7 +465,7 @@ impl Endpoint {
         let t = self.std_now(now);
         // SNI is disabled in the rustls config; quinn still wants a syntactically valid name.
         let (h, conn) = self.ep.connect(t, self.client.clone(), addr, "libp2p.invalid").map_err(|e| QuicError::Connect(e.to_string()))?;
-        self.conns.insert(h, QConn::new(conn, expected, addr, true, self.config.initial_window()));
+        self.conns.insert(h, QConn::new(conn, expected, addr, true, &self.config));
         self.drive(now, h);
         Ok(QuicConnId(h.0))
     }
@@ -504,7 +509,7 @@ impl Endpoint {
                 let mut buf = Vec::new();
                 match self.ep.accept(incoming, t, &mut buf, Some(self.server.clone())) {
                     Ok((h, conn)) => {
-                        self.conns.insert(h, QConn::new(conn, None, from, false, self.config.initial_window()));
+                        self.conns.insert(h, QConn::new(conn, None, from, false, &self.config));
                         self.drive(now, h);
                     }
                     Err(e) => {
@@ -720,8 +725,9 @@ impl Endpoint {
                     u64::from(id),
                     StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, remote_fin: false, lazy: false },
                 );
-                let inbound = c.streams.values().filter(|e| !e.outbound).count();
-                if inbound as u32 * 2 >= c.stream_limit && c.stream_limit < self.config.max_streams {
+                // Counted only while the limit can still grow (each inbound stream passes here).
+                let can_grow = c.stream_limit < self.config.max_streams;
+                if can_grow && c.streams.values().filter(|e| !e.outbound).count() as u32 * 2 >= c.stream_limit {
                     c.stream_limit = (c.stream_limit * 2).min(self.config.max_streams);
                     c.conn.set_max_concurrent_streams(Dir::Bi, VarInt::from_u32(c.stream_limit));
                 }

@@ -123,8 +123,8 @@ impl LossFilter {
     }
 
     /// In slow start: whether the round trip has grown enough to leave it: 8 samples in a row over a
-    /// quarter of a round trip exceed the path's minimum by HyStart++'s threshold (RFC 9406: an eighth of it, clamped to 4..16 ms).
-    /// Slow start doubles the window every round trip until something stops it; with random loss
+    /// quarter of a round trip exceed the path's minimum by HyStart++'s threshold (RFC 9406: an eighth
+    /// of it, clamped to 4..16 ms). Slow start doubles the window every round trip until something stops it; with random loss
     /// tolerated only a full bottleneck queue would, and the burst of drops it ends with costs Cubic
     /// several backoffs and seconds of recovery. HyStart++ compares the smallest sample of a round with
     /// the last round's; that sees a queue only in the round after it began to build, and with a
@@ -176,7 +176,7 @@ impl LossFilter {
     }
 }
 
-/// Losses let pass as random, over all connections of an endpoint (for logs and benchmarks).
+/// Loss decisions and slow-start exits over all connections of an endpoint (`Endpoint::loss_stats`).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub tolerated: AtomicU64,
