@@ -120,7 +120,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 // The peer's stream takes some of what is queued.
-                let _ = r.take_frames(peer, usize::from(inp.byte()) * 64);
+                let _ = r.take_frames(peer, usize::from(inp.byte()) * 64, inp.byte() & 1 == 0);
                 None
             }
         };

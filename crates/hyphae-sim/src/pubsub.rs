@@ -151,6 +151,7 @@ pub struct Traffic {
     pub message_bytes_sent: u64,
     pub idontwant_sent: u64,
     pub idontwant_saved: u64,
+    pub idontwant_cancelled: u64,
     pub gossip_bytes: u64,
     pub idontwant_bytes: u64,
     pub graft_prune_bytes: u64,
@@ -174,9 +175,10 @@ impl Traffic {
         self.message_bytes_sent += s.message_bytes_sent;
         self.idontwant_sent += s.idontwant_sent;
         self.idontwant_saved += s.idontwant_saved;
+        self.idontwant_cancelled += s.idontwant_cancelled;
     }
 
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "pubsub_duplicates_per_delivery",
         "pubsub_copies_per_node",
         "pubsub_mib_sent_per_node",
@@ -185,6 +187,7 @@ impl Traffic {
         "pubsub_kib_graft_prune_per_node",
         "pubsub_idontwant_sent_per_node",
         "pubsub_idontwant_saved_per_node",
+        "pubsub_idontwant_cancelled_per_node",
         "pubsub_mesh_degree",
         "pubsub_graylisted_rpcs_per_node",
         "pubsub_invalid_per_node",
@@ -211,6 +214,7 @@ impl Traffic {
             "pubsub_invalid_per_node" => per(self.invalid, n),
             "pubsub_idontwant_sent_per_node" => per(self.idontwant_sent, n),
             "pubsub_idontwant_saved_per_node" => per(self.idontwant_saved, n),
+            "pubsub_idontwant_cancelled_per_node" => per(self.idontwant_cancelled, n),
             _ => return None,
         })
     }

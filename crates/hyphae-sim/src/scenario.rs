@@ -44,6 +44,9 @@
 //! 1024, each by a random live gossipsub node of SELECTOR). Node setting `pubsub` runs gossipsub;
 //! `idontwant=BYTES|off` sets its IDONTWANT threshold (default 1024); `validation=DURATION` holds each
 //! message that long for the application's verdict (accept) before delivering and forwarding it;
+//! `uplink=BANDWIDTH` gives each node one uplink that all its TCP connections share (serialization
+//! there instead of per link; what the node writes waits in it while 64 KiB are queued on the uplink);
+//! `stagger=N` sends large gossipsub messages to N peers at a time (`gossipsub::Config::stagger`, 0: off);
 //! `scoring=off|on|strict` sets peer scoring (strict: mesh delivery expectations too); `adversary` marks
 //! a group of attackers (left out of delivery metrics and publishing). `pubsub attack SELECTOR
 //! drop|spam=N|flood|honest` makes nodes attack from then on (drop: forward nothing; spam: N invalid
@@ -182,6 +185,11 @@ pub struct Group {
     pub shared_subnet: bool,
     /// Sybils of the eclipse attack on the target key (`kad::Eclipse`); implies `adversary`.
     pub eclipse: bool,
+    /// Each node's uplink in bits per second (0: none): all its TCP connections share it, and what its
+    /// services write waits in the node while 64 KiB are queued on it (`ByteNode::set_send_limit`).
+    pub uplink_bps: u64,
+    /// Gossipsub's `Config::stagger` (default: the config's).
+    pub stagger: Option<usize>,
 }
 
 /// Which of the DHT's IP-group filters a group's nodes run.
@@ -484,6 +492,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut shared_subnet = false;
                 let mut density = true;
                 let mut eclipse = false;
+                let mut uplink_bps = 0;
+                let mut stagger = None;
                 for r in rest {
                     if *r == "eclipse" {
                         eclipse = true;
@@ -526,6 +536,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("subnet", "own")) => shared_subnet = false,
                         Some(("subnet", "shared")) => shared_subnet = true,
                         Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
+                        Some(("uplink", v)) => uplink_bps = parse_bandwidth(v).map_err(err)?,
+                        Some(("stagger", v)) => stagger = Some(v.parse().map_err(|_| err(format!("{v:?}: stagger=N (0: off)")))?),
                         Some(("scoring", v)) => {
                             scoring = match v {
                                 "off" => Scoring::Off,
@@ -544,7 +556,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, subnet=own|shared, eclipse)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, stagger=N, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -571,6 +583,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     density,
                     shared_subnet,
                     eclipse,
+                    uplink_bps,
+                    stagger,
                 });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,

@@ -56,6 +56,10 @@ enum NodeEv {
         conn: ConnId,
         reason: &'static str,
     },
+    /// Bytes of our own transmits left the uplink (`ByteNode::set_send_limit`).
+    Sent {
+        len: usize,
+    },
     Datagram {
         from: SocketAddr,
         data: Vec<u8>,
@@ -178,6 +182,10 @@ struct SimNode {
     next_link: u64,
     /// How many random peers it dials when (re)started by churn.
     degree: usize,
+    /// Its uplink (bits per second, 0: none) and when that is free again.
+    uplink_bps: u64,
+    uplink_free: Instant,
+    stagger: Option<usize>,
     /// Draws for what this node sends (jitter, loss, reordering).
     rng: rng::Rng,
     /// When each UDP path from this node (by receiver) is free again.
@@ -370,6 +378,9 @@ impl NodeWork<'_> {
                 out.counters.bytes += data.len() as u64;
                 self.input(ctx, out, Input::Datagram { from, data: &data });
             }
+            NodeEv::Sent { len } => {
+                self.input(ctx, out, Input::Sent { len });
+            }
             NodeEv::Validated { id } => {
                 self.note(out, 7, 0, &id);
                 let now = self.now;
@@ -475,33 +486,55 @@ impl NodeWork<'_> {
     }
 
     fn transmit(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId, data: Vec<u8>) {
-        let Some(e) = self.n.conns.get_mut(&conn) else { return };
-        if ctx.blocked(self.i, e.peer) {
-            e.held.push(data);
-            return;
+        let len = data.len();
+        match self.n.conns.get_mut(&conn) {
+            Some(e) if ctx.blocked(self.i, e.peer) => e.held.push(data),
+            Some(_) => return self.send_on(ctx, out, conn, data, true),
+            None => {}
         }
-        self.send_on(ctx, out, conn, data);
+        // Bytes that never reach the uplink (gone, or held by a partition: the kernel took them) leave the
+        // node's send budget at once.
+        if self.n.uplink_bps > 0 {
+            let (i, gen, now) = (self.i, self.n.gen, self.now);
+            self.send(ctx, out, now, i, gen, NodeEv::Sent { len });
+        }
     }
 
     /// Sends bytes on a TCP-like link as the network would: in segments of at most `SEGMENT` bytes, each
     /// arriving once it has been serialized, so the head of a large write arrives before its tail (what
     /// lets a small control message written ahead of a large one overtake it, as on a real path).
-    fn send_on(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId, data: Vec<u8>) {
+    fn send_on(&mut self, ctx: &Ctx<'_>, out: &mut Out, conn: ConnId, data: Vec<u8>, report_sent: bool) {
         const SEGMENT: usize = 16 * 1024;
         let now = self.now;
         let bandwidth = match self.n.conns.get(&conn) {
             Some(e) => e.class.bandwidth_bps,
             None => return,
         };
-        let parts: Vec<Vec<u8>> =
-            if data.len() <= SEGMENT || bandwidth == 0 { vec![data] } else { data.chunks(SEGMENT).map(<[u8]>::to_vec).collect() };
+        let uplink = self.n.uplink_bps;
+        let len = data.len();
+        let parts: Vec<Vec<u8>> = if data.len() <= SEGMENT || (bandwidth == 0 && uplink == 0) {
+            vec![data]
+        } else {
+            data.chunks(SEGMENT).map(<[u8]>::to_vec).collect()
+        };
         for part in parts {
             let jitter_draw = self.n.rng.next_u64();
             let Some(e) = self.n.conns.get_mut(&conn) else { return };
-            let at = arrival(&e.class, &mut e.free_at, now, part.len(), jitter_draw).max(e.last_at);
+            let at = if uplink > 0 {
+                // One uplink for all of the node's connections: serialized there, at its rate.
+                let class = LinkClass { bandwidth_bps: uplink, ..e.class.clone() };
+                arrival(&class, &mut self.n.uplink_free, now, part.len(), jitter_draw)
+            } else {
+                arrival(&e.class, &mut e.free_at, now, part.len(), jitter_draw)
+            }
+            .max(e.last_at);
             e.last_at = at;
             let (peer, peer_gen, link) = (e.peer, e.peer_gen, e.link);
             self.send(ctx, out, at, peer, peer_gen, NodeEv::Deliver { link, data: part });
+        }
+        if uplink > 0 && report_sent {
+            let (i, gen, at) = (self.i, self.n.gen, self.n.uplink_free);
+            self.send(ctx, out, at, i, gen, NodeEv::Sent { len });
         }
     }
 
@@ -728,6 +761,10 @@ pub struct Sim {
     sybils: Vec<kad::PeerInfo>,
 }
 
+/// A node with an uplink holds what it writes while this much is queued on it (a socket buffer's unsent
+/// bytes, as `TCP_NOTSENT_LOWAT` bounds them).
+const UPLINK_SEND_LIMIT: usize = 64 * 1024;
+
 /// Default for [`Sim::set_parallel_min_events`].
 const PARALLEL_MIN_EVENTS: usize = 256;
 
@@ -768,6 +805,9 @@ impl Sim {
                     next_conn: 1,
                     next_link: 1,
                     degree: 0,
+                    uplink_bps: g.uplink_bps,
+                    stagger: g.stagger,
+                    uplink_free: Instant::ZERO,
                     rng: rng::from_seed(seed32(seed, b"link", i)),
                     udp_free_at: BTreeMap::new(),
                     made: 0,
@@ -938,6 +978,10 @@ impl Sim {
             cfg.listen_addrs.push(self.world.quic_addr(i));
         }
         let mut bn = ByteNode::new(cfg, self.now);
+        if n.uplink_bps > 0 {
+            bn.set_send_limit(Some(UPLINK_SEND_LIMIT));
+            n.uplink_free = self.now;
+        }
         if let Some(mode) = n.dht {
             let mut kc = kad::Config { mode, disjoint_paths: n.disjoint, density_check: n.density, ..kad::Config::default() };
             match n.diversity {
@@ -967,6 +1011,7 @@ impl Sim {
             };
             let pc = hyphae_core::gossipsub::Config {
                 idontwant_threshold: threshold,
+                stagger: n.stagger.unwrap_or(hyphae_core::gossipsub::Config::default().stagger),
                 first_seqno: (u64::from(n.gen) << 40) | 1,
                 score,
                 adversary: n.attack,
@@ -1189,7 +1234,8 @@ impl Sim {
                     self.with_node(i, |ctx, w, out| {
                         for (conn, msgs) in held {
                             for m in msgs {
-                                w.send_on(ctx, out, conn, m);
+                                // Their `Sent` went when the partition took them.
+                                w.send_on(ctx, out, conn, m, false);
                             }
                         }
                     });

@@ -162,6 +162,19 @@ pub struct Config {
     /// Send IDONTWANT to v1.2 mesh peers for received messages of at least this many data bytes.
     /// Default 1 KiB (go's; js uses 512 B, rust 1000 B). `usize::MAX` turns it off.
     pub idontwant_threshold: usize,
+    /// Staggered sending of large messages (`stagger_threshold` data bytes or more): at most `stagger`
+    /// peers are sent one at a time; the others' copies wait in their queues, where an IDONTWANT that
+    /// arrives meanwhile takes them back (`Stats::idontwant_cancelled`). Behind one uplink the copies
+    /// leave one after another anyway, so the first peers get the message sooner and the last often
+    /// never need it. `stagger` 0 turns it off (every copy is written at once, as go and rust do).
+    /// Default 1 (measured against 2 and 0 in BENCHMARKS.md, "Gossipsub"). A peer's turn ends when its
+    /// copy has left the node (`StreamEvent::Drained`) or after `stagger_hold` (default 100 ms), so a
+    /// peer that does not read holds the others up once, for that long at most. `stagger_threshold`
+    /// defaults to 32 KiB: a smaller copy leaves (2.6 ms at 100 Mbit/s) before an IDONTWANT could
+    /// arrive, and small messages are worth more batched than staggered.
+    pub stagger: usize,
+    pub stagger_threshold: usize,
+    pub stagger_hold: Duration,
     /// IDONTWANT ids taken from one peer per heartbeat (beyond: ignored, counted). Default 1,000.
     pub max_idontwant_per_heartbeat: usize,
     /// Heartbeats an IDONTWANT is honoured. Default 3.
@@ -227,6 +240,9 @@ impl Default for Config {
             max_ihave_length: 5000,
             gossip_retransmission: 3,
             idontwant_threshold: 1024,
+            stagger: 1,
+            stagger_threshold: 32 * 1024,
+            stagger_hold: Duration::from_millis(100),
             max_idontwant_per_heartbeat: 1000,
             idontwant_heartbeats: 3,
             max_topics_per_peer: 500,

@@ -46,6 +46,9 @@ pub struct Stats {
     pub idontwant_received: u64,
     /// Forwards left out because the peer said IDONTWANT.
     pub idontwant_saved: u64,
+    /// Queued copies taken back because the peer said IDONTWANT before they were sent (then they no
+    /// longer count in `messages_sent` and `message_bytes_sent`).
+    pub idontwant_cancelled: u64,
     /// Forwards left out because the peer sent us the message while it was being validated.
     pub duplicates_spared: u64,
     pub idontwant_ignored: u64,
@@ -90,15 +93,46 @@ pub struct PeerStats {
     pub idontwant_received: u64,
     /// Forwards to this peer left out because it said IDONTWANT.
     pub idontwant_saved: u64,
+    /// Copies queued for this peer taken back by its IDONTWANT.
+    pub idontwant_cancelled: u64,
 }
 
 /// Frames waiting for one peer: control and messages first, gossip after (and dropped first).
 #[derive(Default)]
 struct SendQueue {
-    urgent: VecDeque<Vec<u8>>,
+    urgent: VecDeque<Queued>,
     urgent_bytes: usize,
     gossip: VecDeque<Vec<u8>>,
     gossip_bytes: usize,
+    /// Ids of the messages in `urgent`, with their frame lengths: an IDONTWANT for one of them takes
+    /// it back (lazily: it is skipped when its turn comes).
+    messages: BTreeMap<MessageId, usize>,
+    cancelled: BTreeSet<MessageId>,
+}
+
+/// A frame in a peer's urgent queue.
+struct Queued {
+    frame: Vec<u8>,
+    /// The message it carries (control frames: `None`).
+    id: Option<MessageId>,
+    /// A message of at least `Config::stagger_threshold` bytes: sent to a limited number of peers at a
+    /// time (`Config::stagger`).
+    large: bool,
+}
+
+impl SendQueue {
+    fn push_control(&mut self, frame: Vec<u8>) {
+        self.urgent_bytes += frame.len();
+        self.urgent.push_back(Queued { frame, id: None, large: false });
+    }
+
+    /// Takes a queued message back; its frame length if it was queued (and not taken yet).
+    fn cancel(&mut self, id: &MessageId) -> Option<usize> {
+        let len = self.messages.remove(id)?;
+        self.urgent_bytes -= len;
+        self.cancelled.insert(id.clone());
+        Some(len)
+    }
 }
 
 struct Peer {
@@ -427,7 +461,7 @@ impl Router {
         self.mark_seen(now, id.clone());
         self.mcache_put(id.clone(), msg.clone());
         for p in &recipients {
-            self.send_message(p, &msg);
+            self.send_message(p, &id, &msg);
         }
         self.stats.published += 1;
         Ok(id)
@@ -702,7 +736,7 @@ impl Router {
                 self.stats.idontwant_saved += 1;
                 continue;
             }
-            self.send_message(&p, msg);
+            self.send_message(&p, id, msg);
         }
     }
 
@@ -717,6 +751,13 @@ impl Router {
                 continue;
             }
             p.idontwant_taken += 1;
+            if let Some(len) = p.queue.cancel(&id) {
+                self.stats.idontwant_cancelled += 1;
+                self.stats.messages_sent -= 1;
+                self.stats.message_bytes_sent -= len as u64;
+                p.stats.idontwant_cancelled += 1;
+                p.stats.messages_sent -= 1;
+            }
             p.dont_want.insert(id, until);
         }
     }
@@ -1023,8 +1064,9 @@ impl Router {
                         rng.fill_bytes(&mut seq);
                         let m =
                             Message::new(Some(self.local.to_bytes()), seq.to_vec(), Some(seq.to_vec()), t.clone(), Some(vec![0; 64]), None);
+                        let id = self.cfg.message_id.id(&m);
                         for p in &peers {
-                            self.send_message(p, &m);
+                            self.send_message(p, &id, &m);
                         }
                     }
                 }
@@ -1090,19 +1132,28 @@ impl Router {
         self.enqueue(peer, f, false);
     }
 
-    fn send_message(&mut self, peer: &PeerId, msg: &Message) {
-        let mut f = Vec::with_capacity(wire::message_frame_len(msg));
-        wire::encode_message(msg, &mut f);
+    fn send_message(&mut self, peer: &PeerId, id: &MessageId, msg: &Message) {
+        let len = wire::message_frame_len(msg);
         let Some(p) = self.peers.get_mut(peer) else { return };
-        if p.queue.urgent_bytes + f.len() > self.cfg.max_queue_bytes {
+        if p.queue.messages.contains_key(id) {
+            return;
+        }
+        if p.queue.urgent_bytes + len > self.cfg.max_queue_bytes {
             self.stats.dropped_messages += 1;
             return;
         }
+        let mut f = Vec::with_capacity(len);
+        wire::encode_message(msg, &mut f);
         self.stats.messages_sent += 1;
         self.stats.message_bytes_sent += f.len() as u64;
         p.stats.messages_sent += 1;
-        p.queue.urgent_bytes += f.len();
-        p.queue.urgent.push_back(f);
+        let large = self.cfg.stagger > 0 && msg.data().len() >= self.cfg.stagger_threshold;
+        let q = &mut p.queue;
+        q.urgent_bytes += f.len();
+        q.messages.insert(id.clone(), f.len());
+        // An id queued, taken back and queued again must not be skipped.
+        q.cancelled.remove(id);
+        q.urgent.push_back(Queued { frame: f, id: Some(id.clone()), large });
     }
 
     /// Queues a frame: gossip within its own cap (dropped beyond), control always.
@@ -1123,8 +1174,7 @@ impl Router {
                 self.stats.dropped_control += 1;
                 return;
             }
-            q.urgent_bytes += f.len();
-            q.urgent.push_back(f);
+            q.push_control(f);
         }
     }
 
@@ -1161,14 +1211,35 @@ impl Router {
     }
 
     /// Takes queued frames for `peer`, whole frames up to about `max` bytes (at least one), control and
-    /// messages before gossip.
-    pub fn take_frames(&mut self, peer: &PeerId, max: usize) -> Option<Vec<u8>> {
+    /// messages before gossip. A large message (see [`Config::stagger`]) travels alone, and only when
+    /// `large` allows it; otherwise the frames queued around it go first. The flag says whether the
+    /// batch is a large message.
+    pub fn take_frames(&mut self, peer: &PeerId, max: usize, large: bool) -> Option<(Vec<u8>, bool)> {
         let q = &mut self.peers.get_mut(peer)?.queue;
         let mut out: Vec<u8> = Vec::new();
+        // Large messages passed over, to go back in front in their order.
+        let mut held: VecDeque<Queued> = VecDeque::new();
+        let mut took_large = false;
         while out.is_empty() || out.len() < max {
-            let f = if let Some(f) = q.urgent.pop_front() {
-                q.urgent_bytes -= f.len();
-                f
+            let f = if let Some(e) = q.urgent.pop_front() {
+                if let Some(id) = &e.id {
+                    if q.cancelled.remove(id) {
+                        continue;
+                    }
+                    if e.large && (!large || !out.is_empty()) {
+                        held.push_back(e);
+                        continue;
+                    }
+                    q.messages.remove(id);
+                }
+                q.urgent_bytes -= e.frame.len();
+                if e.large {
+                    // Alone: nothing was taken before it (see above), nothing after it.
+                    took_large = true;
+                    out = e.frame;
+                    break;
+                }
+                e.frame
             } else if let Some(f) = q.gossip.pop_front() {
                 q.gossip_bytes -= f.len();
                 f
@@ -1181,7 +1252,11 @@ impl Router {
                 out.extend_from_slice(&f);
             }
         }
-        (!out.is_empty()).then_some(out)
+        if !held.is_empty() {
+            held.append(&mut q.urgent);
+            q.urgent = held;
+        }
+        (!out.is_empty()).then_some((out, took_large))
     }
 
     // ---------------- caches ----------------

@@ -31,6 +31,9 @@ struct Outbound {
     stream: Option<StreamId>,
     /// A batch is on its way (`Drained` ends it).
     busy: bool,
+    /// The batch on its way is a large message, holding one of the node's `Config::stagger` turns
+    /// until `Drained` or this time.
+    large_until: Option<Instant>,
 }
 
 pub struct GossipsubService {
@@ -40,6 +43,8 @@ pub struct GossipsubService {
     outbound: BTreeMap<PeerId, Outbound>,
     inbound: BTreeMap<(ConnId, StreamId), (PeerId, Vec<u8>)>,
     next_token: u64,
+    /// The peer that got the last large-message turn (the next turn starts after it).
+    last_large: Option<PeerId>,
 }
 
 impl GossipsubService {
@@ -50,6 +55,7 @@ impl GossipsubService {
             outbound: BTreeMap::new(),
             inbound: BTreeMap::new(),
             next_token: 1,
+            last_large: None,
         }
     }
 
@@ -102,7 +108,7 @@ impl GossipsubService {
         let token = self.next_token;
         self.next_token += 1;
         cx.open_stream(conn, kind.protocol(), token);
-        self.outbound.insert(peer.clone(), Outbound { conn, kind, token, stream: None, busy: false });
+        self.outbound.insert(peer.clone(), Outbound { conn, kind, token, stream: None, busy: false, large_until: None });
         let dialer = self.conns.get(peer).and_then(|v| v.iter().find(|(c, _)| *c == conn)).is_some_and(|(_, r)| *r == Role::Dialer);
         let ip = cx.connection(conn).and_then(|(_, a)| a.ip());
         self.router.add_peer(peer.clone(), kind, dialer, ip, cx.now);
@@ -117,15 +123,32 @@ impl GossipsubService {
         }
     }
 
-    /// Writes what the router queued to every peer whose stream is free; then hands out events.
+    /// Writes what the router queued to every peer whose stream is free (large messages to at most
+    /// `Config::stagger` peers at a time, taking turns from where the last one went); then hands out
+    /// events.
     fn pump(&mut self, cx: &mut Cx<'_>) {
-        for (peer, o) in self.outbound.iter_mut() {
+        let (stagger, hold) = (self.router.config().stagger, self.router.config().stagger_hold);
+        let now = cx.now;
+        let mut turns = if stagger == 0 {
+            usize::MAX
+        } else {
+            let taken = self.outbound.values().filter(|o| o.large_until.is_some_and(|t| t > now)).count();
+            stagger.saturating_sub(taken)
+        };
+        let after = self.last_large.clone();
+        let (tail, head): (Vec<_>, Vec<_>) = self.outbound.iter_mut().partition(|(p, _)| after.as_ref().is_some_and(|a| *p > a));
+        for (peer, o) in tail.into_iter().chain(head) {
             let Some(s) = o.stream else { continue };
             if o.busy {
                 continue;
             }
-            if let Some(batch) = self.router.take_frames(peer, SEND_BATCH) {
+            if let Some((batch, large)) = self.router.take_frames(peer, SEND_BATCH, turns > 0) {
                 o.busy = true;
+                if large {
+                    turns -= 1;
+                    o.large_until = Some(now + hold);
+                    self.last_large = Some(peer.clone());
+                }
                 cx.write_notify(o.conn, s, batch);
             }
         }
@@ -251,6 +274,7 @@ impl Service for GossipsubService {
             StreamEvent::Drained => {
                 if let Some(o) = self.outbound.get_mut(&peer) {
                     o.busy = false;
+                    o.large_until = None;
                 }
             }
             // Nothing is read from our own stream; the peer closing its side of it is normal.
@@ -268,11 +292,21 @@ impl Service for GossipsubService {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.router.poll_timeout())
+        // A large-message turn that runs out lets the next peer go.
+        let turn = self.outbound.values().filter_map(|o| o.large_until).min();
+        Some(turn.map_or(self.router.poll_timeout(), |t| t.min(self.router.poll_timeout())))
     }
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) {
-        self.router.on_timeout(cx.rng, cx.now);
+        let now = cx.now;
+        for o in self.outbound.values_mut() {
+            if o.large_until.is_some_and(|t| t <= now) {
+                o.large_until = None;
+            }
+        }
+        if self.router.poll_timeout() <= now {
+            self.router.on_timeout(cx.rng, now);
+        }
         self.pump(cx);
     }
 

@@ -36,6 +36,11 @@ pub enum Input<'a> {
         from: core::net::SocketAddr,
         data: &'a [u8],
     },
+    /// `len` bytes of earlier `Output::Transmit`s have left this machine (a driver that set a send limit
+    /// reports every transmitted byte this way, whether or not its connection still exists).
+    Sent {
+        len: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +80,10 @@ pub struct ByteNode {
     conns: BTreeMap<ConnId, Option<Connection>>,
     quic: Option<QuicSide>,
     out: VecDeque<Output>,
+    /// See [`ByteNode::set_send_limit`].
+    send_limit: Option<usize>,
+    /// Bytes transmitted on TCP-like connections and not yet reported `Sent`.
+    unsent: usize,
 }
 
 impl ByteNode {
@@ -110,7 +119,25 @@ impl ByteNode {
             let ep = quic::Endpoint::new(qc).expect("invariant: our own TLS configuration is valid");
             QuicSide { ep, ids: BTreeMap::new(), rev: BTreeMap::new() }
         });
-        ByteNode { node, noise_static, conns: BTreeMap::new(), quic, out: VecDeque::new() }
+        ByteNode { node, noise_static, conns: BTreeMap::new(), quic, out: VecDeque::new(), send_limit: None, unsent: 0 }
+    }
+
+    /// Models a node behind one uplink: while `limit` bytes or more of its `Output::Transmit`s (all
+    /// TCP-like connections together) have not been reported `Input::Sent`, what services write waits in
+    /// the node machine (so `StreamEvent::Drained` means "on its way out", and a service's own queue, with
+    /// its priorities and cancellations, holds the backlog). `None` (the default): every write goes
+    /// straight to its connection, and `Input::Sent` is not needed.
+    pub fn set_send_limit(&mut self, limit: Option<usize>) {
+        self.send_limit = limit;
+    }
+
+    /// Bytes transmitted and not yet reported sent (0 without a send limit).
+    pub fn unsent(&self) -> usize {
+        self.unsent
+    }
+
+    fn send_gated(&self) -> bool {
+        self.send_limit.is_some_and(|l| self.unsent >= l)
     }
 
     pub fn node(&self) -> &Node {
@@ -281,6 +308,10 @@ impl ByteNode {
                     self.pump_quic(now);
                 }
             }
+            Input::Sent { len } => {
+                self.unsent = self.unsent.saturating_sub(len);
+                self.flush_node(now);
+            }
         }
     }
 
@@ -310,6 +341,10 @@ impl ByteNode {
     /// Lends the node every connection it queued stream operations for, and starts the dials it asked for.
     fn flush_node(&mut self, now: Instant) {
         for id in self.node.due() {
+            // Behind a full uplink a TCP-like connection's writes wait (they stay due).
+            if self.send_gated() && !self.quic.as_ref().is_some_and(|q| q.rev.contains_key(&id)) {
+                continue;
+            }
             let quic = self.quic.as_mut().and_then(|q| q.rev.get(&id).copied().map(|qc| (q, qc)));
             match (quic, self.conns.get_mut(&id)) {
                 (Some((q, qc)), _) => self.node.flush(now, id, &mut ConnStreams { ep: &mut q.ep, conn: qc }),
@@ -325,7 +360,9 @@ impl ByteNode {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(|m| m.as_ref().and_then(|m| m.poll_timeout())).min();
         let quic = self.quic.as_mut().and_then(|q| q.ep.poll_timeout());
-        [conns, quic, self.node.poll_timeout()].into_iter().flatten().min()
+        // Stream operations held back by a full uplink wait for `Input::Sent`, not for a timer.
+        let node = if self.send_gated() { self.node.poll_timeout_holding_outbox() } else { self.node.poll_timeout() };
+        [conns, quic, node].into_iter().flatten().min()
     }
 
     /// Runs the QUIC endpoint after any input: its events go to the node machine (which may write on its
@@ -394,7 +431,15 @@ impl ByteNode {
             }
             self.drain_node(now);
             let Some(Some(m)) = self.conns.get_mut(&id) else { return };
-            let sent = m.poll_transmit().map(|data| self.out.push_back(Output::Transmit { conn: id, data })).is_some();
+            let sent = m
+                .poll_transmit()
+                .map(|data| {
+                    if self.send_limit.is_some() {
+                        self.unsent += data.len();
+                    }
+                    self.out.push_back(Output::Transmit { conn: id, data });
+                })
+                .is_some();
             if m.is_closed() {
                 self.conns.remove(&id);
                 self.out.push_back(Output::Close { conn: id });

@@ -870,10 +870,20 @@ impl Node {
         self.next_timer().map(|(t, _)| t)
     }
 
+    /// [`Node::poll_timeout`] for a driver that holds the queued stream operations back for now (a
+    /// full uplink): they do not make the node due.
+    pub fn poll_timeout_holding_outbox(&self) -> Option<Instant> {
+        self.timer(false).map(|(t, _)| t)
+    }
+
     /// [`Node::poll_timeout`] with its reason: the service's name, `"outbox"` (stream operations wait for
     /// `due()`/`flush`) or `"dials"` (dials wait for `poll_dial`).
     pub fn next_timer(&self) -> Option<(Instant, &'static str)> {
-        if !self.out.ops.is_empty() {
+        self.timer(true)
+    }
+
+    fn timer(&self, outbox: bool) -> Option<(Instant, &'static str)> {
+        if outbox && !self.out.ops.is_empty() {
             return Some((Instant(0), "outbox"));
         }
         if !self.out.dials.is_empty() {

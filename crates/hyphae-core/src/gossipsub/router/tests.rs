@@ -48,7 +48,7 @@ impl Net {
             let mut round = std::mem::take(&mut later);
             for &(a, b) in &self.links {
                 let to = self.ids[b].clone();
-                while let Some(f) = self.routers[a].take_frames(&to, 1 << 20) {
+                while let Some(f) = self.routers[a].take_frames(&to, 1 << 20, true).map(|(f, _)| f) {
                     let mut at = 0;
                     while let Some((rpc, used)) = wire::decode(&f[at..], &Limits::default()).unwrap() {
                         if used > 1024 {
@@ -273,7 +273,7 @@ fn gossipsub_router_bounds_subscriptions_ihave_and_queues() {
     }
     assert_eq!((r.stats().iwant_sent, r.stats().ihave_ignored), (10, 2));
     // Messages beyond the queue cap are dropped and counted, not queued.
-    while r.take_frames(&a, 1 << 20).is_some() {}
+    while r.take_frames(&a, 1 << 20, true).is_some() {}
     for i in 0..5u8 {
         let _ = r.publish(rng, now, "t0", vec![i; 4000]);
     }
@@ -411,4 +411,47 @@ fn gossipsub_score_rewards_first_deliveries_and_mesh_time() {
     }
     let (a, b) = (&net.routers[0], &net.ids[1]);
     assert!(a.peer_score(b, net.now) > 1.0, "{}", a.peer_score(b, net.now));
+}
+
+#[test]
+fn gossipsub_router_an_idontwant_takes_back_a_queued_copy_and_large_messages_wait_for_a_turn() {
+    let mut net = Net::new(3, Config { stagger_threshold: 2048, ..Config::default() });
+    net.link(0, 1, PeerKind::Meshsub12);
+    net.link(0, 2, PeerKind::Meshsub12);
+    net.subscribe_all("t");
+    net.heartbeats(2);
+    let (b, c) = (net.ids[1].clone(), net.ids[2].clone());
+    let (r, rng, now) = (&mut net.routers[0], &mut net.rng, net.now);
+    let small = r.publish(rng, now, "t", vec![1; 100]).unwrap();
+    let large = r.publish(rng, now, "t", vec![2; 4000]).unwrap();
+    let small2 = r.publish(rng, now, "t", vec![3; 100]).unwrap();
+    let ids = |f: &[u8]| {
+        let mut v = Vec::new();
+        let mut at = 0;
+        while let Some((rpc, used)) = wire::decode(&f[at..], &Limits::default()).unwrap() {
+            v.extend(rpc.publish.iter().map(|m| MessageIdFn::FromSeqno.id(m)));
+            at += used;
+        }
+        v
+    };
+    // Without a turn, the small messages around the large one go, and the large one waits in front.
+    let (f, is_large) = r.take_frames(&b, 1 << 20, false).unwrap();
+    assert!(!is_large);
+    assert_eq!(ids(&f), vec![small.clone(), small2.clone()]);
+    assert!(r.take_frames(&b, 1 << 20, false).is_none());
+    // With a turn it travels alone.
+    let (f, is_large) = r.take_frames(&b, 1 << 20, true).unwrap();
+    assert!(is_large);
+    assert_eq!(ids(&f), vec![large.clone()]);
+    assert_eq!(r.queued(&b), 0);
+    // An IDONTWANT from c before its copy left takes the copy back: counted, not sent.
+    let sent = r.stats().messages_sent;
+    let idw = Rpc { control: Control { idontwant: vec![large.clone()], ..Control::default() }, ..Rpc::default() };
+    r.handle_rpc(rng, now, &c, idw);
+    assert_eq!(r.stats().idontwant_cancelled, 1);
+    assert_eq!(r.stats().messages_sent, sent - 1);
+    let (f, _) = r.take_frames(&c, 1 << 20, true).unwrap();
+    assert_eq!(ids(&f), vec![small, small2]);
+    assert!(r.take_frames(&c, 1 << 20, true).is_none());
+    assert_eq!(r.queued(&c), 0);
 }
