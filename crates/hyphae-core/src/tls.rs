@@ -373,7 +373,10 @@ impl Certificate {
         let ext = der::seq(&[&der::tlv(der::OID, OID_LIBP2P_EXT), &der::tlv(der::OCTET, &signed_key)]);
         let mut serial = [0u8; 8];
         rng.fill_bytes(&mut serial);
-        serial[0] &= 0x7f;
+        // A positive INTEGER in its minimal DER form: a first byte of 0x00 followed by one below 0x80 is
+        // not minimal, and Go's x509 parser refuses the certificate (TLS alert bad_certificate). That was
+        // the interop matrix's flake: 1 certificate in 256.
+        serial[0] = (serial[0] & 0x3f) | 0x40;
         let sig_alg = der::seq(&[&der::tlv(der::OID, OID_ECDSA_SHA256)]);
         let name = der::seq(&[&der::tlv(der::SET, &der::seq(&[&der::tlv(der::OID, OID_SERIAL_NUMBER), &der::tlv(der::PRINTABLE, b"1")]))]);
         let validity = der::seq(&[&der::generalized_time(now_unix - 3600), &der::generalized_time(now_unix + 100 * 365 * 86400)]);
@@ -849,6 +852,22 @@ mod tests {
             let n = bad.len();
             bad[n - 5] ^= 1;
             assert!(verify_certificate(&bad, 1_800_000_000).is_err());
+        }
+    }
+
+    /// Every generated serial number is a minimal positive DER INTEGER (Go rejects the others).
+    #[test]
+    fn generated_serial_numbers_are_minimal_positive_integers() {
+        let mut rng = crate::rng::from_seed([6; 32]);
+        let id = Keypair::generate_ed25519(&mut rng);
+        for _ in 0..2000 {
+            let c = Certificate::generate(&id, 1_800_000_000, &mut rng);
+            let (cert, _, _) = der::expect(&c.cert_der, der::SEQ).unwrap();
+            let (tbs, _, _) = der::expect(cert, der::SEQ).unwrap();
+            let (_, _, _, rest) = der::read(tbs).unwrap();
+            let (serial, _, _) = der::expect(rest, der::INT).unwrap();
+            assert!(serial[0] < 0x80, "positive");
+            assert!(!(serial[0] == 0 && serial.get(1).is_some_and(|b| *b < 0x80)), "minimal: {serial:02x?}");
         }
     }
 
