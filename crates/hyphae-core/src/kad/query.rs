@@ -46,6 +46,8 @@ pub struct QueryPeer {
     pub hop: u32,
     /// The disjoint path it belongs to (0 when there is one).
     pub path: usize,
+    /// The IP groups of `addrs`, kept while the query has a per-group limit (else empty).
+    groups: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +149,10 @@ impl Query {
     pub fn with_diversity(mut self, per_group: usize, private_too: bool) -> Query {
         self.per_group = per_group;
         self.private_too = private_too;
+        // The seeds count toward their groups too.
+        for i in 0..self.peers.len() {
+            self.peers[i].groups = self.groups_of(&self.peers[i].addrs);
+        }
         self
     }
 
@@ -192,10 +198,12 @@ impl Query {
         if let Some(i) = self.peers.iter().position(|p| p.peer == peer) {
             // Addresses learnt later pass the same per-group limit.
             if self.peers[i].addrs.is_empty() && !addrs.is_empty() {
-                if self.per_group > 0 && self.over_group_limit(&addrs) {
+                let groups = self.groups_of(&addrs);
+                if self.over_group_limit(&groups) {
                     self.rejected_diversity += 1;
                 } else {
                     self.peers[i].addrs = addrs;
+                    self.peers[i].groups = groups;
                 }
             }
             return;
@@ -206,23 +214,29 @@ impl Query {
         if at >= self.cap() {
             return;
         }
-        if self.per_group > 0 && self.over_group_limit(&addrs) {
+        let groups = self.groups_of(&addrs);
+        if self.over_group_limit(&groups) {
             self.rejected_diversity += 1;
             return;
         }
-        self.peers.insert(at, QueryPeer { peer, key, addrs, state: PeerState::NotAsked, hop, path });
+        self.peers.insert(at, QueryPeer { peer, key, addrs, state: PeerState::NotAsked, hop, path, groups });
         self.peers.truncate(self.cap());
     }
 
-    /// Whether one of `addrs`' IP groups already has `per_group` candidates.
-    fn over_group_limit(&self, addrs: &[Multiaddr]) -> bool {
-        let private_too = self.private_too;
-        let mut groups: Vec<Vec<u8>> = addrs.iter().filter_map(|a| group(a, private_too)).collect();
+    /// The distinct IP groups of `addrs` when the query limits candidates per group (else none).
+    fn groups_of(&self, addrs: &[Multiaddr]) -> Vec<Vec<u8>> {
+        if self.per_group == 0 {
+            return Vec::new();
+        }
+        let mut groups: Vec<Vec<u8>> = addrs.iter().filter_map(|a| group(a, self.private_too)).collect();
+        groups.sort();
         groups.dedup();
-        groups.iter().any(|g| {
-            let same = |p: &&QueryPeer| p.addrs.iter().any(|a| group(a, private_too).as_deref() == Some(g.as_slice()));
-            self.peers.iter().filter(same).count() >= self.per_group
-        })
+        groups
+    }
+
+    /// Whether one of these IP groups already has `per_group` candidates.
+    fn over_group_limit(&self, groups: &[Vec<u8>]) -> bool {
+        self.per_group > 0 && groups.iter().any(|g| self.peers.iter().filter(|p| p.groups.contains(g)).count() >= self.per_group)
     }
 
     fn in_flight(&self, path: usize) -> usize {
