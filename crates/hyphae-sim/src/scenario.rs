@@ -45,7 +45,8 @@
 //! `idontwant=BYTES|off` sets its IDONTWANT threshold (default 1024); `validation=DURATION` holds each
 //! message that long for the application's verdict (accept) before delivering and forwarding it;
 //! `uplink=BANDWIDTH` gives each node one uplink that all its TCP connections share (serialization
-//! there instead of per link; what the node writes waits in it while 64 KiB are queued on the uplink);
+//! there instead of per link; what the node writes waits in it while `uplink_queue=BYTES`, default
+//! 64 KiB, are queued on the uplink);
 //! `stagger=N` sends large gossipsub messages to N peers at a time (`gossipsub::Config::stagger`, 0: off);
 //! `scoring=off|on|strict` sets peer scoring (strict: mesh delivery expectations too); `adversary` marks
 //! a group of attackers (left out of delivery metrics and publishing). `pubsub attack SELECTOR
@@ -186,8 +187,10 @@ pub struct Group {
     /// Sybils of the eclipse attack on the target key (`kad::Eclipse`); implies `adversary`.
     pub eclipse: bool,
     /// Each node's uplink in bits per second (0: none): all its TCP connections share it, and what its
-    /// services write waits in the node while 64 KiB are queued on it (`ByteNode::set_send_limit`).
+    /// services write waits in the node while `uplink_queue` bytes are queued on it
+    /// (`ByteNode::set_send_limit`; default 64 KiB).
     pub uplink_bps: u64,
+    pub uplink_queue: usize,
     /// Gossipsub's `Config::stagger` (default: the config's).
     pub stagger: Option<usize>,
 }
@@ -493,6 +496,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut density = true;
                 let mut eclipse = false;
                 let mut uplink_bps = 0;
+                let mut uplink_queue = 64 * 1024;
                 let mut stagger = None;
                 for r in rest {
                     if *r == "eclipse" {
@@ -537,6 +541,9 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("subnet", "shared")) => shared_subnet = true,
                         Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
                         Some(("uplink", v)) => uplink_bps = parse_bandwidth(v).map_err(err)?,
+                        Some(("uplink_queue", v)) => {
+                            uplink_queue = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| err(format!("{v:?}: uplink_queue=BYTES (> 0)")))?
+                        }
                         Some(("stagger", v)) => stagger = Some(v.parse().map_err(|_| err(format!("{v:?}: stagger=N (0: off)")))?),
                         Some(("scoring", v)) => {
                             scoring = match v {
@@ -556,7 +563,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, stagger=N, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, subnet=own|shared, eclipse)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -584,6 +591,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     shared_subnet,
                     eclipse,
                     uplink_bps,
+                    uplink_queue,
                     stagger,
                 });
             }
@@ -705,6 +713,10 @@ mod tests {
             }
         );
         assert!(parse("nodes a 3 dht=maybe\nrun 1s").unwrap_err().contains("unknown DHT mode"));
+        let u = parse("nodes a 3 pubsub uplink=100mbit uplink_queue=16384 stagger=0\nnodes b 2\nrun 1s\n").unwrap();
+        assert_eq!((u.groups[0].uplink_bps, u.groups[0].uplink_queue, u.groups[0].stagger), (100_000_000, 16384, Some(0)));
+        assert_eq!((u.groups[1].uplink_bps, u.groups[1].stagger), (0, None));
+        assert!(parse("nodes a 3 uplink_queue=0\nrun 1s").unwrap_err().contains("uplink_queue"));
         assert_eq!(s.seed, 7);
         assert_eq!(s.total_nodes(), 15);
         assert_eq!(s.link.bandwidth_bps, 10_000_000);

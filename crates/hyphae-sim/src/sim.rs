@@ -184,6 +184,7 @@ struct SimNode {
     degree: usize,
     /// Its uplink (bits per second, 0: none) and when that is free again.
     uplink_bps: u64,
+    uplink_queue: usize,
     uplink_free: Instant,
     stagger: Option<usize>,
     /// Draws for what this node sends (jitter, loss, reordering).
@@ -761,10 +762,6 @@ pub struct Sim {
     sybils: Vec<kad::PeerInfo>,
 }
 
-/// A node with an uplink holds what it writes while this much is queued on it (a socket buffer's unsent
-/// bytes, as `TCP_NOTSENT_LOWAT` bounds them).
-const UPLINK_SEND_LIMIT: usize = 64 * 1024;
-
 /// Default for [`Sim::set_parallel_min_events`].
 const PARALLEL_MIN_EVENTS: usize = 256;
 
@@ -806,6 +803,7 @@ impl Sim {
                     next_link: 1,
                     degree: 0,
                     uplink_bps: g.uplink_bps,
+                    uplink_queue: g.uplink_queue,
                     stagger: g.stagger,
                     uplink_free: Instant::ZERO,
                     rng: rng::from_seed(seed32(seed, b"link", i)),
@@ -979,7 +977,7 @@ impl Sim {
         }
         let mut bn = ByteNode::new(cfg, self.now);
         if n.uplink_bps > 0 {
-            bn.set_send_limit(Some(UPLINK_SEND_LIMIT));
+            bn.set_send_limit(Some(n.uplink_queue));
             n.uplink_free = self.now;
         }
         if let Some(mode) = n.dht {
