@@ -1142,17 +1142,19 @@ impl Router {
             self.stats.dropped_messages += 1;
             return;
         }
+        self.stats.messages_sent += 1;
+        self.stats.message_bytes_sent += len as u64;
+        p.stats.messages_sent += 1;
+        let q = &mut p.queue;
+        q.urgent_bytes += len;
+        q.messages.insert(id.clone(), len);
+        // Taken back but still in the queue: it goes in its old place.
+        if q.cancelled.remove(id) {
+            return;
+        }
         let mut f = Vec::with_capacity(len);
         wire::encode_message(msg, &mut f);
-        self.stats.messages_sent += 1;
-        self.stats.message_bytes_sent += f.len() as u64;
-        p.stats.messages_sent += 1;
         let large = self.cfg.stagger > 0 && msg.data().len() >= self.cfg.stagger_threshold;
-        let q = &mut p.queue;
-        q.urgent_bytes += f.len();
-        q.messages.insert(id.clone(), f.len());
-        // An id queued, taken back and queued again must not be skipped.
-        q.cancelled.remove(id);
         q.urgent.push_back(Queued { frame: f, id: Some(id.clone()), large });
     }
 
