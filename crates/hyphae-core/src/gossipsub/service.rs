@@ -18,6 +18,7 @@ use crate::stream::{OpenError, Role, StreamId, Violation, ViolationKind};
 use crate::time::Instant;
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Included, Unbounded};
 
 /// Bytes written to one peer's stream at a time.
 pub const SEND_BATCH: usize = 64 * 1024;
@@ -135,26 +136,45 @@ impl GossipsubService {
             let taken = self.outbound.values().filter(|o| o.large_until.is_some_and(|t| t > now)).count();
             stagger.saturating_sub(taken)
         };
-        let after = self.last_large.clone();
-        let (tail, head): (Vec<_>, Vec<_>) = self.outbound.iter_mut().partition(|(p, _)| after.as_ref().is_some_and(|a| *p > a));
-        for (peer, o) in tail.into_iter().chain(head) {
-            let Some(s) = o.stream else { continue };
-            if o.busy {
-                continue;
-            }
-            if let Some((batch, large)) = self.router.take_frames(peer, SEND_BATCH, turns > 0) {
-                o.busy = true;
-                if large {
-                    turns -= 1;
-                    o.large_until = Some(now + hold);
-                    self.last_large = Some(peer.clone());
-                }
-                cx.write_notify(o.conn, s, batch);
+        // Peers after the last one served first, then the rest (two passes, no allocation).
+        let after = self.last_large.take();
+        let tail = match &after {
+            Some(a) => self.outbound.range_mut::<PeerId, _>((Excluded(a), Unbounded)),
+            None => self.outbound.range_mut::<PeerId, _>(..),
+        };
+        let mut last = after.clone();
+        for (peer, o) in tail {
+            if Self::serve(&mut self.router, cx, peer, o, &mut turns, now + hold) {
+                last = Some(peer.clone());
             }
         }
+        if let Some(a) = &after {
+            for (peer, o) in self.outbound.range_mut::<PeerId, _>((Unbounded, Included(a))) {
+                if Self::serve(&mut self.router, cx, peer, o, &mut turns, now + hold) {
+                    last = Some(peer.clone());
+                }
+            }
+        }
+        self.last_large = last;
         while let Some(ev) = self.router.poll_event() {
             cx.emit(NodeEvent::Gossipsub(ev));
         }
+    }
+
+    /// Writes one batch to `peer` if its stream is free; whether the batch took a large-message turn.
+    fn serve(router: &mut Router, cx: &mut Cx<'_>, peer: &PeerId, o: &mut Outbound, turns: &mut usize, until: Instant) -> bool {
+        let Some(s) = o.stream else { return false };
+        if o.busy {
+            return false;
+        }
+        let Some((batch, large)) = router.take_frames(peer, SEND_BATCH, *turns > 0) else { return false };
+        o.busy = true;
+        if large {
+            *turns -= 1;
+            o.large_until = Some(until);
+        }
+        cx.write_notify(o.conn, s, batch);
+        large
     }
 
     fn read(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, data: &[u8]) {
