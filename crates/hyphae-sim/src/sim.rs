@@ -521,14 +521,9 @@ impl NodeWork<'_> {
         for part in parts {
             let jitter_draw = self.n.rng.next_u64();
             let Some(e) = self.n.conns.get_mut(&conn) else { return };
-            let at = if uplink > 0 {
-                // One uplink for all of the node's connections: serialized there, at its rate.
-                let class = LinkClass { bandwidth_bps: uplink, ..e.class.clone() };
-                arrival(&class, &mut self.n.uplink_free, now, part.len(), jitter_draw)
-            } else {
-                arrival(&e.class, &mut e.free_at, now, part.len(), jitter_draw)
-            }
-            .max(e.last_at);
+            // With an uplink, one serializer for all of the node's connections, at its rate.
+            let (free, rate) = if uplink > 0 { (&mut self.n.uplink_free, uplink) } else { (&mut e.free_at, e.class.bandwidth_bps) };
+            let at = arrival(&e.class, rate, free, now, part.len(), jitter_draw).max(e.last_at);
             e.last_at = at;
             let (peer, peer_gen, link) = (e.peer, e.peer_gen, e.link);
             self.send(ctx, out, at, peer, peer_gen, NodeEv::Deliver { link, data: part });
@@ -568,7 +563,7 @@ impl NodeWork<'_> {
         }
         let now = self.now;
         let free = self.n.udp_free_at.entry(dest).or_insert(now);
-        let mut at = arrival(&class, free, now, data.len(), jitter_draw);
+        let mut at = arrival(&class, class.bandwidth_bps, free, now, data.len(), jitter_draw);
         if unit(reorder_draw) < class.reorder {
             at = at + class.latency;
         }
@@ -600,10 +595,11 @@ fn grind_sybils(nodes: &mut [SimNode], seed: u64) {
 }
 
 /// When `len` bytes sent at `now` arrive: they wait for the sender's serializer (free again at
-/// `*free_at`, which moves on by their serialization time), then cross the link's latency plus a jitter
+/// `*free_at`, which moves on by their serialization time at `bandwidth_bps`: the link's own or the
+/// node's uplink), then cross the link's latency plus a jitter
 /// drawn from `jitter_draw`. Shared by TCP-like links and datagram paths.
-fn arrival(class: &LinkClass, free_at: &mut Instant, now: Instant, len: usize, jitter_draw: u64) -> Instant {
-    let ser = if class.bandwidth_bps == 0 { 0 } else { (len as u128 * 8 * 1_000_000_000 / u128::from(class.bandwidth_bps)) as u64 };
+fn arrival(class: &LinkClass, bandwidth_bps: u64, free_at: &mut Instant, now: Instant, len: usize, jitter_draw: u64) -> Instant {
+    let ser = if bandwidth_bps == 0 { 0 } else { (len as u128 * 8 * 1_000_000_000 / u128::from(bandwidth_bps)) as u64 };
     *free_at = (*free_at).max(now) + Duration::from_nanos(ser);
     let jitter = if class.jitter.is_zero() { 0 } else { jitter_draw % (class.jitter.as_nanos() as u64) };
     *free_at + class.latency + Duration::from_nanos(jitter)

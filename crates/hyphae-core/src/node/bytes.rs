@@ -131,11 +131,6 @@ impl ByteNode {
         self.send_limit = limit;
     }
 
-    /// Bytes transmitted and not yet reported sent (0 without a send limit).
-    pub fn unsent(&self) -> usize {
-        self.unsent
-    }
-
     fn send_gated(&self) -> bool {
         self.send_limit.is_some_and(|l| self.unsent >= l)
     }
@@ -341,14 +336,14 @@ impl ByteNode {
     /// Lends the node every connection it queued stream operations for, and starts the dials it asked for.
     fn flush_node(&mut self, now: Instant) {
         for id in self.node.due() {
+            let qc = self.quic.as_ref().and_then(|q| q.rev.get(&id).copied());
             // Behind a full uplink a TCP-like connection's writes wait (they stay due).
-            if self.send_gated() && !self.quic.as_ref().is_some_and(|q| q.rev.contains_key(&id)) {
+            if qc.is_none() && self.send_gated() {
                 continue;
             }
-            let quic = self.quic.as_mut().and_then(|q| q.rev.get(&id).copied().map(|qc| (q, qc)));
-            match (quic, self.conns.get_mut(&id)) {
-                (Some((q, qc)), _) => self.node.flush(now, id, &mut ConnStreams { ep: &mut q.ep, conn: qc }),
-                (None, Some(Some(m))) => self.node.flush(now, id, m),
+            match (qc, self.quic.as_mut(), self.conns.get_mut(&id)) {
+                (Some(qc), Some(q), _) => self.node.flush(now, id, &mut ConnStreams { ep: &mut q.ep, conn: qc }),
+                (None, _, Some(Some(m))) => self.node.flush(now, id, m),
                 _ => {}
             }
             self.pump(now, id);
