@@ -76,8 +76,10 @@ struct QuicSide {
 pub struct ByteNode {
     node: Node,
     noise_static: std::sync::Arc<crate::noise::StaticKey>,
-    /// TCP-like connections; `None` while our dial is in progress.
-    conns: BTreeMap<ConnId, Option<Connection>>,
+    /// TCP-like connections; `None` while our dial is in progress. Boxed: a `Connection` is ~1.6 KiB
+    /// and B-tree nodes with ascending keys stay about half full, so unboxed each one cost as much again
+    /// in empty slots (a simulation holds millions).
+    conns: BTreeMap<ConnId, Option<Box<Connection>>>,
     quic: Option<QuicSide>,
     out: VecDeque<Output>,
     /// See [`ByteNode::set_send_limit`].
@@ -276,7 +278,7 @@ impl ByteNode {
                 let seed = self.node.child_seed();
                 let cfg = self.conn_config();
                 let expected = self.node.expected_peer(conn).cloned();
-                self.conns.insert(conn, Some(Connection::new(role, cfg, expected, now, seed)));
+                self.conns.insert(conn, Some(Box::new(Connection::new(role, cfg, expected, now, seed))));
                 self.pump(now, conn);
             }
             Input::Data { conn, data } => {
@@ -343,7 +345,7 @@ impl ByteNode {
             }
             match (qc, self.quic.as_mut(), self.conns.get_mut(&id)) {
                 (Some(qc), Some(q), _) => self.node.flush(now, id, &mut ConnStreams { ep: &mut q.ep, conn: qc }),
-                (None, _, Some(Some(m))) => self.node.flush(now, id, m),
+                (None, _, Some(Some(m))) => self.node.flush(now, id, &mut **m),
                 _ => {}
             }
             self.pump(now, id);
@@ -419,7 +421,7 @@ impl ByteNode {
             loop {
                 let Some(Some(m)) = self.conns.get_mut(&id) else { return };
                 let Some(ev) = m.poll_event() else { break };
-                if let Some(ConnEvent::InboundStream { id: s, .. }) = self.node.on_conn_event(now, id, ev, m) {
+                if let Some(ConnEvent::InboundStream { id: s, .. }) = self.node.on_conn_event(now, id, ev, &mut **m) {
                     // Nobody serves it here: refuse.
                     m.stream_reset(s);
                 }
