@@ -40,7 +40,8 @@ pub struct Config {
     /// The std instant our `Instant(0)` stands for.
     pub base: std::time::Instant,
     /// Streams the peer may open at once ([`DEFAULT_MAX_STREAMS`]); a connection starts with
-    /// [`INITIAL_STREAM_LIMIT`] and grows to this as the peer uses them.
+    /// [`INITIAL_STREAM_LIMIT`] and grows to this as the peer uses them. Also the most of our own opens
+    /// that may wait on one connection for the peer's limit (beyond: `TooManyStreams`).
     pub max_streams: u32,
     /// Connections at once. Default 1024.
     pub max_connections: usize,
@@ -106,9 +107,11 @@ pub struct Transmit {
 
 /// How many streams a peer may open at once on a new connection, before it uses them: quinn keeps an
 /// entry per allowed stream in two maps from the start (~17 KiB per connection at 256), so a
-/// connection starts at 64 and the limit doubles, up to `Config::max_streams`, each time the peer has
-/// half of it open — as the receive windows grow only for connections that move data.
-pub const INITIAL_STREAM_LIMIT: u32 = 64;
+/// connection starts small and the limit doubles, up to `Config::max_streams`, each time the peer has
+/// half of it open — as the receive windows grow only for connections that move data. Openers beyond
+/// a peer's current limit wait for its MAX_STREAMS (go's and rust's do too; ours: `Endpoint::open`
+/// keeps up to `Config::max_streams` such opens per connection, counted in [`OpenStats`]).
+pub const INITIAL_STREAM_LIMIT: u32 = 16;
 
 /// Default for `Config::max_streams`.
 pub const DEFAULT_MAX_STREAMS: u32 = 256;
@@ -180,6 +183,28 @@ struct StreamEntry {
     /// Opened optimistically (multistream-select's lazy mode): reported ready and writable before the
     /// listener confirmed the protocol.
     lazy: bool,
+    /// Opened by us while the peer's stream limit was reached: its id is the one quinn will give it, it
+    /// is not in quinn yet, and its proposal is written when credit comes (`QConn::waiting`).
+    waiting: bool,
+    /// Closed (FIN) by its owner while waiting: finished as soon as it is opened.
+    finish_on_open: bool,
+    /// A lazy open that waits: the protocol it reports ready with once opened.
+    ready_with: Option<String>,
+}
+
+impl StreamEntry {
+    fn new(neg: Negotiator, outbound: bool, lazy: bool) -> StreamEntry {
+        StreamEntry {
+            neg: Some((neg, Vec::new())),
+            prebuf: Vec::new(),
+            outbound,
+            remote_fin: false,
+            lazy,
+            waiting: false,
+            finish_on_open: false,
+            ready_with: None,
+        }
+    }
 }
 
 struct QConn {
@@ -201,9 +226,24 @@ struct QConn {
     read: u64,
     /// How many streams the peer may open at once now (grows to `Config::max_streams`).
     stream_limit: u32,
+    /// Bidirectional streams quinn has opened for us: the next one gets index `opened`.
+    opened: u64,
+    /// Ids of our opens waiting for the peer's MAX_STREAMS, in the order quinn will number them (a
+    /// waiting open its owner gave up keeps its place: opened then reset at once).
+    waiting: VecDeque<u64>,
 }
 
 impl QConn {
+    /// Writes the proposal of a stream quinn just opened for us.
+    fn start_stream(&mut self, id: quinn_proto::StreamId) -> Option<()> {
+        let e = self.streams.get_mut(&u64::from(id))?;
+        let (neg, _) = e.neg.as_mut()?;
+        if let Some(b) = neg.poll_transmit() {
+            let _ = self.conn.send_stream(id).write(&b);
+        }
+        Some(())
+    }
+
     fn new(conn: quinn_proto::Connection, expected: Option<PeerId>, remote: SocketAddr, outbound: bool, config: &Config) -> QConn {
         QConn {
             conn,
@@ -215,6 +255,8 @@ impl QConn {
             handshaking_in: !outbound,
             streams: BTreeMap::new(),
             stream_limit: config.initial_stream_limit(),
+            opened: 0,
+            waiting: VecDeque::new(),
             window: u64::from(config.initial_window()),
             buffers: None,
             epoch: Instant(0),
@@ -265,6 +307,16 @@ pub struct LossStats {
     pub slow_start_exits: u64,
 }
 
+/// Our stream opens that met the peer's stream limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenStats {
+    /// Opens that waited for the peer's MAX_STREAMS.
+    pub waited: u64,
+    /// Opens refused (`TooManyStreams`) because `Config::max_streams` opens already waited on that
+    /// connection.
+    pub refused: u64,
+}
+
 /// Receive-window growth on an endpoint's connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowStats {
@@ -278,7 +330,9 @@ pub struct Endpoint {
     ep: quinn_proto::Endpoint,
     server: Arc<quinn_proto::ServerConfig>,
     client: quinn_proto::ClientConfig,
-    conns: BTreeMap<ConnectionHandle, QConn>,
+    /// Boxed: a `QConn` is ~6 KiB (quinn's connection inline) and a B-tree leaf holds 11 values, about
+    /// half of them used: unboxed, each connection cost ~5 KiB of empty slots (measured per idle connection).
+    conns: BTreeMap<ConnectionHandle, Box<QConn>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Lent to rustls while quinn-proto runs the handshakes (`tls::RngScope`).
@@ -288,6 +342,7 @@ pub struct Endpoint {
     inbound_handshaking: usize,
     /// Inbound connections refused before their handshake (limits above, or `max_connections`).
     refused_handshakes: u64,
+    opens: OpenStats,
     windows: WindowStats,
     losses: Arc<congestion::Counters>,
     /// The latest time a caller passed in: quinn's pacer and loss timers need time that never goes back,
@@ -396,6 +451,7 @@ impl Endpoint {
             handshakes: rcmgr::IpLimiter::new(config_ip),
             inbound_handshaking: 0,
             refused_handshakes: 0,
+            opens: OpenStats::default(),
             windows: WindowStats::default(),
             losses,
             last_now: Instant(0),
@@ -465,7 +521,7 @@ impl Endpoint {
         let t = self.std_now(now);
         // SNI is disabled in the rustls config; quinn still wants a syntactically valid name.
         let (h, conn) = self.ep.connect(t, self.client.clone(), addr, "libp2p.invalid").map_err(|e| QuicError::Connect(e.to_string()))?;
-        self.conns.insert(h, QConn::new(conn, expected, addr, true, &self.config));
+        self.conns.insert(h, Box::new(QConn::new(conn, expected, addr, true, &self.config)));
         self.drive(now, h);
         Ok(QuicConnId(h.0))
     }
@@ -509,7 +565,7 @@ impl Endpoint {
                 let mut buf = Vec::new();
                 match self.ep.accept(incoming, t, &mut buf, Some(self.server.clone())) {
                     Ok((h, conn)) => {
-                        self.conns.insert(h, QConn::new(conn, None, from, false, &self.config));
+                        self.conns.insert(h, Box::new(QConn::new(conn, None, from, false, &self.config)));
                         self.drive(now, h);
                     }
                     Err(e) => {
@@ -631,6 +687,11 @@ impl Endpoint {
         }
     }
 
+    /// Our opens that waited for, or were refused at, the peer's stream limit.
+    pub fn open_stats(&self) -> OpenStats {
+        self.opens
+    }
+
     /// Receive-window doublings so far.
     pub fn window_stats(&self) -> WindowStats {
         self.windows
@@ -721,10 +782,7 @@ impl Endpoint {
                 if let Some(b) = neg.poll_transmit() {
                     let _ = c.conn.send_stream(id).write(&b);
                 }
-                c.streams.insert(
-                    u64::from(id),
-                    StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: false, remote_fin: false, lazy: false },
-                );
+                c.streams.insert(u64::from(id), StreamEntry::new(neg, false, false));
                 // Counted only while the limit can still grow (each inbound stream passes here).
                 let can_grow = c.stream_limit < self.config.max_streams;
                 if can_grow && c.streams.values().filter(|e| !e.outbound).count() as u32 * 2 >= c.stream_limit {
@@ -765,6 +823,7 @@ impl Endpoint {
                     self.events.push_back(Event::Writable { conn: cid, id: s });
                 }
             }
+            quinn_proto::StreamEvent::Available { dir: Dir::Bi } => self.open_waiting(cid, h),
             quinn_proto::StreamEvent::Finished { .. } | quinn_proto::StreamEvent::Available { .. } => {}
         }
     }
@@ -841,7 +900,7 @@ impl Endpoint {
     }
 
     fn conn_mut(&mut self, conn: QuicConnId) -> Option<&mut QConn> {
-        self.conns.get_mut(&ConnectionHandle(conn.0))
+        self.conns.get_mut(&ConnectionHandle(conn.0)).map(|c| &mut **c)
     }
 
     pub fn open_stream(&mut self, now: Instant, conn: QuicConnId, protocols: Vec<String>) -> Result<StreamId, StreamError> {
@@ -854,28 +913,89 @@ impl Endpoint {
     /// listener that refuses resets the stream.
     pub fn open_stream_lazy(&mut self, now: Instant, conn: QuicConnId, protocol: String) -> Result<StreamId, StreamError> {
         let now = self.clock(now);
-        let id = self.open(now, conn, vec![protocol.clone()], true)?;
-        self.events.push_back(Event::OutboundReady { conn, id, protocol });
-        Ok(id)
+        self.open(now, conn, vec![protocol], true)
     }
 
     fn open(&mut self, now: Instant, conn: QuicConnId, protocols: Vec<String>, lazy: bool) -> Result<StreamId, StreamError> {
+        let max_waiting = self.config.max_streams as usize;
         let c = self.conn_mut(conn).ok_or(StreamError::Unknown)?;
-        if !c.established {
+        if !c.established || c.conn.is_closed() {
             return Err(StreamError::GoingAway);
         }
-        let id = c.conn.streams().open(Dir::Bi).ok_or(StreamError::TooManyStreams)?;
+        let ready_with = if lazy { protocols.first().cloned() } else { None };
+        let neg = Negotiator::dialer(protocols);
+        // Behind waiting opens, or beyond the peer's limit: wait for its MAX_STREAMS as go's and rust's
+        // openers do, with the id quinn will give the stream (quinn numbers our streams in order).
+        let opened = if c.waiting.is_empty() { c.conn.streams().open(Dir::Bi) } else { None };
+        let Some(id) = opened else {
+            if c.waiting.len() >= max_waiting {
+                self.opens.refused += 1;
+                tracing::debug!(
+                    conn = conn.0,
+                    waiting = max_waiting,
+                    "quic: stream open refused: too many opens wait for the peer's stream limit"
+                );
+                return Err(StreamError::TooManyStreams);
+            }
+            let index = c.opened + c.waiting.len() as u64;
+            let id = quinn_proto::StreamId::new(c.conn.side(), Dir::Bi, index);
+            let s = sid(id).ok_or(StreamError::TooManyStreams)?;
+            c.waiting.push_back(u64::from(id));
+            let mut e = StreamEntry::new(neg, true, lazy);
+            e.waiting = true;
+            e.ready_with = ready_with;
+            c.streams.insert(u64::from(id), e);
+            self.opens.waited += 1;
+            return Ok(s);
+        };
+        c.opened += 1;
         let s = sid(id).ok_or(StreamError::TooManyStreams)?;
-        let mut neg = Negotiator::dialer(protocols);
-        if let Some(b) = neg.poll_transmit() {
-            let _ = c.conn.send_stream(id).write(&b);
+        c.streams.insert(u64::from(id), StreamEntry::new(neg, true, lazy));
+        let _ = c.start_stream(id);
+        if let Some(protocol) = ready_with {
+            self.events.push_back(Event::OutboundReady { conn, id: s, protocol });
         }
-        c.streams.insert(
-            u64::from(id),
-            StreamEntry { neg: Some((neg, Vec::new())), prebuf: Vec::new(), outbound: true, remote_fin: false, lazy },
-        );
         self.drive(now, ConnectionHandle(conn.0));
         Ok(s)
+    }
+
+    /// The peer raised its stream limit: opens that waited for it get their streams, in order.
+    fn open_waiting(&mut self, cid: QuicConnId, h: ConnectionHandle) {
+        let Some(c) = self.conns.get_mut(&h) else { return };
+        while let Some(&want) = c.waiting.front() {
+            let Some(id) = c.conn.streams().open(Dir::Bi) else { break };
+            c.waiting.pop_front();
+            c.opened += 1;
+            debug_assert_eq!(u64::from(id), want, "quinn numbers our streams in order");
+            match c.streams.get_mut(&u64::from(id)) {
+                Some(e) if u64::from(id) == want => {
+                    e.waiting = false;
+                    let ready_with = e.ready_with.take();
+                    let fin = std::mem::take(&mut e.finish_on_open);
+                    let _ = c.start_stream(id);
+                    if fin {
+                        let _ = c.conn.send_stream(id).finish();
+                    }
+                    if let (Some(protocol), Some(s)) = (ready_with, sid(id)) {
+                        // Ready now, and writable: whatever its owner wrote meanwhile was refused (0).
+                        self.events.push_back(Event::OutboundReady { conn: cid, id: s, protocol });
+                        self.events.push_back(Event::Writable { conn: cid, id: s });
+                    }
+                }
+                _ => {
+                    // Given up while waiting (or, never expected, numbered differently): release it.
+                    if let Some(e) = c.streams.remove(&want) {
+                        if e.outbound {
+                            if let Some(s) = sid(quinn_proto::StreamId::from(VarInt::from_u64(want).expect("invariant: a stream id"))) {
+                                self.events.push_back(Event::OutboundFailed { conn: cid, id: s, reason: OpenError::ConnectionClosed });
+                            }
+                        }
+                    }
+                    let _ = c.conn.send_stream(id).reset(VarInt::from_u32(0));
+                    let _ = c.conn.recv_stream(id).stop(VarInt::from_u32(0));
+                }
+            }
+        }
     }
 
     pub fn stream_read(&mut self, now: Instant, conn: QuicConnId, id: StreamId, buf: &mut [u8]) -> ReadResult {
@@ -933,7 +1053,7 @@ impl Endpoint {
         let c = self.conn_mut(conn).ok_or(StreamError::Reset)?;
         match c.streams.get(&u64::from(id.0)) {
             None => return Err(StreamError::Reset),
-            Some(e) if e.neg.is_some() && !e.lazy => return Ok(0),
+            Some(e) if e.waiting || (e.neg.is_some() && !e.lazy) => return Ok(0),
             _ => {}
         }
         let r = match c.conn.send_stream(qsid(id)).write(data) {
@@ -951,7 +1071,12 @@ impl Endpoint {
     pub fn stream_close(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
         let now = self.clock(now);
         if let Some(c) = self.conn_mut(conn) {
-            let _ = c.conn.send_stream(qsid(id)).finish();
+            match c.streams.get_mut(&u64::from(id.0)) {
+                Some(e) if e.waiting => e.finish_on_open = true,
+                _ => {
+                    let _ = c.conn.send_stream(qsid(id)).finish();
+                }
+            }
         }
         self.drive(now, ConnectionHandle(conn.0));
     }
@@ -959,7 +1084,10 @@ impl Endpoint {
     pub fn stream_reset(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
         let now = self.clock(now);
         if let Some(c) = self.conn_mut(conn) {
-            c.streams.remove(&u64::from(id.0));
+            // A waiting open is forgotten; quinn resets it when it opens it (`open_waiting`).
+            if c.streams.remove(&u64::from(id.0)).is_some_and(|e| e.waiting) {
+                return;
+            }
             let _ = c.conn.send_stream(qsid(id)).reset(VarInt::from_u32(0));
             let _ = c.conn.recv_stream(qsid(id)).stop(VarInt::from_u32(0));
         }
@@ -970,7 +1098,7 @@ impl Endpoint {
     pub fn stream_release(&mut self, now: Instant, conn: QuicConnId, id: StreamId) {
         let now = self.clock(now);
         if let Some(c) = self.conn_mut(conn) {
-            if c.streams.remove(&u64::from(id.0)).is_some() {
+            if c.streams.remove(&u64::from(id.0)).is_some_and(|e| !e.waiting) {
                 let _ = c.conn.send_stream(qsid(id)).finish();
                 let _ = c.conn.recv_stream(qsid(id)).stop(VarInt::from_u32(0));
             }
@@ -1322,32 +1450,102 @@ mod tests {
         assert_eq!(cubic_stats, LossStats::default(), "quinn's Cubic is not counted");
     }
 
-    /// A connection lets the peer open 64 streams at once at first; the limit doubles each time half of
-    /// it is open, up to `max_streams` (256), so a peer that keeps 200 streams open gets them all.
+    /// A connection lets the peer open `INITIAL_STREAM_LIMIT` streams at once at first; the limit
+    /// doubles each time half of it is open, up to `max_streams` (256), so a peer that opens 200 streams
+    /// at once gets them all: the opens beyond the limit wait for MAX_STREAMS (as go's and rust's
+    /// openers do) instead of failing.
     #[test]
     fn quic_stream_limit_grows_with_the_streams_the_peer_keeps_open() {
         let mem = rcmgr::Memory::new(64 << 20);
         let (mut a, mut b, mut path, conn, mut now, _) = pair_with_memory(&mem);
         let bconn = ConnectionHandle(b.conns.keys().next().unwrap().0);
         assert_eq!(b.conns[&bconn].stream_limit, INITIAL_STREAM_LIMIT);
-        let (mut opened, mut refused, mut accepted) = (0, 0, 0);
+        let ids: Vec<StreamId> = (0..200).map(|_| a.open_stream(now, conn, vec!["/sink/1".into()]).unwrap()).collect();
+        assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 200, "distinct ids");
+        assert_eq!(a.open_stats().waited, 200 - u64::from(INITIAL_STREAM_LIMIT));
+        let (mut ready, mut accepted) = (std::collections::BTreeSet::new(), 0);
         for _ in 0..200 {
-            while opened < 200 {
-                match a.open_stream(now, conn, vec!["/sink/1".into()]) {
-                    Ok(_) => opened += 1,
-                    Err(StreamError::TooManyStreams) => {
-                        refused += 1;
-                        break;
-                    }
-                    Err(e) => panic!("{e:?}"),
-                }
-            }
             path.step(&mut a, &mut b, &mut now);
             accepted += std::iter::from_fn(|| b.poll_event()).filter(|e| matches!(e, Event::InboundStream { .. })).count();
+            for e in std::iter::from_fn(|| a.poll_event()) {
+                if let Event::OutboundReady { id, .. } = e {
+                    ready.insert(id);
+                }
+            }
         }
-        assert_eq!((opened, accepted), (200, 200));
-        assert!(refused > 0, "the opener waited for credit at least once");
+        assert_eq!(accepted, 200);
+        assert_eq!(ready, ids.into_iter().collect(), "each open became ready under the id it was given");
         assert_eq!(b.conns[&bconn].stream_limit, 256);
+        assert_eq!(a.open_stats().refused, 0);
+    }
+
+    /// Opens that wait for the peer's stream limit: a lazy one is reported ready (and writable) only
+    /// when quinn has opened it, and its request then arrives; one given up while waiting never reaches
+    /// the peer as a stream it can use; at most `max_streams` wait, the next is refused and counted;
+    /// a connection that closes fails the ones still waiting.
+    #[test]
+    fn quic_opens_beyond_the_peers_limit_wait_for_credit() {
+        let mem = rcmgr::Memory::new(64 << 20);
+        let (mut a, mut b, mut path, conn, mut now, _) = pair_with_memory(&mem);
+        // Fill the peer's initial limit with streams b never answers on (it accepts them, so the
+        // limit grows only when half are open — they all are, so credit comes).
+        for _ in 0..INITIAL_STREAM_LIMIT {
+            a.open_stream(now, conn, vec!["/sink/1".into()]).unwrap();
+        }
+        let gone = a.open_stream(now, conn, vec!["/sink/1".into()]).unwrap();
+        let lazy = a.open_stream_lazy(now, conn, "/sink/1".into()).unwrap();
+        assert_eq!(a.open_stats().waited, 2);
+        let evs: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+        assert!(!evs.iter().any(|e| matches!(e, Event::OutboundReady { id, .. } if *id == lazy)), "not ready before credit: {evs:?}");
+        assert_eq!(a.stream_write(now, conn, lazy, b"early"), Ok(0), "a waiting stream takes no bytes");
+        a.stream_reset(now, conn, gone);
+        let (mut ready_lazy, mut writable_lazy, mut inbound) = (false, false, Vec::new());
+        for _ in 0..100 {
+            path.step(&mut a, &mut b, &mut now);
+            let evs: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+            for e in evs {
+                match e {
+                    Event::OutboundReady { id, .. } if id == lazy => {
+                        ready_lazy = true;
+                        assert_eq!(a.stream_write(now, conn, lazy, b"hello"), Ok(5));
+                    }
+                    Event::Writable { id, .. } if id == lazy => writable_lazy = true,
+                    Event::OutboundReady { id, .. } | Event::OutboundFailed { id, .. } => assert_ne!(id, gone, "given up"),
+                    _ => {}
+                }
+            }
+            for e in std::iter::from_fn(|| b.poll_event()) {
+                if let Event::InboundStream { conn, id, .. } = e {
+                    inbound.push((conn, id));
+                }
+            }
+        }
+        assert!(ready_lazy && writable_lazy);
+        assert!(!inbound.iter().any(|(_, id)| *id == gone), "the given-up stream never became b's");
+        let (bc, bid) = *inbound.iter().find(|(_, id)| *id == lazy).expect("the lazy stream reached b");
+        let mut buf = [0u8; 16];
+        assert!(matches!(b.stream_read(now, bc, bid, &mut buf), ReadResult::Data(5)), "its request arrived");
+        assert_eq!(&buf[..5], b"hello");
+
+        // Use up b's credit; then a may keep `max_streams` (256) opens waiting, and no more.
+        let before = a.open_stats();
+        for _ in 0..1000 {
+            if a.open_stats().waited - before.waited == 256 {
+                break;
+            }
+            a.open_stream(now, conn, vec!["/sink/1".into()]).unwrap();
+        }
+        assert_eq!(a.open_stats().waited - before.waited, 256);
+        assert_eq!(a.open_stream(now, conn, vec!["/sink/1".into()]), Err(StreamError::TooManyStreams));
+        assert_eq!(a.open_stats().refused, 1);
+        while a.poll_event().is_some() {}
+        a.close(now, conn);
+        let mut failed = 0;
+        for _ in 0..2000 {
+            path.step(&mut a, &mut b, &mut now);
+            failed += std::iter::from_fn(|| a.poll_event()).filter(|e| matches!(e, Event::OutboundFailed { .. })).count();
+        }
+        assert!(failed >= 256, "every waiting open failed with the connection: {failed}");
     }
 
     /// A connection we close ourselves is reported `Closed` (once, as `Local`) when quinn has drained

@@ -304,6 +304,11 @@ impl Inner {
         lock(&self.quic).clone().map_or(0, |q| q.handshakes_refused())
     }
 
+    /// Our QUIC stream opens that met a peer's stream limit (all 0 without an endpoint).
+    pub(crate) fn quic_open_stats(&self) -> hyphae_core::quic::OpenStats {
+        lock(&self.quic).clone().map(|q| q.open_stats()).unwrap_or_default()
+    }
+
     fn poll_node_events(&self) -> Vec<node::Event> {
         let mut n = self.node();
         std::iter::from_fn(|| n.poll_event()).collect()

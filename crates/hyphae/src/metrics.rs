@@ -102,6 +102,16 @@ impl Host {
             "Streams reset by the resource manager (either direction), by the scope that was full",
             streams_refused,
         );
+        let opens: Family<Labels, Counter> = Family::default();
+        let os = self.inner.quic_open_stats();
+        for (outcome, v) in [("waited", os.waited), ("refused", os.refused)] {
+            opens.get_or_create(&labels(&[("outcome", outcome)])).inc_by(v);
+        }
+        r.register(
+            "quic_stream_opens_limited",
+            "QUIC stream opens that met the peer's stream limit: waited for its MAX_STREAMS, or refused with max_streams opens already waiting",
+            opens,
+        );
         let usage: Family<Labels, Gauge> = Family::default();
         let limit: Family<Labels, Gauge> = Family::default();
         for (scope, u, l) in [("system", rc_sys, rc_limits.system), ("transient", rc_tr, rc_limits.transient)] {

@@ -71,6 +71,11 @@ impl QuicShared {
         self.lock().ep.handshake_stats().1
     }
 
+    /// Our stream opens that waited for, or were refused at, peers' stream limits.
+    pub(crate) fn open_stats(&self) -> quic::OpenStats {
+        self.lock().ep.open_stats()
+    }
+
     fn lock(&self) -> MutexGuard<'_, QuicState> {
         crate::handle::lock(&self.state)
     }
