@@ -1254,9 +1254,10 @@ impl Router {
                 out.extend_from_slice(&f);
             }
         }
-        if !held.is_empty() {
-            held.append(&mut q.urgent);
-            q.urgent = held;
+        // Back in front, in their order: O(held), not O(queue) (a large message waiting for its turn is
+        // passed over on every call).
+        while let Some(e) = held.pop_back() {
+            q.urgent.push_front(e);
         }
         (!out.is_empty()).then_some((out, took_large))
     }
