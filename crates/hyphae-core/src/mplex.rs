@@ -235,6 +235,11 @@ impl Mplex {
 
     #[must_use]
     /// The outgoing buffer is at its limit (writes wait).
+    /// Bytes of frames waiting to be taken by `poll_transmit`.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
     pub fn is_output_full(&self) -> bool {
         // A frame header is two varints of at most 10 bytes each.
         self.out.len() + 20 >= self.limits.max_out_buffer

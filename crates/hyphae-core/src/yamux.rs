@@ -548,6 +548,11 @@ impl Yamux {
         !self.out.is_empty()
     }
 
+    /// Bytes of frames waiting to be taken by `poll_transmit`.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

@@ -5,6 +5,7 @@
 //! channel hop per chunk.
 
 use crate::handle::{since, Action, ConnShared, ConnState, Direction, HostLink, READ_CHUNK};
+use crate::live::SendGate;
 use hyphae_core::conn::{CloseReason, Connection, Role};
 use hyphae_core::node::ConnId;
 use hyphae_core::{Multiaddr, PeerId};
@@ -49,6 +50,12 @@ pub(crate) fn spawn_connection(
     lazy_security: bool,
 ) {
     let _ = socket.set_nodelay(true);
+    if inner.send_gate().is_on() {
+        // Accepted by the socket then means nearly sent (see `SendGate`).
+        if let Err(e) = socket2::SockRef::from(&socket).set_tcp_notsent_lowat(SendGate::NOTSENT_LOWAT) {
+            tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not set");
+        }
+    }
     let local_addr = socket.local_addr().map(Multiaddr::from_tcp).unwrap_or_default();
     let remote_addr = socket.peer_addr().map(Multiaddr::from_tcp).unwrap_or_default();
     let role = match direction {
@@ -118,6 +125,7 @@ async fn write_loop(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     reader: tokio::task::JoinHandle<()>,
 ) {
+    let gated = inner.send_gate().is_on();
     loop {
         let (out, deadline, closed, actions) = {
             let mut st = shared.lock();
@@ -126,12 +134,15 @@ async fn write_loop(
                 st.tcp().handle_timeout(now);
             }
             let out = st.tcp().poll_transmit();
+            if let (true, Some(o)) = (gated, &out) {
+                count_taken(inner.send_gate(), &mut st, o.len());
+            }
             let actions = dispatch(&shared, &mut st, &*inner);
             (out, st.tcp().poll_timeout(), st.closed.is_some(), actions)
         };
         inner.handle_actions(&shared, actions);
         if let Some(out) = out {
-            let r = wr.write_all(&out).await;
+            let r = if gated { write_gated(&*inner, &shared, &mut wr, &out).await } else { wr.write_all(&out).await };
             if r.is_ok() {
                 inner.live().tcp_out.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
@@ -153,7 +164,63 @@ async fn write_loop(
         }
         crate::handle::wait_for_wake_or_deadline(&shared.notify, shared.epoch, deadline).await;
     }
+    // Whatever it still counted will not be sent.
+    let counted = std::mem::take(&mut shared.lock().gate_counted);
+    inner.send_gate().sub(counted);
     let _ = wr.shutdown().await;
     reader.abort();
     inner.conn_finished(&shared);
+}
+
+/// The writer took `n` bytes for the socket: all of them count in the send gate (the node's own writes
+/// among them may be counted already, by `Inner::node_flush`), unless the connection is stalled.
+fn count_taken(gate: &SendGate, st: &mut ConnState, n: usize) {
+    if !st.gate_stalled && n > st.gate_counted {
+        gate.add(n - st.gate_counted);
+        st.gate_counted = n;
+    }
+}
+
+/// `write_all` for a host with a send gate: each write the socket accepts leaves the count; a socket
+/// that accepts nothing for `SendGate::STALL` stops its connection counting until it moves again.
+async fn write_gated(
+    inner: &dyn HostLink,
+    shared: &ConnShared,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &[u8],
+) -> std::io::Result<()> {
+    let gate = inner.send_gate();
+    let mut off = 0;
+    while off < out.len() {
+        let n = match tokio::time::timeout(SendGate::STALL, wr.write(&out[off..])).await {
+            Ok(r) => r?,
+            Err(_) => {
+                {
+                    let mut st = shared.lock();
+                    if !st.gate_stalled {
+                        st.gate_stalled = true;
+                        gate.stalls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(
+                            conn = shared.id,
+                            counted = st.gate_counted,
+                            "send gate: socket took nothing for 100 ms, stops counting"
+                        );
+                    }
+                    gate.sub(std::mem::take(&mut st.gate_counted));
+                }
+                // Cancel-safe: a write that timed out wrote nothing.
+                wr.write(&out[off..]).await?
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        off += n;
+        let mut st = shared.lock();
+        st.gate_stalled = false;
+        let d = n.min(st.gate_counted);
+        st.gate_counted -= d;
+        gate.sub(d);
+    }
+    Ok(())
 }

@@ -38,6 +38,8 @@ pub(crate) trait HostLink: Send + Sync + 'static {
     fn epoch(&self) -> std::time::Instant;
     /// Counters the drivers keep (bytes on the wire).
     fn live(&self) -> &crate::live::Live;
+    /// The shared-uplink gate on services' TCP writes (`HostConfig::send_limit`).
+    fn send_gate(&self) -> &crate::live::SendGate;
     /// An inbound stream handed to the application is gone (its handle dropped): it leaves the
     /// resource manager's stream budgets. Called without any lock held.
     fn stream_gone(&self, conn: u64, stream: StreamId);
@@ -101,6 +103,11 @@ pub(crate) struct ConnState {
     pub security: String,
     pub muxer: String,
     pub closed: Option<CloseReason>,
+    /// Bytes of this connection's output counted in the host's `SendGate` (written by the node's
+    /// services, not yet taken by the socket).
+    pub gate_counted: usize,
+    /// The socket took nothing for `SendGate::STALL`: this connection does not count until it moves.
+    pub gate_stalled: bool,
 }
 
 /// What the host must do after the connection machine produced events (done outside the lock).
@@ -246,6 +253,8 @@ impl ConnState {
             security: String::new(),
             muxer: String::new(),
             closed: None,
+            gate_counted: 0,
+            gate_stalled: false,
         }
     }
 

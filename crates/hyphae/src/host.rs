@@ -120,6 +120,17 @@ pub struct HostConfig {
     /// losses the path shows as congestion (a grown round trip, or over 2% of two rounds' bytes lost);
     /// `Cubic` takes every loss for congestion, as RFC 9002 does. See `hyphae_core::quic::congestion`.
     pub quic_congestion: hyphae_core::quic::Congestion,
+    /// A shared-uplink gate for TCP: while this many bytes or more of what the node's services wrote
+    /// (gossipsub, identify, kad, ...) have not been taken by the sockets, their further writes on TCP
+    /// connections wait in the node machine, so gossipsub's staggered sending
+    /// (`gossipsub::Config::stagger`) hands a large message to one peer at a time as the uplink frees up
+    /// and a queued copy can still be taken back by an IDONTWANT. Sockets then get
+    /// `TCP_NOTSENT_LOWAT` (16 KiB) so that "taken" means "nearly sent"; a connection whose socket takes
+    /// nothing for 100 ms stops counting (one peer that does not read cannot hold the rest). Streams
+    /// the application opens itself (`new_stream`, perf) are not gated. Default `None` (off; not yet
+    /// measured on a real uplink: see BENCHMARKS.md). The simulator's counterpart is the `uplink_queue`
+    /// node setting.
+    pub send_limit: Option<usize>,
 }
 
 /// go-libp2p's default budgets for this machine: go's `AutoScale` gives libp2p an eighth of the
@@ -161,6 +172,7 @@ impl HostConfig {
             dht: kad::Config::default(),
             pubsub: gossipsub::Config::default(),
             quic_congestion: Default::default(),
+            send_limit: None,
             data_dir: None,
         }
     }
@@ -283,6 +295,7 @@ pub(crate) struct Inner {
     lazy_refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
     /// What the drivers count for the metrics (bytes, ping round trips).
     pub(crate) live: crate::live::Live,
+    pub(crate) gate: crate::live::SendGate,
     /// The resource manager's system memory: every muxer reserves its receive buffers from it.
     pub(crate) memory: rcmgr::Memory,
     /// The persistent peerstore (`HostConfig::data_dir`), and the lock that keeps its batches in order.
@@ -323,17 +336,27 @@ impl Inner {
         self.node().protocols()
     }
 
-    /// Lends connection `id` to the node machine to apply what its services queued for it.
+    /// Lends connection `id` to the node machine to apply what its services queued for it. Behind a
+    /// closed send gate a TCP connection's operations wait (they stay due).
     fn node_flush(&self, now: hyphae_core::Instant, id: ConnId) {
         let shared = lock(&self.conns).get(&id.0).cloned();
         let Some(shared) = shared else { return };
         match &shared.quic {
             Some((ep, qc)) => ep.with_streams(*qc, &mut |m| self.node().flush(now, id, m)),
+            None if self.gate.is_closed() => {}
             None => {
                 let mut st = shared.lock();
                 let mut actions = Vec::new();
                 if let Some(m) = st.conn.as_mut() {
+                    let before = m.buffered_output();
                     self.node().flush(now, id, m);
+                    // Counted now, not when the writer takes them: the next due connection's check must
+                    // see these bytes.
+                    let grown = m.buffered_output().saturating_sub(before);
+                    if self.gate.is_on() && !st.gate_stalled && grown > 0 {
+                        self.gate.add(grown);
+                        st.gate_counted += grown;
+                    }
                     // What the operations made the machine report at once (a lazily opened stream is
                     // ready without waiting for the peer) goes to the node now, not at the next input.
                     actions = crate::driver::dispatch(&shared, &mut st, self);
@@ -754,6 +777,9 @@ impl HostLink for Inner {
     fn live(&self) -> &crate::live::Live {
         &self.live
     }
+    fn send_gate(&self) -> &crate::live::SendGate {
+        &self.gate
+    }
     fn stream_gone(&self, conn: u64, stream: StreamId) {
         self.node().on_app_stream_gone(ConnId(conn), stream);
     }
@@ -816,6 +842,7 @@ impl Host {
             }
             None => None,
         };
+        let gate = crate::live::SendGate::new(config.send_limit, node_notify.clone());
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             noise_static,
@@ -834,6 +861,7 @@ impl Host {
             kad_waiters: Mutex::new(BTreeMap::new()),
             topics: Default::default(),
             live: Default::default(),
+            gate,
             memory,
             listen_addrs: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
@@ -1330,7 +1358,8 @@ async fn node_timer(inner: Weak<Inner>, notify: Arc<tokio::sync::Notify>) {
     loop {
         let (deadline, epoch) = {
             let Some(inner) = inner.upgrade() else { return };
-            let d = inner.node().poll_timeout();
+            // Behind a closed send gate, queued operations wait for the gate, not for a timer.
+            let d = if inner.gate.is_closed() { inner.node().poll_timeout_holding_outbox() } else { inner.node().poll_timeout() };
             (d, inner.epoch)
         };
         handle::wait_for_wake_or_deadline(&notify, epoch, deadline).await;

@@ -102,6 +102,24 @@ impl Host {
             "Streams reset by the resource manager (either direction), by the scope that was full",
             streams_refused,
         );
+        let gate = &self.inner.gate;
+        if gate.is_on() {
+            counter(
+                &mut r,
+                "send_gate_closed",
+                "Times services' TCP writes began to wait behind the send gate (HostConfig::send_limit)",
+                gate.closed.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut r,
+                "send_gate_stalls",
+                "Connections that stopped counting in the send gate after their socket took nothing for 100 ms",
+                gate.stalls.load(Ordering::Relaxed),
+            );
+            let unsent: Gauge = Gauge::default();
+            unsent.set(gate.unsent() as i64);
+            r.register("send_gate_unsent_bytes", "Bytes counted in the send gate: taken for TCP sockets, not yet accepted by them", unsent);
+        }
         let opens: Family<Labels, Counter> = Family::default();
         let os = self.inner.quic_open_stats();
         for (outcome, v) in [("waited", os.waited), ("refused", os.refused)] {

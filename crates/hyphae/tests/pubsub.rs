@@ -120,3 +120,86 @@ async fn pubsub_a_validator_decides_what_is_delivered_and_forwarded() {
     let s = b.pubsub().stats();
     assert_eq!((s.validation_accepted, s.validation_rejected, s.validation_ignored), (1, 1, 1));
 }
+
+/// The value of a metric line `name` (no labels) in `host.metrics_text()`.
+fn metric(h: &Host, name: &str) -> f64 {
+    let text = h.metrics_text();
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `HostConfig::send_limit`: a subscriber that stops reading its socket does not hold the others behind
+/// a publisher's 32 KiB send gate — once its socket has taken nothing for 100 ms its connection stops
+/// counting, and the other subscriber gets every large message while the stuck one is still frozen (on
+/// a fresh connection TCP's window, not yamux's, is what fills: the socket itself stops taking bytes).
+/// Then, everyone reading, every message arrives, the gate closed on the way, and nothing stays counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_send_gate_passes_large_messages_and_a_stuck_peer_does_not_hold_the_rest() {
+    // b runs on its own one-thread runtime, which the test blocks to stop it reading its sockets.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (freeze_tx, freeze_rx) = std::sync::mpsc::channel::<()>();
+    let (thaw_tx, thaw_rx) = std::sync::mpsc::channel::<()>();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let b_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let (b, addr) = host(KeyType::Ed25519).await;
+            let mut sub = b.pubsub().subscribe("blocks");
+            addr_tx.send(addr).unwrap();
+            let drain = |sub: &mut hyphae::Subscription| while sub.next_now().is_some() {};
+            while freeze_rx.try_recv().is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drain(&mut sub);
+            }
+            // Frozen: nothing on this runtime runs (its socket readers included) until thawed.
+            thaw_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+            while stop_rx.try_recv().is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drain(&mut sub);
+            }
+            b.close().await;
+        });
+    });
+    let addr_b = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap()).await.unwrap();
+    let mut cfg = HostConfig::new(Keypair::generate(KeyType::Ed25519, &mut rand_core::OsRng));
+    cfg.send_limit = Some(32 << 10);
+    let a = Host::new(cfg).await.unwrap();
+    let (c, addr_c) = host(KeyType::Ed25519).await;
+    a.connect(&addr_b).await.unwrap();
+    a.connect(&addr_c).await.unwrap();
+    let mut sc = c.pubsub().subscribe("blocks");
+    subscribers(&a, "blocks", 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // b stops reading; 40 × 200 kB, far more than its socket takes: c still gets all of it.
+    freeze_tx.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..40u8 {
+        a.pubsub().publish("blocks", vec![i; 200_000]).unwrap();
+    }
+    for i in 0..40u8 {
+        assert_eq!(next(&mut sc).await.data, vec![i; 200_000], "c gets every message while b is frozen");
+    }
+    assert!(metric(&a, "hyphae_send_gate_stalls_total") >= 1.0, "{}", a.metrics_text());
+    assert!(metric(&a, "hyphae_send_gate_closed_total") >= 1.0, "{}", a.metrics_text());
+
+    // Everyone reads again: more messages arrive and, once all is out, nothing stays counted.
+    thaw_tx.send(()).unwrap();
+    for i in 0..4u8 {
+        a.pubsub().publish("blocks", vec![100 + i; 200_000]).unwrap();
+    }
+    for i in 0..4u8 {
+        assert_eq!(next(&mut sc).await.data[0], 100 + i);
+    }
+    let mut unsent = f64::MAX;
+    for _ in 0..500 {
+        unsent = metric(&a, "hyphae_send_gate_unsent_bytes");
+        if unsent == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(unsent, 0.0, "{}", a.metrics_text());
+    stop_tx.send(()).unwrap();
+    tokio::task::spawn_blocking(move || b_thread.join().unwrap()).await.unwrap();
+}
