@@ -984,12 +984,8 @@ impl Endpoint {
                 }
                 _ => {
                     // Given up while waiting (or, never expected, numbered differently): release it.
-                    if let Some(e) = c.streams.remove(&want) {
-                        if e.outbound {
-                            if let Some(s) = sid(quinn_proto::StreamId::from(VarInt::from_u64(want).expect("invariant: a stream id"))) {
-                                self.events.push_back(Event::OutboundFailed { conn: cid, id: s, reason: OpenError::ConnectionClosed });
-                            }
-                        }
+                    if let (Some(_), Ok(s)) = (c.streams.remove(&want), u32::try_from(want)) {
+                        self.events.push_back(Event::OutboundFailed { conn: cid, id: StreamId(s), reason: OpenError::ConnectionClosed });
                     }
                     let _ = c.conn.send_stream(id).reset(VarInt::from_u32(0));
                     let _ = c.conn.recv_stream(id).stop(VarInt::from_u32(0));

@@ -47,7 +47,7 @@ pub(crate) struct SendGate {
     limit: Option<usize>,
     unsent: std::sync::atomic::AtomicUsize,
     wake: std::sync::Arc<tokio::sync::Notify>,
-    /// Times the gate closed (a write pushed the count to the limit or beyond).
+    /// Times the gate closed (bytes taken for sockets pushed the count to the limit or beyond).
     pub closed: AtomicU64,
     /// Connections that stopped counting after taking nothing for `STALL`.
     pub stalls: AtomicU64,

@@ -107,7 +107,7 @@ impl Host {
             counter(
                 &mut r,
                 "send_gate_closed",
-                "Times services' TCP writes began to wait behind the send gate (HostConfig::send_limit)",
+                "Times the send gate closed: the bytes waiting for TCP sockets reached HostConfig::send_limit",
                 gate.closed.load(Ordering::Relaxed),
             );
             counter(
