@@ -117,6 +117,14 @@ pub struct Config {
     /// A bootstrap nobody answered is tried again (through the bootstrap peers) after this, plus up to
     /// 25% jitter. Default 30 s.
     pub rebootstrap_after: Duration,
+    /// A node whose routing table holds this many peers or fewer bootstraps again (the seeds, a
+    /// self-lookup, the bucket refresh), checked every `low_table_interval` once it has bootstrapped:
+    /// go's `fixLowPeers` (minRTRefreshThreshold 10, every 2 min): a node that lost its peers, or joined
+    /// before the network did, meets the peers around it again before its first refresh (10 min).
+    /// Default 10; 0 turns it off.
+    pub low_table: usize,
+    /// Default 2 min.
+    pub low_table_interval: Duration,
     /// Provider records expire after this. Default 48 h (the spec's).
     pub provider_ttl: Duration,
     /// Keys we provide are announced again this often. Default 22 h (go's).
@@ -183,6 +191,8 @@ impl Default for Config {
             refresh_interval: Duration::from_secs(600),
             refresh_on_bootstrap: true,
             rebootstrap_after: Duration::from_secs(30),
+            low_table: 10,
+            low_table_interval: Duration::from_secs(120),
             provider_ttl: Duration::from_secs(48 * 3600),
             reprovide_interval: Duration::from_secs(22 * 3600),
             record_ttl: Duration::from_secs(48 * 3600),
@@ -276,6 +286,8 @@ pub struct Stats {
     pub lookup_stragglers: u64,
     pub queries_started: u64,
     pub queries_refused: u64,
+    /// Bootstraps started because the routing table held `Config::low_table` peers or fewer.
+    pub low_table_bootstraps: u64,
 }
 
 #[cfg(test)]

@@ -104,6 +104,8 @@ pub struct KadService {
     /// Peers given by `add_peer` (bootstrap peers), to join again through when nobody answered.
     seeds: Vec<(PeerId, Vec<Multiaddr>)>,
     next_rebootstrap: Option<Instant>,
+    /// When to check the table for `Config::low_table` (armed by the first bootstrap).
+    next_low_check: Option<Instant>,
     next_expire: Instant,
     /// Keys we provide, re-announced every `reprovide_interval`, and when next.
     providing: BTreeSet<Vec<u8>>,
@@ -135,6 +137,7 @@ impl KadService {
             refresh_after: BTreeSet::new(),
             seeds: Vec::new(),
             next_rebootstrap: None,
+            next_low_check: None,
             next_expire: Instant(0) + EXPIRE_EVERY,
             providing: BTreeSet::new(),
             next_reprovide: None,
@@ -215,6 +218,9 @@ impl KadService {
     /// bootstrap does — refreshes the far buckets, which the self-lookup leaves thin.
     pub fn bootstrap(&mut self, cx: &mut Cx<'_>) -> Result<QueryId, QueryError> {
         let key = self.local.to_bytes();
+        if self.next_low_check.is_none() && self.config.low_table > 0 {
+            self.next_low_check = Some(jittered(cx, self.config.low_table_interval, 10));
+        }
         let id = self.start(cx, Kind::Bootstrap, key)?;
         if self.config.refresh_on_bootstrap {
             self.refresh_after.insert(id);
@@ -855,10 +861,19 @@ impl Service for KadService {
         let reqs = self.requests.values().map(|r| r.deadline).min();
         let queries = self.queries.values().map(|q| q.deadline).min();
         let stragglers = self.queries.values().filter(|q| q.phase == Phase::Lookup).filter_map(|q| q.q.next_deadline()).min();
-        [reqs, queries, stragglers, self.next_refresh, self.next_reprovide, self.next_rebootstrap, Some(self.next_expire)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            reqs,
+            queries,
+            stragglers,
+            self.next_refresh,
+            self.next_reprovide,
+            self.next_rebootstrap,
+            self.next_low_check,
+            Some(self.next_expire),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) {
@@ -899,6 +914,21 @@ impl Service for KadService {
             }
             if let Err(e) = self.bootstrap(cx) {
                 tracing::debug!(error = %e, "re-bootstrap could not start");
+            }
+        }
+        if self.next_low_check.is_some_and(|t| t <= now) {
+            self.next_low_check = Some(jittered(cx, self.config.low_table_interval, 10));
+            let bootstrapping = self.queries.values().any(|q| matches!(q.kind, Kind::Bootstrap));
+            if self.table.len() <= self.config.low_table && !bootstrapping {
+                self.stats.low_table_bootstraps += 1;
+                tracing::debug!(peers = self.table.len(), "kad: routing table low, bootstrapping again");
+                for (p, a) in self.seeds.clone() {
+                    let r = self.table.insert(&p, &a, now);
+                    self.note_insert(cx, &p, r);
+                }
+                if let Err(e) = self.bootstrap(cx) {
+                    tracing::debug!(error = %e, "low-table bootstrap could not start");
+                }
             }
         }
         if self.next_refresh.is_some_and(|t| t <= now) {

@@ -246,3 +246,47 @@ fn kad_disjoint_path_lookups_find_peers_and_records() {
     p.run_for(Duration::from_secs(5));
     assert!(finished(&p, 2, q).expect("finished").is_ok());
 }
+
+/// go's `fixLowPeers`: a node that joined before the network did (here: as a client, so nobody kept
+/// it, then turned server) keeps a one-peer table and stays unknown to the peers around it until its
+/// refresh (10 min) — unless a table of `low_table` peers or fewer makes it bootstrap again, checked
+/// every `low_table_interval` (2 min): then it meets its neighbours and they keep it.
+#[test]
+fn kad_a_node_with_a_low_table_bootstraps_again_and_its_neighbours_keep_it() {
+    let run_case = |low_table: usize| {
+        let n = 30;
+        let mut p = Net::new(n, |_, _| {});
+        for i in 0..n {
+            let me = p.peer_id(i);
+            let mode = if i == 1 { Mode::Client } else { Mode::Server };
+            p.nodes[i].add_service(Instant(0), Box::new(KadService::new(me, Config { mode, low_table, ..Config::default() })));
+        }
+        let (b0, a0) = (p.peer_id(0), p.addr(0).without_peer_id());
+        for i in 1..n {
+            let now = p.now;
+            p.nodes[i].with_service::<KadService, _>(now, |k, cx| {
+                k.add_peer(cx, &b0, std::slice::from_ref(&a0));
+                k.bootstrap(cx).unwrap();
+            });
+            p.run_for(Duration::from_millis(200));
+        }
+        p.run_for(Duration::from_secs(5));
+        let now = p.now;
+        p.nodes[1].with_service::<KadService, _>(now, |k, cx| k.set_mode(cx, Mode::Server));
+        p.nodes[1].update_protocols(now);
+        p.run_for(Duration::from_secs(150));
+        let me = p.peer_id(1);
+        let mut others: Vec<usize> = (2..n).collect();
+        others.sort_by_key(|i| Key::from_peer(&p.peer_id(*i)).distance(&Key::from_peer(&me)));
+        let keep =
+            others[..5].iter().filter(|i| p.nodes[**i].node_mut().service_mut::<KadService>().unwrap().table().contains(&me)).count();
+        let k = p.nodes[1].node_mut().service_mut::<KadService>().unwrap();
+        (k.table().len(), k.stats().low_table_bootstraps, keep)
+    };
+    let (table_off, boots_off, keep_off) = run_case(0);
+    let (table_on, boots_on, keep_on) = run_case(10);
+    assert_eq!(boots_off, 0);
+    assert!(boots_on >= 1);
+    assert!(table_off <= 10 && keep_off < 5, "without it: table {table_off}, kept by {keep_off} of its 5 closest");
+    assert!(table_on > 10 && keep_on >= 4, "with it: table {table_on}, kept by {keep_on} of its 5 closest");
+}
