@@ -255,22 +255,10 @@ fn kad_disjoint_path_lookups_find_peers_and_records() {
 fn kad_a_node_with_a_low_table_bootstraps_again_and_its_neighbours_keep_it() {
     let run_case = |low_table: usize| {
         let n = 30;
-        let mut p = Net::new(n, |_, _| {});
-        for i in 0..n {
-            let me = p.peer_id(i);
+        let mut p = dht_with(n, |i| {
             let mode = if i == 1 { Mode::Client } else { Mode::Server };
-            p.nodes[i].add_service(Instant(0), Box::new(KadService::new(me, Config { mode, low_table, ..Config::default() })));
-        }
-        let (b0, a0) = (p.peer_id(0), p.addr(0).without_peer_id());
-        for i in 1..n {
-            let now = p.now;
-            p.nodes[i].with_service::<KadService, _>(now, |k, cx| {
-                k.add_peer(cx, &b0, std::slice::from_ref(&a0));
-                k.bootstrap(cx).unwrap();
-            });
-            p.run_for(Duration::from_millis(200));
-        }
-        p.run_for(Duration::from_secs(5));
+            Config { mode, low_table, ..Config::default() }
+        });
         let now = p.now;
         p.nodes[1].with_service::<KadService, _>(now, |k, cx| k.set_mode(cx, Mode::Server));
         p.nodes[1].update_protocols(now);
