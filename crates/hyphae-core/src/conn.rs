@@ -620,14 +620,14 @@ impl Connection {
         }
     }
 
-    /// The muxer's outgoing buffer is full: nothing more can be sent until `poll_transmit` is drained
-    /// into the socket. A driver stops reading the socket meanwhile (local work before new remote work).
     /// Bytes waiting to be taken by `poll_transmit`: the muxer's frames (not yet encrypted) and the
     /// secured bytes. A driver that gates writes on what is not yet on the wire counts these.
     pub fn buffered_output(&self) -> usize {
         self.out.len() + self.muxer.as_ref().map_or(0, Muxer::output_len)
     }
 
+    /// The muxer's outgoing buffer is full: nothing more can be sent until `poll_transmit` is drained
+    /// into the socket. A driver stops reading the socket meanwhile (local work before new remote work).
     pub fn is_backed_up(&self) -> bool {
         self.muxer.as_ref().is_some_and(Muxer::is_output_full)
     }

@@ -103,8 +103,8 @@ pub(crate) struct ConnState {
     pub security: String,
     pub muxer: String,
     pub closed: Option<CloseReason>,
-    /// Bytes of this connection's output counted in the host's `SendGate` (written by the node's
-    /// services, not yet taken by the socket).
+    /// Bytes of this connection's output counted in the host's `SendGate` (flushed by the node or taken
+    /// by the writer, not yet accepted by the socket).
     pub gate_counted: usize,
     /// The socket took nothing for `SendGate::STALL`: this connection does not count until it moves.
     pub gate_stalled: bool,

@@ -120,15 +120,15 @@ pub struct HostConfig {
     /// losses the path shows as congestion (a grown round trip, or over 2% of two rounds' bytes lost);
     /// `Cubic` takes every loss for congestion, as RFC 9002 does. See `hyphae_core::quic::congestion`.
     pub quic_congestion: hyphae_core::quic::Congestion,
-    /// A shared-uplink gate for TCP: while this many bytes or more of what the node's services wrote
-    /// (gossipsub, identify, kad, ...) have not been taken by the sockets, their further writes on TCP
-    /// connections wait in the node machine, so gossipsub's staggered sending
+    /// A shared-uplink gate for TCP: while this many bytes or more taken for the TCP sockets (all of
+    /// it, the application's streams included) have not been accepted by them, what the node's services
+    /// (gossipsub, identify, kad, ...) write next on TCP connections waits in the node machine, so gossipsub's staggered sending
     /// (`gossipsub::Config::stagger`) hands a large message to one peer at a time as the uplink frees up
     /// and a queued copy can still be taken back by an IDONTWANT. Sockets then get
     /// `TCP_NOTSENT_LOWAT` (16 KiB) so that "taken" means "nearly sent"; a connection whose socket takes
     /// nothing for 100 ms stops counting (one peer that does not read cannot hold the rest). Streams
-    /// the application opens itself (`new_stream`, perf) are not gated. Default `None` (off; not yet
-    /// measured on a real uplink: see BENCHMARKS.md). The simulator's counterpart is the `uplink_queue`
+    /// the application opens itself (`new_stream`, perf) are not gated. Default `None` (off: on a
+    /// real path whose queue is downstream it took no copy back; BENCHMARKS.md, "The Host's send gate"). The simulator's counterpart is the `uplink_queue`
     /// node setting.
     pub send_limit: Option<usize>,
 }

@@ -29,8 +29,9 @@ impl Default for Live {
 }
 
 /// The host's counterpart of the simulator's uplink gate (`ByteNode::set_send_limit`, `HostConfig::send_limit`):
-/// while `limit` bytes or more of what services wrote on TCP connections have not been taken by the
-/// sockets, the node machine's queued stream operations for TCP connections wait, so a service's
+/// while `limit` bytes or more taken for TCP sockets (all of them: services' and the application's)
+/// have not been accepted by the sockets, the node machine's queued stream operations for TCP
+/// connections wait, so a service's
 /// `Drained` means "on its way out" and its own queue (gossipsub's, with its priorities and IDONTWANT
 /// cancellations) holds the backlog instead of the sockets.
 ///

@@ -214,6 +214,17 @@ impl KadService {
 
     // ---------- commands ----------
 
+    /// Bootstraps again through the seeds (`add_peer`'s peers), put back in the table first.
+    fn rejoin(&mut self, cx: &mut Cx<'_>) {
+        for (p, a) in self.seeds.clone() {
+            let r = self.table.insert(&p, &a, cx.now);
+            self.note_insert(cx, &p, r);
+        }
+        if let Err(e) = self.bootstrap(cx) {
+            tracing::debug!(error = %e, "re-bootstrap could not start");
+        }
+    }
+
     /// Looks up our own key (the peers around us), then — with `Config::refresh_on_bootstrap`, as go's
     /// bootstrap does — refreshes the far buckets, which the self-lookup leaves thin.
     pub fn bootstrap(&mut self, cx: &mut Cx<'_>) -> Result<QueryId, QueryError> {
@@ -908,13 +919,7 @@ impl Service for KadService {
         }
         if self.next_rebootstrap.is_some_and(|t| t <= now) {
             self.next_rebootstrap = None;
-            for (p, a) in self.seeds.clone() {
-                let r = self.table.insert(&p, &a, now);
-                self.note_insert(cx, &p, r);
-            }
-            if let Err(e) = self.bootstrap(cx) {
-                tracing::debug!(error = %e, "re-bootstrap could not start");
-            }
+            self.rejoin(cx);
         }
         if self.next_low_check.is_some_and(|t| t <= now) {
             self.next_low_check = Some(jittered(cx, self.config.low_table_interval, 10));
@@ -922,13 +927,7 @@ impl Service for KadService {
             if self.table.len() <= self.config.low_table && !bootstrapping {
                 self.stats.low_table_bootstraps += 1;
                 tracing::debug!(peers = self.table.len(), "kad: routing table low, bootstrapping again");
-                for (p, a) in self.seeds.clone() {
-                    let r = self.table.insert(&p, &a, now);
-                    self.note_insert(cx, &p, r);
-                }
-                if let Err(e) = self.bootstrap(cx) {
-                    tracing::debug!(error = %e, "low-table bootstrap could not start");
-                }
+                self.rejoin(cx);
             }
         }
         if self.next_refresh.is_some_and(|t| t <= now) {
