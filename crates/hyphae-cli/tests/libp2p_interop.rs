@@ -1,8 +1,8 @@
 //! libp2p's own daemon interop suite, `@libp2p/interop`, with `hyphae daemon` as its "go" node and, as
 //! its "js" node, go's p2pd and then js-libp2p behind `@libp2p/daemon-server` (`interop/js/daemon.mjs`,
 //! built as js-libp2p's own interop runner builds it); `interop/js-interop/runner.mjs`. Its own test
-//! binary, so it runs alone: the suite starts two daemons per test and its hooks dial with go's
-//! timeouts, which a loaded machine can miss.
+//! binary, so no other test shares the machine with it: the suite starts two daemons per test and its
+//! hooks dial with go's timeouts, which a loaded machine can miss.
 
 #[path = "../../hyphae/tests/common/mod.rs"]
 mod common;
@@ -45,17 +45,28 @@ async fn libp2p_interop_suite_with_hyphae_as_a_node() {
         eprintln!("skipped: run interop/setup.sh");
         return;
     };
-    // With the gossipsub and hybrid tests: 64 with p2pd (the js-to-js pairs include p2pd's own relay
-    // tests), 62 with js-libp2p (the js node runs js-to-js pairs too; go's connect tests skip go-to-go).
-    for (peer, min) in [("p2pd", 64), ("js", 62)] {
-        let (mut summary, mut fails) = run_suite(&p2pd, peer).await;
-        if !fails.is_empty() {
-            eprintln!("FLAKE {peer}: {summary}: {fails:?}; running the suite once more");
-            (summary, fails) = run_suite(&p2pd, peer).await;
-        }
-        eprintln!("{peer}: {summary} (go's p2pd against js-libp2p: 52 passing, with gossipsub and hybrid skipped)");
-        assert!(fails.is_empty(), "{peer}: unexpected failures: {fails:#?}");
-        let passing: u32 = summary.split_whitespace().nth(1).unwrap().parse().unwrap();
-        assert!(passing >= min, "{peer}: {summary}");
+    // With the gossipsub and hybrid tests, without the pairs of the js node with itself (the runner
+    // leaves those out; `INTEROP_ALL=1` runs them: 64 and 62 passing): 45 with p2pd, 43 with js-libp2p
+    // (go's connect tests skip go-to-go). The two runs go side by side: the p2pd one mostly waits,
+    // the js one is mostly Node starting daemons (188 s one after the other on 2 cores).
+    let (a, b) = tokio::join!(suite(&p2pd, "p2pd", 45), suite(&p2pd, "js", 43));
+    a.and(b).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// One suite, run once more if it had a failure: Ok, or what failed.
+async fn suite(p2pd: &std::path::Path, peer: &str, min: u32) -> Result<(), String> {
+    let (mut summary, mut fails) = run_suite(p2pd, peer).await;
+    if !fails.is_empty() {
+        eprintln!("FLAKE {peer}: {summary}: {fails:?}; running the suite once more");
+        (summary, fails) = run_suite(p2pd, peer).await;
     }
+    eprintln!("{peer}: {summary} (go's p2pd against js-libp2p: 52 passing, with gossipsub and hybrid skipped)");
+    if !fails.is_empty() {
+        return Err(format!("{peer}: unexpected failures: {fails:#?}"));
+    }
+    let passing: u32 = summary.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    if passing < min {
+        return Err(format!("{peer}: {summary} (at least {min} passing expected)"));
+    }
+    Ok(())
 }
