@@ -1,0 +1,78 @@
+//! One QUIC upload while the receiving host holds many idle QUIC connections: what an endpoint's cost
+//! per datagram does as its connection count grows. A server host; a host that dials N idle
+//! connections to it (default 0 and 1,000); a client that uploads BYTES (default 256 MiB) on one stream
+//! and waits for the server's count. Prints a table, one row per N, alternating `-- ROUNDS` times.
+//! `cargo bench -p hyphae --bench quic_many_conns [-- BYTES [ROUNDS]]`.
+
+use hyphae::{Host, HostConfig, Stream};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SINK: &str = "/bench/sink/1.0.0";
+const CHUNK: usize = 256 * 1024;
+
+fn config() -> HostConfig {
+    let mut c = HostConfig::ephemeral();
+    // One idle peer holds all the idle connections: lift every budget.
+    c.resources = hyphae::core::rcmgr::Limits::unlimited();
+    c
+}
+
+async fn run(idle: usize, bytes: u64) -> Duration {
+    let server = Host::new(config()).await.unwrap();
+    server.set_stream_handler(SINK, |mut s: Stream| async move {
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k as u64,
+            }
+        }
+        let _ = s.write_all(&n.to_be_bytes()).await;
+        let _ = s.shutdown().await;
+    });
+    let addr = server.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap().remove(0);
+    let idler = Host::new(config()).await.unwrap();
+    for _ in 0..idle {
+        idler.dial(&addr).await.unwrap();
+    }
+    // Identify runs on each; let it finish and the connections go quiet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = Host::new(config()).await.unwrap();
+    let peer = client.connect(&addr).await.unwrap();
+    let t = Instant::now();
+    let mut s = client.new_stream(&peer, &[SINK]).await.unwrap();
+    let buf = vec![0x5au8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(CHUNK as u64) as usize;
+        s.write_all(&buf[..k]).await.unwrap();
+        left -= k as u64;
+    }
+    s.shutdown().await.unwrap();
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(u64::from_be_bytes(got), bytes, "the server counted every byte");
+    client.close().await;
+    idler.close().await;
+    server.close().await;
+    took
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<u64>().ok());
+    let bytes = args.next().unwrap_or(256 << 20);
+    let rounds = args.next().unwrap_or(2);
+    println!("| idle QUIC connections on the server | MiB | seconds | Gbit/s |");
+    println!("|---:|---:|---:|---:|");
+    for _ in 0..rounds {
+        for idle in [0usize, 1000] {
+            let d = run(idle, bytes).await;
+            let gbit = bytes as f64 * 8.0 / d.as_secs_f64() / 1e9;
+            println!("| {idle} | {} | {:.2} | {gbit:.2} |", bytes >> 20, d.as_secs_f64());
+        }
+    }
+}
