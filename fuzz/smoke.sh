@@ -9,6 +9,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 export RUSTC_BOOTSTRAP=1
 targets=$(cargo fuzz list)
+# All targets in one build (their crates compile and link side by side; one `cargo fuzz run` per target
+# built them one by one), with the flags `cargo fuzz run` uses, so each run below finds its binary.
+echo "fuzz smoke: building $(echo "$targets" | wc -l) targets"
+mkdir -p corpus
+cargo fuzz build >/dev/null 2>corpus/build.log || { tail -n 40 corpus/build.log; exit 1; }
 for t in $targets; do
   mkdir -p "corpus/$t"
   echo "fuzz smoke: $t (${SECS}s)"
