@@ -337,9 +337,9 @@ pub struct Endpoint {
     /// half of them used: unboxed, each connection cost ~5 KiB of empty slots (measured per idle connection).
     conns: BTreeMap<ConnectionHandle, Box<QConn>>,
     /// Connections with input or stream operations since they were last driven: what `flush` drives.
-    /// Driving every connection on every flush cost a node with a few hundred connections most of its
-    /// time (in the simulator's 1,000-node QUIC DHT, `drive` and quinn's `poll_transmit` on idle
-    /// connections were ~30% of all samples).
+    /// Driving every connection on every flush cost a node with many connections most of its time (in
+    /// the simulator's 1,000-node QUIC DHT join, `drive` and quinn's `poll_transmit` on idle connections
+    /// were over a third of all samples; BENCHMARKS.md).
     dirty: BTreeSet<ConnectionHandle>,
     /// Each connection's next quinn timer (`QConn::timer`), in order: `handle_timeout` and `poll_timeout`
     /// look at the due ones, not at every connection.
@@ -648,7 +648,7 @@ impl Endpoint {
             .map(|t| Instant::from_nanos(u64::try_from(t.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)))
     }
 
-    /// Files connection `h`'s next timer after it ran (and forgets a gone connection's).
+    /// Files connection `h`'s next timer after it ran (a gone connection's entry goes in `forget`).
     fn rearm(&mut self, h: ConnectionHandle) {
         let Some(c) = self.conns.get_mut(&h) else { return };
         let next = c.conn.poll_timeout();

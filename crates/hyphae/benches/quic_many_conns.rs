@@ -1,15 +1,11 @@
 //! One QUIC upload while the receiving host holds many idle QUIC connections: what an endpoint's cost
 //! per datagram does as its connection count grows. A server host; a host that dials N idle
-//! connections to it (default 0 and 1,000); a client that uploads BYTES (default 256 MiB) on one stream
-//! and waits for the server's count. Prints a table, one row per N, alternating `-- ROUNDS` times.
+//! connections to it (default 0 and 1,000); a client that uploads BYTES (default 256 MiB) to it with the
+//! perf protocol (`/perf/1.0.0`, from opening the stream to the server's end of it). Prints a table, one row per N, alternating `-- ROUNDS` times.
 //! `cargo bench -p hyphae --bench quic_many_conns [-- BYTES [ROUNDS]]`.
 
-use hyphae::{Host, HostConfig, Stream};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const SINK: &str = "/bench/sink/1.0.0";
-const CHUNK: usize = 256 * 1024;
+use hyphae::{Host, HostConfig};
+use std::time::Duration;
 
 fn config() -> HostConfig {
     let mut c = HostConfig::ephemeral();
@@ -20,18 +16,7 @@ fn config() -> HostConfig {
 
 async fn run(idle: usize, bytes: u64) -> Duration {
     let server = Host::new(config()).await.unwrap();
-    server.set_stream_handler(SINK, |mut s: Stream| async move {
-        let mut buf = vec![0u8; CHUNK];
-        let mut n = 0u64;
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(k) => n += k as u64,
-            }
-        }
-        let _ = s.write_all(&n.to_be_bytes()).await;
-        let _ = s.shutdown().await;
-    });
+    server.enable_perf_server();
     let addr = server.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap().remove(0);
     let idler = Host::new(config()).await.unwrap();
     for _ in 0..idle {
@@ -41,24 +26,12 @@ async fn run(idle: usize, bytes: u64) -> Duration {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let client = Host::new(config()).await.unwrap();
     let peer = client.connect(&addr).await.unwrap();
-    let t = Instant::now();
-    let mut s = client.new_stream(&peer, &[SINK]).await.unwrap();
-    let buf = vec![0x5au8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let k = left.min(CHUNK as u64) as usize;
-        s.write_all(&buf[..k]).await.unwrap();
-        left -= k as u64;
-    }
-    s.shutdown().await.unwrap();
-    let mut got = [0u8; 8];
-    s.read_exact(&mut got).await.unwrap();
-    let took = t.elapsed();
-    assert_eq!(u64::from_be_bytes(got), bytes, "the server counted every byte");
+    let r = client.perf(&peer, bytes, 0, |_, _, _| {}).await.unwrap();
+    assert_eq!(r.uploaded, bytes, "every byte went up");
     client.close().await;
     idler.close().await;
     server.close().await;
-    took
+    r.elapsed
 }
 
 #[tokio::main]
