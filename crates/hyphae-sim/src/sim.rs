@@ -209,6 +209,8 @@ struct World {
     /// Public addresses (`addresses public`): per node, its /32 (`0x2a00_0000 | own` or
     /// `0x2a01_0000 | group` for a shared subnet). Empty: 10.x addresses.
     subnets: Vec<u32>,
+    /// Nodes listen on TCP (unless every group dials QUIC): a TCP dial to a node that does not is refused.
+    tcp: bool,
 }
 
 impl World {
@@ -231,6 +233,15 @@ impl World {
 
     fn quic_addr(&self, i: usize) -> Multiaddr {
         Multiaddr::from_quic(self.socket(i))
+    }
+
+    /// The address of node `i` that a node dialing over QUIC (`quic`) or TCP uses.
+    fn dial_addr(&self, i: usize, quic: bool) -> Multiaddr {
+        if quic {
+            self.quic_addr(i)
+        } else {
+            self.addr(i)
+        }
     }
 }
 
@@ -472,7 +483,7 @@ impl NodeWork<'_> {
             self.send(ctx, out, now + CONNECT_TIMEOUT, me, gen, NodeEv::DialFailed { conn, reason: "connect timed out" });
             return;
         }
-        let Some(to_gen) = ctx.w.alive[to].filter(|_| !ctx.w.undialable[to]) else {
+        let Some(to_gen) = ctx.w.alive[to].filter(|_| ctx.w.tcp && !ctx.w.undialable[to]) else {
             self.send(ctx, out, now + class.latency * 2, me, gen, NodeEv::DialFailed { conn, reason: "connection refused" });
             return;
         };
@@ -842,6 +853,7 @@ impl Sim {
                 partitions: vec![],
                 undialable: sc.groups.iter().flat_map(|g| std::iter::repeat_n(g.undialable, g.count)).collect(),
                 subnets,
+                tcp: sc.groups.iter().any(|g| !g.quic),
             },
             peers: nodes.iter().map(|x| x.peer.clone()).collect(),
             groups,
@@ -881,7 +893,7 @@ impl Sim {
         }
         sim.sybils = (0..sim.nodes.len())
             .filter(|i| sim.nodes[*i].eclipse)
-            .map(|i| kad::PeerInfo { peer: sim.peers[i].clone(), addrs: vec![sim.world.addr(i)] })
+            .map(|i| kad::PeerInfo { peer: sim.peers[i].clone(), addrs: vec![sim.world.dial_addr(i, sim.nodes[i].quic)] })
             .collect();
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
@@ -966,7 +978,7 @@ impl Sim {
         cfg.limits.resources = rl;
         cfg.limits.idle_timeout = n.idle;
         // A node listens on the transports the scenario's groups dial (TCP unless every group dials QUIC).
-        cfg.listen_addrs = if self.sc.groups.iter().any(|g| !g.quic) { vec![self.world.addr(i)] } else { Vec::new() };
+        cfg.listen_addrs = if self.world.tcp { vec![self.world.addr(i)] } else { Vec::new() };
         if let Some(base) = self.quic_base {
             cfg.quic_base = Some(base);
             cfg.listen_addrs.push(self.world.quic_addr(i));
@@ -1071,7 +1083,8 @@ impl Sim {
         for _ in 0..10 {
             let j = self.dht_via[(self.rng.next_u64() % self.dht_via.len() as u64) as usize];
             if j != i && !via.iter().any(|(p, _)| p == &self.peers[j]) {
-                via.push((self.peers[j].clone(), self.world.addr(j)));
+                // Over the dialing node's transport: a QUIC-only world has no TCP listener to reach.
+                via.push((self.peers[j].clone(), self.world.dial_addr(j, self.nodes[i].quic)));
             }
             if via.len() == 3 {
                 break;
@@ -1154,7 +1167,7 @@ impl Sim {
     /// Dials `j` from `i`: only if not connected yet, unless `new`.
     fn connect(&mut self, i: usize, j: usize, new: bool) {
         let peer = self.peers[j].clone();
-        let addr = if self.nodes[i].quic { self.world.quic_addr(j) } else { self.world.addr(j) }.with(Protocol::P2p(peer.clone()));
+        let addr = self.world.dial_addr(j, self.nodes[i].quic).with(Protocol::P2p(peer.clone()));
         self.with_node(i, |ctx, w, out| {
             let now = w.now;
             let quic = w.n.quic;
