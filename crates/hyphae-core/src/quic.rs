@@ -217,7 +217,9 @@ struct QConn {
     reported: bool,
     /// An inbound handshake counted in `Endpoint::handshakes` (until established or gone).
     handshaking_in: bool,
-    streams: BTreeMap<u64, StreamEntry>,
+    /// Boxed: a B-tree leaf holds 11 values, and an unboxed entry made the first leaf ~2 KiB per
+    /// connection (kept while the connection lives, even once its streams are gone).
+    streams: BTreeMap<u64, Box<StreamEntry>>,
     /// The receive window now, and what of it is reserved from `Config::memory`.
     window: u64,
     buffers: Option<rcmgr::Reservation>,
@@ -843,7 +845,7 @@ impl Endpoint {
                 if let Some(b) = neg.poll_transmit() {
                     let _ = c.conn.send_stream(id).write(&b);
                 }
-                c.streams.insert(u64::from(id), StreamEntry::new(neg, false, false));
+                c.streams.insert(u64::from(id), Box::new(StreamEntry::new(neg, false, false)));
                 // Counted only while the limit can still grow (each inbound stream passes here).
                 let can_grow = c.stream_limit < self.config.max_streams;
                 if can_grow && c.streams.values().filter(|e| !e.outbound).count() as u32 * 2 >= c.stream_limit {
@@ -1005,13 +1007,13 @@ impl Endpoint {
             let mut e = StreamEntry::new(neg, true, lazy);
             e.waiting = true;
             e.ready_with = ready_with;
-            c.streams.insert(u64::from(id), e);
+            c.streams.insert(u64::from(id), Box::new(e));
             self.opens.waited += 1;
             return Ok(s);
         };
         c.opened += 1;
         let s = sid(id).ok_or(StreamError::TooManyStreams)?;
-        c.streams.insert(u64::from(id), StreamEntry::new(neg, true, lazy));
+        c.streams.insert(u64::from(id), Box::new(StreamEntry::new(neg, true, lazy)));
         let _ = c.start_stream(id);
         if let Some(protocol) = ready_with {
             self.events.push_back(Event::OutboundReady { conn, id: s, protocol });
