@@ -9,6 +9,7 @@
 //! nodes GROUP COUNT [ping=10s] [transport=tcp|quic] [per_peer=8] [dht=server|client|auto] [undialable]
 //!                   [idle=10s] [autonat] [disjoint=N]  # idle: connections without streams close after this long;
 //!                   [diversity=off|table|lookup] [density=on|off] [subnet=own|shared] [eclipse]
+//!                   [provide=optimistic|classic]  # provide: `kad::Config::optimistic_provide` (default optimistic)
 //!                                           # disjoint: DHT lookups on N disjoint paths (S/Kademlia)
 //!                                           # diversity: the DHT's IP-group filters: off, the routing
 //!                                           # table's only (go's), or the table's and each lookup's
@@ -182,6 +183,8 @@ pub struct Group {
     pub diversity: Diversity,
     /// The DHT lookups' density check (`kad::Config::density_check`).
     pub density: bool,
+    /// Optimistic provide (`kad::Config::optimistic_provide`).
+    pub optimistic_provide: bool,
     /// With public addresses: the whole group in one /32 (one operator's address block).
     pub shared_subnet: bool,
     /// Sybils of the eclipse attack on the target key (`kad::Eclipse`); implies `adversary`.
@@ -494,6 +497,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut diversity = Diversity::default();
                 let mut shared_subnet = false;
                 let mut density = true;
+                let mut optimistic_provide = true;
                 let mut eclipse = false;
                 let mut uplink_bps = 0;
                 let mut uplink_queue = 64 * 1024;
@@ -537,6 +541,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         }
                         Some(("density", "on")) => density = true,
                         Some(("density", "off")) => density = false,
+                        Some(("provide", "optimistic")) => optimistic_provide = true,
+                        Some(("provide", "classic")) => optimistic_provide = false,
                         Some(("subnet", "own")) => shared_subnet = false,
                         Some(("subnet", "shared")) => shared_subnet = true,
                         Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
@@ -563,7 +569,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, subnet=own|shared, eclipse)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -588,6 +594,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     scoring,
                     diversity,
                     density,
+                    optimistic_provide,
                     shared_subnet,
                     eclipse,
                     uplink_bps,

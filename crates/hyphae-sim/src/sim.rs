@@ -169,6 +169,7 @@ struct SimNode {
     /// The DHT's IP-group filters it runs.
     diversity: crate::scenario::Diversity,
     density: bool,
+    optimistic_provide: bool,
     /// A sybil of the eclipse attack.
     eclipse: bool,
     /// How it attacks (kept across restarts).
@@ -800,6 +801,7 @@ impl Sim {
                     scoring: g.scoring,
                     diversity: g.diversity,
                     density: g.density,
+                    optimistic_provide: g.optimistic_provide,
                     eclipse: g.eclipse,
                     attack: hyphae_core::gossipsub::Adversary::Honest,
                     pending: dht::Pending::default(),
@@ -989,7 +991,13 @@ impl Sim {
             n.uplink_free = self.now;
         }
         if let Some(mode) = n.dht {
-            let mut kc = kad::Config { mode, disjoint_paths: n.disjoint, density_check: n.density, ..kad::Config::default() };
+            let mut kc = kad::Config {
+                mode,
+                disjoint_paths: n.disjoint,
+                density_check: n.density,
+                optimistic_provide: n.optimistic_provide,
+                ..kad::Config::default()
+            };
             match n.diversity {
                 Diversity::Off => {
                     kc.max_per_group = usize::MAX;

@@ -375,9 +375,15 @@ fn eclipse_rate(honest: &str, sybil_subnet: &str) -> (f64, f64) {
 
 #[test]
 fn sim_eclipse_hides_the_provider_from_a_dht_without_defenses() {
-    // A few lookups still find it: sybils that answered the provide late left room for honest peers.
-    let (none, widened) = eclipse_rate("diversity=off density=off", "shared");
+    // As go ships (classic provide). A few lookups still find it: sybils that answered the provide late
+    // left room for honest peers.
+    let (none, widened) = eclipse_rate("diversity=off density=off provide=classic", "shared");
     assert!(none <= 0.2 && widened == 0.0, "no defenses: {none}");
+    // Optimistic provide ends the provide's lookup before the sybils have crowded out every honest
+    // peer near the key, so records land on honest peers too: most lookups then find it (0.90 here).
+    // Not a defense by design, and no substitute for one.
+    let (optimistic, _) = eclipse_rate("diversity=off density=off", "shared");
+    assert!(optimistic > none, "optimistic provide alone: {optimistic} vs {none}");
 }
 
 #[test]

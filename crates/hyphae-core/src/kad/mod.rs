@@ -144,6 +144,13 @@ pub struct Config {
     /// ground close to it) and then want k peers beyond them (`query` module doc). Default on; costs
     /// requests only in lookups where it fires (under 1% of honest ones by design).
     pub density_check: bool,
+    /// Optimistic provide (ProbeLab's, go's `EnableOptimisticProvide`): a provide judges the peers its
+    /// lookup meets against the network's estimated size, stores the record at once on any peer that
+    /// is among the k closest with 90% certainty, ends the lookup when the k closest it knows are as
+    /// close on average as the k closest of the network would be (strictness 10%), and reports done
+    /// when 75% of its ADD_PROVIDER messages are out (the rest go on). Without a size estimate (tables
+    /// of networks under ~160 servers) a provide runs the classic way. Default on.
+    pub optimistic_provide: bool,
     /// Lookups in flight at once (beyond: refused). Default 64.
     pub max_queries: usize,
     /// Inbound streams served at once (beyond: reset). Default 256.
@@ -201,6 +208,7 @@ impl Default for Config {
             diversity_private: false,
             lookup_max_per_group: 3,
             density_check: true,
+            optimistic_provide: true,
             max_queries: 64,
             max_inbound_streams: 256,
             limits: wire::Limits::default(),
@@ -288,6 +296,12 @@ pub struct Stats {
     pub queries_refused: u64,
     /// Bootstraps started because the routing table held `Config::low_table` peers or fewer.
     pub low_table_bootstraps: u64,
+    /// Provides run optimistically (`Config::optimistic_provide`), and of those, the ones whose lookup
+    /// the optimistic rule ended before the classic rule would have.
+    pub optimistic_provides: u64,
+    pub optimistic_early_ends: u64,
+    /// ADD_PROVIDER messages sent during a provide's lookup, to peers judged among the k closest.
+    pub optimistic_early_stores: u64,
 }
 
 #[cfg(test)]

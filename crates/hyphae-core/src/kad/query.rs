@@ -373,6 +373,47 @@ impl Query {
     pub fn get(&self, peer: &PeerId) -> Option<&QueryPeer> {
         self.peers.iter().find(|p| &p.peer == peer)
     }
+
+    /// The `n` closest candidates that did not fail (asked or not), closest first, each with its
+    /// distance to the target as a fraction of the keyspace: what optimistic provide judges.
+    pub fn closest_live(&self, n: usize) -> Vec<(PeerInfo, f64)> {
+        self.peers
+            .iter()
+            .filter(|p| p.state != PeerState::Failed)
+            .take(n)
+            .map(|p| (PeerInfo { peer: p.peer.clone(), addrs: p.addrs.clone() }, fraction(&p.key.distance(&self.target))))
+            .collect()
+    }
+}
+
+/// The regularized lower incomplete gamma function P(n, x) for a whole `n` ≥ 1 (the Erlang
+/// distribution's CDF): the probability that the n-th closest of peers spread uniformly at density 1
+/// lies within distance x.
+pub fn erlang_cdf(n: u32, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    // 1 - e^-x · Σ_{i<n} x^i / i!
+    let (mut term, mut sum) = (1.0f64, 1.0f64);
+    for i in 1..n {
+        term *= x / f64::from(i);
+        sum += term;
+    }
+    (1.0 - (-x).exp() * sum).clamp(0.0, 1.0)
+}
+
+/// The x with `erlang_cdf(n, x) == p` (bisection; `p` in (0, 1)).
+pub fn erlang_quantile(n: u32, p: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, 10.0 * f64::from(n.max(1)) + 50.0);
+    for _ in 0..200 {
+        let mid = (lo + hi) / 2.0;
+        if erlang_cdf(n, mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
 }
 
 #[cfg(test)]

@@ -60,6 +60,48 @@ struct QueryState {
     phase: Phase,
     deadline: Instant,
     found: Option<PeerInfo>,
+    /// A provide run optimistically (`Config::optimistic_provide`).
+    opt: Option<Optimistic>,
+}
+
+/// Optimistic provide's state: thresholds are distances as fractions of the keyspace.
+struct Optimistic {
+    /// A peer this close is among the k closest with 90% certainty: it gets the record at once.
+    individual: f64,
+    /// The k closest known this close on average: the lookup may end.
+    set: f64,
+    /// Peers sent (or being sent) the ADD_PROVIDER, and how many of those sends ended, how many well.
+    scheduled: BTreeSet<PeerId>,
+    done: usize,
+    stored: usize,
+}
+
+/// Optimistic provide's certainties, as go-libp2p-kad-dht has them: a peer stored to early is among
+/// the k closest with this probability ...
+const OPT_INDIVIDUAL_CERTAINTY: f64 = 0.9;
+/// ... the chance that the set rule is too strict (the k closest really are farther than it wants) ...
+const OPT_SET_STRICTNESS: f64 = 0.1;
+/// ... and the share of ADD_PROVIDERs that must be out before the provide reports done (15 of 20).
+const OPT_RETURN_RATIO: f64 = 0.75;
+
+impl Optimistic {
+    /// The thresholds for a network of `size` DHT servers and bucket size `k` (go's: the distance of
+    /// the k-th closest of `size` uniform peers is Erlang(k)/size; the mean of the k closest is judged
+    /// against Erlang(k/2 + 1)/size). `None` without an estimate.
+    fn new(size: f64, k: usize) -> Option<Optimistic> {
+        if size < 1.0 || k == 0 {
+            return None;
+        }
+        let k32 = u32::try_from(k).unwrap_or(u32::MAX);
+        let individual = crate::kad::query::erlang_quantile(k32, 1.0 - OPT_INDIVIDUAL_CERTAINTY) / size;
+        let set = crate::kad::query::erlang_quantile(k32 / 2 + 1, 1.0 - OPT_SET_STRICTNESS) / size;
+        Some(Optimistic { individual, set, scheduled: BTreeSet::new(), done: 0, stored: 0 })
+    }
+
+    /// How many sends must have ended before the provide reports done.
+    fn return_at(&self, k: usize) -> usize {
+        ((k as f64 * OPT_RETURN_RATIO).ceil() as usize).min(self.scheduled.len())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +119,9 @@ struct Request {
     msg: Msg,
     /// PUT_VALUE, GET_*, FIND_NODE are answered; ADD_PROVIDER is not.
     expect_reply: bool,
+    /// A store (PUT_VALUE, ADD_PROVIDER to the closest), not a lookup request. An optimistic provide's
+    /// stores outlive its query: the query reports done before all of them ended.
+    store: bool,
     state: ReqState,
     /// Addresses still to try when a dial fails.
     addrs: Vec<Multiaddr>,
@@ -323,7 +368,14 @@ impl KadService {
             .with_diversity(c.lookup_max_per_group, c.diversity_private)
             .with_density_check(if c.density_check { self.table.size_estimate() } else { 0.0 });
         let deadline = cx.now + self.config.query_timeout;
-        self.queries.insert(id, QueryState { kind, key, q, phase: Phase::Lookup, deadline, found: None });
+        let opt = match kind {
+            Kind::Provide if c.optimistic_provide => Optimistic::new(self.table.size_estimate(), c.k),
+            _ => None,
+        };
+        if opt.is_some() {
+            self.stats.optimistic_provides += 1;
+        }
+        self.queries.insert(id, QueryState { kind, key, q, phase: Phase::Lookup, deadline, found: None, opt });
         self.drive(cx, id);
         Ok(id)
     }
@@ -342,8 +394,13 @@ impl KadService {
     /// Sends what the query may send now; finishes it (or moves it to its storing phase) when done.
     fn drive(&mut self, cx: &mut Cx<'_>, id: QueryId) {
         let Some(st) = self.queries.get_mut(&id) else { return };
-        if st.phase != Phase::Lookup {
-            if let Phase::Storing { pending: 0, stored } = st.phase {
+        if let Phase::Storing { pending, stored } = st.phase {
+            // Classic: every store ended. Optimistic: 75% of them (the rest go on without the query).
+            let enough = match &st.opt {
+                Some(o) => o.scheduled.len() - pending >= o.return_at(self.config.k),
+                None => pending == 0,
+            };
+            if enough {
                 let outcome = if stored > 0 { Ok(self.outcome(id, stored)) } else { Err(QueryError::NotStored) };
                 self.finish(cx, id, outcome);
             }
@@ -355,11 +412,16 @@ impl KadService {
         }
         let msg = Self::request_for(&st.kind, &st.key);
         for p in sends {
-            self.send(cx, id, p.peer, p.addrs, msg.clone(), true);
+            self.send(cx, id, p.peer, p.addrs, msg.clone(), true, false);
         }
-        let st = self.queries.get_mut(&id).expect("invariant: present above");
+        let early_end = self.optimistic_step(cx, id);
+        // A send that failed at once (no address) drove this query already: it may be gone or storing.
+        let Some(st) = self.queries.get_mut(&id).filter(|st| st.phase == Phase::Lookup) else { return };
         if !st.q.is_finished() {
-            return;
+            if !early_end {
+                return;
+            }
+            self.stats.optimistic_early_ends += 1;
         }
         match st.kind.clone() {
             Kind::PutValue(record) => {
@@ -391,16 +453,57 @@ impl KadService {
     }
 
     fn store_phase(&mut self, cx: &mut Cx<'_>, id: QueryId, msg: Msg, expect_reply: bool) {
+        let k = self.config.k;
         let st = self.queries.get_mut(&id).expect("invariant: caller found it");
-        let targets = st.q.closest_answered();
-        st.phase = Phase::Storing { pending: targets.len(), stored: 0 };
-        if targets.is_empty() {
-            self.finish(cx, id, Err(QueryError::NotStored));
+        let targets: Vec<PeerInfo> = match st.opt.as_mut() {
+            // Optimistic: the k closest known (asked or not, as go's), but for those stored to already;
+            // when the density check widened the lookup, the classic targets (beyond the dense set).
+            Some(o) => {
+                let all = if st.q.extra > 0 { st.q.closest_answered() } else { st.q.closest_live(k).into_iter().map(|(p, _)| p).collect() };
+                let t: Vec<PeerInfo> = all.into_iter().filter(|p| !o.scheduled.contains(&p.peer)).collect();
+                o.scheduled.extend(t.iter().map(|p| p.peer.clone()));
+                t
+            }
+            None => st.q.closest_answered(),
+        };
+        let (in_flight, stored) = st.opt.as_ref().map_or((0, 0), |o| (o.scheduled.len() - targets.len() - o.done, o.stored));
+        st.phase = Phase::Storing { pending: in_flight + targets.len(), stored };
+        if in_flight + targets.len() == 0 {
+            let outcome = if stored > 0 { Ok(self.outcome(id, stored)) } else { Err(QueryError::NotStored) };
+            self.finish(cx, id, outcome);
             return;
         }
         for p in targets {
-            self.send(cx, id, p.peer, p.addrs, msg.clone(), expect_reply);
+            self.send(cx, id, p.peer, p.addrs, msg.clone(), expect_reply, true);
         }
+        self.drive(cx, id);
+    }
+
+    /// Optimistic provide during the lookup: sends the record to peers close enough to be among the
+    /// k closest, and says whether the lookup may end now (go's `stopFn`).
+    fn optimistic_step(&mut self, cx: &mut Cx<'_>, id: QueryId) -> bool {
+        let k = self.config.k;
+        let Some(st) = self.queries.get_mut(&id) else { return false };
+        let Some(o) = st.opt.as_mut() else { return false };
+        let closest = st.q.closest_live(k);
+        let mut now = Vec::new();
+        for (p, d) in &closest {
+            if *d <= o.individual && o.scheduled.insert(p.peer.clone()) {
+                now.push(p.clone());
+            }
+        }
+        let mean = closest.iter().map(|(_, d)| d).sum::<f64>() / k as f64;
+        // A lookup the density check widened (peers packed around the key: sybils?) ends the classic way.
+        let end = st.q.extra == 0 && (o.scheduled.len() >= k || (closest.len() >= k && mean < o.set));
+        if !now.is_empty() {
+            let mut m = Msg::new(MsgType::AddProvider, st.key.clone());
+            m.providers.push(KadPeer { id: self.local.clone(), addrs: cx.local.listen_addrs.clone(), connection: Connection::Connected });
+            self.stats.optimistic_early_stores += now.len() as u64;
+            for p in now {
+                self.send(cx, id, p.peer, p.addrs, m.clone(), false, true);
+            }
+        }
+        end && self.queries.contains_key(&id)
     }
 
     fn outcome(&self, id: QueryId, stored: usize) -> Outcome {
@@ -417,7 +520,8 @@ impl KadService {
             self.refresh_buckets(cx);
         }
         // Requests of this query still in flight are dropped (their streams reset).
-        let gone: Vec<u64> = self.requests.iter().filter(|(_, r)| r.query == id).map(|(t, _)| *t).collect();
+        // (An optimistic provide's stores still in flight go on: they need no query.)
+        let gone: Vec<u64> = self.requests.iter().filter(|(_, r)| r.query == id && !r.store).map(|(t, _)| *t).collect();
         for t in gone {
             self.drop_request(cx, t);
         }
@@ -430,7 +534,17 @@ impl KadService {
         self.conns.iter().find(|(_, p)| *p == peer).map(|(c, _)| *c)
     }
 
-    fn send(&mut self, cx: &mut Cx<'_>, query: QueryId, peer: PeerId, mut addrs: Vec<Multiaddr>, msg: Msg, expect_reply: bool) {
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        cx: &mut Cx<'_>,
+        query: QueryId,
+        peer: PeerId,
+        mut addrs: Vec<Multiaddr>,
+        msg: Msg,
+        expect_reply: bool,
+        store: bool,
+    ) {
         self.next_id += 1;
         let token = self.next_id;
         self.stats.requests_sent += 1;
@@ -455,7 +569,7 @@ impl KadService {
                 cx.dial(a.with_peer_id(&peer), Some(peer.clone()));
             }
         }
-        self.requests.insert(token, Request { peer, query, msg, expect_reply, state, addrs, deadline, buf: Vec::new() });
+        self.requests.insert(token, Request { peer, query, msg, expect_reply, store, state, addrs, deadline, buf: Vec::new() });
         if unroutable {
             self.fail_request(cx, token);
         }
@@ -482,9 +596,20 @@ impl KadService {
             tracing::debug!(peer = %r.peer, "kad peer left the table after failed requests");
         }
         let Some(st) = self.queries.get_mut(&r.query) else { return };
-        match st.phase {
-            Phase::Lookup => st.q.on_failure(&r.peer),
-            Phase::Storing { ref mut pending, .. } => *pending = pending.saturating_sub(1),
+        match (st.phase, r.store) {
+            (Phase::Lookup, false) => st.q.on_failure(&r.peer),
+            (Phase::Lookup, true) => {
+                if let Some(o) = st.opt.as_mut() {
+                    o.done += 1;
+                }
+            }
+            (Phase::Storing { .. }, true) => {
+                if let Phase::Storing { ref mut pending, .. } = st.phase {
+                    *pending = pending.saturating_sub(1);
+                }
+            }
+            // A lookup request that ends after its lookup did.
+            (Phase::Storing { .. }, false) => return,
         }
         self.drive(cx, r.query);
     }
@@ -500,10 +625,24 @@ impl KadService {
         let ins = self.table.insert(&r.peer, &addrs, cx.now);
         self.note_insert(cx, &r.peer, ins);
         let Some(st) = self.queries.get_mut(&r.query) else { return };
-        if let Phase::Storing { ref mut pending, ref mut stored } = st.phase {
-            *pending = pending.saturating_sub(1);
-            *stored += 1;
+        if r.store {
+            match st.phase {
+                Phase::Storing { ref mut pending, ref mut stored } => {
+                    *pending = pending.saturating_sub(1);
+                    *stored += 1;
+                }
+                Phase::Lookup => {
+                    if let Some(o) = st.opt.as_mut() {
+                        o.done += 1;
+                        o.stored += 1;
+                    }
+                }
+            }
             self.drive(cx, r.query);
+            return;
+        }
+        if st.phase != Phase::Lookup {
+            // A lookup request that ends after its lookup did.
             return;
         }
         let Some(m) = answer else { return };

@@ -278,3 +278,70 @@ fn kad_a_node_with_a_low_table_bootstraps_again_and_its_neighbours_keep_it() {
     assert!(table_off <= 10 && keep_off < 5, "without it: table {table_off}, kept by {keep_off} of its 5 closest");
     assert!(table_on > 10 && keep_on >= 4, "with it: table {table_on}, kept by {keep_on} of its 5 closest");
 }
+
+/// Optimistic provide (k = 4, so a 60-server network gives the tables a size estimate): the provide
+/// runs optimistically, reports done once 75% of its ADD_PROVIDERs are out, and the record is found
+/// from everywhere: on the peers that got it, and by lookups from other nodes.
+#[test]
+fn kad_optimistic_provide_stores_on_the_closest_and_is_found() {
+    let k = 4;
+    let mut p = dht_with(60, |_| Config { mode: Mode::Server, k, ..Config::default() });
+    let size = p.nodes[5].node_mut().service_mut::<KadService>().unwrap().table().size_estimate();
+    assert!(size > 20.0 && size < 200.0, "size estimate {size}");
+    // A key with a server very near it (a tenth of the spacing): that one is stored to during the lookup.
+    let near = |c: &Vec<u8>| (0..60).filter(|i| *i != 5).map(|i| Key::from_peer(&p.peer_id(i)).distance(&Key::from_bytes(c)).0[0]).min();
+    let cid = (0u8..=255)
+        .map(|b| {
+            let mut c = vec![0x12, 0x20];
+            c.extend_from_slice(&[b; 32]);
+            c
+        })
+        .find(|c| near(c) == Some(0))
+        .expect("some key has a server within 1/256 of it");
+    let q = run(&mut p, 5, |kad, cx| kad.provide(cx, cid.clone())).unwrap();
+    p.run_for(Duration::from_secs(5));
+    let o = finished(&p, 5, q).expect("finished").expect("stored");
+    assert!(o.stored >= 3, "{o:?}");
+    let st = p.nodes[5].node_mut().service_mut::<KadService>().unwrap().stats().clone();
+    assert_eq!(st.optimistic_provides, 1, "{st:?}");
+    assert!(st.optimistic_early_stores >= 1, "{st:?}");
+    // Every one of the true k closest servers to the key holds the record (the stores that went on
+    // after the provide reported done included).
+    let target = Key::from_bytes(&cid);
+    let mut all: Vec<usize> = (0..60).filter(|i| *i != 5).collect();
+    all.sort_by_key(|i| Key::from_peer(&p.peer_id(*i)).distance(&target));
+    let holders = all[..k]
+        .iter()
+        .filter(|i| {
+            p.nodes[**i]
+                .node_mut()
+                .service_mut::<KadService>()
+                .unwrap()
+                .store()
+                .providers(&cid, p.now)
+                .iter()
+                .any(|x| x.peer == p.peer_id(5))
+        })
+        .count();
+    assert!(holders >= k - 1, "{holders} of the {k} closest hold the record");
+    for from in [17, 33, 58] {
+        let q = run(&mut p, from, |kad, cx| kad.find_providers(cx, cid.clone(), 1)).unwrap();
+        p.run_for(Duration::from_secs(5));
+        let found = p.events[from]
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Kad(Event::Provider { query, provider }) if *query == q && provider.peer == p.peer_id(5)));
+        assert!(found, "node {from} found the provider");
+    }
+}
+
+/// The Erlang quantiles behind optimistic provide's thresholds.
+#[test]
+fn kad_erlang_quantiles() {
+    use super::query::{erlang_cdf, erlang_quantile};
+    assert!((erlang_quantile(1, 0.5) - std::f64::consts::LN_2).abs() < 1e-9);
+    assert!((erlang_cdf(20, erlang_quantile(20, 0.1)) - 0.1).abs() < 1e-9);
+    // Gamma(20, 1)'s 10% quantile and Gamma(11, 1)'s 90% (go's thresholds at k = 20), against the
+    // Wilson-Hilferty approximation n(1 - 1/9n + z/sqrt(9n))^3 (z = -/+1.2816): 14.527 and 15.400.
+    assert!((erlang_quantile(20, 0.1) - 14.527).abs() < 0.02, "{}", erlang_quantile(20, 0.1));
+    assert!((erlang_quantile(11, 0.9) - 15.400).abs() < 0.05, "{}", erlang_quantile(11, 0.9));
+}
