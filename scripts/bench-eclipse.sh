@@ -13,19 +13,20 @@ ONLY=${1:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# name | honest nodes' settings
+# name | honest nodes' settings (each defense alone with the classic provide, as go ships it)
 defenses=(
-  "none|diversity=off density=off"
-  "table filter (go's)|diversity=table density=off"
-  "table + lookup filter|diversity=lookup density=off"
-  "density check|diversity=off"
-  "disjoint paths (3)|diversity=off density=off disjoint=3"
+  "none|diversity=off density=off provide=classic"
+  "table filter (go's)|diversity=table density=off provide=classic"
+  "table + lookup filter|diversity=lookup density=off provide=classic"
+  "density check|diversity=off provide=classic"
+  "disjoint paths (3)|diversity=off density=off disjoint=3 provide=classic"
   "all (hyphae's default)|"
+  "optimistic provide alone|diversity=off density=off"
 )
 # sybils | their subnet | which defenses (indexes into the list above)
 runs=(
   "5|shared|0 1 5"
-  "20|shared|0 1 2 3 4 5"
+  "20|shared|0 1 2 3 4 5 6"
   "50|shared|0 1 3 5"
   "20|own|0 3 4 5"
 )
