@@ -5,21 +5,14 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use hyphae::{Host, HostConfig};
+use hyphae::Host;
 use std::time::Duration;
 
-fn config() -> HostConfig {
-    let mut c = HostConfig::ephemeral();
-    // One client peer holds all the connections: lift every budget.
-    c.resources = hyphae::core::rcmgr::Limits::unlimited();
-    c
-}
-
 async fn run(transport: &str, n: usize) -> (u64, u64) {
-    let a = Host::new(config()).await.unwrap();
+    let a = Host::new(common::unlimited_config()).await.unwrap();
     let listen = if transport == "quic" { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" };
     let addr = a.listen(listen.parse().unwrap()).await.unwrap().remove(0);
-    let b = Host::new(config()).await.unwrap();
+    let b = Host::new(common::unlimited_config()).await.unwrap();
     // One connection first: what every connection shares (buffers, the QUIC endpoint) is then allocated.
     b.dial(&addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -31,6 +31,13 @@ fn jittered(cx: &mut Cx<'_>, base: Duration, divisor: u64) -> Instant {
     cx.now + base + Duration::from_nanos(cx.rng.next_u64() % span)
 }
 
+/// ADD_PROVIDER for `key`, announcing `local` at our listen addresses.
+fn add_provider(local: &PeerId, cx: &Cx<'_>, key: &[u8]) -> Msg {
+    let mut m = Msg::new(MsgType::AddProvider, key.to_vec());
+    m.providers.push(KadPeer { id: local.clone(), addrs: cx.local.listen_addrs.clone(), connection: Connection::Connected });
+    m
+}
+
 /// What a query is for.
 #[derive(Debug, Clone)]
 enum Kind {
@@ -430,12 +437,7 @@ impl KadService {
                 self.store_phase(cx, id, m, true);
             }
             Kind::Provide => {
-                let mut m = Msg::new(MsgType::AddProvider, st.key.clone());
-                m.providers.push(KadPeer {
-                    id: self.local.clone(),
-                    addrs: cx.local.listen_addrs.clone(),
-                    connection: Connection::Connected,
-                });
+                let m = add_provider(&self.local, cx, &st.key);
                 self.store_phase(cx, id, m, false);
             }
             Kind::FindPeer(_) if st.found.is_none() => self.finish(cx, id, Err(QueryError::NotFound)),
@@ -496,8 +498,7 @@ impl KadService {
         // A lookup the density check widened (peers packed around the key: sybils?) ends the classic way.
         let end = st.q.extra == 0 && (o.scheduled.len() >= k || (closest.len() >= k && mean < o.set));
         if !now.is_empty() {
-            let mut m = Msg::new(MsgType::AddProvider, st.key.clone());
-            m.providers.push(KadPeer { id: self.local.clone(), addrs: cx.local.listen_addrs.clone(), connection: Connection::Connected });
+            let m = add_provider(&self.local, cx, &st.key);
             self.stats.optimistic_early_stores += now.len() as u64;
             for p in now {
                 self.send(cx, id, p.peer, p.addrs, m.clone(), false, true);
@@ -596,18 +597,14 @@ impl KadService {
             tracing::debug!(peer = %r.peer, "kad peer left the table after failed requests");
         }
         let Some(st) = self.queries.get_mut(&r.query) else { return };
-        match (st.phase, r.store) {
+        match (&mut st.phase, r.store) {
             (Phase::Lookup, false) => st.q.on_failure(&r.peer),
             (Phase::Lookup, true) => {
                 if let Some(o) = st.opt.as_mut() {
                     o.done += 1;
                 }
             }
-            (Phase::Storing { .. }, true) => {
-                if let Phase::Storing { ref mut pending, .. } = st.phase {
-                    *pending = pending.saturating_sub(1);
-                }
-            }
+            (Phase::Storing { pending, .. }, true) => *pending = pending.saturating_sub(1),
             // A lookup request that ends after its lookup did.
             (Phase::Storing { .. }, false) => return,
         }

@@ -20,6 +20,14 @@ pub fn node_script(dir: &str, script: &str) -> Command {
 }
 
 /// Resident set of process `pid` ("self": this one), from /proc; 0 where it cannot be read.
+/// An ephemeral host with every resource budget lifted: for benches where one peer holds thousands of
+/// connections.
+pub fn unlimited_config() -> hyphae::HostConfig {
+    let mut c = hyphae::HostConfig::ephemeral();
+    c.resources = hyphae::core::rcmgr::Limits::unlimited();
+    c
+}
+
 pub fn rss_bytes(pid: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0)
