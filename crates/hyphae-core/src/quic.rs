@@ -10,6 +10,7 @@
 //! every `now` is our [`Instant`] offset from it — the core still never reads a clock.
 
 pub mod congestion;
+mod session;
 
 pub use congestion::Congestion;
 
@@ -396,8 +397,9 @@ impl Endpoint {
         let cfg_err = |e: String| QuicError::Config(e);
         let client_tls = tls::client_config(&config.cert, vec![ALPN.to_vec()], config.unix_time).map_err(|e| cfg_err(e.to_string()))?;
         let server_tls = tls::server_config(&config.cert, vec![ALPN.to_vec()], config.unix_time).map_err(|e| cfg_err(e.to_string()))?;
-        let qc = quinn_proto::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls)).map_err(|e| cfg_err(e.to_string()))?;
-        let qs = quinn_proto::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).map_err(|e| cfg_err(e.to_string()))?;
+        let no_suite = || cfg_err("TLS config without TLS 1.3's AES-128-GCM-SHA256 (QUIC's Initial suite)".into());
+        let qc = session::ClientCrypto::new(Arc::new(client_tls)).ok_or_else(no_suite)?;
+        let qs = session::ServerCrypto::new(Arc::new(server_tls)).ok_or_else(no_suite)?;
         let mut transport = quinn_proto::TransportConfig::default();
         transport.max_concurrent_bidi_streams(VarInt::from_u32(config.initial_stream_limit()));
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -442,6 +444,7 @@ impl Endpoint {
         }));
         client.transport_config(transport);
         let mut epc = quinn_proto::EndpointConfig::new(Arc::new(reset_key));
+        epc.supported_versions(vec![session::QUIC_V1]);
         let mut gen_seed = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut r, &mut gen_seed);
         let gens = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -1670,6 +1673,13 @@ mod tests {
         pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
         assert!(ev_a.iter().any(|e| matches!(e, Event::Established { peer, role: Role::Dialer, .. } if *peer == b_id)), "{ev_a:?}");
         assert!(ev_b.iter().any(|e| matches!(e, Event::Established { peer, role: Role::Listener, .. } if *peer == a_id)), "{ev_b:?}");
+        // Both ends let go of rustls once the handshake ended (the exporter secret went with it; the peer's
+        // certificate, checked above, did not).
+        for ep in [&a, &b] {
+            let c = ep.conns.values().next().expect("one connection");
+            assert!(c.conn.crypto_session().export_keying_material(&mut [0; 8], b"x", b"").is_err());
+            assert!(!c.conn.crypto_session().is_handshaking());
+        }
         let s = a.open_stream(now, conn, vec!["/nope".into(), "/echo/1".into()]).unwrap();
         pump(&mut a, &mut b, &mut now, &mut ev_a, &mut ev_b);
         assert!(ev_a.contains(&Event::OutboundReady { conn, id: s, protocol: "/echo/1".into() }), "{ev_a:?}");
