@@ -342,10 +342,15 @@ fn parse_fields(cert: &[u8]) -> Result<Fields<'_>, TlsError> {
 /// A certificate and its private key (PKCS#8 DER).
 #[derive(Clone)]
 pub struct Certificate {
+    /// The P-256 certificate, the one every libp2p implementation can verify.
     pub cert_der: Vec<u8>,
     /// The certificate with its key loaded as a signer, shared by every connection's rustls config (loading a
     /// P-256 key derives its public key: too slow to repeat per handshake).
     certified: Arc<rustls::sign::CertifiedKey>,
+    /// The same identity on an Ed25519 certificate key, presented to peers that offer Ed25519 signatures
+    /// (hyphae, go, rust): its CertificateVerify signature costs ~1/7 of a P-256 one with the deterministic
+    /// signer (RFC 6979, pure Rust) that replayable handshakes need.
+    ed25519: Arc<rustls::sign::CertifiedKey>,
 }
 
 impl std::fmt::Debug for Certificate {
@@ -354,20 +359,81 @@ impl std::fmt::Debug for Certificate {
     }
 }
 
+/// Picks the certificate for a handshake from the signature schemes the peer offers: Ed25519 when it
+/// offers it (the libp2p TLS spec lets each side choose any key the peer can verify), else P-256.
+#[derive(Debug)]
+struct Resolver {
+    p256: Arc<rustls::sign::CertifiedKey>,
+    ed25519: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl Resolver {
+    fn pick(&self, offered: &[SignatureScheme]) -> Arc<rustls::sign::CertifiedKey> {
+        if offered.contains(&SignatureScheme::ED25519) {
+            self.ed25519.clone()
+        } else {
+            self.p256.clone()
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.pick(hello.signature_schemes()))
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Resolver {
+    fn resolve(&self, _root_hints: &[&[u8]], offered: &[SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.pick(offered))
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 impl Certificate {
-    /// Our certificate and signer as rustls resolves them, client and server side.
-    fn resolver(&self) -> Arc<rustls::sign::SingleCertAndKey> {
-        Arc::new(rustls::sign::SingleCertAndKey::from(self.certified.clone()))
+    /// Our certificates and signers as rustls resolves them, client and server side.
+    fn resolver(&self) -> Arc<Resolver> {
+        Arc::new(Resolver { p256: self.certified.clone(), ed25519: self.ed25519.clone() })
     }
 
-    /// A self-signed libp2p certificate for `identity`, valid from an hour before `now_unix` for 100 years
-    /// (as go-libp2p makes them).
+    /// Self-signed libp2p certificates for `identity` (a P-256 and an Ed25519 one), valid from an hour
+    /// before `now_unix` for 100 years (as go-libp2p makes them).
     pub fn generate(identity: &Keypair, now_unix: i64, rng: &mut impl CryptoRngCore) -> Certificate {
         use p256::pkcs8::EncodePublicKey;
         let sk = p256::ecdsa::SigningKey::random(rng);
         let spki = sk.verifying_key().to_public_key_der().expect("invariant: p256 key encodes as SPKI").as_bytes().to_vec();
+        let cert_der = Self::self_signed(identity, now_unix, rng, OID_ECDSA_SHA256, &spki, |tbs| {
+            use p256::ecdsa::signature::Signer;
+            let sig: p256::ecdsa::Signature = sk.sign(tbs);
+            sig.to_der().as_bytes().to_vec()
+        });
+        let certified = Arc::new(rustls::sign::CertifiedKey::new(vec![CertificateDer::from(cert_der.clone())], Arc::new(P256Key(sk))));
+        let ek = ed25519_dalek::SigningKey::generate(rng);
+        let mut bits = vec![0u8];
+        bits.extend_from_slice(ek.verifying_key().as_bytes());
+        let ed_spki = der::seq(&[&der::seq(&[&der::tlv(der::OID, OID_ED25519)]), &der::tlv(der::BIT, &bits)]);
+        let ed_der = Self::self_signed(identity, now_unix, rng, OID_ED25519, &ed_spki, |tbs| {
+            use ed25519_dalek::Signer;
+            ek.sign(tbs).to_bytes().to_vec()
+        });
+        let ed25519 = Arc::new(rustls::sign::CertifiedKey::new(vec![CertificateDer::from(ed_der)], Arc::new(Ed25519Key(ek))));
+        Certificate { cert_der, certified, ed25519 }
+    }
+
+    /// A certificate for the key `spki`, carrying `identity`'s libp2p extension, self-signed with `sign`
+    /// under the algorithm `sig_oid`.
+    fn self_signed(
+        identity: &Keypair,
+        now_unix: i64,
+        rng: &mut impl CryptoRngCore,
+        sig_oid: &[u8],
+        spki: &[u8],
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Vec<u8> {
         let mut msg = SIGNED_KEY_PREFIX.to_vec();
-        msg.extend_from_slice(&spki);
+        msg.extend_from_slice(spki);
         let signed_key =
             der::seq(&[&der::tlv(der::OCTET, &identity.public().encode_protobuf()), &der::tlv(der::OCTET, &identity.sign(&msg))]);
         let ext = der::seq(&[&der::tlv(der::OID, OID_LIBP2P_EXT), &der::tlv(der::OCTET, &signed_key)]);
@@ -377,7 +443,8 @@ impl Certificate {
         // not minimal, and Go's x509 parser refuses the certificate (TLS alert bad_certificate). That was
         // the interop matrix's flake: 1 certificate in 256.
         serial[0] = (serial[0] & 0x3f) | 0x40;
-        let sig_alg = der::seq(&[&der::tlv(der::OID, OID_ECDSA_SHA256)]);
+        // RFC 5758 and RFC 8410: neither ECDSA with SHA-256 nor Ed25519 has algorithm parameters.
+        let sig_alg = der::seq(&[&der::tlv(der::OID, sig_oid)]);
         let name = der::seq(&[&der::tlv(der::SET, &der::seq(&[&der::tlv(der::OID, OID_SERIAL_NUMBER), &der::tlv(der::PRINTABLE, b"1")]))]);
         let validity = der::seq(&[&der::generalized_time(now_unix - 3600), &der::generalized_time(now_unix + 100 * 365 * 86400)]);
         let tbs = der::seq(&[
@@ -387,16 +454,18 @@ impl Certificate {
             &name,
             &validity,
             &name,
-            &spki,
+            spki,
             &der::tlv(0xa3, &der::seq(&[&ext])),
         ]);
-        use p256::ecdsa::signature::Signer;
-        let sig: p256::ecdsa::Signature = sk.sign(&tbs);
         let mut bits = vec![0u8];
-        bits.extend_from_slice(sig.to_der().as_bytes());
-        let cert_der = der::seq(&[&tbs, &sig_alg, &der::tlv(der::BIT, &bits)]);
-        let certified = Arc::new(rustls::sign::CertifiedKey::new(vec![CertificateDer::from(cert_der.clone())], Arc::new(P256Key(sk))));
-        Certificate { cert_der, certified }
+        bits.extend_from_slice(&sign(&tbs));
+        der::seq(&[&tbs, &sig_alg, &der::tlv(der::BIT, &bits)])
+    }
+
+    /// The Ed25519 certificate (for tests).
+    #[cfg(test)]
+    fn ed25519_der(&self) -> Vec<u8> {
+        self.ed25519.cert[0].to_vec()
     }
 }
 
@@ -636,6 +705,42 @@ impl rustls::sign::Signer for P256Key {
     }
 }
 
+/// Our Ed25519 certificate key as a rustls signer (Ed25519 signatures are deterministic).
+struct Ed25519Key(ed25519_dalek::SigningKey);
+
+impl std::fmt::Debug for Ed25519Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ed25519Key(..)")
+    }
+}
+
+impl rustls::sign::SigningKey for Ed25519Key {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered.contains(&SignatureScheme::ED25519).then(|| Box::new(Ed25519Signer(self.0.clone())) as Box<dyn rustls::sign::Signer>)
+    }
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ED25519
+    }
+}
+
+struct Ed25519Signer(ed25519_dalek::SigningKey);
+
+impl std::fmt::Debug for Ed25519Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ed25519Signer(..)")
+    }
+}
+
+impl rustls::sign::Signer for Ed25519Signer {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        use ed25519_dalek::Signer;
+        Ok(self.0.sign(message).to_bytes().to_vec())
+    }
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
 /// ring's ciphers and verifiers with our RNG and X25519 (our signer comes with the certificate). Built once.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static P: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> = std::sync::OnceLock::new();
@@ -852,7 +957,26 @@ mod tests {
             let n = bad.len();
             bad[n - 5] ^= 1;
             assert!(verify_certificate(&bad, 1_800_000_000).is_err());
+            // The Ed25519 certificate names the same host; a flipped bit in its signature is caught too.
+            let ed = c.ed25519_der();
+            assert_eq!(verify_certificate(&ed, 1_800_000_000).unwrap().peer_id, id.peer_id());
+            let mut bad = ed.clone();
+            let n = bad.len();
+            bad[n - 5] ^= 1;
+            assert_eq!(verify_certificate(&bad, 1_800_000_000).unwrap_err(), TlsError::Certificate("self-signature does not verify"));
         }
+    }
+
+    /// Ed25519 goes to a peer that offers it, P-256 to one that does not.
+    #[test]
+    fn the_certificate_follows_the_peers_signature_schemes() {
+        let mut rng = crate::rng::from_seed([6; 32]);
+        let id = Keypair::generate_ed25519(&mut rng);
+        let c = Certificate::generate(&id, 1_800_000_000, &mut rng);
+        let r = c.resolver();
+        let both = [SignatureScheme::ECDSA_NISTP256_SHA256, SignatureScheme::ED25519];
+        assert_eq!(r.pick(&both).cert[0].as_ref(), c.ed25519_der().as_slice());
+        assert_eq!(r.pick(&both[..1]).cert[0].as_ref(), c.cert_der.as_slice());
     }
 
     /// Every generated serial number is a minimal positive DER INTEGER (Go rejects the others).
@@ -894,6 +1018,9 @@ mod tests {
         assert_eq!(rc.peer_id, b.peer_id());
         assert_eq!(rc.muxer.as_deref(), Some("/yamux/1.0.0"));
         assert_eq!(s.remote().unwrap().peer_id, a.peer_id());
+        // Two hyphae nodes offer each other Ed25519, so both present their Ed25519 certificates.
+        assert_eq!(c.conn.peer_certificates().unwrap()[0].as_ref(), cb.ed25519_der().as_slice());
+        assert_eq!(s.conn.peer_certificates().unwrap()[0].as_ref(), ca.ed25519_der().as_slice());
         c.encrypt(b"hello over tls", &mut to_s);
         s.handle_input(&mut to_s, &mut ps).unwrap();
         assert_eq!(ps, b"hello over tls");
