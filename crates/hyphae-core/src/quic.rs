@@ -11,6 +11,8 @@
 
 pub mod congestion;
 mod session;
+#[doc(hidden)]
+pub use session::PostHandshake;
 
 pub use congestion::Congestion;
 

@@ -313,8 +313,10 @@ impl crypto::Session for Session {
 }
 
 /// Skips post-handshake TLS messages (4-byte header: type, 24-bit length), allowing NewSessionTicket only.
-#[derive(Default)]
-struct PostHandshake {
+/// Public for the fuzz target only (`quic_post_handshake`).
+#[doc(hidden)]
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct PostHandshake {
     header: [u8; 4],
     have: usize,
     skip: usize,
@@ -326,7 +328,8 @@ const NEW_SESSION_TICKET: u8 = 4;
 const UNEXPECTED_MESSAGE: u8 = 10;
 
 impl PostHandshake {
-    fn read(&mut self, mut buf: &[u8]) -> Result<(), TransportError> {
+    /// Takes the next CRYPTO bytes at the 1-RTT level; an error names the refused message.
+    pub fn read(&mut self, mut buf: &[u8]) -> Result<(), TransportError> {
         while !buf.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(buf.len());
@@ -350,6 +353,12 @@ impl PostHandshake {
             }
         }
         Ok(())
+    }
+
+    /// Header bytes held and message bytes still to skip: what it keeps between reads (at most 3 and
+    /// 2^24 - 1).
+    pub fn pending(&self) -> (usize, usize) {
+        (self.have, self.skip)
     }
 }
 
