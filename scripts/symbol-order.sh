@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates crates/hyphae-cli/symbol-order.txt: the functions of the `hyphae` binary that a node runs
-# while it starts and idles, one mangled name a line. The release build hands the file to the linker
-# (crates/hyphae-cli/build.rs), which lays those functions out side by side at the start of the code, so a
-# node keeps a few contiguous pages of its binary resident instead of the 64 KiB the kernel maps around
-# every one of ~80 functions scattered through 7.7 MB (the page cache's fault-around). See BENCHMARKS.md,
+# while it starts and idles, then those of a perf transfer, one mangled name a line. The release build
+# hands the file to the linker (crates/hyphae-cli/build.rs), which lays those functions out side by side
+# at the start of the code, so an idle node keeps ~1.4 MB of its binary resident instead of the 64 KiB the
+# kernel maps around each first-touched page (the page cache's fault-around) at ~80 places scattered
+# through 7.7 MB: ~5 MB. See BENCHMARKS.md,
 # "Idle node RSS: the code a node runs, laid out together".
 #
 # Re-run it after a large change (new services, a new dependency on the start-up path): a stale file still
@@ -70,7 +71,7 @@ transfer() {
   kill -INT "$pid" 2>/dev/null || true
   wait "$pid" || true
 }
-transfer tcp /ip4/127.0.0.1/tcp/0 /tcp/[0-9]*
+transfer tcp /ip4/127.0.0.1/tcp/0 '/tcp/[0-9]*'
 transfer quic /ip4/127.0.0.1/udp/0/quic-v1 /quic-v1
 
 # Callgrind's format names each function once (`fn=(id) name` or `cfn=(id) name`, later `fn=(id)`) and each

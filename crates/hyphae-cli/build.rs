@@ -1,4 +1,5 @@
-//! Lays out the code a starting and idling node runs side by side (release builds on x86_64 Linux).
+//! Lays out the code a node runs at start-up, at idle and in a transfer side by side (release builds on
+//! x86_64 Linux).
 //!
 //! `symbol-order.txt` (written by `scripts/symbol-order.sh`) lists those functions; the linker places them
 //! first, in that order. An idle node then keeps a few contiguous pages of its binary resident instead of
@@ -12,6 +13,7 @@ fn main() {
     println!("cargo:rerun-if-changed=symbol-order.txt");
     println!("cargo:rerun-if-env-changed=HYPHAE_SYMBOL_ORDER");
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let var = |k: &str| env::var(k).unwrap_or_default();
     let own_linker = !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
         || var("CARGO_ENCODED_RUSTFLAGS").contains("link")
