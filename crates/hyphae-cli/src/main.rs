@@ -153,6 +153,10 @@ enum Cmd {
         /// Worker threads (or HYPHAE_SIM_THREADS; default: the cores, at most 8); never changes the outcome.
         #[arg(long)]
         threads: Option<usize>,
+        /// Also print the table of the run so far every DURATION of virtual time (e.g. 60s, 5m): a long
+        /// run's figures before it ends. Changes nothing in the run.
+        #[arg(long, value_name = "DURATION", value_parser = hyphae_sim::scenario::parse_duration)]
+        report_every: Option<std::time::Duration>,
     },
 }
 
@@ -292,6 +296,7 @@ struct Args {
     out: Option<PathBuf>,
     check: bool,
     threads: Option<usize>,
+    report_every: Option<std::time::Duration>,
     listen: Vec<Multiaddr>,
     key: Option<PathBuf>,
     key_type: KeyType,
@@ -331,6 +336,7 @@ impl Args {
             out: None,
             check: false,
             threads: None,
+            report_every: None,
             bootstrap: Vec::new(),
             dht_mode: None,
             dht_disjoint_paths: 1,
@@ -427,9 +433,18 @@ fn main() -> ExitCode {
         }
         Cmd::Daemon { .. } => unreachable!("invariant: the daemon returned above"),
         Cmd::TransportInterop => ("transport-interop", Args::with(Common::default(), ListenArgs::default())),
-        Cmd::Sim { file, seed, out, check, threads } => {
-            ("sim", Args { positional: vec![file], seed, out, check, threads, ..Args::with(Common::default(), ListenArgs::default()) })
-        }
+        Cmd::Sim { file, seed, out, check, threads, report_every } => (
+            "sim",
+            Args {
+                positional: vec![file],
+                seed,
+                out,
+                check,
+                threads,
+                report_every,
+                ..Args::with(Common::default(), ListenArgs::default())
+            },
+        ),
     };
     if name == "sim" {
         return match sim(args) {
@@ -913,6 +928,22 @@ fn sim(args: Args) -> Result<(), String> {
             eprintln!("  {pct:5.1}%  virtual {:.0}s  wall {el:.1}s", done as f64 / 1e9);
         }
     }));
+    if let Some(every) = args.report_every.filter(|d| !d.is_zero()) {
+        let mut t = every;
+        while t < sc.duration {
+            s.run_until(t);
+            if interactive {
+                eprintln!();
+            }
+            println!(
+                "report so far, at {:.0}s virtual (wall {:.1}s); lookups in flight not counted yet:",
+                t.as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            );
+            print!("{}", hyphae_sim::report::table(&s.report_so_far()));
+            t += every;
+        }
+    }
     let r = s.run();
     let wall = started.elapsed();
     if interactive {

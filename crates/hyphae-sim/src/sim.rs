@@ -1681,8 +1681,27 @@ impl Sim {
         if let Some(p) = self.phases.last_mut() {
             p.end_ns = end.as_nanos();
         }
-        let mut total_phase = Phase { name: "total".into(), start_ns: 0, end_ns: end.as_nanos(), ..Default::default() };
         let phases = std::mem::take(&mut self.phases);
+        let over_time = (std::mem::take(&mut self.rtt_over_time), std::mem::take(&mut self.fails_over_time));
+        self.report(end, phases, over_time)
+    }
+
+    /// The report of the run so far (after [`Sim::run_until`]): every phase up to now, the current one
+    /// ending now; lookups and deliveries still in flight are not in it yet. Taking it changes nothing
+    /// in the run. What `hyphae sim --report-every` prints: a long run's figures before it ends.
+    pub fn report_so_far(&mut self) -> Report {
+        let mut phases = self.phases.clone();
+        if let Some(p) = phases.last_mut() {
+            p.end_ns = self.now.as_nanos();
+        }
+        let over_time = (self.rtt_over_time.clone(), self.fails_over_time.clone());
+        let mut r = self.report(self.now, phases, over_time);
+        r.virtual_time = self.now.saturating_duration_since(Instant::ZERO);
+        r
+    }
+
+    fn report(&mut self, end: Instant, phases: Vec<Phase>, over_time: (Vec<Histogram>, Vec<u64>)) -> Report {
+        let mut total_phase = Phase { name: "total".into(), start_ns: 0, end_ns: end.as_nanos(), ..Default::default() };
         for p in &phases {
             total_phase.counters.add(&p.counters);
             total_phase.rtt.merge(&p.rtt);
@@ -1716,8 +1735,8 @@ impl Sim {
             trace_hash: self.hash,
             phases,
             total: total_phase,
-            rtt_over_time: std::mem::take(&mut self.rtt_over_time),
-            fails_over_time: std::mem::take(&mut self.fails_over_time),
+            rtt_over_time: over_time.0,
+            fails_over_time: over_time.1,
             bucket_ns: self.bucket_ns,
             connected_fraction: if alive.is_empty() { 0.0 } else { connected as f64 / alive.len() as f64 },
             dht_nodes: tables.len(),

@@ -181,6 +181,31 @@ fn sim_trace_and_counters_are_queryable_mid_run() {
     assert_eq!(s.node_stats(0).unwrap().pings_ok, 4 * 5);
 }
 
+/// `report_so_far` (what `hyphae sim --report-every` prints) shows the phases up to now and changes
+/// nothing: a run that took two snapshots ends with the same trace hash and figures as one that took none.
+#[test]
+fn sim_report_so_far_changes_nothing() {
+    let text = "nodes all 6 ping=2s\nlink latency=5ms\nat 0s connect random 3\nat 10s phase later\nrun 20s";
+    let sc = parse(text).unwrap();
+    let plain = Sim::new(sc.clone(), seed(4)).run();
+    let mut s = Sim::new(sc, seed(4));
+    s.run_until(std::time::Duration::from_secs(5));
+    let early = s.report_so_far();
+    assert_eq!(early.phases.len(), 1);
+    assert_eq!(early.virtual_time, std::time::Duration::from_secs(5));
+    let early_pings = early.metric("main", "pings_ok").unwrap();
+    assert!(early_pings > 0.0);
+    s.run_until(std::time::Duration::from_secs(15));
+    let mid = s.report_so_far();
+    assert_eq!(mid.phases.len(), 2);
+    assert!(mid.metric("main", "pings_ok").unwrap() >= early_pings);
+    let r = s.run();
+    assert_eq!(r.trace_hash, plain.trace_hash);
+    assert_eq!(r.events, plain.events);
+    assert_eq!(r.metric("main", "pings_ok"), plain.metric("main", "pings_ok"));
+    assert_eq!(r.metric("later", "pings_ok"), plain.metric("later", "pings_ok"));
+}
+
 const QUIC_LOSSY: &str = "
 nodes all 30 ping=5s transport=quic
 link latency=20ms jitter=4ms loss=3% reorder=10%
