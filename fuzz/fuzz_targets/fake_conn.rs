@@ -60,6 +60,7 @@ pub fn established(peer: &hyphae_core::PeerId, key: &Keypair) -> Event {
         security: "/noise".into(),
         muxer: "/yamux/1.0.0".into(),
         early_muxer: true,
+        rtt: core::time::Duration::from_millis(40),
     }
 }
 

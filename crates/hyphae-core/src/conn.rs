@@ -240,6 +240,10 @@ pub struct Connection {
     /// The security layer's buffers ([`SECURE_CHANNEL_MEMORY`]) held from `Config::memory` from the
     /// handshake's start until the connection closes.
     buffers: Option<crate::rcmgr::Reservation>,
+    /// The time of the input being handled, and when our last handshake flight left (before the
+    /// connection opened): `Established`'s `rtt` is the one from the other.
+    now: Instant,
+    last_flight: Instant,
 }
 
 /// What one connection's security layer may buffer, reserved from the memory budget before its
@@ -279,6 +283,8 @@ impl Connection {
             stats: Stats::default(),
             lazy_neg: None,
             buffers: None,
+            now,
+            last_flight: now,
         };
         if let Some(b) = neg.poll_transmit() {
             c.out.extend(b);
@@ -383,9 +389,14 @@ impl Connection {
             return;
         }
         self.set_now(now);
+        self.now = now;
         self.stats.bytes_in += data.len() as u64;
         self.raw_in.extend_from_slice(data);
+        let out_before = self.out.len();
         self.advance();
+        if !self.is_open() && self.out.len() > out_before {
+            self.last_flight = now;
+        }
         if !self.is_open() && !self.is_closed() && self.raw_in.len() > self.config.limits.max_handshake_buffer {
             self.fail(CloseReason::Limit("handshake buffer"));
         }
@@ -590,6 +601,7 @@ impl Connection {
             security: self.security.clone(),
             muxer: muxer.to_string(),
             early_muxer: early,
+            rtt: self.now.saturating_duration_since(self.last_flight),
         });
     }
 

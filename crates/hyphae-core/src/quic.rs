@@ -20,7 +20,7 @@ use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::mss::Negotiator;
 use crate::rcmgr;
 use crate::stream::{self, CloseReason, OpenError, ReadResult, Role, StreamError, StreamId};
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use crate::tls;
 use core::net::SocketAddr;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, VarInt};
@@ -124,14 +124,47 @@ pub struct QuicConnId(pub usize);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Established { conn: QuicConnId, peer: PeerId, public_key: PublicKey, remote: SocketAddr, role: Role },
-    InboundStream { conn: QuicConnId, id: StreamId, protocol: String },
-    OutboundReady { conn: QuicConnId, id: StreamId, protocol: String },
-    OutboundFailed { conn: QuicConnId, id: StreamId, reason: OpenError },
-    Readable { conn: QuicConnId, id: StreamId },
-    Writable { conn: QuicConnId, id: StreamId },
-    Reset { conn: QuicConnId, id: StreamId },
-    Closed { conn: QuicConnId, reason: CloseReason },
+    /// `rtt`: quinn's round-trip estimate when the handshake completed.
+    Established {
+        conn: QuicConnId,
+        peer: PeerId,
+        /// Boxed: keys are large (RSA) and this event is rare.
+        public_key: Box<PublicKey>,
+        remote: SocketAddr,
+        role: Role,
+        rtt: Duration,
+    },
+    InboundStream {
+        conn: QuicConnId,
+        id: StreamId,
+        protocol: String,
+    },
+    OutboundReady {
+        conn: QuicConnId,
+        id: StreamId,
+        protocol: String,
+    },
+    OutboundFailed {
+        conn: QuicConnId,
+        id: StreamId,
+        reason: OpenError,
+    },
+    Readable {
+        conn: QuicConnId,
+        id: StreamId,
+    },
+    Writable {
+        conn: QuicConnId,
+        id: StreamId,
+    },
+    Reset {
+        conn: QuicConnId,
+        id: StreamId,
+    },
+    Closed {
+        conn: QuicConnId,
+        reason: CloseReason,
+    },
 }
 
 /// What a QUIC connection reports as its stream muxer (its streams are its own).
@@ -144,16 +177,9 @@ impl Event {
     pub fn into_conn_event(self) -> (QuicConnId, stream::ConnEvent) {
         use stream::ConnEvent as C;
         match self {
-            Event::Established { conn, peer, public_key, .. } => (
-                conn,
-                C::Established {
-                    peer,
-                    public_key: Box::new(public_key),
-                    security: tls::PROTOCOL_ID.into(),
-                    muxer: MUXER.into(),
-                    early_muxer: false,
-                },
-            ),
+            Event::Established { conn, peer, public_key, rtt, .. } => {
+                (conn, C::Established { peer, public_key, security: tls::PROTOCOL_ID.into(), muxer: MUXER.into(), early_muxer: false, rtt })
+            }
             Event::InboundStream { conn, id, protocol } => (conn, C::InboundStream { id, protocol }),
             Event::OutboundReady { conn, id, protocol } => (conn, C::OutboundReady { id, protocol }),
             Event::OutboundFailed { conn, id, reason } => (conn, C::OutboundFailed { id, reason }),
@@ -826,9 +852,10 @@ impl Endpoint {
                 self.events.push_back(Event::Established {
                     conn: cid,
                     peer: pc.peer_id,
-                    public_key: pc.public_key,
+                    public_key: Box::new(pc.public_key),
                     remote: c.remote,
                     role: if c.outbound { Role::Dialer } else { Role::Listener },
+                    rtt: c.conn.rtt(),
                 });
             }
             quinn_proto::Event::ConnectionLost { reason } => {

@@ -26,7 +26,7 @@ use crate::ping;
 use crate::rng::Rng;
 pub use crate::stream::ConnId;
 use crate::stream::{CloseReason, OpenError, Role, StreamId, Violation};
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -103,6 +103,8 @@ pub enum ConnectionEvent<'a> {
         peer: &'a PeerId,
         role: Role,
         addr: &'a Multiaddr,
+        /// The handshake's last round trip (`stream::ConnEvent::Established`): a first RTT estimate.
+        rtt: Duration,
     },
     /// Identify finished (or a push arrived) on `conn`: the peer's protocols and addresses are known.
     Identified {

@@ -7,7 +7,7 @@
 //! import it without importing each other. `tests/layers.rs` fails on any import cycle.
 
 use crate::identity::{PeerId, PublicKey};
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 
 /// A connection of the node (TCP or QUIC), unique for the node's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -185,6 +185,10 @@ pub enum ConnEvent {
         security: String,
         muxer: String,
         early_muxer: bool,
+        /// The handshake's last round trip: from our last handshake flight to the answer that completed
+        /// it (TCP: the dialer's Noise/TLS first flight → the listener's; the listener's → the dialer's
+        /// last; QUIC: quinn's estimate from the handshake's packets). A first measure of the path's RTT.
+        rtt: Duration,
     },
     /// A remote-opened stream whose protocol we negotiated.
     InboundStream {

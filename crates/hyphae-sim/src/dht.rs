@@ -241,3 +241,10 @@ pub fn stats(node: &mut ByteNode) -> Option<kad::Stats> {
 pub fn table(node: &mut ByteNode) -> Option<(usize, bool)> {
     node.node_mut().service_mut::<KadService>().map(|k| (k.table().len(), k.is_server()))
 }
+
+/// The request → answer times measured for a node's routing-table peers: their sum in ms and count.
+pub fn table_rtts(node: &mut ByteNode) -> Option<(f64, usize)> {
+    node.node_mut()
+        .service_mut::<KadService>()
+        .map(|k| k.table().iter().filter_map(|e| e.rtt).fold((0.0, 0), |(s, n), r| (s + r.as_secs_f64() * 1e3, n + 1)))
+}

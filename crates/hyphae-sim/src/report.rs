@@ -43,6 +43,8 @@ pub fn table(r: &Report) -> String {
         }
         let _ = writeln!(s, "{:<18} {:>14}", "dht_servers", format!("{} of {}", r.dht_servers, r.dht_nodes));
         let _ = writeln!(s, "{:<18} {:>14}", "dht_table_mean", format!("{:.1}", r.dht_table_mean));
+        let _ = writeln!(s, "{:<18} {:>14}", "dht_table_rtt_ms", format!("{:.1}", r.dht_table_rtt_ms));
+        let _ = writeln!(s, "{:<18} {:>14}", "dht_replaced_nearer", format!("{:.2}", r.dht_replaced_nearer));
         let _ = writeln!(s, "{:<18} {:>14}", "dht_widened", format!("{:.4}", r.dht_widened));
         let _ = writeln!(s, "{:<18} {:>14}", "dht_diversity_rejected", format!("{:.2}", r.dht_diversity_rejected));
     }

@@ -10,6 +10,7 @@
 //!                   [idle=10s] [autonat] [disjoint=N]  # idle: connections without streams close after this long;
 //!                   [diversity=off|table|lookup] [density=on|off] [subnet=own|shared] [eclipse]
 //!                   [provide=optimistic|classic]  # provide: `kad::Config::optimistic_provide` (default optimistic)
+//!                   [proximity=on|off]      # proximity: `kad::Config::proximity` (tables keep near peers; default off)
 //!                                           # disjoint: DHT lookups on N disjoint paths (S/Kademlia)
 //!                                           # diversity: the DHT's IP-group filters: off, the routing
 //!                                           # table's only (go's), or the table's and each lookup's
@@ -23,7 +24,8 @@
 //!                                           # inbound connections are refused (the simplest NAT)
 //! link latency=20ms [jitter=2ms] [bandwidth=100mbit] [loss=1%] [reorder=5%]  # the default link class
 //!                                           # (one-way latency); loss and reorder apply to datagrams
-//! region NAME SELECTOR                      # nodes in a region (SELECTOR: N, A..B, a group or region, all)
+//! region NAME SELECTOR                      # nodes in a region (SELECTOR: N, A..B, a group or region, all;
+//!                                           # the same NAME again adds nodes to it)
 //! between REGION REGION latency=80ms [jitter=..] [bandwidth=..]  # link class between two regions
 //! phase NAME                                # metrics from time 0 go to this phase
 //! at TIME ACTION                            # a timeline action (below)
@@ -185,6 +187,8 @@ pub struct Group {
     pub density: bool,
     /// Optimistic provide (`kad::Config::optimistic_provide`).
     pub optimistic_provide: bool,
+    /// Proximity neighbour selection (`kad::Config::proximity`).
+    pub proximity: bool,
     /// With public addresses: the whole group in one /32 (one operator's address block).
     pub shared_subnet: bool,
     /// Sybils of the eclipse attack on the target key (`kad::Eclipse`); implies `adversary`.
@@ -498,6 +502,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut shared_subnet = false;
                 let mut density = true;
                 let mut optimistic_provide = true;
+                let mut proximity = false;
                 let mut eclipse = false;
                 let mut uplink_bps = 0;
                 let mut uplink_queue = 64 * 1024;
@@ -543,6 +548,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("density", "off")) => density = false,
                         Some(("provide", "optimistic")) => optimistic_provide = true,
                         Some(("provide", "classic")) => optimistic_provide = false,
+                        Some(("proximity", "on")) => proximity = true,
+                        Some(("proximity", "off")) => proximity = false,
                         Some(("subnet", "own")) => shared_subnet = false,
                         Some(("subnet", "shared")) => shared_subnet = true,
                         Some(("validation", v)) => validation = Some(parse_duration(v).map_err(err)?),
@@ -569,7 +576,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, subnet=own|shared, eclipse)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, proximity=on|off, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -595,6 +602,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     diversity,
                     density,
                     optimistic_provide,
+                    proximity,
                     shared_subnet,
                     eclipse,
                     uplink_bps,
@@ -627,7 +635,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 if !["<", "<=", ">", ">=", "=="].contains(op) {
                     return Err(err(format!("{op:?}: OP is one of < <= > >= ==")));
                 }
-                let dht_run_wide = ["dht_servers", "dht_table_mean", "dht_widened", "dht_diversity_rejected"];
+                let dht_run_wide =
+                    ["dht_servers", "dht_table_mean", "dht_table_rtt_ms", "dht_replaced_nearer", "dht_widened", "dht_diversity_rejected"];
                 if !crate::metrics::Phase::METRICS.contains(&metric)
                     && !crate::dht::Metrics::NAMES.contains(&metric)
                     && !dht_run_wide.contains(&metric)

@@ -170,6 +170,7 @@ struct SimNode {
     diversity: crate::scenario::Diversity,
     density: bool,
     optimistic_provide: bool,
+    proximity: bool,
     /// A sybil of the eclipse attack.
     eclipse: bool,
     /// How it attacks (kept across restarts).
@@ -638,6 +639,11 @@ pub struct Report {
     pub dht_nodes: usize,
     pub dht_servers: usize,
     pub dht_table_mean: f64,
+    /// The mean request → answer time measured for routing-table peers (honest nodes' tables, the
+    /// peers with a measurement): how near the tables lean (`proximity=on`).
+    pub dht_table_rtt_ms: f64,
+    /// Routing-table peers replaced by a clearly nearer one (`proximity=on`), per DHT node.
+    pub dht_replaced_nearer: f64,
     /// Of honest nodes' lookups (nodes alive at the end): the fraction the density check widened, and
     /// the peers lookups left out by the per-group limit, per lookup.
     pub dht_widened: f64,
@@ -652,6 +658,8 @@ impl Report {
             "connected_fraction" => return Some(self.connected_fraction),
             "dht_servers" => return Some(self.dht_servers as f64),
             "dht_table_mean" => return Some(self.dht_table_mean),
+            "dht_table_rtt_ms" => return Some(self.dht_table_rtt_ms),
+            "dht_replaced_nearer" => return Some(self.dht_replaced_nearer),
             "dht_widened" => return Some(self.dht_widened),
             "dht_diversity_rejected" => return Some(self.dht_diversity_rejected),
             "events" => return Some(self.events as f64),
@@ -802,6 +810,7 @@ impl Sim {
                     diversity: g.diversity,
                     density: g.density,
                     optimistic_provide: g.optimistic_provide,
+                    proximity: g.proximity,
                     eclipse: g.eclipse,
                     attack: hyphae_core::gossipsub::Adversary::Honest,
                     pending: dht::Pending::default(),
@@ -882,7 +891,9 @@ impl Sim {
             sc,
         };
         let regions: Vec<(String, Selector)> = sim.sc.regions.clone();
-        for (ri, (_, sel)) in regions.iter().enumerate() {
+        // A region named again adds nodes to it: every statement of one name maps to its first index.
+        for (name, sel) in &regions {
+            let ri = regions.iter().position(|(n, _)| n == name).expect("invariant: its own entry");
             for i in sim.select(sel) {
                 sim.world.regions[i] = ri;
             }
@@ -947,11 +958,15 @@ impl Sim {
             Selector::Range(a, b) => (*a..=*b).collect(),
             Selector::Group(g) => match self.groups.get(g) {
                 Some((a, b)) => (*a..*b).collect(),
-                None => match self.sc.regions.iter().find(|(n, _)| n == g) {
-                    // Regions are defined by selectors over groups or ranges; resolve one level.
-                    Some((_, sel)) if !matches!(sel, Selector::Group(x) if x == g) => self.select(&sel.clone()),
-                    _ => vec![],
-                },
+                // Regions are defined by selectors over groups or ranges (one or more statements of the
+                // same name); resolve one level.
+                None => self
+                    .sc
+                    .regions
+                    .iter()
+                    .filter(|(n, sel)| n == g && !matches!(sel, Selector::Group(x) if x == g))
+                    .flat_map(|(_, sel)| self.select(&sel.clone()))
+                    .collect(),
             },
         }
     }
@@ -996,6 +1011,7 @@ impl Sim {
                 disjoint_paths: n.disjoint,
                 density_check: n.density,
                 optimistic_provide: n.optimistic_provide,
+                proximity: n.proximity,
                 ..kad::Config::default()
             };
             match n.diversity {
@@ -1718,11 +1734,18 @@ impl Sim {
         let servers = tables.iter().filter(|(_, s)| *s).count();
         let table_mean =
             if servers == 0 { 0.0 } else { tables.iter().filter(|(_, s)| *s).map(|(n, _)| *n).sum::<usize>() as f64 / servers as f64 };
-        let (mut started, mut widened, mut rejected) = (0u64, 0u64, 0u64);
+        let (rtt_sum, rtt_n) = self
+            .nodes
+            .iter_mut()
+            .filter(|n| !n.adversary)
+            .filter_map(|n| n.node.as_mut().and_then(dht::table_rtts))
+            .fold((0.0, 0), |(s, n), (a, b)| (s + a, n + b));
+        let (mut started, mut widened, mut rejected, mut nearer) = (0u64, 0u64, 0u64, 0u64);
         for s in self.nodes.iter_mut().filter(|n| !n.adversary).filter_map(|n| n.node.as_mut().and_then(dht::stats)) {
             started += s.queries_started;
             widened += s.lookups_widened;
             rejected += s.lookup_rejected_diversity;
+            nearer += s.table_replaced_nearer;
         }
         let per_lookup = |x: u64| if started == 0 { 0.0 } else { x as f64 / started as f64 };
         let alive: Vec<&SimNode> = self.nodes.iter().filter(|n| n.node.is_some()).collect();
@@ -1742,6 +1765,8 @@ impl Sim {
             dht_nodes: tables.len(),
             dht_servers: servers,
             dht_table_mean: table_mean,
+            dht_table_rtt_ms: if rtt_n == 0 { 0.0 } else { rtt_sum / rtt_n as f64 },
+            dht_replaced_nearer: if tables.is_empty() { 0.0 } else { nearer as f64 / tables.len() as f64 },
             dht_widened: per_lookup(widened),
             dht_diversity_rejected: per_lookup(rejected),
             pubsub: traffic,

@@ -351,6 +351,33 @@ fn sim_dht_lookups_succeed_and_undialable_nodes_stay_clients() {
     assert!(r.metric("lookups", "dht_hops_mean").unwrap() >= 1.0);
     // Tables hold servers only: at most the other 59.
     assert!(r.dht_table_mean > 20.0 && r.dht_table_mean <= 59.0, "{}", r.dht_table_mean);
+    // Every table peer's round trip is measured, and is the link's 40 ms (± 4 ms jitter).
+    assert!((36.0..=44.5).contains(&r.dht_table_rtt_ms), "{}", r.dht_table_rtt_ms);
+}
+
+/// Proximity neighbour selection: 120 servers in two regions (RTT 40 ms inside, 120 ms across). With
+/// `proximity=on`, full buckets trade far peers for near ones: the tables' mean round trip falls, and
+/// so do the lookups' latencies, every lookup still succeeding.
+fn proximity(on: &str) -> String {
+    format!(
+        "nodes servers 120 dht=server idle=30s proximity={on}\nlink latency=20ms jitter=0ms\n\
+         region a 0..29\nregion b 30..89\nregion a 90..119\nbetween a b latency=60ms jitter=0ms\n\
+         phase join\nat 0s dht bootstrap all via 0..2 over 20s\nat 30s phase lookups\n\
+         at 30s dht provide 1 by all every 1s until 90s\nat 30s dht find-providers 2 by all every 1s until 100s\n\
+         run 100s\nassert lookups.dht_lookup_success_rate == 1\n"
+    )
+}
+
+#[test]
+fn sim_dht_proximity_tables_lean_near_and_lookups_get_faster() {
+    let (_, off) = run(&proximity("off"), 3);
+    let (_, on) = run(&proximity("on"), 3);
+    let t = |r: &hyphae_sim::Report| hyphae_sim::report::table(r);
+    assert_eq!(off.dht_replaced_nearer, 0.0, "{}", t(&off));
+    assert!(on.dht_replaced_nearer >= 2.0, "{}", t(&on));
+    assert!(on.dht_table_rtt_ms < off.dht_table_rtt_ms - 5.0, "{} vs {}", on.dht_table_rtt_ms, off.dht_table_rtt_ms);
+    let p50 = |r: &hyphae_sim::Report| r.metric("lookups", "dht_lookup_p50_ms").unwrap();
+    assert!(p50(&on) < p50(&off), "lookup p50 {} with proximity, {} without", p50(&on), p50(&off));
 }
 
 /// A QUIC DHT whose idle connections close (30 s) while new ones keep coming: quinn reuses the handle

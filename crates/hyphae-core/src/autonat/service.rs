@@ -559,7 +559,7 @@ impl Service for AutonatService {
                     self.servers.remove(peer);
                 }
             }
-            ConnectionEvent::Established { conn, peer, role: Role::Dialer, addr } => {
+            ConnectionEvent::Established { conn, peer, role: Role::Dialer, addr, .. } => {
                 // A dial-back of ours got through: answer, and close that connection (it only proved a point).
                 let addr = addr.clone();
                 if self.dialback_done(cx, peer, &addr, true) {

@@ -151,6 +151,11 @@ pub struct Config {
     /// when 75% of its ADD_PROVIDER messages are out (the rest go on). Without a size estimate (tables
     /// of networks under ~160 servers) a provide runs the classic way. Default on.
     pub optimistic_provide: bool,
+    /// Proximity neighbour selection: a full bucket makes room for a peer whose measured round trip
+    /// (handshake, or request → answer) is under 2/3 of (and 10 ms below) its slowest peer's, so tables, and the
+    /// lookup rounds that start from them, lean to near peers (`table` module doc). Default off (go and
+    /// rust keep a full bucket's old peers whatever their latency); the simulator's `proximity=on`.
+    pub proximity: bool,
     /// Lookups in flight at once (beyond: refused). Default 64.
     pub max_queries: usize,
     /// Inbound streams served at once (beyond: reset). Default 256.
@@ -209,6 +214,7 @@ impl Default for Config {
             lookup_max_per_group: 3,
             density_check: true,
             optimistic_provide: true,
+            proximity: false,
             max_queries: 64,
             max_inbound_streams: 256,
             limits: wire::Limits::default(),
@@ -286,6 +292,8 @@ pub struct Stats {
     pub malformed: u64,
     pub table_rejected_diversity: u64,
     pub table_rejected_full: u64,
+    /// Peers that took a full bucket's place of a clearly slower one (`Config::proximity`).
+    pub table_replaced_nearer: u64,
     /// Peers a lookup left out by `lookup_max_per_group`.
     pub lookup_rejected_diversity: u64,
     /// Lookups the density check widened.

@@ -134,6 +134,9 @@ struct Request {
     addrs: Vec<Multiaddr>,
     deadline: Instant,
     buf: Vec<u8>,
+    /// When the request went out on an established connection: its answer then measures one round
+    /// trip (plus the peer's work), which `Config::proximity` ranks table peers by.
+    opened: Option<Instant>,
 }
 
 pub struct KadService {
@@ -142,7 +145,8 @@ pub struct KadService {
     table: Table,
     store: Store,
     server: bool,
-    conns: BTreeMap<ConnId, PeerId>,
+    /// Our connections: the peer, and the handshake's round trip (the first RTT sample of the peer).
+    conns: BTreeMap<ConnId, (PeerId, Duration)>,
     next_id: u64,
     requests: BTreeMap<u64, Request>,
     by_stream: BTreeMap<(ConnId, StreamId), u64>,
@@ -172,6 +176,7 @@ impl KadService {
             max_per_group: config.max_per_group,
             max_per_group_per_bucket: config.max_per_group_per_bucket,
             diversity_private: config.diversity_private,
+            proximity: config.proximity,
         };
         KadService {
             table: Table::new(Key::from_peer(&local), tc),
@@ -260,6 +265,10 @@ impl KadService {
             }
             Insert::Diversity => self.stats.table_rejected_diversity += 1,
             Insert::Full => self.stats.table_rejected_full += 1,
+            Insert::Nearer => {
+                self.stats.table_replaced_nearer += 1;
+                cx.emit(NodeEvent::Kad(Event::RoutingUpdated { peer: peer.clone() }));
+            }
             Insert::Updated | Insert::Local => {}
         }
     }
@@ -532,7 +541,7 @@ impl KadService {
     // ---------- requests ----------
 
     fn conn_to(&self, peer: &PeerId) -> Option<ConnId> {
-        self.conns.iter().find(|(_, p)| *p == peer).map(|(c, _)| *c)
+        self.conns.iter().find(|(_, (p, _))| p == peer).map(|(c, _)| *c)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -557,10 +566,12 @@ impl KadService {
         }
         let mut state = ReqState::Dialing;
         let mut unroutable = false;
+        let mut opened = None;
         if let Some(conn) = self.conn_to(&peer) {
             // Lazy: the request goes out with the protocol proposal (one round trip less per request).
             cx.open_stream_lazy(conn, PROTOCOL_ID, token);
             state = ReqState::Opening(conn);
+            opened = Some(cx.now);
         } else if !self.requests.values().any(|r| r.peer == peer && r.state == ReqState::Dialing) {
             // One dial per peer: requests waiting for it share its connection.
             if addrs.is_empty() {
@@ -570,7 +581,7 @@ impl KadService {
                 cx.dial(a.with_peer_id(&peer), Some(peer.clone()));
             }
         }
-        self.requests.insert(token, Request { peer, query, msg, expect_reply, store, state, addrs, deadline, buf: Vec::new() });
+        self.requests.insert(token, Request { peer, query, msg, expect_reply, store, state, addrs, deadline, buf: Vec::new(), opened });
         if unroutable {
             self.fail_request(cx, token);
         }
@@ -619,7 +630,8 @@ impl KadService {
         }
         // It answered kad: a server. Known addresses come from the query or the table.
         let addrs = self.queries.get(&r.query).and_then(|st| st.q.get(&r.peer)).map(|p| p.addrs.clone()).unwrap_or_default();
-        let ins = self.table.insert(&r.peer, &addrs, cx.now);
+        let rtt = r.opened.filter(|_| answer.is_some()).map(|t| cx.now.saturating_duration_since(t));
+        let ins = self.table.insert_measured(&r.peer, &addrs, cx.now, rtt);
         self.note_insert(cx, &r.peer, ins);
         let Some(st) = self.queries.get_mut(&r.query) else { return };
         if r.store {
@@ -819,18 +831,21 @@ impl Service for KadService {
 
     fn on_connection(&mut self, cx: &mut Cx<'_>, ev: ConnectionEvent<'_>) {
         match ev {
-            ConnectionEvent::Established { conn, peer, .. } => {
-                self.conns.insert(conn, peer.clone());
+            ConnectionEvent::Established { conn, peer, rtt, .. } => {
+                self.conns.insert(conn, (peer.clone(), rtt));
                 let waiting: Vec<u64> =
                     self.requests.iter().filter(|(_, r)| &r.peer == peer && r.state == ReqState::Dialing).map(|(t, _)| *t).collect();
                 for t in waiting {
                     cx.open_stream_lazy(conn, PROTOCOL_ID, t);
-                    self.requests.get_mut(&t).expect("invariant: listed above").state = ReqState::Opening(conn);
+                    let r = self.requests.get_mut(&t).expect("invariant: listed above");
+                    r.state = ReqState::Opening(conn);
+                    r.opened = Some(cx.now);
                 }
             }
-            ConnectionEvent::Identified { peer, info, .. } => {
+            ConnectionEvent::Identified { conn, peer, info } => {
                 if info.protocols.iter().any(|p| p == PROTOCOL_ID) {
-                    let r = self.table.insert(peer, &info.listen_addrs, cx.now);
+                    let rtt = self.conns.get(&conn).map(|(_, r)| *r);
+                    let r = self.table.insert_measured(peer, &info.listen_addrs, cx.now, rtt);
                     self.note_insert(cx, peer, r);
                 } else if self.table.remove(peer) {
                     tracing::debug!(%peer, "kad peer stopped serving the DHT; removed from the table");
@@ -883,7 +898,7 @@ impl Service for KadService {
     }
 
     fn on_inbound(&mut self, cx: &mut Cx<'_>, conn: ConnId, stream: StreamId, _protocol: &str) {
-        let peer = self.conns.get(&conn).cloned();
+        let peer = self.conns.get(&conn).map(|(p, _)| p.clone());
         match peer {
             Some(peer) if self.server && self.inbound.len() < self.config.max_inbound_streams => {
                 self.inbound.insert((conn, stream), (peer, Vec::new()));

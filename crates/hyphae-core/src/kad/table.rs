@@ -3,17 +3,30 @@
 //! table and `max_per_group_per_bucket` in one bucket; /16 for IPv4, /32 for IPv6). Only DHT servers
 //! enter it (the service decides). A full bucket keeps its old peers (older peers stay up longer, the
 //! Kademlia paper's observation); a peer that failed `max_failures` requests in a row leaves, making room.
+//!
+//! With `proximity` on (proximity neighbour selection, PNS: Kaune et al., "Proximity routing in
+//! Kademlia", 2008), a full bucket also makes room for a peer that answers clearly faster than its
+//! slowest measured peer: any peer in a bucket's range is as good for a lookup's progress, so a table
+//! may as well hold the near ones, and the lookups that start from it (and from its neighbours' tables)
+//! take shorter rounds. Round-trip times are the connection handshake's last round trip
+//! (`ConnectionEvent::Established`'s `rtt`, known when identify adds the peer) and the request →
+//! answer times the service measures on established connections; the least seen per peer counts.
 
 use super::{Key, PeerInfo};
 use crate::identity::PeerId;
 use crate::multiaddr::{is_local_ip, Multiaddr};
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use core::net::IpAddr;
 
 /// Requests a peer may fail in a row before it leaves the table.
 pub const MAX_FAILURES: u8 = 2;
 /// Addresses kept per peer.
 pub const MAX_ADDRS: usize = 8;
+/// With `proximity`, a new peer replaces a bucket's slowest only when that one's round trip is at
+/// least this many times the new one's (in 1/4ths: 6 = 1.5×) ...
+pub const PROXIMITY_RATIO_QUARTERS: u32 = 6;
+/// ... and at least this much longer, so jitter on a short path does not churn the table.
+pub const PROXIMITY_MIN_GAIN: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -22,6 +35,8 @@ pub struct Entry {
     pub addrs: Vec<Multiaddr>,
     pub last_seen: Instant,
     pub failures: u8,
+    /// The least request → answer time measured, when one was.
+    pub rtt: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +45,8 @@ pub enum Insert {
     Updated,
     /// The bucket is full of peers that still answer.
     Full,
+    /// The bucket was full; the new peer took the place of a clearly slower one (`proximity`).
+    Nearer,
     /// The diversity filter refused it.
     Diversity,
     /// Our own key.
@@ -43,6 +60,8 @@ pub struct TableConfig {
     pub max_per_group_per_bucket: usize,
     /// Apply the filter to loopback and private addresses too.
     pub diversity_private: bool,
+    /// Proximity neighbour selection (see the module's documentation).
+    pub proximity: bool,
 }
 
 pub struct Table {
@@ -129,14 +148,23 @@ impl Table {
         entries.iter().filter(|e| e.addrs.iter().any(|a| group(a, private_too).as_deref() == Some(g))).count()
     }
 
-    /// Adds or refreshes a DHT server that answered or announced the protocol.
+    /// Adds or refreshes a DHT server that announced the protocol.
     pub fn insert(&mut self, peer: &PeerId, addrs: &[Multiaddr], now: Instant) -> Insert {
+        self.insert_measured(peer, addrs, now, None)
+    }
+
+    /// Adds or refreshes a DHT server that answered a request in `rtt` (when measured).
+    pub fn insert_measured(&mut self, peer: &PeerId, addrs: &[Multiaddr], now: Instant, rtt: Option<Duration>) -> Insert {
         let key = Key::from_peer(peer);
         let Some(b) = self.bucket_of(&key) else { return Insert::Local };
         let addrs: Vec<Multiaddr> = addrs.iter().take(MAX_ADDRS).map(Multiaddr::without_peer_id).collect();
         if let Some(e) = self.buckets[b].iter_mut().find(|e| &e.peer == peer) {
             e.last_seen = now;
             e.failures = 0;
+            e.rtt = match (e.rtt, rtt) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if !addrs.is_empty() {
                 e.addrs = addrs;
             }
@@ -156,9 +184,20 @@ impl Table {
                 return Insert::Diversity;
             }
         }
+        let mut result = Insert::Added;
         if self.buckets[b].len() >= self.config.k {
-            // Room only where a peer stopped answering.
-            match self.buckets[b].iter().position(|e| e.failures >= MAX_FAILURES) {
+            // Room only where a peer stopped answering, or, with proximity, for a clearly nearer peer.
+            let victim = self.buckets[b].iter().position(|e| e.failures >= MAX_FAILURES).or_else(|| {
+                let new = rtt.filter(|_| self.config.proximity)?;
+                let (i, slowest) = self.buckets[b].iter().enumerate().filter_map(|(i, e)| Some((i, e.rtt?))).max_by_key(|(_, r)| *r)?;
+                let clearly =
+                    slowest.as_nanos() * 4 >= new.as_nanos() * u128::from(PROXIMITY_RATIO_QUARTERS) && slowest >= new + PROXIMITY_MIN_GAIN;
+                clearly.then(|| {
+                    result = Insert::Nearer;
+                    i
+                })
+            });
+            match victim {
                 Some(i) => {
                     self.buckets[b].remove(i);
                     self.len -= 1;
@@ -166,9 +205,9 @@ impl Table {
                 None => return Insert::Full,
             }
         }
-        self.buckets[b].push(Entry { peer: peer.clone(), key, addrs, last_seen: now, failures: 0 });
+        self.buckets[b].push(Entry { peer: peer.clone(), key, addrs, last_seen: now, failures: 0, rtt });
         self.len += 1;
-        Insert::Added
+        result
     }
 
     /// A request to `peer` failed; it leaves after [`MAX_FAILURES`] in a row. Returns whether it left.
@@ -210,7 +249,7 @@ mod tests {
     use crate::rng;
 
     fn cfg() -> TableConfig {
-        TableConfig { k: 20, max_per_group: 3, max_per_group_per_bucket: 2, diversity_private: false }
+        TableConfig { k: 20, max_per_group: 3, max_per_group_per_bucket: 2, diversity_private: false, proximity: false }
     }
 
     #[test]
@@ -236,6 +275,58 @@ mod tests {
         assert!(!t.failed(&victim));
         assert!(t.failed(&victim));
         assert!(!t.contains(&victim));
+    }
+
+    /// Proximity: a full bucket makes room for a clearly nearer peer (its slowest measured peer
+    /// leaves), not for one only a little nearer, never for an unmeasured one, never evicts an
+    /// unmeasured peer, and does nothing with `proximity` off. Round trips only go down (the least seen).
+    #[test]
+    fn table_proximity_replaces_a_clearly_slower_peer_in_a_full_bucket() {
+        let ms = Duration::from_millis;
+        for proximity in [false, true] {
+            let mut r = rng::from_seed([3; 32]);
+            let me = PeerId::random(&mut r);
+            let mut t = Table::new(Key::from_peer(&me), TableConfig { proximity, ..cfg() });
+            let a: Vec<Multiaddr> = vec!["/ip4/10.0.0.1/tcp/1".parse().unwrap()];
+            let in_b0 = |t: &Table, r: &mut rng::Rng| loop {
+                let p = PeerId::random(r);
+                if t.bucket_of(&Key::from_peer(&p)) == Some(0) {
+                    break p;
+                }
+            };
+            // Bucket 0: 19 peers at 40 ms, one at 90 ms.
+            let mut slow = None;
+            for i in 0..20 {
+                let p = in_b0(&t, &mut r);
+                let rtt = if i == 7 { ms(90) } else { ms(40) };
+                assert_eq!(t.insert_measured(&p, &a, Instant(0), Some(rtt)), Insert::Added);
+                if i == 7 {
+                    slow = Some(p);
+                }
+            }
+            let slow = slow.unwrap();
+            // A later, slower measurement does not raise the least seen.
+            assert_eq!(t.insert_measured(&slow, &a, Instant(1), Some(ms(120))), Insert::Updated);
+            assert_eq!(t.get(&slow).unwrap().rtt, Some(ms(90)));
+            // Unmeasured, or only a little nearer (70 ms: 90 < 1.5 × 70): no room.
+            let p = in_b0(&t, &mut r);
+            assert_eq!(t.insert(&p, &a, Instant(2)), Insert::Full);
+            assert_eq!(t.insert_measured(&p, &a, Instant(2), Some(ms(70))), Insert::Full);
+            // Clearly nearer (42 ms): it takes the 90 ms peer's place, when proximity is on.
+            let near = in_b0(&t, &mut r);
+            let got = t.insert_measured(&near, &a, Instant(3), Some(ms(42)));
+            if proximity {
+                assert_eq!(got, Insert::Nearer);
+                assert!(t.contains(&near) && !t.contains(&slow));
+                assert_eq!(t.bucket_sizes()[0], 20);
+                // Now every measured peer is within 1.5× of the next: a 30 ms one finds no room.
+                assert_eq!(t.insert_measured(&in_b0(&t, &mut r), &a, Instant(4), Some(ms(30))), Insert::Full);
+            } else {
+                assert_eq!(got, Insert::Full);
+                assert!(!t.contains(&near) && t.contains(&slow));
+            }
+            assert_eq!(t.len(), 20);
+        }
     }
 
     /// A table that knows every one of 1,000 peers it has room for estimates the network within a

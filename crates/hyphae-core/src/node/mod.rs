@@ -575,7 +575,7 @@ impl Node {
 
     fn route(&mut self, now: Instant, id: ConnId, ev: ConnEvent, m: &mut dyn Streams) -> Option<ConnEvent> {
         match ev {
-            ConnEvent::Established { ref peer, ref public_key, .. } => {
+            ConnEvent::Established { ref peer, ref public_key, rtt, .. } => {
                 let Some(e) = self.conns.get(&id) else {
                     tracing::debug!(conn = %id, "established connection was never admitted; closing");
                     m.close(now);
@@ -612,7 +612,7 @@ impl Node {
                     self.trim(now);
                 }
                 self.push_event(Event::Connected { peer: peer.clone(), conn: id, role, addr: addr.clone() });
-                self.tell_services(now, None, ConnectionEvent::Established { conn: id, peer, role, addr: &addr });
+                self.tell_services(now, None, ConnectionEvent::Established { conn: id, peer, role, addr: &addr, rtt });
                 Some(ev)
             }
             ConnEvent::Closed { reason } => {
