@@ -240,8 +240,8 @@ pub struct Connection {
     /// The security layer's buffers ([`SECURE_CHANNEL_MEMORY`]) held from `Config::memory` from the
     /// handshake's start until the connection closes.
     buffers: Option<crate::rcmgr::Reservation>,
-    /// The time of the input being handled, and when our last handshake flight left (before the
-    /// connection opened): `Established`'s `rtt` is the one from the other.
+    /// The latest time the driver gave (`set_now`), and when our last handshake flight left (before
+    /// the connection opened): `Established`'s `rtt` is the one from the other.
     now: Instant,
     last_flight: Instant,
 }
@@ -389,7 +389,6 @@ impl Connection {
             return;
         }
         self.set_now(now);
-        self.now = now;
         self.stats.bytes_in += data.len() as u64;
         self.raw_in.extend_from_slice(data);
         let out_before = self.out.len();
@@ -821,8 +820,10 @@ impl Connection {
         Ok(id)
     }
 
-    /// The time for the muxer's window growth (yamux measures the round trip and how fast streams are read).
+    /// The time for the muxer's window growth (yamux measures the round trip and how fast streams are read)
+    /// and for the handshake's round trip.
     pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
         if let Some(Muxer::Yamux(y)) = &mut self.muxer {
             y.set_now(now);
         }

@@ -233,18 +233,16 @@ pub fn target_key() -> Vec<u8> {
 }
 
 /// A node's kad counters.
-pub fn stats(node: &mut ByteNode) -> Option<kad::Stats> {
-    node.node_mut().service_mut::<KadService>().map(|k| k.stats().clone())
+/// The DHT metrics of the whole run (the report's, not per phase), by name.
+pub const RUN_WIDE: [&str; 6] =
+    ["dht_servers", "dht_table_mean", "dht_table_rtt_ms", "dht_replaced_nearer", "dht_widened", "dht_diversity_rejected"];
+
+/// A node's kad service, when it runs one.
+pub fn kad(node: &mut ByteNode) -> Option<&mut KadService> {
+    node.node_mut().service_mut::<KadService>()
 }
 
 /// Routing-table size of a node's kad service, and whether it serves.
 pub fn table(node: &mut ByteNode) -> Option<(usize, bool)> {
-    node.node_mut().service_mut::<KadService>().map(|k| (k.table().len(), k.is_server()))
-}
-
-/// The request → answer times measured for a node's routing-table peers: their sum in ms and count.
-pub fn table_rtts(node: &mut ByteNode) -> Option<(f64, usize)> {
-    node.node_mut()
-        .service_mut::<KadService>()
-        .map(|k| k.table().iter().filter_map(|e| e.rtt).fold((0.0, 0), |(s, n), r| (s + r.as_secs_f64() * 1e3, n + 1)))
+    kad(node).map(|k| (k.table().len(), k.is_server()))
 }

@@ -635,18 +635,16 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 if !["<", "<=", ">", ">=", "=="].contains(op) {
                     return Err(err(format!("{op:?}: OP is one of < <= > >= ==")));
                 }
-                let dht_run_wide =
-                    ["dht_servers", "dht_table_mean", "dht_table_rtt_ms", "dht_replaced_nearer", "dht_widened", "dht_diversity_rejected"];
                 if !crate::metrics::Phase::METRICS.contains(&metric)
                     && !crate::dht::Metrics::NAMES.contains(&metric)
-                    && !dht_run_wide.contains(&metric)
+                    && !crate::dht::RUN_WIDE.contains(&metric)
                     && !crate::pubsub::Metrics::NAMES.contains(&metric)
                     && !crate::pubsub::Traffic::NAMES.contains(&metric)
                 {
                     let all: Vec<&str> = crate::metrics::Phase::METRICS
                         .iter()
                         .chain(crate::dht::Metrics::NAMES.iter())
-                        .chain(dht_run_wide.iter())
+                        .chain(crate::dht::RUN_WIDE.iter())
                         .chain(crate::pubsub::Metrics::NAMES.iter())
                         .chain(crate::pubsub::Traffic::NAMES.iter())
                         .copied()

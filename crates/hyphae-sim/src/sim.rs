@@ -639,8 +639,8 @@ pub struct Report {
     pub dht_nodes: usize,
     pub dht_servers: usize,
     pub dht_table_mean: f64,
-    /// The mean request → answer time measured for routing-table peers (honest nodes' tables, the
-    /// peers with a measurement): how near the tables lean (`proximity=on`).
+    /// The mean round trip measured for routing-table peers (`kad::table::Entry::rtt`; honest nodes'
+    /// tables, the peers with a measurement): how near the tables lean (`proximity=on`).
     pub dht_table_rtt_ms: f64,
     /// Routing-table peers replaced by a clearly nearer one (`proximity=on`), per DHT node.
     pub dht_replaced_nearer: f64,
@@ -1734,18 +1734,18 @@ impl Sim {
         let servers = tables.iter().filter(|(_, s)| *s).count();
         let table_mean =
             if servers == 0 { 0.0 } else { tables.iter().filter(|(_, s)| *s).map(|(n, _)| *n).sum::<usize>() as f64 / servers as f64 };
-        let (rtt_sum, rtt_n) = self
-            .nodes
-            .iter_mut()
-            .filter(|n| !n.adversary)
-            .filter_map(|n| n.node.as_mut().and_then(dht::table_rtts))
-            .fold((0.0, 0), |(s, n), (a, b)| (s + a, n + b));
         let (mut started, mut widened, mut rejected, mut nearer) = (0u64, 0u64, 0u64, 0u64);
-        for s in self.nodes.iter_mut().filter(|n| !n.adversary).filter_map(|n| n.node.as_mut().and_then(dht::stats)) {
+        let (mut rtt_sum, mut rtt_n) = (0.0, 0usize);
+        for k in self.nodes.iter_mut().filter(|n| !n.adversary).filter_map(|n| n.node.as_mut().and_then(dht::kad)) {
+            let s = k.stats();
             started += s.queries_started;
             widened += s.lookups_widened;
             rejected += s.lookup_rejected_diversity;
             nearer += s.table_replaced_nearer;
+            for r in k.table().iter().filter_map(|e| e.rtt) {
+                rtt_sum += r.as_secs_f64() * 1e3;
+                rtt_n += 1;
+            }
         }
         let per_lookup = |x: u64| if started == 0 { 0.0 } else { x as f64 / started as f64 };
         let alive: Vec<&SimNode> = self.nodes.iter().filter(|n| n.node.is_some()).collect();

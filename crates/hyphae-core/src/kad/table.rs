@@ -35,7 +35,7 @@ pub struct Entry {
     pub addrs: Vec<Multiaddr>,
     pub last_seen: Instant,
     pub failures: u8,
-    /// The least request → answer time measured, when one was.
+    /// The least round trip measured (handshake, or request → answer), when one was.
     pub rtt: Option<Duration>,
 }
 
