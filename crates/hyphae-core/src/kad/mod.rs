@@ -70,6 +70,13 @@ impl Distance {
         }
         256
     }
+
+    /// The distance as a fraction of the keyspace (its top 64 bits are plenty).
+    pub fn fraction(&self) -> f64 {
+        let mut top = [0u8; 8];
+        top.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(top) as f64 / 18_446_744_073_709_551_616.0
+    }
 }
 
 /// Whether the node answers DHT requests.
@@ -296,7 +303,7 @@ pub struct Stats {
     pub table_replaced_nearer: u64,
     /// Peers a lookup left out by `lookup_max_per_group`.
     pub lookup_rejected_diversity: u64,
-    /// Lookups the density check widened.
+    /// Lookups the density check widened (each also seeded again from the routing table).
     pub lookups_widened: u64,
     /// Lookup requests given up as stragglers before `request_timeout` (`query::STRAGGLER_FACTOR`).
     pub lookup_stragglers: u64,

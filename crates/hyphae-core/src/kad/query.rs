@@ -19,7 +19,8 @@
 //! what sybils ground close to a key look like — and then wants k peers *beyond* that dense set (up to
 //! 2k more), so that a provide stores on, and a search asks, the honest peers behind the sybils. The
 //! NDSS 2024 censorship paper detects the same anomaly (with a KL divergence of prefix lengths) and
-//! widens the lookup the same way.
+//! widens the lookup the same way. A widened lookup also takes more starting points from its driver's
+//! routing table ([`Query::add_seeds`]): one seeded with sybils only would hear of nobody else.
 
 use super::table::group;
 use super::{KadPeer, Key, PeerInfo};
@@ -75,6 +76,8 @@ pub struct Query {
     slowest: Option<Duration>,
     /// Requests given up on as stragglers before `request_timeout`.
     pub stragglers: u64,
+    /// Whether the widened lookup was given more seeds ([`Query::add_seeds`]).
+    reseeded: bool,
 }
 
 /// A request not answered within this many times the slowest answer of its lookup so far ...
@@ -91,13 +94,6 @@ pub const STRAGGLER_MIN: Duration = Duration::from_secs(1);
 const DENSE_MIN: usize = 6;
 /// ... this many times denser than uniform.
 const DENSE_FACTOR: f64 = 4.0;
-
-/// A distance as a fraction of the keyspace (its top 64 bits are plenty).
-fn fraction(d: &super::Distance) -> f64 {
-    let mut top = [0u8; 8];
-    top.copy_from_slice(&d.0[..8]);
-    u64::from_be_bytes(top) as f64 / 18_446_744_073_709_551_616.0
-}
 
 impl Query {
     pub fn new(target: Key, local: PeerId, seeds: Vec<PeerInfo>, k: usize, alpha: usize, request_timeout: Duration) -> Query {
@@ -132,6 +128,7 @@ impl Query {
             extra: 0,
             slowest: None,
             stragglers: 0,
+            reseeded: false,
         };
         for s in seeds {
             q.add(s.peer, s.addrs, 1, 0);
@@ -176,11 +173,27 @@ impl Query {
         let mut dense = 0;
         let live = self.peers.iter().filter(|p| p.state != PeerState::Failed).take(3 * self.k);
         for (j, p) in live.enumerate().map(|(j, p)| (j + 1, p)) {
-            if j >= DENSE_MIN && fraction(&p.key.distance(&self.target)) * n * DENSE_FACTOR < j as f64 {
+            if j >= DENSE_MIN && p.key.distance(&self.target).fraction() * n * DENSE_FACTOR < j as f64 {
                 dense = j;
             }
         }
         self.extra = self.extra.max(dense.min(2 * self.k));
+    }
+
+    /// Whether the density check widened this lookup and it has not been given more seeds yet.
+    pub fn wants_seeds(&self) -> bool {
+        self.extra > 0 && !self.reseeded
+    }
+
+    /// More starting points for a lookup the density check widened (its driver's routing table's
+    /// closest peers beyond the first k), dealt to the paths in turn. A lookup seeded only with sybils
+    /// (their IDs ground near the key put them first in the table, and they answer only with each
+    /// other) would otherwise run out of peers to ask before it reached an honest peer near the key.
+    pub fn add_seeds(&mut self, seeds: Vec<PeerInfo>) {
+        self.reseeded = true;
+        for (i, s) in seeds.into_iter().enumerate() {
+            self.add(s.peer, s.addrs, 1, i % self.paths);
+        }
     }
 
     pub fn target(&self) -> &Key {
@@ -381,7 +394,7 @@ impl Query {
             .iter()
             .filter(|p| p.state != PeerState::Failed)
             .take(n)
-            .map(|p| (PeerInfo { peer: p.peer.clone(), addrs: p.addrs.clone() }, fraction(&p.key.distance(&self.target))))
+            .map(|p| (PeerInfo { peer: p.peer.clone(), addrs: p.addrs.clone() }, p.key.distance(&self.target).fraction()))
             .collect()
     }
 }
@@ -658,6 +671,36 @@ mod tests {
             kp(v)
         });
         assert_eq!(q.extra, 0);
+    }
+
+    /// A lookup whose seeds are all sybils (they were nearest the key in the routing table) hears only
+    /// of sybils: the density check widens it, but with nobody else to ask it ends on them. Seeded
+    /// again from the table once widened (the driver's part), it reaches k honest peers.
+    #[test]
+    fn a_widened_lookup_seeded_only_with_sybils_reaches_honest_peers_with_more_seeds() {
+        let (target, honest, sybils) = eclipse_world(10, 300);
+        let info = |p: &PeerId| PeerInfo { peer: p.clone(), addrs: vec![] };
+        let kp =
+            |v: Vec<PeerId>| v.into_iter().map(|q| KadPeer { addrs: vec![], id: q, connection: Default::default() }).collect::<Vec<_>>();
+        let run = |reseed: bool| {
+            let seeds = sybils[..3].iter().map(info).collect();
+            let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([13; 32])), seeds, 8, 3, Duration::from_secs(1))
+                .with_density_check(300.0);
+            while !q.is_finished() {
+                let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
+                for p in batch {
+                    q.on_answer(Instant(0), &p, &kp(eclipse_answer(&p, &target, &honest, &sybils)));
+                    if reseed && q.wants_seeds() {
+                        q.add_seeds(honest[..24].iter().map(info).collect());
+                    }
+                }
+            }
+            (q.closest_answered().iter().filter(|p| honest.contains(&p.peer)).count(), q.extra)
+        };
+        let (honest_n, extra) = run(false);
+        assert!(extra >= 6 && honest_n == 0, "no new seeds: {honest_n} honest, {extra} extra");
+        let (honest_n, _) = run(true);
+        assert!(honest_n >= 8, "k honest peers beyond the sybils: {honest_n}");
     }
 
     #[test]

@@ -382,7 +382,7 @@ impl KadService {
         let c = &self.config;
         let q = Query::disjoint(target, self.local.clone(), seeds, c.k, c.alpha, c.disjoint_paths, c.request_timeout)
             .with_diversity(c.lookup_max_per_group, c.diversity_private)
-            .with_density_check(if c.density_check { self.table.size_estimate() } else { 0.0 });
+            .with_density_check(if c.density_check { self.table.density_estimate() } else { 0.0 });
         let deadline = cx.now + self.config.query_timeout;
         let opt = match kind {
             Kind::Provide if c.optimistic_provide => Optimistic::new(self.table.size_estimate(), c.k),
@@ -656,6 +656,9 @@ impl KadService {
         }
         let Some(m) = answer else { return };
         st.q.on_answer(cx.now, &r.peer, &m.closer);
+        if st.q.wants_seeds() {
+            st.q.add_seeds(self.table.closest(st.q.target(), 3 * self.config.k));
+        }
         let id = r.query;
         let mut done = false;
         match &mut st.kind {
