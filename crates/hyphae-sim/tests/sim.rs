@@ -454,7 +454,7 @@ fn sim_eclipse_from_many_addresses_fails_against_the_density_check() {
 /// honest nodes with proximity neighbour selection on: their tables trade honest peers for the fast
 /// sybils, so a lookup for the key may start among sybils only. The density check widens it and seeds
 /// it again from the routing table, and every lookup still finds the provider (without the new seeds,
-/// 0.84 of them did in `scripts/bench-eclipse.sh`'s 1,000-node version of this).
+/// 0.66 of them did here; BENCHMARKS.md has the 1,000-node version).
 #[test]
 fn sim_eclipse_by_near_sybils_fails_against_the_defaults_with_proximity() {
     let sc = format!(
