@@ -562,6 +562,11 @@ mod tests {
         v
     }
 
+    /// Peers as an answer names them, without addresses.
+    fn named(v: Vec<PeerId>) -> Vec<KadPeer> {
+        v.into_iter().map(|q| KadPeer { addrs: vec![], id: q, connection: Default::default() }).collect()
+    }
+
     /// A peer that never answers holds a lookup's end only until it is a straggler: three times the
     /// slowest answer so far, at least a second — not the 10 s request timeout.
     #[test]
@@ -638,9 +643,7 @@ mod tests {
     #[test]
     fn density_check_wants_k_peers_beyond_a_dense_set() {
         let (target, honest, sybils) = eclipse_world(10, 300);
-        let kp =
-            |v: Vec<PeerId>| v.into_iter().map(|q| KadPeer { addrs: vec![], id: q, connection: Default::default() }).collect::<Vec<_>>();
-        let answer = |p: &PeerId| kp(eclipse_answer(p, &target, &honest, &sybils));
+        let answer = |p: &PeerId| named(eclipse_answer(p, &target, &honest, &sybils));
         let run = |size: f64| {
             let seeds = honest[..3].iter().map(|p| PeerInfo { peer: p.clone(), addrs: vec![] }).collect();
             let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([11; 32])), seeds, 8, 3, Duration::from_secs(1))
@@ -668,7 +671,7 @@ mod tests {
             let mut v = honest.clone();
             v.sort_by_key(|x| Key::from_peer(x).distance(&target));
             v.truncate(8);
-            kp(v)
+            named(v)
         });
         assert_eq!(q.extra, 0);
     }
@@ -680,8 +683,6 @@ mod tests {
     fn a_widened_lookup_seeded_only_with_sybils_reaches_honest_peers_with_more_seeds() {
         let (target, honest, sybils) = eclipse_world(10, 300);
         let info = |p: &PeerId| PeerInfo { peer: p.clone(), addrs: vec![] };
-        let kp =
-            |v: Vec<PeerId>| v.into_iter().map(|q| KadPeer { addrs: vec![], id: q, connection: Default::default() }).collect::<Vec<_>>();
         let run = |reseed: bool| {
             let seeds = sybils[..3].iter().map(info).collect();
             let mut q = Query::new(target, PeerId::random(&mut rng::from_seed([13; 32])), seeds, 8, 3, Duration::from_secs(1))
@@ -689,7 +690,7 @@ mod tests {
             while !q.is_finished() {
                 let batch: Vec<PeerId> = std::iter::from_fn(|| q.next(Instant(0)).map(|p| p.peer)).collect();
                 for p in batch {
-                    q.on_answer(Instant(0), &p, &kp(eclipse_answer(&p, &target, &honest, &sybils)));
+                    q.on_answer(Instant(0), &p, &named(eclipse_answer(&p, &target, &honest, &sybils)));
                     if reseed && q.wants_seeds() {
                         q.add_seeds(honest[..24].iter().map(info).collect());
                     }
