@@ -152,6 +152,10 @@ pub struct Traffic {
     pub idontwant_sent: u64,
     pub idontwant_saved: u64,
     pub idontwant_cancelled: u64,
+    pub preambles_sent: u64,
+    pub imreceiving_sent: u64,
+    pub imreceiving_cancelled: u64,
+    pub preamble_bytes: u64,
     pub gossip_bytes: u64,
     pub idontwant_bytes: u64,
     pub graft_prune_bytes: u64,
@@ -176,9 +180,13 @@ impl Traffic {
         self.idontwant_sent += s.idontwant_sent;
         self.idontwant_saved += s.idontwant_saved;
         self.idontwant_cancelled += s.idontwant_cancelled;
+        self.preambles_sent += s.preambles_sent;
+        self.imreceiving_sent += s.imreceiving_sent;
+        self.imreceiving_cancelled += s.imreceiving_cancelled;
+        self.preamble_bytes += s.preamble_bytes_sent;
     }
 
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 16] = [
         "pubsub_duplicates_per_delivery",
         "pubsub_copies_per_node",
         "pubsub_mib_sent_per_node",
@@ -188,6 +196,10 @@ impl Traffic {
         "pubsub_idontwant_sent_per_node",
         "pubsub_idontwant_saved_per_node",
         "pubsub_idontwant_cancelled_per_node",
+        "pubsub_preambles_per_node",
+        "pubsub_imreceiving_sent_per_node",
+        "pubsub_imreceiving_cancelled_per_node",
+        "pubsub_kib_preamble_per_node",
         "pubsub_mesh_degree",
         "pubsub_graylisted_rpcs_per_node",
         "pubsub_invalid_per_node",
@@ -215,6 +227,10 @@ impl Traffic {
             "pubsub_idontwant_sent_per_node" => per(self.idontwant_sent, n),
             "pubsub_idontwant_saved_per_node" => per(self.idontwant_saved, n),
             "pubsub_idontwant_cancelled_per_node" => per(self.idontwant_cancelled, n),
+            "pubsub_preambles_per_node" => per(self.preambles_sent, n),
+            "pubsub_imreceiving_sent_per_node" => per(self.imreceiving_sent, n),
+            "pubsub_imreceiving_cancelled_per_node" => per(self.imreceiving_cancelled, n),
+            "pubsub_kib_preamble_per_node" => per(self.preamble_bytes, n) / 1024.0,
             _ => return None,
         })
     }

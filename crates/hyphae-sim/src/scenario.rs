@@ -200,6 +200,8 @@ pub struct Group {
     pub uplink_queue: usize,
     /// Gossipsub's `Config::stagger` (default: the config's).
     pub stagger: Option<usize>,
+    /// Gossipsub's `Config::large_messages`: PREAMBLE and IMRECEIVING (default: the config's).
+    pub preamble: Option<bool>,
 }
 
 /// Which of the DHT's IP-group filters a group's nodes run.
@@ -507,6 +509,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut uplink_bps = 0;
                 let mut uplink_queue = 64 * 1024;
                 let mut stagger = None;
+                let mut preamble = None;
                 for r in rest {
                     if *r == "eclipse" {
                         eclipse = true;
@@ -558,6 +561,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                             uplink_queue = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| err(format!("{v:?}: uplink_queue=BYTES (> 0)")))?
                         }
                         Some(("stagger", v)) => stagger = Some(v.parse().map_err(|_| err(format!("{v:?}: stagger=N (0: off)")))?),
+                        Some(("preamble", "on")) => preamble = Some(true),
+                        Some(("preamble", "off")) => preamble = Some(false),
                         Some(("scoring", v)) => {
                             scoring = match v {
                                 "off" => Scoring::Off,
@@ -576,7 +581,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, proximity=on|off, subnet=own|shared, eclipse)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, preamble=on|off, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, proximity=on|off, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -608,6 +613,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     uplink_bps,
                     uplink_queue,
                     stagger,
+                    preamble,
                 });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,

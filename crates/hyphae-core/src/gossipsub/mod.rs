@@ -1,9 +1,12 @@
-//! Publish/subscribe: gossipsub v1.0–v1.2 and floodsub (libp2p/specs `pubsub/`), as a node service.
+//! Publish/subscribe: gossipsub v1.0–v1.3 and floodsub (libp2p/specs `pubsub/`), as a node service, with
+//! v1.4's large-message handling (PREAMBLE and IMRECEIVING) as a v1.3 extension.
 //!
 //! - `rpc.proto` / `wire.rs`: the RPC, decoded under [`wire::Limits`] (counted while reading).
 //! - `router.rs`: the router machine, per peer and per topic: mesh kept on a heartbeat (go's D=6,
 //!   Dlo=5, Dhi=12, Dout=2, Dlazy=6), fanout with TTL, message cache and IHAVE/IWANT gossip, seen cache,
-//!   flood publishing, GRAFT/PRUNE with backoff and peer exchange, IDONTWANT (v1.2), bounded per-peer
+//!   flood publishing, GRAFT/PRUNE with backoff and peer exchange, IDONTWANT (v1.2), the extensions
+//!   control message (v1.3: sent first on every stream to a v1.3 peer, taken once per peer), PREAMBLE
+//!   and IMRECEIVING (v1.4 large-message handling, with peers that advertise it), bounded per-peer
 //!   send queues where control and messages go before gossip. Time and randomness are passed in.
 //! - `service.rs`: the node service: one long-lived outbound stream per peer for sending (the
 //!   protocol picked from the peer's identify list), the peer's inbound streams for reading.
@@ -14,8 +17,8 @@
 //! - `score.rs`: peer scoring (v1.1's P1–P7, decay, thresholds), used by the router for mesh choice,
 //!   gossip, publishing and graylisting.
 //!
-//! Not yet: direct peers, v1.3's extensions message, acting on PRUNE peer exchange (ids without signed
-//! records carry no addresses).
+//! Not yet: direct peers, acting on PRUNE peer exchange (ids without signed records carry no addresses),
+//! v1.4's fragments and the partial-messages extension (neither advertised).
 
 use crate::identity::PeerId;
 use crate::time::Duration;
@@ -31,12 +34,13 @@ pub use router::{PeerStats, PublishError, Router, Stats};
 
 pub use wire::{Message, MessageId};
 
+pub const MESHSUB_V13: &str = "/meshsub/1.3.0";
 pub const MESHSUB_V12: &str = "/meshsub/1.2.0";
 pub const MESHSUB_V11: &str = "/meshsub/1.1.0";
 pub const MESHSUB_V10: &str = "/meshsub/1.0.0";
 pub const FLOODSUB: &str = "/floodsub/1.0.0";
 /// Every protocol served, in the order we prefer them.
-pub const PROTOCOLS: [&str; 4] = [MESHSUB_V12, MESHSUB_V11, MESHSUB_V10, FLOODSUB];
+pub const PROTOCOLS: [&str; 5] = [MESHSUB_V13, MESHSUB_V12, MESHSUB_V11, MESHSUB_V10, FLOODSUB];
 
 /// What a peer speaks (the protocol of the stream it reads from us).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,11 +49,13 @@ pub enum PeerKind {
     Meshsub10,
     Meshsub11,
     Meshsub12,
+    Meshsub13,
 }
 
 impl PeerKind {
     pub fn from_protocol(p: &str) -> Option<PeerKind> {
         Some(match p {
+            MESHSUB_V13 => PeerKind::Meshsub13,
             MESHSUB_V12 => PeerKind::Meshsub12,
             MESHSUB_V11 => PeerKind::Meshsub11,
             MESHSUB_V10 => PeerKind::Meshsub10,
@@ -59,6 +65,7 @@ impl PeerKind {
     }
     pub fn protocol(self) -> &'static str {
         match self {
+            PeerKind::Meshsub13 => MESHSUB_V13,
             PeerKind::Meshsub12 => MESHSUB_V12,
             PeerKind::Meshsub11 => MESHSUB_V11,
             PeerKind::Meshsub10 => MESHSUB_V10,
@@ -75,7 +82,11 @@ impl PeerKind {
     }
     /// Understands IDONTWANT (v1.2).
     pub fn has_idontwant(self) -> bool {
-        self == PeerKind::Meshsub12
+        self >= PeerKind::Meshsub12
+    }
+    /// Sends and takes the extensions control message (v1.3).
+    pub fn has_extensions(self) -> bool {
+        self >= PeerKind::Meshsub13
     }
 }
 
@@ -175,7 +186,25 @@ pub struct Config {
     pub stagger: usize,
     pub stagger_threshold: usize,
     pub stagger_hold: Duration,
-    /// IDONTWANT ids taken from one peer per heartbeat (beyond: ignored, counted). Default 1,000.
+    /// v1.4's large-message handling, advertised in the v1.3 extensions message: a copy of a message of
+    /// at least `preamble_threshold` data bytes sent to a peer that advertised it goes right behind a
+    /// PREAMBLE (its id, size and topic), so the peer learns of it when its first bytes arrive rather
+    /// than its last; a mesh peer receiving a PREAMBLE for a message it has not seen tells its other
+    /// such mesh peers IMRECEIVING, which they honour as an IDONTWANT (queued copies taken back, later
+    /// forwards left out), and it defers IWANTs for that message for `preamble_wait` (then it asks
+    /// like before, so a peer that announces and never sends costs one wait). Default on, 32 KiB
+    /// (the staggering threshold: a smaller copy arrives before an IMRECEIVING could help), 1 s.
+    pub large_messages: bool,
+    pub preamble_threshold: usize,
+    pub preamble_wait: Duration,
+    /// Messages announced by PREAMBLE that one peer may have outstanding (beyond: its PREAMBLEs are
+    /// ignored, counted in `Stats::preambles_ignored`). Default 16 (v1.4's `max_pending_fragments`).
+    pub max_preambles_per_peer: usize,
+    /// v1.3's experimental test extension, for interop tests: advertised, and the test message sent to
+    /// peers that advertise it too. Default off.
+    pub test_extension: bool,
+    /// IDONTWANT (and IMRECEIVING) ids taken from one peer per heartbeat (beyond: ignored, counted).
+    /// Default 1,000.
     pub max_idontwant_per_heartbeat: usize,
     /// Heartbeats an IDONTWANT is honoured. Default 3.
     pub idontwant_heartbeats: u64,
@@ -243,6 +272,11 @@ impl Default for Config {
             stagger: 1,
             stagger_threshold: 32 * 1024,
             stagger_hold: Duration::from_millis(100),
+            large_messages: true,
+            preamble_threshold: 32 * 1024,
+            preamble_wait: Duration::from_secs(1),
+            max_preambles_per_peer: 16,
+            test_extension: false,
             max_idontwant_per_heartbeat: 1000,
             idontwant_heartbeats: 3,
             max_topics_per_peer: 500,

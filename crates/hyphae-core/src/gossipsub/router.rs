@@ -4,7 +4,7 @@
 //! It iterates only ordered maps: one seed replays a simulation exactly.
 
 use super::score::PeerScore;
-use super::wire::{self, Control, IHave, Message, MessageId, Prune, Rpc, SubOpt};
+use super::wire::{self, Control, Extensions, IHave, Message, MessageId, Preamble, Prune, Rpc, SubOpt};
 use super::{Acceptance, Adversary, Config, Event, PeerKind, Signing};
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::rng::{Rng, RngCore};
@@ -79,6 +79,26 @@ pub struct Stats {
     /// Messages not cached for gossip because the cache was full.
     pub cache_full: u64,
     pub heartbeats: u64,
+    /// v1.3: extensions messages taken, and repeats ignored (the spec allows one per stream; we take
+    /// the first per peer). Test-extension messages received.
+    pub extensions_received: u64,
+    pub extensions_repeated: u64,
+    pub test_extensions_received: u64,
+    /// v1.4: PREAMBLEs sent ahead of large copies; received; ignored (not a mesh peer of a topic of
+    /// ours, or over `max_preambles_per_peer`); announced messages that never came from their announcer
+    /// within the wait (a behaviour penalty each).
+    pub preambles_sent: u64,
+    pub preambles_received: u64,
+    pub preambles_ignored: u64,
+    pub preambles_broken: u64,
+    /// v1.4: IMRECEIVING sent and received; queued copies taken back by one; IWANTs deferred because the
+    /// message was announced to us and on its way.
+    pub imreceiving_sent: u64,
+    pub imreceiving_received: u64,
+    pub imreceiving_cancelled: u64,
+    pub iwant_deferred: u64,
+    /// Bytes of PREAMBLE and IMRECEIVING frames sent.
+    pub preamble_bytes_sent: u64,
 }
 
 /// One peer's counters (what it sent us and what we sent it).
@@ -95,6 +115,15 @@ pub struct PeerStats {
     pub idontwant_saved: u64,
     /// Copies queued for this peer taken back by its IDONTWANT.
     pub idontwant_cancelled: u64,
+    /// v1.3: the extensions it advertised (`None`: no extensions message yet), and whether it sent the
+    /// test extension's message.
+    pub extensions: Option<Extensions>,
+    pub test_extension_received: bool,
+    /// v1.4: PREAMBLEs it sent us; IMRECEIVING both ways; copies to it taken back by its IMRECEIVING.
+    pub preambles_received: u64,
+    pub imreceiving_sent: u64,
+    pub imreceiving_received: u64,
+    pub imreceiving_cancelled: u64,
 }
 
 /// Frames waiting for one peer: control and messages first, gossip after (and dropped first).
@@ -118,12 +147,14 @@ struct Queued {
     /// A message of at least `Config::stagger_threshold` bytes: sent to a limited number of peers at a
     /// time (`Config::stagger`).
     large: bool,
+    /// v1.4: the PREAMBLE frame that goes right ahead of this copy when it is taken.
+    preamble: Option<Vec<u8>>,
 }
 
 impl SendQueue {
     fn push_control(&mut self, frame: Vec<u8>) {
         self.urgent_bytes += frame.len();
-        self.urgent.push_back(Queued { frame, id: None, large: false });
+        self.urgent.push_back(Queued { frame, id: None, large: false, preamble: None });
     }
 
     /// Takes a queued message back; its frame length if it was queued (and not taken yet).
@@ -144,6 +175,8 @@ struct Peer {
     ihave_msgs: usize,
     ihave_asked: usize,
     idontwant_taken: usize,
+    /// v1.4: messages it announced by PREAMBLE and has not delivered yet, until when we wait.
+    announced: BTreeMap<MessageId, Instant>,
     queue: SendQueue,
     stats: PeerStats,
 }
@@ -204,6 +237,9 @@ pub struct Router {
     validated: BTreeSet<String>,
     awaiting: BTreeMap<MessageId, Pending>,
     score: Option<PeerScore>,
+    /// v1.4: large messages announced to us and on their way, until when IWANTs for them wait. At most
+    /// `max_preambles_per_peer` per peer.
+    receiving: BTreeMap<MessageId, Instant>,
 }
 
 /// Up to `n` of `v`, picked at random (partial Fisher–Yates).
@@ -251,6 +287,7 @@ impl Router {
             validated: BTreeSet::new(),
             awaiting: BTreeMap::new(),
             score: None,
+            receiving: BTreeMap::new(),
         }
     }
 
@@ -365,14 +402,28 @@ impl Router {
                 ihave_msgs: 0,
                 ihave_asked: 0,
                 idontwant_taken: 0,
+                announced: BTreeMap::new(),
                 queue: SendQueue::default(),
                 stats: PeerStats { kind: Some(kind), ..PeerStats::default() },
             },
         );
-        if !self.mesh.is_empty() {
+        // v1.3: the extensions message goes in the first RPC on the stream (it is new: nothing is queued).
+        let ours = self.extensions();
+        let extensions = (kind.has_extensions() && ours != Extensions::default()).then_some(ours);
+        if !self.mesh.is_empty() || extensions.is_some() {
             let subscriptions = self.mesh.keys().map(|t| SubOpt { subscribe: true, topic: t.clone() }).collect();
-            self.send_rpc(&peer, &Rpc { subscriptions, ..Rpc::default() });
+            self.send_rpc(&peer, &Rpc { subscriptions, control: Control { extensions, ..Control::default() }, ..Rpc::default() });
         }
+    }
+
+    /// The extensions we advertise to v1.3 peers.
+    pub fn extensions(&self) -> Extensions {
+        Extensions { large_messages: self.cfg.large_messages, test: self.cfg.test_extension }
+    }
+
+    /// Whether `peer` advertised large-message handling and we do it too.
+    fn large_messages_with(&self, peer: &Peer) -> bool {
+        self.cfg.large_messages && peer.stats.extensions.is_some_and(|e| e.large_messages)
     }
 
     /// The peer is gone (its last connection closed, or its stream failed).
@@ -503,15 +554,29 @@ impl Router {
             self.stats.graylisted_rpcs += 1;
             return;
         }
+        let mut c = rpc.control;
+        if let Some(e) = c.extensions.take() {
+            self.handle_extensions(from, e);
+        }
+        if rpc.test_extension {
+            self.stats.test_extensions_received += 1;
+            if let Some(p) = self.peers.get_mut(from) {
+                p.stats.test_extension_received = true;
+            }
+        }
         for s in rpc.subscriptions {
             self.handle_subscription(now, from, s);
+        }
+        // PREAMBLEs before messages: an RPC may carry one and then its message.
+        for p in std::mem::take(&mut c.preamble) {
+            self.handle_preamble(now, from, p);
         }
         for m in rpc.publish {
             self.handle_message(now, from, m);
         }
-        let c = rpc.control;
         // IDONTWANT first: it may spare a forward of a message in this same RPC's IWANT.
-        self.handle_idontwant(from, c.idontwant);
+        self.handle_idontwant(from, c.idontwant, false);
+        self.handle_idontwant(from, c.imreceiving, true);
         for t in c.graft {
             self.handle_graft(now, from, t);
         }
@@ -603,6 +668,10 @@ impl Router {
         if let Some(p) = self.peers.get_mut(source) {
             p.stats.messages_received += 1;
             p.stats.duplicates += u64::from(dup);
+            p.announced.remove(&id);
+        }
+        if !self.receiving.is_empty() {
+            self.receiving.remove(&id);
         }
         if dup {
             self.stats.duplicates += 1;
@@ -740,25 +809,97 @@ impl Router {
         }
     }
 
-    fn handle_idontwant(&mut self, from: &PeerId, ids: Vec<MessageId>) {
+    /// IDONTWANT, or (`receiving`) v1.4's IMRECEIVING, which is honoured the same way: queued copies
+    /// taken back, later forwards left out. Both share the per-heartbeat cap.
+    fn handle_idontwant(&mut self, from: &PeerId, ids: Vec<MessageId>, receiving: bool) {
         let until = self.ticks + self.cfg.idontwant_heartbeats;
         let Some(p) = self.peers.get_mut(from) else { return };
         for id in ids {
-            self.stats.idontwant_received += 1;
-            p.stats.idontwant_received += 1;
+            if receiving {
+                self.stats.imreceiving_received += 1;
+                p.stats.imreceiving_received += 1;
+            } else {
+                self.stats.idontwant_received += 1;
+                p.stats.idontwant_received += 1;
+            }
             if p.idontwant_taken >= self.cfg.max_idontwant_per_heartbeat {
                 self.stats.idontwant_ignored += 1;
                 continue;
             }
             p.idontwant_taken += 1;
             if let Some(len) = p.queue.cancel(&id) {
-                self.stats.idontwant_cancelled += 1;
+                if receiving {
+                    self.stats.imreceiving_cancelled += 1;
+                    p.stats.imreceiving_cancelled += 1;
+                } else {
+                    self.stats.idontwant_cancelled += 1;
+                    p.stats.idontwant_cancelled += 1;
+                }
                 self.stats.messages_sent -= 1;
                 self.stats.message_bytes_sent -= len as u64;
-                p.stats.idontwant_cancelled += 1;
                 p.stats.messages_sent -= 1;
             }
-            p.dont_want.insert(id, until);
+            let e = p.dont_want.entry(id).or_insert(until);
+            *e = (*e).max(until);
+        }
+    }
+
+    /// v1.3: the peer's extensions, taken once (a repeat is ignored and counted: the spec allows one per
+    /// stream, and a peer that reopens its stream sends it again). Both supporting the test extension,
+    /// we send its message.
+    fn handle_extensions(&mut self, from: &PeerId, e: Extensions) {
+        let test = self.cfg.test_extension;
+        let Some(p) = self.peers.get_mut(from) else { return };
+        if p.stats.extensions.is_some() || !p.kind.has_extensions() {
+            self.stats.extensions_repeated += 1;
+            tracing::debug!(peer = %from, "gossipsub: extensions message ignored (repeated, or not a v1.3 peer)");
+            return;
+        }
+        p.stats.extensions = Some(e);
+        self.stats.extensions_received += 1;
+        if test && e.test {
+            self.send_rpc(from, &Rpc { test_extension: true, ..Rpc::default() });
+        }
+    }
+
+    /// v1.4: a mesh peer announces a large message. If we have not seen it, we tell our other mesh
+    /// peers that advertised large-message handling IMRECEIVING (once per message), and wait for it
+    /// before asking anyone with IWANT.
+    fn handle_preamble(&mut self, now: Instant, from: &PeerId, pre: Preamble) {
+        self.stats.preambles_received += 1;
+        let max = self.cfg.max_preambles_per_peer;
+        let in_mesh = self.mesh.get(&pre.topic).is_some_and(|m| m.contains(from));
+        let Some(p) = self.peers.get_mut(from) else { return };
+        p.stats.preambles_received += 1;
+        if !self.cfg.large_messages || !in_mesh || p.announced.len() >= max {
+            self.stats.preambles_ignored += 1;
+            return;
+        }
+        if self.seen.contains_key(&pre.id) {
+            return;
+        }
+        // A conservative wait: the configured one, plus the message at 1 MB/s.
+        let until = now + self.cfg.preamble_wait + Duration::from_micros(pre.size.min(self.cfg.limits.max_rpc_len as u64));
+        p.announced.insert(pre.id.clone(), until);
+        if self.receiving.insert(pre.id.clone(), until).is_some() {
+            return;
+        }
+        let to: Vec<PeerId> = self.mesh[&pre.topic]
+            .iter()
+            .filter(|q| *q != from && self.peers.get(*q).is_some_and(|x| self.large_messages_with(x)))
+            .cloned()
+            .collect();
+        if to.is_empty() {
+            return;
+        }
+        // Its own frame, ahead of anything queued: it has to overtake the copies.
+        let rpc = Rpc { control: Control { imreceiving: vec![pre.id], ..Control::default() }, ..Rpc::default() };
+        for q in to {
+            self.send_rpc(&q, &rpc);
+            self.stats.imreceiving_sent += 1;
+            if let Some(x) = self.peers.get_mut(&q) {
+                x.stats.imreceiving_sent += 1;
+            }
         }
     }
 
@@ -834,7 +975,17 @@ impl Router {
             if !self.mesh.contains_key(&h.topic) {
                 continue;
             }
-            want.extend(h.ids.into_iter().filter(|id| !self.seen.contains_key(id)));
+            for id in h.ids {
+                if self.seen.contains_key(&id) {
+                    continue;
+                }
+                // Announced to us and on its way (v1.4): asked for only once the wait is over.
+                if self.receiving.get(&id).is_some_and(|t| *t > now) {
+                    self.stats.iwant_deferred += 1;
+                    continue;
+                }
+                want.insert(id);
+            }
         }
         let want: Vec<MessageId> = want.into_iter().collect();
         let p = self.peers.get_mut(from).expect("checked");
@@ -999,6 +1150,19 @@ impl Router {
             p.idontwant_taken = 0;
             p.dont_want.retain(|_, until| *until > ticks);
         }
+        // v1.4: announcers that did not deliver within the wait pay a behaviour penalty.
+        let mut broken = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            let before = p.announced.len();
+            p.announced.retain(|_, until| *until > now);
+            broken.extend(std::iter::repeat_n(id.clone(), before - p.announced.len()));
+        }
+        for id in broken {
+            self.stats.preambles_broken += 1;
+            tracing::debug!(peer = %id, "gossipsub: a PREAMBLE's message did not follow");
+            self.penalize(&id);
+        }
+        self.receiving.retain(|_, until| *until > now);
         self.backoff.retain(|_, t| *t > now);
         let before = self.awaiting.len();
         self.awaiting.retain(|_, p| p.deadline > now);
@@ -1155,7 +1319,17 @@ impl Router {
         let mut f = Vec::with_capacity(len);
         wire::encode_message(msg, &mut f);
         let large = self.cfg.stagger > 0 && msg.data().len() >= self.cfg.stagger_threshold;
-        q.urgent.push_back(Queued { frame: f, id: Some(id.clone()), large });
+        let preamble = (msg.data().len() >= self.cfg.preamble_threshold
+            && self.cfg.large_messages
+            && p.stats.extensions.is_some_and(|e| e.large_messages))
+        .then(|| {
+            let mut b = Vec::new();
+            let pre = Preamble { id: id.clone(), size: msg.data().len() as u64, topic: msg.topic.clone() };
+            wire::encode(&Rpc { control: Control { preamble: vec![pre], ..Control::default() }, ..Rpc::default() }, &mut b);
+            b
+        });
+        let q = &mut p.queue;
+        q.urgent.push_back(Queued { frame: f, id: Some(id.clone()), large, preamble });
     }
 
     /// Queues a frame: gossip within its own cap (dropped beyond), control always.
@@ -1203,6 +1377,7 @@ impl Router {
         s.ihave_bytes_sent += c.ihave.iter().map(|h| h.topic.len() as u64 + 4 + ids(&h.ids)).sum::<u64>();
         s.iwant_bytes_sent += if c.iwant.is_empty() { 0 } else { ids(&c.iwant) + 4 };
         s.idontwant_bytes_sent += if c.idontwant.is_empty() { 0 } else { ids(&c.idontwant) + 4 };
+        s.preamble_bytes_sent += c.imreceiving.iter().map(|i| i.len() as u64 + 6).sum::<u64>();
         s.graft_prune_bytes_sent += c.graft.iter().map(|t| t.len() as u64 + 4).sum::<u64>()
             + c.prune.iter().map(|p| p.topic.len() as u64 + 8 + p.peers.iter().map(|x| x.len() as u64 + 4).sum::<u64>()).sum::<u64>();
     }
@@ -1218,6 +1393,7 @@ impl Router {
     /// batch is a large message.
     pub fn take_frames(&mut self, peer: &PeerId, max: usize, large: bool) -> Option<(Vec<u8>, bool)> {
         let q = &mut self.peers.get_mut(peer)?.queue;
+        let (mut preambles, mut preamble_bytes) = (0, 0);
         let mut out: Vec<u8> = Vec::new();
         // Large messages passed over, to go back in front in their order.
         let mut held: VecDeque<Queued> = VecDeque::new();
@@ -1235,10 +1411,16 @@ impl Router {
                     q.messages.remove(id);
                 }
                 q.urgent_bytes -= e.frame.len();
+                // v1.4: its PREAMBLE right ahead of it, so the peer knows of it from its first bytes.
+                if let Some(pre) = e.preamble {
+                    preambles += 1;
+                    preamble_bytes += pre.len() as u64;
+                    out.extend_from_slice(&pre);
+                }
                 if e.large {
                     // Alone: nothing was taken before it (see above), nothing after it.
                     took_large = true;
-                    out = e.frame;
+                    out.extend_from_slice(&e.frame);
                     break;
                 }
                 e.frame
@@ -1259,6 +1441,8 @@ impl Router {
         while let Some(e) = held.pop_back() {
             q.urgent.push_front(e);
         }
+        self.stats.preambles_sent += preambles;
+        self.stats.preamble_bytes_sent += preamble_bytes;
         (!out.is_empty()).then_some((out, took_large))
     }
 

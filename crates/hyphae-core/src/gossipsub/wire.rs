@@ -151,6 +151,24 @@ pub struct Prune {
     pub backoff: Option<u64>,
 }
 
+/// v1.3's extensions control message: what its sender supports (unknown extensions are skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Extensions {
+    /// v1.4's large message handling: PREAMBLE and IMRECEIVING (field 11).
+    pub large_messages: bool,
+    /// The experimental test extension (field 6492434): both sides that support it send one
+    /// [`Rpc::test_extension`].
+    pub test: bool,
+}
+
+/// v1.4's PREAMBLE: the message `id` of `size` bytes on `topic` follows on this stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preamble {
+    pub id: MessageId,
+    pub size: u64,
+    pub topic: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Control {
     pub ihave: Vec<IHave>,
@@ -160,11 +178,23 @@ pub struct Control {
     pub prune: Vec<Prune>,
     /// The ids of every IDONTWANT entry.
     pub idontwant: Vec<MessageId>,
+    /// v1.3: sent once, in the first RPC on a stream.
+    pub extensions: Option<Extensions>,
+    /// v1.4: large messages about to arrive, and ids of large messages the sender is receiving.
+    pub preamble: Vec<Preamble>,
+    pub imreceiving: Vec<MessageId>,
 }
 
 impl Control {
     pub fn is_empty(&self) -> bool {
-        self.ihave.is_empty() && self.iwant.is_empty() && self.graft.is_empty() && self.prune.is_empty() && self.idontwant.is_empty()
+        self.ihave.is_empty()
+            && self.iwant.is_empty()
+            && self.graft.is_empty()
+            && self.prune.is_empty()
+            && self.idontwant.is_empty()
+            && self.extensions.is_none()
+            && self.preamble.is_empty()
+            && self.imreceiving.is_empty()
     }
 }
 
@@ -173,13 +203,19 @@ pub struct Rpc {
     pub subscriptions: Vec<SubOpt>,
     pub publish: Vec<Message>,
     pub control: Control,
+    /// v1.3's experimental test extension message (an empty message in field 6492434).
+    pub test_extension: bool,
 }
 
 impl Rpc {
     pub fn is_empty(&self) -> bool {
-        self.subscriptions.is_empty() && self.publish.is_empty() && self.control.is_empty()
+        self.subscriptions.is_empty() && self.publish.is_empty() && self.control.is_empty() && !self.test_extension
     }
 }
+
+/// Field numbers of v1.3's extensions (extensions.proto).
+const LARGE_MESSAGES_FIELD: u32 = 11;
+const TEST_EXTENSION_FIELD: u32 = 6_492_434;
 
 /// Counts what one RPC holds against the limits while it is read.
 struct Budget<'a> {
@@ -216,7 +252,8 @@ impl Budget<'_> {
 }
 
 /// Decodes one length-prefixed RPC from the front of `buf`: `Ok(None)` when more bytes are needed,
-/// else the RPC and the bytes it took. Unknown fields are skipped (v1.3's extensions among them).
+/// else the RPC and the bytes it took. Unknown fields are skipped (extensions we do not support among
+/// them).
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Rpc, usize)>, DecodeError> {
     let Some((range, used)) = varint::decode_frame(buf, limits.max_rpc_len)? else { return Ok(None) };
     let body = &buf[range];
@@ -245,6 +282,10 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Rpc, usize)>, Decod
                 rpc.publish.push(decode_message(v.bytes()?, &b)?);
             }
             (3, v) => decode_control(v.bytes()?, &mut b, &mut rpc.control)?,
+            (TEST_EXTENSION_FIELD, v) => {
+                v.bytes()?;
+                rpc.test_extension = true;
+            }
             _ => {}
         }
     }
@@ -283,6 +324,10 @@ fn decode_message(raw: &[u8], b: &Budget<'_>) -> Result<Message, DecodeError> {
 fn decode_control(buf: &[u8], b: &mut Budget<'_>, c: &mut Control) -> Result<(), DecodeError> {
     for f in Reader::new(buf) {
         let (n, v) = f?;
+        if !(1..=8).contains(&n) {
+            // A field of a later version or an extension we do not know: skipped, whatever its type.
+            continue;
+        }
         let inner = v.bytes()?;
         match n {
             1 => {
@@ -339,6 +384,37 @@ fn decode_control(buf: &[u8], b: &mut Budget<'_>, c: &mut Control) -> Result<(),
                 }
                 c.prune.push(p);
             }
+            6 => {
+                // Optional: a repeated field merges (protobuf's rule), so a second one adds to the first.
+                let e = c.extensions.get_or_insert_with(Extensions::default);
+                for f in Reader::new(inner) {
+                    match f? {
+                        (LARGE_MESSAGES_FIELD, v) => e.large_messages = v.varint()? != 0,
+                        (TEST_EXTENSION_FIELD, v) => e.test = v.varint()? != 0,
+                        _ => {}
+                    }
+                }
+            }
+            7 => {
+                b.entry()?;
+                let (mut id, mut size, mut topic) = (None, 0, String::new());
+                for f in Reader::new(inner) {
+                    match f? {
+                        (1, v) => id = Some(b.id(v.bytes()?)?),
+                        (2, v) => size = v.varint()?,
+                        (3, v) => topic = b.topic(v)?,
+                        _ => {}
+                    }
+                }
+                c.preamble.extend(id.map(|id| Preamble { id, size, topic }));
+            }
+            8 => {
+                for f in Reader::new(inner) {
+                    if let (1, v) = f? {
+                        c.imreceiving.push(b.id(v.bytes()?)?);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -388,6 +464,28 @@ fn encode_control(c: &Control, out: &mut Vec<u8>) {
         }
         put_bytes(out, 5, &e);
     }
+    if let Some(x) = &c.extensions {
+        e.clear();
+        if x.large_messages {
+            put_varint(&mut e, LARGE_MESSAGES_FIELD, 1);
+        }
+        if x.test {
+            put_varint(&mut e, TEST_EXTENSION_FIELD, 1);
+        }
+        put_bytes(out, 6, &e);
+    }
+    for p in &c.preamble {
+        e.clear();
+        put_bytes(&mut e, 1, &p.id);
+        put_varint(&mut e, 2, p.size);
+        put_bytes(&mut e, 3, p.topic.as_bytes());
+        put_bytes(out, 7, &e);
+    }
+    for id in &c.imreceiving {
+        e.clear();
+        put_bytes(&mut e, 1, id);
+        put_bytes(out, 8, &e);
+    }
 }
 
 /// The RPC's body, without the length prefix.
@@ -405,6 +503,9 @@ pub fn encode_body(rpc: &Rpc, out: &mut Vec<u8>) {
         let mut e = Vec::new();
         encode_control(&rpc.control, &mut e);
         put_bytes(out, 3, &e);
+    }
+    if rpc.test_extension {
+        put_bytes(out, TEST_EXTENSION_FIELD, &[]);
     }
 }
 
@@ -464,7 +565,11 @@ mod tests {
                 graft: vec!["a".into()],
                 prune: vec![Prune { topic: "b".into(), peers: vec![vec![0, 1, 2]], backoff: Some(60) }],
                 idontwant: vec![id(b"w")],
+                extensions: Some(Extensions { large_messages: true, test: true }),
+                preamble: vec![Preamble { id: id(b"p"), size: 131_072, topic: "a".into() }],
+                imreceiving: vec![id(b"r")],
             },
+            test_extension: true,
         }
     }
 
@@ -494,6 +599,13 @@ mod tests {
         assert_eq!(c.prune[0].backoff, Some(60));
         assert_eq!(c.prune[0].peers[0].peerID.as_deref(), Some(&[0, 1, 2][..]));
         assert_eq!(c.idontwant[0].messageIDs, vec![b"w".to_vec()]);
+        let x = c.extensions.as_ref().unwrap();
+        assert_eq!((x.largeMessageHandling, x.testExtension), (Some(true), Some(true)));
+        assert_eq!(c.preamble[0].messageID.as_deref(), Some(&b"p"[..]));
+        assert_eq!(c.preamble[0].messageSize, Some(131_072));
+        assert_eq!(c.preamble[0].topicID.as_deref(), Some("a"));
+        assert_eq!(c.imreceiving[0].messageID.as_deref(), Some(&b"r"[..]));
+        assert!(g.testExtension.is_some());
         // And the generated writer's frame decodes here to the same RPC.
         let f = quick_protobuf::serialize_into_vec(&g).unwrap();
         let (d, _) = decode(&f, &Limits::default()).unwrap().unwrap();

@@ -455,3 +455,141 @@ fn gossipsub_router_an_idontwant_takes_back_a_queued_copy_and_large_messages_wai
     assert!(r.take_frames(&c, 1 << 20, true).is_none());
     assert_eq!(r.queued(&c), 0);
 }
+
+/// The RPCs in a batch of frames.
+fn rpcs(f: &[u8]) -> Vec<Rpc> {
+    let mut v = Vec::new();
+    let mut at = 0;
+    while let Some((rpc, used)) = wire::decode(&f[at..], &Limits::default()).unwrap() {
+        v.push(rpc);
+        at += used;
+    }
+    assert_eq!(at, f.len(), "whole frames only");
+    v
+}
+
+#[test]
+fn gossipsub_router_v13_peers_send_extensions_first_take_them_once_and_answer_the_test_extension() {
+    let mut net = Net::new(3, Config { test_extension: true, ..Config::default() });
+    net.link(0, 1, PeerKind::Meshsub13);
+    net.link(0, 2, PeerKind::Meshsub12);
+    let (b, c) = (net.ids[1].clone(), net.ids[2].clone());
+    // The first frame to a v1.3 peer is the extensions message; a v1.2 peer gets none.
+    let (f, _) = net.routers[0].take_frames(&b, 1 << 20, true).unwrap();
+    assert_eq!(rpcs(&f)[0].control.extensions, Some(Extensions { large_messages: true, test: true }));
+    assert!(net.routers[0].take_frames(&c, 1 << 20, true).is_none());
+    // Put it back the way it came and let both sides talk.
+    net.routers[1].handle_rpc(&mut net.rng, net.now, &net.ids[0].clone(), rpcs(&f).remove(0));
+    net.settle();
+    for (x, y) in [(0, 1), (1, 0)] {
+        let s = net.routers[x].peer_stats(&net.ids[y]).unwrap();
+        assert_eq!(s.extensions, Some(Extensions { large_messages: true, test: true }), "{x} of {y}");
+        assert!(s.test_extension_received, "{x} got the test extension's message from {y}");
+        assert_eq!(net.routers[x].stats().test_extensions_received, 1, "exactly one");
+    }
+    assert_eq!(net.routers[0].peer_stats(&c).unwrap().extensions, None);
+    // A second extensions message is ignored and counted; the first stands.
+    let again = Rpc { control: Control { extensions: Some(Extensions::default()), ..Control::default() }, ..Rpc::default() };
+    net.routers[0].handle_rpc(&mut net.rng, net.now, &b, again.clone());
+    assert_eq!(net.routers[0].stats().extensions_repeated, 1);
+    assert_eq!(net.routers[0].peer_stats(&b).unwrap().extensions, Some(Extensions { large_messages: true, test: true }));
+    // From a v1.2 peer it is not taken either.
+    net.routers[0].handle_rpc(&mut net.rng, net.now, &c, again);
+    assert_eq!(net.routers[0].stats().extensions_repeated, 2);
+    assert_eq!(net.routers[0].peer_stats(&c).unwrap().extensions, None);
+}
+
+#[test]
+fn gossipsub_router_a_preamble_goes_ahead_of_a_large_copy_and_imreceiving_spares_the_copy_to_its_sender() {
+    // A triangle of v1.3 peers. 0 publishes a large message; 1 hears its PREAMBLE first and tells 2
+    // IMRECEIVING, so 2, which gets the message from 0 as well, does not send it on to 1.
+    let mut net = Net::new(3, Config { stagger_threshold: 2048, preamble_threshold: 2048, ..Config::default() });
+    net.link(0, 1, PeerKind::Meshsub13);
+    net.link(0, 2, PeerKind::Meshsub13);
+    net.link(1, 2, PeerKind::Meshsub13);
+    net.subscribe_all("t");
+    net.heartbeats(2);
+    let ids = net.ids.clone();
+    let id = net.routers[0].publish(&mut net.rng, net.now, "t", vec![7; 4000]).unwrap();
+    let (f, large) = net.routers[0].take_frames(&ids[1], 1 << 20, true).unwrap();
+    assert!(large);
+    let mut to1 = rpcs(&f);
+    assert_eq!(to1.len(), 2, "PREAMBLE, then the message");
+    assert_eq!(to1[0].control.preamble, vec![Preamble { id: id.clone(), size: 4000, topic: "t".into() }]);
+    assert!(to1[0].publish.is_empty() && to1[1].publish.len() == 1);
+    assert_eq!(net.routers[0].stats().preambles_sent, 1);
+    // 1 reads the PREAMBLE (the message's bytes still on their way): IMRECEIVING to 2.
+    let msg = to1.pop().unwrap();
+    net.routers[1].handle_rpc(&mut net.rng, net.now, &ids[0], to1.pop().unwrap());
+    assert_eq!(net.routers[1].stats().imreceiving_sent, 1);
+    let (f, _) = net.routers[1].take_frames(&ids[2], 1 << 20, true).unwrap();
+    let r = rpcs(&f).remove(0);
+    assert_eq!(r.control.imreceiving, vec![id.clone()]);
+    net.routers[2].handle_rpc(&mut net.rng, net.now, &ids[1], r);
+    assert_eq!(net.routers[2].stats().imreceiving_received, 1);
+    // 2 gets its own copy from 0 and forwards it to nobody: 0 is its source, 1 is receiving it.
+    let (f, _) = net.routers[0].take_frames(&ids[2], 1 << 20, true).unwrap();
+    for r in rpcs(&f) {
+        net.routers[2].handle_rpc(&mut net.rng, net.now, &ids[0], r);
+    }
+    assert_eq!(net.routers[2].stats().idontwant_saved, 1, "the forward to 1 left out");
+    let (f, _) = net.routers[2].take_frames(&ids[1], 1 << 20, true).unwrap();
+    let r = rpcs(&f);
+    assert!(r.iter().all(|r| r.publish.is_empty()), "only its IDONTWANT goes to 1");
+    assert!(r.iter().any(|r| r.control.idontwant == vec![id.clone()]));
+    for r in r {
+        net.routers[1].handle_rpc(&mut net.rng, net.now, &ids[2], r);
+    }
+    // 1's message arrives; nobody got a duplicate of it.
+    net.routers[1].handle_rpc(&mut net.rng, net.now, &ids[0], msg);
+    net.settle();
+    for i in 1..3 {
+        assert_eq!(net.messages(i).len(), 1);
+        assert_eq!(net.routers[i].stats().duplicates, 0, "node {i}");
+    }
+    // Delivered within the wait: no penalty.
+    net.heartbeats(3);
+    assert_eq!(net.routers.iter().map(|r| r.stats().preambles_broken).sum::<u64>(), 0);
+}
+
+#[test]
+fn gossipsub_router_an_announced_message_defers_iwant_until_the_wait_is_over_and_a_broken_promise_is_penalized() {
+    let mut net = Net::new(3, Config { preamble_threshold: 2048, ..Config::default() });
+    net.link(0, 1, PeerKind::Meshsub13);
+    net.link(0, 2, PeerKind::Meshsub13);
+    net.subscribe_all("t");
+    net.heartbeats(2);
+    let ids = net.ids.clone();
+    let id: MessageId = Arc::from(&b"never-sent"[..]);
+    let (id2, id3): (MessageId, MessageId) = (Arc::from(&b"nor this"[..]), Arc::from(&b"nor that"[..]));
+    let pre = |id: &MessageId| Preamble { id: id.clone(), size: 4000, topic: "t".into() };
+    let pre = Rpc { control: Control { preamble: vec![pre(&id), pre(&id2), pre(&id3)], ..Control::default() }, ..Rpc::default() };
+    let ihave = Rpc {
+        control: Control { ihave: vec![IHave { topic: "t".into(), ids: vec![id.clone()] }], ..Control::default() },
+        ..Rpc::default()
+    };
+    let (r, rng, now) = (&mut net.routers[0], &mut net.rng, net.now);
+    r.handle_rpc(rng, now, &ids[1], pre);
+    assert_eq!(r.stats().imreceiving_sent, 3, "to 2");
+    // 2 offers it meanwhile: no IWANT yet.
+    r.handle_rpc(rng, now, &ids[2], ihave.clone());
+    assert_eq!((r.stats().iwant_deferred, r.stats().iwant_sent), (1, 0));
+    // The wait (1 s + 4 ms) runs out: 1 is penalized for each of its three, and 2's next offer is
+    // taken up.
+    let later = now + Duration::from_secs(2);
+    r.on_timeout(rng, later);
+    assert_eq!(r.stats().preambles_broken, 3);
+    assert!(r.peer_score(&ids[1], later) < 0.0, "score {}", r.peer_score(&ids[1], later));
+    r.handle_rpc(rng, later, &ids[2], ihave);
+    assert_eq!(r.stats().iwant_sent, 1);
+    // PREAMBLEs from a peer outside the mesh, or past the per-peer cap, are ignored.
+    let outsider = Rpc {
+        control: Control { preamble: vec![Preamble { id: id.clone(), size: 1, topic: "other".into() }], ..Control::default() },
+        ..Rpc::default()
+    };
+    r.handle_rpc(rng, later, &ids[2], outsider);
+    assert_eq!(r.stats().preambles_ignored, 1);
+    let many = (0..20u8).map(|i| Preamble { id: Arc::from(&[i][..]), size: 4000, topic: "t".into() }).collect();
+    r.handle_rpc(rng, later, &ids[2], Rpc { control: Control { preamble: many, ..Control::default() }, ..Rpc::default() });
+    assert_eq!(r.stats().preambles_ignored, 1 + 4, "16 taken of 20 (the earlier three are gone)");
+}
