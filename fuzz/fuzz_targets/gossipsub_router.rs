@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Instant::ZERO;
     let peers: Vec<_> = keys[1..].iter().map(Keypair::peer_id).collect();
     let topics = ["a", "b", "c", "d"];
-    let kinds = [PeerKind::Floodsub, PeerKind::Meshsub10, PeerKind::Meshsub11, PeerKind::Meshsub12];
+    let kinds = [PeerKind::Floodsub, PeerKind::Meshsub10, PeerKind::Meshsub11, PeerKind::Meshsub12, PeerKind::Meshsub13];
     let mut inp = Input(data);
     while !inp.0.is_empty() {
         let op = inp.byte();
@@ -114,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
                     r.remove_peer(peer, now);
                 } else {
                     let ip = std::net::IpAddr::from([5, 5, 5, inp.byte() % 3]);
-                    r.add_peer(peer.clone(), kinds[usize::from(inp.byte()) % 4], inp.byte() % 2 == 0, Some(ip), now);
+                    r.add_peer(peer.clone(), kinds[usize::from(inp.byte()) % kinds.len()], inp.byte() % 2 == 0, Some(ip), now);
                 }
                 None
             }

@@ -509,7 +509,7 @@ fn sim_autonat_makes_public_nodes_dht_servers_and_undialable_ones_never() {
 fn sim_pubsub_delivers_everything_through_churn_and_idontwant_cuts_duplicates() {
     let text = |idontwant: &str| {
         format!(
-            "nodes all 50 idontwant={idontwant} validation=10ms\nlink latency=10ms jitter=2ms bandwidth=100mbit\n\
+            "nodes all 50 idontwant={idontwant} preamble=off validation=10ms\nlink latency=10ms jitter=2ms bandwidth=100mbit\n\
              region a 0..24\nregion b 25..49\nbetween a b latency=40ms bandwidth=100mbit\n\
              phase warm\nat 0s connect random 5\nat 1s pubsub subscribe all t\nat 3s phase steady\n\
              at 3s pubsub publish 2 by 0..4 t size=32768 every 1s until 7s\n\
