@@ -690,15 +690,7 @@ impl Router {
             if let Some(mesh) = self.mesh.get(&m.topic) {
                 let to: Vec<PeerId> =
                     mesh.iter().filter(|p| *p != source && self.peers.get(*p).is_some_and(|x| x.kind.has_idontwant())).cloned().collect();
-                // Its own frame, ahead of any forward: it is small and should overtake the message.
-                let rpc = Rpc { control: Control { idontwant: vec![id.clone()], ..Control::default() }, ..Rpc::default() };
-                for p in to {
-                    self.send_rpc(&p, &rpc);
-                    self.stats.idontwant_sent += 1;
-                    if let Some(x) = self.peers.get_mut(&p) {
-                        x.stats.idontwant_sent += 1;
-                    }
-                }
+                self.send_refusal(&to, id.clone(), false);
             }
         }
         self.mark_seen(now, id.clone());
@@ -814,29 +806,31 @@ impl Router {
     fn handle_idontwant(&mut self, from: &PeerId, ids: Vec<MessageId>, receiving: bool) {
         let until = self.ticks + self.cfg.idontwant_heartbeats;
         let Some(p) = self.peers.get_mut(from) else { return };
+        let s = &mut self.stats;
+        // The counters this kind bumps, chosen once: (received, cancelled) in total and for the peer.
+        let (received, cancelled, p_received, p_cancelled) = if receiving {
+            (
+                &mut s.imreceiving_received,
+                &mut s.imreceiving_cancelled,
+                &mut p.stats.imreceiving_received,
+                &mut p.stats.imreceiving_cancelled,
+            )
+        } else {
+            (&mut s.idontwant_received, &mut s.idontwant_cancelled, &mut p.stats.idontwant_received, &mut p.stats.idontwant_cancelled)
+        };
         for id in ids {
-            if receiving {
-                self.stats.imreceiving_received += 1;
-                p.stats.imreceiving_received += 1;
-            } else {
-                self.stats.idontwant_received += 1;
-                p.stats.idontwant_received += 1;
-            }
+            *received += 1;
+            *p_received += 1;
             if p.idontwant_taken >= self.cfg.max_idontwant_per_heartbeat {
-                self.stats.idontwant_ignored += 1;
+                s.idontwant_ignored += 1;
                 continue;
             }
             p.idontwant_taken += 1;
             if let Some(len) = p.queue.cancel(&id) {
-                if receiving {
-                    self.stats.imreceiving_cancelled += 1;
-                    p.stats.imreceiving_cancelled += 1;
-                } else {
-                    self.stats.idontwant_cancelled += 1;
-                    p.stats.idontwant_cancelled += 1;
-                }
-                self.stats.messages_sent -= 1;
-                self.stats.message_bytes_sent -= len as u64;
+                *cancelled += 1;
+                *p_cancelled += 1;
+                s.messages_sent -= 1;
+                s.message_bytes_sent -= len as u64;
                 p.stats.messages_sent -= 1;
             }
             let e = p.dont_want.entry(id).or_insert(until);
@@ -892,13 +886,28 @@ impl Router {
         if to.is_empty() {
             return;
         }
-        // Its own frame, ahead of anything queued: it has to overtake the copies.
-        let rpc = Rpc { control: Control { imreceiving: vec![pre.id], ..Control::default() }, ..Rpc::default() };
+        self.send_refusal(&to, pre.id, true);
+    }
+
+    /// IDONTWANT, or (`receiving`) IMRECEIVING, for one message to each of `to`, counted. Its own
+    /// frame, ahead of anything queued: it is small and has to overtake the copies it spares.
+    fn send_refusal(&mut self, to: &[PeerId], id: MessageId, receiving: bool) {
+        let control = if receiving {
+            Control { imreceiving: vec![id], ..Control::default() }
+        } else {
+            Control { idontwant: vec![id], ..Control::default() }
+        };
+        let rpc = Rpc { control, ..Rpc::default() };
         for q in to {
-            self.send_rpc(&q, &rpc);
-            self.stats.imreceiving_sent += 1;
-            if let Some(x) = self.peers.get_mut(&q) {
-                x.stats.imreceiving_sent += 1;
+            self.send_rpc(q, &rpc);
+            let (total, peer) = if receiving {
+                (&mut self.stats.imreceiving_sent, self.peers.get_mut(q).map(|x| &mut x.stats.imreceiving_sent))
+            } else {
+                (&mut self.stats.idontwant_sent, self.peers.get_mut(q).map(|x| &mut x.stats.idontwant_sent))
+            };
+            *total += 1;
+            if let Some(c) = peer {
+                *c += 1;
             }
         }
     }

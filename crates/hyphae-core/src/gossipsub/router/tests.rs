@@ -30,6 +30,18 @@ impl Net {
         self.links.insert((a, b));
         self.links.insert((b, a));
     }
+    /// The RPCs of the next batch of frames `a` has queued for `b`, taken but not yet delivered.
+    fn take(&mut self, a: usize, b: usize) -> Vec<Rpc> {
+        let to = self.ids[b].clone();
+        self.routers[a].take_frames(&to, 1 << 20, true).map(|(f, _)| rpcs(&f)).unwrap_or_default()
+    }
+    /// Hands `b` RPCs that `a` sent it.
+    fn hand(&mut self, a: usize, b: usize, rpcs: Vec<Rpc>) {
+        let from = self.ids[a].clone();
+        for r in rpcs {
+            self.routers[b].handle_rpc(&mut self.rng, self.now, &from, r);
+        }
+    }
     fn full(n: usize, cfg: Config) -> Net {
         let mut net = Net::new(n, cfg);
         for a in 0..n {
@@ -425,15 +437,8 @@ fn gossipsub_router_an_idontwant_takes_back_a_queued_copy_and_large_messages_wai
     let small = r.publish(rng, now, "t", vec![1; 100]).unwrap();
     let large = r.publish(rng, now, "t", vec![2; 4000]).unwrap();
     let small2 = r.publish(rng, now, "t", vec![3; 100]).unwrap();
-    let ids = |f: &[u8]| {
-        let mut v = Vec::new();
-        let mut at = 0;
-        while let Some((rpc, used)) = wire::decode(&f[at..], &Limits::default()).unwrap() {
-            v.extend(rpc.publish.iter().map(|m| MessageIdFn::FromSeqno.id(m)));
-            at += used;
-        }
-        v
-    };
+    let ids =
+        |f: &[u8]| -> Vec<MessageId> { rpcs(f).iter().flat_map(|r| r.publish.iter().map(|m| MessageIdFn::FromSeqno.id(m))).collect() };
     // Without a turn, the small messages around the large one go, and the large one waits in front.
     let (f, is_large) = r.take_frames(&b, 1 << 20, false).unwrap();
     assert!(!is_large);
@@ -522,24 +527,20 @@ fn gossipsub_router_a_preamble_goes_ahead_of_a_large_copy_and_imreceiving_spares
     let msg = to1.pop().unwrap();
     net.routers[1].handle_rpc(&mut net.rng, net.now, &ids[0], to1.pop().unwrap());
     assert_eq!(net.routers[1].stats().imreceiving_sent, 1);
-    let (f, _) = net.routers[1].take_frames(&ids[2], 1 << 20, true).unwrap();
-    let r = rpcs(&f).remove(0);
-    assert_eq!(r.control.imreceiving, vec![id.clone()]);
-    net.routers[2].handle_rpc(&mut net.rng, net.now, &ids[1], r);
+    let r = net.take(1, 2);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].control.imreceiving, vec![id.clone()]);
+    net.hand(1, 2, r);
     assert_eq!(net.routers[2].stats().imreceiving_received, 1);
     // 2 gets its own copy from 0 and forwards it to nobody: 0 is its source, 1 is receiving it.
-    let (f, _) = net.routers[0].take_frames(&ids[2], 1 << 20, true).unwrap();
-    for r in rpcs(&f) {
-        net.routers[2].handle_rpc(&mut net.rng, net.now, &ids[0], r);
-    }
+    let r = net.take(0, 2);
+    assert!(!r.is_empty());
+    net.hand(0, 2, r);
     assert_eq!(net.routers[2].stats().idontwant_saved, 1, "the forward to 1 left out");
-    let (f, _) = net.routers[2].take_frames(&ids[1], 1 << 20, true).unwrap();
-    let r = rpcs(&f);
+    let r = net.take(2, 1);
     assert!(r.iter().all(|r| r.publish.is_empty()), "only its IDONTWANT goes to 1");
     assert!(r.iter().any(|r| r.control.idontwant == vec![id.clone()]));
-    for r in r {
-        net.routers[1].handle_rpc(&mut net.rng, net.now, &ids[2], r);
-    }
+    net.hand(2, 1, r);
     // 1's message arrives; nobody got a duplicate of it.
     net.routers[1].handle_rpc(&mut net.rng, net.now, &ids[0], msg);
     net.settle();
