@@ -3,7 +3,9 @@
 # and rust-libp2p's perf (libp2p-perf 0.3.0: TCP+Noise+Yamux, QUIC), one upload of BYTES each, client in
 # namespace A, server in B. Prints a markdown table: each run's time (perf: set-up included, as the perf
 # protocol measures; iperf3: its receiver's interval) and rate, and each as a percentage of iperf3 on the
-# same path in the same run. Needs root. Installs iperf3 and iputils-ping (Debian) and libp2p-perf (cargo)
+# same path in the same run, and where the CPU went: CPU seconds per GiB moved by the delay line, the
+# sender (client) and the receiver (server), and how many of the machine's cores were busy on average
+# during the run (all processes; the line shares the machine with both peers). Needs root. Installs iperf3 and iputils-ping (Debian) and libp2p-perf (cargo)
 # if missing.
 #
 #   scripts/bench-wan.sh [--bytes N] [--mtu M] [--rows "unlimited 1g lossy"] [--only "iperf3 hyphae-tcp-noise ..."]
@@ -60,6 +62,18 @@ start_hyphae_server() {
   for _ in $(seq 50); do grep -q quic-v1 "$OUT/hs.out" 2>/dev/null && break; sleep 0.1; done
   TCPA="$(grep /tcp/ "$OUT/hs.out" | head -1)"; QUICA="$(grep /quic-v1/ "$OUT/hs.out" | head -1)"
 }
+# CPU seconds (user + system) a live process PID has used so far.
+cpu_of() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+# Busy and total jiffies of the whole machine (all cores), from /proc/stat.
+machine_ticks() {
+  awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+# Runs a client: "$@" in namespace A with its CPU seconds written to $OUT/client.cpu.
+client() {
+  ip netns exec "$A" /usr/bin/time -f "%U %S" -o "$OUT/client.cpu" "$@"
+}
 # The timeSeconds of a perf client's final JSON line in FILE, or "fail".
 perf_seconds() {
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["type"] == "final"; print(d["timeSeconds"])' "$1" 2>/dev/null || echo fail
@@ -67,9 +81,9 @@ perf_seconds() {
 
 # seconds for one run, or "fail"
 run_iperf3() {
-  ip netns exec "$B" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+  ip netns exec "$B" /usr/bin/time -f "%U %S" -o "$OUT/server.cpu" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
   local srv=$!; sleep 0.3
-  ip netns exec "$A" iperf3 -c $SERVER -p 5201 -n "$BYTES" -J >"$OUT/iperf3.json" 2>/dev/null || true
+  client iperf3 -c $SERVER -p 5201 -n "$BYTES" -J >"$OUT/iperf3.json" 2>/dev/null || true
   wait $srv 2>/dev/null || true
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["seconds"])' "$OUT/iperf3.json" 2>/dev/null || echo fail
 }
@@ -78,22 +92,24 @@ run_hyphae() { # transport security|congestion-control
   local addr="$TCPA"; [ "$1" = quic ] && addr="$QUICA"
   local sec=(); [ "${2:-noise}" = tls ] && sec=(--security tls)   # noise is the default's first choice
   [ "${2:-}" = cubic ] && sec=(--quic-congestion cubic)            # the sender's controller is what counts
-  timeout 600 ip netns exec "$A" "$HY" perf "$addr" --upload "$BYTES" --download 0 "${sec[@]}" 2>"$OUT/hc.err" | tail -1 >"$OUT/hc.out" || true
+  timeout 600 ip netns exec "$A" /usr/bin/time -f "%U %S" -o "$OUT/client.cpu" "$HY" perf "$addr" --upload "$BYTES" --download 0 "${sec[@]}" 2>"$OUT/hc.err" | tail -1 >"$OUT/hc.out" || true
+  cpu_of $SRV >"$OUT/server.cpu"   # `ip netns exec` execs the server: $SRV is its pid
   kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true
   perf_seconds "$OUT/hc.out"
 }
 run_rust() { # tcp|quic-v1
   ip netns exec "$B" "$PERF" --run-server --server-address $SERVER:4712 >/dev/null 2>&1 &
   local srv=$!; sleep 1
-  timeout 600 ip netns exec "$A" "$PERF" --server-address $SERVER:4712 --transport "$1" --upload-bytes "$BYTES" --download-bytes 0 2>/dev/null | tail -1 >"$OUT/rc.out" || true
+  timeout 600 ip netns exec "$A" /usr/bin/time -f "%U %S" -o "$OUT/client.cpu" "$PERF" --server-address $SERVER:4712 --transport "$1" --upload-bytes "$BYTES" --download-bytes 0 2>/dev/null | tail -1 >"$OUT/rc.out" || true
+  cpu_of $srv >"$OUT/server.cpu"
   kill $srv 2>/dev/null; wait $srv 2>/dev/null || true
   perf_seconds "$OUT/rc.out"
 }
 
 echo "# long path: $BYTES bytes upload (lossy: $LOSSY_BYTES), tun MTU $MTU (lossy: 1500), offloads $OFFLOAD (lossy: 0), $(date -u +%FT%TZ)"
 echo
-echo "| path | run | seconds | Gbit/s | % of iperf3 |"
-echo "|---|---|---:|---:|---:|"
+echo "| path | run | seconds | Gbit/s | % of iperf3 | CPU s per GiB: line / sender / receiver | cores busy |"
+echo "|---|---|---:|---:|---:|---|---:|"
 ALL_BYTES="$BYTES"
 for row in $ROWS; do
   mtu="$MTU"; BYTES="$ALL_BYTES"; off=()
@@ -105,8 +121,10 @@ for row in $ROWS; do
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
   scripts/wan.sh up --name $NAME --mtu "$mtu" "${args[@]}" >/dev/null
-  base=""
+  base=""; LINE="$(cat target/wan/$NAME.pid)"
   for run in $ONLY; do
+    rm -f "$OUT/client.cpu" "$OUT/server.cpu"
+    line0="$(cpu_of "$LINE")"; read -r busy0 all0 < <(machine_ticks)
     case "$run" in
       iperf3) t="$(run_iperf3)" ;;
       hyphae-tcp-noise) t="$(run_hyphae tcp noise)" ;;
@@ -117,15 +135,26 @@ for row in $ROWS; do
       rust-quic) t="$(run_rust quic-v1)" ;;
       *) echo "unknown run $run" >&2; exit 2 ;;
     esac
+    line1="$(cpu_of "$LINE")"; read -r busy1 all1 < <(machine_ticks)
     [ "$run" = iperf3 ] && base="$t"
-    python3 - "$row" "$run" "$t" "$base" "$BYTES" <<'PY'
+    python3 - "$row" "$run" "$t" "$base" "$BYTES" "$line0" "$line1" "$busy0" "$all0" "$busy1" "$all1" "$OUT" "$(nproc)" <<'PY'
 import sys
-row, run, t, base, n = sys.argv[1:]
+row, run, t, base, n, line0, line1, busy0, all0, busy1, all1, out, cores = sys.argv[1:]
 if t == "fail":
-    print(f"| {row} | {run} | failed | | |"); sys.exit()
+    print(f"| {row} | {run} | failed | | | | |"); sys.exit()
 t, n = float(t), int(n)
 pct = f"{100 * float(base) / t:.0f}%" if base not in ("", "fail") else ""
-print(f"| {row} | {run} | {t:.2f} | {n * 8 / t / 1e9:.2f} | {pct} |")
+def cpu(f):
+    try:
+        return sum(float(x) for x in open(f"{out}/{f}").read().split()[:2])
+    except (OSError, ValueError):
+        return float("nan")
+gib = n / 2**30
+line = (float(line1) - float(line0)) / gib
+cpus = f"{line:.2f} / {cpu('client.cpu') / gib:.2f} / {cpu('server.cpu') / gib:.2f}"
+# Over the whole run (set-up and teardown included), so a little under the transfer's own load.
+busy = (int(busy1) - int(busy0)) / (int(all1) - int(all0)) * int(cores)
+print(f"| {row} | {run} | {t:.2f} | {n * 8 / t / 1e9:.2f} | {pct} | {cpus} | {busy:.2f} |")
 PY
   done
   scripts/wan.sh down --name $NAME 2>&1 | grep -E "^$NAME" | sed 's/^/    line: /' >&2 || true

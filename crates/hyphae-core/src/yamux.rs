@@ -7,8 +7,10 @@
 //!
 //! Receive windows grow with the path (as go-yamux's do): a fixed window caps a stream at window / RTT
 //! (1 MiB over 60 ms is 0.14 Gbit/s). The session measures its round trip with a yamux ping while streams
-//! move data; when a stream's reader consumed half its window in less than two round trips, the window
-//! was what held the sender back, and the next window update doubles it, up to
+//! move data. Credit goes back each time a quarter of the window was read (go-yamux waits for half: on a
+//! long path that idles the window's other half, 64 MiB then moved 74% of iperf3 at 60 ms, a quarter
+//! 86%, BENCHMARKS.md). When the reader consumed at a rate of a window per four round trips or more
+//! (go-yamux's half a window in two), the window was what held the sender back, and that update doubles it, up to
 //! [`Limits::max_stream_window`] (64 MiB) and within the connection's [`Limits::max_window_growth`]. A stream that
 //! is not read fast never grows, so idle connections keep the small initial window.
 
@@ -44,10 +46,9 @@ pub struct Limits {
     /// Receive window first granted per stream. Default 1 MiB.
     pub stream_window: u32,
     /// The most a stream's receive window grows to (and so the most bytes buffered per stream); equal to
-    /// `stream_window` turns growth off. Default 64 MiB (go-yamux: 16 MiB). Credit goes back when half a
-    /// window was read, and bytes in both sockets' buffers use it too, so the window must be about twice
-    /// the bandwidth-delay product: 32 MiB held a 1 Gbit/s × 60 ms transfer to 86% of iperf3 on the same
-    /// path, 64 MiB reached 94% (BENCHMARKS.md).
+    /// `stream_window` turns growth off. Default 64 MiB (go-yamux: 16 MiB). Credit goes back when a
+    /// quarter of the window was read, and bytes in both sockets' buffers use it too, so the window must
+    /// be well above the bandwidth-delay product: 64 MiB carries 6 Gbit/s over 60 ms (BENCHMARKS.md).
     pub max_stream_window: u32,
     /// The most bytes all of a connection's streams together may have been granted beyond
     /// `stream_window` each: a bound on what growth adds to the connection's buffers. Default 128 MiB.
@@ -107,7 +108,7 @@ struct Stream {
     /// The receive window this stream has now (credit left + unread + consumed-not-returned).
     window: u32,
     /// When the last window update was sent (or the stream was opened): the start of the epoch in which
-    /// half a window is consumed.
+    /// a quarter of the window is consumed.
     epoch: Instant,
     /// Bytes read by the application but not yet returned to the peer as window.
     consumed: u32,
@@ -123,6 +124,13 @@ struct Stream {
     released: bool,
     /// The window it started with (what it reserved at admission; growth beyond it is `grown`).
     base: u32,
+}
+
+impl Stream {
+    /// A window update is due: a quarter of the window was read (or discarded) since the last one.
+    fn credit_due(&self) -> bool {
+        self.consumed >= self.window / 4
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -283,8 +291,8 @@ impl Yamux {
     }
 
     /// Sends the window update for a stream whose bytes `s.consumed` were read (or discarded): the credit
-    /// given back, with the window doubled when `grow` and the window held the sender back (half of it
-    /// consumed in under two round trips). A growing stream also starts an RTT probe when none is known or
+    /// given back, with the window doubled when `grow` and the window held the sender back (read at a
+    /// window per four round trips or faster). A growing stream also starts an RTT probe when none is known or
     /// the last is old.
     fn window_update(&mut self, id: u32, grow: bool) {
         let now = self.now;
@@ -294,7 +302,11 @@ impl Yamux {
         let Some(s) = self.streams.get_mut(&id) else { return };
         let mut credit = s.consumed;
         if let Some(rtt) = rtt {
-            let fast = now.saturating_duration_since(s.epoch) < rtt * 2;
+            // Held back by the window: read at a rate of at least a window per four round trips since
+            // the last update (half a window in two round trips, as go-yamux tests; checked at each
+            // quarter, so the window also grows as soon as that is seen).
+            let elapsed = now.saturating_duration_since(s.epoch).as_nanos();
+            let fast = u128::from(s.consumed) * 4 * rtt.as_nanos() > u128::from(s.window) * elapsed;
             let target = s.window.saturating_mul(2).min(self.limits.max_stream_window);
             if fast && target > s.window {
                 let grow = target - s.window;
@@ -460,7 +472,7 @@ impl Yamux {
         }
         let n = drain_into(&mut s.recv, buf);
         s.consumed += n as u32;
-        if s.consumed >= s.window / 2 && !s.remote_fin {
+        if s.credit_due() && !s.remote_fin {
             self.window_update(id.0, true);
         }
         ReadResult::Data(n)
@@ -587,18 +599,18 @@ impl Yamux {
                 let chunk = &buf[*pos..*pos + avail];
                 *pos += avail;
                 self.stats.bytes_in += avail as u64;
-                let mut discarded_half = false;
+                let mut credit_due = false;
                 if let Some(s) = self.streams.get_mut(&id) {
                     if s.released {
                         // Nobody reads: return the credit at once so the peer is not stalled.
                         s.consumed += avail as u32;
-                        discarded_half = s.consumed >= s.window / 2;
+                        credit_due = s.credit_due();
                     } else if !s.reset {
                         s.recv.extend(chunk);
                         self.readable(id);
                     }
                 }
-                if discarded_half {
+                if credit_due {
                     self.window_update(id, false);
                 }
                 let left = remaining - avail as u32;

@@ -316,13 +316,13 @@ mod tests {
 
     #[test]
     fn perf_service_transfer_speeds_up_as_yamux_windows_grow() {
-        // 40 MB at 20 ms RTT: a fixed 1 MiB window moves ~1 MiB per round trip (over a second); grown
-        // windows move it in a fraction of that.
+        // 40 MB at 20 ms RTT: a fixed 1 MiB window moves at most 1 MiB per round trip (38 round trips,
+        // 763 ms at best); grown windows move it in a fraction of that.
         let (fixed, run) = exchange_with(true, 20_000_000, 20_000_001, 10, false);
         let fixed = done_after(&fixed, run).expect("done with fixed windows");
         let (grown, run) = exchange_with(true, 20_000_000, 20_000_001, 10, true);
         let grown = done_after(&grown, run).expect("done with growing windows");
-        assert!(fixed > Duration::from_secs(1), "{fixed:?}");
+        assert!(fixed > Duration::from_millis(763), "{fixed:?}");
         assert!(grown * 3 < fixed, "grown {grown:?} vs fixed {fixed:?}");
     }
 
