@@ -4,8 +4,9 @@
 # namespace A, server in B. Prints a markdown table: each run's time (perf: set-up included, as the perf
 # protocol measures; iperf3: its receiver's interval) and rate, and each as a percentage of iperf3 on the
 # same path in the same run, and where the CPU went: CPU seconds per GiB moved by the delay line, the
-# sender (client) and the receiver (server), and how many of the machine's cores were busy on average
-# during the run (all processes; the line shares the machine with both peers). Needs root. Installs iperf3 and iputils-ping (Debian) and libp2p-perf (cargo)
+# sender (client) and the receiver (server), and how many of the machine's cores were busy (all
+# processes; the line shares the machine with both peers): on average over the run, and in its busiest
+# second (sampled every 0.25 s), which is the steady state's figure. Needs root. Installs iperf3 and iputils-ping (Debian) and libp2p-perf (cargo)
 # if missing.
 #
 #   scripts/bench-wan.sh [--bytes N] [--mtu M] [--rows "unlimited 1g lossy"] [--only "iperf3 hyphae-tcp-noise ..."]
@@ -70,6 +71,10 @@ cpu_of() {
 machine_ticks() {
   awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
+# Samples machine_ticks every 0.25 s into FILE until killed.
+sample_ticks() {
+  while :; do machine_ticks >>"$1"; sleep 0.25; done
+}
 # Runs a client: "$@" in namespace A with its CPU seconds written to $OUT/client.cpu.
 client() {
   ip netns exec "$A" /usr/bin/time -f "%U %S" -o "$OUT/client.cpu" "$@"
@@ -108,7 +113,7 @@ run_rust() { # tcp|quic-v1
 
 echo "# long path: $BYTES bytes upload (lossy: $LOSSY_BYTES), tun MTU $MTU (lossy: 1500), offloads $OFFLOAD (lossy: 0), $(date -u +%FT%TZ)"
 echo
-echo "| path | run | seconds | Gbit/s | % of iperf3 | CPU s per GiB: line / sender / receiver | cores busy |"
+echo "| path | run | seconds | Gbit/s | % of iperf3 | CPU s per GiB: line / sender / receiver | cores busy: mean / busiest second |"
 echo "|---|---|---:|---:|---:|---|---:|"
 ALL_BYTES="$BYTES"
 for row in $ROWS; do
@@ -124,7 +129,8 @@ for row in $ROWS; do
   base=""; LINE="$(cat target/wan/$NAME.pid)"
   for run in $ONLY; do
     rm -f "$OUT/client.cpu" "$OUT/server.cpu"
-    line0="$(cpu_of "$LINE")"; read -r busy0 all0 < <(machine_ticks)
+    line0="$(cpu_of "$LINE")"; : >"$OUT/ticks"
+    sample_ticks "$OUT/ticks" & SAMPLER=$!
     case "$run" in
       iperf3) t="$(run_iperf3)" ;;
       hyphae-tcp-noise) t="$(run_hyphae tcp noise)" ;;
@@ -135,11 +141,11 @@ for row in $ROWS; do
       rust-quic) t="$(run_rust quic-v1)" ;;
       *) echo "unknown run $run" >&2; exit 2 ;;
     esac
-    line1="$(cpu_of "$LINE")"; read -r busy1 all1 < <(machine_ticks)
+    line1="$(cpu_of "$LINE")"; kill $SAMPLER; wait $SAMPLER 2>/dev/null || true; machine_ticks >>"$OUT/ticks"
     [ "$run" = iperf3 ] && base="$t"
-    python3 - "$row" "$run" "$t" "$base" "$BYTES" "$line0" "$line1" "$busy0" "$all0" "$busy1" "$all1" "$OUT" "$(nproc)" <<'PY'
+    python3 - "$row" "$run" "$t" "$base" "$BYTES" "$line0" "$line1" "$OUT" "$(nproc)" <<'PY'
 import sys
-row, run, t, base, n, line0, line1, busy0, all0, busy1, all1, out, cores = sys.argv[1:]
+row, run, t, base, n, line0, line1, out, cores = sys.argv[1:]
 if t == "fail":
     print(f"| {row} | {run} | failed | | | | |"); sys.exit()
 t, n = float(t), int(n)
@@ -152,9 +158,13 @@ def cpu(f):
 gib = n / 2**30
 line = (float(line1) - float(line0)) / gib
 cpus = f"{line:.2f} / {cpu('client.cpu') / gib:.2f} / {cpu('server.cpu') / gib:.2f}"
-# Over the whole run (set-up and teardown included), so a little under the transfer's own load.
-busy = (int(busy1) - int(busy0)) / (int(all1) - int(all0)) * int(cores)
-print(f"| {row} | {run} | {t:.2f} | {n * 8 / t / 1e9:.2f} | {pct} | {cpus} | {busy:.2f} |")
+# Cores busy over the whole run (set-up and teardown included), and in its busiest 1 s (4 samples).
+ticks = [tuple(map(int, l.split())) for l in open(f"{out}/ticks") if l.strip()]
+def cores_busy(a, b):
+    return (b[0] - a[0]) / max(1, b[1] - a[1]) * int(cores)
+mean = cores_busy(ticks[0], ticks[-1])
+peak = max((cores_busy(ticks[i], ticks[i + 4]) for i in range(len(ticks) - 4)), default=mean)
+print(f"| {row} | {run} | {t:.2f} | {n * 8 / t / 1e9:.2f} | {pct} | {cpus} | {mean:.2f} / {peak:.2f} |")
 PY
   done
   scripts/wan.sh down --name $NAME 2>&1 | grep -E "^$NAME" | sed 's/^/    line: /' >&2 || true

@@ -332,16 +332,16 @@ mod tests {
 
     #[test]
     fn perf_service_moves_what_was_asked_both_ways_and_reports_progress() {
-        // 40 MB at 20 ms RTT through fixed 1 MiB windows: over a second of virtual time, so progress is
-        // reported.
-        let (p, run) = exchange(true, 20_000_000, 20_000_001, 10);
+        // 60 MB at 20 ms RTT through fixed 1 MiB windows (at most a window per round trip): over a
+        // second of virtual time, so progress is reported.
+        let (p, run) = exchange(true, 30_000_000, 30_000_001, 10);
         let client = perf_events(&p.events[0]);
         let done = client.iter().find_map(|e| match e {
             Event::Done { run: r, uploaded, downloaded, elapsed, .. } if *r == run => Some((*uploaded, *downloaded, *elapsed)),
             _ => None,
         });
         let (up, down, elapsed) = done.unwrap_or_else(|| panic!("no Done: {client:?}"));
-        assert_eq!((up, down), (20_000_000, 20_000_001));
+        assert_eq!((up, down), (30_000_000, 30_000_001));
         // Progress reports add up to what moved before the last second.
         let progressed: u64 =
             client.iter().map(|e| if let Event::Progress { uploaded, downloaded, .. } = e { uploaded + downloaded } else { 0 }).sum();
@@ -350,7 +350,7 @@ mod tests {
         assert_eq!(reports, elapsed.as_nanos() as u64 / 1_000_000_000);
         assert!(progressed > 0 && progressed <= up + down, "{progressed}");
         let server = perf_events(&p.events[1]);
-        assert!(server.iter().any(|e| matches!(e, Event::Served { uploaded: 20_000_000, downloaded: 20_000_001, .. })), "{server:?}");
+        assert!(server.iter().any(|e| matches!(e, Event::Served { uploaded: 30_000_000, downloaded: 30_000_001, .. })), "{server:?}");
         // Nothing left behind: the streams were released on both sides.
         assert_eq!(p.nodes[0].stats().writes_dropped, 0);
     }
