@@ -103,8 +103,9 @@ async fn go_pubsub_messages_cross_both_ways() {
 }
 
 /// hyphae `a` and `b` and a peer of another implementation `x`, all connected, all subscribed; `b`
-/// publishes 4 KiB messages. `x` and `a` both hear them from `b` and tell each other IDONTWANT.
-async fn idontwant_crosses(mut x: PubsubPeer, kind: hyphae::core::gossipsub::PeerKind) {
+/// publishes 4 KiB messages. `x` and `a` both hear them from `b` and tell each other IDONTWANT. Returns
+/// what `a` counted of `x`.
+async fn idontwant_crosses(mut x: PubsubPeer, kind: hyphae::core::gossipsub::PeerKind) -> hyphae::core::gossipsub::PeerStats {
     let (a, addr_a) = host().await;
     let (b, addr_b) = host().await;
     b.connect(&addr_a).await.unwrap();
@@ -130,6 +131,7 @@ async fn idontwant_crosses(mut x: PubsubPeer, kind: hyphae::core::gossipsub::Pee
     assert!(s.idontwant_received >= 1, "{} sent no IDONTWANT to hyphae: {s:?}", x.id);
     assert!(s.idontwant_sent >= 1, "hyphae sent no IDONTWANT to {}: {s:?}", x.id);
     assert_eq!(a.pubsub().stats().invalid_messages, 0);
+    s
 }
 
 #[tokio::test]
@@ -143,8 +145,10 @@ async fn js_pubsub_idontwant_crosses_both_ways() {
 async fn rust_pubsub_idontwant_crosses_both_ways() {
     init_tracing();
     let Some(rust) = PubsubPeer::rust().await else { return };
-    // rust-libp2p's gossipsub 0.50 speaks /meshsub/1.3.0: the extensions message crosses its codec.
-    idontwant_crosses(rust, hyphae::core::gossipsub::PeerKind::Meshsub13).await;
+    // rust-libp2p's gossipsub 0.50 speaks /meshsub/1.3.0: the extensions message crosses its codec, and
+    // its own (advertising neither large-message handling nor the test extension) crosses ours.
+    let s = idontwant_crosses(rust, hyphae::core::gossipsub::PeerKind::Meshsub13).await;
+    assert_eq!(s.extensions, Some(hyphae::core::gossipsub::Extensions::default()), "{s:?}");
 }
 
 /// go – hyphae – js – hyphae – rust, each connected to its neighbours only: hyphae forwards between

@@ -32,7 +32,7 @@ pub mod wire;
 
 pub use router::{PeerStats, PublishError, Router, Stats};
 
-pub use wire::{Message, MessageId};
+pub use wire::{Extensions, Message, MessageId};
 
 pub const MESHSUB_V13: &str = "/meshsub/1.3.0";
 pub const MESHSUB_V12: &str = "/meshsub/1.2.0";
