@@ -75,9 +75,9 @@ pub struct Config {
 
 /// Default for `Config::stream_window`: 64 MiB, as far as yamux grows. quinn returns credit each time an
 /// eighth of the window was read, so a stream moves up to ~7/8 of it per round trip: 32 MiB held a 60 ms
-/// path to 3.8 Gbit/s where iperf3 reached 6 (BENCHMARKS.md). quinn allocates only for data that arrived and is not yet read, so an
-/// idle connection costs nothing for it; a peer can make a connection buffer at most
-/// `connection_window` that the application does not read.
+/// path to 3.8 Gbit/s where iperf3 reached 6 (BENCHMARKS.md). quinn allocates only for data that arrived
+/// and is not yet read, so an idle connection costs nothing for it; a peer can make a connection buffer
+/// at most `connection_window` that the application does not read.
 pub const DEFAULT_STREAM_WINDOW: u32 = 64 << 20;
 /// Default for `Config::connection_window`: 96 MiB (reached only by connections whose reader keeps up
 /// with a long fast path; each doubling is reserved from the memory budget first).

@@ -85,6 +85,9 @@ impl QuicShared {
         let socket = Arc::new(bind_udp(sa)?);
         let local = socket.local_addr()?;
         let udp = quinn_udp::UdpSocketState::new((&*socket).into())?;
+        // At most 32 segments (~46 KB) per send, though the kernel reports 64: with 64 a 2 GiB QUIC upload
+        // over the delay line's offload path took 116–121 s instead of 5 (BENCHMARKS.md, the unlimited
+        // row), likely because 64 × 1452 B is past the 64 KiB an IP packet can carry.
         cfg.max_datagrams = udp.max_gso_segments().clamp(1, 32);
         tracing::debug!(gso = udp.max_gso_segments(), gro = udp.gro_segments(), "quic socket offloads");
         let ep = quic::Endpoint::new(cfg).map_err(|e| io::Error::other(e.to_string()))?;
