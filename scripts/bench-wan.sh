@@ -6,8 +6,8 @@
 # same path in the same run, and where the CPU went: CPU seconds per GiB moved by the delay line, the
 # sender (client) and the receiver (server), and how many of the machine's cores were busy (all
 # processes; the line shares the machine with both peers): on average over the run, and in its busiest
-# second (sampled every 0.25 s), which is the steady state's figure. Needs root. Installs iperf3 and iputils-ping (Debian) and libp2p-perf (cargo)
-# if missing.
+# second (sampled every 0.25 s), which is the steady state's figure. Needs root. Installs iperf3 and
+# iputils-ping (Debian) and libp2p-perf (cargo) if missing.
 #
 #   scripts/bench-wan.sh [--bytes N] [--mtu M] [--rows "unlimited 1g lossy"] [--only "iperf3 hyphae-tcp-noise ..."]
 #                        [--setup N | --no-setup] [--no-offload]
@@ -75,9 +75,10 @@ machine_ticks() {
 sample_ticks() {
   while :; do machine_ticks >>"$1"; sleep 0.25; done
 }
-# Runs a client: "$@" in namespace A with its CPU seconds written to $OUT/client.cpu.
+# Runs a client: "$@" in namespace A (given up after 600 s) with its CPU seconds written to
+# $OUT/client.cpu.
 client() {
-  ip netns exec "$A" /usr/bin/time -f "%U %S" -o "$OUT/client.cpu" "$@"
+  timeout 600 ip netns exec "$A" /usr/bin/time -f "%U %S" -o "$OUT/client.cpu" "$@"
 }
 # The timeSeconds of a perf client's final JSON line in FILE, or "fail".
 perf_seconds() {
@@ -97,7 +98,7 @@ run_hyphae() { # transport security|congestion-control
   local addr="$TCPA"; [ "$1" = quic ] && addr="$QUICA"
   local sec=(); [ "${2:-noise}" = tls ] && sec=(--security tls)   # noise is the default's first choice
   [ "${2:-}" = cubic ] && sec=(--quic-congestion cubic)            # the sender's controller is what counts
-  timeout 600 ip netns exec "$A" /usr/bin/time -f "%U %S" -o "$OUT/client.cpu" "$HY" perf "$addr" --upload "$BYTES" --download 0 "${sec[@]}" 2>"$OUT/hc.err" | tail -1 >"$OUT/hc.out" || true
+  client "$HY" perf "$addr" --upload "$BYTES" --download 0 "${sec[@]}" 2>"$OUT/hc.err" | tail -1 >"$OUT/hc.out" || true
   cpu_of $SRV >"$OUT/server.cpu"   # `ip netns exec` execs the server: $SRV is its pid
   kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true
   perf_seconds "$OUT/hc.out"
@@ -105,7 +106,7 @@ run_hyphae() { # transport security|congestion-control
 run_rust() { # tcp|quic-v1
   ip netns exec "$B" "$PERF" --run-server --server-address $SERVER:4712 >/dev/null 2>&1 &
   local srv=$!; sleep 1
-  timeout 600 ip netns exec "$A" /usr/bin/time -f "%U %S" -o "$OUT/client.cpu" "$PERF" --server-address $SERVER:4712 --transport "$1" --upload-bytes "$BYTES" --download-bytes 0 2>/dev/null | tail -1 >"$OUT/rc.out" || true
+  client "$PERF" --server-address $SERVER:4712 --transport "$1" --upload-bytes "$BYTES" --download-bytes 0 2>/dev/null | tail -1 >"$OUT/rc.out" || true
   cpu_of $srv >"$OUT/server.cpu"
   kill $srv 2>/dev/null; wait $srv 2>/dev/null || true
   perf_seconds "$OUT/rc.out"

@@ -900,16 +900,11 @@ impl Router {
         let rpc = Rpc { control, ..Rpc::default() };
         for q in to {
             self.send_rpc(q, &rpc);
-            let (total, peer) = if receiving {
-                (&mut self.stats.imreceiving_sent, self.peers.get_mut(q).map(|x| &mut x.stats.imreceiving_sent))
-            } else {
-                (&mut self.stats.idontwant_sent, self.peers.get_mut(q).map(|x| &mut x.stats.idontwant_sent))
-            };
-            *total += 1;
-            if let Some(c) = peer {
-                *c += 1;
+            if let Some(x) = self.peers.get_mut(q) {
+                *if receiving { &mut x.stats.imreceiving_sent } else { &mut x.stats.idontwant_sent } += 1;
             }
         }
+        *if receiving { &mut self.stats.imreceiving_sent } else { &mut self.stats.idontwant_sent } += to.len() as u64;
     }
 
     fn in_backoff(&self, now: Instant, topic: &str, peer: &PeerId) -> bool {
