@@ -538,8 +538,15 @@ fn host_config(args: &Args, key: Keypair) -> HostConfig {
         c.resources.memory = m;
     }
     c.data_dir = l.data_dir.clone();
+    if !args.subscribe.is_empty() {
+        c.ping_interval = Some(PUBSUB_PING);
+    }
     c
 }
+
+/// Pings every connection this often when the node runs pubsub: the round trips its latency-aware
+/// mesh prefers near peers by (`gossipsub::Config::d_near`). One 32-byte ping each way per connection.
+const PUBSUB_PING: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The key: `--key FILE` (created if missing), else `--data-dir`'s, else the default key file
 /// (`persistent`), else ephemeral.
@@ -794,7 +801,9 @@ async fn pubsub(args: Args) -> Result<(), String> {
     let mut stop = shutdown_signal();
     let [topic] = &args.positional[..] else { return Err("pubsub needs exactly one TOPIC".into()) };
     let key = load_key(&args, false)?;
-    let host = Host::new(host_config(&args, key)).await.map_err(|e| e.to_string())?;
+    let mut config = host_config(&args, key);
+    config.ping_interval = Some(PUBSUB_PING);
+    let host = Host::new(config).await.map_err(|e| e.to_string())?;
     for a in listen_all(&host, &args).await? {
         eprintln!("listening on {a}");
     }

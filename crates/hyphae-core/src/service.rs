@@ -258,6 +258,10 @@ pub(crate) struct OutboxLimits {
 pub(crate) trait ConnLookup {
     /// The peer and remote address of an established connection.
     fn established(&self, conn: ConnId) -> Option<(&PeerId, &Multiaddr)>;
+    /// The peer's round trip as the peerstore keeps it (ping's moving average), if measured.
+    fn latency(&self, _peer: &PeerId) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A service's view of the node during one call: the time, the node's RNG, what we announce, who is
@@ -276,6 +280,12 @@ impl Cx<'_> {
     /// The peer and remote address of an established connection.
     pub fn connection(&self, conn: ConnId) -> Option<(PeerId, Multiaddr)> {
         self.conns.established(conn).map(|(p, a)| (p.clone(), a.clone()))
+    }
+
+    /// `peer`'s round trip as the peerstore keeps it: the moving average of ping's answers (go's
+    /// `LatencyEWMA`), so only known where pings run (`ping::Config::interval`, or pings on command).
+    pub fn latency(&self, peer: &PeerId) -> Option<std::time::Duration> {
+        self.conns.latency(peer)
     }
 
     fn op(&mut self, conn: ConnId, op: Op) {

@@ -189,6 +189,7 @@ struct SimNode {
     uplink_queue: usize,
     uplink_free: Instant,
     stagger: Option<usize>,
+    near: Option<usize>,
     preamble: Option<bool>,
     /// Draws for what this node sends (jitter, loss, reordering).
     rng: rng::Rng,
@@ -824,6 +825,7 @@ impl Sim {
                     uplink_bps: g.uplink_bps,
                     uplink_queue: g.uplink_queue,
                     stagger: g.stagger,
+                    near: g.near,
                     preamble: g.preamble,
                     uplink_free: Instant::ZERO,
                     rng: rng::from_seed(seed32(seed, b"link", i)),
@@ -1044,6 +1046,7 @@ impl Sim {
             let pc = hyphae_core::gossipsub::Config {
                 idontwant_threshold: threshold,
                 stagger: n.stagger.unwrap_or(hyphae_core::gossipsub::Config::default().stagger),
+                d_near: n.near.unwrap_or(hyphae_core::gossipsub::Config::default().d_near),
                 large_messages: n.preamble.unwrap_or(hyphae_core::gossipsub::Config::default().large_messages),
                 first_seqno: (u64::from(n.gen) << 40) | 1,
                 score,

@@ -529,6 +529,31 @@ fn sim_pubsub_delivers_everything_through_churn_and_idontwant_cuts_duplicates() 
     assert_eq!(Sim::new(sc, seed(3)).run().trace_hash, on.trace_hash, "the run replays from its seed");
 }
 
+/// The latency-aware mesh (`near=4`, `gossipsub::Config::d_near`) on 200 nodes in three regions with
+/// pings: every message still reaches everyone, and messages take shorter paths (the per-delivery
+/// stretch against the shortest path falls) than over the spec's random mesh (`near=0`).
+#[test]
+fn sim_pubsub_a_latency_aware_mesh_shortens_paths_and_delivers_everything() {
+    let text = |near: usize| {
+        format!(
+            "nodes all 200 pubsub ping=10s near={near}\nlink latency=15ms jitter=2ms bandwidth=100mbit\n\
+             region eu 0..79\nregion us 80..149\nregion asia 150..199\n\
+             between eu us latency=45ms jitter=3ms\nbetween eu asia latency=80ms jitter=5ms\nbetween us asia latency=60ms jitter=4ms\n\
+             phase warm\nat 0s connect random 8\nat 1s pubsub subscribe all t\nat 5s phase steady\n\
+             at 5s pubsub publish 5 by 0..9 t every 1s until 9s\nrun 10s\n\
+             assert steady.pubsub_delivery_rate == 1\n"
+        )
+    };
+    let (_, near) = run(&text(4), 11);
+    let (_, random) = run(&text(0), 11);
+    let stretch = |r: &hyphae_sim::Report, m: &str| r.metric("steady", m).unwrap();
+    let (n99, r99) = (stretch(&near, "pubsub_stretch_p99"), stretch(&random, "pubsub_stretch_p99"));
+    let (n50, r50) = (stretch(&near, "pubsub_latency_p50_ms"), stretch(&random, "pubsub_latency_p50_ms"));
+    eprintln!("stretch p99 near {n99} random {r99}; latency p50 near {n50} ms random {r50} ms");
+    assert!(n99 < r99, "stretch p99: near {n99}, random {r99}");
+    assert!(n50 <= r50, "latency p50: near {n50} ms, random {r50} ms");
+}
+
 /// Behind one uplink per node, large messages sent to one peer at a time: the copies still queued when
 /// a peer's IDONTWANT arrives are taken back, so duplicates fall below IDONTWANT alone, everything is
 /// delivered, and the node's writes wait in it (nothing is lost to the send limit).

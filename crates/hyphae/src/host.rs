@@ -114,7 +114,9 @@ pub struct HostConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// Gossipsub (`host.pubsub()`), always on: meshsub 1.2/1.1/1.0 and floodsub are announced. Defaults
     /// are go-libp2p-pubsub's (D = 6, heartbeat 1 s, 1 MiB RPCs, strict signing, `from ‖ seqno` ids);
-    /// see `hyphae_core::gossipsub::Config`. The first sequence number is taken from the clock.
+    /// see `hyphae_core::gossipsub::Config`. The first sequence number is taken from the clock. Its
+    /// latency-aware mesh (`d_near`) ranks peers by ping's round trips: set `ping_interval` (the CLI's
+    /// pubsub commands ping every 15 s); without round trips the mesh is the spec's random one.
     pub pubsub: gossipsub::Config,
     /// How QUIC connections respond to loss. Default `LossTolerant`: quinn's Cubic, backing off only for
     /// losses the path shows as congestion (a grown round trip, or over 2% of two rounds' bytes lost);

@@ -7,7 +7,10 @@
 //!   flood publishing, GRAFT/PRUNE with backoff and peer exchange, IDONTWANT (v1.2), the extensions
 //!   control message (v1.3: sent first on every stream to a v1.3 peer, taken once per peer), PREAMBLE
 //!   and IMRECEIVING (v1.4 large-message handling, with peers that advertise it), bounded per-peer
-//!   send queues where control and messages go before gossip. Time and randomness are passed in.
+//!   send queues where control and messages go before gossip. Beyond the spec, a latency-aware mesh
+//!   (`Config::d_near`): of the places a graft or prune fills, the first go to the peers nearest by
+//!   round trip (`Router::set_rtt`; the service passes ping's average from the peerstore). Time and
+//!   randomness are passed in.
 //! - `service.rs`: the node service: one long-lived outbound stream per peer for sending (the
 //!   protocol picked from the peer's identify list), the peer's inbound streams for reading.
 //!
@@ -137,6 +140,13 @@ pub struct Config {
     pub d_out: usize,
     /// Mesh peers kept by score when the mesh is pruned (the rest at random). Default 4.
     pub d_score: usize,
+    /// Latency-aware mesh (a hyphae addition; 0 turns it off, as in the spec): of the peers a mesh
+    /// grafts or keeps when it prunes, up to `d_near` are the nearest by round trip (ping's average,
+    /// see `Router::set_rtt`), the rest at random as the spec says. Paths through a mesh of near
+    /// peers follow the short links, so a message is not carried across a region and back; the
+    /// random rest keeps the mesh one connected graph and lets no cluster close itself off. Peers
+    /// with no measured round trip are never near. Default 4 (of `d` = 6).
+    pub d_near: usize,
     /// Peers gossiped to per topic per heartbeat: at least `d_lazy`, or `gossip_factor` of the eligible.
     pub d_lazy: usize,
     pub gossip_factor: f64,
@@ -250,6 +260,7 @@ impl Default for Config {
             d_hi: 12,
             d_out: 2,
             d_score: 4,
+            d_near: 4,
             d_lazy: 6,
             gossip_factor: 0.25,
             heartbeat_interval: Duration::from_secs(1),

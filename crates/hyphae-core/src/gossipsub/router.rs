@@ -177,6 +177,8 @@ struct Peer {
     idontwant_taken: usize,
     /// v1.4: messages it announced by PREAMBLE and has not delivered yet, until when we wait.
     announced: BTreeMap<MessageId, Instant>,
+    /// Its round trip, when measured (`Router::set_rtt`): what `Config::d_near` ranks by.
+    rtt: Option<Duration>,
     queue: SendQueue,
     stats: PeerStats,
 }
@@ -403,6 +405,7 @@ impl Router {
                 ihave_asked: 0,
                 idontwant_taken: 0,
                 announced: BTreeMap::new(),
+                rtt: None,
                 queue: SendQueue::default(),
                 stats: PeerStats { kind: Some(kind), ..PeerStats::default() },
             },
@@ -414,6 +417,35 @@ impl Router {
             let subscriptions = self.mesh.keys().map(|t| SubOpt { subscribe: true, topic: t.clone() }).collect();
             self.send_rpc(&peer, &Rpc { subscriptions, control: Control { extensions, ..Control::default() }, ..Rpc::default() });
         }
+    }
+
+    /// `peer`'s round trip as measured outside gossipsub (the service passes ping's average on each
+    /// heartbeat): the mesh prefers near peers for `Config::d_near` of its places.
+    pub fn set_rtt(&mut self, peer: &PeerId, rtt: Option<Duration>) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.rtt = rtt;
+        }
+    }
+
+    /// The peers of `v` with a measured round trip, nearest first (ties in `v`'s order).
+    fn by_rtt(&self, v: &[PeerId]) -> Vec<PeerId> {
+        let mut m: Vec<(Duration, &PeerId)> = v.iter().filter_map(|p| self.peers.get(p).and_then(|x| x.rtt).map(|r| (r, p))).collect();
+        m.sort_by_key(|(r, _)| *r);
+        m.into_iter().map(|(_, p)| p.clone()).collect()
+    }
+
+    /// Up to `n` of `cands` to graft into `mesh`: first the nearest, until the `d_near` nearest of the
+    /// mesh and the candidates together are in it, then at random.
+    fn pick_grafts(&self, rng: &mut Rng, mesh: &BTreeSet<PeerId>, cands: Vec<PeerId>, n: usize) -> Vec<PeerId> {
+        if self.cfg.d_near == 0 {
+            return choose(rng, cands, n);
+        }
+        let all: Vec<PeerId> = mesh.iter().chain(cands.iter()).cloned().collect();
+        let mut near: Vec<PeerId> = self.by_rtt(&all).into_iter().take(self.cfg.d_near).filter(|p| !mesh.contains(p)).take(n).collect();
+        let rest: Vec<PeerId> = cands.into_iter().filter(|p| !near.contains(p)).collect();
+        let more = n - near.len();
+        near.extend(choose(rng, rest, more));
+        near
     }
 
     /// The extensions we advertise to v1.3 peers.
@@ -454,7 +486,8 @@ impl Router {
         let mut mesh: BTreeSet<PeerId> = self.fanout.remove(topic).map(|f| f.peers).unwrap_or_default();
         if mesh.len() < self.cfg.d {
             let more: Vec<PeerId> = self.graft_candidates(now, topic, &mesh, false);
-            mesh.extend(choose(rng, more, self.cfg.d - mesh.len()));
+            let add = self.pick_grafts(rng, &mesh, more, self.cfg.d - mesh.len());
+            mesh.extend(add);
         }
         let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
         for p in &peers {
@@ -1070,7 +1103,7 @@ impl Router {
             // Too few: graft subscribers at random.
             if mesh.len() < self.cfg.d_lo {
                 let c = self.graft_candidates(now, t, &mesh, false);
-                grafts.extend(choose(rng, c, self.cfg.d - mesh.len()));
+                grafts.extend(self.pick_grafts(rng, &mesh, c, self.cfg.d - mesh.len()));
                 mesh.extend(grafts.iter().cloned());
             }
             // Too many: keep D, the d_score best by score and the rest at random, at least d_out of them
@@ -1082,8 +1115,13 @@ impl Router {
                 scored.sort_by(|a, b| b.0.total_cmp(&a.0));
                 let mut all: Vec<PeerId> = scored.into_iter().map(|(_, p)| p).collect();
                 let best: Vec<PeerId> = all.drain(..self.cfg.d_score.min(all.len())).collect();
+                // Then the nearest (`d_near` places, counting near peers already kept by score), then
+                // the rest at random.
+                let near_all = self.by_rtt(&best.iter().chain(all.iter()).cloned().collect::<Vec<_>>());
+                let near: Vec<PeerId> = near_all.into_iter().take(self.cfg.d_near).filter(|p| !best.contains(p)).collect();
+                all.retain(|p| !near.contains(p));
                 let n = all.len();
-                let ranked: Vec<PeerId> = best.into_iter().chain(choose(rng, all, n)).collect();
+                let ranked: Vec<PeerId> = best.into_iter().chain(near).chain(choose(rng, all, n)).collect();
                 let mut keep: BTreeSet<PeerId> =
                     ranked.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.outbound)).take(self.cfg.d_out).cloned().collect();
                 let room = self.cfg.d.saturating_sub(keep.len());

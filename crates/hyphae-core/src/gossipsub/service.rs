@@ -325,6 +325,12 @@ impl Service for GossipsubService {
             }
         }
         if self.router.poll_timeout() <= now {
+            // Round trips for the latency-aware mesh (`Config::d_near`), fresh for the heartbeat.
+            if self.router.config().d_near > 0 {
+                for peer in self.conns.keys() {
+                    self.router.set_rtt(peer, cx.latency(peer));
+                }
+            }
             self.router.on_timeout(cx.rng, now);
         }
         self.pump(cx);

@@ -1062,13 +1062,14 @@ impl Node {
     fn call_dyn(&mut self, now: Instant, sid: ServiceId, f: &mut dyn FnMut(&mut dyn Service, &mut Cx<'_>)) {
         let start = self.out.events.len();
         {
-            let Node { services, rng, local, conns, out, config, .. } = self;
+            let Node { services, rng, local, conns, out, config, peerstore, .. } = self;
             let limits = OutboxLimits {
                 max_events: config.limits.max_events,
                 max_queued_bytes: config.limits.max_queued_bytes_per_conn,
                 max_dials: config.limits.max_pending_dials,
             };
-            let mut cx = Cx { now, rng, local, conns: &*conns, out, limits, service: sid };
+            let lookup = Lookup { conns, peerstore };
+            let mut cx = Cx { now, rng, local, conns: &lookup, out, limits, service: sid };
             f(services[sid.0 as usize].as_mut(), &mut cx);
         }
         self.deadlines[sid.0 as usize].set(None);
@@ -1148,9 +1149,19 @@ fn connected(conns: &BTreeMap<ConnId, ConnEntry>, peer: &PeerId) -> bool {
     conns.values().any(|e| e.peer.as_ref() == Some(peer))
 }
 
-impl crate::service::ConnLookup for BTreeMap<ConnId, ConnEntry> {
+/// What a service sees of the node's connections and peerstore (`Cx`).
+struct Lookup<'a> {
+    conns: &'a BTreeMap<ConnId, ConnEntry>,
+    peerstore: &'a Peerstore,
+}
+
+impl crate::service::ConnLookup for Lookup<'_> {
     fn established(&self, conn: ConnId) -> Option<(&PeerId, &Multiaddr)> {
-        self.get(&conn).and_then(|e| e.peer.as_ref().map(|p| (p, &e.addr)))
+        self.conns.get(&conn).and_then(|e| e.peer.as_ref().map(|p| (p, &e.addr)))
+    }
+
+    fn latency(&self, peer: &PeerId) -> Option<Duration> {
+        self.peerstore.latency(peer)
     }
 }
 

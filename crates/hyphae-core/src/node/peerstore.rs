@@ -678,6 +678,13 @@ impl Peerstore {
         self.set_addr_bytes(s, &buf);
     }
 
+    /// `peer`'s round-trip average (`record_latency`), if one was measured.
+    pub fn latency(&self, peer: &PeerId) -> Option<Duration> {
+        let s = self.find(peer)?;
+        let us = self.slots[s as usize].latency_us;
+        (us != 0).then(|| Duration::from_micros(u64::from(us)))
+    }
+
     /// A round trip to `peer`: the latency EWMA moves a tenth of the way (go's `LatencyEWMASmoothing`).
     pub fn record_latency(&mut self, peer: &PeerId, rtt: Duration) {
         let Some(s) = self.find(peer) else { return };

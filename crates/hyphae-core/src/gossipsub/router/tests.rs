@@ -594,3 +594,56 @@ fn gossipsub_router_an_announced_message_defers_iwant_until_the_wait_is_over_and
     r.handle_rpc(rng, later, &ids[2], Rpc { control: Control { preamble: many, ..Control::default() }, ..Rpc::default() });
     assert_eq!(r.stats().preambles_ignored, 1 + 4, "16 taken of 20 (the earlier three are gone)");
 }
+
+/// `Config::d_near`: 30 routers all connected, and node i's round trip to node j is |i − j| × 10 ms
+/// (a line). With the latency-aware mesh each node's mesh holds its nearest peers and the mesh's
+/// links are short on average; with `d_near` = 0 (the spec's random mesh) they are not. Either way
+/// every message reaches every node.
+#[test]
+fn gossipsub_router_a_latency_aware_mesh_takes_the_nearest_peers_and_still_reaches_everyone() {
+    let n = 30;
+    let mut spans = Vec::new();
+    for d_near in [0, 4] {
+        let mut net = Net::full(n, Config { d_near, ..Config::default() });
+        for i in 0..n {
+            for j in 0..n {
+                if i != j {
+                    let rtt = Duration::from_millis(10 * i.abs_diff(j) as u64);
+                    let id = net.ids[j].clone();
+                    net.routers[i].set_rtt(&id, Some(rtt));
+                }
+            }
+        }
+        net.subscribe_all("t");
+        net.heartbeats(5);
+        let mut span = 0;
+        let mut links = 0;
+        for i in 0..n {
+            let mesh = net.routers[i].mesh_peers("t");
+            assert!((5..=12).contains(&mesh.len()), "node {i}: mesh {}", mesh.len());
+            let idx: Vec<usize> = mesh.iter().map(|p| net.ids.iter().position(|q| q == p).expect("known")).collect();
+            span += idx.iter().map(|j| i.abs_diff(*j)).sum::<usize>();
+            links += idx.len();
+            if d_near > 0 {
+                // The two nearest on each side (or four on one side at the ends) are in the mesh.
+                for j in (i.saturating_sub(2)..=(i + 2).min(n - 1)).filter(|j| *j != i) {
+                    assert!(idx.contains(&j), "d_near {d_near}: node {i}'s mesh {idx:?} lacks its near peer {j}");
+                }
+                // And not only them: the random places are still there.
+                assert!(idx.iter().any(|j| i.abs_diff(*j) > 4), "node {i}'s mesh {idx:?} is all near");
+            }
+        }
+        spans.push(span as f64 / links as f64);
+        for k in 0..5u8 {
+            net.routers[(k as usize * 7) % n].publish(&mut net.rng, net.now, "t", vec![k; 100]).unwrap();
+            net.settle();
+        }
+        for i in 0..n {
+            let from_others = (0..5).filter(|k| (k * 7) % n != i).count();
+            assert_eq!(net.messages(i).len(), from_others, "d_near {d_near}: node {i}");
+        }
+    }
+    // Mean distance along a mesh link: 9.2 peers apart at random, 6.3 near (inbound grafts from
+    // others' random places stay until the mesh passes `d_hi`).
+    assert!(spans[1] < spans[0] * 0.75, "mean mesh span: random {:.1}, near {:.1}", spans[0], spans[1]);
+}
