@@ -294,11 +294,16 @@ async fn recv_loop(shared: Arc<QuicShared>) {
 }
 
 async fn send_loop(shared: Arc<QuicShared>) {
+    // Buffers of the last round's datagrams, handed back to the endpoint for its next batches.
+    let mut sent_bufs: Vec<Vec<u8>> = Vec::new();
     loop {
         let Some(inner) = shared.inner.upgrade() else { return };
         let (datagrams, deadline, actions) = {
             let now = shared.now();
             let mut st = shared.lock();
+            for b in sent_bufs.drain(..) {
+                st.ep.recycle(b);
+            }
             if st.ep.poll_timeout().is_some_and(|t| t <= now) {
                 st.ep.handle_timeout(now);
             }
@@ -324,6 +329,9 @@ async fn send_loop(shared: Arc<QuicShared>) {
             let r = shared.socket.async_io(tokio::io::Interest::WRITABLE, || shared.udp.try_send((&*shared.socket).into(), &tr)).await;
             if let Err(e) = r {
                 tracing::debug!(error = %e, to = %t.to, "udp send failed");
+            }
+            if sent_bufs.len() < hyphae_core::quic::SPARE_BUFFERS {
+                sent_bufs.push(t.data);
             }
         }
         if sent {
