@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
             2 => Some(Rpc { control: Control { graft: vec![topic], ..Control::default() }, ..Rpc::default() }),
             3 => {
                 let b = u64::from_le_bytes(inp.bytes(8).try_into().unwrap_or([0xff; 8]));
-                let px = (0..inp.byte() % 4).map(|i| vec![i; 10]).collect();
+                let px = (0..inp.byte() % 4).map(|i| wire::PxPeer { id: vec![i; 10], record: (i % 2 == 1).then(|| vec![i; 20]) }).collect();
                 Some(Rpc { control: Control { prune: vec![Prune { topic, peers: px, backoff: (b % 3 != 0).then_some(b) }], ..Control::default() }, ..Rpc::default() })
             }
             4 => {

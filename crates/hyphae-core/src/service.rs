@@ -262,6 +262,10 @@ pub(crate) trait ConnLookup {
     fn latency(&self, _peer: &PeerId) -> Option<std::time::Duration> {
         None
     }
+    /// The peer's addresses in the peerstore at `now`.
+    fn addrs(&self, _peer: &PeerId, _now: Instant) -> Vec<Multiaddr> {
+        Vec::new()
+    }
 }
 
 /// A service's view of the node during one call: the time, the node's RNG, what we announce, who is
@@ -286,6 +290,11 @@ impl Cx<'_> {
     /// `LatencyEWMA`), so only known where pings run (`ping::Config::interval`, or pings on command).
     pub fn latency(&self, peer: &PeerId) -> Option<std::time::Duration> {
         self.conns.latency(peer)
+    }
+
+    /// `peer`'s addresses as the peerstore knows them now (identify, signed records, the application).
+    pub fn addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.conns.addrs(peer, self.now)
     }
 
     fn op(&mut self, conn: ConnId, op: Op) {

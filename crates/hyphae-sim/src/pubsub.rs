@@ -162,6 +162,9 @@ pub struct Traffic {
     pub degree_sum: f64,
     pub graylisted: u64,
     pub invalid: u64,
+    /// Peer exchange: offers taken, and peers dialed from them.
+    pub px_taken: u64,
+    pub px_dialed: u64,
 }
 
 impl Traffic {
@@ -184,9 +187,11 @@ impl Traffic {
         self.imreceiving_sent += s.imreceiving_sent;
         self.imreceiving_cancelled += s.imreceiving_cancelled;
         self.preamble_bytes += s.preamble_bytes_sent;
+        self.px_taken += s.px_taken;
+        self.px_dialed += s.px_dialed;
     }
 
-    pub const NAMES: [&'static str; 16] = [
+    pub const NAMES: [&'static str; 18] = [
         "pubsub_duplicates_per_delivery",
         "pubsub_copies_per_node",
         "pubsub_mib_sent_per_node",
@@ -203,6 +208,8 @@ impl Traffic {
         "pubsub_mesh_degree",
         "pubsub_graylisted_rpcs_per_node",
         "pubsub_invalid_per_node",
+        "pubsub_px_taken_per_node",
+        "pubsub_px_dialed_per_node",
     ];
 
     pub fn metric(&self, name: &str) -> Option<f64> {
@@ -231,6 +238,8 @@ impl Traffic {
             "pubsub_imreceiving_sent_per_node" => per(self.imreceiving_sent, n),
             "pubsub_imreceiving_cancelled_per_node" => per(self.imreceiving_cancelled, n),
             "pubsub_kib_preamble_per_node" => per(self.preamble_bytes, n) / 1024.0,
+            "pubsub_px_taken_per_node" => per(self.px_taken, n),
+            "pubsub_px_dialed_per_node" => per(self.px_dialed, n),
             _ => return None,
         })
     }

@@ -554,6 +554,29 @@ fn sim_pubsub_a_latency_aware_mesh_shortens_paths_and_delivers_everything() {
     assert!(n50 <= r50, "latency p50: near {n50} ms, random {r50} ms");
 }
 
+/// Peer exchange: 30 leaves that know only a hub graft it; the hub keeps D of them and prunes the rest
+/// with peer exchange, offering other leaves with their signed records (from identify); the pruned
+/// leaves dial those, build meshes among themselves, and every message reaches every node. Without
+/// scoring (a new hub's score, 0, is below the default `accept_px`).
+#[test]
+fn sim_pubsub_peer_exchange_connects_pruned_leaves_to_each_other() {
+    let text = "nodes hub 1 pubsub scoring=off\nnodes leaves 30 pubsub scoring=off\nlink latency=10ms jitter=1ms\n\
+                phase warm\nat 0s connect leaves -> hub\nat 1s pubsub subscribe all t\nat 6s phase steady\n\
+                at 6s pubsub publish 5 by leaves t every 1s until 10s\nrun 11s\n\
+                assert steady.pubsub_delivery_rate == 1\n";
+    let (_, r) = run(text, 4);
+    let m = |name: &str| r.pubsub.metric(name).unwrap();
+    eprintln!(
+        "px taken {} dialed {} per node, mesh degree {}",
+        m("pubsub_px_taken_per_node"),
+        m("pubsub_px_dialed_per_node"),
+        m("pubsub_mesh_degree")
+    );
+    assert!(m("pubsub_px_dialed_per_node") > 1.0, "{}", hyphae_sim::report::table(&r));
+    // The leaves, that had one peer each, now hold meshes near D.
+    assert!(m("pubsub_mesh_degree") >= 4.0, "{}", hyphae_sim::report::table(&r));
+}
+
 /// Behind one uplink per node, large messages sent to one peer at a time: the copies still queued when
 /// a peer's IDONTWANT arrives are taken back, so duplicates fall below IDONTWANT alone, everything is
 /// delivered, and the node's writes wait in it (nothing is lost to the send limit).

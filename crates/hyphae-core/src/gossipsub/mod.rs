@@ -20,8 +20,13 @@
 //! - `score.rs`: peer scoring (v1.1's P1–P7, decay, thresholds), used by the router for mesh choice,
 //!   gossip, publishing and graylisting.
 //!
-//! Not yet: direct peers, acting on PRUNE peer exchange (ids without signed records carry no addresses),
-//! v1.4's fragments and the partial-messages extension (neither advertised).
+//! Peer exchange: a PRUNE from a peer scoring at least `thresholds.accept_px` offers peers to connect to
+//! (`Router::take_px`); the service dials each at an address from its signed peer record (verified
+//! for that peer), or else from the peerstore. Our own PRUNEs offer ids only: the peerstore keeps a
+//! record's addresses, not the signed envelope.
+//!
+//! Not yet: direct peers, signed records in the PX we send, v1.4's fragments and the
+//! partial-messages extension (neither advertised).
 
 use crate::identity::PeerId;
 use crate::time::Duration;
@@ -33,9 +38,9 @@ pub mod score;
 pub mod service;
 pub mod wire;
 
-pub use router::{PeerStats, PublishError, Router, Stats};
+pub use router::{PeerStats, PublishError, PxOutcome, Router, Stats};
 
-pub use wire::{Extensions, Message, MessageId};
+pub use wire::{Extensions, Message, MessageId, PxPeer};
 
 pub const MESHSUB_V13: &str = "/meshsub/1.3.0";
 pub const MESHSUB_V12: &str = "/meshsub/1.2.0";

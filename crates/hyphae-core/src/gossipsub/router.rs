@@ -4,7 +4,7 @@
 //! It iterates only ordered maps: one seed replays a simulation exactly.
 
 use super::score::PeerScore;
-use super::wire::{self, Control, Extensions, IHave, Message, MessageId, Preamble, Prune, Rpc, SubOpt};
+use super::wire::{self, Control, Extensions, IHave, Message, MessageId, Preamble, Prune, PxPeer, Rpc, SubOpt};
 use super::{Acceptance, Adversary, Config, Event, PeerKind, Signing};
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::rng::{Rng, RngCore};
@@ -60,6 +60,17 @@ pub struct Stats {
     pub grafts_received: u64,
     pub prunes_sent: u64,
     pub prunes_received: u64,
+    /// Peer exchange received: peers taken to connect to (`Router::take_px`), offers ignored because
+    /// the pruning peer's score was below `thresholds.accept_px`, peers left out (invalid id, us,
+    /// already connected, or past [`MAX_PX_QUEUE`]).
+    pub px_taken: u64,
+    pub px_ignored_score: u64,
+    pub px_skipped: u64,
+    /// What the service did with the peers taken: dialed (an address from the peer's signed record, or
+    /// from the peerstore), or not (no address known, or a record that did not verify for that peer).
+    pub px_dialed: u64,
+    pub px_no_address: u64,
+    pub px_bad_record: u64,
     pub subscriptions_ignored: u64,
     /// RPCs ignored because their sender's score was below the graylist threshold.
     pub graylisted_rpcs: u64,
@@ -179,6 +190,9 @@ struct Peer {
     announced: BTreeMap<MessageId, Instant>,
     /// Its round trip, when measured (`Router::set_rtt`): what `Config::d_near` ranks by.
     rtt: Option<Duration>,
+    /// Its signed peer record as identify brought it (`Router::set_record`): offered with its id when
+    /// we prune others (peer exchange).
+    record: Option<Vec<u8>>,
     queue: SendQueue,
     stats: PeerStats,
 }
@@ -242,6 +256,21 @@ pub struct Router {
     /// v1.4: large messages announced to us and on their way, until when IWANTs for them wait. At most
     /// `max_preambles_per_peer` per peer.
     receiving: BTreeMap<MessageId, Instant>,
+    /// Peers offered by peer exchange, for the service to connect to (`take_px`); at most
+    /// [`MAX_PX_QUEUE`].
+    px: Vec<(PeerId, Option<Vec<u8>>)>,
+}
+
+/// Peer-exchange offers waiting for the service to dial them (a PRUNE offers at most `prune_peers`;
+/// the service takes them after every call, so this bounds what one call can queue).
+pub const MAX_PX_QUEUE: usize = 64;
+
+/// What became of a peer offered by peer exchange (`Router::px_outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PxOutcome {
+    Dialed,
+    NoAddress,
+    BadRecord,
 }
 
 /// Up to `n` of `v`, picked at random (partial Fisher–Yates).
@@ -290,6 +319,7 @@ impl Router {
             awaiting: BTreeMap::new(),
             score: None,
             receiving: BTreeMap::new(),
+            px: Vec::new(),
         }
     }
 
@@ -406,6 +436,7 @@ impl Router {
                 idontwant_taken: 0,
                 announced: BTreeMap::new(),
                 rtt: None,
+                record: None,
                 queue: SendQueue::default(),
                 stats: PeerStats { kind: Some(kind), ..PeerStats::default() },
             },
@@ -424,6 +455,15 @@ impl Router {
     pub fn set_rtt(&mut self, peer: &PeerId, rtt: Option<Duration>) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.rtt = rtt;
+        }
+    }
+
+    /// `peer`'s signed peer record (an envelope, as identify carried it), offered with its id in our
+    /// peer exchange. One longer than `limits.max_px_record_len` is not kept (a peer would drop it).
+    pub fn set_record(&mut self, peer: &PeerId, record: Option<Vec<u8>>) {
+        let max = self.cfg.limits.max_px_record_len;
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.record = record.filter(|r| r.len() <= max);
         }
     }
 
@@ -992,8 +1032,41 @@ impl Router {
         if self.mesh.contains_key(&p.topic) || self.fanout.contains_key(&p.topic) {
             self.set_backoff(now, &p.topic, from, d);
         }
-        // Peer exchange: the ids carry no addresses without signed records; connecting to them is left to
-        // discovery (counted nowhere yet: see the module docs).
+        // Peer exchange (v1.1): only from a peer whose score reaches `accept_px` (a sybil's PRUNE must
+        // not steer our connections); peers we know or that are invalid are left out.
+        if p.peers.is_empty() {
+            return;
+        }
+        if self.score.is_some() && self.peer_score(from, now) < self.cfg.thresholds.accept_px {
+            self.stats.px_ignored_score += 1;
+            return;
+        }
+        for PxPeer { id, record } in p.peers.into_iter().take(self.cfg.prune_peers) {
+            match PeerId::from_bytes(&id) {
+                Ok(id) if id != self.local && !self.peers.contains_key(&id) && self.px.len() < MAX_PX_QUEUE => {
+                    if !self.px.iter().any(|(q, _)| *q == id) {
+                        self.px.push((id, record));
+                        self.stats.px_taken += 1;
+                    }
+                }
+                _ => self.stats.px_skipped += 1,
+            }
+        }
+    }
+
+    /// Peers offered by peer exchange since the last call, with their signed records when sent: the
+    /// service connects to them.
+    pub fn take_px(&mut self) -> Vec<(PeerId, Option<Vec<u8>>)> {
+        std::mem::take(&mut self.px)
+    }
+
+    /// Counts what the service did with a peer from `take_px`.
+    pub fn px_outcome(&mut self, outcome: PxOutcome) {
+        match outcome {
+            PxOutcome::Dialed => self.stats.px_dialed += 1,
+            PxOutcome::NoAddress => self.stats.px_no_address += 1,
+            PxOutcome::BadRecord => self.stats.px_bad_record += 1,
+        }
     }
 
     fn handle_ihave(&mut self, rng: &mut Rng, now: Instant, from: &PeerId, ihave: Vec<IHave>) {
@@ -1319,10 +1392,16 @@ impl Router {
         if kind.has_px() {
             pr.backoff = Some(backoff.as_secs());
             if px {
-                let others: Vec<Vec<u8>> = self
+                let others: Vec<PxPeer> = self
                     .subscribers
                     .get(topic)
-                    .map(|s| s.iter().filter(|p| *p != peer).take(self.cfg.prune_peers).map(PeerId::to_bytes).collect())
+                    .map(|s| {
+                        s.iter()
+                            .filter(|p| *p != peer)
+                            .take(self.cfg.prune_peers)
+                            .map(|p| PxPeer { id: p.to_bytes(), record: self.peers.get(p).and_then(|x| x.record.clone()) })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 pr.peers = others;
             }
@@ -1421,7 +1500,14 @@ impl Router {
         s.idontwant_bytes_sent += if c.idontwant.is_empty() { 0 } else { ids(&c.idontwant) + 4 };
         s.preamble_bytes_sent += c.imreceiving.iter().map(|i| i.len() as u64 + 6).sum::<u64>();
         s.graft_prune_bytes_sent += c.graft.iter().map(|t| t.len() as u64 + 4).sum::<u64>()
-            + c.prune.iter().map(|p| p.topic.len() as u64 + 8 + p.peers.iter().map(|x| x.len() as u64 + 4).sum::<u64>()).sum::<u64>();
+            + c.prune
+                .iter()
+                .map(|p| {
+                    p.topic.len() as u64
+                        + 8
+                        + p.peers.iter().map(|x| (x.id.len() + x.record.as_ref().map_or(0, |r| r.len() + 4)) as u64 + 4).sum::<u64>()
+                })
+                .sum::<u64>();
     }
 
     /// Whether frames wait for `peer`.

@@ -10,7 +10,7 @@
 //!
 //! A malformed or oversized RPC resets that inbound stream, with a logged, reported violation.
 
-use super::router::{PublishError, Router};
+use super::router::{PublishError, PxOutcome, Router};
 use super::{wire, Acceptance, Config, MessageId, PeerKind, PROTOCOLS};
 use crate::identity::{Keypair, PeerId};
 use crate::service::{ConnId, ConnectionEvent, Cx, Event as NodeEvent, Service, StreamEvent};
@@ -159,6 +159,33 @@ impl GossipsubService {
         while let Some(ev) = self.router.poll_event() {
             cx.emit(NodeEvent::Gossipsub(ev));
         }
+        self.connect_px(cx);
+    }
+
+    /// Dials the peers peer exchange offered: at the first address of a signed peer record that
+    /// verifies for that peer, or else the first the peerstore knows. Dials go through the node's
+    /// pending-dial limit like any other.
+    fn connect_px(&mut self, cx: &mut Cx<'_>) {
+        for (peer, record) in self.router.take_px() {
+            let addrs = match record {
+                Some(env) => match crate::record::PeerRecord::open(&env, &crate::record::Limits::default()) {
+                    Ok((rec, _)) if rec.peer == peer => rec.addrs,
+                    _ => {
+                        tracing::debug!(%peer, "gossipsub: a peer-exchange record did not verify for its peer");
+                        self.router.px_outcome(PxOutcome::BadRecord);
+                        continue;
+                    }
+                },
+                None => cx.addrs(&peer),
+            };
+            match addrs.into_iter().next() {
+                Some(a) => {
+                    cx.dial(a, Some(peer));
+                    self.router.px_outcome(PxOutcome::Dialed);
+                }
+                None => self.router.px_outcome(PxOutcome::NoAddress),
+            }
+        }
     }
 
     /// Writes one batch to `peer` if its stream is free; whether the batch took a large-message turn.
@@ -227,14 +254,15 @@ impl Service for GossipsubService {
                 self.conns.entry(peer.clone()).or_default().push((conn, role));
             }
             ConnectionEvent::Identified { conn, peer, info } => {
-                if self.outbound.contains_key(peer) {
-                    return;
+                if !self.outbound.contains_key(peer) {
+                    let best = PROTOCOLS.iter().find(|p| info.protocols.iter().any(|q| q == *p)).and_then(|p| PeerKind::from_protocol(p));
+                    if let Some(kind) = best {
+                        self.open(cx, peer, conn, kind);
+                    }
                 }
-                let best = PROTOCOLS.iter().find(|p| info.protocols.iter().any(|q| q == *p)).and_then(|p| PeerKind::from_protocol(p));
-                if let Some(kind) = best {
-                    self.open(cx, peer, conn, kind);
-                    self.pump(cx);
-                }
+                // Its record (the latest identify's) goes with its id when we offer it by peer exchange.
+                self.router.set_record(peer, info.signed_peer_record.clone());
+                self.pump(cx);
             }
             ConnectionEvent::Closed { conn, peer, .. } => {
                 if let Some(v) = self.conns.get_mut(peer) {

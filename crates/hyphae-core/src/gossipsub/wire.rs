@@ -32,6 +32,9 @@ pub struct Limits {
     pub max_control_entries: usize,
     /// Peers offered in one PRUNE (peer exchange). Default 16 (go's `PrunePeers`); more are dropped.
     pub max_px_peers: usize,
+    /// Bytes of a peer-exchange entry's signed peer record. Default 4 KiB (a record of a dozen
+    /// addresses takes ~600 B); a longer one is dropped and the entry kept without it.
+    pub max_px_record_len: usize,
     /// Bytes of a topic. Default 1,024.
     pub max_topic_len: usize,
     /// Bytes of a message id. Default 256.
@@ -47,6 +50,7 @@ impl Default for Limits {
             max_message_ids: 5000,
             max_control_entries: 1000,
             max_px_peers: 16,
+            max_px_record_len: 4096,
             max_topic_len: 1024,
             max_id_len: 256,
         }
@@ -145,10 +149,18 @@ pub struct IHave {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prune {
     pub topic: String,
-    /// Peer exchange: peer ids as bytes (signed peer records are not kept).
-    pub peers: Vec<Vec<u8>>,
+    /// Peer exchange: peers to connect to instead.
+    pub peers: Vec<PxPeer>,
     /// Seconds (v1.1).
     pub backoff: Option<u64>,
+}
+
+/// A peer offered by peer exchange (the spec's `PeerInfo`): its id as bytes and, when the sender has
+/// one, its signed peer record (an envelope, opened by whoever acts on it), which carries its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PxPeer {
+    pub id: Vec<u8>,
+    pub record: Option<Vec<u8>>,
 }
 
 /// v1.3's extensions control message: what its sender supports (unknown extensions are skipped).
@@ -370,12 +382,19 @@ fn decode_control(buf: &[u8], b: &mut Budget<'_>, c: &mut Control) -> Result<(),
                     match f? {
                         (1, v) => p.topic = b.topic(v)?,
                         (2, v) => {
+                            let mut px = PxPeer::default();
                             for f in Reader::new(v.bytes()?) {
-                                if let (1, v) = f? {
-                                    if p.peers.len() < b.l.max_px_peers {
-                                        p.peers.push(v.bytes()?.to_vec());
+                                match f? {
+                                    (1, v) => px.id = v.bytes()?.to_vec(),
+                                    (2, v) => {
+                                        let r = v.bytes()?;
+                                        px.record = (r.len() <= b.l.max_px_record_len).then(|| r.to_vec());
                                     }
+                                    _ => {}
                                 }
+                            }
+                            if p.peers.len() < b.l.max_px_peers && !px.id.is_empty() {
+                                p.peers.push(px);
                             }
                         }
                         (3, v) => p.backoff = Some(v.varint()?),
@@ -449,7 +468,10 @@ fn encode_control(c: &Control, out: &mut Vec<u8>) {
         put_bytes(&mut e, 1, p.topic.as_bytes());
         for peer in &p.peers {
             let mut pi = Vec::new();
-            put_bytes(&mut pi, 1, peer);
+            put_bytes(&mut pi, 1, &peer.id);
+            if let Some(r) = &peer.record {
+                put_bytes(&mut pi, 2, r);
+            }
             put_bytes(&mut e, 2, &pi);
         }
         if let Some(b) = p.backoff {
@@ -563,7 +585,11 @@ mod tests {
                 ihave: vec![IHave { topic: "a".into(), ids: vec![id(b"x"), id(b"y")] }],
                 iwant: vec![id(b"z")],
                 graft: vec!["a".into()],
-                prune: vec![Prune { topic: "b".into(), peers: vec![vec![0, 1, 2]], backoff: Some(60) }],
+                prune: vec![Prune {
+                    topic: "b".into(),
+                    peers: vec![PxPeer { id: vec![0, 1, 2], record: Some(vec![9; 5]) }, PxPeer { id: vec![3], record: None }],
+                    backoff: Some(60),
+                }],
                 idontwant: vec![id(b"w")],
                 extensions: Some(Extensions { large_messages: true, test: true }),
                 preamble: vec![Preamble { id: id(b"p"), size: 131_072, topic: "a".into() }],
@@ -598,6 +624,8 @@ mod tests {
         let c = g.control.as_ref().unwrap();
         assert_eq!(c.prune[0].backoff, Some(60));
         assert_eq!(c.prune[0].peers[0].peerID.as_deref(), Some(&[0, 1, 2][..]));
+        assert_eq!(c.prune[0].peers[0].signedPeerRecord.as_deref(), Some(&[9; 5][..]));
+        assert_eq!(c.prune[0].peers[1].signedPeerRecord, None);
         assert_eq!(c.idontwant[0].messageIDs, vec![b"w".to_vec()]);
         let x = c.extensions.as_ref().unwrap();
         assert_eq!((x.largeMessageHandling, x.testExtension), (Some(true), Some(true)));

@@ -1163,6 +1163,10 @@ impl crate::service::ConnLookup for Lookup<'_> {
     fn latency(&self, peer: &PeerId) -> Option<Duration> {
         self.peerstore.latency(peer)
     }
+
+    fn addrs(&self, peer: &PeerId, now: Instant) -> Vec<Multiaddr> {
+        self.peerstore.addrs(peer, now)
+    }
 }
 
 impl Owned {

@@ -647,3 +647,39 @@ fn gossipsub_router_a_latency_aware_mesh_takes_the_nearest_peers_and_still_reach
     // others' random places stay until the mesh passes `d_hi`).
     assert!(spans[1] < spans[0] * 0.75, "mean mesh span: random {:.1}, near {:.1}", spans[0], spans[1]);
 }
+
+/// Peer exchange: a PRUNE's offers are taken (valid ids we are not connected to, not us, at most
+/// `prune_peers`, each once) from a peer whose score reaches `accept_px`, and ignored from one below
+/// it; the records travel with them.
+#[test]
+fn gossipsub_router_takes_peer_exchange_only_from_a_well_scored_peer() {
+    for scoring in [false, true] {
+        let cfg = Config { score: scoring.then(crate::gossipsub::score::Params::default), prune_peers: 3, ..Config::default() };
+        let mut net = Net::new(3, cfg);
+        net.link(0, 1, PeerKind::Meshsub11);
+        net.link(0, 2, PeerKind::Meshsub11);
+        net.subscribe_all("t");
+        let mut rng = rng::from_seed([9; 32]);
+        let fresh: Vec<PeerId> = (0..4).map(|_| Keypair::generate(KeyType::Ed25519, &mut rng).peer_id()).collect();
+        let px = vec![
+            PxPeer { id: fresh[0].to_bytes(), record: Some(vec![1, 2, 3]) },
+            PxPeer { id: net.ids[2].to_bytes(), record: None }, // already connected
+            PxPeer { id: vec![0xff; 3], record: None },         // not a peer id
+            PxPeer { id: fresh[1].to_bytes(), record: None },   // past prune_peers (3)
+        ];
+        let from = net.ids[1].clone();
+        let (r, rng, now) = (&mut net.routers[0], &mut net.rng, net.now);
+        let prune = Prune { topic: "t".into(), peers: px, backoff: Some(60) };
+        r.handle_rpc(rng, now, &from, Rpc { control: Control { prune: vec![prune], ..Control::default() }, ..Rpc::default() });
+        let taken = r.take_px();
+        if scoring {
+            // A new peer's score is 0, below the default accept_px (10): no offer is taken.
+            assert!(taken.is_empty());
+            assert_eq!(r.stats().px_ignored_score, 1);
+        } else {
+            assert_eq!(taken, vec![(fresh[0].clone(), Some(vec![1, 2, 3]))]);
+            assert_eq!((r.stats().px_taken, r.stats().px_skipped), (1, 2));
+            assert!(r.take_px().is_empty(), "taken once");
+        }
+    }
+}
