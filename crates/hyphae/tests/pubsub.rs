@@ -203,3 +203,31 @@ async fn pubsub_send_gate_passes_large_messages_and_a_stuck_peer_does_not_hold_t
     stop_tx.send(()).unwrap();
     tokio::task::spawn_blocking(move || b_thread.join().unwrap()).await.unwrap();
 }
+
+/// The latency-aware mesh on real hosts: pings (`HostConfig::ping_interval`) reach the peerstore, and
+/// gossipsub reads each peer's round trip from there before its heartbeat (`PeerStats::rtt`).
+#[tokio::test]
+async fn pubsub_round_trips_from_ping_reach_the_mesh() {
+    let config = || HostConfig {
+        ping_interval: Some(Duration::from_millis(100)),
+        ..HostConfig::new(Keypair::generate(KeyType::Ed25519, &mut rand_core::OsRng))
+    };
+    let a = Host::new(config()).await.unwrap();
+    let b = Host::new(config()).await.unwrap();
+    let addr_b = b.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap()[0].clone();
+    a.connect(&addr_b).await.unwrap();
+    let _sa = a.pubsub().subscribe("t");
+    let _sb = b.pubsub().subscribe("t");
+    subscribers(&a, "t", 1).await;
+    let mut rtt = None;
+    for _ in 0..100 {
+        rtt = a.pubsub().peer_stats(&b.peer_id()).and_then(|s| s.rtt);
+        if rtt.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rtt = rtt.expect("a round trip within 5 s (heartbeat 1 s, pings every 100 ms)");
+    assert!(rtt < Duration::from_secs(1), "loopback round trip {rtt:?}");
+    assert_eq!(a.pubsub().mesh_peers("t"), vec![b.peer_id()]);
+}

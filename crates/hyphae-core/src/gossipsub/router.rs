@@ -130,6 +130,8 @@ pub struct PeerStats {
     /// test extension's message.
     pub extensions: Option<Extensions>,
     pub test_extension_received: bool,
+    /// Its round trip as the latency-aware mesh last saw it (`Router::set_rtt`; ping's average).
+    pub rtt: Option<Duration>,
     /// v1.4: PREAMBLEs it sent us; IMRECEIVING both ways; copies to it taken back by its IMRECEIVING.
     pub preambles_received: u64,
     pub imreceiving_sent: u64,
@@ -394,7 +396,7 @@ impl Router {
 
     /// `peer`'s counters, while it is a pubsub peer.
     pub fn peer_stats(&self, peer: &PeerId) -> Option<PeerStats> {
-        self.peers.get(peer).map(|p| p.stats.clone())
+        self.peers.get(peer).map(|p| PeerStats { rtt: p.rtt, ..p.stats.clone() })
     }
     /// (topic, peer) backoffs held.
     pub fn backoffs(&self) -> usize {
