@@ -254,18 +254,14 @@ pub(crate) struct OutboxLimits {
     pub max_dials: usize,
 }
 
-/// The router's connection table as services may see it.
+/// The router's connection table and peerstore as services may see them.
 pub(crate) trait ConnLookup {
     /// The peer and remote address of an established connection.
     fn established(&self, conn: ConnId) -> Option<(&PeerId, &Multiaddr)>;
     /// The peer's round trip as the peerstore keeps it (ping's moving average), if measured.
-    fn latency(&self, _peer: &PeerId) -> Option<std::time::Duration> {
-        None
-    }
+    fn latency(&self, peer: &PeerId) -> Option<std::time::Duration>;
     /// The peer's addresses in the peerstore at `now`.
-    fn addrs(&self, _peer: &PeerId, _now: Instant) -> Vec<Multiaddr> {
-        Vec::new()
-    }
+    fn addrs(&self, peer: &PeerId, now: Instant) -> Vec<Multiaddr>;
 }
 
 /// A service's view of the node during one call: the time, the node's RNG, what we announce, who is
