@@ -723,9 +723,10 @@ impl Endpoint {
     }
 
     /// Hands back a sent transmit's buffer for the next batch (optional: without it each batch
-    /// allocates its own). At most [`SPARE_BUFFERS`] are kept.
+    /// allocates its own). At most [`SPARE_BUFFERS`] are kept, and only batch-sized ones: a small
+    /// transmit's buffer would be reallocated to batch size anyway.
     pub fn recycle(&mut self, data: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS {
+        if self.spare.len() < SPARE_BUFFERS && data.capacity() >= MAX_DATAGRAM * self.config.max_datagrams.max(1) {
             self.spare.push(data);
         }
     }

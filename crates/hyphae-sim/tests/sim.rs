@@ -546,9 +546,9 @@ fn sim_pubsub_a_latency_aware_mesh_shortens_paths_and_delivers_everything() {
     };
     let (_, near) = run(&text(4), 11);
     let (_, random) = run(&text(0), 11);
-    let stretch = |r: &hyphae_sim::Report, m: &str| r.metric("steady", m).unwrap();
-    let (n99, r99) = (stretch(&near, "pubsub_stretch_p99"), stretch(&random, "pubsub_stretch_p99"));
-    let (n50, r50) = (stretch(&near, "pubsub_latency_p50_ms"), stretch(&random, "pubsub_latency_p50_ms"));
+    let steady = |r: &hyphae_sim::Report, m: &str| r.metric("steady", m).unwrap();
+    let (n99, r99) = (steady(&near, "pubsub_stretch_p99"), steady(&random, "pubsub_stretch_p99"));
+    let (n50, r50) = (steady(&near, "pubsub_latency_p50_ms"), steady(&random, "pubsub_latency_p50_ms"));
     eprintln!("stretch p99 near {n99} random {r99}; latency p50 near {n50} ms random {r50} ms");
     assert!(n99 < r99, "stretch p99: near {n99}, random {r99}");
     assert!(n50 <= r50, "latency p50: near {n50} ms, random {r50} ms");

@@ -294,7 +294,8 @@ async fn recv_loop(shared: Arc<QuicShared>) {
 }
 
 async fn send_loop(shared: Arc<QuicShared>) {
-    // Buffers of the last round's datagrams, handed back to the endpoint for its next batches.
+    // Buffers of the last round's datagrams, handed back to the endpoint for its next batches (it keeps
+    // the batch-sized ones, up to `quic::SPARE_BUFFERS`).
     let mut sent_bufs: Vec<Vec<u8>> = Vec::new();
     loop {
         let Some(inner) = shared.inner.upgrade() else { return };
@@ -330,9 +331,7 @@ async fn send_loop(shared: Arc<QuicShared>) {
             if let Err(e) = r {
                 tracing::debug!(error = %e, to = %t.to, "udp send failed");
             }
-            if sent_bufs.len() < hyphae_core::quic::SPARE_BUFFERS {
-                sent_bufs.push(t.data);
-            }
+            sent_bufs.push(t.data);
         }
         if sent {
             continue;

@@ -22,11 +22,10 @@
 //!
 //! Peer exchange: a PRUNE from a peer scoring at least `thresholds.accept_px` offers peers to connect to
 //! (`Router::take_px`); the service dials each at an address from its signed peer record (verified
-//! for that peer), or else from the peerstore. Our own PRUNEs offer ids only: the peerstore keeps a
-//! record's addresses, not the signed envelope.
+//! for that peer), or else from the peerstore. Our own PRUNEs offer each peer with the signed record
+//! its latest identify brought (`Router::set_record`), or its id alone when it sent none.
 //!
-//! Not yet: direct peers, signed records in the PX we send, v1.4's fragments and the
-//! partial-messages extension (neither advertised).
+//! Not yet: direct peers, v1.4's fragments and the partial-messages extension (neither advertised).
 
 use crate::identity::PeerId;
 use crate::time::Duration;

@@ -249,6 +249,11 @@ fn entries(mut b: &[u8]) -> impl Iterator<Item = Entry<'_>> {
 }
 
 /// Where the entry of address `bytes` (not an observed one) starts in packed `buf`.
+/// A slot's round-trip average (0: none measured).
+fn slot_latency(sl: &Slot) -> Option<Duration> {
+    (sl.latency_us != 0).then(|| Duration::from_micros(u64::from(sl.latency_us)))
+}
+
 fn find_addr(buf: &[u8], bytes: &[u8]) -> Option<usize> {
     let mut pos = 0;
     while pos + 6 <= buf.len() {
@@ -513,7 +518,7 @@ impl Peerstore {
         r.agent_version = self.string(sl.agent);
         r.protocol_version = self.string(sl.pver);
         r.public_key = self.keys.get(&s).cloned().or_else(|| peer.inline_public_key());
-        r.latency = (sl.latency_us != 0).then(|| Duration::from_micros(u64::from(sl.latency_us)));
+        r.latency = slot_latency(sl);
         Some(r)
     }
 
@@ -680,9 +685,7 @@ impl Peerstore {
 
     /// `peer`'s round-trip average (`record_latency`), if one was measured.
     pub fn latency(&self, peer: &PeerId) -> Option<Duration> {
-        let s = self.find(peer)?;
-        let us = self.slots[s as usize].latency_us;
-        (us != 0).then(|| Duration::from_micros(u64::from(us)))
+        slot_latency(&self.slots[self.find(peer)? as usize])
     }
 
     /// A round trip to `peer`: the latency EWMA moves a tenth of the way (go's `LatencyEWMASmoothing`).
