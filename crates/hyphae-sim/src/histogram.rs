@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-/// Log-linear histogram of durations in nanoseconds: 8 buckets per power of two, ~9% resolution.
+/// Log-linear histogram of durations in nanoseconds: 64 buckets per power of two, so a quantile (a
+/// bucket's midpoint) is within 0.8% of the true value. (It had 8, ~9% apart: too coarse to tell a
+/// stretch of 1.5 from 1.6.)
 #[derive(Debug, Clone, Default)]
 pub struct Histogram {
     buckets: BTreeMap<u32, u64>,
@@ -12,12 +14,14 @@ pub struct Histogram {
     pub max_ns: u64,
 }
 
-const SUB: u32 = 8;
+const SUB_BITS: u32 = 6;
+const SUB: u32 = 1 << SUB_BITS;
 
 fn bucket_of(ns: u64) -> u32 {
     let v = ns.max(1);
     let exp = 63 - v.leading_zeros();
-    let frac = if exp >= 3 { ((v >> (exp - 3)) & 7) as u32 } else { ((v << (3 - exp)) & 7) as u32 };
+    let mask = u64::from(SUB - 1);
+    let frac = if exp >= SUB_BITS { ((v >> (exp - SUB_BITS)) & mask) as u32 } else { ((v << (SUB_BITS - exp)) & mask) as u32 };
     exp * SUB + frac
 }
 
@@ -91,8 +95,8 @@ mod tests {
         }
         let p50 = h.quantile(0.5) as f64 / 1e6;
         let p99 = h.quantile(0.99) as f64 / 1e6;
-        assert!((p50 - 500.0).abs() / 500.0 < 0.1, "{p50}");
-        assert!((p99 - 990.0).abs() / 990.0 < 0.1, "{p99}");
+        assert!((p50 - 500.0).abs() / 500.0 < 0.01, "{p50}");
+        assert!((p99 - 990.0).abs() / 990.0 < 0.01, "{p99}");
         assert_eq!(h.min_ns, 1_000_000);
         assert_eq!(h.max_ns, 1_000_000_000);
     }
