@@ -51,6 +51,8 @@
 //! there instead of per link; what the node writes waits in it while `uplink_queue=BYTES`, default
 //! 64 KiB, are queued on the uplink);
 //! `stagger=N` sends large gossipsub messages to N peers at a time (`gossipsub::Config::stagger`, 0: off);
+//! `stagger_order=nearest|rr` says who takes a free turn (`gossipsub::Config::stagger_nearest`: the
+//! nearest by round trip, the default, or round-robin in peer-id order);
 //! `near=N` makes up to N of a mesh's places the nearest peers by ping's round trip
 //! (`gossipsub::Config::d_near`, default 4; 0: off, the spec's random mesh; needs `ping=`);
 //! `scoring=off|on|strict` sets peer scoring (strict: mesh delivery expectations too); `adversary` marks
@@ -202,6 +204,8 @@ pub struct Group {
     pub uplink_queue: usize,
     /// Gossipsub's `Config::stagger` (default: the config's).
     pub stagger: Option<usize>,
+    /// Gossipsub's `Config::stagger_nearest` (default: the config's).
+    pub stagger_nearest: Option<bool>,
     /// Gossipsub's `Config::d_near` (default: the config's).
     pub near: Option<usize>,
     /// Gossipsub's `Config::large_messages`: PREAMBLE and IMRECEIVING (default: the config's).
@@ -515,6 +519,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut stagger = None;
                 let mut near = None;
                 let mut preamble = None;
+                let mut stagger_nearest = None;
                 for r in rest {
                     if *r == "eclipse" {
                         eclipse = true;
@@ -567,6 +572,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         }
                         Some(("stagger", v)) => stagger = Some(v.parse().map_err(|_| err(format!("{v:?}: stagger=N (0: off)")))?),
                         Some(("near", v)) => near = Some(v.parse().map_err(|_| err(format!("{v:?}: near=N (0: off)")))?),
+                        Some(("stagger_order", "nearest")) => stagger_nearest = Some(true),
+                        Some(("stagger_order", "rr")) => stagger_nearest = Some(false),
                         Some(("preamble", "on")) => preamble = Some(true),
                         Some(("preamble", "off")) => preamble = Some(false),
                         Some(("scoring", v)) => {
@@ -587,7 +594,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, near=N, preamble=on|off, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, proximity=on|off, subnet=own|shared, eclipse)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, stagger_order=nearest|rr, near=N, preamble=on|off, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, proximity=on|off, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -621,6 +628,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     stagger,
                     near,
                     preamble,
+                    stagger_nearest,
                 });
             }
             ["link", rest @ ..] => sc.link = parse_link(rest, &LinkClass::default()).map_err(err)?,
@@ -743,8 +751,9 @@ mod tests {
         let u = parse("nodes a 3 pubsub uplink=100mbit uplink_queue=16384 stagger=0\nnodes b 2\nrun 1s\n").unwrap();
         assert_eq!((u.groups[0].uplink_bps, u.groups[0].uplink_queue, u.groups[0].stagger), (100_000_000, 16384, Some(0)));
         assert_eq!((u.groups[1].uplink_bps, u.groups[1].stagger), (0, None));
-        let n = parse("nodes a 3 pubsub near=0\nnodes b 2 pubsub\nrun 1s\n").unwrap();
+        let n = parse("nodes a 3 pubsub near=0 stagger_order=rr\nnodes b 2 pubsub\nrun 1s\n").unwrap();
         assert_eq!((n.groups[0].near, n.groups[1].near), (Some(0), None));
+        assert_eq!((n.groups[0].stagger_nearest, n.groups[1].stagger_nearest), (Some(false), None));
         assert!(parse("nodes a 3 uplink_queue=0\nrun 1s").unwrap_err().contains("uplink_queue"));
         assert_eq!(s.seed, 7);
         assert_eq!(s.total_nodes(), 15);

@@ -191,6 +191,7 @@ struct SimNode {
     stagger: Option<usize>,
     near: Option<usize>,
     preamble: Option<bool>,
+    stagger_nearest: Option<bool>,
     /// Draws for what this node sends (jitter, loss, reordering).
     rng: rng::Rng,
     /// When each UDP path from this node (by receiver) is free again.
@@ -827,6 +828,7 @@ impl Sim {
                     stagger: g.stagger,
                     near: g.near,
                     preamble: g.preamble,
+                    stagger_nearest: g.stagger_nearest,
                     uplink_free: Instant::ZERO,
                     rng: rng::from_seed(seed32(seed, b"link", i)),
                     udp_free_at: BTreeMap::new(),
@@ -1046,6 +1048,7 @@ impl Sim {
             let pc = hyphae_core::gossipsub::Config {
                 idontwant_threshold: threshold,
                 stagger: n.stagger.unwrap_or(hyphae_core::gossipsub::Config::default().stagger),
+                stagger_nearest: n.stagger_nearest.unwrap_or(hyphae_core::gossipsub::Config::default().stagger_nearest),
                 d_near: n.near.unwrap_or(hyphae_core::gossipsub::Config::default().d_near),
                 large_messages: n.preamble.unwrap_or(hyphae_core::gossipsub::Config::default().large_messages),
                 first_seqno: (u64::from(n.gen) << 40) | 1,

@@ -198,6 +198,11 @@ pub struct Config {
     /// defaults to 32 KiB: a smaller copy leaves (2.6 ms at 100 Mbit/s) before an IDONTWANT could
     /// arrive, and small messages are worth more batched than staggered.
     pub stagger: usize,
+    /// Which peer takes a free turn: the nearest by round trip (as `d_near` ranks them; peers without
+    /// one last) when true, else turns go round in peer-id order. Near peers pass a message on within
+    /// their region while the far copies still wait, and a far peer that got it meanwhile answers with
+    /// IDONTWANT, which takes its copy back. Default true (BENCHMARKS.md, "Gossipsub").
+    pub stagger_nearest: bool,
     pub stagger_threshold: usize,
     pub stagger_hold: Duration,
     /// v1.4's large-message handling, advertised in the v1.3 extensions message: a copy of a message of
@@ -285,6 +290,7 @@ impl Default for Config {
             gossip_retransmission: 3,
             idontwant_threshold: 1024,
             stagger: 1,
+            stagger_nearest: true,
             stagger_threshold: 32 * 1024,
             stagger_hold: Duration::from_millis(100),
             large_messages: true,

@@ -460,6 +460,18 @@ impl Router {
         }
     }
 
+    /// `peer`'s round trip as last set (`set_rtt`).
+    pub fn rtt(&self, peer: &PeerId) -> Option<Duration> {
+        self.peers.get(peer).and_then(|p| p.rtt)
+    }
+
+    /// Whether a large message (see [`Config::stagger`]) waits in `peer`'s queue for a turn.
+    pub fn waits_large(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.queue.urgent.iter().any(|e| e.large && e.id.as_ref().is_some_and(|id| !p.queue.cancelled.contains(id))))
+    }
+
     /// `peer`'s signed peer record (an envelope, as identify carried it), offered with its id in our
     /// peer exchange. One longer than `limits.max_px_record_len` is not kept (a peer would drop it).
     pub fn set_record(&mut self, peer: &PeerId, record: Option<Vec<u8>>) {

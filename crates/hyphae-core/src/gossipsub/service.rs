@@ -15,7 +15,7 @@ use super::{wire, Acceptance, Config, MessageId, PeerKind, PROTOCOLS};
 use crate::identity::{Keypair, PeerId};
 use crate::service::{ConnId, ConnectionEvent, Cx, Event as NodeEvent, Service, StreamEvent};
 use crate::stream::{OpenError, Role, StreamId, Violation, ViolationKind};
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included, Unbounded};
@@ -136,6 +136,24 @@ impl GossipsubService {
             let taken = self.outbound.values().filter(|o| o.large_until.is_some_and(|t| t > now)).count();
             stagger.saturating_sub(taken)
         };
+        // Nearest first: free turns go to the nearest free peers a large message waits for.
+        if self.router.config().stagger_nearest && turns != usize::MAX {
+            while turns > 0 {
+                let router = &self.router;
+                let next = self
+                    .outbound
+                    .iter()
+                    .filter(|(p, o)| o.stream.is_some() && !o.busy && router.waits_large(p))
+                    .min_by_key(|(p, _)| router.rtt(p).unwrap_or(Duration::MAX))
+                    .map(|(p, _)| p.clone());
+                let Some(peer) = next else { break };
+                let o = self.outbound.get_mut(&peer).expect("listed");
+                Self::serve(&mut self.router, cx, &peer, o, &mut turns, now + hold);
+                if !o.busy {
+                    break; // nothing was written (no stream after all): do not pick it again
+                }
+            }
+        }
         // Peers after the last one served first, then the rest (two passes, no allocation).
         let after = self.last_large.take();
         let tail = match &after {
