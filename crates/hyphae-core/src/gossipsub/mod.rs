@@ -22,8 +22,9 @@
 //!
 //! Peer exchange: a PRUNE from a peer scoring at least `thresholds.accept_px` offers peers to connect to
 //! (`Router::take_px`); the service dials each at an address from its signed peer record (verified
-//! for that peer), or else from the peerstore. Our own PRUNEs offer each peer with the signed record
-//! its latest identify brought (`Router::set_record`), or its id alone when it sent none.
+//! for that peer), or else from the peerstore. Our own PRUNEs offer up to `prune_peers` other
+//! subscribers of non-negative score, chosen at random (go's rule), each with the signed record its
+//! latest identify brought (`Router::set_record`), or its id alone when it sent none.
 //!
 //! Not yet: direct peers, v1.4's fragments and the partial-messages extension (neither advertised).
 

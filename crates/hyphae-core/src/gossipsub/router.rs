@@ -565,7 +565,7 @@ impl Router {
             self.send_rpc(p, &Rpc { subscriptions: vec![SubOpt { subscribe: false, topic: topic.to_string() }], ..Rpc::default() });
         }
         for p in mesh {
-            self.prune(now, &p, topic, self.cfg.unsubscribe_backoff, false);
+            self.prune(now, &p, topic, self.cfg.unsubscribe_backoff, None);
         }
         self.flush_pending();
         true
@@ -665,7 +665,7 @@ impl Router {
         self.handle_idontwant(from, c.idontwant, false);
         self.handle_idontwant(from, c.imreceiving, true);
         for t in c.graft {
-            self.handle_graft(now, from, t);
+            self.handle_graft(rng, now, from, t);
         }
         for p in c.prune {
             self.handle_prune(now, from, p);
@@ -1004,12 +1004,12 @@ impl Router {
         *e = (*e).max(until);
     }
 
-    fn handle_graft(&mut self, now: Instant, from: &PeerId, topic: String) {
+    fn handle_graft(&mut self, rng: &mut Rng, now: Instant, from: &PeerId, topic: String) {
         self.stats.grafts_received += 1;
         let Some(kind) = self.peers.get(from).map(|p| p.kind) else { return };
         let Some(mesh) = self.mesh.get(&topic) else {
             // Not our topic: refuse without peer exchange (it would leak our peers).
-            self.prune(now, from, &topic, self.cfg.prune_backoff, false);
+            self.prune(now, from, &topic, self.cfg.prune_backoff, None);
             return;
         };
         if mesh.contains(from) || !kind.is_meshsub() {
@@ -1018,16 +1018,16 @@ impl Router {
         if self.in_backoff(now, &topic, from) {
             // Grafting during a backoff: refused, penalized, and the backoff restarts.
             self.penalize(from);
-            self.prune(now, from, &topic, self.cfg.prune_backoff, false);
+            self.prune(now, from, &topic, self.cfg.prune_backoff, None);
             return;
         }
         if self.peer_score(from, now) < 0.0 {
-            self.prune(now, from, &topic, self.cfg.prune_backoff, false);
+            self.prune(now, from, &topic, self.cfg.prune_backoff, None);
             return;
         }
         let outbound = self.peers.get(from).is_some_and(|p| p.outbound);
         if mesh.len() >= self.cfg.d_hi && !outbound {
-            self.prune(now, from, &topic, self.cfg.prune_backoff, true);
+            self.prune(now, from, &topic, self.cfg.prune_backoff, Some(rng));
             return;
         }
         self.mesh_insert(now, &topic, from);
@@ -1185,7 +1185,7 @@ impl Router {
             for p in mesh.iter().filter(|p| self.peer_score(p, now) < 0.0).cloned().collect::<Vec<_>>() {
                 mesh.remove(&p);
                 self.stats.pruned_for_score += 1;
-                self.prune(now, &p, t, self.cfg.prune_backoff, false);
+                self.prune(now, &p, t, self.cfg.prune_backoff, None);
             }
             // Too few: graft subscribers at random.
             if mesh.len() < self.cfg.d_lo {
@@ -1216,7 +1216,7 @@ impl Router {
                 keep.extend(others);
                 for p in mesh.difference(&keep).cloned().collect::<Vec<_>>() {
                     grafts.retain(|g| g != &p);
-                    self.prune(now, &p, t, self.cfg.prune_backoff, true);
+                    self.prune(now, &p, t, self.cfg.prune_backoff, Some(&mut *rng));
                 }
                 mesh = keep;
             }
@@ -1392,7 +1392,10 @@ impl Router {
 
     /// Queues a PRUNE (with our backoff, and peer exchange to v1.1 peers when `px`) and starts our own
     /// backoff for the peer.
-    fn prune(&mut self, now: Instant, peer: &PeerId, topic: &str, backoff: Duration, px: bool) {
+    /// Prunes `peer` from `topic`'s mesh with `backoff`. With `px`, the PRUNE offers up to `prune_peers`
+    /// other subscribers of non-negative score, chosen at random (as go does: an attacker cannot
+    /// predict whom a node will offer), each with its signed record when identify brought one.
+    fn prune(&mut self, now: Instant, peer: &PeerId, topic: &str, backoff: Duration, px: Option<&mut Rng>) {
         let Some(kind) = self.peers.get(peer).map(|p| p.kind) else { return };
         // A backoff is kept only for our own topics: GRAFTs for arbitrary topics must not grow a map.
         if let Some(s) = &mut self.score {
@@ -1405,19 +1408,16 @@ impl Router {
         let mut pr = Prune { topic: topic.to_string(), peers: Vec::new(), backoff: None };
         if kind.has_px() {
             pr.backoff = Some(backoff.as_secs());
-            if px {
-                let others: Vec<PxPeer> = self
+            if let Some(rng) = px {
+                let cands: Vec<PeerId> = self
                     .subscribers
                     .get(topic)
-                    .map(|s| {
-                        s.iter()
-                            .filter(|p| *p != peer)
-                            .take(self.cfg.prune_peers)
-                            .map(|p| PxPeer { id: p.to_bytes(), record: self.peers.get(p).and_then(|x| x.record.clone()) })
-                            .collect()
-                    })
+                    .map(|s| s.iter().filter(|p| *p != peer && self.peer_score(p, now) >= 0.0).cloned().collect())
                     .unwrap_or_default();
-                pr.peers = others;
+                pr.peers = choose(rng, cands, self.cfg.prune_peers)
+                    .into_iter()
+                    .map(|p| PxPeer { id: p.to_bytes(), record: self.peers.get(&p).and_then(|x| x.record.clone()) })
+                    .collect();
             }
         }
         self.pending.entry(peer.clone()).or_default().prune.push(pr);

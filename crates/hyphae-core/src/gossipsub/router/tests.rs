@@ -683,3 +683,42 @@ fn gossipsub_router_takes_peer_exchange_only_from_a_well_scored_peer() {
         }
     }
 }
+
+/// The peers a PRUNE offers are chosen at random among the topic's other subscribers of non-negative
+/// score (go's rule): not the pruned peer, not a peer scoring below 0, at most `prune_peers`, and not
+/// always the same ones (an attacker cannot predict or steer whom a node offers).
+#[test]
+fn gossipsub_router_offers_random_well_scored_peers_in_its_prunes() {
+    let cfg = Config { score: Some(crate::gossipsub::score::Params::default()), d_hi: 2, prune_peers: 3, ..Config::default() };
+    let n = 14;
+    let mut net = Net::new(n, cfg);
+    // Every peer dialed node 0: their GRAFTs are inbound, refused with PX once the mesh holds d_hi.
+    for k in 1..n {
+        net.link(k, 0, PeerKind::Meshsub11);
+    }
+    net.subscribe_all("t");
+    let shunned = net.ids[n - 1].clone();
+    net.routers[0].set_app_score(&shunned, -100.0);
+    let mut offered: BTreeSet<Vec<Vec<u8>>> = BTreeSet::new();
+    for k in 1..n - 1 {
+        let from = net.ids[k].clone();
+        let (r, rng, now) = (&mut net.routers[0], &mut net.rng, net.now);
+        let full = r.mesh_peers("t").len() >= 2;
+        r.handle_rpc(rng, now, &from, Rpc { control: Control { graft: vec!["t".into()], ..Control::default() }, ..Rpc::default() });
+        let prunes: Vec<Prune> = net.take(0, k).into_iter().flat_map(|rpc| rpc.control.prune).collect();
+        if !full {
+            assert!(prunes.is_empty(), "peer {k}: taken into a mesh below d_hi");
+            continue;
+        }
+        assert_eq!(prunes.len(), 1, "peer {k}: refused with one PRUNE");
+        let ids: Vec<Vec<u8>> = prunes[0].peers.iter().map(|p| p.id.clone()).collect();
+        assert_eq!(ids.len(), 3, "prune_peers");
+        assert!(!ids.contains(&from.to_bytes()) && !ids.contains(&shunned.to_bytes()), "neither the pruned nor a negative scorer");
+        let mut sorted = ids.clone();
+        sorted.sort();
+        offered.insert(sorted);
+    }
+    assert!(net.routers[0].stats().prunes_sent >= 9, "grafts past d_hi refused");
+    // In id order (the old rule) there would be at most 4 distinct sets; at random nearly every one differs.
+    assert!(offered.len() >= 6, "offers vary: {} distinct sets", offered.len());
+}
