@@ -1390,11 +1390,10 @@ impl Router {
 
     // ---------------- sending ----------------
 
-    /// Queues a PRUNE (with our backoff, and peer exchange to v1.1 peers when `px`) and starts our own
-    /// backoff for the peer.
-    /// Prunes `peer` from `topic`'s mesh with `backoff`. With `px`, the PRUNE offers up to `prune_peers`
-    /// other subscribers of non-negative score, chosen at random (as go does: an attacker cannot
-    /// predict whom a node will offer), each with its signed record when identify brought one.
+    /// Queues a PRUNE (with our backoff to v1.1 peers) and starts our own backoff for the peer. With
+    /// `px` (the randomness to choose with), the PRUNE offers up to `prune_peers` other subscribers of
+    /// non-negative score, chosen at random (as go does: an attacker cannot predict whom a node will
+    /// offer), each with its signed record when identify brought one.
     fn prune(&mut self, now: Instant, peer: &PeerId, topic: &str, backoff: Duration, px: Option<&mut Rng>) {
         let Some(kind) = self.peers.get(peer).map(|p| p.kind) else { return };
         // A backoff is kept only for our own topics: GRAFTs for arbitrary topics must not grow a map.
