@@ -91,9 +91,18 @@ async fn go_go_dials_hyphae_ping_identify() {
     assert_eq!(info.agent_version.as_deref(), Some("p2pd/0.1"));
     assert_eq!(h.connections()[0].direction, hyphae::Direction::Inbound);
     // go's identify carries its signed peer record (RFC 0002 envelope, RFC 0003 record): it verifies,
-    // and go's listen address is kept as certified.
-    let known = h.peer_info(&go.peer_id).expect("go in the peerstore");
-    assert!(known.certified_addrs.contains(&go.addrs[0].without_peer_id()), "certified {:?}, go at {:?}", known.certified_addrs, go.addrs);
+    // and go's listen address is kept as certified. go makes its record once its address manager has
+    // reported its addresses, which can come just after the first identify (it then pushes one): wait.
+    let want = go.addrs[0].without_peer_id();
+    let mut known = h.peer_info(&go.peer_id).expect("go in the peerstore");
+    for _ in 0..100 {
+        if known.certified_addrs.contains(&want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        known = h.peer_info(&go.peer_id).expect("go in the peerstore");
+    }
+    assert!(known.certified_addrs.contains(&want), "certified {:?}, go at {:?}", known.certified_addrs, go.addrs);
     assert_eq!(h.stats().records_invalid, 0);
     // go opens a ping stream to hyphae through its own stack; we drive the bytes over the control socket.
     let (mut s, proto) = go.stream_open(&h.peer_id(), &[ping::PROTOCOL_ID]).await.expect("go opens ping stream");
