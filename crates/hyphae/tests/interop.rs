@@ -94,15 +94,8 @@ async fn go_go_dials_hyphae_ping_identify() {
     // and go's listen address is kept as certified. go makes its record once its address manager has
     // reported its addresses, which can come just after the first identify (it then pushes one): wait.
     let want = go.addrs[0].without_peer_id();
-    let mut known = h.peer_info(&go.peer_id).expect("go in the peerstore");
-    for _ in 0..100 {
-        if known.certified_addrs.contains(&want) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        known = h.peer_info(&go.peer_id).expect("go in the peerstore");
-    }
-    assert!(known.certified_addrs.contains(&want), "certified {:?}, go at {:?}", known.certified_addrs, go.addrs);
+    let what = format!("go's listen address {want:?} certified");
+    eventually(&what, || async { h.peer_info(&go.peer_id).filter(|k| k.certified_addrs.contains(&want)) }).await;
     assert_eq!(h.stats().records_invalid, 0);
     // go opens a ping stream to hyphae through its own stack; we drive the bytes over the control socket.
     let (mut s, proto) = go.stream_open(&h.peer_id(), &[ping::PROTOCOL_ID]).await.expect("go opens ping stream");

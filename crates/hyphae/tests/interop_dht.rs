@@ -27,18 +27,6 @@ fn cid(seed: u8) -> Vec<u8> {
     k
 }
 
-/// Retries `f` until it returns Some (go adds peers to its table asynchronously, after its own
-/// FIND_NODE check).
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
-    for _ in 0..40 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{what}: never happened");
-}
-
 // ---------------- go-libp2p ----------------
 
 /// hyphae asks: two go nodes join through a hyphae node, go2 provides and puts a /pk record, the hyphae

@@ -52,6 +52,19 @@ pub fn peer_path(rel: &str) -> Option<PathBuf> {
     panic!("{} is missing: run ./test.sh (or bash interop/setup.sh) to install the interop peers", p.display());
 }
 
+/// Retries `f` every 250 ms, for 10 s, until it returns Some: for what a peer does asynchronously (go
+/// adds peers to its DHT table after its own FIND_NODE check; it makes its signed peer record once its
+/// address manager reports).
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    for _ in 0..40 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what}: never happened");
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
 }
