@@ -150,6 +150,8 @@ struct SendQueue {
     /// it back (lazily: it is skipped when its turn comes).
     messages: BTreeMap<MessageId, usize>,
     cancelled: BTreeSet<MessageId>,
+    /// Large entries in `urgent`, taken back or not: none is the common case, answered without a scan.
+    large: usize,
 }
 
 /// A frame in a peer's urgent queue.
@@ -467,9 +469,9 @@ impl Router {
 
     /// Whether a large message (see [`Config::stagger`]) waits in `peer`'s queue for a turn.
     pub fn waits_large(&self, peer: &PeerId) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.queue.urgent.iter().any(|e| e.large && e.id.as_ref().is_some_and(|id| !p.queue.cancelled.contains(id))))
+        self.peers.get(peer).is_some_and(|p| {
+            p.queue.large > 0 && p.queue.urgent.iter().any(|e| e.large && e.id.as_ref().is_some_and(|id| !p.queue.cancelled.contains(id)))
+        })
     }
 
     /// `peer`'s signed peer record (an envelope, as identify carried it), offered with its id in our
@@ -1463,6 +1465,7 @@ impl Router {
             b
         });
         let q = &mut p.queue;
+        q.large += usize::from(large);
         q.urgent.push_back(Queued { frame: f, id: Some(id.clone()), large, preamble });
     }
 
@@ -1543,6 +1546,7 @@ impl Router {
             let f = if let Some(e) = q.urgent.pop_front() {
                 if let Some(id) = &e.id {
                     if q.cancelled.remove(id) {
+                        q.large -= usize::from(e.large);
                         continue;
                     }
                     if e.large && (!large || !out.is_empty()) {
@@ -1561,6 +1565,7 @@ impl Router {
                 if e.large {
                     // Alone: nothing was taken before it (see above), nothing after it.
                     took_large = true;
+                    q.large -= 1;
                     out.extend_from_slice(&e.frame);
                     break;
                 }

@@ -711,12 +711,11 @@ fn gossipsub_router_offers_random_well_scored_peers_in_its_prunes() {
             continue;
         }
         assert_eq!(prunes.len(), 1, "peer {k}: refused with one PRUNE");
-        let ids: Vec<Vec<u8>> = prunes[0].peers.iter().map(|p| p.id.clone()).collect();
+        let mut ids: Vec<Vec<u8>> = prunes[0].peers.iter().map(|p| p.id.clone()).collect();
         assert_eq!(ids.len(), 3, "prune_peers");
         assert!(!ids.contains(&from.to_bytes()) && !ids.contains(&shunned.to_bytes()), "neither the pruned nor a negative scorer");
-        let mut sorted = ids.clone();
-        sorted.sort();
-        offered.insert(sorted);
+        ids.sort();
+        offered.insert(ids);
     }
     assert!(net.routers[0].stats().prunes_sent >= 9, "grafts past d_hi refused");
     // In id order (the old rule) there would be at most 4 distinct sets; at random nearly every one differs.
