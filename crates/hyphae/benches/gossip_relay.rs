@@ -3,10 +3,15 @@
 //! relay is a separate process: this binary run as `--relay` (a hyphae Host subscribed to the topic), or
 //! rust-libp2p's gossipsub 0.50 (`interop/rust-peer/target/release/rust-peer pubsub quiet`, release
 //! build: `scripts/bench-gossip.sh` builds both). Same publisher, subscribers and pacing for both.
-//! The whole setup shares this machine's cores (every receiver checks every signature), so besides the
-//! wall-clock rate the table gives the relay process's own CPU time per message (from /proc): the rate
-//! the relay would sustain with a core to itself.
-//! `cargo bench -p hyphae --bench gossip_relay [-- MESSAGES]` prints a table.
+//! Two modes, A B A B each: signed messages (the default policy; every receiver checks every signature,
+//! so the publisher and subscribers, sharing this machine's cores with the relay, set much of the pace)
+//! and unsigned ones identified by the sha256 of their data (Ethereum's policy: hyphae's
+//! `Signing::StrictNoSign` + `MessageIdFn::ContentSha256`, rust-libp2p's `Anonymous` with the same id
+//! function), where the relay's own work is most of the work. Besides the wall-clock rate the table
+//! gives the relay process's own CPU time per message (from /proc): the rate the relay would sustain
+//! with a core to itself.
+//! `cargo bench -p hyphae --bench gossip_relay [-- MESSAGES] [--signed|--unsigned]` prints a table
+//! (both modes unless one is named).
 
 use hyphae::{Host, HostConfig, Multiaddr, PeerId};
 use std::process::Stdio;
@@ -18,16 +23,20 @@ const TOPIC: &str = "relay-bench";
 const SUBSCRIBERS: usize = 4;
 const SIZE: usize = 1024;
 
-fn config() -> HostConfig {
+fn config(unsigned: bool) -> HostConfig {
     let mut c = HostConfig::ephemeral();
     // rust-libp2p's relay speaks 1 MiB RPCs here too (its default is 64 KiB; 1 KiB messages fit both).
     c.pubsub.max_queue_bytes = 64 << 20;
+    if unsigned {
+        c.pubsub.signing = hyphae::core::gossipsub::Signing::StrictNoSign;
+        c.pubsub.message_id = hyphae::core::gossipsub::MessageIdFn::ContentSha256;
+    }
     c
 }
 
-/// `--relay`: a hyphae node subscribed to the topic, printing its address, until stdin closes.
-async fn relay() {
-    let h = Host::new(config()).await.unwrap();
+/// `--relay [--unsigned]`: a hyphae node subscribed to the topic, printing its address, until stdin closes.
+async fn relay(unsigned: bool) {
+    let h = Host::new(config(unsigned)).await.unwrap();
     let a = h.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
     println!("{}", a[0]);
     let mut sub = h.pubsub().subscribe(TOPIC);
@@ -57,10 +66,13 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Starts a relay; its process and address (with /p2p/).
-async fn start(kind: &str) -> Option<(Child, Multiaddr)> {
+async fn start(kind: &str, unsigned: bool) -> Option<(Child, Multiaddr)> {
     let mut cmd = if kind == "hyphae" {
         let mut c = Command::new(std::env::current_exe().unwrap());
         c.arg("--relay");
+        if unsigned {
+            c.arg("--unsigned");
+        }
         c
     } else {
         let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/rust-peer/target/release/rust-peer");
@@ -70,6 +82,9 @@ async fn start(kind: &str) -> Option<(Child, Multiaddr)> {
         }
         let mut c = Command::new(bin);
         c.args(["pubsub", "quiet"]);
+        if unsigned {
+            c.arg("anonymous");
+        }
         c
     };
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true).spawn().unwrap();
@@ -89,15 +104,15 @@ async fn start(kind: &str) -> Option<(Child, Multiaddr)> {
     Some((child, addr))
 }
 
-async fn run(kind: &str, n: usize) -> Option<(f64, usize, f64)> {
-    let (child, addr) = start(kind).await?;
+async fn run(kind: &str, unsigned: bool, n: usize) -> Option<(f64, usize, f64)> {
+    let (child, addr) = start(kind, unsigned).await?;
     let relay: PeerId = addr.peer_id().unwrap();
-    let publisher = Host::new(config()).await.unwrap();
+    let publisher = Host::new(config(unsigned)).await.unwrap();
     publisher.connect(&addr).await.unwrap();
     let _ps = publisher.pubsub().subscribe(TOPIC);
     let mut subs = Vec::new();
     for _ in 0..SUBSCRIBERS {
-        let h = Host::new(config()).await.unwrap();
+        let h = Host::new(config(unsigned)).await.unwrap();
         h.connect(&addr).await.unwrap();
         // Counted at the router (`stats().delivered`): a subscription read by a task on this busy
         // 2-core process drops what it cannot take (counted in `dropped()`), which is not the relay's doing.
@@ -152,21 +167,30 @@ async fn run(kind: &str, n: usize) -> Option<(f64, usize, f64)> {
 
 #[tokio::main]
 async fn main() {
-    if std::env::args().any(|a| a == "--relay") {
-        return relay().await;
+    let arg = |a: &str| std::env::args().any(|x| x == a);
+    if arg("--relay") {
+        return relay(arg("--unsigned")).await;
     }
     let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    let modes: &[bool] = match (arg("--signed"), arg("--unsigned")) {
+        (true, false) => &[false],
+        (false, true) => &[true],
+        _ => &[false, true],
+    };
     println!("{n} messages of {SIZE} B, 1 publisher -> relay -> {SUBSCRIBERS} subscribers, loopback");
-    println!("| relay | seconds | delivered (of {}) | messages/s relayed out | relay CPU s | relay CPU µs per message in | messages in per relay CPU-second |", n * SUBSCRIBERS);
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for kind in ["hyphae", "rust-libp2p", "hyphae", "rust-libp2p"] {
-        if let Some((secs, got, cpu)) = run(kind, n).await {
-            println!(
-                "| {kind} | {secs:.2} | {got} | {:.0} | {cpu:.2} | {:.0} | {:.0} |",
-                got as f64 / secs,
-                cpu * 1e6 / n as f64,
-                n as f64 / cpu.max(1e-9)
-            );
+    println!("| relay | messages | seconds | delivered (of {}) | messages/s relayed out | relay CPU s | relay CPU µs per message in | messages in per relay CPU-second |", n * SUBSCRIBERS);
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for &unsigned in modes {
+        for kind in ["hyphae", "rust-libp2p", "hyphae", "rust-libp2p"] {
+            if let Some((secs, got, cpu)) = run(kind, unsigned, n).await {
+                println!(
+                    "| {kind} | {} | {secs:.2} | {got} | {:.0} | {cpu:.2} | {:.0} | {:.0} |",
+                    if unsigned { "unsigned" } else { "signed" },
+                    got as f64 / secs,
+                    cpu * 1e6 / n as f64,
+                    n as f64 / cpu.max(1e-9)
+                );
+            }
         }
     }
 }

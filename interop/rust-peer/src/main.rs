@@ -44,7 +44,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return autonat::run(&args[1..]).await;
     }
     if mode == "pubsub" {
-        return pubsub::run(args.get(1).map(String::as_str) == Some("quiet")).await;
+        let has = |w: &str| args[1..].iter().any(|a| a == w);
+        return pubsub::run(has("quiet"), has("anonymous")).await;
     }
     let security = if mode == "dial" { args.get(3) } else { args.get(1) }.cloned().unwrap_or_else(|| "noise".into());
     let behaviour = |key: &libp2p::identity::Keypair| Behaviour {

@@ -1,10 +1,13 @@
 //! `rust-peer pubsub`: a rust-libp2p gossipsub (0.50) peer driven by one command per stdin line, each
 //! answered with one JSON line (the same commands as interop/js/pubsub.mjs):
 //!   connect ADDR | subscribe TOPIC | publish TOPIC DATA_HEX | mesh TOPIC | peers
-//! `rust-peer pubsub quiet` prints nothing for received messages (a relay in a benchmark). Otherwise every
+//! `rust-peer pubsub [quiet] [anonymous]`: `quiet` prints nothing for received messages (a relay in a
+//! benchmark); `anonymous` publishes and accepts unsigned messages only, identified by the sha256 of their
+//! data (Ethereum's way; hyphae's `Signing::StrictNoSign` with `MessageIdFn::ContentSha256`). Otherwise every
 //! received message is printed as it comes, on its own line:
 //!   {"event":"message","topic":..,"from":..,"source":..,"data":"<hex>"}
 use futures::StreamExt;
+use sha2::Digest;
 use libp2p::{gossipsub, identify, noise, ping, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp, yamux, Multiaddr, PeerId};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
@@ -22,22 +25,25 @@ fn ids(v: impl Iterator<Item = PeerId>) -> String {
     v.map(|p| json_str(&p.to_string())).collect::<Vec<_>>().join(",")
 }
 
-pub async fn run(quiet: bool) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(quiet: bool, anonymous: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key| {
-            let cfg = gossipsub::ConfigBuilder::default()
-                .heartbeat_initial_delay(Duration::from_millis(100))
-                .heartbeat_interval(Duration::from_millis(500))
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .max_transmit_size(1 << 20)
-                .build()
-                .expect("gossipsub config");
+            let mut b = gossipsub::ConfigBuilder::default();
+            b.heartbeat_initial_delay(Duration::from_millis(100)).heartbeat_interval(Duration::from_millis(500)).max_transmit_size(1 << 20);
+            if anonymous {
+                b.validation_mode(gossipsub::ValidationMode::Anonymous)
+                    .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(sha2::Sha256::digest(&m.data).to_vec()));
+            } else {
+                b.validation_mode(gossipsub::ValidationMode::Strict);
+            }
+            let cfg = b.build().expect("gossipsub config");
+            let auth = if anonymous { gossipsub::MessageAuthenticity::Anonymous } else { gossipsub::MessageAuthenticity::Signed(key.clone()) };
             Behaviour {
                 ping: ping::Behaviour::new(ping::Config::new()),
                 identify: identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version("rust-libp2p-interop/0.57".into())),
-                gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), cfg).expect("gossipsub"),
+                gossipsub: gossipsub::Behaviour::new(auth, cfg).expect("gossipsub"),
             }
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))

@@ -248,6 +248,28 @@ fn gossipsub_router_rejects_badly_signed_and_unsigned_messages() {
 }
 
 #[test]
+fn gossipsub_router_checks_every_signature_against_an_authors_key_decoded_once() {
+    let mut net = Net::new(3, Config::default());
+    net.link(0, 1, PeerKind::Meshsub11);
+    net.link(2, 1, PeerKind::Meshsub11);
+    net.subscribe_all("t");
+    net.heartbeats(2);
+    let (a, c) = (net.ids[0].clone(), net.ids[2].clone());
+    net.routers[0].publish(&mut rng::from_seed([1; 32]), net.now, "t", b"one".to_vec()).unwrap();
+    net.settle();
+    assert_eq!(net.routers[1].author_keys.len(), 1);
+    // The key is kept, and still every signature is checked: a forgery in a's name (relayed by c) is refused.
+    let (r, rng, now) = (&mut net.routers[1], &mut net.rng, net.now);
+    r.handle_rpc(rng, now, &c, Rpc { publish: vec![forged(&a, "t", 9)], ..Rpc::default() });
+    assert_eq!(r.stats().invalid_messages, 1);
+    net.routers[0].publish(&mut rng::from_seed([2; 32]), net.now, "t", b"two".to_vec()).unwrap();
+    net.settle();
+    let got: Vec<Vec<u8>> = net.messages(1).iter().map(|m| m.data().to_vec()).collect();
+    assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+    assert_eq!((net.routers[1].author_keys.len(), net.routers[1].stats().invalid_messages), (1, 1));
+}
+
+#[test]
 fn gossipsub_router_caps_a_remote_prune_backoff_and_refuses_grafts_during_it() {
     let mut net = Net::new(2, Config::default());
     net.link(0, 1, PeerKind::Meshsub11);
