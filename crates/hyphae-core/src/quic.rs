@@ -587,16 +587,29 @@ impl Endpoint {
 
     /// A datagram from `from`. Call [`Endpoint::flush`] after a batch of them.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.handle_datagrams(now, from, data, data.len());
+    }
+
+    /// Datagrams from `from` of `stride` bytes each, back to back (the last may be shorter): what one
+    /// receive with GRO returns. Copied once into one buffer that the datagrams share (quinn keeps
+    /// stream data as views into it until read), rather than once per datagram. Call
+    /// [`Endpoint::flush`] after a batch of them.
+    pub fn handle_datagrams(&mut self, now: Instant, from: SocketAddr, data: &[u8], stride: usize) {
         let now = self.clock(now);
         let scope = tls::RngScope::enter(&mut self.tls_rng);
-        self.handle_datagram_inner(now, from, data);
+        let mut all = bytes::BytesMut::from(data);
+        let stride = stride.max(1);
+        while !all.is_empty() {
+            let d = all.split_to(stride.min(all.len()));
+            self.handle_datagram_inner(now, from, d);
+        }
         scope.exit(&mut self.tls_rng);
     }
 
-    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, data: bytes::BytesMut) {
         let t = self.std_now(now);
         let mut buf = Vec::new();
-        let ev = self.ep.handle(t, from, None, None, bytes::BytesMut::from(data), &mut buf);
+        let ev = self.ep.handle(t, from, None, None, data, &mut buf);
         match ev {
             Some(DatagramEvent::ConnectionEvent(h, ce)) => {
                 // Not driven here: a batch of datagrams is handled first, then `flush` runs each
@@ -1323,13 +1336,12 @@ mod tests {
         (Endpoint::new(cfg).unwrap(), id)
     }
 
-    /// Hands every datagram `from` has queued (GSO batches split) to `to`, as sent from `from_addr`.
+    /// Hands every datagram `from` has queued to `to`, as sent from `from_addr`: a GSO batch arrives
+    /// whole, as GRO hands it over (`handle_datagrams`).
     fn deliver(from: &mut Endpoint, to: &mut Endpoint, from_addr: SocketAddr, to_addr: SocketAddr, now: Instant) {
         while let Some(t) = from.poll_transmit() {
             assert_eq!(t.to, to_addr);
-            for d in t.data.chunks(t.segment_size.unwrap_or(usize::MAX)) {
-                to.handle_datagram(now, from_addr, d);
-            }
+            to.handle_datagrams(now, from_addr, &t.data, t.segment_size.unwrap_or(t.data.len()));
         }
     }
 

@@ -276,10 +276,7 @@ async fn recv_loop(shared: Arc<QuicShared>) {
             let got: usize = meta.iter().take(n).map(|m| m.len).sum();
             inner.live().udp_in.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
             for (i, m) in meta.iter().take(n).enumerate() {
-                let buf = &storage[i * slot..i * slot + m.len];
-                for d in buf.chunks(m.stride.max(1)) {
-                    st.ep.handle_datagram(now, m.addr, d);
-                }
+                st.ep.handle_datagrams(now, m.addr, &storage[i * slot..i * slot + m.len], m.stride);
             }
             st.ep.flush(now);
             shared.dispatch(&mut st, &inner)
