@@ -46,20 +46,48 @@ pub(crate) struct QuicShared {
 
 /// Socket buffers asked for (as quic-go asks for 7 MiB): the default (~200 KiB) overflows at a few
 /// hundred Mbit/s when the receiving task falls behind a burst, and every overflow is a loss QUIC's
-/// congestion control backs off from. The kernel caps the request at `net.core.rmem_max`/`wmem_max`.
+/// congestion control backs off from. The kernel caps the request at `net.core.rmem_max`/`wmem_max`;
+/// a process with CAP_NET_ADMIN gets the full size past that cap (SO_RCVBUFFORCE/SO_SNDBUFFORCE, as
+/// quic-go does). On the 60 ms path at ~4 Gbit/s a 4 MiB cap (`rmem_max` there) dropped ~3% of the
+/// datagrams at the receiver (BENCHMARKS.md, the long path).
 const UDP_BUFFER: usize = 8 << 20;
 
 fn bind_udp(sa: SocketAddr) -> io::Result<UdpSocket> {
     let s = crate::handle::new_socket(sa, socket2::Type::DGRAM, socket2::Protocol::UDP)?;
     let _ = s.set_recv_buffer_size(UDP_BUFFER);
     let _ = s.set_send_buffer_size(UDP_BUFFER);
+    // The kernel reports twice what it granted (its bookkeeping overhead): below 2× is capped.
+    if s.recv_buffer_size().unwrap_or(0) < 2 * UDP_BUFFER {
+        force_buffer(&s, true);
+    }
+    if s.send_buffer_size().unwrap_or(0) < 2 * UDP_BUFFER {
+        force_buffer(&s, false);
+    }
     let (rcv, snd) = (s.recv_buffer_size().unwrap_or(0), s.send_buffer_size().unwrap_or(0));
-    if rcv < UDP_BUFFER {
+    if rcv < 2 * UDP_BUFFER {
         tracing::debug!(rcv, snd, wanted = UDP_BUFFER, "quic socket buffers capped by net.core.rmem_max / wmem_max");
     }
     s.bind(&sa.into())?;
     UdpSocket::from_std(s.into())
 }
+
+/// Asks for [`UDP_BUFFER`] past the sysctl cap; without CAP_NET_ADMIN the kernel refuses (EPERM) and
+/// the capped size stays.
+#[cfg(target_os = "linux")]
+fn force_buffer(s: &socket2::Socket, recv: bool) {
+    use rustix::net::sockopt;
+    let r = if recv {
+        sockopt::set_socket_recv_buffer_size_force(s, UDP_BUFFER)
+    } else {
+        sockopt::set_socket_send_buffer_size_force(s, UDP_BUFFER)
+    };
+    if let Err(e) = r {
+        tracing::trace!(recv, error = %e, "quic socket buffer not forced");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn force_buffer(_: &socket2::Socket, _: bool) {}
 
 impl QuicShared {
     fn now(&self) -> Instant {
