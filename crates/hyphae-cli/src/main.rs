@@ -54,7 +54,9 @@ enum Cmd {
     /// A terminal chat on a gossipsub topic: prints each message received as "<sender peer ID>: <text>"
     /// on stdout, publishes each line typed on stdin. Listens as node does (addresses go to stderr).
     Pubsub {
+        /// The topic to chat on (go's and rust's topic strings: the same name joins the same topic).
         topic: String,
+        /// Dial this peer at start (repeatable; needs /p2p/<id>).
         #[arg(long, value_name = "MULTIADDR", value_parser = peer_addr)]
         connect: Vec<Multiaddr>,
         #[command(flatten)]
