@@ -55,6 +55,8 @@
 //! nearest by round trip, the default, or round-robin in peer-id order);
 //! `near=N` makes up to N of a mesh's places the nearest peers by ping's round trip
 //! (`gossipsub::Config::d_near`, default 4; 0: off, the spec's random mesh; needs `ping=`);
+//! `first_hop=BYTES|off` floods messages of at most BYTES on from their publisher's first hop
+//! (`gossipsub::Config::flood_first_hop`, default 16 KiB);
 //! `scoring=off|on|strict` sets peer scoring (strict: mesh delivery expectations too); `adversary` marks
 //! a group of attackers (left out of delivery metrics and publishing). `pubsub attack SELECTOR
 //! drop|spam=N|flood|honest` makes nodes attack from then on (drop: forward nothing; spam: N invalid
@@ -208,6 +210,8 @@ pub struct Group {
     pub stagger_nearest: Option<bool>,
     /// Gossipsub's `Config::d_near` (default: the config's).
     pub near: Option<usize>,
+    /// Gossipsub's `Config::flood_first_hop` (default: the config's; 0: off).
+    pub first_hop: Option<usize>,
     /// Gossipsub's `Config::large_messages`: PREAMBLE and IMRECEIVING (default: the config's).
     pub preamble: Option<bool>,
 }
@@ -518,6 +522,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                 let mut uplink_queue = 64 * 1024;
                 let mut stagger = None;
                 let mut near = None;
+                let mut first_hop = None;
                 let mut preamble = None;
                 let mut stagger_nearest = None;
                 for r in rest {
@@ -572,6 +577,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         }
                         Some(("stagger", v)) => stagger = Some(v.parse().map_err(|_| err(format!("{v:?}: stagger=N (0: off)")))?),
                         Some(("near", v)) => near = Some(v.parse().map_err(|_| err(format!("{v:?}: near=N (0: off)")))?),
+                        Some(("first_hop", "off")) => first_hop = Some(0),
+                        Some(("first_hop", v)) => first_hop = Some(v.parse().map_err(|_| err(format!("{v:?}: first_hop=BYTES|off")))?),
                         Some(("stagger_order", "nearest")) => stagger_nearest = Some(true),
                         Some(("stagger_order", "rr")) => stagger_nearest = Some(false),
                         Some(("preamble", "on")) => preamble = Some(true),
@@ -594,7 +601,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                         Some(("per_peer", v)) => per_peer = Some(v.parse().map_err(|_| err(format!("{v:?}: not a number")))?),
                         _ => {
                             return Err(err(format!(
-                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, stagger_order=nearest|rr, near=N, preamble=on|off, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, proximity=on|off, subnet=own|shared, eclipse)"
+                                "unknown node setting {r:?} (ping=DURATION, transport=tcp|quic, per_peer=N, dht=MODE, disjoint=N, undialable, idle=DURATION, autonat, pubsub, idontwant=BYTES|off, validation=DURATION, uplink=BANDWIDTH, uplink_queue=BYTES, stagger=N, stagger_order=nearest|rr, near=N, first_hop=BYTES|off, preamble=on|off, scoring=off|on|strict, adversary, diversity=off|table|lookup, density=on|off, provide=optimistic|classic, proximity=on|off, subnet=own|shared, eclipse)"
                             )))
                         }
                     }
@@ -627,6 +634,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     uplink_queue,
                     stagger,
                     near,
+                    first_hop,
                     preamble,
                     stagger_nearest,
                 });
@@ -751,8 +759,9 @@ mod tests {
         let u = parse("nodes a 3 pubsub uplink=100mbit uplink_queue=16384 stagger=0\nnodes b 2\nrun 1s\n").unwrap();
         assert_eq!((u.groups[0].uplink_bps, u.groups[0].uplink_queue, u.groups[0].stagger), (100_000_000, 16384, Some(0)));
         assert_eq!((u.groups[1].uplink_bps, u.groups[1].stagger), (0, None));
-        let n = parse("nodes a 3 pubsub near=0 stagger_order=rr\nnodes b 2 pubsub\nrun 1s\n").unwrap();
+        let n = parse("nodes a 3 pubsub near=0 stagger_order=rr first_hop=off\nnodes b 2 pubsub first_hop=2048\nrun 1s\n").unwrap();
         assert_eq!((n.groups[0].near, n.groups[1].near), (Some(0), None));
+        assert_eq!((n.groups[0].first_hop, n.groups[1].first_hop), (Some(0), Some(2048)));
         assert_eq!((n.groups[0].stagger_nearest, n.groups[1].stagger_nearest), (Some(false), None));
         assert!(parse("nodes a 3 uplink_queue=0\nrun 1s").unwrap_err().contains("uplink_queue"));
         assert_eq!(s.seed, 7);

@@ -190,6 +190,7 @@ struct SimNode {
     uplink_free: Instant,
     stagger: Option<usize>,
     near: Option<usize>,
+    first_hop: Option<usize>,
     preamble: Option<bool>,
     stagger_nearest: Option<bool>,
     /// Draws for what this node sends (jitter, loss, reordering).
@@ -827,6 +828,7 @@ impl Sim {
                     uplink_queue: g.uplink_queue,
                     stagger: g.stagger,
                     near: g.near,
+                    first_hop: g.first_hop,
                     preamble: g.preamble,
                     stagger_nearest: g.stagger_nearest,
                     uplink_free: Instant::ZERO,
@@ -1054,6 +1056,7 @@ impl Sim {
                 first_seqno: (u64::from(n.gen) << 40) | 1,
                 score,
                 adversary: n.attack,
+                flood_first_hop: n.first_hop.unwrap_or(hyphae_core::gossipsub::Config::default().flood_first_hop),
                 ..hyphae_core::gossipsub::Config::default()
             };
             bn.add_service(self.now, Box::new(hyphae_core::gossipsub::service::GossipsubService::new(pc, &n.key, self.now)));

@@ -179,6 +179,15 @@ pub struct Config {
     pub prune_peers: usize,
     /// Publish to every subscribed peer, not just the mesh (v1.1). Default on.
     pub flood_publish: bool,
+    /// A message of at most this many bytes of data that arrives straight from its author (the first
+    /// hop of a flood publish) is forwarded to every subscribed peer scoring at least
+    /// `thresholds.publish`, not just the mesh: the publisher's flood reaches two hops. A receiver
+    /// two connections from the publisher then gets it over two hops rather than over whatever the
+    /// meshes offer (1,000 nodes in three regions: per-delivery stretch p99 1.75 → 1.43, for 2.4% more
+    /// copies sent). Large messages (blocks) keep to the mesh: each extra copy costs the first hop's
+    /// uplink. Default 16 KiB; 0: off. hyphae's own rule, not the spec's (which forwards to the mesh
+    /// only); every receiver takes a message from any peer, so other stacks need nothing for it.
+    pub flood_first_hop: usize,
     /// IHAVE messages taken from one peer per heartbeat, and ids asked for from one peer per heartbeat.
     /// Defaults 10 and 5,000.
     pub max_ihave_messages: usize,
@@ -286,6 +295,7 @@ impl Default for Config {
             max_prune_backoff: Duration::from_secs(3600),
             prune_peers: 16,
             flood_publish: true,
+            flood_first_hop: 16 * 1024,
             max_ihave_messages: 10,
             max_ihave_length: 5000,
             gossip_retransmission: 3,

@@ -878,18 +878,31 @@ impl Router {
             self.stats.delivered += 1;
             self.events.push_back(Event::Message { id: id.clone(), source: source.clone(), author: author.clone(), message: msg.clone() });
         }
-        self.forward(&id, &msg, source, author.as_ref(), have);
+        self.forward(now, &id, &msg, source, author.as_ref(), have);
     }
 
     /// Sends a message on to the topic's mesh and its floodsub subscribers, except to its source, its
     /// author and peers that said IDONTWANT.
-    fn forward(&mut self, id: &MessageId, msg: &Arc<Message>, source: &PeerId, author: Option<&PeerId>, have: &BTreeSet<PeerId>) {
+    fn forward(
+        &mut self,
+        now: Instant,
+        id: &MessageId,
+        msg: &Arc<Message>,
+        source: &PeerId,
+        author: Option<&PeerId>,
+        have: &BTreeSet<PeerId>,
+    ) {
         if self.cfg.adversary != Adversary::Honest {
             return;
         }
         let mut to: BTreeSet<PeerId> = self.mesh.get(&msg.topic).cloned().unwrap_or_default();
         if let Some(subs) = self.subscribers.get(&msg.topic) {
-            to.extend(subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned());
+            if author == Some(source) && msg.data().len() <= self.cfg.flood_first_hop {
+                let t = self.cfg.thresholds.publish;
+                to.extend(subs.iter().filter(|p| self.peer_score(p, now) >= t).cloned());
+            } else {
+                to.extend(subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned());
+            }
         }
         for p in to {
             if &p == source || Some(&p) == author {

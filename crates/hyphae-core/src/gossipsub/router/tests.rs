@@ -270,6 +270,41 @@ fn gossipsub_router_checks_every_signature_against_an_authors_key_decoded_once()
 }
 
 #[test]
+fn gossipsub_router_floods_a_message_on_from_its_publishers_first_hop_only() {
+    // A star: hub 1 with leaves 2..=15 (more than Dhi, so its mesh holds only some); publisher 0 hangs
+    // off the hub, publisher 16 off leaf 2. The leaves hear only from the hub, at once (no heartbeat).
+    let run = |cfg: Config| {
+        let mut net = Net::new(17, cfg);
+        for leaf in 2..=15 {
+            net.link(1, leaf, PeerKind::Meshsub12);
+        }
+        net.link(0, 1, PeerKind::Meshsub12);
+        net.link(16, 2, PeerKind::Meshsub12);
+        net.subscribe_all("t");
+        net.heartbeats(2);
+        let hub_mesh = net.routers[1].mesh_peers("t").len();
+        assert!(hub_mesh <= 12, "{hub_mesh}");
+        let leaves = |net: &Net, b: u8| (3..=15).filter(|&i| net.messages(i).iter().any(|m| m.data()[0] == b)).count();
+        // From the publisher straight to the hub: the hub is its first hop.
+        net.routers[0].publish(&mut rng::from_seed([1; 32]), net.now, "t", vec![7; 100]).unwrap();
+        net.settle();
+        let first = leaves(&net, 7);
+        // From leaf 2, which is 16's first hop, to the hub: the hub is a second hop.
+        net.routers[16].publish(&mut rng::from_seed([2; 32]), net.now, "t", vec![8; 100]).unwrap();
+        net.settle();
+        (first, leaves(&net, 8), hub_mesh)
+    };
+    let (first, relayed, mesh) = run(Config::default());
+    assert_eq!(first, 13, "the first hop floods every subscriber (hub mesh {mesh})");
+    assert!(relayed < 13, "a second hop forwards to its mesh only: {relayed} (hub mesh {mesh})");
+    let off = run(Config { flood_first_hop: 0, ..Config::default() });
+    assert!(off.0 < 13, "without it, only the hub's mesh: {off:?}");
+    // Past the size limit, and for a relayed message, the mesh alone.
+    let big = run(Config { flood_first_hop: 50, ..Config::default() });
+    assert!(big.0 < 13, "{big:?}");
+}
+
+#[test]
 fn gossipsub_router_caps_a_remote_prune_backoff_and_refuses_grafts_during_it() {
     let mut net = Net::new(2, Config::default());
     net.link(0, 1, PeerKind::Meshsub11);
