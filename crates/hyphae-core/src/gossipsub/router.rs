@@ -881,8 +881,9 @@ impl Router {
         self.forward(now, &id, &msg, source, author.as_ref(), have);
     }
 
-    /// Sends a message on to the topic's mesh and its floodsub subscribers, except to its source, its
-    /// author and peers that said IDONTWANT.
+    /// Sends a message on to the topic's mesh and its floodsub subscribers (to every subscriber above
+    /// the publish threshold when we are its first hop: `Config::flood_first_hop`), except to its
+    /// source, its author and peers that said IDONTWANT.
     fn forward(
         &mut self,
         now: Instant,
