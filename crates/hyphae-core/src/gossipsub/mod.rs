@@ -188,6 +188,9 @@ pub struct Config {
     /// uplink. Default 16 KiB; 0: off. hyphae's own rule, not the spec's (which forwards to the mesh
     /// only); every receiver takes a message from any peer, so other stacks need nothing for it.
     pub flood_first_hop: usize,
+    /// At most this many peers beyond the mesh (and floodsub peers) get such a message from us, the
+    /// nearest by round trip first (beyond: counted in `Stats::first_hop_capped`). Default 12 (Dhi).
+    pub flood_first_hop_peers: usize,
     /// IHAVE messages taken from one peer per heartbeat, and ids asked for from one peer per heartbeat.
     /// Defaults 10 and 5,000.
     pub max_ihave_messages: usize,
@@ -296,6 +299,7 @@ impl Default for Config {
             prune_peers: 16,
             flood_publish: true,
             flood_first_hop: 16 * 1024,
+            flood_first_hop_peers: 12,
             max_ihave_messages: 10,
             max_ihave_length: 5000,
             gossip_retransmission: 3,

@@ -51,6 +51,9 @@ pub struct Stats {
     pub idontwant_cancelled: u64,
     /// Forwards left out because the peer sent us the message while it was being validated.
     pub duplicates_spared: u64,
+    /// Messages we were the first hop of whose flood (`Config::flood_first_hop`) stopped at
+    /// `Config::flood_first_hop_peers` peers beyond the mesh.
+    pub first_hop_capped: u64,
     pub idontwant_ignored: u64,
     pub ihave_sent: u64,
     pub ihave_ignored: u64,
@@ -898,11 +901,21 @@ impl Router {
         }
         let mut to: BTreeSet<PeerId> = self.mesh.get(&msg.topic).cloned().unwrap_or_default();
         if let Some(subs) = self.subscribers.get(&msg.topic) {
+            to.extend(subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned());
             if author == Some(source) && msg.data().len() <= self.cfg.flood_first_hop {
+                // The publisher's first hop: on to other subscribers too, the nearest first, at most
+                // `flood_first_hop_peers` (a node with a thousand peers must not send a thousand copies).
                 let t = self.cfg.thresholds.publish;
-                to.extend(subs.iter().filter(|p| self.peer_score(p, now) >= t).cloned());
-            } else {
-                to.extend(subs.iter().filter(|p| self.peers.get(*p).is_some_and(|x| x.kind == PeerKind::Floodsub)).cloned());
+                let extra: Vec<PeerId> =
+                    subs.iter().filter(|p| !to.contains(*p) && *p != source && self.peer_score(p, now) >= t).cloned().collect();
+                if extra.len() > self.cfg.flood_first_hop_peers {
+                    self.stats.first_hop_capped += 1;
+                    let near = self.by_rtt(&extra);
+                    let unmeasured = extra.iter().filter(|p| !near.contains(p)).cloned();
+                    to.extend(near.iter().cloned().chain(unmeasured).take(self.cfg.flood_first_hop_peers));
+                } else {
+                    to.extend(extra);
+                }
             }
         }
         for p in to {

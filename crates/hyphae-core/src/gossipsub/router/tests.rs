@@ -292,9 +292,10 @@ fn gossipsub_router_floods_a_message_on_from_its_publishers_first_hop_only() {
         // From leaf 2, which is 16's first hop, to the hub: the hub is a second hop.
         net.routers[16].publish(&mut rng::from_seed([2; 32]), net.now, "t", vec![8; 100]).unwrap();
         net.settle();
-        (first, leaves(&net, 8), hub_mesh)
+        (first, leaves(&net, 8), hub_mesh, net.routers[1].stats().first_hop_capped)
     };
-    let (first, relayed, mesh) = run(Config::default());
+    let (first, relayed, mesh, capped) = run(Config::default());
+    assert_eq!(capped, 0, "13 leaves minus the mesh fit under the cap of 12");
     assert_eq!(first, 13, "the first hop floods every subscriber (hub mesh {mesh})");
     assert!(relayed < 13, "a second hop forwards to its mesh only: {relayed} (hub mesh {mesh})");
     let off = run(Config { flood_first_hop: 0, ..Config::default() });
@@ -302,6 +303,10 @@ fn gossipsub_router_floods_a_message_on_from_its_publishers_first_hop_only() {
     // Past the size limit, and for a relayed message, the mesh alone.
     let big = run(Config { flood_first_hop: 50, ..Config::default() });
     assert!(big.0 < 13, "{big:?}");
+    // A cap on the peers beyond the mesh: the hub floods to its mesh and 2 more, and counts it.
+    let capped = run(Config { flood_first_hop_peers: 2, ..Config::default() });
+    assert_eq!(capped.3, 1, "{capped:?}");
+    assert!(capped.0 <= capped.2 + 2 && capped.0 < 13, "{capped:?}");
 }
 
 #[test]
