@@ -722,20 +722,22 @@ impl Endpoint {
     /// Removes connection `h` and its entries in `timers` and `dirty`.
     fn forget(&mut self, h: ConnectionHandle) {
         if let Some(c) = self.conns.remove(&h) {
-            let s = c.conn.stats();
-            tracing::debug!(
-                remote = %c.remote,
-                udp_tx = s.udp_tx.datagrams,
-                udp_tx_bytes = s.udp_tx.bytes,
-                udp_rx = s.udp_rx.datagrams,
-                packets_sent = s.path.sent_packets,
-                packets_lost = s.path.lost_packets,
-                bytes_lost = s.path.lost_bytes,
-                congestion_events = s.path.congestion_events,
-                rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
-                cwnd = s.path.cwnd,
-                "quic connection gone"
-            );
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let s = c.conn.stats();
+                tracing::debug!(
+                    remote = %c.remote,
+                    udp_tx = s.udp_tx.datagrams,
+                    udp_tx_bytes = s.udp_tx.bytes,
+                    udp_rx = s.udp_rx.datagrams,
+                    packets_sent = s.path.sent_packets,
+                    packets_lost = s.path.lost_packets,
+                    bytes_lost = s.path.lost_bytes,
+                    congestion_events = s.path.congestion_events,
+                    rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
+                    cwnd = s.path.cwnd,
+                    "quic connection gone"
+                );
+            }
             if let Some(t) = c.timer {
                 self.timers.remove(&(t, h));
             }

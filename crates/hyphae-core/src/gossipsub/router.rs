@@ -884,9 +884,9 @@ impl Router {
         self.forward(now, &id, &msg, source, author.as_ref(), have);
     }
 
-    /// Sends a message on to the topic's mesh and its floodsub subscribers (to every subscriber above
-    /// the publish threshold when we are its first hop: `Config::flood_first_hop`), except to its
-    /// source, its author and peers that said IDONTWANT.
+    /// Sends a message on to the topic's mesh and its floodsub subscribers (and, when we are its first
+    /// hop, up to `Config::flood_first_hop_peers` more subscribers: `Config::flood_first_hop`), except
+    /// to its source, its author and peers that said IDONTWANT.
     fn forward(
         &mut self,
         now: Instant,
@@ -906,16 +906,15 @@ impl Router {
                 // The publisher's first hop: on to other subscribers too, the nearest first, at most
                 // `flood_first_hop_peers` (a node with a thousand peers must not send a thousand copies).
                 let t = self.cfg.thresholds.publish;
-                let extra: Vec<PeerId> =
+                let mut extra: Vec<PeerId> =
                     subs.iter().filter(|p| !to.contains(*p) && *p != source && self.peer_score(p, now) >= t).cloned().collect();
                 if extra.len() > self.cfg.flood_first_hop_peers {
                     self.stats.first_hop_capped += 1;
-                    let near = self.by_rtt(&extra);
-                    let unmeasured = extra.iter().filter(|p| !near.contains(p)).cloned();
-                    to.extend(near.iter().cloned().chain(unmeasured).take(self.cfg.flood_first_hop_peers));
-                } else {
-                    to.extend(extra);
+                    // Measured round trips first, nearest first; the rest after, in peer-id order (stable).
+                    extra.sort_by_key(|p| self.rtt(p).map_or((1, Duration::ZERO), |r| (0, r)));
+                    extra.truncate(self.cfg.flood_first_hop_peers);
                 }
+                to.extend(extra);
             }
         }
         for p in to {
