@@ -25,6 +25,7 @@ pub mod rcmgr;
 pub mod record;
 pub mod rng;
 pub mod service;
+pub mod slab;
 pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -283,6 +283,9 @@ async fn recv_loop(shared: Arc<QuicShared>) {
     const BATCH: usize = 32;
     let slot = 64 * 1024;
     let mut storage = vec![0u8; slot * BATCH];
+    // Each batch goes to the endpoint in recycled memory (`slab::SlabPool`): 16 slabs of 128 KiB cover
+    // what one pass of this loop holds until the application reads it.
+    let mut pool = hyphae_core::slab::SlabPool::new(128 * 1024, 16);
     loop {
         let mut meta = [quinn_udp::RecvMeta::default(); BATCH];
         let r = {
@@ -304,7 +307,8 @@ async fn recv_loop(shared: Arc<QuicShared>) {
             let got: usize = meta.iter().take(n).map(|m| m.len).sum();
             inner.live().udp_in.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
             for (i, m) in meta.iter().take(n).enumerate() {
-                st.ep.handle_datagrams(now, m.addr, &storage[i * slot..i * slot + m.len], m.stride);
+                let batch = pool.copy(&storage[i * slot..i * slot + m.len]);
+                st.ep.handle_batch(now, m.addr, batch, m.stride);
             }
             st.ep.flush(now);
             shared.dispatch(&mut st, &inner)
