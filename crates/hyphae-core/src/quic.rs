@@ -41,6 +41,14 @@ pub const SPARE_BUFFERS: usize = 8;
 pub const BULK_WRITE: usize = 8 * 1024;
 /// Pieces a bulk write is copied in: a write the send window cuts short wastes at most one.
 const BULK_WRITE_PIECE: usize = 64 * 1024;
+/// What a stream write hands quinn.
+enum Source<'a> {
+    /// Copied: small writes into quinn's own buffer, bulk ones into the send pool.
+    Borrowed(&'a [u8]),
+    /// Referenced where it lies until acknowledged.
+    Static(&'static [u8]),
+}
+
 /// The send pool's slab size; it keeps up to `connection_window / SEND_SLAB` of them.
 const SEND_SLAB: usize = 256 * 1024;
 /// The send pool is emptied when no bulk write came for this long (at the endpoint's next flush).
@@ -1253,6 +1261,16 @@ impl Endpoint {
     }
 
     pub fn stream_write(&mut self, now: Instant, conn: QuicConnId, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        self.write_source(now, conn, id, Source::Borrowed(data))
+    }
+
+    /// As [`Endpoint::stream_write`], for bytes that live as long as the program: quinn keeps a view of
+    /// them until they are acknowledged, with no copy at all (perf's constant block).
+    pub fn stream_write_static(&mut self, now: Instant, conn: QuicConnId, id: StreamId, data: &'static [u8]) -> Result<usize, StreamError> {
+        self.write_source(now, conn, id, Source::Static(data))
+    }
+
+    fn write_source(&mut self, now: Instant, conn: QuicConnId, id: StreamId, src: Source<'_>) -> Result<usize, StreamError> {
         let now = self.clock(now);
         let c = self.conns.get_mut(&ConnectionHandle(conn.0)).ok_or(StreamError::Reset)?;
         match c.streams.get(&u64::from(id.0)) {
@@ -1261,28 +1279,30 @@ impl Endpoint {
             _ => {}
         }
         let mut stream = c.conn.send_stream(qsid(id));
-        let r = if data.len() < BULK_WRITE {
-            stream.write(data)
-        } else {
-            // Bulk: copied into pooled memory, in pieces, so that a write the flow-control limit cuts
-            // short wastes at most a piece. An empty write asks quinn first whether anything fits.
-            self.send_pool_used = now;
-            stream.write_chunks(&mut []).map(|_| {
-                let mut sent = 0;
-                while sent < data.len() {
-                    let n = (data.len() - sent).min(BULK_WRITE_PIECE);
-                    let mut piece = [self.send_pool.copy(&data[sent..sent + n]).freeze()];
-                    match stream.write_chunks(&mut piece) {
-                        Ok(w) if w.bytes == n => sent += n,
-                        Ok(w) => {
-                            sent += w.bytes;
-                            break;
+        let r = match src {
+            Source::Static(data) => stream.write_chunks(&mut [bytes::Bytes::from_static(data)]).map(|w| w.bytes),
+            Source::Borrowed(data) if data.len() < BULK_WRITE => stream.write(data),
+            Source::Borrowed(data) => {
+                // Bulk: copied into pooled memory, in pieces, so that a write the flow-control limit cuts
+                // short wastes at most a piece. An empty write asks quinn first whether anything fits.
+                self.send_pool_used = now;
+                stream.write_chunks(&mut []).map(|_| {
+                    let mut sent = 0;
+                    while sent < data.len() {
+                        let n = (data.len() - sent).min(BULK_WRITE_PIECE);
+                        let mut piece = [self.send_pool.copy(&data[sent..sent + n]).freeze()];
+                        match stream.write_chunks(&mut piece) {
+                            Ok(w) if w.bytes == n => sent += n,
+                            Ok(w) => {
+                                sent += w.bytes;
+                                break;
+                            }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
                     }
-                }
-                sent
-            })
+                    sent
+                })
+            }
         };
         let r = match r {
             Ok(n) => Ok(n),
@@ -1380,6 +1400,9 @@ impl stream::Streams for ConnStreams<'_> {
     }
     fn stream_write(&mut self, now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         self.ep.stream_write(now, self.conn, s, data)
+    }
+    fn stream_write_static(&mut self, now: Instant, s: StreamId, data: &'static [u8]) -> Result<usize, StreamError> {
+        self.ep.stream_write_static(now, self.conn, s, data)
     }
     fn stream_close(&mut self, now: Instant, s: StreamId) {
         self.ep.stream_close(now, self.conn, s)
@@ -1636,6 +1659,58 @@ mod tests {
         now = now + SEND_POOL_IDLE;
         a.flush(now);
         assert!(a.send_pool.is_empty(), "emptied after a second without bulk writes");
+    }
+
+    /// Static bytes (perf's constant block) go to quinn by reference: the whole block arrives, again and
+    /// again, and neither quinn's buffers nor the send pool copy it.
+    #[test]
+    fn quic_static_writes_arrive_whole_without_the_send_pool() {
+        static BLOCK: [u8; 100_000] = {
+            let mut b = [0u8; 100_000];
+            let mut i = 0;
+            while i < b.len() {
+                b[i] = (i % 253) as u8;
+                i += 1;
+            }
+            b
+        };
+        let mem = rcmgr::Memory::new(256 << 20);
+        let (mut a, mut b, mut path, conn, mut now, _) = pair_with_memory(&mem);
+        let bconn = QuicConnId(b.conns.keys().next().unwrap().0);
+        let s = a.open_stream(now, conn, vec!["/sink/1".into()]).unwrap();
+        const TOTAL: usize = 8 << 20;
+        let (mut sent, mut got, mut bs) = (0usize, 0usize, None);
+        let mut buf = vec![0u8; 256 << 10];
+        for _ in 0..20_000 {
+            while sent < TOTAL {
+                let at = sent % BLOCK.len();
+                let end = (at + (TOTAL - sent)).min(BLOCK.len());
+                match a.stream_write_static(now, conn, s, &BLOCK[at..end]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(w) => sent += w,
+                }
+            }
+            path.step(&mut a, &mut b, &mut now);
+            while let Some(e) = b.poll_event() {
+                if let Event::InboundStream { id, .. } = e {
+                    bs = Some(id);
+                }
+            }
+            while let Some(id) = bs {
+                match b.stream_read(now, bconn, id, &mut buf) {
+                    ReadResult::Data(n) => {
+                        assert!(buf[..n].iter().enumerate().all(|(j, &x)| x == BLOCK[(got + j) % BLOCK.len()]), "bytes at {got}");
+                        got += n;
+                    }
+                    _ => break,
+                }
+            }
+            if got == TOTAL {
+                break;
+            }
+        }
+        assert_eq!(got, TOTAL, "transfer completes");
+        assert_eq!(a.send_pool.allocated, 0);
     }
 
     /// A 60 ms path with a 100 Mbit/s bottleneck from A to B (a tail-drop queue of one bandwidth-delay

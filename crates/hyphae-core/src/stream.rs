@@ -235,6 +235,11 @@ pub trait Streams {
     }
     fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult;
     fn stream_write(&mut self, now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError>;
+    /// As `stream_write`, for bytes that live as long as the program: a machine that keeps written
+    /// bytes until the peer acknowledges them (QUIC) keeps a view of them instead of a copy.
+    fn stream_write_static(&mut self, now: Instant, s: StreamId, data: &'static [u8]) -> Result<usize, StreamError> {
+        self.stream_write(now, s, data)
+    }
     /// Half-close: we send no more.
     fn stream_close(&mut self, now: Instant, s: StreamId);
     fn stream_reset(&mut self, now: Instant, s: StreamId);

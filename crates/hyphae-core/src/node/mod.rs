@@ -829,7 +829,7 @@ impl Node {
         o.buf.drain(..sent);
         if o.buf.is_empty() && !failed {
             while !o.tail.is_empty() {
-                match m.stream_write(now, s, o.tail) {
+                match m.stream_write_static(now, s, o.tail) {
                     Ok(0) => break,
                     Ok(n) => {
                         sent += n;
