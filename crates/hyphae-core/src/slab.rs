@@ -3,8 +3,9 @@
 //! quinn keeps received stream data as views into the datagram buffers it was given, and data to send
 //! as the `Bytes` written, until the peer acknowledges it. A fresh buffer for each was fresh memory
 //! each time: the allocator returned the freed pages to the kernel and took them back, and `perf`
-//! counted a page fault for every 4 KiB moved (1 GiB QUIC upload on loopback: ~150,000–240,000 faults
-//! at the receiver, ~55,000–85,000 at the sender, about a third of the receiver's CPU). A pool hands
+//! counted a page fault for every 4 KiB moved (1 GiB QUIC upload on loopback: ~130,000–240,000 faults
+//! at the receiver, ~44,000–85,000 at the sender; the receiver's CPU fell by about a third without
+//! them, BENCHMARKS.md). A pool hands
 //! out slices of larger slabs and reuses a slab when nothing points into it any more, which in a
 //! steady transfer is every slab but the newest few.
 
