@@ -1532,6 +1532,15 @@ mod tests {
         }
     }
 
+    /// The last stream `b` accepted, if its events announce one.
+    fn take_inbound(b: &mut Endpoint, bs: &mut Option<StreamId>) {
+        while let Some(e) = b.poll_event() {
+            if let Event::InboundStream { id, .. } = e {
+                *bs = Some(id);
+            }
+        }
+    }
+
     /// a and b, b with the memory budget `mem`, after a's dial had 100 ms to finish.
     fn pair_with_memory(mem: &rcmgr::Memory) -> (Endpoint, Endpoint, Path, QuicConnId, Instant, Vec<Event>) {
         let base = std::time::Instant::now();
@@ -1573,11 +1582,7 @@ mod tests {
                 }
             }
             path.step(&mut a, &mut b, &mut now);
-            while let Some(e) = b.poll_event() {
-                if let Event::InboundStream { id, .. } = e {
-                    bs = Some(id);
-                }
-            }
+            take_inbound(&mut b, &mut bs);
             while let Some(id) = bs {
                 match b.stream_read(now, bconn, id, &mut buf) {
                     ReadResult::Data(n) => got += n,
@@ -1628,11 +1633,7 @@ mod tests {
                 }
             }
             path.step(&mut a, &mut b, &mut now);
-            while let Some(e) = b.poll_event() {
-                if let Event::InboundStream { id, .. } = e {
-                    bs = Some(id);
-                }
-            }
+            take_inbound(&mut b, &mut bs);
             while let Some(id) = bs {
                 let want = reads[step % reads.len()];
                 match b.stream_read(now, bconn, id, &mut buf[..want]) {
@@ -1691,11 +1692,7 @@ mod tests {
                 }
             }
             path.step(&mut a, &mut b, &mut now);
-            while let Some(e) = b.poll_event() {
-                if let Event::InboundStream { id, .. } = e {
-                    bs = Some(id);
-                }
-            }
+            take_inbound(&mut b, &mut bs);
             while let Some(id) = bs {
                 match b.stream_read(now, bconn, id, &mut buf) {
                     ReadResult::Data(n) => {
