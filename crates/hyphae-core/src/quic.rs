@@ -41,6 +41,11 @@ pub const SPARE_BUFFERS: usize = 8;
 pub const BULK_WRITE: usize = 8 * 1024;
 /// Pieces a bulk write is copied in: a write the send window cuts short wastes at most one.
 const BULK_WRITE_PIECE: usize = 64 * 1024;
+/// The send pool's slab size; it keeps up to `connection_window / SEND_SLAB` of them.
+const SEND_SLAB: usize = 256 * 1024;
+/// The send pool is emptied when no bulk write came for this long (at the endpoint's next flush).
+pub const SEND_POOL_IDLE: Duration = Duration::from_secs(1);
+
 /// What a stream write hands quinn.
 enum Source<'a> {
     /// Copied: small writes into quinn's own buffer, bulk ones into the send pool.
@@ -48,11 +53,6 @@ enum Source<'a> {
     /// Referenced where it lies until acknowledged.
     Static(&'static [u8]),
 }
-
-/// The send pool's slab size; it keeps up to `connection_window / SEND_SLAB` of them.
-const SEND_SLAB: usize = 256 * 1024;
-/// The send pool is emptied when no bulk write came for this long (at the endpoint's next flush).
-pub const SEND_POOL_IDLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -5,9 +5,8 @@
 //! each time: the allocator returned the freed pages to the kernel and took them back, and `perf`
 //! counted a page fault for every 4 KiB moved (1 GiB QUIC upload on loopback: ~130,000–240,000 faults
 //! at the receiver, ~44,000–85,000 at the sender; the receiver's CPU fell by about a third without
-//! them, BENCHMARKS.md). A pool hands
-//! out slices of larger slabs and reuses a slab when nothing points into it any more, which in a
-//! steady transfer is every slab but the newest few.
+//! them, BENCHMARKS.md). A pool hands out slices of larger slabs and reuses a slab when nothing points
+//! into it any more, which in a steady transfer is every slab but the newest few.
 
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -33,7 +32,8 @@ impl SlabPool {
 
     /// `data` copied into pooled memory, as a buffer of its own.
     pub fn copy(&mut self, data: &[u8]) -> BytesMut {
-        let room = self.slabs.back().is_some_and(|b| b.capacity() - b.len() >= data.len());
+        // Every buffer is split off at once, so the newest slab's capacity is the room left in it.
+        let room = self.slabs.back().is_some_and(|b| b.capacity() >= data.len());
         if !room {
             let want = data.len().max(self.slab);
             let full = self.slabs.len() >= self.max;

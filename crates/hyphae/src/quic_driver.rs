@@ -283,9 +283,9 @@ async fn recv_loop(shared: Arc<QuicShared>) {
     const BATCH: usize = 32;
     let slot = 64 * 1024;
     let mut storage = vec![0u8; slot * BATCH];
-    // Each batch goes to the endpoint in recycled memory (`slab::SlabPool`): 16 slabs of 128 KiB cover
-    // what one pass of this loop holds until the application reads it.
-    let mut pool = hyphae_core::slab::SlabPool::new(128 * 1024, 16);
+    // Each batch goes to the endpoint in recycled memory (`slab::SlabPool`): slabs of two slots, enough
+    // of them (2 MiB) for what one pass of this loop holds until the application reads it.
+    let mut pool = hyphae_core::slab::SlabPool::new(2 * slot, BATCH / 2);
     loop {
         let mut meta = [quinn_udp::RecvMeta::default(); BATCH];
         let r = {
