@@ -135,7 +135,8 @@ pub enum StreamEvent<'a> {
     Data(&'a [u8]),
     /// The peer finished sending.
     Eof,
-    /// The peer reset the stream (the router forgets it after this).
+    /// The peer reset the stream, or the node did because the service overflowed its outbox
+    /// (`node::Limits::max_queued_bytes_per_conn`); the router forgets it after this.
     Reset,
     /// Everything the service wrote has left the stream's buffer (after a write that had to wait; after
     /// every [`Cx::write_static`] and [`Cx::write_notify`], even one taken at once).
@@ -201,6 +202,9 @@ pub(crate) enum Op {
     },
     Reset {
         stream: StreamId,
+        /// The node resets it on the service's behalf (its outbox overflowed): the service gets
+        /// `StreamEvent::Reset`, as it would from the peer, so that nothing waits on the stream forever.
+        tell: bool,
     },
     Release {
         stream: StreamId,
@@ -351,7 +355,7 @@ impl Cx<'_> {
         let op = if *q + len > self.limits.max_queued_bytes {
             self.out.dropped_writes += 1;
             tracing::debug!(%conn, %stream, len, "outbox full: stream reset");
-            Op::Reset { stream }
+            Op::Reset { stream, tell: true }
         } else {
             *q += len;
             op()
@@ -381,7 +385,7 @@ impl Cx<'_> {
 
     /// Resets the stream and releases it (no `release` needed after it).
     pub fn reset_stream(&mut self, conn: ConnId, stream: StreamId) {
-        self.op(conn, Op::Reset { stream });
+        self.op(conn, Op::Reset { stream, tell: false });
     }
 
     /// The service is done with the stream: it gets no more events of it; queued writes and a queued

@@ -790,7 +790,7 @@ impl Node {
     fn forget(&mut self, id: ConnId, s: StreamId) -> Option<Owned> {
         self.resources.close_stream(id.0, s.0);
         let o = self.owners.remove(&(id, s))?;
-        self.unqueue(id, o.buf.len());
+        self.unqueue(id, o.buf.len() + o.tail.len());
         Some(o)
     }
 
@@ -1006,7 +1006,13 @@ impl Node {
                         self.write_out(now, id, stream, m);
                     }
                 }
-                Op::Reset { stream } => self.reset_owned(now, id, stream, m),
+                Op::Reset { stream, tell } => {
+                    let owner = self.owners.get(&(id, stream)).map(|o| o.service).filter(|_| tell);
+                    self.reset_owned(now, id, stream, m);
+                    if let Some(sid) = owner {
+                        self.call(now, sid, |svc, cx| svc.on_stream(cx, id, stream, StreamEvent::Reset));
+                    }
+                }
                 Op::CloseConnection { reason } => {
                     if let Some(e) = self.conns.get_mut(&id) {
                         e.closing.get_or_insert(reason);

@@ -119,6 +119,8 @@ mod echo {
         pub connections: Vec<ConnId>,
         mixed: std::collections::BTreeSet<u64>,
         pub drained: usize,
+        /// Streams reset under us (by the peer, or by the node when the outbox overflowed).
+        pub resets: usize,
     }
 
     /// A request sent as static block, then `data`, then a static tail (see `request_mixed`).
@@ -185,7 +187,11 @@ mod echo {
                     cx.release(conn, stream);
                 }
                 StreamEvent::Drained => self.drained += 1,
-                StreamEvent::Reset => {}
+                StreamEvent::Reset => {
+                    self.resets += 1;
+                    self.out.remove(&(conn, stream));
+                    self.inb.remove(&(conn, stream));
+                }
             }
         }
         fn on_open_failed(&mut self, cx: &mut Cx<'_>, _conn: ConnId, token: u64, _reason: &OpenError) {
@@ -260,6 +266,34 @@ fn node_static_writes_keep_their_order_with_copied_writes_and_report_drained() {
     // the first still waited when the second was queued.
     let drained = p.nodes[0].node_mut().service_mut::<echo::Echo>().unwrap().drained;
     assert!((1..=2).contains(&drained), "{drained}");
+}
+
+#[test]
+fn node_outbox_overflow_resets_the_stream_and_tells_its_service() {
+    let mut p = pair(None, false);
+    for n in &mut p.nodes {
+        n.add_service(Instant(0), Box::new(echo::Echo::default()));
+    }
+    let a = p.addr(1);
+    p.dial(0, a);
+    p.run_until(Instant(0) + Duration::from_secs(1));
+    let limit = crate::node::Limits::default().max_queued_bytes_per_conn;
+    let now = p.now;
+    p.nodes[0].with_service::<echo::Echo, _>(now, |e, cx| {
+        let conn = e.connections[0];
+        e.request(cx, conn, 5, &vec![7u8; limit + 1]);
+        e.request(cx, conn, 6, b"small");
+    });
+    p.run_until(now + Duration::from_secs(2));
+    // The write past the limit is dropped and counted; the service learns its stream was reset (it would
+    // otherwise wait for an answer forever), and the next request on the connection still works.
+    assert_eq!(p.nodes[0].stats().writes_dropped, 1);
+    assert_eq!(p.nodes[0].node_mut().service_mut::<echo::Echo>().unwrap().resets, 1);
+    let answers: Vec<&echo::EchoEvent> = p.events[0]
+        .iter()
+        .filter_map(|e| if let Event::Custom { service: "echo", event } = e { event.downcast_ref::<echo::EchoEvent>() } else { None })
+        .collect();
+    assert_eq!(answers, vec![&echo::EchoEvent::Answer { token: 6, data: b"small".to_vec() }]);
 }
 
 #[test]

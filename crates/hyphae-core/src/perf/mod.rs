@@ -61,8 +61,15 @@ pub enum Failure {
     #[error("received {got} bytes, asked for {asked}")]
     Short { got: u64, asked: u64 },
 }
-/// Bytes the server sends come from this fixed block (the spec allows any predetermined bytes).
-pub static BLOCK: [u8; 64 * 1024] = [0u8; 64 * 1024];
+/// Bytes either side sends come from this fixed block (the spec allows any predetermined bytes).
+///
+/// Its size matters to QUIC. quinn keeps each write as one segment until it is acknowledged and finds
+/// a packet's data by walking the segments from the oldest (quinn-proto 0.11 `SendBuffer::get`): with
+/// 64 KiB blocks a 60 ms path at 3-4 Gbit/s holds ~450 segments in flight, and that walk was 19% of
+/// the sender's CPU. 512 KiB blocks cut it to ~3% (BENCHMARKS.md). It stays below the outbox's
+/// per-connection limit (`node::Limits::max_queued_bytes_per_conn`, 1 MiB): a block is written only
+/// once the one before has drained.
+pub static BLOCK: [u8; 512 * 1024] = [0u8; 512 * 1024];
 
 /// The server side of one perf stream, as a machine over stream bytes.
 #[derive(Debug, Default)]
