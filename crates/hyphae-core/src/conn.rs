@@ -213,7 +213,7 @@ impl Muxer {
 
 /// The established security session.
 enum Secure {
-    Noise(noise::Transport),
+    Noise(Box<noise::Transport>),
     Tls(Box<tls::Session>),
 }
 
@@ -494,7 +494,7 @@ impl Connection {
                             };
                             match hs.into_transport() {
                                 Ok((t, remote)) => {
-                                    self.secure = Some(Secure::Noise(t));
+                                    self.secure = Some(Secure::Noise(Box::new(t)));
                                     self.secured(remote);
                                 }
                                 Err(e) => return self.fail(e.into()),
