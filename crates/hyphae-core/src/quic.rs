@@ -31,7 +31,7 @@ pub const ALPN: &[u8] = b"libp2p";
 /// Largest UDP datagram we accept or build buffers for.
 pub const MAX_DATAGRAM: usize = 1500;
 /// Sent transmits' buffers an endpoint keeps for reuse (`Endpoint::recycle`): each holds a batch of
-/// up to `Config::max_datagrams` datagrams (~47 KiB at 32), so at most ~380 KiB stay after a burst.
+/// up to `Config::max_datagrams` datagrams (~64 KiB at 44), so at most ~520 KiB stay after a burst.
 pub const SPARE_BUFFERS: usize = 8;
 
 /// A stream write of at least this many bytes goes to quinn in pooled memory (`Endpoint::send_pool`)

@@ -52,6 +52,12 @@ pub(crate) struct QuicShared {
 /// datagrams at the receiver (BENCHMARKS.md, the long path).
 const UDP_BUFFER: usize = 8 << 20;
 
+/// Datagrams per GSO send: as many as one IP packet can carry (65,507 bytes of UDP payload) at the
+/// largest datagram quinn builds (1,452 bytes, its path-MTU search's default ceiling; 44 still fit at
+/// 1,472, an IPv4 1500-byte MTU's). Each send is one system call and one packet through the kernel's
+/// path; 44 in place of 32 cut both by a quarter (BENCHMARKS.md, the long path).
+const MAX_GSO_SEGMENTS: usize = 44;
+
 fn bind_udp(sa: SocketAddr) -> io::Result<UdpSocket> {
     let s = crate::handle::new_socket(sa, socket2::Type::DGRAM, socket2::Protocol::UDP)?;
     let _ = s.set_recv_buffer_size(UDP_BUFFER);
@@ -113,10 +119,10 @@ impl QuicShared {
         let socket = Arc::new(bind_udp(sa)?);
         let local = socket.local_addr()?;
         let udp = quinn_udp::UdpSocketState::new((&*socket).into())?;
-        // At most 32 segments (~46 KB) per send, though the kernel reports 64: with 64 a 2 GiB QUIC upload
+        // At most MAX_GSO_SEGMENTS per send, though the kernel reports 64: with 64 a 2 GiB QUIC upload
         // over the delay line's offload path took 116–121 s instead of 5 (BENCHMARKS.md, the unlimited
-        // row), likely because 64 × 1452 B is past the 64 KiB an IP packet can carry.
-        cfg.max_datagrams = udp.max_gso_segments().clamp(1, 32);
+        // row), because 64 × 1452 B is past the 64 KiB an IP packet can carry.
+        cfg.max_datagrams = udp.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
         tracing::debug!(gso = udp.max_gso_segments(), gro = udp.gro_segments(), "quic socket offloads");
         let ep = quic::Endpoint::new(cfg).map_err(|e| io::Error::other(e.to_string()))?;
         let shared = Arc::new(QuicShared {
