@@ -18,7 +18,7 @@ use crate::tls;
 use crate::yamux::{self, Yamux};
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::stream::read_leftover;
+use crate::stream::{read_leftover_to, ReadSink};
 pub use crate::stream::{
     CloseReason, ConnEvent as Event, OpenError, ReadResult, Role, StreamError, StreamId, Streams, Violation, ViolationKind,
 };
@@ -151,9 +151,12 @@ impl Muxer {
         }
     }
     fn read(&mut self, id: StreamId, buf: &mut [u8]) -> ReadResult {
+        self.read_to(id, &mut ReadSink::copy(buf))
+    }
+    fn read_to(&mut self, id: StreamId, sink: &mut ReadSink<'_>) -> ReadResult {
         match self {
-            Muxer::Yamux(m) => m.read(id, buf),
-            Muxer::Mplex(m) => m.read(id, buf),
+            Muxer::Yamux(m) => m.read_to(id, sink),
+            Muxer::Mplex(m) => m.read_to(id, sink),
         }
     }
     fn close(&mut self, id: StreamId) {
@@ -830,15 +833,19 @@ impl Connection {
     }
 
     pub fn stream_read(&mut self, id: StreamId, buf: &mut [u8]) -> ReadResult {
+        self.stream_read_to(id, &mut ReadSink::copy(buf))
+    }
+
+    fn stream_read_to(&mut self, id: StreamId, sink: &mut ReadSink<'_>) -> ReadResult {
         let Some(e) = self.streams.get_mut(&id) else { return ReadResult::Reset };
         if e.neg.is_some() {
             return ReadResult::Pending;
         }
-        if let Some(r) = crate::conn::read_leftover(&mut e.prebuf, buf) {
+        if let Some(r) = read_leftover_to(&mut e.prebuf, sink) {
             return r;
         }
         match &mut self.muxer {
-            Some(y) => y.read(id, buf),
+            Some(y) => y.read_to(id, sink),
             None => ReadResult::Reset,
         }
     }
@@ -911,6 +918,10 @@ impl Streams for Connection {
     fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
         self.set_now(now);
         Connection::stream_read(self, s, buf)
+    }
+    fn stream_read_with(&mut self, now: Instant, s: StreamId, buf: &mut [u8], f: &mut dyn FnMut(&[u8])) -> ReadResult {
+        self.set_now(now);
+        self.stream_read_to(s, &mut ReadSink::lend(buf.len(), f))
     }
     fn stream_write(&mut self, _now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         Connection::stream_write(self, s, data)

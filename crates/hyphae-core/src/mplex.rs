@@ -8,7 +8,7 @@
 //! Both sides allocate stream ids independently; a stream is named by (id, who opened it). Our handles
 //! are `StreamId(id << 1 | opened_by_remote)`.
 
-use crate::stream::{ReadResult, StreamError, StreamId};
+use crate::stream::{ReadResult, ReadSink, StreamError, StreamId};
 use crate::varint;
 use crate::yamux::Event;
 use std::collections::{BTreeMap, VecDeque};
@@ -179,6 +179,10 @@ impl Mplex {
     }
 
     pub fn read(&mut self, h: StreamId, buf: &mut [u8]) -> ReadResult {
+        self.read_to(h, &mut ReadSink::copy(buf))
+    }
+
+    pub(crate) fn read_to(&mut self, h: StreamId, sink: &mut ReadSink<'_>) -> ReadResult {
         let Some(s) = self.streams.get_mut(&h.0) else { return ReadResult::Reset };
         if s.reset {
             return ReadResult::Reset;
@@ -186,7 +190,7 @@ impl Mplex {
         if s.recv.is_empty() {
             return if s.remote_closed { ReadResult::Eof } else { ReadResult::Pending };
         }
-        let n = crate::yamux::drain_into(&mut s.recv, buf);
+        let n = crate::yamux::drain_into(&mut s.recv, sink);
         self.unbuffer(n);
         ReadResult::Data(n)
     }

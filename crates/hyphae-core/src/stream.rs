@@ -234,6 +234,18 @@ pub trait Streams {
         self.open_stream(now, vec![protocol])
     }
     fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult;
+    /// As `stream_read`, but the bytes are lent to `f` as one slice (at most `buf.len()` bytes; `Data`
+    /// says how many) where the machine keeps them, rather than copied into `buf`: the node reads
+    /// services' streams this way, so a service gets one `Data` per read either way. Machines that keep
+    /// a stream's bytes in one buffer (the TCP muxers) lend them; the default copies into `buf` and
+    /// lends that, which suits QUIC, whose bytes come in one small piece per packet.
+    fn stream_read_with(&mut self, now: Instant, s: StreamId, buf: &mut [u8], f: &mut dyn FnMut(&[u8])) -> ReadResult {
+        let r = self.stream_read(now, s, buf);
+        if let ReadResult::Data(n) = r {
+            f(&buf[..n]);
+        }
+        r
+    }
     fn stream_write(&mut self, now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError>;
     /// As `stream_write`, for bytes that live as long as the program: a machine that keeps written
     /// bytes until the peer acknowledges them (QUIC) keeps a view of them instead of a copy.
@@ -254,11 +266,65 @@ pub trait Streams {
 /// Serves bytes that arrived right after a stream's protocol negotiation (they were read together with
 /// it) before anything from the muxer or QUIC stream. Shared by the TCP and QUIC machines.
 pub(crate) fn read_leftover(prebuf: &mut Vec<u8>, buf: &mut [u8]) -> Option<ReadResult> {
+    read_leftover_to(prebuf, &mut ReadSink::copy(buf))
+}
+
+/// [`read_leftover`] into a [`ReadSink`].
+pub(crate) fn read_leftover_to(prebuf: &mut Vec<u8>, sink: &mut ReadSink<'_>) -> Option<ReadResult> {
     if prebuf.is_empty() {
         return None;
     }
-    let n = prebuf.len().min(buf.len());
-    buf[..n].copy_from_slice(&prebuf[..n]);
+    let n = prebuf.len().min(sink.room());
+    sink.put(&prebuf[..n]);
     prebuf.drain(..n);
     Some(ReadResult::Data(n))
+}
+
+/// Where a muxer's read puts a stream's bytes: copied into a buffer (`Streams::stream_read`), or lent
+/// in place to a function (`Streams::stream_read_with`), which takes one slice per read; at most
+/// `room()` bytes in all.
+pub(crate) struct ReadSink<'a> {
+    to: SinkTo<'a>,
+    room: usize,
+}
+
+enum SinkTo<'a> {
+    Copy { buf: &'a mut [u8], n: usize },
+    Lend(&'a mut dyn FnMut(&[u8])),
+}
+
+impl<'a> ReadSink<'a> {
+    pub(crate) fn copy(buf: &'a mut [u8]) -> Self {
+        ReadSink { room: buf.len(), to: SinkTo::Copy { buf, n: 0 } }
+    }
+
+    pub(crate) fn lend(max: usize, f: &'a mut dyn FnMut(&[u8])) -> Self {
+        ReadSink { room: max, to: SinkTo::Lend(f) }
+    }
+
+    /// Bytes it still takes.
+    pub(crate) fn room(&self) -> usize {
+        self.room
+    }
+
+    /// Takes `d` (at most `room()` bytes).
+    pub(crate) fn put(&mut self, d: &[u8]) {
+        debug_assert!(d.len() <= self.room, "a read sink takes at most its room");
+        if d.is_empty() {
+            return;
+        }
+        match &mut self.to {
+            SinkTo::Copy { buf, n } => {
+                buf[*n..*n + d.len()].copy_from_slice(d);
+                *n += d.len();
+            }
+            SinkTo::Lend(f) => {
+                f(d);
+                // One slice per read: a wrapped buffer's second part waits for the next read.
+                self.room = 0;
+                return;
+            }
+        }
+        self.room -= d.len();
+    }
 }

@@ -17,6 +17,7 @@
 
 use crate::time::{Duration, Instant};
 
+use crate::stream::ReadSink;
 pub use crate::stream::{ReadResult, Role, StreamError, StreamId};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -170,12 +171,12 @@ fn put_header(out: &mut Vec<u8>, ty: u8, flags: u16, id: u32, len: u32) {
 }
 
 /// Moves up to `buf.len()` bytes from the front of a stream's receive queue into `buf`.
-pub(crate) fn drain_into(q: &mut VecDeque<u8>, buf: &mut [u8]) -> usize {
+pub(crate) fn drain_into(q: &mut VecDeque<u8>, sink: &mut ReadSink<'_>) -> usize {
     let (a, b) = q.as_slices();
-    let ka = a.len().min(buf.len());
-    buf[..ka].copy_from_slice(&a[..ka]);
-    let kb = b.len().min(buf.len() - ka);
-    buf[ka..ka + kb].copy_from_slice(&b[..kb]);
+    let ka = a.len().min(sink.room());
+    sink.put(&a[..ka]);
+    let kb = b.len().min(sink.room());
+    sink.put(&b[..kb]);
     q.drain(..ka + kb);
     ka + kb
 }
@@ -464,6 +465,11 @@ impl Yamux {
 
     /// Reads buffered data into `buf`.
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> ReadResult {
+        self.read_to(id, &mut ReadSink::copy(buf))
+    }
+
+    /// Reads buffered data into `sink`.
+    pub(crate) fn read_to(&mut self, id: StreamId, sink: &mut ReadSink<'_>) -> ReadResult {
         let Some(s) = self.streams.get_mut(&id.0) else { return ReadResult::Reset };
         if s.reset {
             return ReadResult::Reset;
@@ -471,7 +477,7 @@ impl Yamux {
         if s.recv.is_empty() {
             return if s.remote_fin { ReadResult::Eof } else { ReadResult::Pending };
         }
-        let n = drain_into(&mut s.recv, buf);
+        let n = drain_into(&mut s.recv, sink);
         s.consumed += n as u32;
         if s.credit_due() && !s.remote_fin {
             self.window_update(id.0, true);
@@ -759,6 +765,34 @@ impl Yamux {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yamux_lent_reads_give_one_slice_each_and_copied_reads_both_parts_of_a_wrapped_buffer() {
+        // A ring buffer whose bytes wrap around its end: [5..12) at the back, [12..20) at the front.
+        let mut q: VecDeque<u8> = VecDeque::with_capacity(16);
+        q.extend(0..12u8);
+        q.drain(..5);
+        q.extend(12..20u8);
+        assert!(!q.as_slices().1.is_empty(), "the test needs a wrapped buffer");
+        let mut copy = q.clone();
+        let mut buf = [0u8; 64];
+        assert_eq!(drain_into(&mut copy, &mut ReadSink::copy(&mut buf)), 15);
+        assert_eq!(&buf[..15], &(5..20u8).collect::<Vec<_>>()[..]);
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let mut f = |d: &[u8]| seen.push(d.to_vec());
+        let first = drain_into(&mut q, &mut ReadSink::lend(64, &mut f));
+        let second = drain_into(&mut q, &mut ReadSink::lend(64, &mut f));
+        let third = drain_into(&mut q, &mut ReadSink::lend(3, &mut f));
+        assert_eq!((first + second, third, q.len()), (15, 0, 0));
+        assert_eq!(seen.len(), 2, "one slice per read");
+        assert_eq!(seen.concat(), (5..20u8).collect::<Vec<_>>());
+        // A lent read takes no more than its room.
+        let mut q: VecDeque<u8> = (0..10u8).collect();
+        let mut got = Vec::new();
+        let mut f = |d: &[u8]| got.extend_from_slice(d);
+        assert_eq!(drain_into(&mut q, &mut ReadSink::lend(4, &mut f)), 4);
+        assert_eq!((got, q.len()), (vec![0, 1, 2, 3], 6));
+    }
 
     fn pump(a: &mut Yamux, b: &mut Yamux) {
         for _ in 0..8 {

@@ -734,12 +734,19 @@ impl Node {
                 return;
             }
             let (sid, released) = (o.service, o.released);
-            match m.stream_read(now, s, buf) {
-                ReadResult::Data(_) if released => {}
-                ReadResult::Data(n) => self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Data(&buf[..n]))),
+            // The service sees the bytes where the connection keeps them (no copy into `buf` over TCP).
+            let mut deliver = |d: &[u8]| {
+                if !released {
+                    self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Data(d)));
+                }
+            };
+            match m.stream_read_with(now, s, buf, &mut deliver) {
+                ReadResult::Data(_) => {}
                 ReadResult::Pending => return,
                 ReadResult::Eof => {
-                    o.eof = true;
+                    if let Some(o) = self.owners.get_mut(&(id, s)) {
+                        o.eof = true;
+                    }
                     if !released {
                         self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Eof));
                     }
