@@ -175,8 +175,8 @@ impl snow::types::Dh for X25519 {
     }
 }
 
-/// ChaCha20-Poly1305 on ring (assembly; several times faster than the RustCrypto crates on the small
-/// frames a ping or a Yamux header makes, and faster on bulk data too).
+/// ChaCha20-Poly1305 on ring for snow's handshake messages (assembly; several times faster than the
+/// RustCrypto crates). The transport phase uses ring directly ([`Transport`]).
 struct ChaChaPoly(Option<ring::aead::LessSafeKey>);
 
 impl ChaChaPoly {
