@@ -204,6 +204,18 @@ mod echo {
     }
 }
 
+/// Two nodes with the echo service, node 0 connected to node 1 and both identified.
+fn echo_pair() -> Net {
+    let mut p = pair(None, false);
+    for n in &mut p.nodes {
+        n.add_service(Instant(0), Box::new(echo::Echo::default()));
+    }
+    let a = p.addr(1);
+    p.dial(0, a);
+    p.run_until(Instant(0) + Duration::from_secs(1));
+    p
+}
+
 #[test]
 fn node_new_service_added_by_registration_only_serves_and_requests() {
     let mut p = pair(None, false);
@@ -238,13 +250,7 @@ fn node_new_service_added_by_registration_only_serves_and_requests() {
 
 #[test]
 fn node_static_writes_keep_their_order_with_copied_writes_and_report_drained() {
-    let mut p = pair(None, false);
-    for n in &mut p.nodes {
-        n.add_service(Instant(0), Box::new(echo::Echo::default()));
-    }
-    let a = p.addr(1);
-    p.dial(0, a);
-    p.run_until(Instant(0) + Duration::from_secs(1));
+    let mut p = echo_pair();
     let now = p.now;
     p.nodes[0].with_service::<echo::Echo, _>(now, |e, cx| {
         let conn = e.connections[0];
@@ -270,13 +276,7 @@ fn node_static_writes_keep_their_order_with_copied_writes_and_report_drained() {
 
 #[test]
 fn node_outbox_overflow_resets_the_stream_and_tells_its_service() {
-    let mut p = pair(None, false);
-    for n in &mut p.nodes {
-        n.add_service(Instant(0), Box::new(echo::Echo::default()));
-    }
-    let a = p.addr(1);
-    p.dial(0, a);
-    p.run_until(Instant(0) + Duration::from_secs(1));
+    let mut p = echo_pair();
     let limit = crate::node::Limits::default().max_queued_bytes_per_conn;
     let now = p.now;
     p.nodes[0].with_service::<echo::Echo, _>(now, |e, cx| {
