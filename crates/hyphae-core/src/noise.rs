@@ -185,6 +185,12 @@ impl ChaChaPoly {
     }
 }
 
+/// A ChaCha20-Poly1305 key, for the handshake's cipher and the transport's.
+fn chacha_key(key: &[u8]) -> ring::aead::LessSafeKey {
+    let k = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key).expect("invariant: 32-byte key");
+    ring::aead::LessSafeKey::new(k)
+}
+
 fn nonce(n: u64) -> ring::aead::Nonce {
     let mut b = [0u8; 12];
     b[4..].copy_from_slice(&n.to_le_bytes());
@@ -196,8 +202,7 @@ impl snow::types::Cipher for ChaChaPoly {
         "ChaChaPoly"
     }
     fn set(&mut self, key: &[u8]) {
-        let k = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key[..32]).expect("invariant: 32-byte key");
-        self.0 = Some(ring::aead::LessSafeKey::new(k));
+        self.0 = Some(chacha_key(&key[..32]));
     }
     fn encrypt(&self, nonce_n: u64, authtext: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
         let n = plaintext.len();
@@ -423,8 +428,7 @@ struct CipherState {
 
 impl CipherState {
     fn new(key: &[u8; 32]) -> Self {
-        let k = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key).expect("invariant: 32-byte key");
-        CipherState { key: ring::aead::LessSafeKey::new(k), n: 0 }
+        CipherState { key: chacha_key(key), n: 0 }
     }
 
     /// The next nonce; `None` once the counter reached the reserved 2^64-1 (spec: the session must end).

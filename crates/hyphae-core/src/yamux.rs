@@ -170,7 +170,8 @@ fn put_header(out: &mut Vec<u8>, ty: u8, flags: u16, id: u32, len: u32) {
     out.extend_from_slice(&len.to_be_bytes());
 }
 
-/// Moves up to `buf.len()` bytes from the front of a stream's receive queue into `buf`.
+/// Moves up to `sink.room()` bytes from the front of a stream's receive queue into `sink` (shared by
+/// yamux and mplex).
 pub(crate) fn drain_into(q: &mut VecDeque<u8>, sink: &mut ReadSink<'_>) -> usize {
     let (a, b) = q.as_slices();
     let ka = a.len().min(sink.room());
