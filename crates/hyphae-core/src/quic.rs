@@ -414,7 +414,7 @@ pub struct Endpoint {
     send_pool_used: Instant,
     events: VecDeque<Event>,
     /// Lent to rustls while quinn-proto runs the handshakes (`tls::RngScope`).
-    tls_rng: Option<crate::rng::Rng>,
+    tls_rng: Option<Box<crate::rng::Rng>>,
     /// Inbound handshakes per source block, and in total.
     handshakes: rcmgr::IpLimiter,
     inbound_handshaking: usize,
@@ -535,7 +535,7 @@ impl Endpoint {
             send_pool: crate::slab::SlabPool::new(SEND_SLAB, send_slabs),
             send_pool_used: Instant::ZERO,
             events: VecDeque::new(),
-            tls_rng: Some(crate::rng::child(&mut r)),
+            tls_rng: Some(Box::new(crate::rng::child(&mut r))),
             handshakes: rcmgr::IpLimiter::new(config_ip),
             inbound_handshaking: 0,
             refused_handshakes: 0,

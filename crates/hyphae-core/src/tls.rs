@@ -581,25 +581,27 @@ impl rustls::server::danger::ClientCertVerifier for Verifier {
 // cheap insurance) it falls back to ring's system RNG.
 
 thread_local! {
-    static LENT_RNG: std::cell::RefCell<Option<crate::rng::Rng>> = const { std::cell::RefCell::new(None) };
+    static LENT_RNG: std::cell::RefCell<Option<Box<crate::rng::Rng>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Lends a machine's RNG to rustls while the machine calls into it. `enter` moves the RNG in, `exit` moves
-/// it back; nested scopes of the same machine (its RNG already lent) are no-ops.
+/// it back; nested scopes of the same machine (its RNG already lent) are no-ops. The RNG is boxed so that
+/// lending moves a pointer: a QUIC endpoint lends it on every packet it handles, and moving the 320-byte
+/// ChaCha state in and out was 2% of a QUIC receiver's CPU (BENCHMARKS.md, the long path).
 pub(crate) struct RngScope {
     active: bool,
-    prev: Option<crate::rng::Rng>,
+    prev: Option<Box<crate::rng::Rng>>,
 }
 
 impl RngScope {
-    pub(crate) fn enter(rng: &mut Option<crate::rng::Rng>) -> RngScope {
+    pub(crate) fn enter(rng: &mut Option<Box<crate::rng::Rng>>) -> RngScope {
         match rng.take() {
             Some(r) => RngScope { active: true, prev: LENT_RNG.with(|c| c.replace(Some(r))) },
             None => RngScope { active: false, prev: None },
         }
     }
 
-    pub(crate) fn exit(mut self, rng: &mut Option<crate::rng::Rng>) {
+    pub(crate) fn exit(mut self, rng: &mut Option<Box<crate::rng::Rng>>) {
         if self.active {
             self.active = false;
             *rng = LENT_RNG.with(|c| c.replace(self.prev.take()));
@@ -799,7 +801,7 @@ pub struct Session {
     conn: rustls::Connection,
     expected: Option<PeerId>,
     /// Lent to rustls during each call (see [`RngScope`]).
-    rng: Option<crate::rng::Rng>,
+    rng: Option<Box<crate::rng::Rng>>,
 }
 
 /// What the handshake established.
@@ -823,7 +825,7 @@ impl Session {
         let mut alpn: Vec<Vec<u8>> = muxers.iter().map(|m| m.as_bytes().to_vec()).collect();
         // spec(tls): ""libp2p" is used as the application protocol for ALPN"
         alpn.push(b"libp2p".to_vec());
-        let mut rng = Some(crate::rng::from_seed(seed));
+        let mut rng = Some(Box::new(crate::rng::from_seed(seed)));
         let scope = RngScope::enter(&mut rng);
         let conn: Result<rustls::Connection, TlsError> = if role.is_dialer() {
             client_config(cert, alpn, now_unix).and_then(|cfg| {

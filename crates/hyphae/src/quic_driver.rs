@@ -49,8 +49,12 @@ pub(crate) struct QuicShared {
 /// congestion control backs off from. The kernel caps the request at `net.core.rmem_max`/`wmem_max`;
 /// a process with CAP_NET_ADMIN gets the full size past that cap (SO_RCVBUFFORCE/SO_SNDBUFFORCE, as
 /// quic-go does). On the 60 ms path at ~4 Gbit/s a 4 MiB cap (`rmem_max` there) dropped ~3% of the
-/// datagrams at the receiver (BENCHMARKS.md, the long path).
-const UDP_BUFFER: usize = 8 << 20;
+/// datagrams at the receiver (BENCHMARKS.md, the long path). 8 MiB still overflowed there: a receiver
+/// that shares two cores with its sender and the delay line is off its core for longer than 8 MiB lasts
+/// at 3–4 Gbit/s (~20 ms), 100–900 bursts of GRO datagrams lost per GiB, each a backoff; 32 MiB lost
+/// none and moved 1 GiB ~10% faster (3 alternating pairs). It is a cap, not an allocation: the kernel
+/// holds only what the receiver has not read yet, one buffer per endpoint socket (not per connection).
+const UDP_BUFFER: usize = 32 << 20;
 
 /// Datagrams per GSO send: as many as one IP packet can carry (65,507 bytes of UDP payload) at the
 /// largest datagram quinn builds (1,452 bytes, its path-MTU search's default ceiling; 44 still fit at
