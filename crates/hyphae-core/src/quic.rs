@@ -771,6 +771,9 @@ impl Endpoint {
                     packets_lost = s.path.lost_packets,
                     bytes_lost = s.path.lost_bytes,
                     congestion_events = s.path.congestion_events,
+                    // Times our writes met the peer's flow-control windows, and the peer's ACK frames.
+                    blocked = s.frame_tx.data_blocked + s.frame_tx.stream_data_blocked,
+                    acks_in = s.frame_rx.acks,
                     rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
                     cwnd = s.path.cwnd,
                     "quic connection gone"

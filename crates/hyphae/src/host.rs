@@ -324,6 +324,11 @@ impl Inner {
         lock(&self.quic).clone().map(|q| q.open_stats()).unwrap_or_default()
     }
 
+    /// The QUIC endpoint's congestion decisions and receive-window doublings (all 0 without one).
+    pub(crate) fn quic_flow_stats(&self) -> (hyphae_core::quic::LossStats, hyphae_core::quic::WindowStats) {
+        lock(&self.quic).clone().map(|q| q.flow_stats()).unwrap_or_default()
+    }
+
     fn poll_node_events(&self) -> Vec<node::Event> {
         let mut n = self.node();
         std::iter::from_fn(|| n.poll_event()).collect()

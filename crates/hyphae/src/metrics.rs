@@ -130,6 +130,26 @@ impl Host {
             "QUIC stream opens that met the peer's stream limit: waited for its MAX_STREAMS, or refused with max_streams opens already waiting",
             opens,
         );
+        let (losses, windows) = self.inner.quic_flow_stats();
+        let decided: Family<Labels, Counter> = Family::default();
+        for (decision, v) in [("congestion", losses.congestion), ("tolerated", losses.tolerated)] {
+            decided.get_or_create(&labels(&[("decision", decision)])).inc_by(v);
+        }
+        r.register(
+            "quic_losses",
+            "QUIC loss events under the loss-tolerant congestion control: taken for congestion (a backoff) or let pass as random",
+            decided,
+        );
+        counter(&mut r, "quic_slow_start_exits", "QUIC slow starts ended by a grown round trip (HyStart++)", losses.slow_start_exits);
+        let grown: Family<Labels, Counter> = Family::default();
+        for (outcome, v) in [("grown", windows.grown), ("refused", windows.refused)] {
+            grown.get_or_create(&labels(&[("outcome", outcome)])).inc_by(v);
+        }
+        r.register(
+            "quic_receive_window_doublings",
+            "QUIC connection receive windows doubled for a fast reader, or not because the memory budget was full",
+            grown,
+        );
         let usage: Family<Labels, Gauge> = Family::default();
         let limit: Family<Labels, Gauge> = Family::default();
         for (scope, u, l) in [("system", rc_sys, rc_limits.system), ("transient", rc_tr, rc_limits.transient)] {

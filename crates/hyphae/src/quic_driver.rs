@@ -114,6 +114,12 @@ impl QuicShared {
         self.lock().ep.open_stats()
     }
 
+    /// Losses judged by the congestion controller, and receive-window doublings.
+    pub(crate) fn flow_stats(&self) -> (quic::LossStats, quic::WindowStats) {
+        let st = self.lock();
+        (st.ep.loss_stats(), st.ep.window_stats())
+    }
+
     fn lock(&self) -> MutexGuard<'_, QuicState> {
         crate::handle::lock(&self.state)
     }

@@ -180,6 +180,17 @@ async fn host_quic_echo_and_ping_through_the_same_api() {
     echo_roundtrip(&client, &peer, 4 << 20, 3).await;
     assert!(client.ping(&peer).await.unwrap() < Duration::from_secs(1));
     assert_eq!(client.identify(&peer).await.unwrap().agent_version.as_deref(), Some("hyphae/0.1.0"));
+    // The endpoint's congestion decisions and window doublings are exported.
+    let text = server.metrics_text();
+    for series in [
+        "hyphae_quic_losses_total{decision=\"congestion\"} ",
+        "hyphae_quic_losses_total{decision=\"tolerated\"} ",
+        "hyphae_quic_slow_start_exits_total ",
+        "hyphae_quic_receive_window_doublings_total{outcome=\"grown\"} ",
+        "hyphae_quic_receive_window_doublings_total{outcome=\"refused\"} ",
+    ] {
+        assert!(text.contains(series), "{series} in {text}");
+    }
 }
 
 /// Periodic pings come from the node machine (the one the simulator runs), over TCP and over QUIC.
