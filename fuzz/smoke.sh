@@ -13,6 +13,9 @@ targets=$(cargo fuzz list)
 # built them one by one), with the flags `cargo fuzz run` uses, so each run below finds its binary.
 echo "fuzz smoke: building $(echo "$targets" | wc -l) targets"
 mkdir -p corpus
+# Dependencies built once per machine (see scripts/target-cache.sh).
+. ../scripts/target-cache.sh
+link_target_cache . fuzz-target
 cargo fuzz build >/dev/null 2>corpus/build.log || { tail -n 40 corpus/build.log; exit 1; }
 # Two targets at a time: a libFuzzer run takes one core, and the machine CI runs on has two.
 run_one() {

@@ -39,7 +39,10 @@ fi
 if [ ! -d "$HERE/js/node_modules/@libp2p/mplex" ] || [ ! -d "$HERE/js/node_modules/@libp2p/tls" ] || [ ! -d "$HERE/js/node_modules/@libp2p/kad-dht" ] || [ ! -d "$HERE/js/node_modules/@libp2p/gossipsub" ] || [ "$HERE/js/package.json" -nt "$HERE/js/node_modules/.package-lock.json" ]; then
   (cd "$HERE/js" && npm install --no-audit --no-fund --silent)
 fi
-# --- rust-libp2p 0.57 peer (its own cargo workspace, built once) ---
+# --- rust-libp2p 0.57 peer (its own cargo workspace, built once; its target dir is a cache shared by
+# this machine's checkouts, see scripts/target-cache.sh) ---
+. "$HERE/../scripts/target-cache.sh"
+link_target_cache "$HERE/rust-peer" rust-peer-target
 if [ ! -x "$HERE/rust-peer/target/debug/rust-peer" ] || [ -n "$(find "$HERE/rust-peer/src" "$HERE/rust-peer/Cargo.toml" -newer "$HERE/rust-peer/target/debug/rust-peer")" ]; then
   cargo build --quiet --manifest-path "$HERE/rust-peer/Cargo.toml"
 fi
