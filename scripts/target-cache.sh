@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced by interop/setup.sh and fuzz/smoke.sh: `link_target_cache DIR NAME` makes DIR/target a link to
-# a build cache outside the checkout ($HYPHAE_CACHE, default ~/.cache/hyphae/NAME), so a fresh clone on a
+# a build cache outside the checkout ($HYPHAE_CACHE/NAME, default ~/.cache/hyphae/NAME), so a fresh clone on a
 # machine that built before recompiles only its own crates, not every dependency: the rust-libp2p peer
 # took 5m44s from nothing and the fuzz targets ~5 min, a third of CI's time on two cores. A checkout
 # whose DIR/target is already a directory keeps it. The cache is wiped when it passes 8 GiB (the only
