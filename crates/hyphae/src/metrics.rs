@@ -23,6 +23,15 @@ fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
     r.register(name, help, c);
 }
 
+/// A counter per value of one label: `name{label="value"}`.
+fn counters_by(r: &mut Registry, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let f: Family<Labels, Counter> = Family::default();
+    for (value, v) in values {
+        f.get_or_create(&labels(&[(label, value)])).inc_by(*v);
+    }
+    r.register(name, help, f);
+}
+
 fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
     let g: Gauge = Gauge::default();
     g.set(v);
@@ -82,25 +91,26 @@ impl Host {
         r.register("bytes", "Bytes sent and received on sockets (TCP payload, UDP datagrams)", bytes);
 
         // The resource manager.
-        let refused: Family<Labels, Counter> = Family::default();
         let rs = &stats.resources;
-        for (scope, v) in
-            [("system", rs.refused_system), ("transient", rs.refused_transient), ("peer", rs.refused_peer), ("subnet", rs.refused_subnet)]
-        {
-            refused.get_or_create(&labels(&[("scope", scope)])).inc_by(v);
-        }
-        refused.get_or_create(&labels(&[("scope", "quic_handshake")])).inc_by(self.inner.quic_handshakes_refused());
-        r.register("rcmgr_refused", "Connections refused by the resource manager, by scope", refused);
-        let streams_refused: Family<Labels, Counter> = Family::default();
-        for (scope, v) in
-            [("system", rs.refused_streams_system), ("peer", rs.refused_streams_peer), ("protocol", rs.refused_streams_protocol)]
-        {
-            streams_refused.get_or_create(&labels(&[("scope", scope)])).inc_by(v);
-        }
-        r.register(
+        counters_by(
+            &mut r,
+            "rcmgr_refused",
+            "Connections refused by the resource manager, by scope",
+            "scope",
+            &[
+                ("system", rs.refused_system),
+                ("transient", rs.refused_transient),
+                ("peer", rs.refused_peer),
+                ("subnet", rs.refused_subnet),
+                ("quic_handshake", self.inner.quic_handshakes_refused()),
+            ],
+        );
+        counters_by(
+            &mut r,
             "rcmgr_streams_refused",
             "Streams reset by the resource manager (either direction), by the scope that was full",
-            streams_refused,
+            "scope",
+            &[("system", rs.refused_streams_system), ("peer", rs.refused_streams_peer), ("protocol", rs.refused_streams_protocol)],
         );
         let gate = &self.inner.gate;
         if gate.is_on() {
@@ -120,35 +130,29 @@ impl Host {
             unsent.set(gate.unsent() as i64);
             r.register("send_gate_unsent_bytes", "Bytes counted in the send gate: taken for TCP sockets, not yet accepted by them", unsent);
         }
-        let opens: Family<Labels, Counter> = Family::default();
         let os = self.inner.quic_open_stats();
-        for (outcome, v) in [("waited", os.waited), ("refused", os.refused)] {
-            opens.get_or_create(&labels(&[("outcome", outcome)])).inc_by(v);
-        }
-        r.register(
+        counters_by(
+            &mut r,
             "quic_stream_opens_limited",
             "QUIC stream opens that met the peer's stream limit: waited for its MAX_STREAMS, or refused with max_streams opens already waiting",
-            opens,
+            "outcome",
+            &[("waited", os.waited), ("refused", os.refused)],
         );
         let (losses, windows) = self.inner.quic_flow_stats();
-        let decided: Family<Labels, Counter> = Family::default();
-        for (decision, v) in [("congestion", losses.congestion), ("tolerated", losses.tolerated)] {
-            decided.get_or_create(&labels(&[("decision", decision)])).inc_by(v);
-        }
-        r.register(
+        counters_by(
+            &mut r,
             "quic_losses",
             "QUIC loss events under the loss-tolerant congestion control: taken for congestion (a backoff) or let pass as random",
-            decided,
+            "decision",
+            &[("congestion", losses.congestion), ("tolerated", losses.tolerated)],
         );
         counter(&mut r, "quic_slow_start_exits", "QUIC slow starts ended by a grown round trip (HyStart++)", losses.slow_start_exits);
-        let grown: Family<Labels, Counter> = Family::default();
-        for (outcome, v) in [("grown", windows.grown), ("refused", windows.refused)] {
-            grown.get_or_create(&labels(&[("outcome", outcome)])).inc_by(v);
-        }
-        r.register(
+        counters_by(
+            &mut r,
             "quic_receive_window_doublings",
             "QUIC connection receive windows doubled for a fast reader, or not because the memory budget was full",
-            grown,
+            "outcome",
+            &[("grown", windows.grown), ("refused", windows.refused)],
         );
         let usage: Family<Labels, Gauge> = Family::default();
         let limit: Family<Labels, Gauge> = Family::default();
