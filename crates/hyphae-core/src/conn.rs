@@ -18,7 +18,7 @@ use crate::tls;
 use crate::yamux::{self, Yamux};
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::stream::{read_leftover_to, ReadSink};
+use crate::stream::{read_leftover, ReadSink};
 pub use crate::stream::{
     CloseReason, ConnEvent as Event, OpenError, ReadResult, Role, StreamError, StreamId, Streams, Violation, ViolationKind,
 };
@@ -841,7 +841,7 @@ impl Connection {
         if e.neg.is_some() {
             return ReadResult::Pending;
         }
-        if let Some(r) = read_leftover_to(&mut e.prebuf, sink) {
+        if let Some(r) = read_leftover(&mut e.prebuf, sink) {
             return r;
         }
         match &mut self.muxer {
@@ -919,7 +919,7 @@ impl Streams for Connection {
         self.set_now(now);
         Connection::stream_read(self, s, buf)
     }
-    fn stream_read_with(&mut self, now: Instant, s: StreamId, buf: &mut [u8], f: &mut dyn FnMut(&[u8])) -> ReadResult {
+    fn stream_read_with(&mut self, now: Instant, s: StreamId, buf: &mut [u8], f: &mut dyn FnMut(&[u8]) -> bool) -> ReadResult {
         self.set_now(now);
         self.stream_read_to(s, &mut ReadSink::lend(buf.len(), f))
     }

@@ -19,7 +19,7 @@ pub use congestion::Congestion;
 use crate::identity::{Keypair, PeerId, PublicKey};
 use crate::mss::Negotiator;
 use crate::rcmgr;
-use crate::stream::{self, CloseReason, OpenError, ReadResult, Role, StreamError, StreamId};
+use crate::stream::{self, CloseReason, OpenError, ReadResult, ReadSink, Role, StreamError, StreamId};
 use crate::time::{Duration, Instant};
 use crate::tls;
 use core::net::SocketAddr;
@@ -1193,6 +1193,23 @@ impl Endpoint {
     }
 
     pub fn stream_read(&mut self, now: Instant, conn: QuicConnId, id: StreamId, buf: &mut [u8]) -> ReadResult {
+        self.stream_read_to(now, conn, id, &mut ReadSink::copy(buf))
+    }
+
+    /// As [`Endpoint::stream_read`], the bytes lent to `f` one received frame at a time, where quinn keeps
+    /// them (`Streams::stream_read_with`), for as long as `f` takes more and `max` allows.
+    pub fn stream_read_with(
+        &mut self,
+        now: Instant,
+        conn: QuicConnId,
+        id: StreamId,
+        max: usize,
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> ReadResult {
+        self.stream_read_to(now, conn, id, &mut ReadSink::lend(max, f))
+    }
+
+    fn stream_read_to(&mut self, now: Instant, conn: QuicConnId, id: StreamId, sink: &mut ReadSink<'_>) -> ReadResult {
         let now = self.clock(now);
         let max = u64::from(self.config.connection_window);
         let Some(c) = self.conn_mut(conn) else { return ReadResult::Reset };
@@ -1200,14 +1217,14 @@ impl Endpoint {
         if e.neg.is_some() {
             return ReadResult::Pending;
         }
-        if let Some(r) = stream::read_leftover(&mut e.prebuf, buf) {
+        if let Some(r) = stream::read_leftover(&mut e.prebuf, sink) {
             return r;
         }
         if e.remote_fin {
             return ReadResult::Eof;
         }
-        // quinn hands the data back one received frame at a time (~1.4 KB): fill the caller's buffer from
-        // as many as are ready, so a bulk reader pays the bookkeeping below once per buffer, not per frame.
+        // quinn hands the data back one received frame at a time (~1.4 KB): fill the sink from as many as
+        // are ready, so a bulk reader pays the bookkeeping below once per read, not per frame.
         let (r, credit) = {
             let mut rs = c.conn.recv_stream(qsid(id));
             let read = rs.read(true);
@@ -1216,11 +1233,11 @@ impl Endpoint {
                 Ok(mut chunks) => {
                     let mut n = 0;
                     let mut end = None;
-                    while n < buf.len() {
-                        match chunks.next(buf.len() - n) {
+                    while sink.room() > 0 {
+                        match chunks.next(sink.room()) {
                             Ok(Some(ch)) => {
-                                buf[n..n + ch.bytes.len()].copy_from_slice(&ch.bytes);
                                 n += ch.bytes.len();
+                                sink.put(&ch.bytes);
                             }
                             Ok(None) => {
                                 end = Some(ReadResult::Eof);
@@ -1400,6 +1417,9 @@ impl stream::Streams for ConnStreams<'_> {
     }
     fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult {
         self.ep.stream_read(now, self.conn, s, buf)
+    }
+    fn stream_read_with(&mut self, now: Instant, s: StreamId, buf: &mut [u8], f: &mut dyn FnMut(&[u8]) -> bool) -> ReadResult {
+        self.ep.stream_read_with(now, self.conn, s, buf.len(), f)
     }
     fn stream_write(&mut self, now: Instant, s: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         self.ep.stream_write(now, self.conn, s, data)
@@ -1668,7 +1688,7 @@ mod tests {
     /// Static bytes (perf's constant block) go to quinn by reference: the whole block arrives, again and
     /// again, and neither quinn's buffers nor the send pool copy it.
     #[test]
-    fn quic_static_writes_arrive_whole_without_the_send_pool() {
+    fn quic_static_writes_arrive_whole_without_the_send_pool_and_lent_reads_give_them_frame_by_frame() {
         static BLOCK: [u8; 100_000] = {
             let mut b = [0u8; 100_000];
             let mut i = 0;
@@ -1684,6 +1704,7 @@ mod tests {
         let s = a.open_stream(now, conn, vec!["/sink/1".into()]).unwrap();
         const TOTAL: usize = 8 << 20;
         let (mut sent, mut got, mut bs) = (0usize, 0usize, None);
+        let (mut reads, mut most_slices) = (0u32, 0usize);
         let mut buf = vec![0u8; 256 << 10];
         for _ in 0..20_000 {
             while sent < TOTAL {
@@ -1697,12 +1718,33 @@ mod tests {
             path.step(&mut a, &mut b, &mut now);
             take_inbound(&mut b, &mut bs);
             while let Some(id) = bs {
-                match b.stream_read(now, bconn, id, &mut buf) {
-                    ReadResult::Data(n) => {
-                        assert!(buf[..n].iter().enumerate().all(|(j, &x)| x == BLOCK[(got + j) % BLOCK.len()]), "bytes at {got}");
-                        got += n;
+                reads += 1;
+                if reads % 2 == 0 {
+                    match b.stream_read(now, bconn, id, &mut buf) {
+                        ReadResult::Data(n) => {
+                            assert!(buf[..n].iter().enumerate().all(|(j, &x)| x == BLOCK[(got + j) % BLOCK.len()]), "bytes at {got}");
+                            got += n;
+                        }
+                        _ => break,
                     }
-                    _ => break,
+                } else {
+                    // Lent in place, one received frame per slice: this reader takes three per read.
+                    let (mut lent, mut slices) = (0usize, 0usize);
+                    let mut take = |d: &[u8]| {
+                        assert!(d.iter().enumerate().all(|(j, &x)| x == BLOCK[(got + lent + j) % BLOCK.len()]), "bytes at {}", got + lent);
+                        lent += d.len();
+                        slices += 1;
+                        slices < 3
+                    };
+                    match b.stream_read_with(now, bconn, id, buf.len(), &mut take) {
+                        ReadResult::Data(n) => {
+                            assert_eq!(n, lent);
+                            assert!((1..=3).contains(&slices));
+                            most_slices = most_slices.max(slices);
+                            got += n;
+                        }
+                        _ => break,
+                    }
                 }
             }
             if got == TOTAL {
@@ -1710,6 +1752,7 @@ mod tests {
             }
         }
         assert_eq!(got, TOTAL, "transfer completes");
+        assert_eq!(most_slices, 3, "a lent read gives several frames, and stops when told");
         assert_eq!(a.send_pool.allocated, 0);
     }
 

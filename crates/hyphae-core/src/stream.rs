@@ -234,12 +234,13 @@ pub trait Streams {
         self.open_stream(now, vec![protocol])
     }
     fn stream_read(&mut self, now: Instant, s: StreamId, buf: &mut [u8]) -> ReadResult;
-    /// As `stream_read`, but the bytes are lent to `f` as one slice (at most `buf.len()` bytes; `Data`
-    /// says how many) where the machine keeps them, rather than copied into `buf`: the node reads
-    /// services' streams this way, so a service gets one `Data` per read either way. Machines that keep
-    /// a stream's bytes in one buffer (the TCP muxers) lend them; the default copies into `buf` and
-    /// lends that, which suits QUIC, whose bytes come in one small piece per packet.
-    fn stream_read_with(&mut self, now: Instant, s: StreamId, buf: &mut [u8], f: &mut dyn FnMut(&[u8])) -> ReadResult {
+    /// As `stream_read`, but the bytes are lent to `f` where the machine keeps them, rather than copied
+    /// into `buf`: in one or more slices, at most `buf.len()` bytes in all (`Data` says how many), for as
+    /// long as `f` returns true (it takes more in this read; false: the rest waits for the next read).
+    /// The node reads services' streams this way. The TCP muxers lend their stream buffer (one slice,
+    /// two when it wraps), QUIC each received frame's bytes where quinn keeps them; the default copies
+    /// into `buf` and lends that.
+    fn stream_read_with(&mut self, now: Instant, s: StreamId, buf: &mut [u8], f: &mut dyn FnMut(&[u8]) -> bool) -> ReadResult {
         let r = self.stream_read(now, s, buf);
         if let ReadResult::Data(n) = r {
             f(&buf[..n]);
@@ -265,12 +266,7 @@ pub trait Streams {
 
 /// Serves bytes that arrived right after a stream's protocol negotiation (they were read together with
 /// it) before anything from the muxer or QUIC stream. Shared by the TCP and QUIC machines.
-pub(crate) fn read_leftover(prebuf: &mut Vec<u8>, buf: &mut [u8]) -> Option<ReadResult> {
-    read_leftover_to(prebuf, &mut ReadSink::copy(buf))
-}
-
-/// [`read_leftover`] into a [`ReadSink`].
-pub(crate) fn read_leftover_to(prebuf: &mut Vec<u8>, sink: &mut ReadSink<'_>) -> Option<ReadResult> {
+pub(crate) fn read_leftover(prebuf: &mut Vec<u8>, sink: &mut ReadSink<'_>) -> Option<ReadResult> {
     if prebuf.is_empty() {
         return None;
     }
@@ -281,7 +277,7 @@ pub(crate) fn read_leftover_to(prebuf: &mut Vec<u8>, sink: &mut ReadSink<'_>) ->
 }
 
 /// Where a muxer's read puts a stream's bytes: copied into a buffer (`Streams::stream_read`), or lent
-/// in place to a function (`Streams::stream_read_with`), which takes one slice per read; at most
+/// in place to a function (`Streams::stream_read_with`), slice by slice while it returns true; at most
 /// `room()` bytes in all.
 pub(crate) struct ReadSink<'a> {
     to: SinkTo<'a>,
@@ -290,7 +286,7 @@ pub(crate) struct ReadSink<'a> {
 
 enum SinkTo<'a> {
     Copy { buf: &'a mut [u8], n: usize },
-    Lend(&'a mut dyn FnMut(&[u8])),
+    Lend(&'a mut dyn FnMut(&[u8]) -> bool),
 }
 
 impl<'a> ReadSink<'a> {
@@ -298,7 +294,7 @@ impl<'a> ReadSink<'a> {
         ReadSink { room: buf.len(), to: SinkTo::Copy { buf, n: 0 } }
     }
 
-    pub(crate) fn lend(max: usize, f: &'a mut dyn FnMut(&[u8])) -> Self {
+    pub(crate) fn lend(max: usize, f: &'a mut dyn FnMut(&[u8]) -> bool) -> Self {
         ReadSink { room: max, to: SinkTo::Lend(f) }
     }
 
@@ -319,10 +315,11 @@ impl<'a> ReadSink<'a> {
                 *n += d.len();
             }
             SinkTo::Lend(f) => {
-                f(d);
-                // One slice per read: a wrapped buffer's second part waits for the next read.
-                self.room = 0;
-                return;
+                if !f(d) {
+                    // The function takes no more in this read: the rest waits for the next one.
+                    self.room = 0;
+                    return;
+                }
             }
         }
         self.room -= d.len();

@@ -768,29 +768,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn yamux_lent_reads_give_one_slice_each_and_copied_reads_both_parts_of_a_wrapped_buffer() {
-        // A ring buffer whose bytes wrap around its end: [5..12) at the back, [12..20) at the front.
-        let mut q: VecDeque<u8> = VecDeque::with_capacity(16);
-        q.extend(0..12u8);
-        q.drain(..5);
-        q.extend(12..20u8);
-        assert!(!q.as_slices().1.is_empty(), "the test needs a wrapped buffer");
-        let mut copy = q.clone();
+    fn yamux_lent_reads_give_slices_while_taken_and_copied_reads_both_parts_of_a_wrapped_buffer() {
+        // A ring buffer whose bytes 5..20 wrap around its end (a clone would not keep that layout).
+        let wrapped = || {
+            let mut q: VecDeque<u8> = VecDeque::with_capacity(16);
+            q.extend(0..12u8);
+            q.drain(..5);
+            q.extend(12..20u8);
+            assert!(!q.as_slices().1.is_empty(), "the test needs a wrapped buffer");
+            q
+        };
+        let mut copy = wrapped();
         let mut buf = [0u8; 64];
         assert_eq!(drain_into(&mut copy, &mut ReadSink::copy(&mut buf)), 15);
         assert_eq!(&buf[..15], &(5..20u8).collect::<Vec<_>>()[..]);
+        // A reader that takes one slice per read gets the second part on the next read.
+        let mut one = wrapped();
         let mut seen: Vec<Vec<u8>> = Vec::new();
-        let mut f = |d: &[u8]| seen.push(d.to_vec());
-        let first = drain_into(&mut q, &mut ReadSink::lend(64, &mut f));
-        let second = drain_into(&mut q, &mut ReadSink::lend(64, &mut f));
-        let third = drain_into(&mut q, &mut ReadSink::lend(3, &mut f));
-        assert_eq!((first + second, third, q.len()), (15, 0, 0));
-        assert_eq!(seen.len(), 2, "one slice per read");
+        let mut f = |d: &[u8]| {
+            seen.push(d.to_vec());
+            false
+        };
+        let first = drain_into(&mut one, &mut ReadSink::lend(64, &mut f));
+        let second = drain_into(&mut one, &mut ReadSink::lend(64, &mut f));
+        let third = drain_into(&mut one, &mut ReadSink::lend(3, &mut f));
+        let back = wrapped().as_slices().0.len();
+        assert_eq!((first, second, third, one.len()), (back, 15 - back, 0, 0));
+        assert_eq!(seen.concat(), (5..20u8).collect::<Vec<_>>());
+        // One that takes more gets both parts in one read, in order.
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let mut f = |d: &[u8]| {
+            seen.push(d.to_vec());
+            true
+        };
+        assert_eq!(drain_into(&mut wrapped(), &mut ReadSink::lend(64, &mut f)), 15);
+        assert_eq!(seen.len(), 2);
         assert_eq!(seen.concat(), (5..20u8).collect::<Vec<_>>());
         // A lent read takes no more than its room.
         let mut q: VecDeque<u8> = (0..10u8).collect();
         let mut got = Vec::new();
-        let mut f = |d: &[u8]| got.extend_from_slice(d);
+        let mut f = |d: &[u8]| {
+            got.extend_from_slice(d);
+            true
+        };
         assert_eq!(drain_into(&mut q, &mut ReadSink::lend(4, &mut f)), 4);
         assert_eq!((got, q.len()), (vec![0, 1, 2, 3], 6));
     }

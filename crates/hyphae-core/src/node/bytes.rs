@@ -36,6 +36,14 @@ pub enum Input<'a> {
         from: core::net::SocketAddr,
         data: &'a [u8],
     },
+    /// Datagrams from one sender of `stride` bytes each, back to back (the last may be shorter), handled
+    /// together before the endpoint runs its connections: what one receive with GRO gives the tokio
+    /// driver.
+    Datagrams {
+        from: core::net::SocketAddr,
+        data: &'a [u8],
+        stride: usize,
+    },
     /// `len` bytes of earlier `Output::Transmit`s have left this machine (a driver that set a send limit
     /// reports every transmitted byte this way, whether or not its connection still exists).
     Sent {
@@ -302,6 +310,12 @@ impl ByteNode {
             Input::Datagram { from, data } => {
                 if let Some(q) = self.quic.as_mut() {
                     q.ep.handle_datagram(now, from, data);
+                    self.pump_quic(now);
+                }
+            }
+            Input::Datagrams { from, data, stride } => {
+                if let Some(q) = self.quic.as_mut() {
+                    q.ep.handle_datagrams(now, from, data, stride);
                     self.pump_quic(now);
                 }
             }

@@ -734,11 +734,16 @@ impl Node {
                 return;
             }
             let (sid, released) = (o.service, o.released);
-            // The service sees the bytes where the connection keeps them (no copy into `buf` over TCP).
+            // The service sees the bytes where the connection keeps them (no copy into `buf`), one `Data`
+            // per slice the connection lends, until the service queues an operation (a release, a reply):
+            // the rest of the read waits until `flush` below has applied it.
             let mut deliver = |d: &[u8]| {
-                if !released {
-                    self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Data(d)));
+                if released {
+                    return false;
                 }
+                let queued = self.out.ops.len();
+                self.call(now, sid, |svc, cx| svc.on_stream(cx, id, s, StreamEvent::Data(d)));
+                self.out.ops.len() == queued
             };
             match m.stream_read_with(now, s, buf, &mut deliver) {
                 ReadResult::Data(_) => {}
