@@ -299,10 +299,7 @@ fn node_new_service_added_by_registration_only_serves_and_requests() {
         e.request(cx, conn, 8, &big);
     });
     p.run_until(now + Duration::from_secs(2));
-    let answers: Vec<&echo::EchoEvent> = p.events[0]
-        .iter()
-        .filter_map(|e| if let Event::Custom { service: "echo", event } = e { event.downcast_ref::<echo::EchoEvent>() } else { None })
-        .collect();
+    let answers = echo_answers(&p);
     assert_eq!(answers.len(), 2, "{:?}", p.events[0]);
     assert!(answers.contains(&&echo::EchoEvent::Answer { token: 7, data: b"hello".to_vec() }));
     // 300 kB: more than one write can take; the router's per-stream buffer drains on Writable.
@@ -351,10 +348,7 @@ fn node_outbox_overflow_resets_the_stream_and_tells_its_service() {
     // otherwise wait for an answer forever), and the next request on the connection still works.
     assert_eq!(p.nodes[0].stats().writes_dropped, 1);
     assert_eq!(p.nodes[0].node_mut().service_mut::<echo::Echo>().unwrap().resets, 1);
-    let answers: Vec<&echo::EchoEvent> = p.events[0]
-        .iter()
-        .filter_map(|e| if let Event::Custom { service: "echo", event } = e { event.downcast_ref::<echo::EchoEvent>() } else { None })
-        .collect();
+    let answers = echo_answers(&p);
     assert_eq!(answers, vec![&echo::EchoEvent::Answer { token: 6, data: b"small".to_vec() }]);
 }
 
