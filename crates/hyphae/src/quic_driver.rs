@@ -361,7 +361,10 @@ async fn recv_loop(shared: Arc<QuicShared>) {
             inner.handle_actions(&c, a);
         }
         inner.handle_node_events(events);
-        send_all(&shared, &inner, datagrams, &mut sent_bufs).await;
+        count_sent(&inner, &datagrams);
+        // Not held across the sends: the host's tasks end once it is gone.
+        drop(inner);
+        send_all(&shared, datagrams, &mut sent_bufs).await;
     }
 }
 
@@ -378,11 +381,15 @@ fn drain_transmits(ep: &mut quic::Endpoint) -> Vec<quic::Transmit> {
     d
 }
 
-/// Sends `datagrams` (waiting while the socket's buffer is full), keeping their buffers for the endpoint
-/// to reuse.
-async fn send_all(shared: &QuicShared, inner: &Arc<dyn HostLink>, datagrams: Vec<quic::Transmit>, sent_bufs: &mut Vec<Vec<u8>>) {
+/// Counts the bytes of `datagrams` as sent (the host's live counters).
+fn count_sent(inner: &Arc<dyn HostLink>, datagrams: &[quic::Transmit]) {
     let out: usize = datagrams.iter().map(|t| t.data.len()).sum();
     inner.live().udp_out.fetch_add(out as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Sends `datagrams` (waiting while the socket's buffer is full), keeping their buffers for the endpoint
+/// to reuse.
+async fn send_all(shared: &QuicShared, datagrams: Vec<quic::Transmit>, sent_bufs: &mut Vec<Vec<u8>>) {
     for t in datagrams {
         let tr = quinn_udp::Transmit { destination: t.to, ecn: None, contents: &t.data, segment_size: t.segment_size, src_ip: None };
         let r = shared.socket.async_io(tokio::io::Interest::WRITABLE, || shared.udp.try_send((&*shared.socket).into(), &tr)).await;
@@ -422,9 +429,10 @@ async fn send_loop(shared: Arc<QuicShared>) {
             inner.handle_actions(&c, a);
         }
         inner.handle_node_events(events);
-        let sent = !datagrams.is_empty();
-        send_all(&shared, &inner, datagrams, &mut sent_bufs).await;
+        count_sent(&inner, &datagrams);
         drop(inner);
+        let sent = !datagrams.is_empty();
+        send_all(&shared, datagrams, &mut sent_bufs).await;
         if sent {
             continue;
         }
