@@ -140,14 +140,16 @@ impl Net {
                     }
                     Some(conn) => self.nodes[f.to].handle_input(now, Input::Data { conn, data: &f.data }),
                     None if self.batch_datagrams => {
-                        // The rest of this instant's datagrams from that sender to that node, up to the
-                        // first that does not fit a GRO batch (one shorter than the first ends it).
+                        // The rest of this instant's datagrams from that sender to that node, in order, up
+                        // to the first that does not fit a GRO batch (a longer one; a shorter one ends it).
                         let stride = f.data.len().max(1);
                         let mut data = f.data;
                         while data.len().is_multiple_of(stride) {
-                            let same =
-                                |m: &Flight| m.at == t && m.conn.is_none() && m.to == f.to && m.from == f.from && m.data.len() <= stride;
+                            let same = |m: &Flight| m.at == t && m.conn.is_none() && m.to == f.to && m.from == f.from;
                             let Some(p) = self.inflight.iter().position(same) else { break };
+                            if self.inflight[p].data.len() > stride {
+                                break;
+                            }
                             data.extend_from_slice(&self.inflight.remove(p).data);
                         }
                         self.nodes[f.to].handle_input(now, Input::Datagrams { from: f.from, data: &data, stride });
