@@ -35,8 +35,6 @@ pub(crate) struct QuicState {
     /// small answers (ACKs) itself, and wakes the send task only when the batch set an earlier timer or
     /// left it more to send.
     armed: Option<Instant>,
-    /// Datagrams the receive task took from the endpoint but leaves to the send task (see `recv_loop`).
-    handoff: Vec<quic::Transmit>,
 }
 
 pub(crate) struct QuicShared {
@@ -151,7 +149,6 @@ impl QuicShared {
                 ids: BTreeMap::new(),
                 conns: BTreeMap::new(),
                 armed: None,
-                handoff: Vec::new(),
             }),
             notify: Notify::new(),
             socket,
@@ -345,12 +342,13 @@ async fn recv_loop(shared: Arc<QuicShared>) {
             // receiver's CPU). Anything bigger (at a sender, the data its ACKs let out) is the send task's:
             // sent from here it would delay reading the next ACKs, and the congestion controller reads
             // that delay as a queue (measured: a 1 GiB upload 3–6× slower).
-            let mut d = drain_transmits(&mut st.ep);
-            let small = got <= INLINE_AFTER && d.len() <= INLINE_DATAGRAMS && d.iter().all(|t| t.data.len() <= INLINE_BYTES);
-            if !small {
-                st.handoff.append(&mut d);
-            }
-            let wake = !st.handoff.is_empty() || st.ep.poll_timeout().is_some_and(|t| st.armed.is_none_or(|a| t < a));
+            let small = got <= INLINE_AFTER && {
+                let mut q = st.ep.queued_transmits();
+                q.len() <= INLINE_DATAGRAMS && q.all(|t| t.data.len() <= INLINE_BYTES)
+            };
+            let d = if small { drain_transmits(&mut st.ep) } else { Vec::new() };
+            let more = st.ep.queued_transmits().len() > 0;
+            let wake = more || st.ep.poll_timeout().is_some_and(|t| st.armed.is_none_or(|a| t < a));
             (d, wake, a)
         };
         if wake {
@@ -420,8 +418,7 @@ async fn send_loop(shared: Arc<QuicShared>) {
                 st.ep.handle_timeout(now);
             }
             st.ep.flush(now);
-            let mut d = std::mem::take(&mut st.handoff);
-            d.append(&mut drain_transmits(&mut st.ep));
+            let d = drain_transmits(&mut st.ep);
             let a = shared.dispatch(&mut st, &inner);
             let deadline = st.ep.poll_timeout();
             // Armed under the lock, so the receive task's comparison sees either this or a later value.
