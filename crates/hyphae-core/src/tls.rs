@@ -18,7 +18,7 @@ use crate::stream::Role;
 use rand_core::CryptoRngCore;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 pub const PROTOCOL_ID: &str = "/tls/1.0.0";
@@ -868,21 +868,15 @@ impl Session {
             if let Err(e) = self.conn.process_new_packets() {
                 break Err(rustls_err(e));
             }
-            loop {
-                let start = plain.len();
-                plain.resize(start + 16 * 1024, 0);
-                match self.conn.reader().read(&mut plain[start..]) {
-                    Ok(n) => {
-                        plain.truncate(start + n);
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                    Err(_) => {
-                        plain.truncate(start);
-                        break;
-                    }
+            // Each decrypted record is borrowed from rustls and appended once (no zeroed staging buffer).
+            let mut reader = self.conn.reader();
+            while let Ok(chunk) = reader.fill_buf() {
+                if chunk.is_empty() {
+                    break;
                 }
+                let n = chunk.len();
+                plain.extend_from_slice(chunk);
+                reader.consume(n);
             }
         };
         buf.drain(..consumed);
