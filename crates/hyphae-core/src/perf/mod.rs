@@ -54,7 +54,7 @@ pub enum Event {
 pub enum Failure {
     #[error("could not open the stream: {0}")]
     Open(OpenError),
-    #[error("stream reset")]
+    #[error("stream reset (by the peer, or it does not serve /perf/1.0.0)")]
     Reset,
     #[error("connection closed")]
     Closed,

@@ -67,7 +67,11 @@ impl PerfService {
         let (peer, _) = cx.connection(conn)?;
         self.next_run += 1;
         let run = RunId(self.next_run);
-        cx.open_stream(conn, PROTOCOL_ID, run.0);
+        // Optimistic (multistream-select's lazy mode): the size header and the first block follow the
+        // proposal at once instead of a round trip later (60 ms of a 1 GiB run on a 60 ms path, ~2.5%;
+        // go-libp2p also opens lazily once it knows the protocol). A peer that does not serve perf
+        // resets the stream: `Failure::Reset`.
+        cx.open_stream_lazy(conn, PROTOCOL_ID, run.0);
         let r = Run {
             conn,
             peer,
@@ -361,10 +365,7 @@ mod tests {
         assert!(perf_events(&p.events[0]).iter().any(|e| matches!(e, Event::Done { run: r, uploaded: 0, downloaded: 0, .. } if *r == run)));
         let (p, run) = exchange(false, 10, 10, 2);
         let ev = perf_events(&p.events[0]);
-        assert!(
-            ev.iter().any(|e| matches!(e, Event::Failed { run: r, error: Failure::Open(OpenError::Unsupported), .. } if *r == run)),
-            "{ev:?}"
-        );
+        assert!(ev.iter().any(|e| matches!(e, Event::Failed { run: r, error: Failure::Reset, .. } if *r == run)), "{ev:?}");
     }
 
     #[test]
