@@ -466,28 +466,48 @@ impl Transport {
         }
     }
 
-    /// Decrypts complete frames from the front of `buf` (in place), appending plaintext to `out`. A frame
-    /// that does not authenticate is an error; the frames before it are delivered.
+    /// Decrypts complete frames from the front of `buf`, appending plaintext to `out`; the frames taken
+    /// leave `buf`. A frame that does not authenticate is an error; the frames before it are delivered.
     pub fn decrypt(&mut self, buf: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), NoiseError> {
+        let (consumed, r) = self.decrypt_from(buf, out);
+        buf.drain(..consumed);
+        r
+    }
+
+    /// Decrypts the complete frames at the front of `input`, appending plaintext to `out`: each frame's
+    /// ciphertext is copied once, into `out`, and opened there in place (so a driver's read buffer is
+    /// decrypted without staging it first). Returns the bytes taken (whole frames only) and, when a frame
+    /// does not authenticate, the error; the frames before it are delivered.
+    pub fn decrypt_from(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Result<(), NoiseError>) {
         let mut consumed = 0;
         let r = loop {
-            let rest = &mut buf[consumed..];
-            if rest.len() < 2 {
-                break Ok(());
-            }
-            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-            if rest.len() < 2 + len {
+            let rest = &input[consumed..];
+            let Some(need) = Self::frame_len(rest) else { break Ok(()) };
+            if rest.len() < need {
                 break Ok(());
             }
             let Some(nonce) = self.recv.next() else { break Err(NoiseError::Decrypt) };
-            match self.recv.key.open_in_place(nonce, ring::aead::Aad::empty(), &mut rest[2..2 + len]) {
-                Ok(plain) => out.extend_from_slice(plain),
-                Err(_) => break Err(NoiseError::Decrypt),
+            let start = out.len();
+            out.extend_from_slice(&rest[2..need]);
+            match self.recv.key.open_in_place(nonce, ring::aead::Aad::empty(), &mut out[start..]) {
+                Ok(plain) => {
+                    let n = plain.len();
+                    out.truncate(start + n);
+                }
+                Err(_) => {
+                    out.truncate(start);
+                    break Err(NoiseError::Decrypt);
+                }
             }
-            consumed += 2 + len;
+            consumed += need;
         };
-        buf.drain(..consumed);
-        r
+        (consumed, r)
+    }
+
+    /// The whole length (length prefix included) of the frame at the front of `buf`, once its prefix is
+    /// there.
+    pub fn frame_len(buf: &[u8]) -> Option<usize> {
+        (buf.len() >= 2).then(|| 2 + u16::from_be_bytes([buf[0], buf[1]]) as usize)
     }
 }
 

@@ -846,13 +846,21 @@ impl Session {
 
     /// Consumes TLS records from the front of `buf`; appends decrypted application data to `plain`.
     pub fn handle_input(&mut self, buf: &mut Vec<u8>, plain: &mut Vec<u8>) -> Result<(), TlsError> {
+        let (consumed, r) = self.handle_input_from(buf, plain);
+        buf.drain(..consumed);
+        r
+    }
+
+    /// Like [`Session::handle_input`], from a slice: returns the bytes taken (rustls keeps a partial
+    /// record itself, so on success that is all of `input`) and the outcome.
+    pub fn handle_input_from(&mut self, input: &[u8], plain: &mut Vec<u8>) -> (usize, Result<(), TlsError>) {
         let scope = RngScope::enter(&mut self.rng);
-        let r = self.read_records(buf, plain);
+        let r = self.read_records(input, plain);
         scope.exit(&mut self.rng);
         r
     }
 
-    fn read_records(&mut self, buf: &mut Vec<u8>, plain: &mut Vec<u8>) -> Result<(), TlsError> {
+    fn read_records(&mut self, buf: &[u8], plain: &mut Vec<u8>) -> (usize, Result<(), TlsError>) {
         let mut consumed = 0;
         let r = loop {
             if consumed == buf.len() {
@@ -879,8 +887,7 @@ impl Session {
                 reader.consume(n);
             }
         };
-        buf.drain(..consumed);
-        r
+        (consumed, r)
     }
 
     /// Encrypts application data into TLS records appended to `out`. rustls buffers a bounded amount of
