@@ -1239,6 +1239,84 @@ mod tests {
         }
     }
 
+    /// Two streams write into a small output buffer, with muxer control frames (pings) queued between
+    /// the first writes: the buffer fills (`is_backed_up`, writes cut short), `poll_transmit` frees it
+    /// and raises `Writable` (the only wake-up: the reader sends no window update), and every byte of
+    /// both streams arrives in order, over Noise and TLS.
+    #[test]
+    fn conn_writes_blocked_by_a_full_output_resume_on_writable_and_keep_order() {
+        for security in [noise::PROTOCOL_ID, tls::PROTOCOL_ID] {
+            let mut p = Pair::build(|ca, _| {
+                ca.security = vec![security.to_string()];
+                ca.limits.yamux.max_out_buffer = 40_000;
+            });
+            p.pump();
+            let ids = [p.a.open_stream_lazy("/echo/1".into()).unwrap(), p.a.open_stream_lazy("/echo/1".into()).unwrap()];
+            let msgs: Vec<Vec<u8>> = (0..2u32).map(|k| (0..150_000u32).map(|i| (i * (5 + k) + i / 97) as u8).collect()).collect();
+            let mut sent = [0usize; 2];
+            let mut blocked = [false; 2];
+            let (mut refused, mut backed_up, mut resumed) = (0, 0, 0);
+            let mut got: std::collections::HashMap<StreamId, Vec<u8>> = Default::default();
+            let mut buf = vec![0u8; 1 << 16];
+            for round in 0..2_000u32 {
+                for k in 0..2 {
+                    if sent[k] < msgs[k].len() && !blocked[k] {
+                        let end = (sent[k] + 25_001).min(msgs[k].len());
+                        let n = p.a.stream_write(ids[k], &msgs[k][sent[k]..end]).unwrap();
+                        if n < end - sent[k] {
+                            // Cut short or refused: wait for `Writable`.
+                            refused += 1;
+                            blocked[k] = true;
+                        }
+                        sent[k] += n;
+                    }
+                    if round < 3 {
+                        assert!(p.a.ping(round), "{security}");
+                    }
+                }
+                backed_up += usize::from(p.a.is_backed_up());
+                // The socket takes one batch per round, so writes meet a full buffer.
+                if let Some(x) = p.a.poll_transmit() {
+                    p.b.handle_input(p.now, &x);
+                }
+                for e in std::iter::from_fn(|| p.a.poll_event()) {
+                    if let Event::Writable(id) = e {
+                        if let Some(k) = ids.iter().position(|i| *i == id) {
+                            resumed += usize::from(blocked[k]);
+                            blocked[k] = false;
+                        }
+                    }
+                }
+                // `b` reads only at the end: no window update reaches `a`, so only the output buffer going
+                // out can wake a blocked writer (both streams fit in yamux's initial 256 KiB window).
+                if sent == [150_000; 2] {
+                    break;
+                }
+            }
+            while let Some(x) = p.a.poll_transmit() {
+                p.b.handle_input(p.now, &x);
+            }
+            for e in std::iter::from_fn(|| p.b.poll_event()) {
+                if let Event::InboundStream { id, .. } = e {
+                    got.insert(id, Vec::new());
+                }
+            }
+            for (id, v) in got.iter_mut() {
+                while let ReadResult::Data(n) = p.b.stream_read(*id, &mut buf) {
+                    v.extend_from_slice(&buf[..n]);
+                }
+            }
+            assert!(p.a.is_open() && p.b.is_open(), "{security}");
+            assert!(refused > 0 && backed_up > 0 && resumed > 0, "{security}: {refused} {backed_up} {resumed}");
+            let mut got: Vec<Vec<u8>> = got.into_values().collect();
+            got.sort_by_key(|v| v.get(1).copied());
+            let mut want = msgs.clone();
+            want.sort_by_key(|v| v.get(1).copied());
+            assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [150_000, 150_000], "{security}");
+            assert!(got == want, "{security}: bytes differ");
+        }
+    }
+
     #[test]
     fn conn_upgrade_with_early_muxer_then_stream() {
         upgrade_and_echo(true);
