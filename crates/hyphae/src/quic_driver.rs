@@ -1,6 +1,6 @@
 //! The tokio driver of a QUIC endpoint: one UDP socket, one sans-IO [`quic::Endpoint`] behind a mutex,
-//! a receive task and a send/timer task. Connections get the same `ConnShared` bookkeeping as TCP ones;
-//! their stream I/O goes through the endpoint (wakers kept here).
+//! one task that receives, runs the endpoint and sends ([`run`]). Connections get the same `ConnShared`
+//! bookkeeping as TCP ones; their stream I/O goes through the endpoint (wakers kept here).
 
 use crate::handle::{Action, ConnShared, Direction, HostLink, QuicHandle};
 use hyphae_core::conn::{CloseReason, Event as ConnEvent, OpenError, ReadResult, StreamId};
@@ -31,10 +31,6 @@ pub(crate) struct QuicState {
     /// Accepted connections still handshaking have no node id yet; every established one has.
     ids: BTreeMap<QuicConnId, ConnId>,
     conns: BTreeMap<QuicConnId, Arc<ConnShared>>,
-    /// The endpoint timer the send task last armed (`None`: none). The receive task sends a batch's
-    /// small answers (ACKs) itself, and wakes the send task only when the batch set an earlier timer or
-    /// left it more to send.
-    armed: Option<Instant>,
 }
 
 pub(crate) struct QuicShared {
@@ -148,7 +144,6 @@ impl QuicShared {
                 dialing: BTreeMap::new(),
                 ids: BTreeMap::new(),
                 conns: BTreeMap::new(),
-                armed: None,
             }),
             notify: Notify::new(),
             socket,
@@ -157,8 +152,7 @@ impl QuicShared {
             epoch: inner.epoch(),
             inner: Arc::downgrade(inner),
         });
-        tokio::spawn(recv_loop(shared.clone()));
-        tokio::spawn(send_loop(shared.clone()));
+        tokio::spawn(run(shared.clone()));
         Ok(shared)
     }
 
@@ -298,81 +292,119 @@ impl QuicShared {
     }
 }
 
-async fn recv_loop(shared: Arc<QuicShared>) {
-    // quinn-udp receives up to BATCH datagrams per syscall (recvmmsg); with GRO each one may hold several
-    // datagrams of `stride` bytes back to back.
-    const BATCH: usize = 32;
+/// Datagram batches (each up to 64 KiB: one GRO batch) one `recvmmsg` takes.
+const RECV_BATCH: usize = 32;
+
+/// A datagram up to this size carries no stream data worth a second round (ACKs, flow-control credit).
+const SMALL_DATAGRAM: usize = 256;
+
+/// The endpoint's one task: it receives, runs the endpoint and the node machine, and sends, in turn, so
+/// an endpoint's work never runs on two threads at once (as quinn's own driver and quic-go run a
+/// connection's receive processing and its sends). It replaced a receive task and a send/timer task,
+/// which starved a runtime with one worker (`current_thread`, or a container with one core): the
+/// receive task always found data, so it held the worker until the runtime's budget ran out, and the
+/// ACKs and data it left to the send task waited behind it. 1 GiB over the 60 ms path with both peers
+/// on one worker: 4.37 s with two tasks, 3.33 s with one; on two workers the two are even
+/// (BENCHMARKS.md, the long path).
+///
+/// Each round takes at most one receive batch, so a receiver answers (ACKs, flow-control credit) after
+/// every batch, and a sender sends what the ACKs it just read let out before it reads the next ones.
+async fn run(shared: Arc<QuicShared>) {
+    // quinn-udp receives up to RECV_BATCH datagrams per syscall (recvmmsg); with GRO each one may hold
+    // several datagrams of `stride` bytes back to back.
     let slot = 64 * 1024;
-    let mut storage = vec![0u8; slot * BATCH];
+    let mut storage = vec![0u8; slot * RECV_BATCH];
     // Each batch goes to the endpoint in recycled memory (`slab::SlabPool`): slabs of two slots, enough
-    // of them (2 MiB) for what one pass of this loop holds until the application reads it.
-    let mut pool = hyphae_core::slab::SlabPool::new(2 * slot, BATCH / 2);
+    // of them (2 MiB) for what one round holds until the application reads it.
+    let mut pool = hyphae_core::slab::SlabPool::new(2 * slot, RECV_BATCH / 2);
+    // Buffers of the last round's datagrams, handed back to the endpoint for its next batches (it keeps
+    // the batch-sized ones, up to `quic::SPARE_BUFFERS`).
     let mut sent_bufs: Vec<Vec<u8>> = Vec::new();
+    let mut meta = [quinn_udp::RecvMeta::default(); RECV_BATCH];
+    // Whether this round runs though nothing was received: the task was woken (by the application, a
+    // timer, or the socket), or the last round sent data. A round drains everything the endpoint can send
+    // at that moment; a sender whose data waited for pacing finds more sendable right after, so it goes
+    // around once more rather than sleep on the runtime's timer, whose millisecond ticks are a 500 KB
+    // gap at 4 Gbit/s (measured: the 60 ms path's unlimited row 19% slower). A round that sent only
+    // small datagrams (a receiver's ACKs and credit) does not: at 100 Mbit/s, with a datagram per
+    // receive, that empty round cost the receiver half again as much CPU.
+    let mut woken = true;
     loop {
-        let mut meta = [quinn_udp::RecvMeta::default(); BATCH];
-        let r = {
+        let received = {
             let mut bufs: Vec<std::io::IoSliceMut<'_>> = storage.chunks_mut(slot).map(std::io::IoSliceMut::new).collect();
-            shared.socket.async_io(tokio::io::Interest::READABLE, || shared.udp.recv((&*shared.socket).into(), &mut bufs, &mut meta)).await
-        };
-        let n = match r {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
+            match shared.socket.try_io(tokio::io::Interest::READABLE, || shared.udp.recv((&*shared.socket).into(), &mut bufs, &mut meta)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive failed");
+                    0
+                }
             }
         };
+        if received == 0 && !woken {
+            let deadline = shared.lock().ep.poll_timeout();
+            wait(&shared, deadline).await;
+            woken = true;
+            continue;
+        }
         let Some(inner) = shared.inner.upgrade() else { return };
-        let (datagrams, wake, actions) = {
+        let (datagrams, actions) = {
             let now = shared.now();
             let mut st = shared.lock();
             for b in sent_bufs.drain(..) {
                 st.ep.recycle(b);
             }
-            let got: usize = meta.iter().take(n).map(|m| m.len).sum();
+            let got: usize = meta.iter().take(received).map(|m| m.len).sum();
             inner.live().udp_in.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
-            for (i, m) in meta.iter().take(n).enumerate() {
+            for (i, m) in meta.iter().take(received).enumerate() {
                 let batch = pool.copy(&storage[i * slot..i * slot + m.len]);
                 st.ep.handle_batch(now, m.addr, batch, m.stride);
             }
+            if st.ep.poll_timeout().is_some_and(|t| t <= now) {
+                st.ep.handle_timeout(now);
+            }
             st.ep.flush(now);
+            // The node machine reads (freeing flow-control credit, driven at once) and writes (sent by
+            // the flush after it) here.
             let a = shared.dispatch(&mut st, &inner);
-            // A receiver's answer to a batch is a few small datagrams (ACKs): they go out from here, as
-            // waking the send task for them cost a thread switch per batch (a third of a 100 Mbit/s QUIC
-            // receiver's CPU). Anything bigger (at a sender, the data its ACKs let out) is the send task's:
-            // sent from here it would delay reading the next ACKs, and the congestion controller reads
-            // that delay as a queue (measured: a 1 GiB upload 3–6× slower).
-            let small = got <= INLINE_AFTER && {
-                let mut q = st.ep.queued_transmits();
-                q.len() <= INLINE_DATAGRAMS && q.all(|t| t.data.len() <= INLINE_BYTES)
-            };
-            let d = if small { drain_transmits(&mut st.ep) } else { Vec::new() };
-            let more = st.ep.queued_transmits().len() > 0;
-            let wake = more || st.ep.poll_timeout().is_some_and(|t| st.armed.is_none_or(|a| t < a));
-            (d, wake, a)
+            st.ep.flush(now);
+            (drain_transmits(&mut st.ep), a)
         };
-        if wake {
-            shared.notify.notify_one();
-        }
         let (actions, events) = actions;
         for (c, a) in actions {
             inner.handle_actions(&c, a);
         }
         inner.handle_node_events(events);
         count_sent(&inner, &datagrams);
-        // Not held across the sends: the host's tasks end once it is gone.
+        // Not held across the sends and waits: the host's tasks end once it is gone.
         drop(inner);
+        woken = datagrams.iter().any(|t| t.data.len() > SMALL_DATAGRAM);
         send_all(&shared, datagrams, &mut sent_bufs).await;
+        // A socket that always has data would hold the worker: the runtime's budget lets its other tasks
+        // run now and then.
+        tokio::task::coop::consume_budget().await;
     }
 }
 
-/// What the receive task sends itself: at most this many datagrams of at most this many bytes each,
-/// after a receive of at most `INLINE_AFTER` bytes. A bigger receive means a busy connection, where the
-/// send task on the other thread sends in parallel with the next receive: sending from the receive task
-/// there made a 1 GiB QUIC upload on loopback ~10% slower.
-const INLINE_DATAGRAMS: usize = 4;
-const INLINE_BYTES: usize = 256;
-const INLINE_AFTER: usize = 16 * 1024;
+/// Waits for the socket to be readable, the application's wake-up, or the endpoint's `deadline`.
+async fn wait(shared: &QuicShared, deadline: Option<Instant>) {
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until((shared.epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = shared.socket.readable() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "udp socket not readable");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        _ = shared.notify.notified() => {}
+        _ = sleep => {}
+    }
+}
 
 /// Every datagram the endpoint has ready.
 fn drain_transmits(ep: &mut quic::Endpoint) -> Vec<quic::Transmit> {
@@ -399,45 +431,6 @@ async fn send_all(shared: &QuicShared, datagrams: Vec<quic::Transmit>, sent_bufs
             tracing::debug!(error = %e, to = %t.to, "udp send failed");
         }
         sent_bufs.push(t.data);
-    }
-}
-
-async fn send_loop(shared: Arc<QuicShared>) {
-    // Buffers of the last round's datagrams, handed back to the endpoint for its next batches (it keeps
-    // the batch-sized ones, up to `quic::SPARE_BUFFERS`).
-    let mut sent_bufs: Vec<Vec<u8>> = Vec::new();
-    loop {
-        let Some(inner) = shared.inner.upgrade() else { return };
-        let (datagrams, deadline, actions) = {
-            let now = shared.now();
-            let mut st = shared.lock();
-            for b in sent_bufs.drain(..) {
-                st.ep.recycle(b);
-            }
-            if st.ep.poll_timeout().is_some_and(|t| t <= now) {
-                st.ep.handle_timeout(now);
-            }
-            st.ep.flush(now);
-            let d = drain_transmits(&mut st.ep);
-            let a = shared.dispatch(&mut st, &inner);
-            let deadline = st.ep.poll_timeout();
-            // Armed under the lock, so the receive task's comparison sees either this or a later value.
-            st.armed = deadline;
-            (d, deadline, a)
-        };
-        let (actions, events) = actions;
-        for (c, a) in actions {
-            inner.handle_actions(&c, a);
-        }
-        inner.handle_node_events(events);
-        count_sent(&inner, &datagrams);
-        drop(inner);
-        let sent = !datagrams.is_empty();
-        send_all(&shared, datagrams, &mut sent_bufs).await;
-        if sent {
-            continue;
-        }
-        crate::handle::wait_for_wake_or_deadline(&shared.notify, shared.epoch, deadline).await;
     }
 }
 
