@@ -341,15 +341,17 @@ pub(crate) fn since(epoch: std::time::Instant) -> Instant {
 
 /// Sleeps until `notify` fires or the machine's `deadline` (an `Instant` since `epoch`) passes.
 pub(crate) async fn wait_for_wake_or_deadline(notify: &Notify, epoch: std::time::Instant, deadline: Option<Instant>) {
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until((epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         _ = notify.notified() => {}
-        _ = sleep => {}
+        _ = sleep_until_deadline(epoch, deadline) => {}
+    }
+}
+
+/// Sleeps until `deadline` (a machine's time since `epoch`); forever if `None`.
+pub(crate) async fn sleep_until_deadline(epoch: std::time::Instant, deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until((epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -388,12 +388,6 @@ async fn run(shared: Arc<QuicShared>) {
 
 /// Waits for the socket to be readable, the application's wake-up, or the endpoint's `deadline`.
 async fn wait(shared: &QuicShared, deadline: Option<Instant>) {
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until((shared.epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         r = shared.socket.readable() => {
             if let Err(e) = r {
@@ -402,7 +396,7 @@ async fn wait(shared: &QuicShared, deadline: Option<Instant>) {
             }
         }
         _ = shared.notify.notified() => {}
-        _ = sleep => {}
+        _ = crate::handle::sleep_until_deadline(shared.epoch, deadline) => {}
     }
 }
 
