@@ -792,12 +792,6 @@ impl Endpoint {
         self.transmits.pop_front()
     }
 
-    /// The datagrams `poll_transmit` would hand out, in order, left in place (a driver choosing which of
-    /// its tasks sends them).
-    pub fn queued_transmits(&self) -> impl ExactSizeIterator<Item = &Transmit> {
-        self.transmits.iter()
-    }
-
     /// Hands back a sent transmit's buffer for the next batch (optional: without it each batch
     /// allocates its own). At most [`SPARE_BUFFERS`] are kept, and only batch-sized ones: a small
     /// transmit's buffer would be reallocated to batch size anyway.

@@ -330,15 +330,18 @@ async fn run(shared: Arc<QuicShared>) {
     // receive, that empty round cost the receiver half again as much CPU.
     let mut woken = true;
     loop {
-        let received = {
+        let r = {
             let mut bufs: Vec<std::io::IoSliceMut<'_>> = storage.chunks_mut(slot).map(std::io::IoSliceMut::new).collect();
-            match shared.socket.try_io(tokio::io::Interest::READABLE, || shared.udp.recv((&*shared.socket).into(), &mut bufs, &mut meta)) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => {
-                    tracing::debug!(error = %e, "udp receive failed");
-                    0
-                }
+            shared.socket.try_io(tokio::io::Interest::READABLE, || shared.udp.recv((&*shared.socket).into(), &mut bufs, &mut meta))
+        };
+        let received = match r {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                // The socket stays readable after an error: back off rather than spin on it.
+                tracing::debug!(error = %e, "udp receive failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                0
             }
         };
         if received == 0 && !woken {
