@@ -38,6 +38,7 @@ pub mod peerdb;
 mod persist;
 mod pubsub;
 mod quic_driver;
+mod timer;
 mod topics;
 
 pub use dht::Dht;

@@ -329,6 +329,8 @@ async fn run(shared: Arc<QuicShared>) {
     // small datagrams (a receiver's ACKs and credit) does not: at 100 Mbit/s, with a datagram per
     // receive, that empty round cost the receiver half again as much CPU.
     let mut woken = true;
+    // Pacing deadlines are ~1.6 ms apart: tokio's millisecond wheel would slow the pacer (`timer`).
+    let timer = crate::timer::DeadlineTimer::new();
     loop {
         let r = {
             let mut bufs: Vec<std::io::IoSliceMut<'_>> = storage.chunks_mut(slot).map(std::io::IoSliceMut::new).collect();
@@ -346,7 +348,7 @@ async fn run(shared: Arc<QuicShared>) {
         };
         if received == 0 && !woken {
             let deadline = shared.lock().ep.poll_timeout();
-            wait(&shared, deadline).await;
+            wait(&shared, &timer, deadline).await;
             woken = true;
             continue;
         }
@@ -390,7 +392,7 @@ async fn run(shared: Arc<QuicShared>) {
 }
 
 /// Waits for the socket to be readable, the application's wake-up, or the endpoint's `deadline`.
-async fn wait(shared: &QuicShared, deadline: Option<Instant>) {
+async fn wait(shared: &QuicShared, timer: &crate::timer::DeadlineTimer, deadline: Option<Instant>) {
     tokio::select! {
         r = shared.socket.readable() => {
             if let Err(e) = r {
@@ -399,7 +401,7 @@ async fn wait(shared: &QuicShared, deadline: Option<Instant>) {
             }
         }
         _ = shared.notify.notified() => {}
-        _ = crate::handle::sleep_until_deadline(shared.epoch, deadline) => {}
+        _ = timer.sleep_until(shared.epoch, deadline) => {}
     }
 }
 
