@@ -105,7 +105,7 @@ mod tests {
         tokio::task::yield_now().await;
         let mut late = Vec::new();
         for _ in 0..20 {
-            let want = Duration::from_micros(300);
+            let want = Duration::from_micros(200);
             let start = std::time::Instant::now();
             t.sleep_until(epoch, at(epoch, want)).await;
             let took = start.elapsed();
@@ -113,9 +113,9 @@ mod tests {
             late.push(took - want);
         }
         late.sort();
-        // The median: a loaded machine may preempt the odd wait. tokio's wheel would be ≥ 700 µs late.
+        // The median: a loaded machine may preempt the odd wait. tokio's wheel is ≥ 800 µs late here.
         #[cfg(target_os = "linux")]
-        assert!(late[10] < Duration::from_micros(500), "{late:?}");
+        assert!(late[10] < Duration::from_micros(600), "{late:?}");
         let _ = late;
     }
 
