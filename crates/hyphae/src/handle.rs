@@ -327,14 +327,14 @@ impl ConnState {
     }
 }
 
-/// The machines' time: the wall clock's monotonic time since the host's `epoch` (the driver reads the
-/// clock; the sans-IO core only ever gets this value).
 /// Locks `m`, taking the data of a poisoned lock as it is (a panicked holder leaves it consistent: every
 /// critical section here either completes or changes nothing).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The machines' time: the wall clock's monotonic time since the host's `epoch` (the driver reads the
+/// clock; the sans-IO core only ever gets this value).
 pub(crate) fn since(epoch: std::time::Instant) -> Instant {
     Instant::from_nanos(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }
@@ -347,7 +347,8 @@ pub(crate) async fn wait_for_wake_or_deadline(notify: &Notify, epoch: std::time:
     }
 }
 
-/// Sleeps until `deadline` (a machine's time since `epoch`); forever if `None`.
+/// Sleeps until `deadline` (a machine's time since `epoch`) on tokio's millisecond timer; forever if
+/// `None`. The QUIC endpoint's finer one is `timer::DeadlineTimer`, which falls back on this.
 pub(crate) async fn sleep_until_deadline(epoch: std::time::Instant, deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until((epoch + std::time::Duration::from_nanos(d.as_nanos())).into()).await,

@@ -40,11 +40,9 @@ impl DeadlineTimer {
 
     /// Sleeps until `deadline` (a machine's time since `epoch`); forever if `None`.
     pub(crate) async fn sleep_until(&self, epoch: std::time::Instant, deadline: Option<Instant>) {
-        let Some(d) = deadline else { return std::future::pending().await };
-        let at = epoch + std::time::Duration::from_nanos(d.as_nanos());
         #[cfg(target_os = "linux")]
-        if let Some(fd) = &self.fd {
-            let left = at.saturating_duration_since(std::time::Instant::now());
+        if let (Some(fd), Some(d)) = (&self.fd, deadline) {
+            let left = d.saturating_duration_since(crate::handle::since(epoch));
             if left.is_zero() {
                 return;
             }
@@ -62,7 +60,7 @@ impl DeadlineTimer {
                 }
             }
         }
-        tokio::time::sleep_until(at.into()).await;
+        crate::handle::sleep_until_deadline(epoch, deadline).await;
     }
 }
 
