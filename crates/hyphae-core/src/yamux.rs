@@ -329,11 +329,16 @@ impl Yamux {
         s.consumed = 0;
         put_header(&mut self.out, TY_WINDOW_UPDATE, 0, id, credit);
         if probe_due {
-            let opaque = RTT_OPAQUE | (now.as_nanos() as u32 & 0xffff);
-            self.rtt_probe = Some(opaque);
-            self.rtt_probed_at = Some(now);
-            put_header(&mut self.out, TY_PING, F_SYN, 0, opaque);
+            self.probe_rtt();
         }
+    }
+
+    /// Sends a ping whose answer measures the session's round trip.
+    fn probe_rtt(&mut self) {
+        let opaque = RTT_OPAQUE | (self.now.as_nanos() as u32 & 0xffff);
+        self.rtt_probe = Some(opaque);
+        self.rtt_probed_at = Some(self.now);
+        put_header(&mut self.out, TY_PING, F_SYN, 0, opaque);
     }
 
     /// The window a stream starts with.
@@ -735,6 +740,12 @@ impl Yamux {
                 s.recv_window -= h.len;
                 if h.len > 0 {
                     self.body = Some((h.id, h.len, h.flags));
+                    // The first data the session receives starts its round-trip measurement, so a
+                    // window that fills in slow start can grow at its first update, a round trip
+                    // sooner than a probe sent with that update would allow (go-yamux measures at start).
+                    if self.rtt_probed_at.is_none() {
+                        self.probe_rtt();
+                    }
                 } else {
                     self.apply_fin_rst(h.id, h.flags);
                 }
@@ -1047,6 +1058,16 @@ mod tests {
         let last_rtt: usize = per_step[per_step.len() - 2..].iter().sum();
         assert!(last_rtt >= 60 << 20, "{last_rtt} bytes in the last round trip");
         assert_eq!(b.stats().windows_grown, 6, "1 MiB doubled to 64 MiB: {:?}", b.stats());
+    }
+
+    #[test]
+    fn yamux_round_trip_is_measured_from_the_first_data_before_any_window_update() {
+        // Nothing is read in four steps, so no window update is sent; the first data (step 2) sent the
+        // probe, answered at step 3 and back at step 4: the window can grow at its first update.
+        let (_, b, _, per_step) = transfer(Limits::default(), 4, 1000);
+        assert_eq!(per_step.iter().sum::<usize>(), 0);
+        assert_eq!(b.rtt(), Some(Duration::from_millis(60)));
+        assert_eq!(b.stats().windows_grown, 0);
     }
 
     #[test]
