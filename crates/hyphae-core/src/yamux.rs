@@ -6,7 +6,8 @@
 //! whole before it is delivered. Every limit is explicit in [`Limits`].
 //!
 //! Receive windows grow with the path (as go-yamux's do): a fixed window caps a stream at window / RTT
-//! (1 MiB over 60 ms is 0.14 Gbit/s). The session measures its round trip with a yamux ping while streams
+//! (1 MiB over 60 ms is 0.14 Gbit/s). The session measures its round trip with a yamux ping, first when
+//! data first arrives (so the first window update can already grow the window) and again while streams
 //! move data. Credit goes back each time a quarter of the window was read (go-yamux waits for half; on a
 //! long path that leaves half the window idle: 1 GiB over 60 ms took 3.00 s with half, 2.46 s with a
 //! quarter, BENCHMARKS.md). When the reader consumed at a rate of a window per four round trips or more
