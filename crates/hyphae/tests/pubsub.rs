@@ -180,6 +180,14 @@ async fn pubsub_send_gate_passes_large_messages_and_a_stuck_peer_does_not_hold_t
     for i in 0..40u8 {
         assert_eq!(next(&mut sc).await.data, vec![i; 200_000], "c gets every message while b is frozen");
     }
+    // c can finish before b's writer has waited out the 100 ms (a's flushes may reach c's connection
+    // first): b's stall is counted once its socket has taken nothing for that long, so wait for it.
+    for _ in 0..300 {
+        if metric(&a, "hyphae_send_gate_stalls_total") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(metric(&a, "hyphae_send_gate_stalls_total") >= 1.0, "{}", a.metrics_text());
     assert!(metric(&a, "hyphae_send_gate_closed_total") >= 1.0, "{}", a.metrics_text());
 
