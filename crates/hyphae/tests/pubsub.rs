@@ -128,6 +128,19 @@ fn metric(h: &Host, name: &str) -> f64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The value of metric `name` once `done` holds for it, or its last value after `tries` looks 10 ms apart.
+async fn metric_until(h: &Host, name: &str, tries: u32, done: impl Fn(f64) -> bool) -> f64 {
+    let mut v = metric(h, name);
+    for _ in 1..tries {
+        if done(v) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        v = metric(h, name);
+    }
+    v
+}
+
 /// `HostConfig::send_limit`: a subscriber that stops reading its socket does not hold the others behind
 /// a publisher's 32 KiB send gate — once its socket has taken nothing for 100 ms its connection stops
 /// counting, and the other subscriber gets every large message while the stuck one is still frozen (on
@@ -182,13 +195,8 @@ async fn pubsub_send_gate_passes_large_messages_and_a_stuck_peer_does_not_hold_t
     }
     // c can finish before b's writer has waited out the 100 ms (a's flushes may reach c's connection
     // first): b's stall is counted once its socket has taken nothing for that long, so wait for it.
-    for _ in 0..300 {
-        if metric(&a, "hyphae_send_gate_stalls_total") >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(metric(&a, "hyphae_send_gate_stalls_total") >= 1.0, "{}", a.metrics_text());
+    let stalls = metric_until(&a, "hyphae_send_gate_stalls_total", 300, |v| v >= 1.0).await;
+    assert!(stalls >= 1.0, "{}", a.metrics_text());
     assert!(metric(&a, "hyphae_send_gate_closed_total") >= 1.0, "{}", a.metrics_text());
 
     // Everyone reads again: more messages arrive and, once all is out, nothing stays counted.
@@ -199,14 +207,7 @@ async fn pubsub_send_gate_passes_large_messages_and_a_stuck_peer_does_not_hold_t
     for i in 0..4u8 {
         assert_eq!(next(&mut sc).await.data[0], 100 + i);
     }
-    let mut unsent = f64::MAX;
-    for _ in 0..500 {
-        unsent = metric(&a, "hyphae_send_gate_unsent_bytes");
-        if unsent == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let unsent = metric_until(&a, "hyphae_send_gate_unsent_bytes", 500, |v| v == 0.0).await;
     assert_eq!(unsent, 0.0, "{}", a.metrics_text());
     stop_tx.send(()).unwrap();
     tokio::task::spawn_blocking(move || b_thread.join().unwrap()).await.unwrap();
