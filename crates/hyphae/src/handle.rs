@@ -108,6 +108,9 @@ pub(crate) struct ConnState {
     pub gate_counted: usize,
     /// The socket took nothing for `SendGate::STALL`: this connection does not count until it moves.
     pub gate_stalled: bool,
+    /// The deadline the TCP writer last went to sleep with (the machine's `poll_timeout` then; `None`:
+    /// none). The reader wakes the writer only for output, the end, or an earlier deadline.
+    pub writer_deadline: Option<Instant>,
 }
 
 /// What the host must do after the connection machine produced events (done outside the lock).
@@ -255,6 +258,7 @@ impl ConnState {
             closed: None,
             gate_counted: 0,
             gate_stalled: false,
+            writer_deadline: None,
         }
     }
 
