@@ -450,20 +450,50 @@ impl Transport {
 
     /// Encrypts `plain` into frames appended to `out`.
     pub fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) {
-        out.reserve(plain.len() + plain.len().div_ceil(MAX_PLAINTEXT_LEN) * (2 + TAG_LEN));
-        for chunk in plain.chunks(MAX_PLAINTEXT_LEN) {
-            let start = out.len();
-            out.extend_from_slice(&((chunk.len() + TAG_LEN) as u16).to_be_bytes());
-            out.extend_from_slice(chunk);
-            // 2^64-1 frames is beyond any connection's life (584,000 years at a million frames a second).
-            let nonce = self.send.next().expect("invariant: the send nonce is not exhausted");
-            let tag = self
-                .send
-                .key
-                .seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), &mut out[start + 2..])
-                .expect("invariant: a noise frame is far below chacha20's length limit");
-            out.extend_from_slice(tag.as_ref());
+        self.encrypt_pieces(std::iter::once(plain), plain.len(), out);
+    }
+
+    /// Encrypts the concatenation of `pieces` (`len` bytes in all) into frames appended to `out`: each
+    /// byte is copied once, into its frame, and sealed there. A muxer's headers and the payloads it
+    /// kept a view of (`Yamux::take_pieces`) go out without being gathered first.
+    pub fn encrypt_pieces<'a>(&mut self, pieces: impl Iterator<Item = &'a [u8]>, len: usize, out: &mut Vec<u8>) {
+        out.reserve(len + len.div_ceil(MAX_PLAINTEXT_LEN) * (2 + TAG_LEN));
+        // Bytes in the frame being filled; its header sits at `start`.
+        let (mut open, mut start) = (0, out.len());
+        for mut piece in pieces {
+            while !piece.is_empty() {
+                if open == 0 {
+                    start = out.len();
+                    out.extend_from_slice(&[0; 2]);
+                }
+                let k = piece.len().min(MAX_PLAINTEXT_LEN - open);
+                out.extend_from_slice(&piece[..k]);
+                open += k;
+                piece = &piece[k..];
+                if open == MAX_PLAINTEXT_LEN {
+                    self.seal_frame(out, start);
+                    open = 0;
+                }
+            }
         }
+        if open > 0 {
+            self.seal_frame(out, start);
+        }
+    }
+
+    /// Seals the frame whose header is at `start` and whose plaintext runs to the end of `out`: writes
+    /// its length, encrypts in place, appends the tag.
+    fn seal_frame(&mut self, out: &mut Vec<u8>, start: usize) {
+        let n = out.len() - start - 2;
+        out[start..start + 2].copy_from_slice(&((n + TAG_LEN) as u16).to_be_bytes());
+        // 2^64-1 frames is beyond any connection's life (584,000 years at a million frames a second).
+        let nonce = self.send.next().expect("invariant: the send nonce is not exhausted");
+        let tag = self
+            .send
+            .key
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), &mut out[start + 2..])
+            .expect("invariant: a noise frame is far below chacha20's length limit");
+        out.extend_from_slice(tag.as_ref());
     }
 
     /// Decrypts complete frames from the front of `buf`, appending plaintext to `out`; the frames taken
@@ -559,6 +589,37 @@ mod tests {
             out.extend_from_slice(&msg[..n]);
         }
         out
+    }
+
+    /// Pieces of any sizes (a muxer's headers between payloads) make the same frames as their
+    /// concatenation: full frames until the last, the same nonces, so the peer reads them back.
+    #[test]
+    fn noise_pieces_encrypt_like_their_concatenation() {
+        let mut rng = crate::rng::from_seed([9; 32]);
+        let a = Keypair::generate_ed25519(&mut rng);
+        let b = Keypair::generate_ed25519(&mut rng);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 + i / 7) as u8).collect();
+        for cuts in [vec![], vec![1], vec![12, 65_531, 65_532, 200_000], vec![MAX_PLAINTEXT_LEN, 2 * MAX_PLAINTEXT_LEN]] {
+            // Two sessions with the same keys (the handshakes are seeded alike): one encrypts whole, the
+            // other in pieces.
+            let ((mut whole, _), _) = pair(&a, &b, None, &[], &[]).unwrap();
+            let ((mut parts, _), (mut reader, _)) = pair(&a, &b, None, &[], &[]).unwrap();
+            let mut bounds = vec![0];
+            bounds.extend(&cuts);
+            bounds.push(data.len());
+            let pieces = bounds.windows(2).map(|w| &data[w[0]..w[1]]);
+            let (mut w1, mut w2) = (Vec::new(), vec![9]);
+            whole.encrypt(&data, &mut w1);
+            parts.encrypt_pieces(pieces, data.len(), &mut w2);
+            assert_eq!(w2[0], 9, "appends to what `out` held");
+            w2.remove(0);
+            let mut plain = Vec::new();
+            reader.decrypt(&mut w2.clone(), &mut plain).unwrap();
+            assert_eq!(plain, data, "cuts {cuts:?}");
+            let frames = data.len().div_ceil(MAX_PLAINTEXT_LEN);
+            assert_eq!(w2.len(), data.len() + frames * (2 + TAG_LEN), "cuts {cuts:?}");
+            assert_eq!(w1, w2, "cuts {cuts:?}");
+        }
     }
 
     #[test]

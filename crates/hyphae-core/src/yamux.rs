@@ -171,6 +171,25 @@ fn put_header(out: &mut Vec<u8>, ty: u8, flags: u16, id: u32, len: u32) {
     out.extend_from_slice(&len.to_be_bytes());
 }
 
+/// A payload of [`Yamux::write_static`]: it goes on the wire after the first `.0` bytes of the copied
+/// output.
+pub type StaticPiece = (usize, &'static [u8]);
+
+/// The output of [`Yamux::take_pieces`] in wire order: `out`'s bytes with each static payload after the
+/// first `at` of them.
+pub fn pieces<'a>(out: &'a [u8], statics: &'a [StaticPiece]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut from = 0;
+    statics
+        .iter()
+        .flat_map(move |&(at, data)| {
+            let before = &out[from..at];
+            from = at;
+            [before, data]
+        })
+        .chain(std::iter::once(()).flat_map(move |()| [&out[statics.last().map_or(0, |s| s.0)..]]))
+        .filter(|p| !p.is_empty())
+}
+
 /// Moves up to `sink.room()` bytes from the front of a stream's receive queue into `sink` (shared by
 /// yamux and mplex).
 pub(crate) fn drain_into(q: &mut VecDeque<u8>, sink: &mut ReadSink<'_>) -> usize {
@@ -207,6 +226,11 @@ pub struct Yamux {
     next_id: u32,
     streams: BTreeMap<u32, Stream>,
     out: Vec<u8>,
+    /// Payloads of `write_static`, not copied: each with the length `out` had when it was written (it
+    /// follows those bytes on the wire), in order.
+    statics: Vec<StaticPiece>,
+    /// Bytes in `statics`.
+    statics_len: usize,
     events: VecDeque<Event>,
     /// Body bytes of the current data frame still to come: (stream id, remaining, the frame's flags,
     /// applied once the body is delivered).
@@ -252,6 +276,8 @@ impl Yamux {
             next_id: if role.is_dialer() { 1 } else { 2 },
             streams: BTreeMap::new(),
             out: Vec::new(),
+            statics: Vec::new(),
+            statics_len: 0,
             events: VecDeque::new(),
             body: None,
             goaway_received: false,
@@ -436,7 +462,17 @@ impl Yamux {
     /// Writes as much of `data` as the stream's window and the output buffer allow. 0 = try again after
     /// a `Writable` event.
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        let budget = self.limits.max_out_buffer.saturating_sub(self.out.len());
+        self.write_frames(id, data, None)
+    }
+
+    /// As [`Yamux::write`], for bytes that live as long as the program (perf's block): the frames keep
+    /// a view of them, and they are copied once, by whoever takes the output ([`Yamux::take_pieces`]).
+    pub fn write_static(&mut self, id: StreamId, data: &'static [u8]) -> Result<usize, StreamError> {
+        self.write_frames(id, data, Some(data))
+    }
+
+    fn write_frames(&mut self, id: StreamId, data: &[u8], keep: Option<&'static [u8]>) -> Result<usize, StreamError> {
+        let budget = self.limits.max_out_buffer.saturating_sub(self.output_len());
         let max_frame = self.limits.max_frame_len as usize;
         let s = self.streams.get_mut(&id.0).ok_or(StreamError::Unknown)?;
         if s.reset {
@@ -455,6 +491,7 @@ impl Yamux {
                 return Ok(0);
             }
         }
+        let mut at = 0;
         for chunk in data[..n].chunks(max_frame.max(1)) {
             let mut flags = 0;
             if !s.acked && !s.outbound {
@@ -463,7 +500,14 @@ impl Yamux {
                 s.acked = true;
             }
             put_header(&mut self.out, TY_DATA, flags, id.0, chunk.len() as u32);
-            self.out.extend_from_slice(chunk);
+            match keep {
+                Some(k) => {
+                    self.statics.push((self.out.len(), &k[at..at + chunk.len()]));
+                    self.statics_len += chunk.len();
+                }
+                None => self.out.extend_from_slice(chunk),
+            }
+            at += chunk.len();
         }
         s.send_window -= n as u32;
         self.stats.bytes_out += n as u64;
@@ -553,21 +597,39 @@ impl Yamux {
         self.goaway_received || self.goaway_sent
     }
 
+    /// The frames written since the last call, as one buffer (static payloads copied in).
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let (out, statics) = self.take_pieces()?;
+        if statics.is_empty() {
+            return Some(out);
+        }
+        let mut all = Vec::with_capacity(out.len() + statics.iter().map(|(_, d)| d.len()).sum::<usize>());
+        for piece in pieces(&out, &statics) {
+            all.extend_from_slice(piece);
+        }
+        Some(all)
+    }
+
+    /// The frames written since the last call, as the buffer of everything copied and the static
+    /// payloads that go between its bytes ([`pieces`] walks them in wire order): a secure channel that
+    /// copies while it encrypts (Noise) takes them from where they are, one copy in all.
+    pub fn take_pieces(&mut self) -> Option<(Vec<u8>, Vec<StaticPiece>)> {
         let out = crate::take_output(&mut self.out)?;
+        let statics = std::mem::take(&mut self.statics);
+        self.statics_len = 0;
         for (id, s) in self.streams.iter_mut() {
             if s.write_blocked && s.send_window > 0 {
                 s.write_blocked = false;
                 self.events.push_back(Event::Writable(StreamId(*id)));
             }
         }
-        Some(out)
+        Some((out, statics))
     }
 
     /// The outgoing buffer cannot take another frame: writes wait and control replies are dropped.
     pub fn is_output_full(&self) -> bool {
-        self.out.len() + HEADER_LEN > self.limits.max_out_buffer
+        self.output_len() + HEADER_LEN > self.limits.max_out_buffer
     }
 
     pub fn has_pending_output(&self) -> bool {
@@ -576,7 +638,7 @@ impl Yamux {
 
     /// Bytes of frames waiting to be taken by `poll_transmit`.
     pub fn output_len(&self) -> usize {
-        self.out.len()
+        self.out.len() + self.statics_len
     }
 
     #[must_use]
@@ -667,7 +729,7 @@ impl Yamux {
     /// `Limits::max_out_buffer` like data does: beyond it the reply is dropped and counted, so a peer
     /// that sends pings or stream opens without reading cannot grow our buffer.
     fn control_reply(&mut self, ty: u8, flags: u16, id: u32, len: u32) {
-        if self.out.len() + HEADER_LEN > self.limits.max_out_buffer {
+        if self.output_len() + HEADER_LEN > self.limits.max_out_buffer {
             self.stats.control_dropped += 1;
             return;
         }
@@ -841,6 +903,51 @@ mod tests {
 
     fn events(y: &mut Yamux) -> Vec<Event> {
         std::iter::from_fn(|| y.poll_event()).collect()
+    }
+
+    /// Static writes put the same frames on the wire as copied ones, in order with the frames around
+    /// them, whether taken as one buffer or as pieces; they count against the output limit the same way.
+    #[test]
+    fn yamux_static_writes_frame_like_copied_ones_without_a_copy_until_taken() {
+        static BIG: [u8; 150_000] = [7; 150_000];
+        let lim = Limits { max_out_buffer: 200_000, ..Limits::default() };
+        let run = |static_writes: bool, as_pieces: bool| {
+            let mut c = Yamux::new(Role::Dialer, lim.clone());
+            let id = c.open_stream().unwrap();
+            let mut wrote = Vec::new();
+            for (i, data) in [&BIG[..], &BIG[..1], &BIG[..100_000]].into_iter().enumerate() {
+                c.write(id, &[i as u8; 3]).unwrap();
+                wrote.push(if static_writes { c.write_static(id, data).unwrap() } else { c.write(id, data).unwrap() });
+            }
+            let len = c.output_len();
+            assert!(c.is_output_full() || len + HEADER_LEN <= 200_000);
+            let wire = if as_pieces {
+                let (out, statics) = c.take_pieces().unwrap();
+                assert_eq!(out.len() + statics.iter().map(|s| s.1.len()).sum::<usize>(), len);
+                assert!(!static_writes || out.len() < 1000, "payloads were copied: {} bytes", out.len());
+                pieces(&out, &statics).flat_map(|p| p.iter().copied()).collect()
+            } else {
+                c.poll_transmit().unwrap()
+            };
+            assert_eq!((wire.len(), c.output_len()), (len, 0));
+            (wrote, wire)
+        };
+        let copied = run(false, false);
+        // The third write is cut short by the output limit (the 256 KiB window is not reached).
+        assert!(copied.0[..2] == [150_000, 1] && (40_000..100_000).contains(&copied.0[2]), "{:?}", copied.0);
+        assert_eq!(run(true, false), copied);
+        assert_eq!(run(true, true), copied);
+        assert_eq!(run(false, true), copied);
+        // The peer reads what was written.
+        let mut c = Yamux::new(Role::Dialer, Limits::default());
+        let mut s = Yamux::new(Role::Listener, Limits::default());
+        let id = c.open_stream().unwrap();
+        assert_eq!(c.write_static(id, &BIG[..70_000]).unwrap(), 70_000);
+        c.write(id, b"end").unwrap();
+        pump(&mut c, &mut s);
+        let mut buf = vec![0u8; 80_000];
+        let ReadResult::Data(n) = s.read(id, &mut buf) else { panic!("no data") };
+        assert_eq!((n, &buf[n - 4..n]), (70_003, &b"\x07end"[..]));
     }
 
     #[test]
