@@ -64,6 +64,33 @@ fn row(what: &str, size: usize, seal: f64, open: f64) {
     println!("| {what} | {size} | {seal:.3} | {open:.3} | {:.2} |", (1u64 << 30) as f64 / seal / 1e9);
 }
 
+/// A secure channel's row, from `WRITE`-byte writes: `seal` alone on one session; then, on a fresh
+/// pair (frames open only in the order sealed, with nonces in step), `seal_too` and `open` one write at
+/// a time, the open being that less the seal. `open` appends the plaintext of the wire bytes it is
+/// given and returns how many it took and whether all authenticated.
+fn channel_row(
+    what: &str,
+    total: usize,
+    mut seal: impl FnMut(&mut Vec<u8>),
+    mut seal_too: impl FnMut(&mut Vec<u8>),
+    mut open: impl FnMut(&[u8], &mut Vec<u8>) -> (usize, bool),
+) {
+    let mut wire = Vec::with_capacity(2 * WRITE);
+    let sealed = per_gib(total, WRITE, |_| {
+        wire.clear();
+        seal(&mut wire);
+    });
+    let mut plain = Vec::with_capacity(2 * WRITE);
+    let both = per_gib(total, WRITE, |_| {
+        wire.clear();
+        seal_too(&mut wire);
+        plain.clear();
+        let (used, ok) = open(&wire, &mut plain);
+        assert!(ok && used == wire.len() && plain.len() == WRITE);
+    });
+    row(what, WRITE, sealed, (both - sealed).max(0.0));
+}
+
 fn aead_row(name: &str, alg: &'static aead::Algorithm, size: usize, total: usize) {
     let key = aead::LessSafeKey::new(aead::UnboundKey::new(alg, &[7u8; 32][..alg.key_len()]).expect("key"));
     let nonce = |i: usize| {
@@ -94,38 +121,29 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
 
     let (mut a, _) = noise_pair();
-    let mut wire = Vec::with_capacity(2 * WRITE);
-    let seal = per_gib(total, WRITE, |_| {
-        wire.clear();
-        a.encrypt(&data, &mut wire);
-    });
-    // Frames open only in the order sealed, with nonces in step: a fresh pair seals and opens one write
-    // at a time, and the open is that less the seal.
-    let (mut a, mut b) = noise_pair();
-    let mut plain = Vec::with_capacity(2 * WRITE);
-    let both = per_gib(total, WRITE, |_| {
-        wire.clear();
-        a.encrypt(&data, &mut wire);
-        plain.clear();
-        let (used, r) = b.decrypt_from(&wire, &mut plain);
-        assert!(r.is_ok() && used == wire.len() && plain.len() == WRITE);
-    });
-    row("Noise transport (ChaChaPoly frames)", WRITE, seal, (both - seal).max(0.0));
-
-    let (mut c, _) = tls_pair();
-    let seal = per_gib(total, WRITE, |_| {
-        wire.clear();
-        c.encrypt(&data, &mut wire);
-    });
+    let (mut c, mut s) = noise_pair();
+    channel_row(
+        "Noise transport (ChaChaPoly frames)",
+        total,
+        |w| a.encrypt(&data, w),
+        |w| c.encrypt(&data, w),
+        |w, p| {
+            let (used, r) = s.decrypt_from(w, p);
+            (used, r.is_ok())
+        },
+    );
+    let (mut a, _) = tls_pair();
     let (mut c, mut s) = tls_pair();
-    let both = per_gib(total, WRITE, |_| {
-        wire.clear();
-        c.encrypt(&data, &mut wire);
-        plain.clear();
-        let (used, r) = s.handle_input_from(&wire, &mut plain);
-        assert!(r.is_ok() && used == wire.len() && plain.len() == WRITE);
-    });
-    row("TLS 1.3 records (rustls, AES-GCM)", WRITE, seal, (both - seal).max(0.0));
+    channel_row(
+        "TLS 1.3 records (rustls, AES-GCM)",
+        total,
+        |w| a.encrypt(&data, w),
+        |w| c.encrypt(&data, w),
+        |w, p| {
+            let (used, r) = s.handle_input_from(w, p);
+            (used, r.is_ok())
+        },
+    );
 
     aead_row("ChaCha20-Poly1305", &aead::CHACHA20_POLY1305, noise::MAX_PLAINTEXT_LEN, total);
     aead_row("AES-128-GCM", &aead::AES_128_GCM, noise::MAX_PLAINTEXT_LEN, total);

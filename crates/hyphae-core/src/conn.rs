@@ -680,9 +680,8 @@ impl Connection {
             // Noise copies as it seals: yamux's frames and the static payloads they point at go into
             // the frames straight from where they are.
             (Some(Muxer::Yamux(y)), Some(Secure::Noise(t))) => {
-                if let Some((out, statics)) = y.take_pieces() {
-                    let len = out.len() + statics.iter().map(|(_, d)| d.len()).sum::<usize>();
-                    t.encrypt_pieces(yamux::pieces(&out, &statics), len, &mut self.out);
+                if let Some(frames) = y.take_pieces() {
+                    t.encrypt_pieces(frames.pieces(), frames.len(), &mut self.out);
                 }
             }
             (Some(y), _) => {
@@ -911,15 +910,7 @@ impl Connection {
     }
 
     pub fn stream_write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        match self.streams.get(&id) {
-            None => return Err(StreamError::Reset),
-            Some(e) if e.neg.is_some() && !e.lazy => return Ok(0),
-            _ => {}
-        }
-        match &mut self.muxer {
-            Some(y) => y.write(id, data),
-            None => Err(StreamError::Reset),
-        }
+        self.write_to(id, data, None)
     }
 
     /// As [`Connection::stream_write`], for bytes that live as long as the program. Under Noise, yamux
@@ -927,15 +918,20 @@ impl Connection {
     /// yamux's buffer was ~8% of a TCP+Noise sender's CPU (BENCHMARKS.md). TLS (rustls) takes one
     /// contiguous buffer, so there they are copied into yamux's as any write.
     pub fn stream_write_static(&mut self, id: StreamId, data: &'static [u8]) -> Result<usize, StreamError> {
+        self.write_to(id, data, Some(data))
+    }
+
+    /// A write of `data`; `keep` is the same bytes when they are static (`stream_write_static`).
+    fn write_to(&mut self, id: StreamId, data: &[u8], keep: Option<&'static [u8]>) -> Result<usize, StreamError> {
         match self.streams.get(&id) {
             None => return Err(StreamError::Reset),
             Some(e) if e.neg.is_some() && !e.lazy => return Ok(0),
             _ => {}
         }
-        match (&mut self.muxer, &self.secure) {
-            (Some(Muxer::Yamux(y)), Some(Secure::Noise(_))) => y.write_static(id, data),
-            (Some(m), _) => m.write(id, data),
-            (None, _) => Err(StreamError::Reset),
+        match (&mut self.muxer, &self.secure, keep) {
+            (Some(Muxer::Yamux(y)), Some(Secure::Noise(_)), Some(k)) => y.write_static(id, k),
+            (Some(m), ..) => m.write(id, data),
+            (None, ..) => Err(StreamError::Reset),
         }
     }
 

@@ -171,23 +171,47 @@ fn put_header(out: &mut Vec<u8>, ty: u8, flags: u16, id: u32, len: u32) {
     out.extend_from_slice(&len.to_be_bytes());
 }
 
-/// A payload of [`Yamux::write_static`]: it goes on the wire after the first `.0` bytes of the copied
-/// output.
-pub type StaticPiece = (usize, &'static [u8]);
+/// The frames [`Yamux::take_pieces`] hands over: the bytes copied into yamux's buffer, and the payloads
+/// of [`Yamux::write_static`] that go between them, each after the first `.0` copied bytes.
+#[derive(Debug)]
+pub struct Frames {
+    copied: Vec<u8>,
+    statics: Vec<(usize, &'static [u8])>,
+    len: usize,
+}
 
-/// The output of [`Yamux::take_pieces`] in wire order: `out`'s bytes with each static payload after the
-/// first `at` of them.
-pub fn pieces<'a>(out: &'a [u8], statics: &'a [StaticPiece]) -> impl Iterator<Item = &'a [u8]> + 'a {
-    let mut from = 0;
-    statics
-        .iter()
-        .flat_map(move |&(at, data)| {
-            let before = &out[from..at];
-            from = at;
-            [before, data]
-        })
-        .chain(std::iter::once(()).flat_map(move |()| [&out[statics.last().map_or(0, |s| s.0)..]]))
-        .filter(|p| !p.is_empty())
+impl Frames {
+    /// Bytes on the wire, static payloads included.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes copied into yamux's buffer (headers, and the payloads of `write`).
+    #[must_use]
+    pub fn copied_len(&self) -> usize {
+        self.copied.len()
+    }
+
+    /// The frames' bytes in wire order, as the slices they lie in.
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let mut from = 0;
+        let tail = &self.copied[self.statics.last().map_or(0, |s| s.0)..];
+        self.statics
+            .iter()
+            .flat_map(move |&(at, data)| {
+                let before = &self.copied[from..at];
+                from = at;
+                [before, data]
+            })
+            .chain(std::iter::once(tail))
+            .filter(|p| !p.is_empty())
+    }
 }
 
 /// Moves up to `sink.room()` bytes from the front of a stream's receive queue into `sink` (shared by
@@ -228,7 +252,7 @@ pub struct Yamux {
     out: Vec<u8>,
     /// Payloads of `write_static`, not copied: each with the length `out` had when it was written (it
     /// follows those bytes on the wire), in order.
-    statics: Vec<StaticPiece>,
+    statics: Vec<(usize, &'static [u8])>,
     /// Bytes in `statics`.
     statics_len: usize,
     events: VecDeque<Event>,
@@ -600,22 +624,23 @@ impl Yamux {
     /// The frames written since the last call, as one buffer (static payloads copied in).
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let (out, statics) = self.take_pieces()?;
-        if statics.is_empty() {
-            return Some(out);
+        let frames = self.take_pieces()?;
+        if frames.statics.is_empty() {
+            return Some(frames.copied);
         }
-        let mut all = Vec::with_capacity(out.len() + statics.iter().map(|(_, d)| d.len()).sum::<usize>());
-        for piece in pieces(&out, &statics) {
+        let mut all = Vec::with_capacity(frames.len());
+        for piece in frames.pieces() {
             all.extend_from_slice(piece);
         }
         Some(all)
     }
 
-    /// The frames written since the last call, as the buffer of everything copied and the static
-    /// payloads that go between its bytes ([`pieces`] walks them in wire order): a secure channel that
-    /// copies while it encrypts (Noise) takes them from where they are, one copy in all.
-    pub fn take_pieces(&mut self) -> Option<(Vec<u8>, Vec<StaticPiece>)> {
-        let out = crate::take_output(&mut self.out)?;
+    /// The frames written since the last call, with the static payloads where they lie
+    /// ([`Frames::pieces`] walks them in wire order): a secure channel that copies while it encrypts
+    /// (Noise) takes them from there, one copy in all.
+    pub fn take_pieces(&mut self) -> Option<Frames> {
+        let len = self.output_len();
+        let copied = crate::take_output(&mut self.out)?;
         let statics = std::mem::take(&mut self.statics);
         self.statics_len = 0;
         for (id, s) in self.streams.iter_mut() {
@@ -624,7 +649,7 @@ impl Yamux {
                 self.events.push_back(Event::Writable(StreamId(*id)));
             }
         }
-        Some((out, statics))
+        Some(Frames { copied, statics, len })
     }
 
     /// The outgoing buffer cannot take another frame: writes wait and control replies are dropped.
@@ -922,10 +947,11 @@ mod tests {
             let len = c.output_len();
             assert!(c.is_output_full() || len + HEADER_LEN <= 200_000);
             let wire = if as_pieces {
-                let (out, statics) = c.take_pieces().unwrap();
-                assert_eq!(out.len() + statics.iter().map(|s| s.1.len()).sum::<usize>(), len);
-                assert!(!static_writes || out.len() < 1000, "payloads were copied: {} bytes", out.len());
-                pieces(&out, &statics).flat_map(|p| p.iter().copied()).collect()
+                let frames = c.take_pieces().unwrap();
+                assert_eq!(frames.pieces().map(<[u8]>::len).sum::<usize>(), len);
+                assert_eq!(frames.len(), len);
+                assert!(!static_writes || frames.copied_len() < 1000, "payloads were copied: {} bytes", frames.copied_len());
+                frames.pieces().flat_map(|p| p.iter().copied()).collect()
             } else {
                 c.poll_transmit().unwrap()
             };
